@@ -1,0 +1,86 @@
+/**
+ * The tensor backend: tfjs with libtensorflow (`tensorflow`) first, then WebAssembly (`wasm`),
+ * then pure JavaScript (`cpu`). `DEER_BACKEND=tensorflow|wasm|cpu` forces one (an unavailable
+ * forced backend is an error, not a silent fallback). The choice is printed once to stderr.
+ *
+ * Every module of the toolkit imports `tf` from here, so all of them share one engine and one
+ * backend.
+ *
+ * @example
+ * ```ts
+ * import { backendName, tf } from "./backend.ts";
+ * console.log(backendName, tf.add(1, 2).dataSync());
+ * ```
+ * @module
+ */
+import util from "node:util";
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-cpu";
+
+// Production mode: no debug checks and no "install tfjs-node" banner from the cpu backend.
+tf.enableProdMode();
+
+export { tf };
+
+/** The backends the toolkit knows, fastest first. */
+export const BACKENDS = ["tensorflow", "wasm", "cpu"] as const;
+/** One of {@link BACKENDS}. */
+export type BackendName = typeof BACKENDS[number];
+
+async function loadTensorflow(): Promise<void> {
+  // tfjs-node still calls helpers that Node removed from `util`; Deno's `node:util` lacks them.
+  const legacy = util as unknown as Record<string, unknown>;
+  legacy.isNullOrUndefined ??= (x: unknown) => x == null;
+  legacy.isArray ??= Array.isArray;
+  // libtensorflow logs CPU-feature banners at load; keep warnings and errors only.
+  if (Deno.env.get("TF_CPP_MIN_LOG_LEVEL") === undefined) Deno.env.set("TF_CPP_MIN_LOG_LEVEL", "2");
+  await import("@tensorflow/tfjs-node");
+}
+
+async function loadWasm(): Promise<void> {
+  const { installWasmBackend } = await import("./backend_wasm.ts");
+  await installWasmBackend();
+}
+
+async function activate(name: BackendName): Promise<void> {
+  if (name === "tensorflow") await loadTensorflow();
+  if (name === "wasm") await loadWasm();
+  const ok = await tf.setBackend(name);
+  if (!ok) throw new Error(`tfjs backend "${name}" registered but failed to initialise`);
+  await tf.ready();
+}
+
+async function selectBackend(): Promise<BackendName> {
+  const forced = Deno.env.get("DEER_BACKEND");
+  if (forced !== undefined && forced !== "") {
+    if (!(BACKENDS as readonly string[]).includes(forced)) {
+      throw new Error(
+        `DEER_BACKEND=${forced} is not a backend; use one of ${BACKENDS.join(", ")} or unset it`,
+      );
+    }
+    try {
+      await activate(forced as BackendName);
+    } catch (err) {
+      throw new Error(
+        `DEER_BACKEND=${forced} was requested but cannot be loaded: ${(err as Error).message}` +
+          (forced === "tensorflow" ? " (run `deno task setup` to build tfjs-node)" : ""),
+      );
+    }
+    return forced as BackendName;
+  }
+  const failures: string[] = [];
+  for (const name of BACKENDS) {
+    try {
+      await activate(name);
+      if (failures.length > 0) console.error(`deer: ${failures.join("; ")}`);
+      return name;
+    } catch (err) {
+      failures.push(`${name} unavailable (${(err as Error).message.split("\n")[0]})`);
+    }
+  }
+  throw new Error(`no tfjs backend could be loaded: ${failures.join("; ")}`);
+}
+
+/** The backend in use for this process. */
+export const backendName: BackendName = await selectBackend();
+if (Deno.env.get("DEER_QUIET") !== "1") console.error(`deer: tfjs backend ${backendName}`);
