@@ -1,0 +1,333 @@
+/**
+ * Images as 8-bit arrays: JPEG/PNG decoding and the CLIP preprocessing of the reference
+ * (torchvision `Resize(N, BICUBIC)` + `CenterCrop(N)` on a PIL image, SPEC.md §2).
+ *
+ * The resize reproduces Pillow's `Image.resize(size, BICUBIC)` (libImaging/Resample.c) bit for
+ * bit: a separable convolution, horizontal pass first, with the cubic kernel a = −0.5 whose
+ * support is widened by the downscale factor (antialiasing), coefficients normalised and
+ * rounded to 22-bit fixed point, and each pass rounded and clipped to uint8.
+ *
+ * Decoding differs from Pillow in two documented places: 16-bit PNG samples keep their high byte
+ * (what Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead), and alpha is dropped
+ * before resizing (Pillow premultiplies it; the two agree on opaque images). JPEG decoding is
+ * jpeg-js, whose IDCT can differ from libjpeg's by ±1 on some pixels.
+ *
+ * @example
+ * ```ts
+ * const img = decodeImage(await Deno.readFile("x.jpg"), "x.jpg"); // RGB, HWC
+ * const clip = clipPreprocess(img, 224);                          // 224×224×3
+ * ```
+ * @module
+ */
+import jpeg from "jpeg-js";
+import { PNG } from "pngjs";
+import { Buffer } from "node:buffer";
+
+/** CLIP's per-channel mean (RGB), SPEC.md §2. */
+export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
+/** CLIP's per-channel standard deviation (RGB), SPEC.md §2. */
+export const CLIP_STD: readonly number[] = [0.26862954, 0.26130258, 0.27577711];
+
+/** An 8-bit image, row-major, channels interleaved (HWC). */
+export interface Image8 {
+  width: number;
+  height: number;
+  channels: number;
+  data: Uint8Array;
+}
+
+/**
+ * Decodes a baseline or progressive JPEG to RGB (greyscale JPEGs are replicated to 3 channels).
+ *
+ * @example
+ * ```ts
+ * const img = decodeJpeg(await Deno.readFile("polyp.jpg"), "polyp.jpg");
+ * img.channels; // 3
+ * ```
+ */
+export function decodeJpeg(bytes: Uint8Array, name = "image.jpg"): Image8 {
+  let decoded: { width: number; height: number; data: Uint8Array };
+  try {
+    decoded = jpeg.decode(bytes, {
+      useTArray: true,
+      formatAsRGBA: false,
+      maxResolutionInMP: 200,
+      maxMemoryUsageInMB: 2048,
+    });
+  } catch (err) {
+    throw new Error(
+      `${name} is not a readable JPEG (${(err as Error).message}); replace or remove it`,
+    );
+  }
+  const { width, height, data } = decoded;
+  if (!(width > 0 && height > 0) || data.length !== width * height * 3) {
+    throw new Error(`${name} is not a readable JPEG (decoded to ${width}×${height}); replace it`);
+  }
+  return { width, height, channels: 3, data };
+}
+
+/**
+ * Decodes a PNG (grey, grey+alpha, RGB, RGBA or palette; 1–16 bits) to RGB. Alpha is dropped;
+ * 16-bit samples keep their high byte.
+ *
+ * @example
+ * ```ts
+ * const img = decodePng(await Deno.readFile("scan.png"), "scan.png");
+ * ```
+ */
+export function decodePng(bytes: Uint8Array, name = "image.png"): Image8 {
+  // IHDR is the first chunk: its bit depth sits at byte 24. Only 16-bit data skips pngjs'
+  // rescaling, so that we can keep the high byte as Pillow does; 1/2/4-bit grey is scaled to 0–255.
+  const depth = bytes.length > 24 ? bytes[24] : 8;
+  let png: { width: number; height: number; data: Uint8Array | Uint16Array };
+  try {
+    const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    png = PNG.sync.read(buf, { skipRescale: depth === 16 }) as unknown as typeof png;
+  } catch (err) {
+    throw new Error(
+      `${name} is not a readable PNG (${(err as Error).message}); replace or remove it`,
+    );
+  }
+  const { width, height } = png;
+  const n = width * height;
+  const src = png.data;
+  if (src.length < n * 4) throw new Error(`${name} is not a readable PNG (short pixel data)`);
+  const out = new Uint8Array(n * 3);
+  const shift = depth === 16 ? 8 : 0;
+  for (let i = 0; i < n; i++) {
+    out[i * 3] = src[i * 4] >> shift;
+    out[i * 3 + 1] = src[i * 4 + 1] >> shift;
+    out[i * 3 + 2] = src[i * 4 + 2] >> shift;
+  }
+  return { width, height, channels: 3, data: out };
+}
+
+/**
+ * Decodes a JPEG or PNG, chosen by the file's signature (not its extension), to RGB.
+ *
+ * @example
+ * ```ts
+ * const img = decodeImage(await Deno.readFile("a.png"), "a.png");
+ * ```
+ */
+export function decodeImage(bytes: Uint8Array, name = "image"): Image8 {
+  if (bytes.length >= 3 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) {
+    return decodeJpeg(bytes, name);
+  }
+  if (bytes.length >= 8 && bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e) {
+    return decodePng(bytes, name);
+  }
+  throw new Error(
+    `${name} is neither a JPEG nor a PNG (${bytes.length} bytes, bad signature); replace or remove it`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow's resampling (libImaging/Resample.c), BICUBIC filter
+
+const PRECISION_BITS = 32 - 8 - 2;
+
+function bicubic(x: number): number {
+  const a = -0.5;
+  if (x < 0) x = -x;
+  if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0;
+}
+
+interface Coeffs {
+  ksize: number;
+  bounds: Int32Array; // [xmin, count] per output pixel
+  kk: Int32Array; // fixed-point weights, ksize per output pixel
+}
+
+/** Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-image box. */
+function precomputeCoeffs(inSize: number, outSize: number): Coeffs {
+  const scale = inSize / outSize;
+  const filterscale = scale < 1 ? 1 : scale;
+  const support = 2 * filterscale;
+  const ksize = Math.ceil(support) * 2 + 1;
+  const bounds = new Int32Array(outSize * 2);
+  const kk = new Int32Array(outSize * ksize);
+  const w = new Float64Array(ksize);
+  const ss = 1 / filterscale;
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    let ww = 0;
+    let xmin = Math.trunc(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    let xmax = Math.trunc(center + support + 0.5);
+    if (xmax > inSize) xmax = inSize;
+    xmax -= xmin;
+    for (let x = 0; x < xmax; x++) {
+      const v = bicubic((x + xmin - center + 0.5) * ss);
+      w[x] = v;
+      ww += v;
+    }
+    for (let x = 0; x < xmax; x++) {
+      const k = ww !== 0 ? w[x] / ww : w[x];
+      kk[xx * ksize + x] = k < 0
+        ? Math.trunc(-0.5 + k * (1 << PRECISION_BITS))
+        : Math.trunc(0.5 + k * (1 << PRECISION_BITS));
+    }
+    bounds[xx * 2] = xmin;
+    bounds[xx * 2 + 1] = xmax;
+  }
+  return { ksize, bounds, kk };
+}
+
+function clip8(v: number): number {
+  const r = v >> PRECISION_BITS;
+  return r < 0 ? 0 : r > 255 ? 255 : r;
+}
+
+/**
+ * Resizes like Pillow's `Image.resize((width, height), Image.BICUBIC)` (exact, see the module
+ * doc). Channels are resized independently.
+ *
+ * @example
+ * ```ts
+ * const big = resizeBicubic({ width: 28, height: 28, channels: 1, data: new Uint8Array(784) }, 224, 224);
+ * ```
+ */
+export function resizeBicubic(image: Image8, width: number, height: number): Image8 {
+  const { width: inW, height: inH, channels: C, data } = image;
+  if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) {
+    throw new Error(`resizeBicubic: target size ${width}×${height} must be positive integers`);
+  }
+  if (width === inW && height === inH) return { width, height, channels: C, data: data.slice() };
+  const half = 1 << (PRECISION_BITS - 1);
+  const vert = precomputeCoeffs(inH, height);
+  // The horizontal pass only needs the rows the vertical pass will read.
+  const yFirst = vert.bounds[0];
+  const yLast = vert.bounds[height * 2 - 2] + vert.bounds[height * 2 - 1];
+  let tmp = data;
+  let tmpRow0 = 0;
+  if (width !== inW) {
+    const hz = precomputeCoeffs(inW, width);
+    const rows = yLast - yFirst;
+    tmp = new Uint8Array(rows * width * C);
+    tmpRow0 = yFirst;
+    for (let y = 0; y < rows; y++) {
+      const inRow = (y + yFirst) * inW * C;
+      const outRow = y * width * C;
+      for (let xx = 0; xx < width; xx++) {
+        const xmin = hz.bounds[xx * 2];
+        const n = hz.bounds[xx * 2 + 1];
+        const k0 = xx * hz.ksize;
+        for (let c = 0; c < C; c++) {
+          let ss = half;
+          let p = inRow + xmin * C + c;
+          for (let x = 0; x < n; x++, p += C) ss += data[p] * hz.kk[k0 + x];
+          tmp[outRow + xx * C + c] = clip8(ss);
+        }
+      }
+    }
+  }
+  if (height === inH) return { width, height, channels: C, data: tmp };
+  const out = new Uint8Array(width * height * C);
+  const rowLen = width * C;
+  for (let yy = 0; yy < height; yy++) {
+    const ymin = vert.bounds[yy * 2] - tmpRow0;
+    const n = vert.bounds[yy * 2 + 1];
+    const k0 = yy * vert.ksize;
+    const outRow = yy * rowLen;
+    for (let i = 0; i < rowLen; i++) {
+      let ss = half;
+      let p = ymin * rowLen + i;
+      for (let y = 0; y < n; y++, p += rowLen) ss += tmp[p] * vert.kk[k0 + y];
+      out[outRow + i] = clip8(ss);
+    }
+  }
+  return { width, height, channels: C, data: out };
+}
+
+/** Python's `round()` (half to even), which torchvision uses for crop offsets. */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * Crops the centre like torchvision's `CenterCrop((height, width))` (offsets rounded half to
+ * even, as Python's `round`). The crop must fit inside the image.
+ *
+ * @example
+ * ```ts
+ * centerCrop(img, 224, 224); // from a 298×224 image: columns 37..260
+ * ```
+ */
+export function centerCrop(image: Image8, width: number, height: number): Image8 {
+  const { width: W, height: H, channels: C, data } = image;
+  if (width > W || height > H) {
+    throw new Error(`centerCrop: ${width}×${height} does not fit in a ${W}×${H} image`);
+  }
+  if (width === W && height === H) return image;
+  const top = roundHalfEven((H - height) / 2);
+  const left = roundHalfEven((W - width) / 2);
+  const out = new Uint8Array(width * height * C);
+  for (let y = 0; y < height; y++) {
+    const s = ((top + y) * W + left) * C;
+    out.set(data.subarray(s, s + width * C), y * width * C);
+  }
+  return { width, height, channels: C, data: out };
+}
+
+/**
+ * The size torchvision's `Resize(size)` gives: the shorter side becomes `size`, the longer
+ * `int(size · long / short)`.
+ *
+ * @example
+ * ```ts
+ * resizedShortSide(300, 250, 224); // [268, 224]
+ * ```
+ */
+export function resizedShortSide(width: number, height: number, size: number): [number, number] {
+  if (width <= height) return [size, Math.trunc((size * height) / width)];
+  return [Math.trunc((size * width) / height), size];
+}
+
+/**
+ * CLIP preprocessing of SPEC.md §2 on uint8 pixels: bicubic resize of the shorter side to
+ * `size` (Pillow-exact), then a centre crop to `size × size`. Normalisation happens later, when
+ * a batch is formed (`makeBatch`).
+ *
+ * @example
+ * ```ts
+ * const x = clipPreprocess(decodeImage(bytes, "a.jpg"), 224); // 224×224×3
+ * ```
+ */
+export function clipPreprocess(image: Image8, size: number): Image8 {
+  const [w, h] = resizedShortSide(image.width, image.height, size);
+  const resized = w === image.width && h === image.height ? image : resizeBicubic(image, w, h);
+  return centerCrop(resized, size, size);
+}
+
+/**
+ * Converts to `channels` (1 or 3): grey is replicated to RGB; RGB becomes grey with Pillow's
+ * `convert("L")` weights (299/587/114, fixed point).
+ *
+ * @example
+ * ```ts
+ * toChannels({ width: 1, height: 1, channels: 1, data: new Uint8Array([7]) }, 3).data; // [7, 7, 7]
+ * ```
+ */
+export function toChannels(image: Image8, channels: number): Image8 {
+  const { width, height, channels: C, data } = image;
+  if (C === channels) return image;
+  const n = width * height;
+  if (C === 1 && channels === 3) {
+    const out = new Uint8Array(n * 3);
+    for (let i = 0; i < n; i++) out[i * 3] = out[i * 3 + 1] = out[i * 3 + 2] = data[i];
+    return { width, height, channels: 3, data: out };
+  }
+  if (C === 3 && channels === 1) {
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) {
+      out[i] = (data[i * 3] * 19595 + data[i * 3 + 1] * 38470 + data[i * 3 + 2] * 7471 + 0x8000) >>
+        16;
+    }
+    return { width, height, channels: 1, data: out };
+  }
+  throw new Error(`toChannels: cannot convert ${C} channels to ${channels}; use 1 or 3`);
+}

@@ -1,0 +1,192 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import jpeg from "jpeg-js";
+import { zlibSync } from "fflate";
+import { crc32, readNpz } from "../lib/data/npy.ts";
+import {
+  centerCrop,
+  clipPreprocess,
+  decodeImage,
+  decodeJpeg,
+  decodePng,
+  type Image8,
+  resizeBicubic,
+  resizedShortSide,
+  toChannels,
+} from "../lib/data/image.ts";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+/** A PNG built by hand: IHDR + one zlib IDAT (filter 0 on every row) + optional PLTE + IEND. */
+function makePng(
+  width: number,
+  height: number,
+  colorType: number,
+  depth: number,
+  rows: Uint8Array[],
+  palette?: number[],
+): Uint8Array {
+  const chunk = (type: string, data: Uint8Array) => {
+    const out = new Uint8Array(12 + data.length);
+    const v = new DataView(out.buffer);
+    v.setUint32(0, data.length);
+    out.set(new TextEncoder().encode(type), 4);
+    out.set(data, 8);
+    v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
+    return out;
+  };
+  const ihdr = new Uint8Array(13);
+  const iv = new DataView(ihdr.buffer);
+  iv.setUint32(0, width);
+  iv.setUint32(4, height);
+  ihdr[8] = depth;
+  ihdr[9] = colorType;
+  const raw = new Uint8Array(rows.reduce((a, r) => a + r.length + 1, 0));
+  let p = 0;
+  for (const r of rows) {
+    raw[p++] = 0;
+    raw.set(r, p);
+    p += r.length;
+  }
+  const parts = [
+    new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    ...(palette ? [chunk("PLTE", new Uint8Array(palette))] : []),
+    chunk("IDAT", zlibSync(raw)),
+    chunk("IEND", new Uint8Array(0)),
+  ];
+  const out = new Uint8Array(parts.reduce((a, c) => a + c.length, 0));
+  p = 0;
+  for (const c of parts) {
+    out.set(c, p);
+    p += c.length;
+  }
+  return out;
+}
+
+Deno.test("CLIP preprocessing equals Pillow + torchvision (fixture from data_make_fixtures.py)", async () => {
+  const f = await readNpz(join(FIXTURES, "data_pil_resize.npz"));
+  for (const name of ["up", "down", "grey", "halfcrop", "tall"]) {
+    const inp = f[`${name}_in`];
+    const want = f[`${name}_out`];
+    const img: Image8 = {
+      height: inp.shape[0],
+      width: inp.shape[1],
+      channels: inp.shape[2] ?? 1,
+      data: inp.data as Uint8Array,
+    };
+    const got = clipPreprocess(img, want.shape[0]);
+    assert.equal(got.width, want.shape[1], name);
+    assert.equal(got.height, want.shape[0], name);
+    // Measured: bit-exact (max |diff| 0); the requirement is ≤ 1.
+    assert.equal(maxAbsDiff(got.data, want.data as Uint8Array), 0, name);
+  }
+});
+
+Deno.test("resize: sizes, constant images stay constant, identity at equal size", () => {
+  assert.deepEqual(resizedShortSide(300, 250, 224), [268, 224]);
+  assert.deepEqual(resizedShortSide(199, 301, 224), [224, 338]);
+  assert.deepEqual(resizedShortSide(28, 28, 224), [224, 224]);
+  const flat: Image8 = { width: 7, height: 5, channels: 3, data: new Uint8Array(105).fill(77) };
+  for (const [w, h] of [[30, 2], [3, 17], [7, 5]]) {
+    const r = resizeBicubic(flat, w, h);
+    assert.equal(r.data.length, w * h * 3);
+    assert.ok(r.data.every((v) => v === 77), `${w}x${h}`);
+  }
+  // Hand-computed: [0, 255] upscaled to 4 pixels (scale 0.5, support 2, taps clipped to the row).
+  // Output 1: centre 0.75, taps x=0,1 at distances 0.25 and 0.75: weights 0.8671875 and 0.2265625,
+  // normalised by their sum 1.09375, in 22-bit fixed point; output 0 has a negative weight on 255 → 0.
+  const k = Math.trunc(0.5 + (0.2265625 / 1.09375) * 2 ** 22);
+  const out1 = Math.floor((2 ** 21 + 255 * k) / 2 ** 22);
+  assert.equal(out1, 53);
+  const row: Image8 = { width: 2, height: 1, channels: 1, data: new Uint8Array([0, 255]) };
+  // Output 2 mirrors output 1 (weights swapped: floor(0.5 + 255·0.7928…) = 202). Pillow: [0, 53, 202, 255].
+  assert.deepEqual(Array.from(resizeBicubic(row, 4, 1).data), [0, out1, 202, 255]);
+});
+
+Deno.test("centerCrop rounds offsets half to even, like torchvision", () => {
+  const mk = (w: number, h: number): Image8 => ({
+    width: w,
+    height: h,
+    channels: 1,
+    data: Uint8Array.from({ length: w * h }, (_, i) => i % w),
+  });
+  // (5−2)/2 = 1.5 → 2; (4−1)/2 = 1.5 → 2; (6−1)/2 = 2.5 → 2; (7−2)/2 = 2.5 → 2
+  assert.deepEqual(Array.from(centerCrop(mk(5, 1), 2, 1).data), [2, 3]);
+  assert.deepEqual(Array.from(centerCrop(mk(4, 1), 1, 1).data), [2]);
+  assert.deepEqual(Array.from(centerCrop(mk(6, 1), 1, 1).data), [2]);
+  assert.deepEqual(Array.from(centerCrop(mk(7, 1), 2, 1).data), [2, 3]);
+  assert.throws(() => centerCrop(mk(3, 3), 4, 4), /does not fit/);
+});
+
+Deno.test("decode PNG: RGB, RGBA, grey, palette, 16-bit grey keeps the high byte", () => {
+  const rgb = makePng(2, 1, 2, 8, [new Uint8Array([1, 2, 3, 250, 251, 252])]);
+  assert.deepEqual(Array.from(decodePng(rgb, "rgb.png").data), [1, 2, 3, 250, 251, 252]);
+  const rgba = makePng(1, 1, 6, 8, [new Uint8Array([9, 8, 7, 0])]);
+  assert.deepEqual(Array.from(decodeImage(rgba, "rgba.png").data), [9, 8, 7]);
+  const grey = makePng(3, 1, 0, 8, [new Uint8Array([0, 128, 255])]);
+  const g = decodePng(grey, "grey.png");
+  assert.equal(g.channels, 3);
+  assert.deepEqual(Array.from(g.data), [0, 0, 0, 128, 128, 128, 255, 255, 255]);
+  const pal = makePng(2, 1, 3, 8, [new Uint8Array([1, 0])], [10, 20, 30, 40, 50, 60]);
+  assert.deepEqual(Array.from(decodePng(pal, "pal.png").data), [40, 50, 60, 10, 20, 30]);
+  const g16 = makePng(2, 1, 0, 16, [new Uint8Array([0x12, 0x34, 0xff, 0xff])]);
+  assert.deepEqual(Array.from(decodePng(g16, "g16.png").data), [0x12, 0x12, 0x12, 255, 255, 255]);
+  const g1 = makePng(8, 1, 0, 1, [new Uint8Array([0b10100000])]);
+  assert.deepEqual(Array.from(decodePng(g1, "g1.png").data).filter((_, i) => i % 3 === 0), [
+    255,
+    0,
+    255,
+    0,
+    0,
+    0,
+    0,
+    0,
+  ]);
+});
+
+Deno.test("decode JPEG: close to the encoded pixels; corrupt files name the file", () => {
+  const w = 16, h = 8;
+  const rgba = new Uint8Array(w * h * 4);
+  for (let i = 0; i < w * h; i++) rgba.set([(i % w) * 16, 100, 200 - (i % w) * 8, 255], i * 4);
+  const bytes = jpeg.encode({ data: rgba, width: w, height: h }, 100).data;
+  const img = decodeImage(bytes, "a.jpg");
+  assert.deepEqual([img.width, img.height, img.channels], [w, h, 3]);
+  let m = 0;
+  for (let i = 0; i < w * h; i++) {
+    for (let c = 0; c < 3; c++) m = Math.max(m, Math.abs(img.data[i * 3 + c] - rgba[i * 4 + c]));
+  }
+  assert.ok(m <= 8, `max error ${m}`);
+  assert.throws(
+    () => decodeJpeg(bytes.subarray(0, 200), "cut.jpg"),
+    /cut\.jpg is not a readable JPEG/,
+  );
+  assert.throws(
+    () => decodeImage(new Uint8Array([1, 2, 3, 4]), "x/junk.jpg"),
+    /x\/junk\.jpg is neither a JPEG nor a PNG/,
+  );
+  assert.throws(
+    () => decodePng(new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0, 0, 0, 0, 1]), "bad.png"),
+    /bad\.png is not a readable PNG/,
+  );
+});
+
+Deno.test("toChannels: grey to RGB and Pillow's L weights", () => {
+  const g: Image8 = { width: 2, height: 1, channels: 1, data: new Uint8Array([5, 200]) };
+  assert.deepEqual(Array.from(toChannels(g, 3).data), [5, 5, 5, 200, 200, 200]);
+  const c: Image8 = {
+    width: 2,
+    height: 1,
+    channels: 3,
+    data: new Uint8Array([255, 0, 0, 10, 200, 30]),
+  };
+  // Pillow: L = (R·19595 + G·38470 + B·7471 + 0x8000) >> 16
+  assert.deepEqual(Array.from(toChannels(c, 1).data), [76, 124]);
+});

@@ -1,0 +1,221 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  crc32,
+  encodeNpy,
+  listNpz,
+  type NpyInput,
+  readNpy,
+  readNpz,
+  writeNpy,
+  writeNpz,
+} from "../lib/data/npy.ts";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
+
+function sample(): Record<string, NpyInput> {
+  return {
+    u1: { shape: [2, 3], data: new Uint8Array([0, 1, 2, 253, 254, 255]) },
+    i1: { shape: [3], data: new Int8Array([-128, 0, 127]) },
+    u2: { shape: [2], data: new Uint16Array([0, 65535]) },
+    i2: { shape: [2], data: new Int16Array([-32768, 32767]) },
+    u4: { shape: [2], data: new Uint32Array([0, 4294967295]) },
+    i4: { shape: [2, 1], data: new Int32Array([-5, 7]) },
+    i8: { shape: [2], data: new Int32Array([-9, 2147483647]), dtype: "<i8" },
+    f4: { shape: [2, 2], data: new Float32Array([0.5, -1.25, 3, 1e-7]) },
+    f8: { shape: [1], data: new Float64Array([Math.PI]) },
+    b1: { shape: [3], data: new Uint8Array([1, 0, 1]), dtype: "|b1" },
+    scalar: { shape: [], data: new Float64Array([2.5]) },
+    empty: { shape: [0, 4], data: new Float32Array(0) },
+  };
+}
+
+Deno.test("npz round trip, deflated and stored, every dtype", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const compress of [true, false]) {
+      const path = join(dir, `a${compress}.npz`);
+      await writeNpz(path, sample(), { compress });
+      const got = await readNpz(path);
+      assert.deepEqual(Object.keys(got), Object.keys(sample()));
+      for (const [k, v] of Object.entries(sample())) {
+        assert.deepEqual(got[k].shape, v.shape, k);
+        assert.deepEqual(
+          Array.from(got[k].data as ArrayLike<number>),
+          Array.from(v.data as ArrayLike<number>),
+          k,
+        );
+      }
+      assert.equal(got.i8.dtype, "<i8");
+      assert.ok(got.i8.data instanceof Int32Array);
+      assert.equal(got.b1.dtype, "|b1");
+      assert.equal(got.f4.dtype, "<f4");
+      assert.deepEqual(await listNpz(path), Object.keys(sample()));
+    }
+    // The writer is deterministic (fixed timestamps).
+    await writeNpz(join(dir, "b.npz"), sample());
+    assert.deepEqual(
+      await Deno.readFile(join(dir, "b.npz")),
+      await Deno.readFile(join(dir, "atrue.npz")),
+    );
+    // Only the asked keys are read.
+    const only = await readNpz(join(dir, "atrue.npz"), { keys: ["f8"] });
+    assert.deepEqual(Object.keys(only), ["f8"]);
+    // .npy alone.
+    await writeNpy(join(dir, "x.npy"), sample().f4);
+    const x = readNpy(await Deno.readFile(join(dir, "x.npy")), "x.npy");
+    assert.deepEqual(Array.from(x.data as Float32Array), [0.5, -1.25, 3, Math.fround(1e-7)]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("reads an npz written by numpy's savez_compressed (fixture)", async () => {
+  const path = join(FIXTURES, "data_numpy_dtypes.npz");
+  const keys = ["u1", "i1", "u2", "i2", "u4", "i4", "i8", "f4", "f8", "b1", "scalar", "empty"];
+  const a = await readNpz(path, { keys });
+  assert.deepEqual(a.u1.shape, [2, 3, 4]);
+  assert.deepEqual(
+    Array.from(a.u1.data as Uint8Array),
+    Array.from({ length: 24 }, (_, i) => (i * 11) % 256),
+  );
+  assert.deepEqual(Array.from(a.i1.data as Int8Array), [-40, -39, -38, -37, -36, -35]);
+  assert.deepEqual(a.u2.shape, [3, 2]);
+  assert.deepEqual(Array.from(a.u2.data as Uint16Array), [0, 9000, 18000, 27000, 36000, 45000]);
+  assert.deepEqual(Array.from(a.i2.data as Int16Array), [0, -5000, -10000, -15000, -20000, -25000]);
+  assert.deepEqual(Array.from(a.u4.data as Uint32Array), [0, 1e9, 2e9, 3e9]);
+  assert.deepEqual(Array.from(a.i4.data as Int32Array), [0, -123456, -246912, -370368]);
+  assert.equal(a.i8.dtype, "<i8");
+  assert.deepEqual(a.i8.shape, [4, 1]);
+  assert.deepEqual(Array.from(a.i8.data as Int32Array), [0, 1, 7, 2147483647]);
+  assert.deepEqual(
+    Array.from(a.f4.data as Float32Array),
+    [0, 1, 2, 3, 4].map((i) => Math.fround(i / 3)),
+  );
+  assert.deepEqual(Array.from(a.f8.data as Float64Array), [0, 1, 2, 3, 4].map((i) => i / 7 - 0.25));
+  assert.equal(a.b1.dtype, "|b1");
+  assert.deepEqual(Array.from(a.b1.data as Uint8Array), [1, 0, 1]);
+  assert.deepEqual(a.scalar.shape, []);
+  assert.deepEqual(Array.from(a.scalar.data as Float64Array), [2.5]);
+  assert.deepEqual(a.empty.shape, [0, 3]);
+  assert.equal(a.empty.data.length, 0);
+});
+
+Deno.test("int64 out of int32 range: error by default, BigInt64Array on request", async () => {
+  const path = join(FIXTURES, "data_numpy_dtypes.npz");
+  await assert.rejects(
+    readNpz(path, { keys: ["i8_big"] }),
+    /data_numpy_dtypes\.npz:i8_big\.npy \(<i8\) holds 1099511627776 .*int32 range.*int64: "bigint"/,
+  );
+  const big = await readNpz(path, { keys: ["i8_big"], int64: "bigint" });
+  assert.deepEqual(Array.from(big.i8_big.data as BigInt64Array), [2n ** 40n, -(2n ** 40n)]);
+});
+
+Deno.test("numpy arrays the reader refuses name the file, the entry and the fix", async () => {
+  const path = join(FIXTURES, "data_numpy_bad.npz");
+  await assert.rejects(
+    readNpz(path, { keys: ["fortran"] }),
+    /data_numpy_bad\.npz:fortran\.npy is stored in Fortran order; .*np\.ascontiguousarray/,
+  );
+  await assert.rejects(
+    readNpz(path, { keys: ["big_endian"] }),
+    /big_endian\.npy is big-endian \(>f4\)/,
+  );
+  await assert.rejects(
+    readNpz(path, { keys: ["complex"] }),
+    /complex\.npy has unsupported dtype "<c8"; supported:/,
+  );
+  await assert.rejects(
+    readNpz(path, { keys: ["objects"] }),
+    /objects\.npy has unsupported dtype "\|O".*pickle/,
+  );
+  await assert.rejects(
+    readNpz(path, { keys: ["nope"] }),
+    /data_numpy_bad\.npz has no array "nope"; it holds: fortran/,
+  );
+});
+
+Deno.test("truncated files, bad magic and corrupt entries give clear errors", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const good = await Deno.readFile(join(FIXTURES, "data_numpy_mini.npz"));
+    const cut = join(dir, "cut.npz");
+    await Deno.writeFile(cut, good.subarray(0, Math.floor(good.length / 2)));
+    await assert.rejects(readNpz(cut), /cut\.npz is truncated or not an npz \(zip\) archive/);
+
+    // An entry whose data runs past the end of the file (central directory intact).
+    const path = join(dir, "short.npz");
+    await writeNpz(path, { a: { shape: [100], data: new Float64Array(100) } }, { compress: false });
+    const bytes = await Deno.readFile(path);
+    const v = new DataView(bytes.buffer);
+    const cd = bytes.length - 22 - (46 + "a.npy".length);
+    v.setUint32(cd + 20, 10_000, true); // compressed size in the central directory
+    await Deno.writeFile(path, bytes);
+    await assert.rejects(
+      readNpz(path),
+      /short\.npz is truncated: entry a\.npy of short\.npz needs 10000 bytes/,
+    );
+
+    // A stored entry with a flipped byte fails its CRC.
+    const crcPath = join(dir, "crc.npz");
+    await writeNpz(crcPath, { a: { shape: [100], data: new Float64Array(100) } }, {
+      compress: false,
+    });
+    const b2 = await Deno.readFile(crcPath);
+    b2[200] ^= 0xff;
+    await Deno.writeFile(crcPath, b2);
+    await assert.rejects(readNpz(crcPath), /entry a\.npy of crc\.npz fails its CRC-32 check/);
+
+    // A deflated entry cut short (sizes patched so the zip structure stays valid).
+    const defl = join(dir, "defl.npz");
+    const noise = new Float64Array(2000).map((_, i) => Math.sin(i * 12.9898) * 43758.5453 % 1);
+    await writeNpz(defl, { a: { shape: [2000], data: noise } });
+    const d = await Deno.readFile(defl);
+    const dv = new DataView(d.buffer);
+    const csize = dv.getUint32(18, true);
+    const keep = 30 + 5 + Math.floor(csize / 2);
+    const broken = new Uint8Array(keep + 46 + 5 + 22);
+    broken.set(d.subarray(0, keep));
+    broken.set(d.subarray(30 + 5 + csize), keep); // central directory + EOCD
+    const bv = new DataView(broken.buffer);
+    bv.setUint32(keep + 20, Math.floor(csize / 2), true);
+    bv.setUint32(keep + 46 + 5 + 16, keep, true);
+    await Deno.writeFile(defl, broken);
+    await assert.rejects(
+      readNpz(defl),
+      /entry a\.npy of defl\.npz is truncated or corrupt \(inflate/,
+    );
+
+    const npy = encodeNpy({ shape: [10], data: new Float32Array(10) });
+    assert.throws(
+      () => readNpy(npy.subarray(0, npy.length - 4), "t.npy"),
+      /t\.npy is truncated: shape \[10\] <f4 needs 40 data bytes, the file has 36/,
+    );
+    const bad = npy.slice();
+    bad[1] = 0x41;
+    assert.throws(() => readNpy(bad, "m.npy"), /m\.npy is not an npy array \(bad magic/);
+    await assert.rejects(readNpz(join(dir, "missing.npz")), /missing\.npz does not exist/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("npy header versions 2.0 and 3.0 are read", () => {
+  for (const major of [2, 3]) {
+    const header = "{'descr': '<i2', 'fortran_order': False, 'shape': (2,), }";
+    const pad = 64 - ((12 + header.length + 1) % 64);
+    const h = header + " ".repeat(pad) + "\n";
+    const bytes = new Uint8Array(12 + h.length + 4);
+    bytes.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, major, 0]);
+    new DataView(bytes.buffer).setUint32(8, h.length, true);
+    bytes.set(new TextEncoder().encode(h), 12);
+    bytes.set(new Uint8Array(new Int16Array([-2, 3]).buffer), 12 + h.length);
+    const a = readNpy(bytes, `v${major}.npy`);
+    assert.deepEqual(Array.from(a.data as Int16Array), [-2, 3]);
+  }
+});
+
+Deno.test("crc32 check value", () => {
+  assert.equal(crc32(new TextEncoder().encode("123456789")), 0xcbf43926);
+  assert.equal(crc32(new Uint8Array(0)), 0);
+});
