@@ -1,0 +1,110 @@
+/**
+ * DEeR's noise regulator on tfjs tensors — the public API of SPEC.md §3 and §5.
+ *
+ * For a released B (peer A ∈ R^{r×d}) the client adds `W·Aᵀ(AAᵀ)⁻¹` instead of isotropic noise,
+ * so the noise reaching ΔW = BA is `W·P_A`; for a released A (peer B ∈ R^{d×r}) it adds
+ * `(BᵀB)⁻¹Bᵀ·W`, reaching ΔW as `P_B·W`. The r×r systems are solved in float64 on the host
+ * (Cholesky; a rank-deficient peer is an error, not a silent general inverse) and only the large
+ * d×d·d×r products run in tfjs (float32).
+ *
+ * This is the only file of `lib/privacy` that touches tfjs; the host-side (Float32Array,
+ * seeded-rng) versions for the engine — including {@link peerForB} / {@link peerForA}, a peer
+ * prepared once per phase — live in noise.ts and are re-exported here.
+ *
+ * @example
+ * ```ts
+ * import { tf } from "../backend.ts";
+ * import { regulateNoiseForB } from "./regulator.ts";
+ * const W = tf.randomNormal([768, 768], 0, 0.1) as tf.Tensor2D;
+ * const A = tf.randomUniform([8, 768], -0.036, 0.036) as tf.Tensor2D;
+ * const noiseForB = regulateNoiseForB(W, A); // [768, 8]; noiseForB·A = W·P_A
+ * tf.dispose([W, A, noiseForB]);
+ * ```
+ * @module
+ */
+import { tf } from "../backend.ts";
+import { pinvCols, pinvRows, sigmaMaxOf } from "./linalg.ts";
+
+export {
+  expectedNoiseEnergyInUpdate,
+  isotropicNoise,
+  noiseEnergyInUpdate,
+  type PeerFactor,
+  peerForA,
+  peerForB,
+  productSqNorm,
+  type RegulatedDraw,
+  regulatedNoiseA,
+  regulatedNoiseB,
+  regulateNoiseForAHost,
+  regulateNoiseForBHost,
+} from "./noise.ts";
+
+function shapeError(fn: string, field: string, got: number[], want: string): Error {
+  return new Error(`${fn}: ${field} has shape [${got.join(", ")}]; expected ${want}`);
+}
+
+/**
+ * Regulated noise for a released B: `W · Aᵀ(AAᵀ)⁻¹` (SPEC.md §3), with `noise` W of shape [d, d]
+ * and the peer `peerA` of shape [r, d]; returns a new [d, r] tensor owned by the caller. Throws
+ * when A has rank < r. (A non-square W of shape [dOut, d] is accepted too: B is then [dOut, r].)
+ *
+ * @example
+ * ```ts
+ * import { tf } from "../backend.ts";
+ * const W = tf.eye(3) as tf.Tensor2D;
+ * const A = tf.tensor2d([[2, 0, 0]]);
+ * regulateNoiseForB(W, A).arraySync(); // [[0.5], [0], [0]]
+ * ```
+ */
+export function regulateNoiseForB(noise: tf.Tensor2D, peerA: tf.Tensor2D): tf.Tensor2D {
+  const fn = "regulateNoiseForB";
+  if (peerA.rank !== 2) throw shapeError(fn, "peerA", peerA.shape, "[r, d]");
+  const [r, d] = peerA.shape;
+  if (noise.rank !== 2 || noise.shape[1] !== d) {
+    throw shapeError(fn, "noise", noise.shape, `[${d}, ${d}] (d×d, d from peerA [r, d])`);
+  }
+  const aPinv = pinvRows(peerA.dataSync() as Float32Array, r, d); // d×r, float64
+  return tf.tidy(() => tf.matMul(noise, tf.tensor2d(Float32Array.from(aPinv), [d, r])));
+}
+
+/**
+ * Regulated noise for a released A: `(BᵀB)⁻¹Bᵀ · W` (SPEC.md §3), with `noise` W of shape [d, d]
+ * and the peer `peerB` of shape [d, r]; returns a new [r, d] tensor owned by the caller. Throws
+ * when B has rank < r (e.g. B = 0 before the first phase B). (W of shape [d, dIn] gives
+ * [r, dIn].)
+ *
+ * @example
+ * ```ts
+ * import { tf } from "../backend.ts";
+ * const W = tf.eye(3) as tf.Tensor2D;
+ * const B = tf.tensor2d([[2], [0], [0]]);
+ * regulateNoiseForA(W, B).arraySync(); // [[0.5, 0, 0]]
+ * ```
+ */
+export function regulateNoiseForA(noise: tf.Tensor2D, peerB: tf.Tensor2D): tf.Tensor2D {
+  const fn = "regulateNoiseForA";
+  if (peerB.rank !== 2) throw shapeError(fn, "peerB", peerB.shape, "[d, r]");
+  const [d, r] = peerB.shape;
+  if (noise.rank !== 2 || noise.shape[0] !== d) {
+    throw shapeError(fn, "noise", noise.shape, `[${d}, ${d}] (d×d, d from peerB [d, r])`);
+  }
+  const bPinv = pinvCols(peerB.dataSync() as Float32Array, d, r); // r×d, float64
+  return tf.tidy(() => tf.matMul(tf.tensor2d(Float32Array.from(bPinv), [r, d]), noise));
+}
+
+/**
+ * Largest singular value of a peer factor held as a tensor (A [r, d] or B [d, r]) — what the
+ * accountant needs for the paper mechanism's regulated releases (SPEC.md §4.2).
+ *
+ * @example
+ * ```ts
+ * import { tf } from "../backend.ts";
+ * peerSigmaMax(tf.tensor2d([[3, 0], [0, 1]])); // 3
+ * ```
+ */
+export function peerSigmaMax(peer: tf.Tensor2D): number {
+  if (peer.rank !== 2) throw shapeError("peerSigmaMax", "peer", peer.shape, "a matrix");
+  const [rows, cols] = peer.shape;
+  return sigmaMaxOf(peer.dataSync() as Float32Array, rows, cols);
+}
