@@ -65,7 +65,14 @@
  */
 import { dirname, join } from "node:path";
 import { tf } from "../backend.ts";
-import { readSafetensors, readSafetensorsIndex, type SafeTensor } from "./safetensors.ts";
+import type { Rng } from "../rng.ts";
+import {
+  readSafetensors,
+  readSafetensorsIndex,
+  type SafeTensor,
+  type SafeTensorInput,
+  writeSafetensors,
+} from "./safetensors.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -124,6 +131,12 @@ export interface LoraInput {
   B: tf.Tensor2D[];
   /** s = alpha / r (SPEC §1). */
   scale: number;
+  /**
+   * Optional dense updates folded into the frozen q/k/v weights (FedEx-LoRA's aggregation
+   * residual): `residual[i]` is width×width (out×in) for adapter `i`, so that
+   * `q = (W_q + R_q) x + b_q + s·B_q A_q x`.
+   */
+  residual?: tf.Tensor2D[];
 }
 
 /** A frozen image encoder with optional LoRA on q, k, v of every block. */
@@ -781,6 +794,162 @@ function allTensors(w: VitWeights): tf.Tensor[] {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fresh weights and export (used by `tasks/pretrain.ts`)
+
+/**
+ * Host weights of a freshly initialised ViT with CLIP's initialisation: patch embedding as
+ * PyTorch's Conv2d default (U(−1/√fan_in, 1/√fan_in), fan_in = C·P·P); class and position
+ * embeddings and `proj` N(0, width⁻¹ᐟ²) as open_clip's `VisionTransformer`; in each block
+ * (OpenAI CLIP's `initialize_parameters`) q/k/v N(0, width⁻¹ᐟ²), the attention output and
+ * `c_proj` N(0, width⁻¹ᐟ²·(2·layers)⁻¹ᐟ²), `c_fc` N(0, (2·width)⁻¹ᐟ²); biases 0; LayerNorms
+ * 1 and 0. Draws are taken in that order (patch, class, positions, blocks, proj) from `rng`.
+ * Optional parts follow `config` (`preNorm`, `patchBias`, `proj`, `projBias`).
+ *
+ * @example
+ * ```ts
+ * const host = randomVitWeights({ ...config, layers: 4, width: 64 }, createRng(0));
+ * const encoder = createVitEncoder(config, host);
+ * ```
+ */
+export function randomVitWeights(config: VitConfig, rng: Rng): VitHostWeights {
+  const { width, layers, mlpDim, channels, patchSize: P, embedDim } = config;
+  if (config.volume) throw new Error("randomVitWeights: build a 2D encoder, then inflate it");
+  if (width % config.heads !== 0 || config.imageSize % P !== 0) {
+    throw new Error(
+      `randomVitWeights: heads ${config.heads} must divide width ${width} and patch ${P} the image size ${config.imageSize}`,
+    );
+  }
+  const normal = (shape: number[], std: number): HostTensor => {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
+    return { shape, data };
+  };
+  const filled = (n: number, v: number): HostTensor => ({
+    shape: [n],
+    data: new Float32Array(n).fill(v),
+  });
+  const norm = (): HostNorm => ({ weight: filled(width, 1), bias: filled(width, 0) });
+  const fanIn = channels * P * P;
+  const bound = 1 / Math.sqrt(fanIn);
+  const patchWeight: HostTensor = { shape: [fanIn, width], data: new Float32Array(fanIn * width) };
+  for (let i = 0; i < patchWeight.data.length; i++) {
+    patchWeight.data[i] = (2 * rng.uniform() - 1) * bound;
+  }
+  const patchBias = config.patchBias ? filled(width, 0) : undefined;
+  const scale = 1 / Math.sqrt(width);
+  const classEmbedding = normal([width], scale);
+  const grid = config.imageSize / P;
+  const positionEmbedding = normal([1 + grid * grid, width], scale);
+  const projStd = scale / Math.sqrt(2 * layers);
+  const fcStd = 1 / Math.sqrt(2 * width);
+  const blocks: HostBlock[] = [];
+  for (let i = 0; i < layers; i++) {
+    blocks.push({
+      ln1: norm(),
+      qkvWeight: normal([width, 3 * width], scale),
+      qkvBias: filled(3 * width, 0),
+      outWeight: normal([width, width], projStd),
+      outBias: filled(width, 0),
+      ln2: norm(),
+      fc1Weight: normal([width, mlpDim], fcStd),
+      fc1Bias: filled(mlpDim, 0),
+      fc2Weight: normal([mlpDim, width], projStd),
+      fc2Bias: filled(width, 0),
+    });
+  }
+  return {
+    patchWeight,
+    patchBias,
+    classEmbedding,
+    positionEmbedding,
+    lnPre: config.preNorm ? norm() : undefined,
+    blocks,
+    lnPost: norm(),
+    proj: config.proj ? normal([width, embedDim], scale) : undefined,
+    projBias: config.proj && config.projBias ? filled(embedDim, 0) : undefined,
+  };
+}
+
+/**
+ * Saves an encoder's weights as an open_clip OpenAI-layout image tower (`visual.conv1.weight`,
+ * `visual.transformer.resblocks.{i}.attn.in_proj_weight`, …, PyTorch [out, in] matrices) that
+ * {@link loadVisionEncoder} and open_clip read. Heads, activation and LayerNorm ε go into the
+ * metadata key `deer.vision`, so loading needs no options; `metadata` adds more keys. Written
+ * atomically. Volume encoders and projection biases (no OpenAI key) are refused.
+ *
+ * @example
+ * ```ts
+ * await saveVisionEncoder("models/tiny.safetensors", encoder, { "deer.recipe": "…" });
+ * const again = await loadVisionEncoder("models/tiny.safetensors");
+ * ```
+ */
+export async function saveVisionEncoder(
+  path: string,
+  model: { config: VitConfig; weights: VitWeights },
+  metadata: Record<string, string> = {},
+): Promise<void> {
+  const { config: cfg, weights: w } = model;
+  if (cfg.volume || w.keyBias) {
+    throw new Error(`${path}: a volume encoder cannot be saved; save the 2D encoder it came from`);
+  }
+  if (w.projBias) {
+    throw new Error(`${path}: the OpenAI layout has no projection bias; this encoder has one`);
+  }
+  const host = (t: tf.Tensor): HostTensor => ({
+    shape: t.shape,
+    data: Float32Array.from(t.dataSync() as Float32Array),
+  });
+  // [in, out] (x · W) → PyTorch Linear [out, in].
+  const torchLinear = (t: tf.Tensor): SafeTensorInput => linear(host(t));
+  const { width, channels, patchSize: P } = cfg;
+  const patch = host(w.patchWeight);
+  const conv = new Float32Array(width * channels * P * P);
+  for (let o = 0; o < width; o++) {
+    for (let c = 0; c < channels; c++) {
+      for (let i = 0; i < P; i++) {
+        for (let j = 0; j < P; j++) {
+          conv[((o * channels + c) * P + i) * P + j] = patch.data[
+            ((i * P + j) * channels + c) *
+              width + o
+          ];
+        }
+      }
+    }
+  }
+  const v = "visual.";
+  const out: Record<string, SafeTensorInput> = {
+    [`${v}conv1.weight`]: { shape: [width, channels, P, P], data: conv },
+    [`${v}class_embedding`]: { shape: [width], data: host(w.classEmbedding).data },
+    [`${v}positional_embedding`]: host(w.positionEmbedding),
+  };
+  if (w.patchBias) out[`${v}conv1.bias`] = host(w.patchBias);
+  const putNorm = (prefix: string, n: Norm) => {
+    out[`${prefix}.weight`] = host(n.weight);
+    out[`${prefix}.bias`] = host(n.bias);
+  };
+  if (w.lnPre) putNorm(`${v}ln_pre`, w.lnPre);
+  w.blocks.forEach((b, i) => {
+    const p = `${v}transformer.resblocks.${i}.`;
+    putNorm(`${p}ln_1`, b.ln1);
+    out[`${p}attn.in_proj_weight`] = torchLinear(b.qkvWeight);
+    out[`${p}attn.in_proj_bias`] = host(b.qkvBias);
+    out[`${p}attn.out_proj.weight`] = torchLinear(b.outWeight);
+    out[`${p}attn.out_proj.bias`] = host(b.outBias);
+    putNorm(`${p}ln_2`, b.ln2);
+    out[`${p}mlp.c_fc.weight`] = torchLinear(b.fc1Weight);
+    out[`${p}mlp.c_fc.bias`] = host(b.fc1Bias);
+    out[`${p}mlp.c_proj.weight`] = torchLinear(b.fc2Weight);
+    out[`${p}mlp.c_proj.bias`] = host(b.fc2Bias);
+  });
+  putNorm(`${v}ln_post`, w.lnPost);
+  if (w.proj) out[`${v}proj`] = host(w.proj); // open_clip keeps proj as [width, embed]
+  await writeSafetensors(path, out, {
+    "deer.vision": JSON.stringify({ heads: cfg.heads, act: cfg.act, lnEps: cfg.lnEps }),
+    ...metadata,
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Forward
 
 function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
@@ -815,6 +984,8 @@ interface BlockLora {
   A: tf.Tensor2D;
   /** B_q, B_k, B_v block-diagonal: [3·width, r_q + r_k + r_v]. */
   B: tf.Tensor2D;
+  /** R_q | R_k | R_v stacked: [3·width, width], or undefined. */
+  residual?: tf.Tensor2D;
 }
 
 function blockLora(lora: LoraInput, i: number): BlockLora {
@@ -828,7 +999,8 @@ function blockLora(lora: LoraInput, i: number): BlockLora {
     before += ranks[j];
     return p;
   });
-  return { A: tf.concat(As, 0).mul(lora.scale), B: tf.concat(padded, 0) };
+  const residual = lora.residual && tf.concat(lora.residual.slice(3 * i, 3 * i + 3), 0);
+  return { A: tf.concat(As, 0).mul(lora.scale), B: tf.concat(padded, 0), residual };
 }
 
 function transformerBlock(
@@ -846,6 +1018,7 @@ function transformerBlock(
   // q | k | v = h·W_qkv + b_qkv + s·(h·Aᵀ)·Bᵀ  (SPEC §1)
   let qkv = tf.fused.matMul({ a: h, b: b.qkvWeight, bias: b.qkvBias }) as tf.Tensor2D;
   if (lora) qkv = qkv.add(tf.matMul(tf.matMul(h, lora.A, false, true), lora.B, false, true));
+  if (lora?.residual) qkv = qkv.add(tf.matMul(h, lora.residual, false, true));
   const [q, k, v] = tf.unstack(
     qkv.reshape([n, t, 3, heads, dh]).transpose([2, 0, 3, 1, 4]),
   ) as tf.Tensor4D[];
@@ -901,50 +1074,82 @@ function checkLora(cfg: VitConfig, lora: LoraInput): void {
       );
     }
   }
+  if (lora.residual) {
+    const bad = lora.residual.findIndex((r) =>
+      r.rank !== 2 || r.shape[0] !== cfg.width || r.shape[1] !== cfg.width
+    );
+    if (lora.residual.length !== count || bad >= 0) {
+      throw new Error(
+        `encode: LoRA residual must be ${count} tensors of [${cfg.width}, ${cfg.width}]` +
+          (bad >= 0
+            ? `; residual ${bad} is [${lora.residual[bad].shape}]`
+            : `; got ${lora.residual.length}`),
+      );
+    }
+  }
   if (!Number.isFinite(lora.scale)) {
     throw new Error(`encode: LoRA scale ${lora.scale} must be finite (alpha / r)`);
   }
 }
 
+/**
+ * The forward pass as a function of the weights (module doc): `x` [N, H, W, 3] normalised pixels
+ * (or [N, D, H, W, 1] for a volume config) → [N, embedDim] unnormalised features. Every weight
+ * is an input, so `tf.grads` can differentiate with respect to any of them (pretraining,
+ * `tasks/pretrain.ts`) as well as the LoRA tensors. Call it inside the caller's `tf.tidy`.
+ *
+ * @example
+ * ```ts
+ * const f = tf.tidy(() => encodeWithWeights(encoder.config, encoder.weights, x));
+ * ```
+ */
+export function encodeWithWeights(
+  config: VitConfig,
+  w: VitWeights,
+  x: tf.Tensor4D | tf.Tensor5D,
+  lora?: LoraInput,
+): tf.Tensor2D {
+  checkInput(config, x);
+  if (lora) checkLora(config, lora);
+  return tf.tidy((): tf.Tensor2D => {
+    const n = x.shape[0];
+    const { width } = config;
+    const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
+    const embedded = (w.patchBias
+      ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
+      : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
+    const t = (embedded.shape[1] as number) + 1;
+    const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
+    const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
+    // The residual stream stays 2-D, [N·T, width]: LayerNorms and matmuls need no reshapes.
+    let tokens = sequence.reshape([n * t, width]) as tf.Tensor2D;
+    if (w.lnPre) {
+      tokens = layerNorm(tokens, w.lnPre, config.lnEps);
+    }
+    for (let i = 0; i < config.layers; i++) {
+      const input = tokens;
+      const adapters = lora && blockLora(lora, i);
+      // One tidy per block: forward-only calls free each block's intermediates at once.
+      tokens = tf.tidy(() =>
+        transformerBlock(input, w.blocks[i], config, n, t, adapters, w.keyBias)
+      );
+    }
+    const classToken = tokens.reshape([n, t, width]).slice([0, 0, 0], [n, 1, width]);
+    const normed = layerNorm(classToken.reshape([n, width]), w.lnPost, config.lnEps);
+    if (!w.proj) {
+      return normed;
+    }
+    return w.projBias
+      ? tf.fused.matMul({ a: normed, b: w.proj, bias: w.projBias }) as tf.Tensor2D
+      : tf.matMul(normed, w.proj);
+  });
+}
+
 function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[]): VitEncoder {
-  const w = weights;
   let disposed = false;
   const encode = (x: tf.Tensor4D | tf.Tensor5D, lora?: LoraInput): tf.Tensor2D => {
     if (disposed) throw new Error("encode: this encoder was disposed");
-    checkInput(config, x);
-    if (lora) checkLora(config, lora);
-    return tf.tidy((): tf.Tensor2D => {
-      const n = x.shape[0];
-      const { width } = config;
-      const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
-      const embedded = (w.patchBias
-        ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
-        : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
-      const t = (embedded.shape[1] as number) + 1;
-      const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
-      const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
-      // The residual stream stays 2-D, [N·T, width]: LayerNorms and matmuls need no reshapes.
-      let tokens = sequence.reshape([n * t, width]) as tf.Tensor2D;
-      if (w.lnPre) {
-        tokens = layerNorm(tokens, w.lnPre, config.lnEps);
-      }
-      for (let i = 0; i < config.layers; i++) {
-        const input = tokens;
-        const adapters = lora && blockLora(lora, i);
-        // One tidy per block: forward-only calls free each block's intermediates at once.
-        tokens = tf.tidy(() =>
-          transformerBlock(input, w.blocks[i], config, n, t, adapters, w.keyBias)
-        );
-      }
-      const classToken = tokens.reshape([n, t, width]).slice([0, 0, 0], [n, 1, width]);
-      const normed = layerNorm(classToken.reshape([n, width]), w.lnPost, config.lnEps);
-      if (!w.proj) {
-        return normed;
-      }
-      return w.projBias
-        ? tf.fused.matMul({ a: normed, b: w.proj, bias: w.projBias }) as tf.Tensor2D
-        : tf.matMul(normed, w.proj);
-    });
+    return encodeWithWeights(config, weights, x, lora);
   };
   return {
     config,
