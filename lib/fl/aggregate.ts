@@ -163,6 +163,8 @@ export interface AggregateOutput {
   peerSigmaMax: number;
   clippedFraction: number;
   meanUpdateNorm: number;
+  /** Strict calibration: the largest client release norm after clipping (checked ≤ C). */
+  maxReleaseNorm: number;
   release: ReleaseDescription | null;
   /** FedEx-LoRA: `s·(Σ_k p_k B_k A_k − B̄·Ā)` per adapter (dOut×dIn), when asked for. */
   residual?: Float32Array[];
@@ -190,6 +192,7 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
   // 1. Updates relative to the global factors, clipped.
   let clipped = 0;
   let normSum = 0;
+  let maxReleaseNorm = 0;
   const combined: LoraFactors[] = []; // what enters the weighted average, per client
   for (const { factors } of clients) {
     const deltas = new Map<Factor, Float32Array[]>();
@@ -206,6 +209,15 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
       if (norm > C) {
         clipped++;
         for (const list of deltas.values()) for (const d of list) scaleInPlace(d, C / norm);
+      }
+      // Run-time check of the guarantee's premise: the clipped release is within its bound
+      // (float32 rounding of the scaled entries allows a relative 1e-5).
+      const after = Math.sqrt(releaseSqNorm(deltas, factors, phase, peerOf));
+      maxReleaseNorm = Math.max(maxReleaseNorm, after);
+      if (!(after <= C * (1 + 1e-5))) {
+        throw new Error(
+          `strict clipping failed: a release has norm ${after} > C = ${C}; refusing to release it`,
+        );
       }
     } else if (cal?.calibration === "paper") {
       let anyClipped = false;
@@ -315,6 +327,7 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
     peerSigmaMax,
     clippedFraction: clients.length ? clipped / clients.length : 0,
     meanUpdateNorm: clients.length ? normSum / clients.length : 0,
+    maxReleaseNorm,
     release: cal ? describeRelease(cal, input, peerOf) : null,
     residual: input.foldResidual ? residual : undefined,
   };

@@ -151,6 +151,14 @@ export interface RunOptions {
   onClient?: (info: { round: number; phase: string; done: number; total: number }) => void;
   /** Stop after this many rounds of this invocation (used to test resuming). */
   stopAfterRounds?: number;
+  /**
+   * Replaces a client's update before the server sees it — for fault and adversary experiments
+   * (a crashing client, non-finite or wrongly shaped updates). Throwing excludes the client.
+   */
+  alterUpdate?: (
+    where: { round: number; phase: string; client: number },
+    update: LocalResult,
+  ) => LocalResult;
 }
 
 interface ClientState {
@@ -339,7 +347,11 @@ export async function runFederated(
             residual,
           });
           if (keepMomentum) client.momentum = result.momentum;
-          results.push({ client: k, result });
+          const altered = opts.alterUpdate?.(
+            { round: round + 1, phase: phase.name, client: k },
+            result,
+          );
+          results.push({ client: k, result: altered ?? result });
         } catch (err) {
           results.push({ client: k, result: null, error: (err as Error).message });
         }

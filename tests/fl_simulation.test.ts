@@ -1,0 +1,147 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { tf } from "../lib/backend.ts";
+import {
+  defaultConfig,
+  type FederatedConfig,
+  type RoundRecord,
+  runFederated,
+  validateConfig,
+} from "../lib/fl/simulation.ts";
+import { toySetup } from "./helpers/fl_fixture.ts";
+
+const setup = await toySetup();
+
+function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
+  return {
+    ...defaultConfig(),
+    numClients: 4,
+    rounds: 3,
+    localEpochs: 1,
+    batchSize: 8,
+    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
+    ...over,
+  };
+}
+
+/** A record without its wall-clock fields, for equality across runs. */
+const stable = (r: RoundRecord) => ({ ...r, seconds: 0 });
+
+Deno.test("simulation: the same seed gives identical records; another seed does not", async () => {
+  const cfg = config({ method: { method: "LoRA" }, rounds: 2 });
+  const a = await runFederated(setup.backbone, setup.data, cfg);
+  const b = await runFederated(setup.backbone, setup.data, cfg);
+  assert.deepEqual(a.records.map(stable), b.records.map(stable));
+  const c = await runFederated(setup.backbone, setup.data, { ...cfg, seed: 11 });
+  assert.notDeepEqual(a.records.map((r) => r.trainLoss), c.records.map((r) => r.trainLoss));
+});
+
+Deno.test("simulation: training learns, rounds do not grow the live tensor count", async () => {
+  const before = tf.memory().numTensors;
+  const res = await runFederated(setup.backbone, setup.data, config({ rounds: 4 }));
+  assert.equal(tf.memory().numTensors, before);
+  for (const r of res.records) assert.equal(r.liveTensors, 0, `round ${r.round}`);
+  assert.ok(res.records[3].trainLoss < res.records[0].trainLoss, "loss falls");
+  assert.ok(res.best.test !== null && res.best.test.accuracy > 0.5, "beats chance (1/3)");
+  // DEeR eliminates the aggregation deviation.
+  for (const r of res.records) assert.ok(r.deviation < 1e-10, `deviation ${r.deviation}`);
+});
+
+Deno.test("simulation: strict DP spends exactly the target ε by the last round", async () => {
+  const res = await runFederated(
+    setup.backbone,
+    setup.data,
+    config({ dp: { calibration: "strict", clip: 0.5, epsilon: 3 } }),
+  );
+  const spent = res.records.map((r) => r.epsilon.spent!);
+  for (let i = 1; i < spent.length; i++) assert.ok(spent[i] >= spent[i - 1], "ε never decreases");
+  assert.ok(spent[2] <= 3 && spent[2] > 3 - 0.01, `spent ${spent[2]}`);
+  assert.equal(res.records[0].epsilon.nominal, 3);
+  assert.equal(res.records[0].phases.length, 2, "DEeR: two releases per round");
+});
+
+Deno.test("simulation: paper DP reports a client-level ε far above its nominal one", async () => {
+  const res = await runFederated(
+    setup.backbone,
+    setup.data,
+    config({ method: { method: "FFA-LoRA" }, dp: { calibration: "paper", clip: 0.5, epsilon: 3 } }),
+  );
+  assert.equal(res.calibration?.nominalDelta, 1 / 4);
+  assert.ok(res.epsilonSpent! > 3, `spent ${res.epsilonSpent}`);
+});
+
+Deno.test("simulation: a run stopped after a round resumes to identical results", async () => {
+  const cfg = config({ method: { method: "LoRA" }, momentum: "reference" });
+  const full = await runFederated(setup.backbone, setup.data, cfg);
+  const out = join(setup.dir, "resume");
+  const first = await runFederated(setup.backbone, setup.data, cfg, {
+    outDir: out,
+    stopAfterRounds: 1,
+  });
+  assert.equal(first.records.length, 1);
+  const resumed = await runFederated(setup.backbone, setup.data, cfg, {
+    outDir: out,
+    resume: true,
+  });
+  assert.deepEqual(resumed.records.map(stable), full.records.map(stable));
+  const lines = (await Deno.readTextFile(join(out, "records.jsonl"))).trim().split("\n");
+  assert.equal(lines.length, 3);
+  const files = [...Deno.readDirSync(join(out, "checkpoints"))].map((e) => e.name).sort();
+  assert.deepEqual(files, [
+    "round-0001.safetensors",
+    "round-0002.safetensors",
+    "round-0003.safetensors",
+  ]);
+  // Resuming with other settings is refused.
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, { ...cfg, seed: 99 }, { outDir: out, resume: true }),
+    /written by a run with other settings/,
+  );
+});
+
+Deno.test("simulation: faulty clients are excluded and recorded; weights renormalise", async () => {
+  const res = await runFederated(setup.backbone, setup.data, config({ rounds: 1 }), {
+    alterUpdate: ({ client }, update) => {
+      if (client === 1) throw new Error("client crashed");
+      if (client === 2) {
+        return {
+          ...update,
+          factors: { ...update.factors, B: update.factors.B.map((b) => b.map(() => NaN)) },
+        };
+      }
+      if (client === 3) {
+        return { ...update, factors: { ...update.factors, A: update.factors.A.slice(1) } };
+      }
+      return update;
+    },
+  });
+  const excluded = res.records[0].phases[0].excluded;
+  assert.deepEqual(excluded.map((e) => e.client), [1, 2, 3]);
+  assert.match(excluded[0].reason, /client crashed/);
+  assert.match(excluded[1].reason, /non-finite/);
+  assert.match(excluded[2].reason, /A factors; expected/);
+  assert.ok(Number.isFinite(res.records[0].val.accuracy));
+});
+
+Deno.test("simulation: invalid settings are refused before any work", () => {
+  const bad: [Partial<FederatedConfig>, RegExp][] = [
+    [{ numClients: 0 }, /node_num 0/],
+    [{ rounds: 0 }, /T 0/],
+    [{ split: { iid: false, dirichletAlpha: 0 } }, /dirichlet_alpha 0/],
+    [{ dp: { calibration: "strict", clip: 0, epsilon: 1 } }, /C 0/],
+    [{ dp: { calibration: "strict", clip: 1, epsilon: -1 } }, /epsilon -1/],
+    [{ method: { method: "nope" } }, /unknown method/],
+    [
+      {
+        method: { method: "DEeR", module1: false },
+        dp: { calibration: "strict", clip: 1, epsilon: 1 },
+      },
+      /private/,
+    ],
+    [
+      { method: { method: "FedEx-LoRA" }, dp: { calibration: "strict", clip: 1, epsilon: 1 } },
+      /un-noised/,
+    ],
+  ];
+  for (const [over, re] of bad) assert.throws(() => validateConfig(config(over)), re);
+});
