@@ -1,0 +1,75 @@
+/**
+ * DEeR toolkit — privacy-preserving federated LoRA fine-tuning of CLIP-style vision
+ * transformers (Deviation Eliminating and Noise Regulating, IEEE TMI; see SPEC.md).
+ *
+ * The public surface: the tfjs namespace with the selected backend, the data loaders, the
+ * ViT encoder with LoRA, the federated engine and its methods, DEeR's regulator and deviation,
+ * the RDP accountant and the metrics. Deeper modules (`lib/...`) can be imported directly.
+ *
+ * @example
+ * ```ts
+ * import { noiseMultiplierForBudget, rdpEpsilon } from "./mod.ts";
+ * const sigma = noiseMultiplierForBudget({ targetEpsilon: 4, targetDelta: 1e-5, sampleRate: 1, steps: 100 });
+ * rdpEpsilon({ noiseMultiplier: sigma, sampleRate: 1, steps: 100, delta: 1e-5 }).epsilon; // ≤ 4
+ * ```
+ * @module
+ */
+
+// Tensors
+export { backendName, tf } from "./lib/backend.ts";
+
+// Data
+export { readNpy, readNpz, writeNpy, writeNpz } from "./lib/data/npy.ts";
+export { loadMedMnist } from "./lib/data/medmnist.ts";
+export { loadImageFolder } from "./lib/data/image_folder.ts";
+export type { ImageDataset, ImageSplit } from "./lib/data/dataset.ts";
+export { dirichletPartition, iidPartition } from "./lib/data/partition.ts";
+export { CLIP_MEAN, CLIP_STD, clipPreprocess, decodeImage } from "./lib/data/image.ts";
+export { createRng, type Rng } from "./lib/rng.ts";
+
+// Model
+export {
+  inflateForVolumes,
+  loadVisionEncoder,
+  type LoraInput,
+  type VisionEncoder,
+  type VitConfig,
+} from "./lib/model/vit.ts";
+export { initLora, loraScale } from "./lib/model/lora.ts";
+export {
+  cosineScores,
+  loadPrototypes,
+  orthonormalPrototypes,
+  prototypeLogits,
+  savePrototypes,
+} from "./lib/model/head.ts";
+export { readSafetensors, writeSafetensors } from "./lib/model/safetensors.ts";
+
+// Federated engine
+export { makeBackbone, type SharedBackbone } from "./lib/fl/backbone.ts";
+export {
+  defaultConfig,
+  type FederatedConfig,
+  type RoundRecord,
+  runFederated,
+  type RunResult,
+  validateConfig,
+} from "./lib/fl/simulation.ts";
+export { type Method, METHOD_NAMES, resolveMethod } from "./lib/fl/methods.ts";
+export { aggregatePhase, calibrate, type DpSettings } from "./lib/fl/aggregate.ts";
+export { aggregationDeviation } from "./lib/fl/deviation.ts";
+export { evaluateSplit, predict } from "./lib/fl/evaluate.ts";
+
+// Privacy
+export { noiseMultiplierForBudget, rdpEpsilon } from "./lib/privacy/rdp.ts";
+export { regulateNoiseForA, regulateNoiseForB } from "./lib/privacy/regulator.ts";
+export {
+  createLedger,
+  paperCalibration,
+  recordRelease,
+  spentEpsilon,
+  strictCalibration,
+} from "./lib/privacy/ledger.ts";
+
+// Metrics
+export { classificationMetrics, meanStd } from "./lib/metrics/classification.ts";
