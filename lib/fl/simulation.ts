@@ -136,6 +136,8 @@ export interface RunResult {
   best: { round: number; val: Metrics | null; test: Metrics | null };
   calibration: Calibration | null;
   epsilonSpent: number | null;
+  /** The privacy ledger (every release and the ε spent per round), null without DP. */
+  ledger: LedgerState | null;
   seconds: number;
 }
 
@@ -486,6 +488,7 @@ export async function runFederated(
     best,
     calibration,
     epsilonSpent: ledger ? spentEpsilon(ledger) : null,
+    ledger,
     seconds: carriedSeconds + (performance.now() - started) / 1000,
   };
 }

@@ -1,0 +1,293 @@
+/**
+ * Experiments: resolve a data set and a foundation model from names and paths, run a federated
+ * configuration over several seeds, and summarise (mean ± population std of the test metrics at
+ * the best-validation round, SPEC §2; the ε actually spent, SPEC §4.3). `deno task train`,
+ * `deno task demo` and the notebooks all go through here.
+ *
+ * Results layout, written atomically (`outDir/<run>/`):
+ * `config.json`, `seed-<s>/records.jsonl` (one JSON record per round), `seed-<s>/ledger.json`,
+ * `seed-<s>/checkpoints/round-NNNN.safetensors`, `seed-<s>/state.json` (resume), `summary.json`.
+ *
+ * @example
+ * ```ts
+ * const inputs = await loadInputs({ dataset: "default" });
+ * const result = await runExperiment(inputs, { ...defaultConfig(), rounds: 2 }, [10], { outDir: "results/x" });
+ * result.summary.test.accuracy.mean;
+ * ```
+ * @module
+ */
+import { join } from "node:path";
+import { existsSync } from "node:fs";
+import type { ImageDataset } from "./data/dataset.ts";
+import { KNOWN_DATASETS } from "./data/dataset.ts";
+import { loadMedMnist, medmnistInfo } from "./data/medmnist.ts";
+import { loadImageFolder } from "./data/image_folder.ts";
+import { loadVisionEncoder, type VitEncoder } from "./model/vit.ts";
+import { loadPrototypes, orthonormalPrototypes } from "./model/head.ts";
+import { makeBackbone, type SharedBackbone } from "./fl/backbone.ts";
+import {
+  type FederatedConfig,
+  type RoundRecord,
+  runFederated,
+  type RunResult,
+  validateConfig,
+} from "./fl/simulation.ts";
+import { resolveMethod } from "./fl/methods.ts";
+import { meanStd, type Metrics } from "./metrics/classification.ts";
+import { writeJsonAtomic } from "./io/atomic.ts";
+
+/** Where the toolkit's embedded default data set and foundation model live. */
+export const DEFAULTS = {
+  data: new URL("../data/default/fashion6.npz", import.meta.url).pathname,
+  model: new URL("../models/default/vit_tiny_fashion.safetensors", import.meta.url).pathname,
+  prototypes: new URL("../models/default/prototypes.safetensors", import.meta.url).pathname,
+} as const;
+
+/** How to find the data and the model of an experiment. */
+export interface InputSpec {
+  /**
+   * `default` (the embedded set), a MedMNIST name (`bloodmnist`, …), `Kvasir` or `OCT` (image
+   * folders), or a path to a MedMNIST-layout `.npz`.
+   */
+  dataset: string;
+  /** Folder (or file) holding the data; defaults per data set. */
+  dataDir?: string;
+  /** `default`, `CLIP` or `BiomedCLIP` (the reference's `--local_model`). */
+  localModel?: string;
+  /** Weights file (`.safetensors`); required for CLIP and BiomedCLIP. */
+  modelPath?: string;
+  /** Prototypes file, or `orthonormal` for fixed orthonormal prototypes. */
+  prototypes?: string;
+  /** Expected number of classes (the reference's `--num_classes`), checked against the data. */
+  numClasses?: number;
+  rank: number;
+  alpha: number;
+}
+
+/** Data and a shared backbone ready for {@link runExperiment}. */
+export interface Inputs {
+  data: ImageDataset;
+  backbone: SharedBackbone;
+  /** Human-readable provenance of data, model and prototypes. */
+  provenance: { data: string; model: string; prototypes: string };
+  dispose(): void;
+}
+
+const IMAGE_FOLDERS: Record<string, string> = {
+  kvasir: "kvasir-v2",
+  "kvasir-v2": "kvasir-v2",
+  oct: "oct-c8",
+  "oct-c8": "oct-c8",
+};
+
+/** Loads the data set and the foundation model an experiment names; errors say what to fix. */
+export async function loadInputs(spec: InputSpec): Promise<Inputs> {
+  const localModel = (spec.localModel ?? "default").toLowerCase();
+  let modelPath = spec.modelPath;
+  if (modelPath === undefined) {
+    if (localModel !== "default") {
+      throw new Error(
+        `--local_model ${spec.localModel} needs its weights: pass --model PATH to a .safetensors ` +
+          `file (open_clip, Hugging Face or BiomedCLIP layout; tools/crosscheck/to_safetensors.py ` +
+          `converts a PyTorch checkpoint offline)`,
+      );
+    }
+    modelPath = DEFAULTS.model;
+  }
+  if (!existsSync(modelPath)) {
+    throw new Error(`model file ${modelPath} does not exist; check --model`);
+  }
+  const encoder: VitEncoder = await loadVisionEncoder(modelPath);
+  try {
+    const data = await loadData(spec, encoder.config.imageSize);
+    if (spec.numClasses !== undefined && spec.numClasses !== data.classNames.length) {
+      throw new Error(
+        `--num_classes ${spec.numClasses} but ${data.source} has ${data.classNames.length} classes ` +
+          `(${data.classNames.join(", ")}); fix --num_classes or omit it`,
+      );
+    }
+    if (data.train.sampleShape.length === 4) {
+      throw new Error(
+        `${data.source} holds 3D volumes; volume experiments need an inflated encoder ` +
+          `(lib/model/vit.ts inflateForVolumes) with a patch size dividing ${
+            data.train.sampleShape[0]
+          }`,
+      );
+    }
+    const C = data.classNames.length;
+    let protoPath = spec.prototypes;
+    if (protoPath === undefined && modelPath === DEFAULTS.model) protoPath = DEFAULTS.prototypes;
+    if (protoPath === undefined) {
+      throw new Error(
+        `no class prototypes for ${data.name}: pass --prototypes PATH (from \`deno task prototypes\` ` +
+          `with the model's text tower), or --prototypes orthonormal for fixed orthonormal ones`,
+      );
+    }
+    const prototypes = protoPath === "orthonormal"
+      ? orthonormalPrototypes(C, encoder.config.embedDim, 0)
+      : (await loadPrototypes(protoPath, { numClasses: C, embedDim: encoder.config.embedDim }))
+        .prototypes;
+    const backbone = makeBackbone(encoder, prototypes, { rank: spec.rank, alpha: spec.alpha });
+    prototypes.dispose();
+    return {
+      data,
+      backbone,
+      provenance: { data: data.source, model: modelPath, prototypes: protoPath },
+      dispose() {
+        backbone.prototypes.dispose();
+        encoder.dispose();
+      },
+    };
+  } catch (err) {
+    encoder.dispose();
+    throw err;
+  }
+}
+
+async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDataset> {
+  const name = spec.dataset;
+  const key = name.toLowerCase();
+  if (key === "default") {
+    return await loadMedMnist(spec.dataDir ?? DEFAULTS.data, { name: "fashion6" });
+  }
+  if (key.endsWith(".npz")) return await loadMedMnist(name, { imageSize: maybeSize(imageSize) });
+  const folder = IMAGE_FOLDERS[key];
+  if (folder) {
+    const dir = spec.dataDir;
+    if (!dir) {
+      throw new Error(`--dataset ${name} needs --data_dir, the folder with train/ val/ test/`);
+    }
+    return await loadImageFolder(dir, {
+      name: folder,
+      classNames: KNOWN_DATASETS.imageFolders[folder].classNames,
+      imageSize,
+      progressEvery: 1000,
+    });
+  }
+  if (medmnistInfo(key)) {
+    const dir = spec.dataDir ?? "datasets/MedMNIST";
+    const candidates = dir.endsWith(".npz")
+      ? [dir]
+      : [`${key}_${imageSize}.npz`, `${key}.npz`].map((f) => join(dir, f));
+    const path = candidates.find((p) => existsSync(p));
+    if (!path) {
+      throw new Error(
+        `${key}: none of ${candidates.join(", ")} exists; run \`deno task data ${key}\` or put ` +
+          `the file there by hand (--data_dir names the folder)`,
+      );
+    }
+    return await loadMedMnist(path, {
+      name: key,
+      imageSize: maybeSize(imageSize),
+      progressEvery: 2000,
+    });
+  }
+  throw new Error(
+    `unknown --dataset ${name}: use default, Kvasir, OCT, a MedMNIST name ` +
+      `(${Object.keys(KNOWN_DATASETS.medmnist).slice(0, 4).join(", ")}, …) or a .npz path`,
+  );
+}
+
+/** MedMNIST images are resized to the model's size only when they differ (2D loaders skip 3D). */
+function maybeSize(size: number): number | undefined {
+  return size > 0 ? size : undefined;
+}
+
+/** Mean and population std of one metric over seeds, ×100 as the paper reports. */
+export interface MeanStd {
+  mean: number;
+  std: number;
+}
+
+/** The summary of an experiment over its seeds. */
+export interface ExperimentSummary {
+  method: string;
+  seeds: number[];
+  /** Test metrics at the best-val round, ×100, mean ± population std over seeds. */
+  test: Record<keyof Metrics, MeanStd>;
+  bestRounds: number[];
+  /** Nominal ε the calibration targeted (null without DP). */
+  nominalEpsilon: number | null;
+  /** Largest client-level ε actually spent over the seeds (null without DP). */
+  spentEpsilon: number | null;
+  calibration: string | null;
+  noiseMultiplier: number | null;
+  seconds: number;
+}
+
+/** The result of {@link runExperiment}. */
+export interface ExperimentResult {
+  runs: RunResult[];
+  summary: ExperimentSummary;
+}
+
+/** Options of {@link runExperiment}. */
+export interface ExperimentOptions {
+  outDir?: string;
+  resume?: boolean;
+  onRound?: (record: RoundRecord) => void;
+  onClient?: (
+    info: { round: number; phase: string; done: number; total: number; seed: number },
+  ) => void;
+  /** Extra fields for `config.json` (data/model provenance, CLI flags). */
+  describe?: Record<string, unknown>;
+}
+
+/** Runs `config` once per seed on shared inputs and summarises. */
+export async function runExperiment(
+  inputs: Inputs,
+  config: FederatedConfig,
+  seeds: number[],
+  opts: ExperimentOptions = {},
+): Promise<ExperimentResult> {
+  if (seeds.length === 0) throw new Error("runExperiment: give at least one seed");
+  for (const seed of seeds) validateConfig({ ...config, seed });
+  const method = resolveMethod(config.method);
+  if (opts.outDir) {
+    await writeJsonAtomic(join(opts.outDir, "config.json"), {
+      ...config,
+      seed: undefined,
+      seeds,
+      method: { ...config.method, label: method.label, aggregates: method.aggregates },
+      provenance: inputs.provenance,
+      ...opts.describe,
+    });
+  }
+  const runs: RunResult[] = [];
+  for (const seed of seeds) {
+    const outDir = opts.outDir ? join(opts.outDir, `seed-${seed}`) : undefined;
+    const run = await runFederated(inputs.backbone, inputs.data, { ...config, seed }, {
+      outDir,
+      resume: opts.resume,
+      onRound: opts.onRound,
+      onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
+    });
+    if (outDir && run.ledger) await writeJsonAtomic(join(outDir, "ledger.json"), run.ledger);
+    runs.push(run);
+  }
+  const summary = summarize(runs);
+  if (opts.outDir) await writeJsonAtomic(join(opts.outDir, "summary.json"), summary);
+  return { runs, summary };
+}
+
+/** Mean ± population std (×100) of the best-val test metrics, and the privacy spent. */
+export function summarize(runs: RunResult[]): ExperimentSummary {
+  const keys: (keyof Metrics)[] = ["accuracy", "recall", "precision", "f1", "auc"];
+  const test = Object.fromEntries(keys.map((k) => {
+    const values = runs.map((r) => 100 * (r.best.test?.[k] ?? NaN));
+    return [k, meanStd(values)];
+  })) as Record<keyof Metrics, MeanStd>;
+  const spent = runs.map((r) => r.epsilonSpent).filter((e): e is number => e !== null);
+  const cal = runs[0].calibration;
+  return {
+    method: runs[0].method,
+    seeds: runs.map((r) => r.config.seed),
+    test,
+    bestRounds: runs.map((r) => r.best.round),
+    nominalEpsilon: cal?.nominalEpsilon ?? null,
+    spentEpsilon: spent.length ? Math.max(...spent) : null,
+    calibration: cal?.calibration ?? null,
+    noiseMultiplier: cal?.noiseMultiplier ?? null,
+    seconds: runs.reduce((s, r) => s + r.seconds, 0),
+  };
+}
