@@ -16,6 +16,10 @@
 import util from "node:util";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
+// tfjs-core registers no gradients: the union package does (its ESM `register_all_gradients` uses
+// extensionless imports Deno cannot load). tfjs-node imports it too, so without this line `tf.grad`
+// fails ("gradient function not found") on wasm and cpu only.
+import "@tensorflow/tfjs";
 
 // Production mode: no debug checks and no "install tfjs-node" banner from the cpu backend.
 tf.enableProdMode();
@@ -32,7 +36,10 @@ async function loadTensorflow(): Promise<void> {
   const legacy = util as unknown as Record<string, unknown>;
   legacy.isNullOrUndefined ??= (x: unknown) => x == null;
   legacy.isArray ??= Array.isArray;
-  // libtensorflow logs CPU-feature banners at load; keep warnings and errors only.
+  // libtensorflow logs CPU-feature banners at load; keep warnings and errors only. (This works
+  // when set here, before the library loads. The "oneDNN custom operations are on" notice is
+  // printed through absl before TensorFlow reads the variable and stays; only
+  // TF_ENABLE_ONEDNN_OPTS=0 removes it, by turning oneDNN's kernels off.)
   if (Deno.env.get("TF_CPP_MIN_LOG_LEVEL") === undefined) Deno.env.set("TF_CPP_MIN_LOG_LEVEL", "2");
   await import("@tensorflow/tfjs-node");
 }
