@@ -19,10 +19,11 @@
 import { join } from "node:path";
 import { existsSync } from "node:fs";
 import type { ImageDataset } from "./data/dataset.ts";
-import { KNOWN_DATASETS } from "./data/dataset.ts";
+import { KNOWN_DATASETS, SPLITS } from "./data/dataset.ts";
+import { resizeVolumes, volumeSide } from "./data/volume.ts";
 import { loadMedMnist, medmnistInfo } from "./data/medmnist.ts";
 import { loadImageFolder } from "./data/image_folder.ts";
-import { loadVisionEncoder, type VitEncoder } from "./model/vit.ts";
+import { inflateForVolumes, loadVisionEncoder, type VitEncoder } from "./model/vit.ts";
 import { loadPrototypes, orthonormalPrototypes } from "./model/head.ts";
 import { makeBackbone, type SharedBackbone } from "./fl/backbone.ts";
 import {
@@ -106,14 +107,19 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
           `(${data.classNames.join(", ")}); fix --num_classes or omit it`,
       );
     }
+    // Volumes: resample to a side the cubic patches tile, and inflate the 2D encoder (SPEC §1).
+    let volumeEncoder: VitEncoder | undefined;
     if (data.train.sampleShape.length === 4) {
-      throw new Error(
-        `${data.source} holds 3D volumes; volume experiments need an inflated encoder ` +
-          `(lib/model/vit.ts inflateForVolumes) with a patch size dividing ${
-            data.train.sampleShape[0]
-          }`,
-      );
+      const side = volumeSide(data.train.sampleShape[0], encoder.config.patchSize);
+      for (const split of SPLITS) data[split] = resizeVolumes(data[split], side);
+      volumeEncoder = inflateForVolumes(encoder, {
+        depth: side,
+        height: side,
+        width: side,
+        depthPatch: encoder.config.patchSize,
+      });
     }
+    const vision = volumeEncoder ?? encoder;
     const C = data.classNames.length;
     let protoPath = spec.prototypes;
     if (protoPath === undefined && modelPath === DEFAULTS.model) protoPath = DEFAULTS.prototypes;
@@ -127,7 +133,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
       ? orthonormalPrototypes(C, encoder.config.embedDim, 0)
       : (await loadPrototypes(protoPath, { numClasses: C, embedDim: encoder.config.embedDim }))
         .prototypes;
-    const backbone = makeBackbone(encoder, prototypes, { rank: spec.rank, alpha: spec.alpha });
+    const backbone = makeBackbone(vision, prototypes, { rank: spec.rank, alpha: spec.alpha });
     prototypes.dispose();
     return {
       data,
@@ -135,6 +141,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
       provenance: { data: data.source, model: modelPath, prototypes: protoPath },
       dispose() {
         backbone.prototypes.dispose();
+        volumeEncoder?.dispose();
         encoder.dispose();
       },
     };
@@ -150,7 +157,7 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
   if (key === "default") {
     return await loadMedMnist(spec.dataDir ?? DEFAULTS.data, { name: "fashion6" });
   }
-  if (key.endsWith(".npz")) return await loadMedMnist(name, { imageSize: maybeSize(imageSize) });
+  if (key.endsWith(".npz")) return await loadMedMnist(name, { imageSize, volumesAsStored: true });
   const folder = IMAGE_FOLDERS[key];
   if (folder) {
     const dir = spec.dataDir;
@@ -178,7 +185,8 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
     }
     return await loadMedMnist(path, {
       name: key,
-      imageSize: maybeSize(imageSize),
+      imageSize,
+      volumesAsStored: true,
       progressEvery: 2000,
     });
   }
@@ -186,11 +194,6 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
     `unknown --dataset ${name}: use default, Kvasir, OCT, a MedMNIST name ` +
       `(${Object.keys(KNOWN_DATASETS.medmnist).slice(0, 4).join(", ")}, …) or a .npz path`,
   );
-}
-
-/** MedMNIST images are resized to the model's size only when they differ (2D loaders skip 3D). */
-function maybeSize(size: number): number | undefined {
-  return size > 0 ? size : undefined;
 }
 
 /** Mean and population std of one metric over seeds, ×100 as the paper reports. */

@@ -40,6 +40,11 @@ export interface MedMnistOptions {
   numClasses?: number;
   /** 2D only: resize each image once to `imageSize × imageSize` (CLIP preprocessing). */
   imageSize?: number;
+  /**
+   * When the file turns out to hold 3D volumes: return them as stored instead of refusing an
+   * `imageSize` (the caller resamples volumes itself, e.g. lib/data/volume.ts).
+   */
+  volumesAsStored?: boolean;
   /** 2D only: 3 (default; grey replicated to RGB) or 1 (RGB converted to grey as Pillow's "L"). */
   channels?: 1 | 3;
   /** Print a progress line to stderr every this many resized images (0 = quiet, default). */
@@ -213,7 +218,10 @@ export async function loadMedMnist(
 
   const dims = first!.dims;
   if (dims === 3) {
-    if (options.imageSize !== undefined && options.imageSize !== first!.shape[1]) {
+    if (
+      options.imageSize !== undefined && options.imageSize !== first!.shape[1] &&
+      !options.volumesAsStored
+    ) {
       throw new Error(
         `${file}: imageSize ${options.imageSize} was asked for 3D volumes of [${first!.shape}]; ` +
           `3D volumes are not resized (use the ${name}_64.npz file for 64³)`,
