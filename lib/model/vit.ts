@@ -174,11 +174,16 @@ export interface HostTensor {
   shape: number[];
   data: Float32Array;
 }
-interface HostNorm {
+/** A LayerNorm's weight and bias in host memory. */
+export interface HostNorm {
   weight: HostTensor;
   bias: HostTensor;
 }
-interface HostBlock {
+/**
+ * One transformer block's weights in host memory (pre-LN order for the ViT; the BERT text
+ * encoder reuses the shape with `ln1`/`ln2` as its post-attention/post-MLP norms).
+ */
+export interface HostBlock {
   ln1: HostNorm;
   /** [width, 3·width], columns q | k | v (x · W convention). */
   qkvWeight: HostTensor;
@@ -211,11 +216,13 @@ export interface VitHostWeights {
   projBias?: HostTensor;
 }
 
-interface Norm {
+/** A LayerNorm's weight and bias. */
+export interface Norm {
   weight: tf.Tensor1D;
   bias: tf.Tensor1D;
 }
-interface Block {
+/** One transformer block's tensors (see {@link HostBlock}). */
+export interface Block {
   ln1: Norm;
   qkvWeight: tf.Tensor2D;
   qkvBias: tf.Tensor1D;
@@ -248,7 +255,7 @@ export interface VitWeights {
 // Key mapping: checkpoint layouts → canonical host weights
 
 /** Looks tensors up by name, remembers which were used, and names the file in its errors. */
-class TensorSource {
+export class TensorSource {
   readonly used = new Set<string>();
   constructor(readonly label: string, readonly tensors: Record<string, SafeTensor>) {}
   has(name: string): boolean {
@@ -311,8 +318,15 @@ class TensorSource {
   }
 }
 
-/** PyTorch Linear weight [out, in] → [in, out]. */
-function linear(t: HostTensor): HostTensor {
+/**
+ * PyTorch Linear weight [out, in] → [in, out].
+ *
+ * @example
+ * ```ts
+ * const w = linear(src.get("mlp.c_fc.weight")); // [width, mlp]
+ * ```
+ */
+export function linear(t: HostTensor): HostTensor {
   const [rows, cols] = t.shape;
   const out = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) {
@@ -339,7 +353,15 @@ function convToMatrix(t: HostTensor): HostTensor {
   return { shape: [k, width], data: out };
 }
 
-function concatRows(parts: HostTensor[]): HostTensor {
+/**
+ * Stacks host tensors along their first axis.
+ *
+ * @example
+ * ```ts
+ * const qkv = concatRows([q, k, v]); // [3·width, width]
+ * ```
+ */
+export function concatRows(parts: HostTensor[]): HostTensor {
   const data = new Float32Array(parts.reduce((a, p) => a + p.data.length, 0));
   let at = 0;
   for (const p of parts) {
@@ -360,6 +382,60 @@ interface Mapped {
   defaults: { act: VitActivation; lnEps: number };
 }
 
+/**
+ * One open_clip OpenAI-style residual block under prefix `b` (`….resblocks.{i}.`): fused
+ * `attn.in_proj_weight`, `mlp.c_fc`/`c_proj`, `ln_1`/`ln_2` (image and text towers alike).
+ *
+ * @example
+ * ```ts
+ * const block = mapOpenaiBlock(src, "transformer.resblocks.0.", 512);
+ * ```
+ */
+export function mapOpenaiBlock(src: TensorSource, b: string, width: number): HostBlock {
+  const fc1 = src.get(`${b}mlp.c_fc.weight`, [null, width]);
+  const mlp = fc1.shape[0];
+  return {
+    ln1: src.norm(`${b}ln_1`, width),
+    qkvWeight: linear(src.get(`${b}attn.in_proj_weight`, [3 * width, width])),
+    qkvBias: src.get(`${b}attn.in_proj_bias`, [3 * width]),
+    outWeight: linear(src.get(`${b}attn.out_proj.weight`, [width, width])),
+    outBias: src.get(`${b}attn.out_proj.bias`, [width]),
+    ln2: src.norm(`${b}ln_2`, width),
+    fc1Weight: linear(fc1),
+    fc1Bias: src.get(`${b}mlp.c_fc.bias`, [mlp]),
+    fc2Weight: linear(src.get(`${b}mlp.c_proj.weight`, [width, mlp])),
+    fc2Bias: src.get(`${b}mlp.c_proj.bias`, [width]),
+  };
+}
+
+/**
+ * One Hugging Face CLIP encoder layer under prefix `b` (`….encoder.layers.{i}.`): separate
+ * q/k/v projections fused into one, `layer_norm1`/`layer_norm2`, `mlp.fc1`/`fc2`.
+ *
+ * @example
+ * ```ts
+ * const block = mapHfBlock(src, "text_model.encoder.layers.0.", 512);
+ * ```
+ */
+export function mapHfBlock(src: TensorSource, b: string, width: number): HostBlock {
+  const qkv = ["q", "k", "v"].map((n) => src.get(`${b}self_attn.${n}_proj.weight`, [width, width]));
+  const qkvBias = ["q", "k", "v"].map((n) => src.get(`${b}self_attn.${n}_proj.bias`, [width]));
+  const fc1 = src.get(`${b}mlp.fc1.weight`, [null, width]);
+  const mlp = fc1.shape[0];
+  return {
+    ln1: src.norm(`${b}layer_norm1`, width),
+    qkvWeight: linear(concatRows(qkv)),
+    qkvBias: concatRows(qkvBias),
+    outWeight: linear(src.get(`${b}self_attn.out_proj.weight`, [width, width])),
+    outBias: src.get(`${b}self_attn.out_proj.bias`, [width]),
+    ln2: src.norm(`${b}layer_norm2`, width),
+    fc1Weight: linear(fc1),
+    fc1Bias: src.get(`${b}mlp.fc1.bias`, [mlp]),
+    fc2Weight: linear(src.get(`${b}mlp.fc2.weight`, [width, mlp])),
+    fc2Bias: src.get(`${b}mlp.fc2.bias`, [width]),
+  };
+}
+
 /** open_clip OpenAI-style VisionTransformer (`visual.conv1`, `transformer.resblocks`, …). */
 function mapOpenai(src: TensorSource, p: string): Mapped {
   const conv = src.get(`${p}conv1.weight`);
@@ -370,21 +446,7 @@ function mapOpenai(src: TensorSource, p: string): Mapped {
   const layers = src.countBlocks(`${p}transformer.resblocks.`);
   const blocks: HostBlock[] = [];
   for (let i = 0; i < layers; i++) {
-    const b = `${p}transformer.resblocks.${i}.`;
-    const fc1 = src.get(`${b}mlp.c_fc.weight`, [null, width]);
-    const mlp = fc1.shape[0];
-    blocks.push({
-      ln1: src.norm(`${b}ln_1`, width),
-      qkvWeight: linear(src.get(`${b}attn.in_proj_weight`, [3 * width, width])),
-      qkvBias: src.get(`${b}attn.in_proj_bias`, [3 * width]),
-      outWeight: linear(src.get(`${b}attn.out_proj.weight`, [width, width])),
-      outBias: src.get(`${b}attn.out_proj.bias`, [width]),
-      ln2: src.norm(`${b}ln_2`, width),
-      fc1Weight: linear(fc1),
-      fc1Bias: src.get(`${b}mlp.c_fc.bias`, [mlp]),
-      fc2Weight: linear(src.get(`${b}mlp.c_proj.weight`, [width, mlp])),
-      fc2Bias: src.get(`${b}mlp.c_proj.bias`, [width]),
-    });
+    blocks.push(mapOpenaiBlock(src, `${p}transformer.resblocks.${i}.`, width));
   }
   const proj = src.optional(`${p}proj`, [width, null]); // already [width, embed]
   const weights: VitHostWeights = {
@@ -412,25 +474,7 @@ function mapHf(src: TensorSource, p: string): Mapped {
   const layers = src.countBlocks(`${v}encoder.layers.`);
   const blocks: HostBlock[] = [];
   for (let i = 0; i < layers; i++) {
-    const b = `${v}encoder.layers.${i}.`;
-    const qkv = ["q", "k", "v"].map((n) =>
-      src.get(`${b}self_attn.${n}_proj.weight`, [width, width])
-    );
-    const qkvBias = ["q", "k", "v"].map((n) => src.get(`${b}self_attn.${n}_proj.bias`, [width]));
-    const fc1 = src.get(`${b}mlp.fc1.weight`, [null, width]);
-    const mlp = fc1.shape[0];
-    blocks.push({
-      ln1: src.norm(`${b}layer_norm1`, width),
-      qkvWeight: linear(concatRows(qkv)),
-      qkvBias: concatRows(qkvBias),
-      outWeight: linear(src.get(`${b}self_attn.out_proj.weight`, [width, width])),
-      outBias: src.get(`${b}self_attn.out_proj.bias`, [width]),
-      ln2: src.norm(`${b}layer_norm2`, width),
-      fc1Weight: linear(fc1),
-      fc1Bias: src.get(`${b}mlp.fc1.bias`, [mlp]),
-      fc2Weight: linear(src.get(`${b}mlp.fc2.weight`, [width, mlp])),
-      fc2Bias: src.get(`${b}mlp.fc2.bias`, [width]),
-    });
+    blocks.push(mapHfBlock(src, `${v}encoder.layers.${i}.`, width));
   }
   const proj = src.optional(`${p}visual_projection.weight`, [null, width]);
   const weights: VitHostWeights = {
@@ -566,7 +610,15 @@ function settingsFromMetadata(label: string, metadata: Record<string, string>): 
   return checkSettings(`${label}: metadata "deer.vision"`, parsed as Record<string, unknown>);
 }
 
-async function readJsonIfExists(path: string): Promise<Record<string, unknown> | undefined> {
+/**
+ * Reads a JSON file; `undefined` when it does not exist, an error naming the file otherwise.
+ *
+ * @example
+ * ```ts
+ * const cfg = await readJsonIfExists("models/clip/config.json"); // object or undefined
+ * ```
+ */
+export async function readJsonIfExists(path: string): Promise<Record<string, unknown> | undefined> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
@@ -739,11 +791,27 @@ export async function visionEncoderFromTensors(
   return createVitEncoder(config, mapped.weights);
 }
 
-function toTensor<T extends tf.Tensor>(t: HostTensor): T {
+/**
+ * A host tensor as a float32 tf tensor.
+ *
+ * @example
+ * ```ts
+ * const t = toTensor<tf.Tensor2D>({ shape: [1, 2], data: new Float32Array([1, 2]) });
+ * ```
+ */
+export function toTensor<T extends tf.Tensor>(t: HostTensor): T {
   return tf.tensor(t.data, t.shape, "float32") as T;
 }
 
-function normToTensors(n: HostNorm): Norm {
+/**
+ * A host LayerNorm as tensors.
+ *
+ * @example
+ * ```ts
+ * const ln = normToTensors(src.norm("ln_final", width));
+ * ```
+ */
+export function normToTensors(n: HostNorm): Norm {
   return { weight: toTensor(n.weight), bias: toTensor(n.bias) };
 }
 
@@ -952,12 +1020,28 @@ export async function saveVisionEncoder(
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
+/**
+ * LayerNorm over the last axis (biased variance, as PyTorch).
+ *
+ * @example
+ * ```ts
+ * const h = layerNorm(x, block.ln1, 1e-5); // [N·T, width]
+ * ```
+ */
+export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
   const { mean, variance } = tf.moments(x, -1, true);
   return x.sub(mean).mul(tf.rsqrt(variance.add(eps))).mul(p.weight).add(p.bias);
 }
 
-function activation(x: tf.Tensor2D, act: VitActivation): tf.Tensor2D {
+/**
+ * The MLP activation: exact GELU (erf) or QuickGELU x·σ(1.702x).
+ *
+ * @example
+ * ```ts
+ * const y = activation(x, "quick_gelu");
+ * ```
+ */
+export function activation(x: tf.Tensor2D, act: VitActivation): tf.Tensor2D {
   if (act === "quick_gelu") return x.mul(tf.sigmoid(x.mul(1.702)));
   return x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5);
 }
@@ -979,7 +1063,8 @@ export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch
     .reshape([n * dt * ht * wt, depthPatch * patch * patch * c]);
 }
 
-interface BlockLora {
+/** One block's LoRA tensors, laid out for the fused q|k|v matmul. */
+export interface BlockLora {
   /** The block's A_q, A_k, A_v stacked and scaled by s: [r_q + r_k + r_v, width]. */
   A: tf.Tensor2D;
   /** B_q, B_k, B_v block-diagonal: [3·width, r_q + r_k + r_v]. */
@@ -1003,18 +1088,31 @@ function blockLora(lora: LoraInput, i: number): BlockLora {
   return { A: tf.concat(As, 0).mul(lora.scale), B: tf.concat(padded, 0), residual };
 }
 
-function transformerBlock(
-  x: tf.Tensor2D,
-  b: Block,
-  cfg: VitConfig,
+/** What {@link transformerBlock} and {@link multiHeadAttention} read from a config. */
+export type BlockConfig = Pick<VitConfig, "width" | "heads" | "lnEps" | "act">;
+
+/**
+ * Multi-head self-attention of `h` [N·T, width] with the block's fused q|k|v and output
+ * projections (and LoRA on q, k, v when given): `softmax(q kᵀ / √d_head + bias) v · W_out + b_out`.
+ * `attnBias` is added to the scores [N, heads, T, T] by broadcasting: a [T] per-key bias, a
+ * [T, T] causal mask or an [N, 1, 1, T] padding mask.
+ *
+ * @example
+ * ```ts
+ * const out = multiHeadAttention(h, block, { width: 512, heads: 8 }, n, t, undefined, causalMask);
+ * ```
+ */
+export function multiHeadAttention(
+  h: tf.Tensor2D,
+  b: Pick<Block, "qkvWeight" | "qkvBias" | "outWeight" | "outBias">,
+  cfg: Pick<VitConfig, "width" | "heads">,
   n: number,
   t: number,
   lora?: BlockLora,
-  keyBias?: tf.Tensor1D,
+  attnBias?: tf.Tensor,
 ): tf.Tensor2D {
-  const { width, heads, lnEps } = cfg;
+  const { width, heads } = cfg;
   const dh = width / heads;
-  const h = layerNorm(x, b.ln1, lnEps);
   // q | k | v = h·W_qkv + b_qkv + s·(h·Aᵀ)·Bᵀ  (SPEC §1)
   let qkv = tf.fused.matMul({ a: h, b: b.qkvWeight, bias: b.qkvBias }) as tf.Tensor2D;
   if (lora) qkv = qkv.add(tf.matMul(tf.matMul(h, lora.A, false, true), lora.B, false, true));
@@ -1023,11 +1121,33 @@ function transformerBlock(
     qkv.reshape([n, t, 3, heads, dh]).transpose([2, 0, 3, 1, 4]),
   ) as tf.Tensor4D[];
   let scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(dh)) as tf.Tensor4D;
-  if (keyBias) scores = scores.add(keyBias);
+  if (attnBias) scores = scores.add(attnBias);
   const attended = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]);
   const merged = attended.reshape([n * t, width]) as tf.Tensor2D;
-  x = x.add(tf.fused.matMul({ a: merged, b: b.outWeight, bias: b.outBias }));
-  const h2 = layerNorm(x, b.ln2, lnEps);
+  return tf.fused.matMul({ a: merged, b: b.outWeight, bias: b.outBias }) as tf.Tensor2D;
+}
+
+/**
+ * One pre-LN transformer block (module doc) on the residual stream `x` [N·T, width]:
+ * `x += attention(ln_1(x))`, `x += mlp(ln_2(x))`. `attnBias` as in {@link multiHeadAttention}.
+ *
+ * @example
+ * ```ts
+ * x = transformerBlock(x, weights.blocks[i], config, n, t);
+ * ```
+ */
+export function transformerBlock(
+  x: tf.Tensor2D,
+  b: Block,
+  cfg: BlockConfig,
+  n: number,
+  t: number,
+  lora?: BlockLora,
+  attnBias?: tf.Tensor,
+): tf.Tensor2D {
+  const h = layerNorm(x, b.ln1, cfg.lnEps);
+  x = x.add(multiHeadAttention(h, b, cfg, n, t, lora, attnBias));
+  const h2 = layerNorm(x, b.ln2, cfg.lnEps);
   const fc1 = tf.fused.matMul({ a: h2, b: b.fc1Weight, bias: b.fc1Bias }) as tf.Tensor2D;
   return x.add(tf.fused.matMul({ a: activation(fc1, cfg.act), b: b.fc2Weight, bias: b.fc2Bias }));
 }

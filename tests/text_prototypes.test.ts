@@ -1,0 +1,92 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { loadPrototypes } from "../lib/model/head.ts";
+import { datasetPromptClasses, main } from "../tasks/prototypes.ts";
+
+const FIXTURES = new URL("./fixtures/text_tiny/", import.meta.url).pathname;
+
+function capture() {
+  const lines = { log: [] as string[], warn: [] as string[] };
+  return {
+    lines,
+    io: { log: (m: string) => lines.log.push(m), warn: (m: string) => lines.warn.push(m) },
+  };
+}
+
+Deno.test("prototypes task: --classes writes a file loadPrototypes reads", async () => {
+  const out = join(await Deno.makeTempDir(), "sub", "p.safetensors");
+  const { lines, io } = capture();
+  const code = await main(
+    ["--model", `${FIXTURES}hf/model.safetensors`, "--classes", "polyps, image", "--out", out],
+    io,
+  );
+  assert.equal(code, 0, lines.warn.join("\n"));
+  const { prototypes, classNames } = await loadPrototypes(out, { numClasses: 2, embedDim: 24 });
+  assert.deepEqual(classNames, ["polyps", "image"]);
+  for (const n of prototypes.norm(2, 1).dataSync()) assert.ok(Math.abs(n - 1) < 1e-5);
+  prototypes.dispose();
+  assert.match(lines.log.join("\n"), /2 × 24 from the hf text tower/);
+  assert.match(lines.log.join("\n"), /polyps: "this is an image of polyps"/);
+});
+
+Deno.test("prototypes task: OCT-C8 pairs labels with their own names; --reference-prompts swaps DR and MH", async () => {
+  const own = datasetPromptClasses("oct-c8");
+  assert.equal(own.promptNames[4], "Diabetic retinopathy");
+  assert.equal(own.promptNames[6], "Macular hole");
+  assert.equal(own.warning, undefined);
+  const ref = datasetPromptClasses("oct-c8", true);
+  assert.equal(ref.promptNames[4], "Macular hole");
+  assert.match(ref.warning!, /DR, MH/);
+  assert.equal(datasetPromptClasses("kvasir-v2", true).warning, undefined);
+  assert.deepEqual(datasetPromptClasses("bloodmnist").promptNames.length, 8);
+
+  const dir = await Deno.makeTempDir();
+  const files = { own: join(dir, "own.safetensors"), ref: join(dir, "ref.safetensors") };
+  const model = `${FIXTURES}bert/model.safetensors`;
+  const a = capture(), b = capture();
+  assert.equal(await main(["--model", model, "--dataset", "oct-c8", "--out", files.own], a.io), 0);
+  const args = ["--model", model, "--dataset", "oct-c8", "--reference-prompts", "--out", files.ref];
+  assert.equal(await main(args, b.io), 0);
+  assert.equal(a.lines.warn.length, 0);
+  assert.match(b.lines.warn.join("\n"), /warning: .*DR → "Macular hole"/);
+  const p = await loadPrototypes(files.own), q = await loadPrototypes(files.ref);
+  assert.deepEqual(p.classNames, ["AMD", "CNV", "CSR", "DME", "DR", "DRUSEN", "MH", "NORMAL"]);
+  assert.deepEqual(q.classNames, p.classNames); // rows stay in label order
+  const row = (t: typeof p, i: number) =>
+    Array.from(t.prototypes.dataSync().slice(i * 24, i * 24 + 24));
+  assert.deepEqual(row(q, 4), row(p, 6));
+  assert.deepEqual(row(q, 6), row(p, 4));
+  assert.deepEqual(row(q, 0), row(p, 0));
+  p.prototypes.dispose();
+  q.prototypes.dispose();
+});
+
+Deno.test("prototypes task: usage errors exit 2, load errors exit 1", async () => {
+  const model = `${FIXTURES}hf/model.safetensors`;
+  const cases: [string[], RegExp][] = [
+    [["--model", model, "--out", "x"], /exactly one of --dataset NAME and --classes/],
+    [["--model", model, "--classes", "a", "--dataset", "oct-c8", "--out", "x"], /exactly one/],
+    [["--classes", "a", "--out", "x"], /--model is required/],
+    [["--model", model, "--classes", "a,,b", "--out", "x"], /empty class name/],
+    [["--model", model, "--dataset", "nope", "--out", "x"], /unknown; known datasets: pathmnist/],
+    [
+      ["--model", model, "--dataset", "bloodmnist", "--reference-prompts", "--out", "x"],
+      /no reference prompts/,
+    ],
+    [["--model", model, "--classes", "a", "--template", "no slot", "--out", "x"], /has no "\{\}"/],
+    [["--model", model, "--classes", "a", "--out", "x", "--bogus"], /Unknown option '--bogus'/],
+  ];
+  for (const [args, message] of cases) {
+    const { lines, io } = capture();
+    assert.equal(await main(args, io), 2, args.join(" "));
+    assert.match(lines.warn.join("\n"), message);
+  }
+  const { lines, io } = capture();
+  const dir = await Deno.makeTempDir();
+  const code = await main(
+    ["--model", join(dir, "missing.safetensors"), "--classes", "a", "--out", join(dir, "p")],
+    io,
+  );
+  assert.equal(code, 1);
+  assert.match(lines.warn.join("\n"), /missing.safetensors/);
+});
