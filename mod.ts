@@ -44,6 +44,12 @@ export {
   savePrototypes,
 } from "./lib/model/head.ts";
 export { readSafetensors, writeSafetensors } from "./lib/model/safetensors.ts";
+export {
+  classPrototypes,
+  DEFAULT_TEMPLATE,
+  loadTextEncoder,
+  type TextEncoder,
+} from "./lib/model/text.ts";
 
 // Federated engine
 export { makeBackbone, type SharedBackbone } from "./lib/fl/backbone.ts";
