@@ -168,7 +168,8 @@ async function main(): Promise<void> {
               values: [s.test.accuracy, s.test.recall, s.test.precision, s.test.f1, s.test.auc].map(
                 (m) => m.mean,
               ),
-              color: colorOf(run.method.method === "DEeR" ? "DEeR" : run.name),
+              // The strict run in a darker shade of its family's colour.
+              color: run.calibration === "strict" ? "#8c1c13" : colorOf(run.name),
             })),
           }),
           barFigure({
@@ -211,6 +212,7 @@ function curve(
     xTitle: "round",
     yTitle,
     logY,
+    integerX: true,
     series: summaries.map(({ run, records }) => ({
       name: run.name,
       x: records.map((r) => r.round),

@@ -77,8 +77,20 @@ function baseLayout(title: string, xTitle: string, yTitle: string, log = false) 
 
 /** Lines over a shared x axis (e.g. a metric per round, one line per method). */
 export function lineFigure(
-  opts: { title: string; xTitle: string; yTitle: string; series: Series[]; logY?: boolean },
+  opts: {
+    title: string;
+    xTitle: string;
+    yTitle: string;
+    series: Series[];
+    logY?: boolean;
+    /** Integer ticks on x (rounds, ranks, client counts). */
+    integerX?: boolean;
+  },
 ): Figure {
+  const layout = baseLayout(opts.title, opts.xTitle, opts.yTitle, opts.logY);
+  if (opts.integerX) {
+    layout.xaxis = { ...layout.xaxis, tickformat: "d", dtick: 1 } as typeof layout.xaxis;
+  }
   return {
     data: opts.series.map((s) => ({
       type: "scatter",
@@ -88,7 +100,7 @@ export function lineFigure(
       y: s.y,
       line: { color: colorOf(s.name), dash: s.dash ?? "solid" },
     })),
-    layout: baseLayout(opts.title, opts.xTitle, opts.yTitle, opts.logY),
+    layout,
   };
 }
 
