@@ -16,7 +16,7 @@
  * ```
  * @module
  */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { existsSync } from "node:fs";
 import type { ImageDataset } from "./data/dataset.ts";
 import { KNOWN_DATASETS, SPLITS } from "./data/dataset.ts";
@@ -36,10 +36,13 @@ import {
 import { resolveMethod } from "./fl/methods.ts";
 import { meanStd, type Metrics } from "./metrics/classification.ts";
 import { writeJsonAtomic } from "./io/atomic.ts";
+import { findNonFinite } from "./model/safetensors.ts";
+import { UsageError } from "./cli.ts";
 
 /** Where the toolkit's embedded default data set and foundation model live. */
 export const DEFAULTS = {
   data: new URL("../data/default/fashion6.npz", import.meta.url).pathname,
+  manifest: new URL("../data/default/fashion6.json", import.meta.url).pathname,
   model: new URL("../models/default/vit_tiny_fashion.safetensors", import.meta.url).pathname,
   prototypes: new URL("../models/default/prototypes.safetensors", import.meta.url).pathname,
 } as const;
@@ -98,11 +101,35 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
   if (!existsSync(modelPath)) {
     throw new Error(`model file ${modelPath} does not exist; check --model`);
   }
+  const protoFile = spec.prototypes ??
+    (modelPath === DEFAULTS.model ? DEFAULTS.prototypes : undefined);
+  if (protoFile !== undefined && protoFile !== "orthonormal" && !existsSync(protoFile)) {
+    throw new Error(
+      `prototypes file ${protoFile} does not exist; check --prototypes (or pass ` +
+        `--prototypes orthonormal for fixed orthonormal prototypes)`,
+    );
+  }
   const encoder: VitEncoder = await loadVisionEncoder(modelPath);
   try {
+    // What needs only the model is checked before the data, which may take minutes to load.
+    const bad = await findNonFinite(modelPath);
+    if (bad) {
+      throw new Error(
+        `${modelPath}: tensor "${bad.tensor}" holds ${bad.value} at index ${bad.index} ` +
+          `(${bad.count} non-finite value${bad.count > 1 ? "s" : ""}); the weights are corrupt ` +
+          `(a diverged or badly converted checkpoint): convert or download the model again`,
+      );
+    }
+    const width = encoder.config.width;
+    if (!(Number.isInteger(spec.rank) && spec.rank >= 1 && spec.rank < width)) {
+      throw new UsageError(
+        `--lora_r ${spec.rank} does not fit ${modelPath}, a model of width ${width}; ` +
+          `use 1 ≤ r < ${width}`,
+      );
+    }
     const data = await loadData(spec, encoder.config.imageSize);
     if (spec.numClasses !== undefined && spec.numClasses !== data.classNames.length) {
-      throw new Error(
+      throw new UsageError(
         `--num_classes ${spec.numClasses} but ${data.source} has ${data.classNames.length} classes ` +
           `(${data.classNames.join(", ")}); fix --num_classes or omit it`,
       );
@@ -155,9 +182,23 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
   const name = spec.dataset;
   const key = name.toLowerCase();
   if (key === "default") {
-    return await loadMedMnist(spec.dataDir ?? DEFAULTS.data, { name: "fashion6" });
+    const manifest = JSON.parse(await Deno.readTextFile(DEFAULTS.manifest)) as {
+      class_names: string[];
+    };
+    return await loadMedMnist(spec.dataDir ?? DEFAULTS.data, {
+      name: "fashion6",
+      classNames: manifest.class_names,
+    });
   }
-  if (key.endsWith(".npz")) return await loadMedMnist(name, { imageSize, volumesAsStored: true });
+  if (key.endsWith(".npz")) {
+    if (!existsSync(name)) {
+      throw new Error(
+        `--dataset ${name}: the file does not exist; give the path of a MedMNIST-layout .npz ` +
+          `(train_images, train_labels, val_images, val_labels, test_images, test_labels)`,
+      );
+    }
+    return await loadMedMnist(name, { imageSize, volumesAsStored: true });
+  }
   const folder = IMAGE_FOLDERS[key];
   if (folder) {
     const dir = spec.dataDir;
@@ -236,7 +277,12 @@ export interface ExperimentOptions {
   describe?: Record<string, unknown>;
 }
 
-/** Runs `config` once per seed on shared inputs and summarises. */
+/**
+ * Runs `config` once per seed on shared inputs and summarises. Everything that can be checked
+ * against the inputs is checked before the first file is written; with `resume`, a saved run
+ * made with other settings is refused before anything is overwritten; and a run that fails
+ * before its first round is recorded removes the folders it created.
+ */
 export async function runExperiment(
   inputs: Inputs,
   config: FederatedConfig,
@@ -244,33 +290,192 @@ export async function runExperiment(
   opts: ExperimentOptions = {},
 ): Promise<ExperimentResult> {
   if (seeds.length === 0) throw new Error("runExperiment: give at least one seed");
+  if (new Set(seeds).size !== seeds.length) {
+    throw new UsageError(`--seeds ${seeds.join(",")}: a seed is repeated; give each seed once`);
+  }
   for (const seed of seeds) validateConfig({ ...config, seed });
+  checkConfigAgainstData(config, inputs.data);
   const method = resolveMethod(config.method);
-  if (opts.outDir) {
-    await writeJsonAtomic(join(opts.outDir, "config.json"), {
-      ...config,
-      seed: undefined,
-      seeds,
-      method: { ...config.method, label: method.label, aggregates: method.aggregates },
-      provenance: inputs.provenance,
-      ...opts.describe,
-    });
+  const out = opts.outDir;
+  let created: string | undefined;
+  if (out) {
+    if (opts.resume) {
+      const conflicts = await resumeConflicts(out, config, seeds, opts.describe?.inputs);
+      if (conflicts.length > 0) throw new Error(resumeRefusal(out, conflicts));
+      await removeStaleTemporaries(out);
+    }
+    created = firstMissingFolder(out);
+    if (!(opts.resume && existsSync(join(out, "config.json")))) {
+      await writeJsonAtomic(join(out, "config.json"), {
+        ...config,
+        seed: undefined,
+        seeds,
+        method: { ...config.method, label: method.label, aggregates: method.aggregates },
+        provenance: inputs.provenance,
+        ...opts.describe,
+      });
+    }
   }
-  const runs: RunResult[] = [];
-  for (const seed of seeds) {
-    const outDir = opts.outDir ? join(opts.outDir, `seed-${seed}`) : undefined;
-    const run = await runFederated(inputs.backbone, inputs.data, { ...config, seed }, {
-      outDir,
-      resume: opts.resume,
-      onRound: opts.onRound,
-      onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
-    });
-    if (outDir && run.ledger) await writeJsonAtomic(join(outDir, "ledger.json"), run.ledger);
-    runs.push(run);
+  try {
+    const runs: RunResult[] = [];
+    for (const seed of seeds) {
+      const outDir = out ? join(out, `seed-${seed}`) : undefined;
+      const run = await runFederated(inputs.backbone, inputs.data, { ...config, seed }, {
+        outDir,
+        resume: opts.resume,
+        onRound: opts.onRound,
+        onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
+      });
+      if (outDir && run.ledger) await writeJsonAtomic(join(outDir, "ledger.json"), run.ledger);
+      runs.push(run);
+    }
+    const summary = summarize(runs);
+    if (out) await writeJsonAtomic(join(out, "summary.json"), summary);
+    return { runs, summary };
+  } catch (err) {
+    // Nothing of value was recorded: leave no results folder behind (STYLE.md).
+    if (created && !seeds.some((s) => existsSync(join(out!, `seed-${s}`, "records.jsonl")))) {
+      await removeCreated(out!, created);
+    }
+    throw err;
   }
-  const summary = summarize(runs);
-  if (opts.outDir) await writeJsonAtomic(join(opts.outDir, "summary.json"), summary);
-  return { runs, summary };
+}
+
+/** Checks of the settings that need the data (before any file is written). */
+function checkConfigAgainstData(config: FederatedConfig, data: ImageDataset): void {
+  const n = data.train.labels.length;
+  if (config.dp?.calibration === "paper" && config.batchSize > n) {
+    throw new UsageError(
+      `--batchsize ${config.batchSize} exceeds the ${n} training images of ${data.name}; paper ` +
+        `calibration samples b/N of them per step: use --batchsize ≤ ${n}`,
+    );
+  }
+}
+
+/** Flags that set each saved field, to name them when a resume is refused. */
+const FLAG_OF: Record<string, string> = {
+  method: "--method/--module1/--module2",
+  numClients: "--node_num",
+  rounds: "--T",
+  localEpochs: "--E",
+  batchSize: "--batchsize",
+  sgd: "--lr",
+  split: "--iid/--dirichlet_alpha",
+  weights: "--weights",
+  participation: "--participation",
+  momentum: "--momentum",
+  dp: "--is_DP/--C/--epsilon/--calibration/--delta",
+  seeds: "--seeds",
+  dataset: "--dataset",
+  dataDir: "--data_dir",
+  localModel: "--local_model",
+  modelPath: "--model",
+  prototypes: "--prototypes",
+  numClasses: "--num_classes",
+  rank: "--lora_r",
+  alpha: "--lora_alpha",
+};
+
+/**
+ * How the settings of a run differ from those saved in `outDir/config.json` (one line per
+ * field: `--T: 3 in the saved run, 5 now`); [] when they agree or nothing is saved there.
+ * `inputs` (the {@link InputSpec}) is compared when both it and the saved run have one.
+ *
+ * @example
+ * ```ts
+ * const diff = await resumeConflicts("results/default/LoRA", config, [10]);
+ * ```
+ */
+export async function resumeConflicts(
+  outDir: string,
+  config: FederatedConfig,
+  seeds: number[],
+  inputs?: unknown,
+): Promise<string[]> {
+  const path = join(outDir, "config.json");
+  let saved: Record<string, unknown>;
+  try {
+    saved = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return [];
+    throw new Error(
+      `${path} cannot be read (${(err as Error).message}); it is damaged: start the run again ` +
+        `without --resume, or choose another --exp_name`,
+    );
+  }
+  const show = (v: unknown) => (v === undefined ? "unset" : JSON.stringify(v));
+  const diff: string[] = [];
+  const compare = (key: string, then: unknown, now: unknown) => {
+    if (JSON.stringify(then) !== JSON.stringify(now)) {
+      diff.push(`${FLAG_OF[key] ?? key}: ${show(then)} in the saved run, ${show(now)} now`);
+    }
+  };
+  for (const [key, now] of Object.entries(config)) {
+    if (key === "seed") continue;
+    if (key === "method") {
+      const label = (saved.method as { label?: string } | undefined)?.label;
+      compare(key, label, resolveMethod(config.method).label);
+    } else compare(key, saved[key], now);
+  }
+  compare("seeds", saved.seeds, seeds);
+  const savedInputs = saved.inputs as Record<string, unknown> | undefined;
+  if (savedInputs && inputs && typeof inputs === "object") {
+    for (const [key, now] of Object.entries(inputs as Record<string, unknown>)) {
+      compare(key, savedInputs[key], now);
+    }
+  }
+  return diff;
+}
+
+/** The error text of a refused resume. */
+export function resumeRefusal(outDir: string, conflicts: string[]): string {
+  return `--resume: ${outDir} holds a run with other settings (${conflicts.join("; ")}); ` +
+    `resume with the saved run's flags, or drop --resume to start it again (this replaces it), ` +
+    `or choose another --exp_name / --out`;
+}
+
+/**
+ * Removes the temporary files that a killed writer left under `dir` (lib/io/atomic.ts names
+ * them `.<file>.<pid>.<8 hex>.tmp`; the target file itself was never replaced, so they hold
+ * nothing the resumed run needs).
+ */
+async function removeStaleTemporaries(dir: string): Promise<void> {
+  const temporary = /^\..+\.\d+\.[0-9a-f]{8}\.tmp$/;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return;
+    throw err;
+  }
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory) await removeStaleTemporaries(path);
+    else if (e.isFile && temporary.test(e.name)) await Deno.remove(path).catch(() => {});
+  }
+}
+
+/** The outermost folder of `path` that does not exist yet (the one a write would create). */
+function firstMissingFolder(path: string): string | undefined {
+  let missing: string | undefined;
+  for (let p = path; !existsSync(p); p = dirname(p)) {
+    missing = p;
+    if (dirname(p) === p) break;
+  }
+  return missing;
+}
+
+/** Removes `outDir` and then its parents up to `created` while they are empty. */
+async function removeCreated(outDir: string, created: string): Promise<void> {
+  await Deno.remove(outDir, { recursive: true }).catch(() => {});
+  for (let p = dirname(outDir); p.length >= created.length && p !== dirname(p); p = dirname(p)) {
+    // Non-recursive: a folder another run has written into meanwhile stays.
+    try {
+      await Deno.remove(p);
+    } catch {
+      break;
+    }
+  }
 }
 
 /** Mean ± population std (×100) of the best-val test metrics, and the privacy spent. */

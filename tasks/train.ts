@@ -10,9 +10,10 @@
  */
 import { join } from "node:path";
 import { createProgress, parseArgs, UsageError } from "../lib/cli.ts";
-import { defaultConfig, type FederatedConfig } from "../lib/fl/simulation.ts";
+import { existsSync } from "node:fs";
+import { defaultConfig, type FederatedConfig, validateConfig } from "../lib/fl/simulation.ts";
 import { resolveMethod } from "../lib/fl/methods.ts";
-import { loadInputs, runExperiment } from "../lib/experiment.ts";
+import { loadInputs, resumeConflicts, resumeRefusal, runExperiment } from "../lib/experiment.ts";
 import { backendName } from "../lib/backend.ts";
 
 const HELP = `deno task train [flags]
@@ -128,13 +129,78 @@ function num(
 const int = (v: number) => Number.isInteger(v);
 const flag01 = (v: number) => v === 0 || v === 1;
 
+const BOOLEAN_FLAGS = ["resume", "help"] as const;
+
+/**
+ * `--epsilon -1` as `--epsilon=-1`: a value that starts with a dash would otherwise read as a
+ * flag, and the range check could not say what is wrong with it.
+ */
+function attachNegativeValues(args: string[]): string[] {
+  const takesValue = new Set(Object.entries(aliases()).flatMap(([k, v]) => [k, ...v]));
+  for (const f of STRING_FLAGS) takesValue.add(f);
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i], next = args[i + 1];
+    if (
+      a.startsWith("--") && !a.includes("=") && takesValue.has(a.slice(2)) &&
+      next !== undefined && /^-(\d|\.\d|inf)/i.test(next)
+    ) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
+/** The parser's messages for an unknown flag or a missing value, in this task's words. */
+function explainParseError(err: UsageError): UsageError {
+  const unknown = /Unknown option '(-{1,2})([^']+)'/.exec(err.message);
+  if (unknown) {
+    const name = unknown[2];
+    const known = [...STRING_FLAGS, ...BOOLEAN_FLAGS];
+    const near = known.map((k) => [k, editDistance(k.toLowerCase(), name.toLowerCase())] as const)
+      .sort((a, b) => a[1] - b[1])[0];
+    const hint = near && near[1] <= Math.max(2, name.length / 3)
+      ? ` (did you mean --${near[0]}?)`
+      : "";
+    return new UsageError(`unknown flag ${unknown[1]}${name}${hint}; --help lists the flags`);
+  }
+  const missing = /Option '(-{1,2}[^ ']+)[^']*' argument missing/.exec(err.message);
+  if (missing) return new UsageError(`${missing[1]} needs a value (${missing[1]} VALUE)`);
+  const dashed = /Option '(-{1,2}[^ ']+)[^']*' argument is ambiguous/.exec(err.message);
+  if (dashed) {
+    return new UsageError(
+      `${dashed[1]} is followed by a flag, not its value; give ${dashed[1]} VALUE (a value ` +
+        `that starts with a dash: ${dashed[1]}=-VALUE)`,
+    );
+  }
+  return err;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
+}
+
 /** Parses and validates `args`; throws {@link UsageError} with the flag and the fix. */
 export function parseTrainArgs(args: string[]): TrainArgs | null {
-  const f = parseArgs(args, {
-    string: STRING_FLAGS,
-    boolean: ["resume", "help"],
-    alias: aliases(),
-  });
+  let f: ReturnType<typeof parseArgs>;
+  try {
+    f = parseArgs(attachNegativeValues(args), {
+      string: STRING_FLAGS,
+      boolean: BOOLEAN_FLAGS,
+      alias: aliases(),
+    });
+  } catch (err) {
+    throw err instanceof UsageError ? explainParseError(err) : err;
+  }
   if (f.help) return null;
   if (f._.length > 0) throw new UsageError(`unexpected argument ${f._[0]}; flags start with --`);
   const dataset = String(f.dataset ?? "default");
@@ -172,9 +238,13 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
     throw new UsageError(`--momentum ${momentum}: expected reset or reference`);
   }
   const seedText = String(f.seeds ?? (isDefault ? "10" : "10,100,1000"));
-  const seeds = seedText.split(",").map((s) => Number(s.trim()));
-  if (seeds.length === 0 || seeds.some((s) => !Number.isSafeInteger(s))) {
+  const seedParts = seedText.split(",").map((s) => s.trim());
+  const seeds = seedParts.map(Number);
+  if (seedParts.some((s) => s === "") || seeds.some((s) => !Number.isSafeInteger(s))) {
     throw new UsageError(`--seeds ${seedText}: expected integers separated by commas`);
+  }
+  if (new Set(seeds).size !== seeds.length) {
+    throw new UsageError(`--seeds ${seedText}: a seed is repeated; give each seed once`);
   }
   const iid = num(f, "iid", 0, flag01, "0 or 1") === 1;
   const config: Omit<FederatedConfig, "seed"> = {
@@ -211,6 +281,14 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   const numClasses = f.num_classes === undefined
     ? undefined
     : num(f, "num_classes", 0, (v) => int(v) && v >= 2, "an integer ≥ 2");
+  // Combinations the engine refuses (strict calibration with FedEx-LoRA or with DEeR's noise
+  // regulator on private peers, paper calibration with client sampling): refuse them here, before
+  // any work, under the flags' names.
+  try {
+    validateConfig({ ...config, seed: seeds[0] });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
   const alpha = num(f, "lora_alpha", 8, (v) => v > 0, "a number > 0");
   const dataDir = f.data_dir === undefined ? undefined : String(f.data_dir);
   if (f.device !== undefined) {
@@ -256,9 +334,19 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  const inputs = await loadInputs(args.inputs);
-  // Validate everything that depends on the data before training (e.g. rank vs width).
   const outDir = join(args.out, args.expName, runName(args));
+  // A resume with other settings is refused before anything is loaded or written.
+  const config = { ...args.config, seed: args.seeds[0] };
+  if (args.resume) {
+    const conflicts = await resumeConflicts(outDir, config, args.seeds, args.inputs);
+    if (conflicts.length > 0) throw new UsageError(resumeRefusal(outDir, conflicts));
+    if (!existsSync(join(outDir, "config.json"))) {
+      console.error(`train: --resume: no saved run in ${outDir}; starting it`);
+    }
+  }
+  // Loads and checks the data, the model and the prototypes (and the flags that must fit them,
+  // e.g. --lora_r < width) before anything is written.
+  const inputs = await loadInputs(args.inputs);
   const label = resolveMethod(args.config.method).label;
   console.error(
     `train: ${label} on ${inputs.data.name} (${inputs.data.train.labels.length} train images, ` +
@@ -266,10 +354,10 @@ async function main(): Promise<number> {
       `E=${args.config.localEpochs}, seeds ${args.seeds.join(",")} → ${outDir}`,
   );
   let progress: ReturnType<typeof createProgress> | null = null;
-  const result = await runExperiment(inputs, { ...args.config, seed: args.seeds[0] }, args.seeds, {
+  const result = await runExperiment(inputs, config, args.seeds, {
     outDir,
     resume: args.resume,
-    describe: { flags: Deno.args, backend: backendName },
+    describe: { flags: Deno.args, backend: backendName, inputs: args.inputs },
     onClient: ({ round, phase, done, total, seed }) => {
       if (done === 1) {
         progress = createProgress(
@@ -324,6 +412,12 @@ if (import.meta.main) {
   try {
     Deno.exit(await main());
   } catch (err) {
+    // A flag that does not fit the inputs (--lora_r ≥ width, a resume with other flags) is a
+    // usage error (2); anything wrong with the inputs or the run itself is 1.
+    if (err instanceof UsageError) {
+      console.error(`train: ${err.message}\n(see deno task train --help)`);
+      Deno.exit(2);
+    }
     console.error(`train: ${(err as Error).message}`);
     Deno.exit(1);
   }

@@ -20,7 +20,7 @@
  * @module
  */
 import { basename } from "node:path";
-import { type NpyArray, readNpz } from "./npy.ts";
+import { listNpz, type NpyArray, readNpz } from "./npy.ts";
 import {
   type ImageDataset,
   type ImageSplit,
@@ -123,7 +123,9 @@ function readLabels(a: NpyArray, n: number, where: string): Int32Array {
     );
   }
   if (s[0] !== n) {
-    throw new Error(`labels in ${where} count ${s[0]} rows but the images count ${n}`);
+    throw new Error(
+      `labels in ${where} count ${s[0]} rows but the images count ${n}; give every image one label`,
+    );
   }
   const d = a.data;
   if (d instanceof Float32Array || d instanceof Float64Array) {
@@ -160,6 +162,15 @@ export async function loadMedMnist(
     );
   }
   const keys = SPLITS.flatMap((s) => [`${s}_images`, `${s}_labels`]);
+  const held = await listNpz(path);
+  const missing = keys.filter((k) => !held.includes(k));
+  if (missing.length > 0) {
+    throw new Error(
+      `${file} has no array ${missing.map((k) => `"${k}"`).join(", ")} (it holds: ${
+        held.join(", ") || "nothing"
+      }); a MedMNIST-layout file needs ${keys.join(", ")}`,
+    );
+  }
   const arrays = await readNpz(path, { keys });
 
   const raw: Record<string, { layout: Layout; images: Uint8Array; labels: Int32Array }> = {};
@@ -168,7 +179,10 @@ export async function loadMedMnist(
     const imgs = arrays[`${split}_images`];
     const where = `${file} (${split}_images)`;
     if (!(imgs.data instanceof Uint8Array) || imgs.dtype !== "|u1") {
-      throw new Error(`${where} has dtype ${imgs.dtype}; expected uint8 (|u1) pixels`);
+      throw new Error(
+        `${where} has dtype ${imgs.dtype}; expected uint8 (|u1) pixels: save the images as ` +
+          `uint8 in 0–255 (e.g. (x * 255).round().astype(np.uint8))`,
+      );
     }
     const layout = imageLayout(imgs, where, info?.dims);
     if (first === undefined) first = layout;

@@ -113,7 +113,10 @@ export function readNpy(
   }
   for (let i = 0; i < MAGIC.length; i++) {
     if (bytes[i] !== MAGIC[i]) {
-      throw new Error(`${name} is not an npy array (bad magic; expected "\\x93NUMPY")`);
+      throw new Error(
+        `${name} is not an npy array (bad magic; expected "\\x93NUMPY"); the file is corrupt: ` +
+          `download it again or re-save it with np.save / np.savez`,
+      );
     }
   }
   const major = bytes[6];
@@ -597,7 +600,13 @@ export async function readNpz(
  * ```
  */
 export async function listNpz(path: string): Promise<string[]> {
-  const file = await Deno.open(path, { read: true });
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) throw new Error(`${path} does not exist`);
+    throw err;
+  }
   try {
     const entries = await readCentralDirectory(file, (await file.stat()).size, basename(path));
     return entries.map((e) => e.name.replace(/\.npy$/, ""));

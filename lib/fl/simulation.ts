@@ -102,6 +102,8 @@ export interface PhaseRecord {
   /** Fraction of client releases that the clip bound scaled down; mean pre-clip norm. */
   clippedFraction: number;
   meanUpdateNorm: number;
+  /** Strict calibration: largest client release norm after clipping (checked ≤ C at run time). */
+  maxReleaseNorm: number;
   /** Effective noise multiplier of this release (noise std / sensitivity), null without DP. */
   effectiveNoiseMultiplier: number | null;
   /** Clients left out of this aggregation and why (faults). */
@@ -415,6 +417,7 @@ export async function runFederated(
         peerSigmaMax: agg.peerSigmaMax,
         clippedFraction: agg.clippedFraction,
         meanUpdateNorm: agg.meanUpdateNorm,
+        maxReleaseNorm: agg.maxReleaseNorm,
         effectiveNoiseMultiplier: agg.release?.noiseMultiplier ?? null,
         excluded,
       });

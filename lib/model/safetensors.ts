@@ -119,7 +119,7 @@ function parseHeader(label: string, prefix: Uint8Array, totalBytes: number): Saf
   if (n > BigInt(Math.min(MAX_HEADER_BYTES, totalBytes - 8))) {
     throw new Error(
       `${label}: header length ${n} exceeds the file (${totalBytes} bytes) or the 100 MB limit; ` +
-        `the file is truncated or not a safetensors file`,
+        `the file is truncated or not a safetensors file; download or convert it again`,
     );
   }
   const headerLength = Number(n);
@@ -202,7 +202,7 @@ function parseEntry(
   if (offsets[1] > bufferBytes) {
     throw new Error(
       `${where}: data_offsets [${offsets}] run past the data buffer (${bufferBytes} bytes); ` +
-        `the file is truncated`,
+        `the file is truncated; download or convert it again`,
     );
   }
   const need = numel(shape) * ITEM_SIZE[dtype as SafetensorsDtype];
@@ -385,7 +385,10 @@ async function readExactly(
   while (off < length) {
     const got = await file.read(out.subarray(off));
     if (got === null) {
-      throw new Error(`${label}: file ended at byte ${at + off}; expected ${at + length}`);
+      throw new Error(
+        `${label}: file ended at byte ${at + off}; expected ${at + length} (the file is ` +
+          `truncated; download or convert it again)`,
+      );
     }
     off += got;
   }
@@ -487,6 +490,64 @@ export async function readSafetensors(
       };
     }
     return { tensors, metadata: index.metadata };
+  } finally {
+    file.close();
+  }
+}
+
+/** Where {@link findNonFinite} found the first value that is not a finite number. */
+export interface NonFiniteValue {
+  tensor: string;
+  /** Row-major index of the value inside the tensor. */
+  index: number;
+  value: number;
+  /** How many values of that tensor are not finite. */
+  count: number;
+}
+
+/**
+ * Scans a safetensors file's float tensors (F64, F32, F16, BF16; one tensor in memory at a time)
+ * for NaN or ±Infinity and returns the first tensor holding one, or null. Loaders of weights call
+ * it to refuse a diverged or badly converted checkpoint at load time, naming the tensor, instead
+ * of training on it.
+ *
+ * @example
+ * ```ts
+ * const bad = await findNonFinite("model.safetensors");
+ * if (bad) throw new Error(`tensor "${bad.tensor}" holds ${bad.value}`);
+ * ```
+ */
+export async function findNonFinite(
+  path: string,
+  include: (name: string) => boolean = () => true,
+): Promise<NonFiniteValue | null> {
+  const file = await openForRead(path);
+  try {
+    const index = await readIndexFromFile(file, path);
+    const floats = Object.entries(index.tensors)
+      .filter(([name, info]) => include(name) && /^(F64|F32|F16|BF16)$/.test(info.dtype))
+      .sort((a, b) => a[1].offsets[0] - b[1].offsets[0]);
+    for (const [name, info] of floats) {
+      const [b, e] = info.offsets;
+      const bytes = await readExactly(
+        file,
+        `${path}: tensor "${name}"`,
+        index.dataStart + b,
+        e - b,
+      );
+      const data = decode(bytes, info.dtype, numel(info.shape));
+      let first = -1;
+      let count = 0;
+      for (let i = 0; i < data.length; i++) {
+        // x − x is 0 for every finite x and NaN for NaN and ±Infinity: one test for both.
+        if (data[i] - data[i] !== 0) {
+          if (first < 0) first = i;
+          count++;
+        }
+      }
+      if (first >= 0) return { tensor: name, index: first, value: data[first], count };
+    }
+    return null;
   } finally {
     file.close();
   }
