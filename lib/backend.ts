@@ -13,6 +13,7 @@
  * ```
  * @module
  */
+import process from "node:process";
 import util from "node:util";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
@@ -41,7 +42,16 @@ async function loadTensorflow(): Promise<void> {
   // printed through absl before TensorFlow reads the variable and stays; only
   // TF_ENABLE_ONEDNN_OPTS=0 removes it, by turning oneDNN's kernels off.)
   if (Deno.env.get("TF_CPP_MIN_LOG_LEVEL") === undefined) Deno.env.set("TF_CPP_MIN_LOG_LEVEL", "2");
-  await import("@tensorflow/tfjs-node");
+  // node-pre-gyp, which locates the addon, parses process.argv as its own flags: a user's
+  // `--C 0.5` reads as its `-C <directory>` and sends the lookup to "0.5/…". Hide the program's
+  // arguments while the addon loads.
+  const argv = process.argv;
+  process.argv = argv.slice(0, 2);
+  try {
+    await import("@tensorflow/tfjs-node");
+  } finally {
+    process.argv = argv;
+  }
 }
 
 async function loadWasm(): Promise<void> {
