@@ -40,7 +40,7 @@ export function predict(
       const { x, y } = makeBatch(split, idx, normalizationFor(backbone, split));
       const scores = tf.tidy(() => {
         const f = backbone.encoder.encode(x, lora);
-        const unit = tf.div(f, tf.norm(f, "euclidean", 1, true));
+        const unit = tf.mul(f, tf.rsqrt(tf.sum(tf.square(f), 1, true)));
         return tf.softmax(tf.matMul(unit, backbone.prototypes, false, true));
       });
       const flat = scores.dataSync();

@@ -27,7 +27,13 @@ export interface Backbone {
   encoder: {
     encode(
       x: tf.Tensor,
-      lora?: { A: tf.Tensor2D[]; B: tf.Tensor2D[]; scale: number; residual?: tf.Tensor2D[] },
+      lora?: {
+        A: tf.Tensor2D[];
+        B: tf.Tensor2D[];
+        scale: number;
+        residual?: tf.Tensor2D[];
+        trainable?: readonly Factor[];
+      },
     ): tf.Tensor2D;
   };
   /** Class prototypes, C×e, L2-normalised rows. */
@@ -101,48 +107,183 @@ export interface LocalResult {
   steps: number;
 }
 
-/** Cross-entropy of `exp(logitScale)·normalize(features)·Tᵀ` against integer labels. */
+/**
+ * Cross-entropy of `exp(logitScale)·normalize(features)·Tᵀ` against integer labels, averaged
+ * over the batch. Differentiable with respect to `features` and `logitScale` through a
+ * hand-written gradient (a dozen kernels instead of autodiff's ~50 on small tensors):
+ * with p = softmax(logits) and u = f/‖f‖, ∂/∂logits = (p − onehot)/N,
+ * ∂/∂logitScale = Σ ∂logits·logits, ∂/∂f = (g − u·⟨g, u⟩)/‖f‖ for g = ∂/∂u.
+ *
+ * @example
+ * ```ts
+ * const loss = prototypeLoss(features, prototypes, tf.scalar(Math.log(1 / 0.07)), labels);
+ * ```
+ */
 export function prototypeLoss(
   features: tf.Tensor2D,
   prototypes: tf.Tensor2D,
   logitScale: tf.Scalar,
   labels: tf.Tensor1D,
 ): tf.Scalar {
-  return tf.tidy(() => {
-    const unit = tf.div(features, tf.norm(features, "euclidean", 1, true));
-    const logits = tf.mul(tf.exp(logitScale), tf.matMul(unit, prototypes, false, true));
-    const oneHot = tf.oneHot(labels, prototypes.shape[0]);
+  const n = features.shape[0];
+  const loss = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [f, ls] = args as tf.Tensor[];
+    const save = args[2] as tf.GradSaveFunc;
+    const invNorm = tf.rsqrt(tf.sum(tf.square(f), 1, true));
+    const unit = tf.mul(f, invNorm);
+    const scale = tf.exp(ls);
+    const logits = tf.mul(tf.matMul(unit, prototypes, false, true), scale);
     const logProbs = tf.logSoftmax(logits);
-    return tf.neg(tf.mean(tf.sum(tf.mul(oneHot, logProbs), 1))) as tf.Scalar;
+    const oneHot = tf.oneHot(labels, prototypes.shape[0]);
+    save([unit, invNorm, logits, logProbs, oneHot, scale]);
+    return {
+      value: tf.div(tf.neg(tf.sum(tf.mul(oneHot, logProbs))), n) as tf.Scalar,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [unit, invNorm, logits, logProbs, oneHot, scale] = saved;
+        const dLogits = tf.mul(tf.sub(tf.exp(logProbs), oneHot), tf.div(dy, n));
+        const dScale = tf.sum(tf.mul(dLogits, logits));
+        const dUnit = tf.matMul(tf.mul(dLogits, scale), prototypes);
+        const along = tf.sum(tf.mul(dUnit, unit), 1, true);
+        return [tf.mul(tf.sub(dUnit, tf.mul(unit, along)), invNorm), dScale];
+      },
+    };
   });
+  return loss(features, logitScale) as tf.Scalar;
+}
+
+/** What a {@link LocalTrainer} starts from: the factors, what to train, the optimiser. */
+export type TrainerJob = Pick<
+  LocalJob,
+  "start" | "train" | "sgd" | "logitScale" | "momentum" | "residual"
+>;
+
+/** DP-DyLoRA's rank masks for one epoch (see {@link rankMasks}). */
+export interface RankMasks {
+  a: tf.Tensor2D;
+  b: tf.Tensor2D;
+}
+
+/**
+ * One client's trainable state on the device and the SGD step on it — the inner loop of
+ * {@link trainLocal}, callable on its own (benchmarks, tests).
+ */
+export interface LocalTrainer {
+  /** One SGD step on the batch (`x` normalised pixels, `y` labels); returns the batch loss. */
+  step(x: tf.Tensor, y: tf.Tensor1D, masks?: RankMasks | null): number;
+  /** The factors (start factors with the trained ones replaced) and momentum buffers now. */
+  read(): { factors: LoraFactors; momentum: Float32Array[] };
+  /** Frees every tensor the trainer holds. */
+  dispose(): void;
+}
+
+/**
+ * Uploads a client's factors and optimiser state and returns its {@link LocalTrainer}.
+ *
+ * @example
+ * ```ts
+ * const trainer = createLocalTrainer(backbone, { start, train: ["B"], sgd, logitScale });
+ * const loss = trainer.step(x, y);
+ * const { factors } = trainer.read();
+ * trainer.dispose();
+ * ```
+ */
+export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTrainer {
+  const { dims } = backbone;
+  const n = dims.adapters;
+  const trainA = job.train.includes("A");
+  const trainB = job.train.includes("B");
+  const shapeOf = (which: Factor): [number, number, number] =>
+    which === "A" ? [n, dims.rank, dims.dIn] : [n, dims.dOut, dims.rank];
+  // All adapters of one kind as one tensor [adapters, rows, cols]: one SGD update per kind.
+  const stack = (list: readonly Float32Array[], which: Factor) => {
+    const [, rows, cols] = shapeOf(which);
+    const data = new Float32Array(n * rows * cols);
+    list.forEach((a, i) => data.set(a, i * rows * cols));
+    return tf.tensor3d(data, shapeOf(which));
+  };
+  const trainedCount = (trainA ? n : 0) + (trainB ? n : 0) + 1;
+  if (job.momentum !== undefined && job.momentum.length !== trainedCount) {
+    throw new Error(
+      `momentum state has ${job.momentum.length} buffers; this phase trains ${trainedCount} tensors`,
+    );
+  }
+  // Trainable parameters in a fixed order: A (all adapters), then B, then logit_scale.
+  const kinds: Factor[] = [...(trainA ? ["A" as const] : []), ...(trainB ? ["B" as const] : [])];
+  let params: tf.Tensor[] = [
+    ...kinds.map((which) => stack(which === "A" ? job.start.A : job.start.B, which)),
+    tf.scalar(job.logitScale),
+  ];
+  // Momentum buffers come and go as one host array per adapter (A's, then B's, then the scale).
+  let buffers: tf.Tensor[] = job.momentum
+    ? [
+      ...kinds.map((which, j) => stack(job.momentum!.slice(j * n, (j + 1) * n), which)),
+      tf.scalar(job.momentum[job.momentum.length - 1][0]),
+    ]
+    : params.map((p) => tf.zerosLike(p));
+  const frozenA = trainA ? null : stack(job.start.A, "A");
+  const frozenB = trainB ? null : stack(job.start.B, "B");
+  const residual = job.residual?.map((r) => tf.tensor2d(r, [dims.dOut, dims.dIn]));
+  const { lr, momentum: mu, weightDecay: wd } = job.sgd;
+  return {
+    step(x, y, masks) {
+      const lossFn = (...ps: tf.Tensor[]) => {
+        let A = trainA ? ps[0] : frozenA!;
+        let B = trainB ? ps[trainA ? 1 : 0] : frozenB!;
+        if (masks) {
+          A = tf.mul(A, masks.a);
+          B = tf.mul(B, masks.b);
+        }
+        const feats = backbone.encoder.encode(x, {
+          A: tf.unstack(A) as tf.Tensor2D[],
+          B: tf.unstack(B) as tf.Tensor2D[],
+          scale: backbone.loraScale,
+          residual,
+          trainable: job.train,
+        });
+        return prototypeLoss(feats, backbone.prototypes, ps[ps.length - 1] as tf.Scalar, y);
+      };
+      const { value, grads } = tf.valueAndGrads(lossFn)(params);
+      // PyTorch SGD: d = g + wd·θ; buf = μ·buf + d; θ ← θ − lr·buf.
+      const next = tf.tidy(() =>
+        params.map((p, i) => {
+          const d = wd === 0 ? grads[i] : tf.add(grads[i], tf.mul(p, wd));
+          const buf = mu === 0 ? d : tf.add(tf.mul(buffers[i], mu), d);
+          return [tf.sub(p, tf.mul(buf, lr)), buf];
+        })
+      );
+      const loss = value.dataSync()[0];
+      tf.dispose([value, grads, params, buffers]);
+      params = next.map((pb) => pb[0]);
+      buffers = next.map((pb) => pb[1]);
+      return loss;
+    },
+    read() {
+      const factors = cloneFactors(job.start);
+      const momentum: Float32Array[] = [];
+      kinds.forEach((which, j) => {
+        const [, rows, cols] = shapeOf(which);
+        const size = rows * cols;
+        const values = params[j].dataSync() as Float32Array;
+        const moments = buffers[j].dataSync() as Float32Array;
+        for (let i = 0; i < n; i++) {
+          (which === "A" ? factors.A : factors.B)[i] = values.slice(i * size, (i + 1) * size);
+          momentum.push(moments.slice(i * size, (i + 1) * size));
+        }
+      });
+      momentum.push(buffers[buffers.length - 1].dataSync().slice() as Float32Array);
+      return { factors, momentum };
+    },
+    dispose() {
+      tf.dispose([params, buffers, frozenA ?? [], frozenB ?? [], residual ?? []]);
+    },
+  };
 }
 
 /** Trains one client for `job.epochs` epochs and returns its new factors (host arrays). */
 export function trainLocal(backbone: Backbone, job: LocalJob): LocalResult {
   const { dims } = backbone;
-  const trainA = job.train.includes("A");
-  const trainB = job.train.includes("B");
-  const toTensor = (data: Float32Array, which: Factor) =>
-    tf.tensor2d(data, which === "A" ? [dims.rank, dims.dIn] : [dims.dOut, dims.rank]);
-  // Trainable parameters in a fixed order: A[0..n), then B[0..n), then logit_scale.
-  let params: tf.Tensor[] = [
-    ...(trainA ? job.start.A.map((a) => toTensor(a, "A")) : []),
-    ...(trainB ? job.start.B.map((b) => toTensor(b, "B")) : []),
-    tf.scalar(job.logitScale),
-  ];
-  const frozenA = trainA ? [] : job.start.A.map((a) => toTensor(a, "A"));
-  const frozenB = trainB ? [] : job.start.B.map((b) => toTensor(b, "B"));
-  const residual = job.residual?.map((r) => tf.tensor2d(r, [dims.dOut, dims.dIn]));
-  if (job.momentum !== undefined && job.momentum.length !== params.length) {
-    throw new Error(
-      `momentum state has ${job.momentum.length} buffers; this phase trains ${params.length} tensors`,
-    );
-  }
-  let buffers: tf.Tensor[] = params.map((p, i) =>
-    job.momentum ? tf.tensor(job.momentum[i], p.shape) : tf.zerosLike(p)
-  );
-  const n = dims.adapters;
-  const { lr, momentum: mu, weightDecay: wd } = job.sgd;
+  const trainer = createLocalTrainer(backbone, job);
+  const norm = normalizationFor(backbone, job.split);
   let lossSum = 0;
   let steps = 0;
   try {
@@ -151,60 +292,32 @@ export function trainLocal(backbone: Backbone, job: LocalJob): LocalResult {
       const masks = job.dynamicRank ? rankMasks(dims.rank, job.rng.int(dims.rank)) : null;
       let epochLoss = 0;
       let batches = 0;
-      for (const idx of batchIndices(job.indices, job.batchSize, { rng: job.rng })) {
-        const { x, y } = makeBatch(job.split, idx, normalizationFor(backbone, job.split));
-        const lossFn = (...ps: tf.Tensor[]) => {
-          let k = 0;
-          let A = trainA ? ps.slice(0, n) as tf.Tensor2D[] : frozenA;
-          k = trainA ? n : 0;
-          let B = trainB ? ps.slice(k, k + n) as tf.Tensor2D[] : frozenB;
-          if (masks) {
-            A = A.map((a) => tf.mul(a, masks.a));
-            B = B.map((b) => tf.mul(b, masks.b));
+      try {
+        for (const idx of batchIndices(job.indices, job.batchSize, { rng: job.rng })) {
+          const { x, y } = makeBatch(job.split, idx, norm);
+          try {
+            epochLoss += trainer.step(x, y, masks);
+          } finally {
+            tf.dispose([x, y]);
           }
-          const feats = backbone.encoder.encode(x, { A, B, scale: backbone.loraScale, residual });
-          return prototypeLoss(feats, backbone.prototypes, ps[ps.length - 1] as tf.Scalar, y);
-        };
-        const { value, grads } = tf.valueAndGrads(lossFn)(params);
-        const next = tf.tidy(() =>
-          params.map((p, i) => {
-            const d = wd === 0 ? grads[i] : tf.add(grads[i], tf.mul(p, wd));
-            const buf = mu === 0 ? d : tf.add(tf.mul(buffers[i], mu), d);
-            return [tf.sub(p, tf.mul(buf, lr)), buf];
-          })
-        );
-        epochLoss += value.dataSync()[0];
-        batches++;
-        tf.dispose([value, grads, x, y, params, buffers]);
-        params = next.map((pb) => pb[0]);
-        buffers = next.map((pb) => pb[1]);
-        steps++;
+          batches++;
+          steps++;
+        }
+      } finally {
+        masks?.a.dispose();
+        masks?.b.dispose();
       }
-      masks?.a.dispose();
-      masks?.b.dispose();
       lossSum += batches > 0 ? epochLoss / batches : 0;
     }
-    const out = cloneFactors(job.start);
-    let k = 0;
-    if (trainA) {
-      for (let i = 0; i < n; i++) out.A[i] = params[k++].dataSync().slice() as Float32Array;
-    }
-    if (trainB) {
-      for (let i = 0; i < n; i++) out.B[i] = params[k++].dataSync().slice() as Float32Array;
-    }
-    return {
-      factors: out,
-      loss: job.epochs > 0 ? lossSum / job.epochs : 0,
-      momentum: buffers.map((b) => b.dataSync().slice() as Float32Array),
-      steps,
-    };
+    const { factors, momentum } = trainer.read();
+    return { factors, loss: job.epochs > 0 ? lossSum / job.epochs : 0, momentum, steps };
   } finally {
-    tf.dispose([params, buffers, frozenA, frozenB, residual ?? []]);
+    trainer.dispose();
   }
 }
 
 /** Masks for a rank prefix of length `rho + 1`, scaled by √(r/(ρ+1)) (SPEC §3, DP-DyLoRA). */
-function rankMasks(rank: number, rho: number): { a: tf.Tensor2D; b: tf.Tensor2D } {
+export function rankMasks(rank: number, rho: number): RankMasks {
   const scale = Math.sqrt(rank / (rho + 1));
   const m = Array.from({ length: rank }, (_, c) => (c <= rho ? scale : 0));
   return { a: tf.tensor2d(m, [rank, 1]), b: tf.tensor2d(m, [1, rank]) };

@@ -73,6 +73,12 @@ import {
   type SafeTensorInput,
   writeSafetensors,
 } from "./safetensors.ts";
+import {
+  disposeBlockViews,
+  frozenBlocksForward,
+  frozenPathAvailable,
+  prepareBlockViews,
+} from "./vit_fast.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -137,6 +143,11 @@ export interface LoraInput {
    * `q = (W_q + R_q) x + b_q + s·B_q A_q x`.
    */
   residual?: tf.Tensor2D[];
+  /**
+   * The factors gradients are wanted for (default both). On the `tensorflow` backend a factor
+   * left out is a constant of the hand-written backward pass, which then skips its gradient.
+   */
+  trainable?: readonly ("A" | "B")[];
 }
 
 /** A frozen image encoder with optional LoRA on q, k, v of every block. */
@@ -1213,6 +1224,54 @@ function checkLora(cfg: VitConfig, lora: LoraInput): void {
 }
 
 /**
+ * Patch embedding, class token, position embeddings and (unless `withLnPre` is false) ln_pre:
+ * `x` → the residual stream [N·T, width] entering the first block.
+ */
+function embed(
+  config: VitConfig,
+  w: VitWeights,
+  x: tf.Tensor4D | tf.Tensor5D,
+  withLnPre = true,
+): tf.Tensor2D {
+  const n = x.shape[0];
+  const { width } = config;
+  const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
+  const embedded =
+    (w.patchBias
+      ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
+      : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
+  const t = (embedded.shape[1] as number) + 1;
+  const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
+  const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
+  // The residual stream stays 2-D, [N·T, width]: LayerNorms and matmuls need no reshapes.
+  const tokens = sequence.reshape([n * t, width]) as tf.Tensor2D;
+  return w.lnPre && withLnPre ? layerNorm(tokens, w.lnPre, config.lnEps) : tokens;
+}
+
+/** Whether {@link frozenBlocksForward} can take `lora`: one rank for every adapter. */
+function fitsFrozenPath(lora?: LoraInput): boolean {
+  if (!frozenPathAvailable()) return false;
+  return !lora || lora.A.every((a) => a.shape[0] === lora.A[0].shape[0]);
+}
+
+/**
+ * {@link encodeWithWeights} for frozen weights: the same function, with the blocks run by
+ * `vit_fast.ts` (hand-written gradient for the LoRA tensors only).
+ */
+function encodeFrozen(
+  config: VitConfig,
+  w: VitWeights,
+  x: tf.Tensor4D | tf.Tensor5D,
+  lora?: LoraInput,
+): tf.Tensor2D {
+  checkInput(config, x);
+  if (lora) checkLora(config, lora);
+  return tf.tidy(() =>
+    frozenBlocksForward(config, w, embed(config, w, x, false), x.shape[0], lora)
+  );
+}
+
+/**
  * The forward pass as a function of the weights (module doc): `x` [N, H, W, 3] normalised pixels
  * (or [N, D, H, W, 1] for a volume config) → [N, embedDim] unnormalised features. Every weight
  * is an input, so `tf.grads` can differentiate with respect to any of them (pretraining,
@@ -1234,18 +1293,8 @@ export function encodeWithWeights(
   return tf.tidy((): tf.Tensor2D => {
     const n = x.shape[0];
     const { width } = config;
-    const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
-    const embedded = (w.patchBias
-      ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
-      : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
-    const t = (embedded.shape[1] as number) + 1;
-    const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
-    const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
-    // The residual stream stays 2-D, [N·T, width]: LayerNorms and matmuls need no reshapes.
-    let tokens = sequence.reshape([n * t, width]) as tf.Tensor2D;
-    if (w.lnPre) {
-      tokens = layerNorm(tokens, w.lnPre, config.lnEps);
-    }
+    let tokens = embed(config, w, x);
+    const t = tokens.shape[0] / n;
     for (let i = 0; i < config.layers; i++) {
       const input = tokens;
       const adapters = lora && blockLora(lora, i);
@@ -1267,9 +1316,14 @@ export function encodeWithWeights(
 
 function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[]): VitEncoder {
   let disposed = false;
+  const mine = new Set(owned);
+  const ownBlocks = weights.blocks.filter((b) => mine.has(b.qkvWeight));
+  if (frozenPathAvailable()) prepareBlockViews(ownBlocks, config);
   const encode = (x: tf.Tensor4D | tf.Tensor5D, lora?: LoraInput): tf.Tensor2D => {
     if (disposed) throw new Error("encode: this encoder was disposed");
-    return encodeWithWeights(config, weights, x, lora);
+    return fitsFrozenPath(lora)
+      ? encodeFrozen(config, weights, x, lora)
+      : encodeWithWeights(config, weights, x, lora);
   };
   return {
     config,
@@ -1279,6 +1333,7 @@ function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[])
     dispose() {
       if (disposed) return;
       disposed = true;
+      disposeBlockViews(ownBlocks);
       for (const t of owned) t.dispose();
     },
   };

@@ -1,0 +1,91 @@
+/**
+ * Kernel profile of one training step (`tf.profile`): how many kernels the step dispatches, the
+ * time per kernel kind, and the most expensive kernels by kind and input shapes, averaged over a
+ * few steps. On tfjs-node every kernel costs ~26 µs of dispatch on top of its work, so the count
+ * matters as much as the time.
+ *
+ * * `tiny`, `b16` — the steps of `bench/figures.ts`;
+ * * `demo` — one step of the demo's local training (the embedded default model, batch 10,
+ *   DEeR's B phase).
+ *
+ * Run: `deno run -A bench/profile.ts [tiny|b16|demo] [--steps 3] [--top 30]`.
+ * @module
+ */
+import { parseArgs } from "../lib/cli.ts";
+import { tf } from "../lib/backend.ts";
+import { makeBatch } from "../lib/data/batches.ts";
+import { createVitEncoder, loadVisionEncoder, randomVitWeights } from "../lib/model/vit.ts";
+import { orthonormalPrototypes } from "../lib/model/head.ts";
+import { initLora } from "../lib/model/lora.ts";
+import { makeBackbone } from "../lib/fl/backbone.ts";
+import { createLocalTrainer, normalizationFor } from "../lib/fl/local.ts";
+import { DEFAULTS } from "../lib/experiment.ts";
+import { createRng } from "../lib/rng.ts";
+import { TINY_VIT, VIT_B16 } from "./figures.ts";
+
+const flags = parseArgs(Deno.args, { string: ["steps", "top"] });
+const which = flags._[0] ?? "tiny";
+const steps = Number(flags.steps ?? 3);
+const top = Number(flags.top ?? 30);
+const encoder = which === "demo" ? await loadVisionEncoder(DEFAULTS.model) : createVitEncoder(
+  which === "b16" ? VIT_B16 : TINY_VIT,
+  randomVitWeights(which === "b16" ? VIT_B16 : TINY_VIT, createRng(1)),
+);
+const config = encoder.config;
+const batch = which === "b16" ? 8 : which === "demo" ? 10 : 32;
+const protos = orthonormalPrototypes(6, config.embedDim, 3);
+const backbone = makeBackbone(encoder, protos, { rank: 8, alpha: which === "tiny" ? 16 : 8 });
+protos.dispose();
+const shape = [config.imageSize, config.imageSize, 3];
+const per = shape.reduce((a, b) => a * b, 1);
+const split = {
+  images: Uint8Array.from({ length: batch * per }, (_, i) => (i * 2654435761) % 251),
+  sampleShape: shape,
+  labels: Int32Array.from({ length: batch }, (_, i) => i % 6),
+};
+const idx = Array.from({ length: batch }, (_, i) => i);
+const norm = normalizationFor(backbone, split);
+const trainer = createLocalTrainer(backbone, {
+  start: initLora(config, 8, createRng(2)),
+  train: which === "demo" ? ["B"] : ["A", "B"],
+  sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
+  logitScale: Math.log(1 / 0.07),
+});
+const step = () => {
+  const { x, y } = makeBatch(split, idx, norm);
+  trainer.step(x, y);
+  tf.dispose([x, y]);
+};
+step();
+step();
+
+const byKind = new Map<string, number>();
+const byShape = new Map<string, { count: number; ms: number }>();
+let kernels = 0;
+for (let s = 0; s < steps; s++) {
+  const info = await tf.profile(step);
+  for (const k of info.kernels) {
+    // Composite ops and custom-gradient scopes contain kernels that are counted themselves.
+    if (k.name === "unnamed scope" || k.name === "forward" || k.name.endsWith("__op")) continue;
+    kernels++;
+    const ms = k.kernelTimeMs as number;
+    byKind.set(k.name, (byKind.get(k.name) ?? 0) + ms / steps);
+    const key = `${k.name} ${JSON.stringify(k.inputShapes)}`;
+    const e = byShape.get(key) ?? { count: 0, ms: 0 };
+    e.count += 1 / steps;
+    e.ms += ms / steps;
+    byShape.set(key, e);
+  }
+}
+const total = [...byKind.values()].reduce((a, b) => a + b, 0);
+console.log(`${which}: ${kernels / steps} kernels per step, ${total.toFixed(1)} ms kernel time`);
+console.log(
+  [...byKind.entries()].sort((a, b) => b[1] - a[1]).map(([k, ms]) => `${k} ${ms.toFixed(1)}`)
+    .join(", "),
+);
+for (const [key, e] of [...byShape.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {
+  console.log(`${e.ms.toFixed(2).padStart(9)} ms ${e.count.toFixed(0).padStart(4)}× ${key}`);
+}
+trainer.dispose();
+backbone.prototypes.dispose();
+encoder.dispose();

@@ -1,0 +1,582 @@
+/**
+ * The transformer blocks of a frozen ViT with LoRA on q, k and v, and their backward pass written
+ * out by hand — the path `encoder.encode` takes on the `tensorflow` backend (SPEC §1; the same
+ * function as `encodeWithWeights` in `vit.ts`, which stays the general, autodiff reference).
+ *
+ * Why: on tfjs-node every kernel costs ~26 µs of dispatch, and tfjs' autodiff of the plain
+ * forward pass dispatches ~1,600 kernels for one step of a 4-layer ViT — including gradients for
+ * the frozen weights, which nobody needs. Here the whole encoder is one `tf.customGrad` node whose
+ * inputs are the stacked LoRA factors, so the backward pass computes only what the factors'
+ * gradients need, in plain 2-D matrix products:
+ *
+ * * q|k|v = h·(W_qkv + Aᵀ·B̃) + b_qkv, with the block's three A's stacked, A [3r, width], and its
+ *   three s·B's laid out block-diagonally, B̃ [3r, 3·width]: the adapter is merged into the weight
+ *   once per step (a [width, 3·width] sum, no per-token work), and u = h·Aᵀ is formed only for
+ *   B's gradient. Splitting by head is one transpose forward and one back.
+ * * LayerNorm, GELU and softmax have closed-form gradients (one kernel per term, no autodiff
+ *   bookkeeping). The MLP's input is pre-scaled by folding constants into ln_2 and b_fc1 (tiny
+ *   vectors), which saves two passes over the widest activation: exact GELU
+ *   `a·Φ(a) = z·(1 + erf z)/√2` with `z = a/√2`; QuickGELU `a·σ(1.702a) = z·σ(z)/1.702` with
+ *   `z = 1.702a`.
+ * * Only the class token reaches the features, so the last block computes its queries, attention
+ *   output and MLP for the class token alone (keys and values still use every token).
+ * * The first block's input needs no gradient (the embeddings are frozen): its backward pass stops
+ *   at the LoRA factors; a factor the caller does not train (`LoraInput.trainable`, DEeR's
+ *   phases) is a constant and gets no gradient work either.
+ * * Wide MLPs keep their hidden activations transposed (see {@link transposedMlp}).
+ *
+ * Every value equals the autodiff path up to float32 rounding (`tests/perf_equivalence.test.ts`).
+ *
+ * @example
+ * ```ts
+ * // inside vit.ts' encoder: tokens [N·T, width] after the patch and position embeddings
+ * const features = frozenBlocksForward(config, weights, tokens, n, lora);
+ * ```
+ * @module
+ */
+import { tf } from "../backend.ts";
+import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
+
+/** Whether the active backend runs this path (it relies on TensorFlow's general `Einsum`). */
+export function frozenPathAvailable(): boolean {
+  return tf.getBackend() === "tensorflow";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views of the frozen weights (built once per block and cached)
+
+/** One block's frozen tensors in the layouts the contractions use. */
+interface BlockViews {
+  act: VitConfig["act"];
+  ln1: Norm;
+  qkv: tf.Tensor2D;
+  qkvBias: tf.Tensor1D;
+  /** `W_out` viewed as [heads, d_head, width]. */
+  out: tf.Tensor3D;
+  outBias: tf.Tensor1D;
+  /** ln_2's weight and bias times the activation's input scale k (see the module doc). */
+  ln2: Norm;
+  fc1: tf.Tensor2D;
+  /** b_fc1 · k, as a row [mlp] or, for the transposed MLP layout, a column [mlp, 1]. */
+  fc1Bias: tf.Tensor;
+  fc2: tf.Tensor2D;
+  fc2Bias: tf.Tensor1D;
+  /** The 3×3 identity as [3, 1, 3, 1] (see {@link blockDiagonal}). */
+  slots: tf.Tensor;
+}
+
+const views = new WeakMap<Block, BlockViews>();
+
+/**
+ * Whether the MLP's hidden activations are kept transposed, [mlp, tokens]. libtensorflow's
+ * product h·W_fc1 ([tokens, width]·[width, mlp], no transposes) runs at half speed for wide MLPs
+ * (measured: 104 ms vs 56 ms for W_fc1ᵀ·hᵀ at ViT-B/16's 1576×768·768×3072); the transposed layout
+ * gets every MLP product on a fast path without copying the weights. Narrow MLPs (the tiny
+ * models) are as fast either way and keep the plain layout.
+ */
+function transposedMlp(cfg: VitConfig): boolean {
+  return cfg.mlpDim >= 2048;
+}
+
+/** z = k·a is what the activation reads (k folded into ln_2 and b_fc1). */
+function activationScale(act: VitConfig["act"]): number {
+  return act === "quick_gelu" ? 1.702 : Math.SQRT1_2;
+}
+
+/** act(a) = c·z·gate(z): c = 1/1.702 for QuickGELU, 1/√2 for GELU (a·Φ(a) = z·(1 + erf z)/√2). */
+function outputScale(act: VitConfig["act"]): number {
+  return act === "quick_gelu" ? 1 / 1.702 : Math.SQRT1_2;
+}
+
+function blockViews(b: Block, cfg: VitConfig): BlockViews {
+  const cached = views.get(b);
+  if (cached && cached.act === cfg.act) return cached;
+  if (cached) disposeViews(cached);
+  const { width, heads } = cfg;
+  const dh = width / heads;
+  const k = activationScale(cfg.act);
+  // Built inside the caller's tidy: the new tensors are kept until disposeBlockViews.
+  const v: BlockViews = {
+    act: cfg.act,
+    ln1: b.ln1,
+    qkv: b.qkvWeight,
+    qkvBias: b.qkvBias,
+    out: b.outWeight.reshape([heads, dh, width]) as tf.Tensor3D,
+    outBias: b.outBias,
+    ln2: { weight: b.ln2.weight.mul(k) as tf.Tensor1D, bias: b.ln2.bias.mul(k) as tf.Tensor1D },
+    fc1: b.fc1Weight,
+    fc1Bias: transposedMlp(cfg) ? b.fc1Bias.mul(k).reshape([-1, 1]) : b.fc1Bias.mul(k),
+    fc2: b.fc2Weight,
+    fc2Bias: b.fc2Bias,
+    slots: tf.reshape(tf.eye(3), [3, 1, 3, 1]),
+  };
+  for (const t of ownedViewTensors(v)) tf.keep(t);
+  views.set(b, v);
+  return v;
+}
+
+/** The tensors a view owns (the others are the block's own). */
+function ownedViewTensors(v: BlockViews): tf.Tensor[] {
+  return [
+    v.out,
+    v.ln2.weight,
+    v.ln2.bias,
+    v.fc1Bias,
+    v.slots,
+  ];
+}
+
+function disposeViews(v: BlockViews): void {
+  tf.dispose(ownedViewTensors(v));
+}
+
+/**
+ * Builds the views of `blocks` now (the encoder that owns the blocks calls this when it is made,
+ * so that its memory does not grow on the first forward pass).
+ *
+ * @example
+ * ```ts
+ * prepareBlockViews(weights.blocks, config);
+ * ```
+ */
+export function prepareBlockViews(blocks: readonly Block[], cfg: VitConfig): void {
+  tf.tidy(() => {
+    for (const b of blocks) blockViews(b, cfg);
+  });
+}
+
+/**
+ * Frees the cached views of `blocks` (call when disposing the tensors they view).
+ *
+ * @example
+ * ```ts
+ * disposeBlockViews(weights.blocks);
+ * ```
+ */
+export function disposeBlockViews(blocks: readonly Block[]): void {
+  for (const b of blocks) {
+    const v = views.get(b);
+    if (v) disposeViews(v);
+    views.delete(b);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+interface NormState {
+  y: tf.Tensor;
+  xhat: tf.Tensor;
+  rstd: tf.Tensor;
+}
+
+/**
+ * Mean over the last axis, kept: a sum and a scale of the small result (tfjs' `mean` adds a cast;
+ * a product with a 1/width column is slower still, measured).
+ */
+function rowMean(x: tf.Tensor): tf.Tensor {
+  return tf.mul(tf.sum(x, -1, true), 1 / x.shape[x.rank - 1]);
+}
+
+/** LayerNorm over the last axis (biased variance, as PyTorch), keeping x̂ and 1/σ. */
+function layerNormForward(
+  x: tf.Tensor,
+  p: Norm,
+  eps: number,
+): NormState {
+  const centred = tf.sub(x, rowMean(x));
+  const rstd = tf.rsqrt(tf.add(rowMean(tf.square(centred)), eps));
+  const xhat = tf.mul(centred, rstd);
+  return { y: tf.add(tf.mul(xhat, p.weight), p.bias), xhat, rstd };
+}
+
+/** dx of y = x̂·γ + β: (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ. */
+function layerNormBackward(
+  dy: tf.Tensor,
+  gamma: tf.Tensor,
+  xhat: tf.Tensor,
+  rstd: tf.Tensor,
+) {
+  const dxhat = tf.mul(dy, gamma);
+  const meanD = rowMean(dxhat);
+  const meanDX = rowMean(tf.mul(dxhat, xhat));
+  return tf.mul(tf.sub(tf.sub(dxhat, meanD), tf.mul(xhat, meanDX)), rstd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One block
+
+/**
+ * One block's LoRA factors: A_q|A_k|A_v [3r, width], s·B block-diagonal [3r, 3·width], and the
+ * adapted weight W_qkv (+ Rᵀ) + Aᵀ·B̃ [width, 3·width] the forward pass multiplies with.
+ */
+interface BlockFactors {
+  A: tf.Tensor2D;
+  B: tf.Tensor2D;
+  W: tf.Tensor2D;
+}
+
+/** What a block's backward pass reads (x̂ and 1/σ of both LayerNorms, the attention, the MLP). */
+interface BlockSaved {
+  h: tf.Tensor2D;
+  /** h·Aᵀ, kept when B is trained (else `h` stands in). */
+  u: tf.Tensor2D;
+  xhat1: tf.Tensor;
+  rstd1: tf.Tensor;
+  qs: tf.Tensor;
+  k: tf.Tensor;
+  v: tf.Tensor;
+  p: tf.Tensor;
+  xhat2: tf.Tensor;
+  rstd2: tf.Tensor;
+  z: tf.Tensor;
+  /** 1 + erf z (GELU) or σ(z) (QuickGELU). */
+  gate: tf.Tensor;
+}
+
+/** The order in which a block's saved tensors are handed to `tf.customGrad`'s `save`. */
+const SAVED_KEYS = [
+  "h",
+  "u",
+  "xhat1",
+  "rstd1",
+  "qs",
+  "k",
+  "v",
+  "p",
+  "xhat2",
+  "rstd2",
+  "z",
+  "gate",
+] as const;
+
+function flattenSaved(s: BlockSaved): tf.Tensor[] {
+  return SAVED_KEYS.map((key) => s[key]);
+}
+
+function unflattenSaved(t: tf.Tensor[]): BlockSaved {
+  return Object.fromEntries(SAVED_KEYS.map((key, i) => [key, t[i]])) as unknown as BlockSaved;
+}
+
+interface BlockContext {
+  cfg: VitConfig;
+  n: number;
+  t: number;
+  keyBias?: tf.Tensor1D;
+}
+
+/** [N·T, 3·width] → q, k, v [heads, N, T, d_head]. */
+function splitHeads(qkv: tf.Tensor, ctx: BlockContext): tf.Tensor[] {
+  const { n, t, cfg } = ctx;
+  const dh = cfg.width / cfg.heads;
+  const byHead = tf.transpose(tf.reshape(qkv, [n, t, 3, cfg.heads, dh]), [2, 3, 0, 1, 4]);
+  return tf.unstack(byHead);
+}
+
+/** The class token's rows of [N·T, width] (a [N, width] tensor). */
+function classRows(x: tf.Tensor, ctx: BlockContext): tf.Tensor2D {
+  const { n, t, cfg } = ctx;
+  return tf.reshape(tf.slice(tf.reshape(x, [n, t, cfg.width]), [0, 0, 0], [n, 1, cfg.width]), [
+    n,
+    cfg.width,
+  ]);
+}
+
+/**
+ * One pre-LN block on the residual stream `x` [N·T, width] (SPEC §1; `vit.ts` module doc).
+ * With `classOnly`, the output is the class token's row of every image alone, [N, width].
+ */
+function blockForward(
+  x: tf.Tensor2D,
+  w: BlockViews,
+  qkvWeight: tf.Tensor2D,
+  lora: BlockFactors | null,
+  ctx: BlockContext,
+  classOnly: boolean,
+  keep: { saved: boolean; u: boolean },
+): { out: tf.Tensor2D; saved: BlockSaved | null } {
+  const { cfg, n, t } = ctx;
+  const { width, heads } = cfg;
+  const dh = width / heads;
+  const ln1 = layerNormForward(x, w.ln1, cfg.lnEps);
+  const h = ln1.y as tf.Tensor2D;
+  // q | k | v = h·(W_qkv + Aᵀ·B̃) + b_qkv = h·W_qkv + s·(h·Aᵀ)·Bᵀ + b_qkv  (SPEC §1); the
+  // backward pass needs u = h·Aᵀ.
+  const u = lora && keep.u ? tf.matMul(h, lora.A, false, true) as tf.Tensor2D : null;
+  const [q, k, v] = splitHeads(tf.add(tf.matMul(h, lora?.W ?? qkvWeight), w.qkvBias), ctx);
+  const qRows = classOnly ? tf.slice(q, [0, 0, 0, 0], [heads, n, 1, dh]) : q;
+  const qs = tf.mul(qRows, 1 / Math.sqrt(dh));
+  let scores = tf.matMul(qs, k, false, true);
+  if (ctx.keyBias) scores = tf.add(scores, ctx.keyBias);
+  const p = tf.softmax(scores);
+  const rows = classOnly ? n : n * t;
+  const attended = tf.reshape(tf.einsum("hntd,hdc->ntc", tf.matMul(p, v), w.out), [rows, width]);
+  const residual = classOnly ? classRows(x, ctx) : x;
+  const x1 = tf.add(residual, tf.add(attended, w.outBias));
+  // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
+  // [mlp, rows] in the transposed layout.
+  const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
+  const t2 = transposedMlp(cfg);
+  const z = tf.add(tf.matMul(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
+  const gate = cfg.act === "quick_gelu" ? tf.sigmoid(z) : tf.add(tf.erf(z), 1);
+  const mlp = tf.matMul(tf.mul(z, gate), w.fc2, t2, false);
+  const out = tf.add(x1, tf.add(tf.mul(mlp, outputScale(cfg.act)), w.fc2Bias)) as tf.Tensor2D;
+  const saved = keep.saved
+    ? {
+      h,
+      u: u ?? h,
+      xhat1: ln1.xhat,
+      rstd1: ln1.rstd,
+      qs,
+      k,
+      v,
+      p,
+      xhat2: ln2.xhat,
+      rstd2: ln2.rstd,
+      z,
+      gate,
+    }
+    : null;
+  return { out, saved };
+}
+
+/** ln(2/√π): the exact GELU's derivative uses (2/√π)·exp(−z²) = exp(ln(2/√π) − z²). */
+const LOG_TWO_OVER_SQRT_PI = Math.log(2 / Math.sqrt(Math.PI));
+
+/**
+ * Gradients of one block: from `dOut` (the gradient at its output) to the gradient at its input
+ * (unless `needInput` is false) and at its LoRA factors (A and the block-diagonal s·B).
+ */
+function blockBackward(
+  dOut: tf.Tensor,
+  w: BlockViews,
+  lora: BlockFactors,
+  s: BlockSaved,
+  ctx: BlockContext,
+  classOnly: boolean,
+  needInput: boolean,
+  want: { A: boolean; B: boolean },
+): { dx: tf.Tensor | null; dA: tf.Tensor | null; dB: tf.Tensor | null } {
+  const { cfg, n, t } = ctx;
+  const { width, heads } = cfg;
+  const dh = width / heads;
+  // MLP: out = x1 + c·(z·gate(z))·W_fc2 + b_fc2.
+  const t2 = transposedMlp(cfg);
+  const dMlp = tf.mul(dOut, outputScale(cfg.act));
+  const dGated = t2 ? tf.matMul(w.fc2, dMlp, false, true) : tf.matMul(dMlp, w.fc2, false, true);
+  const slope = cfg.act === "quick_gelu"
+    // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
+    ? tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1))
+    // d/dz z·(1 + erf z) = (1 + erf z) + z·(2/√π)·exp(−z²)
+    : tf.add(s.gate, tf.mul(s.z, tf.exp(tf.sub(LOG_TWO_OVER_SQRT_PI, tf.square(s.z)))));
+  const dz = tf.mul(dGated, slope);
+  const dLn2 = tf.matMul(dz, w.fc1, t2, true);
+  const dx1 = tf.add(
+    dOut,
+    layerNormBackward(dLn2, w.ln2.weight, s.xhat2, s.rstd2),
+  );
+  // Attention: x1 = x + softmax(qs·kᵀ)·v·W_out + b_out.
+  const dAttended = tf.einsum(
+    "ntc,hdc->hntd",
+    tf.reshape(dx1, [n, classOnly ? 1 : t, width]),
+    w.out,
+  );
+  const dp = tf.matMul(dAttended, s.v, false, true);
+  const dv = tf.matMul(s.p, dAttended, true, false);
+  const dScores = tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
+  let dq = tf.mul(tf.matMul(dScores, s.k), 1 / Math.sqrt(dh));
+  const dk = tf.matMul(dScores, s.qs, true, false);
+  if (classOnly) dq = tf.pad(dq, [[0, 0], [0, 0], [0, t - 1], [0, 0]]);
+  // Back to [N·T, 3·width]: the inverse of splitHeads.
+  const dQkv = tf.reshape(
+    tf.transpose(tf.stack([dq, dk, dv]), [2, 3, 0, 1, 4]),
+    [n * t, 3 * width],
+  ) as tf.Tensor2D;
+  // (h·Aᵀ)·B̃: dB̃ = uᵀ·dQkv, dA = (dQkv·B̃ᵀ)ᵀ·h.
+  const dB = want.B ? tf.matMul(s.u, dQkv, true, false) : null;
+  const dA = want.A ? tf.matMul(tf.matMul(dQkv, lora.B, false, true), s.h, true, false) : null;
+  if (!needInput) return { dx: null, dA, dB };
+  const dh1 = tf.matMul(dQkv, lora.W, false, true);
+  const dLn1 = layerNormBackward(dh1, w.ln1.weight, s.xhat1, s.rstd1);
+  const dResidual = classOnly
+    ? tf.reshape(tf.pad(tf.reshape(dx1, [n, 1, width]), [[0, 0], [0, t - 1], [0, 0]]), [
+      n * t,
+      width,
+    ])
+    : dx1;
+  return { dx: tf.add(dLn1, dResidual), dA, dB };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The encoder after its embedding
+
+/**
+ * s·B_q, s·B_k, s·B_v of every block, [3·layers, width, r], as [layers, 3r, 3·width] blocks:
+ * broadcasting with `slots`, the identity as [3, 1, 3, 1], puts slot j's rows into columns j.
+ */
+function blockDiagonal(
+  b: tf.Tensor,
+  slots: tf.Tensor,
+  layers: number,
+  width: number,
+  rank: number,
+): tf.Tensor {
+  const rows = tf.reshape(tf.transpose(tf.reshape(b, [layers, 3, width, rank]), [0, 1, 3, 2]), [
+    layers,
+    3,
+    rank,
+    1,
+    width,
+  ]);
+  return tf.reshape(tf.mul(rows, slots), [layers, 3 * rank, 3 * width]);
+}
+
+/** The gradient of {@link blockDiagonal}: the diagonal blocks back as [3·layers, width, r]. */
+function blockDiagonalGrad(
+  d: tf.Tensor,
+  slots: tf.Tensor,
+  layers: number,
+  width: number,
+  rank: number,
+): tf.Tensor {
+  const blocks = tf.reshape(d, [layers, 3, rank, 3, width]);
+  const diagonal = tf.sum(tf.mul(blocks, slots), 3); // [layers, 3, r, width]
+  return tf.reshape(tf.transpose(diagonal, [0, 1, 3, 2]), [3 * layers, width, rank]);
+}
+
+/**
+ * ln_pre, the transformer blocks, the final norm on the class token and the projection: `tokens`
+ * [N·T, width] (patch and position embeddings) → [N, embedDim] features. Differentiable with respect to
+ * the LoRA tensors (and only those): the gradient is {@link blockBackward}'s. All LoRA adapters
+ * must share one rank (checked by the caller, which otherwise takes the autodiff path).
+ */
+export function frozenBlocksForward(
+  cfg: VitConfig,
+  w: VitWeights,
+  tokens: tf.Tensor2D,
+  n: number,
+  lora?: LoraInput,
+): tf.Tensor2D {
+  const t = tokens.shape[0] / n;
+  const { width, layers } = cfg;
+  const ctx: BlockContext = { cfg, n, t, keyBias: w.keyBias };
+  const blockWeights = w.blocks.map((b) => blockViews(b, cfg));
+  const { slots } = blockWeights[0];
+
+  /** Runs every block; with `keep` (training), collects what the backward pass needs. */
+  const forward = (
+    factors: BlockFactors[] | null,
+    frozenQkv: tf.Tensor2D[],
+    keep: tf.Tensor[] | null,
+    keepU = false,
+  ): { features: tf.Tensor2D; head: NormState } => {
+    let x: tf.Tensor2D = w.lnPre
+      ? layerNormForward(tokens, w.lnPre, cfg.lnEps).y as tf.Tensor2D
+      : tokens;
+    for (let i = 0; i < layers; i++) {
+      const input = x;
+      const last = i === layers - 1;
+      const outs = tf.tidy(() => {
+        const r = blockForward(
+          input,
+          blockWeights[i],
+          frozenQkv[i],
+          factors?.[i] ?? null,
+          ctx,
+          last,
+          { saved: keep !== null, u: keepU },
+        );
+        return keep && r.saved ? [r.out, ...flattenSaved(r.saved)] : [r.out];
+      });
+      if (input !== tokens) input.dispose();
+      x = outs[0] as tf.Tensor2D;
+      if (keep) keep.push(...outs.slice(1));
+    }
+    const head = layerNormForward(x, w.lnPost, cfg.lnEps);
+    const normed = head.y as tf.Tensor2D;
+    const features = !w.proj
+      ? normed
+      : w.projBias
+      ? tf.add(tf.matMul(normed, w.proj), w.projBias)
+      : tf.matMul(normed, w.proj);
+    return { features: features as tf.Tensor2D, head };
+  };
+
+  // FedEx-LoRA: W_qkv + Rᵀ with the residuals [out, in] of q, k, v stacked.
+  const residual = lora?.residual;
+  const frozenQkv: tf.Tensor2D[] = blockWeights.map((b, i) =>
+    residual
+      ? tf.add(b.qkv, tf.transpose(tf.concat(residual.slice(3 * i, 3 * i + 3), 0))) as tf.Tensor2D
+      : b.qkv
+  );
+  if (!lora) return forward(null, frozenQkv, null).features;
+
+  const rank = lora.A[0].shape[0];
+  /** Per block: A_q|A_k|A_v, the block-diagonal s·B and the adapted W_qkv + Aᵀ·B̃. */
+  const blockFactors = (packedA: tf.Tensor, packedB: tf.Tensor): BlockFactors[] => {
+    const a = tf.unstack(tf.reshape(packedA, [layers, 3 * rank, width])) as tf.Tensor2D[];
+    const b = tf.unstack(blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank));
+    return a.map((A, i) => {
+      const B = b[i] as tf.Tensor2D;
+      return { A, B, W: tf.add(frozenQkv[i], tf.matMul(A, B, true, false)) as tf.Tensor2D };
+    });
+  };
+  const want = {
+    A: lora.trainable?.includes("A") ?? true,
+    B: lora.trainable?.includes("B") ?? true,
+  };
+  // Forward only (evaluation, or no factor to differentiate): nothing is kept for a backward pass.
+  if (tf.engine().state.gradientDepth === 0 || !(want.A || want.B)) {
+    return forward(blockFactors(tf.stack(lora.A), tf.stack(lora.B)), frozenQkv, null).features;
+  }
+  // The inputs of the custom-gradient node are the trainable factors, stacked; a factor that is
+  // not trainable is a constant inside it.
+  const inputs = [...(want.A ? [tf.stack(lora.A)] : []), ...(want.B ? [tf.stack(lora.B)] : [])];
+  const encode = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const packedA = want.A ? args[0] as tf.Tensor : tf.stack(lora.A);
+    const packedB = want.B ? args[want.A ? 1 : 0] as tf.Tensor : tf.stack(lora.B);
+    const save = args[inputs.length] as tf.GradSaveFunc;
+    const factors = blockFactors(packedA, packedB);
+    const keep: tf.Tensor[] = [];
+    const { features, head } = forward(factors, frozenQkv, keep, want.B);
+    save([...keep, head.xhat, head.rstd, ...factors.flatMap((f) => [f.A, f.B, f.W])]);
+    return {
+      value: features,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const at = SAVED_KEYS.length * layers;
+        const [headXhat, headRstd] = saved.slice(at, at + 2);
+        const f = Array.from({ length: layers }, (_, i) => ({
+          A: saved[at + 2 + 3 * i] as tf.Tensor2D,
+          B: saved[at + 3 + 3 * i] as tf.Tensor2D,
+          W: saved[at + 4 + 3 * i] as tf.Tensor2D,
+        }));
+        let dx: tf.Tensor = tf.tidy(() => {
+          const dNormed = w.proj ? tf.matMul(dy, w.proj, false, true) : dy;
+          return layerNormBackward(dNormed, w.lnPost.weight, headXhat, headRstd);
+        });
+        const dA: tf.Tensor[] = [];
+        const dB: tf.Tensor[] = [];
+        for (let i = layers - 1; i >= 0; i--) {
+          const dIn = dx;
+          const s = unflattenSaved(saved.slice(SAVED_KEYS.length * i, SAVED_KEYS.length * (i + 1)));
+          let r!: ReturnType<typeof blockBackward>;
+          tf.tidy(() => {
+            r = blockBackward(dIn, blockWeights[i], f[i], s, ctx, i === layers - 1, i > 0, want);
+            return [r.dA, r.dB, r.dx].filter((t) => t !== null);
+          });
+          dIn.dispose();
+          if (r.dA) dA.unshift(r.dA);
+          if (r.dB) dB.unshift(r.dB);
+          if (r.dx) dx = r.dx;
+        }
+        return tf.tidy(() => [
+          ...(want.A ? [tf.reshape(tf.stack(dA), [3 * layers, rank, width])] : []),
+          ...(want.B
+            ? [tf.mul(blockDiagonalGrad(tf.stack(dB), slots, layers, width, rank), lora.scale)]
+            : []),
+        ]);
+      },
+    };
+  });
+  return encode(...inputs) as tf.Tensor2D;
+}
