@@ -1,0 +1,694 @@
+/**
+ * Sweep drivers for ablations and studies (the notebooks in `notebooks/` call these; their cells
+ * hold settings and figure calls, no logic). A sweep is a list of {@link SweepPoint}s — a label,
+ * the swept parameters and a full {@link FederatedConfig} — run on shared inputs with
+ * {@link runSweep}, which returns tidy rows: one {@link SummaryRow} per point (test metrics at
+ * the best-validation round, ε), one {@link RoundRow} per point, seed and round, and one
+ * {@link ReleaseRow} per aggregation (phase) for the privacy audit.
+ *
+ * Study scale: {@link studyScale} gives the shared protocol of the notebooks (SPEC §2 shortened
+ * to fit minutes on 2 CPU cores) in a full and a quick size; `DEER_NOTEBOOK_QUICK=1` selects the
+ * quick one (CI). {@link loadStudyInputs} loads the embedded default data and model and keeps a
+ * class-balanced subset of each split.
+ *
+ * @example
+ * ```ts
+ * const scale = studyScale();
+ * const inputs = await loadStudyInputs(scale);
+ * const sweep = await runSweep(inputs, moduleGridPoints(studyConfig(scale)));
+ * sweep.summary.map((r) => [r.label, r.accuracy]);
+ * inputs.dispose();
+ * ```
+ * @module
+ */
+import { type ImageDataset, type ImageSplit, sampleSize } from "./data/dataset.ts";
+import {
+  type ExperimentResult,
+  type ExperimentSummary,
+  type Inputs,
+  type InputSpec,
+  loadInputs,
+  runExperiment,
+} from "./experiment.ts";
+import { makeBackbone } from "./fl/backbone.ts";
+import {
+  defaultConfig,
+  type FederatedConfig,
+  type RoundRecord,
+  validateConfig,
+} from "./fl/simulation.ts";
+import { resolveMethod } from "./fl/methods.ts";
+import type { DpSettings } from "./fl/aggregate.ts";
+import { createRng } from "./rng.ts";
+
+/** Whether the notebooks run in quick mode (`DEER_NOTEBOOK_QUICK=1`, as CI does). */
+export function notebookQuick(): boolean {
+  try {
+    const v = Deno.env.get("DEER_NOTEBOOK_QUICK");
+    return v !== undefined && v !== "" && v !== "0" && v.toLowerCase() !== "false";
+  } catch {
+    return false; // no env permission: full mode
+  }
+}
+
+/** The size and shared settings of a study (one notebook). */
+export interface StudyScale {
+  quick: boolean;
+  /** Federated rounds T and local epochs E. */
+  rounds: number;
+  localEpochs: number;
+  /** Images kept per class in each split (null: the whole split). */
+  perClass: { train: number | null; val: number | null; test: number | null };
+  numClients: number;
+  dirichletAlpha: number;
+  batchSize: number;
+  lr: number;
+  rank: number;
+  alpha: number;
+  seeds: number[];
+  /** DP defaults: clip bound C, target ε, accounting δ. */
+  clip: number;
+  epsilon: number;
+  delta: number;
+}
+
+/**
+ * The notebooks' shared protocol: SPEC §2 (K = 12, Dirichlet α = 0.1, r = 8, SGD 0.01/0.9/5e-4,
+ * per-client batch 10) shortened to a few rounds of one local epoch on a class-balanced subset
+ * of the embedded data. `quick` (default: {@link notebookQuick}) shrinks rounds and data so all
+ * notebooks run in minutes in CI.
+ *
+ * @example
+ * ```ts
+ * studyScale(true).rounds; // 2
+ * ```
+ */
+export function studyScale(quick: boolean = notebookQuick()): StudyScale {
+  return {
+    quick,
+    rounds: quick ? 2 : 8,
+    localEpochs: 1,
+    perClass: quick ? { train: 20, val: 10, test: 20 } : { train: 100, val: 50, test: 100 },
+    numClients: 12,
+    dirichletAlpha: 0.1,
+    batchSize: 10,
+    lr: 0.01,
+    rank: 8,
+    alpha: 8,
+    seeds: [10],
+    clip: 0.5,
+    epsilon: 6,
+    delta: 1e-5,
+  };
+}
+
+/** A federated configuration at a study's scale, DP on in the given calibration (or off). */
+export function studyConfig(
+  scale: StudyScale,
+  opts: { method?: FederatedConfig["method"]; calibration?: DpSettings["calibration"] | null } = {},
+): FederatedConfig {
+  const calibration = opts.calibration === undefined ? "paper" : opts.calibration;
+  return {
+    ...defaultConfig(),
+    method: opts.method ?? { method: "DEeR", module1: true, module2: true },
+    seed: scale.seeds[0],
+    numClients: scale.numClients,
+    rounds: scale.rounds,
+    localEpochs: scale.localEpochs,
+    batchSize: scale.batchSize,
+    sgd: { lr: scale.lr, momentum: 0.9, weightDecay: 5e-4 },
+    split: { iid: false, dirichletAlpha: scale.dirichletAlpha },
+    dp: calibration === null
+      ? null
+      : { calibration, clip: scale.clip, epsilon: scale.epsilon, delta: scale.delta },
+  };
+}
+
+/**
+ * A class-balanced subset of a split: the first `perClass` images of each class after a seeded
+ * shuffle (all of a class when it has fewer). Order of the result: shuffled.
+ *
+ * @example
+ * ```ts
+ * const small = subsetSplit(data.train, 6, 50, 1); // 50 images of each of 6 classes
+ * ```
+ */
+export function subsetSplit(
+  split: ImageSplit,
+  numClasses: number,
+  perClass: number,
+  seed: number,
+): ImageSplit {
+  if (!(Number.isInteger(perClass) && perClass >= 1)) {
+    throw new Error(`subsetSplit: perClass ${perClass} must be an integer ≥ 1`);
+  }
+  const rng = createRng(seed);
+  const order = Array.from(split.labels, (_, i) => i);
+  rng.shuffle(order);
+  const taken = new Array<number>(numClasses).fill(0);
+  const keep: number[] = [];
+  for (const i of order) {
+    const c = split.labels[i];
+    if (taken[c] < perClass) {
+      taken[c]++;
+      keep.push(i);
+    }
+  }
+  const size = sampleSize(split);
+  const images = new Uint8Array(keep.length * size);
+  keep.forEach((src, dst) =>
+    images.set(split.images.subarray(src * size, (src + 1) * size), dst * size)
+  );
+  return {
+    images,
+    sampleShape: [...split.sampleShape],
+    labels: Int32Array.from(keep, (i) => split.labels[i]),
+  };
+}
+
+/** A data set with each split cut to a class-balanced subset (null keeps a split whole). */
+export function subsetDataset(
+  data: ImageDataset,
+  perClass: StudyScale["perClass"],
+  seed = 0,
+): ImageDataset {
+  const C = data.classNames.length;
+  const cut = (split: ImageSplit, n: number | null, salt: number) =>
+    n === null ? split : subsetSplit(split, C, n, seed * 3 + salt);
+  return {
+    ...data,
+    train: cut(data.train, perClass.train, 0),
+    val: cut(data.val, perClass.val, 1),
+    test: cut(data.test, perClass.test, 2),
+    source: `${data.source} (per class: train ${perClass.train ?? "all"}, val ${
+      perClass.val ?? "all"
+    }, test ${perClass.test ?? "all"})`,
+  };
+}
+
+/**
+ * Loads the inputs of a study: the embedded default data and model (or `spec`; the env vars
+ * `DEER_NOTEBOOK_MODEL` and `DEER_NOTEBOOK_PROTOTYPES` point the notebooks at another model),
+ * with the splits cut to the scale's class-balanced subsets.
+ */
+export async function loadStudyInputs(
+  scale: StudyScale,
+  spec: Partial<InputSpec> = {},
+): Promise<Inputs> {
+  const env = (name: string) => {
+    try {
+      return Deno.env.get(name) || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const inputs = await loadInputs({
+    dataset: "default",
+    rank: scale.rank,
+    alpha: scale.alpha,
+    modelPath: env("DEER_NOTEBOOK_MODEL"),
+    prototypes: env("DEER_NOTEBOOK_PROTOTYPES"),
+    ...spec,
+  });
+  return { ...inputs, data: subsetDataset(inputs.data, scale.perClass) };
+}
+
+/** One configuration of a sweep. */
+export interface SweepPoint {
+  /** Legend and table label. */
+  label: string;
+  /** The swept parameters of this point (tidy columns), e.g. `{ rank: 4 }`. */
+  params: Record<string, string | number | boolean>;
+  config: FederatedConfig;
+  /** LoRA rank (and alpha) when it differs from the inputs' backbone. */
+  lora?: { rank: number; alpha?: number };
+}
+
+/** One row per sweep point: test metrics (×100) at the best-validation round, mean over seeds. */
+export interface SummaryRow {
+  label: string;
+  params: SweepPoint["params"];
+  /** Method label, e.g. `DEeR(m1=1,m2=0)`, and its family (`DEeR`). */
+  method: string;
+  family: string;
+  calibration: "paper" | "strict" | null;
+  accuracy: number;
+  accuracyStd: number;
+  recall: number;
+  precision: number;
+  f1: number;
+  auc: number;
+  /** Best-validation round of each seed. */
+  bestRounds: number[];
+  nominalEpsilon: number | null;
+  /** Largest client-level ε actually spent over the seeds (δ = the config's δ). */
+  spentEpsilon: number | null;
+  noiseMultiplier: number | null;
+  seconds: number;
+  /** Why the point's run failed (`onError: "record"`), else null. */
+  error: string | null;
+}
+
+/** One row per point, seed and round. */
+export interface RoundRow {
+  label: string;
+  params: SweepPoint["params"];
+  method: string;
+  seed: number;
+  round: number;
+  trainLoss: number;
+  valAccuracy: number;
+  /** Test accuracy, only on rounds where validation improved (SPEC §2 selection). */
+  testAccuracy: number | null;
+  /** Σ over adapters of the aggregation deviation ‖D‖_F, summed over the round's phases. */
+  deviation: number;
+  noiseEnergy: number;
+  peerSigmaMax: number;
+  nominalEpsilon: number | null;
+  spentEpsilon: number | null;
+  seconds: number;
+}
+
+/** One row per aggregation (a phase of a round): what the server released. */
+export interface ReleaseRow {
+  label: string;
+  params: SweepPoint["params"];
+  method: string;
+  seed: number;
+  round: number;
+  phase: string;
+  /** 1, 2, … over the run's aggregations. */
+  release: number;
+  /** Noise std / sensitivity of this release (null without DP). */
+  effectiveNoiseMultiplier: number | null;
+  peerSigmaMax: number;
+  deviation: number;
+  noiseEnergy: number;
+  clippedFraction: number;
+  meanUpdateNorm: number;
+}
+
+/** What {@link runSweep} returns. */
+export interface SweepResult {
+  points: SweepPoint[];
+  summary: SummaryRow[];
+  rounds: RoundRow[];
+  releases: ReleaseRow[];
+  /** The full experiment results, in point order (null for a recorded failure). */
+  results: (ExperimentResult | null)[];
+}
+
+/** Options of {@link runSweep}. */
+export interface SweepOptions {
+  /** Seeds per point (default: each point's `config.seed`). */
+  seeds?: number[];
+  /** Folder for records (`<outDir>/<label>/…`); nothing is written without it. */
+  outDir?: string;
+  /** Progress lines (default: `console.log`; pass `() => {}` for silence). */
+  log?: (line: string) => void;
+  /**
+   * A point whose run throws: `throw` (default) stops the sweep; `record` keeps going and
+   * records the failure ({@link SummaryRow.error}, metrics NaN, the rounds it completed).
+   */
+  onError?: "throw" | "record";
+}
+
+/**
+ * Runs every point on shared inputs and returns tidy rows. All points are validated before the
+ * first one runs, so a bad grid fails at once.
+ *
+ * @example
+ * ```ts
+ * const sweep = await runSweep(inputs, rankPoints(studyConfig(scale), [2, 4]));
+ * sweep.summary[0].accuracy;
+ * ```
+ */
+export async function runSweep(
+  inputs: Inputs,
+  points: SweepPoint[],
+  opts: SweepOptions = {},
+): Promise<SweepResult> {
+  const log = opts.log ?? ((line: string) => console.log(line));
+  const labels = new Set<string>();
+  for (const p of points) {
+    if (labels.has(p.label)) throw new Error(`runSweep: two points are labelled "${p.label}"`);
+    labels.add(p.label);
+    try {
+      validateConfig(p.config);
+    } catch (err) {
+      throw new Error(`sweep point "${p.label}": ${(err as Error).message}`);
+    }
+  }
+  const out: SweepResult = { points, summary: [], rounds: [], releases: [], results: [] };
+  for (const [i, point] of points.entries()) {
+    const seeds = opts.seeds ?? [point.config.seed];
+    const t0 = performance.now();
+    // Records as they come, so that a failing point still shows the rounds it completed.
+    const records: RoundRecord[] = [];
+    let result: ExperimentResult | null = null;
+    let error: string | null = null;
+    let backbone = inputs.backbone;
+    try {
+      if (point.lora) {
+        backbone = makeBackbone(inputs.backbone.vision, inputs.backbone.prototypes, {
+          rank: point.lora.rank,
+          alpha: point.lora.alpha ?? inputs.backbone.alpha,
+        });
+      }
+      result = await runExperiment({ ...inputs, backbone }, point.config, seeds, {
+        outDir: opts.outDir ? `${opts.outDir}/${safeName(point.label)}` : undefined,
+        describe: { sweepLabel: point.label, sweepParams: point.params },
+        onRound: (r) => records.push(r),
+      });
+    } catch (err) {
+      if (opts.onError !== "record") {
+        throw new Error(`sweep point "${point.label}": ${(err as Error).message}`);
+      }
+      error = (err as Error).message;
+    } finally {
+      if (backbone !== inputs.backbone) backbone.prototypes.dispose();
+    }
+    out.results.push(result);
+    out.summary.push(result ? summaryRow(point, result.summary) : failedRow(point, error!));
+    for (const seed of new Set(records.map((r) => r.seed))) {
+      const mine = records.filter((r) => r.seed === seed);
+      out.rounds.push(...mine.map((r) => roundRow(point, r)));
+      out.releases.push(...releaseRows(point, mine));
+    }
+    const took = `${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    if (!result) {
+      log(
+        `[${i + 1}/${points.length}] ${point.label}: FAILED after ${records.length} round(s) ` +
+          `— ${error} — ${took}`,
+      );
+      continue;
+    }
+    const s = result.summary;
+    log(
+      `[${i + 1}/${points.length}] ${point.label}: test acc ${s.test.accuracy.mean.toFixed(1)}% ` +
+        `(best round ${s.bestRounds.join(",")})` +
+        (s.spentEpsilon === null ? "" : `, ε nominal ${s.nominalEpsilon} spent ` +
+          `${formatEpsilon(s.spentEpsilon)}`) +
+        ` — ${took}`,
+    );
+  }
+  return out;
+}
+
+/** ε for humans: 3 significant digits, exponent form past 1e4. */
+export function formatEpsilon(e: number | null): string {
+  if (e === null) return "–";
+  if (!Number.isFinite(e)) return String(e);
+  return e >= 1e4 ? e.toExponential(2) : e.toPrecision(3);
+}
+
+function safeName(label: string): string {
+  return label.replace(/[^A-Za-z0-9.=-]+/g, "_");
+}
+
+function summaryRow(point: SweepPoint, s: ExperimentSummary): SummaryRow {
+  const method = resolveMethod(point.config.method);
+  return {
+    label: point.label,
+    params: point.params,
+    method: s.method,
+    family: method.name,
+    calibration: point.config.dp?.calibration ?? null,
+    accuracy: s.test.accuracy.mean,
+    accuracyStd: s.test.accuracy.std,
+    recall: s.test.recall.mean,
+    precision: s.test.precision.mean,
+    f1: s.test.f1.mean,
+    auc: s.test.auc.mean,
+    bestRounds: s.bestRounds,
+    nominalEpsilon: s.nominalEpsilon,
+    spentEpsilon: s.spentEpsilon,
+    noiseMultiplier: s.noiseMultiplier,
+    seconds: s.seconds,
+    error: null,
+  };
+}
+
+function failedRow(point: SweepPoint, error: string): SummaryRow {
+  const method = resolveMethod(point.config.method);
+  return {
+    label: point.label,
+    params: point.params,
+    method: method.label,
+    family: method.name,
+    calibration: point.config.dp?.calibration ?? null,
+    accuracy: NaN,
+    accuracyStd: NaN,
+    recall: NaN,
+    precision: NaN,
+    f1: NaN,
+    auc: NaN,
+    bestRounds: [],
+    nominalEpsilon: point.config.dp?.epsilon ?? null,
+    spentEpsilon: null,
+    noiseMultiplier: null,
+    seconds: NaN,
+    error,
+  };
+}
+
+/** The tidy rows of one experiment (e.g. from `runExperiment`), under a label. */
+export function experimentRows(
+  result: ExperimentResult,
+  label: string,
+  params: SweepPoint["params"] = {},
+): { rounds: RoundRow[]; releases: ReleaseRow[] } {
+  const point = { label, params };
+  return {
+    rounds: result.runs.flatMap((run) => run.records.map((r) => roundRow(point, r))),
+    releases: result.runs.flatMap((run) => releaseRows(point, run.records)),
+  };
+}
+
+function roundRow(point: Pick<SweepPoint, "label" | "params">, r: RoundRecord): RoundRow {
+  return {
+    label: point.label,
+    params: point.params,
+    method: r.method,
+    seed: r.seed,
+    round: r.round,
+    trainLoss: r.trainLoss,
+    valAccuracy: 100 * r.val.accuracy,
+    testAccuracy: r.test ? 100 * r.test.accuracy : null,
+    deviation: r.deviation,
+    noiseEnergy: r.noiseEnergy,
+    peerSigmaMax: r.peerSigmaMax,
+    nominalEpsilon: r.epsilon.nominal,
+    spentEpsilon: r.epsilon.spent,
+    seconds: r.seconds,
+  };
+}
+
+function releaseRows(
+  point: Pick<SweepPoint, "label" | "params">,
+  records: RoundRecord[],
+): ReleaseRow[] {
+  const rows: ReleaseRow[] = [];
+  for (const r of records) {
+    for (const p of r.phases) {
+      rows.push({
+        label: point.label,
+        params: point.params,
+        method: r.method,
+        seed: r.seed,
+        round: r.round,
+        phase: p.phase,
+        release: rows.length + 1,
+        effectiveNoiseMultiplier: p.effectiveNoiseMultiplier,
+        peerSigmaMax: p.peerSigmaMax,
+        deviation: p.deviation,
+        noiseEnergy: p.noiseEnergy,
+        clippedFraction: p.clippedFraction,
+        meanUpdateNorm: p.meanUpdateNorm,
+      });
+    }
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Point builders, one per study. Each takes a base configuration (from studyConfig) and varies
+// one thing.
+
+/**
+ * DEeR's ablation grid (SPEC §3): deviation eliminator (module1) × noise regulator (module2),
+ * each off or on; (0, 0) is plain LoRA.
+ */
+export function moduleGridPoints(base: FederatedConfig): SweepPoint[] {
+  const points: SweepPoint[] = [];
+  for (const m1 of [false, true]) {
+    for (const m2 of [false, true]) {
+      points.push({
+        label: `eliminator ${m1 ? "on" : "off"}, regulator ${m2 ? "on" : "off"}`,
+        params: { module1: m1 ? 1 : 0, module2: m2 ? 1 : 0 },
+        config: { ...base, method: { method: "DEeR", module1: m1, module2: m2 } },
+      });
+    }
+  }
+  return points;
+}
+
+/** A method with a display name (DEeR's switches in `method`). */
+export interface MethodChoice {
+  name: string;
+  method: FederatedConfig["method"];
+}
+
+/** The reference's four methods (SPEC §3). */
+export const PAPER_METHODS: MethodChoice[] = [
+  { name: "LoRA", method: { method: "LoRA" } },
+  { name: "FFA-LoRA", method: { method: "FFA-LoRA" } },
+  { name: "DP-DyLoRA", method: { method: "DP-DyLoRA" } },
+  { name: "DEeR", method: { method: "DEeR", module1: true, module2: true } },
+];
+
+/**
+ * Privacy budget sweep: every method × calibration × target ε (DP on with the base's clip and δ).
+ * Labels read `DEeR · strict · ε=4`.
+ */
+export function privacyPoints(
+  base: FederatedConfig,
+  opts: {
+    methods: MethodChoice[];
+    calibrations: DpSettings["calibration"][];
+    epsilons: number[];
+  },
+): SweepPoint[] {
+  const dp = base.dp ?? { calibration: "paper", clip: 0.5, epsilon: 6, delta: 1e-5 };
+  return opts.methods.flatMap((m) =>
+    opts.calibrations.flatMap((calibration) =>
+      opts.epsilons.map((epsilon) => ({
+        label: `${m.name} · ${calibration} · ε=${epsilon}`,
+        params: { method: m.name, calibration, epsilon },
+        config: { ...base, method: m.method, dp: { ...dp, calibration, epsilon } },
+      }))
+    )
+  );
+}
+
+/** LoRA rank sweep (alpha fixed at the base backbone's, so the scale alpha/r changes too). */
+export function rankPoints(base: FederatedConfig, ranks: number[], alpha?: number): SweepPoint[] {
+  return ranks.map((rank) => ({
+    label: `r = ${rank}`,
+    params: { rank },
+    config: base,
+    lora: { rank, alpha },
+  }));
+}
+
+/** Label-skew sweep: Dirichlet α per value, `"iid"` for an equal random split. */
+export function heterogeneityPoints(
+  base: FederatedConfig,
+  alphas: (number | "iid")[],
+): SweepPoint[] {
+  return alphas.map((a) => ({
+    label: a === "iid" ? "IID" : `α = ${a}`,
+    params: { dirichletAlpha: a === "iid" ? "IID" : a },
+    config: {
+      ...base,
+      split: a === "iid" ? { iid: true, dirichletAlpha: base.split.dirichletAlpha } : {
+        iid: false,
+        dirichletAlpha: a,
+      },
+    },
+  }));
+}
+
+/**
+ * Number-of-clients sweep. The per-client batch stays at the base's, so every K does the same
+ * number of local steps per epoch in total; under DP the noise per client is σC/√K.
+ */
+export function clientCountPoints(base: FederatedConfig, counts: number[]): SweepPoint[] {
+  return counts.map((K) => ({
+    label: `K = ${K}`,
+    params: { numClients: K },
+    config: { ...base, numClients: K },
+  }));
+}
+
+/** One point per method (optionally with its own DP calibration, or `null` for no DP). */
+export function methodPoints(
+  base: FederatedConfig,
+  methods: (MethodChoice & { calibration?: DpSettings["calibration"] | null })[],
+): SweepPoint[] {
+  const dp = base.dp ?? { calibration: "paper", clip: 0.5, epsilon: 6, delta: 1e-5 };
+  return methods.map((m) => ({
+    label: m.name,
+    params: {
+      method: m.name,
+      calibration: m.calibration === undefined ? base.dp?.calibration ?? "none" : m.calibration ??
+        "none",
+    },
+    config: {
+      ...base,
+      method: m.method,
+      dp: m.calibration === undefined
+        ? base.dp
+        : m.calibration === null
+        ? null
+        : { ...dp, calibration: m.calibration },
+    },
+  }));
+}
+
+/**
+ * Every point once per method: labels `DEeR · r = 4`, params merged with `{ method }`.
+ *
+ * @example
+ * ```ts
+ * withMethods(heterogeneityPoints(base, [0.1, "iid"]), PAPER_METHODS.slice(0, 1)); // 2 points
+ * ```
+ */
+export function withMethods(points: SweepPoint[], methods: MethodChoice[]): SweepPoint[] {
+  return methods.flatMap((m) =>
+    points.map((p) => ({
+      ...p,
+      label: `${m.name} · ${p.label}`,
+      params: { ...p.params, method: m.name },
+      config: { ...p.config, method: m.method },
+    }))
+  );
+}
+
+/** One line saying what a study runs on: data, model, protocol and mode. */
+export function describeStudy(scale: StudyScale, inputs: Inputs): string {
+  const d = inputs.data;
+  const b = inputs.backbone;
+  return `${d.name}: ${d.train.labels.length} train / ${d.val.labels.length} val / ` +
+    `${d.test.labels.length} test images, ${d.classNames.length} classes; model ` +
+    `${inputs.provenance.model.split("/").slice(-2).join("/")} (width ${b.dims.dIn}, ` +
+    `${b.dims.adapters} LoRA adapters, r = ${b.rank}); K = ${scale.numClients}, ` +
+    `Dirichlet α = ${scale.dirichletAlpha}, T = ${scale.rounds}, E = ${scale.localEpochs}, ` +
+    `batch ${scale.batchSize}, lr ${scale.lr}; DP C = ${scale.clip}, ε = ${scale.epsilon}, ` +
+    `δ = ${scale.delta}; seeds ${scale.seeds.join(", ")}; ` +
+    `${scale.quick ? "QUICK mode (DEER_NOTEBOOK_QUICK=1)" : "full mode"}`;
+}
+
+/**
+ * The measured ranking of a sweep in one sentence (highest and lowest of a metric), so that a
+ * notebook states what this run showed, whatever it was.
+ */
+export function describeRanking(
+  rows: SummaryRow[],
+  metric: "accuracy" | "recall" | "precision" | "f1" | "auc" = "accuracy",
+): string {
+  const failed = rows.filter((r) => r.error !== null);
+  const failures = failed.length
+    ? ` Failed: ${
+      failed.map((r) => `${r.label} (${r.error!.split("\n")[0].slice(0, 120)})`).join("; ")
+    }.`
+    : "";
+  rows = rows.filter((r) => r.error === null);
+  if (rows.length === 0) return `no completed runs.${failures}`;
+  const sorted = [...rows].sort((a, b) => b[metric] - a[metric]);
+  const best = sorted[0], worst = sorted[sorted.length - 1];
+  const order = sorted.map((r) => `${r.label} ${r[metric].toFixed(1)}`).join(" > ");
+  return `test ${metric} (best-val round, this run): highest ${best.label} ` +
+    `(${best[metric].toFixed(1)}%), lowest ${worst.label} (${worst[metric].toFixed(1)}%), spread ` +
+    `${(best[metric] - worst[metric]).toFixed(1)} points. Order: ${order}.${failures}`;
+}

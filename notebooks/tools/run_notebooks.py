@@ -1,0 +1,296 @@
+#!/usr/bin/python3
+"""Execute Deno-kernel notebooks headless, check them, and export them to HTML.
+
+Used by `deno task notebooks` (tasks/notebooks.ts), which installs the kernelspec inside the
+project and sets JUPYTER_PATH; run it with Debian's python3 (python3-nbclient,
+jupyter-nbconvert). Standard library + nbclient/nbformat/nbconvert only.
+
+Why not `jupyter nbconvert --execute`: the Deno kernel (>= 2.8.2) can publish a cell's output
+*after* it reports the cell idle, and stock nbclient stops reading a cell's outputs at idle, so
+outputs -- large Plotly bundles above all -- are dropped at random. `LateOutputClient` keeps
+reading iopub after idle until the channel has been quiet for `quiet_period` seconds (0.3 s),
+routes any message whose parent is an earlier cell back to that cell, and drains once more
+after the last cell. It counts what it recovered, so the summary shows the bug at work.
+
+Checks, each a failure (exit 1) with a message naming the notebook and cell:
+* any cell error (the executed notebook is still written, for reading the traceback);
+* Plotly figures: the number of `application/vnd.plotly.v1+json` outputs must equal the
+  notebook's `metadata.deer.figures` (at least 1 when that is absent) -- a lost output fails;
+* plotly.js must be inlined in exactly one output, so the HTML export renders offline.
+
+Outputs in --out: `<name>.ipynb` (executed), `<name>.html` (nbconvert `lab` template, with the
+template's external <script src> tags -- CDN or file:// -- removed: nothing is fetched),
+`summary.json`.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from queue import Empty
+
+try:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionComplete, CellExecutionError, DeadKernelError
+    from nbclient.util import ensure_async
+    from nbconvert import HTMLExporter
+except ImportError as err:  # pragma: no cover - reported to the user
+    print(
+        f"run_notebooks: missing Python package ({err}); install with\n"
+        "  apt-get install -y --no-install-recommends jupyter-core jupyter-client "
+        "jupyter-nbconvert python3-nbclient\n"
+        "and run this script with Debian's /usr/bin/python3",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+LIBRARY_MARKER = "data-deer-plotly-library"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class LateOutputClient(NotebookClient):
+    """NotebookClient that keeps collecting a cell's outputs after the kernel reports idle."""
+
+    def __init__(self, nb, quiet_period=0.3, final_drain=1.0, **kw):
+        super().__init__(nb, **kw)
+        self.quiet_period = quiet_period
+        self.final_drain = final_drain
+        self.msg_cells = {}  # parent msg_id -> (cell, cell_index)
+        self.late_same_cell = 0  # outputs that arrived after their cell's idle
+        self.late_routed = 0  # outputs that arrived while a later cell ran (or in the final drain)
+        self.max_late_delay = 0.0  # seconds from idle to the latest recovered output
+        self.idle_times = {}
+        self.last_code_index = max(
+            (i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()),
+            default=-1,
+        )
+
+    def _route(self, msg):
+        """Processes a message of an earlier cell into that cell; True if it was one."""
+        parent = msg["parent_header"].get("msg_id")
+        if parent not in self.msg_cells:
+            return False
+        cell, index = self.msg_cells[parent]
+        if msg["msg_type"] not in ("status", "execute_input"):
+            self.late_routed += 1
+            self._note_delay(parent)
+        try:
+            self.process_message(msg, cell, index)
+        except CellExecutionComplete:
+            pass
+        return True
+
+    def _note_delay(self, parent):
+        idle = self.idle_times.get(parent)
+        if idle is not None:
+            self.max_late_delay = max(self.max_late_delay, time.monotonic() - idle)
+
+    async def _async_poll_output_msg(self, parent_msg_id, cell, cell_index):
+        assert self.kc is not None
+        self.msg_cells[parent_msg_id] = (cell, cell_index)
+        idle_seen = False
+        while True:
+            timeout = self.quiet_period if idle_seen else None
+            try:
+                msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=timeout))
+            except Empty:
+                return  # quiet for quiet_period after idle: the cell is complete
+            parent = msg["parent_header"].get("msg_id")
+            if parent == parent_msg_id:
+                if idle_seen and msg["msg_type"] not in ("status", "execute_input"):
+                    self.late_same_cell += 1
+                    self._note_delay(parent)
+                try:
+                    self.process_message(msg, cell, cell_index)
+                except CellExecutionComplete:
+                    idle_seen = True
+                    self.idle_times[parent] = time.monotonic()
+            else:
+                self._route(msg)
+
+    async def _drain(self, seconds):
+        """Reads iopub until it has been quiet for `seconds`, routing messages to their cells."""
+        while True:
+            try:
+                msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=seconds))
+            except Empty:
+                return
+            self._route(msg)
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        result = await super().async_execute_cell(
+            cell, cell_index, execution_count=execution_count, store_history=store_history
+        )
+        if cell_index == self.last_code_index:
+            await self._drain(self.final_drain)
+        return result
+
+
+def cell_error_text(cell):
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            tb = "\n".join(ANSI.sub("", line) for line in out.get("traceback", []))
+            return f"{out.get('ename')}: {out.get('evalue')}\n{tb}".strip()
+    return None
+
+
+def count_figures(nb):
+    figures, libraries = 0, 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME in data:
+                figures += 1
+                fig = data[PLOTLY_MIME]
+                if not isinstance(fig, dict) or not fig.get("data"):
+                    raise ValueError("a Plotly output has no traces")
+            html = data.get("text/html", "")
+            if isinstance(html, list):
+                html = "".join(html)
+            if LIBRARY_MARKER in html:
+                libraries += 1
+    return figures, libraries
+
+
+EXTERNAL_SCRIPT = re.compile(r'<script[^>]*\bsrc="(?:https?|file)://[^"]*"[^>]*>\s*</script>', re.I)
+
+
+def export_html(nb, name):
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": name}})
+    # require.js and MathJax (from a CDN, or from file:///usr/share/javascript on Debian): the
+    # notebooks use neither (no widgets, no TeX), and a self-contained page must not depend on
+    # the network or on this machine's files.
+    body, removed = EXTERNAL_SCRIPT.subn("", body)
+    return body, removed
+
+
+def write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run_one(path, args):
+    name = os.path.splitext(os.path.basename(path))[0]
+    nb = nbformat.read(path, as_version=4)
+    expected = nb.metadata.get("deer", {}).get("figures")
+    client = LateOutputClient(
+        nb,
+        quiet_period=args.quiet_period,
+        kernel_name=args.kernel,
+        timeout=args.cell_timeout,
+        startup_timeout=120,
+        iopub_timeout=60,
+        raise_on_iopub_timeout=True,  # never let outputs go missing silently
+        resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
+    )
+    code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
+    started = time.monotonic()
+
+    def on_cell_executed(cell, cell_index, execute_reply):
+        t = time.monotonic() - started
+        print(f"  {name}: cell {cell_index + 1}/{len(nb.cells)} done ({t:.1f} s)", flush=True)
+
+    client.on_cell_executed = on_cell_executed
+    problems = []
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        bad = next((c for c in nb.cells if cell_error_text(c)), None)
+        detail = cell_error_text(bad) if bad else str(err)
+        index = nb.cells.index(bad) + 1 if bad else "?"
+        problems.append(f"cell {index} raised an error:\n{detail}")
+    except DeadKernelError as err:
+        problems.append(f"the kernel died: {err}")
+    except Exception as err:  # timeouts, kernel start-up failures
+        problems.append(f"{type(err).__name__}: {ANSI.sub('', str(err))}")
+    seconds = time.monotonic() - started
+
+    for i, cell in enumerate(nb.cells):
+        text = cell_error_text(cell) if cell.cell_type == "code" else None
+        if text and not any(p.startswith(f"cell {i + 1} ") for p in problems):
+            problems.append(f"cell {i + 1} has an error output:\n{text}")
+    try:
+        figures, libraries = count_figures(nb)
+    except ValueError as err:
+        figures, libraries = 0, 0
+        problems.append(str(err))
+    if not problems:
+        want = expected if isinstance(expected, int) else None
+        if want is not None and figures != want:
+            problems.append(
+                f"{figures} Plotly figure output(s), expected {want} (metadata.deer.figures): "
+                "an output was lost or a figure cell did not display"
+            )
+        elif want is None and figures < 1:
+            problems.append("no Plotly figure output (every notebook must show its figures)")
+        if figures and libraries != 1:
+            problems.append(
+                f"plotly.js is inlined in {libraries} outputs, expected exactly 1 (the first "
+                "figure of the session carries it; the HTML export must render offline)"
+            )
+
+    out_nb = os.path.join(args.out, f"{name}.ipynb")
+    write_atomic(out_nb, nbformat.writes(nb))
+    html, removed = export_html(nb, name)
+    out_html = os.path.join(args.out, f"{name}.html")
+    write_atomic(out_html, html)
+    return {
+        "notebook": name,
+        "ok": not problems,
+        "problems": problems,
+        "seconds": round(seconds, 1),
+        "codeCells": code_cells,
+        "figures": figures,
+        "expectedFigures": expected,
+        "plotlyLibraryOutputs": libraries,
+        "lateOutputsSameCell": client.late_same_cell,
+        "lateOutputsRouted": client.late_routed,
+        "maxLateDelaySeconds": round(client.max_late_delay, 3),
+        "htmlBytes": len(html.encode("utf-8")),
+        "externalScriptsRemoved": removed,
+        "executed": out_nb,
+        "html": out_html,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("notebooks", nargs="+", help=".ipynb files to execute, in order")
+    p.add_argument("--out", required=True, help="folder for executed notebooks and HTML")
+    p.add_argument("--kernel", default="deno")
+    p.add_argument("--cell-timeout", type=int, default=900, help="seconds per cell")
+    p.add_argument("--quiet-period", type=float, default=0.3,
+                   help="seconds of iopub silence after idle before a cell counts as complete")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    for path in args.notebooks:
+        print(f"notebook {os.path.basename(path)} …", flush=True)
+        r = run_one(path, args)
+        results.append(r)
+        late = r["lateOutputsSameCell"] + r["lateOutputsRouted"]
+        status = "ok" if r["ok"] else "FAILED"
+        print(
+            f"{status}: {r['notebook']} — {r['codeCells']} code cells, {r['figures']} figures, "
+            f"{r['seconds']} s, {late} late output(s) recovered "
+            f"(max {r['maxLateDelaySeconds']} s after idle), HTML {r['htmlBytes'] / 1e6:.1f} MB",
+            flush=True,
+        )
+        for problem in r["problems"]:
+            print("  " + problem.replace("\n", "\n    "), file=sys.stderr, flush=True)
+    write_atomic(os.path.join(args.out, "summary.json"), json.dumps(results, indent=2) + "\n")
+    failed = [r["notebook"] for r in results if not r["ok"]]
+    if failed:
+        print(f"run_notebooks: {len(failed)} of {len(results)} notebook(s) failed: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { lineFigure } from "../lib/plot/figures.ts";
+import {
+  ChromiumMissingError,
+  findChromium,
+  renderFigure,
+  savePng,
+  saveSvg,
+  screenshotPage,
+} from "../lib/plot/png.ts";
+
+const chromium = findChromium();
+if (!chromium) {
+  console.error(
+    "plot_png: SKIPPED — chromium is not installed " +
+      "(apt-get install -y --no-install-recommends chromium)",
+  );
+}
+
+const fig = lineFigure({
+  title: "Validation accuracy",
+  xTitle: "round",
+  yTitle: "%",
+  series: [{ name: "DEeR", x: [1, 2, 3], y: [40, 55, 61] }],
+});
+
+/** Width and height from a PNG's IHDR chunk. */
+function pngSize(png: Uint8Array): [number, number] {
+  const signature = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  assert.deepEqual([...png.subarray(0, 8)], signature, "PNG signature");
+  const view = new DataView(png.buffer, png.byteOffset, png.byteLength);
+  return [view.getUint32(16), view.getUint32(20)];
+}
+
+Deno.test({
+  name: "png: PNG and SVG of a figure, at the asked size, written atomically",
+  ignore: !chromium,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "deer-png-" });
+    try {
+      const png = join(dir, "sub", "acc.png");
+      await savePng(fig, png, { width: 500, height: 300, scale: 2 });
+      assert.deepEqual(pngSize(await Deno.readFile(png)), [1000, 600]);
+      const svgPath = join(dir, "acc.svg");
+      await saveSvg(fig, svgPath, { width: 500, height: 300 });
+      const svg = await Deno.readTextFile(svgPath);
+      assert.match(svg, /^<svg[^>]*width="500"[^>]*height="300"/);
+      assert.match(svg, /Validation accuracy/);
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+        "acc.svg",
+        "sub",
+      ]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "png: a screenshot of an HTML page",
+  ignore: !chromium,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "deer-shot-" });
+    try {
+      const page = join(dir, "page.html");
+      await Deno.writeTextFile(page, "<html><body><h1>hello</h1></body></html>");
+      await screenshotPage(page, join(dir, "page.png"), { width: 320, height: 200 });
+      assert.deepEqual(pngSize(await Deno.readFile(join(dir, "page.png"))), [320, 200]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("png: a missing Chromium is a clear error", async () => {
+  const saved = Deno.env.get("DEER_CHROMIUM");
+  Deno.env.set("DEER_CHROMIUM", "/nonexistent/chromium");
+  try {
+    assert.equal(findChromium(), null);
+    await assert.rejects(
+      () => renderFigure(fig, "png"),
+      (err: Error) =>
+        err instanceof ChromiumMissingError && /apt-get install .*chromium/.test(err.message),
+    );
+  } finally {
+    if (saved === undefined) Deno.env.delete("DEER_CHROMIUM");
+    else Deno.env.set("DEER_CHROMIUM", saved);
+  }
+});
