@@ -278,10 +278,7 @@ export function moduleHeatmap(rows: SummaryRow[], metric: SummaryMetric = "accur
     xTitle: "module2",
     yTitle: "module1",
   });
-  // heatmapFigure's layout pins the y axis to "linear", on which category labels have no place
-  // (nothing is drawn): both axes are categories here.
-  fig.layout.xaxis = { ...(fig.layout.xaxis as Record<string, unknown>), type: "category" };
-  fig.layout.yaxis = { ...(fig.layout.yaxis as Record<string, unknown>), type: "category" };
+  // Cell labels: one decimal, "failed" for a run that did not finish, contrast with the colour.
   const finite = z.flat().filter(Number.isFinite);
   const lo = Math.min(...finite), hi = Math.max(...finite);
   fig.layout.annotations = z.flatMap((row, i) =>

@@ -141,9 +141,16 @@ export function heatmapFigure(opts: {
       y: opts.y,
       z: opts.z,
       colorscale: "Viridis",
-      text: opts.z.flat().map((v) => v.toFixed(2)),
       hovertemplate: "%{y} / %{x}: %{z:.2f}<extra></extra>",
     }],
-    layout: baseLayout(opts.title, opts.xTitle ?? "", opts.yTitle ?? ""),
+    layout: {
+      ...baseLayout(opts.title, opts.xTitle ?? "", opts.yTitle ?? ""),
+      // Categorical axes: a linear y axis has nowhere to put string categories.
+      xaxis: { title: { text: opts.xTitle ?? "" }, type: "category" },
+      yaxis: { title: { text: opts.yTitle ?? "" }, type: "category" },
+      annotations: opts.z.flatMap((row, i) =>
+        row.map((v, j) => ({ x: opts.x[j], y: opts.y[i], text: v.toFixed(2), showarrow: false }))
+      ),
+    },
   };
 }
