@@ -21,7 +21,7 @@ import { reportHtml } from "../lib/plot/html.ts";
 export const DEMO = {
   numClients: 12,
   dirichletAlpha: 0.1,
-  rounds: 8,
+  rounds: 5,
   localEpochs: 1,
   batchSize: 10,
   lr: 0.01,
