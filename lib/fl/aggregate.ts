@@ -24,7 +24,13 @@
 import type { Rng } from "../rng.ts";
 import { noiseMultiplierForBudget } from "../privacy/rdp.ts";
 import { paperNoiseMultiplier } from "../privacy/ledger.ts";
-import { type PeerFactor, peerForA, peerForB, productSqNorm } from "../privacy/regulator.ts";
+import {
+  isotropicNoise,
+  type PeerFactor,
+  peerForA,
+  peerForB,
+  productSqNorm,
+} from "../privacy/regulator.ts";
 import { deviationMatrix } from "./deviation.ts";
 import { cloneFactors, factorList, type LoraDims, type LoraFactors, sqNorm } from "./factors.ts";
 import type { Factor, Method, Phase } from "./methods.ts";
@@ -259,7 +265,7 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
             const peer = peerOf(clients[k].factors, which, i);
             peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
             addInPlace(t, peer.regulatedNoise(rng, std));
-          } else addInPlace(t, gaussian(rng, t.length, std));
+          } else addInPlace(t, isotropicNoise(rng, t.length, std));
         });
       }
     });
@@ -291,7 +297,7 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
           const peer = peerOf(global, which, i);
           peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
           addInPlace(t, peer.regulatedNoise(rng, std));
-        } else addInPlace(t, gaussian(rng, t.length, std));
+        } else addInPlace(t, isotropicNoise(rng, t.length, std));
       });
     }
   }
@@ -463,8 +469,4 @@ function addInPlace(a: Float32Array, b: ArrayLike<number>): void {
 
 function scaleInPlace(a: Float32Array, s: number): void {
   for (let i = 0; i < a.length; i++) a[i] *= s;
-}
-
-function gaussian(rng: Rng, length: number, std: number): Float64Array {
-  return rng.fillNormal(new Float64Array(length), std) as Float64Array;
 }
