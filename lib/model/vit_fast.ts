@@ -50,7 +50,13 @@ interface BlockViews {
   act: VitConfig["act"];
   ln1: Norm;
   qkv: tf.Tensor2D;
-  qkvBias: tf.Tensor1D;
+  /**
+   * Per column of q|k|v: 1/√d_head on q's columns, 1 on k's and v's — the attention's score
+   * scale, folded into the (adapted) weight and the bias so that queries come out scaled.
+   */
+  colScale: tf.Tensor1D;
+  /** b_qkv · colScale as [3·heads, 1, d_head] (added to the head-major q|k|v). */
+  qkvBias: tf.Tensor3D;
   /** `W_out` viewed as [heads, d_head, width]. */
   out: tf.Tensor3D;
   outBias: tf.Tensor1D;
@@ -95,12 +101,17 @@ function blockViews(b: Block, cfg: VitConfig): BlockViews {
   const { width, heads } = cfg;
   const dh = width / heads;
   const k = activationScale(cfg.act);
+  const colScale = tf.concat([
+    tf.fill([width], 1 / Math.sqrt(dh)),
+    tf.ones([2 * width]),
+  ]) as tf.Tensor1D;
   // Built inside the caller's tidy: the new tensors are kept until disposeBlockViews.
   const v: BlockViews = {
     act: cfg.act,
     ln1: b.ln1,
     qkv: b.qkvWeight,
-    qkvBias: b.qkvBias,
+    colScale,
+    qkvBias: tf.reshape(tf.mul(b.qkvBias, colScale), [3 * heads, 1, dh]) as tf.Tensor3D,
     out: b.outWeight.reshape([heads, dh, width]) as tf.Tensor3D,
     outBias: b.outBias,
     ln2: { weight: b.ln2.weight.mul(k) as tf.Tensor1D, bias: b.ln2.bias.mul(k) as tf.Tensor1D },
@@ -118,6 +129,8 @@ function blockViews(b: Block, cfg: VitConfig): BlockViews {
 /** The tensors a view owns (the others are the block's own). */
 function ownedViewTensors(v: BlockViews): tf.Tensor[] {
   return [
+    v.colScale,
+    v.qkvBias,
     v.out,
     v.ln2.weight,
     v.ln2.bias,
@@ -164,55 +177,120 @@ export function disposeBlockViews(blocks: readonly Block[]): void {
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
+/**
+ * A LayerNorm's output and what its backward pass reads: the input as [1, rows, width, 1] and
+ * the per-row mean, variance and reserve of TensorFlow's `FusedBatchNormV3` (see
+ * {@link layerNormForward}).
+ */
 interface NormState {
   y: tf.Tensor;
-  xhat: tf.Tensor;
-  rstd: tf.Tensor;
+  saved: tf.Tensor[];
+}
+
+/** How many tensors a {@link NormState} saves for the backward pass. */
+const NORM_SAVED = 4;
+
+/** The tfjs-node backend's op runner (this path runs only on `tensorflow`). */
+interface TfOpRunner {
+  binding: Record<string, number>;
+  executeMultipleOutputs(
+    name: string,
+    attrs: { name: string; type: number; value: unknown }[],
+    inputs: tf.Tensor[],
+    outputs: number,
+  ): tf.Tensor[];
 }
 
 /**
- * Mean over the last axis, kept: a sum and a scale of the small result (tfjs' `mean` adds a cast;
- * a product with a 1/width column is slower still, measured).
+ * Runs the TensorFlow op `name` on float32 tensors (`types`: its type attributes) with further
+ * attributes.
  */
-function rowMean(x: tf.Tensor): tf.Tensor {
-  return tf.mul(tf.sum(x, -1, true), 1 / x.shape[x.rank - 1]);
+function runTfOp(
+  name: string,
+  types: string[],
+  attrs: Record<string, number | string | boolean>,
+  inputs: tf.Tensor[],
+  outputs: number,
+): tf.Tensor[] {
+  const backend = tf.backend() as unknown as TfOpRunner;
+  const b = backend.binding;
+  const list = [
+    ...types.map((type) => ({ name: type, type: b.TF_ATTR_TYPE, value: b.TF_FLOAT })),
+    ...Object.entries(attrs).map(([key, value]) => ({
+      name: key,
+      type: typeof value === "number"
+        ? b.TF_ATTR_FLOAT
+        : typeof value === "string"
+        ? b.TF_ATTR_STRING
+        : b.TF_ATTR_BOOL,
+      value,
+    })),
+  ];
+  return backend.executeMultipleOutputs(name, list, inputs, outputs);
 }
 
-/** LayerNorm over the last axis (biased variance, as PyTorch), keeping x̂ and 1/σ. */
-function layerNormForward(
-  x: tf.Tensor,
-  p: Norm,
-  eps: number,
-): NormState {
-  const centred = tf.sub(x, rowMean(x));
-  const rstd = tf.rsqrt(tf.add(rowMean(tf.square(centred)), eps));
-  const xhat = tf.mul(centred, rstd);
-  return { y: tf.add(tf.mul(xhat, p.weight), p.bias), xhat, rstd };
+/**
+ * The matrix product a·b (`ta`, `tb`: transpose a, b) of 2-D or batched tensors, with
+ * broadcasting over the batch axes: TensorFlow's `BatchMatMulV2` called directly — `tf.matMul`
+ * reshapes both operands to 3-D and the result back, three more kernels per product.
+ */
+function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
+  return runTfOp("BatchMatMulV2", ["T"], { adj_x: ta, adj_y: tb }, [a, b], 1)[0];
 }
 
-/** dx of y = x̂·γ + β: (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ. */
-function layerNormBackward(
-  dy: tf.Tensor,
-  gamma: tf.Tensor,
-  xhat: tf.Tensor,
-  rstd: tf.Tensor,
-) {
-  const dxhat = tf.mul(dy, gamma);
-  const meanD = rowMean(dxhat);
-  const meanDX = rowMean(tf.mul(dxhat, xhat));
-  return tf.mul(tf.sub(tf.sub(dxhat, meanD), tf.mul(xhat, meanDX)), rstd);
+/**
+ * LayerNorm over the last axis (biased variance, as PyTorch). The normalisation is TensorFlow's
+ * `FusedBatchNormV3` in training mode on x viewed as NCHW [1, rows, width, 1] — each row is a
+ * channel, normalised over its `width` values — which is one kernel instead of seven passes
+ * (mean, centre, square, mean, rsqrt, scale); the affine γ, β follows.
+ */
+function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
+  const [rows, width] = x.shape as [number, number];
+  const x4 = tf.reshape(x, [1, rows, width, 1]);
+  const [xhat, batchMean, batchVar, mean, variance, reserve] = runTfOp(
+    "FusedBatchNormV3",
+    ["T", "U"],
+    { epsilon: eps, exponential_avg_factor: 1, data_format: "NCHW", is_training: true },
+    [x4, tf.ones([rows]), tf.zeros([rows]), tf.zeros([0]), tf.zeros([0])],
+    6,
+  );
+  tf.dispose([batchMean, batchVar]);
+  const y = tf.add(tf.mul(tf.reshape(xhat, [rows, width]), p.weight), p.bias);
+  return { y, saved: [x4, mean, variance, reserve] };
+}
+
+/**
+ * dx of y = x̂·γ + β: `FusedBatchNormGradV3` on dx̂ = dy·γ (which computes
+ * (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) from the saved input, mean and variance).
+ */
+function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], eps: number) {
+  const [x4, mean, variance, reserve] = saved;
+  const [, rows, width] = x4.shape as [number, number, number, number];
+  const dxhat = tf.reshape(tf.mul(dy, gamma), [1, rows, width, 1]);
+  const [dx, ...rest] = runTfOp(
+    "FusedBatchNormGradV3",
+    ["T", "U"],
+    { epsilon: eps, data_format: "NCHW", is_training: true },
+    [dxhat, x4, tf.ones([rows]), mean, variance, reserve],
+    5,
+  );
+  tf.dispose(rest);
+  return tf.reshape(dx, [rows, width]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // One block
 
 /**
- * One block's LoRA factors: A_q|A_k|A_v [3r, width], s·B block-diagonal [3r, 3·width], and the
- * adapted weight W_qkv (+ Rᵀ) + Aᵀ·B̃ [width, 3·width] the forward pass multiplies with.
+ * One block's LoRA factors: A_q|A_k|A_v [3r, width], s·B block-diagonal B̃ [3r, 3·width] times
+ * the column scale D (`BlockViews.colScale`), and the scaled adapted weight
+ * (W_qkv (+ Rᵀ) + Aᵀ·B̃)·D [width, 3·width] the forward pass multiplies with.
  */
 interface BlockFactors {
   A: tf.Tensor2D;
+  /** B̃·D. */
   B: tf.Tensor2D;
+  /** (W_qkv + Aᵀ·B̃)·D. */
   W: tf.Tensor2D;
 }
 
@@ -221,41 +299,37 @@ interface BlockSaved {
   h: tf.Tensor2D;
   /** h·Aᵀ, kept when B is trained (else `h` stands in). */
   u: tf.Tensor2D;
-  xhat1: tf.Tensor;
-  rstd1: tf.Tensor;
+  /** ln_1's saved state ({@link NormState}). */
+  ln1: tf.Tensor[];
   qs: tf.Tensor;
   k: tf.Tensor;
   v: tf.Tensor;
   p: tf.Tensor;
-  xhat2: tf.Tensor;
-  rstd2: tf.Tensor;
+  /** ln_2's saved state. */
+  ln2: tf.Tensor[];
   z: tf.Tensor;
   /** 1 + erf z (GELU) or σ(z) (QuickGELU). */
   gate: tf.Tensor;
 }
 
-/** The order in which a block's saved tensors are handed to `tf.customGrad`'s `save`. */
-const SAVED_KEYS = [
-  "h",
-  "u",
-  "xhat1",
-  "rstd1",
-  "qs",
-  "k",
-  "v",
-  "p",
-  "xhat2",
-  "rstd2",
-  "z",
-  "gate",
-] as const;
+/** The order of a block's single saved tensors (then ln_1's and ln_2's states) for `save`. */
+const SAVED_KEYS = ["h", "u", "qs", "k", "v", "p", "z", "gate"] as const;
+
+/** How many tensors one block saves. */
+const BLOCK_SAVED = SAVED_KEYS.length + 2 * NORM_SAVED;
 
 function flattenSaved(s: BlockSaved): tf.Tensor[] {
-  return SAVED_KEYS.map((key) => s[key]);
+  return [...SAVED_KEYS.map((key) => s[key]), ...s.ln1, ...s.ln2];
 }
 
 function unflattenSaved(t: tf.Tensor[]): BlockSaved {
-  return Object.fromEntries(SAVED_KEYS.map((key, i) => [key, t[i]])) as unknown as BlockSaved;
+  const single = Object.fromEntries(SAVED_KEYS.map((key, i) => [key, t[i]]));
+  const at = SAVED_KEYS.length;
+  return {
+    ...single,
+    ln1: t.slice(at, at + NORM_SAVED),
+    ln2: t.slice(at + NORM_SAVED, at + 2 * NORM_SAVED),
+  } as unknown as BlockSaved;
 }
 
 interface BlockContext {
@@ -265,12 +339,17 @@ interface BlockContext {
   keyBias?: tf.Tensor1D;
 }
 
-/** [N·T, 3·width] → q, k, v [heads, N, T, d_head]. */
-function splitHeads(qkv: tf.Tensor, ctx: BlockContext): tf.Tensor[] {
+/**
+ * q, k, v [heads, N, T, d_head] of h [N·T, width]: one product of h with the weight viewed per
+ * head, [3·heads, width, d_head] (h broadcast over the heads), so that the activations come out
+ * head-major with no transpose of their own — only the small weight is transposed.
+ */
+function headMajorQkv(h: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, ctx: BlockContext) {
   const { n, t, cfg } = ctx;
   const dh = cfg.width / cfg.heads;
-  const byHead = tf.transpose(tf.reshape(qkv, [n, t, 3, cfg.heads, dh]), [2, 3, 0, 1, 4]);
-  return tf.unstack(byHead);
+  const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
+  const qkv = tf.add(mm(h, perHead), bias);
+  return tf.unstack(tf.reshape(qkv, [3, cfg.heads, n, t, dh]));
 }
 
 /** The class token's rows of [N·T, width] (a [N, width] tensor). */
@@ -300,39 +379,37 @@ function blockForward(
   const dh = width / heads;
   const ln1 = layerNormForward(x, w.ln1, cfg.lnEps);
   const h = ln1.y as tf.Tensor2D;
-  // q | k | v = h·(W_qkv + Aᵀ·B̃) + b_qkv = h·W_qkv + s·(h·Aᵀ)·Bᵀ + b_qkv  (SPEC §1); the
-  // backward pass needs u = h·Aᵀ.
-  const u = lora && keep.u ? tf.matMul(h, lora.A, false, true) as tf.Tensor2D : null;
-  const [q, k, v] = splitHeads(tf.add(tf.matMul(h, lora?.W ?? qkvWeight), w.qkvBias), ctx);
-  const qRows = classOnly ? tf.slice(q, [0, 0, 0, 0], [heads, n, 1, dh]) : q;
-  const qs = tf.mul(qRows, 1 / Math.sqrt(dh));
-  let scores = tf.matMul(qs, k, false, true);
+  // q | k | v = h·(W_qkv + Aᵀ·B̃) + b_qkv = h·W_qkv + s·(h·Aᵀ)·Bᵀ + b_qkv  (SPEC §1), with q
+  // scaled by 1/√d_head through D; the backward pass needs u = h·Aᵀ.
+  const u = lora && keep.u ? mm(h, lora.A, false, true) as tf.Tensor2D : null;
+  const weight = lora?.W ?? tf.mul(qkvWeight, w.colScale);
+  const [q, k, v] = headMajorQkv(h, weight, w.qkvBias, ctx);
+  const qs = classOnly ? tf.slice(q, [0, 0, 0, 0], [heads, n, 1, dh]) : q;
+  let scores = mm(qs, k, false, true);
   if (ctx.keyBias) scores = tf.add(scores, ctx.keyBias);
   const p = tf.softmax(scores);
   const rows = classOnly ? n : n * t;
-  const attended = tf.reshape(tf.einsum("hntd,hdc->ntc", tf.matMul(p, v), w.out), [rows, width]);
+  const attended = tf.reshape(tf.einsum("hntd,hdc->ntc", mm(p, v), w.out), [rows, width]);
   const residual = classOnly ? classRows(x, ctx) : x;
   const x1 = tf.add(residual, tf.add(attended, w.outBias));
   // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
   // [mlp, rows] in the transposed layout.
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
-  const z = tf.add(tf.matMul(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
+  const z = tf.add(mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
   const gate = cfg.act === "quick_gelu" ? tf.sigmoid(z) : tf.add(tf.erf(z), 1);
-  const mlp = tf.matMul(tf.mul(z, gate), w.fc2, t2, false);
+  const mlp = mm(tf.mul(z, gate), w.fc2, t2, false);
   const out = tf.add(x1, tf.add(tf.mul(mlp, outputScale(cfg.act)), w.fc2Bias)) as tf.Tensor2D;
   const saved = keep.saved
     ? {
       h,
       u: u ?? h,
-      xhat1: ln1.xhat,
-      rstd1: ln1.rstd,
+      ln1: ln1.saved,
       qs,
       k,
       v,
       p,
-      xhat2: ln2.xhat,
-      rstd2: ln2.rstd,
+      ln2: ln2.saved,
       z,
       gate,
     }
@@ -358,22 +435,21 @@ function blockBackward(
   want: { A: boolean; B: boolean },
 ): { dx: tf.Tensor | null; dA: tf.Tensor | null; dB: tf.Tensor | null } {
   const { cfg, n, t } = ctx;
-  const { width, heads } = cfg;
-  const dh = width / heads;
+  const { width } = cfg;
   // MLP: out = x1 + c·(z·gate(z))·W_fc2 + b_fc2.
   const t2 = transposedMlp(cfg);
   const dMlp = tf.mul(dOut, outputScale(cfg.act));
-  const dGated = t2 ? tf.matMul(w.fc2, dMlp, false, true) : tf.matMul(dMlp, w.fc2, false, true);
+  const dGated = t2 ? mm(w.fc2, dMlp, false, true) : mm(dMlp, w.fc2, false, true);
   const slope = cfg.act === "quick_gelu"
     // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
     ? tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1))
     // d/dz z·(1 + erf z) = (1 + erf z) + z·(2/√π)·exp(−z²)
     : tf.add(s.gate, tf.mul(s.z, tf.exp(tf.sub(LOG_TWO_OVER_SQRT_PI, tf.square(s.z)))));
   const dz = tf.mul(dGated, slope);
-  const dLn2 = tf.matMul(dz, w.fc1, t2, true);
+  const dLn2 = mm(dz, w.fc1, t2, true);
   const dx1 = tf.add(
     dOut,
-    layerNormBackward(dLn2, w.ln2.weight, s.xhat2, s.rstd2),
+    layerNormBackward(dLn2, w.ln2.weight, s.ln2, cfg.lnEps),
   );
   // Attention: x1 = x + softmax(qs·kᵀ)·v·W_out + b_out.
   const dAttended = tf.einsum(
@@ -381,23 +457,24 @@ function blockBackward(
     tf.reshape(dx1, [n, classOnly ? 1 : t, width]),
     w.out,
   );
-  const dp = tf.matMul(dAttended, s.v, false, true);
-  const dv = tf.matMul(s.p, dAttended, true, false);
+  const dp = mm(dAttended, s.v, false, true);
+  const dv = mm(s.p, dAttended, true, false);
   const dScores = tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
-  let dq = tf.mul(tf.matMul(dScores, s.k), 1 / Math.sqrt(dh));
-  const dk = tf.matMul(dScores, s.qs, true, false);
+  // Gradients at the scaled q|k|v (D is folded into the factors' gradients below).
+  let dq = mm(dScores, s.k);
+  const dk = mm(dScores, s.qs, true, false);
   if (classOnly) dq = tf.pad(dq, [[0, 0], [0, 0], [0, t - 1], [0, 0]]);
-  // Back to [N·T, 3·width]: the inverse of splitHeads.
+  // Back to [N·T, 3·width]: the inverse of the head-major layout.
   const dQkv = tf.reshape(
     tf.transpose(tf.stack([dq, dk, dv]), [2, 3, 0, 1, 4]),
     [n * t, 3 * width],
   ) as tf.Tensor2D;
-  // (h·Aᵀ)·B̃: dB̃ = uᵀ·dQkv, dA = (dQkv·B̃ᵀ)ᵀ·h.
-  const dB = want.B ? tf.matMul(s.u, dQkv, true, false) : null;
-  const dA = want.A ? tf.matMul(tf.matMul(dQkv, lora.B, false, true), s.h, true, false) : null;
+  // (h·Aᵀ)·B̃·D: dB̃ = (uᵀ·dQkv)·D, dA = (dQkv·(B̃D)ᵀ)ᵀ·h.
+  const dB = want.B ? tf.mul(mm(s.u, dQkv, true, false), w.colScale) : null;
+  const dA = want.A ? mm(mm(dQkv, lora.B, false, true), s.h, true, false) : null;
   if (!needInput) return { dx: null, dA, dB };
-  const dh1 = tf.matMul(dQkv, lora.W, false, true);
-  const dLn1 = layerNormBackward(dh1, w.ln1.weight, s.xhat1, s.rstd1);
+  const dh1 = mm(dQkv, lora.W, false, true);
+  const dLn1 = layerNormBackward(dh1, w.ln1.weight, s.ln1, cfg.lnEps);
   const dResidual = classOnly
     ? tf.reshape(tf.pad(tf.reshape(dx1, [n, 1, width]), [[0, 0], [0, t - 1], [0, 0]]), [
       n * t,
@@ -497,8 +574,8 @@ export function frozenBlocksForward(
     const features = !w.proj
       ? normed
       : w.projBias
-      ? tf.add(tf.matMul(normed, w.proj), w.projBias)
-      : tf.matMul(normed, w.proj);
+      ? tf.add(mm(normed, w.proj), w.projBias)
+      : mm(normed, w.proj);
     return { features: features as tf.Tensor2D, head };
   };
 
@@ -518,7 +595,12 @@ export function frozenBlocksForward(
     const b = tf.unstack(blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank));
     return a.map((A, i) => {
       const B = b[i] as tf.Tensor2D;
-      return { A, B, W: tf.add(frozenQkv[i], tf.matMul(A, B, true, false)) as tf.Tensor2D };
+      const D = blockWeights[i].colScale;
+      return {
+        A,
+        B: tf.mul(B, D) as tf.Tensor2D,
+        W: tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D) as tf.Tensor2D,
+      };
     });
   };
   const want = {
@@ -539,26 +621,27 @@ export function frozenBlocksForward(
     const factors = blockFactors(packedA, packedB);
     const keep: tf.Tensor[] = [];
     const { features, head } = forward(factors, frozenQkv, keep, want.B);
-    save([...keep, head.xhat, head.rstd, ...factors.flatMap((f) => [f.A, f.B, f.W])]);
+    save([...keep, ...head.saved, ...factors.flatMap((f) => [f.A, f.B, f.W])]);
     return {
       value: features,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const at = SAVED_KEYS.length * layers;
-        const [headXhat, headRstd] = saved.slice(at, at + 2);
+        const at = BLOCK_SAVED * layers;
+        const headSaved = saved.slice(at, at + NORM_SAVED);
+        const fa = at + NORM_SAVED;
         const f = Array.from({ length: layers }, (_, i) => ({
-          A: saved[at + 2 + 3 * i] as tf.Tensor2D,
-          B: saved[at + 3 + 3 * i] as tf.Tensor2D,
-          W: saved[at + 4 + 3 * i] as tf.Tensor2D,
+          A: saved[fa + 3 * i] as tf.Tensor2D,
+          B: saved[fa + 1 + 3 * i] as tf.Tensor2D,
+          W: saved[fa + 2 + 3 * i] as tf.Tensor2D,
         }));
         let dx: tf.Tensor = tf.tidy(() => {
-          const dNormed = w.proj ? tf.matMul(dy, w.proj, false, true) : dy;
-          return layerNormBackward(dNormed, w.lnPost.weight, headXhat, headRstd);
+          const dNormed = w.proj ? mm(dy, w.proj, false, true) : dy;
+          return layerNormBackward(dNormed, w.lnPost.weight, headSaved, cfg.lnEps);
         });
         const dA: tf.Tensor[] = [];
         const dB: tf.Tensor[] = [];
         for (let i = layers - 1; i >= 0; i--) {
           const dIn = dx;
-          const s = unflattenSaved(saved.slice(SAVED_KEYS.length * i, SAVED_KEYS.length * (i + 1)));
+          const s = unflattenSaved(saved.slice(BLOCK_SAVED * i, BLOCK_SAVED * (i + 1)));
           let r!: ReturnType<typeof blockBackward>;
           tf.tidy(() => {
             r = blockBackward(dIn, blockWeights[i], f[i], s, ctx, i === layers - 1, i > 0, want);
