@@ -200,6 +200,32 @@ Deno.test("aggregate: paper calibration records the mechanism's real client-leve
   assert.ok(regulated.peerSigmaMax > 0);
 });
 
+Deno.test("aggregate: module1 off + module2 on refuses a client whose own B is singular, saying why", () => {
+  // Round 1 of DEeR(m1=0, m2=1): B starts at zero; client 1 (no data) releases B = 0, so its A is
+  // regulated with a singular own peer.
+  const global = randomFactors(7, 0.3);
+  global.B = global.B.map((b) => new Float32Array(b.length));
+  const clients = clientsFrom(global, "AB", 3);
+  clients[1].factors.B = clients[1].factors.B.map((b) => b.map(() => 0));
+  const phase = resolveMethod({ method: "DEeR", module1: false, module2: true }).phases[0];
+  assert.throws(
+    () =>
+      aggregatePhase({
+        global,
+        clients,
+        phase,
+        dims,
+        loraScale: 1,
+        calibration: calibration("paper", 1, 0.1),
+        numClients: 3,
+        rng: (l: string | number) => streamRng(4, "paper", l),
+      }),
+    (err: Error) =>
+      /client 1's released A of adapter 0/.test(err.message) &&
+      /own B, is rank-deficient/.test(err.message) && /Use module1 = 1/.test(err.message),
+  );
+});
+
 Deno.test("deviationNorm rejects inconsistent inputs with a clear message", () => {
   assert.throws(
     () => deviationNorm([new Float32Array(96)], [], [1], { dOut: 24, rank: 4, dIn: 24 }),

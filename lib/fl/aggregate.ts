@@ -176,6 +176,40 @@ export interface AggregateOutput {
   residual?: Float32Array[];
 }
 
+/**
+ * A client's regulated noise; a rank-deficient own peer (module1 off: A and B released together,
+ * each regulated by the client's own other factor) is refused with what to change — its Gram
+ * matrix has no inverse, and a general pseudo-inverse would leave directions of the released
+ * factor without any noise, which no DP claim could cover.
+ */
+function regulatedOrExplain(
+  peer: PeerFactor,
+  rng: Rng,
+  std: number,
+  client: number,
+  released: Factor,
+  adapter: number,
+  phase: Phase,
+): Float32Array {
+  try {
+    return peer.regulatedNoise(rng, std);
+  } catch (err) {
+    const other = released === "A" ? "B" : "A";
+    const shared = phase.train.length === 1;
+    throw new Error(
+      `regulated DP noise (module2) for client ${client}'s released ${released} of adapter ` +
+        `${adapter}: the peer, that client's own ${other}, is rank-deficient — ${
+          (err as Error).message
+        }. ` +
+        (shared ? "" : `With module1 off, A and B are trained and released together and each is ` +
+          `regulated by the client's own other factor; B starts at zero, so a client that holds ` +
+          `no or very few training images (Dirichlet splits with small α) keeps a singular B. ` +
+          `Use module1 = 1 (DEeR's phases: B first, regulated by the shared global A), ` +
+          `module2 = 0, or a split that gives every client data.`),
+    );
+  }
+}
+
 /** Aggregates one phase; returns the new global factors and the phase's instrumentation. */
 export function aggregatePhase(input: AggregateInput): AggregateOutput {
   const { global, clients, phase, dims, calibration: cal } = input;
@@ -264,7 +298,7 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
           if (phase.regulate) {
             const peer = peerOf(clients[k].factors, which, i);
             peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
-            addInPlace(t, peer.regulatedNoise(rng, std));
+            addInPlace(t, regulatedOrExplain(peer, rng, std, clients[k].client, which, i, phase));
           } else addInPlace(t, isotropicNoise(rng, t.length, std));
         });
       }

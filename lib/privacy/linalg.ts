@@ -112,7 +112,7 @@ export function cholesky(m: Matrix, n: number, what = "matrix"): Float64Array {
       throw new Error(
         `cholesky: ${what} (${n}×${n}) is not positive definite (pivot ${j} = ${d}); ` +
           `if it is a LoRA factor's Gram matrix, that factor is rank-deficient (e.g. B = 0 in ` +
-          `the first round, or dependent rows of A) and its pseudo-inverse does not exist`,
+          `the first round, or dependent rows of A) and its Gram matrix has no inverse`,
       );
     }
     const ljj = Math.sqrt(d);
