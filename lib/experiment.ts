@@ -344,6 +344,12 @@ export async function runExperiment(
 /** Checks of the settings that need the data (before any file is written). */
 function checkConfigAgainstData(config: FederatedConfig, data: ImageDataset): void {
   const n = data.train.labels.length;
+  if (config.numClients > n) {
+    throw new UsageError(
+      `--node_num ${config.numClients} exceeds the ${n} training images of ${data.name}: some ` +
+        `clients would hold none; use --node_num ≤ ${n}`,
+    );
+  }
   if (config.dp?.calibration === "paper" && config.batchSize > n) {
     throw new UsageError(
       `--batchsize ${config.batchSize} exceeds the ${n} training images of ${data.name}; paper ` +

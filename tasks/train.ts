@@ -214,10 +214,17 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
     module1: num(f, "module1", 1, flag01, "0 or 1") === 1,
     module2: num(f, "module2", 1, flag01, "0 or 1") === 1,
   };
+  let resolved;
   try {
-    resolveMethod(methodOptions);
+    resolved = resolveMethod(methodOptions);
   } catch (err) {
     throw new UsageError(`--method ${(err as Error).message}`);
+  }
+  if (resolved.name !== "DEeR" && (f.module1 !== undefined || f.module2 !== undefined)) {
+    throw new UsageError(
+      `--module1/--module2 switch DEeR's modules; --method ${method} has none. Drop them, or use ` +
+        `--method DEeR`,
+    );
   }
   const isDP = num(f, "is_DP", 0, flag01, "0 or 1") === 1;
   const calibration = String(f.calibration ?? "paper");

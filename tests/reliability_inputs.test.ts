@@ -394,6 +394,21 @@ const FLAG_CASES: Case[] = [
     message: [/--method unknown method "FedProx"; use one of LoRA, FFA-LoRA/],
   },
   {
+    name: "DEeR's module switches with another method",
+    inProcess: true,
+    args: flags({ method: "LoRA", module2: "0" }),
+    code: 2,
+    message: [/--module1\/--module2 switch DEeR's modules; --method LoRA has none/],
+  },
+  {
+    name: "more clients than training images",
+    args: flags({ node_num: "100000" }),
+    code: 2,
+    message: [
+      /--node_num 100000 exceeds the \d+ training images of .*: some clients would hold none; use --node_num ≤ \d+/,
+    ],
+  },
+  {
     name: "non-numeric value",
     args: flags({ T: "five" }),
     code: 2,

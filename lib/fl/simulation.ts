@@ -267,9 +267,23 @@ export async function runFederated(
 
   // Configure: split the training data, initialise the global factors, calibrate DP.
   const labels = Array.from(data.train.labels);
+  if (K > labels.length) {
+    throw new Error(
+      `numClients ${K} exceeds the ${labels.length} training images of ${data.name}: some ` +
+        `clients would hold none; use at most ${labels.length} clients`,
+    );
+  }
   const parts = config.split.iid
     ? iidPartition(labels.length, K, config.seed)
     : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed);
+  const empty = parts.filter((p) => p.length === 0).length;
+  if (empty > 0) {
+    console.error(
+      `deer: ${empty} of ${K} clients hold no training images (Dirichlet α = ` +
+        `${config.split.dirichletAlpha}, seed ${config.seed}); they train nothing and release ` +
+        `the global factors (plus DP noise, if on)`,
+    );
+  }
   const clients: ClientState[] = parts.map((indices) => ({ indices }));
   const sizeWeights = parts.map((p) => p.length / labels.length);
   let global: LoraFactors = initLora(
