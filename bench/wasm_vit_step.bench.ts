@@ -12,27 +12,21 @@ import { useExplicitMatMul } from "../lib/backend_wasm.ts";
 import { createVitEncoder, randomVitWeights, type VitConfig } from "../lib/model/vit.ts";
 import { initLora, loraScale } from "../lib/model/lora.ts";
 import { createRng } from "../lib/rng.ts";
+import { TINY_VIT } from "./figures.ts";
 
 if (backendName !== "wasm") {
   throw new Error(`this benchmark measures the wasm backend: run it with DEER_BACKEND=wasm`);
 }
 
+// The tiny ViT of ENVIRONMENT.md (`bench/figures.ts`), in the variant this benchmark has always
+// measured: QuickGELU, pre-norm, no patch bias, a projection to 64.
 const config: VitConfig = {
-  layout: "openai",
-  imageSize: 28,
-  patchSize: 4,
-  channels: 3,
-  width: 128,
-  layers: 4,
-  heads: 4,
-  mlpDim: 512,
+  ...TINY_VIT,
   embedDim: 64,
   act: "quick_gelu",
-  lnEps: 1e-5,
   preNorm: true,
   patchBias: false,
   proj: true,
-  projBias: false,
 };
 const encoder = createVitEncoder(config, randomVitWeights(config, createRng(1)));
 const factors = initLora(config, 8, createRng(2));
