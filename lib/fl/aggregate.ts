@@ -22,8 +22,7 @@
  * @module
  */
 import type { Rng } from "../rng.ts";
-import { noiseMultiplierForBudget } from "../privacy/rdp.ts";
-import { paperNoiseMultiplier } from "../privacy/ledger.ts";
+import { paperNoiseMultiplier, strictCalibration } from "../privacy/ledger.ts";
 import {
   isotropicNoise,
   type PeerFactor,
@@ -105,16 +104,17 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
         `run actually spends (δ = ${accountingDelta}) is recorded every round`,
     };
   }
-  const sigma = noiseMultiplierForBudget({
+  const { noiseMultiplier } = strictCalibration({
     targetEpsilon: dp.epsilon,
-    targetDelta: accountingDelta,
+    rounds: s.rounds,
+    releasesPerRound: s.method.phases.length as 1 | 2,
     sampleRate: s.participation,
-    steps: plannedReleases,
+    delta: accountingDelta,
   });
   return {
     calibration: "strict",
     clip: dp.clip,
-    noiseMultiplier: sigma,
+    noiseMultiplier,
     nominalEpsilon: dp.epsilon,
     nominalDelta: accountingDelta,
     accountingDelta,
