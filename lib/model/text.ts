@@ -70,6 +70,7 @@ import {
   normToTensors,
   readJsonIfExists,
   TensorSource,
+  type TensorSourceOptions,
   toTensor,
   transformerBlock,
   type VitActivation,
@@ -612,15 +613,9 @@ export async function loadTextEncoder(
 }
 
 /** Where {@link textEncoderFromTensors} takes its tokenizer and settings from. */
-export interface TextFromTensorsOptions {
+export interface TextFromTensorsOptions extends TensorSourceOptions<TextLoadOptions> {
   /** A loaded tokenizer, or the path of one. */
   tokenizer: Tokenizer | string;
-  metadata?: Record<string, string>;
-  options?: TextLoadOptions;
-  /** Names the source in errors. */
-  label?: string;
-  /** A weights path whose folder may hold `config.json` / `open_clip_config.json`. */
-  sidecarPath?: string;
 }
 
 /**

@@ -393,6 +393,42 @@ interface Mapped {
   defaults: { act: VitActivation; lnEps: number };
 }
 
+/** The names of one block's tensors in a checkpoint layout (after the block's prefix). */
+interface BlockNames {
+  ln1: string;
+  ln2: string;
+  out: string;
+  fc1: string;
+  fc2: string;
+}
+
+/**
+ * One block from its tensors' names: the fused q/k/v weight [3·width, width] and bias come from
+ * the caller (stored fused or as three projections, depending on the layout).
+ */
+function mapBlock(
+  src: TensorSource,
+  b: string,
+  width: number,
+  names: BlockNames,
+  qkv: { weight: HostTensor; bias: HostTensor },
+): HostBlock {
+  const fc1 = src.get(`${b}${names.fc1}.weight`, [null, width]);
+  const mlp = fc1.shape[0];
+  return {
+    ln1: src.norm(`${b}${names.ln1}`, width),
+    qkvWeight: linear(qkv.weight),
+    qkvBias: qkv.bias,
+    outWeight: linear(src.get(`${b}${names.out}.weight`, [width, width])),
+    outBias: src.get(`${b}${names.out}.bias`, [width]),
+    ln2: src.norm(`${b}${names.ln2}`, width),
+    fc1Weight: linear(fc1),
+    fc1Bias: src.get(`${b}${names.fc1}.bias`, [mlp]),
+    fc2Weight: linear(src.get(`${b}${names.fc2}.weight`, [width, mlp])),
+    fc2Bias: src.get(`${b}${names.fc2}.bias`, [width]),
+  };
+}
+
 /**
  * One open_clip OpenAI-style residual block under prefix `b` (`….resblocks.{i}.`): fused
  * `attn.in_proj_weight`, `mlp.c_fc`/`c_proj`, `ln_1`/`ln_2` (image and text towers alike).
@@ -403,20 +439,16 @@ interface Mapped {
  * ```
  */
 export function mapOpenaiBlock(src: TensorSource, b: string, width: number): HostBlock {
-  const fc1 = src.get(`${b}mlp.c_fc.weight`, [null, width]);
-  const mlp = fc1.shape[0];
-  return {
-    ln1: src.norm(`${b}ln_1`, width),
-    qkvWeight: linear(src.get(`${b}attn.in_proj_weight`, [3 * width, width])),
-    qkvBias: src.get(`${b}attn.in_proj_bias`, [3 * width]),
-    outWeight: linear(src.get(`${b}attn.out_proj.weight`, [width, width])),
-    outBias: src.get(`${b}attn.out_proj.bias`, [width]),
-    ln2: src.norm(`${b}ln_2`, width),
-    fc1Weight: linear(fc1),
-    fc1Bias: src.get(`${b}mlp.c_fc.bias`, [mlp]),
-    fc2Weight: linear(src.get(`${b}mlp.c_proj.weight`, [width, mlp])),
-    fc2Bias: src.get(`${b}mlp.c_proj.bias`, [width]),
-  };
+  return mapBlock(
+    src,
+    b,
+    width,
+    { ln1: "ln_1", ln2: "ln_2", out: "attn.out_proj", fc1: "mlp.c_fc", fc2: "mlp.c_proj" },
+    {
+      weight: src.get(`${b}attn.in_proj_weight`, [3 * width, width]),
+      bias: src.get(`${b}attn.in_proj_bias`, [3 * width]),
+    },
+  );
 }
 
 /**
@@ -429,22 +461,24 @@ export function mapOpenaiBlock(src: TensorSource, b: string, width: number): Hos
  * ```
  */
 export function mapHfBlock(src: TensorSource, b: string, width: number): HostBlock {
-  const qkv = ["q", "k", "v"].map((n) => src.get(`${b}self_attn.${n}_proj.weight`, [width, width]));
-  const qkvBias = ["q", "k", "v"].map((n) => src.get(`${b}self_attn.${n}_proj.bias`, [width]));
-  const fc1 = src.get(`${b}mlp.fc1.weight`, [null, width]);
-  const mlp = fc1.shape[0];
-  return {
-    ln1: src.norm(`${b}layer_norm1`, width),
-    qkvWeight: linear(concatRows(qkv)),
-    qkvBias: concatRows(qkvBias),
-    outWeight: linear(src.get(`${b}self_attn.out_proj.weight`, [width, width])),
-    outBias: src.get(`${b}self_attn.out_proj.bias`, [width]),
-    ln2: src.norm(`${b}layer_norm2`, width),
-    fc1Weight: linear(fc1),
-    fc1Bias: src.get(`${b}mlp.fc1.bias`, [mlp]),
-    fc2Weight: linear(src.get(`${b}mlp.fc2.weight`, [width, mlp])),
-    fc2Bias: src.get(`${b}mlp.fc2.bias`, [width]),
-  };
+  const proj = (n: string, kind: "weight" | "bias") =>
+    src.get(`${b}self_attn.${n}_proj.${kind}`, kind === "weight" ? [width, width] : [width]);
+  return mapBlock(
+    src,
+    b,
+    width,
+    {
+      ln1: "layer_norm1",
+      ln2: "layer_norm2",
+      out: "self_attn.out_proj",
+      fc1: "mlp.fc1",
+      fc2: "mlp.fc2",
+    },
+    {
+      weight: concatRows(["q", "k", "v"].map((n) => proj(n, "weight"))),
+      bias: concatRows(["q", "k", "v"].map((n) => proj(n, "bias"))),
+    },
+  );
 }
 
 /** open_clip OpenAI-style VisionTransformer (`visual.conv1`, `transformer.resblocks`, …). */
@@ -757,15 +791,21 @@ export async function loadVisionEncoder(
   return visionEncoderFromTensors(tensors, { metadata, options, label: path, sidecarPath: path });
 }
 
-/** Where {@link visionEncoderFromTensors} takes its settings from. */
-export interface FromTensorsOptions {
+/**
+ * Where an encoder built from in-memory tensors takes its settings from (the vision tower's
+ * {@link visionEncoderFromTensors}, and the text tower's with a tokenizer added).
+ */
+export interface TensorSourceOptions<O> {
   metadata?: Record<string, string>;
-  options?: VitLoadOptions;
+  options?: O;
   /** Names the source in errors. */
   label?: string;
   /** A weights path whose folder may hold `config.json` / `open_clip_config.json`. */
   sidecarPath?: string;
 }
+
+/** Where {@link visionEncoderFromTensors} takes its settings from. */
+export type FromTensorsOptions = TensorSourceOptions<VitLoadOptions>;
 
 /**
  * Builds an encoder from tensors already in memory (e.g. a modified checkpoint in a test).
