@@ -65,6 +65,7 @@ import {
   linear,
   mapHfBlock,
   mapOpenaiBlock,
+  metadataSettings,
   multiHeadAttention,
   type Norm,
   normToTensors,
@@ -408,15 +409,7 @@ function checkTextSettings(label: string, s: Record<string, unknown>): TextLoadO
 }
 
 function settingsFromMetadata(label: string, metadata: Record<string, string>): TextLoadOptions {
-  const raw = metadata["deer.text"];
-  if (raw === undefined) return {};
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch {
-    throw new Error(`${label}: metadata "deer.text" is not JSON: ${raw.slice(0, 80)}`);
-  }
-  return checkTextSettings(`${label}: metadata "deer.text"`, parsed as Record<string, unknown>);
+  return metadataSettings(label, metadata, "deer.text", checkTextSettings);
 }
 
 /** open_clip's pooler names for HF text towers → ours. */

@@ -643,16 +643,34 @@ function checkSettings(label: string, s: Record<string, unknown>): Settings {
   return out;
 }
 
-function settingsFromMetadata(label: string, metadata: Record<string, string>): Settings {
-  const raw = metadata["deer.vision"];
+/**
+ * The settings a safetensors file stores as JSON under metadata `key` (`deer.vision`,
+ * `deer.text`), checked by `check`; `{}` when the key is absent.
+ *
+ * @example
+ * ```ts
+ * const s = metadataSettings("m.safetensors", { "deer.vision": '{"act":"gelu"}' }, "deer.vision", (_, o) => o);
+ * ```
+ */
+export function metadataSettings<T>(
+  label: string,
+  metadata: Record<string, string>,
+  key: string,
+  check: (where: string, parsed: Record<string, unknown>) => T,
+): T | Record<never, never> {
+  const raw = metadata[key];
   if (raw === undefined) return {};
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw);
   } catch {
-    throw new Error(`${label}: metadata "deer.vision" is not JSON: ${raw.slice(0, 80)}`);
+    throw new Error(`${label}: metadata "${key}" is not JSON: ${raw.slice(0, 80)}`);
   }
-  return checkSettings(`${label}: metadata "deer.vision"`, parsed as Record<string, unknown>);
+  return check(`${label}: metadata "${key}"`, parsed as Record<string, unknown>);
+}
+
+function settingsFromMetadata(label: string, metadata: Record<string, string>): Settings {
+  return metadataSettings(label, metadata, "deer.vision", checkSettings);
 }
 
 /**

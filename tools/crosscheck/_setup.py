@@ -37,3 +37,30 @@ def contiguous_state(model: torch.nn.Module) -> dict:
 def nhwc(x: torch.Tensor) -> torch.Tensor:
     """[N, C, H, W] → [N, H, W, C] (the TypeScript encoder's input layout)."""
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+def openai_b16_references(out_dir: str, encode: str, inputs: torch.Tensor) -> dict:
+    """open_clip ViT-B-16 (OpenAI layout) with perturbed vectors, saved to
+    out_dir/openai_b16.safetensors; returns `model.<encode>(inputs)` with exact GELU
+    ("openai_gelu") and, from the same weights, QuickGELU ("openai_quick_gelu")."""
+    import gc
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(6)
+    model = open_clip.create_model("ViT-B-16").eval()
+    perturb_vectors(model, seed=16, scale=0.05)
+    state = contiguous_state(model)
+    save_file(state, os.path.join(out_dir, "openai_b16.safetensors"))
+    refs = {}
+    with torch.no_grad():
+        refs["openai_gelu"] = getattr(model, encode)(inputs)
+    del model
+    quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
+    quick.load_state_dict(state)
+    with torch.no_grad():
+        refs["openai_quick_gelu"] = getattr(quick, encode)(inputs)
+    del quick, state
+    gc.collect()
+    return refs

@@ -116,20 +116,7 @@ def main():
     refs["clip_ids"] = clip_ids
 
     log("open_clip ViT-B-16")
-    torch.manual_seed(6)
-    model = open_clip.create_model("ViT-B-16").eval()
-    _setup.perturb_vectors(model, seed=16, scale=0.05)
-    state = _setup.contiguous_state(model)
-    save_file(state, os.path.join(OUT, "openai_b16.safetensors"))
-    with torch.no_grad():
-        refs["openai_gelu"] = model.encode_text(clip_ids)
-    del model
-    quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
-    quick.load_state_dict(state)
-    with torch.no_grad():
-        refs["openai_quick_gelu"] = quick.encode_text(clip_ids)
-    del quick, state
-    gc.collect()
+    refs.update(_setup.openai_b16_references(OUT, "encode_text", clip_ids))
 
     log("Hugging Face CLIPModel (ViT-B text tower)")
     torch.manual_seed(7)
