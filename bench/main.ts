@@ -18,7 +18,8 @@
  *   the load average during them exceeded 1.5; the quietest pair is printed (default 1).
  *
  * Threads: the figures inherit `TF_NUM_INTRAOP_THREADS` / `TF_NUM_INTEROP_THREADS` when set;
- * each figure reports what it ran with.
+ * otherwise the round figure runs with one intra-op thread, as the demo does (`tasks/threads.ts`),
+ * and the others with TensorFlow's default. Each figure reports what it ran with.
  * @module
  */
 import { existsSync } from "node:fs";
@@ -66,13 +67,17 @@ if (flags.torch === "none") {
 type Figure = Record<string, unknown>;
 
 /** Runs a command and returns the JSON lines it printed. */
-async function run(cmd: string, args: string[]): Promise<Figure[]> {
+async function run(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Figure[]> {
   await waitForLowLoad(1.5, maxWait);
   const out = await new Deno.Command(cmd, {
     args,
     stdout: "piped",
     stderr: "inherit",
-    env: { DEER_QUIET: "1" },
+    env: { DEER_QUIET: "1", ...env },
   }).output();
   if (!out.success) {
     // One failing figure does not stop the others; it is reported as a line of its own.
@@ -85,6 +90,10 @@ async function run(cmd: string, args: string[]): Promise<Figure[]> {
 const show = (figures: Figure[]) => figures.forEach((f) => console.log(JSON.stringify(f)));
 const figure = (...args: string[]) =>
   run(Deno.execPath(), ["run", "-A", `${here}figures.ts`, ...args]);
+/** The demo runs with one intra-op thread (`tasks/threads.ts`); its round figure does too. */
+const demoThreads: Record<string, string> = Deno.env.get("TF_NUM_INTRAOP_THREADS") === undefined
+  ? { TF_NUM_INTRAOP_THREADS: "1" }
+  : {};
 
 /**
  * A toolkit step figure and, right after it, its PyTorch reference; with `--attempts N`, the
@@ -119,7 +128,7 @@ for (const which of only) {
   } else if (which === "b16") {
     await stepPair("b16", ["b16"], "vit_b16_lora_torch.py", ["10", "2"]);
   } else if (which === "round") {
-    show(await figure("round"));
+    show(await run(Deno.execPath(), ["run", "-A", `${here}figures.ts`, "round"], demoThreads));
   } else if (which === "memory") {
     const rss: Record<number, number> = {};
     for (const k of [1, 12, 100]) {

@@ -100,4 +100,10 @@ async function selectBackend(): Promise<BackendName> {
 
 /** The backend in use for this process. */
 export const backendName: BackendName = await selectBackend();
-if (Deno.env.get("DEER_QUIET") !== "1") console.error(`deer: tfjs backend ${backendName}`);
+if (Deno.env.get("DEER_QUIET") !== "1") {
+  const intra = Deno.env.get("TF_NUM_INTRAOP_THREADS");
+  const threads = backendName === "tensorflow" && intra !== undefined
+    ? ` (TF_NUM_INTRAOP_THREADS=${intra})`
+    : "";
+  console.error(`deer: tfjs backend ${backendName}${threads}`);
+}

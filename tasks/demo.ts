@@ -8,6 +8,7 @@
  *
  * @module
  */
+import "./threads.ts"; // first: sets the thread count before libtensorflow loads
 import { join } from "node:path";
 import { backendName } from "../lib/backend.ts";
 import { parseArgs } from "../lib/cli.ts";

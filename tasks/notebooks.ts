@@ -22,6 +22,7 @@
  * ```
  * @module
  */
+import "./threads.ts"; // first: sets the thread count before libtensorflow loads
 import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import "./threads.ts"; // first: sets the thread count before libtensorflow loads
 import { join } from "node:path";
 import { createProgress, parseArgs, UsageError } from "../lib/cli.ts";
 import { existsSync } from "node:fs";
