@@ -38,7 +38,11 @@ import { createLocalTrainer, normalizationFor } from "../lib/fl/local.ts";
 import { defaultConfig, type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
 import { DEFAULTS, loadInputs } from "../lib/experiment.ts";
 import { createRng } from "../lib/rng.ts";
-import { DEMO } from "../tasks/demo.ts";
+import { DEMO, DEMO_RUNS, demoConfig as demoRunConfig } from "../tasks/demo.ts";
+
+/** The demo's configuration for DEeR in the paper calibration (`tasks/demo.ts`). */
+const demoConfig = (rounds: number): FederatedConfig =>
+  demoRunConfig(DEMO_RUNS.find((r) => r.name === "DEeR")!, rounds);
 import { cpuMs, emit, loadAverage, median, round, timeRepeated } from "./measure.ts";
 
 /** The tiny ViT of ENVIRONMENT.md (as `bench/vit_lora_torch.py` builds it). */
@@ -176,22 +180,6 @@ function threadSetting(): string {
   const intra = Deno.env.get("TF_NUM_INTRAOP_THREADS") ?? "default";
   const inter = Deno.env.get("TF_NUM_INTEROP_THREADS") ?? "default";
   return `intra ${intra}, inter ${inter}`;
-}
-
-/** The demo's configuration for DEeR in the paper calibration (`tasks/demo.ts`). */
-function demoConfig(rounds: number): FederatedConfig {
-  return {
-    ...defaultConfig(),
-    method: { method: "DEeR" },
-    seed: DEMO.seed,
-    numClients: DEMO.numClients,
-    rounds,
-    localEpochs: DEMO.localEpochs,
-    batchSize: DEMO.batchSize,
-    sgd: { lr: DEMO.lr, momentum: 0.9, weightDecay: 5e-4 },
-    split: { iid: false, dirichletAlpha: DEMO.dirichletAlpha },
-    dp: { calibration: "paper", clip: DEMO.clip, epsilon: DEMO.epsilon, delta: 1e-5 },
-  };
 }
 
 async function roundFigure(reps: number): Promise<void> {

@@ -48,7 +48,8 @@ export const DEMO_RUNS: DemoRun[] = [
   { name: "DEeR (strict)", method: { method: "DEeR" }, calibration: "strict" },
 ];
 
-function demoConfig(run: DemoRun, rounds: number): FederatedConfig {
+/** The federated configuration of one demo run over `rounds` rounds. */
+export function demoConfig(run: DemoRun, rounds: number): FederatedConfig {
   return {
     ...defaultConfig(),
     method: run.method,
