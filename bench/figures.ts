@@ -35,7 +35,7 @@ import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { initLora } from "../lib/model/lora.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
 import { createLocalTrainer, normalizationFor } from "../lib/fl/local.ts";
-import { defaultConfig, type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
+import { type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
 import { DEFAULTS, loadInputs } from "../lib/experiment.ts";
 import { createRng } from "../lib/rng.ts";
 import { DEMO, DEMO_RUNS, demoConfig as demoRunConfig } from "../tasks/demo.ts";
