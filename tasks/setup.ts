@@ -53,6 +53,12 @@ const TF_HEADER_DIRS = [
   "include/tsl/",
 ];
 
+// The fused kernels (lib/native.ts): source, and where the compiled library goes.
+const NATIVE_SOURCE = join(ROOT, "lib/native/deer_ops.c");
+const NATIVE_LIB = join(TOOLS, "native/libdeer_ops.so");
+// tfjs-node's libtensorflow, whichever way it was installed.
+const ADDON_LIBS = join(ROOT, "node_modules/@tensorflow/tfjs-node/deps/lib");
+
 const NORMAL_INSTALL_TIMEOUT_S = 300; // download ≈ 100 MB + build; offline it fails in < 1 s
 const BUILD_TIMEOUT_S = 600;
 const PIP_TIMEOUT_S = 900;
@@ -150,6 +156,79 @@ if (backendName !== "tensorflow" || got !== "19,22,43,50") {
 }
 console.log("tfjs-node ok");
 `;
+
+// Loads the fused kernels in a fresh process and compares them with TensorFlow's own kernels.
+const NATIVE_CHECK_SOURCE = `
+import { tf } from ${JSON.stringify(new URL("../lib/backend.ts", import.meta.url).href)};
+import { nativeOps, nativeOpsStatus } from ${
+  JSON.stringify(new URL("../lib/native.ts", import.meta.url).href)
+};
+import { geluBackward, geluForward } from ${
+  JSON.stringify(new URL("../lib/model/vit_fast.ts", import.meta.url).href)
+};
+if (!nativeOps()) throw new Error(nativeOpsStatus());
+const z = tf.linspace(-6, 6, 1003);
+const d = tf.cos(z);
+const [a1, g1] = geluForward(z, true);
+const [a0, g0] = geluForward(z, false);
+const dz1 = geluBackward(d, z, g1, true);
+const dz0 = geluBackward(d, z, g0, false);
+for (const [x, y] of [[a1, a0], [g1, g0], [dz1, dz0]]) {
+  const err = tf.max(tf.abs(tf.sub(x, y))).dataSync()[0];
+  if (!(err <= 1e-5)) throw new Error("fused kernels differ from TensorFlow's by " + err);
+}
+console.log("fused kernels ok");
+`;
+
+/**
+ * Compiles the fused kernels (lib/native/deer_ops.c) against tfjs-node's libtensorflow into
+ * `.tools/native/libdeer_ops.so` when missing or older than the source, and checks them in a
+ * fresh process. Never fatal: without them the toolkit uses TensorFlow's own kernels.
+ */
+async function buildNativeOps(): Promise<void> {
+  const t0 = performance.now();
+  const notBuilt = (why: string) =>
+    say(`fused kernels not built (${why}); TensorFlow's own kernels are used (same results)`);
+  if (
+    isFile(NATIVE_LIB) && Deno.statSync(NATIVE_LIB).mtime! >= Deno.statSync(NATIVE_SOURCE).mtime!
+  ) {
+    return;
+  }
+  const cc = (await which("cc")) ?? (await which("gcc"));
+  if (!cc) return notBuilt("no C compiler: install gcc");
+  if (!isFile(join(ADDON_LIBS, "libtensorflow_framework.so.2"))) {
+    return notBuilt(`no libtensorflow_framework.so.2 in ${ADDON_LIBS}`);
+  }
+  await Deno.mkdir(dirname(NATIVE_LIB), { recursive: true });
+  const tmp = `${NATIVE_LIB}.tmp-${Deno.pid}`;
+  const built = await run(cc, [
+    "-O2",
+    "-shared",
+    "-fPIC",
+    NATIVE_SOURCE,
+    "-o",
+    tmp,
+    `-L${ADDON_LIBS}`,
+    "-l:libtensorflow_framework.so.2",
+    `-Wl,-rpath,${Deno.realPathSync(ADDON_LIBS)}`,
+    "-lmvec",
+    "-lm",
+  ], { timeoutS: 120 });
+  if (!built.ok) {
+    await Deno.remove(tmp).catch(() => {});
+    return notBuilt(reason(built));
+  }
+  await Deno.rename(tmp, NATIVE_LIB);
+  const check = await run(Deno.execPath(), ["eval", "--ext=ts", NATIVE_CHECK_SOURCE], {
+    env: { DEER_BACKEND: "tensorflow", DEER_QUIET: "1", NO_COLOR: "1" },
+    timeoutS: 180,
+  });
+  if (!check.ok) {
+    await Deno.remove(NATIVE_LIB).catch(() => {});
+    return notBuilt(`built but unusable: ${reason(check)}`);
+  }
+  say(`fused kernels built and checked (${seconds(t0)})`);
+}
 
 async function tensorflowWorks(): Promise<RunResult> {
   return await run(Deno.execPath(), ["eval", "--ext=ts", CHECK_SOURCE], {
@@ -506,6 +585,7 @@ async function main(): Promise<number> {
 
   const check = await tensorflowWorks();
   if (check.ok) {
+    await buildNativeOps();
     say(`tfjs-node (libtensorflow) works — nothing to do (${seconds(started)})`);
     return 0;
   }
@@ -519,6 +599,8 @@ async function main(): Promise<number> {
   await Deno.mkdir(TOOLS, { recursive: true });
   await writeFileAtomic(LOG, logLines.join("\n") + "\n");
   if (failures.length === 0) {
+    await buildNativeOps();
+    await writeFileAtomic(LOG, logLines.join("\n") + "\n");
     say(`tfjs-node (libtensorflow) works — set up in ${seconds(started)}`);
     return 0;
   }

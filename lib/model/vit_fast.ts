@@ -35,6 +35,7 @@
  * @module
  */
 import { tf } from "../backend.ts";
+import { nativeOps } from "../native.ts";
 import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
 
 /** Whether the active backend runs this path (it relies on TensorFlow's general `Einsum`). */
@@ -397,8 +398,10 @@ function blockForward(
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
   const z = tf.add(mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
-  const gate = cfg.act === "quick_gelu" ? tf.sigmoid(z) : tf.add(tf.erf(z), 1);
-  const mlp = mm(tf.mul(z, gate), w.fc2, t2, false);
+  const [gated, gate] = cfg.act === "quick_gelu"
+    ? ((g) => [tf.mul(z, g), g])(tf.sigmoid(z))
+    : geluForward(z);
+  const mlp = mm(gated, w.fc2, t2, false);
   const out = tf.add(x1, tf.add(tf.mul(mlp, outputScale(cfg.act)), w.fc2Bias)) as tf.Tensor2D;
   const saved = keep.saved
     ? {
@@ -421,6 +424,45 @@ function blockForward(
 const LOG_TWO_OVER_SQRT_PI = Math.log(2 / Math.sqrt(Math.PI));
 
 /**
+ * The exact GELU in the scaled form of this path: `gate = 1 + erf z`, `act = z·gate` — one fused
+ * kernel (`DeerGelu`, lib/native.ts) when `fused`, else three TensorFlow kernels.
+ *
+ * @example
+ * ```ts
+ * const [act, gate] = geluForward(tf.tensor1d([-1, 0, 1]), false);
+ * ```
+ */
+export function geluForward(z: tf.Tensor, fused = nativeOps()): [tf.Tensor, tf.Tensor] {
+  if (fused) {
+    const [act, gate] = runTfOp("DeerGelu", [], {}, [z], 2);
+    return [act, gate];
+  }
+  const gate = tf.add(tf.erf(z), 1);
+  return [tf.mul(z, gate), gate];
+}
+
+/**
+ * The gradient at z of {@link geluForward}'s `act` given `d` at it:
+ * `d·(gate + z·(2/√π)·exp(−z²))` — one fused kernel (`DeerGeluGrad`) when `fused`, else six.
+ *
+ * @example
+ * ```ts
+ * const z = tf.tensor1d([-1, 0, 1]);
+ * const [, gate] = geluForward(z, false);
+ * const dz = geluBackward(tf.onesLike(z), z, gate, false);
+ * ```
+ */
+export function geluBackward(
+  d: tf.Tensor,
+  z: tf.Tensor,
+  gate: tf.Tensor,
+  fused = nativeOps(),
+): tf.Tensor {
+  if (fused) return runTfOp("DeerGeluGrad", [], {}, [d, z, gate], 1)[0];
+  return tf.mul(d, tf.add(gate, tf.mul(z, tf.exp(tf.sub(LOG_TWO_OVER_SQRT_PI, tf.square(z))))));
+}
+
+/**
  * Gradients of one block: from `dOut` (the gradient at its output) to the gradient at its input
  * (unless `needInput` is false) and at its LoRA factors (A and the block-diagonal s·B).
  */
@@ -440,12 +482,11 @@ function blockBackward(
   const t2 = transposedMlp(cfg);
   const dMlp = tf.mul(dOut, outputScale(cfg.act));
   const dGated = t2 ? mm(w.fc2, dMlp, false, true) : mm(dMlp, w.fc2, false, true);
-  const slope = cfg.act === "quick_gelu"
+  const dz = cfg.act === "quick_gelu"
     // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
-    ? tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1))
+    ? tf.mul(dGated, tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1)))
     // d/dz z·(1 + erf z) = (1 + erf z) + z·(2/√π)·exp(−z²)
-    : tf.add(s.gate, tf.mul(s.z, tf.exp(tf.sub(LOG_TWO_OVER_SQRT_PI, tf.square(s.z)))));
-  const dz = tf.mul(dGated, slope);
+    : geluBackward(dGated, s.z, s.gate);
   const dLn2 = mm(dz, w.fc1, t2, true);
   const dx1 = tf.add(
     dOut,

@@ -1,0 +1,240 @@
+/*
+ * Fused element-wise kernels for the frozen-ViT training path (lib/model/vit_fast.ts), registered
+ * as TensorFlow ops through TensorFlow's stable C kernel API and loaded into the process's
+ * libtensorflow with TF_LoadLibrary (lib/native.ts). `deno task setup` compiles this file; when it
+ * cannot, the toolkit computes the same values with TensorFlow's own ops.
+ *
+ *   DeerGelu(z) -> (act, gate):  gate = 1 + erf z, act = z * gate
+ *       (exact GELU in the scaled form of vit_fast.ts: a*Phi(a) = act / sqrt(2) with z = a / sqrt(2))
+ *   DeerGeluGrad(d, z, gate) -> dz = d * (gate + z * (2/sqrt(pi)) * exp(-z^2))
+ *
+ * One pass over the data instead of three (forward) and six (backward) TensorFlow kernels. The
+ * loops use glibc's vector erf/exp (libmvec, AVX2) when the CPU has AVX2, else the scalar ones.
+ * No -ffast-math: nothing here may change the floating-point environment of the process.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* --- The TensorFlow C API functions used (tensorflow/c/tf_status.h, tf_tensor.h, kernels.h,
+ * ops.h); declared here because the TensorFlow wheels' kernels.h includes a header they do not
+ * ship. All are part of the C API of TensorFlow >= 2.5. */
+typedef struct TF_Status TF_Status;
+typedef struct TF_Tensor TF_Tensor;
+typedef struct TF_OpKernelConstruction TF_OpKernelConstruction;
+typedef struct TF_OpKernelContext TF_OpKernelContext;
+typedef struct TF_KernelBuilder TF_KernelBuilder;
+typedef struct TF_OpDefinitionBuilder TF_OpDefinitionBuilder;
+typedef struct TF_ShapeInferenceContext TF_ShapeInferenceContext;
+typedef struct TF_ShapeHandle TF_ShapeHandle;
+enum { DEER_TF_OK = 0, DEER_TF_INVALID_ARGUMENT = 3, DEER_TF_FLOAT = 1 };
+
+extern TF_Status* TF_NewStatus(void);
+extern void TF_DeleteStatus(TF_Status*);
+extern int TF_GetCode(const TF_Status*);
+extern void TF_SetStatus(TF_Status*, int, const char*);
+extern int TF_NumDims(const TF_Tensor*);
+extern int64_t TF_Dim(const TF_Tensor*, int);
+extern int64_t TF_TensorElementCount(const TF_Tensor*);
+extern void* TF_TensorData(const TF_Tensor*);
+extern void TF_DeleteTensor(TF_Tensor*);
+extern TF_KernelBuilder* TF_NewKernelBuilder(const char*, const char*,
+                                             void* (*)(TF_OpKernelConstruction*),
+                                             void (*)(void*, TF_OpKernelContext*),
+                                             void (*)(void*));
+extern void TF_RegisterKernelBuilder(const char*, TF_KernelBuilder*, TF_Status*);
+extern void TF_GetInput(TF_OpKernelContext*, int, TF_Tensor**, TF_Status*);
+extern TF_Tensor* TF_AllocateOutput(TF_OpKernelContext*, int, int, const int64_t*, int, size_t,
+                                    TF_Status*);
+extern void TF_OpKernelContext_Failure(TF_OpKernelContext*, TF_Status*);
+extern TF_OpDefinitionBuilder* TF_NewOpDefinitionBuilder(const char*);
+extern void TF_OpDefinitionBuilderAddInput(TF_OpDefinitionBuilder*, const char*);
+extern void TF_OpDefinitionBuilderAddOutput(TF_OpDefinitionBuilder*, const char*);
+extern void TF_OpDefinitionBuilderSetShapeInferenceFunction(
+    TF_OpDefinitionBuilder*, void (*)(TF_ShapeInferenceContext*, TF_Status*));
+extern void TF_RegisterOpDefinition(TF_OpDefinitionBuilder*, TF_Status*);
+extern TF_ShapeHandle* TF_NewShapeHandle(void);
+extern void TF_ShapeInferenceContextGetInput(TF_ShapeInferenceContext*, int, TF_ShapeHandle*,
+                                             TF_Status*);
+extern void TF_ShapeInferenceContextSetOutput(TF_ShapeInferenceContext*, int, TF_ShapeHandle*,
+                                              TF_Status*);
+extern void TF_DeleteShapeHandle(TF_ShapeHandle*);
+
+/* --- glibc's vector math (libmvec, glibc >= 2.35 for erf). */
+extern __m256 _ZGVdN8v_erff(__m256);
+extern __m256 _ZGVdN8v_expf(__m256);
+
+static const float TWO_OVER_SQRT_PI = 1.12837916709551257390f;
+
+static int has_avx2(void) {
+  static int cached = -1;
+  if (cached < 0) cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return cached;
+}
+
+/* Whether the fast (vector) loops run on this CPU; lib/native.ts uses the ops only then. */
+int deer_ops_vectorized(void) { return has_avx2(); }
+
+__attribute__((target("avx2,fma"))) static int64_t gelu_avx2(const float* z, float* act,
+                                                             float* gate, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 zi = _mm256_loadu_ps(z + i);
+    __m256 g = _mm256_add_ps(one, _ZGVdN8v_erff(zi));
+    _mm256_storeu_ps(gate + i, g);
+    _mm256_storeu_ps(act + i, _mm256_mul_ps(zi, g));
+  }
+  return i;
+}
+
+__attribute__((target("avx2,fma"))) static int64_t gelu_grad_avx2(const float* d, const float* z,
+                                                                  const float* gate, float* dz,
+                                                                  int64_t n) {
+  const __m256 c = _mm256_set1_ps(TWO_OVER_SQRT_PI);
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 zi = _mm256_loadu_ps(z + i);
+    __m256 e = _ZGVdN8v_expf(_mm256_sub_ps(zero, _mm256_mul_ps(zi, zi)));
+    __m256 slope = _mm256_add_ps(_mm256_loadu_ps(gate + i), _mm256_mul_ps(_mm256_mul_ps(zi, c), e));
+    _mm256_storeu_ps(dz + i, _mm256_mul_ps(_mm256_loadu_ps(d + i), slope));
+  }
+  return i;
+}
+
+/* --- Kernels */
+
+static void* no_state(TF_OpKernelConstruction* ctx) {
+  (void)ctx;
+  return NULL;
+}
+static void no_delete(void* state) { (void)state; }
+
+/* Output `index` shaped like `like`; NULL (and the context failed) when allocation fails. */
+static TF_Tensor* output_like(TF_OpKernelContext* ctx, int index, const TF_Tensor* like,
+                              TF_Status* s) {
+  int rank = TF_NumDims(like);
+  int64_t dims[16];
+  if (rank > 16) return NULL;
+  for (int k = 0; k < rank; k++) dims[k] = TF_Dim(like, k);
+  TF_Tensor* t = TF_AllocateOutput(ctx, index, DEER_TF_FLOAT, dims, rank,
+                                   (size_t)TF_TensorElementCount(like) * sizeof(float), s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    return NULL;
+  }
+  return t;
+}
+
+static void gelu_compute(void* state, TF_OpKernelContext* ctx) {
+  (void)state;
+  TF_Status* s = TF_NewStatus();
+  TF_Tensor *z = NULL, *act = NULL, *gate = NULL;
+  TF_GetInput(ctx, 0, &z, s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    goto done;
+  }
+  act = output_like(ctx, 0, z, s);
+  if (act == NULL) goto done;
+  gate = output_like(ctx, 1, z, s);
+  if (gate == NULL) goto done;
+  {
+    const float* zp = (const float*)TF_TensorData(z);
+    float* ap = (float*)TF_TensorData(act);
+    float* gp = (float*)TF_TensorData(gate);
+    int64_t n = TF_TensorElementCount(z);
+    int64_t i = has_avx2() ? gelu_avx2(zp, ap, gp, n) : 0;
+    for (; i < n; i++) {
+      float g = 1.0f + erff(zp[i]);
+      gp[i] = g;
+      ap[i] = zp[i] * g;
+    }
+  }
+done:
+  if (z) TF_DeleteTensor(z);
+  if (act) TF_DeleteTensor(act);
+  if (gate) TF_DeleteTensor(gate);
+  TF_DeleteStatus(s);
+}
+
+static void gelu_grad_compute(void* state, TF_OpKernelContext* ctx) {
+  (void)state;
+  TF_Status* s = TF_NewStatus();
+  TF_Tensor *d = NULL, *z = NULL, *gate = NULL, *dz = NULL;
+  TF_GetInput(ctx, 0, &d, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 1, &z, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 2, &gate, s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    goto done;
+  }
+  {
+    int64_t n = TF_TensorElementCount(z);
+    if (TF_TensorElementCount(d) != n || TF_TensorElementCount(gate) != n) {
+      TF_SetStatus(s, DEER_TF_INVALID_ARGUMENT, "DeerGeluGrad: d, z and gate must have one size");
+      TF_OpKernelContext_Failure(ctx, s);
+      goto done;
+    }
+    dz = output_like(ctx, 0, z, s);
+    if (dz == NULL) goto done;
+    const float* dp = (const float*)TF_TensorData(d);
+    const float* zp = (const float*)TF_TensorData(z);
+    const float* gp = (const float*)TF_TensorData(gate);
+    float* op = (float*)TF_TensorData(dz);
+    int64_t i = has_avx2() ? gelu_grad_avx2(dp, zp, gp, op, n) : 0;
+    for (; i < n; i++) {
+      float zi = zp[i];
+      op[i] = dp[i] * (gp[i] + zi * TWO_OVER_SQRT_PI * expf(-zi * zi));
+    }
+  }
+done:
+  if (d) TF_DeleteTensor(d);
+  if (z) TF_DeleteTensor(z);
+  if (gate) TF_DeleteTensor(gate);
+  if (dz) TF_DeleteTensor(dz);
+  TF_DeleteStatus(s);
+}
+
+/* Every output has the shape of input 0. */
+static void shape_of_first(TF_ShapeInferenceContext* ctx, TF_Status* s, int outputs) {
+  TF_ShapeHandle* h = TF_NewShapeHandle();
+  TF_ShapeInferenceContextGetInput(ctx, 0, h, s);
+  for (int i = 0; i < outputs; i++) TF_ShapeInferenceContextSetOutput(ctx, i, h, s);
+  TF_DeleteShapeHandle(h);
+}
+static void one_output_shape(TF_ShapeInferenceContext* ctx, TF_Status* s) {
+  shape_of_first(ctx, s, 1);
+}
+static void two_outputs_shape(TF_ShapeInferenceContext* ctx, TF_Status* s) {
+  shape_of_first(ctx, s, 2);
+}
+
+static void register_op(const char* name, const char* const* inputs, int nin,
+                        const char* const* outputs, int nout,
+                        void (*shape)(TF_ShapeInferenceContext*, TF_Status*),
+                        void (*compute)(void*, TF_OpKernelContext*)) {
+  TF_Status* s = TF_NewStatus();
+  TF_OpDefinitionBuilder* b = TF_NewOpDefinitionBuilder(name);
+  for (int i = 0; i < nin; i++) TF_OpDefinitionBuilderAddInput(b, inputs[i]);
+  for (int i = 0; i < nout; i++) TF_OpDefinitionBuilderAddOutput(b, outputs[i]);
+  TF_OpDefinitionBuilderSetShapeInferenceFunction(b, shape);
+  TF_RegisterOpDefinition(b, s);
+  if (TF_GetCode(s) == DEER_TF_OK) {
+    TF_KernelBuilder* k = TF_NewKernelBuilder(name, "CPU", &no_state, compute, &no_delete);
+    TF_RegisterKernelBuilder(name, k, s);
+  }
+  TF_DeleteStatus(s);
+}
+
+/* TF_LoadLibrary runs this when it loads the library. */
+__attribute__((constructor)) static void register_ops(void) {
+  static const char* const gelu_in[] = {"z: float"};
+  static const char* const gelu_out[] = {"act: float", "gate: float"};
+  register_op("DeerGelu", gelu_in, 1, gelu_out, 2, &two_outputs_shape, &gelu_compute);
+  static const char* const grad_in[] = {"d: float", "z: float", "gate: float"};
+  static const char* const grad_out[] = {"dz: float"};
+  register_op("DeerGeluGrad", grad_in, 3, grad_out, 1, &one_output_shape, &gelu_grad_compute);
+}
