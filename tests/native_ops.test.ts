@@ -48,3 +48,17 @@ Deno.test("native: a shape mismatch in DeerGeluGrad is an error, not a wrong res
   assert.throws(() => geluBackward(d, z, gate, true), /one size/);
   tf.dispose([z, gate, d]);
 });
+
+Deno.test("native: without the fused kernels (DEER_NATIVE=0) the frozen path still equals the reference", async () => {
+  // The fallback (TensorFlow's own kernels) is what machines without a C compiler run: the
+  // equivalence tests, run in a process that does not load the library.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["test", "-A", new URL("./perf_equivalence.test.ts", import.meta.url).pathname],
+    env: { DEER_NATIVE: "0", DEER_QUIET: "1", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, text.slice(-2000));
+  assert.match(text, /ok \| 9 passed \| 0 failed/);
+});

@@ -179,17 +179,19 @@ export function disposeBlockViews(blocks: readonly Block[]): void {
 // LayerNorm
 
 /**
- * A LayerNorm's output and what its backward pass reads: the input as [1, rows, width, 1] and
- * the per-row mean, variance and reserve of TensorFlow's `FusedBatchNormV3` (see
- * {@link layerNormForward}).
+ * A LayerNorm's output and what its backward pass reads: with the fused kernel, the input and
+ * the per-row mean and 1/σ; else the input as [1, rows, width, 1] and the per-row mean, variance
+ * and reserve of TensorFlow's `FusedBatchNormV3` (see {@link layerNormForward}).
  */
 interface NormState {
   y: tf.Tensor;
   saved: tf.Tensor[];
 }
 
-/** How many tensors a {@link NormState} saves for the backward pass. */
-const NORM_SAVED = 4;
+/** How many tensors a {@link NormState} saves for the backward pass (fixed per process). */
+function normSaved(): number {
+  return nativeOps() ? 3 : 4;
+}
 
 /** The tfjs-node backend's op runner (this path runs only on `tensorflow`). */
 interface TfOpRunner {
@@ -246,6 +248,18 @@ function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
  * (mean, centre, square, mean, rsqrt, scale); the affine γ, β follows.
  */
 function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
+  if (nativeOps()) {
+    // DeerLayerNorm (lib/native.ts): statistics, normalisation and affine in one kernel.
+    const [y, mean, rstd] = runTfOp(
+      "DeerLayerNorm",
+      [],
+      { epsilon: eps },
+      [x, p.weight, p.bias],
+      3,
+    );
+    // A handle of its own on x: the caller may dispose x before the backward pass.
+    return { y, saved: [tf.clone(x), mean, rstd] };
+  }
   const [rows, width] = x.shape as [number, number];
   const x4 = tf.reshape(x, [1, rows, width, 1]);
   const [xhat, batchMean, batchVar, mean, variance, reserve] = runTfOp(
@@ -265,6 +279,10 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
  * (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) from the saved input, mean and variance).
  */
 function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], eps: number) {
+  if (nativeOps()) {
+    const [x, mean, rstd] = saved;
+    return runTfOp("DeerLayerNormGrad", [], {}, [dy, x, mean, rstd, gamma], 1)[0];
+  }
   const [x4, mean, variance, reserve] = saved;
   const [, rows, width] = x4.shape as [number, number, number, number];
   const dxhat = tf.reshape(tf.mul(dy, gamma), [1, rows, width, 1]);
@@ -317,7 +335,9 @@ interface BlockSaved {
 const SAVED_KEYS = ["h", "u", "qs", "k", "v", "p", "z", "gate"] as const;
 
 /** How many tensors one block saves. */
-const BLOCK_SAVED = SAVED_KEYS.length + 2 * NORM_SAVED;
+function blockSaved(): number {
+  return SAVED_KEYS.length + 2 * normSaved();
+}
 
 function flattenSaved(s: BlockSaved): tf.Tensor[] {
   return [...SAVED_KEYS.map((key) => s[key]), ...s.ln1, ...s.ln2];
@@ -328,8 +348,8 @@ function unflattenSaved(t: tf.Tensor[]): BlockSaved {
   const at = SAVED_KEYS.length;
   return {
     ...single,
-    ln1: t.slice(at, at + NORM_SAVED),
-    ln2: t.slice(at + NORM_SAVED, at + 2 * NORM_SAVED),
+    ln1: t.slice(at, at + normSaved()),
+    ln2: t.slice(at + normSaved(), at + 2 * normSaved()),
   } as unknown as BlockSaved;
 }
 
@@ -666,9 +686,9 @@ export function frozenBlocksForward(
     return {
       value: features,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const at = BLOCK_SAVED * layers;
-        const headSaved = saved.slice(at, at + NORM_SAVED);
-        const fa = at + NORM_SAVED;
+        const at = blockSaved() * layers;
+        const headSaved = saved.slice(at, at + normSaved());
+        const fa = at + normSaved();
         const f = Array.from({ length: layers }, (_, i) => ({
           A: saved[fa + 3 * i] as tf.Tensor2D,
           B: saved[fa + 1 + 3 * i] as tf.Tensor2D,
@@ -682,7 +702,7 @@ export function frozenBlocksForward(
         const dB: tf.Tensor[] = [];
         for (let i = layers - 1; i >= 0; i--) {
           const dIn = dx;
-          const s = unflattenSaved(saved.slice(BLOCK_SAVED * i, BLOCK_SAVED * (i + 1)));
+          const s = unflattenSaved(saved.slice(blockSaved() * i, blockSaved() * (i + 1)));
           let r!: ReturnType<typeof blockBackward>;
           tf.tidy(() => {
             r = blockBackward(dIn, blockWeights[i], f[i], s, ctx, i === layers - 1, i > 0, want);

@@ -7,15 +7,21 @@
  *   DeerGelu(z) -> (act, gate):  gate = 1 + erf z, act = z * gate
  *       (exact GELU in the scaled form of vit_fast.ts: a*Phi(a) = act / sqrt(2) with z = a / sqrt(2))
  *   DeerGeluGrad(d, z, gate) -> dz = d * (gate + z * (2/sqrt(pi)) * exp(-z^2))
+ *   DeerLayerNorm(x [rows, w], gamma [w], beta [w]; epsilon) -> (y, mean [rows], rstd [rows])
+ *       y = (x - mean) * rstd * gamma + beta, biased variance (as PyTorch)
+ *   DeerLayerNormGrad(dy, x, mean, rstd, gamma) -> dx
+ *       = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, xhat = (x - mean) * rstd
  *
- * One pass over the data instead of three (forward) and six (backward) TensorFlow kernels. The
- * loops use glibc's vector erf/exp (libmvec, AVX2) when the CPU has AVX2, else the scalar ones.
+ * GELU: one pass over the data instead of three (forward) and six (backward) TensorFlow kernels;
+ * the loops use glibc's vector erf/exp (libmvec, AVX2) when the CPU has AVX2, else the scalar
+ * ones. LayerNorm: one kernel each way instead of FusedBatchNorm plus the affine and reshapes.
  * No -ffast-math: nothing here may change the floating-point environment of the process.
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* --- The TensorFlow C API functions used (tensorflow/c/tf_status.h, tf_tensor.h, kernels.h,
  * ops.h); declared here because the TensorFlow wheels' kernels.h includes a header they do not
@@ -51,6 +57,10 @@ extern void TF_OpKernelContext_Failure(TF_OpKernelContext*, TF_Status*);
 extern TF_OpDefinitionBuilder* TF_NewOpDefinitionBuilder(const char*);
 extern void TF_OpDefinitionBuilderAddInput(TF_OpDefinitionBuilder*, const char*);
 extern void TF_OpDefinitionBuilderAddOutput(TF_OpDefinitionBuilder*, const char*);
+extern void TF_OpDefinitionBuilderAddAttr(TF_OpDefinitionBuilder*, const char*);
+extern void TF_OpKernelConstruction_GetAttrFloat(TF_OpKernelConstruction*, const char*, float*,
+                                                 TF_Status*);
+extern void TF_OpKernelConstruction_Failure(TF_OpKernelConstruction*, TF_Status*);
 extern void TF_OpDefinitionBuilderSetShapeInferenceFunction(
     TF_OpDefinitionBuilder*, void (*)(TF_ShapeInferenceContext*, TF_Status*));
 extern void TF_RegisterOpDefinition(TF_OpDefinitionBuilder*, TF_Status*);
@@ -198,6 +208,165 @@ done:
   TF_DeleteStatus(s);
 }
 
+/* --- LayerNorm over the last axis */
+
+typedef struct {
+  float epsilon;
+} NormState;
+
+static void* norm_create(TF_OpKernelConstruction* ctx) {
+  NormState* st = (NormState*)malloc(sizeof(NormState));
+  TF_Status* s = TF_NewStatus();
+  if (st != NULL) {
+    TF_OpKernelConstruction_GetAttrFloat(ctx, "epsilon", &st->epsilon, s);
+    if (TF_GetCode(s) != DEER_TF_OK) {
+      TF_OpKernelConstruction_Failure(ctx, s);
+      free(st);
+      st = NULL;
+    }
+  }
+  TF_DeleteStatus(s);
+  return st;
+}
+static void norm_delete(void* state) { free(state); }
+
+static TF_Tensor* output_dims(TF_OpKernelContext* ctx, int index, const int64_t* dims, int rank,
+                              int64_t count, TF_Status* s) {
+  TF_Tensor* t =
+      TF_AllocateOutput(ctx, index, DEER_TF_FLOAT, dims, rank, (size_t)count * sizeof(float), s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    return NULL;
+  }
+  return t;
+}
+
+static void fail(TF_OpKernelContext* ctx, TF_Status* s, const char* message) {
+  TF_SetStatus(s, DEER_TF_INVALID_ARGUMENT, message);
+  TF_OpKernelContext_Failure(ctx, s);
+}
+
+static void layer_norm_compute(void* state, TF_OpKernelContext* ctx) {
+  const float eps = ((NormState*)state)->epsilon;
+  TF_Status* s = TF_NewStatus();
+  TF_Tensor *x = NULL, *gamma = NULL, *beta = NULL, *y = NULL, *mean = NULL, *rstd = NULL;
+  TF_GetInput(ctx, 0, &x, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 1, &gamma, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 2, &beta, s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    goto done;
+  }
+  if (TF_NumDims(x) != 2) {
+    fail(ctx, s, "DeerLayerNorm: x must be [rows, width]");
+    goto done;
+  }
+  {
+    const int64_t rows = TF_Dim(x, 0), w = TF_Dim(x, 1);
+    if (TF_TensorElementCount(gamma) != w || TF_TensorElementCount(beta) != w) {
+      fail(ctx, s, "DeerLayerNorm: gamma and beta must have the width of x");
+      goto done;
+    }
+    const int64_t ydims[2] = {rows, w}, rdims[1] = {rows};
+    if (!(y = output_dims(ctx, 0, ydims, 2, rows * w, s))) goto done;
+    if (!(mean = output_dims(ctx, 1, rdims, 1, rows, s))) goto done;
+    if (!(rstd = output_dims(ctx, 2, rdims, 1, rows, s))) goto done;
+    const float* xp = (const float*)TF_TensorData(x);
+    const float* gp = (const float*)TF_TensorData(gamma);
+    const float* bp = (const float*)TF_TensorData(beta);
+    float* yp = (float*)TF_TensorData(y);
+    float* mp = (float*)TF_TensorData(mean);
+    float* rp = (float*)TF_TensorData(rstd);
+    for (int64_t r = 0; r < rows; r++) {
+      const float* xr = xp + r * w;
+      float* yr = yp + r * w;
+      float sum = 0.0f;
+      for (int64_t j = 0; j < w; j++) sum += xr[j];
+      const float m = sum / (float)w;
+      float sq = 0.0f;
+      for (int64_t j = 0; j < w; j++) {
+        const float c = xr[j] - m;
+        sq += c * c;
+      }
+      const float rs = 1.0f / sqrtf(sq / (float)w + eps);
+      for (int64_t j = 0; j < w; j++) yr[j] = (xr[j] - m) * rs * gp[j] + bp[j];
+      mp[r] = m;
+      rp[r] = rs;
+    }
+  }
+done:
+  if (x) TF_DeleteTensor(x);
+  if (gamma) TF_DeleteTensor(gamma);
+  if (beta) TF_DeleteTensor(beta);
+  if (y) TF_DeleteTensor(y);
+  if (mean) TF_DeleteTensor(mean);
+  if (rstd) TF_DeleteTensor(rstd);
+  TF_DeleteStatus(s);
+}
+
+static void layer_norm_grad_compute(void* state, TF_OpKernelContext* ctx) {
+  (void)state;
+  TF_Status* s = TF_NewStatus();
+  TF_Tensor* in[5] = {NULL, NULL, NULL, NULL, NULL}; /* dy, x, mean, rstd, gamma */
+  TF_Tensor* dx = NULL;
+  for (int i = 0; i < 5 && TF_GetCode(s) == DEER_TF_OK; i++) TF_GetInput(ctx, i, &in[i], s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    goto done;
+  }
+  if (TF_NumDims(in[1]) != 2) {
+    fail(ctx, s, "DeerLayerNormGrad: x must be [rows, width]");
+    goto done;
+  }
+  {
+    const int64_t rows = TF_Dim(in[1], 0), w = TF_Dim(in[1], 1);
+    if (TF_TensorElementCount(in[0]) != rows * w || TF_TensorElementCount(in[2]) != rows ||
+        TF_TensorElementCount(in[3]) != rows || TF_TensorElementCount(in[4]) != w) {
+      fail(ctx, s, "DeerLayerNormGrad: dy, x [rows, width], mean, rstd [rows], gamma [width]");
+      goto done;
+    }
+    const int64_t dims[2] = {rows, w};
+    if (!(dx = output_dims(ctx, 0, dims, 2, rows * w, s))) goto done;
+    const float* dyp = (const float*)TF_TensorData(in[0]);
+    const float* xp = (const float*)TF_TensorData(in[1]);
+    const float* mp = (const float*)TF_TensorData(in[2]);
+    const float* rp = (const float*)TF_TensorData(in[3]);
+    const float* gp = (const float*)TF_TensorData(in[4]);
+    float* out = (float*)TF_TensorData(dx);
+    for (int64_t r = 0; r < rows; r++) {
+      const float* dyr = dyp + r * w;
+      const float* xr = xp + r * w;
+      float* o = out + r * w;
+      const float m = mp[r], rs = rp[r];
+      float sg = 0.0f, sgx = 0.0f;
+      for (int64_t j = 0; j < w; j++) {
+        const float g = dyr[j] * gp[j];
+        sg += g;
+        sgx += g * ((xr[j] - m) * rs);
+      }
+      const float mg = sg / (float)w, mgx = sgx / (float)w;
+      for (int64_t j = 0; j < w; j++) {
+        const float xhat = (xr[j] - m) * rs;
+        o[j] = rs * (dyr[j] * gp[j] - mg - xhat * mgx);
+      }
+    }
+  }
+done:
+  for (int i = 0; i < 5; i++)
+    if (in[i]) TF_DeleteTensor(in[i]);
+  if (dx) TF_DeleteTensor(dx);
+  TF_DeleteStatus(s);
+}
+
+static void layer_norm_shape(TF_ShapeInferenceContext* ctx, TF_Status* s) {
+  /* y has the shape of x; mean and rstd are left to the kernel (TensorFlow infers them at run
+   * time, which is all eager execution needs). */
+  TF_ShapeHandle* h = TF_NewShapeHandle();
+  TF_ShapeInferenceContextGetInput(ctx, 0, h, s);
+  TF_ShapeInferenceContextSetOutput(ctx, 0, h, s);
+  TF_DeleteShapeHandle(h);
+}
+
 /* Every output has the shape of input 0. */
 static void shape_of_first(TF_ShapeInferenceContext* ctx, TF_Status* s, int outputs) {
   TF_ShapeHandle* h = TF_NewShapeHandle();
@@ -213,17 +382,19 @@ static void two_outputs_shape(TF_ShapeInferenceContext* ctx, TF_Status* s) {
 }
 
 static void register_op(const char* name, const char* const* inputs, int nin,
-                        const char* const* outputs, int nout,
+                        const char* const* outputs, int nout, const char* attr,
                         void (*shape)(TF_ShapeInferenceContext*, TF_Status*),
-                        void (*compute)(void*, TF_OpKernelContext*)) {
+                        void* (*create)(TF_OpKernelConstruction*),
+                        void (*compute)(void*, TF_OpKernelContext*), void (*destroy)(void*)) {
   TF_Status* s = TF_NewStatus();
   TF_OpDefinitionBuilder* b = TF_NewOpDefinitionBuilder(name);
   for (int i = 0; i < nin; i++) TF_OpDefinitionBuilderAddInput(b, inputs[i]);
   for (int i = 0; i < nout; i++) TF_OpDefinitionBuilderAddOutput(b, outputs[i]);
+  if (attr != NULL) TF_OpDefinitionBuilderAddAttr(b, attr);
   TF_OpDefinitionBuilderSetShapeInferenceFunction(b, shape);
   TF_RegisterOpDefinition(b, s);
   if (TF_GetCode(s) == DEER_TF_OK) {
-    TF_KernelBuilder* k = TF_NewKernelBuilder(name, "CPU", &no_state, compute, &no_delete);
+    TF_KernelBuilder* k = TF_NewKernelBuilder(name, "CPU", create, compute, destroy);
     TF_RegisterKernelBuilder(name, k, s);
   }
   TF_DeleteStatus(s);
@@ -233,8 +404,19 @@ static void register_op(const char* name, const char* const* inputs, int nin,
 __attribute__((constructor)) static void register_ops(void) {
   static const char* const gelu_in[] = {"z: float"};
   static const char* const gelu_out[] = {"act: float", "gate: float"};
-  register_op("DeerGelu", gelu_in, 1, gelu_out, 2, &two_outputs_shape, &gelu_compute);
+  register_op("DeerGelu", gelu_in, 1, gelu_out, 2, NULL, &two_outputs_shape, &no_state,
+              &gelu_compute, &no_delete);
   static const char* const grad_in[] = {"d: float", "z: float", "gate: float"};
   static const char* const grad_out[] = {"dz: float"};
-  register_op("DeerGeluGrad", grad_in, 3, grad_out, 1, &one_output_shape, &gelu_grad_compute);
+  register_op("DeerGeluGrad", grad_in, 3, grad_out, 1, NULL, &one_output_shape, &no_state,
+              &gelu_grad_compute, &no_delete);
+  static const char* const ln_in[] = {"x: float", "gamma: float", "beta: float"};
+  static const char* const ln_out[] = {"y: float", "mean: float", "rstd: float"};
+  register_op("DeerLayerNorm", ln_in, 3, ln_out, 3, "epsilon: float", &layer_norm_shape,
+              &norm_create, &layer_norm_compute, &norm_delete);
+  static const char* const lng_in[] = {"dy: float", "x: float", "mean: float", "rstd: float",
+                                       "gamma: float"};
+  static const char* const lng_out[] = {"dx: float"};
+  register_op("DeerLayerNormGrad", lng_in, 5, lng_out, 1, NULL, &one_output_shape, &no_state,
+              &layer_norm_grad_compute, &no_delete);
 }
