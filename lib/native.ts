@@ -1,6 +1,6 @@
 /**
  * The toolkit's fused TensorFlow kernels (`lib/native/deer_ops.c`: `DeerGelu`, `DeerGeluGrad`,
- * `DeerLayerNorm`, `DeerLayerNormGrad`, used by `lib/model/vit_fast.ts`),
+ * `DeerLayerNorm`, `DeerLayerNormGrad`, `DeerSoftmaxGrad`, `DeerResidual`, used by `lib/model/vit_fast.ts`),
  * which `deno task setup` compiles into `.tools/native/libdeer_ops.so`. On the `tensorflow`
  * backend they are loaded into the process's libtensorflow with `TF_LoadLibrary` (through Deno's
  * FFI) the first time {@link nativeOps} is asked, and then run like any TensorFlow op.

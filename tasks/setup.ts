@@ -203,6 +203,7 @@ async function buildNativeOps(): Promise<void> {
   const tmp = `${NATIVE_LIB}.tmp-${Deno.pid}`;
   const built = await run(cc, [
     "-O2",
+    "-ffp-contract=off", // a·b + c rounds twice, as TensorFlow's separate kernels do
     "-shared",
     "-fPIC",
     NATIVE_SOURCE,

@@ -412,7 +412,7 @@ function blockForward(
   const rows = classOnly ? n : n * t;
   const attended = tf.reshape(tf.einsum("hntd,hdc->ntc", mm(p, v), w.out), [rows, width]);
   const residual = classOnly ? classRows(x, ctx) : x;
-  const x1 = tf.add(residual, tf.add(attended, w.outBias));
+  const x1 = residualAdd(residual, attended, w.outBias, 1);
   // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
   // [mlp, rows] in the transposed layout.
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
@@ -422,7 +422,7 @@ function blockForward(
     ? ((g) => [tf.mul(z, g), g])(tf.sigmoid(z))
     : geluForward(z);
   const mlp = mm(gated, w.fc2, t2, false);
-  const out = tf.add(x1, tf.add(tf.mul(mlp, outputScale(cfg.act)), w.fc2Bias)) as tf.Tensor2D;
+  const out = residualAdd(x1, mlp, w.fc2Bias, outputScale(cfg.act)) as tf.Tensor2D;
   const saved = keep.saved
     ? {
       h,
@@ -438,6 +438,15 @@ function blockForward(
     }
     : null;
   return { out, saved };
+}
+
+/**
+ * A residual connection `a + (scale·b + bias)` (b a branch's output, bias [width]): one fused
+ * kernel (`DeerResidual`, lib/native.ts) or up to three.
+ */
+function residualAdd(a: tf.Tensor, b: tf.Tensor, bias: tf.Tensor, scale: number): tf.Tensor {
+  if (nativeOps()) return runTfOp("DeerResidual", [], { scale }, [a, b, bias], 1)[0];
+  return tf.add(a, tf.add(scale === 1 ? b : tf.mul(b, scale), bias));
 }
 
 /** ln(2/√π): the exact GELU's derivative uses (2/√π)·exp(−z²) = exp(ln(2/√π) − z²). */
@@ -520,7 +529,10 @@ function blockBackward(
   );
   const dp = mm(dAttended, s.v, false, true);
   const dv = mm(s.p, dAttended, true, false);
-  const dScores = tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
+  // p·(dp − Σ dp·p): one fused kernel (DeerSoftmaxGrad, lib/native.ts) or four.
+  const dScores = nativeOps()
+    ? runTfOp("DeerSoftmaxGrad", [], {}, [s.p, dp], 1)[0]
+    : tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
   // Gradients at the scaled q|k|v (D is folded into the factors' gradients below).
   let dq = mm(dScores, s.k);
   const dk = mm(dScores, s.qs, true, false);

@@ -9,6 +9,10 @@
  *   DeerGeluGrad(d, z, gate) -> dz = d * (gate + z * (2/sqrt(pi)) * exp(-z^2))
  *   DeerLayerNorm(x [rows, w], gamma [w], beta [w]; epsilon) -> (y, mean [rows], rstd [rows])
  *       y = (x - mean) * rstd * gamma + beta, biased variance (as PyTorch)
+ *   DeerResidual(a [rows, w], b [rows, w], bias [w]; scale) -> a + (scale * b + bias)
+ *       (a residual connection with its branch's bias and scale; scale = 1 multiplies exactly)
+ *   DeerSoftmaxGrad(p, dp) -> ds = p * (dp - sum(dp * p)), the sums over the last axis
+ *       (the gradient at the scores of p = softmax(scores) given dp at p)
  *   DeerLayerNormGrad(dy, x, mean, rstd, gamma) -> dx
  *       = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, xhat = (x - mean) * rstd
  *
@@ -358,6 +362,101 @@ done:
   TF_DeleteStatus(s);
 }
 
+typedef struct {
+  float scale;
+} ScaleState;
+
+static void* scale_create(TF_OpKernelConstruction* ctx) {
+  ScaleState* st = (ScaleState*)malloc(sizeof(ScaleState));
+  TF_Status* s = TF_NewStatus();
+  if (st != NULL) {
+    TF_OpKernelConstruction_GetAttrFloat(ctx, "scale", &st->scale, s);
+    if (TF_GetCode(s) != DEER_TF_OK) {
+      TF_OpKernelConstruction_Failure(ctx, s);
+      free(st);
+      st = NULL;
+    }
+  }
+  TF_DeleteStatus(s);
+  return st;
+}
+
+static void residual_compute(void* state, TF_OpKernelContext* ctx) {
+  const float scale = ((ScaleState*)state)->scale;
+  TF_Status* s = TF_NewStatus();
+  TF_Tensor *a = NULL, *b = NULL, *bias = NULL, *out = NULL;
+  TF_GetInput(ctx, 0, &a, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 1, &b, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 2, &bias, s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    goto done;
+  }
+  {
+    const int64_t count = TF_TensorElementCount(a);
+    const int64_t w = TF_TensorElementCount(bias);
+    if (TF_NumDims(a) != 2 || TF_TensorElementCount(b) != count || TF_Dim(a, 1) != w) {
+      fail(ctx, s, "DeerResidual: a, b [rows, width] and bias [width]");
+      goto done;
+    }
+    if (!(out = output_like(ctx, 0, a, s))) goto done;
+    const float* ap = (const float*)TF_TensorData(a);
+    const float* bp = (const float*)TF_TensorData(b);
+    const float* cp = (const float*)TF_TensorData(bias);
+    float* op = (float*)TF_TensorData(out);
+    for (int64_t r = 0; w > 0 && r < count / w; r++) {
+      const float* ar = ap + r * w;
+      const float* br = bp + r * w;
+      float* o = op + r * w;
+      for (int64_t j = 0; j < w; j++) o[j] = ar[j] + (scale * br[j] + cp[j]);
+    }
+  }
+done:
+  if (a) TF_DeleteTensor(a);
+  if (b) TF_DeleteTensor(b);
+  if (bias) TF_DeleteTensor(bias);
+  if (out) TF_DeleteTensor(out);
+  TF_DeleteStatus(s);
+}
+
+static void softmax_grad_compute(void* state, TF_OpKernelContext* ctx) {
+  (void)state;
+  TF_Status* s = TF_NewStatus();
+  TF_Tensor *p = NULL, *dp = NULL, *ds = NULL;
+  TF_GetInput(ctx, 0, &p, s);
+  if (TF_GetCode(s) == DEER_TF_OK) TF_GetInput(ctx, 1, &dp, s);
+  if (TF_GetCode(s) != DEER_TF_OK) {
+    TF_OpKernelContext_Failure(ctx, s);
+    goto done;
+  }
+  {
+    const int rank = TF_NumDims(p);
+    const int64_t count = TF_TensorElementCount(p);
+    if (rank < 1 || TF_TensorElementCount(dp) != count) {
+      fail(ctx, s, "DeerSoftmaxGrad: p and dp must have one shape");
+      goto done;
+    }
+    const int64_t n = TF_Dim(p, rank - 1);
+    if (!(ds = output_like(ctx, 0, p, s))) goto done;
+    const float* pp = (const float*)TF_TensorData(p);
+    const float* dpp = (const float*)TF_TensorData(dp);
+    float* out = (float*)TF_TensorData(ds);
+    for (int64_t r = 0; n > 0 && r < count / n; r++) {
+      const float* pr = pp + r * n;
+      const float* dr = dpp + r * n;
+      float* o = out + r * n;
+      float dot = 0.0f;
+      for (int64_t j = 0; j < n; j++) dot += dr[j] * pr[j];
+      for (int64_t j = 0; j < n; j++) o[j] = pr[j] * (dr[j] - dot);
+    }
+  }
+done:
+  if (p) TF_DeleteTensor(p);
+  if (dp) TF_DeleteTensor(dp);
+  if (ds) TF_DeleteTensor(ds);
+  TF_DeleteStatus(s);
+}
+
 static void layer_norm_shape(TF_ShapeInferenceContext* ctx, TF_Status* s) {
   /* y has the shape of x; mean and rstd are left to the kernel (TensorFlow infers them at run
    * time, which is all eager execution needs). */
@@ -414,6 +513,14 @@ __attribute__((constructor)) static void register_ops(void) {
   static const char* const ln_out[] = {"y: float", "mean: float", "rstd: float"};
   register_op("DeerLayerNorm", ln_in, 3, ln_out, 3, "epsilon: float", &layer_norm_shape,
               &norm_create, &layer_norm_compute, &norm_delete);
+  static const char* const res_in[] = {"a: float", "b: float", "bias: float"};
+  static const char* const res_out[] = {"out: float"};
+  register_op("DeerResidual", res_in, 3, res_out, 1, "scale: float", &one_output_shape,
+              &scale_create, &residual_compute, &norm_delete);
+  static const char* const sg_in[] = {"p: float", "dp: float"};
+  static const char* const sg_out[] = {"ds: float"};
+  register_op("DeerSoftmaxGrad", sg_in, 2, sg_out, 1, NULL, &one_output_shape, &no_state,
+              &softmax_grad_compute, &no_delete);
   static const char* const lng_in[] = {"dy: float", "x: float", "mean: float", "rstd: float",
                                        "gamma: float"};
   static const char* const lng_out[] = {"dx: float"};
