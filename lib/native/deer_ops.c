@@ -214,15 +214,16 @@ done:
 
 /* --- LayerNorm over the last axis */
 
+/* The state of a kernel with one float attribute (LayerNorm's epsilon, DeerResidual's scale). */
 typedef struct {
-  float epsilon;
-} NormState;
+  float value;
+} FloatAttr;
 
-static void* norm_create(TF_OpKernelConstruction* ctx) {
-  NormState* st = (NormState*)malloc(sizeof(NormState));
+static void* float_attr_create(TF_OpKernelConstruction* ctx, const char* name) {
+  FloatAttr* st = (FloatAttr*)malloc(sizeof(FloatAttr));
   TF_Status* s = TF_NewStatus();
   if (st != NULL) {
-    TF_OpKernelConstruction_GetAttrFloat(ctx, "epsilon", &st->epsilon, s);
+    TF_OpKernelConstruction_GetAttrFloat(ctx, name, &st->value, s);
     if (TF_GetCode(s) != DEER_TF_OK) {
       TF_OpKernelConstruction_Failure(ctx, s);
       free(st);
@@ -232,7 +233,11 @@ static void* norm_create(TF_OpKernelConstruction* ctx) {
   TF_DeleteStatus(s);
   return st;
 }
-static void norm_delete(void* state) { free(state); }
+static void* epsilon_create(TF_OpKernelConstruction* ctx) {
+  return float_attr_create(ctx, "epsilon");
+}
+static void* scale_create(TF_OpKernelConstruction* ctx) { return float_attr_create(ctx, "scale"); }
+static void float_attr_delete(void* state) { free(state); }
 
 static TF_Tensor* output_dims(TF_OpKernelContext* ctx, int index, const int64_t* dims, int rank,
                               int64_t count, TF_Status* s) {
@@ -251,7 +256,7 @@ static void fail(TF_OpKernelContext* ctx, TF_Status* s, const char* message) {
 }
 
 static void layer_norm_compute(void* state, TF_OpKernelContext* ctx) {
-  const float eps = ((NormState*)state)->epsilon;
+  const float eps = ((FloatAttr*)state)->value;
   TF_Status* s = TF_NewStatus();
   TF_Tensor *x = NULL, *gamma = NULL, *beta = NULL, *y = NULL, *mean = NULL, *rstd = NULL;
   TF_GetInput(ctx, 0, &x, s);
@@ -362,27 +367,8 @@ done:
   TF_DeleteStatus(s);
 }
 
-typedef struct {
-  float scale;
-} ScaleState;
-
-static void* scale_create(TF_OpKernelConstruction* ctx) {
-  ScaleState* st = (ScaleState*)malloc(sizeof(ScaleState));
-  TF_Status* s = TF_NewStatus();
-  if (st != NULL) {
-    TF_OpKernelConstruction_GetAttrFloat(ctx, "scale", &st->scale, s);
-    if (TF_GetCode(s) != DEER_TF_OK) {
-      TF_OpKernelConstruction_Failure(ctx, s);
-      free(st);
-      st = NULL;
-    }
-  }
-  TF_DeleteStatus(s);
-  return st;
-}
-
 static void residual_compute(void* state, TF_OpKernelContext* ctx) {
-  const float scale = ((ScaleState*)state)->scale;
+  const float scale = ((FloatAttr*)state)->value;
   TF_Status* s = TF_NewStatus();
   TF_Tensor *a = NULL, *b = NULL, *bias = NULL, *out = NULL;
   TF_GetInput(ctx, 0, &a, s);
@@ -512,11 +498,11 @@ __attribute__((constructor)) static void register_ops(void) {
   static const char* const ln_in[] = {"x: float", "gamma: float", "beta: float"};
   static const char* const ln_out[] = {"y: float", "mean: float", "rstd: float"};
   register_op("DeerLayerNorm", ln_in, 3, ln_out, 3, "epsilon: float", &layer_norm_shape,
-              &norm_create, &layer_norm_compute, &norm_delete);
+              &epsilon_create, &layer_norm_compute, &float_attr_delete);
   static const char* const res_in[] = {"a: float", "b: float", "bias: float"};
   static const char* const res_out[] = {"out: float"};
   register_op("DeerResidual", res_in, 3, res_out, 1, "scale: float", &one_output_shape,
-              &scale_create, &residual_compute, &norm_delete);
+              &scale_create, &residual_compute, &float_attr_delete);
   static const char* const sg_in[] = {"p: float", "dp: float"};
   static const char* const sg_out[] = {"ds: float"};
   register_op("DeerSoftmaxGrad", sg_in, 2, sg_out, 1, NULL, &one_output_shape, &no_state,
