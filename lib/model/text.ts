@@ -57,6 +57,8 @@ import { findTokenizer, loadTokenizer, type Tokenizer, TOKENIZER_FILES } from ".
 import {
   activation,
   type Block,
+  checkActivation,
+  checkLnEps,
   concatRows,
   type HostBlock,
   type HostNorm,
@@ -74,7 +76,9 @@ import {
   type TensorSourceOptions,
   toTensor,
   transformerBlock,
+  type TransformerShape,
   type VitActivation,
+  type VitLoadOptions,
 } from "./vit.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -91,7 +95,7 @@ export type TextLayout = "openai" | "hf" | "bert";
 export type TextPooling = "argmax" | "eos" | "first" | "last" | "cls" | "cls_pooler" | "mean";
 
 /** Everything the forward pass needs; inferred from the weights and the settings. */
-export interface TextConfig {
+export interface TextConfig extends TransformerShape {
   layout: TextLayout;
   /** Rows of the token embedding. */
   vocabSize: number;
@@ -99,14 +103,6 @@ export interface TextConfig {
   maxPositions: number;
   /** Row length of `tokenize` (77 for CLIP; 256 for BiomedCLIP). */
   contextLength: number;
-  width: number;
-  layers: number;
-  heads: number;
-  mlpDim: number;
-  /** Feature size: the projection's output, or `width` without a projection. */
-  embedDim: number;
-  act: VitActivation;
-  lnEps: number;
   /** Causal attention (CLIP); BERT masks padding instead. */
   causal: boolean;
   pool: TextPooling;
@@ -119,10 +115,7 @@ export interface TextConfig {
 }
 
 /** Overrides for settings the weights cannot tell (also the metadata key `deer.text`). */
-export interface TextLoadOptions {
-  heads?: number;
-  act?: VitActivation;
-  lnEps?: number;
+export interface TextLoadOptions extends VitLoadOptions {
   pool?: TextPooling;
   /** Row length of `tokenize`; at most the position embedding's rows. */
   contextLength?: number;
@@ -385,20 +378,8 @@ function checkTextSettings(label: string, s: Record<string, unknown>): TextLoadO
   int("contextLength", 2);
   int("eosId", 0);
   int("padId", 0);
-  if (s.act !== undefined && s.act !== null) {
-    if (s.act !== "gelu" && s.act !== "quick_gelu") {
-      throw new Error(
-        `${label}: activation "${s.act}" is not supported; use "gelu" (erf) or "quick_gelu"`,
-      );
-    }
-    out.act = s.act;
-  }
-  if (s.lnEps !== undefined && s.lnEps !== null) {
-    if (typeof s.lnEps !== "number" || !(s.lnEps > 0)) {
-      throw new Error(`${label}: lnEps ${s.lnEps} must be a number > 0`);
-    }
-    out.lnEps = s.lnEps;
-  }
+  if (s.act !== undefined && s.act !== null) out.act = checkActivation(label, s.act);
+  if (s.lnEps !== undefined && s.lnEps !== null) out.lnEps = checkLnEps(label, s.lnEps);
   if (s.pool !== undefined && s.pool !== null) {
     if (!POOLINGS.includes(s.pool as TextPooling)) {
       throw new Error(`${label}: pool "${s.pool}" is not one of ${POOLINGS.join(", ")}`);

@@ -99,14 +99,8 @@ export interface VitVolumeConfig {
   depthScale: number;
 }
 
-/** Everything the forward pass needs to know; inferred from the weights. */
-export interface VitConfig {
-  layout: VitLayout;
-  /** Side of the square input image in pixels. */
-  imageSize: number;
-  patchSize: number;
-  /** Input channels of the 2D patch embedding (3). */
-  channels: number;
+/** The transformer's shape, shared by the image and text towers' configurations. */
+export interface TransformerShape {
   width: number;
   layers: number;
   heads: number;
@@ -115,6 +109,16 @@ export interface VitConfig {
   embedDim: number;
   act: VitActivation;
   lnEps: number;
+}
+
+/** Everything the forward pass needs to know; inferred from the weights. */
+export interface VitConfig extends TransformerShape {
+  layout: VitLayout;
+  /** Side of the square input image in pixels. */
+  imageSize: number;
+  patchSize: number;
+  /** Input channels of the 2D patch embedding (3). */
+  channels: number;
   /** A LayerNorm before the first block (`ln_pre`). */
   preNorm: boolean;
   patchBias: boolean;
@@ -618,6 +622,38 @@ function detectLayout(label: string, names: string[]): { layout: VitLayout; pref
 
 type Settings = Partial<VitLoadOptions>;
 
+/**
+ * A setting's `act` checked: "gelu" or "quick_gelu" (shared with the text tower's settings).
+ *
+ * @example
+ * ```ts
+ * checkActivation("m.safetensors", "gelu"); // "gelu"
+ * ```
+ */
+export function checkActivation(label: string, act: unknown): VitActivation {
+  if (act !== "gelu" && act !== "quick_gelu") {
+    throw new Error(
+      `${label}: activation "${act}" is not supported; use "gelu" (erf) or "quick_gelu"`,
+    );
+  }
+  return act;
+}
+
+/**
+ * A setting's `lnEps` checked: a number > 0 (shared with the text tower's settings).
+ *
+ * @example
+ * ```ts
+ * checkLnEps("m.safetensors", 1e-5); // 1e-5
+ * ```
+ */
+export function checkLnEps(label: string, lnEps: unknown): number {
+  if (typeof lnEps !== "number" || !(lnEps > 0)) {
+    throw new Error(`${label}: lnEps ${lnEps} must be a number > 0`);
+  }
+  return lnEps;
+}
+
 function checkSettings(label: string, s: Record<string, unknown>): Settings {
   const out: Settings = {};
   if (s.heads !== undefined) {
@@ -626,20 +662,8 @@ function checkSettings(label: string, s: Record<string, unknown>): Settings {
     }
     out.heads = s.heads as number;
   }
-  if (s.act !== undefined) {
-    if (s.act !== "gelu" && s.act !== "quick_gelu") {
-      throw new Error(
-        `${label}: activation "${s.act}" is not supported; use "gelu" (erf) or "quick_gelu"`,
-      );
-    }
-    out.act = s.act;
-  }
-  if (s.lnEps !== undefined) {
-    if (typeof s.lnEps !== "number" || !(s.lnEps > 0)) {
-      throw new Error(`${label}: lnEps ${s.lnEps} must be a number > 0`);
-    }
-    out.lnEps = s.lnEps;
-  }
+  if (s.act !== undefined) out.act = checkActivation(label, s.act);
+  if (s.lnEps !== undefined) out.lnEps = checkLnEps(label, s.lnEps);
   return out;
 }
 
