@@ -12,9 +12,11 @@
  * * q|k|v = h·(W_qkv + Aᵀ·B̃) + b_qkv, with the block's three A's stacked, A [3r, width], and its
  *   three s·B's laid out block-diagonally, B̃ [3r, 3·width]: the adapter is merged into the weight
  *   once per step (a [width, 3·width] sum, no per-token work), and u = h·Aᵀ is formed only for
- *   B's gradient. Splitting by head is one transpose forward and one back.
- * * LayerNorm, GELU and softmax have closed-form gradients (one kernel per term, no autodiff
- *   bookkeeping). The MLP's input is pre-scaled by folding constants into ln_2 and b_fc1 (tiny
+ *   B's gradient. q|k|v come out head-major from one broadcast product (see
+ *   {@link headMajorQkv}); 1/√d_head is folded into the weight; one transpose goes back.
+ * * LayerNorm, GELU, the softmax backward and the residual connections run as the toolkit's fused
+ *   kernels when `lib/native.ts` loaded them, else as TensorFlow kernels with closed-form
+ *   gradients (LayerNorm through `FusedBatchNormV3`; no autodiff bookkeeping either way). The MLP's input is pre-scaled by folding constants into ln_2 and b_fc1 (tiny
  *   vectors), which saves two passes over the widest activation: exact GELU
  *   `a·Φ(a) = z·(1 + erf z)/√2` with `z = a/√2`; QuickGELU `a·σ(1.702a) = z·σ(z)/1.702` with
  *   `z = 1.702a`.
@@ -242,10 +244,11 @@ function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
 }
 
 /**
- * LayerNorm over the last axis (biased variance, as PyTorch). The normalisation is TensorFlow's
- * `FusedBatchNormV3` in training mode on x viewed as NCHW [1, rows, width, 1] — each row is a
- * channel, normalised over its `width` values — which is one kernel instead of seven passes
- * (mean, centre, square, mean, rsqrt, scale); the affine γ, β follows.
+ * LayerNorm over the last axis (biased variance, as PyTorch): the fused `DeerLayerNorm` when
+ * loaded; else TensorFlow's `FusedBatchNormV3` in training mode on x viewed as NCHW
+ * [1, rows, width, 1] — each row is a channel, normalised over its `width` values — which is one
+ * kernel instead of seven passes (mean, centre, square, mean, rsqrt, scale), the affine γ, β
+ * following.
  */
 function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
   if (nativeOps()) {
@@ -275,8 +278,9 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
 }
 
 /**
- * dx of y = x̂·γ + β: `FusedBatchNormGradV3` on dx̂ = dy·γ (which computes
- * (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) from the saved input, mean and variance).
+ * dx of y = x̂·γ + β, (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dy·γ: the fused
+ * `DeerLayerNormGrad` when loaded, else `FusedBatchNormGradV3` on dx̂ (from the saved input, mean
+ * and variance).
  */
 function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], eps: number) {
   if (nativeOps()) {
@@ -313,7 +317,7 @@ interface BlockFactors {
   W: tf.Tensor2D;
 }
 
-/** What a block's backward pass reads (x̂ and 1/σ of both LayerNorms, the attention, the MLP). */
+/** What a block's backward pass reads (both LayerNorms' states, the attention, the MLP). */
 interface BlockSaved {
   h: tf.Tensor2D;
   /** h·Aᵀ, kept when B is trained (else `h` stands in). */
@@ -418,9 +422,7 @@ function blockForward(
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
   const z = tf.add(mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
-  const [gated, gate] = cfg.act === "quick_gelu"
-    ? ((g) => [tf.mul(z, g), g])(tf.sigmoid(z))
-    : geluForward(z);
+  const [gated, gate] = cfg.act === "quick_gelu" ? quickGeluForward(z) : geluForward(z);
   const mlp = mm(gated, w.fc2, t2, false);
   const out = residualAdd(x1, mlp, w.fc2Bias, outputScale(cfg.act)) as tf.Tensor2D;
   const saved = keep.saved
@@ -451,6 +453,12 @@ function residualAdd(a: tf.Tensor, b: tf.Tensor, bias: tf.Tensor, scale: number)
 
 /** ln(2/√π): the exact GELU's derivative uses (2/√π)·exp(−z²) = exp(ln(2/√π) − z²). */
 const LOG_TWO_OVER_SQRT_PI = Math.log(2 / Math.sqrt(Math.PI));
+
+/** QuickGELU in the scaled form of this path: `gate = σ(z)`, `act = z·gate`. */
+function quickGeluForward(z: tf.Tensor): [tf.Tensor, tf.Tensor] {
+  const gate = tf.sigmoid(z);
+  return [tf.mul(z, gate), gate];
+}
 
 /**
  * The exact GELU in the scaled form of this path: `gate = 1 + erf z`, `act = z·gate` — one fused
