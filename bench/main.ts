@@ -88,8 +88,10 @@ async function run(
 }
 
 const show = (figures: Figure[]) => figures.forEach((f) => console.log(JSON.stringify(f)));
-const figure = (...args: string[]) =>
-  run(Deno.execPath(), ["run", "-A", `${here}figures.ts`, ...args]);
+/** Runs one figure of `bench/figures.ts` in a fresh process (`env`: extra variables). */
+const figureWith = (env: Record<string, string>, ...args: string[]) =>
+  run(Deno.execPath(), ["run", "-A", `${here}figures.ts`, ...args], env);
+const figure = (...args: string[]) => figureWith({}, ...args);
 /** The demo runs with one intra-op thread (`tasks/threads.ts`); its round figure does too. */
 const demoThreads: Record<string, string> = Deno.env.get("TF_NUM_INTRAOP_THREADS") === undefined
   ? { TF_NUM_INTRAOP_THREADS: "1" }
@@ -128,7 +130,7 @@ for (const which of only) {
   } else if (which === "b16") {
     await stepPair("b16", ["b16"], "vit_b16_lora_torch.py", ["10", "2"]);
   } else if (which === "round") {
-    show(await run(Deno.execPath(), ["run", "-A", `${here}figures.ts`, "round"], demoThreads));
+    show(await figureWith(demoThreads, "round"));
   } else if (which === "memory") {
     const rss: Record<number, number> = {};
     for (const k of [1, 12, 100]) {
