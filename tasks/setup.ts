@@ -157,7 +157,8 @@ if (backendName !== "tensorflow" || got !== "19,22,43,50") {
 console.log("tfjs-node ok");
 `;
 
-// Loads the fused kernels in a fresh process and compares them with TensorFlow's own kernels.
+// Loads the fused kernels in a fresh process and compares the GELU pair with TensorFlow's own
+// kernels (tests/native_ops.test.ts and tests/perf_equivalence.test.ts cover all of them).
 const NATIVE_CHECK_SOURCE = `
 import { tf } from ${JSON.stringify(new URL("../lib/backend.ts", import.meta.url).href)};
 import { nativeOps, nativeOpsStatus } from ${
