@@ -545,6 +545,16 @@ async function readEntry(
   return out;
 }
 
+/** Opens `path` for reading; a missing file is an error that names it. */
+async function openForReading(path: string): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) throw new Error(`${path} does not exist`);
+    throw err;
+  }
+}
+
 /**
  * Reads the arrays of an `.npz` file (as written by `np.savez` or `np.savez_compressed`), keyed
  * by entry name without `.npy`.
@@ -560,13 +570,7 @@ export async function readNpz(
   options: ReadNpzOptions = {},
 ): Promise<Record<string, NpyArray>> {
   const label = basename(path);
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) throw new Error(`${path} does not exist`);
-    throw err;
-  }
+  const file = await openForReading(path);
   try {
     const fileSize = (await file.stat()).size;
     const entries = await readCentralDirectory(file, fileSize, label);
@@ -600,13 +604,7 @@ export async function readNpz(
  * ```
  */
 export async function listNpz(path: string): Promise<string[]> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) throw new Error(`${path} does not exist`);
-    throw err;
-  }
+  const file = await openForReading(path);
   try {
     const entries = await readCentralDirectory(file, (await file.stat()).size, basename(path));
     return entries.map((e) => e.name.replace(/\.npy$/, ""));
