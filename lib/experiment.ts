@@ -36,6 +36,9 @@ import {
 import { resolveMethod } from "./fl/methods.ts";
 import { meanStd, type Metrics } from "./metrics/classification.ts";
 import { writeJsonAtomic } from "./io/atomic.ts";
+import { acquireRunLock, describeHolder, LOCK_FILE, type RunLock } from "./io/lock.ts";
+import { type Fingerprint, fingerprint, fingerprintChanges } from "./io/fingerprint.ts";
+import { hasContent, moveAside, removeAside } from "./io/run_folder.ts";
 import { findNonFinite } from "./model/safetensors.ts";
 import { UsageError } from "./cli.ts";
 
@@ -275,6 +278,26 @@ export interface ExperimentOptions {
   ) => void;
   /** Extra fields for `config.json` (data/model provenance, CLI flags). */
   describe?: Record<string, unknown>;
+  /**
+   * A run already saved in `outDir` when not resuming: `replace` it whole (the default; the old
+   * folder is moved aside in one rename, then deleted) or `refuse` ({@link SavedRunError}).
+   */
+  existing?: "replace" | "refuse";
+  /** Stops the run cleanly when aborted (the last completed round stays resumable). */
+  signal?: AbortSignal;
+}
+
+/** Thrown by {@link runExperiment} with `existing: "refuse"` when `outDir` holds a run. */
+export class SavedRunError extends Error {
+  override name = "SavedRunError";
+  constructor(readonly outDir: string) {
+    super(`${outDir} holds a saved run; resume it, or replace it, or choose another folder`);
+  }
+}
+
+/** Thrown when a resume finds that the data, model or prototypes changed since the saved run. */
+export class ChangedInputsError extends Error {
+  override name = "ChangedInputsError";
 }
 
 /**
@@ -298,22 +321,51 @@ export async function runExperiment(
   const method = resolveMethod(config.method);
   const out = opts.outDir;
   let created: string | undefined;
+  let lock: RunLock | undefined;
   if (out) {
-    if (opts.resume) {
-      const conflicts = await resumeConflicts(out, config, seeds, opts.describe?.inputs);
-      if (conflicts.length > 0) throw new Error(resumeRefusal(out, conflicts));
-      await removeStaleTemporaries(out);
-    }
+    const fingerprints = await fingerprintInputs(inputs.provenance);
     created = firstMissingFolder(out);
-    if (!(opts.resume && existsSync(join(out, "config.json")))) {
-      await writeJsonAtomic(join(out, "config.json"), {
-        ...config,
-        seed: undefined,
-        seeds,
-        method: { ...config.method, label: method.label, aggregates: method.aggregates },
-        provenance: inputs.provenance,
-        ...opts.describe,
-      });
+    // Held for the whole run: no second run (or resume) writes into this folder meanwhile.
+    lock = await acquireRunLock(out);
+    try {
+      if (lock.takenOver) {
+        console.error(
+          `deer: ${out}: took over the lock left by ${describeHolder(lock.takenOver)}, which ` +
+            `ended without releasing it`,
+        );
+      }
+      const savedConfig = join(out, "config.json");
+      if (opts.resume) {
+        const conflicts = await resumeConflicts(out, config, seeds, opts.describe?.inputs);
+        if (conflicts.length > 0) throw new Error(resumeRefusal(out, conflicts));
+        await checkFingerprints(savedConfig, fingerprints);
+        await removeStaleTemporaries(out);
+      } else if (await hasContent(out, [LOCK_FILE])) {
+        if (opts.existing === "refuse") throw new SavedRunError(out);
+        // Replace the old run whole: one rename takes all of it (other seeds, later rounds'
+        // checkpoints, state files) out of the way; the new run takes the new folder's lock
+        // before the old lock goes.
+        await moveAside(out);
+        const fresh = await acquireRunLock(out);
+        lock.release();
+        lock = fresh;
+        await removeAside(out);
+        created ??= out;
+      }
+      if (!(opts.resume && existsSync(savedConfig))) {
+        await writeJsonAtomic(savedConfig, {
+          ...config,
+          seed: undefined,
+          seeds,
+          method: { ...config.method, label: method.label, aggregates: method.aggregates },
+          provenance: inputs.provenance,
+          fingerprints,
+          ...opts.describe,
+        });
+      }
+    } catch (err) {
+      lock.release();
+      throw err;
     }
   }
   try {
@@ -323,6 +375,7 @@ export async function runExperiment(
       const run = await runFederated(inputs.backbone, inputs.data, { ...config, seed }, {
         outDir,
         resume: opts.resume,
+        signal: opts.signal,
         onRound: opts.onRound,
         onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
       });
@@ -338,6 +391,54 @@ export async function runExperiment(
       await removeCreated(out!, created);
     }
     throw err;
+  } finally {
+    lock?.release();
+  }
+}
+
+/** SHA-256 fingerprints of the files (or folders) the inputs came from, by role. */
+export async function fingerprintInputs(
+  provenance: Inputs["provenance"],
+): Promise<Record<string, Fingerprint | null>> {
+  const out: Record<string, Fingerprint | null> = {};
+  for (const [role, path] of Object.entries(provenance)) {
+    out[role] = path && path !== "orthonormal" && existsSync(path) ? await fingerprint(path) : null;
+  }
+  return out;
+}
+
+/** Refuses a resume whose inputs' fingerprints differ from those saved in `configPath`. */
+async function checkFingerprints(
+  configPath: string,
+  now: Record<string, Fingerprint | null>,
+): Promise<void> {
+  let saved: { fingerprints?: Record<string, Fingerprint | null> };
+  try {
+    saved = JSON.parse(await Deno.readTextFile(configPath));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return; // nothing saved: a fresh start
+    throw err; // resumeConflicts has named the damage already
+  }
+  if (saved.fingerprints === undefined) {
+    console.error(
+      `deer: ${configPath} holds no input fingerprints (a run saved by an older version); the ` +
+        `resume cannot verify that the data, model and prototypes are unchanged`,
+    );
+    return;
+  }
+  if (saved.fingerprints === null || typeof saved.fingerprints !== "object") {
+    throw new Error(
+      `${configPath}: "fingerprints" is ${JSON.stringify(saved.fingerprints)}; ` +
+        `the file is damaged: start the run again without resume`,
+    );
+  }
+  const changes = fingerprintChanges(saved.fingerprints, now);
+  if (changes.length > 0) {
+    throw new ChangedInputsError(
+      `the inputs changed since the run saved in ${configPath} started (${changes.join("; ")}); ` +
+        `a resumed run must train on the same files: put the original files back, or start the ` +
+        `run again without resume (this replaces it)`,
+    );
   }
 }
 
@@ -406,7 +507,13 @@ export async function resumeConflicts(
     if (err instanceof Deno.errors.NotFound) return [];
     throw new Error(
       `${path} cannot be read (${(err as Error).message}); it is damaged: start the run again ` +
-        `without --resume, or choose another --exp_name`,
+        `without resume (this replaces it), or choose another results folder`,
+    );
+  }
+  if (saved === null || typeof saved !== "object" || Array.isArray(saved)) {
+    throw new Error(
+      `${path} does not hold a JSON object; it is damaged: start the run again without resume ` +
+        `(this replaces it), or choose another results folder`,
     );
   }
   const show = (v: unknown) => (v === undefined ? "unset" : JSON.stringify(v));
@@ -436,8 +543,8 @@ export async function resumeConflicts(
 /** The error text of a refused resume. */
 export function resumeRefusal(outDir: string, conflicts: string[]): string {
   return `--resume: ${outDir} holds a run with other settings (${conflicts.join("; ")}); ` +
-    `resume with the saved run's flags, or drop --resume to start it again (this replaces it), ` +
-    `or choose another --exp_name / --out`;
+    `resume with the saved run's flags, or drop --resume and add --overwrite to start it again ` +
+    `(this replaces it), or choose another --exp_name / --out`;
 }
 
 /**

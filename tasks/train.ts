@@ -14,8 +14,24 @@ import { createProgress, parseArgs, UsageError } from "../lib/cli.ts";
 import { existsSync } from "node:fs";
 import { defaultConfig, type FederatedConfig, validateConfig } from "../lib/fl/simulation.ts";
 import { resolveMethod } from "../lib/fl/methods.ts";
-import { loadInputs, resumeConflicts, resumeRefusal, runExperiment } from "../lib/experiment.ts";
+import {
+  ChangedInputsError,
+  loadInputs,
+  resumeConflicts,
+  resumeRefusal,
+  runExperiment,
+  SavedRunError,
+} from "../lib/experiment.ts";
 import { backendName } from "../lib/backend.ts";
+import { LOCK_FILE, lockHolder, RunLockedError } from "../lib/io/lock.ts";
+import {
+  checkOutputPath,
+  checkRunName,
+  describeFsError,
+  hasContent,
+  isFsError,
+} from "../lib/io/run_folder.ts";
+import { DamagedStateError } from "../lib/fl/checkpoint.ts";
 
 const HELP = `deno task train [flags]
 
@@ -53,7 +69,8 @@ Toolkit flags:
   --model PATH            foundation-model weights (.safetensors)
   --prototypes PATH|orthonormal  class prototypes (default: the model's own for the default model)
   --out DIR               results root (default results)
-  --resume                continue a killed run with the same flags
+  --resume                continue a stopped run with the same flags (its inputs must be unchanged)
+  --overwrite             replace a run already saved in the results folder
   -h, --help              this text
 `;
 
@@ -106,6 +123,7 @@ export interface TrainArgs {
   expName: string;
   out: string;
   resume: boolean;
+  overwrite: boolean;
   seeds: number[];
   inputs: Parameters<typeof loadInputs>[0];
   config: Omit<FederatedConfig, "seed">;
@@ -130,7 +148,7 @@ function num(
 const int = (v: number) => Number.isInteger(v);
 const flag01 = (v: number) => v === 0 || v === 1;
 
-const BOOLEAN_FLAGS = ["resume", "help"] as const;
+const BOOLEAN_FLAGS = ["resume", "overwrite", "help"] as const;
 
 /**
  * `--epsilon -1` as `--epsilon=-1`: a value that starts with a dash would otherwise read as a
@@ -204,6 +222,17 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   }
   if (f.help) return null;
   if (f._.length > 0) throw new UsageError(`unexpected argument ${f._[0]}; flags start with --`);
+  const expName = String(f.exp_name ?? "default");
+  try {
+    checkRunName(expName, "--exp_name");
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (f.resume === true && f.overwrite === true) {
+    throw new UsageError(
+      `--resume continues the saved run and --overwrite replaces it; give one of them`,
+    );
+  }
   const dataset = String(f.dataset ?? "default");
   const isDefault = dataset.toLowerCase() === "default";
   const K = num(f, "node_num", 12, (v) => int(v) && v >= 1, "an integer ≥ 1");
@@ -303,9 +332,10 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
     console.error(`deer: --device ${f.device} is ignored; the tfjs backend is ${backendName}`);
   }
   return {
-    expName: String(f.exp_name ?? "default"),
-    out: String(f.out ?? "results"),
+    expName,
+    out: outRoot(f.out),
     resume: f.resume === true,
+    overwrite: f.overwrite === true,
     seeds,
     inputs: {
       dataset,
@@ -321,6 +351,12 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   };
 }
 
+function outRoot(raw: unknown): string {
+  const out = String(raw ?? "results");
+  if (out.trim() === "") throw new UsageError(`--out is empty; name the results folder`);
+  return out;
+}
+
 /** The run's folder name: method label plus the DP setting. */
 export function runName(a: TrainArgs): string {
   // "DEeR(m1=1,m2=0)" → "DEeR_m1-1_m2-0"
@@ -329,6 +365,69 @@ export function runName(a: TrainArgs): string {
   const dp = a.config.dp ? `_dp-${a.config.dp.calibration}-eps${a.config.dp.epsilon}` : "";
   return `${m}${dp}`;
 }
+
+/** Why a run stopped before its end at the user's (or the system's) request. */
+class RunInterrupted extends Error {
+  override name = "RunInterrupted";
+  constructor(readonly cause_: string, readonly exitCode: number) {
+    super(`stopped by ${cause_}`);
+  }
+}
+
+/** The parent process id, read fresh (`Deno.ppid` is fixed at start); null off Linux. */
+function parentPid(): number | null {
+  try {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    return Number.isInteger(ppid) ? ppid : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Stops the run cleanly on SIGINT, SIGTERM or SIGHUP, and when the parent process goes away
+ * (`npx … task train` killed: this process would be re-parented and run on unseen). The run
+ * abandons the round in progress at the next client; the last completed round stays saved. A
+ * second signal exits at once (the kernel releases the folder's lock either way).
+ */
+function watchForStop(): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const stop = (why: string, code: number) => {
+    if (controller.signal.aborted) {
+      console.error(`train: ${why} again; exiting now`);
+      Deno.exit(code);
+    }
+    console.error(`train: ${why}; stopping after the client in training`);
+    controller.abort(new RunInterrupted(why, code));
+  };
+  const signals: [Deno.Signal, number][] = [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]];
+  const listeners = signals.map(([sig, code]) => {
+    const fn = () => stop(sig, code);
+    Deno.addSignalListener(sig, fn);
+    return [sig, fn] as const;
+  });
+  const parent = parentPid();
+  const timer = parent === null ? undefined : setInterval(() => {
+    const now = parentPid();
+    if (now !== parent && !controller.signal.aborted) {
+      stop(`the end of its parent process ${parent}`, 129);
+    }
+  }, 500);
+  if (timer !== undefined) Deno.unrefTimer(timer);
+  return {
+    signal: controller.signal,
+    dispose() {
+      if (timer !== undefined) clearInterval(timer);
+      for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
+    },
+  };
+}
+
+/** The results folder of the run being made, for error messages. */
+let runFolder: string | undefined;
+/** Rounds saved per seed so far, for the message of a stopped run. */
+const savedRounds = new Map<number, number>();
 
 async function main(): Promise<number> {
   let args: TrainArgs | null;
@@ -343,7 +442,12 @@ async function main(): Promise<number> {
     return 0;
   }
   const outDir = join(args.out, args.expName, runName(args));
-  // A resume with other settings is refused before anything is loaded or written.
+  runFolder = outDir;
+  // Where the results go, whether another run holds the folder, and whether a saved run would
+  // be replaced: all checked before anything is loaded or written.
+  checkOutputPath(outDir, "--out");
+  const holder = await lockHolder(outDir);
+  if (holder !== null) throw new RunLockedError(outDir, holder === "unknown" ? null : holder);
   const config = { ...args.config, seed: args.seeds[0] };
   if (args.resume) {
     const conflicts = await resumeConflicts(outDir, config, args.seeds, args.inputs);
@@ -351,10 +455,32 @@ async function main(): Promise<number> {
     if (!existsSync(join(outDir, "config.json"))) {
       console.error(`train: --resume: no saved run in ${outDir}; starting it`);
     }
+  } else if (!args.overwrite && await hasContent(outDir, [LOCK_FILE])) {
+    throw new UsageError(savedRunRefusal(outDir));
   }
+  const stopper = watchForStop();
+  try {
+    return await train(args, outDir, config, stopper.signal);
+  } finally {
+    stopper.dispose();
+  }
+}
+
+function savedRunRefusal(outDir: string): string {
+  return `${outDir} already holds a run; add --resume to continue it, or --overwrite to replace ` +
+    `it (the old run is deleted), or choose another --exp_name / --out`;
+}
+
+async function train(
+  args: TrainArgs,
+  outDir: string,
+  config: FederatedConfig,
+  signal: AbortSignal,
+): Promise<number> {
   // Loads and checks the data, the model and the prototypes (and the flags that must fit them,
   // e.g. --lora_r < width) before anything is written.
   const inputs = await loadInputs(args.inputs);
+  signal.throwIfAborted();
   const label = resolveMethod(args.config.method).label;
   console.error(
     `train: ${label} on ${inputs.data.name} (${inputs.data.train.labels.length} train images, ` +
@@ -365,6 +491,8 @@ async function main(): Promise<number> {
   const result = await runExperiment(inputs, config, args.seeds, {
     outDir,
     resume: args.resume,
+    existing: args.overwrite ? "replace" : "refuse",
+    signal,
     describe: { flags: Deno.args, backend: backendName, inputs: args.inputs },
     onClient: ({ round, phase, done, total, seed }) => {
       if (done === 1) {
@@ -377,6 +505,7 @@ async function main(): Promise<number> {
       if (done === total) progress?.done("aggregated");
     },
     onRound: (r) => {
+      savedRounds.set(r.seed, r.round);
       const t = r.test ? ` test acc ${(100 * r.test.accuracy).toFixed(2)}` : "";
       const eps = r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`;
       console.error(
@@ -416,17 +545,54 @@ async function main(): Promise<number> {
   return 0;
 }
 
+/** The message and exit code of a run that ended with `err`. */
+export function explainFailure(
+  err: unknown,
+  outDir = runFolder,
+): { message: string; code: number } {
+  // A flag that does not fit the inputs (--lora_r ≥ width, a resume with other flags, a saved
+  // run without --resume or --overwrite) is a usage error (2); anything wrong with the inputs,
+  // the saved state, the disk or the run itself is 1; a stopped run exits 128 + the signal.
+  if (err instanceof RunInterrupted) {
+    const saved = [...savedRounds].map(([seed, n]) => `seed ${seed}: ${n} rounds`).join(", ");
+    return {
+      message: `${err.message}. ${outDir} keeps every completed round${
+        saved ? ` (${saved})` : ""
+      }; run the same command with --resume to continue`,
+      code: err.exitCode,
+    };
+  }
+  if (err instanceof SavedRunError) {
+    return { message: `${savedRunRefusal(err.outDir)}\n(see deno task train --help)`, code: 2 };
+  }
+  if (err instanceof UsageError) {
+    return { message: `${err.message}\n(see deno task train --help)`, code: 2 };
+  }
+  if (err instanceof RunLockedError) {
+    return { message: `${err.message}; --resume continues it once it has ended`, code: 1 };
+  }
+  const text = (err as Error)?.message ?? String(err);
+  if (err instanceof DamagedStateError || err instanceof ChangedInputsError) {
+    return {
+      message: text.replace(
+        /start the run again without resume \(this replaces (it|the saved run)\)/,
+        "start the run again with --overwrite instead of --resume (this replaces the saved run)",
+      ),
+      code: 1,
+    };
+  }
+  if (outDir && isFsError(err)) {
+    return { message: describeFsError(err, outDir, "--resume"), code: 1 };
+  }
+  return { message: text, code: 1 };
+}
+
 if (import.meta.main) {
   try {
     Deno.exit(await main());
   } catch (err) {
-    // A flag that does not fit the inputs (--lora_r ≥ width, a resume with other flags) is a
-    // usage error (2); anything wrong with the inputs or the run itself is 1.
-    if (err instanceof UsageError) {
-      console.error(`train: ${err.message}\n(see deno task train --help)`);
-      Deno.exit(2);
-    }
-    console.error(`train: ${(err as Error).message}`);
-    Deno.exit(1);
+    const { message, code } = explainFailure(err);
+    console.error(`train: ${message}`);
+    Deno.exit(code);
   }
 }

@@ -19,9 +19,8 @@ import { join } from "node:path";
 import { tf } from "../backend.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { dirichletPartition, iidPartition } from "../data/partition.ts";
-import { appendLineAtomic, writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { appendLineAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { initLora } from "../model/lora.ts";
-import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import type { Metrics } from "../metrics/classification.ts";
 import { selectionScore } from "../metrics/classification.ts";
 import { aggregatePhase, calibrate, type Calibration, type DpSettings } from "./aggregate.ts";
@@ -31,12 +30,12 @@ import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
 import { type Method, type MethodOptions, resolveMethod } from "./methods.ts";
 import { streamRng } from "./streams.ts";
 import type { SharedBackbone } from "./backbone.ts";
+import { loadRunState, saveCheckpoint, saveRunState } from "./checkpoint.ts";
 import {
   closeRound,
   createLedger,
   type LedgerState,
   recordRelease,
-  restoreLedger,
   spentEpsilon,
 } from "../privacy/ledger.ts";
 
@@ -153,6 +152,12 @@ export interface RunOptions {
   onRound?: (record: RoundRecord) => void;
   /** Called after each client's local training (for progress output). */
   onClient?: (info: { round: number; phase: string; done: number; total: number }) => void;
+  /**
+   * Stops the run when aborted: checked before every client's local training, so the round in
+   * progress is abandoned and the saved state stays at the last completed round (resumable).
+   * The run then throws the signal's reason.
+   */
+  signal?: AbortSignal;
   /** Stop after this many rounds of this invocation (used to test resuming). */
   stopAfterRounds?: number;
   /**
@@ -170,15 +175,6 @@ interface ClientState {
   momentum?: Float32Array[];
   /** FedSA-LoRA: the factors this client keeps. */
   local?: LoraFactors;
-}
-
-interface SavedState {
-  version: 1;
-  configKey: string;
-  completedRounds: number;
-  best: RunResult["best"];
-  ledger: LedgerState | null;
-  seconds: number;
 }
 
 /** Validates a configuration; throws naming the field and the fix. */
@@ -319,14 +315,20 @@ export async function runFederated(
   if (out) {
     await Deno.mkdir(out, { recursive: true });
     if (opts.resume) {
-      const restored = await loadState(out, config, clients, K);
+      const restored = await loadRunState<RoundRecord>(out, {
+        config,
+        configKey: configKey(config),
+        method,
+        dims,
+        clients,
+      });
       if (restored) {
         global = restored.global;
         if (residual) residual = restored.residual ?? residual;
         startRound = restored.state.completedRounds;
         best = restored.state.best;
         carriedSeconds = restored.state.seconds;
-        if (restored.state.ledger) ledger = restoreLedger(restored.state.ledger);
+        ledger = restored.state.ledger;
         records.push(...restored.records);
       }
     }
@@ -346,6 +348,7 @@ export async function runFederated(
     for (const [phaseIndex, phase] of method.phases.entries()) {
       const results: { client: number; result: LocalResult | null; error?: string }[] = [];
       for (const [done, k] of participants.entries()) {
+        if (opts.signal) await stopIfAborted(opts.signal);
         const client = clients[k];
         const start = client.local ? mergeLocal(global, client.local, method.keepLocal) : global;
         const keepMomentum = config.momentum === "reference" && method.referenceKeepsMomentum;
@@ -474,14 +477,12 @@ export async function runFederated(
     roundsThisCall++;
     if (out) {
       await appendLineAtomic(join(out, "records.jsonl"), JSON.stringify(record));
-      await writeSafetensors(
-        join(out, "checkpoints", `round-${String(round + 1).padStart(4, "0")}.safetensors`),
-        factorTensors(global, dims),
-        { method: method.label, round: String(round + 1), seed: String(config.seed) },
-      );
-      await saveState(
+      await saveCheckpoint(out, round + 1, global, dims, {
+        method: method.label,
+        seed: config.seed,
+      });
+      await saveRunState(
         out,
-        config,
         {
           version: 1,
           configKey: configKey(config),
@@ -575,129 +576,11 @@ function mean(xs: number[]): number {
   return xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
-/** The factors as named tensors for a safetensors file (`lora.<i>.A`, `lora.<i>.B`). */
-function factorTensors(
-  f: LoraFactors,
-  dims: SharedBackbone["dims"],
-  prefix = "lora",
-): Record<string, { shape: number[]; data: Float32Array }> {
-  const out: Record<string, { shape: number[]; data: Float32Array }> = {};
-  f.A.forEach((a, i) => (out[`${prefix}.${i}.A`] = { shape: [dims.rank, dims.dIn], data: a }));
-  f.B.forEach((b, i) => (out[`${prefix}.${i}.B`] = { shape: [dims.dOut, dims.rank], data: b }));
-  return out;
-}
-
-async function saveState(
-  out: string,
-  _config: FederatedConfig,
-  state: SavedState,
-  global: LoraFactors,
-  clients: ClientState[],
-  residual: Float32Array[] | undefined,
-): Promise<void> {
-  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-  global.A.forEach((a, i) => (tensors[`global.${i}.A`] = { shape: [a.length], data: a }));
-  global.B.forEach((b, i) => (tensors[`global.${i}.B`] = { shape: [b.length], data: b }));
-  residual?.forEach((r, i) => (tensors[`residual.${i}`] = { shape: [r.length], data: r }));
-  clients.forEach((c, k) => {
-    c.momentum?.forEach((
-      m,
-      j,
-    ) => (tensors[`client.${k}.momentum.${j}`] = { shape: [m.length], data: m }));
-    c.local?.A.forEach((
-      a,
-      i,
-    ) => (tensors[`client.${k}.local.${i}.A`] = { shape: [a.length], data: a }));
-    c.local?.B.forEach((
-      b,
-      i,
-    ) => (tensors[`client.${k}.local.${i}.B`] = { shape: [b.length], data: b }));
-  });
-  // The tensors go to a file named by the round, then the JSON that names that file: a crash
-  // between the two leaves the previous JSON pointing at the previous, complete tensors file.
-  const tensorFile = `state-round-${String(state.completedRounds).padStart(4, "0")}.safetensors`;
-  await writeSafetensors(join(out, tensorFile), tensors, { round: String(state.completedRounds) });
-  await writeJsonAtomic(join(out, "state.json"), { ...state, tensorFile });
-  if (state.completedRounds > 1) {
-    const old = `state-round-${String(state.completedRounds - 1).padStart(4, "0")}.safetensors`;
-    await Deno.remove(join(out, old)).catch(() => {});
-  }
-}
-
-async function loadState(
-  out: string,
-  config: FederatedConfig,
-  clients: ClientState[],
-  K: number,
-): Promise<
-  | { state: SavedState; global: LoraFactors; records: RoundRecord[]; residual?: Float32Array[] }
-  | null
-> {
-  let raw: string;
-  try {
-    raw = await Deno.readTextFile(join(out, "state.json"));
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return null;
-    throw err;
-  }
-  const state = JSON.parse(raw) as SavedState & { tensorFile: string };
-  if (state.configKey !== configKey(config)) {
-    throw new Error(
-      `${join(out, "state.json")} was written by a run with other settings; resume with the same ` +
-        `flags, or choose a new --exp_name / output folder`,
-    );
-  }
-  const { tensors } = await readSafetensors(join(out, state.tensorFile));
-  const take = (name: string) => {
-    const t = tensors[name];
-    if (!t) {
-      throw new Error(
-        `${
-          join(out, state.tensorFile)
-        }: tensor "${name}" is missing; the state is damaged — start the run again without --resume`,
-      );
-    }
-    return Float32Array.from(t.data as ArrayLike<number>);
-  };
-  const adapters = Object.keys(tensors).filter((n) => /^global\.\d+\.A$/.test(n)).length;
-  const global: LoraFactors = {
-    A: Array.from({ length: adapters }, (_, i) => take(`global.${i}.A`)),
-    B: Array.from({ length: adapters }, (_, i) => take(`global.${i}.B`)),
-  };
-  for (let k = 0; k < K; k++) {
-    const mom = Object.keys(tensors).filter((n) => n.startsWith(`client.${k}.momentum.`)).length;
-    if (mom > 0) {
-      clients[k].momentum = Array.from(
-        { length: mom },
-        (_, j) => take(`client.${k}.momentum.${j}`),
-      );
-    }
-    if (tensors[`client.${k}.local.0.A`]) {
-      clients[k].local = {
-        A: Array.from({ length: adapters }, (_, i) => take(`client.${k}.local.${i}.A`)),
-        B: Array.from({ length: adapters }, (_, i) => take(`client.${k}.local.${i}.B`)),
-      };
-    }
-  }
-  const lines = (await Deno.readTextFile(join(out, "records.jsonl")).catch(() => ""))
-    .split("\n").filter((l) => l.trim() !== "");
-  const records = lines.slice(0, state.completedRounds).map((l) => JSON.parse(l) as RoundRecord);
-  if (records.length < state.completedRounds) {
-    throw new Error(
-      `${
-        join(out, "records.jsonl")
-      } has ${records.length} rounds but the state has ${state.completedRounds}; start the run again without --resume`,
-    );
-  }
-  if (lines.length > state.completedRounds) {
-    // A crash after the record but before the state: drop the unfinished round's record.
-    await writeFileAtomic(
-      join(out, "records.jsonl"),
-      lines.slice(0, state.completedRounds).join("\n") + "\n",
-    );
-  }
-  const residual = tensors["residual.0"]
-    ? Array.from({ length: adapters }, (_, i) => take(`residual.${i}`))
-    : undefined;
-  return { state, global, records, residual };
+/**
+ * Gives the event loop a turn (signal handlers run there) and throws the signal's reason if it
+ * was aborted.
+ */
+async function stopIfAborted(signal: AbortSignal): Promise<void> {
+  await new Promise((r) => setTimeout(r, 0));
+  signal.throwIfAborted();
 }

@@ -1,0 +1,459 @@
+/**
+ * What a run leaves in its seed folder to be resumed, and the checks a resume makes before it
+ * trusts any of it.
+ *
+ * After every round the engine writes, each atomically and in this order: the round's line of
+ * `records.jsonl`, `checkpoints/round-NNNN.safetensors` (the global factors), the resumable state
+ * `state-round-NNNN.safetensors` (global factors, FedEx-LoRA's residual, the clients' momentum
+ * and kept-local factors) and last `state.json`, which names that tensors file and holds the
+ * completed-round count, the best-validation round and the privacy ledger. A crash between two
+ * writes leaves at most the next round's record and checkpoint ahead of `state.json`; a resume
+ * drops them and redoes that round.
+ *
+ * {@link loadRunState} validates every file against its schema and against the others — the
+ * records are rounds 1..n in order for this seed and method, the ledger is present exactly when
+ * DP is on and has one closed round per record and one release per recorded DP release, its ε
+ * equals the records', the last checkpoint is round n and holds the state's factors, every
+ * tensor has its shape and finite values, and no path leaves the seed folder — and refuses with
+ * a message naming the file, what is wrong and what to do.
+ *
+ * @example
+ * ```ts
+ * const restored = await loadRunState("results/x/DEeR/seed-10", {
+ *   config, configKey: JSON.stringify(config), method, dims, clients,
+ * });
+ * restored?.state.completedRounds;
+ * ```
+ * @module
+ */
+import { join, relative, resolve } from "node:path";
+import { writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
+import type { Metrics } from "../metrics/classification.ts";
+import { type LedgerState, restoreLedger } from "../privacy/ledger.ts";
+import type { LoraDims, LoraFactors } from "./factors.ts";
+import type { Method } from "./methods.ts";
+
+/** The JSON part of a seed's resumable state (`state.json`). */
+export interface SavedState {
+  version: 1;
+  configKey: string;
+  completedRounds: number;
+  best: { round: number; val: Metrics | null; test: Metrics | null };
+  ledger: LedgerState | null;
+  seconds: number;
+}
+
+/** What a client carries from round to round (the part a resume restores). */
+export interface ClientCarry {
+  momentum?: Float32Array[];
+  local?: LoraFactors;
+}
+
+/** The settings a saved state must fit. */
+export interface StateExpectations {
+  config: { seed: number; rounds: number; dp: unknown; momentum: string };
+  /** The settings key the state must carry (`state.json` `configKey`). */
+  configKey: string;
+  method: Method;
+  dims: LoraDims;
+  /** The run's clients; their carried state is restored into these objects. */
+  clients: ClientCarry[];
+}
+
+/** A validated saved state. */
+export interface RestoredState<R> {
+  state: SavedState;
+  global: LoraFactors;
+  residual?: Float32Array[];
+  /** The records of rounds 1..n, as saved. */
+  records: R[];
+}
+
+const pad = (n: number) => String(n).padStart(4, "0");
+
+/** Name of the state tensors file of round `n`. */
+export const stateTensorFile = (n: number) => `state-round-${pad(n)}.safetensors`;
+
+/** Path of the checkpoint of round `n` inside a seed folder. */
+export const checkpointFile = (n: number) => join("checkpoints", `round-${pad(n)}.safetensors`);
+
+/** The factors as named tensors (`<prefix>.<i>.A` r×dIn, `<prefix>.<i>.B` dOut×r). */
+export function factorTensors(
+  f: LoraFactors,
+  dims: LoraDims,
+  prefix = "lora",
+): Record<string, { shape: number[]; data: Float32Array }> {
+  const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+  f.A.forEach((a, i) => (out[`${prefix}.${i}.A`] = { shape: [dims.rank, dims.dIn], data: a }));
+  f.B.forEach((b, i) => (out[`${prefix}.${i}.B`] = { shape: [dims.dOut, dims.rank], data: b }));
+  return out;
+}
+
+/** Writes the checkpoint of round `round` (the global factors) into the seed folder `out`. */
+export async function saveCheckpoint(
+  out: string,
+  round: number,
+  global: LoraFactors,
+  dims: LoraDims,
+  meta: { method: string; seed: number },
+): Promise<void> {
+  await writeSafetensors(join(out, checkpointFile(round)), factorTensors(global, dims), {
+    method: meta.method,
+    round: String(round),
+    seed: String(meta.seed),
+  });
+}
+
+/**
+ * Writes the resumable state after round `state.completedRounds`: the tensors to a file named by
+ * the round, then `state.json` naming it (a crash between the two leaves the previous
+ * `state.json` pointing at the previous, complete tensors file), then removes the previous one.
+ */
+export async function saveRunState(
+  out: string,
+  state: SavedState,
+  global: LoraFactors,
+  clients: ClientCarry[],
+  residual: Float32Array[] | undefined,
+): Promise<void> {
+  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+  global.A.forEach((a, i) => (tensors[`global.${i}.A`] = { shape: [a.length], data: a }));
+  global.B.forEach((b, i) => (tensors[`global.${i}.B`] = { shape: [b.length], data: b }));
+  residual?.forEach((r, i) => (tensors[`residual.${i}`] = { shape: [r.length], data: r }));
+  clients.forEach((c, k) => {
+    c.momentum?.forEach((m, j) => {
+      tensors[`client.${k}.momentum.${j}`] = { shape: [m.length], data: m };
+    });
+    c.local?.A.forEach((a, i) => {
+      tensors[`client.${k}.local.${i}.A`] = { shape: [a.length], data: a };
+    });
+    c.local?.B.forEach((b, i) => {
+      tensors[`client.${k}.local.${i}.B`] = { shape: [b.length], data: b };
+    });
+  });
+  const tensorFile = stateTensorFile(state.completedRounds);
+  await writeSafetensors(join(out, tensorFile), tensors, { round: String(state.completedRounds) });
+  await writeJsonAtomic(join(out, "state.json"), { ...state, tensorFile });
+  if (state.completedRounds > 1) {
+    await Deno.remove(join(out, stateTensorFile(state.completedRounds - 1))).catch(() => {});
+  }
+}
+
+/** Thrown when a saved state cannot be trusted; the message names the file and the fix. */
+export class DamagedStateError extends Error {
+  override name = "DamagedStateError";
+}
+
+const FIX = "the saved state is damaged or was edited: restore the file from a backup, or start " +
+  "the run again without resume (this replaces the saved run)";
+
+/**
+ * Loads and validates the resumable state of the seed folder `out` (see the module's doc);
+ * null when there is none to resume (no `state.json`, and at most a torn first round).
+ * Restores the clients' carried state into `expect.clients`; drops a torn round's record and
+ * checkpoint. Throws {@link DamagedStateError} naming the file and what is wrong.
+ */
+export async function loadRunState<R extends { round: number; seed: number; method: string }>(
+  out: string,
+  expect: StateExpectations,
+): Promise<RestoredState<R> | null> {
+  const { config, method, dims, clients } = expect;
+  const statePath = join(out, "state.json");
+  const bad = (file: string, what: string): never => {
+    throw new DamagedStateError(`${file}: ${what}; ${FIX}`);
+  };
+  const recordsPath = join(out, "records.jsonl");
+  const recordLines = await readLines(recordsPath, bad);
+
+  let raw: string;
+  try {
+    raw = await Deno.readTextFile(statePath);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    // Killed inside round 1 (before its state): at most that round's record and checkpoint.
+    if (recordLines.length > 1 || (await checkpointRounds(out)).some((r) => r > 1)) {
+      bad(statePath, `is missing, but ${out} holds records or checkpoints of later rounds`);
+    }
+    return null;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (err) {
+    bad(statePath, `is not valid JSON (${(err as Error).message})`);
+  }
+  const state = parsed as SavedState & { tensorFile: unknown };
+  if (state === null || typeof state !== "object" || Array.isArray(state)) {
+    bad(statePath, "does not hold a JSON object");
+  }
+  if (state.version !== 1) bad(statePath, `"version" is ${show(state.version)}; expected 1`);
+  if (state.configKey !== expect.configKey) {
+    throw new DamagedStateError(
+      `${statePath} was written by a run with other settings; resume with the same settings, or ` +
+        `start the run again without resume (this replaces it) in another results folder`,
+    );
+  }
+  const n = state.completedRounds;
+  if (!(Number.isInteger(n) && n >= 1 && n <= config.rounds)) {
+    bad(
+      statePath,
+      `"completedRounds" is ${show(n)}; expected an integer from 1 to ${config.rounds}`,
+    );
+  }
+  if (
+    !(typeof state.seconds === "number" && Number.isFinite(state.seconds) && state.seconds >= 0)
+  ) {
+    bad(statePath, `"seconds" is ${show(state.seconds)}; expected a number ≥ 0`);
+  }
+  checkBest(state.best, n, (what) => bad(statePath, what));
+  if (state.tensorFile !== stateTensorFile(n)) {
+    bad(
+      statePath,
+      `"tensorFile" is ${show(state.tensorFile)}; expected "${stateTensorFile(n)}", the state ` +
+        `tensors of round ${n} in the same folder`,
+    );
+  }
+
+  // Records: rounds 1..n in order (plus, after a crash inside round n + 1, its record).
+  if (recordLines.length < n) {
+    bad(recordsPath, `holds ${recordLines.length} rounds but ${statePath} says ${n} are complete`);
+  }
+  if (recordLines.length > n + 1) {
+    bad(recordsPath, `holds ${recordLines.length} rounds but ${statePath} says ${n} are complete`);
+  }
+  const records: R[] = [];
+  for (const [i, line] of recordLines.slice(0, n).entries()) {
+    let rec: R;
+    try {
+      rec = JSON.parse(line);
+    } catch (err) {
+      return bad(recordsPath, `line ${i + 1} is not valid JSON (${(err as Error).message})`);
+    }
+    if (rec === null || typeof rec !== "object") bad(recordsPath, `line ${i + 1} is no object`);
+    if (rec.round !== i + 1) {
+      bad(recordsPath, `line ${i + 1} is round ${show(rec.round)}; expected round ${i + 1}`);
+    }
+    if (rec.seed !== config.seed) {
+      bad(recordsPath, `line ${i + 1} is of seed ${show(rec.seed)}; expected ${config.seed}`);
+    }
+    if (rec.method !== method.label) {
+      bad(recordsPath, `line ${i + 1} is of method ${show(rec.method)}; expected ${method.label}`);
+    }
+    records.push(rec);
+  }
+  const last = records[n - 1] as unknown as { bestRound?: unknown };
+  if (last.bestRound !== state.best.round) {
+    bad(
+      recordsPath,
+      `round ${n} says the best round is ${show(last.bestRound)}, ${statePath} says ` +
+        `${state.best.round}`,
+    );
+  }
+
+  // The ledger: present exactly with DP, one closed round per record, ε as recorded.
+  let ledger: LedgerState | null = null;
+  if (config.dp) {
+    if (state.ledger === null || typeof state.ledger !== "object") {
+      bad(statePath, `"ledger" is ${show(state.ledger)}, but the run spends a privacy budget`);
+    }
+    try {
+      ledger = restoreLedger(state.ledger, statePath);
+    } catch (err) {
+      bad(statePath, `"ledger" is invalid (${(err as Error).message})`);
+    }
+    const l = ledger!;
+    if (l.rounds.length !== n || l.rounds.some((r, i) => r.round !== i + 1)) {
+      bad(
+        statePath,
+        `"ledger" closes rounds [${l.rounds.map((r) => r.round).join(",")}]; expected 1..${n}`,
+      );
+    }
+    const released = records.reduce(
+      (s, r) => s + phasesOf(r).filter((p) => p.effectiveNoiseMultiplier !== null).length,
+      0,
+    );
+    if (l.releases.length !== released) {
+      bad(
+        statePath,
+        `"ledger" holds ${l.releases.length} releases, but ${recordsPath} records ${released}`,
+      );
+    }
+    for (const [i, r] of records.entries()) {
+      const spent = (r as unknown as { epsilon?: { spent?: unknown } }).epsilon?.spent;
+      if (spent !== l.rounds[i].epsilon) {
+        bad(
+          statePath,
+          `"ledger" spent ε ${l.rounds[i].epsilon} by round ${i + 1}, ${recordsPath} records ` +
+            `${show(spent)}`,
+        );
+      }
+    }
+  } else if (state.ledger !== null) {
+    bad(statePath, `"ledger" is set, but the run has no differential privacy`);
+  }
+
+  // The state tensors: inside this folder, every tensor present, shaped and finite.
+  const tensorPath = join(out, stateTensorFile(n));
+  await confine(out, tensorPath, bad);
+  const tensors = await readTensors(tensorPath, bad);
+  const taken = new Set<string>();
+  const take = (name: string, length: number): Float32Array => {
+    const t = tensors[name];
+    if (!t) bad(tensorPath, `tensor "${name}" is missing`);
+    const data = t.data as ArrayLike<number>;
+    if (data.length !== length) {
+      bad(tensorPath, `tensor "${name}" has ${data.length} values; expected ${length}`);
+    }
+    const out = Float32Array.from(data);
+    const at = out.findIndex((v) => !Number.isFinite(v));
+    if (at >= 0) bad(tensorPath, `tensor "${name}" holds ${out[at]} at index ${at}`);
+    taken.add(name);
+    return out;
+  };
+  const { adapters, rank, dIn, dOut } = dims;
+  const factors = (prefix: string): LoraFactors => ({
+    A: Array.from({ length: adapters }, (_, i) => take(`${prefix}.${i}.A`, rank * dIn)),
+    B: Array.from({ length: adapters }, (_, i) => take(`${prefix}.${i}.B`, dOut * rank)),
+  });
+  const global = factors("global");
+  const residual = method.foldResidual
+    ? Array.from({ length: adapters }, (_, i) => take(`residual.${i}`, dOut * dIn))
+    : undefined;
+  for (const [k, client] of clients.entries()) {
+    const mom = Object.keys(tensors).filter((t) => t.startsWith(`client.${k}.momentum.`));
+    if (mom.length > 0) {
+      client.momentum = Array.from({ length: mom.length }, (_, j) => {
+        const name = `client.${k}.momentum.${j}`;
+        return take(name, (tensors[name]?.data as ArrayLike<number> | undefined)?.length ?? 0);
+      });
+    }
+    if (tensors[`client.${k}.local.0.A`]) client.local = factors(`client.${k}.local`);
+  }
+  const stray = Object.keys(tensors).filter((t) => !taken.has(t));
+  if (stray.length > 0) {
+    bad(
+      tensorPath,
+      `holds tensors this run does not make (${stray.slice(0, 3).join(", ")}${
+        stray.length > 3 ? ", …" : ""
+      }), e.g. of another method or more clients`,
+    );
+  }
+
+  // The checkpoint of round n holds the same global factors; later ones are a torn round's.
+  const ckRounds = await checkpointRounds(out);
+  if (ckRounds.some((r) => r > n + 1)) {
+    bad(
+      join(out, "checkpoints"),
+      `holds checkpoints of rounds up to ${Math.max(...ckRounds)} but ${statePath} says ${n} ` +
+        `are complete`,
+    );
+  }
+  const ckPath = join(out, checkpointFile(n));
+  await confine(out, ckPath, bad);
+  const ck = await readTensorsWithMeta(ckPath, bad);
+  if (ck.metadata.round !== String(n) || ck.metadata.seed !== String(config.seed)) {
+    bad(
+      ckPath,
+      `is labelled round ${show(ck.metadata.round)} of seed ${show(ck.metadata.seed)}; expected ` +
+        `round ${n} of seed ${config.seed}`,
+    );
+  }
+  for (const [name, t] of Object.entries(factorTensors(global, dims))) {
+    const saved = ck.tensors[name]?.data as ArrayLike<number> | undefined;
+    if (!saved || saved.length !== t.data.length || t.data.some((v, j) => v !== saved[j])) {
+      bad(ckPath, `tensor "${name}" differs from the state of round ${n} in ${tensorPath}`);
+    }
+  }
+
+  // Commit the restore: drop what a crash inside round n + 1 left ahead of the state.
+  if (recordLines.length > n) {
+    await writeFileAtomic(recordsPath, recordLines.slice(0, n).join("\n") + "\n");
+  }
+  if (ckRounds.includes(n + 1)) await Deno.remove(join(out, checkpointFile(n + 1)));
+  return { state: { ...state, ledger }, global, residual, records };
+}
+
+function show(v: unknown): string {
+  return v === undefined ? "missing" : JSON.stringify(v);
+}
+
+function phasesOf(r: unknown): { effectiveNoiseMultiplier: unknown }[] {
+  const phases = (r as { phases?: unknown }).phases;
+  return Array.isArray(phases) ? phases : [];
+}
+
+const METRIC_KEYS = ["accuracy", "recall", "precision", "f1", "auc"] as const;
+
+function checkBest(best: unknown, n: number, fail: (what: string) => never): void {
+  const b = best as SavedState["best"];
+  if (b === null || typeof b !== "object") fail(`"best" is ${show(best)}; expected an object`);
+  if (!(Number.isInteger(b.round) && b.round >= 1 && b.round <= n)) {
+    fail(`"best.round" is ${show(b.round)}; expected a round from 1 to ${n}`);
+  }
+  for (const split of ["val", "test"] as const) {
+    const m = b[split] as Record<string, unknown> | null;
+    if (m === null || typeof m !== "object") {
+      fail(`"best.${split}" is ${show(m)}; expected metrics`);
+    }
+    for (const k of METRIC_KEYS) {
+      const v = m[k];
+      // AUC is NaN (null in JSON) when a split lacks a class.
+      if (!(v === null || (typeof v === "number" && v >= 0 && v <= 1))) {
+        fail(`"best.${split}.${k}" is ${show(v)}; expected a fraction in [0, 1]`);
+      }
+    }
+  }
+}
+
+async function readLines(path: string, bad: (f: string, w: string) => never): Promise<string[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return [];
+    return bad(path, `cannot be read (${(err as Error).message})`);
+  }
+  return text.split("\n").filter((l) => l.trim() !== "");
+}
+
+/** Rounds of the checkpoints in `out/checkpoints/`. */
+async function checkpointRounds(out: string): Promise<number[]> {
+  try {
+    const names = await Array.fromAsync(Deno.readDir(join(out, "checkpoints")));
+    return names.map((e) => /^round-(\d{4,})\.safetensors$/.exec(e.name))
+      .filter((m) => m !== null).map((m) => Number(m![1]));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return [];
+    throw err;
+  }
+}
+
+/** Refuses a file that is not a regular file inside `dir` once links are followed. */
+async function confine(dir: string, path: string, bad: (f: string, w: string) => never) {
+  let real: string, root: string;
+  try {
+    [real, root] = await Promise.all([Deno.realPath(path), Deno.realPath(dir)]);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return bad(path, "is missing");
+    return bad(path, `cannot be read (${(err as Error).message})`);
+  }
+  const rel = relative(root, real);
+  if (rel.startsWith("..") || resolve(root, rel) !== real || rel === "") {
+    bad(path, `leads outside ${dir} (to ${real}); a run folder's state stays inside it`);
+  }
+  if (!(await Deno.stat(real)).isFile) bad(path, "is not a regular file");
+}
+
+async function readTensors(path: string, bad: (f: string, w: string) => never) {
+  return (await readTensorsWithMeta(path, bad)).tensors;
+}
+
+async function readTensorsWithMeta(path: string, bad: (f: string, w: string) => never) {
+  try {
+    return await readSafetensors(path);
+  } catch (err) {
+    const msg = (err as Error).message.replace(`${path}: `, "");
+    return bad(path, `cannot be read as safetensors (${msg})`);
+  }
+}
