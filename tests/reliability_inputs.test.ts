@@ -499,7 +499,7 @@ const RESUME_CASES: Case[] = [
     message: [
       /--resume: .*saved\/default\/DEeR_m1-1_m2-1 holds a run with other settings/,
       /\(--T: 1 in the saved run, 2 now\)/,
-      /drop --resume to start it again/,
+      /drop --resume and add --overwrite to start it again/,
     ],
     out: saved,
   },
