@@ -9,6 +9,8 @@
  * @module
  */
 import "./threads.ts"; // first: sets the thread count before libtensorflow loads
+// second: notes whether SIGHUP is ignored (nohup) before any signal listener resets it
+import { ignoresHangup, watchLauncher } from "../lib/io/launcher.ts";
 import { join } from "node:path";
 import { createProgress, parseArgs, UsageError } from "../lib/cli.ts";
 import { existsSync } from "node:fs";
@@ -374,20 +376,10 @@ class RunInterrupted extends Error {
   }
 }
 
-/** The parent process id, read fresh (`Deno.ppid` is fixed at start); null off Linux. */
-function parentPid(): number | null {
-  try {
-    const stat = Deno.readTextFileSync("/proc/self/stat");
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-    return Number.isInteger(ppid) ? ppid : null;
-  } catch {
-    return null;
-  }
-}
-
 /**
- * Stops the run cleanly on SIGINT, SIGTERM or SIGHUP, and when the parent process goes away
- * (`npx … task train` killed: this process would be re-parented and run on unseen). The run
+ * Stops the run cleanly on SIGINT, SIGTERM or SIGHUP, and when the process that launched it goes
+ * away (`npx … task train` killed: this process would be re-parented and run on unseen;
+ * lib/io/launcher.ts). The run
  * abandons the round in progress at the next client; the last completed round stays saved. A
  * second signal exits at once (the kernel releases the folder's lock either way).
  */
@@ -403,22 +395,19 @@ function watchForStop(): { signal: AbortSignal; dispose(): void } {
   };
   const signals: [Deno.Signal, number][] = [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]];
   const listeners = signals.map(([sig, code]) => {
-    const fn = () => stop(sig, code);
+    // Under nohup the user asked the run to outlive its terminal: SIGHUP stays ignored (Deno's
+    // first listener resets an ignored signal to its default, so it needs one that ignores it).
+    const fn = sig === "SIGHUP" && ignoresHangup() ? () => {} : () => stop(sig, code);
     Deno.addSignalListener(sig, fn);
     return [sig, fn] as const;
   });
-  const parent = parentPid();
-  const timer = parent === null ? undefined : setInterval(() => {
-    const now = parentPid();
-    if (now !== parent && !controller.signal.aborted) {
-      stop(`the end of its parent process ${parent}`, 129);
-    }
-  }, 500);
-  if (timer !== undefined) Deno.unrefTimer(timer);
+  const unwatch = watchLauncher((pid) => {
+    if (!controller.signal.aborted) stop(`the end of its launcher (process ${pid})`, 129);
+  });
   return {
     signal: controller.signal,
     dispose() {
-      if (timer !== undefined) clearInterval(timer);
+      unwatch();
       for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
     },
   };
@@ -554,7 +543,10 @@ export function explainFailure(
   // run without --resume or --overwrite) is a usage error (2); anything wrong with the inputs,
   // the saved state, the disk or the run itself is 1; a stopped run exits 128 + the signal.
   if (err instanceof RunInterrupted) {
-    const saved = [...savedRounds].map(([seed, n]) => `seed ${seed}: ${n} rounds`).join(", ");
+    const saved = [...savedRounds].map(([seed, n]) =>
+      `seed ${seed}: ${n} round${n === 1 ? "" : "s"}`
+    )
+      .join(", ");
     return {
       message: `${err.message}. ${outDir} keeps every completed round${
         saved ? ` (${saved})` : ""

@@ -428,31 +428,51 @@ Deno.test("starting again: refused without --resume or --overwrite; --overwrite 
   assert.deepEqual(JSON.parse(Deno.readTextFileSync(join(out, RUN, "config.json"))).seeds, [10]);
 });
 
-Deno.test("parent death: train stops cleanly when its parent dies, releases the lock, and --resume finishes", async () => {
-  const out = join(dir, "orphan");
-  const records = join(out, RUN, "seed-10", "records.jsonl");
-  const T = 100;
-  // A shell that starts train in the background and waits: killing it leaves train orphaned.
-  const trainArgs = ["run", "-A", "--config", join(REPO, "deno.json"), TRAIN_TASK, ...args(out, T)];
-  const parent = new Deno.Command("sh", {
-    args: ["-c", '"$@" & wait', "sh", Deno.execPath(), ...trainArgs],
+/**
+ * Starts train the way `npx … task train` does, two launchers deep: an outer shell (npx) runs an
+ * inner one (`deno task`) in the background, which runs train and stays its parent. `nohup`
+ * runs train under nohup.
+ */
+function launchTwoDeep(out: string, rounds: number, nohup = false) {
+  const trainArgs = ["run", "-A", "--config", join(REPO, "deno.json"), TRAIN_TASK];
+  const inner = `${nohup ? "nohup " : ""}"$@"; :`; // "; :" keeps the inner shell alive
+  return new Deno.Command("sh", {
+    args: [
+      "-c",
+      `sh -c '${inner}' inner "$@" & wait`,
+      "outer",
+      Deno.execPath(),
+      ...trainArgs,
+      ...args(out, rounds),
+    ],
     cwd: REPO,
     env: { DEER_QUIET: "1", NO_COLOR: "1", DEER_BACKEND: "wasm" },
     stdout: "null",
-    stderr: "piped",
+    // Under nohup nothing may read train's output once the launcher is gone (as with a closed
+    // terminal, which nohup redirects away from).
+    stderr: nohup ? "null" : "piped",
   }).spawn();
-  const parentEnded = parent.output();
+}
+
+Deno.test("launcher death: train stops cleanly when the command that launched it dies, releases the lock, and --resume finishes", async () => {
+  const out = join(dir, "orphan");
+  const records = join(out, RUN, "seed-10", "records.jsonl");
+  const T = 100;
+  const outer = launchTwoDeep(out, T);
+  const outerEnded = outer.output();
   await until(() => lines(records).length >= 1, "the first round");
   const pid = JSON.parse(Deno.readTextFileSync(join(out, RUN, LOCK_FILE))).pid as number;
-  assert.notEqual(pid, parent.pid);
-  parent.kill("SIGKILL");
+  outer.kill("SIGKILL");
   const t0 = Date.now();
   // stderr stays open until train itself exits (it inherited the pipe).
-  const stderr = new TextDecoder().decode((await parentEnded).stderr);
+  const stderr = new TextDecoder().decode((await outerEnded).stderr);
   await until(() => exited(pid), "train to exit", 30_000);
   const stoppedAfter = Date.now() - t0;
   assert.ok(stoppedAfter < 10_000, `stopped within 10 s (${stoppedAfter} ms)`);
-  assert.match(stderr, /stopped by the end of its parent process \d+\. .*--resume to continue/);
+  assert.match(
+    stderr,
+    /stopped by the end of its launcher \(process \d+\)\. .*--resume to continue/,
+  );
   const done = roundsIn(records);
   assert.ok(done.length < T, `stopped before the end (${done.length} of ${T} rounds)`);
   assert.deepEqual(done, upTo(done.length));
@@ -460,6 +480,20 @@ Deno.test("parent death: train stops cleanly when its parent dies, releases the 
   const resumed = await train(args(out, T, ["--resume"]));
   assert.equal(resumed.code, 0, resumed.stderr);
   assert.doesNotMatch(resumed.stderr, /took over/, "no stale lock was left");
+  assert.deepEqual(roundsIn(records), upTo(T));
+});
+
+Deno.test("launcher death: a run started under nohup outlives its launcher and finishes", async () => {
+  const out = join(dir, "nohup");
+  const records = join(out, RUN, "seed-10", "records.jsonl");
+  const T = 30;
+  const outer = launchTwoDeep(out, T, true);
+  const outerEnded = outer.output();
+  await until(() => lines(records).length >= 1, "the first round");
+  outer.kill("SIGKILL");
+  await outerEnded;
+  await until(() => existsSync(join(out, RUN, "summary.json")), "the run to finish", 60_000);
+  await until(() => !existsSync(join(out, RUN, LOCK_FILE)), "the lock to be released", 10_000);
   assert.deepEqual(roundsIn(records), upTo(T));
 });
 
