@@ -111,7 +111,7 @@ Deno.test("run lock: a second run on a running run's folder exits 1 naming the h
   assert.equal(stopped.code, 143, stderr);
   assert.match(
     stderr,
-    /stopped by SIGTERM\. .* keeps every completed round \(seed 10: \d+ rounds\); run the same command with --resume to continue/,
+    /stopped by SIGTERM\. .* keeps every completed round \(seed 10: \d+ rounds?\); run the same command with --resume to continue/,
   );
   assert.ok(!existsSync(join(out, RUN, LOCK_FILE)), "the lock is released");
   const done = roundsIn(records);

@@ -19,10 +19,17 @@
  *
  * @example
  * ```ts
+ * import { resolveMethod } from "./methods.ts";
+ * import { defaultConfig } from "./simulation.ts";
+ * const config = { ...defaultConfig(), rounds: 3 };
  * const restored = await loadRunState("results/x/DEeR/seed-10", {
- *   config, configKey: JSON.stringify(config), method, dims, clients,
+ *   config,
+ *   configKey: JSON.stringify(config),
+ *   method: resolveMethod(config.method),
+ *   dims: { adapters: 12, rank: 8, dIn: 64, dOut: 64 },
+ *   clients: [{}, {}],
  * });
- * restored?.state.completedRounds;
+ * restored?.state.completedRounds; // null where nothing is saved
  * ```
  * @module
  */

@@ -8,8 +8,9 @@
  *
  * @example
  * ```ts
+ * import { writeFileAtomic } from "./atomic.ts";
  * const dir = await Deno.makeTempDir();
- * await Deno.writeTextFile(`${dir}/a.txt`, "abc");
+ * await writeFileAtomic(`${dir}/a.txt`, "abc");
  * (await fingerprint(`${dir}/a.txt`)).sha256;
  * // "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
  * ```

@@ -95,9 +95,9 @@ function errorPath(err: unknown): string | undefined {
  * @example
  * ```ts
  * try {
- *   await Deno.writeFile("/dev/full", new Uint8Array(1));
+ *   await Deno.mkdir("/etc/hostname/results", { recursive: true });
  * } catch (err) {
- *   describeFsError(err, "results/exp1"); // "… the disk is full …"
+ *   describeFsError(err, "results/exp1"); // "… a part of that path is a file, not a folder …"
  * }
  * ```
  */
