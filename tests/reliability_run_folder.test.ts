@@ -550,6 +550,45 @@ Deno.test("output folder errors: a full disk (a real ENOSPC) says that --resume 
   );
 });
 
+Deno.test("output folder errors: a run that fills its disk stops with the saved rounds intact, and --resume continues once space is freed", async () => {
+  // A real full file system: a 128 KiB tmpfs. Mounting needs root (CAP_SYS_ADMIN); where it is
+  // refused, only the mapping of a real ENOSPC (the test above) is checked.
+  const small = join(dir, "small");
+  Deno.mkdirSync(small);
+  const mount = (args: string[]) =>
+    new Deno.Command("mount", { args, stdout: "null", stderr: "null" }).output()
+      .then((o) => o.success).catch(() => false);
+  if (!(await mount(["-t", "tmpfs", "-o", "size=128k", "tmpfs", small]))) {
+    console.log("cannot mount a tmpfs here (needs root): the full-disk run is not checked");
+    return;
+  }
+  try {
+    const T = 60;
+    const seed = join(small, RUN, "seed-10");
+    const full = await train(args(small, T));
+    assert.equal(full.code, 1, full.stderr);
+    assert.match(
+      full.stderr,
+      /the disk \(or your quota\) is full \(No space left on device\)\. The rounds already saved in .* are complete: free some space, then run the same command with --resume to continue/,
+    );
+    noRawErrors(full);
+    const done = roundsIn(join(seed, "records.jsonl"));
+    assert.ok(done.length > 0 && done.length < T, `the disk filled mid-run (${done.length})`);
+    const state = JSON.parse(Deno.readTextFileSync(join(seed, "state.json")));
+    assert.ok(
+      done.length - state.completedRounds <= 1,
+      "at most the torn round's record is ahead of the state",
+    );
+    assert.deepEqual(listTree(small).filter((f) => f.endsWith(".tmp")), [], "no temporary files");
+    assert.ok(await mount(["-o", "remount,size=16m", small]), "remount larger");
+    const resumed = await train(args(small, T, ["--resume"]));
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.deepEqual(roundsIn(join(seed, "records.jsonl")), upTo(T));
+  } finally {
+    await new Deno.Command("umount", { args: [small] }).output();
+  }
+});
+
 globalThis.addEventListener("unload", () => {
   try {
     Deno.removeSync(dir, { recursive: true });
