@@ -5,8 +5,12 @@
  * `deno task demo` and the notebooks all go through here.
  *
  * Results layout, written atomically (`outDir/<run>/`):
- * `config.json`, `seed-<s>/records.jsonl` (one JSON record per round), `seed-<s>/ledger.json`,
+ * `config.json` (settings, provenance and SHA-256 fingerprints of the input files),
+ * `seed-<s>/records.jsonl` (one JSON record per round), `seed-<s>/ledger.json`,
  * `seed-<s>/checkpoints/round-NNNN.safetensors`, `seed-<s>/state.json` (resume), `summary.json`.
+ * A run holds the folder's lock (lib/io/lock.ts) from before its first write to its end; a
+ * resume is refused when the inputs' fingerprints changed, and the saved state is validated by
+ * lib/fl/checkpoint.ts.
  *
  * @example
  * ```ts

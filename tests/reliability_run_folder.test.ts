@@ -550,14 +550,36 @@ Deno.test("output folder errors: a full disk (a real ENOSPC) says that --resume 
   );
 });
 
+/** Runs `mount ARGS`; false where it is refused (not root) or missing. */
+const mount = (margs: string[]) =>
+  new Deno.Command("mount", { args: margs, stdout: "null", stderr: "null" }).output()
+    .then((o) => o.success).catch(() => false);
+
+Deno.test("output folder errors: a read-only file system (a real EROFS) is said in words", async () => {
+  const ro = join(dir, "read-only");
+  Deno.mkdirSync(ro);
+  if (!(await mount(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro]))) {
+    console.log("cannot mount a tmpfs here (needs root): the read-only run is not checked");
+    return;
+  }
+  try {
+    const run = await train(args(join(ro, "results"), 1));
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(
+      run.stderr,
+      /cannot write .*read-only\/results.*: the file system is read-only; choose a results folder on a writable disk/,
+    );
+    noRawErrors(run);
+  } finally {
+    await new Deno.Command("umount", { args: [ro] }).output();
+  }
+});
+
 Deno.test("output folder errors: a run that fills its disk stops with the saved rounds intact, and --resume continues once space is freed", async () => {
   // A real full file system: a 128 KiB tmpfs. Mounting needs root (CAP_SYS_ADMIN); where it is
   // refused, only the mapping of a real ENOSPC (the test above) is checked.
   const small = join(dir, "small");
   Deno.mkdirSync(small);
-  const mount = (args: string[]) =>
-    new Deno.Command("mount", { args, stdout: "null", stderr: "null" }).output()
-      .then((o) => o.success).catch(() => false);
   if (!(await mount(["-t", "tmpfs", "-o", "size=128k", "tmpfs", small]))) {
     console.log("cannot mount a tmpfs here (needs root): the full-disk run is not checked");
     return;

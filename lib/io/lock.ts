@@ -4,7 +4,8 @@
  *
  * The lock is the file `<folder>/.lock` under an exclusive `flock` (`Deno.FsFile.tryLock`). The
  * kernel grants it atomically to one process and drops it when that process ends in any way
- * (exit, crash, SIGKILL, power loss of a local disk), so a lock can never outlive its holder.
+ * (exit, crash, SIGKILL, power loss of a local disk), so a lock can never outlive its holder; on
+ * a normal exit (also `Deno.exit`) the lock file is removed as well.
  * The file also names the holder — process id, host, start time and command — for the message
  * of a run that finds the folder locked. A lock file whose lock nobody holds was left by a run
  * that ended without releasing it (killed): it is taken over, and {@link RunLock.takenOver} names
@@ -48,6 +49,12 @@ export interface RunLock {
   /** Releases the lock and removes the lock file (idempotent; synchronous, for exit paths). */
   release(): void;
 }
+
+/** Locks this process holds, released by the `unload` handler below on every normal exit. */
+const held = new Set<RunLock>();
+globalThis.addEventListener("unload", () => {
+  for (const lock of [...held]) lock.release();
+});
 
 /** Thrown when another live process holds the lock of a run folder. */
 export class RunLockedError extends Error {
@@ -105,7 +112,7 @@ export async function acquireRunLock(
     const takenOver = parseHolder(await readFrom(file));
     const holder: LockHolder = {
       pid: Deno.pid,
-      host: Deno.hostname(),
+      host: hostname(),
       started: new Date().toISOString(),
       command: opts.command ?? commandLine(),
     };
@@ -115,13 +122,14 @@ export async function acquireRunLock(
     for (let off = 0; off < bytes.length;) off += await file.write(bytes.subarray(off));
     await file.sync();
     let released = false;
-    return {
+    const lock: RunLock = {
       path,
       holder,
       takenOver,
       release() {
         if (released) return;
         released = true;
+        held.delete(lock);
         try {
           // Remove the file only while it is still ours (a replaced run folder moved it).
           const now = Deno.statSync(path);
@@ -137,6 +145,8 @@ export async function acquireRunLock(
         file.close();
       },
     };
+    held.add(lock);
+    return lock;
   }
   throw new Error(`${path}: the lock kept changing hands; try again`);
 }
@@ -217,6 +227,14 @@ function parseHolder(text: string): LockHolder | null {
     // empty or torn: no holder named
   }
   return null;
+}
+
+function hostname(): string {
+  try {
+    return Deno.hostname();
+  } catch {
+    return "unknown"; // no --allow-sys
+  }
 }
 
 function commandLine(): string {
