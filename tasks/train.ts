@@ -371,17 +371,17 @@ export function runName(a: TrainArgs): string {
 /** Why a run stopped before its end at the user's (or the system's) request. */
 class RunInterrupted extends Error {
   override name = "RunInterrupted";
-  constructor(readonly cause_: string, readonly exitCode: number) {
-    super(`stopped by ${cause_}`);
+  constructor(why: string, readonly exitCode: number) {
+    super(`stopped by ${why}`);
   }
 }
 
 /**
  * Stops the run cleanly on SIGINT, SIGTERM or SIGHUP, and when the process that launched it goes
  * away (`npx … task train` killed: this process would be re-parented and run on unseen;
- * lib/io/launcher.ts). The run
- * abandons the round in progress at the next client; the last completed round stays saved. A
- * second signal exits at once (the kernel releases the folder's lock either way).
+ * lib/io/launcher.ts). The run abandons the round in progress before the next client trains;
+ * every completed round stays saved. A second signal exits at once (the lock is released on
+ * exit all the same).
  */
 function watchForStop(): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();

@@ -282,6 +282,20 @@ const DAMAGES: Damage[] = [
     message: /state-round-0003\.safetensors: tensor "global\.0\.B" holds NaN at index 1/,
   },
   {
+    name: "a state tensor of the wrong size",
+    edit: async (s) => {
+      const p = join(s, "state-round-0003.safetensors");
+      const { tensors, metadata } = await readSafetensors(p);
+      const plain = Object.fromEntries(
+        Object.entries(tensors).map(([k, t]) => [k, { shape: t.shape, data: t.data.slice() }]),
+      ) as Record<string, { shape: number[]; data: Float32Array }>;
+      const a = plain["global.1.A"];
+      plain["global.1.A"] = { shape: [a.data.length - 1], data: a.data.slice(1) };
+      await writeSafetensors(p, plain, metadata);
+    },
+    message: /state-round-0003\.safetensors: tensor "global\.1\.A" has \d+ values; expected \d+/,
+  },
+  {
     name: "last checkpoint deleted",
     edit: (s) => Deno.removeSync(join(s, "checkpoints", "round-0003.safetensors")),
     message: /checkpoints\/round-0003\.safetensors: is missing/,
