@@ -38,7 +38,8 @@ import { DamagedStateError } from "../lib/fl/checkpoint.ts";
 const HELP = `deno task train [flags]
 
 Reference flags (github.com/CUHK-AIM-Group/DEeR main.py):
-  --exp_name NAME         results sub-folder (default: default)
+  --exp_name NAME         results sub-folder: one folder name of letters, digits and . _ - + = @ ,
+                          (default: default)
   --data_dir PATH         data folder or .npz (default per --dataset)
   --dataset NAME          default | Kvasir | OCT | a MedMNIST name (bloodmnist, …) | PATH.npz
   --node_num K            clients (default 12)
