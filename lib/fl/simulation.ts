@@ -30,6 +30,7 @@ import { allFinite, checkFactors, cloneFactors, type LoraFactors } from "./facto
 import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
 import { type Method, type MethodOptions, resolveMethod } from "./methods.ts";
 import { streamRng } from "./streams.ts";
+import { warn } from "../warnings.ts";
 import type { SharedBackbone } from "./backbone.ts";
 import {
   closeRound,
@@ -281,8 +282,9 @@ export async function runFederated(
     : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed);
   const empty = parts.filter((p) => p.length === 0).length;
   if (empty > 0) {
-    console.error(
-      `deer: ${empty} of ${K} clients hold no training images (Dirichlet α = ` +
+    warn(
+      "empty-clients",
+      `${empty} of ${K} clients hold no training images (Dirichlet α = ` +
         `${config.split.dirichletAlpha}, seed ${config.seed}); they train nothing and release ` +
         `the global factors (plus DP noise, if on)`,
     );
@@ -308,7 +310,18 @@ export async function runFederated(
     })
     : null;
   let ledger = calibration ? createLedger({ delta: calibration.accountingDelta }) : null;
-  if (calibration?.warning) console.error(`deer: ${calibration.warning}`);
+  if (calibration?.warning) warn("paper-calibration", calibration.warning);
+  const expectedCohort = config.participation * K;
+  if (config.dp?.calibration === "strict" && expectedCohort < 1) {
+    warn(
+      "small-cohort",
+      `participation ${config.participation} with ${K} clients expects ${
+        expectedCohort.toPrecision(2)
+      } client per release: most releases include nobody, and the fixed-denominator average ` +
+        `scales the noise by 1/(q·K) = ${(1 / expectedCohort).toPrecision(2)}, drowning the ` +
+        `updates (the ε spent is still exact); raise participation or the number of clients`,
+    );
+  }
 
   // FedEx-LoRA: the aggregation residuals folded into the frozen q/k/v weights so far.
   let residual: Float32Array[] | undefined = method.foldResidual
