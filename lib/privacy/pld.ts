@@ -26,13 +26,29 @@ const TAIL_MASS = 1e-15;
 
 const SQRT2 = Math.SQRT2;
 
-/** P(Z > x) for a standard normal Z, accurate far into both tails. */
-function normalSf(x: number): number {
+/**
+ * P(Z > x) for a standard normal Z, accurate far into both tails.
+ *
+ * @example
+ * ```ts
+ * normalSf(0); // 0.5
+ * ```
+ */
+export function normalSf(x: number): number {
+  if (x === Infinity) return 0;
+  if (x === -Infinity) return 1;
   return Math.exp(logErfc(x / SQRT2) - Math.LN2);
 }
 
-/** P(Z ≤ x). */
-function normalCdf(x: number): number {
+/**
+ * P(Z ≤ x) for a standard normal Z.
+ *
+ * @example
+ * ```ts
+ * normalCdf(1.959963984540054); // ≈ 0.975
+ * ```
+ */
+export function normalCdf(x: number): number {
   return normalSf(-x);
 }
 
@@ -55,9 +71,19 @@ export function gaussianDelta(mu: number, epsilon: number): number {
   return Math.max(0, a - b);
 }
 
-/** The smallest ε ≥ 0 with `deltaOf(ε) ≤ delta`, for a non-increasing `deltaOf`. */
-function smallestEpsilon(deltaOf: (eps: number) => number, delta: number): number {
-  if (deltaOf(0) <= delta) return 0;
+/**
+ * The smallest ε ≥ 0 with `deltaOf(ε) ≤ delta`, for a non-increasing `deltaOf` (bisection to
+ * 1e-12 relative; ∞ when even ε = 1e6 does not bring δ down).
+ *
+ * @example
+ * ```ts
+ * smallestEpsilon((e) => Math.exp(-e), 1e-3); // ≈ 6.9078 (= ln 1000)
+ * ```
+ */
+export function smallestEpsilon(deltaOf: (eps: number) => number, delta: number): number {
+  const d0 = deltaOf(0);
+  if (Number.isNaN(d0)) throw new Error("smallestEpsilon: δ(0) is not a number");
+  if (d0 <= delta) return 0;
   let hi = 1;
   while (deltaOf(hi) > delta) {
     hi *= 2;
