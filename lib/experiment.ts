@@ -489,7 +489,7 @@ export function summarize(runs: RunResult[]): ExperimentSummary {
   const keys: (keyof Metrics)[] = ["accuracy", "recall", "precision", "f1", "auc"];
   const test = Object.fromEntries(keys.map((k) => {
     const values = runs.map((r) => 100 * (r.best.test?.[k] ?? NaN));
-    return [k, meanStd(values)];
+    return [k, meanStd(values, { nonFinite: "propagate" })];
   })) as Record<keyof Metrics, MeanStd>;
   const spent = runs.map((r) => r.epsilonSpent).filter((e): e is number => e !== null);
   const cal = runs[0].calibration;
