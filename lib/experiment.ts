@@ -383,6 +383,7 @@ const FLAG_OF: Record<string, string> = {
   dataDir: "--data_dir",
   localModel: "--local_model",
   modelPath: "--model",
+  modelAct: "--model_act",
   prototypes: "--prototypes",
   numClasses: "--num_classes",
   rank: "--lora_r",

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
-import { loadInputs } from "../lib/experiment.ts";
+import { loadInputs, resumeConflicts } from "../lib/experiment.ts";
+import { resolveMethod } from "../lib/fl/methods.ts";
 import { parseTrainArgs } from "../tasks/train.ts";
 import { TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
 
@@ -31,6 +32,22 @@ Deno.test("train: --model-act reaches the encoder; a bad value is a usage error"
       (err: Error) =>
         err instanceof UsageError &&
         /^--model_act relu: expected gelu \(exact, erf\) or quick_gelu$/.test(err.message),
+    );
+    // A resume with another --model-act is refused, naming the flag.
+    const saved = parseTrainArgs(base)!;
+    await Deno.writeTextFile(
+      join(dir, "config.json"),
+      JSON.stringify({
+        ...saved.config,
+        method: resolveMethod(saved.config.method), // as runExperiment saves it
+        seeds: saved.seeds,
+        inputs: saved.inputs,
+      }),
+    );
+    const now = parseTrainArgs([...base, "--model-act", "gelu"])!;
+    assert.deepEqual(
+      await resumeConflicts(dir, { ...now.config, seed: 0 }, now.seeds, now.inputs),
+      ['--model_act: unset in the saved run, "gelu" now'],
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
