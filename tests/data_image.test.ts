@@ -14,7 +14,14 @@ import {
   resizedShortSide,
   toChannels,
 } from "../lib/data/image.ts";
-import { jpegDeclaring, pngDeclaring, pngWithRawData, rgbRows } from "./helpers/crafted_inputs.ts";
+import {
+  jpegDeclaring,
+  pngDeclaring,
+  pngWithIdat,
+  pngWithRawData,
+  rgbRows,
+  zlibZeros,
+} from "./helpers/crafted_inputs.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -279,6 +286,16 @@ Deno.test("a PNG missing pixel rows is refused, not padded with zeros", () => {
     decodePng(pngWithRawData(4, 4, new Uint8Array(55), { interlace: true }), "adam7.png").width,
     4,
   );
+  // An interlaced 64×64 PNG whose 2 MB IDAT inflates to 2 GiB: pngjs inflated all of it (2.2 GB,
+  // 2 s) before failing; the check stops at the 12408 bytes Adam7 needs for 64×64 RGB.
+  const bomb = pngWithIdat(64, 64, zlibZeros(2 * 1024 ** 3), { interlace: true });
+  assert.ok(bomb.length < 2.2e6);
+  const t0 = performance.now();
+  assert.throws(
+    () => decodePng(bomb, "idat-bomb.png"),
+    /^Error: idat-bomb\.png holds more pixel data than its 64×64 header declares \(over 12408 bytes inflated\); the file is corrupt or hostile/,
+  );
+  assert.ok(performance.now() - t0 < 1000, `${performance.now() - t0} ms`);
   // More data than the header declares: inflation stops at the declared size.
   assert.throws(
     () => decodePng(pngWithRawData(64, 4, rgbRows(64, 5000)), "long.png"),

@@ -38,6 +38,16 @@ export function pngWithRawData(
   raw: Uint8Array,
   options: { interlace?: boolean } = {},
 ): Uint8Array {
+  return pngWithIdat(width, height, zlibSync(raw), options);
+}
+
+/** An 8-bit RGB PNG of `width`×`height` whose IDAT chunk holds `idat` as given (a zlib stream). */
+export function pngWithIdat(
+  width: number,
+  height: number,
+  idat: Uint8Array,
+  options: { interlace?: boolean } = {},
+): Uint8Array {
   const ihdr = new Uint8Array(13);
   const iv = new DataView(ihdr.buffer);
   iv.setUint32(0, width);
@@ -48,8 +58,17 @@ export function pngWithRawData(
   return concat([
     new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     pngChunk("IHDR", ihdr),
-    pngChunk("IDAT", zlibSync(raw)),
+    pngChunk("IDAT", idat),
     pngChunk("IEND", new Uint8Array(0)),
+  ]);
+}
+
+/** A zlib stream of `zeros` zero bytes (see {@link deflatedZeros}); its Adler-32 is left 0. */
+export function zlibZeros(zeros: number): Uint8Array {
+  return concat([
+    new Uint8Array([0x78, 0x9c]),
+    deflatedZeros(new Uint8Array(0), zeros),
+    new Uint8Array(4),
   ]);
 }
 
