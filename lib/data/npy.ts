@@ -604,11 +604,8 @@ async function readEntry(
 function inflateEntry(raw: Uint8Array, entry: ZipEntry, name: string, where: string): Uint8Array {
   let head = new Uint8Array(0);
   let out: Uint8Array | undefined;
-  const sink = (piece: Uint8Array, offset: number) => {
-    if (out !== undefined) {
-      out.set(piece, offset);
-      return;
-    }
+  let headerError: Error | undefined; // what the header check threw, passed through as it is
+  const checkHeader = (piece: Uint8Array) => {
     const grown = new Uint8Array(head.length + piece.length);
     grown.set(head);
     grown.set(piece, head.length);
@@ -626,6 +623,17 @@ function inflateEntry(raw: Uint8Array, entry: ZipEntry, name: string, where: str
     out.set(head);
     head = new Uint8Array(0);
   };
+  const sink = (piece: Uint8Array, offset: number) => {
+    if (out !== undefined) {
+      out.set(piece, offset);
+      return;
+    }
+    try {
+      checkHeader(piece);
+    } catch (err) {
+      throw (headerError = err as Error);
+    }
+  };
   let produced: number;
   try {
     produced = inflateBounded(raw, "raw", entry.size, sink);
@@ -636,9 +644,7 @@ function inflateEntry(raw: Uint8Array, entry: ZipEntry, name: string, where: str
           `corrupt or hostile (a decompression bomb): download or re-save it`,
       );
     }
-    if ((err as Error).message.startsWith(name) || (err as Error).message.startsWith(where)) {
-      throw err;
-    }
+    if (err === headerError) throw err;
     throw new Error(
       `${where} is truncated or corrupt (inflate: ${
         (err as Error).message
