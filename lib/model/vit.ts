@@ -902,8 +902,8 @@ function noteDefaults(label: string, layout: VitLayout, settings: Settings, conf
       "act",
       `${label} does not say which activation its MLP uses; assuming ${config.act}, as ` +
         `OpenAI's CLIP weights use. Weights trained elsewhere (e.g. open_clip's LAION ` +
-        `"ViT-B-16", without "-quickgelu") use exact GELU and give features about 1 % off ` +
-        `this way: say which with the loader option act (deno task train: --model-act gelu), ` +
+        `"ViT-B-16", without "-quickgelu") use exact GELU, and read this way give wrong ` +
+        `features without any error: say which with the loader option act (deno task train: --model-act gelu), ` +
         `the metadata key "deer.vision" ({"act": "gelu"}), or ${sidecar} beside the weights`,
     );
   }
