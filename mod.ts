@@ -68,6 +68,7 @@ export { evaluateSplit, predict } from "./lib/fl/evaluate.ts";
 
 // Privacy
 export { noiseMultiplierForBudget, rdpEpsilon } from "./lib/privacy/rdp.ts";
+export { type PldEpsilon, pldEpsilon } from "./lib/privacy/pld.ts";
 export { regulateNoiseForA, regulateNoiseForB } from "./lib/privacy/regulator.ts";
 export {
   createLedger,

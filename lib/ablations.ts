@@ -31,6 +31,7 @@ import {
   runExperiment,
 } from "./experiment.ts";
 import { makeBackbone } from "./fl/backbone.ts";
+import { onePerKind } from "./warnings.ts";
 import {
   defaultConfig,
   type FederatedConfig,
@@ -339,6 +340,17 @@ export async function runSweep(
       throw new Error(`sweep point "${p.label}": ${(err as Error).message}`);
     }
   }
+  // Each warning kind once per sweep, not once per run (a notebook's ε sweep would otherwise
+  // repeat the paper calibration's warning for every point).
+  return await onePerKind(() => sweepPoints(inputs, points, opts, log));
+}
+
+async function sweepPoints(
+  inputs: Inputs,
+  points: SweepPoint[],
+  opts: SweepOptions,
+  log: (line: string) => void,
+): Promise<SweepResult> {
   const out: SweepResult = { points, summary: [], rounds: [], releases: [], results: [] };
   for (const [i, point] of points.entries()) {
     const seeds = opts.seeds ?? [point.config.seed];

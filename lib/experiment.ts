@@ -27,7 +27,12 @@ import { KNOWN_DATASETS, SPLITS } from "./data/dataset.ts";
 import { resizeVolumes, volumeSide } from "./data/volume.ts";
 import { loadMedMnist, medmnistInfo } from "./data/medmnist.ts";
 import { loadImageFolder } from "./data/image_folder.ts";
-import { inflateForVolumes, loadVisionEncoder, type VitEncoder } from "./model/vit.ts";
+import {
+  inflateForVolumes,
+  loadVisionEncoder,
+  type VitActivation,
+  type VitEncoder,
+} from "./model/vit.ts";
 import { loadPrototypes, orthonormalPrototypes } from "./model/head.ts";
 import { makeBackbone, type SharedBackbone } from "./fl/backbone.ts";
 import {
@@ -69,6 +74,8 @@ export interface InputSpec {
   modelPath?: string;
   /** Prototypes file, or `orthonormal` for fixed orthonormal prototypes. */
   prototypes?: string;
+  /** The MLP activation of `modelPath`'s weights, for files that do not record it. */
+  modelAct?: VitActivation;
   /** Expected number of classes (the reference's `--num_classes`), checked against the data. */
   numClasses?: number;
   rank: number;
@@ -116,7 +123,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
         `--prototypes orthonormal for fixed orthonormal prototypes)`,
     );
   }
-  const encoder: VitEncoder = await loadVisionEncoder(modelPath);
+  const encoder: VitEncoder = await loadVisionEncoder(modelPath, { act: spec.modelAct });
   try {
     // What needs only the model is checked before the data, which may take minutes to load.
     const bad = await findNonFinite(modelPath);
@@ -481,6 +488,7 @@ const FLAG_OF: Record<string, string> = {
   dataDir: "--data_dir",
   localModel: "--local_model",
   modelPath: "--model",
+  modelAct: "--model_act",
   prototypes: "--prototypes",
   numClasses: "--num_classes",
   rank: "--lora_r",
@@ -600,7 +608,7 @@ export function summarize(runs: RunResult[]): ExperimentSummary {
   const keys: (keyof Metrics)[] = ["accuracy", "recall", "precision", "f1", "auc"];
   const test = Object.fromEntries(keys.map((k) => {
     const values = runs.map((r) => 100 * (r.best.test?.[k] ?? NaN));
-    return [k, meanStd(values)];
+    return [k, meanStd(values, { nonFinite: "propagate" })];
   })) as Record<keyof Metrics, MeanStd>;
   const spent = runs.map((r) => r.epsilonSpent).filter((e): e is number => e !== null);
   const cal = runs[0].calibration;

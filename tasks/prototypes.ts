@@ -5,8 +5,12 @@
  *
  * ```sh
  * deno task prototypes --model PATH [--tokenizer PATH] (--dataset NAME | --classes a,b,c)
- *                      [--template "this is an image of {}"] [--reference-prompts] --out PATH
+ *                      [--template "this is an image of {}"] [--reference-prompts]
+ *                      [--model-act gelu|quick_gelu] --out PATH
  * ```
+ *
+ * `--model-act` gives the text tower's MLP activation for weights that record it nowhere (no
+ * metadata `deer.text`, no config beside them); otherwise QuickGELU is assumed, with a notice.
  *
  * Class names come from `lib/data/datasets.json`: MedMNIST sets use their class names; image
  * folders (Kvasir-v2, OCT-C8) use their `descriptions`, each label paired with its own name.
@@ -28,7 +32,8 @@ import { classPrototypes, DEFAULT_TEMPLATE, loadTextEncoder } from "../lib/model
 
 const USAGE =
   `usage: deno task prototypes --model PATH [--tokenizer PATH] (--dataset NAME | --classes a,b,c)
-                             [--template "this is an image of {}"] [--reference-prompts] --out PATH`;
+                             [--template "this is an image of {}"] [--reference-prompts]
+                             [--model-act gelu|quick_gelu] --out PATH`;
 
 /** The names that fill the prompt template, and the label names stored with the prototypes. */
 export interface PromptClasses {
@@ -110,7 +115,7 @@ export async function main(
   let flags;
   try {
     flags = parseArgs(argv, {
-      string: ["model", "tokenizer", "dataset", "classes", "template", "out"],
+      string: ["model", "tokenizer", "dataset", "classes", "template", "out", "model-act"],
       boolean: ["reference-prompts", "help"],
       alias: { help: ["h"] },
     });
@@ -139,6 +144,10 @@ export async function main(
     } else {
       classes = datasetPromptClasses(dataset!, flags["reference-prompts"] === true);
     }
+    const act = flags["model-act"];
+    if (act !== undefined && act !== "gelu" && act !== "quick_gelu") {
+      throw new UsageError(`--model-act ${act}: expected gelu (exact, erf) or quick_gelu`);
+    }
     const template = (flags.template as string | undefined) ?? DEFAULT_TEMPLATE;
     if (!template.includes("{}")) {
       throw new UsageError(`--template "${template}" has no "{}" where the class name goes`);
@@ -157,6 +166,7 @@ export async function main(
     const encoder = await loadTextEncoder(
       flags.model as string,
       flags.tokenizer as string | undefined,
+      { act: flags["model-act"] as "gelu" | "quick_gelu" | undefined },
     );
     try {
       const prototypes = classPrototypes(encoder, classes.promptNames, template);

@@ -70,6 +70,7 @@ Toolkit flags:
   --momentum reset|reference  optimiser state between local trainings (default reset)
   --lora_alpha A          LoRA alpha (default 8; scale alpha/r)
   --model PATH            foundation-model weights (.safetensors)
+  --model_act gelu|quick_gelu  the model's MLP activation, for weights that do not record it
   --prototypes PATH|orthonormal  class prototypes (default: the model's own for the default model)
   --out DIR               results root (default results)
   --resume                continue a stopped run with the same flags (its inputs must be unchanged)
@@ -106,6 +107,7 @@ const STRING_FLAGS = [
   "momentum",
   "lora_alpha",
   "model",
+  "model_act",
   "prototypes",
   "out",
 ] as const;
@@ -331,6 +333,10 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   }
   const alpha = num(f, "lora_alpha", 8, (v) => v > 0, "a number > 0");
   const dataDir = f.data_dir === undefined ? undefined : String(f.data_dir);
+  const modelAct = f.model_act === undefined ? undefined : String(f.model_act);
+  if (modelAct !== undefined && modelAct !== "gelu" && modelAct !== "quick_gelu") {
+    throw new UsageError(`--model_act ${modelAct}: expected gelu (exact, erf) or quick_gelu`);
+  }
   if (f.device !== undefined) {
     console.error(`deer: --device ${f.device} is ignored; the tfjs backend is ${backendName}`);
   }
@@ -345,6 +351,7 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
       dataDir,
       localModel: f.local_model === undefined ? undefined : String(f.local_model),
       modelPath: f.model === undefined ? undefined : String(f.model),
+      modelAct,
       prototypes: f.prototypes === undefined ? undefined : String(f.prototypes),
       numClasses,
       rank,

@@ -14,6 +14,14 @@ import {
   resizedShortSide,
   toChannels,
 } from "../lib/data/image.ts";
+import {
+  jpegDeclaring,
+  pngDeclaring,
+  pngWithIdat,
+  pngWithRawData,
+  rgbRows,
+  zlibZeros,
+} from "./helpers/crafted_inputs.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -189,4 +197,108 @@ Deno.test("toChannels: grey to RGB and Pillow's L weights", () => {
   };
   // Pillow: L = (R·19595 + G·38470 + B·7471 + 0x8000) >> 16
   assert.deepEqual(Array.from(toChannels(c, 1).data), [76, 124]);
+});
+
+/** Runs `fn`, which must throw, and returns the error and the milliseconds it took. */
+function timedThrow(fn: () => unknown): { error: Error; ms: number } {
+  const t0 = performance.now();
+  try {
+    fn();
+  } catch (error) {
+    return { error: error as Error, ms: performance.now() - t0 };
+  }
+  throw new assert.AssertionError({ message: "expected an error" });
+}
+
+/** Sets environment variables for the duration of `fn`. */
+function withEnv(vars: Record<string, string>, fn: () => void): void {
+  const saved = Object.keys(vars).map((k) => [k, Deno.env.get(k)] as const);
+  try {
+    for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
+    fn();
+  } finally {
+    for (const [k, v] of saved) v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+  }
+}
+
+// Before these checks the 67-byte PNG decoded to 20000×20000 zeros in 13 s and 4 GB, and the
+// JPEG took 6 s and 4 GB before jpeg-js refused it: the bound below is ~500× the time they take now.
+Deno.test("images whose header declares more than 50 MP are refused before decoding", () => {
+  const png = pngDeclaring(20000, 20000);
+  assert.ok(png.length < 100, `${png.length} bytes`);
+  const a = timedThrow(() => decodeImage(png, "bomb.png"));
+  assert.match(
+    a.error.message,
+    /^bomb\.png declares 20000×20000 pixels \(400\.0 MP\), more than the limit of 50 MP; .*decompression bomb.*option maxPixels, or the environment variable DEER_MAX_IMAGE_PIXELS=<pixels>/,
+  );
+  assert.ok(a.ms < 1000, `${a.ms} ms`);
+  const b = timedThrow(() => decodeImage(jpegDeclaring(14000, 14000), "bomb.jpg"));
+  assert.match(b.error.message, /^bomb\.jpg declares 14000×14000 pixels \(196\.0 MP\), more than/);
+  assert.ok(b.ms < 1000, `${b.ms} ms`);
+  // 60000×60000 used to exhaust the machine's memory with no message.
+  assert.throws(() => decodePng(pngDeclaring(60000, 60000), "huge.png"), /3600\.0 MP/);
+});
+
+Deno.test("the pixel limit is settable by option and by DEER_MAX_IMAGE_PIXELS", () => {
+  const png = pngWithRawData(10, 10, rgbRows(10, 10));
+  assert.equal(decodeImage(png, "ok.png").width, 10);
+  assert.throws(
+    () => decodeImage(png, "ok.png", { maxPixels: 99 }),
+    /ok\.png declares 10×10 pixels \(0\.0 MP\), more than the limit of 0\.000099 MP/,
+  );
+  const jpg = jpegDeclaring(8, 8);
+  withEnv({ DEER_MAX_IMAGE_PIXELS: "63" }, () => {
+    assert.throws(() => decodeImage(jpg, "e.jpg"), /e\.jpg declares 8×8 pixels/);
+    assert.equal(decodeImage(jpg, "e.jpg", { maxPixels: 64 }).width, 8); // the option wins
+  });
+  withEnv({ DEER_MAX_IMAGE_PIXELS: "lots" }, () => {
+    assert.throws(
+      () => decodeImage(jpg, "e.jpg"),
+      /environment variable DEER_MAX_IMAGE_PIXELS="lots" must be a number > 0/,
+    );
+  });
+  assert.throws(
+    () => decodeImage(jpg, "e.jpg", { maxPixels: 0 }),
+    /maxPixels must be a number > 0/,
+  );
+});
+
+Deno.test("a PNG missing pixel rows is refused, not padded with zeros", () => {
+  const full = pngWithRawData(64, 64, rgbRows(64, 64));
+  const img = decodePng(full, "full.png");
+  assert.equal(img.data[img.data.length - 1], (64 * 64 * 3 - 1) % 251); // the last pixel is real
+  // A complete zlib stream of only 4 of the 64 rows (pngjs decoded the other 60 as zeros).
+  assert.throws(
+    () => decodePng(pngWithRawData(64, 64, rgbRows(64, 4)), "rows.png"),
+    /^Error: rows\.png is truncated: its pixel data inflates to 772 of the 12352 bytes its 64×64 header declares \(4 of 64 rows\); replace or re-export the image$/,
+  );
+  // The file cut inside its IDAT chunk.
+  assert.throws(
+    () => decodeImage(full.subarray(0, Math.floor(full.length * 0.6)), "cut.png"),
+    /^Error: cut\.png is truncated: the file ends inside its IDAT chunk/,
+  );
+  // Interlaced (Adam7) data is measured pass by pass: 4×4 RGB has 5 non-empty passes, 55 bytes.
+  assert.throws(
+    () => decodePng(pngWithRawData(4, 4, new Uint8Array(30), { interlace: true }), "adam7.png"),
+    /adam7\.png is truncated: its pixel data inflates to 30 of the 55 bytes/,
+  );
+  assert.equal(
+    decodePng(pngWithRawData(4, 4, new Uint8Array(55), { interlace: true }), "adam7.png").width,
+    4,
+  );
+  // An interlaced 64×64 PNG whose 2 MB IDAT inflates to 2 GiB: pngjs inflated all of it (2.2 GB,
+  // 2 s) before failing; the check stops at the 12408 bytes Adam7 needs for 64×64 RGB.
+  const bomb = pngWithIdat(64, 64, zlibZeros(2 * 1024 ** 3), { interlace: true });
+  assert.ok(bomb.length < 2.2e6);
+  const t0 = performance.now();
+  assert.throws(
+    () => decodePng(bomb, "idat-bomb.png"),
+    /^Error: idat-bomb\.png holds more pixel data than its 64×64 header declares \(over 12408 bytes inflated\); the file is corrupt or hostile/,
+  );
+  assert.ok(performance.now() - t0 < 1000, `${performance.now() - t0} ms`);
+  // More data than the header declares: inflation stops at the declared size.
+  assert.throws(
+    () => decodePng(pngWithRawData(64, 4, rgbRows(64, 5000)), "long.png"),
+    /long\.png holds more pixel data than its 64×4 header declares \(over 772 bytes inflated\)/,
+  );
 });

@@ -5,6 +5,7 @@ import jpeg from "jpeg-js";
 import { PNG } from "pngjs";
 import { loadImageFolder } from "../lib/data/image_folder.ts";
 import { clipPreprocess, decodeImage } from "../lib/data/image.ts";
+import { pngDeclaring } from "./helpers/crafted_inputs.ts";
 
 function rgba(w: number, h: number, seed: number): Uint8Array {
   return Uint8Array.from(
@@ -128,5 +129,22 @@ Deno.test("image folder errors: missing split, empty class, corrupt image, mixed
       /split folder .*\/test is missing/,
     );
     await assert.rejects(loadImageFolder(join(root, "nope")), /image folder .*nope does not exist/);
+  });
+});
+
+Deno.test("image folder: an image declaring more than the pixel limit is refused by path", async () => {
+  await withDir(async (root) => {
+    await makeTree(root);
+    await Deno.writeFile(join(root, "val", "a_class", "img9.png"), pngDeclaring(20000, 20000));
+    await assert.rejects(
+      loadImageFolder(root, { imageSize: 4 }),
+      /val\/a_class\/img9\.png declares 20000×20000 pixels \(400\.0 MP\), more than the limit of 50 MP/,
+    );
+    await Deno.remove(join(root, "val", "a_class", "img9.png"));
+    // The option lowers the limit: the 24×16 JPEGs (384 pixels) exceed 300.
+    await assert.rejects(
+      loadImageFolder(root, { imageSize: 4, maxImagePixels: 300 }),
+      /img0\.jpg declares 16×24 pixels \(0\.0 MP\), more than the limit of 0\.0003 MP/,
+    );
   });
 });

@@ -10,6 +10,7 @@ import {
   writeNpy,
   writeNpz,
 } from "../lib/data/npy.ts";
+import { craftedNpz, deflatedZeros, npyHeader } from "./helpers/crafted_inputs.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -218,4 +219,136 @@ Deno.test("npy header versions 2.0 and 3.0 are read", () => {
 Deno.test("crc32 check value", () => {
   assert.equal(crc32(new TextEncoder().encode("123456789")), 0xcbf43926);
   assert.equal(crc32(new Uint8Array(0)), 0);
+});
+
+/** Writes `bytes` to `name` in a fresh folder, runs `fn` on the path, removes the folder. */
+async function withFile(
+  name: string,
+  bytes: Uint8Array,
+  fn: (path: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeFile(join(dir, name), bytes);
+    await fn(join(dir, name));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Awaits `p`, which must reject, and returns the error and the milliseconds it took. */
+async function timedReject(p: () => Promise<unknown>): Promise<{ error: Error; ms: number }> {
+  const t0 = performance.now();
+  try {
+    await p();
+  } catch (error) {
+    return { error: error as Error, ms: performance.now() - t0 };
+  }
+  throw new assert.AssertionError({ message: "expected a rejection" });
+}
+
+const GIB = 1024 ** 3;
+
+// Before these checks this 3 MB file was inflated in full — 30 s and 3.2 GB of memory — before
+// anything was checked; now it is refused from its directory alone, in milliseconds.
+Deno.test("npz: a genuine 3 MB → 3 GiB zip bomb is refused by its compression ratio", async () => {
+  const header = npyHeader([3 * GIB]);
+  const deflated = deflatedZeros(header, 3 * GIB);
+  assert.ok(deflated.length < 3.3e6, `${deflated.length} bytes`);
+  const npz = craftedNpz([{
+    name: "train_images.npy",
+    deflated,
+    declaredSize: header.length + 3 * GIB,
+  }]);
+  await withFile("bomb.npz", npz, async (path) => {
+    const { error, ms } = await timedReject(() => readNpz(path));
+    assert.match(
+      error.message,
+      /^bomb\.npz: the arrays read \(train_images\.npy\) expand 3\.0 MiB to 3\.0 GiB, 1011:1 \(entry train_images\.npy: 3\.0 GiB from 3\.0 MiB\), more than the limit of 100:1 — a decompression bomb.*readNpz option maxRatio, or the environment variable DEER_NPZ_MAX_RATIO=<ratio>/,
+    );
+    assert.ok(ms < 1000, `${ms} ms`);
+    // With the ratio raised, the total cap still refuses it before inflating anything.
+    await assert.rejects(
+      readNpz(path, { maxRatio: 2000, maxBytes: GIB }),
+      /bomb\.npz: the arrays read \(train_images\.npy\) declare 3\.0 GiB uncompressed, more than the limit of 1\.0 GiB;.*readNpz option maxBytes, or the environment variable DEER_NPZ_MAX_BYTES=<bytes>/,
+    );
+    Deno.env.set("DEER_NPZ_MAX_BYTES", String(GIB));
+    try {
+      await assert.rejects(readNpz(path, { maxRatio: 2000 }), /more than the limit of 1\.0 GiB/);
+      Deno.env.set("DEER_NPZ_MAX_RATIO", "2000");
+      await assert.rejects(readNpz(path), /more than the limit of 1\.0 GiB/);
+    } finally {
+      Deno.env.delete("DEER_NPZ_MAX_BYTES");
+      Deno.env.delete("DEER_NPZ_MAX_RATIO");
+    }
+  });
+});
+
+Deno.test("npz: an entry that inflates past its declared size stops there", async () => {
+  // Declares 1000 bytes; its npy header agrees; the stream goes on to 1 GiB of zeros.
+  const header = npyHeader([1000 - 128]);
+  assert.equal(header.length, 128);
+  const npz = craftedNpz([{
+    name: "x.npy",
+    deflated: deflatedZeros(header, GIB),
+    declaredSize: 1000,
+  }]);
+  await withFile("liar.npz", npz, async (path) => {
+    const { error, ms } = await timedReject(() => readNpz(path));
+    assert.match(
+      error.message,
+      /^entry x\.npy of liar\.npz inflates to more than the 1000 bytes it declares; the file is corrupt or hostile \(a decompression bomb\)/,
+    );
+    assert.ok(ms < 1000, `${ms} ms`);
+  });
+});
+
+Deno.test("npz: an npy header whose shape × dtype disagrees with the entry's size is refused", async () => {
+  // The header claims 8 GiB of uint8; the entry declares (and holds) 1 MiB after it.
+  const header = npyHeader([8 * GIB]);
+  const npz = craftedNpz([{
+    name: "x.npy",
+    deflated: deflatedZeros(header, 1 << 20),
+    declaredSize: header.length + (1 << 20),
+  }]);
+  await withFile("shape.npz", npz, async (path) => {
+    await assert.rejects(
+      readNpz(path),
+      /^Error: entry x\.npy of shape\.npz declares 1048704 bytes, but its npy header \(shape \[8589934592\], \|u1\) makes 8589934720; the file is corrupt/,
+    );
+  });
+  // The zip entry declares 8 GiB (zip64) for the same 1 KiB stream: refused by its ratio.
+  const big = craftedNpz([{
+    name: "x.npy",
+    deflated: deflatedZeros(header, 1 << 20),
+    declaredSize: header.length + 8 * GIB,
+  }]);
+  await withFile("big.npz", big, async (path) => {
+    await assert.rejects(
+      readNpz(path),
+      /big\.npz: the arrays read \(x\.npy\) expand .* to 8\.0 GiB/,
+    );
+  });
+});
+
+Deno.test("npz: highly compressible arrays below the limits read exactly", async () => {
+  // 32 MiB of zeros and a label array: ratio ~1000:1, but under the 64 MiB floor.
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "zeros.npz");
+    const zeros = new Uint8Array(32 << 20);
+    zeros[zeros.length - 1] = 7;
+    await writeNpz(path, {
+      x: { shape: [zeros.length], data: zeros },
+      y: { shape: [3, 1], data: new Uint8Array([0, 1, 2]) },
+    });
+    const back = await readNpz(path);
+    assert.equal(back.x.data.length, 32 << 20);
+    assert.equal(back.x.data[(32 << 20) - 1], 7);
+    assert.deepEqual(Array.from(back.y.data as Uint8Array), [0, 1, 2]);
+    // The same file under a smaller total limit is refused.
+    await assert.rejects(readNpz(path, { maxBytes: 1 << 20 }), /declare 32\.0 MiB uncompressed/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { dirichletPartition, iidPartition, partitionCounts } from "../lib/data/partition.ts";
+import {
+  dirichletPartition,
+  iidPartition,
+  MAX_IMPLIED_CLASSES,
+  partitionCounts,
+} from "../lib/data/partition.ts";
 
 function labelsOf(perClass: number[]): number[] {
   return perClass.flatMap((n, c) => new Array(n).fill(c));
@@ -100,8 +105,45 @@ Deno.test("dirichletPartition rejects bad arguments with clear messages", () => 
     /labels\[1\] = -1; labels must be integers ≥ 0/,
   );
   assert.throws(() => dirichletPartition([0, 0.5], 2, 1, 1), /labels\[1\] = 0.5/);
+  assert.throws(() => dirichletPartition([0, NaN], 2, 1, 1), /labels\[1\] = NaN/);
   assert.throws(() => dirichletPartition([0, 1], 2, 1, 1.5), /seed must be an integer/);
   assert.deepEqual(dirichletPartition([], 3, 1, 1), [[], [], []]);
+});
+
+// A label of 1e9 used to allocate a billion class lists and Dirichlet draws (~1 GB, seconds).
+Deno.test("labels far beyond any class count are refused before anything is allocated", () => {
+  const rss = Deno.memoryUsage().rss;
+  assert.throws(
+    () => dirichletPartition([0, 1e9], 2, 0.5, 1),
+    /^Error: dirichletPartition: labels\[1\] = 1000000000 would make 1000000001 classes; labels must be class indices below 65536 \(the labels are corrupt; pass numClasses to check them against the data set's classes\)$/,
+  );
+  assert.throws(
+    () => partitionCounts([0, 1e9], [[0], [1]]),
+    /^Error: partitionCounts: labels\[1\] = 1000000000 would make/,
+  );
+  assert.ok(Deno.memoryUsage().rss - rss < 100e6, "no allocation of the label's size");
+  // With the data set's class count, a label outside it is named against it.
+  assert.throws(
+    () => dirichletPartition(Int32Array.from([0, 1, 8, 2]), 2, 0.5, 1, { numClasses: 8 }),
+    /^Error: dirichletPartition: labels\[2\] = 8, but the data set has 8 classes \(labels 0\.\.7\); the labels are corrupt/,
+  );
+  assert.throws(
+    () => dirichletPartition([0], 2, 0.5, 1, { numClasses: 0 }),
+    /numClasses must be an integer ≥ 1, got 0/,
+  );
+  // Valid labels split exactly as without the option, and counts get a column per class.
+  const labels = labelsOf([5, 0, 7]);
+  assert.deepEqual(
+    dirichletPartition(labels, 3, 0.5, 4, { numClasses: 4 }),
+    dirichletPartition(labels, 3, 0.5, 4),
+  );
+  assert.deepEqual(partitionCounts([2, 0], [[0], [1]], { numClasses: 4 }), [[0, 0, 1, 0], [
+    1,
+    0,
+    0,
+    0,
+  ]]);
+  assert.equal(dirichletPartition([MAX_IMPLIED_CLASSES - 1], 1, 1, 1)[0].length, 1);
 });
 
 Deno.test("iidPartition: equal random split, deterministic, covers every index", () => {

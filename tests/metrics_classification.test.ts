@@ -177,6 +177,20 @@ Deno.test("invalid inputs name the field", () => {
   assert.throws(() => classificationMetrics([0], [[NaN, 0]]), /probs\[0\]\[0\] = NaN/);
 });
 
+// meanStd([1, NaN]) used to return NaN silently.
+Deno.test("meanStd refuses NaN and ±Infinity, or gives NaN when asked to propagate them", () => {
+  assert.throws(
+    () => meanStd([1, NaN]),
+    /^Error: meanStd: values\[1\] is NaN; every value must be a finite number \(pass \{ nonFinite: "propagate" \} to get NaN for a set with a missing value\)$/,
+  );
+  assert.throws(() => meanStd([Infinity, 2]), /meanStd: values\[0\] is Infinity/);
+  assert.throws(() => meanStd([3, -Infinity]), /meanStd: values\[1\] is -Infinity/);
+  assert.throws(() => meanStd([NaN], { nonFinite: "throw" }), /values\[0\] is NaN/);
+  assert.deepEqual(meanStd([1, NaN], { nonFinite: "propagate" }), { mean: NaN, std: NaN });
+  assert.deepEqual(meanStd([Infinity, 1], { nonFinite: "propagate" }), { mean: NaN, std: NaN });
+  assert.deepEqual(meanStd([2, 4], { nonFinite: "propagate" }), { mean: 3, std: 1 });
+});
+
 Deno.test("meanStd uses the population std; selectionScore sums the five metrics", () => {
   const { mean, std } = meanStd([1, 2, 3, 4]);
   assert.equal(mean, 2.5);

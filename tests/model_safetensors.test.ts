@@ -189,3 +189,48 @@ Deno.test("safetensors: writer rejects bad input and leaves no file", async () =
   assert.deepEqual([...Deno.readDirSync(dir)], []);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("safetensors: a zero-size tensor overlaps nothing, whatever the key order", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const data = new Uint8Array(12);
+    new DataView(data.buffer).setFloat32(8, 2.5, true);
+    const entries = {
+      a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+      empty: { dtype: "F32", shape: [0], data_offsets: [8, 8] }, // as safetensors writes one
+      inside: { dtype: "F32", shape: [0, 3], data_offsets: [4, 4] },
+      b: { dtype: "F32", shape: [1], data_offsets: [8, 12] },
+    };
+    const names = Object.keys(entries) as (keyof typeof entries)[];
+    // Every key order: the verdict used to depend on which of "b" and "empty" came first.
+    const orders = [names, [...names].reverse(), ["b", "empty", "inside", "a"] as typeof names];
+    for (const order of orders) {
+      const path = `${dir}/${order.join("-")}.safetensors`;
+      await Deno.writeFile(
+        path,
+        rawFile(Object.fromEntries(order.map((k) => [k, entries[k]])), data),
+      );
+      const { tensors } = await readSafetensors(path);
+      assert.deepEqual(tensors.empty.shape, [0], order.join());
+      assert.equal(tensors.empty.data.length, 0);
+      assert.deepEqual(tensors.inside.shape, [0, 3]);
+      assert.deepEqual(Array.from(tensors.b.data), [2.5]);
+    }
+    // A real overlap is still found in every order, naming the same pair.
+    const overlapping = {
+      a: { dtype: "F32", shape: [3], data_offsets: [0, 12] },
+      empty: { dtype: "F32", shape: [0], data_offsets: [4, 4] },
+      b: { dtype: "F32", shape: [1], data_offsets: [8, 12] },
+    };
+    for (const order of [["a", "empty", "b"], ["b", "empty", "a"]] as const) {
+      const path = `${dir}/overlap-${order.join("-")}.safetensors`;
+      await Deno.writeFile(
+        path,
+        rawFile(Object.fromEntries(order.map((k) => [k, overlapping[k]])), data),
+      );
+      await assert.rejects(readSafetensors(path), /tensors "a" and "b" overlap in the data buffer/);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -3,11 +3,15 @@ import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
 import { readSafetensors, type SafeTensor, writeSafetensors } from "../lib/model/safetensors.ts";
 import {
+  createVitEncoder,
   inflateForVolumes,
   loadVisionEncoder,
   type LoraInput,
+  randomVitWeights,
   resizeGridBicubic,
+  saveVisionEncoder,
   visionEncoderFromTensors,
+  type VitConfig,
   type VitEncoder,
 } from "../lib/model/vit.ts";
 import { disposeLora, initLora, loraToTensors } from "../lib/model/lora.ts";
@@ -366,4 +370,101 @@ Deno.test("vit: volume encoder — shapes, depth-constant volumes equal 2D, grad
   for (const e of [exact, withDepth, wide]) e.dispose();
   assert.equal(tf.memory().numTensors, before, "volume encoders free only what they own");
   encoder.dispose();
+});
+
+/** Runs `fn`, collecting what it prints through console.error. */
+async function stderrOf(fn: () => Promise<void>): Promise<string[]> {
+  const lines: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args.map(String).join(" "));
+  try {
+    await fn();
+  } finally {
+    console.error = original;
+  }
+  return lines;
+}
+
+// A plain open_clip state dict used to be read as QuickGELU without a word; for exact-GELU
+// weights (LAION's) that puts every feature off by the amount measured below.
+Deno.test("vit: an activation taken from the default is said once per file, with the override", async () => {
+  const openai = await readSafetensors(`${FIXTURES}openai.safetensors`);
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/plain-open-clip.safetensors`;
+  await writeSafetensors(path, openai.tensors); // no "deer.vision" metadata, no sidecar
+  const x = images();
+  try {
+    let quick: Float32Array = new Float32Array(0);
+    const first = await stderrOf(async () => {
+      for (let i = 0; i < 2; i++) { // the second load of the same file says nothing
+        const encoder = await loadVisionEncoder(path, { heads: 2 });
+        assert.equal(encoder.config.act, "quick_gelu");
+        quick = encodeData(encoder, x);
+        encoder.dispose();
+      }
+    });
+    assert.equal(first.length, 1, first.join("\n"));
+    assert.match(
+      first[0],
+      /^deer: .*plain-open-clip\.safetensors does not say which activation its MLP uses; assuming quick_gelu, as OpenAI's CLIP weights use\..*loader option act \(deno task train: --model-act gelu\), the metadata key "deer\.vision" \(\{"act": "gelu"\}\), or an open_clip_config\.json beside the weights$/,
+    );
+    // What the notice is about: the same weights with exact GELU (PyTorch reference).
+    const off = relativeError(quick, inputs.ref_openai_gelu.data);
+    assert.ok(off > 1e-3, `quick_gelu vs gelu features differ by ${off}`);
+    // Saying which (option or metadata) silences it and gives the GELU reference.
+    const copy = `${dir}/with-metadata.safetensors`;
+    await writeSafetensors(copy, openai.tensors, {
+      "deer.vision": JSON.stringify({ act: "gelu", heads: 2 }),
+    });
+    const quiet = await stderrOf(async () => {
+      for (
+        const [file, options] of [[path, { act: "gelu" as const, heads: 2 }], [copy, {}]] as const
+      ) {
+        const encoder = await loadVisionEncoder(file, options);
+        assert.equal(encoder.config.act, "gelu");
+        assert.ok(relativeError(encodeData(encoder, x), inputs.ref_openai_gelu.data) <= 1e-4);
+        encoder.dispose();
+      }
+    });
+    assert.deepEqual(quiet, []);
+    // A width-64 file without metadata: heads (64 channels each) and activation both defaulted.
+    const config: VitConfig = {
+      layout: "openai",
+      imageSize: 14,
+      patchSize: 7,
+      channels: 3,
+      width: 64,
+      layers: 1,
+      heads: 1,
+      mlpDim: 32,
+      embedDim: 8,
+      act: "gelu",
+      lnEps: 1e-5,
+      preNorm: true,
+      patchBias: false,
+      proj: true,
+      projBias: false,
+    };
+    const saved = createVitEncoder(config, randomVitWeights(config, createRng(3)));
+    const withMeta = `${dir}/w64-meta.safetensors`;
+    await saveVisionEncoder(withMeta, saved);
+    saved.dispose();
+    const plain = `${dir}/w64.safetensors`;
+    await writeSafetensors(plain, (await readSafetensors(withMeta)).tensors);
+    const notices = await stderrOf(async () => {
+      for (const file of [withMeta, plain, plain]) (await loadVisionEncoder(file)).dispose();
+    });
+    assert.equal(notices.length, 2, notices.join("\n"));
+    assert.match(
+      notices[0],
+      /w64\.safetensors does not say which activation .* assuming quick_gelu/,
+    );
+    assert.match(
+      notices[1],
+      /w64\.safetensors does not say how many attention heads it has; assuming 1 \(64 channels each.*loader option heads, the metadata key "deer\.vision"/,
+    );
+  } finally {
+    x.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadPrototypes } from "../lib/model/head.ts";
+import { readSafetensors, writeSafetensors } from "../lib/model/safetensors.ts";
 import { datasetPromptClasses, main } from "../tasks/prototypes.ts";
 
 const FIXTURES = new URL("./fixtures/text_tiny/", import.meta.url).pathname;
@@ -89,4 +90,66 @@ Deno.test("prototypes task: usage errors exit 2, load errors exit 1", async () =
   );
   assert.equal(code, 1);
   assert.match(lines.warn.join("\n"), /missing.safetensors/);
+});
+
+// An open_clip text tower whose file records its heads but not its activation: it used to be
+// read as QuickGELU without a word, for exact-GELU weights such as these.
+Deno.test("prototypes task: a defaulted activation is said once; --model-act gives the right one", async () => {
+  const dir = await Deno.makeTempDir();
+  const errors: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => errors.push(args.map(String).join(" "));
+  try {
+    const src = `${FIXTURES}openai/`;
+    const { tensors } = await readSafetensors(`${src}model.safetensors`);
+    for (const name of ["plain-a", "plain-b"]) {
+      await Deno.mkdir(join(dir, name));
+      await writeSafetensors(join(dir, name, "model.safetensors"), tensors, {
+        "deer.text": JSON.stringify({ heads: 2, contextLength: 16 }),
+      });
+      for (const f of ["vocab.json", "merges.txt"]) {
+        await Deno.copyFile(src + f, join(dir, name, f));
+      }
+    }
+    const run = async (model: string, out: string, extra: string[] = []) => {
+      const { lines, io } = capture();
+      const code = await main(["--model", model, "--classes", "a,b", "--out", out, ...extra], io);
+      assert.equal(code, 0, lines.warn.join("\n"));
+      const { prototypes } = await loadPrototypes(out, { numClasses: 2, embedDim: 24 });
+      const data = prototypes.dataSync() as Float32Array;
+      prototypes.dispose();
+      return data;
+    };
+    // The fixture's own open_clip_config.json says exact GELU ("quick_gelu": false).
+    const reference = await run(`${src}model.safetensors`, join(dir, "ref.safetensors"));
+    const a = join(dir, "plain-a", "model.safetensors");
+    const viaFlag = await run(a, join(dir, "a.safetensors"), ["--model-act", "gelu"]);
+    assert.deepEqual(Array.from(viaFlag), Array.from(reference));
+    assert.deepEqual(errors, []);
+    const b = join(dir, "plain-b", "model.safetensors");
+    const defaulted = await run(b, join(dir, "b1.safetensors"));
+    await run(b, join(dir, "b2.safetensors"));
+    assert.equal(errors.length, 1, errors.join("\n"));
+    assert.match(
+      errors[0],
+      /^deer: .*plain-b\/model\.safetensors does not say which activation its text tower's MLP uses; assuming quick_gelu.*\(deno task prototypes: --model-act gelu\), the metadata key "deer\.text" \(\{"act": "gelu"\}\), or an open_clip_config\.json beside the weights$/,
+    );
+    let diff = 0;
+    for (let i = 0; i < reference.length; i++) {
+      diff = Math.max(diff, Math.abs(defaulted[i] - reference[i]));
+    }
+    assert.ok(diff > 1e-4, `quick_gelu prototypes differ from gelu ones by ${diff}`);
+    const { lines, io } = capture();
+    assert.equal(
+      await main(["--model", a, "--classes", "a", "--out", "x", "--model-act", "relu"], io),
+      2,
+    );
+    assert.match(
+      lines.warn.join("\n"),
+      /--model-act relu: expected gelu \(exact, erf\) or quick_gelu/,
+    );
+  } finally {
+    console.error = original;
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -12,6 +12,11 @@
  * before resizing (Pillow premultiplies it; the two agree on opaque images). JPEG decoding is
  * jpeg-js, whose IDCT can differ from libjpeg's by ±1 on some pixels.
  *
+ * Before decoding, the size a file's header declares is checked against a pixel limit (50 M by
+ * default; the `maxPixels` option or `DEER_MAX_IMAGE_PIXELS`, see `./limits.ts`), so that a tiny
+ * file declaring a huge image is refused at once; and a PNG's pixel data must inflate to exactly
+ * what its header declares: a truncated file is an error, never an image padded with zeros.
+ *
  * @example
  * ```ts
  * const img = decodeImage(await Deno.readFile("x.jpg"), "x.jpg"); // RGB, HWC
@@ -22,6 +27,8 @@
 import jpeg from "jpeg-js";
 import { PNG } from "pngjs";
 import { Buffer } from "node:buffer";
+import { constants as zlibConstants, inflateSync } from "node:zlib";
+import { imagePixelLimit } from "./limits.ts";
 
 /** CLIP's per-channel mean (RGB), SPEC.md §2. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
@@ -36,6 +43,63 @@ export interface Image8 {
   data: Uint8Array;
 }
 
+/** Options of the decoders. */
+export interface DecodeOptions {
+  /**
+   * Largest width × height accepted, checked on the header before any pixel memory is allocated
+   * (default: `DEER_MAX_IMAGE_PIXELS`, else 50 M).
+   */
+  maxPixels?: number;
+}
+
+function checkPixels(name: string, width: number, height: number, options: DecodeOptions): void {
+  const limit = imagePixelLimit(options.maxPixels);
+  if (width * height > limit) {
+    throw new Error(
+      `${name} declares ${width}×${height} pixels (${
+        (width * height / 1e6).toFixed(1)
+      } MP), more than the limit of ${
+        limit / 1e6
+      } MP; the file is corrupt or hostile (a decompression bomb) — or, if the image is ` +
+        `genuine, raise the limit (option maxPixels, or the environment variable ` +
+        `DEER_MAX_IMAGE_PIXELS=<pixels>)`,
+    );
+  }
+}
+
+/**
+ * The width and height a JPEG's frame header (SOF) declares, read without decoding;
+ * `undefined` when there is no frame header before the scan data.
+ */
+function jpegDeclaredSize(bytes: Uint8Array): { width: number; height: number } | undefined {
+  let p = 2;
+  while (p + 4 <= bytes.length) {
+    if (bytes[p] !== 0xff) return undefined;
+    const marker = bytes[p + 1];
+    if (marker === 0xff) { // fill byte
+      p++;
+      continue;
+    }
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd8)) { // no length field
+      p += 2;
+      continue;
+    }
+    if (marker === 0xda || marker === 0xd9) return undefined; // scan or end before any frame
+    const length = (bytes[p + 2] << 8) | bytes[p + 3];
+    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
+      marker !== 0xcc;
+    if (isFrame) {
+      if (p + 9 > bytes.length) return undefined;
+      return {
+        height: (bytes[p + 5] << 8) | bytes[p + 6],
+        width: (bytes[p + 7] << 8) | bytes[p + 8],
+      };
+    }
+    p += 2 + length;
+  }
+  return undefined;
+}
+
 /**
  * Decodes a baseline or progressive JPEG to RGB (greyscale JPEGs are replicated to 3 channels).
  *
@@ -45,13 +109,19 @@ export interface Image8 {
  * img.channels; // 3
  * ```
  */
-export function decodeJpeg(bytes: Uint8Array, name = "image.jpg"): Image8 {
+export function decodeJpeg(
+  bytes: Uint8Array,
+  name = "image.jpg",
+  options: DecodeOptions = {},
+): Image8 {
+  const declared = jpegDeclaredSize(bytes);
+  if (declared !== undefined) checkPixels(name, declared.width, declared.height, options);
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
     decoded = jpeg.decode(bytes, {
       useTArray: true,
       formatAsRGBA: false,
-      maxResolutionInMP: 200,
+      maxResolutionInMP: imagePixelLimit(options.maxPixels) / 1e6,
       maxMemoryUsageInMB: 2048,
     });
   } catch (err) {
@@ -75,7 +145,12 @@ export function decodeJpeg(bytes: Uint8Array, name = "image.jpg"): Image8 {
  * const img = decodePng(await Deno.readFile("scan.png"), "scan.png");
  * ```
  */
-export function decodePng(bytes: Uint8Array, name = "image.png"): Image8 {
+export function decodePng(
+  bytes: Uint8Array,
+  name = "image.png",
+  options: DecodeOptions = {},
+): Image8 {
+  checkPngData(bytes, name, options);
   // IHDR is the first chunk: its bit depth sits at byte 24. Only 16-bit data skips pngjs'
   // rescaling, so that we can keep the high byte as Pillow does; 1/2/4-bit grey is scaled to 0–255.
   const depth = bytes.length > 24 ? bytes[24] : 8;
@@ -102,6 +177,97 @@ export function decodePng(bytes: Uint8Array, name = "image.png"): Image8 {
   return { width, height, channels: 3, data: out };
 }
 
+/** Samples per pixel of each PNG colour type (grey, RGB, palette, grey+alpha, RGBA). */
+const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+
+/** Adam7's passes: [x0, y0, dx, dy]. */
+const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [
+  0,
+  1,
+  1,
+  2,
+]];
+
+/**
+ * Checks a PNG before pngjs decodes it: the declared size against the pixel limit, every chunk
+ * inside the file, and the pixel data (IDAT) inflating to exactly the bytes the header implies —
+ * stopping the moment it would inflate past them. pngjs itself pads missing rows with zeros.
+ */
+function checkPngData(bytes: Uint8Array, name: string, options: DecodeOptions): void {
+  const unreadable = (why: string) =>
+    new Error(`${name} is not a readable PNG (${why}); replace or remove it`);
+  const text = (p: number) => String.fromCharCode(...bytes.subarray(p, p + 4));
+  if (bytes.length < 33 || text(12) !== "IHDR") throw unreadable("no IHDR header chunk");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const width = view.getUint32(16), height = view.getUint32(20);
+  const depth = bytes[24], colorType = bytes[25], interlaced = bytes[28] === 1;
+  if (width === 0 || height === 0) throw unreadable(`its header declares ${width}×${height}`);
+  checkPixels(name, width, height, options);
+  const channels = PNG_CHANNELS[colorType];
+  if (channels === undefined) throw unreadable(`unknown colour type ${colorType}`);
+  const bits = channels * depth;
+  const rowBytes = (w: number) => 1 + Math.ceil((w * bits) / 8);
+  let expected = 0;
+  if (interlaced) {
+    for (const [x0, y0, dx, dy] of ADAM7) {
+      const w = Math.ceil((width - x0) / dx), h = Math.ceil((height - y0) / dy);
+      if (w > 0 && h > 0) expected += h * rowBytes(w);
+    }
+  } else {
+    expected = height * rowBytes(width);
+  }
+  const idat: Uint8Array[] = [];
+  let p = 8;
+  while (p + 8 <= bytes.length) {
+    const length = view.getUint32(p), type = text(p + 4);
+    if (p + 12 + length > bytes.length) {
+      throw new Error(
+        `${name} is truncated: the file ends inside its ${type} chunk (${
+          bytes.length - p - 8
+        } of ${length} data bytes); replace or re-export the image`,
+      );
+    }
+    if (type === "IDAT") idat.push(bytes.subarray(p + 8, p + 8 + length));
+    if (type === "IEND") break;
+    p += 12 + length;
+  }
+  const compressed = new Uint8Array(idat.reduce((a, c) => a + c.length, 0));
+  let at = 0;
+  for (const c of idat) (compressed.set(c, at), at += c.length);
+  // node:zlib is native here (3× fflate's speed); maxOutputLength stops it past the header's size.
+  let produced: number;
+  let failure: string | undefined;
+  try {
+    produced = inflateSync(compressed, { maxOutputLength: expected }).length;
+  } catch (err) {
+    if ((err as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
+      throw new Error(
+        `${name} holds more pixel data than its ${width}×${height} header declares (over ${expected} ` +
+          `bytes inflated); the file is corrupt or hostile: replace or re-export the image`,
+      );
+    }
+    failure = (err as Error).message;
+    try { // how far the stream goes before it breaks off
+      produced = inflateSync(compressed, {
+        maxOutputLength: expected,
+        finishFlush: zlibConstants.Z_SYNC_FLUSH,
+      }).length;
+    } catch {
+      produced = 0;
+    }
+  }
+  if (produced < expected) {
+    const rows = interlaced ? "" : ` (${Math.floor(produced / rowBytes(width))} of ${height} rows)`;
+    throw new Error(
+      `${name} is truncated: its pixel data inflates to ${produced} of the ${expected} bytes ` +
+        `its ${width}×${height} header declares${rows}${
+          failure ? `; inflate: ${failure}` : ""
+        }; replace or re-export the image`,
+    );
+  }
+  if (failure !== undefined) throw unreadable(`corrupt pixel data: ${failure}`);
+}
+
 /**
  * Decodes a JPEG or PNG, chosen by the file's signature (not its extension), to RGB.
  *
@@ -110,12 +276,16 @@ export function decodePng(bytes: Uint8Array, name = "image.png"): Image8 {
  * const img = decodeImage(await Deno.readFile("a.png"), "a.png");
  * ```
  */
-export function decodeImage(bytes: Uint8Array, name = "image"): Image8 {
+export function decodeImage(
+  bytes: Uint8Array,
+  name = "image",
+  options: DecodeOptions = {},
+): Image8 {
   if (bytes.length >= 3 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) {
-    return decodeJpeg(bytes, name);
+    return decodeJpeg(bytes, name, options);
   }
   if (bytes.length >= 8 && bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e) {
-    return decodePng(bytes, name);
+    return decodePng(bytes, name, options);
   }
   throw new Error(
     `${name} is neither a JPEG nor a PNG (${bytes.length} bytes, bad signature); replace or remove it`,

@@ -35,6 +35,11 @@ export interface ImageFolderOptions {
   channels?: 1 | 3;
   /** Print a progress line to stderr every this many images (0 = quiet, default). */
   progressEvery?: number;
+  /**
+   * Largest width × height an image file may declare (default: `DEER_MAX_IMAGE_PIXELS`, else
+   * 50 M); a file over it is refused before it is decoded.
+   */
+  maxImagePixels?: number;
 }
 
 const IMAGE_EXT = /\.(jpe?g|png)$/i;
@@ -159,7 +164,7 @@ export async function loadImageFolder(
       } catch (err) {
         throw new Error(`cannot read image ${path}: ${(err as Error).message}`);
       }
-      let img = decodeImage(bytes, path);
+      let img = decodeImage(bytes, path, { maxPixels: options.maxImagePixels });
       if (channels === 1) img = toChannels(img, 1);
       if (size !== undefined) img = clipPreprocess(img, size);
       if (fixed === undefined) fixed = [img.width, img.height];

@@ -20,6 +20,7 @@
  * @module
  */
 import { basename } from "node:path";
+import type { NpzLimits } from "./limits.ts";
 import { listNpz, type NpyArray, readNpz } from "./npy.ts";
 import {
   type ImageDataset,
@@ -49,6 +50,8 @@ export interface MedMnistOptions {
   channels?: 1 | 3;
   /** Print a progress line to stderr every this many resized images (0 = quiet, default). */
   progressEvery?: number;
+  /** Size limits of the npz reader (`maxBytes`, `maxRatio`; see lib/data/limits.ts). */
+  limits?: Partial<NpzLimits>;
 }
 
 /**
@@ -171,7 +174,7 @@ export async function loadMedMnist(
       }); a MedMNIST-layout file needs ${keys.join(", ")}`,
     );
   }
-  const arrays = await readNpz(path, { keys });
+  const arrays = await readNpz(path, { keys, ...options.limits });
 
   const raw: Record<string, { layout: Layout; images: Uint8Array; labels: Int32Array }> = {};
   let first: Layout | undefined;

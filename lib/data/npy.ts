@@ -9,7 +9,12 @@
  * (pickled) and structured dtypes are refused with an error that says how to re-save the file.
  *
  * An `.npz` is read entry by entry from the open file (only the central directory and the
- * requested entries are read), each checked against its CRC-32.
+ * requested entries are read), each checked against its CRC-32. Sizes are checked before memory
+ * is allocated (see `./limits.ts`): the entries' declared uncompressed bytes against `maxBytes`
+ * (16 GiB) and their compression ratio against `maxRatio` (100:1 once past 64 MiB); each entry's
+ * npy header, read from the first inflated bytes, must need exactly the size its zip entry
+ * declares; and inflation stops the moment a stream passes that size. A decompression bomb is
+ * refused in milliseconds, within a few MB of memory.
  *
  * Write: `encodeNpy`/`writeNpy`/`writeNpz` produce files numpy reads (`np.load`); `writeNpz`
  * stores or deflates each entry, writes a fixed timestamp (the same arrays give the same bytes)
@@ -23,9 +28,11 @@
  * ```
  * @module
  */
-import { deflateSync, inflateSync } from "fflate";
+import { deflateSync } from "fflate";
 import { basename } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
+import { inflateBounded, InflateLimitError } from "./_inflate.ts";
+import { formatBytes, NPZ_RATIO_FLOOR_BYTES, type NpzLimits, npzLimits } from "./limits.ts";
 
 /** The typed arrays an array's `data` can be. */
 export type TypedArray =
@@ -69,6 +76,16 @@ export interface ReadNpzOptions extends ReadNpyOptions {
   keys?: string[];
   /** Check each entry's CRC-32 (default true). */
   verifyCrc?: boolean;
+  /**
+   * Largest total of uncompressed bytes of the entries read (default: `DEER_NPZ_MAX_BYTES`, else
+   * 16 GiB).
+   */
+  maxBytes?: number;
+  /**
+   * Largest ratio of uncompressed to compressed bytes of the entries read, once they exceed 64
+   * MiB (default: `DEER_NPZ_MAX_RATIO`, else 100).
+   */
+  maxRatio?: number;
 }
 
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // "\x93NUMPY"
@@ -94,23 +111,39 @@ const DTYPES: Record<string, DtypeInfo> = {
 
 const SUPPORTED = "|u1 |i1 <u2 <i2 <u4 <i4 <i8 <u8 <f4 <f8 |b1";
 
-/**
- * Decodes the bytes of one `.npy` file. `name` appears in every error message.
- *
- * @example
- * ```ts
- * const a = readNpy(encodeNpy({ shape: [3], data: new Int32Array([1, 2, 3]) }), "a.npy");
- * a.dtype; // "<i4"
- * ```
- */
-export function readNpy(
-  bytes: Uint8Array,
-  name = "array.npy",
-  options: ReadNpyOptions = {},
-): NpyArray {
-  if (bytes.length < 10) {
-    throw new Error(`${name} is truncated: ${bytes.length} bytes, shorter than an npy preamble`);
+/** An npy file's preamble and header, parsed: where the data starts and what it must hold. */
+interface NpyLayout {
+  dataStart: number;
+  descr: string;
+  kind: string;
+  info: DtypeInfo;
+  shape: number[];
+  /** Bytes the data must have: product of `shape` × item size. */
+  nbytes: number;
+}
+
+/** numpy writes headers of a few hundred bytes (and refuses to read ones over 10 000 by default). */
+const MAX_NPY_HEADER = 1 << 20;
+
+/** Bytes needed to know where an npy header ends; `undefined` if `bytes` is shorter than that. */
+function npyHeaderEnd(bytes: Uint8Array, name: string): number | undefined {
+  if (bytes.length < 12) return undefined;
+  checkMagic(bytes, name);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const major = bytes[6];
+  const [headerLen, headerStart] = major === 1
+    ? [view.getUint16(8, true), 10]
+    : [view.getUint32(8, true), 12];
+  if (headerLen > MAX_NPY_HEADER) {
+    throw new Error(
+      `${name} declares an npy header of ${headerLen} bytes (numpy writes a few hundred); ` +
+        `the file is corrupt`,
+    );
   }
+  return headerStart + headerLen;
+}
+
+function checkMagic(bytes: Uint8Array, name: string): void {
   for (let i = 0; i < MAGIC.length; i++) {
     if (bytes[i] !== MAGIC[i]) {
       throw new Error(
@@ -119,6 +152,14 @@ export function readNpy(
       );
     }
   }
+}
+
+/** Parses the preamble and header of `bytes` (which must hold at least the whole header). */
+function parseNpyLayout(bytes: Uint8Array, name: string): NpyLayout {
+  if (bytes.length < 10) {
+    throw new Error(`${name} is truncated: ${bytes.length} bytes, shorter than an npy preamble`);
+  }
+  checkMagic(bytes, name);
   const major = bytes[6];
   let headerLen: number, headerStart: number;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -168,9 +209,26 @@ export function readNpy(
       `${name} is stored in Fortran order; re-save it C-ordered: np.save(path, np.ascontiguousarray(a))`,
     );
   }
+  const nbytes = shape.reduce((a, b) => a * b, 1) * info.size;
+  return { dataStart, descr, kind, info, shape, nbytes };
+}
 
-  const count = shape.reduce((a, b) => a * b, 1);
-  const nbytes = count * info.size;
+/**
+ * Decodes the bytes of one `.npy` file. `name` appears in every error message.
+ *
+ * @example
+ * ```ts
+ * const a = readNpy(encodeNpy({ shape: [3], data: new Int32Array([1, 2, 3]) }), "a.npy");
+ * a.dtype; // "<i4"
+ * ```
+ */
+export function readNpy(
+  bytes: Uint8Array,
+  name = "array.npy",
+  options: ReadNpyOptions = {},
+): NpyArray {
+  const { dataStart, descr, kind, info, shape, nbytes } = parseNpyLayout(bytes, name);
+  const count = nbytes / info.size;
   const available = bytes.length - dataStart;
   if (available < nbytes) {
     throw new Error(
@@ -519,21 +577,14 @@ async function readEntry(
         `the file has ${fileSize} bytes; download the file again`,
     );
   }
-  const raw = await readAt(file, dataStart, entry.compressedSize);
-  let out: Uint8Array;
-  if (entry.method === 0) {
-    out = raw;
-  } else {
-    try {
-      out = inflateSync(raw, { out: new Uint8Array(entry.size) });
-    } catch (err) {
-      throw new Error(
-        `${where} is truncated or corrupt (inflate: ${
-          (err as Error).message
-        }); download the file again`,
-      );
-    }
+  if (entry.method === 0 && entry.size !== entry.compressedSize) {
+    throw new Error(
+      `${where} is stored uncompressed but declares ${entry.size} bytes in ` +
+        `${entry.compressedSize}; the file is corrupt, download it again`,
+    );
   }
+  const raw = await readAt(file, dataStart, entry.compressedSize);
+  const out = entry.method === 0 ? raw : inflateEntry(raw, entry, `${label}:${entry.name}`, where);
   if (out.length !== entry.size) {
     throw new Error(
       `${where} is truncated: ${out.length} bytes decompressed, ${entry.size} expected; download the file again`,
@@ -543,6 +594,95 @@ async function readEntry(
     throw new Error(`${where} fails its CRC-32 check; the file is corrupt, download it again`);
   }
   return out;
+}
+
+/**
+ * Inflates one entry without trusting it: its npy header, read from the first bytes, must need
+ * exactly the size the zip declares before that much memory is allocated, and inflation stops
+ * as soon as the stream runs past that size.
+ */
+function inflateEntry(raw: Uint8Array, entry: ZipEntry, name: string, where: string): Uint8Array {
+  let head = new Uint8Array(0);
+  let out: Uint8Array | undefined;
+  let headerError: Error | undefined; // what the header check threw, passed through as it is
+  const checkHeader = (piece: Uint8Array) => {
+    const grown = new Uint8Array(head.length + piece.length);
+    grown.set(head);
+    grown.set(piece, head.length);
+    head = grown;
+    const end = npyHeaderEnd(head, name);
+    if (end === undefined || head.length < end) return;
+    const { dataStart, descr, shape, nbytes } = parseNpyLayout(head.subarray(0, end), name);
+    if (dataStart + nbytes !== entry.size) {
+      throw new Error(
+        `${where} declares ${entry.size} bytes, but its npy header (shape [${shape}], ${descr}) ` +
+          `makes ${dataStart + nbytes}; the file is corrupt, download or re-save it`,
+      );
+    }
+    out = new Uint8Array(entry.size);
+    out.set(head);
+    head = new Uint8Array(0);
+  };
+  const sink = (piece: Uint8Array, offset: number) => {
+    if (out !== undefined) {
+      out.set(piece, offset);
+      return;
+    }
+    try {
+      checkHeader(piece);
+    } catch (err) {
+      throw (headerError = err as Error);
+    }
+  };
+  let produced: number;
+  try {
+    produced = inflateBounded(raw, "raw", entry.size, sink);
+  } catch (err) {
+    if (err instanceof InflateLimitError) {
+      throw new Error(
+        `${where} inflates to more than the ${entry.size} bytes it declares; the file is ` +
+          `corrupt or hostile (a decompression bomb): download or re-save it`,
+      );
+    }
+    if (err === headerError) throw err;
+    throw new Error(
+      `${where} is truncated or corrupt (inflate: ${
+        (err as Error).message
+      }); download the file again`,
+    );
+  }
+  return out?.subarray(0, produced) ?? head;
+}
+
+/**
+ * Refuses, before anything is inflated, entries whose declared sizes pass the limits (see
+ * `./limits.ts`).
+ */
+function checkEntrySizes(entries: ZipEntry[], label: string, limits: NpzLimits): void {
+  const total = entries.reduce((a, e) => a + e.size, 0);
+  const names = entries.map((e) => e.name).join(", ");
+  if (total > limits.maxBytes) {
+    throw new Error(
+      `${label}: the arrays read (${names}) declare ${formatBytes(total)} uncompressed, more ` +
+        `than the limit of ${formatBytes(limits.maxBytes)}; the file is corrupt or hostile — or, ` +
+        `if it is genuine, raise the limit (readNpz option maxBytes, or the environment variable ` +
+        `DEER_NPZ_MAX_BYTES=<bytes>)`,
+    );
+  }
+  const compressed = entries.reduce((a, e) => a + e.compressedSize, 0);
+  if (total > NPZ_RATIO_FLOOR_BYTES && total > limits.maxRatio * compressed) {
+    const worst = entries.reduce((w, e) =>
+      e.size / Math.max(1, e.compressedSize) > w.size / Math.max(1, w.compressedSize) ? e : w
+    );
+    throw new Error(
+      `${label}: the arrays read (${names}) expand ${formatBytes(compressed)} to ` +
+        `${formatBytes(total)}, ${(total / Math.max(1, compressed)).toFixed(0)}:1 (entry ` +
+        `${worst.name}: ${formatBytes(worst.size)} from ${formatBytes(worst.compressedSize)}), ` +
+        `more than the limit of ${limits.maxRatio}:1 — a decompression bomb, or arrays that are ` +
+        `almost all zeros; if the file is genuine, raise the limit (readNpz option maxRatio, or ` +
+        `the environment variable DEER_NPZ_MAX_RATIO=<ratio>)`,
+    );
+  }
 }
 
 /** Opens `path` for reading; a missing file is an error that names it. */
@@ -583,6 +723,7 @@ export async function readNpz(
           `it holds: ${[...byKey.keys()].join(", ") || "nothing"}`,
       );
     }
+    checkEntrySizes(keys.map((k) => byKey.get(k)!), label, npzLimits(options));
     const out: Record<string, NpyArray> = {};
     for (const key of keys) {
       const entry = byKey.get(key)!;

@@ -39,9 +39,57 @@ function checkSeed(seed: number, fn: string): void {
 }
 
 /**
+ * The most classes labels may imply when the caller does not say how many the data set has: far
+ * more than any classification data set this toolkit trains on, and small enough that the
+ * per-class lists and Dirichlet draws cost nothing.
+ */
+export const MAX_IMPLIED_CLASSES = 65536;
+
+/** Options of {@link dirichletPartition} and {@link partitionCounts}. */
+export interface PartitionOptions {
+  /**
+   * The data set's number of classes: every label must be below it. Without it, labels must be
+   * below {@link MAX_IMPLIED_CLASSES}.
+   */
+  numClasses?: number;
+}
+
+/**
+ * Checks that every label is a class index and returns the number of classes they imply
+ * (largest label + 1) — before anything of that size is allocated.
+ */
+function checkLabels(labels: ArrayLike<number>, fn: string, options: PartitionOptions): number {
+  const { numClasses } = options;
+  if (numClasses !== undefined && !(Number.isSafeInteger(numClasses) && numClasses >= 1)) {
+    throw new Error(`${fn}: numClasses must be an integer ≥ 1, got ${numClasses}`);
+  }
+  const limit = numClasses ?? MAX_IMPLIED_CLASSES;
+  let implied = 0;
+  for (let i = 0; i < labels.length; i++) {
+    const y = labels[i];
+    if (!Number.isInteger(y) || y < 0) {
+      throw new Error(`${fn}: labels[${i}] = ${y}; labels must be integers ≥ 0`);
+    }
+    if (y >= limit) {
+      throw new Error(
+        numClasses !== undefined
+          ? `${fn}: labels[${i}] = ${y}, but the data set has ${numClasses} classes ` +
+            `(labels 0..${numClasses - 1}); the labels are corrupt or belong to another data set`
+          : `${fn}: labels[${i}] = ${y} would make ${y + 1} classes; labels must be class ` +
+            `indices below ${MAX_IMPLIED_CLASSES} (the labels are corrupt; pass numClasses to ` +
+            `check them against the data set's classes)`,
+      );
+    }
+    if (y + 1 > implied) implied = y + 1;
+  }
+  return implied;
+}
+
+/**
  * Label-skewed split of `labels.length` samples among `numClients` clients, Dirichlet(α)
  * proportions per class (see the module doc for the exact algorithm). Returns each client's
- * sample indices; every index appears exactly once.
+ * sample indices; every index appears exactly once. Labels are checked first: integers ≥ 0 and
+ * below `options.numClasses` (or {@link MAX_IMPLIED_CLASSES}); the classes are 0..(largest label).
  *
  * @example
  * ```ts
@@ -54,6 +102,7 @@ export function dirichletPartition(
   numClients: number,
   alpha: number,
   seed: number,
+  options: PartitionOptions = {},
 ): number[][] {
   const fn = "dirichletPartition";
   checkClients(numClients, fn);
@@ -61,14 +110,7 @@ export function dirichletPartition(
     throw new Error(`${fn}: alpha must be a finite number > 0, got ${alpha}`);
   }
   checkSeed(seed, fn);
-  let numClasses = 0;
-  for (let i = 0; i < labels.length; i++) {
-    const y = labels[i];
-    if (!Number.isInteger(y) || y < 0) {
-      throw new Error(`${fn}: labels[${i}] = ${y}; labels must be integers ≥ 0`);
-    }
-    if (y + 1 > numClasses) numClasses = y + 1;
-  }
+  const numClasses = checkLabels(labels, fn, options);
   const rng = createRng(seed);
   const byClass: number[][] = Array.from({ length: numClasses }, () => []);
   for (let i = 0; i < labels.length; i++) byClass[labels[i]].push(i);
@@ -122,16 +164,21 @@ export function iidPartition(n: number, numClients: number, seed: number): numbe
 }
 
 /**
- * A K×C table: how many samples of each class each client holds (for logs and plots).
+ * A K×C table: how many samples of each class each client holds (for logs and plots); C is the
+ * largest label + 1, or `options.numClasses`. Labels are checked as by {@link dirichletPartition}.
  *
  * @example
  * ```ts
  * partitionCounts([0, 1, 1], [[0], [1, 2]]); // [[1, 0], [0, 2]]
  * ```
  */
-export function partitionCounts(labels: ArrayLike<number>, parts: number[][]): number[][] {
-  let numClasses = 0;
-  for (let i = 0; i < labels.length; i++) numClasses = Math.max(numClasses, labels[i] + 1);
+export function partitionCounts(
+  labels: ArrayLike<number>,
+  parts: number[][],
+  options: PartitionOptions = {},
+): number[][] {
+  const implied = checkLabels(labels, "partitionCounts", options);
+  const numClasses = options.numClasses ?? implied;
   return parts.map((p) => {
     const row = new Array(numClasses).fill(0);
     for (const i of p) row[labels[i]]++;

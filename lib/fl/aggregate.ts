@@ -127,7 +127,12 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
 export interface ClientUpdate {
   client: number;
   factors: LoraFactors;
-  /** Aggregation weight p_k (they need not sum to 1 under client sampling in strict mode). */
+  /**
+   * Aggregation weight. Weights may sum to less than 1 (strict calibration's fixed denominator
+   * under client sampling or faults): the missing mass stays on the global factors, i.e. the new
+   * global value is `θ_g + Σ_k w_k·Δ_k`. An empty list leaves the global factors as they are
+   * (plus the noise, under strict calibration).
+   */
   weight: number;
 }
 
@@ -145,6 +150,12 @@ export interface AggregateInput {
   rng: (label: string | number) => Rng;
   /** FedEx-LoRA: also return `s·D` per adapter, to fold into the frozen weights. */
   foldResidual?: boolean;
+  /**
+   * The largest weight any client could have in this release, fixed before the clients' data is
+   * seen; it scales the strict calibration's noise (σ·C·maxWeight). Default: the largest weight
+   * among `clients`.
+   */
+  maxWeight?: number;
 }
 
 /** The release as the privacy ledger records it (STYLE.md: the mechanism described as data). */
@@ -304,11 +315,17 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
       }
     });
   }
+  // Weight mass not carried by the combined clients stays on the global factors (exactly 0 when
+  // the weights are a normalised FedAvg, so that case is Σ_k p_k·θ_k as before).
+  const weightSum = clients.reduce((a, c) => a + c.weight, 0);
+  const globalMass = Math.abs(1 - weightSum) > 1e-12 ? 1 - weightSum : 0;
   const average = (list: LoraFactors[]): LoraFactors => {
     const out = cloneFactors(global);
     for (const which of released) {
       for (let i = 0; i < n; i++) {
-        const acc = new Float64Array(factorList(global, which)[i].length);
+        const g = factorList(global, which)[i];
+        const acc = new Float64Array(g.length);
+        if (globalMass !== 0) { for (let j = 0; j < acc.length; j++) acc[j] = globalMass * g[j]; }
         list.forEach((f, k) => {
           const t = factorList(f, which)[i], p = clients[k].weight;
           for (let j = 0; j < acc.length; j++) acc[j] += p * t[j];
@@ -320,8 +337,14 @@ export function aggregatePhase(input: AggregateInput): AggregateOutput {
   };
   const clean = average(combined);
   const next = average(noisy);
+  const maxWeight = input.maxWeight ?? Math.max(0, ...clients.map((c) => c.weight));
   if (cal?.calibration === "strict") {
-    const maxWeight = Math.max(...clients.map((c) => c.weight));
+    if (!(maxWeight > 0 && Number.isFinite(maxWeight))) {
+      throw new Error(
+        `aggregatePhase: maxWeight ${maxWeight} must be a finite number > 0 under strict ` +
+          `calibration (it scales the noise); pass the largest weight any client could have`,
+      );
+    }
     const std = cal.noiseMultiplier * C * maxWeight;
     const rng = input.rng("central");
     for (const which of released) {

@@ -29,6 +29,7 @@ import { allFinite, checkFactors, cloneFactors, type LoraFactors } from "./facto
 import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
 import { type Method, type MethodOptions, resolveMethod } from "./methods.ts";
 import { streamRng } from "./streams.ts";
+import { warn } from "../warnings.ts";
 import type { SharedBackbone } from "./backbone.ts";
 import { loadRunState, saveCheckpoint, saveRunState } from "./checkpoint.ts";
 import {
@@ -91,6 +92,9 @@ export function defaultConfig(): FederatedConfig {
 /** Per-phase instrumentation inside a round record. */
 export interface PhaseRecord {
   phase: string;
+  /** The clients sampled for this release (all of them under full participation). */
+  participants: number[];
+  /** Mean training loss of the combined clients (NaN, written as null, for an empty cohort). */
   trainLoss: number;
   /** Σ over adapters of ‖D‖_F of the factors the server combined (SPEC §3). */
   deviation: number;
@@ -274,8 +278,9 @@ export async function runFederated(
     : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed);
   const empty = parts.filter((p) => p.length === 0).length;
   if (empty > 0) {
-    console.error(
-      `deer: ${empty} of ${K} clients hold no training images (Dirichlet α = ` +
+    warn(
+      "empty-clients",
+      `${empty} of ${K} clients hold no training images (Dirichlet α = ` +
         `${config.split.dirichletAlpha}, seed ${config.seed}); they train nothing and release ` +
         `the global factors (plus DP noise, if on)`,
     );
@@ -301,7 +306,18 @@ export async function runFederated(
     })
     : null;
   let ledger = calibration ? createLedger({ delta: calibration.accountingDelta }) : null;
-  if (calibration?.warning) console.error(`deer: ${calibration.warning}`);
+  if (calibration?.warning) warn("paper-calibration", calibration.warning);
+  const expectedCohort = config.participation * K;
+  if (config.dp?.calibration === "strict" && expectedCohort < 1) {
+    warn(
+      "small-cohort",
+      `participation ${config.participation} with ${K} clients expects ${
+        expectedCohort.toPrecision(2)
+      } client per release: most releases include nobody, and the fixed-denominator average ` +
+        `scales the noise by 1/(q·K) = ${(1 / expectedCohort).toPrecision(2)}, drowning the ` +
+        `updates (the ε spent is still exact); raise participation or the number of clients`,
+    );
+  }
 
   // FedEx-LoRA: the aggregation residuals folded into the frozen q/k/v weights so far.
   let residual: Float32Array[] | undefined = method.foldResidual
@@ -343,9 +359,12 @@ export async function runFederated(
   for (let round = startRound; round < config.rounds; round++) {
     if (opts.stopAfterRounds !== undefined && roundsThisCall >= opts.stopAfterRounds) break;
     const t0 = performance.now();
-    const participants = sampleParticipants(config, round);
     const phases: PhaseRecord[] = [];
+    const cohorts: number[][] = [];
     for (const [phaseIndex, phase] of method.phases.entries()) {
+      // Each release draws its own Poisson cohort: the accountant's assumption (docs/privacy.md).
+      const participants = sampleParticipants(config, round, phaseIndex);
+      cohorts.push(participants);
       const results: { client: number; result: LocalResult | null; error?: string }[] = [];
       for (const [done, k] of participants.entries()) {
         if (opts.signal) await stopIfAborted(opts.signal);
@@ -384,24 +403,22 @@ export async function runFederated(
         if (reason) excluded.push({ client, reason });
         return !reason;
       });
-      if (valid.length === 0) {
+      if (valid.length === 0 && participants.length > 0) {
         throw new Error(
           `round ${round + 1} phase ${phase.name}: every client failed (${
             excluded.map((e) => `client ${e.client}: ${e.reason}`).join("; ")
           })`,
         );
       }
-      const weightsRaw = valid.map(({ client }) =>
-        config.weights === "size" ? sizeWeights[client] : 1
-      );
-      const total = weightsRaw.reduce((a, b) => a + b, 0);
+      const weighting = aggregationWeights(config, sizeWeights, valid.map((v) => v.client));
       const agg = aggregatePhase({
         global,
         clients: valid.map(({ client, result }, i) => ({
           client,
           factors: result!.factors,
-          weight: weightsRaw[i] / total,
+          weight: weighting.weights[i],
         })),
+        maxWeight: weighting.maxWeight,
         phase,
         dims,
         loraScale: backbone.loraScale,
@@ -428,6 +445,7 @@ export async function runFederated(
       }
       phases.push({
         phase: phase.name,
+        participants,
         trainLoss: mean(valid.map(({ result }) => result!.loss)),
         deviation: agg.deviation,
         noiseEnergy: agg.noiseEnergy,
@@ -440,6 +458,7 @@ export async function runFederated(
       });
     }
 
+    const participants = [...new Set(cohorts.flat())].sort((a, b) => a - b);
     // Evaluate on val; on improvement, on test (SPEC §2 selection).
     const evalFactors = evaluationFactors(global, clients, participants, method);
     const val = evaluateSplit(backbone, evalFactors, data.val, config.evalBatchSize, residual);
@@ -511,13 +530,61 @@ export async function runFederated(
   };
 }
 
-/** Clients of a round: all, or a seeded Bernoulli(q) sample (at least one). */
-function sampleParticipants(config: FederatedConfig, round: number): number[] {
+/**
+ * The cohort of one release (a phase of a round): every client, or each client independently with
+ * probability q = `participation` (Poisson sampling), drawn from its own named stream. The cohort
+ * may be empty: forcing a client in would make the inclusion probability larger than the q the
+ * accountant uses (docs/privacy.md, "Client sampling").
+ *
+ * @example
+ * ```ts
+ * sampleParticipants({ numClients: 4, participation: 1, seed: 10 }, 0, 0); // [0, 1, 2, 3]
+ * ```
+ */
+export function sampleParticipants(
+  config: Pick<FederatedConfig, "numClients" | "participation" | "seed">,
+  round: number,
+  phaseIndex: number,
+): number[] {
   const all = Array.from({ length: config.numClients }, (_, k) => k);
   if (config.participation >= 1) return all;
-  const rng = streamRng(config.seed, "participants", round);
-  const chosen = all.filter(() => rng.uniform() < config.participation);
-  return chosen.length > 0 ? chosen : [rng.int(config.numClients)];
+  const rng = phaseIndex === 0
+    ? streamRng(config.seed, "participants", round)
+    : streamRng(config.seed, "participants", round, phaseIndex);
+  return all.filter(() => rng.uniform() < config.participation);
+}
+
+/**
+ * Aggregation weights of the clients whose updates are combined, and the largest weight any
+ * client could have had (it fixes the noise scale before anyone's data is seen).
+ *
+ * * Strict calibration: the fixed-denominator average of DP-FedAvg — client k weighs p_k / q,
+ *   with p_k its full-participation weight (1/K, or its share of the training images) and q the
+ *   participation rate, whoever was sampled and whoever failed. The weights then sum to the
+ *   realised fraction of the expected cohort, the remaining mass stays on the global factors
+ *   (an absent client counts as a zero update), and one client moves the sum by at most
+ *   (max p_k / q)·C whatever the others do. A denominator that counted the realised cohort
+ *   would depend on the data and change the sensitivity (docs/privacy.md, "Client sampling").
+ * * Otherwise (no DP, or the paper calibration with every client): p_k renormalised over the
+ *   clients combined, as FedAvg does.
+ */
+function aggregationWeights(
+  config: FederatedConfig,
+  sizeWeights: number[],
+  combined: number[],
+): { weights: number[]; maxWeight: number } {
+  const raw = (k: number) => config.weights === "size" ? sizeWeights[k] : 1;
+  const normalised = (ks: number[]) => {
+    const total = ks.reduce((a, k) => a + raw(k), 0);
+    return ks.map((k) => raw(k) / total);
+  };
+  if (config.dp?.calibration === "strict") {
+    const q = config.participation;
+    const p = normalised(Array.from({ length: config.numClients }, (_, k) => k));
+    return { weights: combined.map((k) => p[k] / q), maxWeight: Math.max(...p) / q };
+  }
+  const weights = normalised(combined);
+  return { weights, maxWeight: Math.max(0, ...weights) };
 }
 
 /** Why a client's update cannot be aggregated, or null. */

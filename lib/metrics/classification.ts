@@ -249,17 +249,40 @@ export function classificationMetrics(
   return classificationReport(labels, probs, options).metrics;
 }
 
+/** Options of {@link meanStd}. */
+export interface MeanStdOptions {
+  /**
+   * What a NaN or ±Infinity among the values does: `"throw"` (default) is an error naming its
+   * index; `"propagate"` gives `{ mean: NaN, std: NaN }` — for a summary in which a seed without
+   * a value (say, no round ever improved validation) must show as missing, not be averaged away.
+   */
+  nonFinite?: "throw" | "propagate";
+}
+
 /**
  * Mean and POPULATION standard deviation (divide by n, numpy's default; SPEC.md §2: results are
- * reported as mean ± std over the seeds).
+ * reported as mean ± std over the seeds). Non-finite values are refused unless
+ * `{ nonFinite: "propagate" }` asks for a NaN result.
  *
  * @example
  * ```ts
  * meanStd([1, 2, 3, 4]); // { mean: 2.5, std: √1.25 ≈ 1.118 }
+ * meanStd([1, NaN], { nonFinite: "propagate" }); // { mean: NaN, std: NaN }
  * ```
  */
-export function meanStd(values: readonly number[]): { mean: number; std: number } {
+export function meanStd(
+  values: readonly number[],
+  options: MeanStdOptions = {},
+): { mean: number; std: number } {
   if (values.length === 0) throw new Error("meanStd: values is empty");
+  const bad = values.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) {
+    if (options.nonFinite === "propagate") return { mean: NaN, std: NaN };
+    throw new Error(
+      `meanStd: values[${bad}] is ${values[bad]}; every value must be a finite number ` +
+        `(pass { nonFinite: "propagate" } to get NaN for a set with a missing value)`,
+    );
+  }
   const n = values.length;
   let sum = 0;
   for (const v of values) sum += v;

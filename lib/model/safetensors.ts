@@ -159,11 +159,20 @@ function parseHeader(label: string, prefix: Uint8Array, totalBytes: number): Saf
     tensors[name] = parseEntry(label, name, entry, bufferBytes);
   }
   // Tensors must not share bytes (the format also forbids holes; those are harmless to a reader).
-  const ranges = Object.entries(tensors).sort((a, b) => a[1].offsets[0] - b[1].offsets[0]);
+  // A tensor with no elements holds no bytes, so it overlaps nothing wherever its offsets point;
+  // ties are broken by name, so the verdict and the pair named never depend on key order.
+  const ranges = Object.entries(tensors)
+    .filter(([, t]) => t.offsets[1] > t.offsets[0])
+    .sort((a, b) =>
+      a[1].offsets[0] - b[1].offsets[0] || a[1].offsets[1] - b[1].offsets[1] ||
+      (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
+    );
+  let reach = 0; // the range ending furthest so far
   for (let i = 1; i < ranges.length; i++) {
-    if (ranges[i][1].offsets[0] < ranges[i - 1][1].offsets[1]) {
+    if (ranges[i - 1][1].offsets[1] > ranges[reach][1].offsets[1]) reach = i - 1;
+    if (ranges[i][1].offsets[0] < ranges[reach][1].offsets[1]) {
       throw new Error(
-        `${label}: tensors "${ranges[i - 1][0]}" and "${ranges[i][0]}" overlap in the data ` +
+        `${label}: tensors "${ranges[reach][0]}" and "${ranges[i][0]}" overlap in the data ` +
           `buffer; the file is corrupt`,
       );
     }

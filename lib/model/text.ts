@@ -52,6 +52,7 @@
  */
 import { dirname, join } from "node:path";
 import { tf } from "../backend.ts";
+import { noteDefaultSetting } from "./_notice.ts";
 import { readSafetensors, readSafetensorsIndex, type SafeTensor } from "./safetensors.ts";
 import { findTokenizer, loadTokenizer, type Tokenizer, TOKENIZER_FILES } from "./tokenizers.ts";
 import {
@@ -635,6 +636,19 @@ export async function textEncoderFromTensors(
     }
   }
   const config = inferConfig(label, mapped, settings, tokenizer);
+  if (settings.act === undefined && layout !== "bert") {
+    noteDefaultSetting(
+      label,
+      "text act",
+      `${label} does not say which activation its text tower's MLP uses; assuming ` +
+        `${config.act}, as OpenAI's CLIP weights use. Weights trained elsewhere (e.g. open_clip's ` +
+        `LAION "ViT-B-16", without "-quickgelu") use exact GELU: say which with the loader ` +
+        `option act (deno task prototypes: --model-act gelu), the metadata key "deer.text" ` +
+        `({"act": "gelu"}), or ${
+          layout === "hf" ? "a config.json" : "an open_clip_config.json"
+        } beside the weights`,
+    );
+  }
   return createTextEncoder(config, mapped.weights, tokenizer);
 }
 

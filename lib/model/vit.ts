@@ -34,7 +34,9 @@
  * `options` > the file's metadata key `deer.vision` (JSON, e.g. `{"heads": 2, "act": "gelu"}`) >
  * a `config.json` (HF: `num_attention_heads`, `hidden_act`, `layer_norm_eps`) or
  * `open_clip_config.json` (open_clip: `vision_cfg.head_width`; GELU unless `quick_gelu` is set, as
- * open_clip builds it) beside the file > the layout's default (heads = width / 64).
+ * open_clip builds it) beside the file > the layout's default (heads = width / 64). A default
+ * taken for the activation or the heads of an OpenAI-layout or Hugging Face file is said once
+ * per file on stderr, with the ways to override it.
  *
  * LoRA: the q, k and v projections of one block are one fused [width, 3·width] matmul; the
  * adapters add `s · (h Aᵀ) Bᵀ` through two thin matmuls whose weights are the block's three A's
@@ -66,6 +68,7 @@
 import { dirname, join } from "node:path";
 import { tf } from "../backend.ts";
 import type { Rng } from "../rng.ts";
+import { noteDefaultSetting } from "./_notice.ts";
 import {
   readSafetensors,
   readSafetensorsIndex,
@@ -881,7 +884,39 @@ export async function visionEncoderFromTensors(
     ...checkSettings("options", (from.options ?? {}) as Record<string, unknown>),
   };
   const config = inferConfig(label, mapped, settings);
+  noteDefaults(label, layout, settings, config);
   return createVitEncoder(config, mapped.weights);
+}
+
+/**
+ * Says, once per file, which settings the weights could not tell came from the layout's default
+ * (open_clip's OpenAI layout and Hugging Face's; timm's towers are always exact GELU), and how
+ * to override each.
+ */
+function noteDefaults(label: string, layout: VitLayout, settings: Settings, config: VitConfig) {
+  if (layout === "timm") return;
+  const sidecar = layout === "hf" ? "a config.json" : "an open_clip_config.json";
+  if (settings.act === undefined) {
+    noteDefaultSetting(
+      label,
+      "act",
+      `${label} does not say which activation its MLP uses; assuming ${config.act}, as ` +
+        `OpenAI's CLIP weights use. Weights trained elsewhere (e.g. open_clip's LAION ` +
+        `"ViT-B-16", without "-quickgelu") use exact GELU, and read this way give wrong ` +
+        `features without any error: say which with the loader option act (deno task train: --model-act gelu), ` +
+        `the metadata key "deer.vision" ({"act": "gelu"}), or ${sidecar} beside the weights`,
+    );
+  }
+  if (settings.heads === undefined) {
+    noteDefaultSetting(
+      label,
+      "heads",
+      `${label} does not say how many attention heads it has; assuming ${config.heads} ` +
+        `(64 channels each, as in CLIP ViT-B and ViT-L; ViT-g and ViT-bigG differ): say so ` +
+        `with the loader option heads, the metadata key "deer.vision" ({"heads": H}), or ` +
+        `${sidecar} beside the weights`,
+    );
+  }
 }
 
 /**

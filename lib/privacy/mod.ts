@@ -13,6 +13,7 @@
  * @module
  */
 export * from "./rdp.ts";
+export * from "./pld.ts";
 export * from "./ledger.ts";
 export * from "./clip.ts";
 export * from "./linalg.ts";

@@ -287,6 +287,10 @@ export function epsilonFromRdp(
         `they must be the same length`,
     );
   }
+  // Zero divergence at every order: the outputs do not depend on any one record (no release, or
+  // releases that include nobody), so ε is exactly 0. The conversion below would instead report
+  // its own slack (≈ 0.103 at δ = 1e-5 with the default orders), which opacus also does.
+  if (rdp.every((v) => v === 0)) return { epsilon: 0, order: NaN };
   const logDelta = Math.log(delta);
   let best = NaN, bestOrder = NaN;
   for (let k = 0; k < orders.length; k++) {
@@ -391,6 +395,8 @@ export function rdpEpsilon(
   checkSampleRate("rdpEpsilon", sampleRate);
   checkSteps("rdpEpsilon", steps);
   checkDelta("rdpEpsilon", delta);
+  // No step releases nothing, whatever σ (0 · ∞ would otherwise give NaN for σ = 0).
+  if (steps === 0) return epsilonFromRdp(orders.map(() => 0), orders, delta);
   const rdp = rdpSampledGaussian(sampleRate, noiseMultiplier, orders).map((v) => v * steps);
   return epsilonFromRdp(rdp, orders, delta);
 }
@@ -416,23 +422,44 @@ export function searchNoiseMultiplier(
   if (!(targetEpsilon > 0) || !Number.isFinite(targetEpsilon)) {
     throw new Error(`noiseMultiplierForBudget: targetEpsilon ${targetEpsilon} must be > 0`);
   }
-  if (!(tolerance > 0)) {
-    throw new Error(`noiseMultiplierForBudget: tolerance ${tolerance} must be > 0`);
+  if (!(tolerance > 0) || !Number.isFinite(tolerance)) {
+    throw new Error(`noiseMultiplierForBudget: tolerance ${tolerance} must be a finite number > 0`);
+  }
+  // float64 resolves ε only to ~1e-16 relative: a finer tolerance can never be met.
+  const finest = targetEpsilon * 1e-12;
+  if (tolerance < finest) {
+    throw new Error(
+      `noiseMultiplierForBudget: tolerance ${tolerance} is finer than ε can be resolved at ` +
+        `targetEpsilon ${targetEpsilon}; use a tolerance ≥ ${finest.toPrecision(2)}`,
+    );
   }
   let sigmaLow = 0, sigmaHigh = 10, epsHigh = Infinity;
   while (epsHigh > targetEpsilon) {
     sigmaHigh = 2 * sigmaHigh;
     epsHigh = epsilonOf(sigmaHigh);
     if (sigmaHigh > MAX_NOISE_MULTIPLIER) {
-      throw new Error(
+      throw new BudgetOutOfReachError(
+        targetEpsilon,
         `noiseMultiplierForBudget: targetEpsilon ${targetEpsilon} is out of reach — even ` +
           `noiseMultiplier ${sigmaHigh} (> ${MAX_NOISE_MULTIPLIER}) gives ε = ${epsHigh}; ` +
           `raise targetEpsilon or targetDelta, or lower steps or sampleRate`,
       );
     }
   }
+  // Bisection. Each step halves [σ_low, σ_high]; when the midpoint is no longer strictly inside
+  // (float64 exhausted) ε(σ) jumps by more than the tolerance between adjacent σ, so the target
+  // cannot be met: refuse instead of looping forever (e.g. targetEpsilon 1e15).
   while (targetEpsilon - epsHigh > tolerance) {
     const sigma = (sigmaLow + sigmaHigh) / 2;
+    if (!(sigma > sigmaLow && sigma < sigmaHigh)) {
+      throw new BudgetOutOfReachError(
+        targetEpsilon,
+        `noiseMultiplierForBudget: targetEpsilon ${targetEpsilon} cannot be met within ` +
+          `tolerance ${tolerance}: at noiseMultiplier ${sigmaHigh} ε is ${epsHigh}, and no ` +
+          `representable noise multiplier comes closer — the target is degenerate; use a ` +
+          `smaller targetEpsilon (or a larger tolerance)`,
+      );
+    }
     const eps = epsilonOf(sigma);
     if (eps < targetEpsilon) {
       sigmaHigh = sigma;
@@ -442,6 +469,17 @@ export function searchNoiseMultiplier(
     }
   }
   return sigmaHigh;
+}
+
+/**
+ * A privacy budget no noise multiplier can meet. `targetEpsilon` is kept so that a caller (a CLI
+ * task) can restate the problem in its own terms (flags) instead of the library's arguments.
+ */
+export class BudgetOutOfReachError extends Error {
+  constructor(readonly targetEpsilon: number, message: string) {
+    super(message);
+    this.name = "BudgetOutOfReachError";
+  }
 }
 
 /**
@@ -473,6 +511,15 @@ export function noiseMultiplierForBudget(
   checkSteps("noiseMultiplierForBudget", steps);
   checkDelta("noiseMultiplierForBudget (targetDelta)", targetDelta);
   checkOrders("noiseMultiplierForBudget", orders);
+  // Degenerate mechanisms: with no step, or a rate at which no record is ever included, any σ
+  // (even 0) spends ε = 0, so there is no noise multiplier to calibrate.
+  if (steps === 0 || sampleRate === 0) {
+    throw new Error(
+      `noiseMultiplierForBudget: ${steps === 0 ? "steps 0" : "sampleRate 0"} releases nothing ` +
+        `about any record, so every noise multiplier spends ε = 0; there is nothing to ` +
+        `calibrate — give steps > 0 and sampleRate > 0`,
+    );
+  }
   return searchNoiseMultiplier(
     (sigma) =>
       rdpEpsilon({ noiseMultiplier: sigma, sampleRate, steps, delta: targetDelta, orders }).epsilon,

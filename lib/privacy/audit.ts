@@ -1,0 +1,183 @@
+/**
+ * Empirical privacy estimation from canaries, after Andrew et al., "One-shot Empirical Privacy
+ * Estimation for Federated Learning" (ICLR 2024); docs/privacy.md, "Auditing a run".
+ *
+ * Canary clients release a fixed random direction of norm C instead of a real update. Released
+ * canaries leave a trace in the final model update: their directions have a larger cosine with it
+ * than directions that were drawn the same way but never inserted. The two cosine samples are fit
+ * with Gaussians, and the ε at which an attacker who sees the cosine could tell "inserted" from
+ * "not inserted" — the ε of that pair of Gaussians — is the estimate. It comes from outside the
+ * mechanism, so it checks the accountant: it should not exceed the accounted ε.
+ *
+ * @example
+ * ```ts
+ * import { estimateEpsilon } from "./audit.ts";
+ * const est = estimateEpsilon({ inserted: [0.9, 1.1, 1.0, 0.95], held: [0.05, -0.1, 0.0, 0.02], delta: 1e-5 });
+ * est.epsilon > 0;
+ * ```
+ * @module
+ */
+import { createRng, type Rng } from "../rng.ts";
+import { normalCdf, smallestEpsilon } from "./pld.ts";
+
+/** A fitted Gaussian: sample mean and (unbiased) standard deviation. */
+export interface GaussianFit {
+  mean: number;
+  std: number;
+}
+
+function fit(xs: readonly number[], what: string): GaussianFit {
+  if (xs.length < 2) throw new Error(`estimateEpsilon: ${what} needs at least 2 cosines`);
+  for (const x of xs) {
+    if (!Number.isFinite(x)) throw new Error(`estimateEpsilon: ${what} holds a non-finite cosine`);
+  }
+  const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
+  const v = xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (xs.length - 1);
+  if (!(v > 0)) throw new Error(`estimateEpsilon: the ${what} cosines are all equal`);
+  return { mean, std: Math.sqrt(v) };
+}
+
+/**
+ * δ(ε) of telling P = N(m1, s1²) from Q = N(m0, s0²) (the larger over both directions): the
+ * hockey-stick divergence sup_S P(S) − e^ε Q(S), attained on S = {x : log p(x)/q(x) > ε}, which
+ * for two Gaussians is where a quadratic in x is positive.
+ */
+export function gaussianPairDelta(q: GaussianFit, p: GaussianFit, epsilon: number): number {
+  const one = (a: GaussianFit, b: GaussianFit) => {
+    // log a(x)/b(x) − ε = A x² + B x + C.
+    const A = 1 / (2 * b.std ** 2) - 1 / (2 * a.std ** 2);
+    const B = a.mean / a.std ** 2 - b.mean / b.std ** 2;
+    const C = b.mean ** 2 / (2 * b.std ** 2) - a.mean ** 2 / (2 * a.std ** 2) +
+      Math.log(b.std / a.std) - epsilon;
+    const mass = (g: GaussianFit, lo: number, hi: number) =>
+      normalCdf((hi - g.mean) / g.std) - normalCdf((lo - g.mean) / g.std);
+    // The set where A x² + B x + C > 0, as a list of intervals.
+    let intervals: [number, number][];
+    if (A === 0 && B === 0) {
+      intervals = C > 0 ? [[-Infinity, Infinity]] : []; // the same distribution: constant loss
+    } else if (Math.abs(A) < 1e-12 * Math.abs(B)) {
+      const root = -C / B;
+      intervals = B > 0 ? [[root, Infinity]] : [[-Infinity, root]];
+    } else {
+      const disc = B * B - 4 * A * C;
+      if (disc <= 0) intervals = A > 0 ? [[-Infinity, Infinity]] : [];
+      else {
+        const s = Math.sqrt(disc);
+        const r1 = (-B - s) / (2 * A), r2 = (-B + s) / (2 * A);
+        const [lo, hi] = r1 < r2 ? [r1, r2] : [r2, r1];
+        intervals = A > 0 ? [[-Infinity, lo], [hi, Infinity]] : [[lo, hi]];
+      }
+    }
+    let d = 0;
+    for (const [lo, hi] of intervals) d += mass(a, lo, hi) - Math.exp(epsilon) * mass(b, lo, hi);
+    return Math.max(0, d);
+  };
+  return Math.max(one(p, q), one(q, p));
+}
+
+/**
+ * The smallest ε ≥ 0 at which the pair's δ(ε) ≤ `delta`.
+ *
+ * @example
+ * ```ts
+ * // Equal variances: the Gaussian mechanism with μ = 1 (ε ≈ 4.3772 at δ = 1e-5).
+ * gaussianPairEpsilon({ mean: 0, std: 1 }, { mean: 1, std: 1 }, 1e-5);
+ * ```
+ */
+export function gaussianPairEpsilon(q: GaussianFit, p: GaussianFit, delta: number): number {
+  return smallestEpsilon((e) => gaussianPairDelta(q, p, e), delta);
+}
+
+/** What {@link estimateEpsilon} returns. */
+export interface EpsilonEstimate {
+  /** The ε of the two fitted Gaussians at `delta`. */
+  epsilon: number;
+  /** A bootstrap percentile interval of that estimate (default 95 %). */
+  interval: [number, number];
+  inserted: GaussianFit;
+  held: GaussianFit;
+  delta: number;
+}
+
+/**
+ * Estimates ε from the cosines of the final update with inserted canary directions and with
+ * never-inserted ones, with a bootstrap interval (resampling both sets; seeded).
+ *
+ * @example
+ * ```ts
+ * const est = estimateEpsilon({
+ *   inserted: [1.2, 0.8, 1.1, 0.9, 1.0], held: [0.1, -0.2, 0.0, 0.15, -0.05], delta: 1e-5,
+ * });
+ * est.interval[0] <= est.epsilon && est.epsilon <= est.interval[1];
+ * ```
+ */
+export function estimateEpsilon(args: {
+  inserted: readonly number[];
+  held: readonly number[];
+  delta: number;
+  /** Bootstrap resamples (default 1000). */
+  resamples?: number;
+  /** Two-sided interval level (default 0.95). */
+  level?: number;
+  seed?: number;
+}): EpsilonEstimate {
+  const { inserted, held, delta, resamples = 1000, level = 0.95, seed = 1 } = args;
+  if (!(delta > 0 && delta < 1)) {
+    throw new Error(`estimateEpsilon: delta ${delta} must be in (0, 1)`);
+  }
+  if (!(level > 0 && level < 1)) {
+    throw new Error(`estimateEpsilon: level ${level} must be in (0, 1)`);
+  }
+  const fi = fit(inserted, "inserted"), fh = fit(held, "held");
+  const epsilon = gaussianPairEpsilon(fh, fi, delta);
+  const rng = createRng(seed);
+  const draw = (xs: readonly number[]) => Array.from(xs, () => xs[rng.int(xs.length)]);
+  const boot: number[] = [];
+  for (let b = 0; b < resamples; b++) {
+    try {
+      boot.push(
+        gaussianPairEpsilon(fit(draw(held), "held"), fit(draw(inserted), "inserted"), delta),
+      );
+    } catch {
+      // A resample of identical values has no spread: skip it.
+    }
+  }
+  boot.sort((a, b) => a - b);
+  const at = (p: number) =>
+    boot[Math.min(boot.length - 1, Math.max(0, Math.floor(p * boot.length)))];
+  return {
+    epsilon,
+    interval: [at((1 - level) / 2), at(1 - (1 - level) / 2)],
+    inserted: fi,
+    held: fh,
+    delta,
+  };
+}
+
+/**
+ * `n` directions drawn uniformly on the unit sphere of dimension `dim` from `rng` (normalised
+ * Gaussian vectors), generated one at a time so that a large audit never holds them all.
+ */
+export function* canaryDirections(n: number, dim: number, rng: Rng): Generator<Float64Array> {
+  for (let i = 0; i < n; i++) {
+    const v = new Float64Array(dim);
+    let sq = 0;
+    for (let j = 0; j < dim; j++) {
+      v[j] = rng.normal();
+      sq += v[j] * v[j];
+    }
+    const inv = 1 / Math.sqrt(sq);
+    for (let j = 0; j < dim; j++) v[j] *= inv;
+    yield v;
+  }
+}
+
+/** cos(update, direction) for a unit `direction`. */
+export function cosine(update: ArrayLike<number>, direction: ArrayLike<number>): number {
+  let dot = 0, sq = 0;
+  for (let j = 0; j < update.length; j++) {
+    dot += update[j] * direction[j];
+    sq += update[j] * update[j];
+  }
+  return sq > 0 ? dot / Math.sqrt(sq) : 0;
+}
