@@ -275,7 +275,9 @@ export async function runFederated(
   }
   const parts = config.split.iid
     ? iidPartition(labels.length, K, config.seed)
-    : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed);
+    : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed, {
+      numClasses: data.classNames.length,
+    });
   const empty = parts.filter((p) => p.length === 0).length;
   if (empty > 0) {
     warn(
