@@ -48,6 +48,7 @@ import { writeJsonAtomic } from "./io/atomic.ts";
 import { acquireRunLock, describeHolder, LOCK_FILE, type RunLock } from "./io/lock.ts";
 import { type Fingerprint, fingerprint, fingerprintChanges } from "./io/fingerprint.ts";
 import { hasContent, moveAside, removeAside } from "./io/run_folder.ts";
+import { DamagedStateError } from "./fl/checkpoint.ts";
 import { findNonFinite } from "./model/safetensors.ts";
 import { UsageError } from "./cli.ts";
 
@@ -438,9 +439,9 @@ async function checkFingerprints(
     return;
   }
   if (saved.fingerprints === null || typeof saved.fingerprints !== "object") {
-    throw new Error(
-      `${configPath}: "fingerprints" is ${JSON.stringify(saved.fingerprints)}; ` +
-        `the file is damaged: start the run again without resume`,
+    throw new DamagedStateError(
+      `${configPath}: "fingerprints" is ${JSON.stringify(saved.fingerprints)}; the file is ` +
+        `damaged: start the run again without resume (this replaces it)`,
     );
   }
   const changes = fingerprintChanges(saved.fingerprints, now);
@@ -517,13 +518,13 @@ export async function resumeConflicts(
     saved = JSON.parse(await Deno.readTextFile(path));
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return [];
-    throw new Error(
+    throw new DamagedStateError(
       `${path} cannot be read (${(err as Error).message}); it is damaged: start the run again ` +
         `without resume (this replaces it), or choose another results folder`,
     );
   }
   if (saved === null || typeof saved !== "object" || Array.isArray(saved)) {
-    throw new Error(
+    throw new DamagedStateError(
       `${path} does not hold a JSON object; it is damaged: start the run again without resume ` +
         `(this replaces it), or choose another results folder`,
     );

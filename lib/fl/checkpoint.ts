@@ -198,7 +198,7 @@ export async function loadRunState<R extends { round: number; seed: number; meth
   if (state.configKey !== expect.configKey) {
     throw new DamagedStateError(
       `${statePath} was written by a run with other settings; resume with the same settings, or ` +
-        `start the run again without resume (this replaces it) in another results folder`,
+        `start the run again without resume (this replaces the saved run)`,
     );
   }
   const n = state.completedRounds;
