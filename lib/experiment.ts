@@ -457,6 +457,22 @@ async function checkFingerprints(
 /** Checks of the settings that need the data (before any file is written). */
 function checkConfigAgainstData(config: FederatedConfig, data: ImageDataset): void {
   const n = data.train.labels.length;
+  // Every split is used: train by the clients, val to select a round every round, test at the
+  // selected rounds. An empty one is a data problem, found before round 1.
+  for (
+    const [split, role] of [
+      ["train", "the clients train on it"],
+      ["val", "every round is evaluated on it to select the best one"],
+      ["test", "the selected rounds are evaluated on it"],
+    ] as const
+  ) {
+    if (data[split].labels.length === 0) {
+      throw new Error(
+        `${data.source}: the ${split} split holds no images, but ${role}; give the data set a ` +
+          `non-empty ${split} split`,
+      );
+    }
+  }
   if (config.numClients > n) {
     throw new UsageError(
       `--node_num ${config.numClients} exceeds the ${n} training images of ${data.name}: some ` +

@@ -14,7 +14,12 @@ import { ignoresHangup, watchLauncher } from "../lib/io/launcher.ts";
 import { join } from "node:path";
 import { createProgress, parseArgs, UsageError } from "../lib/cli.ts";
 import { existsSync } from "node:fs";
-import { defaultConfig, type FederatedConfig, validateConfig } from "../lib/fl/simulation.ts";
+import {
+  defaultConfig,
+  type FederatedConfig,
+  type RoundRecord,
+  validateConfig,
+} from "../lib/fl/simulation.ts";
 import { resolveMethod } from "../lib/fl/methods.ts";
 import {
   ChangedInputsError,
@@ -34,6 +39,7 @@ import {
   isFsError,
 } from "../lib/io/run_folder.ts";
 import { DamagedStateError } from "../lib/fl/checkpoint.ts";
+import { BudgetOutOfReachError } from "../lib/privacy/rdp.ts";
 
 const HELP = `deno task train [flags]
 
@@ -423,6 +429,8 @@ function watchForStop(): { signal: AbortSignal; dispose(): void } {
 
 /** The results folder of the run being made, for error messages. */
 let runFolder: string | undefined;
+/** The run's DP settings, to restate a calibration failure in flags. */
+let runDp: FederatedConfig["dp"] = null;
 /** Rounds saved per seed so far, for the message of a stopped run. */
 const savedRounds = new Map<number, number>();
 
@@ -438,6 +446,7 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
+  runDp = args.config.dp;
   const outDir = join(args.out, args.expName, runName(args));
   runFolder = outDir;
   // Where the results go, whether another run holds the folder, and whether a saved run would
@@ -503,20 +512,17 @@ async function train(
     },
     onRound: (r) => {
       savedRounds.set(r.seed, r.round);
-      const t = r.test ? ` test acc ${(100 * r.test.accuracy).toFixed(2)}` : "";
-      const eps = r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`;
-      console.error(
-        `round ${r.round}: loss ${r.trainLoss.toFixed(4)} val acc ${
-          (100 * r.val.accuracy).toFixed(2)
-        }${t}` +
-          ` deviation ${r.deviation.toExponential(2)}${eps} (${r.seconds.toFixed(1)}s)`,
-      );
+      for (const line of describeRound(r)) console.error(line);
     },
   });
   inputs.dispose();
   const s = result.summary;
   const fmt = (k: keyof typeof s.test) =>
-    `${s.test[k].mean.toFixed(2)} ± ${s.test[k].std.toFixed(2)}`;
+    Number.isFinite(s.test[k].mean)
+      ? `${s.test[k].mean.toFixed(2)} ± ${s.test[k].std.toFixed(2)}`
+      : k === "auc"
+      ? "n/a (a test split with one class has no AUC)"
+      : "n/a";
   console.log(
     `${s.method}: acc ${fmt("accuracy")} | recall ${fmt("recall")} | precision ${
       fmt("precision")
@@ -540,6 +546,53 @@ async function train(
   }
   console.log(`results: ${outDir}`);
   return 0;
+}
+
+/**
+ * The console lines of a finished round: its summary, then what would otherwise go unseen — a
+ * phase whose cohort was empty (the global factors moved by the noise alone) and each client
+ * excluded from an aggregation, with the reason.
+ */
+export function describeRound(r: RoundRecord): string[] {
+  const t = r.test ? ` test acc ${(100 * r.test.accuracy).toFixed(2)}` : "";
+  const eps = r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`;
+  // NaN (null once saved) when no client was sampled in any phase of the round.
+  const loss = Number.isFinite(r.trainLoss) ? r.trainLoss.toFixed(4) : "– (no client)";
+  const lines = [
+    `round ${r.round}: loss ${loss} val acc ${(100 * r.val.accuracy).toFixed(2)}${t}` +
+    ` deviation ${r.deviation.toExponential(2)}${eps} (${r.seconds.toFixed(1)}s)`,
+  ];
+  for (const p of r.phases) {
+    if (p.participants.length === 0) {
+      lines.push(`  phase ${p.phase}: no client sampled; the global factors moved by the noise`);
+    }
+    for (const e of p.excluded) {
+      lines.push(`  phase ${p.phase}: client ${e.client} excluded — ${e.reason}`);
+    }
+  }
+  return lines;
+}
+
+/** A privacy budget the calibration cannot meet, in the flags that set it. */
+function budgetRefusal(err: BudgetOutOfReachError): string {
+  const dp = runDp;
+  const eps = `--epsilon ${err.targetEpsilon}`;
+  if (err.kind === "unresolvable") {
+    return `${eps} is too large to calibrate: the noise it allows is so small that the ` +
+      `accountant cannot resolve ε to its tolerance, and such a run has no meaningful privacy; ` +
+      `give a smaller --epsilon, or --is_DP 0 for a run without DP\n(see deno task train --help)`;
+  }
+  const what = dp?.calibration === "paper"
+    ? `the paper calibration (steps T·E·N/b at δ = 1/K): raise --epsilon, or lower --T or --E, or ` +
+      `raise --batchsize`
+    : `the strict calibration (δ ${dp?.delta ?? 1e-5}): raise --epsilon or --delta, or lower ` +
+      `--T (releases) or --participation`;
+  const reached = err.reached
+    ? ` (noise multiplier ${err.reached.noiseMultiplier.toPrecision(3)} still spends ε = ` +
+      `${err.reached.epsilon.toPrecision(3)})`
+    : "";
+  return `${eps} is out of reach: even the largest noise multiplier tried spends more over ` +
+    `this run's releases${reached}. With ${what}\n(see deno task train --help)`;
 }
 
 /** The message and exit code of a run that ended with `err`. */
@@ -567,6 +620,9 @@ export function explainFailure(
   }
   if (err instanceof UsageError) {
     return { message: `${err.message}\n(see deno task train --help)`, code: 2 };
+  }
+  if (err instanceof BudgetOutOfReachError) {
+    return { message: budgetRefusal(err), code: 2 };
   }
   if (err instanceof RunLockedError) {
     return { message: `${err.message}; --resume continues it once it has ended`, code: 1 };

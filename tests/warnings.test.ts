@@ -27,11 +27,12 @@ Deno.test("warnings: outside a scope each is printed; inside, each kind once plu
   const lines = await capturingStderr(async () => {
     warn("a", "first a");
     warn("a", "second a");
-    await onePerKind(async () => {
+    await onePerKind(() => {
       warn("a", "scoped a 1");
       warn("b", "scoped b");
       warn("a", "scoped a 2");
       warn("a", "scoped a 3");
+      return Promise.resolve();
     });
   });
   assert.deepEqual(lines, [

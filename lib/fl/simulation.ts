@@ -287,6 +287,19 @@ export async function runFederated(
         `the global factors (plus DP noise, if on)`,
     );
   }
+  for (const split of ["val", "test"] as const) {
+    const present = new Set(data[split].labels).size;
+    if (present === 1) {
+      warn(
+        `one-class-${split}`,
+        `the ${split} split of ${data.name} holds one class only: its AUC is undefined (no ` +
+          `negatives to rank against) and is reported as NaN` +
+          (split === "val"
+            ? `; the best round is selected on accuracy + recall + precision + F1`
+            : ""),
+      );
+    }
+  }
   const clients: ClientState[] = parts.map((indices) => ({ indices }));
   const sizeWeights = parts.map((p) => p.length / labels.length);
   let global: LoraFactors = initLora(

@@ -294,14 +294,18 @@ export function meanStd(
 
 /**
  * The model-selection score of SPEC.md §2: `accuracy + recall + precision + F1 + AUC` on the
- * validation split (the reference sums the ×100 values — the same order). NaN if any metric is
- * NaN, which never counts as an improvement.
+ * validation split (the reference sums the ×100 values — the same order). An undefined AUC (a
+ * validation split holding one class: no negatives to rank against) is left out instead of
+ * making every score NaN, which would freeze the selection at the first round; the split is the
+ * same every round, so the scores stay comparable.
  *
  * @example
  * ```ts
  * selectionScore({ accuracy: 0.9, recall: 0.8, precision: 0.85, f1: 0.82, auc: 0.97 }); // 4.34
+ * selectionScore({ accuracy: 0.9, recall: 0.8, precision: 0.85, f1: 0.82, auc: NaN }); // 3.37
  * ```
  */
 export function selectionScore(m: ClassificationMetrics): number {
-  return m.accuracy + m.recall + m.precision + m.f1 + m.auc;
+  const auc = Number.isNaN(m.auc) ? 0 : m.auc;
+  return m.accuracy + m.recall + m.precision + m.f1 + auc;
 }

@@ -428,7 +428,9 @@ export function searchNoiseMultiplier(
   // float64 resolves ε only to ~1e-16 relative: a finer tolerance can never be met.
   const finest = targetEpsilon * 1e-12;
   if (tolerance < finest) {
-    throw new Error(
+    throw new BudgetOutOfReachError(
+      targetEpsilon,
+      "unresolvable",
       `noiseMultiplierForBudget: tolerance ${tolerance} is finer than ε can be resolved at ` +
         `targetEpsilon ${targetEpsilon}; use a tolerance ≥ ${finest.toPrecision(2)}`,
     );
@@ -440,9 +442,11 @@ export function searchNoiseMultiplier(
     if (sigmaHigh > MAX_NOISE_MULTIPLIER) {
       throw new BudgetOutOfReachError(
         targetEpsilon,
+        "too-small",
         `noiseMultiplierForBudget: targetEpsilon ${targetEpsilon} is out of reach — even ` +
           `noiseMultiplier ${sigmaHigh} (> ${MAX_NOISE_MULTIPLIER}) gives ε = ${epsHigh}; ` +
           `raise targetEpsilon or targetDelta, or lower steps or sampleRate`,
+        { noiseMultiplier: sigmaHigh, epsilon: epsHigh },
       );
     }
   }
@@ -454,6 +458,7 @@ export function searchNoiseMultiplier(
     if (!(sigma > sigmaLow && sigma < sigmaHigh)) {
       throw new BudgetOutOfReachError(
         targetEpsilon,
+        "unresolvable",
         `noiseMultiplierForBudget: targetEpsilon ${targetEpsilon} cannot be met within ` +
           `tolerance ${tolerance}: at noiseMultiplier ${sigmaHigh} ε is ${epsHigh}, and no ` +
           `representable noise multiplier comes closer — the target is degenerate; use a ` +
@@ -472,11 +477,19 @@ export function searchNoiseMultiplier(
 }
 
 /**
- * A privacy budget no noise multiplier can meet. `targetEpsilon` is kept so that a caller (a CLI
- * task) can restate the problem in its own terms (flags) instead of the library's arguments.
+ * A privacy budget no noise multiplier can meet: `too-small` (even σ = 1e6 spends more, e.g.
+ * below the RDP conversion's floor of ≈ 0.1 at δ = 1e-5) or `unresolvable` (so large that ε(σ)
+ * cannot be resolved to the tolerance). `targetEpsilon` and `kind` let a caller (a CLI task)
+ * restate the problem in its own terms (flags) instead of the library's arguments.
  */
 export class BudgetOutOfReachError extends Error {
-  constructor(readonly targetEpsilon: number, message: string) {
+  constructor(
+    readonly targetEpsilon: number,
+    readonly kind: "too-small" | "unresolvable",
+    message: string,
+    /** The largest noise multiplier tried and the ε it still spends (`too-small`). */
+    readonly reached?: { noiseMultiplier: number; epsilon: number },
+  ) {
     super(message);
     this.name = "BudgetOutOfReachError";
   }
