@@ -245,6 +245,8 @@ export interface SummaryRow {
   /** Largest client-level ε actually spent over the seeds (δ = the config's δ). */
   spentEpsilon: number | null;
   noiseMultiplier: number | null;
+  /** Seeds the budget guard (`dp.maxEpsilon`) stopped, and before which round. */
+  stoppedAtBudget: { seed: number; round: number }[];
   seconds: number;
   /** Why the point's run failed (`onError: "record"`), else null. */
   error: string | null;
@@ -436,6 +438,7 @@ function summaryRow(point: SweepPoint, s: ExperimentSummary): SummaryRow {
     nominalEpsilon: s.nominalEpsilon,
     spentEpsilon: s.spentEpsilon,
     noiseMultiplier: s.noiseMultiplier,
+    stoppedAtBudget: s.stoppedAtBudget.map(({ seed, round }) => ({ seed, round })),
     seconds: s.seconds,
     error: null,
   };
@@ -459,6 +462,7 @@ function failedRow(point: SweepPoint, error: string): SummaryRow {
     nominalEpsilon: point.config.dp?.epsilon ?? null,
     spentEpsilon: null,
     noiseMultiplier: null,
+    stoppedAtBudget: [],
     seconds: NaN,
     error,
   };

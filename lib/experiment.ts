@@ -271,6 +271,8 @@ export interface ExperimentSummary {
   spentEpsilon: number | null;
   calibration: string | null;
   noiseMultiplier: number | null;
+  /** Seeds whose run the budget guard stopped, and before which round (empty when none). */
+  stoppedAtBudget: { seed: number; round: number; epsilonAfterRound: number }[];
   seconds: number;
 }
 
@@ -499,7 +501,7 @@ const FLAG_OF: Record<string, string> = {
   weights: "--weights",
   participation: "--participation",
   momentum: "--momentum",
-  dp: "--is_DP/--C/--epsilon/--calibration/--delta",
+  dp: "--is_DP/--C/--epsilon/--calibration/--delta/--max_epsilon",
   seeds: "--seeds",
   dataset: "--dataset",
   dataDir: "--data_dir",
@@ -638,6 +640,11 @@ export function summarize(runs: RunResult[]): ExperimentSummary {
     spentEpsilon: spent.length ? Math.max(...spent) : null,
     calibration: cal?.calibration ?? null,
     noiseMultiplier: cal?.noiseMultiplier ?? null,
+    stoppedAtBudget: runs.filter((r) => r.stopped).map((r) => ({
+      seed: r.config.seed,
+      round: r.stopped!.round,
+      epsilonAfterRound: r.stopped!.epsilonAfterRound,
+    })),
     seconds: runs.reduce((s, r) => s + r.seconds, 0),
   };
 }

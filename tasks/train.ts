@@ -72,7 +72,10 @@ Toolkit flags:
                           guarantee — the ε actually spent is reported); strict: client-level (default paper)
   --delta D               δ of client-level accounting (default 1e-5)
   --weights uniform|size  aggregation weights (default uniform)
-  --participation Q       fraction of clients per round (default 1)
+  --participation Q       fraction of clients per round: each client joins each release
+                          independently with probability Q (default 1; strict calibration)
+  --max_epsilon E         stop before a round whose releases would bring the spent ε above E
+                          (strict calibration; the round is not run, --resume will not pass E)
   --momentum reset|reference  optimiser state between local trainings (default reset)
   --lora_alpha A          LoRA alpha (default 8; scale alpha/r)
   --model PATH            foundation-model weights (.safetensors)
@@ -110,6 +113,7 @@ const STRING_FLAGS = [
   "delta",
   "weights",
   "participation",
+  "max_epsilon",
   "momentum",
   "lora_alpha",
   "model",
@@ -272,9 +276,14 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   if (calibration !== "paper" && calibration !== "strict") {
     throw new UsageError(`--calibration ${calibration}: expected paper or strict`);
   }
-  if (!isDP && (f.calibration !== undefined || f.epsilon !== undefined || f.C !== undefined)) {
+  if (
+    !isDP &&
+    (f.calibration !== undefined || f.epsilon !== undefined || f.C !== undefined ||
+      f.max_epsilon !== undefined)
+  ) {
     throw new UsageError(
-      `--calibration/--epsilon/--C only apply with --is_DP 1; add --is_DP 1 or drop them`,
+      `--calibration/--epsilon/--C/--max_epsilon only apply with --is_DP 1; add --is_DP 1 or drop ` +
+        `them`,
     );
   }
   const weights = String(f.weights ?? "uniform");
@@ -323,6 +332,9 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
         clip: num(f, "C", 0.5, (v) => v > 0, "a clip bound > 0"),
         epsilon: num(f, "epsilon", 6, (v) => v > 0, "a privacy budget ε > 0"),
         delta: num(f, "delta", 1e-5, (v) => v > 0 && v < 1, "0 < δ < 1"),
+        ...(f.max_epsilon === undefined ? {} : {
+          maxEpsilon: num(f, "max_epsilon", 0, (v) => v > 0, "a privacy budget ε > 0"),
+        }),
       }
       : null,
   };
@@ -543,6 +555,13 @@ async function train(
           } (client level, δ ${args.config.dp?.delta})`,
       );
     }
+  }
+  for (const stop of s.stoppedAtBudget) {
+    console.log(
+      `seed ${stop.seed}: stopped before round ${stop.round} by --max_epsilon ` +
+        `${args.config.dp?.maxEpsilon}: its releases would have brought the spent ε to ` +
+        `${stop.epsilonAfterRound.toFixed(3)}; they were not made (--resume will not go past it)`,
+    );
   }
   console.log(`results: ${outDir}`);
   return 0;

@@ -29,6 +29,7 @@ function summary(over: Partial<SummaryRow>): SummaryRow {
     nominalEpsilon: 6,
     spentEpsilon: 120,
     noiseMultiplier: 0.5,
+    stoppedAtBudget: [],
     seconds: 1,
     error: null,
     ...over,

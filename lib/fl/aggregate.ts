@@ -43,6 +43,11 @@ export interface DpSettings {
   epsilon: number;
   /** δ of the client-level accounting (default 1e-5); `paper` still calibrates at δ = 1/K. */
   delta?: number;
+  /**
+   * Budget guard (strict calibration): the run stops before a round whose releases would bring
+   * the spent client-level ε above this; that round's releases are never made.
+   */
+  maxEpsilon?: number;
 }
 
 /** The calibrated mechanism of a run. */
@@ -412,6 +417,23 @@ function releaseSqNorm(
   return sq;
 }
 
+/**
+ * One release of the strict mechanism, as the ledger records it. It depends on the calibration
+ * alone (noise std σ·C·max p on the sum; one client moves it by at most p_k·C), so it is known
+ * before any client trains — which lets a budget guard stop before a round is released.
+ */
+export function strictRelease(cal: Calibration): ReleaseDescription {
+  return {
+    noiseMultiplier: cal.noiseMultiplier,
+    sampleRate: cal.sampleRate,
+    count: 1,
+    sensitivity: cal.clip,
+    clip: cal.clip,
+    calibration: "strict",
+    exact: true,
+  };
+}
+
 /** The ledger's view of this release (SPEC §4.2–§4.3). */
 function describeRelease(
   cal: Calibration,
@@ -422,18 +444,7 @@ function describeRelease(
   const C = cal.clip;
   const weights = clients.map((c) => c.weight);
   const maxWeight = Math.max(...weights);
-  if (cal.calibration === "strict") {
-    // Noise std σ·C·max p on the sum; one client moves it by at most p_k·C.
-    return {
-      noiseMultiplier: cal.noiseMultiplier,
-      sampleRate: cal.sampleRate,
-      count: 1,
-      sensitivity: C,
-      clip: C,
-      calibration: "strict",
-      exact: true,
-    };
-  }
+  if (cal.calibration === "strict") return strictRelease(cal);
   // Paper: per-client noise std s = σC/√K, so the weighted sum carries s·√(Σp²); one client
   // moves it by at most p_k·S_k with S_k its release's sensitivity.
   const s = cal.noiseMultiplier * C / Math.sqrt(input.numClients);

@@ -23,7 +23,13 @@ import { appendLineAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { initLora } from "../model/lora.ts";
 import type { Metrics } from "../metrics/classification.ts";
 import { selectionScore } from "../metrics/classification.ts";
-import { aggregatePhase, calibrate, type Calibration, type DpSettings } from "./aggregate.ts";
+import {
+  aggregatePhase,
+  calibrate,
+  type Calibration,
+  type DpSettings,
+  strictRelease,
+} from "./aggregate.ts";
 import { evaluateSplit } from "./evaluate.ts";
 import { allFinite, checkFactors, cloneFactors, type LoraFactors } from "./factors.ts";
 import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
@@ -113,6 +119,18 @@ export interface PhaseRecord {
   excluded: { client: number; reason: string }[];
 }
 
+/** Why and where the budget guard stopped a run (`stop.json`). */
+export interface BudgetStop {
+  reason: "budget";
+  /** The first round that was not run (1-based). */
+  round: number;
+  /** ε spent by the completed rounds, and what the stopped round would have brought it to. */
+  spentEpsilon: number;
+  epsilonAfterRound: number;
+  maxEpsilon: number;
+  delta: number;
+}
+
 /** One line of `records.jsonl`. */
 export interface RoundRecord {
   seed: number;
@@ -141,6 +159,11 @@ export interface RunResult {
   best: { round: number; val: Metrics | null; test: Metrics | null };
   calibration: Calibration | null;
   epsilonSpent: number | null;
+  /**
+   * Set when the budget guard stopped the run: the first round not run, and the ε its releases
+   * would have brought the run to (above `maxEpsilon`). Also saved as `<outDir>/stop.json`.
+   */
+  stopped: BudgetStop | null;
   /** The privacy ledger (every release and the ε spent per round), null without DP. */
   ledger: LedgerState | null;
   seconds: number;
@@ -236,6 +259,18 @@ export function validateConfig(c: FederatedConfig): void {
         `the clients' un-noised factors, so it has no client-level guarantee; use ` +
         `--calibration paper or another method`,
     );
+    if (c.dp.maxEpsilon !== undefined) {
+      need(
+        c.dp.maxEpsilon > 0 && Number.isFinite(c.dp.maxEpsilon),
+        `max_epsilon ${c.dp.maxEpsilon}: need a finite ε > 0`,
+      );
+      need(
+        c.dp.calibration === "strict",
+        `max_epsilon with paper calibration: the paper mechanism's spent ε depends on what each ` +
+          `release turns out to be, and its nominal ε is no guarantee to guard; use ` +
+          `--calibration strict for a budget guard`,
+      );
+    }
     need(
       !(c.dp.calibration === "paper" && c.participation < 1),
       `participation ${c.participation} with paper calibration: the reference assumes full ` +
@@ -369,10 +404,17 @@ export async function runFederated(
     }
   }
 
+  let stopped: BudgetStop | null = null;
+  if (out) await Deno.remove(join(out, "stop.json")).catch(() => {});
   const liveAtStart = tf.memory().numTensors;
   let roundsThisCall = 0;
   for (let round = startRound; round < config.rounds; round++) {
     if (opts.stopAfterRounds !== undefined && roundsThisCall >= opts.stopAfterRounds) break;
+    stopped = budgetStop(config, method, calibration, ledger, round);
+    if (stopped) {
+      if (out) await writeJsonAtomic(join(out, "stop.json"), stopped);
+      break;
+    }
     const t0 = performance.now();
     const phases: PhaseRecord[] = [];
     const cohorts: number[][] = [];
@@ -540,6 +582,7 @@ export async function runFederated(
     best,
     calibration,
     epsilonSpent: ledger ? spentEpsilon(ledger) : null,
+    stopped,
     ledger,
     seconds: carriedSeconds + (performance.now() - started) / 1000,
   };
@@ -600,6 +643,37 @@ function aggregationWeights(
   }
   const weights = normalised(combined);
   return { weights, maxWeight: Math.max(0, ...weights) };
+}
+
+/**
+ * The budget guard: under strict calibration a round's releases are known before it runs
+ * ({@link strictRelease}), so the ε after the round is computed from the ledger with them
+ * appended — the same records and accountant that report the spent ε. Null when the round fits.
+ */
+function budgetStop(
+  config: FederatedConfig,
+  method: Method,
+  calibration: Calibration | null,
+  ledger: LedgerState | null,
+  round: number,
+): BudgetStop | null {
+  const max = config.dp?.maxEpsilon;
+  if (max === undefined || !calibration || !ledger) return null;
+  const release = strictRelease(calibration);
+  const planned = method.phases.reduce(
+    (l, phase) => recordRelease(l, { ...release, round: round + 1, phase: phase.name }),
+    ledger,
+  );
+  const after = spentEpsilon(planned);
+  if (after <= max) return null;
+  return {
+    reason: "budget",
+    round: round + 1,
+    spentEpsilon: spentEpsilon(ledger),
+    epsilonAfterRound: after,
+    maxEpsilon: max,
+    delta: ledger.delta,
+  };
 }
 
 /** Why a client's update cannot be aggregated, or null. */

@@ -401,13 +401,20 @@ export function summaryTable(
           r.f1.toFixed(2),
           r.auc.toFixed(2),
           r.nominalEpsilon === null ? "–" : String(r.nominalEpsilon),
-          formatEpsilon(r.spentEpsilon),
+          formatEpsilon(r.spentEpsilon) + budgetMark(r),
           r.noiseMultiplier === null ? "–" : r.noiseMultiplier.toPrecision(3),
           r.bestRounds.join(", "),
           r.seconds.toFixed(1),
         ]
     ),
   };
+}
+
+/** " (stopped at budget before round r)" for a point the budget guard stopped. */
+function budgetMark(r: SummaryRow): string {
+  if (r.stoppedAtBudget.length === 0) return "";
+  const rounds = [...new Set(r.stoppedAtBudget.map((s) => s.round))].join("/");
+  return ` (stopped at budget before round ${rounds})`;
 }
 
 function shorten(s: string, n: number): string {
