@@ -36,6 +36,8 @@ import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
 import { type Method, type MethodOptions, resolveMethod } from "./methods.ts";
 import { streamRng } from "./streams.ts";
 import { warn } from "../warnings.ts";
+import { canaryDirection, canaryRelease, factorChange } from "./canaries.ts";
+import { cosine } from "../privacy/audit.ts";
 import type { SharedBackbone } from "./backbone.ts";
 import { loadRunState, saveCheckpoint, saveRunState } from "./checkpoint.ts";
 import {
@@ -100,6 +102,8 @@ export interface PhaseRecord {
   phase: string;
   /** The clients sampled for this release (all of them under full participation). */
   participants: number[];
+  /** Audit runs only: the canaries included in this release (sampled like clients). */
+  canaries?: number[];
   /** Mean training loss of the combined clients (NaN, written as null, for an empty cohort). */
   trainLoss: number;
   /** Σ over adapters of ‖D‖_F of the factors the server combined (SPEC §3). */
@@ -164,6 +168,11 @@ export interface RunResult {
    * would have brought the run to (above `maxEpsilon`). Also saved as `<outDir>/stop.json`.
    */
   stopped: BudgetStop | null;
+  /**
+   * Audit runs: cosines of the global factors' total change with each inserted canary direction
+   * and with each never-inserted one.
+   */
+  audit?: { inserted: number[]; held: number[] };
   /** The privacy ledger (every release and the ε spent per round), null without DP. */
   ledger: LedgerState | null;
   seconds: number;
@@ -187,6 +196,12 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Stop after this many rounds of this invocation (used to test resuming). */
   stopAfterRounds?: number;
+  /**
+   * An empirical privacy audit: `count` canary clients whose release is a fixed random direction
+   * of norm C (`canaries.ts`); the result then holds the final update's cosines with them and
+   * with as many never-inserted directions (`RunResult.audit`). Uniform weights only.
+   */
+  canaries?: { count: number };
   /**
    * Replaces a client's update before the server sees it — for fault and adversary experiments
    * (a crashing client, non-finite or wrongly shaped updates). Throwing excludes the client.
@@ -295,6 +310,15 @@ export async function runFederated(
   opts: RunOptions = {},
 ): Promise<RunResult> {
   validateConfig(config);
+  if (opts.canaries) {
+    const n = opts.canaries.count;
+    if (!(Number.isInteger(n) && n >= 2)) {
+      throw new Error(`canaries.count ${n}: need an integer ≥ 2 (two Gaussians are fitted)`);
+    }
+    if (config.weights !== "uniform") {
+      throw new Error(`canaries need uniform weights (a canary weighs as one client)`);
+    }
+  }
   const method = resolveMethod(config.method);
   const K = config.numClients;
   const { dims } = backbone;
@@ -343,6 +367,9 @@ export async function runFederated(
     streamRng(config.seed, "init"),
   );
   checkFactors(global, dims, "initial LoRA factors");
+  // An audit measures the global factors' total change from here (re-created on resume: the
+  // factors come from the seed's `init` stream).
+  const initialGlobal = opts.canaries ? cloneFactors(global) : null;
   const calibration = config.dp
     ? calibrate(config.dp, {
       method,
@@ -467,12 +494,33 @@ export async function runFederated(
           })`,
         );
       }
-      const weighting = aggregationWeights(config, sizeWeights, valid.map((v) => v.client));
+      // Audit canaries (opts.canaries): sampled like clients, each releases its fixed direction.
+      const canaries = opts.canaries
+        ? sampleParticipants(
+          { ...config, numClients: opts.canaries.count, seed: config.seed + 1 },
+          round,
+          phaseIndex,
+        )
+        : [];
+      const combined = [
+        ...valid.map(({ client, result }) => ({ client, factors: result!.factors })),
+        ...canaries.map((i) => ({
+          client: K + i,
+          factors: canaryRelease(
+            global,
+            canaryDirection(config.seed, "inserted", i, dims),
+            phase.release,
+            config.dp?.clip ?? 1,
+            dims,
+          ),
+        })),
+      ];
+      const weighting = aggregationWeights(config, sizeWeights, combined.map((c) => c.client));
       const agg = aggregatePhase({
         global,
-        clients: valid.map(({ client, result }, i) => ({
+        clients: combined.map(({ client, factors }, i) => ({
           client,
-          factors: result!.factors,
+          factors,
           weight: weighting.weights[i],
         })),
         maxWeight: weighting.maxWeight,
@@ -503,6 +551,7 @@ export async function runFederated(
       phases.push({
         phase: phase.name,
         participants,
+        ...(opts.canaries ? { canaries } : {}),
         trainLoss: mean(valid.map(({ result }) => result!.loss)),
         deviation: agg.deviation,
         noiseEnergy: agg.noiseEnergy,
@@ -583,6 +632,9 @@ export async function runFederated(
     calibration,
     epsilonSpent: ledger ? spentEpsilon(ledger) : null,
     stopped,
+    ...(opts.canaries
+      ? { audit: canaryCosines(config.seed, dims, initialGlobal!, global, opts.canaries.count) }
+      : {}),
     ledger,
     seconds: carriedSeconds + (performance.now() - started) / 1000,
   };
@@ -631,7 +683,9 @@ function aggregationWeights(
   sizeWeights: number[],
   combined: number[],
 ): { weights: number[]; maxWeight: number } {
-  const raw = (k: number) => config.weights === "size" ? sizeWeights[k] : 1;
+  // Canary clients (ids ≥ K, audit runs, uniform weights only) weigh as one more uniform client.
+  const raw = (k: number) =>
+    config.weights === "size" && k < config.numClients ? sizeWeights[k] : 1;
   const normalised = (ks: number[]) => {
     const total = ks.reduce((a, k) => a + raw(k), 0);
     return ks.map((k) => raw(k) / total);
@@ -639,10 +693,28 @@ function aggregationWeights(
   if (config.dp?.calibration === "strict") {
     const q = config.participation;
     const p = normalised(Array.from({ length: config.numClients }, (_, k) => k));
-    return { weights: combined.map((k) => p[k] / q), maxWeight: Math.max(...p) / q };
+    const pk = (k: number) => k < config.numClients ? p[k] : 1 / config.numClients;
+    return { weights: combined.map((k) => pk(k) / q), maxWeight: Math.max(...p) / q };
   }
   const weights = normalised(combined);
   return { weights, maxWeight: Math.max(0, ...weights) };
+}
+
+/**
+ * Cosines of the total change of the global factors (from the seed's initial factors) with every
+ * inserted and every held-out canary direction.
+ */
+function canaryCosines(
+  seed: number,
+  dims: SharedBackbone["dims"],
+  start: LoraFactors,
+  final: LoraFactors,
+  count: number,
+): { inserted: number[]; held: number[] } {
+  const change = factorChange(start, final, dims);
+  const cos = (set: "inserted" | "held") =>
+    Array.from({ length: count }, (_, i) => cosine(change, canaryDirection(seed, set, i, dims)));
+  return { inserted: cos("inserted"), held: cos("held") };
 }
 
 /**

@@ -1,0 +1,141 @@
+/**
+ * `deno task audit` — an empirical check of a run's privacy accounting, from the outside.
+ *
+ * Runs the training that `deno task train` would run (same flags) with `--canaries N` canary
+ * clients added: each releases a fixed random direction of norm C instead of an update. From the
+ * final global update it measures the cosine with every inserted direction and with N directions
+ * never inserted, fits a Gaussian to each set, and reports the ε at which the two can be told
+ * apart (one-shot estimation, Andrew et al.; docs/privacy.md, "Auditing a run") next to the ε the
+ * ledger accounted. A valid accountant gives an estimate at or below the accounted ε (up to the
+ * estimate's interval); a mechanism that leaks more than it claims shows an estimate above it.
+ *
+ * Writes `<out>/audit/<exp_name>/audit.json`. Nothing else is saved (an audit run carries
+ * canaries and is not a result to keep).
+ *
+ *   deno task audit --is_DP 1 --calibration strict --epsilon 6 --canaries 200
+ *
+ * @module
+ */
+import "./threads.ts"; // first: sets the thread count before libtensorflow loads
+import { join } from "node:path";
+import { UsageError } from "../lib/cli.ts";
+import { loadInputs } from "../lib/experiment.ts";
+import { resolveMethod } from "../lib/fl/methods.ts";
+import { runFederated } from "../lib/fl/simulation.ts";
+import { writeJsonAtomic } from "../lib/io/atomic.ts";
+import { estimateEpsilon } from "../lib/privacy/audit.ts";
+import { parseTrainArgs } from "./train.ts";
+
+const HELP = `Usage: deno task audit [train flags] [--canaries N]
+
+Runs the training \`deno task train\` would run with the same flags, plus N canary clients
+(default 100) whose releases are fixed random directions of norm C, and estimates ε from the final
+update's cosines with the inserted directions against N never-inserted ones (one-shot empirical
+privacy estimation). Prints the estimate and its 95 % bootstrap interval beside the accounted ε.
+Writes <out>/audit/<exp_name>/audit.json.`;
+
+/** Splits `--canaries N` off the train flags. */
+export function parseAuditArgs(argv: string[]): { canaries: number; trainArgs: string[] } {
+  const trainArgs: string[] = [];
+  let canaries = 100;
+  for (let i = 0; i < argv.length; i++) {
+    const m = /^--canaries(?:=(.*))?$/.exec(argv[i]);
+    if (!m) {
+      trainArgs.push(argv[i]);
+      continue;
+    }
+    const raw = m[1] ?? argv[++i];
+    const n = Number(raw);
+    if (raw === undefined || !Number.isInteger(n) || n < 2) {
+      throw new UsageError(`--canaries ${raw}: expected an integer ≥ 2`);
+    }
+    canaries = n;
+  }
+  return { canaries, trainArgs };
+}
+
+async function main(): Promise<number> {
+  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+    console.log(HELP);
+    return 0;
+  }
+  const { canaries, trainArgs } = parseAuditArgs(Deno.args);
+  const args = parseTrainArgs(trainArgs);
+  if (args === null) {
+    console.log(HELP);
+    return 0;
+  }
+  if (args.config.weights !== "uniform") {
+    throw new UsageError(`--weights ${args.config.weights}: an audit needs uniform weights`);
+  }
+  const inputs = await loadInputs(args.inputs);
+  const label = resolveMethod(args.config.method).label;
+  const delta = args.config.dp?.delta ?? 1e-5;
+  console.error(
+    `audit: ${label} on ${inputs.data.name}, K=${args.config.numClients}, T=${args.config.rounds}, ` +
+      `${canaries} canaries (+${canaries} held out), seeds ${args.seeds.join(",")}`,
+  );
+  const seeds = [];
+  for (const seed of args.seeds) {
+    const run = await runFederated(inputs.backbone, inputs.data, { ...args.config, seed }, {
+      canaries: { count: canaries },
+      onRound: (r) =>
+        console.error(
+          `  seed ${seed} round ${r.round}: val acc ${(100 * r.val.accuracy).toFixed(2)}` +
+            (r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`),
+        ),
+    });
+    const est = estimateEpsilon({ ...run.audit!, delta, seed });
+    const separate = estimateEpsilon({ ...run.audit!, delta, seed, variance: "separate" });
+    seeds.push({
+      seed,
+      accountedEpsilon: run.epsilonSpent,
+      nominalEpsilon: run.calibration?.nominalEpsilon ?? null,
+      estimate: est.epsilon,
+      interval: est.interval,
+      separateVariances: { estimate: separate.epsilon, interval: separate.interval },
+      inserted: est.inserted,
+      held: est.held,
+      cosines: run.audit,
+    });
+    const accounted = run.epsilonSpent === null ? "none (no DP)" : run.epsilonSpent.toFixed(3);
+    const nominal = run.calibration ? ` (nominal ${run.calibration.nominalEpsilon})` : "";
+    console.log(
+      `seed ${seed}: empirical ε ${est.epsilon.toFixed(3)} [95 % interval ` +
+        `${est.interval[0].toFixed(3)}, ${
+          est.interval[1].toFixed(3)
+        }] at δ ${delta}; accounted ε ` +
+        `${accounted}${nominal}; canary cosines: inserted ${
+          est.inserted.mean.toExponential(2)
+        } ± ` +
+        `${est.inserted.std.toExponential(2)}, held out ${est.held.mean.toExponential(2)} ± ` +
+        `${est.held.std.toExponential(2)}`,
+    );
+  }
+  inputs.dispose();
+  const path = join(args.out, "audit", args.expName, "audit.json");
+  await Deno.mkdir(join(args.out, "audit", args.expName), { recursive: true });
+  await writeJsonAtomic(path, {
+    method: label,
+    data: inputs.provenance.data,
+    flags: Deno.args,
+    canaries,
+    delta,
+    calibration: args.config.dp?.calibration ?? null,
+    seeds,
+  });
+  console.log(`audit: ${path}`);
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main());
+  } catch (err) {
+    const usage = err instanceof UsageError;
+    console.error(
+      `audit: ${(err as Error).message}${usage ? "\n(see deno task audit --help)" : ""}`,
+    );
+    Deno.exit(usage ? 2 : 1);
+  }
+}

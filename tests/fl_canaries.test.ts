@@ -1,0 +1,127 @@
+/**
+ * Canary clients for the empirical audit: their releases, their effect on a run, and the audit
+ * task end to end.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  canaryDirection,
+  canaryRelease,
+  factorChange,
+  factorSpaceSize,
+} from "../lib/fl/canaries.ts";
+import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";
+import { estimateEpsilon } from "../lib/privacy/audit.ts";
+import { toySetup } from "./helpers/fl_fixture.ts";
+import { TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+
+const dims = { adapters: 2, dOut: 4, rank: 2, dIn: 4 };
+const norm = (xs: ArrayLike<number>[]) =>
+  Math.sqrt(xs.reduce((a, x) => a + Array.from(x).reduce((b, v) => b + v * v, 0), 0));
+
+Deno.test("canary release: the released factors move by exactly C along the direction's part", () => {
+  const global = {
+    A: [new Float32Array(8).fill(0.1), new Float32Array(8).fill(0.2)],
+    B: [new Float32Array(8), new Float32Array(8)],
+  };
+  const d = canaryDirection(10, "inserted", 3, dims);
+  assert.equal(d.length, factorSpaceSize(dims));
+  assert.ok(Math.abs(norm([d]) - 1) < 1e-12, "unit direction");
+  const out = canaryRelease(global, d, ["B"], 0.5, dims);
+  assert.deepEqual(out.A, global.A, "A is not released in this phase");
+  const change = factorChange(global, out, dims);
+  assert.ok(Math.abs(norm([change]) - 0.5) < 1e-6, `norm ${norm([change])}`);
+  // The change is the B part of the direction, rescaled.
+  const bPart = d.slice(16);
+  const bNorm = norm([bPart]);
+  for (let j = 0; j < 16; j++) assert.ok(Math.abs(change[16 + j] - 0.5 * bPart[j] / bNorm) < 1e-6);
+  assert.notDeepEqual(canaryDirection(10, "held", 3, dims), d, "held directions are others");
+});
+
+const setup = await toySetup();
+const base = {
+  ...defaultConfig(),
+  method: { method: "FFA-LoRA" as const },
+  numClients: 4,
+  rounds: 2,
+  localEpochs: 1,
+  batchSize: 8,
+};
+
+Deno.test("canaries: without noise the inserted directions stand out; with strict noise they hide", async () => {
+  const clean = await runFederated(setup.backbone, setup.data, base, { canaries: { count: 30 } });
+  assert.equal(clean.audit!.inserted.length, 30);
+  assert.equal(clean.audit!.held.length, 30);
+  assert.deepEqual(clean.records[0].phases[0].canaries, Array.from({ length: 30 }, (_, i) => i));
+  const minIn = Math.min(...clean.audit!.inserted), maxHeld = Math.max(...clean.audit!.held);
+  assert.ok(
+    minIn > maxHeld,
+    `no noise: every inserted cosine (${minIn}) above every held one (${maxHeld})`,
+  );
+  const noisy = await runFederated(setup.backbone, setup.data, {
+    ...base,
+    dp: { calibration: "strict", clip: 0.5, epsilon: 0.5 },
+  }, { canaries: { count: 60 } });
+  const est = estimateEpsilon({ ...noisy.audit!, delta: 1e-5, resamples: 300 });
+  assert.ok(
+    est.interval[0] <= noisy.epsilonSpent!,
+    `strict ε ${noisy.epsilonSpent}: estimate ${est.epsilon} [${est.interval}] must not exceed it`,
+  );
+  // The real clients' records are those of a run without canaries in shape (participants).
+  assert.deepEqual(noisy.records[0].phases[0].participants, [0, 1, 2, 3]);
+});
+
+Deno.test("deno task audit: prints the estimate beside the accounted ε and writes audit.json", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-audit-" });
+  const data = await writeToyNpz(join(dir, "toy.npz"));
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../tasks/audit.ts", import.meta.url).pathname,
+      "--dataset",
+      data,
+      "--model",
+      TINY_MODEL,
+      "--prototypes",
+      "orthonormal",
+      "--T",
+      "2",
+      "--E",
+      "1",
+      "--node_num",
+      "2",
+      "--lora_r",
+      "2",
+      "--seeds",
+      "10",
+      "--is_DP",
+      "1",
+      "--calibration",
+      "strict",
+      "--epsilon",
+      "4",
+      "--canaries",
+      "20",
+      "--out",
+      dir,
+      "--exp_name",
+      "a",
+    ],
+    env: { NO_COLOR: "1" },
+  }).output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert.match(
+    stdout,
+    /seed 10: empirical ε \d+\.\d{3} \[95 % interval [\d.]+, [\d.]+\] at δ 0\.00001; accounted ε 3\.99\d \(nominal 4\)/,
+  );
+  const saved = JSON.parse(await Deno.readTextFile(join(dir, "audit", "a", "audit.json")));
+  assert.equal(saved.canaries, 20);
+  assert.equal(saved.seeds[0].cosines.inserted.length, 20);
+  const bad = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../tasks/audit.ts", import.meta.url).pathname, "--canaries", "1"],
+  }).output();
+  assert.equal(bad.code, 2);
+  assert.match(new TextDecoder().decode(bad.stderr), /--canaries 1: expected an integer ≥ 2/);
+});
