@@ -125,3 +125,13 @@ Deno.test("deno task audit: prints the estimate beside the accounted ε and writ
   assert.equal(bad.code, 2);
   assert.match(new TextDecoder().decode(bad.stderr), /--canaries 1: expected an integer ≥ 2/);
 });
+
+Deno.test("canary release under per-tensor clipping: every released tensor moves by C", () => {
+  const global = {
+    A: [new Float32Array(8), new Float32Array(8)],
+    B: [new Float32Array(8), new Float32Array(8)],
+  };
+  const d = canaryDirection(10, "inserted", 0, dims);
+  const out = canaryRelease(global, d, ["A", "B"], 0.5, dims, "per-tensor");
+  for (const t of [...out.A, ...out.B]) assert.ok(Math.abs(norm([t]) - 0.5) < 1e-6);
+});

@@ -58,8 +58,11 @@ function offsets(dims: LoraDims, i: number): { a: number; b: number } {
 }
 
 /**
- * The factors a canary client releases: the global ones plus `clip` times the part of
- * `direction` that the phase releases (rescaled to norm `clip`); the other factors unchanged.
+ * The factors a canary client releases: the global ones plus the part of `direction` that the
+ * phase releases, as large as the mechanism's clipping lets one client be — norm `clip` for the
+ * whole release (`whole`, the strict calibration), or norm `clip` in every tensor (`per-tensor`,
+ * the paper calibration, where one client may move each of its m tensors by C: C·√m in all). The
+ * other factors are unchanged.
  */
 export function canaryRelease(
   global: LoraFactors,
@@ -67,21 +70,24 @@ export function canaryRelease(
   released: readonly Factor[],
   clip: number,
   dims: LoraDims,
+  clipping: "whole" | "per-tensor" = "whole",
 ): LoraFactors {
-  let sq = 0;
-  const parts: { which: Factor; i: number; from: number; size: number }[] = [];
+  const parts: { which: Factor; i: number; from: number; size: number; sq: number }[] = [];
   for (const which of released) {
     for (let i = 0; i < dims.adapters; i++) {
       const o = offsets(dims, i);
       const size = which === "A" ? dims.rank * dims.dIn : dims.dOut * dims.rank;
       const from = which === "A" ? o.a : o.b;
+      let sq = 0;
       for (let j = 0; j < size; j++) sq += direction[from + j] ** 2;
-      parts.push({ which, i, from, size });
+      parts.push({ which, i, from, size, sq });
     }
   }
-  const scale = sq > 0 ? clip / Math.sqrt(sq) : 0;
+  const total = parts.reduce((a, p) => a + p.sq, 0);
   const out = cloneFactors(global);
-  for (const { which, i, from, size } of parts) {
+  for (const { which, i, from, size, sq } of parts) {
+    const norm = Math.sqrt(clipping === "whole" ? total : sq);
+    const scale = norm > 0 ? clip / norm : 0;
     const list = which === "A" ? out.A : out.B;
     const t = Float32Array.from(list[i]);
     for (let j = 0; j < size; j++) t[j] += scale * direction[from + j];

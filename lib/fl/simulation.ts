@@ -512,6 +512,7 @@ export async function runFederated(
             phase.release,
             config.dp?.clip ?? 1,
             dims,
+            config.dp?.calibration === "paper" ? "per-tensor" : "whole",
           ),
         })),
       ];
