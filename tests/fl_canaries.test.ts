@@ -13,7 +13,7 @@ import {
 import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";
 import { estimateEpsilon } from "../lib/privacy/audit.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
-import { TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { tinyRunFlags, writeToyNpz } from "./fixtures/reliability_inputs.ts";
 
 const dims = { adapters: 2, dOut: 4, rank: 2, dIn: 4 };
 const norm = (xs: ArrayLike<number>[]) =>
@@ -79,34 +79,13 @@ Deno.test("deno task audit: prints the estimate beside the accounted ε and writ
       "run",
       "-A",
       new URL("../tasks/audit.ts", import.meta.url).pathname,
-      "--dataset",
-      data,
-      "--model",
-      TINY_MODEL,
-      "--prototypes",
-      "orthonormal",
-      "--T",
-      "2",
-      "--E",
-      "1",
-      "--node_num",
-      "2",
-      "--lora_r",
-      "2",
-      "--seeds",
-      "10",
-      "--is_DP",
-      "1",
-      "--calibration",
-      "strict",
-      "--epsilon",
-      "4",
-      "--canaries",
-      "20",
-      "--out",
-      dir,
-      "--exp_name",
-      "a",
+      ...tinyRunFlags(data, dir, {
+        T: "2",
+        is_DP: "1",
+        calibration: "strict",
+        epsilon: "4",
+        exp_name: "a",
+      }, ["--canaries", "20"]),
     ],
     env: { NO_COLOR: "1" },
   }).output();

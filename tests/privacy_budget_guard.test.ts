@@ -4,35 +4,12 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { runTrain, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { runTrain, TINY_MODEL, tinyRunFlags, writeToyNpz } from "./fixtures/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-budget-" });
 const data = await writeToyNpz(join(dir, "toy.npz"));
-const flags = (out: string, extra: string[]) => [
-  "--dataset",
-  data,
-  "--model",
-  TINY_MODEL,
-  "--prototypes",
-  "orthonormal",
-  "--T",
-  "6",
-  "--E",
-  "1",
-  "--node_num",
-  "2",
-  "--lora_r",
-  "2",
-  "--seeds",
-  "10",
-  "--out",
-  out,
-  "--is_DP",
-  "1",
-  "--epsilon",
-  "3",
-  ...extra,
-];
+const flags = (out: string, extra: string[]) =>
+  tinyRunFlags(data, out, { T: "6", is_DP: "1", epsilon: "3" }, extra);
 
 Deno.test("budget guard: stops before the round that would exceed --max_epsilon; resume does not pass it", async () => {
   const out = join(dir, "guarded");
@@ -78,18 +55,7 @@ Deno.test("budget guard: refused with the paper calibration and without DP", asy
   );
   assert.equal(paper.code, 2, paper.stderr);
   assert.match(paper.stderr, /max_epsilon with paper calibration.*use --calibration strict/);
-  const noDp = await runTrain([
-    "--dataset",
-    data,
-    "--model",
-    TINY_MODEL,
-    "--prototypes",
-    "orthonormal",
-    "--out",
-    join(dir, "n"),
-    "--max_epsilon",
-    "2",
-  ]);
+  const noDp = await runTrain(tinyRunFlags(data, join(dir, "n"), { max_epsilon: "2" }));
   assert.equal(noDp.code, 2, noDp.stderr);
   assert.match(noDp.stderr, /--max_epsilon only apply with --is_DP 1/);
 });

@@ -5,31 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { listTree, runTrain, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { listTree, runTrain, tinyRunFlags, writeToyNpz } from "./fixtures/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-reliability-messages-" });
 const at = (name: string) => join(dir, name);
-const base = (dataset: string, out: string, extra: string[] = []) => [
-  "--dataset",
-  dataset,
-  "--model",
-  TINY_MODEL,
-  "--prototypes",
-  "orthonormal",
-  "--T",
-  "1",
-  "--E",
-  "1",
-  "--node_num",
-  "2",
-  "--lora_r",
-  "2",
-  "--seeds",
-  "10",
-  "--out",
-  out,
-  ...extra,
-];
+const base = (dataset: string, out: string, over: Record<string, string> = {}) =>
+  tinyRunFlags(dataset, out, over);
 const empty = (n: number) => ({ shape: [0, 16, 16, 3], data: new Uint8Array(n) });
 const noLabels = { shape: [0, 1], data: new Uint8Array(0) };
 const oneClass = (n: number) => ({ shape: [n, 1], data: new Uint8Array(n) });
@@ -56,7 +37,7 @@ Deno.test("an empty train, val or test split is named before round 1, not '--nod
 Deno.test("an unreachable strict ε is stated in flags, not in the library's argument names", async () => {
   const data = await writeToyNpz(at("good.npz"));
   const run = await runTrain(
-    base(data, at("out-eps"), ["--is_DP", "1", "--calibration", "strict", "--epsilon", "1e-9"]),
+    base(data, at("out-eps"), { is_DP: "1", calibration: "strict", epsilon: "1e-9" }),
   );
   assert.equal(run.code, 2, run.stderr);
   assert.match(run.stderr, /--epsilon 1e-9 is out of reach/);
@@ -66,7 +47,7 @@ Deno.test("an unreachable strict ε is stated in flags, not in the library's arg
   );
   assert.doesNotMatch(run.stderr, /targetEpsilon|sampleRate|steps/);
   const huge = await runTrain(
-    base(data, at("out-eps"), ["--is_DP", "1", "--calibration", "strict", "--epsilon", "1e15"]),
+    base(data, at("out-eps"), { is_DP: "1", calibration: "strict", epsilon: "1e15" }),
   );
   assert.equal(huge.code, 2, huge.stderr);
   assert.match(huge.stderr, /--epsilon 1000000000000000 is too large to calibrate/);
@@ -78,7 +59,7 @@ Deno.test("one-class val and test splits are said, and the summary shows AUC n/a
     val_labels: oneClass(6),
     test_labels: oneClass(6),
   });
-  const run = await runTrain(base(data, at("out-one"), ["--T", "3"]), { backend: null });
+  const run = await runTrain(base(data, at("out-one"), { T: "3" }), { backend: null });
   assert.equal(run.code, 0, run.stderr);
   assert.match(
     run.stderr,
@@ -93,20 +74,14 @@ Deno.test("excluded clients and empty cohorts are shown on the console", async (
   const data = await writeToyNpz(at("good2.npz"));
   // q = 0.3 with 2 clients: seed 10 draws empty cohorts in some of the 4 rounds.
   const run = await runTrain(
-    base(data, at("out-q"), [
-      "--T",
-      "4",
-      "--is_DP",
-      "1",
-      "--calibration",
-      "strict",
-      "--epsilon",
-      "8",
-      "--participation",
-      "0.3",
-      "--method",
-      "FFA-LoRA",
-    ]),
+    base(data, at("out-q"), {
+      T: "4",
+      is_DP: "1",
+      calibration: "strict",
+      epsilon: "8",
+      participation: "0.3",
+      method: "FFA-LoRA",
+    }),
     { backend: null },
   );
   assert.equal(run.code, 0, run.stderr);

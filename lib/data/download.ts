@@ -11,8 +11,9 @@
  * ```
  * @module
  */
-import { createHash } from "node:crypto";
 import { basename, dirname, join } from "node:path";
+import { createHash } from "node:crypto";
+import { digestFile } from "../io/fingerprint.ts";
 import { KNOWN_DATASETS } from "./dataset.ts";
 import { medmnistFileName } from "./medmnist.ts";
 
@@ -71,19 +72,7 @@ export function medmnistFile(
  * ```
  */
 export async function md5File(path: string): Promise<string> {
-  const hash = createHash("md5");
-  const file = await Deno.open(path, { read: true });
-  try {
-    const buf = new Uint8Array(1 << 20);
-    for (;;) {
-      const n = await file.read(buf);
-      if (n === null) break;
-      hash.update(buf.subarray(0, n));
-    }
-  } finally {
-    file.close();
-  }
-  return hash.digest("hex");
+  return (await digestFile(path, "md5")).hex;
 }
 
 function describe(err: unknown): string {

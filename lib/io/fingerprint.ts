@@ -75,8 +75,20 @@ async function hashFile(path: string): Promise<{ sha256: string; bytes: number }
   return digest;
 }
 
-async function hashBytes(path: string): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash("sha256");
+/**
+ * The digest of a file's bytes (`sha256`, `md5`, … as `node:crypto` names them), read in 1 MiB
+ * pieces, and its size.
+ *
+ * @example
+ * ```ts
+ * const { hex, bytes } = await digestFile("deno.json", "sha256");
+ * ```
+ */
+export async function digestFile(
+  path: string,
+  algorithm: string,
+): Promise<{ hex: string; bytes: number }> {
+  const hash = createHash(algorithm);
   const file = await Deno.open(path, { read: true });
   let bytes = 0;
   try {
@@ -90,7 +102,12 @@ async function hashBytes(path: string): Promise<{ sha256: string; bytes: number 
   } finally {
     file.close();
   }
-  return { sha256: hash.digest("hex"), bytes };
+  return { hex: hash.digest("hex"), bytes };
+}
+
+async function hashBytes(path: string): Promise<{ sha256: string; bytes: number }> {
+  const { hex, bytes } = await digestFile(path, "sha256");
+  return { sha256: hex, bytes };
 }
 
 /**
