@@ -45,8 +45,8 @@ Flags:
   --wait                  slurm: wait for the array, printing progress, and exit 0 only when
                           every point finished
   --poll SECONDS          slurm --wait / status: squeue interval (default 10)
-  --step-ms MS            plan: seconds of one local SGD step on a CPU, in ms, at the points'
-                          batch size (deno task bench --only b16 measures one)
+  --step-ms MS            plan: milliseconds of one local SGD step on a CPU at the points'
+                          batch size (deno task bench --only b16 measures one at batch 8)
   --gpu-step-ms MS        plan: the same on a GPU
   --train-images N        plan: training images when the data set's size is not known
   -h, --help              this text
