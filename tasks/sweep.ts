@@ -162,6 +162,16 @@ async function runCommand(sweep: Sweep, points: SweepPoint[], flags: Record<stri
   }
   const states = await Promise.all(points.map((p) => pointState(sweep.root, p)));
   const todo = points.filter((_, i) => states[i].status !== "finished");
+  // A point still queued or running in an earlier job array must not get a second writer.
+  const busy = await activeInSlurm(sweep.root);
+  const clash = todo.filter((p) => busy.has(p.id));
+  if (clash.length > 0) {
+    const list = clash.map((p) => `${p.id} (task ${busy.get(p.id)})`).join(", ");
+    throw new UsageError(
+      `${clash.length} point(s) of ${sweep.file} are still queued or running on Slurm: ${list}; ` +
+        `wait for them (deno task sweep status ${sweep.file}) or cancel them with scancel first`,
+    );
+  }
   await writeJsonAtomic(join(sweep.root, "sweep.json"), sweep.source);
   const done = points.length - todo.length;
   console.error(
@@ -234,6 +244,29 @@ const ACTIVE = new Set([
   "SIGNALING",
   "STAGE_OUT",
 ]);
+
+/** Points of earlier submissions whose array task is still pending or running → `JOB_INDEX STATE`. */
+async function activeInSlurm(root: string): Promise<Map<string, string>> {
+  const subs = await submissions(root);
+  const busy = new Map<string, string>();
+  if (subs.length === 0) return busy;
+  let tasks: ArrayTask[];
+  try {
+    tasks = await arrayTasks(subs.map((s) => s.jobId));
+  } catch (err) {
+    console.error(
+      `sweep: cannot see this sweep's earlier Slurm jobs (${(err as Error).message}); make sure ` +
+        `none of them is still running its points`,
+    );
+    return busy;
+  }
+  for (const t of tasks) {
+    if (!ACTIVE.has(t.state)) continue;
+    const id = subs.find((s) => s.jobId === t.jobId)?.points[t.index];
+    if (id) busy.set(id, `${t.jobId}_${t.index} ${t.state}`);
+  }
+  return busy;
+}
 
 async function waitForJob(sweep: Sweep, points: SweepPoint[], jobId: string, poll: number) {
   let last = "";

@@ -106,7 +106,15 @@ Deno.test("sweep run --executor local runs every point; a rerun has nothing to d
 Deno.test("Ctrl-C stops every worker; a rerun continues to the records of an unbroken run", async () => {
   const broken = await writeSweep("broken");
   const s = await loadSweep(broken);
-  const child = sweepCommand(["run", broken, "--workers", "2"]).spawn();
+  // Its own process group (setsid), so that Ctrl-C can be sent as a terminal sends it: to the
+  // sweep and every train at once.
+  const child = new Deno.Command("setsid", {
+    args: [Deno.execPath(), "run", "-A", SWEEP_TASK, "run", broken, "--workers", "2"],
+    env: { DEER_BACKEND: "wasm", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
   const stderr = new Response(child.stderr).text();
   const stdout = new Response(child.stdout).text();
   // Wait until some point has recorded a round, then interrupt.
@@ -117,7 +125,7 @@ Deno.test("Ctrl-C stops every worker; a rerun continues to the records of an unb
     if (run && (await readRecords(join(run, "seed-10", "records.jsonl"))).length >= 2) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  child.kill("SIGINT");
+  Deno.kill(-child.pid, "SIGINT");
   const status = await child.status;
   const err = await stderr;
   await stdout;

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { REPO, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
 import { expandPoints, loadSweep } from "../lib/sweep/spec.ts";
 import { findRunDir, pointDir, readRecords } from "../lib/sweep/state.ts";
-import { submissions } from "../lib/sweep/slurm.ts";
+import { arrayTasks, submissions } from "../lib/sweep/slurm.ts";
 
 const SWEEP_TASK = join(REPO, "tasks/sweep.ts");
 const ROUNDS = 60;
@@ -143,6 +143,83 @@ Deno.test({
       return out;
     };
     assert.deepEqual(await records(sweep.root), await records(join(dir, "local-run")));
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "slurm: a failing task is shown with its log; a second writer is refused; resubmission " +
+    "takes only the unfinished points",
+  ignore: missing !== null && !required,
+  async fn() {
+    if (missing) throw new Error(`DEER_REQUIRE_SLURM=1 but ${missing}`);
+    const dir = await Deno.makeTempDir({ prefix: "deer-sweep-slurm-fail-" });
+    const data = await writeToyNpz(join(dir, "toy.npz"));
+    const file = join(dir, "failing.json");
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        name: "failing",
+        results: join(dir, "run"),
+        base: {
+          model: TINY_MODEL,
+          prototypes: "orthonormal",
+          node_num: 2,
+          lora_r: 2,
+          batchsize: 8,
+          T: 2,
+          E: 1,
+          seeds: 10,
+        },
+        grid: { dataset: [data, join(dir, "missing.npz")] },
+        slurm: { cpus_per_task: 1, mem: "1G" },
+      }),
+    );
+    const sweep = (...args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", SWEEP_TASK, ...args],
+        env: { DEER_BACKEND: "wasm", NO_COLOR: "1" },
+        stdin: "null",
+      }).output();
+    const text = (b: Uint8Array) => new TextDecoder().decode(b);
+    const submitted = await sweep("run", file, "--executor", "slurm");
+    assert.equal(submitted.code, 0, text(submitted.stderr));
+    const jobId = text(submitted.stdout).trim();
+    assert.match(jobId, /^\d+$/);
+    // While the array is queued or running, the local executor may not take its points.
+    const second = await sweep("run", file, "--executor", "local");
+    assert.equal(second.code, 2, text(second.stderr));
+    assert.match(
+      text(second.stderr),
+      new RegExp(`still queued or running on Slurm: [0-9a-f]{12} \\(task ${jobId}_0 `),
+    );
+    // Wait for the array to end.
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline) {
+      const tasks = await arrayTasks([jobId]);
+      if (tasks.length === 2 && tasks.every((t) => ["COMPLETED", "FAILED"].includes(t.state))) {
+        assert.deepEqual(tasks.map((t) => [t.state, t.exitCode]), [["COMPLETED", 0], [
+          "FAILED",
+          1,
+        ]]);
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const st = await sweep("status", file);
+    assert.match(text(st.stdout), new RegExp(`${jobId}_1 FAILED`));
+    assert.match(text(st.stdout), /1 finished, 0 partial, 0 pending, 1 failed of 2/);
+    assert.match(
+      text(st.stderr),
+      /✗ point 1 [0-9a-f]{12} \(dataset=.*missing\.npz\): failed, exit code 1/,
+    );
+    assert.match(text(st.stderr), /missing\.npz/);
+    // Submitting again sends only the failed point; --wait exits 1 and shows its log.
+    const again = await sweep("run", file, "--executor", "slurm", "--wait", "--poll", "1");
+    assert.equal(again.code, 1, text(again.stderr));
+    assert.match(text(again.stderr), /2 points, 1 finished, 1 to run \(slurm\)/);
+    assert.match(text(again.stderr), /submitted job array \d+ \(1 tasks\)/);
+    assert.match(text(again.stderr), /✗ point 1 .*: failed, exit code 1; last lines of/);
     await Deno.remove(dir, { recursive: true });
   },
 });

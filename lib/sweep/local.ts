@@ -135,7 +135,10 @@ export async function runLocal(
     ]);
     log.close();
     running.delete(point.id);
-    if (outcome.interrupted && !status.success) {
+    // Ctrl-C at a terminal reaches every process of the group: a train that died of SIGINT was
+    // stopped, not failed, even when its exit is seen before the abort.
+    if (status.signal === "SIGINT" || (outcome.interrupted && !status.success)) {
+      outcome.interrupted = true;
       outcome.stopped.push(point.id);
       return;
     }
