@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { expandPoints, loadSweep, parseSweep, pointId, SweepError } from "../lib/sweep/spec.ts";
 import { jobScript, parseSqueue, shellQuote } from "../lib/sweep/slurm.ts";
 import { meanInterval, studentTQuantile } from "../lib/metrics/interval.ts";
-import { poolSeeds, type SeedRow, toCsv } from "../lib/sweep/report.ts";
+import { poolSeeds, type SeedRow, sweepFigures, toCsv } from "../lib/sweep/report.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
 const SWEEP_TASK = join(REPO, "tasks/sweep.ts");
@@ -290,4 +290,44 @@ Deno.test("seed rows pool into one row per setting: mean, population std, interv
     toCsv(["a", "b"], [["x,y", 1.5], ['q"', null]]),
     'a,b\n"x,y",1.5\n"q""",\n',
   );
+});
+
+Deno.test("report figures: the module1 × module2 heat map per setting, a numeric axis as lines", () => {
+  const sweep = parseSweep({
+    base: { method: "DEeR", is_DP: 1, epsilon: 6 },
+    grid: { lora_r: [2, 4], module1: [0, 1], module2: [0, 1] },
+  }, "ablation.json");
+  const rows: SeedRow[] = expandPoints(sweep).map((p, i) => ({
+    point: p.id,
+    label: p.id,
+    seed: 10,
+    settings: p.settings,
+    method: `DEeR(m1=${p.settings.module1},m2=${p.settings.module2})`,
+    family: "DEeR",
+    calibration: "paper",
+    rounds: 2,
+    bestRound: 2,
+    accuracy: 50 + i,
+    recall: 50,
+    precision: 50,
+    f1: 50,
+    auc: 50,
+    nominalEpsilon: 6,
+    spentEpsilon: 100 + i,
+    seconds: 1,
+  }));
+  const figs = sweepFigures(sweep, poolSeeds(rows));
+  const heat = figs.filter((f) => f.data[0].type === "heatmap");
+  assert.equal(heat.length, 2, "one heat map per rank");
+  // Points 0–3 are rank 2 in the order (m1, m2) = 00, 01, 10, 11.
+  assert.deepEqual(heat[0].data[0].z, [[50, 51], [52, 53]]);
+  assert.deepEqual(heat[1].data[0].z, [[54, 55], [56, 57]]);
+  assert.match(String((heat[0].layout.title as { text: string }).text), /lora_r=2/);
+  const overRank = figs.find((f) =>
+    /over lora_r/.test(String((f.layout.title as { text: string }).text))
+  );
+  assert.ok(overRank, "accuracy over lora_r");
+  assert.equal(overRank.data.length, 4, "one line per module setting");
+  assert.deepEqual(overRank.data[0].x, [2, 4]);
+  assert.ok(figs.some((f) => /actually spent/.test(JSON.stringify(f.layout.title))));
 });
