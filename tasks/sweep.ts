@@ -372,12 +372,16 @@ async function report(sweep: Sweep, points: SweepPoint[]) {
   const { writeReport, paperTable, markdownTable } = await importLight(() =>
     import("../lib/sweep/report.ts")
   );
-  const results = await writeReport(sweep, points);
-  const finished = results.states.filter((s) => s.status === "finished").length;
+  const states = await Promise.all(points.map((p) => pointState(sweep.root, p)));
+  const finished = states.filter((s) => s.status === "finished").length;
   if (finished === 0) {
-    console.error(`sweep: no point of ${sweep.file} has finished yet; nothing to report`);
+    console.error(
+      `sweep: no point of ${sweep.file} has finished in ${sweep.root} yet; nothing to report ` +
+        `(deno task sweep status ${sweep.file} shows where they are)`,
+    );
     return 1;
   }
+  const results = await writeReport(sweep, points);
   console.log(markdownTable(paperTable(results.table)));
   const dir = join(sweep.root, "report");
   console.log(

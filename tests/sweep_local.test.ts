@@ -208,3 +208,14 @@ Deno.test("sweep report: tidy and paper tables hold the records' values; HTML wo
   assert.match(html, /against the client-level ε actually spent/);
   assert.doesNotMatch(html, /<script[^>]+src=/, "no external script");
 });
+
+Deno.test("sweep report with no finished point: exit 1, says so, writes nothing", async () => {
+  const file = await writeSweep("unrun");
+  const r = await sweep("report", file);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    /no point of .*unrun\.json has finished in .*unrun yet; nothing to report/,
+  );
+  assert.equal(existsSync(join(dir, "unrun")), false);
+});

@@ -86,7 +86,14 @@ Deno.test("bad sweep files are refused naming the file, the field and the fix", 
   refused({ name: "a b", grid: { T: [1] } }, /name: "a b": expected letters/);
   refused({ grid: { T: [1] }, threads_per_run: 0 }, /threads_per_run: 0: expected an integer ≥ 1/);
   refused({ grid: { T: [1] }, slurm: { partion: "x" } }, /slurm\.partion: unknown option/);
-  refused({ grid: { T: [1] }, slurm: { time: "2 hours" } }, /slurm\.time: "2 hours": expected/);
+  refused(
+    { grid: { T: [1] }, slurm: { time: "2 hours" } },
+    /slurm\.time: "2 hours": expected a wall time like "HH:MM:SS" or "D-HH:MM:SS"/,
+  );
+  refused(
+    { grid: { T: [1] }, slurm: { mem: 8 } },
+    /slurm\.mem: 8: expected a memory size like "8G"/,
+  );
   refused({ grid: { T: [1] }, slurm: { cpus_per_task: 1.5 } }, /slurm\.cpus_per_task: 1\.5/);
   refused(
     { grid: { T: [1] }, slurm: { sbatch: ["--array=0-3"] } },

@@ -245,22 +245,19 @@ function parseSlurm(raw: unknown, fail: (f: string, m: string) => never): SlurmO
       fail(`slurm.${k}`, `unknown option; the options are ${SLURM_KEYS.join(", ")}`);
     }
   }
+  const WANT: Record<string, string> = {
+    partition: "a partition name (letters, digits, '_', '.', ',', '-')",
+    time: 'a wall time like "HH:MM:SS" or "D-HH:MM:SS"',
+    mem: 'a memory size like "8G" or "16000M"',
+    account: "an account name (letters, digits, '_', '.', '-')",
+    deno: "the path of deno on the compute nodes",
+  };
   const str = (k: string, pattern?: RegExp) => {
     const v = raw[k];
     if (v === undefined) return undefined;
-    if (typeof v !== "string" || v === "" || (pattern && !pattern.test(v))) {
-      fail(
-        `slurm.${k}`,
-        `${JSON.stringify(v)}: expected ${pattern ? "a value like " : ""}${
-          k === "time"
-            ? '"HH:MM:SS" or "D-HH:MM:SS"'
-            : k === "mem"
-            ? '"8G" or "16000M"'
-            : "a string"
-        }`,
-      );
+    if (typeof v !== "string" || v === "" || /[\n\r]/.test(v) || (pattern && !pattern.test(v))) {
+      fail(`slurm.${k}`, `${JSON.stringify(v)}: expected ${WANT[k]}`);
     }
-    if (/[\n\r]/.test(v as string)) fail(`slurm.${k}`, "must be one line");
     return v as string;
   };
   const int = (k: string) => {
