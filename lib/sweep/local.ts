@@ -122,7 +122,7 @@ export async function runLocal(
         for (const l of lines) {
           const m = /^round (\d+):/.exec(l);
           if (m) {
-            entry.round = m[1];
+            entry.round = point.settings.T ? `${m[1]}/${point.settings.T}` : m[1];
             render();
           }
         }
