@@ -22,7 +22,7 @@ const text = (s: string | string[]) => (Array.isArray(s) ? s.join("") : s);
 const code = (nb: Notebook) =>
   nb.cells.filter((c) => c.cell_type === "code").map((c) => text(c.source));
 
-Deno.test("notebooks: the eight studies, Deno kernel, no stored outputs", () => {
+Deno.test("notebooks: the eight studies and the sweep loader, Deno kernel, no stored outputs", () => {
   assert.deepEqual(names.map((n) => n.slice(0, 3)), [
     "01_",
     "02_",
@@ -32,6 +32,7 @@ Deno.test("notebooks: the eight studies, Deno kernel, no stored outputs", () => 
     "06_",
     "07_",
     "08_",
+    "10_",
   ]);
   for (const name of names) {
     const nb = read(name);

@@ -1,0 +1,340 @@
+/**
+ * Sweep files: validation with messages that name the file, the field and the fix; expansion of
+ * base × grid + points; stable point ids; the Slurm job script and `squeue --json` parsing; the
+ * t interval of the paper table; the shipped sweeps plan without error.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { expandPoints, loadSweep, parseSweep, pointId, SweepError } from "../lib/sweep/spec.ts";
+import { jobScript, parseSqueue, shellQuote } from "../lib/sweep/slurm.ts";
+import { meanInterval, studentTQuantile } from "../lib/metrics/interval.ts";
+import { poolSeeds, type SeedRow, sweepFigures, toCsv } from "../lib/sweep/report.ts";
+
+const REPO = new URL("../", import.meta.url).pathname;
+const SWEEP_TASK = join(REPO, "tasks/sweep.ts");
+
+function refused(raw: unknown, pattern: RegExp) {
+  assert.throws(() => parseSweep(raw, "s.json"), (err: Error) => {
+    assert.ok(err instanceof SweepError, `${err}`);
+    assert.match(err.message, /^s\.json: /);
+    assert.match(err.message, pattern);
+    return true;
+  });
+}
+
+Deno.test("a sweep expands base × grid (last axis fastest), then explicit points", () => {
+  const sweep = parseSweep(
+    {
+      base: { T: 2, is_DP: 1 },
+      grid: { method: ["LoRA", "DEeR"], epsilon: [1, 6] },
+      points: [{ method: "DEeR", module1: 0, module2: 1, epsilon: 6 }],
+    },
+    "sweeps/x.json",
+    { root: "/tmp/r" },
+  );
+  assert.equal(sweep.name, "x");
+  assert.equal(sweep.root, "/tmp/r");
+  const points = expandPoints(sweep);
+  assert.deepEqual(
+    points.map((p) => p.varied),
+    [
+      { method: "LoRA", epsilon: "1" },
+      { method: "LoRA", epsilon: "6" },
+      { method: "DEeR", epsilon: "1" },
+      { method: "DEeR", epsilon: "6" },
+      { method: "DEeR", module1: "0", module2: "1", epsilon: "6" },
+    ],
+  );
+  assert.deepEqual(points[4].settings, {
+    T: "2",
+    is_DP: "1",
+    method: "DEeR",
+    module1: "0",
+    module2: "1",
+    epsilon: "6",
+  });
+  assert.deepEqual(points[0].args, ["--T=2", "--epsilon=1", "--is_DP=1", "--method=LoRA"]);
+  assert.deepEqual(points.map((p) => p.index), [0, 1, 2, 3, 4]);
+});
+
+Deno.test("a point's id is a hash of its settings: independent of order and origin, unique", () => {
+  const fromGrid = expandPoints(parseSweep({ base: { T: 2 }, grid: { method: ["LoRA"] } }, "a"));
+  const fromPoint = expandPoints(parseSweep({ points: [{ method: "LoRA", T: 2 }] }, "b"));
+  assert.equal(fromGrid[0].id, fromPoint[0].id);
+  assert.match(fromGrid[0].id, /^[0-9a-f]{12}$/);
+  assert.equal(pointId({ a: "1", b: "2" }), pointId({ b: "2", a: "1" }));
+  assert.notEqual(pointId({ a: "1" }), pointId({ a: "2" }));
+  // "1" as a number and as a string is one setting; a duplicate point is run once.
+  const dup = expandPoints(
+    parseSweep({ grid: { T: [2] }, points: [{ T: "2" }, { T: 3 }] }, "c"),
+  );
+  assert.deepEqual(dup.map((p) => p.settings.T), ["2", "3"]);
+});
+
+Deno.test("bad sweep files are refused naming the file, the field and the fix", () => {
+  refused([], /top level: expected a JSON object/);
+  refused({ bse: {} }, /bse: unknown field; the fields are name, results, base/);
+  refused({ base: { out: "x" }, grid: { T: [1] } }, /base\.out: --out is set by the sweep/);
+  refused({ grid: { exp_name: ["a"] } }, /grid\.exp_name: --exp_name is set by the sweep/);
+  refused({ grid: { "node-num": [2] } }, /not a train flag name; write it as --help lists it/);
+  refused({ grid: { "--T": [2] } }, /grid\.--T: write the flag without dashes \("T"\)/);
+  refused({ grid: { T: [] } }, /grid\.T: expected a non-empty array/);
+  refused({ grid: { T: [2, 2] } }, /grid\.T: a value is repeated/);
+  refused({ base: { T: 2 }, grid: { T: [3] } }, /grid\.T: also set in base/);
+  refused({ grid: { T: [null] } }, /grid\.T\[0\]: null: expected a number or a non-empty/);
+  refused({ base: { T: 2 } }, /grid\/points: the sweep has no point/);
+  refused({ name: "a b", grid: { T: [1] } }, /name: "a b": expected letters/);
+  refused({ grid: { T: [1] }, threads_per_run: 0 }, /threads_per_run: 0: expected an integer ≥ 1/);
+  refused({ grid: { T: [1] }, slurm: { partion: "x" } }, /slurm\.partion: unknown option/);
+  refused(
+    { grid: { T: [1] }, slurm: { time: "2 hours" } },
+    /slurm\.time: "2 hours": expected a wall time like "HH:MM:SS" or "D-HH:MM:SS"/,
+  );
+  refused(
+    { grid: { T: [1] }, slurm: { mem: 8 } },
+    /slurm\.mem: 8: expected a memory size like "8G"/,
+  );
+  refused({ grid: { T: [1] }, slurm: { cpus_per_task: 1.5 } }, /slurm\.cpus_per_task: 1\.5/);
+  refused(
+    { grid: { T: [1] }, slurm: { sbatch: ["--array=0-3"] } },
+    /--array is set by the sweep; use max_parallel/,
+  );
+  refused({ grid: { T: [1] }, slurm: { setup: ["a\nb"] } }, /slurm\.setup: expected an array/);
+});
+
+Deno.test("loadSweep names a missing file and a file that is not JSON", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-sweep-spec-" });
+  await assert.rejects(loadSweep(join(dir, "none.json")), /none\.json: no such sweep file/);
+  await Deno.writeTextFile(join(dir, "bad.json"), "{ grid: }");
+  await assert.rejects(loadSweep(join(dir, "bad.json")), /bad\.json: not valid JSON/);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("sweep plan refuses a point train would refuse, naming the point and the flag", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-sweep-spec-" });
+  const file = join(dir, "s.json");
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify({ base: { T: 2 }, grid: { method: ["LoRA"], epsilon: [1, -2] } }),
+  );
+  const run = async (json: unknown) => {
+    await Deno.writeTextFile(file, JSON.stringify(json));
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", SWEEP_TASK, "plan", file, "--out", join(dir, "r")],
+      env: { DEER_BACKEND: "cpu" },
+    }).output();
+    return { code: out.code, err: new TextDecoder().decode(out.stderr) };
+  };
+  // --epsilon without --is_DP 1: train's own message, prefixed with the file and the point.
+  let r = await run({ base: { T: 2 }, grid: { method: ["LoRA"], epsilon: [1] } });
+  assert.equal(r.code, 2, r.err);
+  assert.match(
+    r.err,
+    /s\.json: point 0 \(method=LoRA epsilon=1\): --calibration\/--epsilon\/--C only apply with --is_DP 1/,
+  );
+  r = await run({ base: { T: 2, is_DP: 1 }, grid: { epsilon: [1, -2] } });
+  assert.equal(r.code, 2, r.err);
+  assert.match(r.err, /point 1 \(epsilon=-2\): --epsilon -2: expected a privacy budget ε > 0/);
+  r = await run({ grid: { methd: ["LoRA"] } });
+  assert.equal(r.code, 2, r.err);
+  assert.match(r.err, /point 0 \(methd=LoRA\): unknown flag --methd \(did you mean --method\?\)/);
+  // Nothing was written for a refused sweep.
+  assert.equal(await Deno.stat(join(dir, "r")).catch(() => null), null);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("the shipped sweeps plan: quick has ≥ 4 points, the reproductions 72 each", async () => {
+  for (const [name, count] of [["quick", 4], ["oct_c8", 72], ["kvasir_v2", 72]] as const) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", SWEEP_TASK, "plan", join(REPO, "sweeps", `${name}.json`)],
+      env: { DEER_BACKEND: "cpu" },
+      cwd: await Deno.makeTempDir({ prefix: "deer-sweep-plan-" }),
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(text, new RegExp(`sweep ${name} \\(.*\\): ${count} points`));
+    assert.equal(text.match(/^ +\d+ {2}[0-9a-f]{12} {2}pending/gm)?.length, count);
+  }
+  const oct = expandPoints(await loadSweep(join(REPO, "sweeps/oct_c8.json")));
+  const eps = new Set(oct.map((p) => p.settings.epsilon));
+  assert.deepEqual([...eps], ["0.1", "0.5", "1"]);
+  assert.deepEqual(
+    [...new Set(oct.map((p) => p.settings.method))],
+    ["LoRA", "FFA-LoRA", "DP-DyLoRA", "DEeR"],
+  );
+  assert.deepEqual([...new Set(oct.map((p) => p.settings.seeds))], ["10", "100", "1000"]);
+  assert.deepEqual([...new Set(oct.map((p) => p.settings.calibration))], ["paper", "strict"]);
+  assert.ok(oct.every((p) => p.settings.node_num === "12" && p.settings.T === "50"));
+  const kvasir = expandPoints(await loadSweep(join(REPO, "sweeps/kvasir_v2.json")));
+  assert.deepEqual([...new Set(kvasir.map((p) => p.settings.epsilon))], ["1", "3", "6"]);
+});
+
+Deno.test("the job script maps each array index to one point, with the sbatch options", () => {
+  const sweep = parseSweep(
+    {
+      base: { T: 2 },
+      grid: { method: ["LoRA", "DEeR"] },
+      threads_per_run: 2,
+      slurm: {
+        partition: "gpu",
+        time: "1-00:00:00",
+        mem: "16G",
+        cpus_per_task: 4,
+        gpus_per_task: 1,
+        account: "lab",
+        max_parallel: 8,
+        sbatch: ["--qos=long"],
+        setup: ["module load deno"],
+      },
+    },
+    "sweeps/s.json",
+    { root: "/data/my sweeps/s" },
+  );
+  const points = expandPoints(sweep);
+  const script = jobScript(sweep, points, {
+    command: { executable: "/opt/deno", prefix: ["run", "-A", "/repo/tasks/train.ts"] },
+    cwd: "/home/u",
+  });
+  for (
+    const line of [
+      "#SBATCH --partition=gpu",
+      "#SBATCH --time=1-00:00:00",
+      "#SBATCH --mem=16G",
+      "#SBATCH --cpus-per-task=4",
+      "#SBATCH --gpus-per-task=1",
+      "#SBATCH --account=lab",
+      "#SBATCH --qos=long",
+      "#SBATCH --requeue",
+      "module load deno",
+      "export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-2}",
+    ]
+  ) assert.ok(script.includes(line), `missing: ${line}\n${script}`);
+  assert.ok(script.includes(
+    `  0) id=${points[0].id}; args=(run -A /repo/tasks/train.ts --T=2 --method=LoRA ` +
+      `'--out=/data/my sweeps/s/points' --exp_name=${points[0].id} --resume) ;;`,
+  ));
+  assert.ok(script.includes(`  1) id=${points[1].id};`));
+  assert.equal(shellQuote("it's"), `'it'\\''s'`);
+});
+
+Deno.test("squeue --json: array tasks, the pending array split by index, exit codes", () => {
+  // Shapes as slurm 22.05 prints them (trimmed to the fields read).
+  const json = JSON.stringify({
+    jobs: [
+      { job_id: 9, array_job_id: 7, array_task_id: 0, job_state: "COMPLETED", exit_code: 0 },
+      {
+        job_id: 10,
+        array_job_id: 7,
+        array_task_id: 1,
+        job_state: "FAILED",
+        exit_code: 768,
+        restart_cnt: 1,
+      },
+      {
+        job_id: 7,
+        array_job_id: 7,
+        array_task_id: null,
+        job_state: "PENDING",
+        array_task_string: "2-3,5%2",
+      },
+      { job_id: 3, array_job_id: 3, array_task_id: 0, job_state: "RUNNING", exit_code: 0 },
+    ],
+  });
+  const tasks = parseSqueue(json, ["7"]);
+  assert.deepEqual(tasks.map((t) => [t.index, t.state, t.exitCode, t.restarts]), [
+    [0, "COMPLETED", 0, 0],
+    [1, "FAILED", 3, 1],
+    [2, "PENDING", 0, 0],
+    [3, "PENDING", 0, 0],
+    [5, "PENDING", 0, 0],
+  ]);
+});
+
+Deno.test("the 95 % t interval: t quantiles and the interval of three seeds", () => {
+  assert.ok(Math.abs(studentTQuantile(0.975, 1) - 12.7062047) < 1e-6);
+  assert.ok(Math.abs(studentTQuantile(0.975, 2) - 4.30265273) < 1e-6);
+  assert.ok(Math.abs(studentTQuantile(0.975, 10) - 2.22813885) < 1e-6);
+  assert.ok(Math.abs(studentTQuantile(0.975, 1e6) - 1.95996) < 1e-4);
+  assert.ok(Math.abs(studentTQuantile(0.025, 2) + 4.30265273) < 1e-6);
+  const ci = meanInterval([80, 82, 84]);
+  assert.equal(ci.mean, 82);
+  assert.equal(ci.sd, 2);
+  assert.ok(Math.abs(ci.low - (82 - 4.30265273 * 2 / Math.sqrt(3))) < 1e-6);
+  assert.ok(Math.abs(ci.high - (82 + 4.30265273 * 2 / Math.sqrt(3))) < 1e-6);
+  const one = meanInterval([70]);
+  assert.ok(Number.isNaN(one.low) && Number.isNaN(one.sd));
+});
+
+Deno.test("seed rows pool into one row per setting: mean, population std, interval", () => {
+  const row = (seed: number, acc: number, method = "LoRA"): SeedRow => ({
+    point: `p${seed}`,
+    label: `method=${method}`,
+    seed,
+    settings: { method, T: "2" },
+    method,
+    family: method,
+    calibration: "paper",
+    rounds: 2,
+    bestRound: 2,
+    accuracy: acc,
+    recall: acc,
+    precision: acc,
+    f1: acc,
+    auc: acc,
+    nominalEpsilon: 1,
+    spentEpsilon: seed,
+    seconds: 1,
+  });
+  const table = poolSeeds([row(10, 80), row(100, 82), row(10, 50, "DEeR"), row(1000, 84)]);
+  assert.equal(table.length, 2);
+  assert.deepEqual(table[0].seeds, [10, 100, 1000]);
+  assert.equal(table[0].accuracy.mean, 82);
+  assert.ok(Math.abs(table[0].accuracy.std - Math.sqrt(8 / 3)) < 1e-12);
+  assert.ok(Math.abs(table[0].accuracy.high - 82 - 4.30265273 * 2 / Math.sqrt(3)) < 1e-6);
+  assert.equal(table[0].spentEpsilon, 1000);
+  assert.deepEqual(table[1].seeds, [10]);
+  assert.equal(
+    toCsv(["a", "b"], [["x,y", 1.5], ['q"', null]]),
+    'a,b\n"x,y",1.5\n"q""",\n',
+  );
+});
+
+Deno.test("report figures: the module1 × module2 heat map per setting, a numeric axis as lines", () => {
+  const sweep = parseSweep({
+    base: { method: "DEeR", is_DP: 1, epsilon: 6 },
+    grid: { lora_r: [2, 4], module1: [0, 1], module2: [0, 1] },
+  }, "ablation.json");
+  const rows: SeedRow[] = expandPoints(sweep).map((p, i) => ({
+    point: p.id,
+    label: p.id,
+    seed: 10,
+    settings: p.settings,
+    method: `DEeR(m1=${p.settings.module1},m2=${p.settings.module2})`,
+    family: "DEeR",
+    calibration: "paper",
+    rounds: 2,
+    bestRound: 2,
+    accuracy: 50 + i,
+    recall: 50,
+    precision: 50,
+    f1: 50,
+    auc: 50,
+    nominalEpsilon: 6,
+    spentEpsilon: 100 + i,
+    seconds: 1,
+  }));
+  const figs = sweepFigures(sweep, poolSeeds(rows));
+  const heat = figs.filter((f) => f.data[0].type === "heatmap");
+  assert.equal(heat.length, 2, "one heat map per rank");
+  // Points 0–3 are rank 2 in the order (m1, m2) = 00, 01, 10, 11.
+  assert.deepEqual(heat[0].data[0].z, [[50, 51], [52, 53]]);
+  assert.deepEqual(heat[1].data[0].z, [[54, 55], [56, 57]]);
+  assert.match(String((heat[0].layout.title as { text: string }).text), /lora_r=2/);
+  const overRank = figs.find((f) =>
+    /over lora_r/.test(String((f.layout.title as { text: string }).text))
+  );
+  assert.ok(overRank, "accuracy over lora_r");
+  assert.equal(overRank.data.length, 4, "one line per module setting");
+  assert.deepEqual(overRank.data[0].x, [2, 4]);
+  assert.ok(figs.some((f) => /actually spent/.test(JSON.stringify(f.layout.title))));
+});
