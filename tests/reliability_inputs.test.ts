@@ -431,7 +431,9 @@ const FLAG_CASES: Case[] = [
     name: "--epsilon without --is_DP 1",
     args: flags({ epsilon: "3" }),
     code: 2,
-    message: [/--calibration\/--epsilon\/--C only apply with --is_DP 1; add --is_DP 1 or drop/],
+    message: [
+      /--calibration\/--epsilon\/--C\/--max_epsilon only apply with --is_DP 1; add --is_DP 1 or drop/,
+    ],
   },
   {
     name: "strict calibration with FedEx-LoRA",

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { expandPoints, loadSweep, parseSweep, pointId, SweepError } from "../lib/sweep/spec.ts";
 import { jobScript, parseSqueue, shellQuote } from "../lib/sweep/slurm.ts";
 import { meanInterval, studentTQuantile } from "../lib/metrics/interval.ts";
-import { poolSeeds, type SeedRow, sweepFigures, toCsv } from "../lib/sweep/report.ts";
+import { paperTable, poolSeeds, type SeedRow, sweepFigures, toCsv } from "../lib/sweep/report.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
 const SWEEP_TASK = join(REPO, "tasks/sweep.ts");
@@ -130,7 +130,7 @@ Deno.test("sweep plan refuses a point train would refuse, naming the point and t
   assert.equal(r.code, 2, r.err);
   assert.match(
     r.err,
-    /s\.json: point 0 \(method=LoRA epsilon=1\): --calibration\/--epsilon\/--C only apply with --is_DP 1/,
+    /s\.json: point 0 \(method=LoRA epsilon=1\): --calibration\/--epsilon\/--C\/--max_epsilon only apply with --is_DP 1/,
   );
   r = await run({ base: { T: 2, is_DP: 1 }, grid: { epsilon: [1, -2] } });
   assert.equal(r.code, 2, r.err);
@@ -283,9 +283,15 @@ Deno.test("seed rows pool into one row per setting: mean, population std, interv
     auc: acc,
     nominalEpsilon: 1,
     spentEpsilon: seed,
+    stoppedAtBudget: seed === 100 ? 2 : null,
     seconds: 1,
   });
   const table = poolSeeds([row(10, 80), row(100, 82), row(10, 50, "DEeR"), row(1000, 84)]);
+  assert.deepEqual(table[0].stoppedAtBudget, [{ seed: 100, round: 2 }]);
+  assert.deepEqual(table[1].stoppedAtBudget, []);
+  const spentColumn = paperTable(table).columns.indexOf("spent ε");
+  assert.match(paperTable(table).rows[0][spentColumn], /stopped at budget: 1 of 3 seeds/);
+  assert.doesNotMatch(paperTable(table).rows[1][spentColumn], /stopped/);
   assert.equal(table.length, 2);
   assert.deepEqual(table[0].seeds, [10, 100, 1000]);
   assert.equal(table[0].accuracy.mean, 82);
@@ -321,6 +327,7 @@ Deno.test("report figures: the module1 × module2 heat map per setting, a numeri
     auc: 50,
     nominalEpsilon: 6,
     spentEpsilon: 100 + i,
+    stoppedAtBudget: null,
     seconds: 1,
   }));
   const figs = sweepFigures(sweep, poolSeeds(rows));

@@ -26,6 +26,7 @@ import { escapeHtml, reportHtml } from "../plot/html.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { resolveMethod } from "../fl/methods.ts";
 import { pointLabel, type Sweep, type SweepPoint } from "./spec.ts";
+import { readJson } from "./state.ts";
 import {
   findRunDir,
   logTail,
@@ -58,6 +59,8 @@ export interface SeedRow {
   auc: number;
   nominalEpsilon: number | null;
   spentEpsilon: number | null;
+  /** The round before which the budget guard (`--max_epsilon`) stopped this seed, else null. */
+  stoppedAtBudget: number | null;
   seconds: number;
 }
 
@@ -79,6 +82,8 @@ export interface GroupRow {
   nominalEpsilon: number | null;
   /** Largest client-level ε spent over the seeds. */
   spentEpsilon: number | null;
+  /** Seeds the budget guard stopped, and before which round. */
+  stoppedAtBudget: { seed: number; round: number }[];
   bestRounds: number[];
   seconds: number;
 }
@@ -125,6 +130,7 @@ async function pointRows(sweep: Sweep, p: SweepPoint): Promise<SeedRow[]> {
     if (!best) throw new Error(`${path}: no test metrics at the best round ${last.bestRound}`);
     const test = best.test as Record<Metric, number>;
     const eps = last.epsilon as { nominal: number | null; spent: number | null };
+    const stop = await readJson<{ round: number }>(join(runDir, `seed-${seed}`, "stop.json"));
     out.push({
       point: p.id,
       label: Object.entries(varied).map(([k, v]) => `${k}=${v}`).join(" ") || p.id,
@@ -140,6 +146,7 @@ async function pointRows(sweep: Sweep, p: SweepPoint): Promise<SeedRow[]> {
       ...Object.fromEntries(METRICS.map((m) => [m, 100 * test[m]])) as Record<Metric, number>,
       nominalEpsilon: eps.nominal,
       spentEpsilon: eps.spent,
+      stoppedAtBudget: stop?.round ?? null,
       seconds: records.reduce((s, r) => s + (r.seconds as number), 0),
     });
   }
@@ -169,6 +176,9 @@ export function poolSeeds(rows: SeedRow[], _sweep?: Sweep): GroupRow[] {
       ...Object.fromEntries(METRICS.map((m) => [m, pooled(m)])) as Record<Metric, Pooled>,
       nominalEpsilon: g[0].nominalEpsilon,
       spentEpsilon: spent.length ? Math.max(...spent) : null,
+      stoppedAtBudget: g.flatMap((r) =>
+        r.stoppedAtBudget === null ? [] : [{ seed: r.seed, round: r.stoppedAtBudget }]
+      ),
       bestRounds: g.map((r) => r.bestRound),
       seconds: g.reduce((s, r) => s + r.seconds, 0),
     };
@@ -195,6 +205,7 @@ export function summaryRows(table: GroupRow[]): SummaryRow[] {
     nominalEpsilon: g.nominalEpsilon,
     spentEpsilon: g.spentEpsilon,
     noiseMultiplier: null,
+    stoppedAtBudget: g.stoppedAtBudget,
     seconds: g.seconds,
     error: null,
   }));
@@ -274,7 +285,10 @@ export function paperTable(table: GroupRow[]): { columns: string[]; rows: string
       fmt(g.f1),
       fmt(g.auc),
       g.nominalEpsilon === null ? "–" : String(g.nominalEpsilon),
-      g.spentEpsilon === null ? "–" : g.spentEpsilon.toPrecision(4),
+      (g.spentEpsilon === null ? "–" : g.spentEpsilon.toPrecision(4)) +
+      (g.stoppedAtBudget.length === 0
+        ? ""
+        : ` (stopped at budget: ${g.stoppedAtBudget.length} of ${g.seeds.length} seeds)`),
     ]),
   };
 }

@@ -129,7 +129,8 @@ export async function findRunDir(dir: string): Promise<string | null> {
   return null;
 }
 
-async function readJson<T>(path: string): Promise<T | null> {
+/** A JSON file's content, or null when the file does not exist. */
+export async function readJson<T>(path: string): Promise<T | null> {
   try {
     return JSON.parse(await Deno.readTextFile(path)) as T;
   } catch (err) {
