@@ -145,3 +145,19 @@ Deno.test("simulation: invalid settings are refused before any work", () => {
   ];
   for (const [over, re] of bad) assert.throws(() => validateConfig(config(over)), re);
 });
+
+Deno.test("simulation: a state file left by a kill before its clean-up is removed by the resumed run", async () => {
+  const cfg = config({ method: { method: "LoRA" }, rounds: 3 });
+  const out = join(setup.dir, "stale-state");
+  await runFederated(setup.backbone, setup.data, cfg, { outDir: out, stopAfterRounds: 2 });
+  // What a kill between writing state.json (round 2) and removing round 1's file leaves.
+  await Deno.copyFile(
+    join(out, "state-round-0002.safetensors"),
+    join(out, "state-round-0001.safetensors"),
+  );
+  await runFederated(setup.backbone, setup.data, cfg, { outDir: out, resume: true });
+  const states = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) =>
+    n.startsWith("state-round-")
+  );
+  assert.deepEqual(states, ["state-round-0003.safetensors"]);
+});

@@ -115,7 +115,7 @@ export async function saveCheckpoint(
 /**
  * Writes the resumable state after round `state.completedRounds`: the tensors to a file named by
  * the round, then `state.json` naming it (a crash between the two leaves the previous
- * `state.json` pointing at the previous, complete tensors file), then removes the previous one.
+ * `state.json` pointing at the previous, complete tensors file), then removes the older ones.
  */
 export async function saveRunState(
   out: string,
@@ -142,8 +142,12 @@ export async function saveRunState(
   const tensorFile = stateTensorFile(state.completedRounds);
   await writeSafetensors(join(out, tensorFile), tensors, { round: String(state.completedRounds) });
   await writeJsonAtomic(join(out, "state.json"), { ...state, tensorFile });
-  if (state.completedRounds > 1) {
-    await Deno.remove(join(out, stateTensorFile(state.completedRounds - 1))).catch(() => {});
+  // Every older state file goes, not only the previous round's: a run killed between writing
+  // state.json and this clean-up leaves one behind, which the resumed run must not keep.
+  for (const entry of Deno.readDirSync(out)) {
+    if (/^state-round-\d+\.safetensors$/.test(entry.name) && entry.name !== tensorFile) {
+      await Deno.remove(join(out, entry.name)).catch(() => {});
+    }
   }
 }
 
