@@ -201,7 +201,7 @@ Deno.test("perf: gradients for one trainable factor (the other constant) equal t
 
 Deno.test("perf: a volume encoder (per-key attention bias) equals the reference", async () => {
   const encoder = await loadVisionEncoder(`${FIXTURES}hf/model.safetensors`);
-  const volume = inflateForVolumes(encoder, { depth: 8, depthPatch: 2 });
+  const volume = await inflateForVolumes(encoder, { depth: 8, depthPatch: 2 });
   const x = tf.randomNormal([2, 8, 16, 16, 1], 0, 1, "float32", 3) as tf.Tensor5D;
   assertSame(volume, x, "volume");
   x.dispose();
@@ -384,8 +384,9 @@ Deno.test("perf: the trainer's steps equal the original per-adapter SGD steps", 
     const masks = c.masks ? rankMasks(4, 1) : null;
     const before = tf.memory().numTensors;
     const trainer = createLocalTrainer(backbone, job);
-    const losses = batches.map(({ x, y }) => trainer.step(x, y, masks));
-    const got = trainer.read();
+    const losses: number[] = [];
+    for (const { x, y } of batches) losses.push(await trainer.step(x, y, masks));
+    const got = await trainer.read();
     trainer.dispose();
     assert.equal(tf.memory().numTensors, before, "the trainer frees what it made");
     const want = referenceSteps(backbone, job, batches, masks, reference);

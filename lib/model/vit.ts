@@ -1056,10 +1056,14 @@ export async function saveVisionEncoder(
   if (w.projBias) {
     throw new Error(`${path}: the OpenAI layout has no projection bias; this encoder has one`);
   }
-  const host = (t: tf.Tensor): HostTensor => ({
-    shape: t.shape,
-    data: Float32Array.from(t.dataSync() as Float32Array),
-  });
+  // Read every weight back first (a GPU backend has no synchronous read-back).
+  const hostOf = new Map<tf.Tensor, HostTensor>();
+  for (const t of Object.values(w).flat(2)) {
+    if (t instanceof tf.Tensor && !hostOf.has(t)) {
+      hostOf.set(t, { shape: t.shape, data: Float32Array.from(await t.data() as Float32Array) });
+    }
+  }
+  const host = (t: tf.Tensor): HostTensor => hostOf.get(t)!;
   // [in, out] (x · W) → PyTorch Linear [out, in].
   const torchLinear = (t: tf.Tensor): SafeTensorInput => linear(host(t));
   const { width, channels, patchSize: P } = cfg;
@@ -1498,11 +1502,14 @@ export interface VolumeOptions {
  *
  * @example
  * ```ts
- * const volumeEncoder = inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
+ * const volumeEncoder = await inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
  * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros([2, 28, 28, 28, 1])));
  * ```
  */
-export function inflateForVolumes(encoder: VisionEncoder, options: VolumeOptions): VitEncoder {
+export async function inflateForVolumes(
+  encoder: VisionEncoder,
+  options: VolumeOptions,
+): Promise<VitEncoder> {
   const base = encoder as VitEncoder;
   if (!base.weights) {
     throw new Error(
@@ -1539,7 +1546,7 @@ export function inflateForVolumes(encoder: VisionEncoder, options: VolumeOptions
   const dt = depth / depthPatch, ht = height / P, wt = width / P;
 
   // Patch kernel: sum over channels, replicate over depth, divide by depthPatch.
-  const k2 = base.weights.patchWeight.dataSync() as Float32Array;
+  const k2 = await base.weights.patchWeight.data() as Float32Array;
   const k3 = new Float32Array(depthPatch * P * P * dim);
   for (let pix = 0; pix < P * P; pix++) {
     for (let o = 0; o < dim; o++) {
@@ -1550,7 +1557,7 @@ export function inflateForVolumes(encoder: VisionEncoder, options: VolumeOptions
   }
 
   // Positions: class row; in-plane grid resampled; plus a centred sinusoidal depth signal.
-  const pos2 = base.weights.positionEmbedding.dataSync() as Float32Array;
+  const pos2 = await base.weights.positionEmbedding.data() as Float32Array;
   const grid = cfg.imageSize / P;
   let plane: Float32Array = Float32Array.from(pos2.subarray(dim));
   if (grid !== ht || grid !== wt) plane = resizeGridBicubic(plane, [grid, grid], dim, [ht, wt]);
