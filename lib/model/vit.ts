@@ -1156,6 +1156,12 @@ export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch
   }
   const [n, d, h, w, c] = x.shape as number[];
   const dt = d / depthPatch, ht = h / patch, wt = w / patch;
+  if (c === 1) {
+    // Volumes have one channel: the same permutation at rank 6, which the webgpu backend supports
+    // (its kernels stop at rank 6).
+    return x.reshape([n * dt, depthPatch, ht, patch, wt, patch]).transpose([0, 2, 4, 1, 3, 5])
+      .reshape([n * dt * ht * wt, depthPatch * patch * patch]);
+  }
   return x.reshape([n * dt, depthPatch, ht, patch, wt, patch, c]).transpose([0, 2, 4, 1, 3, 5, 6])
     .reshape([n * dt * ht * wt, depthPatch * patch * patch * c]);
 }

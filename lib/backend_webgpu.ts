@@ -1,0 +1,178 @@
+/**
+ * The WebGPU side of the backend choice: what adapter the runtime offers (`navigator.gpu`, built
+ * into Deno), and tfjs' `webgpu` backend on it.
+ *
+ * A real GPU is any adapter that is not a fallback adapter: a software rasteriser such as Mesa's
+ * lavapipe (`llvmpipe`) reports `isFallbackAdapter: true` and runs kernels on the CPU, far slower
+ * than libtensorflow, so the toolkit picks `webgpu` on its own only for a real GPU and uses a
+ * fallback adapter only when `DEER_BACKEND=webgpu` asks for it (tests, CI).
+ *
+ * Everything the toolkit reads back from a tensor goes through `await t.data()`: tfjs-webgpu's
+ * synchronous `dataSync()` reads through a 2D canvas, which Deno lacks, and fails for any tensor a
+ * GPU kernel produced.
+ *
+ * @example
+ * ```ts
+ * const adapter = await probeWebGpu();
+ * if (adapter && !adapter.isFallback) console.log(describeAdapter(adapter));
+ * ```
+ * @module
+ */
+
+/** What the toolkit needs to know about a WebGPU adapter. */
+export interface WebGpuAdapterSummary {
+  vendor: string;
+  architecture: string;
+  description: string;
+  /** A software adapter (lavapipe, SwiftShader, WARP): correct, but slower than the CPU path. */
+  isFallback: boolean;
+  /** Largest storage buffer one kernel may bind, in bytes (tfjs binds every tensor whole). */
+  maxStorageBufferBindingSize: number;
+  /** Largest buffer the device may allocate, in bytes. */
+  maxBufferSize: number;
+}
+
+let probed: Promise<WebGpuAdapterSummary | null> | undefined;
+
+/**
+ * Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid" on every adapter request when the
+ * variable is unset; a private (0700) directory silences them. An existing value is kept.
+ */
+function quietMesa(): void {
+  if (Deno.env.get("XDG_RUNTIME_DIR") !== undefined) return;
+  try {
+    Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync({ prefix: "deer-xdg-" }));
+  } catch {
+    // Only a warning is at stake.
+  }
+}
+
+/**
+ * The high-performance adapter `navigator.gpu` offers, or `null` when there is none (no Vulkan,
+ * Metal, D3D12 or GL driver, or a runtime without WebGPU). Asked once per process.
+ */
+export function probeWebGpu(): Promise<WebGpuAdapterSummary | null> {
+  probed ??= (async () => {
+    const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
+    if (!gpu) return null;
+    quietMesa();
+    let adapter: GPUAdapter | null;
+    try {
+      adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    } catch {
+      return null;
+    }
+    if (!adapter) return null;
+    const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+    // Deno 2.9 reports the flag on `info` (the current spec); older runtimes on the adapter.
+    const fallback = info.isFallbackAdapter ??
+      (adapter as GPUAdapter & { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false;
+    return {
+      vendor: info.vendor,
+      architecture: info.architecture,
+      description: info.description,
+      isFallback: fallback,
+      maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+      maxBufferSize: adapter.limits.maxBufferSize,
+    };
+  })();
+  return probed;
+}
+
+const PROBE_SOURCE = `
+const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+const info = a?.info;
+console.log(JSON.stringify(a ? {
+  vendor: info.vendor, architecture: info.architecture, description: info.description,
+  isFallback: info.isFallbackAdapter ?? a.isFallbackAdapter ?? false,
+  maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize,
+  maxBufferSize: a.limits.maxBufferSize,
+} : null));
+`;
+
+/** Device nodes a GPU driver exposes on Linux (NVIDIA, DRM render nodes, AMD compute, WSL). */
+function linuxGpuNodes(): boolean {
+  const exists = (p: string) => {
+    try {
+      Deno.statSync(p);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (exists("/dev/nvidia0") || exists("/dev/kfd") || exists("/dev/dxg")) return true;
+  try {
+    for (const e of Deno.readDirSync("/dev/dri")) if (e.name.startsWith("renderD")) return true;
+  } catch {
+    // no DRM devices
+  }
+  return false;
+}
+
+/**
+ * The adapter {@link probeWebGpu} would find, asked in a child process so that this one loads no
+ * GPU driver. Why: enumerating adapters loads every Vulkan driver, Mesa's lavapipe among them, and
+ * lavapipe's LLVM in the same process as libtensorflow makes the process crash (segmentation
+ * fault) when tfjs-node loads afterwards. `null` when there is no adapter (or no runtime support).
+ */
+export async function probeInChild(): Promise<WebGpuAdapterSummary | null> {
+  try {
+    const env: Record<string, string> = {};
+    if (Deno.env.get("XDG_RUNTIME_DIR") === undefined) {
+      env.XDG_RUNTIME_DIR = await Deno.makeTempDir({ prefix: "deer-xdg-" });
+    }
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-config", PROBE_SOURCE],
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    if (!out.success) return null;
+    return JSON.parse(new TextDecoder().decode(out.stdout).trim() || "null");
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether the machine has a real (non-fallback) GPU adapter, probed in a child process
+ * ({@link probeInChild}). On Linux, a machine without GPU device nodes (`/dev/nvidia0`,
+ * `/dev/dri/renderD*`, `/dev/kfd`, WSL's `/dev/dxg`) has none and is not probed (no start-up
+ * cost).
+ */
+export async function realGpuInChild(): Promise<boolean> {
+  if (Deno.build.os === "linux" && !linuxGpuNodes()) return false;
+  const adapter = await probeInChild();
+  return adapter !== null && !adapter.isFallback;
+}
+
+function mib(bytes: number): string {
+  return bytes >= 2 ** 30
+    ? `${(bytes / 2 ** 30).toFixed(1)} GiB`
+    : `${Math.round(bytes / 2 ** 20)} MiB`;
+}
+
+/** One line for the backend banner: the adapter and the limits that bound a batch. */
+export function describeAdapter(a: WebGpuAdapterSummary): string {
+  const name = a.description || a.architecture || "unnamed adapter";
+  return `${name}, vendor ${a.vendor || "unknown"}${a.isFallback ? ", fallback adapter" : ""}; ` +
+    `maxStorageBufferBindingSize ${mib(a.maxStorageBufferBindingSize)}, ` +
+    `maxBufferSize ${mib(a.maxBufferSize)}`;
+}
+
+/**
+ * Registers tfjs' `webgpu` backend (the caller then selects it). Throws, saying what is missing,
+ * when the runtime offers no adapter.
+ */
+export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
+  const adapter = await probeWebGpu();
+  if (!adapter) {
+    throw new Error(
+      "no WebGPU adapter: navigator.gpu.requestAdapter() returned none (install a Vulkan driver, " +
+        "e.g. the GPU vendor's, or Mesa's lavapipe from `mesa-vulkan-drivers` for a software one)",
+    );
+  }
+  await import("@tensorflow/tfjs-backend-webgpu");
+  return adapter;
+}
