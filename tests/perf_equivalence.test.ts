@@ -98,7 +98,8 @@ async function valueAndGrads(
     )([...lora.A, ...lora.B]);
     return [value, ...grads];
   });
-  return readAll([value, ...grads]).then(([v, ...gs]) => ({ value: v, grads: gs }));
+  const [v, ...gs] = await readAll([value, ...grads]);
+  return { value: v, grads: gs };
 }
 
 /** Reads tensors back (the only read-back every backend has) and disposes them. */
