@@ -176,3 +176,71 @@ export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
   await import("@tensorflow/tfjs-backend-webgpu");
   return adapter;
 }
+
+/** What {@link checkBatchFits} reads from a ViT config. */
+export interface ActivationShape {
+  imageSize: number;
+  patchSize: number;
+  width: number;
+  heads: number;
+  mlpDim: number;
+  volume?: { depth: number; height: number; width: number; depthPatch: number };
+}
+
+/**
+ * The largest tensors one ViT step makes, per sample, in bytes (float32): the MLP's hidden
+ * activations [T, mlp], the attention scores [heads, T, T] and q|k|v [T, 3·width], T tokens.
+ */
+export function activationBytesPerSample(cfg: ActivationShape): { bytes: number; what: string } {
+  const tokens = 1 +
+    (cfg.volume
+      ? (cfg.volume.depth / cfg.volume.depthPatch) * (cfg.volume.height / cfg.patchSize) *
+        (cfg.volume.width / cfg.patchSize)
+      : (cfg.imageSize / cfg.patchSize) ** 2);
+  const candidates = [
+    { bytes: 4 * tokens * cfg.mlpDim, what: `MLP activation [batch·${tokens}, ${cfg.mlpDim}]` },
+    {
+      bytes: 4 * cfg.heads * tokens * tokens,
+      what: `attention scores [batch, ${cfg.heads}, ${tokens}, ${tokens}]`,
+    },
+    { bytes: 4 * tokens * 3 * cfg.width, what: `q|k|v [batch·${tokens}, ${3 * cfg.width}]` },
+  ];
+  return candidates.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+}
+
+/**
+ * The largest batch whose tensors fit the adapter: tfjs-webgpu binds every tensor as one storage
+ * buffer, so no tensor may exceed `maxStorageBufferBindingSize` (nor `maxBufferSize`).
+ */
+export function maxBatchFor(adapter: WebGpuAdapterSummary, cfg: ActivationShape): number {
+  const limit = Math.min(adapter.maxStorageBufferBindingSize, adapter.maxBufferSize);
+  return Math.floor(limit / activationBytesPerSample(cfg).bytes);
+}
+
+/**
+ * Throws, naming the tensor, the limit and the largest batch that fits, when a batch of `batch`
+ * samples would make a tensor larger than the adapter can bind — where WebGPU would otherwise
+ * fail with a validation error deep inside a kernel, or compute on a truncated binding.
+ */
+export function checkBatchFits(
+  adapter: WebGpuAdapterSummary,
+  cfg: ActivationShape,
+  batch: number,
+): void {
+  const { bytes, what } = activationBytesPerSample(cfg);
+  const limit = Math.min(adapter.maxStorageBufferBindingSize, adapter.maxBufferSize);
+  if (batch * bytes <= limit) return;
+  const which = adapter.maxStorageBufferBindingSize <= adapter.maxBufferSize
+    ? "maxStorageBufferBindingSize"
+    : "maxBufferSize";
+  const max = maxBatchFor(adapter, cfg);
+  throw new Error(
+    `a batch of ${batch} does not fit the WebGPU adapter ${
+      adapter.description || adapter.vendor
+    }: ` +
+      `its ${what} takes ${mib(batch * bytes)}, above the adapter's ${which} of ${mib(limit)}; ` +
+      (max >= 1
+        ? `use a batch size of at most ${max}`
+        : `even one sample does not fit; use another backend (DEER_BACKEND=tensorflow)`),
+  );
+}

@@ -1,5 +1,6 @@
 /**
- * The `webgpu` backend gives the `tensorflow` backend's results: the same computations
+ * The `webgpu` backend gives the `tensorflow` backend's results (or those of the backend
+ * `DEER_REFERENCE_BACKEND` names, e.g. `cpu` where libtensorflow is not installed): the same computations
  * (tests/helpers/backend_worker.ts) run in two child processes, one per backend, and are compared
  * — encoder features and LoRA gradients, the prototype loss, three trainer steps, a volume
  * encoder, `predict`, and a short federated run (DEeR, strict DP, K = 4, T = 2) whose records
@@ -16,6 +17,7 @@ import { describeAdapter, probeInChild } from "../lib/backend_webgpu.ts";
 const root = new URL("..", import.meta.url).pathname;
 const adapter = await probeInChild();
 const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
+const reference = Deno.env.get("DEER_REFERENCE_BACKEND") || "tensorflow";
 const skip = adapter === null && !required;
 if (adapter === null) {
   console.error(
@@ -72,11 +74,12 @@ function relativeError(got: Json, want: Json): number {
 }
 
 Deno.test({
-  name: "webgpu: features, gradients, loss, trainer steps, volumes and predict equal tensorflow's",
+  name:
+    "webgpu: features, gradients, loss, trainer steps, volumes and predict equal the reference's",
   ignore: skip,
   async fn() {
     requireAdapter();
-    const [gpu, cpu] = await Promise.all([worker("webgpu", "ops"), worker("tensorflow", "ops")]);
+    const [gpu, cpu] = await Promise.all([worker("webgpu", "ops"), worker(reference, "ops")]);
     // The tolerances of perf_equivalence.test.ts (features 1e-5, gradients and factors 1e-4);
     // measured on lavapipe: ≤ 6e-7.
     const tolerances: Record<string, number> = {
@@ -93,7 +96,7 @@ Deno.test({
     };
     for (const [key, tol] of Object.entries(tolerances)) {
       const e = relativeError(gpu[key], cpu[key]);
-      assert.ok(e < tol, `${key}: webgpu differs from tensorflow by ${e} (tolerance ${tol})`);
+      assert.ok(e < tol, `${key}: webgpu differs from ${reference} by ${e} (tolerance ${tol})`);
     }
   },
 });
@@ -137,11 +140,11 @@ function assertSameRecord(got: Json, want: Json, path: string): void {
 }
 
 Deno.test({
-  name: "webgpu: a federated run (DEeR, strict DP, K = 4, T = 2) gives tensorflow's records",
+  name: "webgpu: a federated run (DEeR, strict DP, K = 4, T = 2) gives the reference's records",
   ignore: skip,
   async fn() {
     requireAdapter();
-    const [gpu, cpu] = await Promise.all([worker("webgpu", "fl"), worker("tensorflow", "fl")]);
+    const [gpu, cpu] = await Promise.all([worker("webgpu", "fl"), worker(reference, "fl")]);
     assert.equal(gpu.records.length, 2);
     gpu.records.forEach((r: Json, i: number) =>
       assertSameRecord(r, cpu.records[i], `round ${i + 1}`)

@@ -64,7 +64,8 @@
  * @module
  */
 import { dirname, join } from "node:path";
-import { tf } from "../backend.ts";
+import { tf, webgpuAdapter } from "../backend.ts";
+import { checkBatchFits } from "../backend_webgpu.ts";
 import type { Rng } from "../rng.ts";
 import {
   readSafetensors,
@@ -1413,6 +1414,7 @@ function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[])
   if (frozenPathAvailable()) prepareBlockViews(ownBlocks, config);
   const encode = (x: tf.Tensor4D | tf.Tensor5D, lora?: LoraInput): tf.Tensor2D => {
     if (disposed) throw new Error("encode: this encoder was disposed");
+    if (webgpuAdapter) checkBatchFits(webgpuAdapter, config, x.shape[0]);
     return fitsFrozenPath(lora)
       ? encodeFrozen(config, weights, x, lora)
       : encodeWithWeights(config, weights, x, lora);
