@@ -63,9 +63,15 @@ if [[ "$adapter" != *'"isFallback":false'* ]]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   export VK_ICD_FILENAMES=$VK_DRIVER_FILES
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  first=$adapter
   adapter=$(probe 2>>"$OUT/probe.err")
   echo "adapter: $adapter"
   tail -n 5 "$OUT/probe.err"
+  summary+=("default driver search: $first; with NVIDIA's ICD named: $adapter")
+  if [[ "$adapter" != *'"isFallback":false'* ]]; then
+    unset VK_DRIVER_FILES VK_ICD_FILENAMES __EGL_VENDOR_LIBRARY_FILENAMES
+    adapter=$first
+  fi
 fi
 echo "$adapter" >"$OUT/adapter.json"
 real=0
@@ -79,7 +85,7 @@ if [ "$real" = 1 ]; then
   summary+=("backend: $(cat "$OUT/backend_line.txt")")
 
   step "webgpu tests (reference backend: cpu)"
-  DEER_REQUIRE_WEBGPU=1 DEER_REFERENCE_BACKEND=cpu timeout 200 \
+  DEER_REQUIRE_WEBGPU=1 DEER_REFERENCE_BACKEND=cpu timeout 150 \
     deno test -A --no-check tests/webgpu_equivalence.test.ts tests/webgpu_memory.test.ts \
     >"$OUT/tests.log" 2>&1
   rc=$?
@@ -91,7 +97,7 @@ fi
 
 step "benchmark"
 if [ "$real" = 1 ]; then
-  timeout 330 deno run -A bench/main.ts --backend webgpu --only tiny,b16 --torch python3 \
+  timeout 290 deno run -A bench/main.ts --backend webgpu --only tiny,b16 --torch python3 \
     --max-wait 0 >"$OUT/bench.jsonl" 2>"$OUT/bench.err"
   echo "bench exit $?"
 else
