@@ -11,7 +11,7 @@
 # goes to $OUT (default /tmp/gpu_check); the last lines are a summary. GPU_CHECK_ALLOW_FALLBACK=1
 # runs the GPU steps on a fallback adapter too (to try the script on lavapipe).
 #
-# Usage: bash .gpucarry/gpu_check.sh
+# Usage: bash .gpucarry/gpu_check.sh [probe]   (probe: only bench/webgpu_probe.ts, see there)
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -78,6 +78,16 @@ real=0
 [[ "$adapter" == *'"isFallback":false'* ]] && real=1
 [ "${GPU_CHECK_ALLOW_FALLBACK:-0}" = 1 ] && [ "$adapter" != null ] && real=1
 summary+=("adapter: $adapter")
+
+if [ "${1:-}" = probe ]; then
+  step "webgpu probe (b16, batch 8)"
+  DEER_BACKEND=webgpu timeout 240 deno run -A bench/webgpu_probe.ts b16 --batch 8 \
+    >"$OUT/probe.jsonl" 2>"$OUT/probe_run.err"
+  echo "probe exit $?"
+  cat "$OUT/probe.jsonl"
+  tail -n 5 "$OUT/probe_run.err"
+  exit 0
+fi
 
 if [ "$real" = 1 ]; then
   step "backend line"
