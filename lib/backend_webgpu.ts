@@ -18,6 +18,7 @@
  * ```
  * @module
  */
+import * as tf from "@tensorflow/tfjs-core";
 
 /** What the toolkit needs to know about a WebGPU adapter. */
 export interface WebGpuAdapterSummary {
@@ -174,7 +175,67 @@ export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
     );
   }
   await import("@tensorflow/tfjs-backend-webgpu");
+  avoidSplitK();
   return adapter;
+}
+
+/** tfjs-webgpu's `MatMulProgramType` values used here. */
+const SPLIT_K = 1, SMALL_OUTPUT = 2;
+
+/**
+ * tfjs-webgpu 4.22 multiplies a single product with a long inner dimension (K ≥ 2000) and an output
+ * of few 32×32 tiles with `MatMulSplitKProgram`, which sums partial products with float atomics —
+ * and returned wrong values here (lavapipe: errors of ~200 on sums of size ~45, for
+ * [34, 2048]·[2048, 32]; tests/webgpu_kernels.test.ts). The products it would take are
+ * re-routed to `MatMulSmallOutputSizeProgram`, the program it uses for few tiles otherwise.
+ */
+function avoidSplitK(): void {
+  for (const name of ["BatchMatMul", "_FusedMatMul"]) {
+    const stock = tf.getKernel(name, "webgpu");
+    if (!stock || (stock as { deerSplitKGuard?: boolean }).deerSplitKGuard) continue;
+    tf.unregisterKernel(name, "webgpu");
+    const guarded = {
+      ...stock,
+      deerSplitKGuard: true,
+      kernelFunc: (args: Parameters<tf.KernelFunc>[0]) => {
+        if (!wouldSplitK(args)) return stock.kernelFunc(args);
+        const env = tf.env();
+        env.set("WEBGPU_MATMUL_PROGRAM_TYPE", SMALL_OUTPUT);
+        try {
+          return stock.kernelFunc(args);
+        } finally {
+          env.set("WEBGPU_MATMUL_PROGRAM_TYPE", -1);
+        }
+      },
+    };
+    tf.registerKernel(guarded as tf.KernelConfig);
+  }
+}
+
+/** tfjs-webgpu's own choice of `MatMulSplitKProgram` (batchMatMulImpl), reproduced. */
+function wouldSplitK(args: Parameters<tf.KernelFunc>[0]): boolean {
+  const env = tf.env();
+  if (env.getNumber("WEBGPU_MATMUL_PROGRAM_TYPE") >= 0) {
+    return env.getNumber("WEBGPU_MATMUL_PROGRAM_TYPE") === SPLIT_K;
+  }
+  const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+  const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+  const [ra, rb] = [a.shape.length, b.shape.length];
+  const inner = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
+  const outerA = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const outerB = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+  const batch = Math.max(
+    tf.util.sizeFromShape(a.shape.slice(0, -2)),
+    tf.util.sizeFromShape(b.shape.slice(0, -2)),
+  );
+  const flag = env.getNumber("WEBGPU_THRESHOLD_TO_INCREASE_WORKGROUPS_FOR_MATMUL");
+  const threshold = flag > 0
+    ? flag
+    : (args.backend as { thresholdToIncreaseWorkgroups?: number }).thresholdToIncreaseWorkgroups ??
+      8;
+  const tiles = batch * Math.ceil(outerA / 32) * Math.ceil(outerB / 32);
+  const few = tiles <= threshold || (outerA <= 8 && tiles <= threshold * 2);
+  return few && batch * outerA * outerB > 128 && batch === 1 && inner >= 2000;
 }
 
 /** What {@link checkBatchFits} reads from a ViT config. */

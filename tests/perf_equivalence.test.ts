@@ -148,8 +148,8 @@ async function assertSame(encoder: VitEncoder, x: tf.Tensor4D | tf.Tensor5D, wha
   tf.dispose([lora.A, lora.B, weights, residual ?? []]);
 }
 
-Deno.test("perf: the frozen path runs on the tensorflow backend", () => {
-  assert.equal(frozenPathAvailable(), tf.getBackend() === "tensorflow");
+Deno.test("perf: the frozen path runs on the tensorflow and webgpu backends", () => {
+  assert.equal(frozenPathAvailable(), ["tensorflow", "webgpu"].includes(tf.getBackend()));
 });
 
 Deno.test("perf: encode and its LoRA gradients equal the autodiff reference (checkpoints)", async () => {

@@ -40,9 +40,20 @@ import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
 import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
 
-/** Whether the active backend runs this path (it relies on TensorFlow's general `Einsum`). */
+/**
+ * Whether the active backend runs this path: `tensorflow` (TensorFlow's own kernels called
+ * directly) and `webgpu` (the same algebra in portable tfjs ops, {@link portable}): on a GPU the
+ * number of kernels a step dispatches sets its speed, and this path dispatches far fewer than
+ * autodiff. (wasm and cpu lack a general `Einsum`.)
+ */
 export function frozenPathAvailable(): boolean {
-  return tf.getBackend() === "tensorflow";
+  const backend = tf.getBackend();
+  return backend === "tensorflow" || backend === "webgpu";
+}
+
+/** Whether TensorFlow's kernels are out of reach: the path then uses portable tfjs ops. */
+function portable(): boolean {
+  return tf.getBackend() !== "tensorflow";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -81,10 +92,12 @@ const views = new WeakMap<Block, BlockViews>();
  * product h·W_fc1 ([tokens, width]·[width, mlp], no transposes) runs at half speed for wide MLPs
  * (measured: 104 ms vs 56 ms for W_fc1ᵀ·hᵀ at ViT-B/16's 1576×768·768×3072); the transposed layout
  * gets every MLP product on a fast path without copying the weights. Narrow MLPs (the tiny
- * models) are as fast either way and keep the plain layout.
+ * models) are as fast either way and keep the plain layout. Portable backends keep the plain
+ * layout (on webgpu the layout gains nothing, and a product with both operands transposed gave
+ * wrong gradients there).
  */
 function transposedMlp(cfg: VitConfig): boolean {
-  return cfg.mlpDim >= 2048;
+  return cfg.mlpDim >= 2048 && !portable();
 }
 
 /** z = k·a is what the activation reads (k folded into ln_2 and b_fc1). */
@@ -192,7 +205,7 @@ interface NormState {
 
 /** How many tensors a {@link NormState} saves for the backward pass (fixed per process). */
 function normSaved(): number {
-  return nativeOps() ? 3 : 4;
+  return nativeOps() ? 3 : portable() ? 2 : 4;
 }
 
 /** The tfjs-node backend's op runner (this path runs only on `tensorflow`). */
@@ -240,6 +253,7 @@ function runTfOp(
  * reshapes both operands to 3-D and the result back, three more kernels per product.
  */
 function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
+  if (portable()) return tf.matMul(a, b, ta, tb);
   return runTfOp("BatchMatMulV2", ["T"], { adj_x: ta, adj_y: tb }, [a, b], 1)[0];
 }
 
@@ -262,6 +276,14 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
     );
     // A handle of its own on x: the caller may dispose x before the backward pass.
     return { y, saved: [tf.clone(x), mean, rstd] };
+  }
+  if (portable()) {
+    // x̂ = (x − mean)·rstd; the backward pass reads x̂ and rstd.
+    const { mean, variance } = tf.moments(x, -1, true);
+    const rstd = tf.rsqrt(tf.add(variance, eps));
+    const xhat = tf.mul(tf.sub(x, mean), rstd);
+    tf.dispose([mean, variance]);
+    return { y: tf.add(tf.mul(xhat, p.weight), p.bias), saved: [xhat, rstd] };
   }
   const [rows, width] = x.shape as [number, number];
   const x4 = tf.reshape(x, [1, rows, width, 1]);
@@ -286,6 +308,12 @@ function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], 
   if (nativeOps()) {
     const [x, mean, rstd] = saved;
     return runTfOp("DeerLayerNormGrad", [], {}, [dy, x, mean, rstd, gamma], 1)[0];
+  }
+  if (portable()) {
+    const [xhat, rstd] = saved;
+    const dxhat = tf.mul(dy, gamma);
+    const centred = tf.sub(dxhat, tf.mean(dxhat, -1, true));
+    return tf.mul(tf.sub(centred, tf.mul(xhat, tf.mean(tf.mul(dxhat, xhat), -1, true))), rstd);
   }
   const [x4, mean, variance, reserve] = saved;
   const [, rows, width] = x4.shape as [number, number, number, number];
