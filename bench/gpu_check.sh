@@ -11,7 +11,9 @@
 # goes to $OUT (default /tmp/gpu_check); the last lines are a summary. GPU_CHECK_ALLOW_FALLBACK=1
 # runs the GPU steps on a fallback adapter too (to try the script on lavapipe).
 #
-# Usage: bash .gpucarry/gpu_check.sh [probe]   (probe: only bench/webgpu_probe.ts, see there)
+# Usage: bash .gpucarry/gpu_check.sh [probe|short]
+#   probe: only bench/webgpu_probe.ts (see there); short: the ViT-B/16 step at batch 8 and 32 with
+#   few steps, and PyTorch CUDA at 8, 32 and 64 (for a device budget of a few minutes).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -86,6 +88,23 @@ if [ "${1:-}" = probe ]; then
   echo "probe exit $?"
   cat "$OUT/probe.jsonl"
   tail -n 5 "$OUT/probe_run.err"
+  exit 0
+fi
+
+if [ "${1:-}" = short ]; then
+  for b in 8 32; do
+    step "webgpu ViT-B/16 step, batch $b"
+    DEER_BACKEND=webgpu timeout 110 deno run -A bench/figures.ts b16 --batch "$b" --steps 3 \
+      --warmup 1 >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
+    echo "exit $?"
+  done
+  for b in 8 32 64; do
+    step "PyTorch CUDA ViT-B/16 step, batch $b"
+    timeout 60 python3 bench/vit_b16_lora_torch.py 10 2 2 --device cuda --batch "$b" \
+      >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
+  done
+  cat "$OUT/bench.jsonl"
+  tail -n 5 "$OUT/bench.err"
   exit 0
 fi
 
