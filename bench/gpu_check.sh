@@ -92,16 +92,16 @@ if [ "${1:-}" = probe ]; then
 fi
 
 if [ "${1:-}" = short ]; then
-  for b in 8 32; do
-    step "webgpu ViT-B/16 step, batch $b"
-    DEER_BACKEND=webgpu timeout 110 deno run -A bench/figures.ts b16 --batch "$b" --steps 3 \
-      --warmup 1 >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
-    echo "exit $?"
-  done
   for b in 8 32 64; do
     step "PyTorch CUDA ViT-B/16 step, batch $b"
-    timeout 60 python3 bench/vit_b16_lora_torch.py 10 2 2 --device cuda --batch "$b" \
+    timeout 40 python3 bench/vit_b16_lora_torch.py 10 2 2 --device cuda --batch "$b" \
       >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
+  done
+  for b in 8 32; do
+    step "webgpu ViT-B/16 step, batch $b"
+    DEER_BACKEND=webgpu timeout 100 deno run -A bench/figures.ts b16 --batch "$b" --steps 3 \
+      --warmup 1 >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
+    echo "exit $?"
   done
   cat "$OUT/bench.jsonl"
   tail -n 5 "$OUT/bench.err"
