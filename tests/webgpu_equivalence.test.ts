@@ -153,15 +153,20 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu: the optimised-path equivalence tests pass on webgpu",
+  name:
+    "webgpu: the optimised-path equivalence tests pass on webgpu, with and without its fast path",
   ignore: skip,
   async fn() {
     requireAdapter();
-    // --no-check: the type check is the main test run's business (and needs the .d.ts files).
-    const r = await run(["test", "-A", "--no-check", "tests/perf_equivalence.test.ts"], {
-      DEER_BACKEND: "webgpu",
-    });
-    assert.equal(r.code, 0, `perf_equivalence on webgpu failed:\n${r.stdout}\n${r.stderr}`);
-    assert.match(r.stdout, /ok \| \d+ passed \| 0 failed/);
+    for (const fast of ["0", "1"]) {
+      // --no-check: the type check is the main test run's business (and needs the .d.ts files).
+      const r = await run(["test", "-A", "--no-check", "tests/perf_equivalence.test.ts"], {
+        DEER_BACKEND: "webgpu",
+        DEER_WEBGPU_FAST: fast,
+      });
+      const what = `perf_equivalence on webgpu (DEER_WEBGPU_FAST=${fast})`;
+      assert.equal(r.code, 0, `${what} failed:\n${r.stdout}\n${r.stderr}`);
+      assert.match(r.stdout, /ok \| \d+ passed \| 0 failed/);
+    }
   },
 });
