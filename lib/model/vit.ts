@@ -1059,11 +1059,16 @@ export async function saveVisionEncoder(
   }
   // Read every weight back first (a GPU backend has no synchronous read-back).
   const hostOf = new Map<tf.Tensor, HostTensor>();
-  for (const t of Object.values(w).flat(2)) {
-    if (t instanceof tf.Tensor && !hostOf.has(t)) {
-      hostOf.set(t, { shape: t.shape, data: Float32Array.from(await t.data() as Float32Array) });
+  const visit = async (v: unknown): Promise<void> => {
+    if (v instanceof tf.Tensor) {
+      if (!hostOf.has(v)) {
+        hostOf.set(v, { shape: v.shape, data: Float32Array.from(await v.data() as Float32Array) });
+      }
+    } else if (v !== null && typeof v === "object") {
+      for (const x of Object.values(v)) await visit(x);
     }
-  }
+  };
+  await visit(w);
   const host = (t: tf.Tensor): HostTensor => hostOf.get(t)!;
   // [in, out] (x · W) → PyTorch Linear [out, in].
   const torchLinear = (t: tf.Tensor): SafeTensorInput => linear(host(t));
