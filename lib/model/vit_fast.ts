@@ -42,17 +42,15 @@ import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
 
 /**
  * Whether the active backend runs this path: `tensorflow` (TensorFlow's own kernels called
- * directly), and `webgpu` only when `DEER_WEBGPU_FAST=1` asks for it (the same algebra in portable
- * tfjs ops, {@link portable}). On webgpu it is experimental: it equals the autodiff reference on
- * the test models (tests/perf_equivalence.test.ts with DEER_BACKEND=webgpu DEER_WEBGPU_FAST=1) and
- * took a ViT-B/16 step at batch 8 from 8.7 s to 0.81 s on an H200, but on 224-px models with four
- * or more blocks its training steps turn the loss into NaN (measured on lavapipe and the H200; the
- * cause is not yet found), so the default on webgpu stays the autodiff path.
+ * directly) and `webgpu` (the same algebra in portable tfjs ops, {@link portable}; on a GPU the
+ * number of kernels a step dispatches sets its speed, and this path dispatches far fewer than
+ * autodiff). `DEER_WEBGPU_FAST=0` sends webgpu back to the autodiff path. (wasm and cpu lack a
+ * general `Einsum`.)
  */
 export function frozenPathAvailable(): boolean {
   const backend = tf.getBackend();
   return backend === "tensorflow" ||
-    (backend === "webgpu" && Deno.env.get("DEER_WEBGPU_FAST") === "1");
+    (backend === "webgpu" && Deno.env.get("DEER_WEBGPU_FAST") !== "0");
 }
 
 /** Whether TensorFlow's kernels are out of reach: the path then uses portable tfjs ops. */
@@ -409,6 +407,28 @@ function headMajorQkv(h: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, ctx: Blo
   return tf.unstack(tf.reshape(qkv, [3, cfg.heads, n, t, dh]));
 }
 
+/**
+ * Σ_h Σ_d o[h, n, t, d]·W_out[h, d, c] → [n, t, c]: TensorFlow's `Einsum`, or on portable
+ * backends one product of o laid out as rows [n·t, heads·d_head] with W_out [width, width].
+ * (tfjs' own einsum multiplies out the [h, n, t, d, c] outer product before summing: 3.7 GB for
+ * ViT-B/16 at batch 8, beyond a WebGPU binding, which then reads garbage.)
+ */
+function headsTimesOut(o: tf.Tensor, out: tf.Tensor): tf.Tensor {
+  if (!portable()) return tf.einsum("hntd,hdc->ntc", o, out);
+  const [h, n, t, d] = o.shape;
+  const rows = tf.reshape(tf.transpose(o, [1, 2, 0, 3]), [n * t, h * d]);
+  return tf.reshape(mm(rows, tf.reshape(out, [h * d, out.shape[2]!])), [n, t, out.shape[2]!]);
+}
+
+/** Σ_c g[n, t, c]·W_out[h, d, c] → [h, n, t, d], the transpose of {@link headsTimesOut}. */
+function outTransposedToHeads(g: tf.Tensor, out: tf.Tensor): tf.Tensor {
+  if (!portable()) return tf.einsum("ntc,hdc->hntd", g, out);
+  const [n, t, c] = g.shape;
+  const [h, d] = out.shape;
+  const rows = mm(tf.reshape(g, [n * t, c]), tf.reshape(out, [h * d, c]), false, true);
+  return tf.transpose(tf.reshape(rows, [n, t, h, d]), [2, 0, 1, 3]);
+}
+
 /** The class token's rows of [N·T, width] (a [N, width] tensor). */
 function classRows(x: tf.Tensor, ctx: BlockContext): tf.Tensor2D {
   const { n, t, cfg } = ctx;
@@ -446,7 +466,7 @@ function blockForward(
   if (ctx.keyBias) scores = tf.add(scores, ctx.keyBias);
   const p = tf.softmax(scores);
   const rows = classOnly ? n : n * t;
-  const attended = tf.reshape(tf.einsum("hntd,hdc->ntc", mm(p, v), w.out), [rows, width]);
+  const attended = tf.reshape(headsTimesOut(mm(p, v), w.out), [rows, width]);
   const residual = classOnly ? classRows(x, ctx) : x;
   const x1 = residualAdd(residual, attended, w.outBias, 1);
   // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
@@ -562,11 +582,7 @@ function blockBackward(
     layerNormBackward(dLn2, w.ln2.weight, s.ln2, cfg.lnEps),
   );
   // Attention: x1 = x + softmax(qs·kᵀ)·v·W_out + b_out.
-  const dAttended = tf.einsum(
-    "ntc,hdc->hntd",
-    tf.reshape(dx1, [n, classOnly ? 1 : t, width]),
-    w.out,
-  );
+  const dAttended = outTransposedToHeads(tf.reshape(dx1, [n, classOnly ? 1 : t, width]), w.out);
   const dp = mm(dAttended, s.v, false, true);
   const dv = mm(s.p, dAttended, true, false);
   // p·(dp − Σ dp·p): one fused kernel (DeerSoftmaxGrad, lib/native.ts) or four.
