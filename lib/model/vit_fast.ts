@@ -1,7 +1,8 @@
 /**
  * The transformer blocks of a frozen ViT with LoRA on q, k and v, and their backward pass written
- * out by hand — the path `encoder.encode` takes on the `tensorflow` backend (SPEC §1; the same
- * function as `encodeWithWeights` in `vit.ts`, which stays the general, autodiff reference).
+ * out by hand — the path `encoder.encode` takes on the `tensorflow` and `webgpu` backends (the same
+ * function as `encodeWithWeights` in `vit.ts`, which stays the general, autodiff reference). On
+ * `webgpu` the TensorFlow-only kernels are replaced by portable tfjs ops ({@link portable}).
  *
  * Why: on tfjs-node every kernel costs ~26 µs of dispatch, and tfjs' autodiff of the plain
  * forward pass dispatches ~1,600 kernels for one step of a 4-layer ViT — including gradients for
