@@ -10,6 +10,9 @@ import { probeInChild } from "../lib/backend_webgpu.ts";
 const root = new URL("..", import.meta.url).pathname;
 const adapter = await probeInChild();
 const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
+if (adapter === null && Deno.env.get("DEER_REQUIRE_WEBGPU") !== "1") {
+  console.error("webgpu kernel tests skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)");
+}
 
 const SOURCE = `
 import { tf } from "./lib/backend.ts";
