@@ -148,9 +148,10 @@ async function assertSame(encoder: VitEncoder, x: tf.Tensor4D | tf.Tensor5D, wha
   tf.dispose([lora.A, lora.B, weights, residual ?? []]);
 }
 
-Deno.test("perf: the frozen path runs on tensorflow and webgpu (unless DEER_WEBGPU_FAST=0)", () => {
-  const webgpuFast = tf.getBackend() === "webgpu" && Deno.env.get("DEER_WEBGPU_FAST") !== "0";
-  assert.equal(frozenPathAvailable(), tf.getBackend() === "tensorflow" || webgpuFast);
+Deno.test("perf: the frozen path runs on tensorflow, webgpu and wasm (unless DEER_FAST_PATH=0)", () => {
+  const portable = ["webgpu", "wasm"].includes(tf.getBackend()) &&
+    Deno.env.get("DEER_FAST_PATH") !== "0";
+  assert.equal(frozenPathAvailable(), tf.getBackend() === "tensorflow" || portable);
 });
 
 Deno.test("perf: encode and its LoRA gradients equal the autodiff reference (checkpoints)", async () => {

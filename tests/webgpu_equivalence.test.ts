@@ -162,9 +162,9 @@ Deno.test({
       // --no-check: the type check is the main test run's business (and needs the .d.ts files).
       const r = await run(["test", "-A", "--no-check", "tests/perf_equivalence.test.ts"], {
         DEER_BACKEND: "webgpu",
-        DEER_WEBGPU_FAST: fast,
+        DEER_FAST_PATH: fast,
       });
-      const what = `perf_equivalence on webgpu (DEER_WEBGPU_FAST=${fast})`;
+      const what = `perf_equivalence on webgpu (DEER_FAST_PATH=${fast})`;
       assert.equal(r.code, 0, `${what} failed:\n${r.stdout}\n${r.stderr}`);
       assert.match(r.stdout, /ok \| \d+ passed \| 0 failed/);
     }

@@ -43,15 +43,17 @@ import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
 
 /**
  * Whether the active backend runs this path: `tensorflow` (TensorFlow's own kernels called
- * directly) and `webgpu` (the same algebra in portable tfjs ops, {@link portable}; on a GPU the
- * number of kernels a step dispatches sets its speed, and this path dispatches far fewer than
- * autodiff). `DEER_WEBGPU_FAST=0` sends webgpu back to the autodiff path. (wasm and cpu lack a
- * general `Einsum`.)
+ * directly), `webgpu` and `wasm` (the same algebra in portable tfjs ops, {@link portable}). On a
+ * GPU the number of kernels a step dispatches sets its speed, and this path dispatches about half
+ * as many as autodiff; on wasm it keeps far less memory alive (a ViT-B/16 step at batch 1 peaks
+ * at 1.3 GiB of wasm heap instead of 3.0 GiB, so batches above 1 fit the 4 GiB heap).
+ * `DEER_FAST_PATH=0` sends webgpu and wasm back to the autodiff path. (The `cpu` backend, the
+ * reference of several tests, keeps autodiff.)
  */
 export function frozenPathAvailable(): boolean {
   const backend = tf.getBackend();
-  return backend === "tensorflow" ||
-    (backend === "webgpu" && Deno.env.get("DEER_WEBGPU_FAST") !== "0");
+  if (backend === "tensorflow") return true;
+  return (backend === "webgpu" || backend === "wasm") && Deno.env.get("DEER_FAST_PATH") !== "0";
 }
 
 /** Whether TensorFlow's kernels are out of reach: the path then uses portable tfjs ops. */
