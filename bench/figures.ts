@@ -10,7 +10,8 @@
  *   weight decay 5e-4 — the step `trainLocal` runs). `bench/vit_lora_torch.py` is the PyTorch
  *   version.
  * * `b16` — the same step on a randomly initialised open_clip ViT-B/16 (224 px, exact GELU,
- *   r = 8, alpha = 8) at batch 8; `bench/vit_b16_lora_torch.py` is the PyTorch version.
+ *   r = 8, alpha = 8) at batch 8 (`--batch N` for another: the figure is then
+ *   `vit_lora_step_b16_batchN`); `bench/vit_b16_lora_torch.py` is the PyTorch version.
  * * `round` — one federated round (training of all 12 clients in both DEeR phases, aggregation
  *   with the paper-calibrated DP, evaluation on val and test) of the demo's configuration
  *   (`tasks/demo.ts`) on the embedded default data and model.
@@ -125,7 +126,7 @@ function colourSet(sizes: [number, number, number], side: number, seed: number):
 }
 
 /** One training step (batch formation + the trainer's step) of `config`, timed. */
-function stepFigure(
+async function stepFigure(
   name: string,
   config: VitConfig,
   opts: {
@@ -136,7 +137,7 @@ function stepFigure(
     steps: number;
     warmup: number;
   },
-): void {
+): Promise<void> {
   const encoder = createVitEncoder(config, randomVitWeights(config, createRng(1)));
   const protos = orthonormalPrototypes(opts.classes, config.embedDim, 3);
   const backbone = makeBackbone(encoder, protos, { rank: opts.rank, alpha: opts.alpha });
@@ -152,9 +153,9 @@ function stepFigure(
     logitScale: Math.log(1 / 0.07),
   });
   const losses: number[] = [];
-  const t = timeRepeated(() => {
+  const t = await timeRepeated(async () => {
     const { x, y } = makeBatch(split, idx, norm);
-    losses.push(trainer.step(x, y));
+    losses.push(await trainer.step(x, y));
     tf.dispose([x, y]);
   }, { warmup: opts.warmup, reps: opts.steps });
   trainer.dispose();
@@ -287,7 +288,9 @@ async function tensorsFigure(rounds: number): Promise<void> {
 }
 
 if (import.meta.main) {
-  const flags = parseArgs(Deno.args, { string: ["steps", "warmup", "clients", "reps", "rounds"] });
+  const flags = parseArgs(Deno.args, {
+    string: ["steps", "warmup", "clients", "reps", "rounds", "batch"],
+  });
   const int = (name: string, fallback: number) => {
     const v = Number(flags[name] ?? fallback);
     if (!(Number.isInteger(v) && v >= 0)) {
@@ -297,7 +300,7 @@ if (import.meta.main) {
   };
   const which = flags._[0];
   if (which === "tiny") {
-    stepFigure("vit_lora_step_tiny", TINY_VIT, {
+    await stepFigure("vit_lora_step_tiny", TINY_VIT, {
       batch: 32,
       rank: 8,
       alpha: 16,
@@ -306,14 +309,19 @@ if (import.meta.main) {
       warmup: int("warmup", 3),
     });
   } else if (which === "b16") {
-    stepFigure("vit_lora_step_b16", VIT_B16, {
-      batch: 8,
-      rank: 8,
-      alpha: 8,
-      classes: 10,
-      steps: int("steps", 10),
-      warmup: int("warmup", 2),
-    });
+    const batch = int("batch", 8);
+    await stepFigure(
+      batch === 8 ? "vit_lora_step_b16" : `vit_lora_step_b16_batch${batch}`,
+      VIT_B16,
+      {
+        batch,
+        rank: 8,
+        alpha: 8,
+        classes: 10,
+        steps: int("steps", 10),
+        warmup: int("warmup", 2),
+      },
+    );
   } else if (which === "round") {
     await roundFigure(int("reps", 3));
   } else if (which === "memory") {

@@ -16,6 +16,11 @@
  * * `--max-wait S` — longest wait for a low load before a figure (default 120).
  * * `--attempts N` — measure a step figure and its PyTorch reference again, up to N times, while
  *   the load average during them exceeded 1.5; the quietest pair is printed (default 1).
+ * * `--backend webgpu|tensorflow|wasm|cpu` — the toolkit's backend for every figure (default:
+ *   `DEER_BACKEND`, else the automatic choice). On a real GPU (a WebGPU adapter that is not a
+ *   fallback adapter) with `--backend webgpu`, `b16` also measures batches 32 and 64, and the
+ *   PyTorch references run on CUDA (`--torch-device cuda`, the default there when torch sees a
+ *   CUDA device; `--torch-device cpu` keeps them on the CPU with 2 threads).
  *
  * Threads: the figures inherit `TF_NUM_INTRAOP_THREADS` / `TF_NUM_INTEROP_THREADS` when set;
  * otherwise the round figure runs with one intra-op thread, as the demo does (`tasks/threads.ts`),
@@ -25,11 +30,21 @@
 import { existsSync } from "node:fs";
 import { parseArgs } from "../lib/cli.ts";
 import { waitForLowLoad } from "./measure.ts";
+import { probeInChild } from "../lib/backend_webgpu.ts";
 
 const ALL = ["tiny", "b16", "round", "memory", "tensors"] as const;
 const here = new URL(".", import.meta.url).pathname;
 
-const flags = parseArgs(Deno.args, { string: ["only", "torch", "max-wait", "attempts"] });
+const flags = parseArgs(Deno.args, {
+  string: ["only", "torch", "max-wait", "attempts", "backend", "torch-device"],
+});
+const KNOWN_BACKENDS = ["webgpu", "tensorflow", "wasm", "cpu"];
+const backend = flags.backend === undefined ? Deno.env.get("DEER_BACKEND") : String(flags.backend);
+if (backend !== undefined && backend !== "" && !KNOWN_BACKENDS.includes(backend)) {
+  throw new Error(`--backend ${backend}: not a backend; use one of ${KNOWN_BACKENDS.join(", ")}`);
+}
+/** Extra variables of every figure's process. */
+const backendEnv: Record<string, string> = backend ? { DEER_BACKEND: backend } : {};
 const only = flags.only === undefined
   ? [...ALL]
   : String(flags.only).split(",").map((s) => s.trim());
@@ -64,6 +79,34 @@ if (flags.torch === "none") {
   torch = "/work/venv/bin/python";
 }
 
+async function torchHasCuda(python: string): Promise<boolean> {
+  const out = await new Deno.Command(python, {
+    args: ["-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
+    stderr: "null",
+  }).output().catch(() => ({ success: false }));
+  return out.success;
+}
+
+/** A real GPU under `--backend webgpu`: the GPU figures and CUDA references are added. */
+const adapter = backend === "webgpu" ? await probeInChild() : null;
+const gpu = adapter !== null && !adapter.isFallback;
+const torchDevice = flags["torch-device"] !== undefined
+  ? String(flags["torch-device"])
+  : gpu && torch && (await torchHasCuda(torch))
+  ? "cuda"
+  : "cpu";
+if (!["cpu", "cuda"].includes(torchDevice)) {
+  throw new Error(`--torch-device ${torchDevice}: use cpu or cuda`);
+}
+if (adapter) {
+  console.log(JSON.stringify({
+    name: "webgpu_adapter",
+    ...adapter,
+    real_gpu: gpu,
+    torch_device: torch ? torchDevice : null,
+  }));
+}
+
 type Figure = Record<string, unknown>;
 
 /** Runs a command and returns the JSON lines it printed. */
@@ -77,7 +120,7 @@ async function run(
     args,
     stdout: "piped",
     stderr: "inherit",
-    env: { DEER_QUIET: "1", ...env },
+    env: { DEER_QUIET: "1", ...backendEnv, ...env },
   }).output();
   if (!out.success) {
     // One failing figure does not stop the others; it is reported as a line of its own.
@@ -102,11 +145,19 @@ const demoThreads: Record<string, string> = Deno.env.get("TF_NUM_INTRAOP_THREADS
  * pair is measured again (up to N times) while the load average during it exceeded 1.5, and the
  * quietest pair is printed, with the ratio of the two medians.
  */
-async function stepPair(name: string, args: string[], script: string, steps: string[]) {
+async function stepPair(
+  name: string,
+  args: string[],
+  script: string,
+  steps: string[],
+  torchArgs: string[] = [],
+) {
   let best: { figures: Figure[]; load: number } | null = null;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     const figures = [...await figure(...args)];
-    if (torch) figures.push(...await run(torch, [`${here}${script}`, ...steps, "2"]));
+    if (torch) {
+      figures.push(...await run(torch, [`${here}${script}`, ...steps, "2", ...torchArgs]));
+    }
     const load = Math.max(...figures.map((f) => Number(f.load ?? Infinity)));
     figures.forEach((f) => (f.attempt = attempt));
     if (!best || load < best.load) best = { figures, load };
@@ -119,7 +170,8 @@ async function stepPair(name: string, args: string[], script: string, steps: str
       name: `ratio_${name}_vs_torch`,
       ratio: Math.round((ours.ms / theirs.ms) * 100) / 100,
       ratio_min: Math.round(((ours.min_ms as number) / (theirs.min_ms as number)) * 100) / 100,
-      target: name === "tiny" ? 1.5 : 1.2,
+      // On a GPU the target is "within 2× of PyTorch CUDA".
+      target: torchArgs.includes("cuda") ? 2 : name === "tiny" ? 1.5 : 1.2,
     }));
   }
 }
@@ -128,7 +180,19 @@ for (const which of only) {
   if (which === "tiny") {
     await stepPair("tiny", ["tiny"], "vit_lora_torch.py", ["20", "3"]);
   } else if (which === "b16") {
-    await stepPair("b16", ["b16"], "vit_b16_lora_torch.py", ["10", "2"]);
+    const device = ["--device", torchDevice];
+    await stepPair("b16", ["b16"], "vit_b16_lora_torch.py", ["10", "2"], device);
+    if (gpu) {
+      for (const batch of [32, 64]) {
+        await stepPair(
+          `b16_batch${batch}`,
+          ["b16", "--batch", String(batch)],
+          "vit_b16_lora_torch.py",
+          ["10", "2"],
+          [...device, "--batch", String(batch)],
+        );
+      }
+    }
   } else if (which === "round") {
     show(await figureWith(demoThreads, "round"));
   } else if (which === "memory") {

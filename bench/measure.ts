@@ -4,7 +4,7 @@
  *
  * @example
  * ```ts
- * const t = timeRepeated(() => step(), { warmup: 3, reps: 20 });
+ * const t = await timeRepeated(() => step(), { warmup: 3, reps: 20 });
  * emit({ name: "vit_lora_step_tiny", ms: t.ms, cpu_ms: t.cpuMs, load: t.load });
  * ```
  * @module
@@ -60,19 +60,22 @@ export interface Timing {
   load: number;
 }
 
-/** Runs `fn` `warmup` times unmeasured, then `reps` times measured one by one. */
-export function timeRepeated(
-  fn: () => void,
+/**
+ * Runs `fn` `warmup` times unmeasured, then `reps` times measured one by one (each awaited: a
+ * step that reads its loss back has finished on the device when its promise settles).
+ */
+export async function timeRepeated(
+  fn: () => void | Promise<void>,
   { warmup, reps }: { warmup: number; reps: number },
-): Timing {
-  for (let i = 0; i < warmup; i++) fn();
+): Promise<Timing> {
+  for (let i = 0; i < warmup; i++) await fn();
   const loadBefore = loadAverage();
   const wall: number[] = [];
   const cpu: number[] = [];
   for (let i = 0; i < reps; i++) {
     const c0 = cpuMs();
     const t0 = performance.now();
-    fn();
+    await fn();
     wall.push(performance.now() - t0);
     cpu.push(cpuMs() - c0);
   }

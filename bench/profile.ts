@@ -51,13 +51,13 @@ const trainer = createLocalTrainer(backbone, {
   sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
   logitScale: Math.log(1 / 0.07),
 });
-const step = () => {
+const step = async () => {
   const { x, y } = makeBatch(split, idx, norm);
-  trainer.step(x, y);
+  await trainer.step(x, y);
   tf.dispose([x, y]);
 };
-step();
-step();
+await step();
+await step();
 
 const byKind = new Map<string, number>();
 const byShape = new Map<string, { count: number; ms: number }>();

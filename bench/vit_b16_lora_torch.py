@@ -7,17 +7,31 @@ on q, k and v of every block, batch 8; the loss is the toolkit's prototype loss
 momentum 0.9, weight decay 5e-4) updates every A, B and the logit scale. Attention uses
 F.scaled_dot_product_attention, as open_clip's nn.MultiheadAttention does.
 Prints one JSON line with the median wall and process CPU time per step.
-Usage: python vit_b16_lora_torch.py [steps] [warmup] [threads]"""
-import json, math, os, statistics, sys, time
+Usage: python vit_b16_lora_torch.py [steps] [warmup] [threads] [--device cpu|cuda] [--batch N]
+On CUDA everything is float32 with TF32 matrix products turned off (the toolkit's arithmetic);
+each step ends with `loss.item()`, which waits for the GPU, so wall time is the step's."""
+import argparse, json, math, os, statistics, sys, time
 import torch
 import torch.nn.functional as F
 
-steps = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-warm = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-if len(sys.argv) > 3:
-    torch.set_num_threads(int(sys.argv[3]))
+cli = argparse.ArgumentParser()
+cli.add_argument("steps", type=int, nargs="?", default=10)
+cli.add_argument("warmup", type=int, nargs="?", default=2)
+cli.add_argument("threads", type=int, nargs="?", default=None)
+cli.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+cli.add_argument("--batch", type=int, default=8)
+args = cli.parse_args()
+steps, warm = args.steps, args.warmup
+if args.threads is not None:
+    torch.set_num_threads(args.threads)
+if args.device == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_default_device("cuda")
 torch.manual_seed(0)
-B, IMG, C, P = 8, 224, 3, 16
+B, IMG, C, P = args.batch, 224, 3, 16
 G = IMG // P; NP = G * G; T = NP + 1; D, H, L, MLP, R, E, NCLS = 768, 12, 12, 3072, 8, 512, 10
 HD = D // H; SCALE = 8 / R
 fz = lambda *s, std=0.02: torch.randn(*s) * std  # frozen
@@ -81,5 +95,6 @@ print(json.dumps({"name": "torch_vit_lora_step_b16", "ms": round(statistics.medi
                   "cpu_ms": round(statistics.median(cs) * 1e3, 1), "load": os.getloadavg()[0],
                   "min_ms": round(min(ts) * 1e3, 1), "max_ms": round(max(ts) * 1e3, 1),
                   "steps": steps, "batch": B, "threads": torch.get_num_threads(),
+                  "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                   "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
                   "torch": torch.__version__}))

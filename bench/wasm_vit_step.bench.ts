@@ -48,6 +48,7 @@ function step(): void {
       return tf.mean(tf.square(encoder.encode(images, lora))) as tf.Scalar;
     };
     const { value, grads } = tf.valueAndGrads(loss)([...A, ...B]);
+    // The wasm backend reads synchronously (this bench runs on wasm only).
     value.dataSync();
     grads.forEach((g) => g.dataSync());
   });

@@ -1,7 +1,9 @@
 /**
- * The tensor backend: tfjs with libtensorflow (`tensorflow`) first, then WebAssembly (`wasm`),
- * then pure JavaScript (`cpu`). `DEER_BACKEND=tensorflow|wasm|cpu` forces one (an unavailable
- * forced backend is an error, not a silent fallback). The choice is printed once to stderr.
+ * The tensor backend: WebGPU (`webgpu`) when the machine has a real GPU, then tfjs with
+ * libtensorflow (`tensorflow`), then WebAssembly (`wasm`), then pure JavaScript (`cpu`).
+ * `DEER_BACKEND=webgpu|tensorflow|wasm|cpu` forces one (an unavailable forced backend is an error,
+ * not a silent fallback); `webgpu` on a software (fallback) adapter such as lavapipe is used only
+ * when forced. The choice is printed once to stderr, for `webgpu` with the adapter and its limits.
  *
  * Every module of the toolkit imports `tf` from here, so all of them share one engine and one
  * backend.
@@ -9,7 +11,7 @@
  * @example
  * ```ts
  * import { backendName, tf } from "./backend.ts";
- * console.log(backendName, tf.add(1, 2).dataSync());
+ * console.log(backendName, await tf.add(1, 2).data());
  * ```
  * @module
  */
@@ -21,6 +23,12 @@ import "@tensorflow/tfjs-backend-cpu";
 // extensionless imports Deno cannot load). tfjs-node imports it too, so without this line `tf.grad`
 // fails ("gradient function not found") on wasm and cpu only.
 import "@tensorflow/tfjs";
+import {
+  describeAdapter,
+  installWebGpuBackend,
+  realGpuInChild,
+  type WebGpuAdapterSummary,
+} from "./backend_webgpu.ts";
 
 // Production mode: no debug checks and no "install tfjs-node" banner from the cpu backend.
 tf.enableProdMode();
@@ -28,7 +36,7 @@ tf.enableProdMode();
 export { tf };
 
 /** The backends the toolkit knows, fastest first. */
-export const BACKENDS = ["tensorflow", "wasm", "cpu"] as const;
+export const BACKENDS = ["webgpu", "tensorflow", "wasm", "cpu"] as const;
 /** One of {@link BACKENDS}. */
 export type BackendName = typeof BACKENDS[number];
 
@@ -59,7 +67,11 @@ async function loadWasm(): Promise<void> {
   await installWasmBackend();
 }
 
+/** The WebGPU adapter in use when the backend is `webgpu`, else `null`. */
+export let webgpuAdapter: WebGpuAdapterSummary | null = null;
+
 async function activate(name: BackendName): Promise<void> {
+  if (name === "webgpu") webgpuAdapter = await installWebGpuBackend();
   if (name === "tensorflow") await loadTensorflow();
   if (name === "wasm") await loadWasm();
   const ok = await tf.setBackend(name);
@@ -87,6 +99,8 @@ async function selectBackend(): Promise<BackendName> {
   }
   const failures: string[] = [];
   for (const name of BACKENDS) {
+    // Automatically only on a real GPU: a software adapter is slower than the CPU backends.
+    if (name === "webgpu" && !(await realGpuInChild())) continue;
     try {
       await activate(name);
       if (failures.length > 0) console.error(`deer: ${failures.join("; ")}`);
@@ -105,5 +119,6 @@ if (Deno.env.get("DEER_QUIET") !== "1") {
   const threads = backendName === "tensorflow" && intra !== undefined
     ? ` (TF_NUM_INTRAOP_THREADS=${intra})`
     : "";
-  console.error(`deer: tfjs backend ${backendName}${threads}`);
+  const adapter = webgpuAdapter ? ` (${describeAdapter(webgpuAdapter)})` : "";
+  console.error(`deer: tfjs backend ${backendName}${threads}${adapter}`);
 }

@@ -154,7 +154,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
     if (data.train.sampleShape.length === 4) {
       const side = volumeSide(data.train.sampleShape[0], encoder.config.patchSize);
       for (const split of SPLITS) data[split] = resizeVolumes(data[split], side);
-      volumeEncoder = inflateForVolumes(encoder, {
+      volumeEncoder = await inflateForVolumes(encoder, {
         depth: side,
         height: side,
         width: side,

@@ -363,15 +363,15 @@ function features(config: VitConfig, weights: VitWeights, split: ImageSplit): tf
 }
 
 /** Accuracy and macro F1 of `argmax cosine(f(x), prototypes)` on `split`. */
-function evaluate(
+async function evaluate(
   config: VitConfig,
   weights: VitWeights,
   prototypes: tf.Tensor2D,
   split: ImageSplit,
-): ZeroShot {
+): Promise<ZeroShot> {
   const f = features(config, weights, split);
   const probs = tf.tidy(() => tf.softmax(cosineScores(f, prototypes)));
-  const rows = probs.arraySync() as number[][];
+  const rows = await probs.array() as number[][];
   tf.dispose([f, probs]);
   const m = classificationMetrics(Array.from(split.labels), rows);
   return { accuracy: m.accuracy, f1: m.f1 };
@@ -414,15 +414,15 @@ export interface StepTiming {
  *
  * @example
  * ```ts
- * const t = timeLoraStep(config, weights, prototypes); // t.wallMs, t.cpuMs
+ * const t = await timeLoraStep(config, weights, prototypes); // t.wallMs, t.cpuMs
  * ```
  */
-export function timeLoraStep(
+export async function timeLoraStep(
   config: VitConfig,
   weights: VitWeights,
   prototypes: tf.Tensor2D,
   { batch = 10, rank = 8 } = {},
-): StepTiming {
+): Promise<StepTiming> {
   const rng = createRng(0);
   const n = 3 * config.layers, d = config.width;
   const bound = 1 / Math.sqrt(d);
@@ -436,7 +436,7 @@ export function timeLoraStep(
   const side = config.imageSize;
   const x = tf.randomNormal([batch, side, side, 3], 0, 1, "float32", 1) as tf.Tensor4D;
   const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % prototypes.shape[0]), "int32");
-  const step = () => {
+  const step = async () => {
     const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) => {
       const f = encodeWithWeights(config, weights, x, {
         A: ps.slice(0, n) as tf.Tensor2D[],
@@ -452,18 +452,18 @@ export function timeLoraStep(
         return [tf.sub(p, tf.mul(buf, 0.01)), buf];
       })
     );
-    value.dataSync();
+    await value.data();
     tf.dispose([value, grads, params, buffers]);
     params = next.map((p) => p[0]);
     buffers = next.map((p) => p[1]);
   };
   const before = Deno.loadavg()[0];
-  for (let i = 0; i < 5; i++) step();
+  for (let i = 0; i < 5; i++) await step();
   const rounds: { wall: number; cpu: number }[] = [];
   for (let r = 0; r < 5; r++) {
     const c0 = process.cpuUsage();
     const t0 = performance.now();
-    for (let i = 0; i < 10; i++) step();
+    for (let i = 0; i < 10; i++) await step();
     const cpu = process.cpuUsage(c0);
     rounds.push({ wall: (performance.now() - t0) / 10, cpu: (cpu.user + cpu.system) / 1e4 });
   }
@@ -571,7 +571,7 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
       const xs = tf.tensor4d(x, [2 * o.batch, side, side, 3]);
       const ys = tf.tensor1d(y, "int32");
       const diagonal = tf.range(0, o.batch, 1, "int32") as tf.Tensor1D;
-      let parts = [0, 0];
+      let parts: tf.Scalar[] = [];
       const { value, grads } = tf.variableGrads(() => {
         const f = unit(encodeWithWeights(config, state.weights, xs));
         const table = unit(state.classEmbeddings as tf.Tensor2D);
@@ -588,19 +588,22 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
           ),
           0.5,
         );
-        parts = [supervised.dataSync()[0], instance.dataSync()[0]];
+        parts = [tf.keep(supervised), tf.keep(instance as tf.Scalar)];
         return tf.add(supervised, tf.mul(instance, o.instanceWeight)) as tf.Scalar;
       }, state.variables);
       optimizer.apply(state.variables.map((v) => grads[v.name]), learningRate(step, o.steps, o.lr));
-      const total = value.dataSync()[0];
-      tf.dispose([value, grads, xs, ys, diagonal]);
+      const total = (await value.data())[0];
+      const [supervisedLoss, instanceLoss] = await Promise.all(
+        parts.map(async (t) => (await t.data())[0]),
+      );
+      tf.dispose([value, grads, xs, ys, diagonal, parts]);
       if (!Number.isFinite(total)) {
         throw new Error(`pretrain: loss became ${total} at step ${step}; lower --lr`);
       }
       stepLosses.push(total);
       window.total += total;
-      window.supervised += parts[0];
-      window.instance += parts[1];
+      window.supervised += supervisedLoss;
+      window.instance += instanceLoss;
       window.count++;
       const last = step + 1 === o.steps;
       if ((o.logEvery > 0 && (step + 1) % o.logEvery === 0) || last) {
@@ -629,7 +632,7 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
 
     // Pretraining accuracy: the learned class embeddings as prototypes, on held-out t10k images.
     const table = tf.tidy(() => unit(state.classEmbeddings as tf.Tensor2D));
-    const pretrainAccuracy = evaluate(config, state.weights, table, heldOut).accuracy;
+    const pretrainAccuracy = (await evaluate(config, state.weights, table, heldOut)).accuracy;
     table.dispose();
 
     // Demo prototypes from the prompt images (never in the shipped splits).
@@ -656,8 +659,8 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
         );
       });
       zeroShot = {
-        val: evaluate(config, state.weights, prototypes, demo.val),
-        test: evaluate(config, state.weights, prototypes, demo.test),
+        val: await evaluate(config, state.weights, prototypes, demo.val),
+        test: await evaluate(config, state.weights, prototypes, demo.test),
       };
     }
 
@@ -665,7 +668,9 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
     const cpu = process.cpuUsage(cpuStart);
     const cpuSeconds = (cpu.user + cpu.system) / 1e6;
     const load = Deno.loadavg()[0];
-    const loraStep = o.timeLoraStep ? timeLoraStep(config, state.weights, prototypes) : undefined;
+    const loraStep = o.timeLoraStep
+      ? await timeLoraStep(config, state.weights, prototypes)
+      : undefined;
     const recipe = { ...o, plan: undefined, logEvery: undefined, out: undefined };
     const out = {
       model: join(o.out, MODEL_FILE),

@@ -150,7 +150,7 @@ import { backendName, tf } from ${
   JSON.stringify(new URL("../lib/backend.ts", import.meta.url).href)
 };
 const y = tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor2d([5, 6, 7, 8], [2, 2]));
-const got = Array.from(y.dataSync()).join(",");
+const got = Array.from(await y.data()).join(",");
 if (backendName !== "tensorflow" || got !== "19,22,43,50") {
   throw new Error("backend " + backendName + " computed " + got);
 }
@@ -175,7 +175,7 @@ const [a0, g0] = geluForward(z, false);
 const dz1 = geluBackward(d, z, g1, true);
 const dz0 = geluBackward(d, z, g0, false);
 for (const [x, y] of [[a1, a0], [g1, g0], [dz1, dz0]]) {
-  const err = tf.max(tf.abs(tf.sub(x, y))).dataSync()[0];
+  const err = (await tf.max(tf.abs(tf.sub(x, y))).data())[0];
   if (!(err <= 1e-5)) throw new Error("fused kernels differ from TensorFlow's by " + err);
 }
 console.log("fused kernels ok");

@@ -47,7 +47,7 @@ function clientsFrom(global: LoraFactors, trained: "B" | "AB", K: number) {
   });
 }
 
-Deno.test("deviation: tfjs public API equals the explicit Σp·B·A − B̄·Ā", () => {
+Deno.test("deviation: tfjs public API equals the explicit Σp·B·A − B̄·Ā", async () => {
   const f1 = randomFactors(1), f2 = randomFactors(2), f3 = randomFactors(3);
   const w = [0.5, 0.3, 0.2];
   const shape = (which: "A" | "B") => which === "A" ? [4, 24] : [24, 4];
@@ -55,7 +55,7 @@ Deno.test("deviation: tfjs public API equals the explicit Σp·B·A − B̄·Ā"
     tf.tensor2d(f[which][0], shape(which) as [number, number]);
   const Bs = [f1, f2, f3].map((f) => t(f, "B"));
   const As = [f1, f2, f3].map((f) => t(f, "A"));
-  const got = aggregationDeviation(Bs, As, w);
+  const got = await aggregationDeviation(Bs, As, w);
   const explicit = tf.tidy(() => {
     const mix = Bs.map((b, k) => tf.matMul(b, As[k]).mul(w[k])).reduce((a, b) => a.add(b));
     const bBar = Bs.map((b, k) => b.mul(w[k])).reduce((a, b) => a.add(b));
@@ -65,7 +65,7 @@ Deno.test("deviation: tfjs public API equals the explicit Σp·B·A − B̄·Ā"
   assert.ok(got > 1, `LoRA-style factors deviate (${got})`);
   assert.ok(Math.abs(got - explicit) / explicit < 1e-5, `${got} vs ${explicit}`);
   // A shared A eliminates the deviation exactly.
-  assert.ok(aggregationDeviation(Bs, [As[0], As[0], As[0]], w) < 1e-12 * explicit);
+  assert.ok((await aggregationDeviation(Bs, [As[0], As[0], As[0]], w)) < 1e-12 * explicit);
   tf.dispose([Bs, As]);
 });
 

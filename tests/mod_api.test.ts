@@ -30,12 +30,12 @@ Deno.test("mod.ts: the SPEC §5 public API exists and works on small inputs", as
 
   const A = tf.tensor2d([[2, 0, 0], [0, 1, 0]]);
   const W = tf.eye(3) as deer.tf.Tensor2D;
-  const nB = deer.regulateNoiseForB(W, A);
+  const nB = await deer.regulateNoiseForB(W, A);
   assert.deepEqual(nB.shape, [3, 2]);
   const B = tf.tensor2d([[1, 0], [0, 2], [0, 0]]);
-  const nA = deer.regulateNoiseForA(W, B);
+  const nA = await deer.regulateNoiseForA(W, B);
   assert.deepEqual(nA.shape, [2, 3]);
-  assert.equal(deer.aggregationDeviation([B, B], [A, A], [0.5, 0.5]), 0);
+  assert.equal(await deer.aggregationDeviation([B, B], [A, A], [0.5, 0.5]), 0);
   tf.dispose([A, W, nB, B, nA]);
 
   const dir = await Deno.makeTempDir();

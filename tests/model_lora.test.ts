@@ -50,7 +50,7 @@ Deno.test("lora: scale is alpha / r", () => {
   assert.throws(() => loraScale(8, 0), /rank 0 > 0/);
 });
 
-Deno.test("lora: host factors ↔ tensors round-trip with [r, d] and [d, r] shapes", () => {
+Deno.test("lora: host factors ↔ tensors round-trip with [r, d] and [d, r] shapes", async () => {
   const host = initLora({ width: 16, layers: 1 }, 2, createRng(3));
   host.B[1][5] = 0.25;
   const before = tf.memory().numTensors;
@@ -58,7 +58,7 @@ Deno.test("lora: host factors ↔ tensors round-trip with [r, d] and [d, r] shap
   assert.deepEqual(t.A[0].shape, [2, 16]);
   assert.deepEqual(t.B[0].shape, [16, 2]);
   assert.equal(t.B[1].dataSync()[5], 0.25);
-  assert.deepEqual(loraFromTensors(t), host);
+  assert.deepEqual(await loraFromTensors(t), host);
   disposeLora(t);
   assert.equal(tf.memory().numTensors, before);
   assert.equal(loraRank(host, 16), 2);

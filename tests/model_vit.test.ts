@@ -315,7 +315,7 @@ Deno.test("vit: volume encoder — shapes, depth-constant volumes equal 2D, grad
     tf.tile(gray.reshape([2, 1, 16, 16, 1]), [1, 8, 1, 1, 1])
   ) as tf.Tensor5D;
 
-  const exact = inflateForVolumes(encoder, { depth: 8, depthPatch: 2, depthScale: 0 });
+  const exact = await inflateForVolumes(encoder, { depth: 8, depthPatch: 2, depthScale: 0 });
   assert.deepEqual(exact.config.volume, {
     depth: 8,
     height: 16,
@@ -328,12 +328,12 @@ Deno.test("vit: volume encoder — shapes, depth-constant volumes equal 2D, grad
   assert.ok(err < 1e-5, `depth-constant volume vs its 2D slice: ${err}`);
 
   // Default: a depth signal makes depth visible; other in-plane sizes resample the positions.
-  const withDepth = inflateForVolumes(encoder, { depth: 8, depthPatch: 2 });
+  const withDepth = await inflateForVolumes(encoder, { depth: 8, depthPatch: 2 });
   const f = encodeData(withDepth, volume);
   assert.equal(f.length, 2 * 24);
   assert.ok(f.every(Number.isFinite));
   assert.ok(relativeError(f, flat) > 1e-3);
-  const wide = inflateForVolumes(encoder, { depth: 4, height: 12, width: 20, depthPatch: 4 });
+  const wide = await inflateForVolumes(encoder, { depth: 4, height: 12, width: 20, depthPatch: 4 });
   const wideVolume = tf.randomNormal([3, 4, 12, 20, 1], 0, 1, "float32", 8) as tf.Tensor5D;
   assert.equal(encodeData(wide, wideVolume).length, 3 * 24);
 
@@ -355,15 +355,15 @@ Deno.test("vit: volume encoder — shapes, depth-constant volumes equal 2D, grad
   assert.ok(norms.every((n) => Number.isFinite(n) && n > 0));
 
   assert.throws(() => withDepth.encode(rgb), /expects \[N, 8, 16, 16, 1\]/);
-  assert.throws(
+  await assert.rejects(
     () => inflateForVolumes(encoder, { depth: 7, depthPatch: 2 }),
     /depth 7 must be a positive multiple/,
   );
-  assert.throws(
+  await assert.rejects(
     () => inflateForVolumes(encoder, { depth: 8, height: 10 }),
     /multiples of the patch size 4/,
   );
-  assert.throws(() => inflateForVolumes(withDepth, { depth: 8 }), /already reads volumes/);
+  await assert.rejects(() => inflateForVolumes(withDepth, { depth: 8 }), /already reads volumes/);
 
   disposeLora(lora);
   for (const t of [gray, rgb, volume, wideVolume]) t.dispose();

@@ -75,16 +75,16 @@ function randomLora(cfg: VitConfig, rank: number, seed: number) {
 }
 
 /** Value of Σ w·f(x) and its gradients with respect to every A and B. */
-function valueAndGrads(
+async function valueAndGrads(
   encode: (lora: LoraInput) => tf.Tensor2D,
   lora: { A: tf.Tensor2D[]; B: tf.Tensor2D[] },
   weights: tf.Tensor,
   scale: number,
   residual?: tf.Tensor2D[],
-): { value: Float32Array; grads: Float32Array[] } {
+): Promise<{ value: Float32Array; grads: Float32Array[] }> {
   const n = lora.A.length;
-  return tf.tidy(() => {
-    const value = encode({ ...lora, scale, residual }).dataSync() as Float32Array;
+  const [value, ...grads] = tf.tidy(() => {
+    const value = encode({ ...lora, scale, residual });
     const grads = tf.grads((...ps: tf.Tensor[]) =>
       tf.sum(tf.mul(
         encode({
@@ -96,11 +96,20 @@ function valueAndGrads(
         weights,
       ))
     )([...lora.A, ...lora.B]);
-    return { value, grads: grads.map((g) => g.dataSync() as Float32Array) };
+    return [value, ...grads];
   });
+  const [v, ...gs] = await readAll([value, ...grads]);
+  return { value: v, grads: gs };
 }
 
-function assertSame(encoder: VitEncoder, x: tf.Tensor4D | tf.Tensor5D, what: string, opts: {
+/** Reads tensors back (the only read-back every backend has) and disposes them. */
+async function readAll(ts: tf.Tensor[]): Promise<Float32Array[]> {
+  const out = await Promise.all(ts.map(async (t) => await t.data() as Float32Array));
+  tf.dispose(ts);
+  return out;
+}
+
+async function assertSame(encoder: VitEncoder, x: tf.Tensor4D | tf.Tensor5D, what: string, opts: {
   rank?: number;
   scale?: number;
   residual?: boolean;
@@ -115,9 +124,9 @@ function assertSame(encoder: VitEncoder, x: tf.Tensor4D | tf.Tensor5D, what: str
     : undefined;
   const scale = opts.scale ?? 1.5;
   const before = tf.memory().numTensors;
-  const fast = valueAndGrads((l) => encoder.encode(x, l), lora, weights, scale, residual);
+  const fast = await valueAndGrads((l) => encoder.encode(x, l), lora, weights, scale, residual);
   assert.equal(tf.memory().numTensors, before, `${what}: the fast path leaks no tensors`);
-  const reference = valueAndGrads(
+  const reference = await valueAndGrads(
     (l) => encodeWithWeights(cfg, encoder.weights, x, l),
     lora,
     weights,
@@ -131,27 +140,31 @@ function assertSame(encoder: VitEncoder, x: tf.Tensor4D | tf.Tensor5D, what: str
     assert.ok(e < 1e-4, `${what}: gradient ${i} differs by ${e}`);
   });
   // No adapters: the plain forward pass.
-  const plain = tf.tidy(() => encoder.encode(x).dataSync());
-  const plainRef = tf.tidy(() => encodeWithWeights(cfg, encoder.weights, x).dataSync());
+  const [plain, plainRef] = await readAll([
+    tf.tidy(() => encoder.encode(x)),
+    tf.tidy(() => encodeWithWeights(cfg, encoder.weights, x)),
+  ]);
   assert.ok(relativeError(plain, plainRef) < 1e-5, `${what}: features without LoRA`);
   tf.dispose([lora.A, lora.B, weights, residual ?? []]);
 }
 
-Deno.test("perf: the frozen path runs on the tensorflow backend", () => {
-  assert.equal(frozenPathAvailable(), tf.getBackend() === "tensorflow");
+Deno.test("perf: the frozen path runs on tensorflow, webgpu and wasm (unless DEER_FAST_PATH=0)", () => {
+  const portable = ["webgpu", "wasm"].includes(tf.getBackend()) &&
+    Deno.env.get("DEER_FAST_PATH") !== "0";
+  assert.equal(frozenPathAvailable(), tf.getBackend() === "tensorflow" || portable);
 });
 
 Deno.test("perf: encode and its LoRA gradients equal the autodiff reference (checkpoints)", async () => {
   const x = tf.randomNormal([3, 16, 16, 3], 0, 1, "float32", 1) as tf.Tensor4D;
   for (const file of ["openai.safetensors", "hf/model.safetensors", "timm.safetensors"]) {
     const encoder = await loadVisionEncoder(`${FIXTURES}${file}`);
-    assertSame(encoder, x, file);
+    await assertSame(encoder, x, file);
     encoder.dispose();
   }
   x.dispose();
 });
 
-Deno.test("perf: encode equals the reference for GELU/QuickGELU, biases, residuals, ranks", () => {
+Deno.test("perf: encode equals the reference for GELU/QuickGELU, biases, residuals, ranks", async () => {
   const x = tf.randomNormal([2, 16, 16, 3], 0, 1, "float32", 2) as tf.Tensor4D;
   const cases: [string, Partial<VitConfig>, Parameters<typeof assertSame>[3]][] = [
     ["gelu", { act: "gelu" }, {}],
@@ -166,13 +179,13 @@ Deno.test("perf: encode equals the reference for GELU/QuickGELU, biases, residua
   for (const [what, over, opts] of cases) {
     const cfg = config(over);
     const encoder = createVitEncoder(cfg, randomVitWeights(cfg, createRng(7)));
-    assertSame(encoder, x, what, opts);
+    await assertSame(encoder, x, what, opts);
     encoder.dispose();
   }
   x.dispose();
 });
 
-Deno.test("perf: gradients for one trainable factor (the other constant) equal the reference", () => {
+Deno.test("perf: gradients for one trainable factor (the other constant) equal the reference", async () => {
   const cfg = config({});
   const encoder = createVitEncoder(cfg, randomVitWeights(cfg, createRng(6)));
   const x = tf.randomNormal([2, 16, 16, 3], 0, 1, "float32", 2) as tf.Tensor4D;
@@ -184,12 +197,13 @@ Deno.test("perf: gradients for one trainable factor (the other constant) equal t
         tf.grads((...ps: tf.Tensor[]) => {
           const l = { ...lora, scale: 2, trainable: [which] };
           return tf.sum(tf.mul(encode({ ...l, [which]: ps }), weights));
-        })(lora[which]).map((g) => g.dataSync() as Float32Array)
+        })(lora[which])
       );
     const before = tf.memory().numTensors;
-    const fast = grads((l) => encoder.encode(x, l));
-    assert.equal(tf.memory().numTensors, before);
-    const reference = grads((l) => encodeWithWeights(cfg, encoder.weights, x, l));
+    const fastT = grads((l) => encoder.encode(x, l));
+    assert.equal(tf.memory().numTensors, before + fastT.length);
+    const fast = await readAll(fastT);
+    const reference = await readAll(grads((l) => encodeWithWeights(cfg, encoder.weights, x, l)));
     fast.forEach((g, i) => {
       const e = relativeError(g, reference[i]);
       assert.ok(e < 1e-4, `trainable ${which}: gradient ${i} differs by ${e}`);
@@ -201,25 +215,25 @@ Deno.test("perf: gradients for one trainable factor (the other constant) equal t
 
 Deno.test("perf: a volume encoder (per-key attention bias) equals the reference", async () => {
   const encoder = await loadVisionEncoder(`${FIXTURES}hf/model.safetensors`);
-  const volume = inflateForVolumes(encoder, { depth: 8, depthPatch: 2 });
+  const volume = await inflateForVolumes(encoder, { depth: 8, depthPatch: 2 });
   const x = tf.randomNormal([2, 8, 16, 16, 1], 0, 1, "float32", 3) as tf.Tensor5D;
-  assertSame(volume, x, "volume");
+  await assertSame(volume, x, "volume");
   x.dispose();
   volume.dispose();
   encoder.dispose();
 });
 
-Deno.test("perf: adapters of different ranks take the autodiff path and still work", () => {
+Deno.test("perf: adapters of different ranks take the autodiff path and still work", async () => {
   const cfg = config({ layers: 1 });
   const encoder = createVitEncoder(cfg, randomVitWeights(cfg, createRng(8)));
   const x = tf.randomNormal([2, 16, 16, 3], 0, 1, "float32", 5) as tf.Tensor4D;
   const ranks = [2, 3, 1];
   const A = ranks.map((r, i) => tf.randomNormal([r, 32], 0, 0.2, "float32", i) as tf.Tensor2D);
   const B = ranks.map((r, i) => tf.randomNormal([32, r], 0, 0.2, "float32", 9 + i) as tf.Tensor2D);
-  const got = tf.tidy(() => encoder.encode(x, { A, B, scale: 1 }).dataSync());
-  const want = tf.tidy(() =>
-    encodeWithWeights(cfg, encoder.weights, x, { A, B, scale: 1 }).dataSync()
-  );
+  const [got, want] = await readAll([
+    tf.tidy(() => encoder.encode(x, { A, B, scale: 1 })),
+    tf.tidy(() => encodeWithWeights(cfg, encoder.weights, x, { A, B, scale: 1 })),
+  ]);
   assert.ok(relativeError(got, want) < 1e-6);
   tf.dispose([A, B, x]);
   encoder.dispose();
@@ -255,21 +269,24 @@ function referenceLoss(
   });
 }
 
-Deno.test("perf: the prototype loss and its gradient equal the autodiff reference", () => {
+Deno.test("perf: the prototype loss and its gradient equal the autodiff reference", async () => {
   const f = tf.randomNormal([6, 24], 0, 1, "float32", 1) as tf.Tensor2D;
   const protos = orthonormalPrototypes(5, 24, 2);
   const labels = tf.tensor1d([0, 4, 2, 2, 1, 3], "int32");
   const ls = tf.scalar(Math.log(1 / 0.07));
   const before = tf.memory().numTensors;
-  const run = (loss: typeof prototypeLoss) =>
-    tf.tidy(() => {
+  const run = async (loss: typeof prototypeLoss) => {
+    const [value, ...grads] = tf.tidy(() => {
       const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) =>
         loss(a as tf.Tensor2D, protos, b as tf.Scalar, labels)
       )([f, ls]);
-      return [value.dataSync()[0], ...grads.map((g) => g.dataSync() as Float32Array)] as const;
+      return [value, ...grads];
     });
-  const [v, df, dls] = run(prototypeLoss);
-  const [rv, rdf, rdls] = run(referenceLoss);
+    const [v, ...gs] = await readAll([value, ...grads]);
+    return [v[0], ...gs] as const;
+  };
+  const [v, df, dls] = await run(prototypeLoss);
+  const [rv, rdf, rdls] = await run(referenceLoss);
   assert.equal(tf.memory().numTensors, before);
   assert.ok(Math.abs(v - rv) < 1e-5 * Math.abs(rv), `loss ${v} vs ${rv}`);
   assert.ok(relativeError(df, rdf) < 1e-5, `∂/∂features differs by ${relativeError(df, rdf)}`);
@@ -281,13 +298,13 @@ Deno.test("perf: the prototype loss and its gradient equal the autodiff referenc
  * The original local-training step, kept here as the reference: one tensor per adapter, the
  * plain forward pass differentiated by autodiff, one SGD update per tensor.
  */
-function referenceSteps(
+async function referenceSteps(
   backbone: Backbone,
   job: TrainerJob,
   batches: { x: tf.Tensor; y: tf.Tensor1D }[],
   masks: { a: tf.Tensor2D; b: tf.Tensor2D } | null,
   encode: (x: tf.Tensor, lora: LoraInput) => tf.Tensor2D,
-): { losses: number[]; factors: LoraFactors; momentum: Float32Array[] } {
+): Promise<{ losses: number[]; factors: LoraFactors; momentum: Float32Array[] }> {
   const { dims } = backbone;
   const trainA = job.train.includes("A");
   const trainB = job.train.includes("B");
@@ -325,7 +342,7 @@ function referenceSteps(
         return [tf.sub(p, tf.mul(buf, lr)), buf];
       })
     );
-    losses.push(value.dataSync()[0]);
+    losses.push((await value.data())[0]);
     tf.dispose([value, grads, params, buffers]);
     params = next.map((pb) => pb[0]);
     buffers = next.map((pb) => pb[1]);
@@ -336,12 +353,14 @@ function referenceSteps(
   };
   let k = 0;
   if (trainA) {
-    for (let i = 0; i < n; i++) factors.A[i] = params[k++].dataSync().slice() as Float32Array;
+    for (let i = 0; i < n; i++) factors.A[i] = (await params[k++].data()).slice() as Float32Array;
   }
   if (trainB) {
-    for (let i = 0; i < n; i++) factors.B[i] = params[k++].dataSync().slice() as Float32Array;
+    for (let i = 0; i < n; i++) factors.B[i] = (await params[k++].data()).slice() as Float32Array;
   }
-  const momentum = buffers.map((b) => b.dataSync().slice() as Float32Array);
+  const momentum = await Promise.all(
+    buffers.map(async (b) => (await b.data()).slice() as Float32Array),
+  );
   tf.dispose([params, buffers, frozenA, frozenB]);
   return { losses, factors, momentum };
 }
@@ -384,11 +403,12 @@ Deno.test("perf: the trainer's steps equal the original per-adapter SGD steps", 
     const masks = c.masks ? rankMasks(4, 1) : null;
     const before = tf.memory().numTensors;
     const trainer = createLocalTrainer(backbone, job);
-    const losses = batches.map(({ x, y }) => trainer.step(x, y, masks));
-    const got = trainer.read();
+    const losses: number[] = [];
+    for (const { x, y } of batches) losses.push(await trainer.step(x, y, masks));
+    const got = await trainer.read();
     trainer.dispose();
     assert.equal(tf.memory().numTensors, before, "the trainer frees what it made");
-    const want = referenceSteps(backbone, job, batches, masks, reference);
+    const want = await referenceSteps(backbone, job, batches, masks, reference);
     const what = `train ${c.train.join("+")}${c.masks ? ", DyLoRA masks" : ""}` +
       `${c.momentum ? ", momentum carried in" : ""}`;
     losses.forEach((l, i) =>

@@ -49,14 +49,14 @@ function std(x: ArrayLike<number>): number {
 
 const d = 48, r = 4;
 
-Deno.test("regulateNoiseForB/A (tf) equal W·A⁺ and B⁺·W computed in float64", () => {
+Deno.test("regulateNoiseForB/A (tf) equal W·A⁺ and B⁺·W computed in float64", async () => {
   const rng = createRng(11);
   const w = randomMatrix(rng, d, d),
     a = randomMatrix(rng, r, d, 0.15),
     b = randomMatrix(rng, d, r, 0.02);
   const before = tf.memory().numTensors;
   const [wT, aT, bT] = [tf.tensor2d(w, [d, d]), tf.tensor2d(a, [r, d]), tf.tensor2d(b, [d, r])];
-  const nB = regulateNoiseForB(wT, aT), nA = regulateNoiseForA(wT, bT);
+  const nB = await regulateNoiseForB(wT, aT), nA = await regulateNoiseForA(wT, bT);
   assert.deepEqual(nB.shape, [d, r]);
   assert.deepEqual(nA.shape, [r, d]);
   const refB = matmul(w, d, d, pinvRows(a, r, d), r), refA = matmul(pinvCols(b, d, r), r, d, w, d);
@@ -64,15 +64,15 @@ Deno.test("regulateNoiseForB/A (tf) equal W·A⁺ and B⁺·W computed in float6
   assert.ok(relDiff(nA.dataSync(), refA) < 1e-5);
   assert.ok(relDiff(regulateNoiseForBHost(w, a, d, r), refB) < 1e-6);
   assert.ok(relDiff(regulateNoiseForAHost(w, b, d, r), refA) < 1e-6);
-  assert.ok(Math.abs(peerSigmaMax(aT) - sigmaMaxOf(a, r, d)) < 1e-12);
+  assert.ok(Math.abs(await peerSigmaMax(aT) - sigmaMaxOf(a, r, d)) < 1e-12);
   const diag = tf.tensor2d([[3, 0, 0], [0, 1, 0]]);
-  assert.ok(Math.abs(peerSigmaMax(diag) - 3) < 1e-12);
+  assert.ok(Math.abs(await peerSigmaMax(diag) - 3) < 1e-12);
   diag.dispose();
   tf.dispose([wT, aT, bT, nB, nA]);
   assert.equal(tf.memory().numTensors, before, "no tensor leaks");
 });
 
-Deno.test("regulator identities: (W A⁺)·A = W P_A, B·(B⁺W) = P_B W, P² = P", () => {
+Deno.test("regulator identities: (W A⁺)·A = W P_A, B·(B⁺W) = P_B W, P² = P", async () => {
   const rng = createRng(12);
   const w = randomMatrix(rng, d, d),
     a = randomMatrix(rng, r, d, 0.15),
@@ -81,8 +81,8 @@ Deno.test("regulator identities: (W A⁺)·A = W P_A, B·(B⁺W) = P_B W, P² = 
   assert.ok(relDiff(matmul(pA, d, d, pA, d), pA) < 1e-12);
   assert.ok(relDiff(matmul(pB, d, d, pB, d), pB) < 1e-12);
   const [wT, aT, bT] = [tf.tensor2d(w, [d, d]), tf.tensor2d(a, [r, d]), tf.tensor2d(b, [d, r])];
-  const reachB = tf.tidy(() => tf.matMul(regulateNoiseForB(wT, aT), aT));
-  const reachA = tf.tidy(() => tf.matMul(bT, regulateNoiseForA(wT, bT)));
+  const [nBt, nAt] = [await regulateNoiseForB(wT, aT), await regulateNoiseForA(wT, bT)];
+  const reachB = tf.matMul(nBt, aT), reachA = tf.matMul(bT, nAt);
   assert.ok(relDiff(reachB.dataSync(), matmul(w, d, d, pA, d)) < 1e-5);
   assert.ok(relDiff(reachA.dataSync(), matmul(pB, d, d, w, d)) < 1e-5);
   // The energy reaching ΔW is ‖W P_A‖²: the instrumentation helper agrees.
@@ -90,14 +90,17 @@ Deno.test("regulator identities: (W A⁺)·A = W P_A, B·(B⁺W) = P_B W, P² = 
   const energy = noiseEnergyInUpdate({ phase: "B", noise: nB, peer: a, d, r });
   const direct = matmul(w, d, d, pA, d).reduce((s, v) => s + v * v, 0);
   assert.ok(Math.abs(energy - direct) < 1e-6 * direct);
-  tf.dispose([wT, aT, bT, reachB, reachA]);
+  tf.dispose([wT, aT, bT, nBt, nAt, reachB, reachA]);
 });
 
-Deno.test("regulator errors name the field and the shape", () => {
+Deno.test("regulator errors name the field and the shape", async () => {
   const w = tf.zeros([4, 4]) as tf.Tensor2D, a = tf.ones([2, 5]) as tf.Tensor2D;
-  assert.throws(() => regulateNoiseForB(w, a), /noise has shape \[4, 4\]; expected \[5, 5\]/);
+  await assert.rejects(
+    () => regulateNoiseForB(w, a),
+    /noise has shape \[4, 4\]; expected \[5, 5\]/,
+  );
   const b0 = tf.zeros([4, 2]) as tf.Tensor2D;
-  assert.throws(() => regulateNoiseForA(w, b0), /rank-deficient/);
+  await assert.rejects(() => regulateNoiseForA(w, b0), /rank-deficient/);
   tf.dispose([w, a, b0]);
   assert.throws(
     () => regulatedNoiseB(createRng(1), { std: 1, peerA: new Float32Array(3), d: 4, r: 2 }),
@@ -140,7 +143,7 @@ Deno.test("noise statistics: empirical std within 2% of the configured one", () 
   assert.deepEqual(x, y);
 });
 
-Deno.test("peerForB/peerForA: cached Gram, σ_max, product norms and non-square shapes", () => {
+Deno.test("peerForB/peerForA: cached Gram, σ_max, product norms and non-square shapes", async () => {
   const rng = createRng(14);
   const dOut = 20, dIn = 12, rr = 3;
   const a = randomMatrix(rng, rr, dIn, 0.3), b = randomMatrix(rng, dOut, rr, 0.1);
@@ -173,7 +176,7 @@ Deno.test("peerForB/peerForA: cached Gram, σ_max, product norms and non-square 
     tf.tensor2d(a, [rr, dIn]),
     tf.tensor2d(b, [dOut, rr]),
   ];
-  const nBt = regulateNoiseForB(wT, aT), nAt = regulateNoiseForA(wT, bT);
+  const nBt = await regulateNoiseForB(wT, aT), nAt = await regulateNoiseForA(wT, bT);
   assert.deepEqual(nBt.shape, [dOut, rr]);
   assert.deepEqual(nAt.shape, [rr, dIn]);
   assert.ok(relDiff(nBt.dataSync(), regulateNoiseForBHost(w, a, dIn, rr, dOut)) < 1e-5);

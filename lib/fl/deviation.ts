@@ -101,15 +101,15 @@ export function deviationNorm(
  * @example
  * ```ts
  * const A = tf.randomNormal([8, 64]) as tf.Tensor2D;
- * const dev = aggregationDeviation([tf.ones([64, 8]), tf.zeros([64, 8])], [A, A], [0.5, 0.5]);
+ * const dev = await aggregationDeviation([tf.ones([64, 8]), tf.zeros([64, 8])], [A, A], [0.5, 0.5]);
  * // dev === 0: a shared A eliminates the deviation
  * ```
  */
-export function aggregationDeviation(
+export async function aggregationDeviation(
   Bs: tf.Tensor2D[],
   As: tf.Tensor2D[],
   weights: number[],
-): number {
+): Promise<number> {
   if (Bs.length === 0) return 0;
   const [dOut, rank] = Bs[0].shape;
   const dIn = As[0]?.shape[1] ?? 0;
@@ -124,8 +124,8 @@ export function aggregationDeviation(
     }
   });
   return deviationNorm(
-    Bs.map((b) => b.dataSync()),
-    As.map((a) => a.dataSync()),
+    await Promise.all(Bs.map((b) => b.data())),
+    await Promise.all(As.map((a) => a.data())),
     weights,
     { dOut, rank, dIn },
   );

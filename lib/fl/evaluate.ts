@@ -17,13 +17,13 @@ import { type Backbone, normalizationFor } from "./local.ts";
 import type { LoraFactors } from "./factors.ts";
 
 /** Labels and `softmax(cosine)` scores of every sample of `split`. */
-export function predict(
+export async function predict(
   backbone: Backbone,
   factors: LoraFactors | null,
   split: ImageSplit,
   batchSize = 64,
   residual?: Float32Array[],
-): { labels: number[]; probs: number[][] } {
+): Promise<{ labels: number[]; probs: number[][] }> {
   const { dims } = backbone;
   const lora = factors === null ? undefined : {
     A: factors.A.map((a) => tf.tensor2d(a, [dims.rank, dims.dIn])),
@@ -43,12 +43,12 @@ export function predict(
         const unit = tf.mul(f, tf.rsqrt(tf.sum(tf.square(f), 1, true)));
         return tf.softmax(tf.matMul(unit, backbone.prototypes, false, true));
       });
-      const flat = scores.dataSync();
+      const flat = await scores.data();
       const C = scores.shape[1] as number;
       for (let i = 0; i < idx.length; i++) {
         probs.push(Array.from(flat.subarray(i * C, (i + 1) * C)));
       }
-      labels.push(...y.dataSync());
+      labels.push(...await y.data());
       tf.dispose([x, y, scores]);
     }
   } finally {
@@ -58,13 +58,13 @@ export function predict(
 }
 
 /** Accuracy, macro recall/precision/F1 and macro one-vs-rest AUC of the model on `split`. */
-export function evaluateSplit(
+export async function evaluateSplit(
   backbone: Backbone,
   factors: LoraFactors | null,
   split: ImageSplit,
   batchSize = 64,
   residual?: Float32Array[],
-): Metrics {
-  const { labels, probs } = predict(backbone, factors, split, batchSize, residual);
+): Promise<Metrics> {
+  const { labels, probs } = await predict(backbone, factors, split, batchSize, residual);
   return classificationMetrics(labels, probs);
 }

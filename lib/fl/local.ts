@@ -9,7 +9,7 @@
  *
  * @example
  * ```ts
- * const out = trainLocal(backbone, { split, indices, start: global, train: ["B"], ... });
+ * const out = await trainLocal(backbone, { split, indices, start: global, train: ["B"], ... });
  * out.loss; // mean over epochs of the mean batch loss
  * ```
  * @module
@@ -169,9 +169,9 @@ export interface RankMasks {
  */
 export interface LocalTrainer {
   /** One SGD step on the batch (`x` normalised pixels, `y` labels); returns the batch loss. */
-  step(x: tf.Tensor, y: tf.Tensor1D, masks?: RankMasks | null): number;
+  step(x: tf.Tensor, y: tf.Tensor1D, masks?: RankMasks | null): Promise<number>;
   /** The factors (start factors with the trained ones replaced) and momentum buffers now. */
-  read(): { factors: LoraFactors; momentum: Float32Array[] };
+  read(): Promise<{ factors: LoraFactors; momentum: Float32Array[] }>;
   /** Frees every tensor the trainer holds. */
   dispose(): void;
 }
@@ -182,8 +182,8 @@ export interface LocalTrainer {
  * @example
  * ```ts
  * const trainer = createLocalTrainer(backbone, { start, train: ["B"], sgd, logitScale });
- * const loss = trainer.step(x, y);
- * const { factors } = trainer.read();
+ * const loss = await trainer.step(x, y);
+ * const { factors } = await trainer.read();
  * trainer.dispose();
  * ```
  */
@@ -225,7 +225,7 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
   const residual = job.residual?.map((r) => tf.tensor2d(r, [dims.dOut, dims.dIn]));
   const { lr, momentum: mu, weightDecay: wd } = job.sgd;
   return {
-    step(x, y, masks) {
+    async step(x, y, masks) {
       const lossFn = (...ps: tf.Tensor[]) => {
         let A = trainA ? ps[0] : frozenA!;
         let B = trainB ? ps[trainA ? 1 : 0] : frozenB!;
@@ -251,26 +251,26 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
           return [tf.sub(p, tf.mul(buf, lr)), buf];
         })
       );
-      const loss = value.dataSync()[0];
+      const loss = (await value.data())[0];
       tf.dispose([value, grads, params, buffers]);
       params = next.map((pb) => pb[0]);
       buffers = next.map((pb) => pb[1]);
       return loss;
     },
-    read() {
+    async read() {
       const factors = cloneFactors(job.start);
       const momentum: Float32Array[] = [];
-      kinds.forEach((which, j) => {
+      for (const [j, which] of kinds.entries()) {
         const [, rows, cols] = shapeOf(which);
         const size = rows * cols;
-        const values = params[j].dataSync() as Float32Array;
-        const moments = buffers[j].dataSync() as Float32Array;
+        const values = await params[j].data() as Float32Array;
+        const moments = await buffers[j].data() as Float32Array;
         for (let i = 0; i < n; i++) {
           (which === "A" ? factors.A : factors.B)[i] = values.slice(i * size, (i + 1) * size);
           momentum.push(moments.slice(i * size, (i + 1) * size));
         }
-      });
-      momentum.push(buffers[buffers.length - 1].dataSync().slice() as Float32Array);
+      }
+      momentum.push((await buffers[buffers.length - 1].data()).slice() as Float32Array);
       return { factors, momentum };
     },
     dispose() {
@@ -280,7 +280,7 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
 }
 
 /** Trains one client for `job.epochs` epochs and returns its new factors (host arrays). */
-export function trainLocal(backbone: Backbone, job: LocalJob): LocalResult {
+export async function trainLocal(backbone: Backbone, job: LocalJob): Promise<LocalResult> {
   const { dims } = backbone;
   const trainer = createLocalTrainer(backbone, job);
   const norm = normalizationFor(backbone, job.split);
@@ -296,7 +296,7 @@ export function trainLocal(backbone: Backbone, job: LocalJob): LocalResult {
         for (const idx of batchIndices(job.indices, job.batchSize, { rng: job.rng })) {
           const { x, y } = makeBatch(job.split, idx, norm);
           try {
-            epochLoss += trainer.step(x, y, masks);
+            epochLoss += await trainer.step(x, y, masks);
           } finally {
             tf.dispose([x, y]);
           }
@@ -309,7 +309,7 @@ export function trainLocal(backbone: Backbone, job: LocalJob): LocalResult {
       }
       lossSum += batches > 0 ? epochLoss / batches : 0;
     }
-    const { factors, momentum } = trainer.read();
+    const { factors, momentum } = await trainer.read();
     return { factors, loss: job.epochs > 0 ? lossSum / job.epochs : 0, momentum, steps };
   } finally {
     trainer.dispose();

@@ -456,7 +456,7 @@ export async function runFederated(
         const start = client.local ? mergeLocal(global, client.local, method.keepLocal) : global;
         const keepMomentum = config.momentum === "reference" && method.referenceKeepsMomentum;
         try {
-          const result = trainLocal(backbone, {
+          const result = await trainLocal(backbone, {
             split: data.train,
             indices: client.indices,
             start,
@@ -568,10 +568,16 @@ export async function runFederated(
     const participants = [...new Set(cohorts.flat())].sort((a, b) => a - b);
     // Evaluate on val; on improvement, on test (SPEC §2 selection).
     const evalFactors = evaluationFactors(global, clients, participants, method);
-    const val = evaluateSplit(backbone, evalFactors, data.val, config.evalBatchSize, residual);
+    const val = await evaluateSplit(
+      backbone,
+      evalFactors,
+      data.val,
+      config.evalBatchSize,
+      residual,
+    );
     let test: Metrics | null = null;
     if (best.val === null || selectionScore(val) > selectionScore(best.val)) {
-      test = evaluateSplit(backbone, evalFactors, data.test, config.evalBatchSize, residual);
+      test = await evaluateSplit(backbone, evalFactors, data.test, config.evalBatchSize, residual);
       best = { round: round + 1, val, test };
     }
     if (ledger) {

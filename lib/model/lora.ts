@@ -127,14 +127,13 @@ export function loraToTensors(lora: LoraFactors, width: number): LoraTensors {
  *
  * @example
  * ```ts
- * const host = loraFromTensors(t);
+ * const host = await loraFromTensors(t);
  * ```
  */
-export function loraFromTensors(lora: LoraTensors): LoraFactors {
-  return {
-    A: lora.A.map((a) => a.dataSync() as Float32Array).map((d) => Float32Array.from(d)),
-    B: lora.B.map((b) => b.dataSync() as Float32Array).map((d) => Float32Array.from(d)),
-  };
+export async function loraFromTensors(lora: LoraTensors): Promise<LoraFactors> {
+  const read = (ts: tf.Tensor2D[]) =>
+    Promise.all(ts.map(async (t) => Float32Array.from(await t.data() as Float32Array)));
+  return { A: await read(lora.A), B: await read(lora.B) };
 }
 
 /** Frees LoRA tensors. */

@@ -66,7 +66,8 @@
  * @module
  */
 import { dirname, join } from "node:path";
-import { tf } from "../backend.ts";
+import { tf, webgpuAdapter } from "../backend.ts";
+import { checkBatchFits } from "../backend_webgpu.ts";
 import type { Rng } from "../rng.ts";
 import { noteDefaultSetting } from "./_notice.ts";
 import {
@@ -1091,10 +1092,19 @@ export async function saveVisionEncoder(
   if (w.projBias) {
     throw new Error(`${path}: the OpenAI layout has no projection bias; this encoder has one`);
   }
-  const host = (t: tf.Tensor): HostTensor => ({
-    shape: t.shape,
-    data: Float32Array.from(t.dataSync() as Float32Array),
-  });
+  // Read every weight back first (a GPU backend has no synchronous read-back).
+  const hostOf = new Map<tf.Tensor, HostTensor>();
+  const visit = async (v: unknown): Promise<void> => {
+    if (v instanceof tf.Tensor) {
+      if (!hostOf.has(v)) {
+        hostOf.set(v, { shape: v.shape, data: Float32Array.from(await v.data() as Float32Array) });
+      }
+    } else if (v !== null && typeof v === "object") {
+      for (const x of Object.values(v)) await visit(x);
+    }
+  };
+  await visit(w);
+  const host = (t: tf.Tensor): HostTensor => hostOf.get(t)!;
   // [in, out] (x · W) → PyTorch Linear [out, in].
   const torchLinear = (t: tf.Tensor): SafeTensorInput => linear(host(t));
   const { width, channels, patchSize: P } = cfg;
@@ -1187,6 +1197,12 @@ export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch
   }
   const [n, d, h, w, c] = x.shape as number[];
   const dt = d / depthPatch, ht = h / patch, wt = w / patch;
+  if (c === 1) {
+    // Volumes have one channel: the same permutation at rank 6, which the webgpu backend supports
+    // (its kernels stop at rank 6).
+    return x.reshape([n * dt, depthPatch, ht, patch, wt, patch]).transpose([0, 2, 4, 1, 3, 5])
+      .reshape([n * dt * ht * wt, depthPatch * patch * patch]);
+  }
   return x.reshape([n * dt, depthPatch, ht, patch, wt, patch, c]).transpose([0, 2, 4, 1, 3, 5, 6])
     .reshape([n * dt * ht * wt, depthPatch * patch * patch * c]);
 }
@@ -1438,6 +1454,7 @@ function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[])
   if (frozenPathAvailable()) prepareBlockViews(ownBlocks, config);
   const encode = (x: tf.Tensor4D | tf.Tensor5D, lora?: LoraInput): tf.Tensor2D => {
     if (disposed) throw new Error("encode: this encoder was disposed");
+    if (webgpuAdapter) checkBatchFits(webgpuAdapter, config, x.shape[0]);
     return fitsFrozenPath(lora)
       ? encodeFrozen(config, weights, x, lora)
       : encodeWithWeights(config, weights, x, lora);
@@ -1533,11 +1550,14 @@ export interface VolumeOptions {
  *
  * @example
  * ```ts
- * const volumeEncoder = inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
+ * const volumeEncoder = await inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
  * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros([2, 28, 28, 28, 1])));
  * ```
  */
-export function inflateForVolumes(encoder: VisionEncoder, options: VolumeOptions): VitEncoder {
+export async function inflateForVolumes(
+  encoder: VisionEncoder,
+  options: VolumeOptions,
+): Promise<VitEncoder> {
   const base = encoder as VitEncoder;
   if (!base.weights) {
     throw new Error(
@@ -1574,7 +1594,7 @@ export function inflateForVolumes(encoder: VisionEncoder, options: VolumeOptions
   const dt = depth / depthPatch, ht = height / P, wt = width / P;
 
   // Patch kernel: sum over channels, replicate over depth, divide by depthPatch.
-  const k2 = base.weights.patchWeight.dataSync() as Float32Array;
+  const k2 = await base.weights.patchWeight.data() as Float32Array;
   const k3 = new Float32Array(depthPatch * P * P * dim);
   for (let pix = 0; pix < P * P; pix++) {
     for (let o = 0; o < dim; o++) {
@@ -1585,7 +1605,7 @@ export function inflateForVolumes(encoder: VisionEncoder, options: VolumeOptions
   }
 
   // Positions: class row; in-plane grid resampled; plus a centred sinusoidal depth signal.
-  const pos2 = base.weights.positionEmbedding.dataSync() as Float32Array;
+  const pos2 = await base.weights.positionEmbedding.data() as Float32Array;
   const grid = cfg.imageSize / P;
   let plane: Float32Array = Float32Array.from(pos2.subarray(dim));
   if (grid !== ht || grid !== wt) plane = resizeGridBicubic(plane, [grid, grid], dim, [ht, wt]);

@@ -1,7 +1,8 @@
 /**
  * The transformer blocks of a frozen ViT with LoRA on q, k and v, and their backward pass written
- * out by hand — the path `encoder.encode` takes on the `tensorflow` backend (SPEC §1; the same
- * function as `encodeWithWeights` in `vit.ts`, which stays the general, autodiff reference).
+ * out by hand — the path `encoder.encode` takes on the `tensorflow` and `webgpu` backends (the same
+ * function as `encodeWithWeights` in `vit.ts`, which stays the general, autodiff reference). On
+ * `webgpu` the TensorFlow-only kernels are replaced by portable tfjs ops ({@link portable}).
  *
  * Why: on tfjs-node every kernel costs ~26 µs of dispatch, and tfjs' autodiff of the plain
  * forward pass dispatches ~1,600 kernels for one step of a 4-layer ViT — including gradients for
@@ -40,9 +41,24 @@ import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
 import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
 
-/** Whether the active backend runs this path (it relies on TensorFlow's general `Einsum`). */
+/**
+ * Whether the active backend runs this path: `tensorflow` (TensorFlow's own kernels called
+ * directly), `webgpu` and `wasm` (the same algebra in portable tfjs ops, {@link portable}). On a
+ * GPU the number of kernels a step dispatches sets its speed, and this path dispatches about half
+ * as many as autodiff; on wasm it keeps far less memory alive (a ViT-B/16 step at batch 1 peaks
+ * at 1.3 GiB of wasm heap instead of 3.0 GiB, so batches above 1 fit the 4 GiB heap).
+ * `DEER_FAST_PATH=0` sends webgpu and wasm back to the autodiff path. (The `cpu` backend, the
+ * reference of several tests, keeps autodiff.)
+ */
 export function frozenPathAvailable(): boolean {
-  return tf.getBackend() === "tensorflow";
+  const backend = tf.getBackend();
+  if (backend === "tensorflow") return true;
+  return (backend === "webgpu" || backend === "wasm") && Deno.env.get("DEER_FAST_PATH") !== "0";
+}
+
+/** Whether TensorFlow's kernels are out of reach: the path then uses portable tfjs ops. */
+function portable(): boolean {
+  return tf.getBackend() !== "tensorflow";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -81,10 +97,12 @@ const views = new WeakMap<Block, BlockViews>();
  * product h·W_fc1 ([tokens, width]·[width, mlp], no transposes) runs at half speed for wide MLPs
  * (measured: 104 ms vs 56 ms for W_fc1ᵀ·hᵀ at ViT-B/16's 1576×768·768×3072); the transposed layout
  * gets every MLP product on a fast path without copying the weights. Narrow MLPs (the tiny
- * models) are as fast either way and keep the plain layout.
+ * models) are as fast either way and keep the plain layout. Portable backends keep the plain
+ * layout (on webgpu the layout gains nothing, and a product with both operands transposed gave
+ * wrong gradients there).
  */
 function transposedMlp(cfg: VitConfig): boolean {
-  return cfg.mlpDim >= 2048;
+  return cfg.mlpDim >= 2048 && !portable();
 }
 
 /** z = k·a is what the activation reads (k folded into ln_2 and b_fc1). */
@@ -192,7 +210,7 @@ interface NormState {
 
 /** How many tensors a {@link NormState} saves for the backward pass (fixed per process). */
 function normSaved(): number {
-  return nativeOps() ? 3 : 4;
+  return nativeOps() ? 3 : portable() ? 2 : 4;
 }
 
 /** The tfjs-node backend's op runner (this path runs only on `tensorflow`). */
@@ -240,6 +258,7 @@ function runTfOp(
  * reshapes both operands to 3-D and the result back, three more kernels per product.
  */
 function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
+  if (portable()) return tf.matMul(a, b, ta, tb);
   return runTfOp("BatchMatMulV2", ["T"], { adj_x: ta, adj_y: tb }, [a, b], 1)[0];
 }
 
@@ -262,6 +281,14 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
     );
     // A handle of its own on x: the caller may dispose x before the backward pass.
     return { y, saved: [tf.clone(x), mean, rstd] };
+  }
+  if (portable()) {
+    // x̂ = (x − mean)·rstd; the backward pass reads x̂ and rstd.
+    const { mean, variance } = tf.moments(x, -1, true);
+    const rstd = tf.rsqrt(tf.add(variance, eps));
+    const xhat = tf.mul(tf.sub(x, mean), rstd);
+    tf.dispose([mean, variance]);
+    return { y: tf.add(tf.mul(xhat, p.weight), p.bias), saved: [xhat, rstd] };
   }
   const [rows, width] = x.shape as [number, number];
   const x4 = tf.reshape(x, [1, rows, width, 1]);
@@ -286,6 +313,12 @@ function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], 
   if (nativeOps()) {
     const [x, mean, rstd] = saved;
     return runTfOp("DeerLayerNormGrad", [], {}, [dy, x, mean, rstd, gamma], 1)[0];
+  }
+  if (portable()) {
+    const [xhat, rstd] = saved;
+    const dxhat = tf.mul(dy, gamma);
+    const centred = tf.sub(dxhat, tf.mean(dxhat, -1, true));
+    return tf.mul(tf.sub(centred, tf.mul(xhat, tf.mean(tf.mul(dxhat, xhat), -1, true))), rstd);
   }
   const [x4, mean, variance, reserve] = saved;
   const [, rows, width] = x4.shape as [number, number, number, number];
@@ -377,6 +410,28 @@ function headMajorQkv(h: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, ctx: Blo
   return tf.unstack(tf.reshape(qkv, [3, cfg.heads, n, t, dh]));
 }
 
+/**
+ * Σ_h Σ_d o[h, n, t, d]·W_out[h, d, c] → [n, t, c]: TensorFlow's `Einsum`, or on portable
+ * backends one product of o laid out as rows [n·t, heads·d_head] with W_out [width, width].
+ * (tfjs' own einsum multiplies out the [h, n, t, d, c] outer product before summing: 3.7 GB for
+ * ViT-B/16 at batch 8, beyond a WebGPU binding, which then reads garbage.)
+ */
+function headsTimesOut(o: tf.Tensor, out: tf.Tensor): tf.Tensor {
+  if (!portable()) return tf.einsum("hntd,hdc->ntc", o, out);
+  const [h, n, t, d] = o.shape;
+  const rows = tf.reshape(tf.transpose(o, [1, 2, 0, 3]), [n * t, h * d]);
+  return tf.reshape(mm(rows, tf.reshape(out, [h * d, out.shape[2]!])), [n, t, out.shape[2]!]);
+}
+
+/** Σ_c g[n, t, c]·W_out[h, d, c] → [h, n, t, d], the transpose of {@link headsTimesOut}. */
+function outTransposedToHeads(g: tf.Tensor, out: tf.Tensor): tf.Tensor {
+  if (!portable()) return tf.einsum("ntc,hdc->hntd", g, out);
+  const [n, t, c] = g.shape;
+  const [h, d] = out.shape;
+  const rows = mm(tf.reshape(g, [n * t, c]), tf.reshape(out, [h * d, c]), false, true);
+  return tf.transpose(tf.reshape(rows, [n, t, h, d]), [2, 0, 1, 3]);
+}
+
 /** The class token's rows of [N·T, width] (a [N, width] tensor). */
 function classRows(x: tf.Tensor, ctx: BlockContext): tf.Tensor2D {
   const { n, t, cfg } = ctx;
@@ -414,7 +469,7 @@ function blockForward(
   if (ctx.keyBias) scores = tf.add(scores, ctx.keyBias);
   const p = tf.softmax(scores);
   const rows = classOnly ? n : n * t;
-  const attended = tf.reshape(tf.einsum("hntd,hdc->ntc", mm(p, v), w.out), [rows, width]);
+  const attended = tf.reshape(headsTimesOut(mm(p, v), w.out), [rows, width]);
   const residual = classOnly ? classRows(x, ctx) : x;
   const x1 = residualAdd(residual, attended, w.outBias, 1);
   // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
@@ -530,11 +585,7 @@ function blockBackward(
     layerNormBackward(dLn2, w.ln2.weight, s.ln2, cfg.lnEps),
   );
   // Attention: x1 = x + softmax(qs·kᵀ)·v·W_out + b_out.
-  const dAttended = tf.einsum(
-    "ntc,hdc->hntd",
-    tf.reshape(dx1, [n, classOnly ? 1 : t, width]),
-    w.out,
-  );
+  const dAttended = outTransposedToHeads(tf.reshape(dx1, [n, classOnly ? 1 : t, width]), w.out);
   const dp = mm(dAttended, s.v, false, true);
   const dv = mm(s.p, dAttended, true, false);
   // p·(dp − Σ dp·p): one fused kernel (DeerSoftmaxGrad, lib/native.ts) or four.

@@ -54,17 +54,20 @@ function shapeError(fn: string, field: string, got: number[], want: string): Err
  * import { tf } from "../backend.ts";
  * const W = tf.eye(3) as tf.Tensor2D;
  * const A = tf.tensor2d([[2, 0, 0]]);
- * regulateNoiseForB(W, A).arraySync(); // [[0.5], [0], [0]]
+ * await (await regulateNoiseForB(W, A)).array(); // [[0.5], [0], [0]]
  * ```
  */
-export function regulateNoiseForB(noise: tf.Tensor2D, peerA: tf.Tensor2D): tf.Tensor2D {
+export async function regulateNoiseForB(
+  noise: tf.Tensor2D,
+  peerA: tf.Tensor2D,
+): Promise<tf.Tensor2D> {
   const fn = "regulateNoiseForB";
   if (peerA.rank !== 2) throw shapeError(fn, "peerA", peerA.shape, "[r, d]");
   const [r, d] = peerA.shape;
   if (noise.rank !== 2 || noise.shape[1] !== d) {
     throw shapeError(fn, "noise", noise.shape, `[${d}, ${d}] (d×d, d from peerA [r, d])`);
   }
-  const aPinv = pinvRows(peerA.dataSync() as Float32Array, r, d); // d×r, float64
+  const aPinv = pinvRows(await peerA.data() as Float32Array, r, d); // d×r, float64
   return tf.tidy(() => tf.matMul(noise, tf.tensor2d(Float32Array.from(aPinv), [d, r])));
 }
 
@@ -79,17 +82,20 @@ export function regulateNoiseForB(noise: tf.Tensor2D, peerA: tf.Tensor2D): tf.Te
  * import { tf } from "../backend.ts";
  * const W = tf.eye(3) as tf.Tensor2D;
  * const B = tf.tensor2d([[2], [0], [0]]);
- * regulateNoiseForA(W, B).arraySync(); // [[0.5, 0, 0]]
+ * await (await regulateNoiseForA(W, B)).array(); // [[0.5, 0, 0]]
  * ```
  */
-export function regulateNoiseForA(noise: tf.Tensor2D, peerB: tf.Tensor2D): tf.Tensor2D {
+export async function regulateNoiseForA(
+  noise: tf.Tensor2D,
+  peerB: tf.Tensor2D,
+): Promise<tf.Tensor2D> {
   const fn = "regulateNoiseForA";
   if (peerB.rank !== 2) throw shapeError(fn, "peerB", peerB.shape, "[d, r]");
   const [d, r] = peerB.shape;
   if (noise.rank !== 2 || noise.shape[0] !== d) {
     throw shapeError(fn, "noise", noise.shape, `[${d}, ${d}] (d×d, d from peerB [d, r])`);
   }
-  const bPinv = pinvCols(peerB.dataSync() as Float32Array, d, r); // r×d, float64
+  const bPinv = pinvCols(await peerB.data() as Float32Array, d, r); // r×d, float64
   return tf.tidy(() => tf.matMul(tf.tensor2d(Float32Array.from(bPinv), [r, d]), noise));
 }
 
@@ -100,11 +106,11 @@ export function regulateNoiseForA(noise: tf.Tensor2D, peerB: tf.Tensor2D): tf.Te
  * @example
  * ```ts
  * import { tf } from "../backend.ts";
- * peerSigmaMax(tf.tensor2d([[3, 0], [0, 1]])); // 3
+ * await peerSigmaMax(tf.tensor2d([[3, 0], [0, 1]])); // 3
  * ```
  */
-export function peerSigmaMax(peer: tf.Tensor2D): number {
+export async function peerSigmaMax(peer: tf.Tensor2D): Promise<number> {
   if (peer.rank !== 2) throw shapeError("peerSigmaMax", "peer", peer.shape, "a matrix");
   const [rows, cols] = peer.shape;
-  return sigmaMaxOf(peer.dataSync() as Float32Array, rows, cols);
+  return sigmaMaxOf(await peer.data() as Float32Array, rows, cols);
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Stages what bench/gpu_check.sh needs on an offline GPU machine into DEST (default .gpucarry/):
+# the deno binary (xz), the committed toolkit (git archive of HEAD) with node_modules/ trimmed to
+# the bundles Deno loads (no source maps, type declarations or browser builds), and Deno's npm
+# metadata cache, so that nothing is fetched there. Run `deno task setup` first; about 30 MiB.
+#
+# Usage: bash bench/gpu_stage.sh [DEST]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEST=$(realpath -m "${1:-$ROOT/.gpucarry}")
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+mkdir -p "$DEST" "$TMP/repo"
+cd "$ROOT"
+git archive HEAD | tar -x -C "$TMP/repo"
+tar -cf - node_modules | tar -xf - -C "$TMP/repo"
+(
+  cd "$TMP/repo/node_modules/.deno"
+  for d in */node_modules/@tensorflow/*/dist; do
+    find "$d" -mindepth 1 -maxdepth 1 ! -name '*.node.js' -exec rm -rf {} +
+  done
+  find . \( -name '*.map' -o -name '*.d.ts' \) -delete
+)
+tar -czf "$DEST/repo.tar.gz" -C "$TMP" repo
+DENO_BIN=$(realpath "$(command -v deno)")
+# Compressing takes minutes: an existing deno.xz newer than the binary is kept.
+if [ ! "$DEST/deno.xz" -nt "$DENO_BIN" ]; then xz -T0 -9 -c "$DENO_BIN" >"$DEST/deno.xz"; fi
+NPM_CACHE=$(deno info --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["npmCache"])')
+(cd "$NPM_CACHE/.." && find npm -name registry.json | tar -czf "$DEST/denodir.tar.gz" -T -)
+cp "$ROOT/bench/gpu_check.sh" "$DEST/gpu_check.sh"
+du -sh "$DEST"/*

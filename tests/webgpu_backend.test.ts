@@ -1,0 +1,97 @@
+/**
+ * The `webgpu` backend's selection: forced with `DEER_BACKEND=webgpu` it prints the adapter and
+ * its limits; without an adapter the forced choice fails saying what is missing; the automatic
+ * choice never takes a software (fallback) adapter, and probing for one does not crash a process
+ * that then loads libtensorflow. Each case runs in a fresh process.
+ */
+import assert from "node:assert/strict";
+import { probeInChild } from "../lib/backend_webgpu.ts";
+
+const root = new URL("..", import.meta.url).pathname;
+const adapter = await probeInChild();
+const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
+if (adapter === null && !required) {
+  console.error("webgpu adapter tests skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)");
+}
+
+/** Hides every Vulkan driver and EGL vendor from wgpu: `requestAdapter()` then returns null. */
+const NO_ADAPTER = {
+  VK_ICD_FILENAMES: "/nonexistent",
+  VK_DRIVER_FILES: "/nonexistent",
+  __EGL_VENDOR_LIBRARY_FILENAMES: "/nonexistent",
+};
+
+const SOURCE = `
+import { backendName, tf } from "./lib/backend.ts";
+const y = tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor2d([5, 6, 7, 8], [2, 2]));
+console.log(JSON.stringify({ backend: backendName, product: Array.from(await y.data()) }));
+`;
+
+async function start(env: Record<string, string>, unset: string[] = [], source = SOURCE) {
+  const vars: Record<string, string> = { ...Deno.env.toObject(), NO_COLOR: "1", ...env };
+  for (const k of unset) delete vars[k];
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", source],
+    cwd: root,
+    env: vars,
+    clearEnv: true,
+    stdin: "null",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test({
+  name: "webgpu: DEER_BACKEND=webgpu computes and prints the adapter and its limits",
+  ignore: adapter === null && !required,
+  async fn() {
+    assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
+    const r = await start({ DEER_BACKEND: "webgpu" }, ["DEER_QUIET"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { backend: "webgpu", product: [19, 22, 43, 50] });
+    assert.match(
+      r.stderr,
+      /deer: tfjs backend webgpu \(.+, vendor .+; maxStorageBufferBindingSize \d+(\.\d)? (MiB|GiB), maxBufferSize \d+(\.\d)? (MiB|GiB)\)/,
+    );
+    assert.ok(r.stderr.includes(adapter!.description), r.stderr);
+    assert.doesNotMatch(r.stderr, /XDG_RUNTIME_DIR/, "Mesa's warning is silenced");
+  },
+});
+
+Deno.test("webgpu: DEER_BACKEND=webgpu without an adapter fails and says what is missing", async () => {
+  const r = await start({ DEER_BACKEND: "webgpu", ...NO_ADAPTER });
+  assert.notEqual(r.code, 0);
+  assert.match(
+    r.stderr,
+    /DEER_BACKEND=webgpu was requested but cannot be loaded: no WebGPU adapter/,
+  );
+  assert.match(r.stderr, /mesa-vulkan-drivers/);
+});
+
+Deno.test("webgpu: the automatic choice skips a fallback adapter", async () => {
+  const r = await start({}, ["DEER_BACKEND", "DEER_QUIET"]);
+  assert.equal(r.code, 0, r.stderr);
+  const { backend, product } = JSON.parse(r.stdout);
+  assert.deepEqual(product, [19, 22, 43, 50]);
+  if (adapter === null || adapter.isFallback) assert.notEqual(backend, "webgpu");
+  else assert.equal(backend, "webgpu", "a real GPU is chosen first");
+});
+
+Deno.test({
+  name: "webgpu: probing for an adapter leaves the process able to load libtensorflow",
+  ignore: adapter === null && !required,
+  async fn() {
+    // Probing in this process (navigator.gpu.requestAdapter with lavapipe installed) and then
+    // loading tfjs-node ended in a segmentation fault (exit 139); the probe runs in a child.
+    const probeFirst = `
+import { probeInChild } from "./lib/backend_webgpu.ts";
+const seen = await probeInChild();
+const { backendName, tf } = await import("./lib/backend.ts");
+console.log(JSON.stringify({ seen: seen !== null, backend: backendName,
+  product: Array.from(await tf.add(tf.tensor1d([1, 2]), 1).data()) }));
+`;
+    const r = await start({ DEER_BACKEND: "tensorflow", DEER_QUIET: "1" }, [], probeFirst);
+    assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+    assert.deepEqual(JSON.parse(r.stdout), { seen: true, backend: "tensorflow", product: [2, 3] });
+  },
+});
