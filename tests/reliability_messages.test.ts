@@ -119,3 +119,14 @@ Deno.test("model selection ignores an undefined AUC instead of freezing at round
   assert.ok(better > selectionScore({ ...m, auc: NaN }), "a better round counts as better");
   assert.equal(selectionScore({ ...m, auc: 0.9 }), 2.9);
 });
+
+Deno.test("diverged updates are named at evaluation, not as a metrics error about probabilities", async () => {
+  const data = await writeToyNpz(at("diverge.npz"));
+  const run = await runTrain(base(data, at("out-lr"), { lr: "1e8" }), { backend: null });
+  assert.equal(run.code, 1, run.stderr);
+  assert.match(
+    run.stderr,
+    /round 1: the model's scores on val are not finite .*the updates diverged — lower the learning rate/,
+  );
+  assert.doesNotMatch(run.stderr, /probs\[0\]/);
+});

@@ -568,16 +568,37 @@ export async function runFederated(
     const participants = [...new Set(cohorts.flat())].sort((a, b) => a - b);
     // Evaluate on val; on improvement, on test (SPEC §2 selection).
     const evalFactors = evaluationFactors(global, clients, participants, method);
-    const val = await evaluateSplit(
-      backbone,
-      evalFactors,
-      data.val,
-      config.evalBatchSize,
-      residual,
-    );
+    const evaluate = async (split: "val" | "test"): Promise<Metrics> => {
+      try {
+        return await evaluateSplit(
+          backbone,
+          evalFactors,
+          data[split],
+          config.evalBatchSize,
+          residual,
+        );
+      } catch (err) {
+        // Non-finite scores come from the global factors, not from the split: say so here,
+        // instead of a metrics error about probabilities.
+        const message = (err as Error).message;
+        if (!allFinite(evalFactors) || /not a finite number/.test(message)) {
+          let largest = 0;
+          for (const t of [...evalFactors.A, ...evalFactors.B]) {
+            for (const v of t) largest = Math.max(largest, Math.abs(v));
+          }
+          throw new Error(
+            `round ${round + 1}: the model's scores on ${split} are not finite with the global ` +
+              `LoRA factors after aggregation (largest |entry| ${largest.toPrecision(3)}): the ` +
+              `updates diverged — lower the learning rate (or bound the updates with DP's clip)`,
+          );
+        }
+        throw new Error(`round ${round + 1}: evaluating on ${split}: ${message}`);
+      }
+    };
+    const val = await evaluate("val");
     let test: Metrics | null = null;
     if (best.val === null || selectionScore(val) > selectionScore(best.val)) {
-      test = await evaluateSplit(backbone, evalFactors, data.test, config.evalBatchSize, residual);
+      test = await evaluate("test");
       best = { round: round + 1, val, test };
     }
     if (ledger) {
