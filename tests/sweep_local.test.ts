@@ -8,7 +8,8 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { REPO, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { REPO, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { tinySweepFile } from "./helpers/tiny_sweep.ts";
 import { expandPoints, loadSweep } from "../lib/sweep/spec.ts";
 import { findRunDir, pointDir, readRecords } from "../lib/sweep/state.ts";
 
@@ -21,24 +22,7 @@ async function writeSweep(name: string, extra: Record<string, unknown> = {}): Pr
   const file = join(dir, `${name}.json`);
   await Deno.writeTextFile(
     file,
-    JSON.stringify({
-      name,
-      results: join(dir, name),
-      base: {
-        dataset: data,
-        model: TINY_MODEL,
-        prototypes: "orthonormal",
-        node_num: 2,
-        lora_r: 2,
-        batchsize: 8,
-        E: 1,
-        T: ROUNDS,
-        is_DP: 1,
-        epsilon: 3,
-      },
-      grid: { method: ["LoRA", "DEeR"], seeds: [10, 11] },
-      ...extra,
-    }),
+    tinySweepFile(name, join(dir, name), data, ROUNDS, extra),
   );
   return file;
 }

@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { REPO, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { tinySweepFile } from "./helpers/tiny_sweep.ts";
 import { expandPoints, loadSweep } from "../lib/sweep/spec.ts";
 import { findRunDir, pointDir, readRecords } from "../lib/sweep/state.ts";
 import { arrayTasks, submissions } from "../lib/sweep/slurm.ts";
@@ -49,22 +50,7 @@ Deno.test({
     const file = join(dir, "tiny.json");
     await Deno.writeTextFile(
       file,
-      JSON.stringify({
-        name: "tiny",
-        results: join(dir, "slurm-run"),
-        base: {
-          dataset: data,
-          model: TINY_MODEL,
-          prototypes: "orthonormal",
-          node_num: 2,
-          lora_r: 2,
-          batchsize: 8,
-          E: 1,
-          T: ROUNDS,
-          is_DP: 1,
-          epsilon: 3,
-        },
-        grid: { method: ["LoRA", "DEeR"], seeds: [10, 11] },
+      tinySweepFile("tiny", join(dir, "slurm-run"), data, ROUNDS, {
         slurm: { cpus_per_task: 1, mem: "1G", time: "00:10:00" },
       }),
     );
