@@ -61,8 +61,14 @@ export {
   type RunResult,
   validateConfig,
 } from "./lib/fl/simulation.ts";
-export { type Method, METHOD_NAMES, resolveMethod } from "./lib/fl/methods.ts";
-export { aggregatePhase, calibrate, type DpSettings } from "./lib/fl/aggregate.ts";
+export {
+  type Method,
+  METHOD_NAMES,
+  type MethodEntry,
+  METHODS,
+  resolveMethod,
+} from "./lib/fl/methods/mod.ts";
+export { aggregateRelease, sampleParticipants, trainClient } from "./lib/fl/round.ts";
 export { aggregationDeviation } from "./lib/fl/deviation.ts";
 export { evaluateSplit, predict } from "./lib/fl/evaluate.ts";
 
@@ -72,11 +78,19 @@ export { type PldEpsilon, pldEpsilon } from "./lib/privacy/pld.ts";
 export { regulateNoiseForA, regulateNoiseForB } from "./lib/privacy/regulator.ts";
 export {
   createLedger,
-  paperCalibration,
   recordRelease,
+  type Release,
+  releaseRecord,
   spentEpsilon,
-  strictCalibration,
 } from "./lib/privacy/ledger.ts";
+export {
+  calibrate,
+  type Calibration,
+  type DpSettings,
+  paperCalibration,
+  strictCalibration,
+} from "./lib/privacy/calibration.ts";
+export { createMechanism, type Mechanism } from "./lib/privacy/mechanism.ts";
 
 // Metrics
 export { classificationMetrics, meanStd } from "./lib/metrics/classification.ts";

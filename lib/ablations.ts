@@ -38,8 +38,8 @@ import {
   type RoundRecord,
   validateConfig,
 } from "./fl/simulation.ts";
-import { resolveMethod } from "./fl/methods.ts";
-import type { DpSettings } from "./fl/aggregate.ts";
+import { resolveMethod } from "./fl/methods/mod.ts";
+import type { DpSettings } from "./privacy/calibration.ts";
 import { createRng } from "./rng.ts";
 
 /** Whether the notebooks run in quick mode (`DEER_NOTEBOOK_QUICK=1`, as CI does). */
@@ -111,7 +111,7 @@ export function studyConfig(
   const calibration = opts.calibration === undefined ? "paper" : opts.calibration;
   return {
     ...defaultConfig(),
-    method: opts.method ?? { method: "DEeR", module1: true, module2: true },
+    method: opts.method ?? { method: "DEeR", eliminateDeviation: true, regulateNoise: true },
     seed: scale.seeds[0],
     numClients: scale.numClients,
     rounds: scale.rounds,
@@ -542,7 +542,7 @@ export function moduleGridPoints(base: FederatedConfig): SweepPoint[] {
       points.push({
         label: `eliminator ${m1 ? "on" : "off"}, regulator ${m2 ? "on" : "off"}`,
         params: { module1: m1 ? 1 : 0, module2: m2 ? 1 : 0 },
-        config: { ...base, method: { method: "DEeR", module1: m1, module2: m2 } },
+        config: { ...base, method: { method: "DEeR", eliminateDeviation: m1, regulateNoise: m2 } },
       });
     }
   }
@@ -560,7 +560,7 @@ export const PAPER_METHODS: MethodChoice[] = [
   { name: "LoRA", method: { method: "LoRA" } },
   { name: "FFA-LoRA", method: { method: "FFA-LoRA" } },
   { name: "DP-DyLoRA", method: { method: "DP-DyLoRA" } },
-  { name: "DEeR", method: { method: "DEeR", module1: true, module2: true } },
+  { name: "DEeR", method: { method: "DEeR", eliminateDeviation: true, regulateNoise: true } },
 ];
 
 /**

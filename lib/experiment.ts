@@ -42,7 +42,7 @@ import {
   type RunResult,
   validateConfig,
 } from "./fl/simulation.ts";
-import { resolveMethod } from "./fl/methods.ts";
+import { resolveMethod } from "./fl/methods/mod.ts";
 import { meanStd, type Metrics } from "./metrics/classification.ts";
 import { writeJsonAtomic } from "./io/atomic.ts";
 import { acquireRunLock, describeHolder, LOCK_FILE, type RunLock } from "./io/lock.ts";

@@ -20,7 +20,7 @@ import "./threads.ts"; // first: sets the thread count before libtensorflow load
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
 import { loadInputs } from "../lib/experiment.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import { runFederated } from "../lib/fl/simulation.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import { estimateEpsilon } from "../lib/privacy/audit.ts";

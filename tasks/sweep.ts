@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { parseArgs, UsageError } from "../lib/cli.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import { KNOWN_DATASETS } from "../lib/data/dataset.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import {
   expandPoints,
   loadSweep,

@@ -20,7 +20,7 @@ import {
   type RoundRecord,
   validateConfig,
 } from "../lib/fl/simulation.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { methodChoices, resolveMethod } from "../lib/fl/methods/mod.ts";
 import {
   ChangedInputsError,
   loadInputs,
@@ -56,8 +56,8 @@ Reference flags (github.com/CUHK-AIM-Group/DEeR main.py):
   --E EPOCHS              local epochs (default 5; 1 on the default data)
   --lr LR                 SGD learning rate (default 0.01)
   --num_classes C         checked against the data
-  --lora_r R              LoRA rank (default 8)
-  --method NAME           LoRA (= FedLoRA) | FFA-LoRA | DP-DyLoRA | DEeR | FedEx-LoRA | FedSA-LoRA
+  --lora_r R              LoRA rank (default 8); FLoRA also takes one per client, e.g. 4,8,16
+  --method NAME           ${methodChoices()}
   --is_DP 0|1             differential privacy (default 0)
   --C CLIP                clip bound (default 0.5)
   --epsilon EPS           target ε (default 6)
@@ -252,12 +252,25 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   const isDefault = dataset.toLowerCase() === "default";
   const K = num(f, "node_num", 12, (v) => int(v) && v >= 1, "an integer ≥ 1");
   const globalBatch = /^oct/i.test(dataset) ? 512 : 128;
-  const rank = num(f, "lora_r", 8, (v) => int(v) && v >= 1, "an integer ≥ 1");
+  // One rank, or one per client (FLoRA): the backbone then takes the largest (scale alpha/r_max).
+  const rankText = String(f.lora_r ?? "8");
+  const clientRanks = rankText.includes(",")
+    ? rankText.split(",").map((r) => {
+      const v = Number(r.trim());
+      if (r.trim() === "" || !int(v) || v < 1) {
+        throw new UsageError(`--lora_r ${rankText}: expected integers ≥ 1 separated by commas`);
+      }
+      return v;
+    })
+    : undefined;
+  const rank = clientRanks
+    ? Math.max(...clientRanks)
+    : num(f, "lora_r", 8, (v) => int(v) && v >= 1, "an integer ≥ 1");
   const method = String(f.method ?? "DEeR");
   const methodOptions = {
     method,
-    module1: num(f, "module1", 1, flag01, "0 or 1") === 1,
-    module2: num(f, "module2", 1, flag01, "0 or 1") === 1,
+    eliminateDeviation: num(f, "module1", 1, flag01, "0 or 1") === 1,
+    regulateNoise: num(f, "module2", 1, flag01, "0 or 1") === 1,
   };
   let resolved;
   try {
@@ -326,6 +339,7 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
     weights,
     participation: num(f, "participation", 1, (v) => v > 0 && v <= 1, "a fraction in (0, 1]"),
     momentum,
+    ...(clientRanks ? { clientRanks } : {}),
     dp: isDP
       ? {
         calibration,

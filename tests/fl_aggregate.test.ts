@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
-import { aggregatePhase, type Calibration } from "../lib/fl/aggregate.ts";
+import { aggregatePhase } from "./helpers/aggregate.ts";
+import type { Calibration } from "../lib/privacy/calibration.ts";
 import { aggregationDeviation, deviationNorm } from "../lib/fl/deviation.ts";
 import type { LoraDims, LoraFactors } from "../lib/fl/factors.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import { streamRng } from "../lib/fl/streams.ts";
 import { createRng } from "../lib/rng.ts";
 import { peerForB, productSqNorm } from "../lib/privacy/regulator.ts";
@@ -109,7 +110,7 @@ Deno.test("aggregate: strict releases satisfy their clip bound, also in product 
   }));
   const C = 0.3;
   for (const m2 of [false, true]) {
-    const phase = resolveMethod({ method: "DEeR", module2: m2 }).phases[0];
+    const phase = resolveMethod({ method: "DEeR", regulateNoise: m2 }).phases[0];
     const out = aggregatePhase({
       global,
       clients,
@@ -207,7 +208,8 @@ Deno.test("aggregate: module1 off + module2 on refuses a client whose own B is s
   global.B = global.B.map((b) => new Float32Array(b.length));
   const clients = clientsFrom(global, "AB", 3);
   clients[1].factors.B = clients[1].factors.B.map((b) => b.map(() => 0));
-  const phase = resolveMethod({ method: "DEeR", module1: false, module2: true }).phases[0];
+  const phase =
+    resolveMethod({ method: "DEeR", eliminateDeviation: false, regulateNoise: true }).phases[0];
   assert.throws(
     () =>
       aggregatePhase({

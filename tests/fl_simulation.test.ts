@@ -133,7 +133,7 @@ Deno.test("simulation: invalid settings are refused before any work", () => {
     [{ method: { method: "nope" } }, /unknown method/],
     [
       {
-        method: { method: "DEeR", module1: false },
+        method: { method: "DEeR", eliminateDeviation: false },
         dp: { calibration: "strict", clip: 1, epsilon: 1 },
       },
       /private/,

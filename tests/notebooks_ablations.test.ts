@@ -105,7 +105,11 @@ Deno.test("ablations: a two-point sweep returns tidy summary, round and release 
 Deno.test("ablations: a bad point fails before anything runs, naming the point", async () => {
   const bad = methodPoints(studyConfig(scale), [
     { name: "ok", method: { method: "LoRA" } },
-    { name: "DEeR m1=0 strict", method: { method: "DEeR", module1: false }, calibration: "strict" },
+    {
+      name: "DEeR m1=0 strict",
+      method: { method: "DEeR", eliminateDeviation: false },
+      calibration: "strict",
+    },
   ]);
   const lines: string[] = [];
   await assert.rejects(
@@ -158,7 +162,11 @@ Deno.test("ablations: point builders vary one thing each", () => {
     [1, 0],
     [1, 1],
   ]);
-  assert.deepEqual(grid[2].config.method, { method: "DEeR", module1: true, module2: false });
+  assert.deepEqual(grid[2].config.method, {
+    method: "DEeR",
+    eliminateDeviation: true,
+    regulateNoise: false,
+  });
 
   const privacy = privacyPoints(base, {
     methods: PAPER_METHODS.slice(0, 2),

@@ -10,7 +10,7 @@ import {
   rdpEpsilon,
   searchNoiseMultiplier,
 } from "../lib/privacy/rdp.ts";
-import { strictCalibration } from "../lib/privacy/ledger.ts";
+import { strictCalibration } from "../lib/privacy/calibration.ts";
 
 const budget = { targetEpsilon: 3, targetDelta: 1e-5, sampleRate: 1, steps: 10 };
 

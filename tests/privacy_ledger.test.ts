@@ -6,17 +6,20 @@ import {
   gaussianRelease,
   ledgerFromJson,
   ledgerToJson,
+  type PrivacyLedger,
+  recordRelease,
+  releaseRecord,
+  restoreLedger,
+  spentEpsilon,
+  tensorsPerRelease,
+} from "../lib/privacy/ledger.ts";
+import {
   paperCalibration,
   paperMechanismEpsilon,
   paperNoiseMultiplier,
   perClientNoiseStd,
-  type PrivacyLedger,
-  recordRelease,
-  restoreLedger,
-  spentEpsilon,
   strictCalibration,
-  tensorsPerRelease,
-} from "../lib/privacy/ledger.ts";
+} from "../lib/privacy/calibration.ts";
 import { epsilonForReleases, rdpEpsilon } from "../lib/privacy/rdp.ts";
 
 /** q = 1 Gaussian composition written out: min over α of Σ α/(2 z_i²) + conversion. */
@@ -149,8 +152,8 @@ Deno.test("ledger guards: closed rounds, order, invalid records", () => {
   assert.throws(() => recordRelease(l, { ...rel(2), phase: "C" as "A" }), /release.phase "C"/);
   assert.equal(l.releases.length, 1, "functions return new ledgers; inputs are not modified");
   assert.equal(spentEpsilon(createLedger()), 0);
-  // A release described without noiseStd / note (the engine's own description) is accepted,
-  // and its extra fields are kept in the record.
+  // Every record states its noise: one without noiseStd cannot be checked and is refused; the
+  // engine's records come from releaseRecord, which keeps calibration and exactness.
   const bare = {
     round: 2,
     phase: "AB" as const,
@@ -160,8 +163,16 @@ Deno.test("ledger guards: closed rounds, order, invalid records", () => {
     sensitivity: 3,
     clip: 1,
   };
-  const l3 = recordRelease(l, { ...bare, exact: true } as typeof bare);
-  assert.equal((l3.releases[1] as unknown as { exact: boolean }).exact, true);
+  assert.throws(
+    () => recordRelease(l, bare as Parameters<typeof recordRelease>[1]),
+    /release.noiseStd is missing/,
+  );
+  const l3 = recordRelease(
+    l,
+    releaseRecord({ ...bare, noiseStd: 1.5, calibration: "paper", exact: false }),
+  );
+  assert.equal(l3.releases[1].exact, false);
+  assert.equal(l3.releases[1].noiseMultiplier, 0.5);
   assert.ok(
     near(
       spentEpsilon(l3),

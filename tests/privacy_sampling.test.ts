@@ -10,8 +10,9 @@ import {
   runFederated,
   sampleParticipants,
 } from "../lib/fl/simulation.ts";
-import { aggregatePhase, type Calibration } from "../lib/fl/aggregate.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { aggregatePhase } from "./helpers/aggregate.ts";
+import type { Calibration } from "../lib/privacy/calibration.ts";
+import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import type { LoraFactors } from "../lib/fl/factors.ts";
 import { rdpEpsilon } from "../lib/privacy/rdp.ts";
 import { createRng } from "../lib/rng.ts";

@@ -10,8 +10,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { defaultConfig, type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
-import { aggregatePhase, type Calibration } from "../lib/fl/aggregate.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { aggregatePhase } from "./helpers/aggregate.ts";
+import type { Calibration } from "../lib/privacy/calibration.ts";
+import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import type { LoraFactors } from "../lib/fl/factors.ts";
 import type { LocalResult } from "../lib/fl/local.ts";
 import { epsilonForReleases, noiseMultiplierForBudget } from "../lib/privacy/rdp.ts";

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
 import { loadInputs, resumeConflicts } from "../lib/experiment.ts";
-import { resolveMethod } from "../lib/fl/methods.ts";
+import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import { parseTrainArgs } from "../tasks/train.ts";
 import { deflateRawSync } from "node:zlib";
 import { crc32, encodeNpy } from "../lib/data/npy.ts";

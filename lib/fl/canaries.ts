@@ -21,7 +21,7 @@
  * @module
  */
 import { cloneFactors, type LoraDims, type LoraFactors } from "./factors.ts";
-import type { Factor } from "./methods.ts";
+import type { Factor } from "./factors.ts";
 import { streamRng } from "./streams.ts";
 
 /** Length of the flattened factor space: every A (r×dIn), then every B (dOut×r). */

@@ -19,13 +19,11 @@
  *
  * @example
  * ```ts
- * import { resolveMethod } from "./methods.ts";
- * import { defaultConfig } from "./simulation.ts";
- * const config = { ...defaultConfig(), rounds: 3 };
+ * const config = { seed: 10, rounds: 3, dp: null, momentum: "reset" };
  * const restored = await loadRunState("results/x/DEeR/seed-10", {
  *   config,
  *   configKey: JSON.stringify(config),
- *   method: resolveMethod(config.method),
+ *   methodLabel: "DEeR(m1=1,m2=1)",
  *   dims: { adapters: 12, rank: 8, dIn: 64, dOut: 64 },
  *   clients: [{}, {}],
  * });
@@ -34,12 +32,11 @@
  * @module
  */
 import { join, relative, resolve } from "node:path";
-import { writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { appendLineAtomic, writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import type { Metrics } from "../metrics/classification.ts";
 import { type LedgerState, restoreLedger } from "../privacy/ledger.ts";
 import type { LoraDims, LoraFactors } from "./factors.ts";
-import type { Method } from "./methods.ts";
 
 /** The JSON part of a seed's resumable state (`state.json`). */
 export interface SavedState {
@@ -62,7 +59,8 @@ export interface StateExpectations {
   config: { seed: number; rounds: number; dp: unknown; momentum: string };
   /** The settings key the state must carry (`state.json` `configKey`). */
   configKey: string;
-  method: Method;
+  /** The method's label, as the records carry it. */
+  methodLabel: string;
   dims: LoraDims;
   /** The run's clients; their carried state is restored into these objects. */
   clients: ClientCarry[];
@@ -92,20 +90,35 @@ export function factorTensors(
   prefix = "lora",
 ): Record<string, { shape: number[]; data: Float32Array }> {
   const out: Record<string, { shape: number[]; data: Float32Array }> = {};
-  f.A.forEach((a, i) => (out[`${prefix}.${i}.A`] = { shape: [dims.rank, dims.dIn], data: a }));
-  f.B.forEach((b, i) => (out[`${prefix}.${i}.B`] = { shape: [dims.dOut, dims.rank], data: b }));
+  // The rank comes from the factors themselves (clients may train other ranks than the global).
+  f.A.forEach((a, i) => {
+    out[`${prefix}.${i}.A`] = { shape: [a.length / dims.dIn, dims.dIn], data: a };
+  });
+  f.B.forEach((b, i) => {
+    out[`${prefix}.${i}.B`] = { shape: [dims.dOut, b.length / dims.dOut], data: b };
+  });
   return out;
 }
 
-/** Writes the checkpoint of round `round` (the global factors) into the seed folder `out`. */
+/**
+ * Writes the checkpoint of round `round` into the seed folder `out`: the global factors
+ * (`lora.<i>.A`, `lora.<i>.B`) and, for methods that merge updates into the frozen weights, the
+ * merged dense updates (`merged.<i>`, dOut×dIn: add them to adapter i's projection weight).
+ */
 export async function saveCheckpoint(
   out: string,
   round: number,
   global: LoraFactors,
   dims: LoraDims,
   meta: { method: string; seed: number },
+  /** Dense updates merged into the frozen q/k/v weights so far (FedEx-LoRA, FLoRA). */
+  residual?: Float32Array[],
 ): Promise<void> {
-  await writeSafetensors(join(out, checkpointFile(round)), factorTensors(global, dims), {
+  const tensors = factorTensors(global, dims);
+  residual?.forEach((r, i) => {
+    tensors[`merged.${i}`] = { shape: [dims.dOut, dims.dIn], data: r };
+  });
+  await writeSafetensors(join(out, checkpointFile(round)), tensors, {
     method: meta.method,
     round: String(round),
     seed: String(meta.seed),
@@ -151,6 +164,34 @@ export async function saveRunState(
   }
 }
 
+/**
+ * Opens a seed folder for a run: creates it, and — unless a resumed state was restored — writes
+ * `config.json` and removes a previous run's `records.jsonl`; a previous `stop.json` (budget
+ * guard) always goes, since the run decides again whether to stop.
+ */
+export async function openRunFolder(
+  out: string,
+  fresh: boolean,
+  config: Record<string, unknown>,
+): Promise<void> {
+  await Deno.mkdir(out, { recursive: true });
+  if (fresh) {
+    await writeJsonAtomic(join(out, "config.json"), config);
+    await Deno.remove(join(out, "records.jsonl")).catch(() => {});
+  }
+  await Deno.remove(join(out, "stop.json")).catch(() => {});
+}
+
+/** Appends a round's record to `records.jsonl` (atomically). */
+export async function appendRecord(out: string, record: unknown): Promise<void> {
+  await appendLineAtomic(join(out, "records.jsonl"), JSON.stringify(record));
+}
+
+/** Writes why the budget guard stopped the run (`stop.json`). */
+export async function saveStop(out: string, stop: unknown): Promise<void> {
+  await writeJsonAtomic(join(out, "stop.json"), stop);
+}
+
 /** Thrown when a saved state cannot be trusted; the message names the file and the fix. */
 export class DamagedStateError extends Error {
   override name = "DamagedStateError";
@@ -169,7 +210,7 @@ export async function loadRunState<R extends { round: number; seed: number; meth
   out: string,
   expect: StateExpectations,
 ): Promise<RestoredState<R> | null> {
-  const { config, method, dims, clients } = expect;
+  const { config, methodLabel, dims, clients } = expect;
   const statePath = join(out, "state.json");
   const bad = (file: string, what: string): never => {
     throw new DamagedStateError(`${file}: ${what}; ${FIX}`);
@@ -248,8 +289,8 @@ export async function loadRunState<R extends { round: number; seed: number; meth
     if (rec.seed !== config.seed) {
       bad(recordsPath, `line ${i + 1} is of seed ${show(rec.seed)}; expected ${config.seed}`);
     }
-    if (rec.method !== method.label) {
-      bad(recordsPath, `line ${i + 1} is of method ${show(rec.method)}; expected ${method.label}`);
+    if (rec.method !== methodLabel) {
+      bad(recordsPath, `line ${i + 1} is of method ${show(rec.method)}; expected ${methodLabel}`);
     }
     records.push(rec);
   }
@@ -328,7 +369,8 @@ export async function loadRunState<R extends { round: number; seed: number; meth
     B: Array.from({ length: adapters }, (_, i) => take(`${prefix}.${i}.B`, dOut * rank)),
   });
   const global = factors("global");
-  const residual = method.foldResidual
+  // Dense updates merged into the frozen weights (FedEx-LoRA, FLoRA), when the run has made any.
+  const residual = tensors["residual.0"]
     ? Array.from({ length: adapters }, (_, i) => take(`residual.${i}`, dOut * dIn))
     : undefined;
   for (const [k, client] of clients.entries()) {

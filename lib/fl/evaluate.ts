@@ -14,7 +14,7 @@ import type { ImageSplit } from "../data/dataset.ts";
 import { makeBatch } from "../data/batches.ts";
 import { classificationMetrics, type Metrics } from "../metrics/classification.ts";
 import { type Backbone, normalizationFor } from "./local.ts";
-import type { LoraFactors } from "./factors.ts";
+import { factorRank, type LoraFactors } from "./factors.ts";
 
 /** Labels and `softmax(cosine)` scores of every sample of `split`. */
 export async function predict(
@@ -25,9 +25,10 @@ export async function predict(
   residual?: Float32Array[],
 ): Promise<{ labels: number[]; probs: number[][] }> {
   const { dims } = backbone;
+  const rank = factors === null ? dims.rank : factorRank(factors, dims);
   const lora = factors === null ? undefined : {
-    A: factors.A.map((a) => tf.tensor2d(a, [dims.rank, dims.dIn])),
-    B: factors.B.map((b) => tf.tensor2d(b, [dims.dOut, dims.rank])),
+    A: factors.A.map((a) => tf.tensor2d(a, [rank, dims.dIn])),
+    B: factors.B.map((b) => tf.tensor2d(b, [dims.dOut, rank])),
     scale: backbone.loraScale,
     residual: residual?.map((r) => tf.tensor2d(r, [dims.dOut, dims.dIn])),
   };

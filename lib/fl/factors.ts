@@ -12,7 +12,9 @@
  * ```
  * @module
  */
-import type { Factor } from "./methods.ts";
+
+/** A LoRA factor: `A` is r×d (Kaiming-uniform init), `B` is d×r (zero init). */
+export type Factor = "A" | "B";
 
 /** One set of LoRA factors for every adapter of the backbone. */
 export interface LoraFactors {
@@ -26,6 +28,11 @@ export interface LoraDims {
   rank: number;
   dIn: number;
   dOut: number;
+}
+
+/** The rank of `f` (from its first A, r×dIn): the backbone's, or a client's own (FLoRA). */
+export function factorRank(f: LoraFactors, dims: Pick<LoraDims, "dIn" | "rank">): number {
+  return f.A.length > 0 ? f.A[0].length / dims.dIn : dims.rank;
 }
 
 /** A deep copy of `f`. */

@@ -18,8 +18,8 @@ import { tf } from "../backend.ts";
 import type { Rng } from "../rng.ts";
 import type { ImageSplit } from "../data/dataset.ts";
 import { batchIndices, makeBatch } from "../data/batches.ts";
-import type { Factor } from "./methods.ts";
-import { cloneFactors, type LoraDims, type LoraFactors } from "./factors.ts";
+import type { Factor } from "./factors.ts";
+import { cloneFactors, factorRank, type LoraDims, type LoraFactors } from "./factors.ts";
 
 /** What local training needs from the model: the frozen encoder and the fixed class prototypes. */
 export interface Backbone {
@@ -192,8 +192,10 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
   const n = dims.adapters;
   const trainA = job.train.includes("A");
   const trainB = job.train.includes("B");
+  // The client's rank comes from its factors (it may differ from the backbone's: FLoRA).
+  const rank = factorRank(job.start, dims);
   const shapeOf = (which: Factor): [number, number, number] =>
-    which === "A" ? [n, dims.rank, dims.dIn] : [n, dims.dOut, dims.rank];
+    which === "A" ? [n, rank, dims.dIn] : [n, dims.dOut, rank];
   // All adapters of one kind as one tensor [adapters, rows, cols]: one SGD update per kind.
   const stack = (list: readonly Float32Array[], which: Factor) => {
     const [, rows, cols] = shapeOf(which);
@@ -289,7 +291,8 @@ export async function trainLocal(backbone: Backbone, job: LocalJob): Promise<Loc
   try {
     for (let epoch = 0; epoch < job.epochs; epoch++) {
       // DP-DyLoRA: keep the first ρ+1 rank components, each factor scaled by √(r/(ρ+1)).
-      const masks = job.dynamicRank ? rankMasks(dims.rank, job.rng.int(dims.rank)) : null;
+      const rank = factorRank(job.start, dims);
+      const masks = job.dynamicRank ? rankMasks(rank, job.rng.int(rank)) : null;
       let epochLoss = 0;
       let batches = 0;
       try {

@@ -1,12 +1,15 @@
 /**
- * The federated simulation (SPEC §2): rounds of named steps — configure the participating
- * clients, train them locally, aggregate their releases (with DP when on), evaluate — where a
- * method (`methods.ts`) decides only what each phase trains, releases and regulates.
+ * The federated simulation (docs/protocol.md): a run is configured once, then every round goes
+ * through the same named steps for every method — sample a cohort, train the clients, aggregate
+ * their releases through the privacy mechanism, record, and after the round evaluate and persist
+ * (`round.ts` holds the steps). A method (`methods/`) decides what each phase trains, releases
+ * and how the server combines; the mechanism (`../privacy/mechanism.ts`) clips, noises and
+ * records; neither is branched on here.
  *
  * Every round appends one record to `<outDir>/records.jsonl`, writes the global LoRA factors to
  * `<outDir>/checkpoints/round-NNNN.safetensors` and the resumable state to `<outDir>/state.*`,
- * all atomically; `resume: true` continues a killed run and ends with the same results as an
- * uninterrupted one (every random stream is derived from the seed, `streams.ts`).
+ * all atomically (`checkpoint.ts`); `resume: true` continues a killed run and ends with the same
+ * results as an uninterrupted one (every random stream is derived from the seed, `streams.ts`).
  *
  * @example
  * ```ts
@@ -15,31 +18,14 @@
  * ```
  * @module
  */
-import { join } from "node:path";
 import { tf } from "../backend.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { dirichletPartition, iidPartition } from "../data/partition.ts";
-import { appendLineAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { initLora } from "../model/lora.ts";
 import type { Metrics } from "../metrics/classification.ts";
 import { selectionScore } from "../metrics/classification.ts";
-import {
-  aggregatePhase,
-  calibrate,
-  type Calibration,
-  type DpSettings,
-  strictRelease,
-} from "./aggregate.ts";
-import { evaluateSplit } from "./evaluate.ts";
-import { allFinite, checkFactors, cloneFactors, type LoraFactors } from "./factors.ts";
-import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
-import { type Method, type MethodOptions, resolveMethod } from "./methods.ts";
-import { streamRng } from "./streams.ts";
-import { warn } from "../warnings.ts";
-import { canaryDirection, canaryRelease, factorChange } from "./canaries.ts";
-import { cosine } from "../privacy/audit.ts";
-import type { SharedBackbone } from "./backbone.ts";
-import { loadRunState, saveCheckpoint, saveRunState } from "./checkpoint.ts";
+import { calibrate, type Calibration, type DpSettings } from "../privacy/calibration.ts";
+import { createMechanism, type Mechanism } from "../privacy/mechanism.ts";
 import {
   closeRound,
   createLedger,
@@ -47,6 +33,37 @@ import {
   recordRelease,
   spentEpsilon,
 } from "../privacy/ledger.ts";
+import { cosine } from "../privacy/audit.ts";
+import { warn } from "../warnings.ts";
+import type { SharedBackbone } from "./backbone.ts";
+import { canaryDirection, canaryRelease, factorChange } from "./canaries.ts";
+import {
+  appendRecord,
+  loadRunState,
+  openRunFolder,
+  saveCheckpoint,
+  saveRunState,
+  saveStop,
+} from "./checkpoint.ts";
+import { evaluateSplit } from "./evaluate.ts";
+import { allFinite, checkFactors, cloneFactors, type LoraFactors } from "./factors.ts";
+import type { LocalResult, SgdOptions } from "./local.ts";
+import { type ClientState, type Method, type MethodOptions, resolveMethod } from "./methods/mod.ts";
+import {
+  aggregateRelease,
+  aggregationWeights,
+  faultOf,
+  mean,
+  type PhaseRecord,
+  phaseRecord,
+  sampleParticipants,
+  trainClient,
+  type TrainedClient,
+} from "./round.ts";
+import { streamRng } from "./streams.ts";
+
+export type { DpSettings, PhaseRecord };
+export { sampleParticipants };
 
 /** Everything that defines a run; saved as `config.json` beside the results. */
 export interface FederatedConfig {
@@ -75,12 +92,17 @@ export interface FederatedConfig {
   /** `logit_scale` the server hands out every round (ln(1/0.07)). */
   logitScale: number;
   evalBatchSize: number;
+  /**
+   * Per-client LoRA ranks (client k trains rank `clientRanks[k % length]`), for methods that
+   * allow them (FLoRA); absent: every client trains the backbone's rank.
+   */
+  clientRanks?: number[];
 }
 
 /** SPEC §2 defaults (K = 12, α = 0.1, T = 50, E = 5, SGD 0.01/0.9/5e-4), method DEeR, no DP. */
 export function defaultConfig(): FederatedConfig {
   return {
-    method: { method: "DEeR", module1: true, module2: true },
+    method: { method: "DEeR", eliminateDeviation: true, regulateNoise: true },
     seed: 10,
     numClients: 12,
     rounds: 50,
@@ -95,32 +117,6 @@ export function defaultConfig(): FederatedConfig {
     logitScale: Math.log(1 / 0.07),
     evalBatchSize: 64,
   };
-}
-
-/** Per-phase instrumentation inside a round record. */
-export interface PhaseRecord {
-  phase: string;
-  /** The clients sampled for this release (all of them under full participation). */
-  participants: number[];
-  /** Audit runs only: the canaries included in this release (sampled like clients). */
-  canaries?: number[];
-  /** Mean training loss of the combined clients (NaN, written as null, for an empty cohort). */
-  trainLoss: number;
-  /** Σ over adapters of ‖D‖_F of the factors the server combined (SPEC §3). */
-  deviation: number;
-  /** Σ over adapters of ‖ΔW_noisy − ΔW_clean‖_F² of the global update (ΔW = s·B·A). */
-  noiseEnergy: number;
-  /** Largest σ_max of a peer factor that shaped regulated noise (0 when not regulated). */
-  peerSigmaMax: number;
-  /** Fraction of client releases that the clip bound scaled down; mean pre-clip norm. */
-  clippedFraction: number;
-  meanUpdateNorm: number;
-  /** Strict calibration: largest client release norm after clipping (checked ≤ C at run time). */
-  maxReleaseNorm: number;
-  /** Effective noise multiplier of this release (noise std / sensitivity), null without DP. */
-  effectiveNoiseMultiplier: number | null;
-  /** Clients left out of this aggregation and why (faults). */
-  excluded: { client: number; reason: string }[];
 }
 
 /** Why and where the budget guard stopped a run (`stop.json`). */
@@ -212,13 +208,6 @@ export interface RunOptions {
   ) => LocalResult;
 }
 
-interface ClientState {
-  indices: number[];
-  momentum?: Float32Array[];
-  /** FedSA-LoRA: the factors this client keeps. */
-  local?: LoraFactors;
-}
-
 /** Validates a configuration; throws naming the field and the fix. */
 export function validateConfig(c: FederatedConfig): void {
   const need = (ok: boolean, msg: string) => {
@@ -250,6 +239,18 @@ export function validateConfig(c: FederatedConfig): void {
   );
   need(Number.isSafeInteger(c.seed), `seed ${c.seed}: need an integer`);
   const method = resolveMethod(c.method);
+  if (c.clientRanks !== undefined) {
+    need(
+      method.clientRanks,
+      `lora_r ${c.clientRanks.join(",")}: ${method.label} trains one rank on every client (its ` +
+        `server combines factors of equal shapes); give one rank, or use a method that allows ` +
+        `per-client ranks (FLoRA)`,
+    );
+    need(
+      c.clientRanks.length >= 1 && c.clientRanks.every((r) => Number.isInteger(r) && r >= 1),
+      `lora_r ${c.clientRanks.join(",")}: need integers ≥ 1`,
+    );
+  }
   if (c.dp) {
     need(
       c.dp.epsilon > 0 && Number.isFinite(c.dp.epsilon),
@@ -262,18 +263,8 @@ export function validateConfig(c: FederatedConfig): void {
     if (c.dp.delta !== undefined) {
       need(c.dp.delta > 0 && c.dp.delta < 1, `delta ${c.dp.delta}: need 0 < δ < 1`);
     }
-    need(
-      !(c.dp.calibration === "strict" &&
-        method.phases.some((p) => p.regulate && p.release.length > 1)),
-      `${method.label} with strict calibration: regulated noise shaped by a client's own, private ` +
-        `peer factor has no client-level guarantee; use --module1 1 or --calibration paper`,
-    );
-    need(
-      !(c.dp.calibration === "strict" && method.foldResidual),
-      `${method.label} with strict calibration: the folded residual Σp_k·B_k·A_k is computed from ` +
-        `the clients' un-noised factors, so it has no client-level guarantee; use ` +
-        `--calibration paper or another method`,
-    );
+    const refusal = method.checkDp(c.dp.calibration);
+    need(refusal === null, refusal ?? "");
     if (c.dp.maxEpsilon !== undefined) {
       need(
         c.dp.maxEpsilon > 0 && Number.isFinite(c.dp.maxEpsilon),
@@ -299,6 +290,32 @@ function configKey(c: FederatedConfig): string {
   return JSON.stringify(c);
 }
 
+/** Everything a run holds between steps. */
+interface Run {
+  backbone: SharedBackbone;
+  data: ImageDataset;
+  config: FederatedConfig;
+  opts: RunOptions;
+  method: Method;
+  mechanism: Mechanism;
+  calibration: Calibration | null;
+  clients: ClientState[];
+  /** Each client's full-participation weight before normalisation (1, or its image count). */
+  rawWeight: (k: number) => number;
+  global: LoraFactors;
+  /** Dense updates merged into the frozen weights so far (FedEx-LoRA, FLoRA). */
+  merged: Float32Array[] | undefined;
+  /** An audit measures the global factors' total change from here. */
+  initialGlobal: LoraFactors | null;
+  ledger: LedgerState | null;
+  best: RunResult["best"];
+  records: RoundRecord[];
+  startRound: number;
+  carriedSeconds: number;
+  started: number;
+  liveAtStart: number;
+}
+
 /**
  * Runs one seed of a federated simulation on a shared backbone and returns its records and the
  * test metrics at the best-validation round.
@@ -309,6 +326,41 @@ export async function runFederated(
   config: FederatedConfig,
   opts: RunOptions = {},
 ): Promise<RunResult> {
+  const run = await configure(backbone, data, config, opts);
+  let stopped: BudgetStop | null = null;
+  for (let round = run.startRound; round < config.rounds; round++) {
+    if (opts.stopAfterRounds !== undefined && round - run.startRound >= opts.stopAfterRounds) break;
+    stopped = budgetStop(run, round);
+    if (stopped) {
+      if (opts.outDir) await saveStop(opts.outDir, stopped);
+      break;
+    }
+    const t0 = performance.now();
+    const phases: PhaseRecord[] = [];
+    for (const [phaseIndex, phase] of run.method.phases.entries()) {
+      const participants = sampleParticipants(config, round, phaseIndex);
+      const trained = await trainClients(run, round, phaseIndex, participants);
+      phases.push(aggregatePhase(run, round, phaseIndex, participants, trained));
+      void phase;
+    }
+    run.global = run.method.afterRound({ global: run.global, dims: backbone.dims, round });
+    const record = await evaluateRound(run, round, phases, t0);
+    await persistRound(run, record);
+    opts.onRound?.(record);
+  }
+  return finish(run, stopped);
+}
+
+/**
+ * Configure: validate, split the training data, initialise the global factors, calibrate the
+ * privacy mechanism, open the ledger, and restore a saved state when resuming.
+ */
+async function configure(
+  backbone: SharedBackbone,
+  data: ImageDataset,
+  config: FederatedConfig,
+  opts: RunOptions,
+): Promise<Run> {
   validateConfig(config);
   if (opts.canaries) {
     const n = opts.canaries.count;
@@ -323,8 +375,6 @@ export async function runFederated(
   const K = config.numClients;
   const { dims } = backbone;
   const started = performance.now();
-
-  // Configure: split the training data, initialise the global factors, calibrate DP.
   const labels = Array.from(data.train.labels);
   if (K > labels.length) {
     throw new Error(
@@ -337,11 +387,88 @@ export async function runFederated(
     : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed, {
       numClasses: data.classNames.length,
     });
+  warnAboutData(data, config, parts);
+  const clients: ClientState[] = parts.map((indices) => ({ indices }));
+  const global = initLora(backbone.vision.config, backbone.rank, streamRng(config.seed, "init"));
+  checkFactors(global, dims, "initial LoRA factors");
+  const calibration = config.dp
+    ? calibrate(config.dp, {
+      phases: method.phases.map((p) => p.name),
+      numClients: K,
+      participation: config.participation,
+      rounds: config.rounds,
+      localEpochs: config.localEpochs,
+      batchSize: config.batchSize,
+      clientSizes: parts.map((p) => p.length),
+    })
+    : null;
+  if (calibration?.warning) warn("paper-calibration", calibration.warning);
+  const expectedCohort = config.participation * K;
+  if (config.dp?.calibration === "strict" && expectedCohort < 1) {
+    warn(
+      "small-cohort",
+      `participation ${config.participation} with ${K} clients expects ${
+        expectedCohort.toPrecision(2)
+      } client per release: most releases include nobody, and the fixed-denominator average ` +
+        `scales the noise by 1/(q·K) = ${(1 / expectedCohort).toPrecision(2)}, drowning the ` +
+        `updates (the ε spent is still exact); raise participation or the number of clients`,
+    );
+  }
+  const run: Run = {
+    backbone,
+    data,
+    config,
+    opts,
+    method,
+    mechanism: createMechanism(calibration),
+    calibration,
+    clients,
+    rawWeight: (k) => config.weights === "size" ? parts[k].length / labels.length : 1,
+    global,
+    merged: undefined,
+    initialGlobal: opts.canaries ? cloneFactors(global) : null,
+    ledger: calibration ? createLedger({ delta: calibration.accountingDelta }) : null,
+    best: { round: -1, val: null, test: null },
+    records: [],
+    startRound: 0,
+    carriedSeconds: 0,
+    started,
+    liveAtStart: 0,
+  };
+  const out = opts.outDir;
+  if (out) {
+    await Deno.mkdir(out, { recursive: true });
+    const restored = opts.resume
+      ? await loadRunState<RoundRecord>(out, {
+        config,
+        configKey: configKey(config),
+        methodLabel: method.label,
+        dims,
+        clients,
+      })
+      : null;
+    if (restored) {
+      run.global = restored.global;
+      run.merged = restored.residual;
+      run.startRound = restored.state.completedRounds;
+      run.best = restored.state.best;
+      run.carriedSeconds = restored.state.seconds;
+      run.ledger = restored.state.ledger;
+      run.records.push(...restored.records);
+    }
+    await openRunFolder(out, run.startRound === 0, { ...config, methodLabel: method.label });
+  }
+  run.liveAtStart = tf.memory().numTensors;
+  return run;
+}
+
+/** Warnings about the split: clients without data, one-class evaluation splits. */
+function warnAboutData(data: ImageDataset, config: FederatedConfig, parts: number[][]): void {
   const empty = parts.filter((p) => p.length === 0).length;
   if (empty > 0) {
     warn(
       "empty-clients",
-      `${empty} of ${K} clients hold no training images (Dirichlet α = ` +
+      `${empty} of ${config.numClients} clients hold no training images (Dirichlet α = ` +
         `${config.split.dirichletAlpha}, seed ${config.seed}); they train nothing and release ` +
         `the global factors (plus DP noise, if on)`,
     );
@@ -359,373 +486,299 @@ export async function runFederated(
       );
     }
   }
-  const clients: ClientState[] = parts.map((indices) => ({ indices }));
-  const sizeWeights = parts.map((p) => p.length / labels.length);
-  let global: LoraFactors = initLora(
-    backbone.vision.config,
-    backbone.rank,
-    streamRng(config.seed, "init"),
-  );
-  checkFactors(global, dims, "initial LoRA factors");
-  // An audit measures the global factors' total change from here (re-created on resume: the
-  // factors come from the seed's `init` stream).
-  const initialGlobal = opts.canaries ? cloneFactors(global) : null;
-  const calibration = config.dp
-    ? calibrate(config.dp, {
-      method,
-      numClients: K,
-      participation: config.participation,
-      rounds: config.rounds,
-      localEpochs: config.localEpochs,
-      batchSize: config.batchSize,
-      clientSizes: parts.map((p) => p.length),
-      adapters: dims.adapters,
-    })
-    : null;
-  let ledger = calibration ? createLedger({ delta: calibration.accountingDelta }) : null;
-  if (calibration?.warning) warn("paper-calibration", calibration.warning);
-  const expectedCohort = config.participation * K;
-  if (config.dp?.calibration === "strict" && expectedCohort < 1) {
-    warn(
-      "small-cohort",
-      `participation ${config.participation} with ${K} clients expects ${
-        expectedCohort.toPrecision(2)
-      } client per release: most releases include nobody, and the fixed-denominator average ` +
-        `scales the noise by 1/(q·K) = ${(1 / expectedCohort).toPrecision(2)}, drowning the ` +
-        `updates (the ε spent is still exact); raise participation or the number of clients`,
-    );
-  }
-
-  // FedEx-LoRA: the aggregation residuals folded into the frozen q/k/v weights so far.
-  let residual: Float32Array[] | undefined = method.foldResidual
-    ? Array.from({ length: dims.adapters }, () => new Float32Array(dims.dOut * dims.dIn))
-    : undefined;
-  let best: RunResult["best"] = { round: -1, val: null, test: null };
-  let startRound = 0;
-  let carriedSeconds = 0;
-  const records: RoundRecord[] = [];
-  const out = opts.outDir;
-  if (out) {
-    await Deno.mkdir(out, { recursive: true });
-    if (opts.resume) {
-      const restored = await loadRunState<RoundRecord>(out, {
-        config,
-        configKey: configKey(config),
-        method,
-        dims,
-        clients,
-      });
-      if (restored) {
-        global = restored.global;
-        if (residual) residual = restored.residual ?? residual;
-        startRound = restored.state.completedRounds;
-        best = restored.state.best;
-        carriedSeconds = restored.state.seconds;
-        ledger = restored.state.ledger;
-        records.push(...restored.records);
-      }
-    }
-    if (startRound === 0) {
-      await writeJsonAtomic(join(out, "config.json"), { ...config, methodLabel: method.label });
-      await Deno.remove(join(out, "records.jsonl")).catch(() => {});
-    }
-  }
-
-  let stopped: BudgetStop | null = null;
-  if (out) await Deno.remove(join(out, "stop.json")).catch(() => {});
-  const liveAtStart = tf.memory().numTensors;
-  let roundsThisCall = 0;
-  for (let round = startRound; round < config.rounds; round++) {
-    if (opts.stopAfterRounds !== undefined && roundsThisCall >= opts.stopAfterRounds) break;
-    stopped = budgetStop(config, method, calibration, ledger, round);
-    if (stopped) {
-      if (out) await writeJsonAtomic(join(out, "stop.json"), stopped);
-      break;
-    }
-    const t0 = performance.now();
-    const phases: PhaseRecord[] = [];
-    const cohorts: number[][] = [];
-    for (const [phaseIndex, phase] of method.phases.entries()) {
-      // Each release draws its own Poisson cohort: the accountant's assumption (docs/privacy.md).
-      const participants = sampleParticipants(config, round, phaseIndex);
-      cohorts.push(participants);
-      const results: { client: number; result: LocalResult | null; error?: string }[] = [];
-      for (const [done, k] of participants.entries()) {
-        if (opts.signal) await stopIfAborted(opts.signal);
-        const client = clients[k];
-        const start = client.local ? mergeLocal(global, client.local, method.keepLocal) : global;
-        const keepMomentum = config.momentum === "reference" && method.referenceKeepsMomentum;
-        try {
-          const result = await trainLocal(backbone, {
-            split: data.train,
-            indices: client.indices,
-            start,
-            train: phase.train,
-            epochs: config.localEpochs,
-            batchSize: config.batchSize,
-            sgd: config.sgd,
-            logitScale: config.logitScale,
-            dynamicRank: method.dynamicRank,
-            rng: streamRng(config.seed, "local", round, phaseIndex, k),
-            momentum: keepMomentum ? client.momentum : undefined,
-            residual,
-          });
-          if (keepMomentum) client.momentum = result.momentum;
-          const altered = opts.alterUpdate?.(
-            { round: round + 1, phase: phase.name, client: k },
-            result,
-          );
-          results.push({ client: k, result: altered ?? result });
-        } catch (err) {
-          results.push({ client: k, result: null, error: (err as Error).message });
-        }
-        opts.onClient?.({ round, phase: phase.name, done: done + 1, total: participants.length });
-      }
-      const excluded: PhaseRecord["excluded"] = [];
-      const valid = results.filter(({ client, result, error }) => {
-        const reason = error ?? faultOf(result!, dims);
-        if (reason) excluded.push({ client, reason });
-        return !reason;
-      });
-      if (valid.length === 0 && participants.length > 0) {
-        throw new Error(
-          `round ${round + 1} phase ${phase.name}: every client failed (${
-            excluded.map((e) => `client ${e.client}: ${e.reason}`).join("; ")
-          })`,
-        );
-      }
-      // Audit canaries (opts.canaries): sampled like clients, each releases its fixed direction.
-      const canaries = opts.canaries
-        ? sampleParticipants(
-          { ...config, numClients: opts.canaries.count, seed: config.seed + 1 },
-          round,
-          phaseIndex,
-        )
-        : [];
-      const combined = [
-        ...valid.map(({ client, result }) => ({ client, factors: result!.factors })),
-        ...canaries.map((i) => ({
-          client: K + i,
-          factors: canaryRelease(
-            global,
-            canaryDirection(config.seed, "inserted", i, dims),
-            phase.release,
-            config.dp?.clip ?? 1,
-            dims,
-            config.dp?.calibration === "paper" ? "per-tensor" : "whole",
-          ),
-        })),
-      ];
-      const weighting = aggregationWeights(config, sizeWeights, combined.map((c) => c.client));
-      const agg = aggregatePhase({
-        global,
-        clients: combined.map(({ client, factors }, i) => ({
-          client,
-          factors,
-          weight: weighting.weights[i],
-        })),
-        maxWeight: weighting.maxWeight,
-        phase,
-        dims,
-        loraScale: backbone.loraScale,
-        calibration,
-        numClients: K,
-        rng: (label: string | number) => streamRng(config.seed, "noise", round, phaseIndex, label),
-        foldResidual: method.foldResidual,
-      });
-      if (residual && agg.residual) {
-        residual.forEach((r, i) => {
-          const inc = agg.residual![i];
-          for (let j = 0; j < r.length; j++) r[j] += inc[j];
-        });
-      }
-      // FedSA-LoRA: kept-local factors go back to their clients, never to the server.
-      if (method.keepLocal.length > 0) {
-        for (const { client, result } of valid) {
-          clients[client].local = cloneFactors(result!.factors);
-        }
-      }
-      global = agg.global;
-      if (ledger && agg.release) {
-        ledger = recordRelease(ledger, { ...agg.release, round: round + 1, phase: phase.name });
-      }
-      phases.push({
-        phase: phase.name,
-        participants,
-        ...(opts.canaries ? { canaries } : {}),
-        trainLoss: mean(valid.map(({ result }) => result!.loss)),
-        deviation: agg.deviation,
-        noiseEnergy: agg.noiseEnergy,
-        peerSigmaMax: agg.peerSigmaMax,
-        clippedFraction: agg.clippedFraction,
-        meanUpdateNorm: agg.meanUpdateNorm,
-        maxReleaseNorm: agg.maxReleaseNorm,
-        effectiveNoiseMultiplier: agg.release?.noiseMultiplier ?? null,
-        excluded,
-      });
-    }
-
-    const participants = [...new Set(cohorts.flat())].sort((a, b) => a - b);
-    // Evaluate on val; on improvement, on test (SPEC §2 selection).
-    const evalFactors = evaluationFactors(global, clients, participants, method);
-    const evaluate = async (split: "val" | "test"): Promise<Metrics> => {
-      try {
-        return await evaluateSplit(
-          backbone,
-          evalFactors,
-          data[split],
-          config.evalBatchSize,
-          residual,
-        );
-      } catch (err) {
-        // Non-finite scores come from the global factors, not from the split: say so here,
-        // instead of a metrics error about probabilities.
-        const message = (err as Error).message;
-        if (!allFinite(evalFactors) || /not a finite number/.test(message)) {
-          let largest = 0;
-          for (const t of [...evalFactors.A, ...evalFactors.B]) {
-            for (const v of t) largest = Math.max(largest, Math.abs(v));
-          }
-          throw new Error(
-            `round ${round + 1}: the model's scores on ${split} are not finite with the global ` +
-              `LoRA factors after aggregation (largest |entry| ${largest.toPrecision(3)}): the ` +
-              `updates diverged — lower the learning rate (or bound the updates with DP's clip)`,
-          );
-        }
-        throw new Error(`round ${round + 1}: evaluating on ${split}: ${message}`);
-      }
-    };
-    const val = await evaluate("val");
-    let test: Metrics | null = null;
-    if (best.val === null || selectionScore(val) > selectionScore(best.val)) {
-      test = await evaluate("test");
-      best = { round: round + 1, val, test };
-    }
-    if (ledger) {
-      ledger = closeRound(ledger, round + 1, { nominalEpsilon: calibration!.nominalEpsilon });
-    }
-    const spent = ledger ? spentEpsilon(ledger) : null;
-    const record: RoundRecord = {
-      seed: config.seed,
-      round: round + 1,
-      method: method.label,
-      participants,
-      trainLoss: mean(phases.map((p) => p.trainLoss)),
-      phases,
-      deviation: phases.reduce((s, p) => s + p.deviation, 0),
-      noiseEnergy: phases.reduce((s, p) => s + p.noiseEnergy, 0),
-      peerSigmaMax: Math.max(0, ...phases.map((p) => p.peerSigmaMax)),
-      val,
-      test,
-      bestRound: best.round,
-      epsilon: {
-        nominal: calibration ? calibration.nominalEpsilon : null,
-        spent,
-        delta: calibration ? calibration.accountingDelta : null,
-      },
-      seconds: (performance.now() - t0) / 1000,
-      liveTensors: tf.memory().numTensors - liveAtStart,
-    };
-    records.push(record);
-    roundsThisCall++;
-    if (out) {
-      await appendLineAtomic(join(out, "records.jsonl"), JSON.stringify(record));
-      await saveCheckpoint(out, round + 1, global, dims, {
-        method: method.label,
-        seed: config.seed,
-      });
-      await saveRunState(
-        out,
-        {
-          version: 1,
-          configKey: configKey(config),
-          completedRounds: round + 1,
-          best,
-          ledger,
-          seconds: carriedSeconds + (performance.now() - started) / 1000,
-        },
-        global,
-        clients,
-        residual,
-      );
-    }
-    opts.onRound?.(record);
-  }
-
-  return {
-    config,
-    method: method.label,
-    records,
-    best,
-    calibration,
-    epsilonSpent: ledger ? spentEpsilon(ledger) : null,
-    stopped,
-    ...(opts.canaries
-      ? { audit: canaryCosines(config.seed, dims, initialGlobal!, global, opts.canaries.count) }
-      : {}),
-    ledger,
-    seconds: carriedSeconds + (performance.now() - started) / 1000,
-  };
 }
 
 /**
- * The cohort of one release (a phase of a round): every client, or each client independently with
- * probability q = `participation` (Poisson sampling), drawn from its own named stream. The cohort
- * may be empty: forcing a client in would make the inclusion probability larger than the q the
- * accountant uses (docs/privacy.md, "Client sampling").
- *
- * @example
- * ```ts
- * sampleParticipants({ numClients: 4, participation: 1, seed: 10 }, 0, 0); // [0, 1, 2, 3]
- * ```
+ * Train clients: every sampled client trains locally from where the method starts it; a client
+ * whose training throws, or whose update is faulty, is recorded and excluded.
  */
-export function sampleParticipants(
-  config: Pick<FederatedConfig, "numClients" | "participation" | "seed">,
+async function trainClients(
+  run: Run,
   round: number,
   phaseIndex: number,
-): number[] {
-  const all = Array.from({ length: config.numClients }, (_, k) => k);
-  if (config.participation >= 1) return all;
-  const rng = phaseIndex === 0
-    ? streamRng(config.seed, "participants", round)
-    : streamRng(config.seed, "participants", round, phaseIndex);
-  return all.filter(() => rng.uniform() < config.participation);
+  participants: number[],
+): Promise<{ valid: TrainedClient[]; excluded: PhaseRecord["excluded"] }> {
+  const { config, method, backbone, opts } = run;
+  const phase = method.phases[phaseIndex];
+  const valid: TrainedClient[] = [];
+  const excluded: PhaseRecord["excluded"] = [];
+  for (const [done, k] of participants.entries()) {
+    if (opts.signal) await stopIfAborted(opts.signal);
+    try {
+      const trained = await trainClient(backbone, run.clients[k], {
+        method,
+        phase,
+        global: run.global,
+        merged: run.merged,
+        split: run.data.train,
+        seed: config.seed,
+        round,
+        phaseIndex,
+        client: k,
+        rank: config.clientRanks?.[k % config.clientRanks.length] ?? backbone.rank,
+        localEpochs: config.localEpochs,
+        batchSize: config.batchSize,
+        sgd: config.sgd,
+        logitScale: config.logitScale,
+        keepMomentum: config.momentum === "reference" && method.referenceMomentum === "keep",
+      });
+      const altered = opts.alterUpdate?.(
+        { round: round + 1, phase: phase.name, client: k },
+        trained.result,
+      );
+      const candidate = { ...trained, result: altered ?? trained.result };
+      const reason = faultOf(candidate, backbone.dims);
+      if (reason) excluded.push({ client: k, reason });
+      else valid.push(candidate);
+    } catch (err) {
+      excluded.push({ client: k, reason: (err as Error).message });
+    }
+    opts.onClient?.({ round, phase: phase.name, done: done + 1, total: participants.length });
+  }
+  if (valid.length === 0 && participants.length > 0) {
+    throw new Error(
+      `round ${round + 1} phase ${phase.name}: every client failed (${
+        excluded.map((e) => `client ${e.client}: ${e.reason}`).join("; ")
+      })`,
+    );
+  }
+  return { valid, excluded };
 }
 
 /**
- * Aggregation weights of the clients whose updates are combined, and the largest weight any
- * client could have had (it fixes the noise scale before anyone's data is seen).
- *
- * * Strict calibration: the fixed-denominator average of DP-FedAvg — client k weighs p_k / q,
- *   with p_k its full-participation weight (1/K, or its share of the training images) and q the
- *   participation rate, whoever was sampled and whoever failed. The weights then sum to the
- *   realised fraction of the expected cohort, the remaining mass stays on the global factors
- *   (an absent client counts as a zero update), and one client moves the sum by at most
- *   (max p_k / q)·C whatever the others do. A denominator that counted the realised cohort
- *   would depend on the data and change the sensitivity (docs/privacy.md, "Client sampling").
- * * Otherwise (no DP, or the paper calibration with every client): p_k renormalised over the
- *   clients combined, as FedAvg does.
+ * Aggregate and record one phase: add the audit canaries, weight the updates, release them
+ * through the mechanism with the method's combination, keep what clients keep, merge into the
+ * frozen weights, append the ledger record, and describe the phase.
  */
-function aggregationWeights(
-  config: FederatedConfig,
-  sizeWeights: number[],
-  combined: number[],
-): { weights: number[]; maxWeight: number } {
-  // Canary clients (ids ≥ K, audit runs, uniform weights only) weigh as one more uniform client.
-  const raw = (k: number) =>
-    config.weights === "size" && k < config.numClients ? sizeWeights[k] : 1;
-  const normalised = (ks: number[]) => {
-    const total = ks.reduce((a, k) => a + raw(k), 0);
-    return ks.map((k) => raw(k) / total);
-  };
-  if (config.dp?.calibration === "strict") {
-    const q = config.participation;
-    const p = normalised(Array.from({ length: config.numClients }, (_, k) => k));
-    const pk = (k: number) => k < config.numClients ? p[k] : 1 / config.numClients;
-    return { weights: combined.map((k) => pk(k) / q), maxWeight: Math.max(...p) / q };
+function aggregatePhase(
+  run: Run,
+  round: number,
+  phaseIndex: number,
+  participants: number[],
+  trained: { valid: TrainedClient[]; excluded: PhaseRecord["excluded"] },
+): PhaseRecord {
+  const { config, method, backbone, opts } = run;
+  const phase = method.phases[phaseIndex];
+  const K = config.numClients;
+  // Audit canaries (opts.canaries): sampled like clients, each releases its fixed direction.
+  const canaries = opts.canaries
+    ? sampleParticipants(
+      { ...config, numClients: opts.canaries.count, seed: config.seed + 1 },
+      round,
+      phaseIndex,
+    )
+    : null;
+  const updates = [
+    ...trained.valid.map(({ client, start, result }) => ({
+      client,
+      start,
+      factors: result.factors,
+    })),
+    ...(canaries ?? []).map((i) => ({
+      client: K + i,
+      start: run.global,
+      factors: canaryRelease(
+        run.global,
+        canaryDirection(config.seed, "inserted", i, backbone.dims),
+        phase.release,
+        config.dp?.clip ?? 1,
+        backbone.dims,
+        run.mechanism.name === "paper" ? "per-tensor" : "whole",
+      ),
+    })),
+  ];
+  const weighting = aggregationWeights(
+    {
+      numClients: K,
+      participation: config.participation,
+      raw: run.rawWeight,
+      fixedDenominator: run.mechanism.name === "strict",
+    },
+    updates.map((u) => u.client),
+  );
+  const out = aggregateRelease({
+    method,
+    mechanism: run.mechanism,
+    phase,
+    round: round + 1,
+    phaseIndex,
+    global: run.global,
+    dims: backbone.dims,
+    loraScale: backbone.loraScale,
+    numClients: K,
+    seed: config.seed,
+    updates: updates.map((u, i) => ({ ...u, weight: weighting.weights[i] })),
+    maxWeight: weighting.maxWeight,
+  });
+  for (const { client, result } of trained.valid) {
+    const kept = method.keepOnClient(result.factors);
+    if (kept) run.clients[client].local = kept;
   }
-  const weights = normalised(combined);
-  return { weights, maxWeight: Math.max(0, ...weights) };
+  if (out.mergeIntoFrozen) {
+    run.merged ??= out.mergeIntoFrozen.map((m) => new Float32Array(m.length));
+    run.merged.forEach((r, i) => {
+      const inc = out.mergeIntoFrozen![i];
+      for (let j = 0; j < r.length; j++) r[j] += inc[j];
+    });
+  }
+  run.global = out.global;
+  if (run.ledger && out.record) run.ledger = recordRelease(run.ledger, out.record);
+  return phaseRecord(
+    phase,
+    participants,
+    canaries,
+    trained.valid.map(({ result }) => result.loss),
+    out,
+    trained.excluded,
+    backbone.dims,
+    backbone.loraScale,
+  );
+}
+
+/**
+ * Evaluate: the round's model on val and, when val improved, on test (best-validation
+ * selection); close the ledger's round; build the round record.
+ */
+async function evaluateRound(
+  run: Run,
+  round: number,
+  phases: PhaseRecord[],
+  t0: number,
+): Promise<RoundRecord> {
+  const { config, method, backbone, calibration } = run;
+  const participants = [...new Set(phases.flatMap((p) => p.participants))].sort((a, b) => a - b);
+  const evalFactors = method.evaluationFactors({
+    global: run.global,
+    clients: run.clients,
+    participants,
+  });
+  const evaluate = async (split: "val" | "test"): Promise<Metrics> => {
+    try {
+      return await evaluateSplit(
+        backbone,
+        evalFactors,
+        run.data[split],
+        config.evalBatchSize,
+        run.merged,
+      );
+    } catch (err) {
+      throw explainEvaluationError(err as Error, evalFactors, round, split);
+    }
+  };
+  const val = await evaluate("val");
+  let test: Metrics | null = null;
+  if (run.best.val === null || selectionScore(val) > selectionScore(run.best.val)) {
+    test = await evaluate("test");
+    run.best = { round: round + 1, val, test };
+  }
+  if (run.ledger) {
+    run.ledger = closeRound(run.ledger, round + 1, {
+      nominalEpsilon: calibration!.nominalEpsilon,
+    });
+  }
+  return {
+    seed: config.seed,
+    round: round + 1,
+    method: method.label,
+    participants,
+    trainLoss: mean(phases.map((p) => p.trainLoss)),
+    phases,
+    deviation: phases.reduce((s, p) => s + p.deviation, 0),
+    noiseEnergy: phases.reduce((s, p) => s + p.noiseEnergy, 0),
+    peerSigmaMax: Math.max(0, ...phases.map((p) => p.peerSigmaMax)),
+    val,
+    test,
+    bestRound: run.best.round,
+    epsilon: {
+      nominal: calibration ? calibration.nominalEpsilon : null,
+      spent: run.ledger ? spentEpsilon(run.ledger) : null,
+      delta: calibration ? calibration.accountingDelta : null,
+    },
+    seconds: (performance.now() - t0) / 1000,
+    liveTensors: tf.memory().numTensors - run.liveAtStart,
+  };
+}
+
+/**
+ * Non-finite scores come from the global factors, not from the split: say so, instead of a
+ * metrics error about probabilities.
+ */
+function explainEvaluationError(
+  err: Error,
+  factors: LoraFactors,
+  round: number,
+  split: string,
+): Error {
+  if (!allFinite(factors) || /not a finite number/.test(err.message)) {
+    let largest = 0;
+    for (const t of [...factors.A, ...factors.B]) {
+      for (const v of t) largest = Math.max(largest, Math.abs(v));
+    }
+    return new Error(
+      `round ${round + 1}: the model's scores on ${split} are not finite with the global ` +
+        `LoRA factors after aggregation (largest |entry| ${largest.toPrecision(3)}): the ` +
+        `updates diverged — lower the learning rate (or bound the updates with DP's clip)`,
+    );
+  }
+  return new Error(`round ${round + 1}: evaluating on ${split}: ${err.message}`);
+}
+
+/** Persist: the record, the round's checkpoint and the resumable state (`checkpoint.ts`). */
+async function persistRound(run: Run, record: RoundRecord): Promise<void> {
+  run.records.push(record);
+  const out = run.opts.outDir;
+  if (!out) return;
+  const { config, method, backbone } = run;
+  await appendRecord(out, record);
+  await saveCheckpoint(
+    out,
+    record.round,
+    run.global,
+    backbone.dims,
+    { method: method.label, seed: config.seed },
+    run.merged,
+  );
+  await saveRunState(
+    out,
+    {
+      version: 1,
+      configKey: configKey(config),
+      completedRounds: record.round,
+      best: run.best,
+      ledger: run.ledger,
+      seconds: run.carriedSeconds + (performance.now() - run.started) / 1000,
+    },
+    run.global,
+    run.clients,
+    run.merged,
+  );
+}
+
+/** The run's result. */
+function finish(run: Run, stopped: BudgetStop | null): RunResult {
+  const { config, opts, backbone } = run;
+  return {
+    config,
+    method: run.method.label,
+    records: run.records,
+    best: run.best,
+    calibration: run.calibration,
+    epsilonSpent: run.ledger ? spentEpsilon(run.ledger) : null,
+    stopped,
+    ...(opts.canaries
+      ? {
+        audit: canaryCosines(
+          config.seed,
+          backbone.dims,
+          run.initialGlobal!,
+          run.global,
+          opts.canaries.count,
+        ),
+      }
+      : {}),
+    ledger: run.ledger,
+    seconds: run.carriedSeconds + (performance.now() - run.started) / 1000,
+  };
 }
 
 /**
@@ -746,90 +799,29 @@ function canaryCosines(
 }
 
 /**
- * The budget guard: under strict calibration a round's releases are known before it runs
- * ({@link strictRelease}), so the ε after the round is computed from the ledger with them
- * appended — the same records and accountant that report the spent ε. Null when the round fits.
+ * The budget guard: when the mechanism knows a round's releases before it runs (strict), the ε
+ * after the round is computed from the ledger with them appended — the same records and
+ * accountant that report the spent ε. Null when the round fits.
  */
-function budgetStop(
-  config: FederatedConfig,
-  method: Method,
-  calibration: Calibration | null,
-  ledger: LedgerState | null,
-  round: number,
-): BudgetStop | null {
-  const max = config.dp?.maxEpsilon;
-  if (max === undefined || !calibration || !ledger) return null;
-  const release = strictRelease(calibration);
-  const planned = method.phases.reduce(
-    (l, phase) => recordRelease(l, { ...release, round: round + 1, phase: phase.name }),
-    ledger,
-  );
+function budgetStop(run: Run, round: number): BudgetStop | null {
+  const max = run.config.dp?.maxEpsilon;
+  if (max === undefined || !run.ledger) return null;
+  let planned = run.ledger;
+  for (const phase of run.method.phases) {
+    const record = run.mechanism.plannedRecord(round + 1, phase.name);
+    if (!record) return null;
+    planned = recordRelease(planned, record);
+  }
   const after = spentEpsilon(planned);
   if (after <= max) return null;
   return {
     reason: "budget",
     round: round + 1,
-    spentEpsilon: spentEpsilon(ledger),
+    spentEpsilon: spentEpsilon(run.ledger),
     epsilonAfterRound: after,
     maxEpsilon: max,
-    delta: ledger.delta,
+    delta: run.ledger.delta,
   };
-}
-
-/** Why a client's update cannot be aggregated, or null. */
-function faultOf(result: LocalResult, dims: SharedBackbone["dims"]): string | null {
-  try {
-    checkFactors(result.factors, dims, "client update");
-  } catch (err) {
-    return (err as Error).message;
-  }
-  if (!allFinite(result.factors)) return "non-finite values in the update";
-  if (!Number.isFinite(result.loss)) return `non-finite training loss ${result.loss}`;
-  return null;
-}
-
-/** The global factors with the client's kept-local factors substituted (FedSA-LoRA). */
-function mergeLocal(
-  global: LoraFactors,
-  local: LoraFactors,
-  keep: readonly ("A" | "B")[],
-): LoraFactors {
-  return {
-    A: keep.includes("A") ? local.A : global.A,
-    B: keep.includes("B") ? local.B : global.B,
-  };
-}
-
-/**
- * The factors the global model is evaluated with. FedSA-LoRA has no global B: it is evaluated
- * with the average of the participants' own B (for measurement only; never released).
- */
-function evaluationFactors(
-  global: LoraFactors,
-  clients: ClientState[],
-  participants: number[],
-  method: Method,
-): LoraFactors {
-  if (method.keepLocal.length === 0) return global;
-  const locals = participants.map((k) => clients[k].local).filter((l) => l !== undefined);
-  if (locals.length === 0) return global;
-  const avg = (pick: (f: LoraFactors) => Float32Array[]) =>
-    pick(global).map((_, i) => {
-      const out = new Float32Array(pick(global)[i].length);
-      for (const l of locals) {
-        const t = pick(l)[i];
-        for (let j = 0; j < out.length; j++) out[j] += t[j] / locals.length;
-      }
-      return out;
-    });
-  return {
-    A: method.keepLocal.includes("A") ? avg((f) => f.A) : global.A,
-    B: method.keepLocal.includes("B") ? avg((f) => f.B) : global.B,
-  };
-}
-
-function mean(xs: number[]): number {
-  return xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
 /**

@@ -204,15 +204,77 @@ export function productNormA(
   return Math.sqrt(Math.max(0, traceOfProduct(gramCols(b, d, r), gramRows(deltaA, r, dIn))));
 }
 
+/** The released tensors of one client and their peers, for product-space norms. */
+export interface ProductSpaceRelease {
+  phase: "A" | "B";
+  /** ΔB_t (dOut×r) in phase B, ΔA_t (r×dIn) in phase A. */
+  deltas: readonly Float32Array[];
+  /** The peers: A_t (r×dIn) in phase B, B_t (dOut×r) in phase A. */
+  peers: readonly Matrix[];
+  /** dIn (and dOut unless given). */
+  d: number;
+  r: number;
+  dOut?: number;
+  /**
+   * The peers' r×r Gram matrices (A_tA_tᵀ in phase B, B_tᵀB_t in phase A) when the caller has
+   * them already (a peer shared by every client of a phase); computed otherwise.
+   */
+  peerGrams?: readonly Float64Array[];
+}
+
 /**
- * Product-space clipping of one client's regulated release (strict mode, SPEC.md §4.2).
+ * `√Σ_t ‖ΔB_t·A_t‖_F²` (phase B) or `√Σ_t ‖B_t·ΔA_t‖_F²` (phase A): the norm of what one client's
+ * regulated release contributes to ΔW, in O(d r²) per tensor.
+ *
+ * @example
+ * ```ts
+ * productSpaceNorm({
+ *   phase: "B", deltas: [new Float32Array([1, 0])], peers: [new Float32Array([3, 4])], d: 2, r: 1,
+ * }); // 5
+ * ```
+ */
+export function productSpaceNorm(args: ProductSpaceRelease): number {
+  const { phase, deltas, peers, d, r, dOut = d, peerGrams } = args;
+  if (phase !== "A" && phase !== "B") {
+    throw new Error(`productSpaceNorm: phase "${phase}" must be "A" or "B"`);
+  }
+  if (deltas.length !== peers.length) {
+    throw new Error(
+      `productSpaceNorm: deltas has ${deltas.length} tensors but peers has ${peers.length}; ` +
+        `pass one peer per released tensor`,
+    );
+  }
+  let sq = 0;
+  for (let t = 0; t < deltas.length; t++) {
+    let term: number;
+    if (phase === "B") {
+      checkLen("productSpaceNorm", `deltas[${t}]`, deltas[t], dOut * r, `dOut×r = ${dOut}×${r}`);
+      const g = peerGrams?.[t] ?? gramRows(checked(peers[t], r * d, `peers[${t}]`), r, d);
+      term = traceOfProduct(gramCols(deltas[t], dOut, r), g);
+    } else {
+      checkLen("productSpaceNorm", `deltas[${t}]`, deltas[t], r * d, `r×dIn = ${r}×${d}`);
+      const g = peerGrams?.[t] ?? gramCols(checked(peers[t], dOut * r, `peers[${t}]`), dOut, r);
+      term = traceOfProduct(gramRows(deltas[t], r, d), g);
+    }
+    sq += Math.max(0, term);
+  }
+  return Math.sqrt(sq);
+}
+
+function checked(x: Matrix, n: number, field: string): Matrix {
+  checkLen("productSpaceNorm", field, x, n, `${n} values`);
+  return x;
+}
+
+/**
+ * Product-space clipping of one client's regulated release (strict mode).
  *
  * Phase `"B"`: `deltas[t]` is ΔB_t (d×r) and `peers[t]` the global A_t (r×d); phase `"A"`:
  * `deltas[t]` is ΔA_t (r×d) and `peers[t]` the global B_t (d×r). All deltas are scaled by one
  * factor `min(1, C/√Σ_t ‖ΔB_t A_t‖²)` (resp. `‖B_t ΔA_t‖`), so the client's contribution to ΔW has
  * norm ≤ C whatever the peers' norms — which makes the regulated Gaussian mechanism's
- * sensitivity C (see ledger.ts). Returns the clipped deltas, the pre-clip product-space norm and
- * the scale.
+ * sensitivity C (docs/privacy.md). Returns the clipped deltas, the pre-clip product-space norm
+ * and the scale.
  *
  * @example
  * ```ts
@@ -223,38 +285,15 @@ export function productNormA(
  * ```
  */
 export function clipProductSpace(
-  args: {
-    phase: "A" | "B";
-    deltas: readonly Float32Array[];
-    peers: readonly Matrix[];
-    d: number;
-    r: number;
-  },
+  args: ProductSpaceRelease,
   clip: number,
   options: ClipOptions = {},
 ): { tensors: Float32Array[]; norm: number; scale: number } {
   checkClip("clipProductSpace", clip);
-  const { phase, deltas, peers, d, r } = args;
-  if (deltas.length !== peers.length) {
-    throw new Error(
-      `clipProductSpace: deltas has ${deltas.length} tensors but peers has ${peers.length}; ` +
-        `pass one peer per released tensor`,
-    );
-  }
-  let sq = 0;
-  for (let t = 0; t < deltas.length; t++) {
-    const n = phase === "B"
-      ? productNormB(deltas[t], peers[t], d, r)
-      : phase === "A"
-      ? productNormA(peers[t], deltas[t], d, r)
-      : NaN;
-    if (Number.isNaN(n)) throw new Error(`clipProductSpace: phase "${phase}" must be "A" or "B"`);
-    sq += n * n;
-  }
-  const norm = Math.sqrt(sq);
+  const norm = productSpaceNorm(args);
   const scale = clipScale(norm, clip);
   return {
-    tensors: deltas.map((t) => scaled(t, scale, options.inPlace ?? false)),
+    tensors: args.deltas.map((t) => scaled(t, scale, options.inPlace ?? false)),
     norm,
     scale,
   };

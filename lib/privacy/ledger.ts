@@ -1,7 +1,7 @@
 /**
  * The privacy ledger: what each aggregation released, as data, and the client-level ε that
  * record adds up to (SPEC.md §4.3; STYLE.md "describe what the mechanism released as data, let
- * the accountant turn that record into ε"). Also the two calibrations of SPEC.md §4.1 and §4.2.
+ * the accountant turn that record into ε"). The calibrations are in `calibration.ts`.
  *
  * ## The record
  * A {@link Release} says: in round `round`, phase `phase`, the server published the sum over
@@ -56,12 +56,7 @@
  * ```
  * @module
  */
-import {
-  DEFAULT_ORDERS,
-  epsilonForReleases,
-  type GaussianReleases,
-  noiseMultiplierForBudget,
-} from "./rdp.ts";
+import { DEFAULT_ORDERS, epsilonForReleases, type GaussianReleases } from "./rdp.ts";
 
 /** Which factors an aggregation released: both ("AB"), A only, or B only. */
 export type ReleasePhase = "AB" | "A" | "B";
@@ -81,12 +76,19 @@ export interface Release {
   /** L2 sensitivity of one client's contribution to the released sum, in the noise's metric. */
   sensitivity: number;
   /**
-   * Std of the Gaussian noise on the released sum (σ·C; σC/√K per client). Optional: when
-   * given, `noiseMultiplier` must equal `noiseStd / sensitivity`.
+   * Std of the Gaussian noise on the released sum (σ·C; σC/√K per client), in the units of
+   * `sensitivity`: `noiseMultiplier` must equal `noiseStd / sensitivity` (checked on every record).
    */
-  noiseStd?: number;
+  noiseStd: number;
   /** Clip norm C used by the clients. */
   clip: number;
+  /** The calibration of the run that made the release (absent for hand-built records). */
+  calibration?: "paper" | "strict";
+  /**
+   * Whether the noise multiplier is an exact property of the mechanism (false: a bound that
+   * uses the clients' private peers, paper calibration with module1 off; see docs/privacy.md).
+   */
+  exact?: boolean;
   /** Free text: how the sensitivity was derived, for the reader of the JSON. */
   note?: string;
 }
@@ -158,12 +160,22 @@ function validateRelease(r: Release, where: string): void {
   if (!(r.sensitivity >= 0 && Number.isFinite(r.sensitivity))) {
     fail("sensitivity", `${r.sensitivity} must be finite and ≥ 0`);
   }
-  if (r.noiseStd !== undefined && !(r.noiseStd >= 0 && Number.isFinite(r.noiseStd))) {
+  if (r.noiseStd === undefined) {
+    fail(
+      "noiseStd",
+      "is missing: every release records the std of its noise (a ledger written before " +
+        "noiseStd was recorded cannot be checked; rerun it)",
+    );
+  }
+  if (!(r.noiseStd >= 0 && Number.isFinite(r.noiseStd))) {
     fail("noiseStd", `${r.noiseStd} must be finite and ≥ 0`);
   }
   if (!(r.clip > 0 && Number.isFinite(r.clip))) fail("clip", `${r.clip} must be finite and > 0`);
+  if (r.calibration !== undefined && r.calibration !== "paper" && r.calibration !== "strict") {
+    fail("calibration", `"${r.calibration}" must be "paper" or "strict"`);
+  }
+  if (r.exact !== undefined && typeof r.exact !== "boolean") fail("exact", "must be a boolean");
   if (r.note !== undefined && typeof r.note !== "string") fail("note", "must be a string");
-  if (r.noiseStd === undefined) return;
   const implied = r.sensitivity === 0 ? Infinity : r.noiseStd / r.sensitivity;
   const agrees = implied === r.noiseMultiplier ||
     Math.abs(implied - r.noiseMultiplier) <= 1e-9 * Math.max(implied, r.noiseMultiplier);
@@ -171,52 +183,88 @@ function validateRelease(r: Release, where: string): void {
     fail(
       "noiseMultiplier",
       `${r.noiseMultiplier} disagrees with noiseStd/sensitivity = ${implied}; build releases ` +
-        `with gaussianRelease()`,
+        `with releaseRecord()`,
     );
   }
 }
 
 /**
- * The record of one aggregation's Gaussian release, derived from what the mechanism did
- * (see the module documentation for the derivation):
- *
- * | clipping | noise | sensitivity | noise multiplier |
- * |---|---|---|---|
- * | `"per-tensor"` (paper) | isotropic | C·√m | σ/√m |
- * | `"per-tensor"` (paper) | regulated, peers σ_max s_t | C·√(Σ s_t²) | σ/√(Σ s_t²) |
- * | `"release"` (strict) | isotropic | C | σ |
- * | `"release"` | regulated | C·max_t s_t | σ/max_t s_t |
- * | `"product"` (strict) | regulated | C | σ |
- *
- * `noiseMultiplier` is the configured σ (noise std σC on the sum, σC/√K per client); `tensors`
- * is m, the number of tensors released (ignored when `peerSigmaMax` is given: one value per
- * tensor). `sampleRate` defaults to 1 (full participation), `count` to 1.
+ * The one builder of a {@link Release}: checks every field and derives `noiseMultiplier =
+ * noiseStd / sensitivity` (∞ for a zero sensitivity). The privacy mechanisms
+ * (`mechanism.ts`) and {@link gaussianRelease} build their records with it, so the ledger only
+ * ever holds records whose noise multiplier agrees with the noise and sensitivity they state.
  *
  * @example
  * ```ts
- * gaussianRelease({
- *   round: 3, phase: "B", noiseMultiplier: 1, clip: 2, clipping: "per-tensor",
- *   peerSigmaMax: new Array(36).fill(1.5),
- * }).noiseMultiplier; // 1/√(36·1.5²) = 1/9
+ * releaseRecord({ round: 1, phase: "B", noiseStd: 2, sensitivity: 0.5, clip: 0.5 })
+ *   .noiseMultiplier; // 4
  * ```
  */
-export function gaussianRelease(args: {
+export function releaseRecord(args: {
   round: number;
   phase: ReleasePhase;
-  noiseMultiplier: number;
+  noiseStd: number;
+  sensitivity: number;
+  clip: number;
+  sampleRate?: number;
+  count?: number;
+  calibration?: "paper" | "strict";
+  exact?: boolean;
+  note?: string;
+  /**
+   * The noise multiplier, when the caller computed it from unnormalised quantities (it must
+   * agree with `noiseStd / sensitivity` to 1e-9 relative); derived when absent.
+   */
+  noiseMultiplier?: number;
+}): Release {
+  const release: Release = {
+    round: args.round,
+    phase: args.phase,
+    noiseMultiplier: args.noiseMultiplier ??
+      (args.sensitivity === 0 ? Infinity : args.noiseStd / args.sensitivity),
+    sampleRate: args.sampleRate ?? 1,
+    count: args.count ?? 1,
+    sensitivity: args.sensitivity,
+    noiseStd: args.noiseStd,
+    clip: args.clip,
+  };
+  if (args.calibration !== undefined) release.calibration = args.calibration;
+  if (args.exact !== undefined) release.exact = args.exact;
+  if (args.note !== undefined) release.note = args.note;
+  validateRelease(release, "releaseRecord");
+  return release;
+}
+
+/**
+ * The L2 sensitivity of one client's clipped release, by how it was clipped and noised (see
+ * the module documentation for the derivation; m tensors, peers with largest singular values
+ * s_t):
+ *
+ * | clipping | noise | sensitivity |
+ * |---|---|---|
+ * | `"per-tensor"` (paper) | isotropic | C·√m |
+ * | `"per-tensor"` (paper) | regulated | C·√(Σ s_t²) |
+ * | `"release"` (strict) | isotropic | C |
+ * | `"release"` | regulated | C·max_t s_t |
+ * | `"product"` (strict) | regulated | C |
+ *
+ * `tensors` is m (needed for per-tensor clipping with isotropic noise); `peerSigmaMax` gives one
+ * s_t per tensor when the noise is regulated. Returns the sensitivity and a sentence saying how
+ * it was derived.
+ *
+ * @example
+ * ```ts
+ * clippedSensitivity({ clip: 2, clipping: "per-tensor", tensors: 72 }).sensitivity; // 2·√72
+ * ```
+ */
+export function clippedSensitivity(args: {
   clip: number;
   clipping: "per-tensor" | "release" | "product";
   tensors?: number;
   peerSigmaMax?: readonly number[];
-  sampleRate?: number;
-  count?: number;
-  note?: string;
-}): Required<Release> {
-  const { round, phase, noiseMultiplier: sigma, clip, clipping } = args;
-  const where = "gaussianRelease";
-  if (!(sigma >= 0 && Number.isFinite(sigma))) {
-    throw new Error(`${where}: noiseMultiplier ${sigma} must be finite and ≥ 0`);
-  }
+}): { sensitivity: number; how: string } {
+  const where = "clippedSensitivity";
+  const { clip, clipping } = args;
   if (!(clip > 0 && Number.isFinite(clip))) throw new Error(`${where}: clip ${clip} must be > 0`);
   const peers = args.peerSigmaMax;
   if (peers !== undefined) {
@@ -265,21 +313,50 @@ export function gaussianRelease(args: {
       `${where}: clipping "${clipping}" must be "per-tensor", "release" or "product"`,
     );
   }
-  const sensitivity = clip * factor;
-  const noiseStd = sigma * clip;
-  const release: Required<Release> = {
-    round,
-    phase,
-    noiseMultiplier: sensitivity === 0 ? Infinity : noiseStd / sensitivity,
-    sampleRate: args.sampleRate ?? 1,
-    count: args.count ?? 1,
+  return { sensitivity: clip * factor, how };
+}
+
+/**
+ * The record of one aggregation's Gaussian release at a configured σ (noise std σ·C on the sum,
+ * σC/√K per client), with the sensitivity of {@link clippedSensitivity} — a convenience over
+ * {@link releaseRecord}. `sampleRate` defaults to 1 (full participation), `count` to 1.
+ *
+ * @example
+ * ```ts
+ * gaussianRelease({
+ *   round: 3, phase: "B", noiseMultiplier: 1, clip: 2, clipping: "per-tensor",
+ *   peerSigmaMax: new Array(36).fill(1.5),
+ * }).noiseMultiplier; // 1/√(36·1.5²) = 1/9
+ * ```
+ */
+export function gaussianRelease(args: {
+  round: number;
+  phase: ReleasePhase;
+  noiseMultiplier: number;
+  clip: number;
+  clipping: "per-tensor" | "release" | "product";
+  tensors?: number;
+  peerSigmaMax?: readonly number[];
+  sampleRate?: number;
+  count?: number;
+  note?: string;
+}): Required<Omit<Release, "calibration" | "exact">> {
+  const sigma = args.noiseMultiplier;
+  if (!(sigma >= 0 && Number.isFinite(sigma))) {
+    throw new Error(`gaussianRelease: noiseMultiplier ${sigma} must be finite and ≥ 0`);
+  }
+  const { sensitivity, how } = clippedSensitivity(args);
+  const r = releaseRecord({
+    round: args.round,
+    phase: args.phase,
+    noiseStd: sigma * args.clip,
     sensitivity,
-    noiseStd,
-    clip,
+    clip: args.clip,
+    sampleRate: args.sampleRate,
+    count: args.count,
     note: args.note ?? how,
-  };
-  validateRelease(release, where);
-  return release;
+  });
+  return { ...r, note: r.note! };
 }
 
 /**
@@ -533,219 +610,4 @@ export function ledgerFromJson(json: string | unknown, source = "ledger"): Priva
  */
 export function restoreLedger(state: unknown, source = "saved ledger"): PrivacyLedger {
   return ledgerFromJson(state, source);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Calibration (SPEC.md §4.1, §4.2).
-
-/** What the paper calibration computed (SPEC.md §4.1). */
-export interface PaperCalibration {
-  /** σ: the per-client noise std is σ·C/√K per entry. */
-  noiseMultiplier: number;
-  /** δ = 1/K, as the reference. */
-  delta: number;
-  /** b/N. */
-  sampleRate: number;
-  /** T·E·N/b, not rounded (see {@link paperCalibration}). */
-  steps: number;
-}
-
-/**
- * The reference's noise calibration ("paper", SPEC.md §4.1): opacus `get_noise_multiplier` with
- * `accountant="rdp"`, tolerance 0.01, δ = 1/K, `sample_rate = b/N`, `steps = T·E·N/b`. Mirrors
- * the reference's `compute_noise_multiplier` (DEeR `utils.py`): N = Σ_k n_k over the clients'
- * index lists, `sample_rate = b / N`, and `steps = Σ_k T·E·(n_k/b)` summed client by client in
- * floating point and passed to opacus **unrounded** — opacus only applies `int()` when given
- * epochs instead of steps, so the per-step RDP is multiplied by a non-integer step count. Pass
- * `clientSizes` to reproduce that sum exactly; with `totalTrainImages` alone the steps are
- * `T·E·(N/b)` (equal up to rounding in the last bits).
- *
- * This σ is NOT a client-level guarantee for the mechanism that runs (SPEC.md §4.2); record
- * releases with {@link gaussianRelease} to get the actual ε.
- *
- * @example
- * ```ts
- * const cal = paperCalibration({
- *   epsilon: 1, numClients: 12, totalTrainImages: 2400, batchPerClient: 10, rounds: 50, localEpochs: 5,
- * });
- * cal.delta; // 1/12
- * ```
- */
-export function paperCalibration(args: {
-  epsilon: number;
-  numClients: number;
-  batchPerClient: number;
-  rounds: number;
-  localEpochs: number;
-  totalTrainImages?: number;
-  clientSizes?: readonly number[];
-  tolerance?: number;
-}): PaperCalibration {
-  const where = "paperCalibration";
-  const { epsilon, numClients: k, batchPerClient: b, rounds: t, localEpochs: e } = args;
-  const posInt = (field: string, v: number) => {
-    if (!(Number.isInteger(v) && v > 0)) {
-      throw new Error(`${where}: ${field} ${v} must be a positive integer`);
-    }
-  };
-  posInt("numClients", k);
-  posInt("batchPerClient", b);
-  posInt("rounds", t);
-  posInt("localEpochs", e);
-  let n: number, steps: number;
-  if (args.clientSizes !== undefined) {
-    args.clientSizes.forEach((s, i) => {
-      if (!(Number.isInteger(s) && s >= 0)) {
-        throw new Error(`${where}: clientSizes[${i}] ${s} must be an integer ≥ 0`);
-      }
-    });
-    n = args.clientSizes.reduce((a, s) => a + s, 0);
-    if (args.totalTrainImages !== undefined && args.totalTrainImages !== n) {
-      throw new Error(`${where}: totalTrainImages ${args.totalTrainImages} ≠ Σ clientSizes = ${n}`);
-    }
-    // Python: sum([T * E * (n_k / b) for n_k in sizes]), left to right from 0.
-    steps = args.clientSizes.reduce((acc, s) => acc + t * e * (s / b), 0);
-  } else if (args.totalTrainImages !== undefined) {
-    n = args.totalTrainImages;
-    posInt("totalTrainImages", n);
-    steps = t * e * (n / b);
-  } else {
-    throw new Error(`${where}: give totalTrainImages (N) or clientSizes`);
-  }
-  if (!(n > 0)) throw new Error(`${where}: the clients hold no training images`);
-  const sampleRate = b / n;
-  if (sampleRate > 1) throw new Error(`${where}: batchPerClient ${b} exceeds N = ${n}`);
-  const delta = 1 / k;
-  const noiseMultiplier = noiseMultiplierForBudget({
-    targetEpsilon: epsilon,
-    targetDelta: delta,
-    sampleRate,
-    steps,
-    tolerance: args.tolerance ?? 0.01,
-  });
-  return { noiseMultiplier, delta, sampleRate, steps };
-}
-
-/**
- * σ of the paper calibration ({@link paperCalibration}).
- *
- * @example
- * ```ts
- * paperNoiseMultiplier({
- *   epsilon: 1, numClients: 12, totalTrainImages: 2400, batchPerClient: 10, rounds: 50, localEpochs: 5,
- * });
- * ```
- */
-export function paperNoiseMultiplier(args: Parameters<typeof paperCalibration>[0]): number {
-  return paperCalibration(args).noiseMultiplier;
-}
-
-/**
- * Per-entry noise std each client adds: `σ·C/√K` (SPEC.md §4.1), so the sum over K clients
- * carries std σ·C.
- *
- * @example
- * ```ts
- * perClientNoiseStd({ noiseMultiplier: 1, clip: 2, numClients: 4 }); // 1
- * ```
- */
-export function perClientNoiseStd(
-  args: { noiseMultiplier: number; clip: number; numClients: number },
-): number {
-  const { noiseMultiplier, clip, numClients } = args;
-  if (!(noiseMultiplier >= 0)) {
-    throw new Error(`perClientNoiseStd: noiseMultiplier ${noiseMultiplier} must be ≥ 0`);
-  }
-  if (!(clip > 0)) throw new Error(`perClientNoiseStd: clip ${clip} must be > 0`);
-  if (!(Number.isInteger(numClients) && numClients > 0)) {
-    throw new Error(`perClientNoiseStd: numClients ${numClients} must be a positive integer`);
-  }
-  return (noiseMultiplier * clip) / Math.sqrt(numClients);
-}
-
-/**
- * The client-level ε the paper mechanism actually spends with isotropic noise (no regulator),
- * known before the run: `releases` releases of `tensors` per-tensor-clipped tensors each, noise
- * multiplier σ/√m per release (module documentation), at `delta` (default 1e-5). LoRA:
- * T releases of 72; FFA-LoRA: T of 36; DEeR without regulator: 2T of 36. With the regulator the
- * value depends on the peers' σ_max and comes from the run's ledger.
- *
- * @example
- * ```ts
- * paperMechanismEpsilon({ noiseMultiplier: 1, tensors: 72, releases: 50 }).epsilon; // huge
- * ```
- */
-export function paperMechanismEpsilon(args: {
-  noiseMultiplier: number;
-  tensors: number;
-  releases: number;
-  delta?: number;
-  sampleRate?: number;
-}): { epsilon: number; order: number } {
-  const r = gaussianRelease({
-    round: 0,
-    phase: "AB",
-    noiseMultiplier: args.noiseMultiplier,
-    clip: 1,
-    clipping: "per-tensor",
-    tensors: args.tensors,
-    sampleRate: args.sampleRate,
-  });
-  if (!(args.releases >= 0 && Number.isFinite(args.releases))) {
-    throw new Error(`paperMechanismEpsilon: releases ${args.releases} must be finite and ≥ 0`);
-  }
-  return epsilonForReleases(
-    [{ noiseMultiplier: r.noiseMultiplier, sampleRate: r.sampleRate, count: args.releases }],
-    args.delta ?? 1e-5,
-  );
-}
-
-/** What the strict calibration computed (SPEC.md §4.2). */
-export interface StrictCalibration {
-  /** σ: noise std σ·C on the sum, σC/√K per client. */
-  noiseMultiplier: number;
-  /** Total composed releases (T·releasesPerRound). */
-  releases: number;
-  delta: number;
-  sampleRate: number;
-}
-
-/**
- * Strict calibration (SPEC.md §4.2): the σ for which `rounds·releasesPerRound` client-level
- * Gaussian releases of sensitivity C with noise σC (whole-release or product-space clipping),
- * sampled at `sampleRate` (1 = full participation), spend at most `targetEpsilon` at `delta`
- * (default 1e-5) — the bisection of SPEC.md §4.4 over that mechanism. `releasesPerRound` is 1
- * for LoRA-like methods and 2 for DEeR (phase B and phase A).
- *
- * @example
- * ```ts
- * strictCalibration({ targetEpsilon: 8, rounds: 50, releasesPerRound: 2 }).noiseMultiplier;
- * ```
- */
-export function strictCalibration(args: {
-  targetEpsilon: number;
-  rounds: number;
-  releasesPerRound: 1 | 2;
-  sampleRate?: number;
-  delta?: number;
-  tolerance?: number;
-}): StrictCalibration {
-  const { targetEpsilon, rounds, releasesPerRound, sampleRate = 1, delta = 1e-5 } = args;
-  if (!(Number.isInteger(rounds) && rounds > 0)) {
-    throw new Error(`strictCalibration: rounds ${rounds} must be a positive integer`);
-  }
-  if (releasesPerRound !== 1 && releasesPerRound !== 2) {
-    throw new Error(
-      `strictCalibration: releasesPerRound ${releasesPerRound} must be 1 (LoRA-like) or 2 (DEeR)`,
-    );
-  }
-  const releases = rounds * releasesPerRound;
-  const noiseMultiplier = noiseMultiplierForBudget({
-    targetEpsilon,
-    targetDelta: delta,
-    sampleRate,
-    steps: releases,
-    tolerance: args.tolerance ?? 0.01,
-  });
-  return { noiseMultiplier, releases, delta, sampleRate };
 }

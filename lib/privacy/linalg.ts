@@ -350,3 +350,104 @@ export function frobenius(x: Matrix): number {
   for (let i = 0; i < x.length; i++) s += x[i] * x[i];
   return Math.sqrt(s);
 }
+
+/**
+ * Eigen-decomposition of a symmetric n×n matrix by cyclic Jacobi rotations: `G = W·diag(λ)·Wᵀ`
+ * with W orthogonal (row-major, eigenvectors in columns), eigenvalues in decreasing order.
+ * Meant for the small r×r matrices of LoRA factors.
+ *
+ * @example
+ * ```ts
+ * symmetricEigen([2, 1, 1, 2], 2).values; // [3, 1]
+ * ```
+ */
+export function symmetricEigen(g: Matrix, n: number): { values: number[]; vectors: Float64Array } {
+  checkShape("symmetricEigen", "G", g, n, n);
+  const a = Float64Array.from(g as ArrayLike<number>);
+  const v = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) v[i * n + i] = 1;
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0, total = 0;
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        total += a[i * n + j] ** 2;
+        if (i !== j) off += a[i * n + j] ** 2;
+      }
+    }
+    if (off <= 1e-30 * total || off === 0) break;
+    for (let p = 0; p < n - 1; p++) {
+      for (let q = p + 1; q < n; q++) {
+        const apq = a[p * n + q];
+        if (apq === 0) continue;
+        const theta = (a[q * n + q] - a[p * n + p]) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
+        for (let k = 0; k < n; k++) {
+          const akp = a[k * n + p], akq = a[k * n + q];
+          a[k * n + p] = c * akp - s * akq;
+          a[k * n + q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < n; k++) {
+          const apk = a[p * n + k], aqk = a[q * n + k];
+          a[p * n + k] = c * apk - s * aqk;
+          a[q * n + k] = s * apk + c * aqk;
+        }
+        for (let k = 0; k < n; k++) {
+          const vkp = v[k * n + p], vkq = v[k * n + q];
+          v[k * n + p] = c * vkp - s * vkq;
+          v[k * n + q] = s * vkp + c * vkq;
+        }
+      }
+    }
+  }
+  const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => a[y * n + y] - a[x * n + x]);
+  const vectors = new Float64Array(n * n);
+  order.forEach((src, dst) => {
+    for (let k = 0; k < n; k++) vectors[k * n + dst] = v[k * n + src];
+  });
+  return { values: order.map((i) => a[i * n + i]), vectors };
+}
+
+/**
+ * Gram–Schmidt on the rows of a full-row-rank `A` (r×d): `A = L·Q` with Q (r×d) orthonormal rows
+ * and L (r×r) lower triangular, both float64 (modified Gram–Schmidt, re-orthogonalised once).
+ * Throws when A is rank-deficient.
+ *
+ * @example
+ * ```ts
+ * orthonormalRows([3, 0, 0, 0, 2, 0], 2, 3).q; // [1, 0, 0, 0, 1, 0]
+ * ```
+ */
+export function orthonormalRows(
+  a: Matrix,
+  rows: number,
+  cols: number,
+): { l: Float64Array; q: Float64Array } {
+  checkShape("orthonormalRows", "A", a, rows, cols);
+  const q = Float64Array.from(a as ArrayLike<number>);
+  const l = new Float64Array(rows * rows);
+  let scale = 0;
+  for (let i = 0; i < q.length; i++) scale = Math.max(scale, Math.abs(q[i]));
+  for (let i = 0; i < rows; i++) {
+    for (let pass = 0; pass < 2; pass++) {
+      for (let j = 0; j < i; j++) {
+        let dot = 0;
+        for (let k = 0; k < cols; k++) dot += q[i * cols + k] * q[j * cols + k];
+        l[i * rows + j] += dot;
+        for (let k = 0; k < cols; k++) q[i * cols + k] -= dot * q[j * cols + k];
+      }
+    }
+    let norm = 0;
+    for (let k = 0; k < cols; k++) norm += q[i * cols + k] ** 2;
+    norm = Math.sqrt(norm);
+    if (!(norm > 1e-12 * scale * Math.sqrt(cols))) {
+      throw new Error(
+        `orthonormalRows: row ${i} of the ${rows}×${cols} matrix is (numerically) a combination ` +
+          `of the rows before it; the matrix has rank < ${rows}`,
+      );
+    }
+    l[i * rows + i] = norm;
+    for (let k = 0; k < cols; k++) q[i * cols + k] /= norm;
+  }
+  return { l, q };
+}

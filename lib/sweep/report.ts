@@ -24,7 +24,7 @@ import { epsilonFigure, moduleHeatmap, sweepFigure } from "../plot/ablations.ts"
 import type { Figure } from "../plot/figures.ts";
 import { escapeHtml, reportHtml } from "../plot/html.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
-import { resolveMethod } from "../fl/methods.ts";
+import { resolveMethod } from "../fl/methods/mod.ts";
 import { pointLabel, type Sweep, type SweepPoint } from "./spec.ts";
 import { readJson } from "./state.ts";
 import {

@@ -1,0 +1,69 @@
+/**
+ * FLoRA (stacking): every round each client k trains a fresh LoRA of its own rank r_k. The
+ * server stacks the factors, `B = [p₁B₁ … p_KB_K]` (dOut×Σr_k) and `A = [A₁; …; A_K]`
+ * (Σr_k×dIn), so that `B·A = Σ_k p_k·B_k·A_k` exactly, merges `s·B·A` into the frozen weights,
+ * and the clients start from a fresh LoRA again in the next round. Clients may use different
+ * ranks (`--lora_r 4,8,16`).
+ *
+ * Under DP it is refused: the stacked release publishes every client's factors one by one, not a
+ * sum, so the central Gaussian mechanism's accounting does not apply.
+ * @module
+ */
+import { phase } from "./defaults.ts";
+import { fedAvg } from "./defaults.ts";
+import type { CombineContext, Method } from "./types.ts";
+import type { ReceivedUpdate } from "../../privacy/mechanism.ts";
+
+/**
+ * `s·Σ_k p_k·B_k·A_k` for every adapter (dOut×dIn, float64 accumulation), with the weights
+ * normalised to sum to 1 — the product of the stacked factors.
+ */
+export function stackedUpdate(
+  received: readonly ReceivedUpdate[],
+  ctx: CombineContext,
+): Float64Array[] {
+  const { dIn, dOut } = ctx.dims;
+  const sum = received.reduce((a, c) => a + c.weight, 0);
+  return Array.from({ length: ctx.dims.adapters }, (_, i) => {
+    const out = new Float64Array(dOut * dIn);
+    for (const { factors, weight } of received) {
+      const b = factors.B[i], a = factors.A[i];
+      const r = a.length / dIn;
+      const p = (weight / sum) * ctx.loraScale;
+      for (let row = 0; row < dOut; row++) {
+        for (let c = 0; c < r; c++) {
+          const v = p * b[row * r + c];
+          if (v === 0) continue;
+          for (let col = 0; col < dIn; col++) out[row * dIn + col] += v * a[c * dIn + col];
+        }
+      }
+    }
+    return out;
+  });
+}
+
+/** Stacked fresh LoRAs merged into the frozen weights every round. */
+export const flora: Method = {
+  ...fedAvg,
+  name: "FLoRA",
+  label: "FLoRA",
+  aggregates: "A and B stacked (B = [p₁B₁ … p_KB_K], A = [A₁; …; A_K]); s·B·A merged into the " +
+    "frozen weights; fresh LoRAs every round",
+  phases: [phase("AB", ["A", "B"], ["A", "B"], false)],
+  referenceMomentum: "reset",
+  clientRanks: true,
+  startFactors: (ctx) => ctx.freshLora(),
+  combine: (received, ctx) => ({
+    // The global LoRA contributes nothing after the merge: B = 0.
+    global: { A: ctx.global.A, B: ctx.global.B.map((b) => new Float32Array(b.length)) },
+    mergeIntoFrozen: received.length === 0
+      ? undefined
+      : stackedUpdate(received, ctx).map((m) => Float32Array.from(m)),
+  }),
+  // Stacking is exact: Σ_k p_k·B_k·A_k is merged as it is.
+  deviation: () => 0,
+  checkDp: (calibration) =>
+    `FLoRA with ${calibration} calibration: stacking publishes every client's factors one by ` +
+    `one, not a noised sum, so the central Gaussian mechanism's accounting does not apply; run ` +
+    `FLoRA without DP (--is_DP 0)`,
+};

@@ -1,0 +1,513 @@
+/**
+ * The privacy mechanisms as values: `none`, `paper` and `strict` (docs/privacy.md). A mechanism
+ * turns the updates of one release (a phase of a round) into what the server publishes:
+ *
+ * 1. **clip** each client's update of the released factors, through `clip.ts` — per tensor
+ *    (paper), over the whole release (strict), or in product space for regulated releases
+ *    (strict: `‖ΔB·A‖_F ≤ C` in phase B, `‖B·ΔA‖_F ≤ C` in phase A);
+ * 2. **combine** the clipped updates with the method's own combination (a weighted sum);
+ * 3. **noise**: per client before combining (paper: std σC/√K each, as the reference) or once on
+ *    the combination (strict: std σ·C·w_max), isotropic or shaped by DEeR's regulator — drawn by
+ *    the one regulated-noise implementation, the peer of `regulator.ts`;
+ * 4. **record** the {@link Release} the ledger stores, built by `releaseRecord` (ledger.ts).
+ *
+ * The engine calls {@link createMechanism} once per run and `release` once per phase; it has no
+ * branch on the calibration.
+ *
+ * @example
+ * ```ts
+ * import { createRng } from "../rng.ts";
+ * const mechanism = createMechanism(null);
+ * const global = { A: [new Float32Array(4)], B: [new Float32Array(4)] };
+ * const out = mechanism.release({
+ *   round: 1, phase: { name: "B", release: ["B"], regulate: false },
+ *   global, dims: { adapters: 1, rank: 2, dIn: 2, dOut: 2 },
+ *   updates: [{ client: 0, start: global, factors: { A: global.A, B: [new Float32Array([1, 2, 3, 4])] }, weight: 1 }],
+ *   maxWeight: 1, numClients: 1, noiseRng: () => createRng(1),
+ * });
+ * out.global.B[0]; // [1, 2, 3, 4]: no clipping, no noise
+ * ```
+ * @module
+ */
+import type { Rng } from "../rng.ts";
+import {
+  cloneFactors,
+  type Factor,
+  factorList,
+  type LoraDims,
+  type LoraFactors,
+  sqNorm,
+} from "../fl/factors.ts";
+import type { Calibration } from "./calibration.ts";
+import { strictRelease } from "./calibration.ts";
+import { clipPerTensor, clipProductSpace, clipRelease, productSpaceNorm } from "./clip.ts";
+import { clippedSensitivity, type Release, type ReleasePhase, releaseRecord } from "./ledger.ts";
+import { isotropicNoise, type PeerFactor, peerForA, peerForB } from "./regulator.ts";
+
+/** What a phase releases, as the mechanism needs it. */
+export interface ReleaseSpec {
+  /** Label of the release in records and the ledger: the factors released. */
+  readonly name: ReleasePhase;
+  /** Factors the clients send to the server. */
+  readonly release: readonly Factor[];
+  /** Whether the noise is shaped by the regulator (noise on B is `W·A⁺`, on A `B⁺·W`). */
+  readonly regulate: boolean;
+}
+
+/** One client's contribution to a release. */
+export interface ClientUpdate {
+  client: number;
+  /** The factors the client started from (its update is `factors − start` on released factors). */
+  start: LoraFactors;
+  /** The factors after local training. */
+  factors: LoraFactors;
+  /**
+   * Aggregation weight. Weights may sum to less than 1 (strict calibration's fixed denominator
+   * under client sampling or faults): the missing mass stays on the global factors.
+   */
+  weight: number;
+}
+
+/** What the server holds of one client after the mechanism's per-client steps. */
+export interface ReceivedUpdate {
+  client: number;
+  /** `start + clip(Δ)` on released factors (plus the client's noise under paper calibration). */
+  factors: LoraFactors;
+  weight: number;
+}
+
+/** A method's combination of the received updates (a weighted sum for DP mechanisms). */
+export type Combine = (received: readonly ReceivedUpdate[]) => {
+  global: LoraFactors;
+  /** Dense per-adapter updates (dOut×dIn) the method merges into the frozen weights. */
+  mergeIntoFrozen?: Float32Array[];
+};
+
+/** Inputs of one release. */
+export interface ReleaseInput {
+  /** Round (1-based) and phase of the release. */
+  round: number;
+  phase: ReleaseSpec;
+  global: LoraFactors;
+  dims: LoraDims;
+  updates: readonly ClientUpdate[];
+  /**
+   * The largest weight any client could have in this release, fixed before the clients' data is
+   * seen; it scales the strict calibration's noise (σ·C·maxWeight).
+   */
+  maxWeight: number;
+  /** K, the number of clients (per-client noise std σC/√K in paper calibration). */
+  numClients: number;
+  /** The seeded noise stream of a client id, or of "central". */
+  noiseRng: (label: string | number) => Rng;
+  /** The method's combination; default: {@link weightedAverage} over the released factors. */
+  combine?: Combine;
+}
+
+/** What a release publishes and how it was made. */
+export interface ReleaseOutput {
+  /** The new global factors, as published (noised). */
+  global: LoraFactors;
+  /** The same combination without the noise (instrumentation only; never published). */
+  clean: LoraFactors;
+  /** The method's dense merge into the frozen weights, from the received updates. */
+  mergeIntoFrozen?: Float32Array[];
+  /** What the server holds per client (see {@link ReceivedUpdate}). */
+  received: ReceivedUpdate[];
+  /** Largest σ_max of a peer factor that shaped regulated noise (0 when not regulated). */
+  peerSigmaMax: number;
+  /** Fraction of client releases the clip bound scaled down; their mean pre-clip norm. */
+  clippedFraction: number;
+  meanUpdateNorm: number;
+  /** Strict calibration: the largest client release norm after clipping (checked ≤ C). */
+  maxReleaseNorm: number;
+  /** The ledger's record of this release; null without DP. */
+  record: Release | null;
+}
+
+/** A privacy mechanism of a run. */
+export interface Mechanism {
+  readonly name: "none" | "paper" | "strict";
+  /** The calibrated σ and its targets; null for `none`. */
+  readonly calibration: Calibration | null;
+  /** Clips, combines, noises and records one release. */
+  release(input: ReleaseInput): ReleaseOutput;
+  /**
+   * The record of a release made in `round`, `phase`, when it is known before the clients train
+   * (strict: it depends on the calibration alone); null otherwise. The budget guard uses it.
+   */
+  plannedRecord(round: number, phase: ReleasePhase): Release | null;
+}
+
+/**
+ * The mechanism of a calibration: `none` without one, `paper` or `strict` by
+ * `calibration.calibration`.
+ */
+export function createMechanism(calibration: Calibration | null): Mechanism {
+  if (calibration === null) return noneMechanism;
+  return calibration.calibration === "paper"
+    ? paperMechanism(calibration)
+    : strictMechanism(calibration);
+}
+
+/**
+ * The default combination: `θ_g + Σ_k w_k·(θ_k − θ_g)` on the released factors, i.e. FedAvg
+ * `Σ_k w_k·θ_k` when the weights sum to 1, with any missing weight mass left on the global
+ * factors; accumulated in float64.
+ */
+export function weightedAverage(
+  global: LoraFactors,
+  released: readonly Factor[],
+  received: readonly ReceivedUpdate[],
+): LoraFactors {
+  const weightSum = received.reduce((a, c) => a + c.weight, 0);
+  const globalMass = Math.abs(1 - weightSum) > 1e-12 ? 1 - weightSum : 0;
+  const out = cloneFactors(global);
+  for (const which of released) {
+    const list = factorList(global, which);
+    for (let i = 0; i < list.length; i++) {
+      const g = list[i];
+      const acc = new Float64Array(g.length);
+      if (globalMass !== 0) { for (let j = 0; j < acc.length; j++) acc[j] = globalMass * g[j]; }
+      for (const { factors, weight: p } of received) {
+        const t = factorList(factors, which)[i];
+        for (let j = 0; j < acc.length; j++) acc[j] += p * t[j];
+      }
+      factorList(out, which)[i] = Float32Array.from(acc);
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared steps.
+
+/** Peers of released factors, factorised once per distinct tensor. */
+function peerCache(dims: LoraDims) {
+  const peers = new Map<Float32Array, PeerFactor>();
+  return (f: LoraFactors, which: Factor, i: number): PeerFactor => {
+    // The peer of a released B is the client's A (and vice versa).
+    const t = which === "B" ? f.A[i] : f.B[i];
+    let p = peers.get(t);
+    if (!p) {
+      const rank = t.length / (which === "B" ? dims.dIn : dims.dOut);
+      p = which === "B"
+        ? peerForB(t, rank, dims.dIn, dims.dOut)
+        : peerForA(t, dims.dOut, rank, dims.dIn);
+      peers.set(t, p);
+    }
+    return p;
+  };
+}
+
+type Deltas = Map<Factor, Float32Array[]>;
+
+/** The update `factors − start` of each released factor. */
+function deltasOf(u: ClientUpdate, released: readonly Factor[]): Deltas {
+  const out: Deltas = new Map();
+  for (const which of released) {
+    const start = factorList(u.start, which);
+    out.set(which, factorList(u.factors, which).map((t, i) => sub(t, start[i])));
+  }
+  return out;
+}
+
+/** `start + Δ` on the released factors; the other factors as trained. */
+function applied(u: ClientUpdate, deltas: Deltas): LoraFactors {
+  const f = cloneFactors(u.factors);
+  for (const [which, list] of deltas) {
+    const start = factorList(u.start, which);
+    list.forEach((d, i) => (factorList(f, which)[i] = add(start[i], d)));
+  }
+  return f;
+}
+
+function flat(deltas: Deltas): Float32Array[] {
+  return [...deltas.values()].flat();
+}
+
+function defaultCombine(input: ReleaseInput): Combine {
+  return input.combine ??
+    ((received) => ({ global: weightedAverage(input.global, input.phase.release, received) }));
+}
+
+/**
+ * A client's regulated noise; a rank-deficient own peer (module1 off: A and B released together,
+ * each regulated by the client's own other factor) is refused with what to change — its Gram
+ * matrix has no inverse, and a general pseudo-inverse would leave directions of the released
+ * factor without any noise, which no DP claim could cover.
+ */
+function regulatedOrExplain(
+  peer: PeerFactor,
+  rng: Rng,
+  std: number,
+  client: number,
+  released: Factor,
+  adapter: number,
+  phase: ReleaseSpec,
+): Float32Array {
+  try {
+    return peer.regulatedNoise(rng, std);
+  } catch (err) {
+    const other = released === "A" ? "B" : "A";
+    const shared = phase.release.length === 1;
+    throw new Error(
+      `regulated DP noise (module2) for client ${client}'s released ${released} of adapter ` +
+        `${adapter}: the peer, that client's own ${other}, is rank-deficient — ${
+          (err as Error).message
+        }. ` +
+        (shared ? "" : `With module1 off, A and B are trained and released together and each is ` +
+          `regulated by the client's own other factor; B starts at zero, so a client that holds ` +
+          `no or very few training images (Dirichlet splits with small α) keeps a singular B. ` +
+          `Use module1 = 1 (DEeR's phases: B first, regulated by the shared global A), ` +
+          `module2 = 0, or a split that gives every client data.`),
+    );
+  }
+}
+
+function mean(xs: number[]): number {
+  return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The three mechanisms.
+
+/** No privacy: the updates are combined as they are. */
+const noneMechanism: Mechanism = {
+  name: "none",
+  calibration: null,
+  release(input) {
+    const norms: number[] = [];
+    const received = input.updates.map((u) => {
+      const deltas = deltasOf(u, input.phase.release);
+      norms.push(Math.sqrt(flat(deltas).reduce((s, d) => s + sqNorm(d), 0)));
+      return { client: u.client, factors: applied(u, deltas), weight: u.weight };
+    });
+    const combined = defaultCombine(input)(received);
+    return {
+      global: combined.global,
+      clean: combined.global,
+      mergeIntoFrozen: combined.mergeIntoFrozen,
+      received,
+      peerSigmaMax: 0,
+      clippedFraction: 0,
+      meanUpdateNorm: mean(norms),
+      maxReleaseNorm: 0,
+      record: null,
+    };
+  },
+  plannedRecord: () => null,
+};
+
+/**
+ * The reference's mechanism: every released tensor clipped on its own to C, per-client noise of
+ * std σC/√K per entry (regulated with the client's own peer factor), then the weighted average.
+ * Its record states what it really spends at client level: one client moves the weighted sum by
+ * at most `w_k·S_k` (S_k = C·√m, or C·√(Σ_t σ_max(peer_t)²) when regulated), and the sum carries
+ * noise of std `(σC/√K)·√(Σ_k w_k²)`.
+ */
+function paperMechanism(cal: Calibration): Mechanism {
+  const C = cal.clip;
+  return {
+    name: "paper",
+    calibration: cal,
+    release(input) {
+      const { phase, dims, updates } = input;
+      const peerOf = peerCache(dims);
+      let clipped = 0;
+      const norms: number[] = [];
+      const clean: ReceivedUpdate[] = [];
+      const received: ReceivedUpdate[] = [];
+      let peerSigmaMax = 0;
+      const std = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
+      for (const u of updates) {
+        const deltas = deltasOf(u, phase.release);
+        const { norms: tensorNorms } = clipPerTensor(flat(deltas), C, { inPlace: true });
+        norms.push(Math.sqrt(tensorNorms.reduce((s, n) => s + n * n, 0)));
+        if (tensorNorms.some((n) => n > C)) clipped++;
+        const factors = applied(u, deltas);
+        clean.push({ client: u.client, factors, weight: u.weight });
+        const noisy = cloneFactors(factors);
+        const rng = input.noiseRng(u.client);
+        for (const which of phase.release) {
+          factorList(noisy, which).forEach((t, i) => {
+            if (phase.regulate) {
+              const peer = peerOf(u.factors, which, i);
+              peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
+              addInPlace(t, regulatedOrExplain(peer, rng, std, u.client, which, i, phase));
+            } else addInPlace(t, isotropicNoise(rng, t.length, std));
+          });
+        }
+        received.push({ client: u.client, factors: noisy, weight: u.weight });
+      }
+      const combine = defaultCombine(input);
+      const published = combine(received);
+      return {
+        global: published.global,
+        clean: combine(clean).global,
+        mergeIntoFrozen: published.mergeIntoFrozen,
+        received,
+        peerSigmaMax,
+        clippedFraction: updates.length ? clipped / updates.length : 0,
+        meanUpdateNorm: mean(norms),
+        maxReleaseNorm: 0,
+        record: paperRecord(cal, input, peerOf),
+      };
+    },
+    plannedRecord: () => null,
+  };
+}
+
+/** The paper mechanism's record (see {@link paperMechanism}). */
+function paperRecord(
+  cal: Calibration,
+  input: ReleaseInput,
+  peerOf: ReturnType<typeof peerCache>,
+): Release {
+  const { updates, phase, dims } = input;
+  const C = cal.clip;
+  const weights = updates.map((u) => u.weight);
+  const maxWeight = Math.max(...weights);
+  const s = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
+  const aggregateStd = s * Math.sqrt(weights.reduce((a, w) => a + w * w, 0));
+  let worst = 0;
+  let how = "";
+  for (const [k, { factors }] of updates.entries()) {
+    const peerSigmaMax = phase.regulate
+      ? phase.release.flatMap((which) =>
+        Array.from({ length: dims.adapters }, (_, i) => peerOf(factors, which, i).sigmaMax)
+      )
+      : undefined;
+    const bound = clippedSensitivity({
+      clip: C,
+      clipping: "per-tensor",
+      tensors: phase.release.length * dims.adapters,
+      peerSigmaMax,
+    });
+    if (weights[k] * bound.sensitivity > worst || k === 0) how = bound.how;
+    worst = Math.max(worst, weights[k] * bound.sensitivity);
+  }
+  // With module1 off the peers are the clients' private factors: the bound uses them anyway.
+  const exact = !(phase.regulate && phase.release.length > 1);
+  return releaseRecord({
+    round: input.round,
+    phase: phase.name,
+    noiseStd: aggregateStd / maxWeight,
+    sensitivity: worst / maxWeight,
+    noiseMultiplier: aggregateStd / worst,
+    clip: C,
+    sampleRate: 1,
+    calibration: "paper",
+    exact,
+    note: `paper mechanism: ${how}; per-client noise σC/√K, weighted by the aggregation weights`,
+  });
+}
+
+/**
+ * The strict client-level mechanism: a client's whole release clipped to C (in product space
+ * when regulated), the weighted sum formed, and noise of std σ·C·maxWeight added once to it
+ * (regulated by the shared global peer, or isotropic).
+ */
+function strictMechanism(cal: Calibration): Mechanism {
+  const C = cal.clip;
+  return {
+    name: "strict",
+    calibration: cal,
+    release(input) {
+      const { phase, dims, updates, global } = input;
+      const peerOf = peerCache(dims);
+      if (!(input.maxWeight > 0 && Number.isFinite(input.maxWeight))) {
+        throw new Error(
+          `strict mechanism: maxWeight ${input.maxWeight} must be a finite number > 0 (it scales ` +
+            `the noise); pass the largest weight any client could have`,
+        );
+      }
+      let clipped = 0;
+      let maxReleaseNorm = 0;
+      const norms: number[] = [];
+      const received: ReceivedUpdate[] = [];
+      for (const u of updates) {
+        const deltas = deltasOf(u, phase.release);
+        let norm: number;
+        let after: () => number;
+        if (phase.regulate) {
+          // One factor per regulated strict phase (validated): its peer is the client's start,
+          // the global factor shared by all clients.
+          const which = phase.release[0];
+          const list = deltas.get(which)!;
+          const peers = list.map((_, i) => peerOf(u.start, which, i));
+          const spec = {
+            phase: which,
+            deltas: list,
+            peers: peers.map((p) => p.peer),
+            peerGrams: peers.map((p) => p.gram),
+            d: dims.dIn,
+            dOut: dims.dOut,
+            r: peers[0]?.rank ?? dims.rank,
+          };
+          norm = clipProductSpace(spec, C, { inPlace: true }).norm;
+          after = () => productSpaceNorm(spec);
+        } else {
+          const tensors = flat(deltas);
+          norm = clipRelease(tensors, C, { inPlace: true }).norm;
+          after = () => Math.sqrt(tensors.reduce((s, d) => s + sqNorm(d), 0));
+        }
+        norms.push(norm);
+        if (norm > C) clipped++;
+        // Run-time check of the guarantee's premise: the clipped release is within its bound
+        // (float32 rounding of the scaled entries allows a relative 1e-5).
+        const bounded = after();
+        maxReleaseNorm = Math.max(maxReleaseNorm, bounded);
+        if (!(bounded <= C * (1 + 1e-5))) {
+          throw new Error(
+            `strict clipping failed: a release has norm ${bounded} > C = ${C}; refusing to ` +
+              `release it`,
+          );
+        }
+        received.push({ client: u.client, factors: applied(u, deltas), weight: u.weight });
+      }
+      const combined = defaultCombine(input)(received);
+      const published = cloneFactors(combined.global);
+      const std = cal.noiseMultiplier * C * input.maxWeight;
+      const rng = input.noiseRng("central");
+      let peerSigmaMax = 0;
+      for (const which of phase.release) {
+        factorList(published, which).forEach((t, i) => {
+          if (phase.regulate) {
+            const peer = peerOf(global, which, i);
+            peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
+            addInPlace(t, peer.regulatedNoise(rng, std));
+          } else addInPlace(t, isotropicNoise(rng, t.length, std));
+        });
+      }
+      return {
+        global: published,
+        clean: combined.global,
+        mergeIntoFrozen: combined.mergeIntoFrozen,
+        received,
+        peerSigmaMax,
+        clippedFraction: updates.length ? clipped / updates.length : 0,
+        meanUpdateNorm: mean(norms),
+        maxReleaseNorm,
+        record: strictRelease(cal, input.round, phase.name),
+      };
+    },
+    plannedRecord: (round, phase) => strictRelease(cal, round, phase),
+  };
+}
+
+function sub(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i] - b[i];
+  return out;
+}
+
+function add(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i] + b[i];
+  return out;
+}
+
+function addInPlace(a: Float32Array, b: ArrayLike<number>): void {
+  for (let i = 0; i < a.length; i++) a[i] += b[i];
+}
