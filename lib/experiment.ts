@@ -44,7 +44,8 @@ import {
 } from "./fl/simulation.ts";
 import { resolveMethod } from "./fl/methods/mod.ts";
 import { meanStd, type Metrics } from "./metrics/classification.ts";
-import { writeJsonAtomic } from "./io/atomic.ts";
+import { writeFileAtomic, writeJsonAtomic } from "./io/atomic.ts";
+import { ledgerToJson } from "./privacy/ledger.ts";
 import { acquireRunLock, describeHolder, LOCK_FILE, type RunLock } from "./io/lock.ts";
 import { type Fingerprint, fingerprint, fingerprintChanges } from "./io/fingerprint.ts";
 import { hasContent, moveAside, removeAside } from "./io/run_folder.ts";
@@ -393,7 +394,10 @@ export async function runExperiment(
         onRound: opts.onRound,
         onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
       });
-      if (outDir && run.ledger) await writeJsonAtomic(join(outDir, "ledger.json"), run.ledger);
+      // ledgerToJson keeps ∞ (no noise) and NaN (no RDP order, PLD) that plain JSON cannot hold.
+      if (outDir && run.ledger) {
+        await writeFileAtomic(join(outDir, "ledger.json"), ledgerToJson(run.ledger));
+      }
       runs.push(run);
     }
     const summary = summarize(runs);

@@ -21,6 +21,7 @@ import {
   validateConfig,
 } from "../lib/fl/simulation.ts";
 import { methodChoices, resolveMethod } from "../lib/fl/methods/mod.ts";
+import { accountantOf } from "../lib/privacy/calibration.ts";
 import {
   ChangedInputsError,
   loadInputs,
@@ -74,6 +75,9 @@ Toolkit flags:
   --weights uniform|size  aggregation weights (default uniform)
   --participation Q       fraction of clients per round: each client joins each release
                           independently with probability Q (default 1; strict calibration)
+  --accountant rdp|pld    the accountant of the client-level ε: pld (privacy loss distributions,
+                          exact for full participation; default with --calibration strict, whose σ
+                          it calibrates) or rdp (as opacus; default with --calibration paper)
   --max_epsilon E         stop before a round whose releases would bring the spent ε above E
                           (strict calibration; the round is not run, --resume will not pass E)
   --momentum reset|reference  optimiser state between local trainings (default reset)
@@ -114,6 +118,7 @@ const STRING_FLAGS = [
   "weights",
   "participation",
   "max_epsilon",
+  "accountant",
   "momentum",
   "lora_alpha",
   "model",
@@ -292,10 +297,11 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   if (
     !isDP &&
     (f.calibration !== undefined || f.epsilon !== undefined || f.C !== undefined ||
-      f.max_epsilon !== undefined)
+      f.max_epsilon !== undefined || f.accountant !== undefined)
   ) {
     throw new UsageError(
-      `--calibration/--epsilon/--C/--max_epsilon only apply with --is_DP 1; add --is_DP 1 or drop ` +
+      `--calibration/--epsilon/--C/--max_epsilon/--accountant only apply with --is_DP 1; add ` +
+        `--is_DP 1 or drop ` +
         `them`,
     );
   }
@@ -349,6 +355,7 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
         ...(f.max_epsilon === undefined ? {} : {
           maxEpsilon: num(f, "max_epsilon", 0, (v) => v > 0, "a privacy budget ε > 0"),
         }),
+        ...(f.accountant === undefined ? {} : { accountant: accountantFlag(f.accountant) }),
       }
       : null,
   };
@@ -391,6 +398,12 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
     },
     config,
   };
+}
+
+function accountantFlag(raw: unknown): "rdp" | "pld" {
+  const v = String(raw);
+  if (v !== "rdp" && v !== "pld") throw new UsageError(`--accountant ${v}: expected rdp or pld`);
+  return v;
 }
 
 function outRoot(raw: unknown): string {
@@ -557,9 +570,9 @@ async function train(
   if (s.calibration) {
     console.log(
       `privacy (${s.calibration}): nominal ε ${s.nominalEpsilon}, client-level ε actually spent ` +
-        `${s.spentEpsilon?.toFixed(3)} at δ ${args.config.dp?.delta}, σ ${
-          s.noiseMultiplier?.toFixed(4)
-        }`,
+        `${s.spentEpsilon?.toFixed(3)} at δ ${args.config.dp?.delta} (${
+          accountantOf(args.config.dp!).toUpperCase()
+        } accountant), σ ${s.noiseMultiplier?.toFixed(4)}`,
     );
     if (s.calibration === "paper") {
       console.error(

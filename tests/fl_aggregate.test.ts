@@ -28,6 +28,7 @@ function calibration(kind: "paper" | "strict", sigma: number, clip: number): Cal
     nominalEpsilon: 1,
     nominalDelta: 1e-5,
     accountingDelta: 1e-5,
+    accountant: "rdp",
     sampleRate: 1,
     plannedReleases: 10,
   };

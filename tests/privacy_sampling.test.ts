@@ -132,6 +132,7 @@ Deno.test("aggregation: an empty strict cohort moves the global factors by the n
     nominalEpsilon: 1,
     nominalDelta: 1e-5,
     accountingDelta: 1e-5,
+    accountant: "rdp",
     sampleRate: 0.25,
     plannedReleases: 1,
   };

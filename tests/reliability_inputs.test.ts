@@ -391,7 +391,7 @@ const FLAG_CASES: Case[] = [
     name: "unknown method",
     args: flags({ method: "FedProx" }),
     code: 2,
-    message: [/--method unknown method "FedProx"; use one of LoRA, FFA-LoRA/],
+    message: [/--method unknown method "FedProx"; use one of LoRA \(= FedLoRA\), FFA-LoRA/],
   },
   {
     name: "DEeR's module switches with another method",

@@ -159,6 +159,7 @@ Deno.test("reliability: strict clipping bounds every release by C before noise",
     nominalEpsilon: 1,
     nominalDelta: 1e-5,
     accountingDelta: 1e-5,
+    accountant: "rdp",
     sampleRate: 1,
     plannedReleases: 1,
   };

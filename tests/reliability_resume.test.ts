@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ledgerFromJson } from "../lib/privacy/ledger.ts";
+import { ledgerFromJson, ledgerToJson } from "../lib/privacy/ledger.ts";
 import {
   listTree,
   REPO,
@@ -101,8 +101,9 @@ Deno.test("reliability: a run killed mid-way resumes to the uninterrupted result
     const ledgerA = JSON.parse(Deno.readTextFileSync(join(a, "ledger.json")));
     const ledgerB = JSON.parse(Deno.readTextFileSync(join(b, "ledger.json")));
     assert.deepEqual(ledgerB, ledgerA, `seed ${seed}: ledger.json`);
-    const replayed = ledgerFromJson(Deno.readTextFileSync(join(b, "ledger.json")), "ledger.json");
-    assert.deepEqual(replayed, ledgerB, "ledger.json replays (every stored ε recomputed)");
+    const text = Deno.readTextFileSync(join(b, "ledger.json"));
+    const replayed = ledgerFromJson(text, "ledger.json");
+    assert.equal(ledgerToJson(replayed), text, "ledger.json replays (every stored ε recomputed)");
     assert.equal(ledgerB.releases.length, 2 * ROUNDS, "DEeR: two releases per round");
     const spent = ledgerB.rounds.map((r: { epsilon: number }) => r.epsilon);
     for (let i = 1; i < spent.length; i++) assert.ok(spent[i] >= spent[i - 1], "ε never decreases");

@@ -265,6 +265,12 @@ export function validateConfig(c: FederatedConfig): void {
     }
     const refusal = method.checkDp(c.dp.calibration);
     need(refusal === null, refusal ?? "");
+    if (c.dp.accountant !== undefined) {
+      need(
+        c.dp.accountant === "rdp" || c.dp.accountant === "pld",
+        `accountant ${c.dp.accountant}: need rdp or pld`,
+      );
+    }
     if (c.dp.maxEpsilon !== undefined) {
       need(
         c.dp.maxEpsilon > 0 && Number.isFinite(c.dp.maxEpsilon),
@@ -427,7 +433,9 @@ async function configure(
     global,
     merged: undefined,
     initialGlobal: opts.canaries ? cloneFactors(global) : null,
-    ledger: calibration ? createLedger({ delta: calibration.accountingDelta }) : null,
+    ledger: calibration
+      ? createLedger({ delta: calibration.accountingDelta, accountant: calibration.accountant })
+      : null,
     best: { round: -1, val: null, test: null },
     records: [],
     startRound: 0,

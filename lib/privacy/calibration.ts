@@ -23,7 +23,15 @@
  * @module
  */
 import { epsilonForReleases, noiseMultiplierForBudget, searchNoiseMultiplier } from "./rdp.ts";
-import { gaussianRelease, type Release, type ReleasePhase, releaseRecord } from "./ledger.ts";
+import {
+  type Accountant,
+  accountEpsilon,
+  gaussianRelease,
+  mergeIdentical,
+  type Release,
+  type ReleasePhase,
+  releaseRecord,
+} from "./ledger.ts";
 
 /** DP settings as the user gives them. */
 export interface DpSettings {
@@ -39,6 +47,17 @@ export interface DpSettings {
    * the spent client-level ε above this; that round's releases are never made.
    */
   maxEpsilon?: number;
+  /**
+   * The accountant of the client-level ε (and of the strict calibration's search): `pld`
+   * (privacy loss distributions, the tightest; default under strict calibration) or `rdp` (as
+   * opacus; default under paper calibration, whose σ always comes from opacus' RDP search).
+   */
+  accountant?: Accountant;
+}
+
+/** The accountant a run uses: the one asked for, else PLD for strict and RDP for paper. */
+export function accountantOf(dp: DpSettings): Accountant {
+  return dp.accountant ?? (dp.calibration === "strict" ? "pld" : "rdp");
 }
 
 /** The calibrated mechanism of a run. */
@@ -52,6 +71,8 @@ export interface Calibration {
   nominalDelta: number;
   /** δ at which the spent client-level ε is reported. */
   accountingDelta: number;
+  /** The accountant of the spent ε (and of the strict search). */
+  accountant: Accountant;
   /** Client-level sampling rate of each release (participation fraction). */
   sampleRate: number;
   /** Releases the calibration planned for (T × phases). */
@@ -93,6 +114,7 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
       nominalEpsilon: dp.epsilon,
       nominalDelta: 1 / s.numClients,
       accountingDelta,
+      accountant: accountantOf(dp),
       sampleRate: 1,
       plannedReleases,
       warning: `paper calibration: the nominal ε = ${dp.epsilon} (δ = 1/${s.numClients}) is a ` +
@@ -107,6 +129,7 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
     sampleRate: s.participation,
     delta: accountingDelta,
     clip: dp.clip,
+    accountant: accountantOf(dp),
   });
   return {
     calibration: "strict",
@@ -115,6 +138,7 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
     nominalEpsilon: dp.epsilon,
     nominalDelta: accountingDelta,
     accountingDelta,
+    accountant: accountantOf(dp),
     sampleRate: s.participation,
     plannedReleases,
   };
@@ -151,27 +175,6 @@ export function strictRelease(
   });
 }
 
-/**
- * Identical releases merged into blocks with a `count` (order kept), so the accountant
- * multiplies one per-release RDP by the count instead of adding it up release by release.
- */
-export function mergeIdentical(
-  releases: readonly Pick<Release, "noiseMultiplier" | "sampleRate" | "count">[],
-): { noiseMultiplier: number; sampleRate: number; count: number }[] {
-  const blocks = new Map<string, { noiseMultiplier: number; sampleRate: number; count: number }>();
-  for (const r of releases) {
-    const key = `${r.noiseMultiplier}|${r.sampleRate}`;
-    const block = blocks.get(key);
-    if (block) block.count += r.count;
-    else {blocks.set(key, {
-        noiseMultiplier: r.noiseMultiplier,
-        sampleRate: r.sampleRate,
-        count: r.count,
-      });}
-  }
-  return [...blocks.values()];
-}
-
 /** What the strict calibration computed. */
 export interface StrictCalibration {
   /** σ: noise std σ·C on the sum. */
@@ -186,7 +189,8 @@ export interface StrictCalibration {
  * Strict calibration: the σ for which the run's releases — `rounds` rounds of one
  * {@link strictRelease} per entry of `phases` (or `releasesPerRound` of them), sampled at
  * `sampleRate` (1 = full participation) — spend at most `targetEpsilon` at `delta` (default
- * 1e-5), by the search of opacus' `get_noise_multiplier` over the records themselves.
+ * 1e-5) under `accountant` (RDP by default), by the search of opacus' `get_noise_multiplier`
+ * over the records themselves.
  *
  * @example
  * ```ts
@@ -202,6 +206,8 @@ export function strictCalibration(args: {
   delta?: number;
   clip?: number;
   tolerance?: number;
+  /** `rdp` (default here, as opacus) or `pld`. */
+  accountant?: Accountant;
 }): StrictCalibration {
   const { targetEpsilon, rounds, sampleRate = 1, delta = 1e-5, clip = 1 } = args;
   if (!(Number.isInteger(rounds) && rounds > 0)) {
@@ -227,7 +233,7 @@ export function strictCalibration(args: {
         planned.push(strictRelease({ noiseMultiplier: sigma, clip, sampleRate }, t, phase));
       }
     }
-    return epsilonForReleases(mergeIdentical(planned), delta).epsilon;
+    return accountEpsilon(mergeIdentical(planned), delta, args.accountant ?? "rdp").epsilon;
   };
   const noiseMultiplier = searchNoiseMultiplier(epsilonOf, targetEpsilon, args.tolerance ?? 0.01);
   return { noiseMultiplier, releases, delta, sampleRate };

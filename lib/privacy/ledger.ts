@@ -56,7 +56,8 @@
  * ```
  * @module
  */
-import { DEFAULT_ORDERS, epsilonForReleases, type GaussianReleases } from "./rdp.ts";
+import { DEFAULT_ORDERS, epsilonForReleases } from "./rdp.ts";
+import { pldEpsilonForReleases } from "./pld.ts";
 
 /** Which factors an aggregation released: both ("AB"), A only, or B only. */
 export type ReleasePhase = "AB" | "A" | "B";
@@ -111,6 +112,11 @@ export interface PrivacyLedger {
   version: 1;
   /** δ at which ε is reported (default 1e-5). */
   delta: number;
+  /**
+   * The accountant that turns the records into ε: `"pld"` (privacy loss distributions, exact
+   * for full participation, `pld.ts`) or, when absent, RDP over `orders` (`rdp.ts`, as opacus).
+   */
+  accountant?: "pld";
   /** RDP orders. */
   orders: number[];
   releases: Release[];
@@ -132,14 +138,88 @@ const PHASES: readonly ReleasePhase[] = ["AB", "A", "B"];
  * ```
  */
 export function createLedger(
-  options: { delta?: number; orders?: readonly number[] } = {},
+  options: { delta?: number; orders?: readonly number[]; accountant?: Accountant } = {},
 ): PrivacyLedger {
-  const { delta = 1e-5, orders = DEFAULT_ORDERS } = options;
+  const { delta = 1e-5, orders = DEFAULT_ORDERS, accountant = "rdp" } = options;
   if (!(delta > 0 && delta < 1)) throw new Error(`createLedger: delta ${delta} must be in (0, 1)`);
   if (orders.length === 0 || orders.some((a) => !(a > 1))) {
     throw new Error(`createLedger: orders must be a non-empty list of numbers > 1`);
   }
-  return { version: 1, delta, orders: [...orders], releases: [], rounds: [] };
+  if (accountant !== "rdp" && accountant !== "pld") {
+    throw new Error(`createLedger: accountant "${accountant}" must be "rdp" or "pld"`);
+  }
+  return {
+    version: 1,
+    delta,
+    ...(accountant === "pld" ? { accountant } : {}),
+    orders: [...orders],
+    releases: [],
+    rounds: [],
+  };
+}
+
+/** An accountant: Rényi DP (`rdp.ts`, as opacus) or privacy loss distributions (`pld.ts`). */
+export type Accountant = "rdp" | "pld";
+
+/**
+ * Identical releases merged into blocks with a `count` (first appearance order kept), so an
+ * accountant multiplies one per-release cost by the count instead of adding it up one by one.
+ *
+ * @example
+ * ```ts
+ * mergeIdentical([
+ *   { noiseMultiplier: 1, sampleRate: 1, count: 1 },
+ *   { noiseMultiplier: 1, sampleRate: 1, count: 1 },
+ * ]); // [{ noiseMultiplier: 1, sampleRate: 1, count: 2 }]
+ * ```
+ */
+export function mergeIdentical(
+  releases: readonly Pick<Release, "noiseMultiplier" | "sampleRate" | "count">[],
+): { noiseMultiplier: number; sampleRate: number; count: number }[] {
+  const blocks = new Map<string, { noiseMultiplier: number; sampleRate: number; count: number }>();
+  for (const r of releases) {
+    const key = `${r.noiseMultiplier}|${r.sampleRate}`;
+    const block = blocks.get(key);
+    if (block) block.count += r.count;
+    else {
+      blocks.set(key, {
+        noiseMultiplier: r.noiseMultiplier,
+        sampleRate: r.sampleRate,
+        count: r.count,
+      });
+    }
+  }
+  return [...blocks.values()];
+}
+
+/**
+ * ε spent at `delta` by `releases` under `accountant` (and the RDP order attaining it; NaN for
+ * the PLD accountant, which has none).
+ *
+ * @example
+ * ```ts
+ * const r = [{ noiseMultiplier: 2, sampleRate: 1, count: 10 }];
+ * accountEpsilon(r, 1e-5, "pld").epsilon < accountEpsilon(r, 1e-5, "rdp").epsilon; // true
+ * ```
+ */
+export function accountEpsilon(
+  releases: readonly Pick<Release, "noiseMultiplier" | "sampleRate" | "count">[],
+  delta: number,
+  accountant: Accountant,
+  orders: readonly number[] = DEFAULT_ORDERS,
+): { epsilon: number; order: number } {
+  if (accountant === "pld") {
+    return { epsilon: pldEpsilonForReleases(mergeIdentical(releases), delta).epsilon, order: NaN };
+  }
+  return epsilonForReleases(
+    releases.map((r) => ({
+      noiseMultiplier: r.noiseMultiplier,
+      sampleRate: r.sampleRate,
+      count: r.count,
+    })),
+    delta,
+    orders,
+  );
 }
 
 function validateRelease(r: Release, where: string): void {
@@ -422,12 +502,12 @@ export function spentBudget(
 ): { epsilon: number; order: number } {
   const releases = ledger.releases.slice(0, options.upTo ?? ledger.releases.length);
   if (releases.length === 0) return { epsilon: 0, order: NaN };
-  const blocks: GaussianReleases[] = releases.map((r) => ({
-    noiseMultiplier: r.noiseMultiplier,
-    sampleRate: r.sampleRate,
-    count: r.count,
-  }));
-  return epsilonForReleases(blocks, options.delta ?? ledger.delta, ledger.orders);
+  return accountEpsilon(
+    releases,
+    options.delta ?? ledger.delta,
+    ledger.accountant ?? "rdp",
+    ledger.orders,
+  );
 }
 
 /**
@@ -563,7 +643,16 @@ export function ledgerFromJson(json: string | unknown, source = "ledger"): Priva
   if (!Array.isArray(obj.orders) || !Array.isArray(obj.releases) || !Array.isArray(obj.rounds)) {
     fail("orders, releases and rounds must be arrays");
   }
-  let ledger = createLedger({ delta: obj.delta as number, orders: obj.orders as number[] });
+  if (obj.accountant !== undefined && obj.accountant !== "pld") {
+    fail(
+      `accountant ${JSON.stringify(obj.accountant)} is not supported; expected "pld" or none (RDP)`,
+    );
+  }
+  let ledger = createLedger({
+    delta: obj.delta as number,
+    orders: obj.orders as number[],
+    accountant: obj.accountant === "pld" ? "pld" : "rdp",
+  });
   const releases = obj.releases as Release[];
   const rounds = obj.rounds as RoundSpend[];
   let next = 0;

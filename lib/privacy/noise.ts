@@ -120,10 +120,7 @@ export function regulateNoiseForBHost(
   r: number,
   dOut: number = d,
 ): Float32Array {
-  checkDims("regulateNoiseForBHost", { d, r, dOut });
-  checkFactor("regulateNoiseForBHost", "noise (W)", noise, dOut, d);
-  checkFactor("regulateNoiseForBHost", "peerA", peerA, r, d);
-  return multiply(noise, dOut, d, pinvRows(peerA, r, d), r);
+  return peerForB(peerA, r, d, dOut).regulate(noise);
 }
 
 /**
@@ -143,10 +140,7 @@ export function regulateNoiseForAHost(
   r: number,
   dIn: number = d,
 ): Float32Array {
-  checkDims("regulateNoiseForAHost", { d, r, dIn });
-  checkFactor("regulateNoiseForAHost", "noise (W)", noise, d, dIn);
-  checkFactor("regulateNoiseForAHost", "peerB", peerB, d, r);
-  return multiply(pinvCols(peerB, d, r), r, d, noise, dIn);
+  return peerForA(peerB, d, r, dIn).regulate(noise);
 }
 
 /** Solves Lᵀ x = z in place for lower-triangular L (n×n). */
@@ -195,21 +189,7 @@ export function regulatedNoiseB(
   args: { std: number; peerA: Matrix; d: number; r: number; dOut?: number; draw?: RegulatedDraw },
 ): Float32Array {
   const { std, peerA, d, r, dOut = d, draw = "covariance" } = args;
-  checkStd("regulatedNoiseB", std);
-  checkDims("regulatedNoiseB", { d, r, dOut });
-  checkFactor("regulatedNoiseB", "peerA", peerA, r, d);
-  checkDraw("regulatedNoiseB", draw);
-  if (draw === "project") {
-    return regulateNoiseForBHost(
-      rng.fillNormal(new Float64Array(dOut * d), std),
-      peerA,
-      d,
-      r,
-      dOut,
-    );
-  }
-  const l = cholesky(gramRows(peerA, r, d), r, "A Aᵀ of the peer A");
-  return covarianceDraw(rng, l, r, dOut, std, false);
+  return peerForB(peerA, r, d, dOut).regulatedNoise(rng, std, draw);
 }
 
 /**
@@ -229,15 +209,7 @@ export function regulatedNoiseA(
   args: { std: number; peerB: Matrix; d: number; r: number; dIn?: number; draw?: RegulatedDraw },
 ): Float32Array {
   const { std, peerB, d, r, dIn = d, draw = "covariance" } = args;
-  checkStd("regulatedNoiseA", std);
-  checkDims("regulatedNoiseA", { d, r, dIn });
-  checkFactor("regulatedNoiseA", "peerB", peerB, d, r);
-  checkDraw("regulatedNoiseA", draw);
-  if (draw === "project") {
-    return regulateNoiseForAHost(rng.fillNormal(new Float64Array(d * dIn), std), peerB, d, r, dIn);
-  }
-  const l = cholesky(gramCols(peerB, d, r), r, "Bᵀ B of the peer B");
-  return covarianceDraw(rng, l, r, dIn, std, true);
+  return peerForA(peerB, d, r, dIn).regulatedNoise(rng, std, draw);
 }
 
 /**
@@ -256,6 +228,11 @@ export interface PeerFactor {
   readonly gram: Float64Array;
   /** Largest singular value of the peer (what the paper mechanism's ε depends on). */
   readonly sigmaMax: number;
+  /**
+   * `W·A⁺` (W dOut×dIn, released B) or `B⁺·W` (released A) for a given W: the regulator itself,
+   * float64 inside, Float32Array out. Throws when the peer is rank-deficient.
+   */
+  regulate(noise: Matrix): Float32Array;
   /** Regulated noise for the released factor (W entries N(0, std²)); shape of that factor. */
   regulatedNoise(rng: Rng, std: number, draw?: RegulatedDraw): Float32Array;
 }
@@ -273,6 +250,17 @@ function makePeer(
   else checkFactor(where, "peer B", peer, dOut, rank);
   const gram = released === "B" ? gramRows(peer, rank, dIn) : gramCols(peer, dOut, rank);
   let chol: Float64Array | undefined;
+  let pinv: Float64Array | undefined;
+  const regulate = (noise: Matrix): Float32Array => {
+    if (released === "B") {
+      checkFactor(`${where}().regulate`, "noise (W)", noise, dOut, dIn);
+      pinv ??= pinvRows(peer, rank, dIn); // A⁺: dIn×r
+      return multiply(noise, dOut, dIn, pinv, rank);
+    }
+    checkFactor(`${where}().regulate`, "noise (W)", noise, dOut, dIn);
+    pinv ??= pinvCols(peer, dOut, rank); // B⁺: r×dOut
+    return multiply(pinv, rank, dOut, noise, dIn);
+  };
   return {
     released,
     rank,
@@ -281,14 +269,12 @@ function makePeer(
     peer,
     gram,
     sigmaMax: sigmaMax(gram, rank),
+    regulate,
     regulatedNoise(rng, std, draw = "covariance") {
       checkStd(`${where}().regulatedNoise`, std);
       checkDraw(`${where}().regulatedNoise`, draw);
-      if (draw === "project") {
-        return released === "B"
-          ? regulatedNoiseB(rng, { std, peerA: peer, d: dIn, r: rank, dOut, draw })
-          : regulatedNoiseA(rng, { std, peerB: peer, d: dOut, r: rank, dIn, draw });
-      }
+      // "project": draw the full W and regulate it, literally as the reference does.
+      if (draw === "project") return regulate(rng.fillNormal(new Float64Array(dOut * dIn), std));
       chol ??= cholesky(gram, rank, released === "B" ? "A Aᵀ of the peer A" : "Bᵀ B of the peer B");
       return released === "B"
         ? covarianceDraw(rng, chol, rank, dOut, std, false)

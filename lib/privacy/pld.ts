@@ -386,3 +386,97 @@ export function pldEpsilon(args: PldArgs): PldEpsilon {
     );
   return { epsilon: bound(true), epsilonLower: bound(false), method: "pld" };
 }
+
+/**
+ * The loss curve of a Gaussian release without subsampling (sensitivity 1, noise σ):
+ * L(y) = (2y − 1)/(2σ²) under P = N(1, σ²); both directions are the same distribution.
+ */
+function gaussianCurve(sigma: number) {
+  const s2 = sigma * sigma;
+  const z = 8.3;
+  return {
+    delta: (eps: number) => gaussianDelta(1 / sigma, eps),
+    tail: (eps: number) => normalSf(sigma * eps - 0.5 / sigma),
+    lo: (1 - 2 * z * sigma) / (2 * s2),
+    hi: (1 + 2 * z * sigma) / (2 * s2),
+  };
+}
+
+/** One block of identical releases for {@link pldEpsilonForReleases}. */
+export interface PldReleases {
+  noiseMultiplier: number;
+  sampleRate: number;
+  /** How many such releases (an integer). */
+  count: number;
+}
+
+/**
+ * ε of a sequence of (possibly different) Gaussian releases at `delta` from their composed PLD:
+ * exact by the closed form when every release has full participation (the releases compose to
+ * one Gaussian with μ = √(Σ_b count_b/σ_b²)), {@link pldEpsilon} for one block, and otherwise the
+ * blocks' discretised PLDs composed by FFT (an upper bound, with the optimistic lower bound).
+ *
+ * @example
+ * ```ts
+ * pldEpsilonForReleases([
+ *   { noiseMultiplier: 2, sampleRate: 1, count: 6 },
+ *   { noiseMultiplier: 2, sampleRate: 1, count: 4 },
+ * ], 1e-5).epsilon; // = pldEpsilon({ noiseMultiplier: 2, sampleRate: 1, steps: 10, … })
+ * ```
+ */
+export function pldEpsilonForReleases(
+  blocks: readonly PldReleases[],
+  delta: number,
+  discretization = DEFAULT_DISCRETIZATION,
+): PldEpsilon {
+  const live = blocks.filter((b) => b.count > 0 && b.sampleRate > 0);
+  for (const [i, b] of live.entries()) {
+    checkArgs(`pldEpsilonForReleases: blocks[${i}]`, {
+      noiseMultiplier: b.noiseMultiplier,
+      sampleRate: b.sampleRate,
+      steps: b.count,
+      delta,
+      discretization,
+    });
+  }
+  if (live.length === 0) return { epsilon: 0, epsilonLower: 0, method: "closed-form" };
+  if (live.some((b) => b.noiseMultiplier === 0)) {
+    return { epsilon: Infinity, epsilonLower: Infinity, method: "closed-form" };
+  }
+  const finite = live.filter((b) => Number.isFinite(b.noiseMultiplier));
+  if (finite.length === 0) return { epsilon: 0, epsilonLower: 0, method: "closed-form" };
+  if (finite.every((b) => b.sampleRate === 1)) {
+    const mu = Math.sqrt(finite.reduce((s, b) => s + b.count / b.noiseMultiplier ** 2, 0));
+    const epsilon = smallestEpsilon((e) => gaussianDelta(mu, e), delta);
+    return { epsilon, epsilonLower: epsilon, method: "closed-form" };
+  }
+  if (finite.length === 1) {
+    const [b] = finite;
+    return pldEpsilon({
+      noiseMultiplier: b.noiseMultiplier,
+      sampleRate: b.sampleRate,
+      steps: b.count,
+      delta,
+      discretization,
+    });
+  }
+  const bound = (pessimistic: boolean) =>
+    Math.max(
+      ...(["remove", "add"] as const).map((dir) => {
+        let all: DiscretePld | null = null;
+        for (const b of finite) {
+          const curve = b.sampleRate === 1
+            ? gaussianCurve(b.noiseMultiplier)
+            : subsampledGaussianCurve(b.noiseMultiplier, b.sampleRate, dir);
+          const one = selfCompose(
+            discretise(curve, discretization, pessimistic),
+            b.count,
+            pessimistic,
+          );
+          all = all ? compose(all, one, pessimistic) : one;
+        }
+        return smallestEpsilon((e) => deltaOfPld(all!, e), delta);
+      }),
+    );
+  return { epsilon: bound(true), epsilonLower: bound(false), method: "pld" };
+}

@@ -4,12 +4,13 @@
  * For a released B (peer A ∈ R^{r×d}) the client adds `W·Aᵀ(AAᵀ)⁻¹` instead of isotropic noise,
  * so the noise reaching ΔW = BA is `W·P_A`; for a released A (peer B ∈ R^{d×r}) it adds
  * `(BᵀB)⁻¹Bᵀ·W`, reaching ΔW as `P_B·W`. The r×r systems are solved in float64 on the host
- * (Cholesky; a rank-deficient peer is an error, not a silent general inverse) and only the large
- * d×d·d×r products run in tfjs (float32).
+ * (Cholesky; a rank-deficient peer is an error, not a silent general inverse).
  *
- * This is the only file of `lib/privacy` that touches tfjs; the host-side (Float32Array,
- * seeded-rng) versions for the engine — including {@link peerForB} / {@link peerForA}, a peer
- * prepared once per phase — live in noise.ts and are re-exported here.
+ * There is one implementation of the regulator: the peer of {@link peerForB} / {@link peerForA}
+ * (noise.ts, re-exported here), prepared once per phase. The privacy mechanism of every run draws
+ * its regulated noise from it (`PeerFactor.regulatedNoise`), and these tfjs functions apply the
+ * same `PeerFactor.regulate` to tensors. This is the only file of `lib/privacy` that touches
+ * tfjs.
  *
  * @example
  * ```ts
@@ -23,7 +24,8 @@
  * @module
  */
 import { tf } from "../backend.ts";
-import { pinvCols, pinvRows, sigmaMaxOf } from "./linalg.ts";
+import { sigmaMaxOf } from "./linalg.ts";
+import { peerForA, peerForB } from "./noise.ts";
 
 export {
   expectedNoiseEnergyInUpdate,
@@ -67,8 +69,9 @@ export async function regulateNoiseForB(
   if (noise.rank !== 2 || noise.shape[1] !== d) {
     throw shapeError(fn, "noise", noise.shape, `[${d}, ${d}] (d×d, d from peerA [r, d])`);
   }
-  const aPinv = pinvRows(await peerA.data() as Float32Array, r, d); // d×r, float64
-  return tf.tidy(() => tf.matMul(noise, tf.tensor2d(Float32Array.from(aPinv), [d, r])));
+  const dOut = noise.shape[0];
+  const peer = peerForB(await peerA.data() as Float32Array, r, d, dOut);
+  return tf.tensor2d(peer.regulate(await noise.data() as Float32Array), [dOut, r]);
 }
 
 /**
@@ -95,8 +98,9 @@ export async function regulateNoiseForA(
   if (noise.rank !== 2 || noise.shape[0] !== d) {
     throw shapeError(fn, "noise", noise.shape, `[${d}, ${d}] (d×d, d from peerB [d, r])`);
   }
-  const bPinv = pinvCols(await peerB.data() as Float32Array, d, r); // r×d, float64
-  return tf.tidy(() => tf.matMul(tf.tensor2d(Float32Array.from(bPinv), [r, d]), noise));
+  const dIn = noise.shape[1];
+  const peer = peerForA(await peerB.data() as Float32Array, d, r, dIn);
+  return tf.tensor2d(peer.regulate(await noise.data() as Float32Array), [r, dIn]);
 }
 
 /**
