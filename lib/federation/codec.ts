@@ -286,7 +286,10 @@ export async function decodePayload(
   const arrays: NamedArray[] = [];
   for (const e of entries) {
     const start = dataStart + e.offset;
-    const raw = bytes.slice(start, start + e.byteLength); // a copy: aligned, owned by the result
+    // A copy, aligned and owned by the result. Not `bytes.slice`: on a Node Buffer (a NATS
+    // message body) that is a view into a shared pool, not a copy.
+    const raw = new Uint8Array(e.byteLength);
+    raw.set(bytes.subarray(start, start + e.byteLength));
     const digest = await sha256Hex(raw);
     if (digest !== e.sha256) {
       refuse(`array ${e.name}: SHA-256 ${digest} differs from the declared ${e.sha256}`);
