@@ -37,7 +37,7 @@ async function refused(bytes: Uint8Array, pattern: RegExp) {
   });
 }
 
-Deno.test("codec: a payload round-trips with its meta, names, shapes, dtypes and exact values", async () => {
+Deno.test("federation codec: a payload round-trips with its meta, names, shapes, dtypes and exact values", async () => {
   const p = sample();
   const bytes = await encodePayload(p);
   const back = await decodePayload(bytes);
@@ -60,7 +60,7 @@ Deno.test("codec: a payload round-trips with its meta, names, shapes, dtypes and
   assert.deepEqual(Array.from(fromBuffer.arrays[0].data), Array.from(p.arrays[0].data));
 });
 
-Deno.test("codec: the digest is the SHA-256 of the raw values (a known vector)", async () => {
+Deno.test("federation codec: the digest is the SHA-256 of the raw values (a known vector)", async () => {
   assert.equal(
     await sha256Hex(new TextEncoder().encode("abc")),
     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
@@ -77,7 +77,7 @@ Deno.test("codec: the digest is the SHA-256 of the raw values (a known vector)",
   assert.equal(header.arrays[0].sha256, await sha256Hex(new Uint8Array([0, 0, 0x80, 0x3f])));
 });
 
-Deno.test("codec: the sender refuses a shape that does not match the data, and a NaN", async () => {
+Deno.test("federation codec: the sender refuses a shape that does not match the data, and a NaN", async () => {
   await assert.rejects(
     encodePayload({ meta: {}, arrays: [{ name: "A", shape: [3, 3], data: new Float32Array(8) }] }),
     /array A: shape \[3,3\] holds 9 values but the data has 8/,
@@ -91,7 +91,7 @@ Deno.test("codec: the sender refuses a shape that does not match the data, and a
   );
 });
 
-Deno.test("codec: a NaN or infinity smuggled into the bytes is refused by the receiver", async () => {
+Deno.test("federation codec: a NaN or infinity smuggled into the bytes is refused by the receiver", async () => {
   const p = sample();
   const bytes = await encodePayload(p);
   // A.0's value 5 replaced, with its digest recomputed, as a hostile sender could.
@@ -99,13 +99,13 @@ Deno.test("codec: a NaN or infinity smuggled into the bytes is refused by the re
   await refused(await withFloat32(bytes, 0, 5, -Infinity), /array A\.0: value 5 is -Infinity/);
 });
 
-Deno.test("codec: changed bytes fail the SHA-256 check", async () => {
+Deno.test("federation codec: changed bytes fail the SHA-256 check", async () => {
   const bytes = await encodePayload(sample());
   bytes[bytes.length - 1] ^= 1; // last byte of B.0's data (the empty array has none)
   await refused(bytes, /array B\.0: SHA-256 [0-9a-f]{64} differs from the declared/);
 });
 
-Deno.test("codec: oversized declared lengths are refused before allocation", async () => {
+Deno.test("federation codec: oversized declared lengths are refused before allocation", async () => {
   const bytes = await encodePayload(sample());
   // A header length past the end of the message, and one over the limit.
   const longHeader = bytes.slice();
@@ -149,7 +149,7 @@ Deno.test("codec: oversized declared lengths are refused before allocation", asy
   );
 });
 
-Deno.test("codec: malformed headers are refused with what is wrong", async () => {
+Deno.test("federation codec: malformed headers are refused with what is wrong", async () => {
   const bytes = await encodePayload(sample());
   await refused(new Uint8Array(5), /5 bytes is shorter than the prefix/);
   const magic = bytes.slice();
@@ -173,7 +173,7 @@ Deno.test("codec: malformed headers are refused with what is wrong", async () =>
   await refused(notJson, /the header is not UTF-8 JSON/);
 });
 
-Deno.test("codec: checkArrays refuses a release of the wrong shape, type or names", async () => {
+Deno.test("federation codec: checkArrays refuses a release of the wrong shape, type or names", async () => {
   const back = await decodePayload(await encodePayload(sample()));
   const spec = [
     { name: "A.0", dtype: "float32", shape: [4, 6] },
@@ -203,7 +203,7 @@ Deno.test("codec: checkArrays refuses a release of the wrong shape, type or name
   );
 });
 
-Deno.test("protocol: a result from an unknown site, or claiming another site's name, is refused", () => {
+Deno.test("federation protocol: a result from an unknown site, or claiming another site's name, is refused", () => {
   const meta = {
     kind: "result",
     v: 1,
