@@ -28,11 +28,12 @@
  *
  * @example
  * ```ts
- * const task: TaskEnvelope = {
+ * const meta = {
  *   kind: "task", v: 1, run: "run-1", round: 1, phase: 0, site: "site-a",
  *   deadline: "2030-01-01T00:00:00.000Z", global: null, settings: {},
  * };
- * checkTaskEnvelope(task, "site-a").round; // 1
+ * const task: TaskEnvelope = checkTaskEnvelope(meta, "site-a"); // as a site receives it
+ * task.round; // 1
  * ```
  * @module
  */
