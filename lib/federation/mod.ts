@@ -47,7 +47,9 @@ export {
   sitePermissions,
 } from "./subjects.ts";
 export {
+  checkCredentials,
   type Credentials,
+  credentialsFolder,
   credentialsIn,
   findNatsServer,
   type NatsServer,

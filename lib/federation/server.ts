@@ -95,16 +95,41 @@ export async function natsServerVersion(): Promise<string | null> {
   return new TextDecoder().decode(out.stdout).trim().replace(/^nats-server: v?/, "") || null;
 }
 
-/** The credentials folder of `name` under a server folder. */
-export function credentialsIn(dir: string, name: string): Credentials {
-  const d = join(dir, "creds", name);
+/** The credential files of `name` in one credentials folder (what a site is handed). */
+export function credentialsFolder(folder: string, name: string): Credentials {
   return {
     name,
-    seedFile: join(d, "nkey.seed"),
-    caFile: join(d, "ca.pem"),
-    certFile: join(d, "cert.pem"),
-    keyFile: join(d, "key.pem"),
+    seedFile: join(folder, "nkey.seed"),
+    caFile: join(folder, "ca.pem"),
+    certFile: join(folder, "cert.pem"),
+    keyFile: join(folder, "key.pem"),
   };
+}
+
+/** The credentials of `name` under a server folder (`<dir>/creds/<name>/`). */
+export function credentialsIn(dir: string, name: string): Credentials {
+  return credentialsFolder(join(dir, "creds", name), name);
+}
+
+/** Throws naming the missing file and the fix when a credentials folder is incomplete. */
+export async function checkCredentials(c: Credentials): Promise<void> {
+  for (
+    const [what, file] of Object.entries({
+      seedFile: c.seedFile,
+      caFile: c.caFile,
+      certFile: c.certFile,
+      keyFile: c.keyFile,
+    })
+  ) {
+    try {
+      if (!(await Deno.stat(file)).isFile) throw new Error("not a file");
+    } catch {
+      throw new Error(
+        `credentials of ${c.name}: ${file} (${what}) is missing; a credentials folder holds ` +
+          `nkey.seed, ca.pem, cert.pem and key.pem (deno task federation server writes them)`,
+      );
+    }
+  }
 }
 
 const q = (s: string) => JSON.stringify(s);
@@ -214,7 +239,7 @@ export async function prepareNatsServer(opts: NatsServerOptions): Promise<string
     config,
     natsServerConfig({
       dir: opts.dir,
-      port: opts.port ?? -1,
+      port: opts.port ? opts.port : -1, // nats-server's -1 is "any free port" (0 means 4222)
       maxPayload: opts.maxPayload ?? 1024 * 1024,
       maxFileStore: opts.maxFileStore ?? 1024 ** 3,
       tls: {
