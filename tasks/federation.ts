@@ -38,11 +38,13 @@ const HELP = `deno task federation COMMAND [flags]
           [--trust central|local] [--resume]
       The coordinator. FILE is JSON: { "sites": ["A", …], "train": { <train flags> } }, the
       train flags as \`deno task train\` takes them ({"method": "DEeR", "T": 8, "is_DP": 1});
-      node_num is the number of sites. --trust central: sites send clipped releases over TLS
-      and the coordinator adds the noise; local: each site adds local-DP noise to its own
-      release and the ledger accounts it so (default central). --lease: a site's hold on a
-      task before it is given to another attempt (default 60 s); --deadline: how long a phase
-      waits for the sites before it goes on without the missing ones (default 600 s).
+      node_num is the number of sites; the coordinator's own data (dataset, data_dir) serves
+      only validation and test, as in \`train\` — the training data stays at the sites.
+      --trust central: sites send clipped releases over TLS and the coordinator adds the
+      noise; local: each site adds local-DP noise to its own release and the ledger accounts
+      it so (default central). --lease: a site's hold on a task before it is given to another
+      attempt (default 60 s); --deadline: how long a phase waits for the sites before it goes
+      on without the missing ones (default 600 s).
 
   join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
           [--heartbeat S]
@@ -251,14 +253,6 @@ export async function readServeConfig(path: string): Promise<ServeConfig> {
     );
   }
   flags.node_num = sites.length;
-  for (const name of ["data_dir", "data-dir"]) {
-    if (name in flags) {
-      throw new UsageError(
-        `--config ${path}: train.${name}: the data stays at the sites (join --data); ` +
-          `the coordinator has none`,
-      );
-    }
-  }
   const trainArgs = Object.entries(flags).map(([name, value]) => {
     if (!["string", "number", "boolean"].includes(typeof value)) {
       throw new UsageError(`--config ${path}: train.${name} must be a string, number or boolean`);

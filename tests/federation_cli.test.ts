@@ -107,7 +107,6 @@ Deno.test("federation cli: the serve config lists the sites and the train flags;
       { sites: ["a", "b"], train: { node_num: 12 } },
       /train\.node_num is 12 but 2 sites are listed/,
     );
-    await refused({ sites: ["a"], train: { data_dir: "x" } }, /the data stays at the sites/);
     await refused(
       { sites: ["a"], train: { lr: [1] } },
       /train\.lr must be a string, number or boolean/,
