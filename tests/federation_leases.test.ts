@@ -72,7 +72,7 @@ natsTest(
           const waited = performance.now() - killedAt;
           assert.equal(lease.attempt, 2);
           assert.deepEqual(lease.task.settings, { steps: 3 });
-          assert.ok(waited < LEASE_MS + 1000, `redelivered after ${waited} ms`);
+          assert.ok(waited < LEASE_MS + 3000, `redelivered after ${waited} ms`);
           console.log(
             `  redelivered ${waited.toFixed(0)} ms after the kill (lease ${LEASE_MS} ms)`,
           );
@@ -197,7 +197,7 @@ natsTest(
         const waited = performance.now() - started;
         assert.deepEqual([...phase.accepted.keys()], ["site-a"]);
         assert.deepEqual(phase.missing, ["site-b"]);
-        assert.ok(waited >= 900 && waited < 3000, `collectPhase waited ${waited} ms`);
+        assert.ok(waited >= 900 && waited < 5000, `collectPhase waited ${waited} ms`);
         // site-b finishes after the deadline; by then the coordinator is in phase 1.
         await withConnection(server, "site-b", async (ns) => {
           await (await (await openSite(ns, "site-b")).nextTask(2000))!.publishResult(release(5));

@@ -306,7 +306,8 @@ export interface Coordinator {
   ): Promise<ResultOutcome | null>;
   /**
    * Gathers the results of one phase until every site in `sites` has one accepted, or the
-   * deadline passes. Results accepted before (by a coordinator that crashed) count.
+   * deadline passes (overrun by at most 1 s, JetStream's shortest pull). Results accepted
+   * before (by a coordinator that crashed) count.
    */
   collectPhase(opts: {
     round: number;
