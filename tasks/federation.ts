@@ -1,0 +1,369 @@
+/**
+ * `deno task federation` — cross-site federated training over NATS JetStream (issue 17).
+ *
+ * * `server`: a nats-server on 127.0.0.1 for one-machine trials and CI (JetStream, a throw-away
+ *   CA, TLS client certificates and one nkey per identity, subject permissions per site).
+ * * `serve`: the coordinator, with the settings of `deno task train` read from a config file
+ *   that also lists the expected sites.
+ * * `join`: one site, training on its local data and sending only what the method releases.
+ *
+ * Stage 1: `server` is complete; `serve` and `join` check their flags, their credentials and
+ * the server (the coordinator provisions the streams, a site opens its own queue), then stop:
+ * the round loop is wired to the engine's round steps once those land (lib/fl redesign).
+ *
+ * @module
+ */
+import { resolve } from "node:path";
+import { parseArgs, UsageError } from "../lib/cli.ts";
+import {
+  checkCredentials,
+  type Credentials,
+  credentialsFolder,
+  credentialsIn,
+  startNatsServer,
+} from "../lib/federation/server.ts";
+import { checkSiteName } from "../lib/federation/subjects.ts";
+import { connectFederation, openCoordinator, openSite } from "../lib/federation/transport.ts";
+
+const HELP = `deno task federation COMMAND [flags]
+
+  server  --dir DIR --sites A,B,…  [--port N] [--prefix P]
+      A nats-server on 127.0.0.1 for trying the federation on one machine: JetStream store in
+      DIR, a throw-away CA, TLS client certificates and one nkey per identity with subject
+      permissions (a site may take only its own tasks and publish only its own results).
+      Writes DIR/creds/coordinator/ and DIR/creds/<site>/ — hand each site its own folder.
+      Prints "ready URL" and runs until Ctrl-C or SIGTERM, then stops the server.
+
+  serve   --nats URL --creds DIR --config FILE [--prefix P] [--lease S] [--deadline S]
+          [--trust central|local] [--resume]
+      The coordinator. FILE is JSON: { "sites": ["A", …], "train": { <train flags> } }, the
+      train flags as \`deno task train\` takes them ({"method": "DEeR", "T": 8, "is_DP": 1});
+      node_num is the number of sites; the coordinator's own data (dataset, data_dir) serves
+      only validation and test, as in \`train\` — the training data stays at the sites.
+      --trust central: sites send clipped releases over TLS and the coordinator adds the
+      noise; local: each site adds local-DP noise to its own release and the ledger accounts
+      it so (default central). --lease: a site's hold on a task before it is given to another
+      attempt (default 60 s); --deadline: how long a phase waits for the sites before it goes
+      on without the missing ones (default 600 s).
+
+  join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
+          [--heartbeat S]
+      One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's
+      credentials folder (nkey.seed, ca.pem, cert.pem, key.pem). --heartbeat: how often a
+      running task renews its lease (default 10 s).
+`;
+
+/** Parsed `federation` flags. */
+export type FederationArgs =
+  | { command: "server"; dir: string; sites: string[]; port: number; prefix: string }
+  | {
+    command: "serve";
+    nats: string;
+    creds: Credentials;
+    config: string;
+    prefix: string;
+    leaseMs: number;
+    deadlineMs: number;
+    trust: "central" | "local";
+    resume: boolean;
+  }
+  | {
+    command: "join";
+    nats: string;
+    creds: Credentials;
+    site: string;
+    data: string;
+    model: string | null;
+    prefix: string;
+    heartbeatMs: number;
+  };
+
+function need(flags: Record<string, unknown>, name: string, command: string): string {
+  const v = flags[name];
+  if (typeof v !== "string" || v.trim() === "") {
+    throw new UsageError(`${command} needs --${name}`);
+  }
+  return v;
+}
+
+function seconds(flags: Record<string, unknown>, name: string, fallback: number): number {
+  const raw = flags[name];
+  if (raw === undefined) return fallback * 1000;
+  const v = Number(raw);
+  if (String(raw).trim() === "" || !Number.isFinite(v) || v <= 0) {
+    throw new UsageError(`--${name} ${raw}: expected a number of seconds > 0`);
+  }
+  return v * 1000;
+}
+
+function natsUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new UsageError(`--nats ${raw}: expected a URL such as tls://host:4222`);
+  }
+  if (url.protocol !== "tls:") {
+    throw new UsageError(
+      `--nats ${raw}: use tls:// — sites authenticate with TLS client certificates`,
+    );
+  }
+  return raw;
+}
+
+/** Parses and checks `args`; null for --help. Throws {@link UsageError} naming flag and fix. */
+export function parseFederationArgs(args: string[]): FederationArgs | null {
+  const [command, ...rest] = args;
+  if (command === undefined || command === "--help" || command === "-h") return null;
+  if (!["server", "serve", "join"].includes(command)) {
+    throw new UsageError(`unknown command ${command}; expected server, serve or join`);
+  }
+  const f = parseArgs(rest, {
+    string: [
+      "dir",
+      "sites",
+      "port",
+      "prefix",
+      "nats",
+      "creds",
+      "config",
+      "lease",
+      "deadline",
+      "trust",
+      "site",
+      "data",
+      "model",
+      "heartbeat",
+    ],
+    boolean: ["resume", "help"],
+  });
+  if (f.help) return null;
+  if (f._.length > 0) throw new UsageError(`unexpected argument ${f._[0]}; flags start with --`);
+  const allowed: Record<string, string[]> = {
+    server: ["dir", "sites", "port", "prefix"],
+    serve: ["nats", "creds", "config", "prefix", "lease", "deadline", "trust", "resume"],
+    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat"],
+  };
+  for (const name of Object.keys(f)) {
+    if (name !== "_" && f[name] !== undefined && !allowed[command].includes(name)) {
+      throw new UsageError(`--${name} is not a flag of ${command}`);
+    }
+  }
+  const prefix = String(f.prefix ?? "deer");
+  if (command === "server") {
+    const sites = need(f, "sites", command).split(",").map((s) => s.trim());
+    for (const s of sites) {
+      try {
+        checkSiteName(s);
+      } catch (err) {
+        throw new UsageError(`--sites: ${(err as Error).message}`);
+      }
+    }
+    if (new Set(sites).size !== sites.length) throw new UsageError(`--sites lists a site twice`);
+    const port = Number(f.port ?? 0);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      throw new UsageError(`--port ${f.port}: expected 0 (any free port) to 65535`);
+    }
+    return { command, dir: resolve(need(f, "dir", command)), sites, port, prefix };
+  }
+  const nats = natsUrl(need(f, "nats", command));
+  const credsDir = resolve(need(f, "creds", command));
+  if (command === "serve") {
+    const trust = String(f.trust ?? "central");
+    if (trust !== "central" && trust !== "local") {
+      throw new UsageError(`--trust ${trust}: expected central or local`);
+    }
+    return {
+      command,
+      nats,
+      creds: credentialsFolder(credsDir, "coordinator"),
+      config: resolve(need(f, "config", command)),
+      prefix,
+      leaseMs: seconds(f, "lease", 60),
+      deadlineMs: seconds(f, "deadline", 600),
+      trust,
+      resume: f.resume === true,
+    };
+  }
+  const site = need(f, "site", command);
+  try {
+    checkSiteName(site);
+  } catch (err) {
+    throw new UsageError(`--site: ${(err as Error).message}`);
+  }
+  return {
+    command: "join",
+    nats,
+    creds: credentialsFolder(credsDir, site),
+    site,
+    data: resolve(need(f, "data", command)),
+    model: typeof f.model === "string" ? resolve(f.model) : null,
+    prefix,
+    heartbeatMs: seconds(f, "heartbeat", 10),
+  };
+}
+
+/** The coordinator's config file: the sites and the train flags. */
+export interface ServeConfig {
+  sites: string[];
+  /** Train flags as `deno task train` takes them, `--name=value`. */
+  trainArgs: string[];
+}
+
+/** Reads and checks a `serve --config` file (JSON); throws {@link UsageError} naming the field. */
+export async function readServeConfig(path: string): Promise<ServeConfig> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    throw new UsageError(`--config ${path}: ${(err as Error).message}`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new UsageError(
+      `--config ${path}: expected a JSON object { "sites": [...], "train": {...} }`,
+    );
+  }
+  const { sites, train = {}, ...other } = raw as Record<string, unknown>;
+  const unknown = Object.keys(other);
+  if (unknown.length > 0) {
+    throw new UsageError(`--config ${path}: unknown field ${unknown[0]}; expected sites and train`);
+  }
+  if (!Array.isArray(sites) || sites.length === 0 || !sites.every((s) => typeof s === "string")) {
+    throw new UsageError(`--config ${path}: sites must be a non-empty list of site names`);
+  }
+  for (const s of sites) {
+    try {
+      checkSiteName(s);
+    } catch (err) {
+      throw new UsageError(`--config ${path}: sites: ${(err as Error).message}`);
+    }
+  }
+  if (new Set(sites).size !== sites.length) {
+    throw new UsageError(`--config ${path}: sites lists a site twice`);
+  }
+  if (typeof train !== "object" || train === null || Array.isArray(train)) {
+    throw new UsageError(`--config ${path}: train must be an object of train flags`);
+  }
+  const flags = { ...(train as Record<string, unknown>) };
+  const k = flags.node_num ?? flags["node-num"];
+  if (k !== undefined && Number(k) !== sites.length) {
+    throw new UsageError(
+      `--config ${path}: train.node_num is ${k} but ${sites.length} sites are listed; ` +
+        `a federation's clients are its sites (leave node_num out)`,
+    );
+  }
+  flags.node_num = sites.length;
+  const trainArgs = Object.entries(flags).map(([name, value]) => {
+    if (!["string", "number", "boolean"].includes(typeof value)) {
+      throw new UsageError(`--config ${path}: train.${name} must be a string, number or boolean`);
+    }
+    return `--${name}=${typeof value === "boolean" ? Number(value) : value}`;
+  });
+  return { sites, trainArgs };
+}
+
+/** Runs `server` until SIGINT/SIGTERM. */
+async function runServer(a: Extract<FederationArgs, { command: "server" }>): Promise<number> {
+  const server = await startNatsServer({
+    dir: a.dir,
+    sites: a.sites,
+    port: a.port,
+    prefix: a.prefix,
+  });
+  const stopped = Promise.withResolvers<void>();
+  const onSignal = () => stopped.resolve();
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  console.log(`nats-server pid ${server.pid}, store ${a.dir}/jetstream`);
+  for (const name of ["coordinator", ...a.sites]) {
+    console.log(
+      `credentials of ${name}: ${credentialsIn(a.dir, name).seedFile.replace(/\/nkey\.seed$/, "")}`,
+    );
+  }
+  console.log(`ready ${server.url}`);
+  try {
+    await stopped.promise;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    await server.stop();
+    console.log(`stopped nats-server pid ${server.pid}`);
+  }
+  return 0;
+}
+
+const NOT_WIRED = "the round loop is not wired yet: it waits for the engine's round steps " +
+  "(issue 17, stage 2); credentials, server and queues checked";
+
+async function main(args: string[]): Promise<number> {
+  const a = parseFederationArgs(args);
+  if (a === null) {
+    console.log(HELP);
+    return 0;
+  }
+  if (a.command === "server") return await runServer(a);
+  await checkCredentials(a.creds);
+  if (a.command === "serve") {
+    const config = await readServeConfig(a.config);
+    // The train parser only; its module would otherwise start the tensorflow backend.
+    const chosen = Deno.env.get("DEER_BACKEND");
+    Deno.env.set("DEER_BACKEND", "cpu");
+    const { parseTrainArgs } = await import("./train.ts");
+    if (chosen === undefined) Deno.env.delete("DEER_BACKEND");
+    else Deno.env.set("DEER_BACKEND", chosen);
+    try {
+      parseTrainArgs(config.trainArgs);
+    } catch (err) {
+      throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
+    }
+    const nc = await connectFederation(a.nats, a.creds);
+    try {
+      const coordinator = await openCoordinator(nc, {
+        run: "preflight",
+        sites: config.sites,
+        prefix: a.prefix,
+        leaseMs: a.leaseMs,
+      });
+      console.log(
+        `federation serve: connected to ${a.nats}; ${coordinator.names.tasksStream}, ` +
+          `${coordinator.names.resultsStream}, ${coordinator.names.stateBucket} ready for ` +
+          `${config.sites.join(", ")}`,
+      );
+    } finally {
+      await nc.close();
+    }
+  } else {
+    for (const [flag, path] of [["data", a.data], ["model", a.model]] as const) {
+      if (path !== null && !(await Deno.stat(path).catch(() => null))) {
+        throw new UsageError(`--${flag} ${path}: no such file or folder`);
+      }
+    }
+    const nc = await connectFederation(a.nats, a.creds);
+    try {
+      await openSite(nc, a.site, { prefix: a.prefix }).catch((err) => {
+        if (!/Permissions Violation/.test(err.message)) throw err;
+        throw new UsageError(
+          `the credentials in ${a.creds.seedFile.replace(/\/nkey\.seed$/, "")} are not ` +
+            `${a.site}'s (${err.message}); give --creds the folder made for ${a.site}`,
+        );
+      });
+      console.log(`federation join: connected to ${a.nats} as ${a.site}; its task queue is open`);
+    } finally {
+      await nc.close();
+    }
+  }
+  console.error(`federation ${a.command}: ${NOT_WIRED}`);
+  return 3;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (err) {
+    const usage = err instanceof UsageError;
+    console.error(
+      `federation: ${(err as Error).message}${usage ? "\n(see deno task federation --help)" : ""}`,
+    );
+    Deno.exit(usage ? 2 : 1);
+  }
+}

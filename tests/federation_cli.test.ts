@@ -1,0 +1,220 @@
+/**
+ * `deno task federation`: flags are checked before any work, with the flag and the fix named;
+ * `server` runs a loopback nats-server whose credentials let `serve` provision the federation and
+ * `join` open its own queue (and refuse another site's credentials); SIGTERM stops the server.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { UsageError } from "../lib/cli.ts";
+import { parseFederationArgs, readServeConfig } from "../tasks/federation.ts";
+import { natsTest } from "./helpers/nats.ts";
+
+const TASK = join(import.meta.dirname!, "..", "tasks", "federation.ts");
+
+function usage(args: string[], pattern: RegExp) {
+  assert.throws(() => parseFederationArgs(args), (err: Error) => {
+    assert.ok(err instanceof UsageError, `${err}`);
+    assert.match(err.message, pattern);
+    return true;
+  });
+}
+
+Deno.test("federation cli: flags are parsed per command and refused with the flag and the fix", () => {
+  assert.equal(parseFederationArgs([]), null);
+  assert.equal(parseFederationArgs(["join", "--help"]), null);
+  const server = parseFederationArgs(["server", "--dir", "d", "--sites", "a, b"])!;
+  assert.equal(server.command, "server");
+  assert.deepEqual(server.command === "server" && [server.sites, server.port], [["a", "b"], 0]);
+  const serve = parseFederationArgs([
+    "serve",
+    "--nats",
+    "tls://127.0.0.1:4222",
+    "--creds",
+    "/c",
+    "--config",
+    "f.json",
+    "--lease",
+    "30",
+    "--trust",
+    "local",
+  ])!;
+  assert.deepEqual(
+    serve.command === "serve" &&
+      [serve.creds.seedFile, serve.leaseMs, serve.deadlineMs, serve.trust, serve.resume],
+    ["/c/nkey.seed", 30_000, 600_000, "local", false],
+  );
+  const site = parseFederationArgs([
+    "join",
+    "--nats",
+    "tls://h:4222",
+    "--creds",
+    "/s",
+    "--site",
+    "site-a",
+    "--data",
+    "x.npz",
+  ])!;
+  assert.deepEqual(
+    site.command === "join" && [site.creds.name, site.model, site.heartbeatMs],
+    ["site-a", null, 10_000],
+  );
+  usage(["train"], /unknown command train; expected server, serve or join/);
+  usage(["server", "--dir", "d"], /server needs --sites/);
+  usage(["server", "--dir", "d", "--sites", "a,coordinator"], /--sites: site name "coordinator"/);
+  usage(["server", "--dir", "d", "--sites", "a,a"], /--sites lists a site twice/);
+  usage(["server", "--dir", "d", "--sites", "a", "--nats", "x"], /--nats is not a flag of server/);
+  usage(["join", "--nats", "nats://h:4222"], /--nats nats:\/\/h:4222: use tls:\/\//);
+  usage(
+    ["serve", "--nats", "tls://h:1", "--creds", "c", "--config", "f", "--trust", "x"],
+    /--trust x: expected central or local/,
+  );
+  usage(
+    ["serve", "--nats", "tls://h:1", "--creds", "c", "--config", "f", "--lease", "0"],
+    /--lease 0: expected a number of seconds > 0/,
+  );
+  usage(
+    ["join", "--nats", "tls://h:1", "--creds", "c", "--site", "a.b", "--data", "d"],
+    /--site: site name "a\.b"/,
+  );
+  usage(["join", "--nats", "tls://h:1", "--creds", "c", "--site", "a", "--bogus", "1"], /bogus/);
+});
+
+Deno.test("federation cli: the serve config lists the sites and the train flags; node_num is the site count", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-cli-" });
+  try {
+    const write = async (name: string, value: unknown) => {
+      const path = join(dir, name);
+      await Deno.writeTextFile(path, typeof value === "string" ? value : JSON.stringify(value));
+      return path;
+    };
+    const ok = await readServeConfig(
+      await write("ok.json", {
+        sites: ["a", "b", "c"],
+        train: { method: "DEeR", T: 4, is_DP: true },
+      }),
+    );
+    assert.deepEqual(ok, {
+      sites: ["a", "b", "c"],
+      trainArgs: ["--method=DEeR", "--T=4", "--is_DP=1", "--node_num=3"],
+    });
+    const refused = async (value: unknown, pattern: RegExp) =>
+      await assert.rejects(readServeConfig(await write("bad.json", value)), pattern);
+    await refused("{", /bad\.json: .*JSON/);
+    await refused({ sites: [] }, /sites must be a non-empty list of site names/);
+    await refused({ sites: ["a"], extra: 1 }, /unknown field extra; expected sites and train/);
+    await refused({ sites: ["a", "a"] }, /sites lists a site twice/);
+    await refused(
+      { sites: ["a", "b"], train: { node_num: 12 } },
+      /train\.node_num is 12 but 2 sites are listed/,
+    );
+    await refused(
+      { sites: ["a"], train: { lr: [1] } },
+      /train\.lr must be a string, number or boolean/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+natsTest(
+  "federation cli: `server` credentials let serve provision and join open its own queue; SIGTERM stops it",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "deer-fed-cli-" });
+    const env = { NO_COLOR: "1", DEER_BACKEND: "cpu" };
+    const server = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", TASK, "server", "--dir", join(dir, "srv"), "--sites", "site-a,site-b"],
+      stdout: "piped",
+      stderr: "piped",
+      env,
+    }).spawn();
+    const lines = server.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let out = "";
+    let natsPid = 0;
+    try {
+      while (!/^ready /m.test(out)) {
+        const { value, done } = await lines.read();
+        if (done) throw new Error(`federation server ended early:\n${out}`);
+        out += value;
+      }
+      const url = out.match(/^ready (\S+)$/m)![1];
+      assert.match(url, /^tls:\/\/127\.0\.0\.1:\d+$/);
+      natsPid = Number(out.match(/nats-server pid (\d+)/)![1]);
+      const creds = (name: string) => join(dir, "srv", "creds", name);
+      await Deno.writeTextFile(
+        join(dir, "config.json"),
+        JSON.stringify({ sites: ["site-a", "site-b"], train: { method: "DEeR", T: 2 } }),
+      );
+      const run = async (...args: string[]) => {
+        const o = await new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", TASK, ...args],
+          env,
+        })
+          .output();
+        const text = new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr);
+        return { code: o.code, text };
+      };
+      const serve = await run(
+        "serve",
+        "--nats",
+        url,
+        "--creds",
+        creds("coordinator"),
+        "--config",
+        join(dir, "config.json"),
+      );
+      assert.equal(serve.code, 3, serve.text);
+      assert.match(serve.text, /deer-tasks, deer-results, deer-state ready for site-a, site-b/);
+      assert.match(serve.text, /the round loop is not wired yet/);
+      const data = join(dir, "config.json"); // any existing path: join checks it exists
+      const joined = await run(
+        "join",
+        "--nats",
+        url,
+        "--creds",
+        creds("site-a"),
+        "--site",
+        "site-a",
+        "--data",
+        data,
+      );
+      assert.equal(joined.code, 3, joined.text);
+      assert.match(joined.text, /connected to .* as site-a; its task queue is open/);
+      const wrong = await run(
+        "join",
+        "--nats",
+        url,
+        "--creds",
+        creds("site-a"),
+        "--site",
+        "site-b",
+        "--data",
+        data,
+      );
+      assert.equal(wrong.code, 2, wrong.text);
+      assert.match(
+        wrong.text,
+        /the credentials in .*creds\/site-a are not site-b's .*Permissions Violation/,
+      );
+      server.kill("SIGTERM");
+      const status = await server.status;
+      for (;;) {
+        const { value, done } = await lines.read();
+        if (done) break;
+        out += value;
+      }
+      assert.equal(status.code, 0, out);
+      assert.match(out, new RegExp(`stopped nats-server pid ${natsPid}`));
+      assert.throws(() => Deno.kill(natsPid, "SIGCONT"), "the nats-server process is gone");
+    } finally {
+      try {
+        server.kill("SIGTERM"); // the task stops its nats-server on SIGTERM
+      } catch { /* already exited */ }
+      await server.status;
+      await server.stderr.cancel().catch(() => {});
+      try {
+        if (natsPid) Deno.kill(natsPid, "SIGTERM"); // only if the task failed to stop it
+      } catch { /* stopped, as it should be */ }
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
