@@ -104,7 +104,7 @@ Deno.test("regulator errors name the field and the shape", async () => {
   tf.dispose([w, a, b0]);
   assert.throws(
     () => regulatedNoiseB(createRng(1), { std: 1, peerA: new Float32Array(3), d: 4, r: 2 }),
-    /peerA has 3 values; expected 2×4/,
+    /peer A has 3 values; expected 2×4/,
   );
 });
 

@@ -15,6 +15,7 @@ import type { Calibration } from "../lib/privacy/calibration.ts";
 import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import type { LoraFactors } from "../lib/fl/factors.ts";
 import { rdpEpsilon } from "../lib/privacy/rdp.ts";
+import { pldEpsilon } from "../lib/privacy/pld.ts";
 import { createRng } from "../lib/rng.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
 
@@ -91,11 +92,17 @@ Deno.test("sampling: a strict run with q < 1 records its Poisson cohorts and spe
   const included = phases.reduce((a, p) => a + p.participants.length, 0);
   withinBinomial(included, phases.length * 4, q, "realised inclusion frequency");
   // The ledger: every release (empty ones included) at rate q, and ε equal to the accountant's
-  // for (σ, q, steps = releases).
+  // (PLD, the strict default) for (σ, q, steps = releases).
   assert.equal(res.ledger!.releases.length, 12);
+  assert.equal(res.ledger!.accountant, "pld");
   for (const r of res.ledger!.releases) assert.equal(r.sampleRate, q);
   const sigma = res.calibration!.noiseMultiplier;
-  const expected = rdpEpsilon({ noiseMultiplier: sigma, sampleRate: q, steps: 12, delta: 1e-5 });
+  const expected = pldEpsilon({ noiseMultiplier: sigma, sampleRate: q, steps: 12, delta: 1e-5 });
+  // The RDP accountant would have reported more for the same σ.
+  assert.ok(
+    rdpEpsilon({ noiseMultiplier: sigma, sampleRate: q, steps: 12, delta: 1e-5 }).epsilon >
+      expected.epsilon,
+  );
   assert.equal(res.epsilonSpent, expected.epsilon);
   assert.equal(res.records.at(-1)!.epsilon.spent, expected.epsilon);
   assert.ok(expected.epsilon <= 4 && expected.epsilon > 4 - 0.01, `ε ${expected.epsilon}`);

@@ -16,6 +16,7 @@ import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import type { LoraFactors } from "../lib/fl/factors.ts";
 import type { LocalResult } from "../lib/fl/local.ts";
 import { epsilonForReleases, noiseMultiplierForBudget } from "../lib/privacy/rdp.ts";
+import { pldEpsilon } from "../lib/privacy/pld.ts";
 import { ledgerFromJson, ledgerToJson, type PrivacyLedger } from "../lib/privacy/ledger.ts";
 import { readSafetensors } from "../lib/model/safetensors.ts";
 import { createRng } from "../lib/rng.ts";
@@ -56,7 +57,19 @@ function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
 
 /** ε of the ledger's first `upTo` releases, computed here from the records alone. */
 function independentEpsilon(ledger: PrivacyLedger, upTo: number): number {
-  const blocks = ledger.releases.slice(0, upTo).map((r) => ({
+  const releases = ledger.releases.slice(0, upTo);
+  if (ledger.accountant === "pld") {
+    // Strict releases are identical: one Gaussian mechanism composed `upTo` times.
+    const [first] = releases;
+    assert.ok(releases.every((r) => r.noiseMultiplier === first.noiseMultiplier));
+    return pldEpsilon({
+      noiseMultiplier: first.noiseMultiplier,
+      sampleRate: first.sampleRate,
+      steps: releases.reduce((s, r) => s + r.count, 0),
+      delta: ledger.delta,
+    }).epsilon;
+  }
+  const blocks = releases.map((r) => ({
     noiseMultiplier: r.noiseMultiplier,
     sampleRate: r.sampleRate,
     count: r.count,
@@ -114,7 +127,7 @@ Deno.test("reliability: strict DP with excluded clients — the ledger stays exa
   for (const r of res.ledger!.releases) {
     assert.deepEqual([r.noiseMultiplier, r.sampleRate, r.count], [sigma, 1, 1]);
   }
-  const planned = epsilonForReleases([{ noiseMultiplier: sigma, sampleRate: 1, count: 4 }], 1e-5);
+  const planned = pldEpsilon({ noiseMultiplier: sigma, sampleRate: 1, steps: 4, delta: 1e-5 });
   assert.ok(Math.abs(res.epsilonSpent! - planned.epsilon) < 1e-12);
   assert.ok(res.epsilonSpent! <= 3 && res.epsilonSpent! > 2.99);
 });
@@ -230,7 +243,7 @@ Deno.test("reliability: end-to-end strict run — zero updates, noise of std σ�
     ...["--prototypes", "orthonormal", "--method", "LoRA", "--lr", "1e-20", "--T", String(T)],
     ...["--E", "1", "--node_num", String(K), "--lora_r", "8", "--seeds", "10", "--iid", "1"],
     ...["--is_DP", "1", "--calibration", "strict", "--C", String(C), "--epsilon", String(eps)],
-    ...["--out", join(dir, "out")],
+    ...["--accountant", "rdp", "--out", join(dir, "out")],
   ], { backend: "wasm" });
   assert.equal(run.code, 0, run.stderr);
   const folder = join(dir, "out/default/LoRA_dp-strict-eps3");

@@ -4,9 +4,12 @@
  *
  * @example
  * ```ts
- * const encoder = await loadVisionEncoder("model.safetensors");
- * const protos = await loadPrototypes("prototypes.safetensors");
- * const backbone = makeBackbone(encoder, protos, { rank: 8, alpha: 8 });
+ * import { loadVisionEncoder } from "../model/vit.ts";
+ * import { loadPrototypes } from "../model/head.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const { prototypes } = await loadPrototypes("models/default/prototypes.safetensors");
+ * const backbone = makeBackbone(encoder, prototypes, { rank: 8, alpha: 8 });
+ * backbone.dims; // { adapters: 12, rank: 8, dIn: 64, dOut: 64 }
  * ```
  * @module
  */

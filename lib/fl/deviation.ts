@@ -11,7 +11,10 @@
  *
  * @example
  * ```ts
- * const d = deviationNorm([b1, b2], [a1, a2], [0.5, 0.5], { dOut: 64, rank: 8, dIn: 64 });
+ * // Two clients, d = 2, r = 1: B_k = e_k, A_k = e_kᵀ; the average of products is I/2, the
+ * // product of the averages is ones/4, so D = [[1/4, −1/4], [−1/4, 1/4]] and ‖D‖_F = 1/2.
+ * const b = [new Float32Array([1, 0]), new Float32Array([0, 1])];
+ * deviationNorm(b, b, [0.5, 0.5], { dOut: 2, rank: 1, dIn: 2 }); // 0.5
  * ```
  * @module
  */
@@ -100,9 +103,12 @@ export function deviationNorm(
  *
  * @example
  * ```ts
+ * import { tf } from "../backend.ts";
  * const A = tf.randomNormal([8, 64]) as tf.Tensor2D;
- * const dev = await aggregationDeviation([tf.ones([64, 8]), tf.zeros([64, 8])], [A, A], [0.5, 0.5]);
+ * const Bs = [tf.ones([64, 8]), tf.zeros([64, 8])] as tf.Tensor2D[];
+ * const dev = await aggregationDeviation(Bs, [A, A], [0.5, 0.5]);
  * // dev === 0: a shared A eliminates the deviation
+ * tf.dispose([A, ...Bs]);
  * ```
  */
 export async function aggregationDeviation(

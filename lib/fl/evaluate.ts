@@ -4,8 +4,11 @@
  *
  * @example
  * ```ts
- * const m = evaluateSplit(backbone, globalFactors, data.val);
+ * import { loadInputs } from "../experiment.ts";
+ * const { backbone, data, dispose } = await loadInputs({ dataset: "default", rank: 8, alpha: 8 });
+ * const m = await evaluateSplit(backbone, null, data.val); // the frozen model (no LoRA)
  * m.accuracy; // fraction in [0, 1]
+ * dispose();
  * ```
  * @module
  */

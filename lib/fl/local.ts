@@ -9,8 +9,24 @@
  *
  * @example
  * ```ts
- * const out = await trainLocal(backbone, { split, indices, start: global, train: ["B"], ... });
+ * import { loadInputs } from "../experiment.ts";
+ * import { initLora } from "../model/lora.ts";
+ * import { createRng } from "../rng.ts";
+ * const { backbone, data, dispose } = await loadInputs({ dataset: "default", rank: 8, alpha: 8 });
+ * const out = await trainLocal(backbone, {
+ *   split: data.train,
+ *   indices: [0, 1, 2, 3, 4, 5, 6, 7],
+ *   start: initLora(backbone.vision.config, 8, createRng(1)),
+ *   train: ["B"],
+ *   epochs: 1,
+ *   batchSize: 4,
+ *   sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
+ *   logitScale: Math.log(1 / 0.07),
+ *   dynamicRank: false,
+ *   rng: createRng(2),
+ * });
  * out.loss; // mean over epochs of the mean batch loss
+ * dispose();
  * ```
  * @module
  */
@@ -116,7 +132,13 @@ export interface LocalResult {
  *
  * @example
  * ```ts
+ * import { tf } from "../backend.ts";
+ * const features = tf.tensor2d([[1, 0], [0, 2]]);
+ * const prototypes = tf.tensor2d([[1, 0], [0, 1]]); // unit rows
+ * const labels = tf.tensor1d([0, 1], "int32");
  * const loss = prototypeLoss(features, prototypes, tf.scalar(Math.log(1 / 0.07)), labels);
+ * loss.dataSync()[0]; // ≈ 0: each feature points at its own prototype
+ * tf.dispose([features, prototypes, labels, loss]);
  * ```
  */
 export function prototypeLoss(
@@ -181,10 +203,24 @@ export interface LocalTrainer {
  *
  * @example
  * ```ts
- * const trainer = createLocalTrainer(backbone, { start, train: ["B"], sgd, logitScale });
+ * import { loadInputs } from "../experiment.ts";
+ * import { makeBatch } from "../data/batches.ts";
+ * import { initLora } from "../model/lora.ts";
+ * import { createRng } from "../rng.ts";
+ * const { backbone, data, dispose } = await loadInputs({ dataset: "default", rank: 8, alpha: 8 });
+ * const trainer = createLocalTrainer(backbone, {
+ *   start: initLora(backbone.vision.config, 8, createRng(1)),
+ *   train: ["B"],
+ *   sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
+ *   logitScale: Math.log(1 / 0.07),
+ * });
+ * const { x, y } = makeBatch(data.train, [0, 1, 2, 3], normalizationFor(backbone, data.train));
  * const loss = await trainer.step(x, y);
- * const { factors } = await trainer.read();
+ * const { factors } = await trainer.read(); // B trained, A as it started
  * trainer.dispose();
+ * x.dispose();
+ * y.dispose();
+ * dispose();
  * ```
  */
 export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTrainer {

@@ -13,8 +13,16 @@
  *
  * @example
  * ```ts
- * const result = await runFederated(backbone, dataset, { ...defaultConfig(), rounds: 3 });
- * result.best.test?.accuracy;
+ * import { loadInputs } from "../experiment.ts";
+ * const { backbone, data, dispose } = await loadInputs({ dataset: "default", rank: 8, alpha: 8 });
+ * const result = await runFederated(backbone, data, {
+ *   ...defaultConfig(),
+ *   numClients: 4,
+ *   rounds: 1,
+ *   localEpochs: 1,
+ * });
+ * result.best.test?.accuracy; // test accuracy at the best validation round
+ * dispose();
  * ```
  * @module
  */

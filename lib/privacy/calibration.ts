@@ -175,6 +175,9 @@ export function strictRelease(
   });
 }
 
+/** The PLD grid spacing of the strict calibration's search (the ledger uses 1e-4). */
+const SEARCH_DISCRETIZATION = 1e-3;
+
 /** What the strict calibration computed. */
 export interface StrictCalibration {
   /** σ: noise std σ·C on the sum. */
@@ -233,7 +236,15 @@ export function strictCalibration(args: {
         planned.push(strictRelease({ noiseMultiplier: sigma, clip, sampleRate }, t, phase));
       }
     }
-    return accountEpsilon(mergeIdentical(planned), delta, args.accountant ?? "rdp").epsilon;
+    // PLD: the search runs on a 10× coarser grid than the ledger's. Its ε is a looser upper
+    // bound, so the σ it finds spends at most the target also on the ledger's finer grid.
+    return accountEpsilon(
+      mergeIdentical(planned),
+      delta,
+      args.accountant ?? "rdp",
+      undefined,
+      SEARCH_DISCRETIZATION,
+    ).epsilon;
   };
   const noiseMultiplier = searchNoiseMultiplier(epsilonOf, targetEpsilon, args.tolerance ?? 0.01);
   return { noiseMultiplier, releases, delta, sampleRate };

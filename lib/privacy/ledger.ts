@@ -207,9 +207,14 @@ export function accountEpsilon(
   delta: number,
   accountant: Accountant,
   orders: readonly number[] = DEFAULT_ORDERS,
+  /** PLD grid spacing (coarser: faster, and a looser upper bound). */
+  discretization?: number,
 ): { epsilon: number; order: number } {
   if (accountant === "pld") {
-    return { epsilon: pldEpsilonForReleases(mergeIdentical(releases), delta).epsilon, order: NaN };
+    const pld = pldEpsilonForReleases(mergeIdentical(releases), delta, discretization, {
+      upperOnly: true,
+    });
+    return { epsilon: pld.epsilon, order: NaN };
   }
   return epsilonForReleases(
     releases.map((r) => ({

@@ -322,6 +322,8 @@ export interface PldArgs {
   delta: number;
   /** Grid spacing of the privacy-loss axis for q < 1 (default 1e-4). */
   discretization?: number;
+  /** Skip the optimistic lower bound (`epsilonLower` is then NaN): half the work. */
+  upperOnly?: boolean;
 }
 
 /** What {@link pldEpsilon} returns. */
@@ -384,7 +386,11 @@ export function pldEpsilon(args: PldArgs): PldEpsilon {
         return smallestEpsilon((e) => deltaOfPld(all, e), delta);
       }),
     );
-  return { epsilon: bound(true), epsilonLower: bound(false), method: "pld" };
+  return {
+    epsilon: bound(true),
+    epsilonLower: args.upperOnly ? NaN : bound(false),
+    method: "pld",
+  };
 }
 
 /**
@@ -428,6 +434,7 @@ export function pldEpsilonForReleases(
   blocks: readonly PldReleases[],
   delta: number,
   discretization = DEFAULT_DISCRETIZATION,
+  options: { upperOnly?: boolean } = {},
 ): PldEpsilon {
   const live = blocks.filter((b) => b.count > 0 && b.sampleRate > 0);
   for (const [i, b] of live.entries()) {
@@ -458,6 +465,7 @@ export function pldEpsilonForReleases(
       steps: b.count,
       delta,
       discretization,
+      upperOnly: options.upperOnly,
     });
   }
   const bound = (pessimistic: boolean) =>
@@ -478,5 +486,9 @@ export function pldEpsilonForReleases(
         return smallestEpsilon((e) => deltaOfPld(all!, e), delta);
       }),
     );
-  return { epsilon: bound(true), epsilonLower: bound(false), method: "pld" };
+  return {
+    epsilon: bound(true),
+    epsilonLower: options.upperOnly ? NaN : bound(false),
+    method: "pld",
+  };
 }

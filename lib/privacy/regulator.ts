@@ -18,7 +18,7 @@
  * import { regulateNoiseForB } from "./regulator.ts";
  * const W = tf.randomNormal([768, 768], 0, 0.1) as tf.Tensor2D;
  * const A = tf.randomUniform([8, 768], -0.036, 0.036) as tf.Tensor2D;
- * const noiseForB = regulateNoiseForB(W, A); // [768, 8]; noiseForB·A = W·P_A
+ * const noiseForB = await regulateNoiseForB(W, A); // [768, 8]; noiseForB·A = W·P_A
  * tf.dispose([W, A, noiseForB]);
  * ```
  * @module
