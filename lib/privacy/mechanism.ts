@@ -265,6 +265,34 @@ function regulatedOrExplain(
   }
 }
 
+/**
+ * Adds Gaussian noise of std `std` per entry to the released factors of `target`, in place:
+ * isotropic, or — for a regulated phase — drawn through the peer `regulated` gives for each
+ * released tensor. Returns the largest σ_max of a peer used (0 when not regulated).
+ */
+function addNoise(
+  target: LoraFactors,
+  phase: ReleaseSpec,
+  rng: Rng,
+  std: number,
+  regulated: (
+    which: Factor,
+    adapter: number,
+  ) => { peer: PeerFactor; draw: (rng: Rng, std: number) => Float32Array },
+): number {
+  let peerSigmaMax = 0;
+  for (const which of phase.release) {
+    factorList(target, which).forEach((t, i) => {
+      if (phase.regulate) {
+        const { peer, draw } = regulated(which, i);
+        peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
+        addInPlace(t, draw(rng, std));
+      } else addInPlace(t, isotropicNoise(rng, t.length, std));
+    });
+  }
+  return peerSigmaMax;
+}
+
 function mean(xs: number[]): number {
   return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;
 }
@@ -328,16 +356,17 @@ function paperMechanism(cal: Calibration): Mechanism {
         const factors = applied(u, deltas);
         clean.push({ client: u.client, factors, weight: u.weight });
         const noisy = cloneFactors(factors);
-        const rng = input.noiseRng(u.client);
-        for (const which of phase.release) {
-          factorList(noisy, which).forEach((t, i) => {
-            if (phase.regulate) {
-              const peer = peerOf(u.factors, which, i);
-              peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
-              addInPlace(t, regulatedOrExplain(peer, rng, std, u.client, which, i, phase));
-            } else addInPlace(t, isotropicNoise(rng, t.length, std));
-          });
-        }
+        // Regulated by the client's own peer factor, as the reference does.
+        peerSigmaMax = Math.max(
+          peerSigmaMax,
+          addNoise(noisy, phase, input.noiseRng(u.client), std, (which, i) => {
+            const peer = peerOf(u.factors, which, i);
+            return {
+              peer,
+              draw: (rng, s) => regulatedOrExplain(peer, rng, s, u.client, which, i, phase),
+            };
+          }),
+        );
         received.push({ client: u.client, factors: noisy, weight: u.weight });
       }
       const combine = defaultCombine(input);
@@ -469,17 +498,17 @@ function strictMechanism(cal: Calibration): Mechanism {
       const combined = defaultCombine(input)(received);
       const published = cloneFactors(combined.global);
       const std = cal.noiseMultiplier * C * input.maxWeight;
-      const rng = input.noiseRng("central");
-      let peerSigmaMax = 0;
-      for (const which of phase.release) {
-        factorList(published, which).forEach((t, i) => {
-          if (phase.regulate) {
-            const peer = peerOf(global, which, i);
-            peerSigmaMax = Math.max(peerSigmaMax, peer.sigmaMax);
-            addInPlace(t, peer.regulatedNoise(rng, std));
-          } else addInPlace(t, isotropicNoise(rng, t.length, std));
-        });
-      }
+      // Regulated by the global peer, shared by every client.
+      const peerSigmaMax = addNoise(
+        published,
+        phase,
+        input.noiseRng("central"),
+        std,
+        (which, i) => {
+          const peer = peerOf(global, which, i);
+          return { peer, draw: (rng, s) => peer.regulatedNoise(rng, s) };
+        },
+      );
       return {
         global: published,
         clean: combined.global,
