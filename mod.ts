@@ -80,3 +80,5 @@ export {
 
 // Metrics
 export { classificationMetrics, meanStd } from "./lib/metrics/classification.ts";
+export { meanInterval, studentTQuantile } from "./lib/metrics/interval.ts";
+export { describeComparison, pairedComparison } from "./lib/metrics/paired.ts";
