@@ -3,9 +3,10 @@ import { tf } from "../lib/backend.ts";
 import {
   clientCountPoints,
   compareToBaseline,
-  compareToReference,
   describeComparisons,
+  describeRange,
   describeRanking,
+  describeSpentEpsilon,
   frozenModelMetrics,
   heterogeneityPoints,
   methodPoints,
@@ -159,18 +160,17 @@ Deno.test("ablations: three seeds per point; comparisons pair the seeds, not the
 
   const frozen = await frozenModelMetrics(study);
   for (const v of Object.values(frozen)) assert.ok(v >= 0 && v <= 100);
-  const vsFrozen = compareToReference(sweep.summary[1], {
-    label: "frozen model",
-    value: frozen.accuracy,
-  });
-  assert.deepEqual(vsFrozen.comparison!.differences, deer.map((d) => d - frozen.accuracy));
-  assert.equal(
-    vsFrozen.sentence,
-    describeComparison(
-      pairedComparison(deer, deer.map(() => frozen.accuracy)),
-      "DEeR",
-      "frozen model",
-    ),
+  const rows = sweep.rounds;
+  const deviations = rows.filter((r) => r.label === "LoRA").map((r) => r.deviation);
+  const range = describeRange(rows, (r) => r.deviation, "‖D‖_F");
+  assert.ok(range.startsWith("‖D‖_F, lowest–highest over rounds and seeds: LoRA "), range);
+  assert.ok(
+    range.includes(`LoRA ${Number(Math.min(...deviations).toPrecision(3))}`),
+    `${range} quotes LoRA's smallest deviation ${Math.min(...deviations)}`,
+  );
+  assert.match(
+    describeSpentEpsilon(sweep.summary),
+    /^Client-level ε spent .*: LoRA [\d.]+ \(nominal 6\); DEeR [\d.]+ \(nominal 6\)\.$/,
   );
   inputs.dispose();
 });

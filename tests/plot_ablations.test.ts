@@ -314,4 +314,18 @@ Deno.test("ablation figures: the comparison table and figure show differences an
   assert.ok(Math.abs(fig.data[0].error_x!.array[0]! - half) < 1e-8);
   assert.deepEqual((fig.data[0].marker as { color: string[] }).color, ["#555", "#d62728"]);
   assert.equal(fig.data[0].text![0], comparisons[0].sentence);
+
+  // Labels that hold a comma are parenthesised as terms of the difference.
+  const grid = [
+    summary({ label: "eliminator off, regulator off", seedAccuracy: [55.2, 56.9, 56.0] }),
+    summary({ label: "eliminator on, regulator on", seedAccuracy: [58.5, 60.1, 57.2] }),
+  ];
+  const [c] = compareToBaseline(grid, "eliminator off, regulator off");
+  assert.match(
+    c.sentence,
+    /^\(eliminator on, regulator on\) − \(eliminator off, regulator off\) = \+2\.6 points/,
+  );
+  assert.deepEqual(comparisonFigure([c]).data[0].y, [
+    "(eliminator on, regulator on) − (eliminator off, regulator off)",
+  ]);
 });

@@ -26,7 +26,7 @@ import type {
   SummaryMetric,
   SummaryRow,
 } from "../ablations.ts";
-import { formatEpsilon } from "../ablations.ts";
+import { differenceName, formatEpsilon } from "../ablations.ts";
 import { meanInterval } from "../metrics/interval.ts";
 import { formatP, signed } from "../metrics/paired.ts";
 import { colorOf, type Figure, heatmapFigure, type Trace } from "./figures.ts";
@@ -559,7 +559,7 @@ export function comparisonFigure(
   const done = comparisons.filter((c) => c.comparison !== null);
   const metric = opts.metric ?? done[0]?.metric ?? "accuracy";
   const seeds = Math.max(0, ...done.map((c) => c.comparison!.n));
-  const names = done.map((c) => `${c.label} − ${c.baseline}`);
+  const names = done.map(differenceName);
   const errors = done.map((c) => halfWidth(c.comparison!));
   const bars = errors.some((e) => e !== null);
   return {
