@@ -470,7 +470,11 @@ function intervals(perSeed: Record<SummaryMetric, number[]>): Record<SummaryMetr
   })) as Record<SummaryMetric, MeanInterval>;
 }
 
-function summaryRow(point: SweepPoint, result: ExperimentResult): SummaryRow {
+/**
+ * The summary row of one experiment run as a sweep point (what {@link runSweep} makes of each
+ * point): for callers that run {@link runExperiment} themselves, such as the demo.
+ */
+export function summaryRow(point: SweepPoint, result: ExperimentResult): SummaryRow {
   const s: ExperimentSummary = result.summary;
   const method = resolveMethod(point.config.method);
   const perSeed = perSeedMetrics(result);

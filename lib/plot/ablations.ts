@@ -28,7 +28,7 @@ import type {
 } from "../ablations.ts";
 import { differenceName, formatEpsilon } from "../ablations.ts";
 import { meanInterval } from "../metrics/interval.ts";
-import { formatP, signed } from "../metrics/paired.ts";
+import { formatP } from "../metrics/paired.ts";
 import { colorOf, type Figure, heatmapFigure, type Trace } from "./figures.ts";
 
 /** A line of a {@link linesFigure}. */
@@ -529,7 +529,7 @@ export function comparisonTable(
         c.label,
         c.baseline,
         String(p.n),
-        signed(p.mean, 2),
+        (p.mean > 0 ? "+" : "") + p.mean.toFixed(2),
         ci,
         formatP(p.tTestP),
         p.n < 2 ? "–" : formatP(p.signFlipP),
