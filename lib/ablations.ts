@@ -853,6 +853,12 @@ export function comparePoints(
   });
 }
 
+/** "= 0.048" or "< 0.001". */
+function pText(p: number): string {
+  const s = formatP(p);
+  return s.startsWith("<") ? s : `= ${s}`;
+}
+
 /** A label as a term of a difference: in parentheses when it holds a comma. */
 function termOf(label: string): string {
   return label.includes(",") ? `(${label})` : label;
@@ -911,7 +917,7 @@ export function describeComparisons(comparisons: PointComparison[], alpha = 0.05
     const significant = done.filter((c) => c.comparison!.tTestP < alpha);
     const confirmed = significant.filter((c) => c.comparison!.signFlipP < alpha);
     const names = (cs: PointComparison[]) =>
-      cs.map((c) => `${c.label} vs ${c.baseline} (${formatP(c.comparison!.tTestP)})`).join(", ");
+      cs.map((c) => `${differenceName(c)}, p ${pText(c.comparison!.tTestP)}`).join("; ");
     lines.push(
       significant.length === 0
         ? `No difference is significant at ${level} (paired t-test over ${n} seeds).`
@@ -920,8 +926,9 @@ export function describeComparisons(comparisons: PointComparison[], alpha = 0.05
           `${confirmed.length}.` +
           (done.length > 1
             ? ` Each comparison is tested on its own, without correction for the ` +
-              `${done.length} made here: with no real difference anywhere, about ` +
-              `${(alpha * done.length).toFixed(1)} of them would come out significant by chance.`
+              `${done.length} made here: where there is no real difference, each still comes out ` +
+              `significant with probability ${level} (${(alpha * done.length).toFixed(1)} ` +
+              `expected among ${done.length}).`
             : ""),
     );
   }

@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import {
   compareToBaseline,
+  describeComparisons,
   type ReleaseRow,
   type RoundRow,
   type SummaryMetric,
   type SummaryRow,
 } from "../lib/ablations.ts";
 import { meanInterval } from "../lib/metrics/interval.ts";
+import { formatP } from "../lib/metrics/paired.ts";
 import {
   comparisonFigure,
   comparisonTable,
@@ -314,6 +316,18 @@ Deno.test("ablation figures: the comparison table and figure show differences an
   assert.ok(Math.abs(fig.data[0].error_x!.array[0]! - half) < 1e-8);
   assert.deepEqual((fig.data[0].marker as { color: string[] }).color, ["#555", "#d62728"]);
   assert.equal(fig.data[0].text![0], comparisons[0].sentence);
+
+  const text = describeComparisons(comparisons);
+  const p = formatP(comparisons[1].comparison!.tTestP);
+  assert.equal(
+    text.split("\n")[3],
+    `Significant at 5 % by the paired t-test: 1 of 2 (strict − LoRA, p = ${p}); confirmed by ` +
+      "the exact sign-flip test: 0. Each comparison is tested on its own, without correction " +
+      "for the 2 made here: where there is no real difference, each still comes out " +
+      "significant with probability 5 % (0.1 expected among 2).",
+  );
+  assert.deepEqual(text.split("\n").slice(0, 3), comparisons.map((c) => `- ${c.sentence}`));
+  assert.match(text.split("\n")[4], /^With 3 seeds the 95 % interval/);
 
   // Labels that hold a comma are parenthesised as terms of the difference.
   const grid = [
