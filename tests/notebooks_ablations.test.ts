@@ -120,10 +120,10 @@ Deno.test("ablations: three seeds per point; comparisons pair the seeds, not the
   const data = subsetDataset(inputs.data, scale.perClass);
   const study = { ...inputs, data };
   const base = studyConfig(scale);
-  const points = methodPoints(base, [
-    { name: "LoRA", method: { method: "LoRA" } },
-    { name: "DEeR", method: { method: "DEeR", module1: true, module2: true } },
-  ]);
+  const points = methodPoints(
+    base,
+    PAPER_METHODS.filter((m) => m.name === "LoRA" || m.name === "DEeR"),
+  );
   const quiet = { log: () => {} };
   const sweep = await runSweep(study, points, { ...quiet, seeds: [1, 2, 3] });
   for (const [i, row] of sweep.summary.entries()) {
