@@ -94,3 +94,5 @@ export { createMechanism, type Mechanism } from "./lib/privacy/mechanism.ts";
 
 // Metrics
 export { classificationMetrics, meanStd } from "./lib/metrics/classification.ts";
+export { meanInterval, studentTQuantile } from "./lib/metrics/interval.ts";
+export { describeComparison, pairedComparison } from "./lib/metrics/paired.ts";

@@ -11,6 +11,12 @@
  * quick one (CI). {@link loadStudyInputs} loads the embedded default data and model and keeps a
  * class-balanced subset of each split.
  *
+ * Statistics: the full size runs three seeds, the quick size one. Every summary row carries its
+ * per-seed values and their 95 % t interval; {@link compareToBaseline} compares points paired by
+ * seed (seed s of two points shares the split and the initialisation) and
+ * {@link describeComparisons} turns the comparisons into sentences that claim no more than the
+ * seeds support.
+ *
  * @example
  * ```ts
  * const scale = studyScale();
@@ -41,6 +47,15 @@ import {
 import { resolveMethod } from "./fl/methods/mod.ts";
 import type { DpSettings } from "./privacy/calibration.ts";
 import { createRng } from "./rng.ts";
+import { evaluateSplit } from "./fl/evaluate.ts";
+import { type MeanInterval, meanInterval } from "./metrics/interval.ts";
+import {
+  describeComparison,
+  formatP,
+  type PairedComparison,
+  pairedComparison,
+  seedsCaveat,
+} from "./metrics/paired.ts";
 
 /** Whether the notebooks run in quick mode (`DEER_NOTEBOOK_QUICK=1`, as CI does). */
 export function notebookQuick(): boolean {
@@ -66,6 +81,7 @@ export interface StudyScale {
   lr: number;
   rank: number;
   alpha: number;
+  /** Seeds every point runs (three at full size, one at quick size). */
   seeds: number[];
   /** DP defaults: clip bound C, target ε, accounting δ. */
   clip: number;
@@ -76,8 +92,9 @@ export interface StudyScale {
 /**
  * The notebooks' shared protocol: SPEC §2 (K = 12, Dirichlet α = 0.1, r = 8, SGD 0.01/0.9/5e-4,
  * per-client batch 10) shortened to a few rounds of one local epoch on a class-balanced subset
- * of the embedded data. `quick` (default: {@link notebookQuick}) shrinks rounds and data so all
- * notebooks run in minutes in CI.
+ * of the embedded data, over three seeds (10, 100, 1000: `deno task train`'s default). `quick`
+ * (default: {@link notebookQuick}) shrinks rounds and data and keeps one seed, so all notebooks
+ * run in minutes in CI.
  *
  * @example
  * ```ts
@@ -96,7 +113,7 @@ export function studyScale(quick: boolean = notebookQuick()): StudyScale {
     lr: 0.01,
     rank: 8,
     alpha: 8,
-    seeds: [10],
+    seeds: quick ? [10] : [10, 100, 1000],
     clip: 0.5,
     epsilon: 6,
     delta: 1e-5,
@@ -225,6 +242,10 @@ export interface SweepPoint {
   lora?: { rank: number; alpha?: number };
 }
 
+/** The test metrics of a {@link SummaryRow} (×100). */
+export type SummaryMetric = "accuracy" | "recall" | "precision" | "f1" | "auc";
+const SUMMARY_METRICS: SummaryMetric[] = ["accuracy", "recall", "precision", "f1", "auc"];
+
 /** One row per sweep point: test metrics (×100) at the best-validation round, mean over seeds. */
 export interface SummaryRow {
   label: string;
@@ -234,11 +255,17 @@ export interface SummaryRow {
   family: string;
   calibration: "paper" | "strict" | null;
   accuracy: number;
+  /** Population std of the accuracy over seeds (as `train`'s summary). */
   accuracyStd: number;
   recall: number;
   precision: number;
   f1: number;
   auc: number;
+  /** The seeds run, and each metric per seed in that order (NaN: the seed has no value). */
+  seeds: number[];
+  perSeed: Record<SummaryMetric, number[]>;
+  /** Each metric's mean over seeds with its 95 % t interval (NaN bounds with one seed). */
+  interval: Record<SummaryMetric, MeanInterval>;
   /** Best-validation round of each seed. */
   bestRounds: number[];
   nominalEpsilon: number | null;
@@ -383,7 +410,7 @@ async function sweepPoints(
       if (backbone !== inputs.backbone) backbone.prototypes.dispose();
     }
     out.results.push(result);
-    out.summary.push(result ? summaryRow(point, result.summary) : failedRow(point, error!));
+    out.summary.push(result ? summaryRow(point, result) : failedRow(point, error!, seeds));
     for (const seed of new Set(records.map((r) => r.seed))) {
       const mine = records.filter((r) => r.seed === seed);
       out.rounds.push(...mine.map((r) => roundRow(point, r)));
@@ -398,8 +425,12 @@ async function sweepPoints(
       continue;
     }
     const s = result.summary;
+    const ci = out.summary[i].interval.accuracy;
     log(
       `[${i + 1}/${points.length}] ${point.label}: test acc ${s.test.accuracy.mean.toFixed(1)}% ` +
+        (seeds.length > 1
+          ? `± ${(ci.high - ci.mean).toFixed(1)} (95 % CI, ${seeds.length} seeds) `
+          : "") +
         `(best round ${s.bestRounds.join(",")})` +
         (s.spentEpsilon === null ? "" : `, ε nominal ${s.nominalEpsilon} spent ` +
           `${formatEpsilon(s.spentEpsilon)}`) +
@@ -420,8 +451,33 @@ function safeName(label: string): string {
   return label.replace(/[^A-Za-z0-9.=-]+/g, "_");
 }
 
-function summaryRow(point: SweepPoint, s: ExperimentSummary): SummaryRow {
+/** The metrics of each seed's best-validation round, ×100 (NaN for a seed without one). */
+function perSeedMetrics(result: ExperimentResult): Record<SummaryMetric, number[]> {
+  return Object.fromEntries(SUMMARY_METRICS.map((m) => [
+    m,
+    result.runs.map((run) => 100 * (run.best.test?.[m] ?? NaN)),
+  ])) as Record<SummaryMetric, number[]>;
+}
+
+/** Mean and 95 % t interval of each metric over the seeds that have a value. */
+function intervals(perSeed: Record<SummaryMetric, number[]>): Record<SummaryMetric, MeanInterval> {
+  return Object.fromEntries(SUMMARY_METRICS.map((m) => {
+    const values = perSeed[m].filter(Number.isFinite);
+    const ci: MeanInterval = values.length
+      ? meanInterval(values)
+      : { mean: NaN, low: NaN, high: NaN, sd: NaN, n: 0, level: 0.95 };
+    return [m, ci];
+  })) as Record<SummaryMetric, MeanInterval>;
+}
+
+/**
+ * The summary row of one experiment run as a sweep point (what {@link runSweep} makes of each
+ * point): for callers that run {@link runExperiment} themselves, such as the demo.
+ */
+export function summaryRow(point: SweepPoint, result: ExperimentResult): SummaryRow {
+  const s: ExperimentSummary = result.summary;
   const method = resolveMethod(point.config.method);
+  const perSeed = perSeedMetrics(result);
   return {
     label: point.label,
     params: point.params,
@@ -434,6 +490,9 @@ function summaryRow(point: SweepPoint, s: ExperimentSummary): SummaryRow {
     precision: s.test.precision.mean,
     f1: s.test.f1.mean,
     auc: s.test.auc.mean,
+    seeds: s.seeds,
+    perSeed,
+    interval: intervals(perSeed),
     bestRounds: s.bestRounds,
     nominalEpsilon: s.nominalEpsilon,
     spentEpsilon: s.spentEpsilon,
@@ -444,8 +503,11 @@ function summaryRow(point: SweepPoint, s: ExperimentSummary): SummaryRow {
   };
 }
 
-function failedRow(point: SweepPoint, error: string): SummaryRow {
+function failedRow(point: SweepPoint, error: string, seeds: number[]): SummaryRow {
   const method = resolveMethod(point.config.method);
+  const perSeed = Object.fromEntries(
+    SUMMARY_METRICS.map((m) => [m, seeds.map(() => NaN)]),
+  ) as Record<SummaryMetric, number[]>;
   return {
     label: point.label,
     params: point.params,
@@ -458,6 +520,9 @@ function failedRow(point: SweepPoint, error: string): SummaryRow {
     precision: NaN,
     f1: NaN,
     auc: NaN,
+    seeds,
+    perSeed,
+    interval: intervals(perSeed),
     bestRounds: [],
     nominalEpsilon: point.config.dp?.epsilon ?? null,
     spentEpsilon: null,
@@ -704,7 +769,229 @@ export function describeRanking(
   const sorted = [...rows].sort((a, b) => b[metric] - a[metric]);
   const best = sorted[0], worst = sorted[sorted.length - 1];
   const order = sorted.map((r) => `${r.label} ${r[metric].toFixed(1)}`).join(" > ");
-  return `test ${metric} (best-val round, this run): highest ${best.label} ` +
+  const n = Math.max(...rows.map((r) => r.seeds.length));
+  const over = n === 1 ? "1 seed" : `mean over ${n} seeds`;
+  return `test ${metric} (best-val round, ${over}): highest ${best.label} ` +
     `(${best[metric].toFixed(1)}%), lowest ${worst.label} (${worst[metric].toFixed(1)}%), spread ` +
-    `${(best[metric] - worst[metric]).toFixed(1)} points. Order: ${order}.${failures}`;
+    `${(best[metric] - worst[metric]).toFixed(1)} points. Order: ${order}. An order of ` +
+    `${n === 1 ? "single runs" : "means"} is not evidence of a difference; the paired ` +
+    `comparisons say which gaps exceed seed-to-seed noise.${failures}`;
+}
+
+/** A paired comparison of one sweep point with another over the seeds both ran. */
+export interface PointComparison {
+  /** The point compared, and the point it is compared with (difference: label − baseline). */
+  label: string;
+  baseline: string;
+  metric: SummaryMetric;
+  /** Seeds with a value on both sides, in the point's order. */
+  seeds: number[];
+  /** Null when there is nothing to compare (see {@link error}). */
+  comparison: PairedComparison | null;
+  /** Why there is no comparison (a failed run, no shared seed), else null. */
+  error: string | null;
+  /** The comparison in one sentence ({@link describeComparison}), or the reason there is none. */
+  sentence: string;
+}
+
+/**
+ * Compares sweep points pairwise over their shared seeds: `[label, baseline]` pairs, difference
+ * label − baseline of `metric` (default accuracy), paired by seed.
+ *
+ * @example
+ * ```ts ignore
+ * comparePoints(sweep.summary, [["DEeR", "LoRA"]])[0].sentence;
+ * // "DEeR − LoRA = +2.6 points [−0.4, 5.5] over 3 paired seeds (…): not significant at 5 %."
+ * ```
+ */
+export function comparePoints(
+  rows: SummaryRow[],
+  pairs: [string, string][],
+  opts: { metric?: SummaryMetric } = {},
+): PointComparison[] {
+  const metric = opts.metric ?? "accuracy";
+  const byLabel = new Map(rows.map((r) => [r.label, r]));
+  return pairs.map(([label, baseline]) => {
+    const x = byLabel.get(label), y = byLabel.get(baseline);
+    const none = (error: string): PointComparison => ({
+      label,
+      baseline,
+      metric,
+      seeds: [],
+      comparison: null,
+      error,
+      sentence: `${differenceName({ label, baseline })}: no comparison (${error}).`,
+    });
+    if (!x || !y) {
+      throw new Error(
+        `comparePoints: no point labelled "${!x ? label : baseline}"; have ${
+          rows.map((r) => `"${r.label}"`).join(", ")
+        }`,
+      );
+    }
+    const failed = [x, y].filter((r) => r.error !== null).map((r) => r.label);
+    if (failed.length) return none(`${failed.join(" and ")} failed`);
+    const value = (r: SummaryRow, seed: number) => r.perSeed[metric][r.seeds.indexOf(seed)];
+    const seeds = x.seeds.filter((seed) =>
+      y.seeds.includes(seed) && Number.isFinite(value(x, seed)) && Number.isFinite(value(y, seed))
+    );
+    if (seeds.length === 0) return none("no seed with a value on both sides");
+    const comparison = pairedComparison(
+      seeds.map((seed) => value(x, seed)),
+      seeds.map((seed) => value(y, seed)),
+    );
+    const unit = metric === "accuracy" ? "points" : `${METRIC_WORDS[metric]} points`;
+    return {
+      label,
+      baseline,
+      metric,
+      seeds,
+      comparison,
+      error: null,
+      sentence: describeComparison(comparison, termOf(label), termOf(baseline), { unit }),
+    };
+  });
+}
+
+/** "= 0.048" or "< 0.001". */
+function pText(p: number): string {
+  const s = formatP(p);
+  return s.startsWith("<") ? s : `= ${s}`;
+}
+
+/** A label as a term of a difference: in parentheses when it holds a comma. */
+function termOf(label: string): string {
+  return label.includes(",") ? `(${label})` : label;
+}
+
+/** "DEeR − LoRA", "(eliminator on, regulator on) − (eliminator off, regulator off)". */
+export function differenceName(c: Pick<PointComparison, "label" | "baseline">): string {
+  return `${termOf(c.label)} − ${termOf(c.baseline)}`;
+}
+
+const METRIC_WORDS: Record<SummaryMetric, string> = {
+  accuracy: "accuracy",
+  recall: "macro-recall",
+  precision: "macro-precision",
+  f1: "macro-F1",
+  auc: "AUC",
+};
+
+/**
+ * Compares every point with its baseline, paired by seed: `baseline` is one point's label (every
+ * other point is compared with it) or a function giving each row's baseline label (null or the
+ * row's own label: no comparison for that row).
+ *
+ * @example
+ * ```ts ignore
+ * compareToBaseline(sweep.summary, "eliminator off, regulator off");
+ * compareToBaseline(sweep.summary, (r) => r.params.method === "LoRA" ? null : `LoRA · ${r.params.calibration}`);
+ * ```
+ */
+export function compareToBaseline(
+  rows: SummaryRow[],
+  baseline: string | ((row: SummaryRow) => string | null | undefined),
+  opts: { metric?: SummaryMetric } = {},
+): PointComparison[] {
+  const baselineOf = typeof baseline === "string" ? () => baseline : baseline;
+  const pairs: [string, string][] = [];
+  for (const r of rows) {
+    const b = baselineOf(r);
+    if (b !== null && b !== undefined && b !== r.label) pairs.push([r.label, b]);
+  }
+  return comparePoints(rows, pairs, opts);
+}
+
+/**
+ * The findings of a set of comparisons as text a notebook prints: one sentence per comparison,
+ * then a count of the significant ones (with the multiple-comparison caveat) and what this many
+ * seeds can show. Everything in it is computed from the comparisons.
+ */
+export function describeComparisons(comparisons: PointComparison[], alpha = 0.05): string {
+  if (comparisons.length === 0) return "No comparisons.";
+  const done = comparisons.filter((c) => c.comparison !== null);
+  const lines = comparisons.map((c) => `- ${c.sentence}`);
+  const n = Math.max(0, ...done.map((c) => c.comparison!.n));
+  const level = `${Number((100 * alpha).toPrecision(3))} %`;
+  if (n >= 2) {
+    const significant = done.filter((c) => c.comparison!.tTestP < alpha);
+    const confirmed = significant.filter((c) => c.comparison!.signFlipP < alpha);
+    const names = (cs: PointComparison[]) =>
+      cs.map((c) => `${differenceName(c)}, p ${pText(c.comparison!.tTestP)}`).join("; ");
+    lines.push(
+      significant.length === 0
+        ? `No difference is significant at ${level} (paired t-test over ${n} seeds).`
+        : `Significant at ${level} by the paired t-test: ${significant.length} of ` +
+          `${done.length} (${names(significant)}); confirmed by the exact sign-flip test: ` +
+          `${confirmed.length}.` +
+          (done.length > 1
+            ? ` Each comparison is tested on its own, without correction for the ` +
+              `${done.length} made here: where there is no real difference, each still comes out ` +
+              `significant with probability ${level} (${(alpha * done.length).toFixed(1)} ` +
+              `expected among ${done.length}).`
+            : ""),
+    );
+  }
+  lines.push(seedsCaveat(n === 0 ? 1 : n));
+  return lines.join("\n");
+}
+
+/**
+ * The frozen model's test metrics (×100): the pretrained encoder with its prototypes and no LoRA
+ * update — the baseline every fine-tuning run should beat. It does not depend on the seed.
+ */
+export async function frozenModelMetrics(inputs: Inputs): Promise<Record<SummaryMetric, number>> {
+  const m = await evaluateSplit(inputs.backbone, null, inputs.data.test);
+  return Object.fromEntries(SUMMARY_METRICS.map((k) => [k, 100 * m[k]])) as Record<
+    SummaryMetric,
+    number
+  >;
+}
+
+/**
+ * The lowest and highest value of a per-round (or per-release) quantity for each point, over its
+ * rounds and seeds, in one sentence: what a notebook quotes about a curve, computed from this run.
+ *
+ * @example
+ * ```ts ignore
+ * describeRange(sweep.rounds, (r) => r.deviation, "‖D‖_F per round");
+ * // "‖D‖_F per round, lowest–highest over rounds and seeds: LoRA 2.31–2.38; DEeR 1.1e-15–6.0e-15."
+ * ```
+ */
+export function describeRange<R extends { label: string }>(
+  rows: R[],
+  value: (r: R) => number | null,
+  name: string,
+): string {
+  const labels = [...new Set(rows.map((r) => r.label))];
+  const parts = labels.map((label) => {
+    const vs = rows.filter((r) => r.label === label).map(value)
+      .filter((v): v is number => v !== null && Number.isFinite(v));
+    if (vs.length === 0) return `${label} –`;
+    const lo = Math.min(...vs), hi = Math.max(...vs);
+    return lo === hi
+      ? `${label} ${formatValue(lo)}`
+      : `${label} ${formatValue(lo)}–${formatValue(hi)}`;
+  });
+  return `${name}, lowest–highest over rounds and seeds: ${parts.join("; ")}.`;
+}
+
+/** 3 significant digits; exponent form below 1e-3 and from 1e4 (0 stays 0). */
+function formatValue(v: number): string {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  return a < 1e-3 || a >= 1e4 ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+}
+
+/**
+ * The client-level ε each point spent (largest over its seeds, δ = the config's) against the
+ * nominal ε it targeted, in one sentence.
+ */
+export function describeSpentEpsilon(rows: SummaryRow[]): string {
+  const parts = rows.filter((r) => r.error === null).map((r) =>
+    r.spentEpsilon === null
+      ? `${r.label} no DP`
+      : `${r.label} ${formatEpsilon(r.spentEpsilon)} (nominal ${r.nominalEpsilon})`
+  );
+  return `Client-level ε spent by the end of the run (largest over seeds): ${parts.join("; ")}.`;
 }

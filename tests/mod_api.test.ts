@@ -24,6 +24,9 @@ Deno.test("mod.ts: the SPEC §5 public API exists and works on small inputs", as
   const m = deer.classificationMetrics([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]);
   assert.ok(Math.abs(m.accuracy - 2 / 3) < 1e-12);
   assert.equal(m.auc, 1);
+  const paired = deer.pairedComparison([60, 61, 59], [58, 58, 59]);
+  assert.equal(paired.signFlipP, 0.5);
+  assert.match(deer.describeComparison(paired, "DEeR", "LoRA"), /^DEeR − LoRA = \+1\.7 points/);
 
   const parts = deer.dirichletPartition([0, 0, 1, 1, 2, 2, 0, 1], 3, 0.5, 10);
   assert.deepEqual(parts.flat().sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7]);

@@ -2,7 +2,12 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import {
   clientCountPoints,
+  compareToBaseline,
+  describeComparisons,
+  describeRange,
   describeRanking,
+  describeSpentEpsilon,
+  frozenModelMetrics,
   heterogeneityPoints,
   methodPoints,
   moduleGridPoints,
@@ -20,6 +25,8 @@ import {
   withMethods,
 } from "../lib/ablations.ts";
 import { loadInputs } from "../lib/experiment.ts";
+import { meanInterval } from "../lib/metrics/interval.ts";
+import { describeComparison, pairedComparison } from "../lib/metrics/paired.ts";
 import { TINY_MODEL, writeToyMedMnist } from "./helpers/fl_fixture.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-ablations-" });
@@ -100,6 +107,72 @@ Deno.test("ablations: a two-point sweep returns tidy summary, round and release 
   assert.equal(sweep.releases[2].peerSigmaMax, 0, "LoRA's noise is not regulated");
   assert.equal(sweep.results.length, 2);
   assert.match(describeRanking(sweep.summary), /^test accuracy .*highest (DEeR|LoRA r=2)/);
+});
+
+Deno.test("ablations: three seeds per point; comparisons pair the seeds, not the positions", async () => {
+  const inputs = await loadInputs({
+    dataset: npz,
+    modelPath: TINY_MODEL,
+    prototypes: "orthonormal",
+    rank: scale.rank,
+    alpha: scale.alpha,
+  });
+  const data = subsetDataset(inputs.data, scale.perClass);
+  const study = { ...inputs, data };
+  const base = studyConfig(scale);
+  const points = methodPoints(
+    base,
+    PAPER_METHODS.filter((m) => m.name === "LoRA" || m.name === "DEeR"),
+  );
+  const quiet = { log: () => {} };
+  const sweep = await runSweep(study, points, { ...quiet, seeds: [1, 2, 3] });
+  for (const [i, row] of sweep.summary.entries()) {
+    assert.deepEqual(row.seeds, [1, 2, 3]);
+    const acc = sweep.results[i]!.runs.map((r) => 100 * r.best.test!.accuracy);
+    assert.deepEqual(row.perSeed.accuracy, acc);
+    assert.deepEqual(row.interval.accuracy, meanInterval(acc));
+    assert.ok(Math.abs(row.accuracy - row.interval.accuracy.mean) < 1e-9);
+  }
+  // A seed alone decides a run: LoRA's seed 3 gives the same result run first or last, so a
+  // comparison must pair by seed.
+  const again = await runSweep(study, points.slice(0, 1), { ...quiet, seeds: [3, 1] });
+  assert.deepEqual(again.summary[0].perSeed.accuracy, [
+    sweep.summary[0].perSeed.accuracy[2],
+    sweep.summary[0].perSeed.accuracy[0],
+  ]);
+  const mixed = [{ ...again.summary[0], label: "LoRA (3, 1)" }, sweep.summary[1]];
+  const [paired] = compareToBaseline(mixed, (r) => (r.label === "DEeR" ? "LoRA (3, 1)" : null));
+  const [lora, deer] = sweep.summary.map((r) => r.perSeed.accuracy);
+  assert.deepEqual(paired.seeds, [1, 3], "the seeds both ran, in the point's order");
+  assert.deepEqual(paired.comparison!.differences, [deer[0] - lora[0], deer[2] - lora[2]]);
+
+  const comparisons = compareToBaseline(sweep.summary, "LoRA");
+  assert.equal(comparisons.length, 1);
+  assert.deepEqual(comparisons[0].comparison!.differences, deer.map((d, i) => d - lora[i]));
+  assert.equal(
+    comparisons[0].sentence,
+    describeComparison(pairedComparison(deer, lora), "DEeR", "LoRA"),
+  );
+  const text = describeComparisons(comparisons);
+  assert.ok(text.startsWith(`- ${comparisons[0].sentence}\n`), text);
+  assert.match(text, /With 3 seeds the 95 % interval is the mean ± 4\.30 · sd \/ √3/);
+  assert.match(describeRanking(sweep.summary), /\(best-val round, mean over 3 seeds\)/);
+
+  const frozen = await frozenModelMetrics(study);
+  for (const v of Object.values(frozen)) assert.ok(v >= 0 && v <= 100);
+  const rows = sweep.rounds;
+  const deviations = rows.filter((r) => r.label === "LoRA").map((r) => r.deviation);
+  const range = describeRange(rows, (r) => r.deviation, "‖D‖_F");
+  assert.ok(range.startsWith("‖D‖_F, lowest–highest over rounds and seeds: LoRA "), range);
+  assert.ok(
+    range.includes(`LoRA ${Number(Math.min(...deviations).toPrecision(3))}`),
+    `${range} quotes LoRA's smallest deviation ${Math.min(...deviations)}`,
+  );
+  assert.match(
+    describeSpentEpsilon(sweep.summary),
+    /^Client-level ε spent .*: LoRA [\d.]+ \(nominal 6\); DEeR [\d.]+ \(nominal 6\)\.$/,
+  );
+  inputs.dispose();
 });
 
 Deno.test("ablations: a bad point fails before anything runs, naming the point", async () => {
@@ -227,6 +300,8 @@ Deno.test("ablations: DEER_NOTEBOOK_QUICK selects the quick scale", () => {
     Deno.env.set("DEER_NOTEBOOK_QUICK", "0");
     assert.equal(notebookQuick(), false);
     assert.ok(studyScale().rounds > studyScale(true).rounds);
+    assert.ok(studyScale(false).seeds.length >= 3, "full size: at least three seeds");
+    assert.equal(studyScale(true).seeds.length, 1, "quick size: one seed");
   } finally {
     if (saved === undefined) Deno.env.delete("DEER_NOTEBOOK_QUICK");
     else Deno.env.set("DEER_NOTEBOOK_QUICK", saved);

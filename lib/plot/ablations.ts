@@ -1,8 +1,12 @@
 /**
  * Figures and tables for the sweeps of `lib/ablations.ts` (the notebooks' figures): curves over
  * rounds or releases, one metric over a swept parameter, the eliminator × regulator heat map,
- * accuracy against nominal and spent ε. Every builder takes tidy rows and returns a plain
- * Plotly {@link Figure}; values that a log axis cannot show (≤ 0) become gaps.
+ * accuracy against nominal and spent ε, and the paired comparisons of points with their baseline.
+ * Every builder takes tidy rows and returns a plain Plotly {@link Figure}; values that a log axis
+ * cannot show (≤ 0) become gaps.
+ *
+ * Seeds: a point's value is its mean over seeds; with two seeds or more, error bars show the 95 %
+ * t interval of that mean (tables: mean ± the interval's half-width).
  *
  * Colours: a series gets its method family's colour ({@link colorOf}) when the series are of
  * different families, else Plotly's palette; strict-calibration series are dashed.
@@ -15,8 +19,16 @@
  * ```
  * @module
  */
-import type { ReleaseRow, RoundRow, SummaryRow } from "../ablations.ts";
-import { formatEpsilon } from "../ablations.ts";
+import type {
+  PointComparison,
+  ReleaseRow,
+  RoundRow,
+  SummaryMetric,
+  SummaryRow,
+} from "../ablations.ts";
+import { differenceName, formatEpsilon } from "../ablations.ts";
+import { meanInterval } from "../metrics/interval.ts";
+import { formatP } from "../metrics/paired.ts";
 import { colorOf, type Figure, heatmapFigure, type Trace } from "./figures.ts";
 
 /** A line of a {@link linesFigure}. */
@@ -24,8 +36,8 @@ export interface LineSeries {
   name: string;
   x: (number | string)[];
   y: (number | null)[];
-  /** ± error bars (e.g. population std over seeds). */
-  errors?: number[];
+  /** ± error bars (the 95 % interval's half-width over seeds); null: none at that point. */
+  errors?: (number | null)[];
   color?: string;
   dash?: "solid" | "dash" | "dot";
   /** Hover text per point. */
@@ -76,7 +88,7 @@ export function linesFigure(opts: {
         exponentformat: opts.logY ? "power" : undefined,
       },
       legend: { orientation: "h", y: -0.25 },
-      margin: { t: 50, r: 20, b: 90, l: 70 },
+      margin: { t: 70, r: 20, b: 90, l: 70 },
       height: opts.height ?? 400,
       template: "plotly_white",
     },
@@ -87,8 +99,27 @@ function uniqueInOrder(xs: string[]): string[] {
   return [...new Set(xs)];
 }
 
-function mean(xs: number[]): number {
-  return xs.reduce((a, b) => a + b, 0) / xs.length;
+/** Half-width of a 95 % t interval, null when there is none (fewer than two seeds). */
+function halfWidth(ci: { mean: number; high: number }): number | null {
+  const h = ci.high - ci.mean;
+  return Number.isFinite(h) ? h : null;
+}
+
+/** Whether any row has an interval (two seeds or more) for `metric`. */
+function hasIntervals(rows: SummaryRow[], metric: SummaryMetric): boolean {
+  return rows.some((r) => r.error === null && halfWidth(r.interval[metric]) !== null);
+}
+
+/** A figure title with a second line saying what the values and bars are. */
+function titled(title: string, bars: boolean, seeds: number, what95 = "bars"): string {
+  const what = seeds <= 1
+    ? "one seed: no interval"
+    : `mean over ${seeds} seeds${bars ? `; ${what95}: 95 % t interval` : ""}`;
+  return `${title}<br><sub>${what}</sub>`;
+}
+
+function seedCount(rows: { seeds: number[] }[]): number {
+  return Math.max(0, ...rows.map((r) => r.seeds.length));
 }
 
 /**
@@ -121,8 +152,14 @@ export function roundCurves(rows: RoundRow[], opts: {
   logY?: boolean;
   /** Dashed lines for these labels (default: strict-calibration points). */
   dashed?: (label: string) => boolean;
+  /**
+   * Error bars of the 95 % t interval over seeds at each round (default: on, except on a log
+   * axis, where a symmetric interval can reach below zero).
+   */
+  errorBars?: boolean;
 }): Figure {
   const labels = uniqueInOrder(rows.map((r) => r.label));
+  const bars = opts.errorBars ?? !opts.logY;
   const methodOf = new Map(rows.map((r) => [r.label, r.method]));
   const strict = new Set(rows.filter((r) => r.params.calibration === "strict").map((r) => r.label));
   const dashed = opts.dashed ?? ((l: string) => strict.has(l));
@@ -130,21 +167,27 @@ export function roundCurves(rows: RoundRow[], opts: {
   const series = labels.map((label) => {
     const mine = rows.filter((r) => r.label === label);
     const rounds = [...new Set(mine.map((r) => r.round))].sort((a, b) => a - b);
-    const y = rounds.map((round) => {
+    const cis = rounds.map((round) => {
       const vs = mine.filter((r) => r.round === round).map(opts.value)
         .filter((v): v is number => v !== null && Number.isFinite(v));
-      return vs.length ? mean(vs) : null;
+      return vs.length ? meanInterval(vs) : null;
     });
+    const errors = cis.map((ci) => (ci ? halfWidth(ci) : null));
     return {
       name: label,
       x: rounds,
-      y,
+      y: cis.map((ci) => ci?.mean ?? null),
+      errors: bars && errors.some((e) => e !== null) ? errors : undefined,
       color: color(label),
       dash: dashed(label) ? "dash" as const : "solid" as const,
     };
   });
+  const seeds = Math.max(
+    0,
+    ...labels.map((l) => new Set(rows.filter((r) => r.label === l).map((r) => r.seed)).size),
+  );
   return linesFigure({
-    title: opts.title,
+    title: titled(opts.title, series.some((s) => s.errors !== undefined), seeds),
     xTitle: "round",
     yTitle: opts.yTitle,
     series,
@@ -193,8 +236,7 @@ export function releaseCurves(rows: ReleaseRow[], opts: {
   });
 }
 
-/** The metrics a {@link SummaryRow} carries (×100). */
-export type SummaryMetric = "accuracy" | "recall" | "precision" | "f1" | "auc";
+export type { SummaryMetric } from "../ablations.ts";
 
 const METRIC_NAMES: Record<SummaryMetric, string> = {
   accuracy: "test accuracy (%)",
@@ -229,22 +271,22 @@ export function sweepFigure(rows: SummaryRow[], opts: {
   const famOf = new Map(rows.map((r) => [group(r), r.family]));
   const strictGroups = new Set(rows.filter((r) => r.calibration === "strict").map(group));
   const color = familyColors(groups, (g) => famOf.get(g), (g) => strictGroups.has(g));
+  const bars = hasIntervals(rows, metric);
   const fig = linesFigure({
-    title: opts.title,
+    title: titled(opts.title, bars, seedCount(rows)),
     xTitle: opts.xTitle,
     yTitle: METRIC_NAMES[metric],
     logX: opts.logX,
     series: groups.map((g) => {
       const mine = rows.filter((r) => group(r) === g);
-      const hasStd = metric === "accuracy" && mine.some((r) => r.accuracyStd > 0);
       return {
         name: g,
         x: mine.map((r) => (opts.categorical ? String(opts.x(r)) : opts.x(r))),
         y: mine.map((r) => r[metric]),
-        errors: hasStd ? mine.map((r) => r.accuracyStd) : undefined,
+        errors: bars ? mine.map((r) => halfWidth(r.interval[metric])) : undefined,
         color: color(g),
         dash: mine[0].calibration === "strict" ? "dash" : "solid",
-        text: mine.map((r) => r.label),
+        text: mine.map((r) => `${r.label}: ${intervalText(r, metric)}`),
       };
     }),
   });
@@ -257,7 +299,7 @@ export function sweepFigure(rows: SummaryRow[], opts: {
  * (module2) off/on, cells the metric with its value written in.
  */
 export function moduleHeatmap(rows: SummaryRow[], metric: SummaryMetric = "accuracy"): Figure {
-  const at = (m1: number, m2: number) => {
+  const rowAt = (m1: number, m2: number) => {
     const row = rows.find((r) => r.params.module1 === m1 && r.params.module2 === m2);
     if (!row) {
       throw new Error(
@@ -265,13 +307,20 @@ export function moduleHeatmap(rows: SummaryRow[], metric: SummaryMetric = "accur
           `of moduleGridPoints()`,
       );
     }
-    return row[metric];
+    return row;
   };
-  const z = [[at(0, 0), at(0, 1)], [at(1, 0), at(1, 1)]];
+  const cells = [[rowAt(0, 0), rowAt(0, 1)], [rowAt(1, 0), rowAt(1, 1)]];
+  const z = cells.map((row) => row.map((r) => r[metric]));
   const x = ["regulator off", "regulator on"];
   const y = ["eliminator off", "eliminator on"];
+  const withCi = hasIntervals(rows, metric);
   const fig = heatmapFigure({
-    title: `${METRIC_NAMES[metric]}: deviation eliminator × noise regulator`,
+    title: titled(
+      `${METRIC_NAMES[metric]}: deviation eliminator × noise regulator`,
+      withCi,
+      seedCount(rows),
+      "in brackets",
+    ),
     x,
     y,
     z,
@@ -285,16 +334,22 @@ export function moduleHeatmap(rows: SummaryRow[], metric: SummaryMetric = "accur
     row.map((v, j) => ({
       x: x[j],
       y: y[i],
-      text: Number.isFinite(v) ? v.toFixed(1) : "failed",
+      text: !Number.isFinite(v)
+        ? "failed"
+        : withCi && halfWidth(cells[i][j].interval[metric]) !== null
+        ? `${v.toFixed(1)}<br>[${cells[i][j].interval[metric].low.toFixed(1)}, ${
+          cells[i][j].interval[metric].high.toFixed(1)
+        }]`
+        : v.toFixed(1),
       showarrow: false,
       font: {
-        size: 18,
+        size: withCi ? 15 : 18,
         color: !Number.isFinite(v) ? "#444" : v - lo > 0.6 * (hi - lo) ? "black" : "white",
       },
     }))
   );
   fig.layout.height = 380;
-  fig.layout.margin = { t: 50, r: 20, b: 60, l: 130 };
+  fig.layout.margin = { t: 70, r: 20, b: 60, l: 130 };
   fig.layout.title = { ...(fig.layout.title as Record<string, unknown>), x: 0.01, xanchor: "left" };
   return fig;
 }
@@ -311,10 +366,15 @@ export function epsilonFigure(
 ): Figure {
   const group = (r: SummaryRow) => `${r.params.method ?? r.family} · ${r.calibration}`;
   const groups = uniqueInOrder(rows.map(group));
+  const bars = hasIntervals(rows, metric);
   return linesFigure({
-    title: against === "nominal"
-      ? `${METRIC_NAMES[metric]} against the nominal (target) ε`
-      : `${METRIC_NAMES[metric]} against the client-level ε actually spent`,
+    title: titled(
+      against === "nominal"
+        ? `${METRIC_NAMES[metric]} against the nominal (target) ε`
+        : `${METRIC_NAMES[metric]} against the client-level ε actually spent`,
+      bars,
+      seedCount(rows),
+    ),
     xTitle: against === "nominal"
       ? "nominal ε (paper: sample-level at δ = 1/K; strict: client-level)"
       : "client-level ε spent (δ = 1e-5, log scale)",
@@ -328,10 +388,12 @@ export function epsilonFigure(
         name: g,
         x: mine.map((r) => eps(r)!),
         y: mine.map((r) => r[metric]),
+        errors: bars ? mine.map((r) => halfWidth(r.interval[metric])) : undefined,
         color: colorOf(mine[0]?.family ?? ""),
         dash: mine[0]?.calibration === "strict" ? "dash" : "solid",
         text: mine.map((r) =>
-          `${r.label}: nominal ε ${r.nominalEpsilon}, spent ${formatEpsilon(r.spentEpsilon)}`
+          `${r.label}: ${intervalText(r, metric)}; nominal ε ${r.nominalEpsilon}, spent ` +
+          formatEpsilon(r.spentEpsilon)
         ),
       };
     }),
@@ -366,7 +428,24 @@ export function epsilonOverRounds(rows: RoundRow[]): Figure {
   return fig;
 }
 
-/** A summary table: label, method, calibration, metrics, ε, best round, seconds. */
+/** "58.50 ± 3.21" (mean ± the 95 % interval's half-width), or "58.50" with one seed. */
+export function meanPlusMinus(ci: { mean: number; high: number }, digits = 2): string {
+  const h = halfWidth(ci);
+  return h === null ? ci.mean.toFixed(digits) : `${ci.mean.toFixed(digits)} ± ${h.toFixed(digits)}`;
+}
+
+/** "58.5 [55.3, 61.7] (3 seeds)", or "58.5 (1 seed)". */
+function intervalText(r: SummaryRow, metric: SummaryMetric): string {
+  const ci = r.interval[metric];
+  return halfWidth(ci) === null
+    ? `${ci.mean.toFixed(1)} (${ci.n} seed${ci.n === 1 ? "" : "s"})`
+    : `${ci.mean.toFixed(1)} [${ci.low.toFixed(1)}, ${ci.high.toFixed(1)}] (${ci.n} seeds)`;
+}
+
+/**
+ * A summary table: label, method, calibration, seeds, metrics (mean ± 95 % interval half-width
+ * over seeds), ε, best round of each seed, seconds.
+ */
 export function summaryTable(
   rows: SummaryRow[],
 ): { columns: string[]; rows: (string | number)[][] } {
@@ -375,9 +454,10 @@ export function summaryTable(
       "point",
       "method",
       "calibration",
-      "acc",
-      "F1",
-      "AUC",
+      "seeds",
+      "acc ± 95 % CI",
+      "F1 ± 95 % CI",
+      "AUC ± 95 % CI",
       "nominal ε",
       "spent ε",
       "σ",
@@ -390,6 +470,7 @@ export function summaryTable(
           r.label,
           r.method,
           r.calibration ?? "no DP",
+          String(r.seeds.length),
           `FAILED: ${shorten(r.error.split("\n")[0], 60)}`,
           ...Array(7).fill(""),
         ]
@@ -397,9 +478,10 @@ export function summaryTable(
           r.label,
           r.method,
           r.calibration ?? "no DP",
-          r.accuracy.toFixed(2),
-          r.f1.toFixed(2),
-          r.auc.toFixed(2),
+          String(r.seeds.length),
+          meanPlusMinus(r.interval.accuracy),
+          meanPlusMinus(r.interval.f1),
+          meanPlusMinus(r.interval.auc),
           r.nominalEpsilon === null ? "–" : String(r.nominalEpsilon),
           formatEpsilon(r.spentEpsilon) + budgetMark(r),
           r.noiseMultiplier === null ? "–" : r.noiseMultiplier.toPrecision(3),
@@ -419,4 +501,109 @@ function budgetMark(r: SummaryRow): string {
 
 function shorten(s: string, n: number): string {
   return s.length <= n ? s : s.slice(0, n - 1) + "…";
+}
+
+/**
+ * The paired comparisons as a table: the difference point − baseline (mean over shared seeds),
+ * its 95 % t interval, the paired t-test and exact sign-flip p-values, and the verdict at 5 %.
+ */
+export function comparisonTable(
+  comparisons: PointComparison[],
+): { columns: string[]; rows: string[][] } {
+  return {
+    columns: [
+      "point",
+      "baseline",
+      "seeds",
+      "difference",
+      "95 % CI",
+      "t-test p",
+      "sign-flip p",
+      "at 5 %",
+    ],
+    rows: comparisons.map((c) => {
+      const p = c.comparison;
+      if (!p) return [c.label, c.baseline, "", "", "", "", "", c.error ?? ""];
+      const ci = p.n < 2 ? "– (1 seed)" : `[${p.low.toFixed(2)}, ${p.high.toFixed(2)}]`;
+      return [
+        c.label,
+        c.baseline,
+        String(p.n),
+        (p.mean > 0 ? "+" : "") + p.mean.toFixed(2),
+        ci,
+        formatP(p.tTestP),
+        p.n < 2 ? "–" : formatP(p.signFlipP),
+        verdict(c),
+      ];
+    }),
+  };
+}
+
+/** "higher", "lower" (t-test; "(t only)" when the sign-flip test does not confirm), or "n.s.". */
+function verdict(c: PointComparison, alpha = 0.05): string {
+  const p = c.comparison!;
+  if (p.n < 2) return "no test (1 seed)";
+  if (!(p.tTestP < alpha)) return "not significant";
+  const dir = p.mean > 0 ? "higher" : "lower";
+  return p.signFlipP < alpha ? dir : `${dir} (t-test only)`;
+}
+
+/**
+ * The paired differences point − baseline with their 95 % t intervals, one row per comparison,
+ * and a line at 0: an interval that crosses it is a difference the seeds do not show.
+ */
+export function comparisonFigure(
+  comparisons: PointComparison[],
+  opts: { title?: string; metric?: SummaryMetric } = {},
+): Figure {
+  const done = comparisons.filter((c) => c.comparison !== null);
+  const metric = opts.metric ?? done[0]?.metric ?? "accuracy";
+  const seeds = Math.max(0, ...done.map((c) => c.comparison!.n));
+  const names = done.map(differenceName);
+  const errors = done.map((c) => halfWidth(c.comparison!));
+  const bars = errors.some((e) => e !== null);
+  return {
+    data: [{
+      type: "scatter",
+      mode: "markers",
+      name: "difference",
+      x: done.map((c) => c.comparison!.mean),
+      y: names,
+      error_x: bars ? { type: "data", array: errors, visible: true } : undefined,
+      marker: {
+        size: 10,
+        color: done.map((c) =>
+          c.comparison!.tTestP < 0.05 ? (c.comparison!.mean > 0 ? "#2ca02c" : "#d62728") : "#555"
+        ),
+      },
+      text: done.map((c) => c.sentence),
+      hovertemplate: "%{text}<extra></extra>",
+    }],
+    layout: {
+      title: {
+        text: titled(
+          opts.title ?? `Paired differences in ${METRIC_NAMES[metric]}`,
+          bars,
+          seeds,
+        ),
+        x: 0.01,
+        xanchor: "left",
+      },
+      xaxis: { title: { text: "difference (points); 0 = no difference" }, zeroline: true },
+      yaxis: { type: "category", automargin: true, autorange: "reversed" },
+      shapes: [{
+        type: "line",
+        x0: 0,
+        x1: 0,
+        yref: "paper",
+        y0: 0,
+        y1: 1,
+        line: { color: "#444", dash: "dot" },
+      }],
+      showlegend: false,
+      margin: { t: 70, r: 20, b: 60, l: 20 },
+      height: Math.max(220, 90 + 40 * done.length),
+      template: "plotly_white",
+    },
+  };
 }

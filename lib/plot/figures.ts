@@ -23,7 +23,9 @@ export interface Trace {
   y?: (number | string | null)[];
   z?: number[][];
   mode?: string;
-  error_y?: { type: "data"; array: number[]; visible: boolean };
+  /** ± error bars; a null entry draws none at that point. */
+  error_y?: { type: "data"; array: (number | null)[]; visible: boolean };
+  error_x?: { type: "data"; array: (number | null)[]; visible: boolean };
   marker?: Record<string, unknown>;
   line?: Record<string, unknown>;
   text?: string[];
@@ -109,7 +111,12 @@ export function barFigure(opts: {
   title: string;
   yTitle: string;
   categories: string[];
-  series: { name: string; values: (number | null)[]; errors?: number[]; color?: string }[];
+  series: {
+    name: string;
+    values: (number | null)[];
+    errors?: (number | null)[];
+    color?: string;
+  }[];
   logY?: boolean;
 }): Figure {
   return {

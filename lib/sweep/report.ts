@@ -92,6 +92,8 @@ export interface GroupRow {
 export interface Pooled extends MeanInterval {
   /** Population standard deviation (n). */
   std: number;
+  /** The value of each seed, in the order of {@link GroupRow.seeds}. */
+  values: number[];
 }
 
 /** A sweep's collected results. */
@@ -163,7 +165,7 @@ export function poolSeeds(rows: SeedRow[], _sweep?: Sweep): GroupRow[] {
   return [...groups.values()].map((g) => {
     const pooled = (m: Metric): Pooled => {
       const v = g.map((r) => r[m]);
-      return { ...meanInterval(v), std: meanStd(v).std };
+      return { ...meanInterval(v), std: meanStd(v).std, values: v };
     };
     const spent = g.map((r) => r.spentEpsilon).filter((e): e is number => e !== null);
     return {
@@ -201,6 +203,14 @@ export function summaryRows(table: GroupRow[]): SummaryRow[] {
     precision: g.precision.mean,
     f1: g.f1.mean,
     auc: g.auc.mean,
+    seeds: g.seeds,
+    perSeed: Object.fromEntries(METRICS.map((m) => [m, g[m].values])) as Record<Metric, number[]>,
+    interval: Object.fromEntries(
+      METRICS.map((m) => {
+        const { mean, low, high, sd, n, level } = g[m];
+        return [m, { mean, low, high, sd, n, level }];
+      }),
+    ) as Record<Metric, MeanInterval>,
     bestRounds: g.bestRounds,
     nominalEpsilon: g.nominalEpsilon,
     spentEpsilon: g.spentEpsilon,
