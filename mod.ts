@@ -28,10 +28,10 @@ export { CLIP_MEAN, CLIP_STD, clipPreprocess, decodeImage } from "./lib/data/ima
 export { createRng, type Rng } from "./lib/rng.ts";
 
 // Model
+export type { LoraInput } from "./lib/model/transformer.ts";
 export {
   inflateForVolumes,
   loadVisionEncoder,
-  type LoraInput,
   type VisionEncoder,
   type VitConfig,
 } from "./lib/model/vit.ts";

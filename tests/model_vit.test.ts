@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
 import { readSafetensors, type SafeTensor, writeSafetensors } from "../lib/model/safetensors.ts";
+import type { LoraInput } from "../lib/model/transformer.ts";
 import {
   createVitEncoder,
   inflateForVolumes,
   loadVisionEncoder,
-  type LoraInput,
   randomVitWeights,
   resizeGridBicubic,
   saveVisionEncoder,

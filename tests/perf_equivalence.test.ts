@@ -8,12 +8,12 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
+import type { LoraInput } from "../lib/model/transformer.ts";
 import {
   createVitEncoder,
   encodeWithWeights,
   inflateForVolumes,
   loadVisionEncoder,
-  type LoraInput,
   randomVitWeights,
   type VitConfig,
   type VitEncoder,

@@ -58,27 +58,31 @@ import { findTokenizer, loadTokenizer, type Tokenizer, TOKENIZER_FILES } from ".
 import {
   activation,
   type Block,
-  checkActivation,
-  checkLnEps,
-  concatRows,
+  blockToTensors,
   type HostBlock,
   type HostNorm,
   type HostTensor,
   layerNorm,
-  linear,
-  mapHfBlock,
-  mapOpenaiBlock,
-  metadataSettings,
   multiHeadAttention,
   type Norm,
   normToTensors,
-  readJsonIfExists,
-  TensorSource,
-  type TensorSourceOptions,
   toTensor,
   transformerBlock,
   type TransformerShape,
   type VitActivation,
+  weightTensors,
+} from "./transformer.ts";
+import {
+  checkActivation,
+  checkLnEps,
+  concatRows,
+  linear,
+  mapHfBlock,
+  mapOpenaiBlock,
+  metadataSettings,
+  readJsonIfExists,
+  TensorSource,
+  type TensorSourceOptions,
   type VitLoadOptions,
 } from "./vit.ts";
 
@@ -666,42 +670,21 @@ export function createTextEncoder(
   host: TextHostWeights,
   tokenizer: Tokenizer,
 ): TextEncoder {
-  const owned: tf.Tensor[] = [];
-  const own = <T extends tf.Tensor>(t: T): T => {
-    owned.push(t);
-    return t;
-  };
-  const ownHost = <T extends tf.Tensor>(t: HostTensor): T => own(toTensor<T>(t));
-  const ownNorm = (n: HostNorm): Norm => {
-    const norm = normToTensors(n);
-    owned.push(norm.weight, norm.bias);
-    return norm;
-  };
-  const optional = <T extends tf.Tensor>(t?: HostTensor) => t && ownHost<T>(t);
+  const optional = <T extends tf.Tensor>(t?: HostTensor) => t && toTensor<T>(t);
   const weights: TextWeights = {
-    tokenEmbedding: ownHost(host.tokenEmbedding),
-    positionEmbedding: ownHost(host.positionEmbedding),
-    embedNorm: host.embedNorm && ownNorm(host.embedNorm),
-    blocks: host.blocks.map((b) => ({
-      ln1: ownNorm(b.ln1),
-      qkvWeight: ownHost(b.qkvWeight),
-      qkvBias: ownHost(b.qkvBias),
-      outWeight: ownHost(b.outWeight),
-      outBias: ownHost(b.outBias),
-      ln2: ownNorm(b.ln2),
-      fc1Weight: ownHost(b.fc1Weight),
-      fc1Bias: ownHost(b.fc1Bias),
-      fc2Weight: ownHost(b.fc2Weight),
-      fc2Bias: ownHost(b.fc2Bias),
-    })),
-    finalNorm: host.finalNorm && ownNorm(host.finalNorm),
+    tokenEmbedding: toTensor(host.tokenEmbedding),
+    positionEmbedding: toTensor(host.positionEmbedding),
+    embedNorm: host.embedNorm && normToTensors(host.embedNorm),
+    blocks: host.blocks.map(blockToTensors),
+    finalNorm: host.finalNorm && normToTensors(host.finalNorm),
     pooler: host.pooler &&
-      { weight: ownHost(host.pooler.weight), bias: ownHost(host.pooler.bias) },
+      { weight: toTensor(host.pooler.weight), bias: toTensor(host.pooler.bias) },
     proj: optional(host.proj),
     projBias: optional(host.projBias),
     proj2: optional(host.proj2),
     proj2Bias: optional(host.proj2Bias),
   };
+  const owned = weightTensors(weights);
   let disposed = false;
   return {
     config,

@@ -83,14 +83,30 @@ import {
   frozenPathAvailable,
   prepareBlockViews,
 } from "./vit_fast.ts";
+import {
+  type Block,
+  blockLora,
+  blockToTensors,
+  type HostBlock,
+  type HostNorm,
+  type HostTensor,
+  layerNorm,
+  loraAdapterNames,
+  type LoraInput,
+  type Norm,
+  normToTensors,
+  toTensor,
+  transformerBlock,
+  type TransformerShape,
+  type VitActivation,
+  weightTensors,
+} from "./transformer.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
 /** Which checkpoint layout the weights came from. */
 export type VitLayout = "openai" | "hf" | "timm";
-/** `gelu`: x·Φ(x) (erf); `quick_gelu`: x·σ(1.702x) (OpenAI CLIP). */
-export type VitActivation = "gelu" | "quick_gelu";
 
 /** Set by {@link inflateForVolumes}: the encoder reads [N, depth, height, width, 1] volumes. */
 export interface VitVolumeConfig {
@@ -101,18 +117,6 @@ export interface VitVolumeConfig {
   depthPatch: number;
   /** Depth signal amplitude relative to the RMS of the in-plane position embeddings. */
   depthScale: number;
-}
-
-/** The transformer's shape, shared by the image and text towers' configurations. */
-export interface TransformerShape {
-  width: number;
-  layers: number;
-  heads: number;
-  mlpDim: number;
-  /** Output feature size: the projection's output, or `width` when there is no projection. */
-  embedDim: number;
-  act: VitActivation;
-  lnEps: number;
 }
 
 /** Everything the forward pass needs to know; inferred from the weights. */
@@ -139,25 +143,6 @@ export interface VitLoadOptions {
   lnEps?: number;
 }
 
-/** LoRA tensors for one forward: `A[i]` is r×width, `B[i]` width×r, `i` indexes `adapterNames`. */
-export interface LoraInput {
-  A: tf.Tensor2D[];
-  B: tf.Tensor2D[];
-  /** s = alpha / r (SPEC §1). */
-  scale: number;
-  /**
-   * Optional dense updates folded into the frozen q/k/v weights (FedEx-LoRA's aggregation
-   * residual): `residual[i]` is width×width (out×in) for adapter `i`, so that
-   * `q = (W_q + R_q) x + b_q + s·B_q A_q x`.
-   */
-  residual?: tf.Tensor2D[];
-  /**
-   * The factors gradients are wanted for (default both). On the `tensorflow` backend a factor
-   * left out is a constant of the hand-written backward pass, which then skips its gradient.
-   */
-  trainable?: readonly ("A" | "B")[];
-}
-
 /** A frozen image encoder with optional LoRA on q, k, v of every block. */
 export interface VisionEncoder {
   config: VitConfig;
@@ -178,43 +163,8 @@ export interface VitEncoder extends VisionEncoder {
   readonly weights: VitWeights;
 }
 
-/** Names of the LoRA adapters, in the order `LoraInput` uses. */
-export function loraAdapterNames(layers: number): string[] {
-  const names: string[] = [];
-  for (let i = 0; i < layers; i++) names.push(`blocks.${i}.q`, `blocks.${i}.k`, `blocks.${i}.v`);
-  return names;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Canonical weights
-
-/** A row-major float32 array and its shape. */
-export interface HostTensor {
-  shape: number[];
-  data: Float32Array;
-}
-/** A LayerNorm's weight and bias in host memory. */
-export interface HostNorm {
-  weight: HostTensor;
-  bias: HostTensor;
-}
-/**
- * One transformer block's weights in host memory (pre-LN order for the ViT; the BERT text
- * encoder reuses the shape with `ln1`/`ln2` as its post-attention/post-MLP norms).
- */
-export interface HostBlock {
-  ln1: HostNorm;
-  /** [width, 3·width], columns q | k | v (x · W convention). */
-  qkvWeight: HostTensor;
-  qkvBias: HostTensor;
-  outWeight: HostTensor;
-  outBias: HostTensor;
-  ln2: HostNorm;
-  fc1Weight: HostTensor;
-  fc1Bias: HostTensor;
-  fc2Weight: HostTensor;
-  fc2Bias: HostTensor;
-}
 
 /**
  * Canonical weights in host memory, every matrix in the `x · W` convention ([in, out]).
@@ -233,25 +183,6 @@ export interface VitHostWeights {
   /** [width, embedDim]. */
   proj?: HostTensor;
   projBias?: HostTensor;
-}
-
-/** A LayerNorm's weight and bias. */
-export interface Norm {
-  weight: tf.Tensor1D;
-  bias: tf.Tensor1D;
-}
-/** One transformer block's tensors (see {@link HostBlock}). */
-export interface Block {
-  ln1: Norm;
-  qkvWeight: tf.Tensor2D;
-  qkvBias: tf.Tensor1D;
-  outWeight: tf.Tensor2D;
-  outBias: tf.Tensor1D;
-  ln2: Norm;
-  fc1Weight: tf.Tensor2D;
-  fc1Bias: tf.Tensor1D;
-  fc2Weight: tf.Tensor2D;
-  fc2Bias: tf.Tensor1D;
 }
 
 /** The encoder's frozen tensors (see {@link VitHostWeights} for the conventions). */
@@ -921,30 +852,6 @@ function noteDefaults(label: string, layout: VitLayout, settings: Settings, conf
 }
 
 /**
- * A host tensor as a float32 tf tensor.
- *
- * @example
- * ```ts
- * const t = toTensor<tf.Tensor2D>({ shape: [1, 2], data: new Float32Array([1, 2]) });
- * ```
- */
-export function toTensor<T extends tf.Tensor>(t: HostTensor): T {
-  return tf.tensor(t.data, t.shape, "float32") as T;
-}
-
-/**
- * A host LayerNorm as tensors.
- *
- * @example
- * ```ts
- * const ln = normToTensors(src.norm("ln_final", width));
- * ```
- */
-export function normToTensors(n: HostNorm): Norm {
-  return { weight: toTensor(n.weight), bias: toTensor(n.bias) };
-}
-
-/**
  * Creates the encoder from a config and canonical host weights; the encoder owns the tensors it
  * makes and frees them in `dispose()`.
  *
@@ -960,34 +867,12 @@ export function createVitEncoder(config: VitConfig, host: VitHostWeights): VitEn
     classEmbedding: toTensor({ shape: [1, 1, config.width], data: host.classEmbedding.data }),
     positionEmbedding: toTensor(host.positionEmbedding),
     lnPre: host.lnPre && normToTensors(host.lnPre),
-    blocks: host.blocks.map((b) => ({
-      ln1: normToTensors(b.ln1),
-      qkvWeight: toTensor(b.qkvWeight),
-      qkvBias: toTensor(b.qkvBias),
-      outWeight: toTensor(b.outWeight),
-      outBias: toTensor(b.outBias),
-      ln2: normToTensors(b.ln2),
-      fc1Weight: toTensor(b.fc1Weight),
-      fc1Bias: toTensor(b.fc1Bias),
-      fc2Weight: toTensor(b.fc2Weight),
-      fc2Bias: toTensor(b.fc2Bias),
-    })),
+    blocks: host.blocks.map(blockToTensors),
     lnPost: normToTensors(host.lnPost),
     proj: host.proj && toTensor(host.proj),
     projBias: host.projBias && toTensor(host.projBias),
   };
-  return makeEncoder(config, weights, allTensors(weights));
-}
-
-function allTensors(w: VitWeights): tf.Tensor[] {
-  const out: tf.Tensor[] = [];
-  const visit = (v: unknown) => {
-    if (v instanceof tf.Tensor) out.push(v);
-    else if (Array.isArray(v)) v.forEach(visit);
-    else if (v && typeof v === "object") Object.values(v).forEach(visit);
-  };
-  visit(w);
-  return out;
+  return makeEncoder(config, weights, weightTensors(weights));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1159,32 +1044,6 @@ export async function saveVisionEncoder(
 // Forward
 
 /**
- * LayerNorm over the last axis (biased variance, as PyTorch).
- *
- * @example
- * ```ts
- * const h = layerNorm(x, block.ln1, 1e-5); // [N·T, width]
- * ```
- */
-export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
-  const { mean, variance } = tf.moments(x, -1, true);
-  return x.sub(mean).mul(tf.rsqrt(variance.add(eps))).mul(p.weight).add(p.bias);
-}
-
-/**
- * The MLP activation: exact GELU (erf) or QuickGELU x·σ(1.702x).
- *
- * @example
- * ```ts
- * const y = activation(x, "quick_gelu");
- * ```
- */
-export function activation(x: tf.Tensor2D, act: VitActivation): tf.Tensor2D {
-  if (act === "quick_gelu") return x.mul(tf.sigmoid(x.mul(1.702)));
-  return x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5);
-}
-
-/**
  * Image [N, H, W, C] → [N·(H/P)·(W/P), P·P·C]; volume [N, D, H, W, C] →
  * [N·(D/Pd)·(H/P)·(W/P), Pd·P·P·C]. Rows are patches in (depth, row, column) order, each patch
  * flattened as (depth, row, column, channel) — the layout of `patchWeight`'s rows.
@@ -1205,95 +1064,6 @@ export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch
   }
   return x.reshape([n * dt, depthPatch, ht, patch, wt, patch, c]).transpose([0, 2, 4, 1, 3, 5, 6])
     .reshape([n * dt * ht * wt, depthPatch * patch * patch * c]);
-}
-
-/** One block's LoRA tensors, laid out for the fused q|k|v matmul. */
-export interface BlockLora {
-  /** The block's A_q, A_k, A_v stacked and scaled by s: [r_q + r_k + r_v, width]. */
-  A: tf.Tensor2D;
-  /** B_q, B_k, B_v block-diagonal: [3·width, r_q + r_k + r_v]. */
-  B: tf.Tensor2D;
-  /** R_q | R_k | R_v stacked: [3·width, width], or undefined. */
-  residual?: tf.Tensor2D;
-}
-
-function blockLora(lora: LoraInput, i: number): BlockLora {
-  const As = lora.A.slice(3 * i, 3 * i + 3);
-  const Bs = lora.B.slice(3 * i, 3 * i + 3);
-  const ranks = As.map((a) => a.shape[0]);
-  const total = ranks[0] + ranks[1] + ranks[2];
-  let before = 0;
-  const padded = Bs.map((b, j) => {
-    const p = tf.pad(b, [[0, 0], [before, total - before - ranks[j]]]);
-    before += ranks[j];
-    return p;
-  });
-  const residual = lora.residual && tf.concat(lora.residual.slice(3 * i, 3 * i + 3), 0);
-  return { A: tf.concat(As, 0).mul(lora.scale), B: tf.concat(padded, 0), residual };
-}
-
-/** What {@link transformerBlock} and {@link multiHeadAttention} read from a config. */
-export type BlockConfig = Pick<VitConfig, "width" | "heads" | "lnEps" | "act">;
-
-/**
- * Multi-head self-attention of `h` [N·T, width] with the block's fused q|k|v and output
- * projections (and LoRA on q, k, v when given): `softmax(q kᵀ / √d_head + bias) v · W_out + b_out`.
- * `attnBias` is added to the scores [N, heads, T, T] by broadcasting: a [T] per-key bias, a
- * [T, T] causal mask or an [N, 1, 1, T] padding mask.
- *
- * @example
- * ```ts
- * const out = multiHeadAttention(h, block, { width: 512, heads: 8 }, n, t, undefined, causalMask);
- * ```
- */
-export function multiHeadAttention(
-  h: tf.Tensor2D,
-  b: Pick<Block, "qkvWeight" | "qkvBias" | "outWeight" | "outBias">,
-  cfg: Pick<VitConfig, "width" | "heads">,
-  n: number,
-  t: number,
-  lora?: BlockLora,
-  attnBias?: tf.Tensor,
-): tf.Tensor2D {
-  const { width, heads } = cfg;
-  const dh = width / heads;
-  // q | k | v = h·W_qkv + b_qkv + s·(h·Aᵀ)·Bᵀ  (SPEC §1)
-  let qkv = tf.fused.matMul({ a: h, b: b.qkvWeight, bias: b.qkvBias }) as tf.Tensor2D;
-  if (lora) qkv = qkv.add(tf.matMul(tf.matMul(h, lora.A, false, true), lora.B, false, true));
-  if (lora?.residual) qkv = qkv.add(tf.matMul(h, lora.residual, false, true));
-  const [q, k, v] = tf.unstack(
-    qkv.reshape([n, t, 3, heads, dh]).transpose([2, 0, 3, 1, 4]),
-  ) as tf.Tensor4D[];
-  let scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(dh)) as tf.Tensor4D;
-  if (attnBias) scores = scores.add(attnBias);
-  const attended = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]);
-  const merged = attended.reshape([n * t, width]) as tf.Tensor2D;
-  return tf.fused.matMul({ a: merged, b: b.outWeight, bias: b.outBias }) as tf.Tensor2D;
-}
-
-/**
- * One pre-LN transformer block (module doc) on the residual stream `x` [N·T, width]:
- * `x += attention(ln_1(x))`, `x += mlp(ln_2(x))`. `attnBias` as in {@link multiHeadAttention}.
- *
- * @example
- * ```ts
- * x = transformerBlock(x, weights.blocks[i], config, n, t);
- * ```
- */
-export function transformerBlock(
-  x: tf.Tensor2D,
-  b: Block,
-  cfg: BlockConfig,
-  n: number,
-  t: number,
-  lora?: BlockLora,
-  attnBias?: tf.Tensor,
-): tf.Tensor2D {
-  const h = layerNorm(x, b.ln1, cfg.lnEps);
-  x = x.add(multiHeadAttention(h, b, cfg, n, t, lora, attnBias));
-  const h2 = layerNorm(x, b.ln2, cfg.lnEps);
-  const fc1 = tf.fused.matMul({ a: h2, b: b.fc1Weight, bias: b.fc1Bias }) as tf.Tensor2D;
-  return x.add(tf.fused.matMul({ a: activation(fc1, cfg.act), b: b.fc2Weight, bias: b.fc2Bias }));
 }
 
 function checkInput(cfg: VitConfig, x: tf.Tensor): void {
