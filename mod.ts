@@ -29,12 +29,8 @@ export { createRng, type Rng } from "./lib/rng.ts";
 
 // Model
 export type { LoraInput } from "./lib/model/transformer.ts";
-export {
-  inflateForVolumes,
-  loadVisionEncoder,
-  type VisionEncoder,
-  type VitConfig,
-} from "./lib/model/vit.ts";
+export { loadVisionEncoder } from "./lib/model/vit_checkpoints.ts";
+export { inflateForVolumes, type VisionEncoder, type VitConfig } from "./lib/model/vit.ts";
 export { initLora, loraScale } from "./lib/model/lora.ts";
 export {
   cosineScores,

@@ -6,9 +6,9 @@ import { writeIdx } from "../lib/data/idx.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
 import { cosineScores, loadPrototypes } from "../lib/model/head.ts";
 import { readSafetensors } from "../lib/model/safetensors.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import {
   createVitEncoder,
-  loadVisionEncoder,
   randomVitWeights,
   saveVisionEncoder,
   type VitConfig,

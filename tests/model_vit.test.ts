@@ -3,14 +3,13 @@ import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
 import { readSafetensors, type SafeTensor, writeSafetensors } from "../lib/model/safetensors.ts";
 import type { LoraInput } from "../lib/model/transformer.ts";
+import { loadVisionEncoder, visionEncoderFromTensors } from "../lib/model/vit_checkpoints.ts";
 import {
   createVitEncoder,
   inflateForVolumes,
-  loadVisionEncoder,
   randomVitWeights,
   resizeGridBicubic,
   saveVisionEncoder,
-  visionEncoderFromTensors,
   type VitConfig,
   type VitEncoder,
 } from "../lib/model/vit.ts";

@@ -9,11 +9,11 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
 import type { LoraInput } from "../lib/model/transformer.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import {
   createVitEncoder,
   encodeWithWeights,
   inflateForVolumes,
-  loadVisionEncoder,
   randomVitWeights,
   type VitConfig,
   type VitEncoder,

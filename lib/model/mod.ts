@@ -9,6 +9,8 @@
  * @module
  */
 export * from "./safetensors.ts";
+export * from "./transformer.ts";
 export * from "./vit.ts";
+export * from "./vit_checkpoints.ts";
 export * from "./lora.ts";
 export * from "./head.ts";

@@ -32,9 +32,9 @@
  *   `pooler.dense.*` weights; as Microsoft's note for them says, they are not used. A bare
  *   `BertModel` (`embeddings.word_embeddings.weight`, no projection) loads too.
  *
- * Settings the weights cannot tell are resolved as in `vit.ts`: `options` > the file's metadata
- * key `deer.text` (JSON: `heads`, `act`, `lnEps`, `pool`, `contextLength`, `eosId`, `padId`) > a
- * sidecar beside the file (`config.json` for Hugging Face CLIP (`text_config`) and BERT;
+ * Settings the weights cannot tell are resolved as in `vit_checkpoints.ts`: `options` > the
+ * file's metadata key `deer.text` (JSON: `heads`, `act`, `lnEps`, `pool`, `contextLength`,
+ * `eosId`, `padId`) > a sidecar beside the file (`config.json` for Hugging Face CLIP (`text_config`) and BERT;
  * `open_clip_config.json` for open_clip: `text_cfg.heads`, `pool_type`, `eos_id`, `quick_gelu`,
  * `hf_pooler_type`, `context_length`) > the layout's defaults (heads = width / 64).
  *
@@ -83,8 +83,8 @@ import {
   readJsonIfExists,
   TensorSource,
   type TensorSourceOptions,
-  type VitLoadOptions,
-} from "./vit.ts";
+} from "./_checkpoint.ts";
+import type { VitLoadOptions } from "./vit_checkpoints.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
