@@ -30,7 +30,8 @@ export { createRng, type Rng } from "./lib/rng.ts";
 // Model
 export type { LoraInput } from "./lib/model/transformer.ts";
 export { loadVisionEncoder } from "./lib/model/vit_checkpoints.ts";
-export { inflateForVolumes, type VisionEncoder, type VitConfig } from "./lib/model/vit.ts";
+export { inflateForVolumes } from "./lib/model/vit_volume.ts";
+export type { VisionEncoder, VitConfig } from "./lib/model/vit.ts";
 export { initLora, loraScale } from "./lib/model/lora.ts";
 export {
   cosineScores,

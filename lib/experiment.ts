@@ -29,7 +29,8 @@ import { loadMedMnist, medmnistInfo } from "./data/medmnist.ts";
 import { loadImageFolder } from "./data/image_folder.ts";
 import type { VitActivation } from "./model/transformer.ts";
 import { loadVisionEncoder } from "./model/vit_checkpoints.ts";
-import { inflateForVolumes, type VitEncoder } from "./model/vit.ts";
+import { inflateForVolumes } from "./model/vit_volume.ts";
+import type { VitEncoder } from "./model/vit.ts";
 import { loadPrototypes, orthonormalPrototypes } from "./model/head.ts";
 import { makeBackbone, type SharedBackbone } from "./fl/backbone.ts";
 import {

@@ -4,11 +4,10 @@ import { createRng } from "../lib/rng.ts";
 import { readSafetensors, type SafeTensor, writeSafetensors } from "../lib/model/safetensors.ts";
 import type { LoraInput } from "../lib/model/transformer.ts";
 import { loadVisionEncoder, visionEncoderFromTensors } from "../lib/model/vit_checkpoints.ts";
+import { inflateForVolumes, resizeGridBicubic } from "../lib/model/vit_volume.ts";
 import {
   createVitEncoder,
-  inflateForVolumes,
   randomVitWeights,
-  resizeGridBicubic,
   saveVisionEncoder,
   type VitConfig,
   type VitEncoder,

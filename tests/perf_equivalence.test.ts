@@ -10,10 +10,10 @@ import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
 import type { LoraInput } from "../lib/model/transformer.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
+import { inflateForVolumes } from "../lib/model/vit_volume.ts";
 import {
   createVitEncoder,
   encodeWithWeights,
-  inflateForVolumes,
   randomVitWeights,
   type VitConfig,
   type VitEncoder,

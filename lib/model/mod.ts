@@ -12,5 +12,6 @@ export * from "./safetensors.ts";
 export * from "./transformer.ts";
 export * from "./vit.ts";
 export * from "./vit_checkpoints.ts";
+export * from "./vit_volume.ts";
 export * from "./lora.ts";
 export * from "./head.ts";
