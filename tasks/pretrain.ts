@@ -54,13 +54,8 @@ import type { ImageSplit } from "../lib/data/dataset.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { classificationMetrics } from "../lib/metrics/classification.ts";
 import { cosineScores, savePrototypes } from "../lib/model/head.ts";
-import {
-  encodeWithWeights,
-  randomVitWeights,
-  saveVisionEncoder,
-  type VitConfig,
-  type VitWeights,
-} from "../lib/model/vit.ts";
+import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
+import { encodeWithWeights, type VitConfig, type VitWeights } from "../lib/model/vit.ts";
 import { createRng, type Rng } from "../lib/rng.ts";
 import {
   type DataPlan,

@@ -7,12 +7,8 @@ import { loadMedMnist } from "../lib/data/medmnist.ts";
 import { cosineScores, loadPrototypes } from "../lib/model/head.ts";
 import { readSafetensors } from "../lib/model/safetensors.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
-import {
-  createVitEncoder,
-  randomVitWeights,
-  saveVisionEncoder,
-  type VitConfig,
-} from "../lib/model/vit.ts";
+import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
+import { createVitEncoder, type VitConfig } from "../lib/model/vit.ts";
 import { createRng } from "../lib/rng.ts";
 import { DEMO_CLASS_NAMES, DEMO_SOURCE_LABELS } from "../tasks/default_data.ts";
 import { DEFAULT_PRETRAIN, MODEL_FILE, pretrainVit, PROTOTYPES_FILE } from "../tasks/pretrain.ts";

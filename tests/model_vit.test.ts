@@ -5,13 +5,8 @@ import { readSafetensors, type SafeTensor, writeSafetensors } from "../lib/model
 import type { LoraInput } from "../lib/model/transformer.ts";
 import { loadVisionEncoder, visionEncoderFromTensors } from "../lib/model/vit_checkpoints.ts";
 import { inflateForVolumes, resizeGridBicubic } from "../lib/model/vit_volume.ts";
-import {
-  createVitEncoder,
-  randomVitWeights,
-  saveVisionEncoder,
-  type VitConfig,
-  type VitEncoder,
-} from "../lib/model/vit.ts";
+import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
+import { createVitEncoder, type VitConfig, type VitEncoder } from "../lib/model/vit.ts";
 import { disposeLora, initLora, loraToTensors } from "../lib/model/lora.ts";
 
 // Tiny checkpoints and PyTorch references: tools/crosscheck/make_model_fixtures.py.

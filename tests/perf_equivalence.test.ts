@@ -11,10 +11,10 @@ import { createRng } from "../lib/rng.ts";
 import type { LoraInput } from "../lib/model/transformer.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { inflateForVolumes } from "../lib/model/vit_volume.ts";
+import { randomVitWeights } from "../lib/model/vit_init.ts";
 import {
   createVitEncoder,
   encodeWithWeights,
-  randomVitWeights,
   type VitConfig,
   type VitEncoder,
 } from "../lib/model/vit.ts";

@@ -13,5 +13,6 @@ export * from "./transformer.ts";
 export * from "./vit.ts";
 export * from "./vit_checkpoints.ts";
 export * from "./vit_volume.ts";
+export * from "./vit_init.ts";
 export * from "./lora.ts";
 export * from "./head.ts";
