@@ -136,7 +136,7 @@ export interface VitWeights {
  * [N·(D/Pd)·(H/P)·(W/P), Pd·P·P·C]. Rows are patches in (depth, row, column) order, each patch
  * flattened as (depth, row, column, channel) — the layout of `patchWeight`'s rows.
  */
-export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch = 1): tf.Tensor2D {
+function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch = 1): tf.Tensor2D {
   if (x.rank === 4) {
     const [n, h, w, c] = x.shape;
     return x.reshape([n, h / patch, patch, w / patch, patch, c]).transpose([0, 1, 3, 2, 4, 5])
