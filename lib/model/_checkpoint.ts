@@ -294,7 +294,7 @@ export async function readJsonIfExists(path: string): Promise<Record<string, unk
 
 /**
  * Where an encoder built from in-memory tensors takes its settings from (the vision tower's
- * {@link visionEncoderFromTensors}, and the text tower's with a tokenizer added).
+ * `visionEncoderFromTensors`, and the text tower's with a tokenizer added).
  */
 export interface TensorSourceOptions<O> {
   metadata?: Record<string, string>;

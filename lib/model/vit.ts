@@ -62,7 +62,10 @@ import {
 /** Which checkpoint layout the weights came from. */
 export type VitLayout = "openai" | "hf" | "timm";
 
-/** Set by `inflateForVolumes` (`vit_volume.ts`): the encoder reads [N, depth, height, width, 1] volumes. */
+/**
+ * Set by `inflateForVolumes` (`vit_volume.ts`): the encoder reads [N, depth, height, width, 1]
+ * volumes.
+ */
 export interface VitVolumeConfig {
   depth: number;
   height: number;
@@ -96,7 +99,7 @@ export interface VitConfig extends TransformerShape {
 /**
  * Canonical weights in host memory, every matrix in the `x · W` convention ([in, out]).
  * `patchWeight` is [channels·P·P, width] with rows ordered (row, column, channel) — the order
- * in which {@link patchify} lays out a patch.
+ * in which the forward pass lays out a patch (`patchify`).
  */
 export interface VitHostWeights {
   patchWeight: HostTensor;
@@ -332,7 +335,7 @@ export function createVitEncoder(config: VitConfig, host: VitHostWeights): VitEn
 /**
  * An encoder that shares `base`'s tensors but for those in `replaced`, which are new: it owns
  * them and frees them in `dispose()`, and leaves the shared ones to `base`. This is how
- * {@link inflateForVolumes} (`vit_volume.ts`) gives one frozen transformer a second input
+ * `inflateForVolumes` (`vit_volume.ts`) gives one frozen transformer a second input
  * embedding. Dispose it before, or with, `base`.
  *
  * @example

@@ -101,7 +101,7 @@ export function randomVitWeights(config: VitConfig, rng: Rng): VitHostWeights {
 /**
  * Saves an encoder's weights as an open_clip OpenAI-layout image tower (`visual.conv1.weight`,
  * `visual.transformer.resblocks.{i}.attn.in_proj_weight`, …, PyTorch [out, in] matrices) that
- * {@link loadVisionEncoder} and open_clip read. Heads, activation and LayerNorm ε go into the
+ * `loadVisionEncoder` and open_clip read. Heads, activation and LayerNorm ε go into the
  * metadata key `deer.vision`, so loading needs no options; `metadata` adds more keys. Written
  * atomically. Volume encoders and projection biases (no OpenAI key) are refused.
  *

@@ -24,6 +24,9 @@
 import { tf } from "../backend.ts";
 import { deriveVitEncoder, type VisionEncoder, type VitConfig, type VitEncoder } from "./vit.ts";
 
+// ---------------------------------------------------------------------------------------------
+// Position embeddings on a new grid
+
 /**
  * Resamples a grid of vectors [inH, inW, channels] (row-major) to [outH, outW, channels] with
  * PyTorch's bicubic interpolation (`F.interpolate(mode="bicubic", align_corners=False)`,
