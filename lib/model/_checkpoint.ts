@@ -118,10 +118,10 @@ export function concatRows(parts: HostTensor[]): HostTensor {
 }
 
 // ---------------------------------------------------------------------------------------------
-// One transformer block in the open_clip and Hugging Face layouts
+// One transformer block in a checkpoint layout
 
 /** The names of one block's tensors in a checkpoint layout (after the block's prefix). */
-interface BlockNames {
+export interface BlockNames {
   ln1: string;
   ln2: string;
   out: string;
@@ -132,8 +132,13 @@ interface BlockNames {
 /**
  * One block from its tensors' names: the fused q/k/v weight [3·width, width] and bias come from
  * the caller (stored fused or as three projections, depending on the layout).
+ *
+ * @example
+ * ```ts
+ * const block = mapBlock(src, "trunk.blocks.0.", 768, timmNames, { weight, bias });
+ * ```
  */
-function mapBlock(
+export function mapBlock(
   src: TensorSource,
   b: string,
   width: number,

@@ -73,10 +73,12 @@ import {
   weightTensors,
 } from "./transformer.ts";
 import {
+  type BlockNames,
   checkActivation,
   checkLnEps,
   concatRows,
   linear,
+  mapBlock,
   mapHfBlock,
   mapOpenaiBlock,
   metadataSettings,
@@ -253,6 +255,18 @@ function mapHfText(src: TensorSource, p: string): Mapped {
   };
 }
 
+/**
+ * A BERT layer's tensors: `ln1`/`ln2` are its post-attention and post-MLP norms (see
+ * {@link HostBlock}).
+ */
+const BERT_BLOCK: BlockNames = {
+  ln1: "attention.output.LayerNorm",
+  ln2: "output.LayerNorm",
+  out: "attention.output.dense",
+  fc1: "intermediate.dense",
+  fc2: "output.dense",
+};
+
 /** A Hugging Face BertModel under `p`, and open_clip's `text.proj` when `p` is `text.transformer.`. */
 function mapBert(src: TensorSource, p: string): Mapped {
   const tok = src.get(`${p}embeddings.word_embeddings.weight`);
@@ -276,20 +290,9 @@ function mapBert(src: TensorSource, p: string): Mapped {
     const qkvBias = ["query", "key", "value"].map((n) =>
       src.get(`${b}attention.self.${n}.bias`, [width])
     );
-    const fc1 = src.get(`${b}intermediate.dense.weight`, [null, width]);
-    const mlp = fc1.shape[0];
-    blocks.push({
-      qkvWeight: linear(concatRows(qkv)),
-      qkvBias: concatRows(qkvBias),
-      outWeight: linear(src.get(`${b}attention.output.dense.weight`, [width, width])),
-      outBias: src.get(`${b}attention.output.dense.bias`, [width]),
-      ln1: src.norm(`${b}attention.output.LayerNorm`, width),
-      fc1Weight: linear(fc1),
-      fc1Bias: src.get(`${b}intermediate.dense.bias`, [mlp]),
-      fc2Weight: linear(src.get(`${b}output.dense.weight`, [width, mlp])),
-      fc2Bias: src.get(`${b}output.dense.bias`, [width]),
-      ln2: src.norm(`${b}output.LayerNorm`, width),
-    });
+    blocks.push(
+      mapBlock(src, b, width, BERT_BLOCK, { weight: concatRows(qkv), bias: concatRows(qkvBias) }),
+    );
   }
   const pooler = src.has(`${p}pooler.dense.weight`)
     ? {

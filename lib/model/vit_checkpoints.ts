@@ -35,9 +35,11 @@
 import { dirname, join } from "node:path";
 import { noteDefaultSetting } from "./_notice.ts";
 import {
+  type BlockNames,
   checkActivation,
   checkLnEps,
   linear,
+  mapBlock,
   mapHfBlock,
   mapOpenaiBlock,
   metadataSettings,
@@ -149,6 +151,15 @@ function mapHf(src: TensorSource, p: string): Mapped {
   return { layout: "hf", weights, defaults: { act: "quick_gelu", lnEps: 1e-5 } };
 }
 
+/** A timm ViT block's tensors: fused `attn.qkv`, `attn.proj`, `norm1`/`norm2`, `mlp.fc1`/`fc2`. */
+const TIMM_BLOCK: BlockNames = {
+  ln1: "norm1",
+  ln2: "norm2",
+  out: "attn.proj",
+  fc1: "mlp.fc1",
+  fc2: "mlp.fc2",
+};
+
 /** timm VisionTransformer trunk (+ open_clip's `head.proj`), as in BiomedCLIP. */
 function mapTimm(src: TensorSource, trunk: string, head: string): Mapped {
   const conv = src.get(`${trunk}patch_embed.proj.weight`);
@@ -160,20 +171,10 @@ function mapTimm(src: TensorSource, trunk: string, head: string): Mapped {
   const blocks: HostBlock[] = [];
   for (let i = 0; i < layers; i++) {
     const b = `${trunk}blocks.${i}.`;
-    const fc1 = src.get(`${b}mlp.fc1.weight`, [null, width]);
-    const mlp = fc1.shape[0];
-    blocks.push({
-      ln1: src.norm(`${b}norm1`, width),
-      qkvWeight: linear(src.get(`${b}attn.qkv.weight`, [3 * width, width])),
-      qkvBias: src.get(`${b}attn.qkv.bias`, [3 * width]),
-      outWeight: linear(src.get(`${b}attn.proj.weight`, [width, width])),
-      outBias: src.get(`${b}attn.proj.bias`, [width]),
-      ln2: src.norm(`${b}norm2`, width),
-      fc1Weight: linear(fc1),
-      fc1Bias: src.get(`${b}mlp.fc1.bias`, [mlp]),
-      fc2Weight: linear(src.get(`${b}mlp.fc2.weight`, [width, mlp])),
-      fc2Bias: src.get(`${b}mlp.fc2.bias`, [width]),
-    });
+    blocks.push(mapBlock(src, b, width, TIMM_BLOCK, {
+      weight: src.get(`${b}attn.qkv.weight`, [3 * width, width]),
+      bias: src.get(`${b}attn.qkv.bias`, [3 * width]),
+    }));
   }
   const cls = src.get(`${trunk}cls_token`, [1, 1, width]);
   const pos = src.get(`${trunk}pos_embed`, [1, null, width]);
