@@ -28,13 +28,10 @@ export { CLIP_MEAN, CLIP_STD, clipPreprocess, decodeImage } from "./lib/data/ima
 export { createRng, type Rng } from "./lib/rng.ts";
 
 // Model
-export {
-  inflateForVolumes,
-  loadVisionEncoder,
-  type LoraInput,
-  type VisionEncoder,
-  type VitConfig,
-} from "./lib/model/vit.ts";
+export type { LoraInput } from "./lib/model/transformer.ts";
+export { loadVisionEncoder } from "./lib/model/vit_checkpoints.ts";
+export { inflateForVolumes } from "./lib/model/vit_volume.ts";
+export type { VisionEncoder, VitConfig } from "./lib/model/vit.ts";
 export { initLora, loraScale } from "./lib/model/lora.ts";
 export {
   cosineScores,

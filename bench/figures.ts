@@ -26,12 +26,9 @@ import { parseArgs } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import type { ImageDataset, ImageSplit } from "../lib/data/dataset.ts";
 import { makeBatch } from "../lib/data/batches.ts";
-import {
-  createVitEncoder,
-  loadVisionEncoder,
-  randomVitWeights,
-  type VitConfig,
-} from "../lib/model/vit.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
+import { randomVitWeights } from "../lib/model/vit_init.ts";
+import { createVitEncoder, type VitConfig } from "../lib/model/vit.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { initLora } from "../lib/model/lora.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";

@@ -20,7 +20,7 @@ import { parseArgs } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import { writeNpz } from "../lib/data/npy.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
-import { loadVisionEncoder } from "../lib/model/vit.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
 import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";

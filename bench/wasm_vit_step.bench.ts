@@ -9,7 +9,8 @@
  */
 import { backendName, tf } from "../lib/backend.ts";
 import { useExplicitMatMul } from "../lib/backend_wasm.ts";
-import { createVitEncoder, randomVitWeights, type VitConfig } from "../lib/model/vit.ts";
+import { randomVitWeights } from "../lib/model/vit_init.ts";
+import { createVitEncoder, type VitConfig } from "../lib/model/vit.ts";
 import { initLora, loraScale } from "../lib/model/lora.ts";
 import { createRng } from "../lib/rng.ts";
 import { TINY_VIT } from "./figures.ts";

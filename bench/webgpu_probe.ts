@@ -11,7 +11,8 @@
 import { parseArgs } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import { makeBatch } from "../lib/data/batches.ts";
-import { createVitEncoder, randomVitWeights } from "../lib/model/vit.ts";
+import { randomVitWeights } from "../lib/model/vit_init.ts";
+import { createVitEncoder } from "../lib/model/vit.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { initLora } from "../lib/model/lora.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";

@@ -27,12 +27,10 @@ import { KNOWN_DATASETS, SPLITS } from "./data/dataset.ts";
 import { resizeVolumes, volumeSide } from "./data/volume.ts";
 import { loadMedMnist, medmnistInfo } from "./data/medmnist.ts";
 import { loadImageFolder } from "./data/image_folder.ts";
-import {
-  inflateForVolumes,
-  loadVisionEncoder,
-  type VitActivation,
-  type VitEncoder,
-} from "./model/vit.ts";
+import type { VitActivation } from "./model/transformer.ts";
+import { loadVisionEncoder } from "./model/vit_checkpoints.ts";
+import { inflateForVolumes } from "./model/vit_volume.ts";
+import type { VitEncoder } from "./model/vit.ts";
 import { loadPrototypes, orthonormalPrototypes } from "./model/head.ts";
 import { makeBackbone, type SharedBackbone } from "./fl/backbone.ts";
 import {

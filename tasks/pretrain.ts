@@ -51,16 +51,21 @@ import { CLIP_MEAN, CLIP_STD } from "../lib/data/image.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
 import { makeBatch } from "../lib/data/batches.ts";
 import type { ImageSplit } from "../lib/data/dataset.ts";
+import { makeBackbone } from "../lib/fl/backbone.ts";
+import { createLocalTrainer } from "../lib/fl/local.ts";
+import { defaultConfig } from "../lib/fl/simulation.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { classificationMetrics } from "../lib/metrics/classification.ts";
 import { cosineScores, savePrototypes } from "../lib/model/head.ts";
+import { initLora } from "../lib/model/lora.ts";
 import {
   encodeWithWeights,
-  randomVitWeights,
-  saveVisionEncoder,
+  type VisionEncoder,
   type VitConfig,
   type VitWeights,
 } from "../lib/model/vit.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
+import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
 import { createRng, type Rng } from "../lib/rng.ts";
 import {
   type DataPlan,
@@ -408,66 +413,49 @@ export interface StepTiming {
 }
 
 /**
- * Times the federated clients' step on this model: encode a batch with LoRA (rank `rank`,
+ * Times the federated clients' step on this model with the engine's own trainer
+ * ({@link createLocalTrainer}, lib/fl/local.ts): encode a batch with LoRA (rank `rank`,
  * alpha = rank) on q, k and v of every block, the prototype cross-entropy, gradients with
- * respect to every A, B and the logit scale, and an SGD-with-momentum update (SPEC §2).
+ * respect to every A, B and the logit scale, and an SGD-with-momentum update with the engine's
+ * default settings (SPEC §2). The encoder takes the path a client's does (the hand-written
+ * backward pass on the `tensorflow`, `webgpu` and `wasm` backends).
  *
  * @example
  * ```ts
- * const t = await timeLoraStep(config, weights, prototypes); // t.wallMs, t.cpuMs
+ * const t = await timeLoraStep(encoder, prototypes); // t.wallMs, t.cpuMs
  * ```
  */
 export async function timeLoraStep(
-  config: VitConfig,
-  weights: VitWeights,
+  encoder: VisionEncoder,
   prototypes: tf.Tensor2D,
-  { batch = 10, rank = 8 } = {},
+  { batch = defaultConfig().batchSize, rank = 8 } = {},
 ): Promise<StepTiming> {
-  const rng = createRng(0);
-  const n = 3 * config.layers, d = config.width;
-  const bound = 1 / Math.sqrt(d);
-  const a = () => tf.randomUniform([rank, d], -bound, bound, "float32", rng.int(1e9));
-  let params: tf.Tensor[] = [
-    ...Array.from({ length: n }, a),
-    ...Array.from({ length: n }, () => tf.zeros([d, rank])),
-    tf.scalar(Math.log(1 / 0.07)),
-  ];
-  let buffers = params.map((p) => tf.zerosLike(p));
-  const side = config.imageSize;
+  const { sgd, logitScale } = defaultConfig();
+  const backbone = makeBackbone(encoder, prototypes, { rank, alpha: rank });
+  const trainer = createLocalTrainer(backbone, {
+    start: initLora(encoder.config, rank, createRng(0)),
+    train: ["A", "B"],
+    sgd,
+    logitScale,
+  });
+  const side = encoder.config.imageSize;
   const x = tf.randomNormal([batch, side, side, 3], 0, 1, "float32", 1) as tf.Tensor4D;
   const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % prototypes.shape[0]), "int32");
-  const step = async () => {
-    const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) => {
-      const f = encodeWithWeights(config, weights, x, {
-        A: ps.slice(0, n) as tf.Tensor2D[],
-        B: ps.slice(n, 2 * n) as tf.Tensor2D[],
-        scale: 1,
-      });
-      const logits = tf.mul(cosineScores(f, prototypes), tf.exp(ps[2 * n])) as tf.Tensor2D;
-      return crossEntropy(logits, y);
-    })(params);
-    const next = tf.tidy(() =>
-      params.map((p, i) => {
-        const buf = tf.add(tf.mul(buffers[i], 0.9), tf.add(grads[i], tf.mul(p, 5e-4)));
-        return [tf.sub(p, tf.mul(buf, 0.01)), buf];
-      })
-    );
-    await value.data();
-    tf.dispose([value, grads, params, buffers]);
-    params = next.map((p) => p[0]);
-    buffers = next.map((p) => p[1]);
-  };
-  const before = Deno.loadavg()[0];
-  for (let i = 0; i < 5; i++) await step();
   const rounds: { wall: number; cpu: number }[] = [];
-  for (let r = 0; r < 5; r++) {
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    for (let i = 0; i < 10; i++) await step();
-    const cpu = process.cpuUsage(c0);
-    rounds.push({ wall: (performance.now() - t0) / 10, cpu: (cpu.user + cpu.system) / 1e4 });
+  const before = Deno.loadavg()[0];
+  try {
+    for (let i = 0; i < 5; i++) await trainer.step(x, y);
+    for (let r = 0; r < 5; r++) {
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      for (let i = 0; i < 10; i++) await trainer.step(x, y);
+      const cpu = process.cpuUsage(c0);
+      rounds.push({ wall: (performance.now() - t0) / 10, cpu: (cpu.user + cpu.system) / 1e4 });
+    }
+  } finally {
+    trainer.dispose();
+    tf.dispose([backbone.prototypes, x, y]);
   }
-  tf.dispose([params, buffers, x, y]);
   rounds.sort((p, q) => p.wall - q.wall);
   return {
     batch,
@@ -668,9 +656,6 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
     const cpu = process.cpuUsage(cpuStart);
     const cpuSeconds = (cpu.user + cpu.system) / 1e6;
     const load = Deno.loadavg()[0];
-    const loraStep = o.timeLoraStep
-      ? await timeLoraStep(config, state.weights, prototypes)
-      : undefined;
     const recipe = { ...o, plan: undefined, logEvery: undefined, out: undefined };
     const out = {
       model: join(o.out, MODEL_FILE),
@@ -683,6 +668,16 @@ export async function pretrainVit(options: PretrainOptions): Promise<PretrainRes
       "deer.pretrain_classes": JSON.stringify(PRETRAIN_CLASS_NAMES),
       "deer.command": "deno task pretrain",
     });
+    // The clients' step, timed on the saved model as a federated run loads it.
+    let loraStep: StepTiming | undefined;
+    if (o.timeLoraStep) {
+      const encoder = await loadVisionEncoder(out.model);
+      try {
+        loraStep = await timeLoraStep(encoder, prototypes);
+      } finally {
+        encoder.dispose();
+      }
+    }
     await savePrototypes(out.prototypes, prototypes, DEMO_CLASS_NAMES);
     prototypes.dispose();
     const result: PretrainResult = {

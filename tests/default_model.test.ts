@@ -6,16 +6,18 @@ import { writeIdx } from "../lib/data/idx.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
 import { cosineScores, loadPrototypes } from "../lib/model/head.ts";
 import { readSafetensors } from "../lib/model/safetensors.ts";
-import {
-  createVitEncoder,
-  loadVisionEncoder,
-  randomVitWeights,
-  saveVisionEncoder,
-  type VitConfig,
-} from "../lib/model/vit.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
+import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
+import { createVitEncoder, type VitConfig } from "../lib/model/vit.ts";
 import { createRng } from "../lib/rng.ts";
 import { DEMO_CLASS_NAMES, DEMO_SOURCE_LABELS } from "../tasks/default_data.ts";
-import { DEFAULT_PRETRAIN, MODEL_FILE, pretrainVit, PROTOTYPES_FILE } from "../tasks/pretrain.ts";
+import {
+  DEFAULT_PRETRAIN,
+  MODEL_FILE,
+  pretrainVit,
+  PROTOTYPES_FILE,
+  timeLoraStep,
+} from "../tasks/pretrain.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const MODEL = join(ROOT, "models/default", MODEL_FILE);
@@ -187,4 +189,18 @@ Deno.test("pretrain: a tiny run lowers the loss and writes a loadable model and 
     prototypes.dispose();
     encoder.dispose();
   });
+});
+
+Deno.test("pretrain: the LoRA step benchmark times the engine's trainer on the shipped model and frees its tensors", async () => {
+  const encoder = await loadVisionEncoder(MODEL);
+  const { prototypes } = await loadPrototypes(PROTOTYPES, { numClasses: 6, embedDim: 64 });
+  const before = tf.memory().numTensors;
+  const timing = await timeLoraStep(encoder, prototypes, { batch: 2, rank: 2 });
+  assert.equal(tf.memory().numTensors, before, "timeLoraStep leaks tensors");
+  assert.equal(timing.batch, 2);
+  assert.equal(timing.rank, 2);
+  assert.ok(timing.wallMs > 0 && Number.isFinite(timing.wallMs), `wall ${timing.wallMs} ms`);
+  assert.ok(timing.cpuMs >= 0 && Number.isFinite(timing.cpuMs), `cpu ${timing.cpuMs} ms`);
+  prototypes.dispose();
+  encoder.dispose();
 });

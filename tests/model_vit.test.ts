@@ -2,18 +2,11 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
 import { readSafetensors, type SafeTensor, writeSafetensors } from "../lib/model/safetensors.ts";
-import {
-  createVitEncoder,
-  inflateForVolumes,
-  loadVisionEncoder,
-  type LoraInput,
-  randomVitWeights,
-  resizeGridBicubic,
-  saveVisionEncoder,
-  visionEncoderFromTensors,
-  type VitConfig,
-  type VitEncoder,
-} from "../lib/model/vit.ts";
+import type { LoraInput } from "../lib/model/transformer.ts";
+import { loadVisionEncoder, visionEncoderFromTensors } from "../lib/model/vit_checkpoints.ts";
+import { inflateForVolumes, resizeGridBicubic } from "../lib/model/vit_volume.ts";
+import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
+import { createVitEncoder, type VitConfig, type VitEncoder } from "../lib/model/vit.ts";
 import { disposeLora, initLora, loraToTensors } from "../lib/model/lora.ts";
 
 // Tiny checkpoints and PyTorch references: tools/crosscheck/make_model_fixtures.py.

@@ -8,13 +8,13 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import { createRng } from "../lib/rng.ts";
+import type { LoraInput } from "../lib/model/transformer.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
+import { inflateForVolumes } from "../lib/model/vit_volume.ts";
+import { randomVitWeights } from "../lib/model/vit_init.ts";
 import {
   createVitEncoder,
   encodeWithWeights,
-  inflateForVolumes,
-  loadVisionEncoder,
-  type LoraInput,
-  randomVitWeights,
   type VitConfig,
   type VitEncoder,
 } from "../lib/model/vit.ts";

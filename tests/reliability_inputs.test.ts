@@ -13,7 +13,7 @@ import { writeSafetensors } from "../lib/model/safetensors.ts";
 import { UsageError } from "../lib/cli.ts";
 import { loadInputs, resumeConflicts, runExperiment } from "../lib/experiment.ts";
 import { tf } from "../lib/backend.ts";
-import { loadVisionEncoder } from "../lib/model/vit.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
 import { defaultConfig } from "../lib/fl/simulation.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";

@@ -21,7 +21,7 @@ import { ledgerFromJson, ledgerToJson, type PrivacyLedger } from "../lib/privacy
 import { readSafetensors } from "../lib/model/safetensors.ts";
 import { createRng } from "../lib/rng.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
-import { loadVisionEncoder } from "../lib/model/vit.ts";
+import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
 import { runTrain, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";

@@ -27,7 +27,8 @@ Deno.test("wasm: the optimised-path equivalence tests pass on wasm", async () =>
 
 const STEP_SOURCE = `
 import { tf } from "./lib/backend.ts";
-import { createVitEncoder, randomVitWeights } from "./lib/model/vit.ts";
+import { randomVitWeights } from "./lib/model/vit_init.ts";
+import { createVitEncoder } from "./lib/model/vit.ts";
 import { initLora } from "./lib/model/lora.ts";
 import { orthonormalPrototypes } from "./lib/model/head.ts";
 import { makeBackbone } from "./lib/fl/backbone.ts";

@@ -55,7 +55,8 @@ Deno.test({
 
 const WIDE_SOURCE = `
 import { tf } from "./lib/backend.ts";
-import { createVitEncoder, encodeWithWeights, randomVitWeights } from "./lib/model/vit.ts";
+import { randomVitWeights } from "./lib/model/vit_init.ts";
+import { createVitEncoder, encodeWithWeights } from "./lib/model/vit.ts";
 import { frozenPathAvailable } from "./lib/model/vit_fast.ts";
 import { initLora } from "./lib/model/lora.ts";
 import { createRng } from "./lib/rng.ts";

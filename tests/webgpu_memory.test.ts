@@ -62,7 +62,8 @@ Deno.test({
     const max = maxBatchFor(adapter!, cfg);
     const source = `
 import { tf } from "./lib/backend.ts";
-import { createVitEncoder, randomVitWeights } from "./lib/model/vit.ts";
+import { randomVitWeights } from "./lib/model/vit_init.ts";
+import { createVitEncoder } from "./lib/model/vit.ts";
 import { createRng } from "./lib/rng.ts";
 const config = { layout: "openai", imageSize: 224, patchSize: 16, channels: 3, width: 64,
   layers: 1, heads: 64, mlpDim: 256, embedDim: 64, act: "gelu", lnEps: 1e-5, preNorm: false,

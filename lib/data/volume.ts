@@ -1,7 +1,7 @@
 /**
  * Volumes (OrganMNIST3D and the other 28³ MedMNIST sets): trilinear resampling of uint8 volumes
- * so that a 2D-pretrained encoder with cubic patches (lib/model/vit.ts `inflateForVolumes`) can
- * read them — a volume side must be a multiple of the patch size.
+ * so that a 2D-pretrained encoder with cubic patches (`inflateForVolumes`,
+ * lib/model/vit_volume.ts) can read them — a volume side must be a multiple of the patch size.
  *
  * The interpolation is PyTorch's `F.interpolate(mode="trilinear", align_corners=False)`: source
  * coordinate `(i + 0.5)·in/out − 0.5`, clamped at the edges; values are rounded half-up and

@@ -1,6 +1,9 @@
 /**
- * The model layer: safetensors I/O, the CLIP image tower with LoRA (ViT), LoRA factors and the
- * prototype head.
+ * The model layer: safetensors I/O; the transformer both CLIP towers share; the image tower (a
+ * ViT with LoRA) — its forward pass, checkpoint layouts, volume inflation, random initialisation
+ * and saving; the text tower that turns class names into prototypes; LoRA factors and the
+ * prototype head. Not re-exported: `vit_fast.ts` (the ViT encoder's hand-written backward pass,
+ * which `encode` picks by itself) and the `_`-prefixed modules, internal to this folder.
  *
  * @example
  * ```ts
@@ -9,6 +12,11 @@
  * @module
  */
 export * from "./safetensors.ts";
+export * from "./transformer.ts";
 export * from "./vit.ts";
+export * from "./vit_checkpoints.ts";
+export * from "./vit_volume.ts";
+export * from "./vit_init.ts";
+export * from "./text.ts";
 export * from "./lora.ts";
 export * from "./head.ts";

@@ -32,9 +32,9 @@
  *   `pooler.dense.*` weights; as Microsoft's note for them says, they are not used. A bare
  *   `BertModel` (`embeddings.word_embeddings.weight`, no projection) loads too.
  *
- * Settings the weights cannot tell are resolved as in `vit.ts`: `options` > the file's metadata
- * key `deer.text` (JSON: `heads`, `act`, `lnEps`, `pool`, `contextLength`, `eosId`, `padId`) > a
- * sidecar beside the file (`config.json` for Hugging Face CLIP (`text_config`) and BERT;
+ * Settings the weights cannot tell are resolved as in `vit_checkpoints.ts`: `options` > the
+ * file's metadata key `deer.text` (JSON: `heads`, `act`, `lnEps`, `pool`, `contextLength`,
+ * `eosId`, `padId`) > a sidecar beside the file (`config.json` for Hugging Face CLIP (`text_config`) and BERT;
  * `open_clip_config.json` for open_clip: `text_cfg.heads`, `pool_type`, `eos_id`, `quick_gelu`,
  * `hf_pooler_type`, `context_length`) > the layout's defaults (heads = width / 64).
  *
@@ -58,29 +58,35 @@ import { findTokenizer, loadTokenizer, type Tokenizer, TOKENIZER_FILES } from ".
 import {
   activation,
   type Block,
-  checkActivation,
-  checkLnEps,
-  concatRows,
+  blockToTensors,
   type HostBlock,
   type HostNorm,
   type HostTensor,
   layerNorm,
-  linear,
-  mapHfBlock,
-  mapOpenaiBlock,
-  metadataSettings,
   multiHeadAttention,
   type Norm,
   normToTensors,
-  readJsonIfExists,
-  TensorSource,
-  type TensorSourceOptions,
   toTensor,
   transformerBlock,
   type TransformerShape,
   type VitActivation,
-  type VitLoadOptions,
-} from "./vit.ts";
+  weightTensors,
+} from "./transformer.ts";
+import {
+  type BlockNames,
+  checkActivation,
+  checkLnEps,
+  concatRows,
+  linear,
+  mapBlock,
+  mapHfBlock,
+  mapOpenaiBlock,
+  metadataSettings,
+  readJsonIfExists,
+  TensorSource,
+  type TensorSourceOptions,
+} from "./_checkpoint.ts";
+import type { VitLoadOptions } from "./vit_checkpoints.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -249,6 +255,18 @@ function mapHfText(src: TensorSource, p: string): Mapped {
   };
 }
 
+/**
+ * A BERT layer's tensors: `ln1`/`ln2` are its post-attention and post-MLP norms (see
+ * {@link HostBlock}).
+ */
+const BERT_BLOCK: BlockNames = {
+  ln1: "attention.output.LayerNorm",
+  ln2: "output.LayerNorm",
+  out: "attention.output.dense",
+  fc1: "intermediate.dense",
+  fc2: "output.dense",
+};
+
 /** A Hugging Face BertModel under `p`, and open_clip's `text.proj` when `p` is `text.transformer.`. */
 function mapBert(src: TensorSource, p: string): Mapped {
   const tok = src.get(`${p}embeddings.word_embeddings.weight`);
@@ -272,20 +290,9 @@ function mapBert(src: TensorSource, p: string): Mapped {
     const qkvBias = ["query", "key", "value"].map((n) =>
       src.get(`${b}attention.self.${n}.bias`, [width])
     );
-    const fc1 = src.get(`${b}intermediate.dense.weight`, [null, width]);
-    const mlp = fc1.shape[0];
-    blocks.push({
-      qkvWeight: linear(concatRows(qkv)),
-      qkvBias: concatRows(qkvBias),
-      outWeight: linear(src.get(`${b}attention.output.dense.weight`, [width, width])),
-      outBias: src.get(`${b}attention.output.dense.bias`, [width]),
-      ln1: src.norm(`${b}attention.output.LayerNorm`, width),
-      fc1Weight: linear(fc1),
-      fc1Bias: src.get(`${b}intermediate.dense.bias`, [mlp]),
-      fc2Weight: linear(src.get(`${b}output.dense.weight`, [width, mlp])),
-      fc2Bias: src.get(`${b}output.dense.bias`, [width]),
-      ln2: src.norm(`${b}output.LayerNorm`, width),
-    });
+    blocks.push(
+      mapBlock(src, b, width, BERT_BLOCK, { weight: concatRows(qkv), bias: concatRows(qkvBias) }),
+    );
   }
   const pooler = src.has(`${p}pooler.dense.weight`)
     ? {
@@ -666,42 +673,21 @@ export function createTextEncoder(
   host: TextHostWeights,
   tokenizer: Tokenizer,
 ): TextEncoder {
-  const owned: tf.Tensor[] = [];
-  const own = <T extends tf.Tensor>(t: T): T => {
-    owned.push(t);
-    return t;
-  };
-  const ownHost = <T extends tf.Tensor>(t: HostTensor): T => own(toTensor<T>(t));
-  const ownNorm = (n: HostNorm): Norm => {
-    const norm = normToTensors(n);
-    owned.push(norm.weight, norm.bias);
-    return norm;
-  };
-  const optional = <T extends tf.Tensor>(t?: HostTensor) => t && ownHost<T>(t);
+  const optional = <T extends tf.Tensor>(t?: HostTensor) => t && toTensor<T>(t);
   const weights: TextWeights = {
-    tokenEmbedding: ownHost(host.tokenEmbedding),
-    positionEmbedding: ownHost(host.positionEmbedding),
-    embedNorm: host.embedNorm && ownNorm(host.embedNorm),
-    blocks: host.blocks.map((b) => ({
-      ln1: ownNorm(b.ln1),
-      qkvWeight: ownHost(b.qkvWeight),
-      qkvBias: ownHost(b.qkvBias),
-      outWeight: ownHost(b.outWeight),
-      outBias: ownHost(b.outBias),
-      ln2: ownNorm(b.ln2),
-      fc1Weight: ownHost(b.fc1Weight),
-      fc1Bias: ownHost(b.fc1Bias),
-      fc2Weight: ownHost(b.fc2Weight),
-      fc2Bias: ownHost(b.fc2Bias),
-    })),
-    finalNorm: host.finalNorm && ownNorm(host.finalNorm),
+    tokenEmbedding: toTensor(host.tokenEmbedding),
+    positionEmbedding: toTensor(host.positionEmbedding),
+    embedNorm: host.embedNorm && normToTensors(host.embedNorm),
+    blocks: host.blocks.map(blockToTensors),
+    finalNorm: host.finalNorm && normToTensors(host.finalNorm),
     pooler: host.pooler &&
-      { weight: ownHost(host.pooler.weight), bias: ownHost(host.pooler.bias) },
+      { weight: toTensor(host.pooler.weight), bias: toTensor(host.pooler.bias) },
     proj: optional(host.proj),
     projBias: optional(host.projBias),
     proj2: optional(host.proj2),
     proj2Bias: optional(host.proj2Bias),
   };
+  const owned = weightTensors(weights);
   let disposed = false;
   return {
     config,

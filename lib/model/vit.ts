@@ -1,5 +1,5 @@
 /**
- * The frozen CLIP image tower (a ViT) with LoRA on q, k and v — the whole model in one file.
+ * The CLIP image tower: a ViT with LoRA on q, k and v, written as one forward pass.
  *
  * Forward pass (SPEC §1), for `x` of shape [N, H, W, 3] (normalised pixels):
  *
@@ -14,69 +14,41 @@
  * features = ln_post(tokens[:, 0]) · W_proj                         [N, embedDim], not normalised
  * ```
  *
- * Three checkpoint layouts map onto these canonical weights (names in {@link VitHostWeights}):
- * * `openai` — open_clip's OpenAI-style `VisionTransformer` (`visual.conv1`, `visual.ln_pre`,
- *   `visual.transformer.resblocks.{i}.attn.in_proj_weight`, `mlp.c_fc`, `visual.proj` [width, e]).
- *   Activation: QuickGELU by default, because OpenAI's pretrained weights use it (open_clip's
- *   `ViT-B-16-quickgelu`, `pretrained="openai"`); a randomly initialised open_clip `ViT-B-16`
- *   uses exact GELU — say so with `{ act: "gelu" }` or the file's metadata.
- * * `hf` — Hugging Face `CLIPModel` / `CLIPVisionModelWithProjection` (`vision_model.*`,
- *   `pre_layrnorm` (sic), separate `q_proj`/`k_proj`/`v_proj`, `visual_projection.weight`).
- *   Heads, activation (`hidden_act`, default quick_gelu) and ε come from a `config.json` beside
- *   the weights when there is one.
- * * `timm` — open_clip's timm tower as in BiomedCLIP (`visual.trunk.*`: `patch_embed.proj` with
- *   bias, `cls_token`, `pos_embed`, fused `attn.qkv`, `norm`, then `visual.head.proj.weight`
- *   width→e, no bias). Exact GELU, ε = 1e-6, no ln_pre; pooling takes the class token after the
- *   final norm (timm `global_pool="token"`).
- * Files holding only the image tower (keys without the `visual.` prefix) load too.
- *
- * Settings the weights cannot tell (heads, activation, ε) are resolved in this order:
- * `options` > the file's metadata key `deer.vision` (JSON, e.g. `{"heads": 2, "act": "gelu"}`) >
- * a `config.json` (HF: `num_attention_heads`, `hidden_act`, `layer_norm_eps`) or
- * `open_clip_config.json` (open_clip: `vision_cfg.head_width`; GELU unless `quick_gelu` is set, as
- * open_clip builds it) beside the file > the layout's default (heads = width / 64). A default
- * taken for the activation or the heads of an OpenAI-layout or Hugging Face file is said once
- * per file on stderr, with the ways to override it.
- *
- * LoRA: the q, k and v projections of one block are one fused [width, 3·width] matmul; the
- * adapters add `s · (h Aᵀ) Bᵀ` through two thin matmuls whose weights are the block's three A's
- * stacked and its three B's laid out block-diagonally, so a block costs two extra matmuls and the
- * gradient with respect to A and B never forms a width×width matrix.
- *
- * 3D volumes ({@link inflateForVolumes}) — the scheme:
- * * Patches become cubic-ish: depthPatch × P × P voxels of a one-channel volume. The 2D kernel
- *   is summed over RGB (a gray voxel is the same value in all three channels) and replicated
- *   over depth divided by depthPatch (I3D inflation, Carreira & Zisserman 2017), so a patch that
- *   is constant in depth embeds exactly as its 2D slice.
- * * Position embeddings: the pretrained grid is resampled in-plane to the volume's grid (bicubic,
- *   PyTorch `F.interpolate(align_corners=False)`, as open_clip's `resize_pos_embed`) and a fixed
- *   sinusoidal depth signal is added, centred over depth and scaled to `depthScale` × the RMS of
- *   the in-plane position embeddings (default 1: depth is as visible as a row or a column).
- * * Attention: a volume has D/depthPatch tokens for every in-plane position. Each patch key gets a
- *   bias of −ln(D/depthPatch) so that the class token's attention budget between itself and the
- *   image is what the pretrained model expects. With `depthScale: 0`, a volume that is constant
- *   in depth then gives exactly the features of its 2D slice (tested).
+ * The block is `transformer.ts`' {@link transformerBlock}, which the text tower shares. Here: the
+ * configuration, the weights, the forward pass ({@link encodeWithWeights}, the autodiff reference)
+ * and the encoder, which runs the same function through `vit_fast.ts` (a hand-written backward
+ * pass for the LoRA factors) where the backend has it. Checkpoint layouts and loading are in
+ * `vit_checkpoints.ts`, volume inflation in `vit_volume.ts`, random initialisation and saving in
+ * `vit_init.ts`.
  *
  * @example
  * ```ts
- * const encoder = await loadVisionEncoder("biomedclip.safetensors");
+ * const encoder = createVitEncoder(config, randomVitWeights(config, createRng(0)));
  * const features = tf.tidy(() => encoder.encode(tf.zeros([2, 224, 224, 3])));
- * features.shape; // [2, 512]
+ * features.shape; // [2, config.embedDim]
+ * encoder.dispose();
  * ```
  * @module
  */
-import { dirname, join } from "node:path";
 import { tf, webgpuAdapter } from "../backend.ts";
 import { checkBatchFits } from "../backend_webgpu.ts";
-import type { Rng } from "../rng.ts";
-import { noteDefaultSetting } from "./_notice.ts";
 import {
-  readSafetensors,
-  readSafetensorsIndex,
-  type SafeTensor,
-  type SafeTensorInput,
-  writeSafetensors,
-} from "./safetensors.ts";
+  type Block,
+  blockLora,
+  blockToTensors,
+  type HostBlock,
+  type HostNorm,
+  type HostTensor,
+  layerNorm,
+  loraAdapterNames,
+  type LoraInput,
+  type Norm,
+  normToTensors,
+  toTensor,
+  transformerBlock,
+  type TransformerShape,
+  weightTensors,
+} from "./transformer.ts";
 import {
   disposeBlockViews,
   frozenBlocksForward,
@@ -89,10 +61,11 @@ import {
 
 /** Which checkpoint layout the weights came from. */
 export type VitLayout = "openai" | "hf" | "timm";
-/** `gelu`: x·Φ(x) (erf); `quick_gelu`: x·σ(1.702x) (OpenAI CLIP). */
-export type VitActivation = "gelu" | "quick_gelu";
 
-/** Set by {@link inflateForVolumes}: the encoder reads [N, depth, height, width, 1] volumes. */
+/**
+ * Set by `inflateForVolumes` (`vit_volume.ts`): the encoder reads [N, depth, height, width, 1]
+ * volumes.
+ */
 export interface VitVolumeConfig {
   depth: number;
   height: number;
@@ -101,18 +74,6 @@ export interface VitVolumeConfig {
   depthPatch: number;
   /** Depth signal amplitude relative to the RMS of the in-plane position embeddings. */
   depthScale: number;
-}
-
-/** The transformer's shape, shared by the image and text towers' configurations. */
-export interface TransformerShape {
-  width: number;
-  layers: number;
-  heads: number;
-  mlpDim: number;
-  /** Output feature size: the projection's output, or `width` when there is no projection. */
-  embedDim: number;
-  act: VitActivation;
-  lnEps: number;
 }
 
 /** Everything the forward pass needs to know; inferred from the weights. */
@@ -132,94 +93,13 @@ export interface VitConfig extends TransformerShape {
   volume?: VitVolumeConfig;
 }
 
-/** Overrides for settings the weights cannot tell. */
-export interface VitLoadOptions {
-  heads?: number;
-  act?: VitActivation;
-  lnEps?: number;
-}
-
-/** LoRA tensors for one forward: `A[i]` is r×width, `B[i]` width×r, `i` indexes `adapterNames`. */
-export interface LoraInput {
-  A: tf.Tensor2D[];
-  B: tf.Tensor2D[];
-  /** s = alpha / r (SPEC §1). */
-  scale: number;
-  /**
-   * Optional dense updates folded into the frozen q/k/v weights (FedEx-LoRA's aggregation
-   * residual): `residual[i]` is width×width (out×in) for adapter `i`, so that
-   * `q = (W_q + R_q) x + b_q + s·B_q A_q x`.
-   */
-  residual?: tf.Tensor2D[];
-  /**
-   * The factors gradients are wanted for (default both). On the `tensorflow` backend a factor
-   * left out is a constant of the hand-written backward pass, which then skips its gradient.
-   */
-  trainable?: readonly ("A" | "B")[];
-}
-
-/** A frozen image encoder with optional LoRA on q, k, v of every block. */
-export interface VisionEncoder {
-  config: VitConfig;
-  /** `blocks.{i}.q`, `blocks.{i}.k`, `blocks.{i}.v` for i = 0..layers−1, in that order. */
-  adapterNames: string[];
-  /**
-   * [N, H, W, 3] normalised pixels (or [N, D, H, W, 1] for a volume encoder) → [N, embedDim]
-   * unnormalised features. Differentiable with respect to the LoRA tensors; call it inside the
-   * caller's `tf.tidy`.
-   */
-  encode(x: tf.Tensor4D | tf.Tensor5D, lora?: LoraInput): tf.Tensor2D;
-  /** Frees the tensors this encoder owns. */
-  dispose(): void;
-}
-
-/** The encoder this module builds: a {@link VisionEncoder} that also exposes its weights. */
-export interface VitEncoder extends VisionEncoder {
-  readonly weights: VitWeights;
-}
-
-/** Names of the LoRA adapters, in the order `LoraInput` uses. */
-export function loraAdapterNames(layers: number): string[] {
-  const names: string[] = [];
-  for (let i = 0; i < layers; i++) names.push(`blocks.${i}.q`, `blocks.${i}.k`, `blocks.${i}.v`);
-  return names;
-}
-
 // ---------------------------------------------------------------------------------------------
-// Canonical weights
-
-/** A row-major float32 array and its shape. */
-export interface HostTensor {
-  shape: number[];
-  data: Float32Array;
-}
-/** A LayerNorm's weight and bias in host memory. */
-export interface HostNorm {
-  weight: HostTensor;
-  bias: HostTensor;
-}
-/**
- * One transformer block's weights in host memory (pre-LN order for the ViT; the BERT text
- * encoder reuses the shape with `ln1`/`ln2` as its post-attention/post-MLP norms).
- */
-export interface HostBlock {
-  ln1: HostNorm;
-  /** [width, 3·width], columns q | k | v (x · W convention). */
-  qkvWeight: HostTensor;
-  qkvBias: HostTensor;
-  outWeight: HostTensor;
-  outBias: HostTensor;
-  ln2: HostNorm;
-  fc1Weight: HostTensor;
-  fc1Bias: HostTensor;
-  fc2Weight: HostTensor;
-  fc2Bias: HostTensor;
-}
+// Weights
 
 /**
  * Canonical weights in host memory, every matrix in the `x · W` convention ([in, out]).
  * `patchWeight` is [channels·P·P, width] with rows ordered (row, column, channel) — the order
- * in which {@link patchify} lays out a patch.
+ * in which the forward pass lays out a patch (`patchify`).
  */
 export interface VitHostWeights {
   patchWeight: HostTensor;
@@ -233,25 +113,6 @@ export interface VitHostWeights {
   /** [width, embedDim]. */
   proj?: HostTensor;
   projBias?: HostTensor;
-}
-
-/** A LayerNorm's weight and bias. */
-export interface Norm {
-  weight: tf.Tensor1D;
-  bias: tf.Tensor1D;
-}
-/** One transformer block's tensors (see {@link HostBlock}). */
-export interface Block {
-  ln1: Norm;
-  qkvWeight: tf.Tensor2D;
-  qkvBias: tf.Tensor1D;
-  outWeight: tf.Tensor2D;
-  outBias: tf.Tensor1D;
-  ln2: Norm;
-  fc1Weight: tf.Tensor2D;
-  fc1Bias: tf.Tensor1D;
-  fc2Weight: tf.Tensor2D;
-  fc2Bias: tf.Tensor1D;
 }
 
 /** The encoder's frozen tensors (see {@link VitHostWeights} for the conventions). */
@@ -271,925 +132,14 @@ export interface VitWeights {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Key mapping: checkpoint layouts → canonical host weights
-
-/** Looks tensors up by name, remembers which were used, and names the file in its errors. */
-export class TensorSource {
-  readonly used = new Set<string>();
-  constructor(readonly label: string, readonly tensors: Record<string, SafeTensor>) {}
-  has(name: string): boolean {
-    return name in this.tensors;
-  }
-  get(name: string, shape?: (number | null)[]): HostTensor {
-    const t = this.tensors[name];
-    if (!t) {
-      throw new Error(
-        `${this.label}: tensor "${name}" is missing; the checkpoint is incomplete or not a supported ViT`,
-      );
-    }
-    if (
-      shape &&
-      (shape.length !== t.shape.length || shape.some((d, i) => d !== null && d !== t.shape[i]))
-    ) {
-      const want = shape.map((d) => d ?? "*").join(", ");
-      throw new Error(`${this.label}: tensor "${name}" has shape [${t.shape}]; expected [${want}]`);
-    }
-    this.used.add(name);
-    return { shape: t.shape, data: t.data };
-  }
-  optional(name: string, shape?: (number | null)[]): HostTensor | undefined {
-    return this.has(name) ? this.get(name, shape) : undefined;
-  }
-  norm(prefix: string, width: number): HostNorm {
-    return {
-      weight: this.get(`${prefix}.weight`, [width]),
-      bias: this.get(`${prefix}.bias`, [width]),
-    };
-  }
-  /** Block indices i for which `${prefix}{i}.` keys exist: must be 0..L−1. */
-  countBlocks(prefix: string): number {
-    const seen = new Set<number>();
-    for (const name of Object.keys(this.tensors)) {
-      if (!name.startsWith(prefix)) continue;
-      const i = Number(name.slice(prefix.length).split(".")[0]);
-      if (Number.isInteger(i)) seen.add(i);
-    }
-    for (let i = 0; i < seen.size; i++) {
-      if (!seen.has(i)) throw new Error(`${this.label}: blocks under "${prefix}" skip index ${i}`);
-    }
-    if (seen.size === 0) throw new Error(`${this.label}: no transformer blocks under "${prefix}"`);
-    return seen.size;
-  }
-  /** Fails on tensors under `prefix` that the mapping did not use: a variant we would misread. */
-  checkAllUsed(prefix: string, ignore: (name: string) => boolean = () => false): void {
-    const left = Object.keys(this.tensors).filter((n) =>
-      n.startsWith(prefix) && !this.used.has(n) && !ignore(n)
-    );
-    if (left.length > 0) {
-      throw new Error(
-        `${this.label}: tensors ${left.slice(0, 5).map((n) => `"${n}"`).join(", ")}` +
-          `${
-            left.length > 5 ? ` and ${left.length - 5} more` : ""
-          } are not part of the supported ` +
-          `ViT architecture (layer scale, attention pooling, extra norms?); this variant cannot be loaded`,
-      );
-    }
-  }
-}
-
-/**
- * PyTorch Linear weight [out, in] → [in, out].
- *
- * @example
- * ```ts
- * const w = linear(src.get("mlp.c_fc.weight")); // [width, mlp]
- * ```
- */
-export function linear(t: HostTensor): HostTensor {
-  const [rows, cols] = t.shape;
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = t.data[r * cols + c];
-  }
-  return { shape: [cols, rows], data: out };
-}
-
-/** PyTorch Conv2d weight [width, C, P, P] → [P·P·C, width], rows ordered (row, column, channel). */
-function convToMatrix(t: HostTensor): HostTensor {
-  const [width, channels, ph, pw] = t.shape;
-  const k = ph * pw * channels;
-  const out = new Float32Array(k * width);
-  for (let o = 0; o < width; o++) {
-    for (let c = 0; c < channels; c++) {
-      for (let i = 0; i < ph; i++) {
-        for (let j = 0; j < pw; j++) {
-          out[((i * pw + j) * channels + c) * width + o] =
-            t.data[((o * channels + c) * ph + i) * pw + j];
-        }
-      }
-    }
-  }
-  return { shape: [k, width], data: out };
-}
-
-/**
- * Stacks host tensors along their first axis.
- *
- * @example
- * ```ts
- * const qkv = concatRows([q, k, v]); // [3·width, width]
- * ```
- */
-export function concatRows(parts: HostTensor[]): HostTensor {
-  const data = new Float32Array(parts.reduce((a, p) => a + p.data.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    data.set(p.data, at);
-    at += p.data.length;
-  }
-  return { shape: [parts.reduce((a, p) => a + p.shape[0], 0), ...parts[0].shape.slice(1)], data };
-}
-
-function flat(t: HostTensor, shape: number[]): HostTensor {
-  return { shape, data: t.data };
-}
-
-interface Mapped {
-  layout: VitLayout;
-  weights: VitHostWeights;
-  /** Layout defaults for what the weights cannot tell. */
-  defaults: { act: VitActivation; lnEps: number };
-}
-
-/** The names of one block's tensors in a checkpoint layout (after the block's prefix). */
-interface BlockNames {
-  ln1: string;
-  ln2: string;
-  out: string;
-  fc1: string;
-  fc2: string;
-}
-
-/**
- * One block from its tensors' names: the fused q/k/v weight [3·width, width] and bias come from
- * the caller (stored fused or as three projections, depending on the layout).
- */
-function mapBlock(
-  src: TensorSource,
-  b: string,
-  width: number,
-  names: BlockNames,
-  qkv: { weight: HostTensor; bias: HostTensor },
-): HostBlock {
-  const fc1 = src.get(`${b}${names.fc1}.weight`, [null, width]);
-  const mlp = fc1.shape[0];
-  return {
-    ln1: src.norm(`${b}${names.ln1}`, width),
-    qkvWeight: linear(qkv.weight),
-    qkvBias: qkv.bias,
-    outWeight: linear(src.get(`${b}${names.out}.weight`, [width, width])),
-    outBias: src.get(`${b}${names.out}.bias`, [width]),
-    ln2: src.norm(`${b}${names.ln2}`, width),
-    fc1Weight: linear(fc1),
-    fc1Bias: src.get(`${b}${names.fc1}.bias`, [mlp]),
-    fc2Weight: linear(src.get(`${b}${names.fc2}.weight`, [width, mlp])),
-    fc2Bias: src.get(`${b}${names.fc2}.bias`, [width]),
-  };
-}
-
-/**
- * One open_clip OpenAI-style residual block under prefix `b` (`….resblocks.{i}.`): fused
- * `attn.in_proj_weight`, `mlp.c_fc`/`c_proj`, `ln_1`/`ln_2` (image and text towers alike).
- *
- * @example
- * ```ts
- * const block = mapOpenaiBlock(src, "transformer.resblocks.0.", 512);
- * ```
- */
-export function mapOpenaiBlock(src: TensorSource, b: string, width: number): HostBlock {
-  return mapBlock(
-    src,
-    b,
-    width,
-    { ln1: "ln_1", ln2: "ln_2", out: "attn.out_proj", fc1: "mlp.c_fc", fc2: "mlp.c_proj" },
-    {
-      weight: src.get(`${b}attn.in_proj_weight`, [3 * width, width]),
-      bias: src.get(`${b}attn.in_proj_bias`, [3 * width]),
-    },
-  );
-}
-
-/**
- * One Hugging Face CLIP encoder layer under prefix `b` (`….encoder.layers.{i}.`): separate
- * q/k/v projections fused into one, `layer_norm1`/`layer_norm2`, `mlp.fc1`/`fc2`.
- *
- * @example
- * ```ts
- * const block = mapHfBlock(src, "text_model.encoder.layers.0.", 512);
- * ```
- */
-export function mapHfBlock(src: TensorSource, b: string, width: number): HostBlock {
-  const proj = (n: string, kind: "weight" | "bias") =>
-    src.get(`${b}self_attn.${n}_proj.${kind}`, kind === "weight" ? [width, width] : [width]);
-  return mapBlock(
-    src,
-    b,
-    width,
-    {
-      ln1: "layer_norm1",
-      ln2: "layer_norm2",
-      out: "self_attn.out_proj",
-      fc1: "mlp.fc1",
-      fc2: "mlp.fc2",
-    },
-    {
-      weight: concatRows(["q", "k", "v"].map((n) => proj(n, "weight"))),
-      bias: concatRows(["q", "k", "v"].map((n) => proj(n, "bias"))),
-    },
-  );
-}
-
-/** open_clip OpenAI-style VisionTransformer (`visual.conv1`, `transformer.resblocks`, …). */
-function mapOpenai(src: TensorSource, p: string): Mapped {
-  const conv = src.get(`${p}conv1.weight`);
-  if (conv.shape.length !== 4) {
-    throw new Error(`${src.label}: "${p}conv1.weight" must be 4-D [width, 3, P, P]`);
-  }
-  const width = conv.shape[0];
-  const layers = src.countBlocks(`${p}transformer.resblocks.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    blocks.push(mapOpenaiBlock(src, `${p}transformer.resblocks.${i}.`, width));
-  }
-  const proj = src.optional(`${p}proj`, [width, null]); // already [width, embed]
-  const weights: VitHostWeights = {
-    patchWeight: convToMatrix(conv),
-    patchBias: src.optional(`${p}conv1.bias`, [width]),
-    classEmbedding: src.get(`${p}class_embedding`, [width]),
-    positionEmbedding: src.get(`${p}positional_embedding`, [null, width]),
-    lnPre: src.has(`${p}ln_pre.weight`) ? src.norm(`${p}ln_pre`, width) : undefined,
-    blocks,
-    lnPost: src.norm(`${p}ln_post`, width),
-    proj,
-  };
-  src.checkAllUsed(p);
-  return { layout: "openai", weights, defaults: { act: "quick_gelu", lnEps: 1e-5 } };
-}
-
-/** Hugging Face CLIPModel / CLIPVisionModel(WithProjection). */
-function mapHf(src: TensorSource, p: string): Mapped {
-  const v = `${p}vision_model.`;
-  const conv = src.get(`${v}embeddings.patch_embedding.weight`);
-  if (conv.shape.length !== 4) {
-    throw new Error(`${src.label}: patch_embedding.weight must be 4-D [width, 3, P, P]`);
-  }
-  const width = conv.shape[0];
-  const layers = src.countBlocks(`${v}encoder.layers.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    blocks.push(mapHfBlock(src, `${v}encoder.layers.${i}.`, width));
-  }
-  const proj = src.optional(`${p}visual_projection.weight`, [null, width]);
-  const weights: VitHostWeights = {
-    patchWeight: convToMatrix(conv),
-    patchBias: src.optional(`${v}embeddings.patch_embedding.bias`, [width]),
-    classEmbedding: src.get(`${v}embeddings.class_embedding`, [width]),
-    positionEmbedding: src.get(`${v}embeddings.position_embedding.weight`, [null, width]),
-    lnPre: src.norm(`${v}pre_layrnorm`, width),
-    blocks,
-    lnPost: src.norm(`${v}post_layernorm`, width),
-    proj: proj && linear(proj),
-  };
-  src.checkAllUsed(v, (n) => n.endsWith("embeddings.position_ids"));
-  return { layout: "hf", weights, defaults: { act: "quick_gelu", lnEps: 1e-5 } };
-}
-
-/** timm VisionTransformer trunk (+ open_clip's `head.proj`), as in BiomedCLIP. */
-function mapTimm(src: TensorSource, trunk: string, head: string): Mapped {
-  const conv = src.get(`${trunk}patch_embed.proj.weight`);
-  if (conv.shape.length !== 4) {
-    throw new Error(`${src.label}: patch_embed.proj.weight must be 4-D [width, 3, P, P]`);
-  }
-  const width = conv.shape[0];
-  const layers = src.countBlocks(`${trunk}blocks.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    const b = `${trunk}blocks.${i}.`;
-    const fc1 = src.get(`${b}mlp.fc1.weight`, [null, width]);
-    const mlp = fc1.shape[0];
-    blocks.push({
-      ln1: src.norm(`${b}norm1`, width),
-      qkvWeight: linear(src.get(`${b}attn.qkv.weight`, [3 * width, width])),
-      qkvBias: src.get(`${b}attn.qkv.bias`, [3 * width]),
-      outWeight: linear(src.get(`${b}attn.proj.weight`, [width, width])),
-      outBias: src.get(`${b}attn.proj.bias`, [width]),
-      ln2: src.norm(`${b}norm2`, width),
-      fc1Weight: linear(fc1),
-      fc1Bias: src.get(`${b}mlp.fc1.bias`, [mlp]),
-      fc2Weight: linear(src.get(`${b}mlp.fc2.weight`, [width, mlp])),
-      fc2Bias: src.get(`${b}mlp.fc2.bias`, [width]),
-    });
-  }
-  const cls = src.get(`${trunk}cls_token`, [1, 1, width]);
-  const pos = src.get(`${trunk}pos_embed`, [1, null, width]);
-  // open_clip's TimmModel projects with `head.proj` (BiomedCLIP: proj="linear"); with proj=""
-  // the trunk's own classifier `trunk.head` is the projection. A bare timm checkpoint's `head`
-  // is an ImageNet classifier, not part of the image features.
-  const inClip = trunk !== "";
-  const projPrefix = src.has(`${head}proj.weight`)
-    ? `${head}proj.`
-    : inClip && src.has(`${trunk}head.weight`)
-    ? `${trunk}head.`
-    : undefined;
-  const proj = projPrefix ? src.get(`${projPrefix}weight`, [null, width]) : undefined;
-  const weights: VitHostWeights = {
-    patchWeight: convToMatrix(conv),
-    patchBias: src.get(`${trunk}patch_embed.proj.bias`, [width]),
-    classEmbedding: flat(cls, [width]),
-    positionEmbedding: flat(pos, [pos.shape[1], width]),
-    lnPre: src.has(`${trunk}norm_pre.weight`) ? src.norm(`${trunk}norm_pre`, width) : undefined,
-    blocks,
-    lnPost: src.norm(`${trunk}norm`, width),
-    proj: proj && linear(proj),
-    projBias: proj && src.optional(`${projPrefix}bias`, [proj.shape[0]]),
-  };
-  src.checkAllUsed(trunk, (n) => !inClip && n.startsWith("head."));
-  if (inClip) src.checkAllUsed(head);
-  return { layout: "timm", weights, defaults: { act: "gelu", lnEps: 1e-6 } };
-}
-
-/** Detects the layout from the tensor names; returns the prefix of the image tower's tensors. */
-function detectLayout(label: string, names: string[]): { layout: VitLayout; prefix: string } {
-  const has = new Set(names);
-  for (const p of ["visual.", ""]) {
-    if (has.has(`${p}conv1.weight`)) return { layout: "openai", prefix: p };
-  }
-  for (const p of ["", "clip."]) {
-    if (has.has(`${p}vision_model.embeddings.patch_embedding.weight`)) {
-      return { layout: "hf", prefix: p };
-    }
-  }
-  for (const p of ["visual.", ""]) {
-    if (has.has(`${p}trunk.patch_embed.proj.weight`)) return { layout: "timm", prefix: p };
-  }
-  if (has.has("patch_embed.proj.weight")) return { layout: "timm", prefix: "" };
-  throw new Error(
-    `${label}: no known ViT layout; looked for "visual.conv1.weight" (open_clip OpenAI), ` +
-      `"vision_model.embeddings.patch_embedding.weight" (Hugging Face CLIP) and ` +
-      `"visual.trunk.patch_embed.proj.weight" (open_clip timm / BiomedCLIP). ` +
-      `First keys: ${names.slice(0, 5).join(", ")}`,
-  );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Settings the weights cannot tell
-
-type Settings = Partial<VitLoadOptions>;
-
-/**
- * A setting's `act` checked: "gelu" or "quick_gelu" (shared with the text tower's settings).
- *
- * @example
- * ```ts
- * checkActivation("m.safetensors", "gelu"); // "gelu"
- * ```
- */
-export function checkActivation(label: string, act: unknown): VitActivation {
-  if (act !== "gelu" && act !== "quick_gelu") {
-    throw new Error(
-      `${label}: activation "${act}" is not supported; use "gelu" (erf) or "quick_gelu"`,
-    );
-  }
-  return act;
-}
-
-/**
- * A setting's `lnEps` checked: a number > 0 (shared with the text tower's settings).
- *
- * @example
- * ```ts
- * checkLnEps("m.safetensors", 1e-5); // 1e-5
- * ```
- */
-export function checkLnEps(label: string, lnEps: unknown): number {
-  if (typeof lnEps !== "number" || !(lnEps > 0)) {
-    throw new Error(`${label}: lnEps ${lnEps} must be a number > 0`);
-  }
-  return lnEps;
-}
-
-function checkSettings(label: string, s: Record<string, unknown>): Settings {
-  const out: Settings = {};
-  if (s.heads !== undefined) {
-    if (!Number.isInteger(s.heads) || (s.heads as number) < 1) {
-      throw new Error(`${label}: heads ${s.heads} must be an integer ≥ 1`);
-    }
-    out.heads = s.heads as number;
-  }
-  if (s.act !== undefined) out.act = checkActivation(label, s.act);
-  if (s.lnEps !== undefined) out.lnEps = checkLnEps(label, s.lnEps);
-  return out;
-}
-
-/**
- * The settings a safetensors file stores as JSON under metadata `key` (`deer.vision`,
- * `deer.text`), checked by `check`; `{}` when the key is absent.
- *
- * @example
- * ```ts
- * const s = metadataSettings("m.safetensors", { "deer.vision": '{"act":"gelu"}' }, "deer.vision", (_, o) => o);
- * ```
- */
-export function metadataSettings<T>(
-  label: string,
-  metadata: Record<string, string>,
-  key: string,
-  check: (where: string, parsed: Record<string, unknown>) => T,
-): T | Record<never, never> {
-  const raw = metadata[key];
-  if (raw === undefined) return {};
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch {
-    throw new Error(`${label}: metadata "${key}" is not JSON: ${raw.slice(0, 80)}`);
-  }
-  return check(`${label}: metadata "${key}"`, parsed as Record<string, unknown>);
-}
-
-function settingsFromMetadata(label: string, metadata: Record<string, string>): Settings {
-  return metadataSettings(label, metadata, "deer.vision", checkSettings);
-}
-
-/**
- * Reads a JSON file; `undefined` when it does not exist, an error naming the file otherwise.
- *
- * @example
- * ```ts
- * const cfg = await readJsonIfExists("models/clip/config.json"); // object or undefined
- * ```
- */
-export async function readJsonIfExists(path: string): Promise<Record<string, unknown> | undefined> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return undefined;
-    throw new Error(`${path}: cannot read (${(err as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
-  }
-}
-
-/** Reads `config.json` (HF) or `open_clip_config.json` beside the weights, if present. */
-async function settingsFromSidecar(
-  path: string,
-  layout: VitLayout,
-  width: number,
-): Promise<Settings> {
-  const dir = dirname(path);
-  if (layout === "hf") {
-    const file = join(dir, "config.json");
-    const cfg = await readJsonIfExists(file);
-    if (!cfg) return {};
-    const vision = (cfg.vision_config ?? cfg) as Record<string, unknown>;
-    if (vision.hidden_size !== undefined && vision.hidden_size !== width) {
-      throw new Error(
-        `${file}: hidden_size ${vision.hidden_size} does not match the weights' width ${width}; is it the right config?`,
-      );
-    }
-    return checkSettings(file, {
-      heads: vision.num_attention_heads,
-      act: vision.hidden_act ?? "quick_gelu",
-      lnEps: vision.layer_norm_eps,
-    });
-  }
-  if (layout === "openai") {
-    const file = join(dir, "open_clip_config.json");
-    const cfg = await readJsonIfExists(file);
-    const model = (cfg?.model_cfg ?? cfg) as Record<string, unknown> | undefined;
-    if (!model) return {};
-    const vision = (model.vision_cfg ?? {}) as Record<string, unknown>;
-    const headWidth = typeof vision.head_width === "number" ? vision.head_width : 64;
-    return checkSettings(file, {
-      heads: width % headWidth === 0 ? width / headWidth : undefined,
-      // open_clip builds nn.GELU unless the config sets quick_gelu (OpenAI's own weights do).
-      act: model.quick_gelu ? "quick_gelu" : "gelu",
-    });
-  }
-  return {};
-}
-
-function inferConfig(label: string, mapped: Mapped, settings: Settings): VitConfig {
-  const w = mapped.weights;
-  const [k, width] = w.patchWeight.shape;
-  const channels = 3;
-  const patchSize = Math.round(Math.sqrt(k / channels));
-  if (patchSize * patchSize * channels !== k) {
-    throw new Error(
-      `${label}: patch embedding has ${k} inputs; expected 3·P·P (RGB, square patches)`,
-    );
-  }
-  const tokens = w.positionEmbedding.shape[0] - 1;
-  const grid = Math.round(Math.sqrt(tokens));
-  if (grid * grid !== tokens) {
-    throw new Error(
-      `${label}: position embedding has ${tokens} patch rows; expected a square grid plus one class row`,
-    );
-  }
-  const heads = settings.heads ?? (width % 64 === 0 ? width / 64 : undefined);
-  if (heads === undefined || width % heads !== 0) {
-    throw new Error(
-      `${label}: cannot tell the number of attention heads for width ${width}` +
-        `${heads ? ` (${heads} does not divide it)` : ""}; pass { heads } to loadVisionEncoder ` +
-        `or store {"heads": H} in the file's metadata key "deer.vision"`,
-    );
-  }
-  return {
-    layout: mapped.layout,
-    imageSize: grid * patchSize,
-    patchSize,
-    channels,
-    width,
-    layers: w.blocks.length,
-    heads,
-    mlpDim: w.blocks[0].fc1Weight.shape[1],
-    embedDim: w.proj ? w.proj.shape[1] : width,
-    act: settings.act ?? mapped.defaults.act,
-    lnEps: settings.lnEps ?? mapped.defaults.lnEps,
-    preNorm: w.lnPre !== undefined,
-    patchBias: w.patchBias !== undefined,
-    proj: w.proj !== undefined,
-    projBias: w.projBias !== undefined,
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loading
-
-/**
- * Loads the image tower of a CLIP checkpoint (`.safetensors`; open_clip OpenAI, Hugging Face
- * CLIP or open_clip timm/BiomedCLIP layout) as a frozen encoder. Only the image tower's tensors
- * are read. `encode` equals open_clip `encode_image` / HF `get_image_features` on the same
- * weights (SPEC §5).
- *
- * @example
- * ```ts
- * const encoder = await loadVisionEncoder("ViT-B-16.safetensors", { act: "gelu" });
- * encoder.config.embedDim; // 512
- * encoder.dispose();
- * ```
- */
-export async function loadVisionEncoder(
-  path: string,
-  options: VitLoadOptions = {},
-): Promise<VitEncoder> {
-  const index = await readSafetensorsIndex(path);
-  const { layout, prefix } = detectLayout(path, Object.keys(index.tensors));
-  const keep = layout === "hf"
-    ? (n: string) =>
-      n.startsWith(`${prefix}vision_model.`) || n === `${prefix}visual_projection.weight`
-    : (n: string) => n.startsWith(prefix);
-  const { tensors, metadata } = await readSafetensors(path, { include: keep });
-  return visionEncoderFromTensors(tensors, { metadata, options, label: path, sidecarPath: path });
-}
-
-/**
- * Where an encoder built from in-memory tensors takes its settings from (the vision tower's
- * {@link visionEncoderFromTensors}, and the text tower's with a tokenizer added).
- */
-export interface TensorSourceOptions<O> {
-  metadata?: Record<string, string>;
-  options?: O;
-  /** Names the source in errors. */
-  label?: string;
-  /** A weights path whose folder may hold `config.json` / `open_clip_config.json`. */
-  sidecarPath?: string;
-}
-
-/** Where {@link visionEncoderFromTensors} takes its settings from. */
-export type FromTensorsOptions = TensorSourceOptions<VitLoadOptions>;
-
-/**
- * Builds an encoder from tensors already in memory (e.g. a modified checkpoint in a test).
- *
- * @example
- * ```ts
- * const { tensors, metadata } = await readSafetensors("tiny.safetensors");
- * const encoder = await visionEncoderFromTensors(tensors, { metadata });
- * ```
- */
-export async function visionEncoderFromTensors(
-  tensors: Record<string, SafeTensor>,
-  from: FromTensorsOptions = {},
-): Promise<VitEncoder> {
-  const label = from.label ?? "<tensors>";
-  const { layout, prefix } = detectLayout(label, Object.keys(tensors));
-  const src = new TensorSource(label, tensors);
-  const mapped = layout === "openai"
-    ? mapOpenai(src, prefix)
-    : layout === "hf"
-    ? mapHf(src, prefix)
-    : mapTimm(
-      src,
-      prefix === "" && !src.has("trunk.patch_embed.proj.weight") ? "" : `${prefix}trunk.`,
-      `${prefix}head.`,
-    );
-  const width = mapped.weights.patchWeight.shape[1];
-  const settings: Settings = {
-    ...(from.sidecarPath ? await settingsFromSidecar(from.sidecarPath, layout, width) : {}),
-    ...settingsFromMetadata(label, from.metadata ?? {}),
-    ...checkSettings("options", (from.options ?? {}) as Record<string, unknown>),
-  };
-  const config = inferConfig(label, mapped, settings);
-  noteDefaults(label, layout, settings, config);
-  return createVitEncoder(config, mapped.weights);
-}
-
-/**
- * Says, once per file, which settings the weights could not tell came from the layout's default
- * (open_clip's OpenAI layout and Hugging Face's; timm's towers are always exact GELU), and how
- * to override each.
- */
-function noteDefaults(label: string, layout: VitLayout, settings: Settings, config: VitConfig) {
-  if (layout === "timm") return;
-  const sidecar = layout === "hf" ? "a config.json" : "an open_clip_config.json";
-  if (settings.act === undefined) {
-    noteDefaultSetting(
-      label,
-      "act",
-      `${label} does not say which activation its MLP uses; assuming ${config.act}, as ` +
-        `OpenAI's CLIP weights use. Weights trained elsewhere (e.g. open_clip's LAION ` +
-        `"ViT-B-16", without "-quickgelu") use exact GELU, and read this way give wrong ` +
-        `features without any error: say which with the loader option act (deno task train: --model-act gelu), ` +
-        `the metadata key "deer.vision" ({"act": "gelu"}), or ${sidecar} beside the weights`,
-    );
-  }
-  if (settings.heads === undefined) {
-    noteDefaultSetting(
-      label,
-      "heads",
-      `${label} does not say how many attention heads it has; assuming ${config.heads} ` +
-        `(64 channels each, as in CLIP ViT-B and ViT-L; ViT-g and ViT-bigG differ): say so ` +
-        `with the loader option heads, the metadata key "deer.vision" ({"heads": H}), or ` +
-        `${sidecar} beside the weights`,
-    );
-  }
-}
-
-/**
- * A host tensor as a float32 tf tensor.
- *
- * @example
- * ```ts
- * const t = toTensor<tf.Tensor2D>({ shape: [1, 2], data: new Float32Array([1, 2]) });
- * ```
- */
-export function toTensor<T extends tf.Tensor>(t: HostTensor): T {
-  return tf.tensor(t.data, t.shape, "float32") as T;
-}
-
-/**
- * A host LayerNorm as tensors.
- *
- * @example
- * ```ts
- * const ln = normToTensors(src.norm("ln_final", width));
- * ```
- */
-export function normToTensors(n: HostNorm): Norm {
-  return { weight: toTensor(n.weight), bias: toTensor(n.bias) };
-}
-
-/**
- * Creates the encoder from a config and canonical host weights; the encoder owns the tensors it
- * makes and frees them in `dispose()`.
- *
- * @example
- * ```ts
- * const encoder = createVitEncoder(config, hostWeights);
- * ```
- */
-export function createVitEncoder(config: VitConfig, host: VitHostWeights): VitEncoder {
-  const weights: VitWeights = {
-    patchWeight: toTensor(host.patchWeight),
-    patchBias: host.patchBias && toTensor(host.patchBias),
-    classEmbedding: toTensor({ shape: [1, 1, config.width], data: host.classEmbedding.data }),
-    positionEmbedding: toTensor(host.positionEmbedding),
-    lnPre: host.lnPre && normToTensors(host.lnPre),
-    blocks: host.blocks.map((b) => ({
-      ln1: normToTensors(b.ln1),
-      qkvWeight: toTensor(b.qkvWeight),
-      qkvBias: toTensor(b.qkvBias),
-      outWeight: toTensor(b.outWeight),
-      outBias: toTensor(b.outBias),
-      ln2: normToTensors(b.ln2),
-      fc1Weight: toTensor(b.fc1Weight),
-      fc1Bias: toTensor(b.fc1Bias),
-      fc2Weight: toTensor(b.fc2Weight),
-      fc2Bias: toTensor(b.fc2Bias),
-    })),
-    lnPost: normToTensors(host.lnPost),
-    proj: host.proj && toTensor(host.proj),
-    projBias: host.projBias && toTensor(host.projBias),
-  };
-  return makeEncoder(config, weights, allTensors(weights));
-}
-
-function allTensors(w: VitWeights): tf.Tensor[] {
-  const out: tf.Tensor[] = [];
-  const visit = (v: unknown) => {
-    if (v instanceof tf.Tensor) out.push(v);
-    else if (Array.isArray(v)) v.forEach(visit);
-    else if (v && typeof v === "object") Object.values(v).forEach(visit);
-  };
-  visit(w);
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fresh weights and export (used by `tasks/pretrain.ts`)
-
-/**
- * Host weights of a freshly initialised ViT with CLIP's initialisation: patch embedding as
- * PyTorch's Conv2d default (U(−1/√fan_in, 1/√fan_in), fan_in = C·P·P); class and position
- * embeddings and `proj` N(0, width⁻¹ᐟ²) as open_clip's `VisionTransformer`; in each block
- * (OpenAI CLIP's `initialize_parameters`) q/k/v N(0, width⁻¹ᐟ²), the attention output and
- * `c_proj` N(0, width⁻¹ᐟ²·(2·layers)⁻¹ᐟ²), `c_fc` N(0, (2·width)⁻¹ᐟ²); biases 0; LayerNorms
- * 1 and 0. Draws are taken in that order (patch, class, positions, blocks, proj) from `rng`.
- * Optional parts follow `config` (`preNorm`, `patchBias`, `proj`, `projBias`).
- *
- * @example
- * ```ts
- * const host = randomVitWeights({ ...config, layers: 4, width: 64 }, createRng(0));
- * const encoder = createVitEncoder(config, host);
- * ```
- */
-export function randomVitWeights(config: VitConfig, rng: Rng): VitHostWeights {
-  const { width, layers, mlpDim, channels, patchSize: P, embedDim } = config;
-  if (config.volume) throw new Error("randomVitWeights: build a 2D encoder, then inflate it");
-  if (width % config.heads !== 0 || config.imageSize % P !== 0) {
-    throw new Error(
-      `randomVitWeights: heads ${config.heads} must divide width ${width} and patch ${P} the image size ${config.imageSize}`,
-    );
-  }
-  const normal = (shape: number[], std: number): HostTensor => {
-    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-    for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
-    return { shape, data };
-  };
-  const filled = (n: number, v: number): HostTensor => ({
-    shape: [n],
-    data: new Float32Array(n).fill(v),
-  });
-  const norm = (): HostNorm => ({ weight: filled(width, 1), bias: filled(width, 0) });
-  const fanIn = channels * P * P;
-  const bound = 1 / Math.sqrt(fanIn);
-  const patchWeight: HostTensor = { shape: [fanIn, width], data: new Float32Array(fanIn * width) };
-  for (let i = 0; i < patchWeight.data.length; i++) {
-    patchWeight.data[i] = (2 * rng.uniform() - 1) * bound;
-  }
-  const patchBias = config.patchBias ? filled(width, 0) : undefined;
-  const scale = 1 / Math.sqrt(width);
-  const classEmbedding = normal([width], scale);
-  const grid = config.imageSize / P;
-  const positionEmbedding = normal([1 + grid * grid, width], scale);
-  const projStd = scale / Math.sqrt(2 * layers);
-  const fcStd = 1 / Math.sqrt(2 * width);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    blocks.push({
-      ln1: norm(),
-      qkvWeight: normal([width, 3 * width], scale),
-      qkvBias: filled(3 * width, 0),
-      outWeight: normal([width, width], projStd),
-      outBias: filled(width, 0),
-      ln2: norm(),
-      fc1Weight: normal([width, mlpDim], fcStd),
-      fc1Bias: filled(mlpDim, 0),
-      fc2Weight: normal([mlpDim, width], projStd),
-      fc2Bias: filled(width, 0),
-    });
-  }
-  return {
-    patchWeight,
-    patchBias,
-    classEmbedding,
-    positionEmbedding,
-    lnPre: config.preNorm ? norm() : undefined,
-    blocks,
-    lnPost: norm(),
-    proj: config.proj ? normal([width, embedDim], scale) : undefined,
-    projBias: config.proj && config.projBias ? filled(embedDim, 0) : undefined,
-  };
-}
-
-/**
- * Saves an encoder's weights as an open_clip OpenAI-layout image tower (`visual.conv1.weight`,
- * `visual.transformer.resblocks.{i}.attn.in_proj_weight`, …, PyTorch [out, in] matrices) that
- * {@link loadVisionEncoder} and open_clip read. Heads, activation and LayerNorm ε go into the
- * metadata key `deer.vision`, so loading needs no options; `metadata` adds more keys. Written
- * atomically. Volume encoders and projection biases (no OpenAI key) are refused.
- *
- * @example
- * ```ts
- * await saveVisionEncoder("models/tiny.safetensors", encoder, { "deer.recipe": "…" });
- * const again = await loadVisionEncoder("models/tiny.safetensors");
- * ```
- */
-export async function saveVisionEncoder(
-  path: string,
-  model: { config: VitConfig; weights: VitWeights },
-  metadata: Record<string, string> = {},
-): Promise<void> {
-  const { config: cfg, weights: w } = model;
-  if (cfg.volume || w.keyBias) {
-    throw new Error(`${path}: a volume encoder cannot be saved; save the 2D encoder it came from`);
-  }
-  if (w.projBias) {
-    throw new Error(`${path}: the OpenAI layout has no projection bias; this encoder has one`);
-  }
-  // Read every weight back first (a GPU backend has no synchronous read-back).
-  const hostOf = new Map<tf.Tensor, HostTensor>();
-  const visit = async (v: unknown): Promise<void> => {
-    if (v instanceof tf.Tensor) {
-      if (!hostOf.has(v)) {
-        hostOf.set(v, { shape: v.shape, data: Float32Array.from(await v.data() as Float32Array) });
-      }
-    } else if (v !== null && typeof v === "object") {
-      for (const x of Object.values(v)) await visit(x);
-    }
-  };
-  await visit(w);
-  const host = (t: tf.Tensor): HostTensor => hostOf.get(t)!;
-  // [in, out] (x · W) → PyTorch Linear [out, in].
-  const torchLinear = (t: tf.Tensor): SafeTensorInput => linear(host(t));
-  const { width, channels, patchSize: P } = cfg;
-  const patch = host(w.patchWeight);
-  const conv = new Float32Array(width * channels * P * P);
-  for (let o = 0; o < width; o++) {
-    for (let c = 0; c < channels; c++) {
-      for (let i = 0; i < P; i++) {
-        for (let j = 0; j < P; j++) {
-          conv[((o * channels + c) * P + i) * P + j] = patch.data[
-            ((i * P + j) * channels + c) *
-              width + o
-          ];
-        }
-      }
-    }
-  }
-  const v = "visual.";
-  const out: Record<string, SafeTensorInput> = {
-    [`${v}conv1.weight`]: { shape: [width, channels, P, P], data: conv },
-    [`${v}class_embedding`]: { shape: [width], data: host(w.classEmbedding).data },
-    [`${v}positional_embedding`]: host(w.positionEmbedding),
-  };
-  if (w.patchBias) out[`${v}conv1.bias`] = host(w.patchBias);
-  const putNorm = (prefix: string, n: Norm) => {
-    out[`${prefix}.weight`] = host(n.weight);
-    out[`${prefix}.bias`] = host(n.bias);
-  };
-  if (w.lnPre) putNorm(`${v}ln_pre`, w.lnPre);
-  w.blocks.forEach((b, i) => {
-    const p = `${v}transformer.resblocks.${i}.`;
-    putNorm(`${p}ln_1`, b.ln1);
-    out[`${p}attn.in_proj_weight`] = torchLinear(b.qkvWeight);
-    out[`${p}attn.in_proj_bias`] = host(b.qkvBias);
-    out[`${p}attn.out_proj.weight`] = torchLinear(b.outWeight);
-    out[`${p}attn.out_proj.bias`] = host(b.outBias);
-    putNorm(`${p}ln_2`, b.ln2);
-    out[`${p}mlp.c_fc.weight`] = torchLinear(b.fc1Weight);
-    out[`${p}mlp.c_fc.bias`] = host(b.fc1Bias);
-    out[`${p}mlp.c_proj.weight`] = torchLinear(b.fc2Weight);
-    out[`${p}mlp.c_proj.bias`] = host(b.fc2Bias);
-  });
-  putNorm(`${v}ln_post`, w.lnPost);
-  if (w.proj) out[`${v}proj`] = host(w.proj); // open_clip keeps proj as [width, embed]
-  await writeSafetensors(path, out, {
-    "deer.vision": JSON.stringify({ heads: cfg.heads, act: cfg.act, lnEps: cfg.lnEps }),
-    ...metadata,
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
 // Forward
-
-/**
- * LayerNorm over the last axis (biased variance, as PyTorch).
- *
- * @example
- * ```ts
- * const h = layerNorm(x, block.ln1, 1e-5); // [N·T, width]
- * ```
- */
-export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
-  const { mean, variance } = tf.moments(x, -1, true);
-  return x.sub(mean).mul(tf.rsqrt(variance.add(eps))).mul(p.weight).add(p.bias);
-}
-
-/**
- * The MLP activation: exact GELU (erf) or QuickGELU x·σ(1.702x).
- *
- * @example
- * ```ts
- * const y = activation(x, "quick_gelu");
- * ```
- */
-export function activation(x: tf.Tensor2D, act: VitActivation): tf.Tensor2D {
-  if (act === "quick_gelu") return x.mul(tf.sigmoid(x.mul(1.702)));
-  return x.mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)).mul(0.5);
-}
 
 /**
  * Image [N, H, W, C] → [N·(H/P)·(W/P), P·P·C]; volume [N, D, H, W, C] →
  * [N·(D/Pd)·(H/P)·(W/P), Pd·P·P·C]. Rows are patches in (depth, row, column) order, each patch
  * flattened as (depth, row, column, channel) — the layout of `patchWeight`'s rows.
  */
-export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch = 1): tf.Tensor2D {
+function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch = 1): tf.Tensor2D {
   if (x.rank === 4) {
     const [n, h, w, c] = x.shape;
     return x.reshape([n, h / patch, patch, w / patch, patch, c]).transpose([0, 1, 3, 2, 4, 5])
@@ -1207,93 +157,72 @@ export function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch
     .reshape([n * dt * ht * wt, depthPatch * patch * patch * c]);
 }
 
-/** One block's LoRA tensors, laid out for the fused q|k|v matmul. */
-export interface BlockLora {
-  /** The block's A_q, A_k, A_v stacked and scaled by s: [r_q + r_k + r_v, width]. */
-  A: tf.Tensor2D;
-  /** B_q, B_k, B_v block-diagonal: [3·width, r_q + r_k + r_v]. */
-  B: tf.Tensor2D;
-  /** R_q | R_k | R_v stacked: [3·width, width], or undefined. */
-  residual?: tf.Tensor2D;
+/**
+ * Patch embedding, class token, position embeddings and (unless `withLnPre` is false) ln_pre:
+ * `x` → the residual stream [N·T, width] entering the first block.
+ */
+function embed(
+  config: VitConfig,
+  w: VitWeights,
+  x: tf.Tensor4D | tf.Tensor5D,
+  withLnPre = true,
+): tf.Tensor2D {
+  const n = x.shape[0];
+  const { width } = config;
+  const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
+  const embedded =
+    (w.patchBias
+      ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
+      : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
+  const t = (embedded.shape[1] as number) + 1;
+  const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
+  const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
+  // The residual stream stays 2-D, [N·T, width]: LayerNorms and matmuls need no reshapes.
+  const tokens = sequence.reshape([n * t, width]) as tf.Tensor2D;
+  return w.lnPre && withLnPre ? layerNorm(tokens, w.lnPre, config.lnEps) : tokens;
 }
 
-function blockLora(lora: LoraInput, i: number): BlockLora {
-  const As = lora.A.slice(3 * i, 3 * i + 3);
-  const Bs = lora.B.slice(3 * i, 3 * i + 3);
-  const ranks = As.map((a) => a.shape[0]);
-  const total = ranks[0] + ranks[1] + ranks[2];
-  let before = 0;
-  const padded = Bs.map((b, j) => {
-    const p = tf.pad(b, [[0, 0], [before, total - before - ranks[j]]]);
-    before += ranks[j];
-    return p;
+/**
+ * The forward pass as a function of the weights (module doc): `x` [N, H, W, 3] normalised pixels
+ * (or [N, D, H, W, 1] for a volume config) → [N, embedDim] unnormalised features. Every weight
+ * is an input, so `tf.grads` can differentiate with respect to any of them (pretraining,
+ * `tasks/pretrain.ts`) as well as the LoRA tensors. Call it inside the caller's `tf.tidy`.
+ *
+ * @example
+ * ```ts
+ * const f = tf.tidy(() => encodeWithWeights(encoder.config, encoder.weights, x));
+ * ```
+ */
+export function encodeWithWeights(
+  config: VitConfig,
+  w: VitWeights,
+  x: tf.Tensor4D | tf.Tensor5D,
+  lora?: LoraInput,
+): tf.Tensor2D {
+  checkInput(config, x);
+  if (lora) checkLora(config, lora);
+  return tf.tidy((): tf.Tensor2D => {
+    const n = x.shape[0];
+    const { width } = config;
+    let tokens = embed(config, w, x);
+    const t = tokens.shape[0] / n;
+    for (let i = 0; i < config.layers; i++) {
+      const input = tokens;
+      const adapters = lora && blockLora(lora, i);
+      // One tidy per block: forward-only calls free each block's intermediates at once.
+      tokens = tf.tidy(() =>
+        transformerBlock(input, w.blocks[i], config, n, t, adapters, w.keyBias)
+      );
+    }
+    const classToken = tokens.reshape([n, t, width]).slice([0, 0, 0], [n, 1, width]);
+    const normed = layerNorm(classToken.reshape([n, width]), w.lnPost, config.lnEps);
+    if (!w.proj) {
+      return normed;
+    }
+    return w.projBias
+      ? tf.fused.matMul({ a: normed, b: w.proj, bias: w.projBias }) as tf.Tensor2D
+      : tf.matMul(normed, w.proj);
   });
-  const residual = lora.residual && tf.concat(lora.residual.slice(3 * i, 3 * i + 3), 0);
-  return { A: tf.concat(As, 0).mul(lora.scale), B: tf.concat(padded, 0), residual };
-}
-
-/** What {@link transformerBlock} and {@link multiHeadAttention} read from a config. */
-export type BlockConfig = Pick<VitConfig, "width" | "heads" | "lnEps" | "act">;
-
-/**
- * Multi-head self-attention of `h` [N·T, width] with the block's fused q|k|v and output
- * projections (and LoRA on q, k, v when given): `softmax(q kᵀ / √d_head + bias) v · W_out + b_out`.
- * `attnBias` is added to the scores [N, heads, T, T] by broadcasting: a [T] per-key bias, a
- * [T, T] causal mask or an [N, 1, 1, T] padding mask.
- *
- * @example
- * ```ts
- * const out = multiHeadAttention(h, block, { width: 512, heads: 8 }, n, t, undefined, causalMask);
- * ```
- */
-export function multiHeadAttention(
-  h: tf.Tensor2D,
-  b: Pick<Block, "qkvWeight" | "qkvBias" | "outWeight" | "outBias">,
-  cfg: Pick<VitConfig, "width" | "heads">,
-  n: number,
-  t: number,
-  lora?: BlockLora,
-  attnBias?: tf.Tensor,
-): tf.Tensor2D {
-  const { width, heads } = cfg;
-  const dh = width / heads;
-  // q | k | v = h·W_qkv + b_qkv + s·(h·Aᵀ)·Bᵀ  (SPEC §1)
-  let qkv = tf.fused.matMul({ a: h, b: b.qkvWeight, bias: b.qkvBias }) as tf.Tensor2D;
-  if (lora) qkv = qkv.add(tf.matMul(tf.matMul(h, lora.A, false, true), lora.B, false, true));
-  if (lora?.residual) qkv = qkv.add(tf.matMul(h, lora.residual, false, true));
-  const [q, k, v] = tf.unstack(
-    qkv.reshape([n, t, 3, heads, dh]).transpose([2, 0, 3, 1, 4]),
-  ) as tf.Tensor4D[];
-  let scores = tf.matMul(q, k, false, true).mul(1 / Math.sqrt(dh)) as tf.Tensor4D;
-  if (attnBias) scores = scores.add(attnBias);
-  const attended = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]);
-  const merged = attended.reshape([n * t, width]) as tf.Tensor2D;
-  return tf.fused.matMul({ a: merged, b: b.outWeight, bias: b.outBias }) as tf.Tensor2D;
-}
-
-/**
- * One pre-LN transformer block (module doc) on the residual stream `x` [N·T, width]:
- * `x += attention(ln_1(x))`, `x += mlp(ln_2(x))`. `attnBias` as in {@link multiHeadAttention}.
- *
- * @example
- * ```ts
- * x = transformerBlock(x, weights.blocks[i], config, n, t);
- * ```
- */
-export function transformerBlock(
-  x: tf.Tensor2D,
-  b: Block,
-  cfg: BlockConfig,
-  n: number,
-  t: number,
-  lora?: BlockLora,
-  attnBias?: tf.Tensor,
-): tf.Tensor2D {
-  const h = layerNorm(x, b.ln1, cfg.lnEps);
-  x = x.add(multiHeadAttention(h, b, cfg, n, t, lora, attnBias));
-  const h2 = layerNorm(x, b.ln2, cfg.lnEps);
-  const fc1 = tf.fused.matMul({ a: h2, b: b.fc1Weight, bias: b.fc1Bias }) as tf.Tensor2D;
-  return x.add(tf.fused.matMul({ a: activation(fc1, cfg.act), b: b.fc2Weight, bias: b.fc2Bias }));
 }
 
 function checkInput(cfg: VitConfig, x: tf.Tensor): void {
@@ -1356,97 +285,77 @@ function checkLora(cfg: VitConfig, lora: LoraInput): void {
   }
 }
 
-/**
- * Patch embedding, class token, position embeddings and (unless `withLnPre` is false) ln_pre:
- * `x` → the residual stream [N·T, width] entering the first block.
- */
-function embed(
-  config: VitConfig,
-  w: VitWeights,
-  x: tf.Tensor4D | tf.Tensor5D,
-  withLnPre = true,
-): tf.Tensor2D {
-  const n = x.shape[0];
-  const { width } = config;
-  const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
-  const embedded =
-    (w.patchBias
-      ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
-      : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
-  const t = (embedded.shape[1] as number) + 1;
-  const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
-  const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
-  // The residual stream stays 2-D, [N·T, width]: LayerNorms and matmuls need no reshapes.
-  const tokens = sequence.reshape([n * t, width]) as tf.Tensor2D;
-  return w.lnPre && withLnPre ? layerNorm(tokens, w.lnPre, config.lnEps) : tokens;
+// ---------------------------------------------------------------------------------------------
+// The encoder
+
+/** A frozen image encoder with optional LoRA on q, k, v of every block. */
+export interface VisionEncoder {
+  config: VitConfig;
+  /** `blocks.{i}.q`, `blocks.{i}.k`, `blocks.{i}.v` for i = 0..layers−1, in that order. */
+  adapterNames: string[];
+  /**
+   * [N, H, W, 3] normalised pixels (or [N, D, H, W, 1] for a volume encoder) → [N, embedDim]
+   * unnormalised features. Differentiable with respect to the LoRA tensors; call it inside the
+   * caller's `tf.tidy`.
+   */
+  encode(x: tf.Tensor4D | tf.Tensor5D, lora?: LoraInput): tf.Tensor2D;
+  /** Frees the tensors this encoder owns. */
+  dispose(): void;
 }
 
-/** Whether {@link frozenBlocksForward} can take `lora`: one rank for every adapter. */
-function fitsFrozenPath(lora?: LoraInput): boolean {
-  if (!frozenPathAvailable()) return false;
-  return !lora || lora.A.every((a) => a.shape[0] === lora.A[0].shape[0]);
+/** The encoder this module builds: a {@link VisionEncoder} that also exposes its weights. */
+export interface VitEncoder extends VisionEncoder {
+  readonly weights: VitWeights;
 }
 
 /**
- * {@link encodeWithWeights} for frozen weights: the same function, with the blocks run by
- * `vit_fast.ts` (hand-written gradient for the LoRA tensors only).
- */
-function encodeFrozen(
-  config: VitConfig,
-  w: VitWeights,
-  x: tf.Tensor4D | tf.Tensor5D,
-  lora?: LoraInput,
-): tf.Tensor2D {
-  checkInput(config, x);
-  if (lora) checkLora(config, lora);
-  return tf.tidy(() =>
-    frozenBlocksForward(config, w, embed(config, w, x, false), x.shape[0], lora)
-  );
-}
-
-/**
- * The forward pass as a function of the weights (module doc): `x` [N, H, W, 3] normalised pixels
- * (or [N, D, H, W, 1] for a volume config) → [N, embedDim] unnormalised features. Every weight
- * is an input, so `tf.grads` can differentiate with respect to any of them (pretraining,
- * `tasks/pretrain.ts`) as well as the LoRA tensors. Call it inside the caller's `tf.tidy`.
+ * Creates the encoder from a config and canonical host weights; the encoder owns the tensors it
+ * makes and frees them in `dispose()`.
  *
  * @example
  * ```ts
- * const f = tf.tidy(() => encodeWithWeights(encoder.config, encoder.weights, x));
+ * const encoder = createVitEncoder(config, hostWeights);
  * ```
  */
-export function encodeWithWeights(
-  config: VitConfig,
-  w: VitWeights,
-  x: tf.Tensor4D | tf.Tensor5D,
-  lora?: LoraInput,
-): tf.Tensor2D {
-  checkInput(config, x);
-  if (lora) checkLora(config, lora);
-  return tf.tidy((): tf.Tensor2D => {
-    const n = x.shape[0];
-    const { width } = config;
-    let tokens = embed(config, w, x);
-    const t = tokens.shape[0] / n;
-    for (let i = 0; i < config.layers; i++) {
-      const input = tokens;
-      const adapters = lora && blockLora(lora, i);
-      // One tidy per block: forward-only calls free each block's intermediates at once.
-      tokens = tf.tidy(() =>
-        transformerBlock(input, w.blocks[i], config, n, t, adapters, w.keyBias)
-      );
-    }
-    const classToken = tokens.reshape([n, t, width]).slice([0, 0, 0], [n, 1, width]);
-    const normed = layerNorm(classToken.reshape([n, width]), w.lnPost, config.lnEps);
-    if (!w.proj) {
-      return normed;
-    }
-    return w.projBias
-      ? tf.fused.matMul({ a: normed, b: w.proj, bias: w.projBias }) as tf.Tensor2D
-      : tf.matMul(normed, w.proj);
-  });
+export function createVitEncoder(config: VitConfig, host: VitHostWeights): VitEncoder {
+  const weights: VitWeights = {
+    patchWeight: toTensor(host.patchWeight),
+    patchBias: host.patchBias && toTensor(host.patchBias),
+    classEmbedding: toTensor({ shape: [1, 1, config.width], data: host.classEmbedding.data }),
+    positionEmbedding: toTensor(host.positionEmbedding),
+    lnPre: host.lnPre && normToTensors(host.lnPre),
+    blocks: host.blocks.map(blockToTensors),
+    lnPost: normToTensors(host.lnPost),
+    proj: host.proj && toTensor(host.proj),
+    projBias: host.projBias && toTensor(host.projBias),
+  };
+  return makeEncoder(config, weights, weightTensors(weights));
 }
 
+/**
+ * An encoder that shares `base`'s tensors but for those in `replaced`, which are new: it owns
+ * them and frees them in `dispose()`, and leaves the shared ones to `base`. This is how
+ * `inflateForVolumes` (`vit_volume.ts`) gives one frozen transformer a second input
+ * embedding. Dispose it before, or with, `base`.
+ *
+ * @example
+ * ```ts
+ * const wider = deriveVitEncoder(encoder, { ...encoder.config, imageSize: 448 }, { positionEmbedding });
+ * ```
+ */
+export function deriveVitEncoder(
+  base: VitEncoder,
+  config: VitConfig,
+  replaced: Partial<VitWeights>,
+): VitEncoder {
+  return makeEncoder(config, { ...base.weights, ...replaced }, weightTensors(replaced));
+}
+
+/**
+ * The encoder over `weights`: it frees the tensors in `owned` (and the fast path's views of the
+ * blocks it owns) when disposed, and sends `encode` down the fast path when the backend and the
+ * LoRA input allow, else through {@link encodeWithWeights}.
+ */
 function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[]): VitEncoder {
   let disposed = false;
   const mine = new Set(owned);
@@ -1473,190 +382,25 @@ function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[])
   };
 }
 
-// ---------------------------------------------------------------------------------------------
-// 3D volumes
-
-/**
- * Resamples a grid of vectors [inH, inW, channels] (row-major) to [outH, outW, channels] with
- * PyTorch's bicubic interpolation (`F.interpolate(mode="bicubic", align_corners=False)`,
- * A = −0.75, edge clamping, no antialiasing) — what open_clip's `resize_pos_embed` does.
- *
- * @example
- * ```ts
- * const grid14 = resizeGridBicubic(grid7, [7, 7], 768, [14, 14]);
- * ```
- */
-export function resizeGridBicubic(
-  data: Float32Array,
-  [inH, inW]: [number, number],
-  channels: number,
-  [outH, outW]: [number, number],
-): Float32Array {
-  const rows = resampleAxis(Float64Array.from(data), inH, inW * channels, outH); // [outH, inW, C]
-  const out = new Float32Array(outH * outW * channels);
-  for (let r = 0; r < outH; r++) {
-    const line = rows.subarray(r * inW * channels, (r + 1) * inW * channels);
-    out.set(resampleAxis(line, inW, channels, outW), r * outW * channels);
-  }
-  return out;
-}
-
-/** Resamples `src` = [inLen, inner] along its first axis to [outLen, inner] (PyTorch bicubic). */
-function resampleAxis(
-  src: Float64Array,
-  inLen: number,
-  inner: number,
-  outLen: number,
-): Float64Array {
-  const out = new Float64Array(outLen * inner);
-  const scale = inLen / outLen;
-  for (let i = 0; i < outLen; i++) {
-    const real = (i + 0.5) * scale - 0.5;
-    const i0 = Math.floor(real);
-    const coeffs = cubicCoefficients(real - i0);
-    for (let k = 0; k < 4; k++) {
-      const j = Math.min(Math.max(i0 - 1 + k, 0), inLen - 1);
-      for (let s = 0; s < inner; s++) out[i * inner + s] += coeffs[k] * src[j * inner + s];
-    }
-  }
-  return out;
-}
-
-function cubicCoefficients(t: number): number[] {
-  const A = -0.75;
-  const conv1 = (x: number) => ((A + 2) * x - (A + 3)) * x * x + 1;
-  const conv2 = (x: number) => ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
-  return [conv2(t + 1), conv1(t), conv1(1 - t), conv2(2 - t)];
-}
-
-/** Options for {@link inflateForVolumes}. */
-export interface VolumeOptions {
-  /** Voxels along depth (28 for OrganMNIST3D). */
-  depth: number;
-  /** In-plane size; defaults to the encoder's imageSize. Multiples of the patch size. */
-  height?: number;
-  width?: number;
-  /** Voxels per patch along depth; defaults to the in-plane patch size. Must divide depth. */
-  depthPatch?: number;
-  /** Depth signal amplitude relative to the in-plane position embeddings' RMS (default 1). */
-  depthScale?: number;
+/** Whether {@link frozenBlocksForward} can take `lora`: one rank for every adapter. */
+function fitsFrozenPath(lora?: LoraInput): boolean {
+  if (!frozenPathAvailable()) return false;
+  return !lora || lora.A.every((a) => a.shape[0] === lora.A[0].shape[0]);
 }
 
 /**
- * Makes a volume encoder from a 2D encoder (scheme in the module doc): input [N, D, H, W, 1]
- * (one normalised gray channel). The new encoder borrows the transformer blocks, norms and
- * projection of `encoder` (one frozen backbone) and owns only its inflated patch embedding,
- * position embeddings and attention bias: dispose it before, or with, the 2D encoder.
- *
- * @example
- * ```ts
- * const volumeEncoder = await inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
- * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros([2, 28, 28, 28, 1])));
- * ```
+ * {@link encodeWithWeights} for frozen weights: the same function, with the blocks run by
+ * `vit_fast.ts` (hand-written gradient for the LoRA tensors only).
  */
-export async function inflateForVolumes(
-  encoder: VisionEncoder,
-  options: VolumeOptions,
-): Promise<VitEncoder> {
-  const base = encoder as VitEncoder;
-  if (!base.weights) {
-    throw new Error(
-      "inflateForVolumes: the encoder must come from loadVisionEncoder/createVitEncoder",
-    );
-  }
-  const cfg = base.config;
-  if (cfg.volume) {
-    throw new Error("inflateForVolumes: the encoder already reads volumes; inflate the 2D encoder");
-  }
-  const P = cfg.patchSize;
-  const depth = options.depth;
-  const height = options.height ?? cfg.imageSize;
-  const width = options.width ?? cfg.imageSize;
-  const depthPatch = options.depthPatch ?? P;
-  const depthScale = options.depthScale ?? 1;
-  if (
-    !Number.isInteger(depth) || depth < 1 || !Number.isInteger(depthPatch) || depthPatch < 1 ||
-    depth % depthPatch !== 0
-  ) {
-    throw new Error(
-      `inflateForVolumes: depth ${depth} must be a positive multiple of depthPatch ${depthPatch}`,
-    );
-  }
-  if (height % P !== 0 || width % P !== 0 || height < P || width < P) {
-    throw new Error(
-      `inflateForVolumes: height ${height} and width ${width} must be positive multiples of the patch size ${P}`,
-    );
-  }
-  if (!(depthScale >= 0)) {
-    throw new Error(`inflateForVolumes: depthScale ${depthScale} must be ≥ 0`);
-  }
-  const C = cfg.channels, dim = cfg.width;
-  const dt = depth / depthPatch, ht = height / P, wt = width / P;
-
-  // Patch kernel: sum over channels, replicate over depth, divide by depthPatch.
-  const k2 = await base.weights.patchWeight.data() as Float32Array;
-  const k3 = new Float32Array(depthPatch * P * P * dim);
-  for (let pix = 0; pix < P * P; pix++) {
-    for (let o = 0; o < dim; o++) {
-      let sum = 0;
-      for (let c = 0; c < C; c++) sum += k2[(pix * C + c) * dim + o];
-      for (let d = 0; d < depthPatch; d++) k3[(d * P * P + pix) * dim + o] = sum / depthPatch;
-    }
-  }
-
-  // Positions: class row; in-plane grid resampled; plus a centred sinusoidal depth signal.
-  const pos2 = await base.weights.positionEmbedding.data() as Float32Array;
-  const grid = cfg.imageSize / P;
-  let plane: Float32Array = Float32Array.from(pos2.subarray(dim));
-  if (grid !== ht || grid !== wt) plane = resizeGridBicubic(plane, [grid, grid], dim, [ht, wt]);
-  let ms = 0;
-  for (const v of plane) ms += v * v;
-  const rms = Math.sqrt(ms / plane.length);
-  const signal = depthSignal(dt, dim, depthScale * rms);
-  const tokens = dt * ht * wt;
-  const pos3 = new Float32Array((1 + tokens) * dim);
-  pos3.set(pos2.subarray(0, dim));
-  for (let d = 0; d < dt; d++) {
-    for (let p = 0; p < ht * wt; p++) {
-      const row = (1 + d * ht * wt + p) * dim;
-      for (let j = 0; j < dim; j++) pos3[row + j] = plane[p * dim + j] + signal[d * dim + j];
-    }
-  }
-  const keyBias = new Float32Array(1 + tokens).fill(-Math.log(dt));
-  keyBias[0] = 0;
-
-  const own = {
-    patchWeight: tf.tensor2d(k3, [depthPatch * P * P, dim]),
-    positionEmbedding: tf.tensor2d(pos3, [1 + tokens, dim]),
-    keyBias: tf.tensor1d(keyBias),
-  };
-  const config: VitConfig = {
-    ...cfg,
-    channels: 1,
-    volume: { depth, height, width, depthPatch, depthScale },
-  };
-  return makeEncoder(config, { ...base.weights, ...own }, Object.values(own));
-}
-
-/** Sinusoids over depth (Vaswani et al. 2017), centred over depth, RMS = `amplitude`. */
-function depthSignal(count: number, dim: number, amplitude: number): Float32Array {
-  const out = new Float32Array(count * dim);
-  if (count < 2 || amplitude === 0) return out;
-  const raw = new Float64Array(count * dim);
-  for (let d = 0; d < count; d++) {
-    for (let j = 0; j < dim; j++) {
-      const freq = Math.pow(10000, -(2 * Math.floor(j / 2)) / dim);
-      raw[d * dim + j] = j % 2 === 0 ? Math.sin(d * freq) : Math.cos(d * freq);
-    }
-  }
-  for (let j = 0; j < dim; j++) {
-    let mean = 0;
-    for (let d = 0; d < count; d++) mean += raw[d * dim + j] / count;
-    for (let d = 0; d < count; d++) raw[d * dim + j] -= mean;
-  }
-  let ms = 0;
-  for (const v of raw) ms += v * v;
-  const k = amplitude / Math.sqrt(ms / raw.length);
-  for (let i = 0; i < raw.length; i++) out[i] = raw[i] * k;
-  return out;
+function encodeFrozen(
+  config: VitConfig,
+  w: VitWeights,
+  x: tf.Tensor4D | tf.Tensor5D,
+  lora?: LoraInput,
+): tf.Tensor2D {
+  checkInput(config, x);
+  if (lora) checkLora(config, lora);
+  return tf.tidy(() =>
+    frozenBlocksForward(config, w, embed(config, w, x, false), x.shape[0], lora)
+  );
 }

@@ -39,7 +39,21 @@
  */
 import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
-import type { Block, LoraInput, Norm, VitConfig, VitWeights } from "./vit.ts";
+import type { Block, LoraInput, Norm, TransformerShape, VitActivation } from "./transformer.ts";
+
+/**
+ * The frozen tensors this path reads: the blocks and the head on the class token (a ViT's
+ * `VitWeights` has them, with its embedding, which the caller has already applied).
+ */
+export interface FrozenTower {
+  /** Additive attention bias per key token. */
+  keyBias?: tf.Tensor1D;
+  lnPre?: Norm;
+  blocks: Block[];
+  lnPost: Norm;
+  proj?: tf.Tensor2D;
+  projBias?: tf.Tensor1D;
+}
 
 /**
  * Whether the active backend runs this path: `tensorflow` (TensorFlow's own kernels called
@@ -66,7 +80,7 @@ function portable(): boolean {
 
 /** One block's frozen tensors in the layouts the contractions use. */
 interface BlockViews {
-  act: VitConfig["act"];
+  act: VitActivation;
   ln1: Norm;
   qkv: tf.Tensor2D;
   /**
@@ -101,21 +115,21 @@ const views = new WeakMap<Block, BlockViews>();
  * layout (on webgpu the layout gains nothing, and a product with both operands transposed gave
  * wrong gradients there).
  */
-function transposedMlp(cfg: VitConfig): boolean {
+function transposedMlp(cfg: TransformerShape): boolean {
   return cfg.mlpDim >= 2048 && !portable();
 }
 
 /** z = k·a is what the activation reads (k folded into ln_2 and b_fc1). */
-function activationScale(act: VitConfig["act"]): number {
+function activationScale(act: VitActivation): number {
   return act === "quick_gelu" ? 1.702 : Math.SQRT1_2;
 }
 
 /** act(a) = c·z·gate(z): c = 1/1.702 for QuickGELU, 1/√2 for GELU (a·Φ(a) = z·(1 + erf z)/√2). */
-function outputScale(act: VitConfig["act"]): number {
+function outputScale(act: VitActivation): number {
   return act === "quick_gelu" ? 1 / 1.702 : Math.SQRT1_2;
 }
 
-function blockViews(b: Block, cfg: VitConfig): BlockViews {
+function blockViews(b: Block, cfg: TransformerShape): BlockViews {
   const cached = views.get(b);
   if (cached && cached.act === cfg.act) return cached;
   if (cached) disposeViews(cached);
@@ -173,7 +187,7 @@ function disposeViews(v: BlockViews): void {
  * prepareBlockViews(weights.blocks, config);
  * ```
  */
-export function prepareBlockViews(blocks: readonly Block[], cfg: VitConfig): void {
+export function prepareBlockViews(blocks: readonly Block[], cfg: TransformerShape): void {
   tf.tidy(() => {
     for (const b of blocks) blockViews(b, cfg);
   });
@@ -391,7 +405,7 @@ function unflattenSaved(t: tf.Tensor[]): BlockSaved {
 }
 
 interface BlockContext {
-  cfg: VitConfig;
+  cfg: TransformerShape;
   n: number;
   t: number;
   keyBias?: tf.Tensor1D;
@@ -660,8 +674,8 @@ function blockDiagonalGrad(
  * must share one rank (checked by the caller, which otherwise takes the autodiff path).
  */
 export function frozenBlocksForward(
-  cfg: VitConfig,
-  w: VitWeights,
+  cfg: TransformerShape,
+  w: FrozenTower,
   tokens: tf.Tensor2D,
   n: number,
   lora?: LoraInput,

@@ -13,7 +13,8 @@
  */
 import { backendName, tf } from "../../lib/backend.ts";
 import { createRng } from "../../lib/rng.ts";
-import { inflateForVolumes, loadVisionEncoder } from "../../lib/model/vit.ts";
+import { loadVisionEncoder } from "../../lib/model/vit_checkpoints.ts";
+import { inflateForVolumes } from "../../lib/model/vit_volume.ts";
 import { initLora } from "../../lib/model/lora.ts";
 import { orthonormalPrototypes } from "../../lib/model/head.ts";
 import { makeBackbone } from "../../lib/fl/backbone.ts";

@@ -15,7 +15,7 @@
 import { backendName, tf } from "../../lib/backend.ts";
 import { writeJsonAtomic } from "../../lib/io/atomic.ts";
 import { readSafetensors } from "../../lib/model/safetensors.ts";
-import { loadVisionEncoder, type VitLoadOptions } from "../../lib/model/vit.ts";
+import { loadVisionEncoder, type VitLoadOptions } from "../../lib/model/vit_checkpoints.ts";
 
 const dir = Deno.args[0] ?? "/tmp/deer_crosscheck";
 const TARGET = 1e-4;
