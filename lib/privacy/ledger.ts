@@ -1,48 +1,20 @@
 /**
  * The privacy ledger: what each aggregation released, as data, and the client-level ε that
- * record adds up to (SPEC.md §4.3; STYLE.md "describe what the mechanism released as data, let
- * the accountant turn that record into ε"). The calibrations are in `calibration.ts`.
+ * record adds up to (docs/privacy.md#the-release-record: describe what the mechanism released as
+ * data, let the accountant turn that record into ε). The calibrations are in `calibration.ts`.
  *
  * ## The record
  * A {@link Release} says: in round `round`, phase `phase`, the server published the sum over
  * clients of their clipped updates plus Gaussian noise of std `noiseStd` (σ·C on the sum, i.e.
  * σC/√K per client), where one client's contribution has L2 sensitivity `sensitivity` (measured
- * in the noise's own metric for regulated noise, below); `noiseMultiplier = noiseStd/sensitivity`
+ * in the noise's own metric for regulated noise); `noiseMultiplier = noiseStd/sensitivity`
  * is what the RDP accountant consumes, with the client-level sampling rate `sampleRate` (1 under
  * full participation) and `count` identical releases. ε is only ever computed from these
  * records ({@link spentBudget}); the ledger refuses a round whose ε would fall below the
  * previous one.
  *
- * ## Actual client-level ε of the paper mechanism (SPEC.md §4.2) — derivation
- * Setting: trusted server, K clients all taking part (q = 1), adjacency = add or remove one
- * client's whole data. One aggregation publishes θ_g + (1/K)·S with
- * `S = Σ_k (clip(Δ_k) + n_k)`; θ_g and 1/K are public, so it suffices to analyse S.
- * * Noise: n_k ~ N(0, (σC/√K)² I) independently, so Σ_k n_k ~ N(0, σ²C² I). The analysis takes
- *   the noise on the sum to be exactly N(0, σ²C² I) — the DP-FedAvg convention of noise
- *   calibrated to the nominal, public K (with one client removed, K − 1 shares carry a
- *   (K−1)/K fraction of that variance; a server adding the noise centrally is exact).
- * * Per-tensor clipping: one client's contribution to S is (Δ_1, …, Δ_m) with every
- *   ‖Δ_t‖_F ≤ C, so its L2 norm is ≤ C·√m, attained when every tensor sits at the clip norm.
- *   Gaussian mechanism with std σC and sensitivity C√m: noise multiplier **σ/√m**, RDP
- *   α·m/(2σ²) per release. (Same in the averaged parameter: noise σC/K, sensitivity C√m/K.)
- *   m = 72 for LoRA / DP-DyLoRA on 12 blocks × {q,k,v} (2 factors × 36 adapters), 36 for
- *   FFA-LoRA or one DEeR phase — {@link tensorsPerRelease}.
- * * Regulator (phase B, peer A_t public and shared): the noise on the sum for tensor t is
- *   `Σ_k W_k A_t⁺ = W A_t⁺`, W ~ N(0, σ²C²) d×d; its rows are independent
- *   N(0, σ²C² (A_tA_tᵀ)⁻¹). For Gaussians with a common covariance Σ the Rényi divergence of
- *   order α is (α/2)·δᵀΣ⁻¹δ, and here δᵀΣ⁻¹δ = Σ_rows b_i A_tA_tᵀ b_iᵀ/(σ²C²) =
- *   ‖ΔB_t·A_t‖_F²/(σ²C²) ≤ σ_max(A_t)²‖ΔB_t‖²/(σ²C²) ≤ σ_max(A_t)²/σ² (tight along A_t's top
- *   singular vector). Summed over the m tensors of the release: sensitivity (in units of the
- *   noise std σC) C·√(Σ_t σ_max(A_t)²), noise multiplier **σ/√(Σ_t σ_max(A_t)²)** — σ/σ_max per
- *   tensor as SPEC.md §4.2 says. Phase A is the same with columns and σ_max(B_t).
- *   This needs the peer to be public and common to all clients: true for DEeR with module1 on
- *   (the frozen global factor). With module1 off the reference regulates with each client's own
- *   trained peer, which is private data; no guarantee follows and none should be reported.
- * * Each DEeR round makes 2 releases (phase B, then phase A); LoRA-like methods make 1.
- *   RDP adds up over releases (heterogeneous σ allowed), then is converted to ε at δ.
- * * Strict mode (SPEC.md §4.2): whole-release clipping to C with isotropic noise, or
- *   product-space clipping Σ_t‖ΔB_t A_t‖² ≤ C² with regulated noise, both give sensitivity C
- *   and noise multiplier σ.
+ * The derivation of each record's sensitivity and noise multiplier (paper and strict mechanisms)
+ * is in docs/privacy.md#what-the-paper-mechanism-really-spends.
  *
  * @example
  * ```ts
