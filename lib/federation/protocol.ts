@@ -57,7 +57,7 @@ export interface TaskEnvelope {
   /** The run this task belongs to (a digest of the coordinator's settings). */
   run: string;
   round: number;
-  /** Index of the phase within the round (a method's phases, SPEC.md §3). */
+  /** Index of the phase within the round (a method's phases, docs/method.md). */
   phase: number;
   site: string;
   /** When the coordinator stops waiting for this phase (ISO 8601). */

@@ -18,7 +18,7 @@ import { CLIP_MEAN, CLIP_STD } from "../data/image.ts";
 import type { VisionEncoder } from "../model/vit.ts";
 import type { Backbone } from "./local.ts";
 
-/** LoRA settings of the backbone (SPEC §1: r = 8, alpha = 8 by default). */
+/** LoRA settings of the backbone (docs/method.md: r = 8, alpha = 8 by default). */
 export interface LoraSettings {
   rank: number;
   alpha: number;

@@ -1,6 +1,6 @@
 /**
- * Aggregation deviation (SPEC §3): the gap between the average of the clients' low-rank updates
- * and the product of the averaged factors,
+ * Aggregation deviation (docs/method.md#the-aggregation-deviation): the gap between the average of
+ * the clients' low-rank updates and the product of the averaged factors,
  *
  *   `D = Σ_k p_k·B_k·A_k − (Σ_k p_k·B_k)(Σ_k p_k·A_k)`.
  *
@@ -98,8 +98,8 @@ export function deviationNorm(
 }
 
 /**
- * `‖D‖_F` for one adapter (SPEC §5 public API): `Bs[k]` is d_out×r, `As[k]` is r×d_in, `weights`
- * the aggregation weights `p_k` (normally summing to 1).
+ * `‖D‖_F` for one adapter (docs/architecture.md#public-api): `Bs[k]` is d_out×r, `As[k]` is r×d_in,
+ * `weights` the aggregation weights `p_k` (normally summing to 1).
  *
  * @example
  * ```ts

@@ -1,5 +1,6 @@
 /**
- * Evaluation of the global model (SPEC §1–§2): cosine scores between normalised image features
+ * Evaluation of the global model (docs/method.md#the-classification-head,
+ * docs/protocol.md#evaluation-and-model-selection): cosine scores between normalised image features
  * and the class prototypes; the prediction is their argmax, the AUC uses `softmax(cosine)`.
  *
  * @example

@@ -1,7 +1,7 @@
 /**
- * Local training of one client (SPEC §2, §3): SGD with momentum and weight decay (PyTorch
- * semantics: `d = g + wd·θ; buf = μ·buf + d; θ ← θ − lr·buf`) on the cross-entropy of the
- * prototype head, training only the factors the phase names plus the local `logit_scale`.
+ * Local training of one client (docs/protocol.md#local-training): SGD with momentum and weight
+ * decay (PyTorch semantics: `d = g + wd·θ; buf = μ·buf + d; θ ← θ − lr·buf`) on the cross-entropy
+ * of the prototype head, training only the factors the phase names plus the local `logit_scale`.
  *
  * The frozen backbone is shared by every client; a client brings only its factors, its data
  * indices and (optionally) its momentum buffers. All tensors made here are disposed before the
@@ -83,7 +83,7 @@ export function normalizationFor(
   );
 }
 
-/** Optimiser settings of local training (SPEC §2 defaults: 0.01, 0.9, 5e-4). */
+/** Optimiser settings of local training (docs/protocol.md#defaults: 0.01, 0.9, 5e-4). */
 export interface SgdOptions {
   lr: number;
   momentum: number;
@@ -103,7 +103,7 @@ export interface LocalJob {
   sgd: SgdOptions;
   /** `logit_scale` the server hands out; trained locally, never aggregated. */
   logitScale: number;
-  /** DP-DyLoRA: draw a rank prefix ρ+1 before every epoch (SPEC §3). */
+  /** DP-DyLoRA: draw a rank prefix ρ+1 before every epoch (docs/method.md#dp-dylora). */
   dynamicRank: boolean;
   /** Seeded stream for batch order and DyLoRA ranks. */
   rng: Rng;
@@ -355,7 +355,7 @@ export async function trainLocal(backbone: Backbone, job: LocalJob): Promise<Loc
   }
 }
 
-/** Masks for a rank prefix of length `rho + 1`, scaled by √(r/(ρ+1)) (SPEC §3, DP-DyLoRA). */
+/** Masks for a rank prefix of length `rho + 1`, scaled by √(r/(ρ+1)) (docs/method.md#dp-dylora). */
 export function rankMasks(rank: number, rho: number): RankMasks {
   const scale = Math.sqrt(rank / (rho + 1));
   const m = Array.from({ length: rank }, (_, c) => (c <= rho ? scale : 0));

@@ -107,7 +107,7 @@ export interface FederatedConfig {
   clientRanks?: number[];
 }
 
-/** SPEC §2 defaults (K = 12, α = 0.1, T = 50, E = 5, SGD 0.01/0.9/5e-4), method DEeR, no DP. */
+/** docs/protocol.md defaults (K = 12, α = 0.1, T = 50, E = 5, SGD 0.01/0.9/5e-4), DEeR, no DP. */
 export function defaultConfig(): FederatedConfig {
   return {
     method: { method: "DEeR", eliminateDeviation: true, regulateNoise: true },
@@ -151,7 +151,7 @@ export interface RoundRecord {
   noiseEnergy: number;
   peerSigmaMax: number;
   val: Metrics;
-  /** Test metrics when val improved this round (SPEC §2 selection), else null. */
+  /** Test metrics when val improved this round (selection, docs/protocol.md), else null. */
   test: Metrics | null;
   bestRound: number;
   epsilon: { nominal: number | null; spent: number | null; delta: number | null };

@@ -252,7 +252,7 @@ export function strictCalibration(args: {
 
 // The paper calibration.
 
-/** What the paper calibration computed (SPEC.md §4.1). */
+/** What the paper calibration computed (docs/privacy.md#paper-calibration). */
 export interface PaperCalibration {
   /** σ: the per-client noise std is σ·C/√K per entry. */
   noiseMultiplier: number;
@@ -265,7 +265,7 @@ export interface PaperCalibration {
 }
 
 /**
- * The reference's noise calibration ("paper", SPEC.md §4.1): opacus `get_noise_multiplier` with
+ * The reference's noise calibration ("paper", docs/privacy.md): opacus `get_noise_multiplier` with
  * `accountant="rdp"`, tolerance 0.01, δ = 1/K, `sample_rate = b/N`, `steps = T·E·N/b`. Mirrors
  * the reference's `compute_noise_multiplier` (DEeR `utils.py`): N = Σ_k n_k over the clients'
  * index lists, `sample_rate = b / N`, and `steps = Σ_k T·E·(n_k/b)` summed client by client in
@@ -274,7 +274,7 @@ export interface PaperCalibration {
  * `clientSizes` to reproduce that sum exactly; with `totalTrainImages` alone the steps are
  * `T·E·(N/b)` (equal up to rounding in the last bits).
  *
- * This σ is NOT a client-level guarantee for the mechanism that runs (SPEC.md §4.2); record
+ * This σ is NOT a client-level guarantee for the mechanism that runs (docs/privacy.md); record
  * releases with {@link gaussianRelease} to get the actual ε.
  *
  * @example
@@ -355,7 +355,7 @@ export function paperNoiseMultiplier(args: Parameters<typeof paperCalibration>[0
 }
 
 /**
- * Per-entry noise std each client adds: `σ·C/√K` (SPEC.md §4.1), so the sum over K clients
+ * Per-entry noise std each client adds: `σ·C/√K` (docs/privacy.md), so the sum over K clients
  * carries std σ·C.
  *
  * @example

@@ -1,6 +1,6 @@
 /**
- * Clipping of a client's update before noise is added (SPEC.md §4.1, §4.2). The engine keeps
- * client tensors on the host as Float32Array; norms are accumulated in float64.
+ * Clipping of a client's update before noise is added (docs/privacy.md#the-two-calibrations). The
+ * engine keeps client tensors on the host as Float32Array; norms are accumulated in float64.
  *
  * * {@link clipPerTensor} — the reference ("paper" calibration): every released tensor is scaled
  *   by `min(1, C/‖Δ‖_F)` on its own, so one client's whole release can have norm up to `C·√m`.
@@ -39,7 +39,8 @@ function checkClip(where: string, clip: number): void {
 }
 
 /**
- * The clip factor `min(1, C/norm)` (SPEC.md §4.1), 1 for a zero norm (nothing to clip).
+ * The clip factor `min(1, C/norm)` (docs/privacy.md#paper-calibration), 1 for a zero norm (nothing
+ * to clip).
  *
  * @example
  * ```ts
@@ -68,10 +69,10 @@ function scaled(x: Float32Array, s: number, inPlace: boolean): Float32Array {
 }
 
 /**
- * Per-tensor clipping, as in the reference (SPEC.md §4.1): `Δ_t ← Δ_t · min(1, C/‖Δ_t‖_F)` for
- * every tensor t separately. Returns the clipped tensors, each tensor's pre-clip norm and scale.
- * One client's whole release then has norm ≤ `C·√m` for m tensors — the sensitivity the
- * accountant must use (see `paperReleaseRecord` in ledger.ts).
+ * Per-tensor clipping, as in the reference (docs/privacy.md#paper-calibration):
+ * `Δ_t ← Δ_t · min(1, C/‖Δ_t‖_F)` for every tensor t separately. Returns the clipped tensors,
+ * each tensor's pre-clip norm and scale. One client's whole release then has norm ≤ `C·√m` for m
+ * tensors — the sensitivity the accountant must use (see `paperReleaseRecord` in ledger.ts).
  *
  * @example
  * ```ts
@@ -95,9 +96,9 @@ export function clipPerTensor(
 }
 
 /**
- * Whole-release clipping (strict mode, SPEC.md §4.2): all tensors of one aggregation are scaled
- * by the same `min(1, C/‖(Δ_1, …, Δ_m)‖)`, so the client's release has L2 norm ≤ C. Returns the
- * clipped tensors, the pre-clip norm of the whole release and the scale.
+ * Whole-release clipping (strict mode, docs/privacy.md#strict-calibration): all tensors of one
+ * aggregation are scaled by the same `min(1, C/‖(Δ_1, …, Δ_m)‖)`, so the client's release has L2
+ * norm ≤ C. Returns the clipped tensors, the pre-clip norm of the whole release and the scale.
  *
  * @example
  * ```ts
@@ -163,7 +164,7 @@ function traceOfProduct(x: Float64Array, y: Float64Array): number {
 /**
  * `‖ΔB·A‖_F` for ΔB (dOut×r) and A (r×d), computed as `√trace(ΔBᵀΔB · AAᵀ)` in O(d r²), never
  * forming the dOut×d product: the norm of what a phase-B update contributes to ΔW = BA
- * (SPEC.md §4.2). `dOut` defaults to `d` (square q/k/v projections).
+ * (docs/privacy.md#strict-calibration). `dOut` defaults to `d` (square q/k/v projections).
  *
  * @example
  * ```ts

@@ -75,7 +75,7 @@ export interface RoundSpend {
   order: number;
   /** How many release records were included (for replay on restore). */
   releases: number;
-  /** What the calibration targeted, if the caller says (SPEC.md §4.3). */
+  /** What the calibration targeted, if the caller says (docs/privacy.md#what-every-run-reports). */
   nominalEpsilon?: number;
 }
 
@@ -101,7 +101,7 @@ export type LedgerState = PrivacyLedger;
 const PHASES: readonly ReleasePhase[] = ["AB", "A", "B"];
 
 /**
- * A new, empty ledger reporting ε at `delta` (default 1e-5, SPEC.md §4.2).
+ * A new, empty ledger reporting ε at `delta` (default 1e-5, docs/privacy.md#strict-calibration).
  *
  * @example
  * ```ts
@@ -466,7 +466,8 @@ export function recordRelease(ledger: PrivacyLedger, release: Release): PrivacyL
 
 /**
  * Client-level ε and the RDP order attaining it, spent by the first `upTo` releases (all by
- * default) at the ledger's δ (or `delta`), composing their RDP per order (SPEC.md §4.4).
+ * default) at the ledger's δ (or `delta`), composing their RDP per order
+ * (docs/privacy.md#rdp-as-opacus).
  *
  * @example
  * ```ts

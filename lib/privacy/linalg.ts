@@ -1,8 +1,8 @@
 /**
  * Small dense linear algebra in float64 for the noise regulator and the privacy accounting
- * (SPEC.md §3, §4.2): Gram matrices of LoRA factors, Cholesky factorisation and solves for r×r
- * symmetric positive definite systems, the largest singular value, and the two pseudo-inverses
- * `A⁺ = Aᵀ(AAᵀ)⁻¹` and `B⁺ = (BᵀB)⁻¹Bᵀ`.
+ * (docs/method.md#the-noise-regulator): Gram matrices of LoRA factors, Cholesky factorisation and
+ * solves for r×r symmetric positive definite systems, the largest singular value, and the two
+ * pseudo-inverses `A⁺ = Aᵀ(AAᵀ)⁻¹` and `B⁺ = (BᵀB)⁻¹Bᵀ`.
  *
  * Matrices are row-major flat arrays with their shape passed alongside. Inputs may be
  * Float32Array (as the engine keeps client tensors) or Float64Array / number[]; every
@@ -281,8 +281,8 @@ export function sigmaMaxOf(m: Matrix, rows: number, cols: number): number {
 
 /**
  * Pseudo-inverse of a full-row-rank `A` (r×d): `A⁺ = Aᵀ(AAᵀ)⁻¹` (d×r, float64), so that
- * `A A⁺ = I_r` and `A⁺A = P_A`, the orthogonal projector onto A's row space (SPEC.md §3).
- * Throws when A is rank-deficient.
+ * `A A⁺ = I_r` and `A⁺A = P_A`, the orthogonal projector onto A's row space
+ * (docs/method.md#the-noise-regulator). Throws when A is rank-deficient.
  *
  * @example
  * ```ts
@@ -300,8 +300,9 @@ export function pinvRows(a: Matrix, rows: number, cols: number): Float64Array {
 
 /**
  * Pseudo-inverse of a full-column-rank `B` (d×r): `B⁺ = (BᵀB)⁻¹Bᵀ` (r×d, float64), so that
- * `B⁺B = I_r` and `B B⁺ = P_B`, the orthogonal projector onto B's column space (SPEC.md §3).
- * Throws when B is rank-deficient (e.g. B = 0 in the first round).
+ * `B⁺B = I_r` and `B B⁺ = P_B`, the orthogonal projector onto B's column space
+ * (docs/method.md#the-noise-regulator). Throws when B is rank-deficient (e.g. B = 0 in the first
+ * round).
  *
  * @example
  * ```ts

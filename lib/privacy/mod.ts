@@ -1,5 +1,5 @@
 /**
- * Differential privacy for federated LoRA (SPEC.md §3, §4): the RDP accountant, the privacy
+ * Differential privacy for federated LoRA (docs/privacy.md): the RDP accountant, the privacy
  * ledger and calibrations, clipping, float64 linear algebra and DEeR's noise regulator.
  *
  * Importing this module loads the tfjs backend (through regulator.ts); code that only needs the

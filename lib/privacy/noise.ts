@@ -1,7 +1,7 @@
 /**
- * Host-side Gaussian noise for a client's release, isotropic or regulated (SPEC.md §3, §4.1),
- * on Float32Array tensors and drawn from the run's seeded {@link Rng} — the engine's version of
- * the tfjs API in regulator.ts. No tfjs here.
+ * Host-side Gaussian noise for a client's release, isotropic or regulated
+ * (docs/method.md#the-noise-regulator), on Float32Array tensors and drawn from the run's seeded
+ * {@link Rng} — the engine's version of the tfjs API in regulator.ts. No tfjs here.
  *
  * LoRA shapes: B ∈ R^{dOut×r}, A ∈ R^{r×dIn} (dOut = dIn = d for the q/k/v projections, the
  * default everywhere). Regulated noise for a released B (peer A) is `W·A⁺` with
@@ -71,7 +71,8 @@ function checkDraw(where: string, draw: string): void {
 }
 
 /**
- * I.i.d. N(0, std²) noise of `length` entries (the isotropic mechanism, SPEC.md §4.1).
+ * I.i.d. N(0, std²) noise of `length` entries (the isotropic mechanism,
+ * docs/privacy.md#paper-calibration).
  *
  * @example
  * ```ts
@@ -105,7 +106,8 @@ function multiply(x: Matrix, rows: number, k: number, y: Matrix, cols: number): 
 
 /**
  * `W·A⁺` for a given W (dOut×d) and peer A (r×d): the regulated noise for a released B
- * (dOut×r), float64 inside, Float32Array out (SPEC.md §3). `dOut` defaults to `d`.
+ * (dOut×r), float64 inside, Float32Array out (docs/method.md#the-noise-regulator). `dOut` defaults
+ * to `d`.
  *
  * @example
  * ```ts
@@ -125,7 +127,7 @@ export function regulateNoiseForBHost(
 
 /**
  * `B⁺·W` for a given W (d×dIn) and peer B (d×r): the regulated noise for a released A (r×dIn)
- * (SPEC.md §3). `dIn` defaults to `d`.
+ * (docs/method.md#the-noise-regulator). `dIn` defaults to `d`.
  *
  * @example
  * ```ts
@@ -174,7 +176,8 @@ function covarianceDraw(
 
 /**
  * Regulated noise for a released B (dOut×r) with peer A (r×d): `W·A⁺`, W i.i.d. N(0, std²)
- * (SPEC.md §3), drawn from `rng` by `draw` ("covariance" by default, see the module docs).
+ * (docs/method.md#the-noise-regulator), drawn from `rng` by `draw` ("covariance" by default, see
+ * the module docs).
  *
  * @example
  * ```ts
@@ -194,7 +197,7 @@ export function regulatedNoiseB(
 
 /**
  * Regulated noise for a released A (r×dIn) with peer B (d×r): `B⁺·W`, W i.i.d. N(0, std²)
- * (SPEC.md §3), drawn from `rng` by `draw` ("covariance" by default).
+ * (docs/method.md#the-noise-regulator), drawn from `rng` by `draw` ("covariance" by default).
  *
  * @example
  * ```ts
@@ -314,7 +317,8 @@ export function peerForA(b: Matrix, dOut: number, rank: number, dIn: number = dO
 /**
  * `‖Δ·peer‖_F²` in product space for an update of the released factor, with the peer's cached
  * Gram matrix: `‖ΔB·A‖²` = trace(ΔBᵀΔB·AAᵀ) or `‖B·ΔA‖²` = trace(BᵀB·ΔAΔAᵀ), O(d r²) — what
- * strict mode clips (SPEC.md §4.2) and what noise of the released factor puts into ΔW.
+ * strict mode clips (docs/privacy.md#strict-calibration) and what noise of the released factor puts
+ * into ΔW.
  *
  * @example
  * ```ts

@@ -1,6 +1,6 @@
 /**
  * Rényi-DP accountant for the (sub)sampled Gaussian mechanism, with the semantics of opacus'
- * `RDPAccountant` and `get_noise_multiplier` (SPEC.md §4.4).
+ * `RDPAccountant` and `get_noise_multiplier` (docs/privacy.md#rdp-as-opacus).
  *
  * * {@link rdpSampledGaussian}: RDP of one step at each order α. For q = 1 it is the plain
  *   Gaussian mechanism, `α/(2σ²)`; for 0 < q < 1 it is `log(A_α)/(α − 1)` with `A_α` the series of
@@ -10,7 +10,8 @@
  * * {@link epsilonFromRdp}: the RDP → (ε, δ) conversion of Balle et al. 2020 (Thm. 21), minimised
  *   over the orders.
  * * {@link composeRdp}: heterogeneous composition — per-order RDP adds up over releases.
- * * {@link rdpEpsilon} / {@link noiseMultiplierForBudget}: the public API of SPEC.md §5.
+ * * {@link rdpEpsilon} / {@link noiseMultiplierForBudget}: the public API of
+ *   docs/architecture.md#public-api.
  *
  * Everything here is plain float64 arithmetic; nothing depends on tfjs.
  *
@@ -26,8 +27,9 @@
  */
 
 /**
- * The RDP orders opacus uses by default (SPEC.md §4.4): `1.1, 1.2, …, 10.9` and `12, 13, …, 63`
- * (151 orders). The integral values among the first group (2, 3, …, 10) take the integer series.
+ * The RDP orders opacus uses by default (docs/privacy.md#rdp-as-opacus): `1.1, 1.2, …, 10.9` and
+ * `12, 13, …, 63` (151 orders). The integral values among the first group (2, 3, …, 10) take the
+ * integer series.
  *
  * @example
  * ```ts
@@ -40,7 +42,7 @@ export const DEFAULT_ORDERS: readonly number[] = Object.freeze([
   ...Array.from({ length: 52 }, (_, i) => 12 + i),
 ]);
 
-/** Opacus' `MAX_SIGMA`: the calibration gives up beyond this noise multiplier (SPEC.md §4.4). */
+/** Opacus' `MAX_SIGMA`: the calibration gives up beyond this noise multiplier (docs/privacy.md). */
 export const MAX_NOISE_MULTIPLIER = 1e6;
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ function logAFractionalOrder(q: number, sigma: number, alpha: number): number {
   return logAdd(logA0, logA1);
 }
 
-/** RDP of one step of the sampled Gaussian mechanism at one order (SPEC.md §4.4). */
+/** RDP of one sampled Gaussian step at one order (docs/privacy.md#rdp-as-opacus). */
 function rdpOneOrder(q: number, sigma: number, alpha: number): number {
   if (q === 0) return 0;
   if (sigma === 0) return Infinity;
@@ -239,7 +241,7 @@ function rdpOneOrder(q: number, sigma: number, alpha: number): number {
 }
 
 /**
- * RDP of ONE step of the sampled Gaussian mechanism, at each order (SPEC.md §4.4).
+ * RDP of ONE step of the sampled Gaussian mechanism, at each order (docs/privacy.md#rdp-as-opacus).
  *
  * `q` is the sampling rate (1 = no subsampling, giving α/(2σ²)), `sigma` the noise multiplier
  * (noise std ÷ L2 sensitivity). Returns `Infinity` at every order when `sigma` is 0 and 0 when
@@ -263,9 +265,9 @@ export function rdpSampledGaussian(
 }
 
 /**
- * Converts per-order RDP into (ε, δ)-DP (SPEC.md §4.4; Balle et al. 2020, Thm. 21):
- * `ε = min_α [ rdp_α − (log δ + log α)/(α − 1) + log((α − 1)/α) ]`, ignoring orders where the
- * value is not a number. Returns `{ epsilon: Infinity, order: NaN }` when no order gives a
+ * Converts per-order RDP into (ε, δ)-DP (docs/privacy.md#rdp-as-opacus; Balle et al. 2020,
+ * Thm. 21): `ε = min_α [ rdp_α − (log δ + log α)/(α − 1) + log((α − 1)/α) ]`, ignoring orders
+ * where the value is not a number. Returns `{ epsilon: Infinity, order: NaN }` when no order gives a
  * number (no privacy), as opacus does.
  *
  * @example
@@ -318,8 +320,8 @@ export interface GaussianReleases {
 
 /**
  * Heterogeneous composition: the per-order RDP of a sequence of releases with different
- * (q, σ, count) is the sum of each block's `count · rdp(q, σ)` (SPEC.md §4.4; RDP composes
- * additively). Blocks with equal (q, σ) are computed once.
+ * (q, σ, count) is the sum of each block's `count · rdp(q, σ)` (docs/privacy.md#rdp-as-opacus; RDP
+ * composes additively). Blocks with equal (q, σ) are computed once.
  *
  * @example
  * ```ts
@@ -372,9 +374,9 @@ export function epsilonForReleases(
 
 /**
  * ε of `steps` identical steps of the sampled Gaussian mechanism at `delta` — opacus'
- * `RDPAccountant` with history `[(noiseMultiplier, sampleRate, steps)]` (SPEC.md §4.4, §5).
- * `steps` may be non-integer: the reference passes `T·E·N/b` unrounded, and opacus multiplies the
- * per-step RDP by it as is.
+ * `RDPAccountant` with history `[(noiseMultiplier, sampleRate, steps)]`
+ * (docs/privacy.md#rdp-as-opacus). `steps` may be non-integer: the reference passes `T·E·N/b`
+ * unrounded, and opacus multiplies the per-step RDP by it as is.
  *
  * @example
  * ```ts
@@ -402,11 +404,11 @@ export function rdpEpsilon(
 }
 
 /**
- * The search of opacus' `get_noise_multiplier`, over any ε(σ) (SPEC.md §4.4): σ_low = 0,
- * σ_high = 10; double σ_high and evaluate until ε(σ_high) ≤ target (the first σ evaluated is 20;
- * past {@link MAX_NOISE_MULTIPLIER} it fails); then bisect — σ = (σ_low + σ_high)/2, σ_high ← σ
- * when ε(σ) < target, else σ_low ← σ — until target − ε(σ_high) ≤ tolerance. Returns σ_high, so
- * ε(result) ≤ target always.
+ * The search of opacus' `get_noise_multiplier`, over any ε(σ) (docs/privacy.md#rdp-as-opacus):
+ * σ_low = 0, σ_high = 10; double σ_high and evaluate until ε(σ_high) ≤ target (the first σ
+ * evaluated is 20; past {@link MAX_NOISE_MULTIPLIER} it fails); then bisect — σ = (σ_low +
+ * σ_high)/2, σ_high ← σ when ε(σ) < target, else σ_low ← σ — until target − ε(σ_high) ≤ tolerance.
+ * Returns σ_high, so ε(result) ≤ target always.
  *
  * @example
  * ```ts
@@ -498,7 +500,8 @@ export class BudgetOutOfReachError extends Error {
 /**
  * The noise multiplier that spends at most `targetEpsilon` at `targetDelta` over `steps` steps
  * of the sampled Gaussian mechanism with rate `sampleRate` — exactly opacus'
- * `get_noise_multiplier(..., accountant="rdp", epsilon_tolerance=tolerance)` (SPEC.md §4.4).
+ * `get_noise_multiplier(..., accountant="rdp", epsilon_tolerance=tolerance)`
+ * (docs/privacy.md#rdp-as-opacus).
  *
  * @example
  * ```ts

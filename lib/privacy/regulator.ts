@@ -1,5 +1,5 @@
 /**
- * DEeR's noise regulator on tfjs tensors — the public API of SPEC.md §3 and §5.
+ * DEeR's noise regulator on tfjs tensors — docs/method.md#the-noise-regulator.
  *
  * For a released B (peer A ∈ R^{r×d}) the client adds `W·Aᵀ(AAᵀ)⁻¹` instead of isotropic noise,
  * so the noise reaching ΔW = BA is `W·P_A`; for a released A (peer B ∈ R^{d×r}) it adds
@@ -47,9 +47,10 @@ function shapeError(fn: string, field: string, got: number[], want: string): Err
 }
 
 /**
- * Regulated noise for a released B: `W · Aᵀ(AAᵀ)⁻¹` (SPEC.md §3), with `noise` W of shape [d, d]
- * and the peer `peerA` of shape [r, d]; returns a new [d, r] tensor owned by the caller. Throws
- * when A has rank < r. (A non-square W of shape [dOut, d] is accepted too: B is then [dOut, r].)
+ * Regulated noise for a released B: `W · Aᵀ(AAᵀ)⁻¹` (docs/method.md#the-noise-regulator), with
+ * `noise` W of shape [d, d] and the peer `peerA` of shape [r, d]; returns a new [d, r] tensor owned
+ * by the caller. Throws when A has rank < r. (A non-square W of shape [dOut, d] is accepted too: B
+ * is then [dOut, r].)
  *
  * @example
  * ```ts
@@ -75,10 +76,10 @@ export async function regulateNoiseForB(
 }
 
 /**
- * Regulated noise for a released A: `(BᵀB)⁻¹Bᵀ · W` (SPEC.md §3), with `noise` W of shape [d, d]
- * and the peer `peerB` of shape [d, r]; returns a new [r, d] tensor owned by the caller. Throws
- * when B has rank < r (e.g. B = 0 before the first phase B). (W of shape [d, dIn] gives
- * [r, dIn].)
+ * Regulated noise for a released A: `(BᵀB)⁻¹Bᵀ · W` (docs/method.md#the-noise-regulator), with
+ * `noise` W of shape [d, d] and the peer `peerB` of shape [d, r]; returns a new [r, d] tensor owned
+ * by the caller. Throws when B has rank < r (e.g. B = 0 before the first phase B). (W of shape
+ * [d, dIn] gives [r, dIn].)
  *
  * @example
  * ```ts
@@ -105,7 +106,8 @@ export async function regulateNoiseForA(
 
 /**
  * Largest singular value of a peer factor held as a tensor (A [r, d] or B [d, r]) — what the
- * accountant needs for the paper mechanism's regulated releases (SPEC.md §4.2).
+ * accountant needs for the paper mechanism's regulated releases
+ * (docs/privacy.md#what-the-paper-mechanism-really-spends).
  *
  * @example
  * ```ts
