@@ -6,10 +6,10 @@
  * the best-validation round, ε), one {@link RoundRow} per point, seed and round, and one
  * {@link ReleaseRow} per aggregation (phase) for the privacy audit.
  *
- * Study scale: {@link studyScale} gives the shared protocol of the notebooks (SPEC §2 shortened
- * to fit minutes on 2 CPU cores) in a full and a quick size; `DEER_NOTEBOOK_QUICK=1` selects the
- * quick one (CI). {@link loadStudyInputs} loads the embedded default data and model and keeps a
- * class-balanced subset of each split.
+ * Study scale: {@link studyScale} gives the shared protocol of the notebooks
+ * (docs/protocol.md#defaults shortened to fit minutes on 2 CPU cores) in a full and a quick size;
+ * `DEER_NOTEBOOK_QUICK=1` selects the quick one (CI). {@link loadStudyInputs} loads the embedded
+ * default data and model and keeps a class-balanced subset of each split.
  *
  * Statistics: the full size runs three seeds, the quick size one. Every summary row carries its
  * per-seed values and their 95 % t interval; {@link compareToBaseline} compares points paired by
@@ -90,11 +90,11 @@ export interface StudyScale {
 }
 
 /**
- * The notebooks' shared protocol: SPEC §2 (K = 12, Dirichlet α = 0.1, r = 8, SGD 0.01/0.9/5e-4,
- * per-client batch 10) shortened to a few rounds of one local epoch on a class-balanced subset
- * of the embedded data, over three seeds (10, 100, 1000: `deno task train`'s default). `quick`
- * (default: {@link notebookQuick}) shrinks rounds and data and keeps one seed, so all notebooks
- * run in minutes in CI.
+ * The notebooks' shared protocol: docs/protocol.md#defaults (K = 12, Dirichlet α = 0.1, r = 8, SGD
+ * 0.01/0.9/5e-4, per-client batch 10) shortened to a few rounds of one local epoch on a
+ * class-balanced subset of the embedded data, over three seeds (10, 100, 1000: `deno task train`'s
+ * default). `quick` (default: {@link notebookQuick}) shrinks rounds and data and keeps one seed, so
+ * all notebooks run in minutes in CI.
  *
  * @example
  * ```ts
@@ -288,7 +288,7 @@ export interface RoundRow {
   round: number;
   trainLoss: number;
   valAccuracy: number;
-  /** Test accuracy, only on rounds where validation improved (SPEC §2 selection). */
+  /** Test accuracy, only on rounds where validation improved (selection: docs/protocol.md). */
   testAccuracy: number | null;
   /** Σ over adapters of the aggregation deviation ‖D‖_F, summed over the round's phases. */
   deviation: number;
@@ -597,8 +597,8 @@ function releaseRows(
 // one thing.
 
 /**
- * DEeR's ablation grid (SPEC §3): deviation eliminator (module1) × noise regulator (module2),
- * each off or on; (0, 0) is plain LoRA.
+ * DEeR's ablation grid (docs/method.md#deers-ablation-grid): deviation eliminator (module1) × noise
+ * regulator (module2), each off or on; (0, 0) is plain LoRA.
  */
 export function moduleGridPoints(base: FederatedConfig): SweepPoint[] {
   const points: SweepPoint[] = [];
@@ -620,7 +620,7 @@ export interface MethodChoice {
   method: FederatedConfig["method"];
 }
 
-/** The reference's four methods (SPEC §3). */
+/** The reference's four methods (docs/method.md#the-methods-as-implemented). */
 export const PAPER_METHODS: MethodChoice[] = [
   { name: "LoRA", method: { method: "LoRA" } },
   { name: "FFA-LoRA", method: { method: "FFA-LoRA" } },

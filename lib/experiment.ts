@@ -1,8 +1,9 @@
 /**
  * Experiments: resolve a data set and a foundation model from names and paths, run a federated
  * configuration over several seeds, and summarise (mean ± population std of the test metrics at
- * the best-validation round, SPEC §2; the ε actually spent, SPEC §4.3). `deno task train`,
- * `deno task demo` and the notebooks all go through here.
+ * the best-validation round, docs/protocol.md#evaluation-and-model-selection; the ε actually spent,
+ * docs/privacy.md#what-every-run-reports). `deno task train`, `deno task demo` and the notebooks
+ * all go through here.
  *
  * Results layout, written atomically (`outDir/<run>/`):
  * `config.json` (settings, provenance and SHA-256 fingerprints of the input files),
@@ -148,7 +149,8 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
           `(${data.classNames.join(", ")}); fix --num_classes or omit it`,
       );
     }
-    // Volumes: resample to a side the cubic patches tile, and inflate the 2D encoder (SPEC §1).
+    // Volumes: resample to a side the cubic patches tile, and inflate the 2D encoder
+    // (docs/data.md#3d-volumes).
     let volumeEncoder: VitEncoder | undefined;
     if (data.train.sampleShape.length === 4) {
       const side = volumeSide(data.train.sampleShape[0], encoder.config.patchSize);
@@ -402,7 +404,8 @@ export async function runExperiment(
     if (out) await writeJsonAtomic(join(out, "summary.json"), summary);
     return { runs, summary };
   } catch (err) {
-    // Nothing of value was recorded: leave no results folder behind (STYLE.md).
+    // Nothing of value was recorded: leave no results folder behind
+    // (docs/architecture.md#conventions).
     if (created && !seeds.some((s) => existsSync(join(out!, `seed-${s}`, "records.jsonl")))) {
       await removeCreated(out!, created);
     }

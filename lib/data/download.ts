@@ -32,7 +32,7 @@ export interface DownloadOptions {
 
 /**
  * The URL and published MD5 of a MedMNIST file. Size 28 is the v2 file (Zenodo record 6496656,
- * as SPEC.md §6) unless `v3` is set; 64/128/224 are v3 files.
+ * as docs/data.md#medmnist-npz) unless `v3` is set; 64/128/224 are v3 files.
  *
  * @example
  * ```ts

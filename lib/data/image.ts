@@ -1,6 +1,6 @@
 /**
  * Images as 8-bit arrays: JPEG/PNG decoding and the CLIP preprocessing of the reference
- * (torchvision `Resize(N, BICUBIC)` + `CenterCrop(N)` on a PIL image, SPEC.md §2).
+ * (torchvision `Resize(N, BICUBIC)` + `CenterCrop(N)` on a PIL image, docs/data.md#preprocessing).
  *
  * The resize reproduces Pillow's `Image.resize(size, BICUBIC)` (libImaging/Resample.c) bit for
  * bit: a separable convolution, horizontal pass first, with the cubic kernel a = −0.5 whose
@@ -30,9 +30,9 @@ import { Buffer } from "node:buffer";
 import { constants as zlibConstants, inflateSync } from "node:zlib";
 import { imagePixelLimit } from "./limits.ts";
 
-/** CLIP's per-channel mean (RGB), SPEC.md §2. */
+/** CLIP's per-channel mean (RGB), docs/data.md#preprocessing. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
-/** CLIP's per-channel standard deviation (RGB), SPEC.md §2. */
+/** CLIP's per-channel standard deviation (RGB), docs/data.md#preprocessing. */
 export const CLIP_STD: readonly number[] = [0.26862954, 0.26130258, 0.27577711];
 
 /** An 8-bit image, row-major, channels interleaved (HWC). */
@@ -458,9 +458,9 @@ export function resizedShortSide(width: number, height: number, size: number): [
 }
 
 /**
- * CLIP preprocessing of SPEC.md §2 on uint8 pixels: bicubic resize of the shorter side to
- * `size` (Pillow-exact), then a centre crop to `size × size`. Normalisation happens later, when
- * a batch is formed (`makeBatch`).
+ * CLIP preprocessing of docs/data.md#preprocessing on uint8 pixels: bicubic resize of the shorter
+ * side to `size` (Pillow-exact), then a centre crop to `size × size`. Normalisation happens later,
+ * when a batch is formed (`makeBatch`).
  *
  * @example
  * ```ts

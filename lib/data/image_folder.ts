@@ -1,6 +1,6 @@
 /**
- * Image-folder datasets (Kvasir-v2, OCT-C8, HyperKvasir after processing; SPEC.md §6):
- * `<root>/{train,val,test}/<class>/*.jpg|jpeg|png`.
+ * Image-folder datasets (Kvasir-v2, OCT-C8, HyperKvasir after processing;
+ * docs/data.md#image-folders): `<root>/{train,val,test}/<class>/*.jpg|jpeg|png`.
  *
  * Class order: the sorted folder names of `train` (code-point order, as Python's `sorted`), or
  * the `classNames` given (then every class must have a folder in every split, and no other

@@ -1,5 +1,6 @@
 /**
- * MedMNIST `.npz` files (v2 and v3, any size) as an {@link ImageDataset} (SPEC.md §6).
+ * MedMNIST `.npz` files (v2 and v3, any size) as an {@link ImageDataset}
+ * (docs/data.md#medmnist-npz).
  *
  * Keys `train_images, train_labels, val_images, val_labels, test_images, test_labels`; 2D images
  * `[N, H, W]` (grey) or `[N, H, W, 3]` (RGB) uint8, 3D volumes `[N, D, H, W]`; labels `[N, 1]`

@@ -1,5 +1,5 @@
 /**
- * Splitting a training set among federated clients (SPEC.md §2).
+ * Splitting a training set among federated clients (docs/protocol.md#data-split).
  *
  * `dirichletPartition` is the reference's label-skew split (`build_non_iid_by_dirichlet` in the
  * DEeR code), step for step and in the same order of random draws:

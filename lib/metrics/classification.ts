@@ -1,10 +1,11 @@
 /**
- * Classification metrics of the protocol (SPEC.md §2): accuracy, macro recall, precision and F1,
- * and macro one-vs-rest ROC AUC — with scikit-learn's semantics, as the reference computes them
- * (DEeR `utils.py`: `accuracy_score`, `recall_score/precision_score/f1_score(average="macro")`
- * with the default `zero_division="warn"`, which scores 0, and
- * `roc_auc_score(np.eye(C)[labels], softmax scores)`). Fractions in [0, 1]; reports multiply by
- * 100. Also {@link meanStd} (population std, SPEC.md §2) and the model-selection score.
+ * Classification metrics of the protocol (docs/protocol.md#metrics): accuracy, macro recall,
+ * precision and F1, and macro one-vs-rest ROC AUC — with scikit-learn's semantics, as the reference
+ * computes them (DEeR `utils.py`: `accuracy_score`,
+ * `recall_score/precision_score/f1_score(average="macro")` with the default `zero_division="warn"`,
+ * which scores 0, and `roc_auc_score(np.eye(C)[labels], softmax scores)`). Fractions in [0, 1];
+ * reports multiply by 100. Also {@link meanStd} (population std,
+ * docs/protocol.md#evaluation-and-model-selection) and the model-selection score.
  *
  * Semantics, matched to scikit-learn 1.x:
  * * prediction = argmax of each row of `probs` (first maximum on ties, as numpy and torch);
@@ -30,7 +31,7 @@
  * @module
  */
 
-/** The five metrics of SPEC.md §2, as fractions. */
+/** The five metrics of docs/protocol.md#metrics, as fractions. */
 export interface ClassificationMetrics {
   accuracy: number;
   /** Macro recall over the classes present in labels or predictions. */
@@ -233,7 +234,8 @@ export function classificationReport(
 /**
  * Accuracy, macro recall / precision / F1 and macro one-vs-rest AUC of class scores `probs`
  * (rows: samples, columns: the C classes; e.g. softmax of the cosine scores) against integer
- * `labels` in [0, C) — the public API of SPEC.md §5. Semantics in the module documentation.
+ * `labels` in [0, C) — the public API of docs/architecture.md#public-api. Semantics in the module
+ * documentation.
  *
  * @example
  * ```ts
@@ -260,9 +262,9 @@ export interface MeanStdOptions {
 }
 
 /**
- * Mean and POPULATION standard deviation (divide by n, numpy's default; SPEC.md §2: results are
- * reported as mean ± std over the seeds). Non-finite values are refused unless
- * `{ nonFinite: "propagate" }` asks for a NaN result.
+ * Mean and POPULATION standard deviation (divide by n, numpy's default;
+ * docs/protocol.md#evaluation-and-model-selection: results are reported as mean ± std over the
+ * seeds). Non-finite values are refused unless `{ nonFinite: "propagate" }` asks for a NaN result.
  *
  * @example
  * ```ts
@@ -293,11 +295,11 @@ export function meanStd(
 }
 
 /**
- * The model-selection score of SPEC.md §2: `accuracy + recall + precision + F1 + AUC` on the
- * validation split (the reference sums the ×100 values — the same order). An undefined AUC (a
- * validation split holding one class: no negatives to rank against) is left out instead of
- * making every score NaN, which would freeze the selection at the first round; the split is the
- * same every round, so the scores stay comparable.
+ * The model-selection score of docs/protocol.md#evaluation-and-model-selection: `accuracy + recall
+ * + precision + F1 + AUC` on the validation split (the reference sums the ×100 values — the same
+ * order). An undefined AUC (a validation split holding one class: no negatives to rank against) is
+ * left out instead of making every score NaN, which would freeze the selection at the first round;
+ * the split is the same every round, so the scores stay comparable.
  *
  * @example
  * ```ts

@@ -1,6 +1,6 @@
 /**
- * Evaluation metrics of the protocol (SPEC.md §2), and the statistics over seeds: the t interval
- * of a mean and the paired comparison of two methods.
+ * Evaluation metrics of the protocol (docs/protocol.md#metrics), and the statistics over seeds: the
+ * t interval of a mean and the paired comparison of two methods.
  *
  * @example
  * ```ts

@@ -1,7 +1,7 @@
 /**
  * The classification head: fixed class prototypes `T ∈ R^{C×e}` with L2-normalised rows
- * (SPEC §1). In the reference they are the text features of "this is an image of {class}";
- * models without a text tower may use fixed orthonormal prototypes.
+ * (docs/method.md#the-classification-head). In the reference they are the text features of "this is
+ * an image of {class}"; models without a text tower may use fixed orthonormal prototypes.
  *
  * Training logits: `exp(logit_scale) · normalize(f(x)) · Tᵀ` with `logit_scale = ln(1/0.07)`;
  * evaluation uses the cosine scores `normalize(f(x)) · Tᵀ` (and `softmax(cosine)` for AUC).
@@ -20,7 +20,7 @@ import { tf } from "../backend.ts";
 import { createRng } from "../rng.ts";
 import { readSafetensors, writeSafetensors } from "./safetensors.ts";
 
-/** CLIP's initial temperature: ln(1/0.07) ≈ 2.659 (SPEC §1). */
+/** CLIP's initial temperature: ln(1/0.07) ≈ 2.659 (docs/method.md#the-classification-head). */
 export const DEFAULT_LOGIT_SCALE = Math.log(1 / 0.07);
 
 /** Rows divided by their L2 norm (norms clamped at 1e-12, as PyTorch's F.normalize). */
@@ -43,8 +43,9 @@ export function cosineScores(features: tf.Tensor2D, prototypes: tf.Tensor2D): tf
 }
 
 /**
- * Training logits `exp(logitScale) · normalize(features) · Tᵀ` (SPEC §1). `logitScale` may be a
- * scalar tensor (to train it) or a number (default ln(1/0.07)).
+ * Training logits `exp(logitScale) · normalize(features) · Tᵀ`
+ * (docs/method.md#the-classification-head). `logitScale` may be a scalar tensor (to train it) or a
+ * number (default ln(1/0.07)).
  *
  * @example
  * ```ts
@@ -77,7 +78,8 @@ function checkDims(features: tf.Tensor, prototypes: tf.Tensor): void {
 
 /**
  * `numClasses` fixed orthonormal prototypes in R^embedDim: Gram–Schmidt (twice, in float64) of
- * seeded standard normal vectors. For models without a text tower (SPEC §1).
+ * seeded standard normal vectors. For models without a text tower
+ * (docs/method.md#the-classification-head).
  *
  * @example
  * ```ts

@@ -1,6 +1,7 @@
 /**
- * LoRA adapters on q, k and v of every block (SPEC §1): three independent pairs per block,
- * `A ∈ R^{r×d}` and `B ∈ R^{d×r}`, adding `s · B A x` to the projection with `s = alpha / r`.
+ * LoRA adapters on q, k and v of every block (docs/method.md#lora-on-a-frozen-clip-image-tower):
+ * three independent pairs per block, `A ∈ R^{r×d}` and `B ∈ R^{d×r}`, adding `s · B A x` to the
+ * projection with `s = alpha / r`.
  *
  * The federated engine keeps adapters as plain `Float32Array`s (row-major, A as r×d and B as
  * d×r, in the encoder's `adapterNames` order) — easy to average, clip, add noise to and save —
@@ -35,8 +36,9 @@ export interface LoraTensors {
 /**
  * Fresh adapters for every q, k, v of every block: A Kaiming-uniform with a = √5, i.e.
  * U(−1/√d, 1/√d) with d = fan_in = width (PyTorch's `nn.Linear` default, as in the reference);
- * B zeros, so the adapted model starts equal to the frozen one (SPEC §1). The draws go adapter by
- * adapter, row-major, so a seed gives the same A on every machine.
+ * B zeros, so the adapted model starts equal to the frozen one
+ * (docs/method.md#lora-on-a-frozen-clip-image-tower). The draws go adapter by adapter, row-major,
+ * so a seed gives the same A on every machine.
  *
  * @example
  * ```ts
@@ -66,7 +68,8 @@ export function initLora(
 }
 
 /**
- * The LoRA scale `s = alpha / r` (SPEC §1; alpha = 8, r = 8 gives 1).
+ * The LoRA scale `s = alpha / r` (docs/method.md#lora-on-a-frozen-clip-image-tower;
+ * alpha = 8, r = 8 gives 1).
  *
  * @example
  * ```ts

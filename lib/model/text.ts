@@ -1,6 +1,7 @@
 /**
  * The text towers of CLIP-style models, used once: to turn class prompts into the fixed class
- * prototypes of the classification head (SPEC §1: "this is an image of {class}").
+ * prototypes of the classification head (docs/method.md#the-classification-head: "this is an image
+ * of {class}").
  *
  * Two architectures, three checkpoint layouts:
  *
@@ -130,7 +131,7 @@ export interface TextLoadOptions extends VitLoadOptions {
   padId?: number;
 }
 
-/** A frozen text encoder with its tokenizer (SPEC §5). */
+/** A frozen text encoder with its tokenizer (docs/architecture.md#public-api). */
 export interface TextEncoder {
   config: TextConfig;
   tokenizer: Tokenizer;
@@ -352,7 +353,7 @@ function detectTextLayout(label: string, names: string[]): { layout: TextLayout;
       `"text_model.embeddings.token_embedding.weight" (Hugging Face CLIP) and ` +
       `"text.transformer.embeddings.word_embeddings.weight" (open_clip HF text tower, BiomedCLIP). ` +
       (visionOnly
-        ? "This file holds only an image tower: build prototypes from the full CLIP checkpoint, or use orthonormal prototypes (SPEC §1). "
+        ? "This file holds only an image tower: build prototypes from the full CLIP checkpoint, or use orthonormal prototypes (docs/method.md). "
         : "") +
       `First keys: ${names.slice(0, 5).join(", ")}`,
   );
@@ -848,12 +849,13 @@ function encodeText(cfg: TextConfig, w: TextWeights, ids: number[][]): tf.Tensor
 // ---------------------------------------------------------------------------------------------
 // Prototypes
 
-/** The reference's prompt (SPEC §1). */
+/** The reference's prompt (docs/method.md#the-classification-head). */
 export const DEFAULT_TEMPLATE = "this is an image of {}";
 
 /**
  * Class prototypes from prompts: every `{}` in `template` is replaced by the class name, the
- * prompts are tokenized and encoded, and each row is L2-normalised (SPEC §1). [C, embedDim].
+ * prompts are tokenized and encoded, and each row is L2-normalised
+ * (docs/method.md#the-classification-head). [C, embedDim].
  *
  * @example
  * ```ts

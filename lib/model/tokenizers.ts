@@ -1,7 +1,7 @@
 /**
- * Text tokenizers for the CLIP-style text towers (SPEC §1, §5): CLIP's byte-level BPE and BERT's
- * WordPiece, read from the files their checkpoints ship with. Both return rows of token ids of a
- * fixed length, as open_clip's tokenizers do.
+ * Text tokenizers for the CLIP-style text towers (docs/method.md#the-classification-head): CLIP's
+ * byte-level BPE and BERT's WordPiece, read from the files their checkpoints ship with. Both return
+ * rows of token ids of a fixed length, as open_clip's tokenizers do.
  *
  * **CLIP BPE** (open_clip `SimpleTokenizer`, OpenAI CLIP): clean the text (below) and lower-case
  * it; split it with the pattern

@@ -4,7 +4,8 @@
  * and on the device. The image tower (`vit.ts`), the text tower (`text.ts`) and the ViT's fast
  * path (`vit_fast.ts`) build on these.
  *
- * One pre-LN block on the residual stream `x` [N·T, width] (SPEC §1):
+ * One pre-LN block on the residual stream `x` [N·T, width]
+ * (docs/method.md#lora-on-a-frozen-clip-image-tower):
  *
  * ```
  * h        = ln_1(x)
@@ -48,7 +49,7 @@ export interface TransformerShape {
 export interface LoraInput {
   A: tf.Tensor2D[];
   B: tf.Tensor2D[];
-  /** s = alpha / r (SPEC §1). */
+  /** s = alpha / r (docs/method.md#lora-on-a-frozen-clip-image-tower). */
   scale: number;
   /**
    * Optional dense updates folded into the frozen q/k/v weights (FedEx-LoRA's aggregation
@@ -275,7 +276,7 @@ export function multiHeadAttention(
 ): tf.Tensor2D {
   const { width, heads } = cfg;
   const dh = width / heads;
-  // q | k | v = h·W_qkv + b_qkv + s·(h·Aᵀ)·Bᵀ  (SPEC §1)
+  // q | k | v = h·W_qkv + b_qkv + s·(h·Aᵀ)·Bᵀ  (docs/method.md#lora-on-a-frozen-clip-image-tower)
   let qkv = tf.fused.matMul({ a: h, b: b.qkvWeight, bias: b.qkvBias }) as tf.Tensor2D;
   if (lora) qkv = qkv.add(tf.matMul(tf.matMul(h, lora.A, false, true), lora.B, false, true));
   if (lora?.residual) qkv = qkv.add(tf.matMul(h, lora.residual, false, true));

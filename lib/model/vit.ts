@@ -1,7 +1,8 @@
 /**
  * The CLIP image tower: a ViT with LoRA on q, k and v, written as one forward pass.
  *
- * Forward pass (SPEC §1), for `x` of shape [N, H, W, 3] (normalised pixels):
+ * Forward pass (docs/method.md#lora-on-a-frozen-clip-image-tower), for `x` of shape [N, H, W, 3]
+ * (normalised pixels):
  *
  * ```
  * tokens = [cls, patches(x) · W_patch (+ b_patch)] + pos          [N, 1 + G, width]
@@ -241,7 +242,7 @@ function checkInput(cfg: VitConfig, x: tf.Tensor): void {
   if (x.rank !== 4 || h !== cfg.imageSize || w !== cfg.imageSize || c !== cfg.channels) {
     throw new Error(
       `encode: input has shape ${shape}; expected [N, ${cfg.imageSize}, ${cfg.imageSize}, ${cfg.channels}] ` +
-        `normalised pixels (resize and centre-crop to the encoder's imageSize, SPEC §2; volumes need inflateForVolumes)`,
+        `normalised pixels (resize and centre-crop to the encoder's imageSize, docs/data.md; volumes need inflateForVolumes)`,
     );
   }
 }

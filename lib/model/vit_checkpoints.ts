@@ -339,7 +339,7 @@ function inferConfig(label: string, mapped: Mapped, settings: Settings): VitConf
  * Loads the image tower of a CLIP checkpoint (`.safetensors`; open_clip OpenAI, Hugging Face
  * CLIP or open_clip timm/BiomedCLIP layout) as a frozen encoder. Only the image tower's tensors
  * are read. `encode` equals open_clip `encode_image` / HF `get_image_features` on the same
- * weights (SPEC §5).
+ * weights (docs/architecture.md#public-api).
  *
  * @example
  * ```ts

@@ -456,8 +456,9 @@ function classRows(x: tf.Tensor, ctx: BlockContext): tf.Tensor2D {
 }
 
 /**
- * One pre-LN block on the residual stream `x` [N·T, width] (SPEC §1; `vit.ts` module doc).
- * With `classOnly`, the output is the class token's row of every image alone, [N, width].
+ * One pre-LN block on the residual stream `x` [N·T, width]
+ * (docs/method.md#lora-on-a-frozen-clip-image-tower; `vit.ts` module doc). With `classOnly`, the
+ * output is the class token's row of every image alone, [N, width].
  */
 function blockForward(
   x: tf.Tensor2D,
@@ -473,8 +474,9 @@ function blockForward(
   const dh = width / heads;
   const ln1 = layerNormForward(x, w.ln1, cfg.lnEps);
   const h = ln1.y as tf.Tensor2D;
-  // q | k | v = h·(W_qkv + Aᵀ·B̃) + b_qkv = h·W_qkv + s·(h·Aᵀ)·Bᵀ + b_qkv  (SPEC §1), with q
-  // scaled by 1/√d_head through D; the backward pass needs u = h·Aᵀ.
+  // q | k | v = h·(W_qkv + Aᵀ·B̃) + b_qkv = h·W_qkv + s·(h·Aᵀ)·Bᵀ + b_qkv
+  // (docs/method.md#lora-on-a-frozen-clip-image-tower), with q scaled by 1/√d_head through D; the
+  // backward pass needs u = h·Aᵀ.
   const u = lora && keep.u ? mm(h, lora.A, false, true) as tf.Tensor2D : null;
   const weight = lora?.W ?? tf.mul(qkvWeight, w.colScale);
   const [q, k, v] = headMajorQkv(h, weight, w.qkvBias, ctx);
