@@ -1,6 +1,6 @@
 /**
  * DEeR toolkit — privacy-preserving federated LoRA fine-tuning of CLIP-style vision
- * transformers (Deviation Eliminating and Noise Regulating, IEEE TMI; see SPEC.md).
+ * transformers (Deviation Eliminating and Noise Regulating, IEEE TMI; see docs/README.md).
  *
  * The public surface: the tfjs namespace with the selected backend, the data loaders, the
  * ViT encoder with LoRA, the federated engine and its methods, DEeR's regulator and deviation,

@@ -1,8 +1,9 @@
 /**
  * `deno task data <name> [--size 28|64|128|224] [--out datasets/MedMNIST] [--v3]` — downloads a
  * MedMNIST file and verifies the MD5 MedMNIST publishes; `deno task data --list` lists the
- * known datasets. Size 28 is the v2 file (Zenodo record 6496656, SPEC.md §6); `--v3` takes the v3
- * 28-px file instead (some sets had blank samples removed, so their MD5 and counts differ).
+ * known datasets. Size 28 is the v2 file (Zenodo record 6496656, docs/data.md#medmnist-npz); `--v3`
+ * takes the v3 28-px file instead (some sets had blank samples removed, so their MD5 and counts
+ * differ).
  *
  * Offline it fails within `--timeout` seconds (default 15) and says where to put the file by
  * hand and which MD5 it must have.

@@ -35,7 +35,7 @@ import {
 } from "../lib/plot/ablations.ts";
 import { escapeHtml, reportHtml } from "../lib/plot/html.ts";
 
-/** The demo's shared settings (SPEC §2 protocol, shortened to fit a few minutes on 2 cores). */
+/** The demo's shared settings (docs/protocol.md#defaults, cut to a few minutes on 2 cores). */
 export const DEMO = {
   numClients: 12,
   dirichletAlpha: 0.1,
@@ -206,7 +206,7 @@ async function main(): Promise<void> {
       `Fashion-MNIST subset: K = ${DEMO.numClients} clients, Dirichlet α = ${DEMO.dirichletAlpha}, ` +
       `T = ${rounds} rounds, E = ${DEMO.localEpochs}, r = ${DEMO.rank}, C = ${DEMO.clip}, ` +
       `target ε = ${DEMO.epsilon}, seeds ${seeds.join(", ")}, backend ${backendName}. Test ` +
-      `metrics at each seed's best-validation round (SPEC §2), mean ± the half-width of the 95 % ` +
+      `metrics at each seed's best-validation round (docs/protocol.md), mean ± the half-width of the 95 % ` +
       `t interval over the seeds. Highest mean test accuracy: <b>${escapeHtml(best.label)}</b>; ` +
       `whether the seeds support a difference is the paired comparisons' verdict below.</p>`,
     sections: [

@@ -417,8 +417,8 @@ export interface StepTiming {
  * ({@link createLocalTrainer}, lib/fl/local.ts): encode a batch with LoRA (rank `rank`,
  * alpha = rank) on q, k and v of every block, the prototype cross-entropy, gradients with
  * respect to every A, B and the logit scale, and an SGD-with-momentum update with the engine's
- * default settings (SPEC §2). The encoder takes the path a client's does (the hand-written
- * backward pass on the `tensorflow`, `webgpu` and `wasm` backends).
+ * default settings (docs/protocol.md#defaults). The encoder takes the path a client's does (the
+ * hand-written backward pass on the `tensorflow`, `webgpu` and `wasm` backends).
  *
  * @example
  * ```ts

@@ -1,7 +1,8 @@
 /**
- * `deno task prototypes` — writes the class prototypes of the classification head (SPEC §1): the
- * L2-normalised text features of "this is an image of {class}" for every class, from a CLIP
- * checkpoint's text tower, as a prototypes file that `loadPrototypes` reads.
+ * `deno task prototypes` — writes the class prototypes of the classification head
+ * (docs/method.md#the-classification-head): the L2-normalised text features of "this is an image of
+ * {class}" for every class, from a CLIP checkpoint's text tower, as a prototypes file that
+ * `loadPrototypes` reads.
  *
  * ```sh
  * deno task prototypes --model PATH [--tokenizer PATH] (--dataset NAME | --classes a,b,c)
@@ -15,8 +16,8 @@
  * Class names come from `lib/data/datasets.json`: MedMNIST sets use their class names; image
  * folders (Kvasir-v2, OCT-C8) use their `descriptions`, each label paired with its own name.
  * `--reference-prompts` uses the reference's prompts instead (`referenceDescriptions`), which for
- * OCT-C8 swap DR and MH (SPEC §6) — a warning says so. The file's `class_names` metadata holds
- * the dataset's label names in label order (the prompts are printed).
+ * OCT-C8 swap DR and MH (docs/data.md#image-folders) — a warning says so. The file's `class_names`
+ * metadata holds the dataset's label names in label order (the prompts are printed).
  *
  * @example
  * ```sh
@@ -88,7 +89,7 @@ export function datasetPromptClasses(name: string, reference = false): PromptCla
       ? `--reference-prompts: the reference's prompts for ${name} do not match their labels for ` +
         `${differ.join(", ")} (${
           differ.map((c) => `${c} → "${theirs[folder.classNames.indexOf(c)]}"`).join(", ")
-        }); use them only to reproduce the reference (SPEC §6)`
+        }); use them only to reproduce the reference (docs/data.md#image-folders)`
       : undefined,
   };
 }

@@ -1,4 +1,4 @@
-// Classification metrics against hand-computed cases and scikit-learn (SPEC.md §2).
+// Classification metrics against hand-computed cases and scikit-learn (docs/protocol.md#metrics).
 import assert from "node:assert/strict";
 import {
   binaryRocAuc,

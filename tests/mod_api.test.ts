@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as deer from "../mod.ts";
 
-Deno.test("mod.ts: the SPEC §5 public API exists and works on small inputs", async () => {
+Deno.test("mod.ts: the public API of docs/architecture.md exists and works on small inputs", async () => {
   const { tf } = deer;
   assert.equal(typeof tf.matMul, "function");
   assert.ok(["tensorflow", "wasm", "cpu"].includes(deer.backendName));

@@ -1,4 +1,5 @@
-// Clipping of client updates: per-tensor, whole-release and product-space (SPEC.md §4.1, §4.2).
+// Clipping of client updates: per-tensor, whole-release and product-space
+// (docs/privacy.md#paper-calibration, #strict-calibration).
 import assert from "node:assert/strict";
 import { createRng, type Rng } from "../lib/rng.ts";
 import {

@@ -1,4 +1,4 @@
-// The privacy ledger and the calibrations of SPEC.md §4.1–§4.3.
+// The privacy ledger and the calibrations of docs/privacy.md#the-two-calibrations.
 import assert from "node:assert/strict";
 import {
   closeRound,

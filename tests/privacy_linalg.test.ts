@@ -1,4 +1,5 @@
-// Float64 linear algebra of the regulator against explicit products (SPEC.md §3).
+// Float64 linear algebra of the regulator against explicit products
+// (docs/method.md#the-noise-regulator).
 import assert from "node:assert/strict";
 import { createRng, type Rng } from "../lib/rng.ts";
 import {

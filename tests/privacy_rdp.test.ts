@@ -1,5 +1,5 @@
 // The RDP accountant against closed forms, independent high-precision values and opacus'
-// search semantics (SPEC.md §4.4).
+// search semantics (docs/privacy.md#rdp-as-opacus).
 import assert from "node:assert/strict";
 import {
   composeRdp,
@@ -228,7 +228,8 @@ Deno.test("noiseMultiplierForBudget: ε(σ) ≤ target within the 0.01 tolerance
 Deno.test("noiseMultiplierForBudget reproduces opacus' get_noise_multiplier exactly", () => {
   // Expected σ from opacus' own accountants/analysis/rdp.py (commit 4d0ebc8, run from the
   // upstream source with numpy/scipy, never vendored) driven by the search of
-  // accountants/utils.py — the paper calibration of SPEC.md §4.1 among them (δ = 1/12).
+  // accountants/utils.py — the paper calibration of docs/privacy.md#paper-calibration among
+  // them (δ = 1/12).
   const cases: [number, number, number, number, number][] = [
     [1, 1 / 12, 10 / 2400, 12500, 0.93017578125],
     [1, 1e-5, 1, 100, 40.625],
@@ -265,7 +266,7 @@ Deno.test("noiseMultiplierForBudget reproduces opacus' get_noise_multiplier exac
   );
 });
 
-Deno.test("the search evaluates 20 first, doubles, then bisects (SPEC.md §4.4)", () => {
+Deno.test("the search evaluates 20 first, doubles, then bisects (docs/privacy.md)", () => {
   const seen: number[] = [];
   const epsOf = (s: number) => {
     seen.push(s);

@@ -1,5 +1,5 @@
 // DEeR's noise regulator: tfjs API, host versions, projector identities and noise statistics
-// (SPEC.md §3).
+// (docs/method.md#the-noise-regulator).
 import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
 import { createRng, type Rng } from "../lib/rng.ts";

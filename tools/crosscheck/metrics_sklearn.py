@@ -1,4 +1,4 @@
-"""scikit-learn reference values for lib/metrics/classification.ts (SPEC.md §2).
+"""scikit-learn reference values for lib/metrics/classification.ts (docs/protocol.md#metrics).
 
 Computes, for a few small deterministic cases, exactly what the reference (DEeR utils.py)
 computes: accuracy_score, recall/precision/f1_score(average="macro") with the default

@@ -1,4 +1,4 @@
-"""Independent high-precision reference values for lib/privacy/rdp.ts (SPEC.md §4.4).
+"""Independent high-precision reference values for lib/privacy/rdp.ts (docs/privacy.md#rdp-as-opacus).
 
 Written from the definitions, not from opacus: the sampled Gaussian mechanism with sampling rate
 q and noise multiplier sigma has, at order alpha (Mironov, Talwar & Zhang 2019, §3),
@@ -11,7 +11,7 @@ computed here two ways with mpmath at 50 significant digits:
   * for integer alpha, by the exact binomial expansion
     A_alpha = sum_i C(alpha, i) q^i (1-q)^(alpha-i) exp((i^2 - i) / (2 sigma^2)).
 epsilon = min over orders of rdp - (log delta + log alpha)/(alpha - 1) + log((alpha - 1)/alpha)
-(Balle et al. 2020, Thm. 21), and the noise multiplier search is the bisection SPEC.md §4.4 spells
+(Balle et al. 2020, Thm. 21), and the noise multiplier search is the bisection docs/privacy.md#rdp-as-opacus spells
 out. Prints JSON; the numbers are recorded in tests/privacy_rdp.test.ts.
 
 Run: /work/venv/bin/python tools/crosscheck/privacy_rdp_reference.py
@@ -108,7 +108,7 @@ def main():
         e, a = epsilon([x * steps for x in r1], ORDERS, delta)
         out["epsilon"].append({"q": q, "sigma": s, "steps": steps, "delta": delta, "epsilon": float(e), "order": float(a)})
         print("eps case done", q, s, file=sys.stderr)
-    # 3. The SPEC.md §4.4 search over integer orders only (exact binomial sums: fast).
+    # 3. The docs/privacy.md#rdp-as-opacus search over integer orders only (exact binomial sums: fast).
     int_orders = list(range(2, 64))
     out["search_integer_orders"] = []
     for target, q, steps, delta in [(2.0, 0.01, 1000, 1e-5), (1.0, 0.004, 12500, 1 / 12)]:

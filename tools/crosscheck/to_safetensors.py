@@ -1,6 +1,6 @@
 """Converts a PyTorch checkpoint (pickle: .bin / .pt / .pth) to .safetensors, offline.
 
-The toolkit reads weights only from .safetensors (no pickle, SPEC §1). Some checkpoints ship
+The toolkit reads weights only from .safetensors (no pickle, docs/data.md#model-weights). Some checkpoints ship
 only as pickles — BiomedCLIP's `open_clip_pytorch_model.bin`, for one. Convert them once, in
 Python, with `weights_only=True` (no arbitrary code runs while loading):
 
