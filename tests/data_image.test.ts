@@ -22,15 +22,9 @@ import {
   rgbRows,
   zlibZeros,
 } from "./helpers/crafted_inputs.ts";
+import { maxAbsDiff } from "./helpers/numeric.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 /** A PNG built by hand: IHDR + one zlib IDAT (filter 0 on every row) + optional PLTE + IEND. */
 function makePng(

@@ -6,6 +6,7 @@ import { PNG } from "pngjs";
 import { loadImageFolder } from "../lib/data/image_folder.ts";
 import { clipPreprocess, decodeImage } from "../lib/data/image.ts";
 import { pngDeclaring } from "./helpers/crafted_inputs.ts";
+import { withDir } from "./helpers/temp.ts";
 
 function rgba(w: number, h: number, seed: number): Uint8Array {
   return Uint8Array.from(
@@ -42,15 +43,6 @@ async function makeTree(root: string, classes = ["b_class", "a_class", "c_class"
       if (split === "train") await Deno.writeFile(join(dir, "img2.JPEG"), jpgBytes(9, 9));
       await Deno.writeTextFile(join(dir, "notes.txt"), "ignored");
     }
-  }
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
   }
 }
 

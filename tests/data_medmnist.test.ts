@@ -9,6 +9,7 @@ import {
 } from "../lib/data/medmnist.ts";
 import { classCounts, KNOWN_DATASETS, validateSplit } from "../lib/data/dataset.ts";
 import { clipPreprocess } from "../lib/data/image.ts";
+import { withDir } from "./helpers/temp.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 const SPLITS = ["train", "val", "test"] as const;
@@ -33,15 +34,6 @@ function medmnistArrays(
     };
   });
   return out;
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 Deno.test("datasets.json: known class names and MedMNIST MD5s", () => {

@@ -12,19 +12,11 @@ import {
   selectDemoIndices,
   sha256,
 } from "../tasks/default_data.ts";
+import { withDir } from "./helpers/temp.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const NPZ = join(ROOT, "data/default/fashion6.npz");
 const MANIFEST = join(ROOT, "data/default/fashion6.json");
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 Deno.test("default data: fashion6.npz loads as a 6-class MedMNIST file with the planned counts", async () => {
   const ds = await loadMedMnist(NPZ, { classNames: DEMO_CLASS_NAMES });

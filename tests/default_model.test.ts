@@ -18,20 +18,12 @@ import {
   PROTOTYPES_FILE,
   timeLoraStep,
 } from "../tasks/pretrain.ts";
+import { withDir } from "./helpers/temp.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const MODEL = join(ROOT, "models/default", MODEL_FILE);
 const PROTOTYPES = join(ROOT, "models/default", PROTOTYPES_FILE);
 const NPZ = join(ROOT, "data/default/fashion6.npz");
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 Deno.test("default model: loads without options, agrees with its prototypes, beats chance zero-shot", async () => {
   const encoder = await loadVisionEncoder(MODEL);

@@ -13,7 +13,7 @@ import {
 import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";
 import { estimateEpsilon } from "../lib/privacy/audit.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
-import { tinyRunFlags, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { tinyRunFlags, writeToyNpz } from "./helpers/reliability_inputs.ts";
 
 const dims = { adapters: 2, dOut: 4, rank: 2, dIn: 4 };
 const norm = (xs: ArrayLike<number>[]) =>

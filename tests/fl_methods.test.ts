@@ -19,6 +19,7 @@ import { readSafetensors } from "../lib/model/safetensors.ts";
 import { createRng } from "../lib/rng.ts";
 import { aggregatePhase } from "./helpers/aggregate.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
+import { maxAbsDiff } from "./helpers/numeric.ts";
 
 const dims: LoraDims = { adapters: 2, rank: 3, dIn: 10, dOut: 10 };
 
@@ -40,12 +41,6 @@ function product(f: LoraFactors, i: number, s = 1): Float32Array {
       s,
     ).dataSync() as Float32Array
   );
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let j = 0; j < a.length; j++) m = Math.max(m, Math.abs(a[j] - b[j]));
-  return m;
 }
 
 Deno.test("methods: the registry resolves names and aliases, and every entry is a full strategy", () => {

@@ -8,6 +8,7 @@ import { inflateForVolumes, resizeGridBicubic } from "../lib/model/vit_volume.ts
 import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
 import { createVitEncoder, type VitConfig, type VitEncoder } from "../lib/model/vit.ts";
 import { disposeLora, initLora, loraToTensors } from "../lib/model/lora.ts";
+import { relativeError } from "./helpers/numeric.ts";
 
 // Tiny checkpoints and PyTorch references: tools/crosscheck/make_model_fixtures.py.
 const FIXTURES = new URL("./fixtures/model_tiny/", import.meta.url).pathname;
@@ -19,16 +20,6 @@ function images(): tf.Tensor4D {
 }
 
 /** max |got − want| / max |want|. */
-function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  assert.equal(got.length, want.length);
-  let err = 0, scale = 0;
-  for (let i = 0; i < want.length; i++) {
-    err = Math.max(err, Math.abs(got[i] - want[i]));
-    scale = Math.max(scale, Math.abs(want[i]));
-  }
-  return err / scale;
-}
-
 function encodeData(
   encoder: VitEncoder,
   x: tf.Tensor4D | tf.Tensor5D,

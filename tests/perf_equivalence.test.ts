@@ -30,20 +30,11 @@ import {
   type TrainerJob,
 } from "../lib/fl/local.ts";
 import type { LoraFactors } from "../lib/fl/factors.ts";
+import { relativeError } from "./helpers/numeric.ts";
 
 const FIXTURES = new URL("./fixtures/model_tiny/", import.meta.url).pathname;
 
 /** max |got − want| / max |want|. */
-function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  assert.equal(got.length, want.length);
-  let err = 0, scale = 0;
-  for (let i = 0; i < want.length; i++) {
-    err = Math.max(err, Math.abs(got[i] - want[i]));
-    scale = Math.max(scale, Math.abs(want[i]));
-  }
-  return scale === 0 ? err : err / scale;
-}
-
 function config(over: Partial<VitConfig>): VitConfig {
   return {
     layout: "openai",

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { runTrain, TINY_MODEL, tinyRunFlags, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { runTrain, TINY_MODEL, tinyRunFlags, writeToyNpz } from "./helpers/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-budget-" });
 const data = await writeToyNpz(join(dir, "toy.npz"));

@@ -1,7 +1,7 @@
 // Clipping of client updates: per-tensor, whole-release and product-space
 // (docs/privacy.md#paper-calibration, #strict-calibration).
 import assert from "node:assert/strict";
-import { createRng, type Rng } from "../lib/rng.ts";
+import { createRng } from "../lib/rng.ts";
 import {
   clipPerTensor,
   clipProductSpace,
@@ -11,10 +11,7 @@ import {
   productNormB,
 } from "../lib/privacy/clip.ts";
 import { frobenius, matmul, sigmaMaxOf } from "../lib/privacy/linalg.ts";
-
-function randomMatrix(rng: Rng, rows: number, cols: number, std = 1): Float32Array {
-  return rng.fillNormal(new Float32Array(rows * cols), std) as Float32Array;
-}
+import { randomMatrix } from "./helpers/numeric.ts";
 
 Deno.test("productNorm equals ‖ΔB·A‖_F and ‖B·ΔA‖_F of the explicit product", () => {
   const rng = createRng(5);

@@ -16,22 +16,12 @@ import {
   sigmaMaxOf,
   spdInverse,
 } from "../lib/privacy/linalg.ts";
-
-function randomMatrix(rng: Rng, rows: number, cols: number, std = 1): Float32Array {
-  return rng.fillNormal(new Float32Array(rows * cols), std) as Float32Array;
-}
+import { maxAbsDiff, randomMatrix } from "./helpers/numeric.ts";
 
 function transpose(x: ArrayLike<number>, rows: number, cols: number): Float64Array {
   const t = new Float64Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) t[j * rows + i] = x[i * cols + j];
   return t;
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 function identity(n: number): Float64Array {

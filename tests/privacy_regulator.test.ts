@@ -2,7 +2,7 @@
 // (docs/method.md#the-noise-regulator).
 import assert from "node:assert/strict";
 import { tf } from "../lib/backend.ts";
-import { createRng, type Rng } from "../lib/rng.ts";
+import { createRng } from "../lib/rng.ts";
 import {
   expectedNoiseEnergyInUpdate,
   isotropicNoise,
@@ -27,10 +27,7 @@ import {
   pinvRows,
   sigmaMaxOf,
 } from "../lib/privacy/linalg.ts";
-
-function randomMatrix(rng: Rng, rows: number, cols: number, std = 1): Float32Array {
-  return rng.fillNormal(new Float32Array(rows * cols), std) as Float32Array;
-}
+import { randomMatrix } from "./helpers/numeric.ts";
 
 function relDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let num = 0, den = 0;

@@ -29,7 +29,7 @@ import {
   writeTinyModelVariant,
   writeToyNpz,
   writeTruncated,
-} from "./fixtures/reliability_inputs.ts";
+} from "./helpers/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-reliability-inputs-" });
 const at = (name: string) => join(dir, name);

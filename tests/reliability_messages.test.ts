@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { listTree, runTrain, tinyRunFlags, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { listTree, runTrain, tinyRunFlags, writeToyNpz } from "./helpers/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-reliability-messages-" });
 const at = (name: string) => join(dir, name);

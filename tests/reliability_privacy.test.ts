@@ -24,7 +24,7 @@ import { loadMedMnist } from "../lib/data/medmnist.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
-import { runTrain, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { runTrain, TINY_MODEL, writeToyNpz } from "./helpers/reliability_inputs.ts";
 
 /** The tiny model on a 24-image toy set (a quarter of fl_fixture's: these runs only count). */
 async function smallSetup() {

@@ -15,7 +15,7 @@ import {
   TINY_MODEL,
   trainCommand,
   writeToyNpz,
-} from "./fixtures/reliability_inputs.ts";
+} from "./helpers/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-reliability-resume-" });
 const data = await writeToyNpz(join(dir, "toy.npz"));

@@ -23,7 +23,7 @@ import {
   trainCommand,
   type TrainRun,
   writeToyNpz,
-} from "./fixtures/reliability_inputs.ts";
+} from "./helpers/reliability_inputs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-run-folder-" });
 const data = await writeToyNpz(join(dir, "toy.npz"));

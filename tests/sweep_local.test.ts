@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { REPO, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { REPO, writeToyNpz } from "./helpers/reliability_inputs.ts";
 import { tinySweepFile } from "./helpers/tiny_sweep.ts";
 import { expandPoints, loadSweep } from "../lib/sweep/spec.ts";
 import { findRunDir, pointDir, readRecords } from "../lib/sweep/state.ts";

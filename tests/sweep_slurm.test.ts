@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { REPO, TINY_MODEL, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { REPO, TINY_MODEL, writeToyNpz } from "./helpers/reliability_inputs.ts";
 import { tinySweepFile } from "./helpers/tiny_sweep.ts";
 import { expandPoints, loadSweep } from "../lib/sweep/spec.ts";
 import { findRunDir, pointDir, readRecords } from "../lib/sweep/state.ts";

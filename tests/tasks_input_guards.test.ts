@@ -6,7 +6,7 @@ import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import { parseTrainArgs } from "../tasks/train.ts";
 import { deflateRawSync } from "node:zlib";
 import { crc32, encodeNpy } from "../lib/data/npy.ts";
-import { TINY_MODEL, toyArrays, writeToyNpz } from "./fixtures/reliability_inputs.ts";
+import { TINY_MODEL, toyArrays, writeToyNpz } from "./helpers/reliability_inputs.ts";
 import {
   type CraftedEntry,
   craftedNpz,

@@ -9,6 +9,7 @@ import {
   textEncoderFromTensors,
 } from "../lib/model/text.ts";
 import { loadTokenizer } from "../lib/model/tokenizers.ts";
+import { relativeError } from "./helpers/numeric.ts";
 
 // Tiny checkpoints and PyTorch references: tools/crosscheck/text_make_fixtures.py.
 const FIXTURES = new URL("./fixtures/text_tiny/", import.meta.url).pathname;
@@ -29,16 +30,6 @@ function encodeData(encoder: TextEncoder, rows: number[][]): Float32Array {
 }
 
 /** max |got − want| / max |want|. */
-function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  assert.equal(got.length, want.length);
-  let err = 0, scale = 0;
-  for (let i = 0; i < want.length; i++) {
-    err = Math.max(err, Math.abs(got[i] - want[i]));
-    scale = Math.max(scale, Math.abs(want[i]));
-  }
-  return err / scale;
-}
-
 Deno.test("text: the three layouts equal PyTorch (open_clip encode_text, HF text_embeds, HFTextEncoder)", async () => {
   const expected = {
     openai: { layout: "openai", act: "gelu", pool: "argmax", proj: "linear", heads: 2 },

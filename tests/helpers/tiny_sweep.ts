@@ -2,7 +2,7 @@
  * The sweep file both executor tests run: two methods × two seeds of a tiny DP training on the toy
  * npz, so that the Slurm test can compare its records with the local executor's.
  */
-import { TINY_MODEL } from "../fixtures/reliability_inputs.ts";
+import { TINY_MODEL } from "./reliability_inputs.ts";
 
 /** A sweep file's content (`results` is its results root); `extra` adds or replaces top-level keys. */
 export function tinySweepFile(
