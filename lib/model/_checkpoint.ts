@@ -7,8 +7,11 @@
  *
  * @example
  * ```ts
- * const src = new TensorSource("model.safetensors", tensors);
- * const block = mapOpenaiBlock(src, "visual.transformer.resblocks.0.", 768);
+ * import { readSafetensors } from "./safetensors.ts";
+ * const { tensors } = await readSafetensors("models/default/vit_tiny_fashion.safetensors");
+ * const src = new TensorSource("vit_tiny_fashion.safetensors", tensors);
+ * const block = mapOpenaiBlock(src, "visual.transformer.resblocks.0.", 64);
+ * block.qkvWeight.shape; // [64, 192]: x · W, columns q | k | v
  * ```
  * @module
  */
@@ -87,7 +90,9 @@ export class TensorSource {
  *
  * @example
  * ```ts
- * const w = linear(src.get("mlp.c_fc.weight")); // [width, mlp]
+ * const w = linear({ shape: [2, 3], data: new Float32Array([1, 2, 3, 4, 5, 6]) });
+ * w.shape; // [3, 2]
+ * w.data; // [1, 4, 2, 5, 3, 6]
  * ```
  */
 export function linear(t: HostTensor): HostTensor {
@@ -104,7 +109,9 @@ export function linear(t: HostTensor): HostTensor {
  *
  * @example
  * ```ts
- * const qkv = concatRows([q, k, v]); // [3·width, width]
+ * const row = (a: number, b: number) => ({ shape: [1, 2], data: new Float32Array([a, b]) });
+ * const qkv = concatRows([row(1, 2), row(3, 4), row(5, 6)]);
+ * qkv.shape; // [3, 2]
  * ```
  */
 export function concatRows(parts: HostTensor[]): HostTensor {
@@ -135,7 +142,16 @@ export interface BlockNames {
  *
  * @example
  * ```ts
- * const block = mapBlock(src, "trunk.blocks.0.", 768, timmNames, { weight, bias });
+ * import { readSafetensors } from "./safetensors.ts";
+ * const { tensors } = await readSafetensors("tests/fixtures/model_tiny/timm.safetensors");
+ * const src = new TensorSource("timm.safetensors", tensors);
+ * const b = "trunk.blocks.0.";
+ * const timmNames = { ln1: "norm1", ln2: "norm2", out: "attn.proj", fc1: "mlp.fc1", fc2: "mlp.fc2" };
+ * const block = mapBlock(src, b, 32, timmNames, {
+ *   weight: src.get(`${b}attn.qkv.weight`, [96, 32]),
+ *   bias: src.get(`${b}attn.qkv.bias`, [96]),
+ * });
+ * block.fc1Weight.shape[0]; // 32
  * ```
  */
 export function mapBlock(
@@ -167,7 +183,11 @@ export function mapBlock(
  *
  * @example
  * ```ts
- * const block = mapOpenaiBlock(src, "transformer.resblocks.0.", 512);
+ * import { readSafetensors } from "./safetensors.ts";
+ * const { tensors } = await readSafetensors("tests/fixtures/model_tiny/openai.safetensors");
+ * const src = new TensorSource("openai.safetensors", tensors);
+ * const block = mapOpenaiBlock(src, "transformer.resblocks.0.", 8); // the text tower's first block
+ * block.qkvWeight.shape; // [8, 24]
  * ```
  */
 export function mapOpenaiBlock(src: TensorSource, b: string, width: number): HostBlock {
@@ -189,7 +209,11 @@ export function mapOpenaiBlock(src: TensorSource, b: string, width: number): Hos
  *
  * @example
  * ```ts
- * const block = mapHfBlock(src, "text_model.encoder.layers.0.", 512);
+ * import { readSafetensors } from "./safetensors.ts";
+ * const { tensors } = await readSafetensors("tests/fixtures/model_tiny/hf/model.safetensors");
+ * const src = new TensorSource("model.safetensors", tensors);
+ * const block = mapHfBlock(src, "vision_model.encoder.layers.0.", 32);
+ * block.qkvWeight.shape; // [32, 96]
  * ```
  */
 export function mapHfBlock(src: TensorSource, b: string, width: number): HostBlock {

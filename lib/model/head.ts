@@ -11,8 +11,14 @@
  *
  * @example
  * ```ts
- * const T = orthonormalPrototypes(8, encoder.config.embedDim, 10);
- * const logits = tf.tidy(() => prototypeLogits(encoder.encode(x), T));
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const T = orthonormalPrototypes(6, encoder.config.embedDim, 10);
+ * const logits = tf.tidy(() => prototypeLogits(encoder.encode(tf.zeros<tf.Rank.R4>([2, 28, 28, 3])), T));
+ * logits.shape; // [2, 6]
+ * tf.dispose([T, logits]);
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -34,7 +40,12 @@ function normalizeRows(x: tf.Tensor2D): tf.Tensor2D {
  *
  * @example
  * ```ts
+ * import { tf } from "../backend.ts";
+ * const features = tf.tensor2d([[3, 0], [1, 1]]);
+ * const prototypes = tf.tensor2d([[1, 0], [0, 1]]);
  * const scores = cosineScores(features, prototypes); // [N, C] in [−1, 1]
+ * await scores.data(); // ≈ [1, 0, 0.707, 0.707]
+ * tf.dispose([features, prototypes, scores]);
  * ```
  */
 export function cosineScores(features: tf.Tensor2D, prototypes: tf.Tensor2D): tf.Tensor2D {
@@ -49,8 +60,15 @@ export function cosineScores(features: tf.Tensor2D, prototypes: tf.Tensor2D): tf
  *
  * @example
  * ```ts
- * const logits = prototypeLogits(features, prototypes); // [N, C]
- * const loss = tf.losses.softmaxCrossEntropy(oneHot, logits);
+ * import { tf } from "../backend.ts";
+ * const features = tf.tensor2d([[3, 0], [1, 1]]);
+ * const prototypes = tf.tensor2d([[1, 0], [0, 1]]);
+ * const oneHot = tf.tensor2d([[1, 0], [0, 1]]);
+ * const loss = tf.tidy(() => {
+ *   const logits = prototypeLogits(features, prototypes); // [N, C], scaled by exp(ln(1/0.07))
+ *   return tf.losses.softmaxCrossEntropy(oneHot, logits);
+ * });
+ * tf.dispose([features, prototypes, oneHot, loss]);
  * ```
  */
 export function prototypeLogits(
@@ -128,7 +146,11 @@ export function orthonormalPrototypes(
  *
  * @example
  * ```ts
- * await savePrototypes("results/prototypes/bloodmnist.safetensors", T, classNames);
+ * const T = orthonormalPrototypes(2, 4, 10);
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * await savePrototypes(path, T, ["basophil", "eosinophil"]);
+ * (await loadPrototypes(path)).classNames; // ["basophil", "eosinophil"]
+ * T.dispose();
  * ```
  */
 export async function savePrototypes(
@@ -155,10 +177,12 @@ export async function savePrototypes(
  *
  * @example
  * ```ts
- * const { prototypes, classNames } = await loadPrototypes("kvasir.safetensors", {
- *   numClasses: 8,
- *   embedDim: encoder.config.embedDim,
+ * const { prototypes, classNames } = await loadPrototypes("models/default/prototypes.safetensors", {
+ *   numClasses: 6,
+ *   embedDim: 64,
  * });
+ * classNames[0]; // "T-shirt/top"
+ * prototypes.dispose();
  * ```
  */
 export async function loadPrototypes(

@@ -9,12 +9,19 @@
  *
  * @example
  * ```ts
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * import { createRng } from "../rng.ts";
  * const lora = initLora(encoder.config, 8, createRng(10));
  * const tensors = loraToTensors(lora, encoder.config.width);
  * const f = tf.tidy(() =>
- *   encoder.encode(x, { ...tensors, scale: loraScale(8, 8) })
+ *   encoder.encode(tf.zeros<tf.Rank.R4>([2, 28, 28, 3]), { ...tensors, scale: loraScale(8, 8) })
  * );
+ * f.shape; // [2, 64]: B = 0, so the frozen model's features
+ * tf.dispose(f);
  * disposeLora(tensors);
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -42,8 +49,10 @@ export interface LoraTensors {
  *
  * @example
  * ```ts
+ * import { createRng } from "../rng.ts";
  * const { A, B } = initLora({ width: 768, layers: 12 }, 8, createRng(10));
  * A.length; // 36
+ * B[0].every((b) => b === 0); // true
  * ```
  */
 export function initLora(
@@ -114,7 +123,10 @@ export function loraRank(lora: LoraFactors, width: number): number {
  *
  * @example
  * ```ts
- * const t = loraToTensors(initLora(config, 8, rng), config.width);
+ * import { createRng } from "../rng.ts";
+ * const t = loraToTensors(initLora({ width: 16, layers: 1 }, 4, createRng(1)), 16);
+ * t.A[0].shape; // [4, 16]
+ * disposeLora(t);
  * ```
  */
 export function loraToTensors(lora: LoraFactors, width: number): LoraTensors {
@@ -130,7 +142,11 @@ export function loraToTensors(lora: LoraFactors, width: number): LoraTensors {
  *
  * @example
  * ```ts
+ * import { createRng } from "../rng.ts";
+ * const t = loraToTensors(initLora({ width: 16, layers: 1 }, 4, createRng(1)), 16);
  * const host = await loraFromTensors(t);
+ * host.A[0].length; // 64
+ * disposeLora(t);
  * ```
  */
 export async function loraFromTensors(lora: LoraTensors): Promise<LoraFactors> {

@@ -7,7 +7,14 @@
  *
  * @example
  * ```ts
- * import { loadVisionEncoder, initLora, orthonormalPrototypes } from "./lib/model/mod.ts";
+ * import { initLora, loadVisionEncoder, orthonormalPrototypes } from "./mod.ts";
+ * import { createRng } from "../rng.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const lora = initLora(encoder.config, 8, createRng(10));
+ * const prototypes = orthonormalPrototypes(6, encoder.config.embedDim, 10);
+ * lora.A.length; // 9: q, k, v of each of the 3 blocks
+ * prototypes.dispose();
+ * encoder.dispose();
  * ```
  * @module
  */

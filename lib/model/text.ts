@@ -45,8 +45,10 @@
  *
  * @example
  * ```ts
- * const text = await loadTextEncoder("biomedclip/open_clip_model.safetensors");
- * const prototypes = classPrototypes(text, ["polyps", "ulcerative colitis"]); // [2, 512], unit rows
+ * // BiomedCLIP: loadTextEncoder("biomedclip/open_clip_model.safetensors") with vocab.txt beside it.
+ * const text = await loadTextEncoder("tests/fixtures/text_tiny/bert/model.safetensors");
+ * const prototypes = classPrototypes(text, ["macular hole", "normal"]); // [2, e], unit rows
+ * prototypes.dispose();
  * text.dispose();
  * ```
  * @module
@@ -548,8 +550,12 @@ function tokenizerKind(layout: TextLayout): Tokenizer["kind"] {
  *
  * @example
  * ```ts
- * const text = await loadTextEncoder("clip/model.safetensors", "open_clip/bpe_simple_vocab_16e6.txt.gz");
- * const f = text.encode(text.tokenize(["this is an image of polyps"])); // [1, 512]
+ * const text = await loadTextEncoder(
+ *   "tests/fixtures/text_tiny/openai/model.safetensors",
+ *   "tests/fixtures/text_tiny/openai/vocab.json", // open_clip: bpe_simple_vocab_16e6.txt.gz
+ * );
+ * const f = text.encode(text.tokenize(["this is an image of polyps"]));
+ * f.shape; // [1, 24] (CLIP ViT-B/16: [1, 512])
  * f.dispose();
  * text.dispose();
  * ```
@@ -606,8 +612,15 @@ export interface TextFromTensorsOptions extends TensorSourceOptions<TextLoadOpti
  *
  * @example
  * ```ts
- * const { tensors, metadata } = await readSafetensors("tiny.safetensors");
- * const text = await textEncoderFromTensors(tensors, { metadata, tokenizer: "tiny/vocab.json" });
+ * import { readSafetensors } from "./safetensors.ts";
+ * const path = "tests/fixtures/text_tiny/openai/model.safetensors";
+ * const { tensors, metadata } = await readSafetensors(path);
+ * const text = await textEncoderFromTensors(tensors, {
+ *   metadata,
+ *   sidecarPath: path, // open_clip_config.json beside it gives the settings
+ *   tokenizer: "tests/fixtures/text_tiny/openai/vocab.json",
+ * });
+ * text.dispose();
  * ```
  */
 export async function textEncoderFromTensors(
@@ -666,7 +679,10 @@ export async function textEncoderFromTensors(
  *
  * @example
  * ```ts
- * const text = createTextEncoder(config, hostWeights, tokenizer);
+ * const text = await loadTextEncoder("tests/fixtures/text_tiny/openai/model.safetensors");
+ * // createTextEncoder(config, hostWeights, tokenizer) is what the loaders call after mapping a layout.
+ * text.config.width; // 32
+ * text.dispose();
  * ```
  */
 export function createTextEncoder(
@@ -859,8 +875,13 @@ export const DEFAULT_TEMPLATE = "this is an image of {}";
  *
  * @example
  * ```ts
- * const T = classPrototypes(text, ["basophil", "eosinophil"]); // [2, e], unit rows
- * await savePrototypes("prototypes.safetensors", T, ["basophil", "eosinophil"]);
+ * import { savePrototypes } from "./head.ts";
+ * const text = await loadTextEncoder("tests/fixtures/text_tiny/openai/model.safetensors");
+ * const T = classPrototypes(text, ["polyps", "normal"]); // [2, e], unit rows
+ * T.shape; // [2, 24]
+ * await savePrototypes(await Deno.makeTempFile({ suffix: ".safetensors" }), T, ["polyps", "normal"]);
+ * T.dispose();
+ * text.dispose();
  * ```
  */
 export function classPrototypes(

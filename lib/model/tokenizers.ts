@@ -37,9 +37,11 @@
  *
  * @example
  * ```ts
- * const tokenizer = await loadTokenizer("open_clip/bpe_simple_vocab_16e6.txt.gz");
+ * // With open_clip's bpe_simple_vocab_16e6.txt.gz the ids are open_clip's own:
+ * // [49406, 589, 533, 550, 2867, 539, 6833, 814, 49407, 0, …]. A tiny vocabulary:
+ * const tokenizer = await loadTokenizer("tests/fixtures/text_tiny/openai/vocab.json", { contextLength: 16 });
  * tokenizer.tokenize(["this is an image of polyps"])[0].slice(0, 10);
- * // [49406, 589, 533, 550, 2867, 539, 6833, 814, 49407, 0]
+ * // [66, 54, 52, 56, 60, 55, 65, 67, 0, 0]
  * ```
  * @module
  */
@@ -362,8 +364,9 @@ export interface BpeVocabulary {
  *
  * @example
  * ```ts
- * const tok = createBpeTokenizer({ vocab, merges, startToken: "<|startoftext|>", endToken: "<|endoftext|>" });
- * tok.tokenize(["a photo"]); // [[start, …, end, 0, 0, …]] (77 ids)
+ * const vocab = bpeVocabularyFromMerges("#version: 0.2\np h\nph o\npho t\nphot o</w>\n");
+ * const tok = createBpeTokenizer(vocab, { contextLength: 8 });
+ * tok.tokenize(["a photo"]); // [[517, 320, 515, 518, 0, 0, 0, 0]]: start, "a", "photo", end, padding
  * ```
  */
 export function createBpeTokenizer(v: BpeVocabulary, options: TokenizerOptions = {}): Tokenizer {
@@ -471,7 +474,9 @@ export function createBpeTokenizer(v: BpeVocabulary, options: TokenizerOptions =
  *
  * @example
  * ```ts
+ * const text = await Deno.readTextFile("tests/fixtures/text_tiny/openai/merges.txt");
  * const tok = createBpeTokenizer(bpeVocabularyFromMerges(text)); // ids as open_clip's
+ * tok.tokenize(["this is an image"])[0].length; // 77
  * ```
  */
 export function bpeVocabularyFromMerges(text: string): BpeVocabulary {
@@ -580,8 +585,10 @@ function basicTokenize(
  *
  * @example
  * ```ts
- * const tok = createWordPieceTokenizer({ vocab }, { contextLength: 256 });
- * tok.tokenize(["Macular hole"])[0].slice(0, 5); // [CLS], macular, hole, [SEP], [PAD]
+ * const words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "macular", "hole"];
+ * const vocab = new Map(words.map((w, i) => [w, i]));
+ * const tok = createWordPieceTokenizer({ vocab }, { contextLength: 8 });
+ * tok.tokenize(["Macular hole"])[0]; // [2, 5, 6, 3, 0, 0, 0, 0]: [CLS], macular, hole, [SEP], [PAD]…
  * ```
  */
 export function createWordPieceTokenizer(
@@ -888,8 +895,9 @@ export async function findTokenizer(
  *
  * @example
  * ```ts
- * const tok = await loadTokenizer("models/clip/", { contextLength: 77 });
+ * const tok = await loadTokenizer("tests/fixtures/text_tiny/openai/", { contextLength: 77 });
  * const rows = tok.tokenize(["this is an image of polyps"]);
+ * rows[0].length; // 77
  * ```
  */
 export async function loadTokenizer(

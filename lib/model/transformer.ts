@@ -21,7 +21,15 @@
  *
  * @example
  * ```ts
- * const x = tf.tidy(() => transformerBlock(tokens, block, config, n, t));
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const { width, heads, lnEps, act } = encoder.config;
+ * const tokens = tf.randomNormal<tf.Rank.R2>([2 * 5, width]); // 2 sequences of 5 tokens
+ * const x = tf.tidy(() => transformerBlock(tokens, encoder.weights.blocks[0], { width, heads, lnEps, act }, 2, 5));
+ * x.shape; // [10, 64]
+ * tf.dispose([tokens, x]);
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -126,7 +134,10 @@ export interface Block {
  *
  * @example
  * ```ts
+ * import { tf } from "../backend.ts";
  * const t = toTensor<tf.Tensor2D>({ shape: [1, 2], data: new Float32Array([1, 2]) });
+ * t.shape; // [1, 2]
+ * t.dispose();
  * ```
  */
 export function toTensor<T extends tf.Tensor>(t: HostTensor): T {
@@ -138,7 +149,12 @@ export function toTensor<T extends tf.Tensor>(t: HostTensor): T {
  *
  * @example
  * ```ts
- * const ln = normToTensors(src.norm("ln_final", width));
+ * import { tf } from "../backend.ts";
+ * const ln = normToTensors({
+ *   weight: { shape: [2], data: new Float32Array([1, 1]) },
+ *   bias: { shape: [2], data: new Float32Array([0, 0]) },
+ * });
+ * tf.dispose([ln.weight, ln.bias]);
  * ```
  */
 export function normToTensors(n: HostNorm): Norm {
@@ -150,7 +166,15 @@ export function normToTensors(n: HostNorm): Norm {
  *
  * @example
  * ```ts
- * const block = blockToTensors(hostWeights.blocks[0]);
+ * import { randomVitWeights } from "./vit_init.ts";
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { createRng } from "../rng.ts";
+ * import { tf } from "../backend.ts";
+ * const { config } = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const host = randomVitWeights(config, createRng(0));
+ * const block = blockToTensors(host.blocks[0]);
+ * block.qkvWeight.shape; // [64, 192]
+ * tf.dispose(weightTensors(block));
  * ```
  */
 export function blockToTensors(b: HostBlock): Block {
@@ -174,7 +198,11 @@ export function blockToTensors(b: HostBlock): Block {
  *
  * @example
  * ```ts
+ * import { tf } from "../backend.ts";
+ * const weights = { a: tf.zeros([2]), nested: [{ b: tf.ones([3]) }] };
  * const owned = weightTensors(weights);
+ * owned.length; // 2
+ * tf.dispose(owned);
  * ```
  */
 export function weightTensors(w: object): tf.Tensor[] {
@@ -196,7 +224,12 @@ export function weightTensors(w: object): tf.Tensor[] {
  *
  * @example
  * ```ts
- * const h = layerNorm(x, block.ln1, 1e-5); // [N·T, width]
+ * import { tf } from "../backend.ts";
+ * const x = tf.tensor2d([[1, 2, 3], [0, 0, 6]]);
+ * const p = { weight: tf.ones<tf.Rank.R1>([3]), bias: tf.zeros<tf.Rank.R1>([3]) };
+ * const h = layerNorm(x, p, 1e-5); // each row: mean 0, variance 1
+ * await h.data(); // ≈ [-1.22, 0, 1.22, -0.71, -0.71, 1.41]
+ * tf.dispose([x, h, p.weight, p.bias]);
  * ```
  */
 export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
@@ -209,7 +242,11 @@ export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
  *
  * @example
  * ```ts
- * const y = activation(x, "quick_gelu");
+ * import { tf } from "../backend.ts";
+ * const x = tf.tensor2d([[-1, 0, 1]]);
+ * const y = activation(x, "quick_gelu"); // x·σ(1.702x)
+ * await y.data(); // ≈ [-0.154, 0, 0.846]
+ * tf.dispose([x, y]);
  * ```
  */
 export function activation(x: tf.Tensor2D, act: VitActivation): tf.Tensor2D {
@@ -233,7 +270,14 @@ export interface BlockLora {
  *
  * @example
  * ```ts
- * const adapters = lora && blockLora(lora, i);
+ * import { initLora, loraToTensors } from "./lora.ts";
+ * import { createRng } from "../rng.ts";
+ * import { tf } from "../backend.ts";
+ * const t = loraToTensors(initLora({ width: 4, layers: 1 }, 2, createRng(1)), 4);
+ * const adapters = blockLora({ ...t, scale: 1 }, 0);
+ * adapters.A.shape; // [6, 4]: A_q, A_k, A_v stacked
+ * adapters.B.shape; // [12, 6]: B_q, B_k, B_v block-diagonal
+ * tf.dispose([...t.A, ...t.B, adapters.A, adapters.B]);
  * ```
  */
 export function blockLora(lora: LoraInput, i: number): BlockLora {
@@ -262,7 +306,14 @@ export type BlockConfig = Pick<TransformerShape, "width" | "heads" | "lnEps" | "
  *
  * @example
  * ```ts
- * const out = multiHeadAttention(h, block, { width: 512, heads: 8 }, n, t, undefined, causalMask);
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const h = tf.randomNormal<tf.Rank.R2>([3 * 4, encoder.config.width]); // 3 sequences of 4 tokens
+ * const out = multiHeadAttention(h, encoder.weights.blocks[0], encoder.config, 3, 4);
+ * out.shape; // [12, 64]
+ * tf.dispose([h, out]);
+ * encoder.dispose();
  * ```
  */
 export function multiHeadAttention(
@@ -296,7 +347,18 @@ export function multiHeadAttention(
  *
  * @example
  * ```ts
- * x = transformerBlock(x, weights.blocks[i], config, n, t);
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const { weights, config } = encoder;
+ * const y = tf.tidy(() => {
+ *   let x = tf.randomNormal<tf.Rank.R2>([2 * 3, config.width]);
+ *   for (const block of weights.blocks) x = transformerBlock(x, block, config, 2, 3);
+ *   return x;
+ * });
+ * y.shape; // [6, 64]
+ * y.dispose();
+ * encoder.dispose();
  * ```
  */
 export function transformerBlock(

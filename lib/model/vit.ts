@@ -24,9 +24,15 @@
  *
  * @example
  * ```ts
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { randomVitWeights } from "./vit_init.ts";
+ * import { createRng } from "../rng.ts";
+ * import { tf } from "../backend.ts";
+ * const { config } = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
  * const encoder = createVitEncoder(config, randomVitWeights(config, createRng(0)));
- * const features = tf.tidy(() => encoder.encode(tf.zeros([2, 224, 224, 3])));
+ * const features = tf.tidy(() => encoder.encode(tf.zeros<tf.Rank.R4>([2, 28, 28, 3])));
  * features.shape; // [2, config.embedDim]
+ * features.dispose();
  * encoder.dispose();
  * ```
  * @module
@@ -191,7 +197,14 @@ function embed(
  *
  * @example
  * ```ts
- * const f = tf.tidy(() => encodeWithWeights(encoder.config, encoder.weights, x));
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const x = tf.zeros<tf.Rank.R4>([1, 28, 28, 3]);
+ * const f = tf.tidy(() => encodeWithWeights(encoder.config, encoder.weights, x)); // the autodiff path
+ * f.shape; // [1, 64]
+ * tf.dispose([x, f]);
+ * encoder.dispose();
  * ```
  */
 export function encodeWithWeights(
@@ -315,7 +328,14 @@ export interface VitEncoder extends VisionEncoder {
  *
  * @example
  * ```ts
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { randomVitWeights } from "./vit_init.ts";
+ * import { createRng } from "../rng.ts";
+ * const { config } = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const hostWeights = randomVitWeights(config, createRng(1));
  * const encoder = createVitEncoder(config, hostWeights);
+ * encoder.adapterNames[0]; // "blocks.0.q"
+ * encoder.dispose();
  * ```
  */
 export function createVitEncoder(config: VitConfig, host: VitHostWeights): VitEncoder {
@@ -341,7 +361,14 @@ export function createVitEncoder(config: VitConfig, host: VitHostWeights): VitEn
  *
  * @example
  * ```ts
- * const wider = deriveVitEncoder(encoder, { ...encoder.config, imageSize: 448 }, { positionEmbedding });
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * // Same transformer, a new (here: zero) position embedding; the derived encoder owns only that.
+ * const positionEmbedding = tf.zerosLike(encoder.weights.positionEmbedding);
+ * const variant = deriveVitEncoder(encoder, encoder.config, { positionEmbedding });
+ * variant.dispose(); // frees positionEmbedding, not the shared blocks
+ * encoder.dispose();
  * ```
  */
 export function deriveVitEncoder(

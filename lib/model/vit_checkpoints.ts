@@ -26,9 +26,12 @@
  *
  * @example
  * ```ts
- * const encoder = await loadVisionEncoder("biomedclip.safetensors");
- * const features = tf.tidy(() => encoder.encode(tf.zeros([2, 224, 224, 3])));
- * features.shape; // [2, 512]
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const features = tf.tidy(() => encoder.encode(tf.zeros<tf.Rank.R4>([2, 28, 28, 3])));
+ * features.shape; // [2, 64] (BiomedCLIP or CLIP ViT-B/16: [2, 512] from [2, 224, 224, 3])
+ * features.dispose();
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -343,8 +346,8 @@ function inferConfig(label: string, mapped: Mapped, settings: Settings): VitConf
  *
  * @example
  * ```ts
- * const encoder = await loadVisionEncoder("ViT-B-16.safetensors", { act: "gelu" });
- * encoder.config.embedDim; // 512
+ * const encoder = await loadVisionEncoder("tests/fixtures/model_tiny/timm.safetensors", { act: "gelu" });
+ * encoder.config.embedDim; // 24 (ViT-B/16: 512)
  * encoder.dispose();
  * ```
  */
@@ -370,8 +373,11 @@ export type FromTensorsOptions = TensorSourceOptions<VitLoadOptions>;
  *
  * @example
  * ```ts
- * const { tensors, metadata } = await readSafetensors("tiny.safetensors");
+ * import { readSafetensors } from "./safetensors.ts";
+ * const { tensors, metadata } = await readSafetensors("models/default/vit_tiny_fashion.safetensors");
  * const encoder = await visionEncoderFromTensors(tensors, { metadata });
+ * encoder.config.layers; // 3
+ * encoder.dispose();
  * ```
  */
 export async function visionEncoderFromTensors(

@@ -32,8 +32,18 @@
  *
  * @example
  * ```ts
- * // inside vit.ts' encoder: tokens [N·T, width] after the patch and position embeddings
- * const features = frozenBlocksForward(config, weights, tokens, n, lora);
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const { config, weights } = encoder;
+ * if (frozenPathAvailable()) {
+ *   // What vit.ts' encoder does after the patch and position embeddings: tokens [N·T, width].
+ *   const tokens = tf.randomNormal<tf.Rank.R2>([2 * 17, config.width]); // 2 images of 1 + 16 tokens
+ *   const features = frozenBlocksForward(config, weights, tokens, 2);
+ *   features.shape; // [2, 64]
+ *   tf.dispose([tokens, features]);
+ * }
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -184,7 +194,10 @@ function disposeViews(v: BlockViews): void {
  *
  * @example
  * ```ts
- * prepareBlockViews(weights.blocks, config);
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * prepareBlockViews(encoder.weights.blocks, encoder.config); // the encoder already did: a no-op
+ * encoder.dispose(); // frees the views with the blocks
  * ```
  */
 export function prepareBlockViews(blocks: readonly Block[], cfg: TransformerShape): void {
@@ -198,7 +211,10 @@ export function prepareBlockViews(blocks: readonly Block[], cfg: TransformerShap
  *
  * @example
  * ```ts
- * disposeBlockViews(weights.blocks);
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * disposeBlockViews(encoder.weights.blocks); // rebuilt on the next forward pass if needed
+ * encoder.dispose();
  * ```
  */
 export function disposeBlockViews(blocks: readonly Block[]): void {
@@ -537,7 +553,11 @@ function quickGeluForward(z: tf.Tensor): [tf.Tensor, tf.Tensor] {
  *
  * @example
  * ```ts
- * const [act, gate] = geluForward(tf.tensor1d([-1, 0, 1]), false);
+ * import { tf } from "../backend.ts";
+ * const z = tf.tensor1d([-1, 0, 1]);
+ * const [act, gate] = geluForward(z, false);
+ * await act.data(); // z·(1 + erf z) ≈ [-0.157, 0, 1.843]: 2·GELU(z)
+ * tf.dispose([z, act, gate]);
  * ```
  */
 export function geluForward(z: tf.Tensor, fused = nativeOps()): [tf.Tensor, tf.Tensor] {
@@ -555,9 +575,12 @@ export function geluForward(z: tf.Tensor, fused = nativeOps()): [tf.Tensor, tf.T
  *
  * @example
  * ```ts
+ * import { tf } from "../backend.ts";
  * const z = tf.tensor1d([-1, 0, 1]);
- * const [, gate] = geluForward(z, false);
+ * const [act, gate] = geluForward(z, false);
  * const dz = geluBackward(tf.onesLike(z), z, gate, false);
+ * await dz.data(); // d/dz of z·(1 + erf z) ≈ [-0.258, 1, 2.258]
+ * tf.dispose([z, act, gate, dz]);
  * ```
  */
 export function geluBackward(

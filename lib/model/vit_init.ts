@@ -6,8 +6,14 @@
  *
  * @example
  * ```ts
+ * import { createVitEncoder } from "./vit.ts";
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { createRng } from "../rng.ts";
+ * const { config } = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
  * const encoder = createVitEncoder(config, randomVitWeights(config, createRng(0)));
- * await saveVisionEncoder("models/tiny.safetensors", encoder);
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * await saveVisionEncoder(path, encoder);
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -35,8 +41,14 @@ import type { VitConfig, VitHostWeights, VitWeights } from "./vit.ts";
  *
  * @example
  * ```ts
- * const host = randomVitWeights({ ...config, layers: 4, width: 64 }, createRng(0));
- * const encoder = createVitEncoder(config, host);
+ * import { createVitEncoder } from "./vit.ts";
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { createRng } from "../rng.ts";
+ * const { config } = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const host = randomVitWeights({ ...config, layers: 2 }, createRng(0));
+ * host.blocks.length; // 2
+ * const encoder = createVitEncoder({ ...config, layers: 2 }, host);
+ * encoder.dispose();
  * ```
  */
 export function randomVitWeights(config: VitConfig, rng: Rng): VitHostWeights {
@@ -107,8 +119,14 @@ export function randomVitWeights(config: VitConfig, rng: Rng): VitHostWeights {
  *
  * @example
  * ```ts
- * await saveVisionEncoder("models/tiny.safetensors", encoder, { "deer.recipe": "…" });
- * const again = await loadVisionEncoder("models/tiny.safetensors");
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * await saveVisionEncoder(path, encoder, { "deer.recipe": "…" });
+ * const again = await loadVisionEncoder(path);
+ * again.config.width; // 64
+ * again.dispose();
+ * encoder.dispose();
  * ```
  */
 export async function saveVisionEncoder(

@@ -16,8 +16,15 @@
  *
  * @example
  * ```ts
- * const volumeEncoder = await inflateForVolumes(encoder, { depth: 28, depthPatch: 4 });
- * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros([2, 28, 224, 224, 1])));
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const volumeEncoder = await inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
+ * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros<tf.Rank.R5>([2, 28, 28, 28, 1])));
+ * f.shape; // [2, 64]
+ * f.dispose();
+ * volumeEncoder.dispose();
+ * encoder.dispose();
  * ```
  * @module
  */
@@ -34,7 +41,9 @@ import { deriveVitEncoder, type VisionEncoder, type VitConfig, type VitEncoder }
  *
  * @example
  * ```ts
- * const grid14 = resizeGridBicubic(grid7, [7, 7], 768, [14, 14]);
+ * const grid2 = new Float32Array([1, 1, 1, 1]); // a constant 2×2 grid, one channel
+ * const grid4 = resizeGridBicubic(grid2, [2, 2], 1, [4, 4]);
+ * grid4.length; // 16, every value 1
  * ```
  */
 export function resizeGridBicubic(
@@ -104,8 +113,15 @@ export interface VolumeOptions {
  *
  * @example
  * ```ts
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { tf } from "../backend.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
  * const volumeEncoder = await inflateForVolumes(encoder, { depth: 28, height: 28, width: 28, depthPatch: 4 });
- * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros([2, 28, 28, 28, 1])));
+ * const f = tf.tidy(() => volumeEncoder.encode(tf.zeros<tf.Rank.R5>([2, 28, 28, 28, 1])));
+ * f.shape; // [2, 64]
+ * f.dispose();
+ * volumeEncoder.dispose();
+ * encoder.dispose();
  * ```
  */
 export async function inflateForVolumes(

@@ -14,9 +14,13 @@
  *
  * @example
  * ```ts
- * import { display } from "../lib/plot/jupyter.ts";
- * import { lineFigure } from "../lib/plot/figures.ts";
- * await display(lineFigure({ title: "acc", xTitle: "round", yTitle: "%", series: [] }));
+ * import { display, type MimeBundle } from "./jupyter.ts";
+ * import { lineFigure } from "./figures.ts";
+ * const fig = lineFigure({ title: "acc", xTitle: "round", yTitle: "%", series: [] });
+ * // In a notebook cell: `await display(fig)`. Outside the kernel, pass a publisher:
+ * const shown: MimeBundle[] = [];
+ * await display(fig, { publish: (bundle) => void shown.push(bundle) });
+ * Object.keys(shown[0]).length; // 3: Plotly JSON, HTML, plain text
  * ```
  * @module
  */
@@ -128,7 +132,11 @@ function kernelPublisher(): Publisher {
  *
  * @example
  * ```ts
- * await display(fig);
+ * import { lineFigure } from "./figures.ts";
+ * const fig = lineFigure({ title: "acc", xTitle: "round", yTitle: "%", series: [] });
+ * const shown: MimeBundle[] = [];
+ * await display(fig, { publish: (bundle) => void shown.push(bundle) }); // in a cell: await display(fig)
+ * shown.length; // 1
  * ```
  */
 export async function display(
@@ -152,7 +160,11 @@ export const show: typeof display = display;
  *
  * @example
  * ```ts
- * await displayTable({ columns: ["method", "acc"], rows: [["DEeR", "71.2"]] });
+ * const shown: MimeBundle[] = [];
+ * await displayTable({ columns: ["method", "acc"], rows: [["DEeR", "71.2"]] }, {
+ *   publish: (bundle) => void shown.push(bundle), // omit in a notebook cell
+ * });
+ * String(shown[0]["text/plain"]).includes("DEeR"); // true
  * ```
  */
 export async function displayTable(
