@@ -8,6 +8,14 @@
  *
  * @example
  * ```ts
+ * import { loadMedMnist } from "./medmnist.ts";
+ * import { tf } from "../backend.ts";
+ * const ds = await loadMedMnist("data/default/fashion6.npz", {
+ *   classNames: ["T-shirt/top", "Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"],
+ * });
+ * import { dirichletPartition } from "./partition.ts";
+ * import { createRng } from "../rng.ts";
+ * const clients = dirichletPartition(Array.from(ds.train.labels), 12, 0.1, 10);
  * const rng = createRng(10);
  * for (const idx of batchIndices(clients[0], 10, { rng })) {
  *   const { x, y } = makeBatch(ds.train, idx);
@@ -107,8 +115,14 @@ export function normalizationTable(norm: Normalization): Float32Array {
  *
  * @example
  * ```ts
+ * import { loadMedMnist } from "./medmnist.ts";
+ * import { tf } from "../backend.ts";
+ * const ds = await loadMedMnist("data/default/fashion6.npz", {
+ *   classNames: ["T-shirt/top", "Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"],
+ * });
  * const { x, y } = makeBatch(ds.train, [0, 1, 2]);
- * x.shape; // [3, 224, 224, 3]
+ * x.shape; // [3, 28, 28, 3]: normalised with CLIP's mean and std
+ * tf.dispose([x, y]);
  * ```
  */
 export function makeBatch(

@@ -8,9 +8,13 @@
  *
  * @example
  * ```ts
- * const ds = await loadMedMnist("datasets/MedMNIST/bloodmnist.npz", { imageSize: 224 });
- * splitLength(ds.train);                      // 11959
- * classCounts(ds.train, ds.classNames.length); // per-class sizes
+ * import { loadMedMnist } from "./medmnist.ts";
+ * // BloodMNIST: loadMedMnist("datasets/MedMNIST/bloodmnist.npz", { imageSize: 224 }), 11959 train images.
+ * const ds = await loadMedMnist("data/default/fashion6.npz", {
+ *   classNames: ["T-shirt/top", "Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"],
+ * });
+ * splitLength(ds.train);                      // 2400
+ * classCounts(ds.train, ds.classNames.length); // [400, 400, 400, 400, 400, 400]
  * ```
  * @module
  */
@@ -99,8 +103,14 @@ export function sampleSize(split: ImageSplit): number {
  *
  * @example
  * ```ts
- * classCounts(ds.train, 8);            // [852, 2181, ...]
- * classCounts(ds.train, 8, clients[0]); // one client's share
+ * import { loadMedMnist } from "./medmnist.ts";
+ * const ds = await loadMedMnist("data/default/fashion6.npz", {
+ *   classNames: ["T-shirt/top", "Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"],
+ * });
+ * import { dirichletPartition } from "./partition.ts";
+ * const clients = dirichletPartition(Array.from(ds.train.labels), 12, 0.1, 10);
+ * classCounts(ds.train, 6);             // [400, 400, 400, 400, 400, 400]
+ * classCounts(ds.train, 6, clients[0]); // one client's share
  * ```
  */
 export function classCounts(split: ImageSplit, numClasses: number, indices?: number[]): number[] {
@@ -116,7 +126,11 @@ export function classCounts(split: ImageSplit, numClasses: number, indices?: num
  *
  * @example
  * ```ts
- * validateSplit(ds.train, ds.classNames.length, "bloodmnist.npz train");
+ * import { loadMedMnist } from "./medmnist.ts";
+ * const ds = await loadMedMnist("data/default/fashion6.npz", {
+ *   classNames: ["T-shirt/top", "Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"],
+ * });
+ * validateSplit(ds.train, ds.classNames.length, "fashion6.npz train"); // throws naming the field if not
  * ```
  */
 export function validateSplit(split: ImageSplit, numClasses: number, where: string): void {

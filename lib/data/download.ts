@@ -7,7 +7,8 @@
  * @example
  * ```ts
  * const file = medmnistFile("bloodmnist", 28);
- * await downloadFile(file.url, "datasets/MedMNIST/bloodmnist.npz", file.md5);
+ * file.url; // "https://zenodo.org/record/6496656/files/bloodmnist.npz?download=1"
+ * // With internet access: await downloadFile(file.url, "datasets/MedMNIST/bloodmnist.npz", file.md5);
  * ```
  * @module
  */
@@ -68,7 +69,8 @@ export function medmnistFile(
  *
  * @example
  * ```ts
- * await md5File("datasets/MedMNIST/bloodmnist.npz"); // "7053d0359d879ad8a5505303e11de1dc"
+ * const md5 = await md5File("data/default/fashion6.npz"); // 32 hex digits, as md5sum prints them
+ * md5.length; // 32
  * ```
  */
 export async function md5File(path: string): Promise<string> {
@@ -92,8 +94,15 @@ function mib(n: number): string {
  *
  * @example
  * ```ts
- * await downloadFile("https://zenodo.org/record/6496656/files/bloodmnist.npz?download=1",
- *   "datasets/MedMNIST/bloodmnist.npz", "7053d0359d879ad8a5505303e11de1dc");
+ * // A local server stands in for Zenodo, whose files need the internet:
+ * const bytes = await Deno.readFile("data/default/fashion6.npz");
+ * const server = Deno.serve({ port: 0, onListen() {} }, () => new Response(bytes));
+ * const url = `http://localhost:${server.addr.port}/fashion6.npz`;
+ * const dest = `${await Deno.makeTempDir()}/fashion6.npz`;
+ * const md5 = await md5File("data/default/fashion6.npz");
+ * await downloadFile(url, dest, md5, { progress: false }); // "downloaded"
+ * await downloadFile(url, dest, md5, { progress: false }); // "present": the MD5 already matches
+ * await server.shutdown();
  * ```
  */
 export async function downloadFile(

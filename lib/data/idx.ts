@@ -12,10 +12,14 @@
  *
  * @example
  * ```ts
- * const images = await readIdxImages("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
- * const labels = await readIdxLabels("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz");
- * images.shape; // [10000, 28, 28]
- * labels.length; // 10000
+ * // Fashion-MNIST's files are /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz (Debian). A small one:
+ * const dir = await Deno.makeTempDir();
+ * await writeIdx(`${dir}/images-idx3-ubyte.gz`, { shape: [2, 28, 28], data: new Uint8Array(2 * 784) }, { gzip: true });
+ * await writeIdx(`${dir}/labels-idx1-ubyte.gz`, { shape: [2], data: new Uint8Array([9, 0]) }, { gzip: true });
+ * const images = await readIdxImages(`${dir}/images-idx3-ubyte.gz`);
+ * const labels = await readIdxLabels(`${dir}/labels-idx1-ubyte.gz`);
+ * images.shape; // [2, 28, 28]
+ * labels.length; // 2
  * ```
  * @module
  */
@@ -200,7 +204,11 @@ async function readBytes(path: string): Promise<Uint8Array> {
  *
  * @example
  * ```ts
- * const { shape, dtype } = await readIdx("train-labels-idx1-ubyte.gz"); // [60000], "uint8"
+ * // Fashion-MNIST's files are /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz (Debian). A small one:
+ * const dir = await Deno.makeTempDir();
+ * await writeIdx(`${dir}/images-idx3-ubyte.gz`, { shape: [2, 28, 28], data: new Uint8Array(2 * 784) }, { gzip: true });
+ * await writeIdx(`${dir}/labels-idx1-ubyte.gz`, { shape: [2], data: new Uint8Array([9, 0]) }, { gzip: true });
+ * const { shape, dtype } = await readIdx(`${dir}/labels-idx1-ubyte.gz`); // [2], "uint8"
  * ```
  */
 export async function readIdx(path: string): Promise<IdxArray> {
@@ -212,9 +220,13 @@ export async function readIdx(path: string): Promise<IdxArray> {
  *
  * @example
  * ```ts
- * const { shape, data } = await readIdxImages("train-images-idx3-ubyte.gz");
- * shape; // [60000, 28, 28]
- * data.length; // 47040000
+ * // Fashion-MNIST's files are /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz (Debian). A small one:
+ * const dir = await Deno.makeTempDir();
+ * await writeIdx(`${dir}/images-idx3-ubyte.gz`, { shape: [2, 28, 28], data: new Uint8Array(2 * 784) }, { gzip: true });
+ * await writeIdx(`${dir}/labels-idx1-ubyte.gz`, { shape: [2], data: new Uint8Array([9, 0]) }, { gzip: true });
+ * const { shape, data } = await readIdxImages(`${dir}/images-idx3-ubyte.gz`);
+ * shape; // [2, 28, 28]
+ * data.length; // 1568
  * ```
  */
 export async function readIdxImages(path: string): Promise<IdxImages> {
@@ -233,7 +245,11 @@ export async function readIdxImages(path: string): Promise<IdxImages> {
  *
  * @example
  * ```ts
- * const labels = await readIdxLabels("train-labels-idx1-ubyte.gz");
+ * // Fashion-MNIST's files are /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz (Debian). A small one:
+ * const dir = await Deno.makeTempDir();
+ * await writeIdx(`${dir}/images-idx3-ubyte.gz`, { shape: [2, 28, 28], data: new Uint8Array(2 * 784) }, { gzip: true });
+ * await writeIdx(`${dir}/labels-idx1-ubyte.gz`, { shape: [2], data: new Uint8Array([9, 0]) }, { gzip: true });
+ * const labels = await readIdxLabels(`${dir}/labels-idx1-ubyte.gz`);
  * labels[0]; // 9 (Fashion-MNIST: ankle boot)
  * ```
  */

@@ -19,8 +19,12 @@
  *
  * @example
  * ```ts
- * const img = decodeImage(await Deno.readFile("x.jpg"), "x.jpg"); // RGB, HWC
- * const clip = clipPreprocess(img, 224);                          // 224×224×3
+ * import { PNG } from "pngjs";
+ * const png = new PNG({ width: 298, height: 224 }); // a blank RGBA image
+ * const bytes = PNG.sync.write(png);
+ * const img = decodeImage(bytes, "x.png"); // RGB, HWC (JPEG or PNG, told apart by their bytes)
+ * const clip = clipPreprocess(img, 224);   // 224×224×3
+ * clip.width; // 224
  * ```
  * @module
  */
@@ -105,7 +109,10 @@ function jpegDeclaredSize(bytes: Uint8Array): { width: number; height: number } 
  *
  * @example
  * ```ts
- * const img = decodeJpeg(await Deno.readFile("polyp.jpg"), "polyp.jpg");
+ * import jpeg from "jpeg-js";
+ * const rgba = new Uint8Array(16 * 16 * 4).fill(128);
+ * const bytes = jpeg.encode({ data: rgba, width: 16, height: 16 }, 90).data;
+ * const img = decodeJpeg(bytes, "polyp.jpg");
  * img.channels; // 3
  * ```
  */
@@ -142,7 +149,11 @@ export function decodeJpeg(
  *
  * @example
  * ```ts
- * const img = decodePng(await Deno.readFile("scan.png"), "scan.png");
+ * import { PNG } from "pngjs";
+ * const png = new PNG({ width: 298, height: 224 }); // a blank RGBA image
+ * const bytes = PNG.sync.write(png);
+ * const img = decodePng(bytes, "scan.png");
+ * [img.width, img.height, img.channels]; // [298, 224, 3]
  * ```
  */
 export function decodePng(
@@ -273,7 +284,11 @@ function checkPngData(bytes: Uint8Array, name: string, options: DecodeOptions): 
  *
  * @example
  * ```ts
- * const img = decodeImage(await Deno.readFile("a.png"), "a.png");
+ * import { PNG } from "pngjs";
+ * const png = new PNG({ width: 298, height: 224 }); // a blank RGBA image
+ * const bytes = PNG.sync.write(png);
+ * const img = decodeImage(bytes, "a.png");
+ * img.data.length; // 298 · 224 · 3
  * ```
  */
 export function decodeImage(
@@ -424,7 +439,8 @@ function roundHalfEven(x: number): number {
  *
  * @example
  * ```ts
- * centerCrop(img, 224, 224); // from a 298×224 image: columns 37..260
+ * const img = { width: 298, height: 224, channels: 3, data: new Uint8Array(298 * 224 * 3) };
+ * centerCrop(img, 224, 224).width; // 224: columns 37..260 of the 298
  * ```
  */
 export function centerCrop(image: Image8, width: number, height: number): Image8 {
@@ -464,7 +480,11 @@ export function resizedShortSide(width: number, height: number, size: number): [
  *
  * @example
  * ```ts
- * const x = clipPreprocess(decodeImage(bytes, "a.jpg"), 224); // 224×224×3
+ * import { PNG } from "pngjs";
+ * const png = new PNG({ width: 298, height: 224 }); // a blank RGBA image
+ * const bytes = PNG.sync.write(png);
+ * const x = clipPreprocess(decodeImage(bytes, "a.png"), 224); // 224×224×3
+ * x.height; // 224
  * ```
  */
 export function clipPreprocess(image: Image8, size: number): Image8 {

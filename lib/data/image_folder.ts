@@ -11,11 +11,19 @@
  *
  * @example
  * ```ts
- * const ds = await loadImageFolder("datasets/Kvasir-v2", {
- *   imageSize: 224,
- *   classNames: KNOWN_DATASETS.imageFolders["kvasir-v2"].classNames,
- *   progressEvery: 1000,
- * });
+ * import { PNG } from "pngjs";
+ * // A tiny folder in the layout <root>/{train,val,test}/<class>/*.png:
+ * const root = await Deno.makeTempDir();
+ * for (const split of ["train", "val", "test"]) {
+ *   for (const cls of ["AMD", "CNV"]) {
+ *     await Deno.mkdir(`${root}/${split}/${cls}`, { recursive: true });
+ *     await Deno.writeFile(`${root}/${split}/${cls}/0.png`, PNG.sync.write(new PNG({ width: 32, height: 24 })));
+ *   }
+ * }
+ * // Kvasir-v2: loadImageFolder("datasets/Kvasir-v2", { imageSize: 224, classNames:
+ * //   KNOWN_DATASETS.imageFolders["kvasir-v2"].classNames })
+ * const ds = await loadImageFolder(root, { imageSize: 16, classNames: ["AMD", "CNV"] });
+ * ds.train.sampleShape; // [16, 16, 3]
  * ```
  * @module
  */
@@ -68,7 +76,17 @@ async function isDir(path: string): Promise<boolean> {
  *
  * @example
  * ```ts
- * const files = await listImageFolderSplit("datasets/OCT-C8", "val", ["AMD", "CNV"]);
+ * import { PNG } from "pngjs";
+ * // A tiny folder in the layout <root>/{train,val,test}/<class>/*.png:
+ * const root = await Deno.makeTempDir();
+ * for (const split of ["train", "val", "test"]) {
+ *   for (const cls of ["AMD", "CNV"]) {
+ *     await Deno.mkdir(`${root}/${split}/${cls}`, { recursive: true });
+ *     await Deno.writeFile(`${root}/${split}/${cls}/0.png`, PNG.sync.write(new PNG({ width: 32, height: 24 })));
+ *   }
+ * }
+ * const files = await listImageFolderSplit(root, "val", ["AMD", "CNV"]);
+ * files.map((f) => f.label); // [0, 1]
  * ```
  */
 export async function listImageFolderSplit(
@@ -115,8 +133,17 @@ export async function listImageFolderSplit(
  *
  * @example
  * ```ts
- * const oct = await loadImageFolder("datasets/OCT-C8", { imageSize: 224 });
- * oct.classNames; // ["AMD", "CNV", "CSR", "DME", "DR", "DRUSEN", "MH", "NORMAL"]
+ * import { PNG } from "pngjs";
+ * // A tiny folder in the layout <root>/{train,val,test}/<class>/*.png:
+ * const root = await Deno.makeTempDir();
+ * for (const split of ["train", "val", "test"]) {
+ *   for (const cls of ["AMD", "CNV"]) {
+ *     await Deno.mkdir(`${root}/${split}/${cls}`, { recursive: true });
+ *     await Deno.writeFile(`${root}/${split}/${cls}/0.png`, PNG.sync.write(new PNG({ width: 32, height: 24 })));
+ *   }
+ * }
+ * const oct = await loadImageFolder(root, { imageSize: 16 }); // OCT-C8: 8 class folders
+ * oct.classNames; // ["AMD", "CNV"]: sorted folder names
  * ```
  */
 export async function loadImageFolder(

@@ -14,9 +14,14 @@
  *
  * @example
  * ```ts
- * const ds = await loadMedMnist("datasets/MedMNIST/bloodmnist.npz", { imageSize: 224 });
- * ds.train.sampleShape; // [224, 224, 3]
- * ds.classNames[0];     // "basophil"
+ * // BloodMNIST (`deno task data bloodmnist`): class names come from the file name.
+ * // const blood = await loadMedMnist("datasets/MedMNIST/bloodmnist.npz", { imageSize: 224 });
+ * const ds = await loadMedMnist("data/default/fashion6.npz", {
+ *   imageSize: 56, // resized once at load time (bicubic + centre crop)
+ *   classNames: ["T-shirt/top", "Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"],
+ * });
+ * ds.train.sampleShape; // [56, 56, 3]
+ * ds.classNames[0];     // "T-shirt/top"
  * ```
  * @module
  */
@@ -148,7 +153,20 @@ function readLabels(a: NpyArray, n: number, where: string): Int32Array {
  *
  * @example
  * ```ts
- * const organ = await loadMedMnist("datasets/MedMNIST/organmnist3d.npz");
+ * import { writeNpz } from "./npy.ts";
+ * // A small OrganMNIST3D-shaped file: volumes [N, 28, 28, 28] uint8, labels [N, 1].
+ * const path = `${await Deno.makeTempDir()}/organmnist3d.npz`;
+ * const split = (n: number) => ({
+ *   images: { shape: [n, 28, 28, 28], data: new Uint8Array(n * 28 ** 3) },
+ *   labels: { shape: [n, 1], data: new Uint8Array(n).map((_, i) => i % 11) },
+ * });
+ * const [tr, va, te] = [split(11), split(11), split(11)];
+ * await writeNpz(path, {
+ *   train_images: tr.images, train_labels: tr.labels,
+ *   val_images: va.images, val_labels: va.labels,
+ *   test_images: te.images, test_labels: te.labels,
+ * });
+ * const organ = await loadMedMnist(path); // classes from the file name: OrganMNIST3D's 11
  * organ.train.sampleShape; // [28, 28, 28, 1]
  * ```
  */

@@ -701,8 +701,8 @@ async function openForReading(path: string): Promise<Deno.FsFile> {
  *
  * @example
  * ```ts
- * const arrays = await readNpz("datasets/MedMNIST/bloodmnist.npz");
- * arrays.train_images.shape; // [11959, 28, 28, 3]
+ * const arrays = await readNpz("data/default/fashion6.npz");
+ * arrays.train_images.shape; // [2400, 28, 28] (BloodMNIST: [11959, 28, 28, 3])
  * ```
  */
 export async function readNpz(
@@ -741,7 +741,7 @@ export async function readNpz(
  *
  * @example
  * ```ts
- * await listNpz("bloodmnist.npz"); // ["train_images", "val_images", ...]
+ * (await listNpz("data/default/fashion6.npz")).includes("train_images"); // true
  * ```
  */
 export async function listNpz(path: string): Promise<string[]> {

@@ -16,7 +16,9 @@
  *
  * @example
  * ```ts
+ * const labels = Array.from({ length: 120 }, (_, i) => i % 6); // 6 classes
  * const clients = dirichletPartition(labels, 12, 0.1, 10); // 12 lists of training indices
+ * clients.flat().length; // 120: every image goes to exactly one client
  * ```
  * @module
  */

@@ -9,7 +9,23 @@
  *
  * @example
  * ```ts
- * const split32 = resizeVolumes(organ.train, 32); // [N, 32, 32, 32, 1]
+ * import { writeNpz } from "./npy.ts";
+ * // A small OrganMNIST3D-shaped file: volumes [N, 28, 28, 28] uint8, labels [N, 1].
+ * const path = `${await Deno.makeTempDir()}/organmnist3d.npz`;
+ * const split = (n: number) => ({
+ *   images: { shape: [n, 28, 28, 28], data: new Uint8Array(n * 28 ** 3) },
+ *   labels: { shape: [n, 1], data: new Uint8Array(n).map((_, i) => i % 11) },
+ * });
+ * const [tr, va, te] = [split(11), split(11), split(11)];
+ * await writeNpz(path, {
+ *   train_images: tr.images, train_labels: tr.labels,
+ *   val_images: va.images, val_labels: va.labels,
+ *   test_images: te.images, test_labels: te.labels,
+ * });
+ * import { loadMedMnist } from "./medmnist.ts";
+ * const organ = await loadMedMnist(path);
+ * const split32 = resizeVolumes(organ.train, 32);
+ * split32.sampleShape; // [32, 32, 32, 1]
  * ```
  * @module
  */
