@@ -19,10 +19,10 @@
  *
  * @example
  * ```ts
- * const scale = studyScale();
+ * const scale = studyScale(true); // the notebooks' CI size: 2 rounds, a small subset, one seed
  * const inputs = await loadStudyInputs(scale);
- * const sweep = await runSweep(inputs, moduleGridPoints(studyConfig(scale)));
- * sweep.summary.map((r) => [r.label, r.accuracy]);
+ * const sweep = await runSweep(inputs, rankPoints(studyConfig(scale), [2]));
+ * sweep.summary.map((r) => [r.label, r.accuracy]); // [["r = 2", …]]
  * inputs.dispose();
  * ```
  * @module
@@ -148,7 +148,11 @@ export function studyConfig(
  *
  * @example
  * ```ts
+ * import { loadInputs } from "./experiment.ts";
+ * const { data, dispose } = await loadInputs({ dataset: "default", rank: 8, alpha: 8 });
  * const small = subsetSplit(data.train, 6, 50, 1); // 50 images of each of 6 classes
+ * small.labels.length; // 300
+ * dispose();
  * ```
  */
 export function subsetSplit(
@@ -349,8 +353,11 @@ export interface SweepOptions {
  *
  * @example
  * ```ts
+ * const scale = studyScale(true);
+ * const inputs = await loadStudyInputs(scale);
  * const sweep = await runSweep(inputs, rankPoints(studyConfig(scale), [2, 4]));
- * sweep.summary[0].accuracy;
+ * sweep.summary.length; // 2: one row per point
+ * inputs.dispose();
  * ```
  */
 export async function runSweep(
@@ -722,7 +729,8 @@ export function methodPoints(
  *
  * @example
  * ```ts
- * withMethods(heterogeneityPoints(base, [0.1, "iid"]), PAPER_METHODS.slice(0, 1)); // 2 points
+ * const base = studyConfig(studyScale(true));
+ * withMethods(heterogeneityPoints(base, [0.1, "iid"]), PAPER_METHODS.slice(0, 1)).length; // 2 points
  * ```
  */
 export function withMethods(points: SweepPoint[], methods: MethodChoice[]): SweepPoint[] {
@@ -800,8 +808,16 @@ export interface PointComparison {
  *
  * @example
  * ```ts ignore
- * comparePoints(sweep.summary, [["DEeR", "LoRA"]])[0].sentence;
- * // "DEeR − LoRA = +2.6 points [−0.4, 5.5] over 3 paired seeds (…): not significant at 5 %."
+ * const scale = studyScale(true); // the CI size: 2 rounds, a small subset, one seed
+ * const inputs = await loadStudyInputs(scale);
+ * const sweep = await runSweep(
+ *   inputs,
+ *   withMethods(rankPoints(studyConfig(scale), [2]), PAPER_METHODS.filter((m) => ["LoRA", "DEeR"].includes(m.name))),
+ * );
+ * comparePoints(sweep.summary, [["DEeR · r = 2", "LoRA · r = 2"]])[0].sentence;
+ * // "DEeR · r = 2 − LoRA · r = 2 = … points on 1 seed: one seed gives no interval and no test, …"
+ * // With three seeds: "DEeR − LoRA = +2.6 points [−0.4, 5.5] over 3 paired seeds (…): not significant at 5 %."
+ * inputs.dispose();
  * ```
  */
 export function comparePoints(
@@ -884,8 +900,15 @@ const METRIC_WORDS: Record<SummaryMetric, string> = {
  *
  * @example
  * ```ts ignore
- * compareToBaseline(sweep.summary, "eliminator off, regulator off");
- * compareToBaseline(sweep.summary, (r) => r.params.method === "LoRA" ? null : `LoRA · ${r.params.calibration}`);
+ * const scale = studyScale(true); // the CI size: 2 rounds, a small subset, one seed
+ * const inputs = await loadStudyInputs(scale);
+ * const sweep = await runSweep(
+ *   inputs,
+ *   withMethods(rankPoints(studyConfig(scale), [2]), PAPER_METHODS.filter((m) => ["LoRA", "DEeR"].includes(m.name))),
+ * );
+ * compareToBaseline(sweep.summary, "LoRA · r = 2").length; // 1: DEeR against LoRA
+ * compareToBaseline(sweep.summary, (r) => r.params.method === "LoRA" ? null : "LoRA · r = 2").length; // 1
+ * inputs.dispose();
  * ```
  */
 export function compareToBaseline(
@@ -954,8 +977,15 @@ export async function frozenModelMetrics(inputs: Inputs): Promise<Record<Summary
  *
  * @example
  * ```ts ignore
+ * const scale = studyScale(true); // the CI size: 2 rounds, a small subset, one seed
+ * const inputs = await loadStudyInputs(scale);
+ * const sweep = await runSweep(
+ *   inputs,
+ *   withMethods(rankPoints(studyConfig(scale), [2]), PAPER_METHODS.filter((m) => ["LoRA", "DEeR"].includes(m.name))),
+ * );
  * describeRange(sweep.rounds, (r) => r.deviation, "‖D‖_F per round");
- * // "‖D‖_F per round, lowest–highest over rounds and seeds: LoRA 2.31–2.38; DEeR 1.1e-15–6.0e-15."
+ * // "‖D‖_F per round, lowest–highest over rounds and seeds: LoRA · r = 2 1.12–1.12; DEeR · r = 2 9.6e-16–1.3e-15."
+ * inputs.dispose();
  * ```
  */
 export function describeRange<R extends { label: string }>(

@@ -4,12 +4,14 @@
  *
  * @example
  * ```ts
- * import { loadVisionEncoder } from "../model/vit.ts";
+ * import { loadVisionEncoder } from "../model/vit_checkpoints.ts";
  * import { loadPrototypes } from "../model/head.ts";
  * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
  * const { prototypes } = await loadPrototypes("models/default/prototypes.safetensors");
  * const backbone = makeBackbone(encoder, prototypes, { rank: 8, alpha: 8 });
- * backbone.dims; // { adapters: 12, rank: 8, dIn: 64, dOut: 64 }
+ * backbone.dims; // { adapters: 9, rank: 8, dIn: 64, dOut: 64 }: q, k, v of 3 blocks
+ * prototypes.dispose();
+ * encoder.dispose();
  * ```
  * @module
  */

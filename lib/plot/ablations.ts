@@ -13,9 +13,19 @@
  *
  * @example
  * ```ts
- * const sweep = await runSweep(inputs, moduleGridPoints(base));
- * await display(moduleHeatmap(sweep.summary));
- * await display(roundCurves(sweep.rounds, { title: "Validation accuracy", yTitle: "%", value: (r) => r.valAccuracy }));
+ * import { loadStudyInputs, moduleGridPoints, runSweep, studyConfig, studyScale } from "../ablations.ts";
+ * import { type MimeBundle, display } from "./jupyter.ts";
+ * const scale = studyScale(true);
+ * const inputs = await loadStudyInputs(scale);
+ * // A point that cannot run (regulated noise with a singular private peer) is recorded, not thrown.
+ * const sweep = await runSweep(inputs, moduleGridPoints(studyConfig(scale)), { onError: "record" });
+ * // In a notebook cell: `await display(fig)`; here the bundles are collected instead.
+ * const shown: MimeBundle[] = [];
+ * const publish = (bundle: MimeBundle) => void shown.push(bundle);
+ * await display(moduleHeatmap(sweep.summary), { publish });
+ * await display(roundCurves(sweep.rounds, { title: "Validation accuracy", yTitle: "%", value: (r) => r.valAccuracy }), { publish });
+ * shown.length; // 2
+ * inputs.dispose();
  * ```
  * @module
  */
@@ -142,7 +152,13 @@ function familyColors(
  *
  * @example
  * ```ts
- * roundCurves(sweep.rounds, { title: "Deviation", yTitle: "‖D‖_F", value: (r) => r.deviation, logY: true });
+ * import { loadStudyInputs, rankPoints, runSweep, studyConfig, studyScale } from "../ablations.ts";
+ * const scale = studyScale(true);
+ * const inputs = await loadStudyInputs(scale);
+ * const sweep = await runSweep(inputs, rankPoints(studyConfig(scale), [2]));
+ * const fig = roundCurves(sweep.rounds, { title: "Deviation", yTitle: "‖D‖_F", value: (r) => r.deviation, logY: true });
+ * fig.data.length; // 1: one curve per point and seed
+ * inputs.dispose();
  * ```
  */
 export function roundCurves(rows: RoundRow[], opts: {
@@ -252,7 +268,13 @@ const METRIC_NAMES: Record<SummaryMetric, string> = {
  *
  * @example
  * ```ts
- * sweepFigure(sweep.summary, { title: "Rank", x: (r) => r.params.rank as number, xTitle: "r" });
+ * import { loadStudyInputs, rankPoints, runSweep, studyConfig, studyScale } from "../ablations.ts";
+ * const scale = studyScale(true);
+ * const inputs = await loadStudyInputs(scale);
+ * const sweep = await runSweep(inputs, rankPoints(studyConfig(scale), [2, 4]));
+ * const fig = sweepFigure(sweep.summary, { title: "Rank", x: (r) => r.params.rank as number, xTitle: "r" });
+ * fig.layout.title; // the figure's title
+ * inputs.dispose();
  * ```
  */
 export function sweepFigure(rows: SummaryRow[], opts: {

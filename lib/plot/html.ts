@@ -4,8 +4,16 @@
  *
  * @example
  * ```ts
+ * import { lineFigure } from "./figures.ts";
+ * const fig = lineFigure({
+ *   title: "Accuracy",
+ *   xTitle: "round",
+ *   yTitle: "%",
+ *   series: [{ name: "DEeR", x: [1, 2, 3], y: [61, 66, 70] }],
+ * });
+ * import { writeFileAtomic } from "../io/atomic.ts";
  * const html = await reportHtml({ title: "Demo", sections: [{ heading: "Accuracy", figures: [fig] }] });
- * await writeFileAtomic("results/demo/report.html", html);
+ * await writeFileAtomic(`${await Deno.makeTempDir()}/report.html`, html); // opens offline: plotly.js inlined
  * ```
  * @module
  */

@@ -9,8 +9,16 @@
  *
  * @example
  * ```ts
- * import { savePng } from "./png.ts";
- * await savePng(fig, "results/figures/accuracy.png", { width: 900, height: 420 });
+ * import { lineFigure } from "./figures.ts";
+ * const fig = lineFigure({
+ *   title: "Accuracy",
+ *   xTitle: "round",
+ *   yTitle: "%",
+ *   series: [{ name: "DEeR", x: [1, 2, 3], y: [61, 66, 70] }],
+ * });
+ * if (findChromium()) { // a headless Chromium renders the figure
+ *   await savePng(fig, `${await Deno.makeTempDir()}/accuracy.png`, { width: 900, height: 420 });
+ * }
  * ```
  * @module
  */
@@ -128,8 +136,19 @@ const OUT_ID = "deer-image-out";
  *
  * @example
  * ```ts
- * const png = await renderFigure(fig, "png");   // Uint8Array
- * const svg = await renderFigure(fig, "svg");   // string
+ * import { lineFigure } from "./figures.ts";
+ * const fig = lineFigure({
+ *   title: "Accuracy",
+ *   xTitle: "round",
+ *   yTitle: "%",
+ *   series: [{ name: "DEeR", x: [1, 2, 3], y: [61, 66, 70] }],
+ * });
+ * if (findChromium()) {
+ *   const png = await renderFigure(fig, "png"); // Uint8Array
+ *   const svg = await renderFigure(fig, "svg"); // string
+ *   [png[1], png[2], png[3]]; // "PNG"
+ *   svg.startsWith("<svg"); // true
+ * }
  * ```
  */
 export function renderFigure(fig: Figure, format: "png", opts?: ImageOptions): Promise<Uint8Array>;
@@ -208,7 +227,14 @@ function unescapeHtml(s: string): string {
  *
  * @example
  * ```ts
- * await savePng(fig, "results/figures/deviation.png");
+ * import { lineFigure } from "./figures.ts";
+ * const fig = lineFigure({
+ *   title: "Accuracy",
+ *   xTitle: "round",
+ *   yTitle: "%",
+ *   series: [{ name: "DEeR", x: [1, 2, 3], y: [61, 66, 70] }],
+ * });
+ * if (findChromium()) await savePng(fig, `${await Deno.makeTempDir()}/deviation.png`);
  * ```
  */
 export async function savePng(fig: Figure, path: string, opts: ImageOptions = {}): Promise<void> {
@@ -233,7 +259,10 @@ export async function saveSvg(fig: Figure, path: string, opts: ImageOptions = {}
  *
  * @example
  * ```ts
- * await screenshotPage("results/notebooks/02_modules.html", "results/notebooks/02.png");
+ * import { reportHtml } from "./html.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${dir}/page.html`, await reportHtml({ title: "Page", sections: [] }));
+ * if (findChromium()) await screenshotPage(`${dir}/page.html`, `${dir}/page.png`);
  * ```
  */
 export async function screenshotPage(

@@ -8,8 +8,17 @@
  *
  * @example
  * ```ts
- * const outcome = await runLocal(sweep, points, { workers: 2, command: trainCommand() });
- * outcome.failed; // ids of the points whose train exited non-zero
+ * import { expandPoints, parseSweep } from "./spec.ts";
+ * const root = await Deno.makeTempDir();
+ * const sweep = parseSweep({
+ *   name: "tiny",
+ *   results: root,
+ *   base: { T: 1, E: 1, node_num: 2, seeds: 10 }, // the embedded data and model
+ *   grid: { method: ["LoRA"] },
+ * }, "tiny.json");
+ * const points = expandPoints(sweep);
+ * const outcome = await runLocal(sweep, points, { workers: 1, command: trainCommand(), onProgress: () => {} });
+ * outcome.failed; // [] (ids of the points whose train exited non-zero)
  * ```
  * @module
  */

@@ -10,9 +10,23 @@
  *
  * @example
  * ```ts
+ * import { expandPoints, parseSweep } from "./spec.ts";
+ * const root = await Deno.makeTempDir();
+ * const sweep = parseSweep({
+ *   name: "tiny",
+ *   results: root,
+ *   base: { T: 1, E: 1, node_num: 2, seeds: 10 }, // the embedded data and model
+ *   grid: { method: ["LoRA"] },
+ * }, "tiny.json");
+ * const points = expandPoints(sweep);
+ * import { runLocal, trainCommand } from "./local.ts";
+ * import { type MimeBundle, display } from "../plot/jupyter.ts";
+ * import { epsilonFigure } from "../plot/ablations.ts";
+ * await runLocal(sweep, points, { workers: 1, command: trainCommand(), onProgress: () => {} });
  * const study = await collectSweep(sweep, points);
  * study.table.map((g) => [g.label, g.accuracy.mean, g.accuracy.low, g.accuracy.high]);
- * await display(epsilonFigure(summaryRows(study.table), "spent"));
+ * const shown: MimeBundle[] = []; // in a notebook: await display(fig)
+ * await display(epsilonFigure(summaryRows(study.table), "nominal"), { publish: (b) => void shown.push(b) });
  * ```
  * @module
  */

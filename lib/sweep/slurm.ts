@@ -8,8 +8,19 @@
  *
  * @example
  * ```ts
+ * import { expandPoints, parseSweep } from "./spec.ts";
+ * const root = await Deno.makeTempDir();
+ * const sweep = parseSweep({
+ *   name: "tiny",
+ *   results: root,
+ *   base: { T: 1, E: 1, node_num: 2, seeds: 10 }, // the embedded data and model
+ *   grid: { method: ["LoRA"] },
+ * }, "tiny.json");
+ * const points = expandPoints(sweep);
+ * import { trainCommand } from "./local.ts";
  * const script = jobScript(sweep, points, { command: trainCommand(), cwd: Deno.cwd() });
- * const submission = await submit(sweep, script, points);
+ * script.startsWith("#!/bin/bash"); // true
+ * // On a cluster: const submission = await submit(sweep, script, points); // sbatch --parsable
  * ```
  * @module
  */

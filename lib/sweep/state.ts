@@ -7,8 +7,17 @@
  *
  * @example
  * ```ts
- * const s = await pointState("results/sweeps/quick", point);
- * s.status; // "finished" | "partial" | "failed" | "pending"
+ * import { expandPoints, parseSweep } from "./spec.ts";
+ * const root = await Deno.makeTempDir();
+ * const sweep = parseSweep({
+ *   name: "tiny",
+ *   results: root,
+ *   base: { T: 1, E: 1, node_num: 2, seeds: 10 }, // the embedded data and model
+ *   grid: { method: ["LoRA"] },
+ * }, "tiny.json");
+ * const points = expandPoints(sweep);
+ * const s = await pointState(sweep.root, points[0]);
+ * s.status; // "pending": nothing run yet ("partial" | "finished" | "failed" later)
  * ```
  * @module
  */
