@@ -115,8 +115,10 @@ export interface DemoSelection {
  *
  * @example
  * ```ts
+ * const trainLabels = Array.from({ length: 6000 }, (_, i) => i % 10); // 600 images per class
+ * const testLabels = Array.from({ length: 2000 }, (_, i) => i % 10); // 200 per class
  * const sel = selectDemoIndices(trainLabels, testLabels);
- * sel.train.length; // 2400
+ * sel.train.length; // 2400: 400 of each of the 6 demo classes
  * ```
  */
 export function selectDemoIndices(
@@ -164,7 +166,10 @@ export function selectDemoIndices(
  *
  * @example
  * ```ts
- * const { images, labels } = gatherDemo(trainImages, trainLabels, selection.train);
+ * const trainImages = { shape: [20, 28, 28], data: new Uint8Array(20 * 784) };
+ * const trainLabels = Array.from({ length: 20 }, (_, i) => i % 10); // Fashion-MNIST labels
+ * const { images, labels } = gatherDemo(trainImages, trainLabels, [0, 9, 19]); // T-shirt, ankle boots
+ * Array.from(labels); // [0, 5, 5]: demo labels
  * ```
  */
 export function gatherDemo(
@@ -225,7 +230,20 @@ export async function sha256(path: string): Promise<string> {
  *
  * @example
  * ```ts
- * await buildDefaultData("/usr/share/datasets/fashion-mnist", "data/default");
+ * import { writeIdx } from "../lib/data/idx.ts";
+ * // Stand-in IDX files in Fashion-MNIST's layout (the real ones: /usr/share/datasets/fashion-mnist):
+ * // every class 0..9 in turn, blank 28×28 images.
+ * const source = await Deno.makeTempDir();
+ * const write = async (name: string, n: number) => {
+ *   const labels = Uint8Array.from({ length: n }, (_, i) => i % 10);
+ *   await writeIdx(`${source}/${name}-images-idx3-ubyte.gz`, { shape: [n, 28, 28], data: new Uint8Array(n * 784) }, { gzip: true });
+ *   await writeIdx(`${source}/${name}-labels-idx1-ubyte.gz`, { shape: [n], data: labels }, { gzip: true });
+ * };
+ * await write("train", 6000); // 600 per class: enough for 400 train + 100 val + 16 prompt images
+ * await write("t10k", 2000); // 200 per class for test
+ * const out = await Deno.makeTempDir();
+ * const sha = await buildDefaultData(source, out); // writes fashion6.npz and fashion6.json
+ * sha.length; // 64: the npz's SHA-256 (the shipped file: `deno task default-data`)
  * ```
  */
 export async function buildDefaultData(source: string, out: string): Promise<string> {
