@@ -807,7 +807,7 @@ export interface PointComparison {
  * label − baseline of `metric` (default accuracy), paired by seed.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * const scale = studyScale(true); // the CI size: 2 rounds, a small subset, one seed
  * const inputs = await loadStudyInputs(scale);
  * const sweep = await runSweep(
@@ -899,7 +899,7 @@ const METRIC_WORDS: Record<SummaryMetric, string> = {
  * row's own label: no comparison for that row).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * const scale = studyScale(true); // the CI size: 2 rounds, a small subset, one seed
  * const inputs = await loadStudyInputs(scale);
  * const sweep = await runSweep(
@@ -976,7 +976,7 @@ export async function frozenModelMetrics(inputs: Inputs): Promise<Record<Summary
  * rounds and seeds, in one sentence: what a notebook quotes about a curve, computed from this run.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * const scale = studyScale(true); // the CI size: 2 rounds, a small subset, one seed
  * const inputs = await loadStudyInputs(scale);
  * const sweep = await runSweep(
