@@ -4,7 +4,9 @@
  *
  * @example
  * ```ts
- * await writeJsonAtomic("results/run/config.json", { seed: 10 });
+ * const path = `${await Deno.makeTempDir()}/run/config.json`; // parent folders are created
+ * await writeJsonAtomic(path, { seed: 10 });
+ * JSON.parse(await Deno.readTextFile(path)).seed; // 10
  * ```
  * @module
  */

@@ -638,9 +638,11 @@ export function encodeSafetensors(
  *
  * @example
  * ```ts
- * await writeSafetensors("lora.safetensors", {
+ * const path = `${await Deno.makeTempDir()}/lora.safetensors`;
+ * await writeSafetensors(path, {
  *   "blocks.0.q.A": { shape: [8, 768], data: new Float32Array(8 * 768) },
  * }, { rank: "8" });
+ * (await readSafetensors(path)).metadata.rank; // "8"
  * ```
  */
 export async function writeSafetensors(
