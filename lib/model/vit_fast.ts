@@ -39,6 +39,7 @@
  */
 import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
+import { wgslGateBackward, wgslGateForward, wgslKernelsEnabled } from "../webgpu_kernels.ts";
 import type { Block, LoraInput, Norm, TransformerShape, VitActivation } from "./transformer.ts";
 
 /**
@@ -491,7 +492,11 @@ function blockForward(
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
   const z = tf.add(mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
-  const [gated, gate] = cfg.act === "quick_gelu" ? quickGeluForward(z) : geluForward(z);
+  const [gated, gate] = wgslKernelsEnabled()
+    ? wgslGateForward(z, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu")
+    : cfg.act === "quick_gelu"
+    ? quickGeluForward(z)
+    : geluForward(z);
   const mlp = mm(gated, w.fc2, t2, false);
   const out = residualAdd(x1, mlp, w.fc2Bias, outputScale(cfg.act)) as tf.Tensor2D;
   const saved = keep.saved
@@ -588,7 +593,9 @@ function blockBackward(
   const t2 = transposedMlp(cfg);
   const dMlp = tf.mul(dOut, outputScale(cfg.act));
   const dGated = t2 ? mm(w.fc2, dMlp, false, true) : mm(dMlp, w.fc2, false, true);
-  const dz = cfg.act === "quick_gelu"
+  const dz = wgslKernelsEnabled()
+    ? wgslGateBackward(dGated, s.z, s.gate, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu")
+    : cfg.act === "quick_gelu"
     // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
     ? tf.mul(dGated, tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1)))
     // d/dz z·(1 + erf z) = (1 + erf z) + z·(2/√π)·exp(−z²)
