@@ -35,7 +35,10 @@ async function child(
 // Odd sizes (not multiples of the 64-wide workgroup), a single element, and a long row.
 const SOURCE = `
 import { tf } from "./lib/backend.ts";
-import { wgslGateBackward, wgslGateForward } from "./lib/webgpu_kernels.ts";
+import {
+  wgslGateBackward, wgslGateForward, wgslLayerNormBackward, wgslLayerNormForward,
+  wgslSoftmaxBackward,
+} from "./lib/webgpu_kernels.ts";
 const L = Math.log(2 / Math.sqrt(Math.PI));
 const errs = {};
 let seed = 1;
@@ -58,17 +61,46 @@ for (const shape of [[1], [37, 129], [3, 65537]]) {
     }
   }
 }
+// LayerNorm and the softmax backward: odd widths, one row, and a long row.
+for (const shape of [[1, 5], [37, 129], [2, 16384]]) {
+  const w = shape[1];
+  const x = tf.randomNormal(shape, 1, 2, "float32", seed++);
+  const dy = tf.randomNormal(shape, 0, 1, "float32", seed++);
+  const gamma = tf.randomNormal([w], 1, 0.5, "float32", seed++);
+  const beta = tf.randomNormal([w], 0, 1, "float32", seed++);
+  const eps = 1e-5;
+  const { mean, variance } = tf.moments(x, -1, true);
+  const rstd = tf.rsqrt(tf.add(variance, eps));
+  const xhat = tf.mul(tf.sub(x, mean), rstd);
+  const y0 = tf.add(tf.mul(xhat, gamma), beta);
+  const dxhat = tf.mul(dy, gamma);
+  const centred = tf.sub(dxhat, tf.mean(dxhat, -1, true));
+  const dx0 = tf.mul(tf.sub(centred, tf.mul(xhat, tf.mean(tf.mul(dxhat, xhat), -1, true))), rstd);
+  const { y, stats } = wgslLayerNormForward(x, gamma, beta, eps);
+  const dx = wgslLayerNormBackward(dy, x, stats, gamma);
+  const p = tf.softmax(tf.mul(x, 3));
+  const ds0 = tf.mul(p, tf.sub(dy, tf.sum(tf.mul(dy, p), -1, true)));
+  const ds = wgslSoftmaxBackward(p, dy);
+  const pairs = { lnY: [y, y0], lnDx: [dx, dx0], softmaxGrad: [ds, ds0] };
+  for (const [k, [a, b]] of Object.entries(pairs)) {
+    const e = (await tf.max(tf.abs(tf.sub(a, b))).data())[0];
+    const s = (await tf.max(tf.abs(b)).data())[0];
+    errs[k + "." + shape.join("x")] = e / Math.max(s, 1e-30);
+  }
+}
 console.log(JSON.stringify(errs));
 `;
 
 Deno.test({
-  name: "webgpu WGSL: fused GELU/QuickGELU forward and backward equal the tfjs composition",
+  name:
+    "webgpu WGSL: fused GELU/QuickGELU, LayerNorm and softmax-backward kernels equal the tfjs composition",
   ignore: skip,
   async fn() {
     const errs = JSON.parse(await child(["eval", SOURCE], { WEBGPU_CPU_FORWARD: "false" }));
-    assert.equal(Object.keys(errs).length, 18);
+    assert.equal(Object.keys(errs).length, 27);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
-      assert.ok(e < 1e-6, `${k}: relative error ${e} (tolerance 1e-6)`);
+      // Row sums in a different order than tfjs's reductions: float32 rounding, ≤ 1e-5.
+      assert.ok(e < 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
     }
   },
 });

@@ -39,7 +39,15 @@
  */
 import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
-import { wgslGateBackward, wgslGateForward, wgslKernelsEnabled } from "../webgpu_kernels.ts";
+import {
+  wgslGateBackward,
+  wgslGateForward,
+  wgslKernelsEnabled,
+  wgslLayerNormBackward,
+  wgslLayerNormForward,
+  wgslRowsFit,
+  wgslSoftmaxBackward,
+} from "../webgpu_kernels.ts";
 import type { Block, LoraInput, Norm, TransformerShape, VitActivation } from "./transformer.ts";
 
 /**
@@ -297,6 +305,12 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
     // A handle of its own on x: the caller may dispose x before the backward pass.
     return { y, saved: [tf.clone(x), mean, rstd] };
   }
+  if (wgslRowsFit(x.shape[x.shape.length - 1])) {
+    // Fused WGSL (lib/webgpu_kernels.ts): row statistics, then the affine output; the backward
+    // pass reads x (a handle of its own) and the statistics.
+    const { y, stats } = wgslLayerNormForward(x, p.weight, p.bias, eps);
+    return { y, saved: [tf.clone(x), stats] };
+  }
   if (portable()) {
     // x̂ = (x − mean)·rstd; the backward pass reads x̂ and rstd.
     const { mean, variance } = tf.moments(x, -1, true);
@@ -328,6 +342,10 @@ function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], 
   if (nativeOps()) {
     const [x, mean, rstd] = saved;
     return runTfOp("DeerLayerNormGrad", [], {}, [dy, x, mean, rstd, gamma], 1)[0];
+  }
+  if (wgslRowsFit(dy.shape[dy.shape.length - 1])) {
+    const [x, stats] = saved;
+    return wgslLayerNormBackward(dy, x, stats, gamma);
   }
   if (portable()) {
     const [xhat, rstd] = saved;
@@ -610,7 +628,9 @@ function blockBackward(
   const dp = mm(dAttended, s.v, false, true);
   const dv = mm(s.p, dAttended, true, false);
   // p·(dp − Σ dp·p): one fused kernel (DeerSoftmaxGrad, lib/native.ts) or four.
-  const dScores = nativeOps()
+  const dScores = wgslRowsFit(dp.shape[dp.shape.length - 1])
+    ? wgslSoftmaxBackward(s.p, dp)
+    : nativeOps()
     ? runTfOp("DeerSoftmaxGrad", [], {}, [s.p, dp], 1)[0]
     : tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
   // Gradients at the scaled q|k|v (D is folded into the factors' gradients below).
