@@ -11,9 +11,11 @@
 # goes to $OUT (default /tmp/gpu_check); the last lines are a summary. GPU_CHECK_ALLOW_FALLBACK=1
 # runs the GPU steps on a fallback adapter too (to try the script on lavapipe).
 #
-# Usage: bash .gpucarry/gpu_check.sh [probe|short]
+# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl]
 #   probe: only bench/webgpu_probe.ts (see there); short: the ViT-B/16 step at batch 8 and 32 with
-#   few steps, and PyTorch CUDA at 8, 32 and 64 (for a device budget of a few minutes).
+#   few steps, and PyTorch CUDA at 8, 32 and 64 (for a device budget of a few minutes); wgsl: the
+#   ViT-B/16 webgpu step at batch 8, 32 and 64 with the fused WGSL kernels (lib/webgpu_kernels.ts)
+#   and without (DEER_WGSL=0), plus the probe's kernel count at batch 8 both ways (wgsl.jsonl).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -91,6 +93,22 @@ if [ "${1:-}" = probe ]; then
   exit 0
 fi
 
+if [ "${1:-}" = wgsl ]; then
+  for w in 1 0; do
+    step "webgpu probe (b16, batch 8), DEER_WGSL=$w"
+    DEER_WGSL=$w DEER_BACKEND=webgpu timeout 240 deno run -A bench/webgpu_probe.ts b16 --batch 8 \
+      2>>"$OUT/wgsl.err" | sed "s/^{/{\"wgsl\":$w,/" >>"$OUT/wgsl.jsonl"
+    for b in 8 32 64; do
+      step "webgpu ViT-B/16 step, batch $b, DEER_WGSL=$w"
+      DEER_WGSL=$w DEER_BACKEND=webgpu timeout 150 deno run -A bench/figures.ts b16 --batch "$b" \
+        --steps 5 --warmup 1 2>>"$OUT/wgsl.err" | sed "s/^{/{\"wgsl\":$w,/" >>"$OUT/wgsl.jsonl"
+      echo "exit ${PIPESTATUS[0]}"
+    done
+  done
+  cat "$OUT/wgsl.jsonl"
+  tail -n 5 "$OUT/wgsl.err"
+  exit 0
+fi
 if [ "${1:-}" = short ]; then
   for b in 8 32 64; do
     step "PyTorch CUDA ViT-B/16 step, batch $b"

@@ -5,7 +5,9 @@
  * with tfjs-webgpu's defaults and with small kernels kept on the GPU (`WEBGPU_CPU_FORWARD=false`).
  * One JSON line per figure.
  *
- * Run: `DEER_BACKEND=webgpu deno run -A bench/webgpu_probe.ts [b16|tiny] [--batch 8]`.
+ * Run: `DEER_BACKEND=webgpu deno run -A bench/webgpu_probe.ts [b16|tiny] [--batch 8] [--step-only]`
+ * (`--step-only`: only the step's figures). Each line names whether the toolkit's WGSL kernels
+ * (lib/webgpu_kernels.ts) were on: `DEER_WGSL=0` turns them off.
  * @module
  */
 import { parseArgs } from "../lib/cli.ts";
@@ -21,7 +23,8 @@ import { createRng } from "../lib/rng.ts";
 import { TINY_VIT, VIT_B16 } from "./figures.ts";
 import { emit, round } from "./measure.ts";
 
-const flags = parseArgs(Deno.args, { string: ["batch"] });
+const flags = parseArgs(Deno.args, { string: ["batch"], boolean: ["step-only"] });
+const wgsl = Deno.env.get("DEER_WGSL") !== "0";
 const which = String(flags._[0] ?? "b16");
 const batch = Number(flags.batch ?? (which === "b16" ? 8 : 32));
 if (backendName !== "webgpu") throw new Error("run with DEER_BACKEND=webgpu");
@@ -42,6 +45,12 @@ async function perCall(reps: number, fn: () => tf.Tensor): Promise<number> {
 
 for (const cpuForward of [true, false]) {
   tf.env().set("WEBGPU_CPU_FORWARD", cpuForward);
+  if (!flags["step-only"]) await kernelFigures(cpuForward);
+  await stepFigures(cpuForward);
+}
+
+/** Dispatch overhead, a large product and a large element-wise kernel. */
+async function kernelFigures(cpuForward: boolean): Promise<void> {
   const tiny = tf.ones([16]);
   const dispatchMs = await perCall(400, () => tf.add(tiny, 1));
   const a = tf.randomNormal([1576, 768]), b = tf.randomNormal([768, 3072]);
@@ -58,7 +67,10 @@ for (const cpuForward of [true, false]) {
     add_gb_s: round((2 * 4 * 1576 * 3072) / (addMs * 1e6)),
   });
   tf.dispose([tiny, a, b, big]);
+}
 
+/** One ViT LoRA step under `tf.profile`. */
+async function stepFigures(cpuForward: boolean): Promise<void> {
   const config = which === "b16" ? VIT_B16 : TINY_VIT;
   const encoder = createVitEncoder(config, randomVitWeights(config, createRng(1)));
   const protos = orthonormalPrototypes(10, config.embedDim, 3);
@@ -102,6 +114,7 @@ for (const cpuForward of [true, false]) {
   emit({
     name: `webgpu_step_${which}`,
     cpu_forward: cpuForward,
+    wgsl,
     batch,
     wall_ms: round(wall),
     kernels: kernels.length,

@@ -49,6 +49,15 @@
  */
 import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
+import {
+  wgslGateBackward,
+  wgslGateForward,
+  wgslKernelsEnabled,
+  wgslLayerNormBackward,
+  wgslLayerNormForward,
+  wgslRowsFit,
+  wgslSoftmaxBackward,
+} from "../webgpu_kernels.ts";
 import type { Block, LoraInput, Norm, TransformerShape, VitActivation } from "./transformer.ts";
 
 /**
@@ -312,6 +321,12 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
     // A handle of its own on x: the caller may dispose x before the backward pass.
     return { y, saved: [tf.clone(x), mean, rstd] };
   }
+  if (wgslRowsFit(x.shape[x.shape.length - 1])) {
+    // Fused WGSL (lib/webgpu_kernels.ts): row statistics, then the affine output; the backward
+    // pass reads x (a handle of its own) and the statistics.
+    const { y, stats } = wgslLayerNormForward(x, p.weight, p.bias, eps);
+    return { y, saved: [tf.clone(x), stats] };
+  }
   if (portable()) {
     // x̂ = (x − mean)·rstd; the backward pass reads x̂ and rstd.
     const { mean, variance } = tf.moments(x, -1, true);
@@ -343,6 +358,10 @@ function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], 
   if (nativeOps()) {
     const [x, mean, rstd] = saved;
     return runTfOp("DeerLayerNormGrad", [], {}, [dy, x, mean, rstd, gamma], 1)[0];
+  }
+  if (wgslRowsFit(dy.shape[dy.shape.length - 1])) {
+    const [x, stats] = saved;
+    return wgslLayerNormBackward(dy, x, stats, gamma);
   }
   if (portable()) {
     const [xhat, rstd] = saved;
@@ -509,7 +528,11 @@ function blockForward(
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
   const z = tf.add(mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
-  const [gated, gate] = cfg.act === "quick_gelu" ? quickGeluForward(z) : geluForward(z);
+  const [gated, gate] = wgslKernelsEnabled()
+    ? wgslGateForward(z, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu")
+    : cfg.act === "quick_gelu"
+    ? quickGeluForward(z)
+    : geluForward(z);
   const mlp = mm(gated, w.fc2, t2, false);
   const out = residualAdd(x1, mlp, w.fc2Bias, outputScale(cfg.act)) as tf.Tensor2D;
   const saved = keep.saved
@@ -613,7 +636,9 @@ function blockBackward(
   const t2 = transposedMlp(cfg);
   const dMlp = tf.mul(dOut, outputScale(cfg.act));
   const dGated = t2 ? mm(w.fc2, dMlp, false, true) : mm(dMlp, w.fc2, false, true);
-  const dz = cfg.act === "quick_gelu"
+  const dz = wgslKernelsEnabled()
+    ? wgslGateBackward(dGated, s.z, s.gate, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu")
+    : cfg.act === "quick_gelu"
     // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
     ? tf.mul(dGated, tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1)))
     // d/dz z·(1 + erf z) = (1 + erf z) + z·(2/√π)·exp(−z²)
@@ -628,7 +653,9 @@ function blockBackward(
   const dp = mm(dAttended, s.v, false, true);
   const dv = mm(s.p, dAttended, true, false);
   // p·(dp − Σ dp·p): one fused kernel (DeerSoftmaxGrad, lib/native.ts) or four.
-  const dScores = nativeOps()
+  const dScores = wgslRowsFit(dp.shape[dp.shape.length - 1])
+    ? wgslSoftmaxBackward(s.p, dp)
+    : nativeOps()
     ? runTfOp("DeerSoftmaxGrad", [], {}, [s.p, dp], 1)[0]
     : tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
   // Gradients at the scaled q|k|v (D is folded into the factors' gradients below).
