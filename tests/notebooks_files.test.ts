@@ -32,6 +32,7 @@ Deno.test("notebooks: the eight studies and the sweep loader, Deno kernel, no st
     "06_",
     "07_",
     "08_",
+    "09_",
     "10_",
   ]);
   for (const name of names) {
