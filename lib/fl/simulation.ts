@@ -430,26 +430,11 @@ async function configure(
         `clients would hold none; use at most ${labels.length} clients`,
     );
   }
-  const parts = config.split.iid
-    ? iidPartition(labels.length, K, config.seed)
-    : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed, {
-      numClasses: data.classNames.length,
-    });
+  const { parts, calibration } = clientPlan(data, config);
   warnAboutData(data, config, parts);
   const clients: ClientState[] = parts.map((indices) => ({ indices }));
   const global = initLora(backbone.vision.config, backbone.rank, streamRng(config.seed, "init"));
   checkFactors(global, dims, "initial LoRA factors");
-  const calibration = config.dp
-    ? calibrate(config.dp, {
-      phases: method.phases.map((p) => p.name),
-      numClients: K,
-      participation: config.participation,
-      rounds: config.rounds,
-      localEpochs: config.localEpochs,
-      batchSize: config.batchSize,
-      clientSizes: parts.map((p) => p.length),
-    })
-    : null;
   if (calibration?.warning) warn("paper-calibration", calibration.warning);
   const expectedCohort = config.participation * K;
   if (config.dp?.calibration === "strict" && expectedCohort < 1) {
@@ -510,6 +495,37 @@ async function configure(
   }
   run.liveAtStart = tf.memory().numTensors;
   return run;
+}
+
+/**
+ * The clients' training images (the split of the run's seed) and the privacy calibration: the
+ * same on the coordinator and on every site of a cross-process federation, derived from the
+ * configuration and the data alone.
+ */
+export function clientPlan(
+  data: ImageDataset,
+  config: FederatedConfig,
+): { parts: number[][]; calibration: Calibration | null } {
+  const method = resolveMethod(config.method);
+  const K = config.numClients;
+  const labels = Array.from(data.train.labels);
+  const parts = config.split.iid
+    ? iidPartition(labels.length, K, config.seed)
+    : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed, {
+      numClasses: data.classNames.length,
+    });
+  const calibration = config.dp
+    ? calibrate(config.dp, {
+      phases: method.phases.map((p) => p.name),
+      numClients: K,
+      participation: config.participation,
+      rounds: config.rounds,
+      localEpochs: config.localEpochs,
+      batchSize: config.batchSize,
+      clientSizes: parts.map((p) => p.length),
+    })
+    : null;
+  return { parts, calibration };
 }
 
 /** Warnings about the split: clients without data, one-class evaluation splits. */
