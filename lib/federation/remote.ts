@@ -62,6 +62,8 @@ export interface NatsClientsOptions {
   phases: readonly { release: readonly ("A" | "B")[]; regulate: boolean }[];
   /** The clip bound to enforce on unregulated releases (central trust, strict), or null. */
   clip: number | null;
+  /** What every task carries besides its client index (the run's train flags, the seed). */
+  settings?: Record<string, unknown>;
   /** Called with each refusal (the run folder records them). */
   onRefusal?: (r: Refusal | { site: string; reason: string; round: number; phase: number }) => void;
 }
@@ -100,7 +102,10 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
         phase: phaseIndex,
         deadline,
         global: factorArrays(global, merged),
-        tasks: participants.map((k) => ({ site: o.sites[k], settings: { client: k } })),
+        tasks: participants.map((k) => ({
+          site: o.sites[k],
+          settings: { ...o.settings, client: k },
+        })),
       });
       const got = await coordinator.collectPhase({
         round: round + 1,
