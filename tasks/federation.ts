@@ -417,21 +417,26 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
   Deno.addSignalListener("SIGINT", onSignal);
   try {
     // The coordinator provisions the streams: a site started first waits for them.
-    for (let tries = 0;; tries++) {
-      const ready = await openSite(nc, a.site, { prefix: a.prefix }).then(() => true, (err) => {
-        if (!/not found/.test(err.message) || tries >= 600) throw err;
-        return false;
+    const open = () =>
+      openSite(nc, a.site, { prefix: a.prefix }).catch((err) => {
+        if (!/Permissions Violation/.test(err.message)) throw err;
+        throw new UsageError(
+          `the credentials in ${a.creds.seedFile.replace(/\/nkey\.seed$/, "")} are not ` +
+            `${a.site}'s (${err.message}); give --creds the folder made for ${a.site}`,
+        );
       });
-      if (ready) break;
+    let site: Awaited<ReturnType<typeof openSite>>;
+    for (let tries = 0;; tries++) {
+      const opened = await open().catch((err) => {
+        if (!/not found/.test(err.message) || tries >= 600) throw err;
+        return null;
+      });
+      if (opened) {
+        site = opened;
+        break;
+      }
       await new Promise((r) => setTimeout(r, 1000));
     }
-    const site = await openSite(nc, a.site, { prefix: a.prefix }).catch((err) => {
-      if (!/Permissions Violation/.test(err.message)) throw err;
-      throw new UsageError(
-        `the credentials in ${a.creds.seedFile.replace(/\/nkey\.seed$/, "")} are not ` +
-          `${a.site}'s (${err.message}); give --creds the folder made for ${a.site}`,
-      );
-    });
     console.error(`federation join: connected to ${a.nats} as ${a.site}; waiting for tasks`);
     // The run's flags come with each task; the site loads its data and model for them once.
     let total = 0;
