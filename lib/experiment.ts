@@ -40,6 +40,7 @@ import { loadPrototypes, orthonormalPrototypes } from "./model/head.ts";
 import { makeBackbone, type SharedBackbone } from "./fl/backbone.ts";
 import {
   type FederatedConfig,
+  type RemoteClients,
   type RoundRecord,
   runFederated,
   type RunResult,
@@ -304,6 +305,8 @@ export interface ExperimentOptions {
   existing?: "replace" | "refuse";
   /** Stops the run cleanly when aborted (the last completed round stays resumable). */
   signal?: AbortSignal;
+  /** Clients in other processes (`deno task federation serve`), per seed. */
+  remote?: (seed: number) => RemoteClients;
 }
 
 /** Thrown by {@link runExperiment} with `existing: "refuse"` when `outDir` holds a run. */
@@ -397,6 +400,7 @@ export async function runExperiment(
         signal: opts.signal,
         onRound: opts.onRound,
         onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
+        remote: opts.remote?.(seed),
       });
       // ledgerToJson keeps ∞ (no noise) and NaN (no RDP order, PLD) that plain JSON cannot hold.
       if (outDir && run.ledger) {

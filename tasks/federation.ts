@@ -7,13 +7,13 @@
  *   that also lists the expected sites.
  * * `join`: one site, training on its local data and sending only what the method releases.
  *
- * Stage 1: `server` is complete; `serve` and `join` check their flags, their credentials and
- * the server (the coordinator provisions the streams, a site opens its own queue), then stop:
- * the round loop is wired to the engine's round steps once those land (lib/fl redesign).
+ * `serve` runs the engine's own round (`runFederated`, as `train`) with its clients replaced by
+ * the sites (`lib/federation/remote.ts`); each task carries the run's train flags, so a site
+ * derives the same method, split and calibration; a site returns only its release.
  *
  * @module
  */
-import { resolve } from "node:path";
+import { join as joinPath, resolve } from "node:path";
 import { parseArgs, UsageError } from "../lib/cli.ts";
 import {
   checkCredentials,
@@ -50,7 +50,9 @@ const HELP = `deno task federation COMMAND [flags]
           [--heartbeat S]
       One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's
       credentials folder (nkey.seed, ca.pem, cert.pem, key.pem). --heartbeat: how often a
-      running task renews its lease (default 10 s).
+      running task renews its lease (default 10 s). --part: train on this site's part of the
+      run's split of PATH (every site holds the same file: one-machine trials and the check
+      against \`train\`); without it every training image in PATH is the site's own.
 `;
 
 /** Parsed `federation` flags. */
@@ -76,6 +78,8 @@ export type FederationArgs =
     model: string | null;
     prefix: string;
     heartbeatMs: number;
+    /** Train on the site's part of the run's split of --data (one-machine trials, checks). */
+    part: boolean;
   };
 
 function need(flags: Record<string, unknown>, name: string, command: string): string {
@@ -134,15 +138,16 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
       "data",
       "model",
       "heartbeat",
+      "client",
     ],
-    boolean: ["resume", "help"],
+    boolean: ["resume", "help", "part"],
   });
   if (f.help) return null;
   if (f._.length > 0) throw new UsageError(`unexpected argument ${f._[0]}; flags start with --`);
   const allowed: Record<string, string[]> = {
     server: ["dir", "sites", "port", "prefix"],
     serve: ["nats", "creds", "config", "prefix", "lease", "deadline", "trust", "resume"],
-    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat"],
+    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat", "part"],
   };
   for (const name of Object.keys(f)) {
     if (name !== "_" && f[name] !== undefined && !allowed[command].includes(name)) {
@@ -196,10 +201,11 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
     nats,
     creds: credentialsFolder(credsDir, site),
     site,
-    data: resolve(need(f, "data", command)),
+    data: need(f, "data", command) === "default" ? "default" : resolve(need(f, "data", command)),
     model: typeof f.model === "string" ? resolve(f.model) : null,
     prefix,
     heartbeatMs: seconds(f, "heartbeat", 10),
+    part: f.part === true,
   };
 }
 
@@ -292,8 +298,10 @@ async function runServer(a: Extract<FederationArgs, { command: "server" }>): Pro
   return 0;
 }
 
-const NOT_WIRED = "the round loop is not wired yet: it waits for the engine's round steps " +
-  "(issue 17, stage 2); credentials, server and queues checked";
+/** Loads the train module's parser without starting its tensorflow backend early. */
+async function trainParser(): Promise<typeof import("./train.ts")> {
+  return await import("./train.ts");
+}
 
 async function main(args: string[]): Promise<number> {
   const a = parseFederationArgs(args);
@@ -303,57 +311,171 @@ async function main(args: string[]): Promise<number> {
   }
   if (a.command === "server") return await runServer(a);
   await checkCredentials(a.creds);
-  if (a.command === "serve") {
-    const config = await readServeConfig(a.config);
-    // The train parser only; its module would otherwise start the tensorflow backend.
-    const chosen = Deno.env.get("DEER_BACKEND");
-    Deno.env.set("DEER_BACKEND", "cpu");
-    const { parseTrainArgs } = await import("./train.ts");
-    if (chosen === undefined) Deno.env.delete("DEER_BACKEND");
-    else Deno.env.set("DEER_BACKEND", chosen);
-    try {
-      parseTrainArgs(config.trainArgs);
-    } catch (err) {
-      throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
-    }
-    const nc = await connectFederation(a.nats, a.creds);
-    try {
-      const coordinator = await openCoordinator(nc, {
-        run: "preflight",
-        sites: config.sites,
-        prefix: a.prefix,
-        leaseMs: a.leaseMs,
-      });
-      console.log(
-        `federation serve: connected to ${a.nats}; ${coordinator.names.tasksStream}, ` +
-          `${coordinator.names.resultsStream}, ${coordinator.names.stateBucket} ready for ` +
-          `${config.sites.join(", ")}`,
+  if (a.command === "serve") return await serve(a, await readServeConfig(a.config));
+  return await join(a);
+}
+
+/** The run id on the transport: a digest of the sites and the train flags (and the seed). */
+async function runId(config: ServeConfig, seed: number): Promise<string> {
+  const text = JSON.stringify({ sites: config.sites, train: config.trainArgs, seed });
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)),
+  );
+  return `run-${[...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+async function serve(
+  a: Extract<FederationArgs, { command: "serve" }>,
+  config: ServeConfig,
+): Promise<number> {
+  if (a.trust === "local") {
+    throw new UsageError(`--trust local is not implemented yet; use --trust central`);
+  }
+  const { parseTrainArgs, runName } = await trainParser();
+  let targs;
+  try {
+    targs = parseTrainArgs([...config.trainArgs, ...(a.resume ? ["--resume"] : [])]);
+  } catch (err) {
+    throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
+  }
+  if (targs === null) throw new UsageError(`--config ${a.config}: train: --help is not a setting`);
+  const { loadInputs, runExperiment } = await import("../lib/experiment.ts");
+  const { resolveMethod } = await import("../lib/fl/methods/mod.ts");
+  const { natsClients } = await import("../lib/federation/remote.ts");
+  const outDir = joinPath(targs.out, targs.expName, runName(targs));
+  const inputs = await loadInputs(targs.inputs);
+  const nc = await connectFederation(a.nats, a.creds);
+  const refusals: unknown[] = [];
+  try {
+    const coordinators = new Map<number, Awaited<ReturnType<typeof openCoordinator>>>();
+    for (const seed of targs.seeds) {
+      coordinators.set(
+        seed,
+        await openCoordinator(nc, {
+          run: await runId(config, seed),
+          sites: config.sites,
+          prefix: a.prefix,
+          leaseMs: a.leaseMs,
+        }),
       );
-    } finally {
-      await nc.close();
     }
-  } else {
-    for (const [flag, path] of [["data", a.data], ["model", a.model]] as const) {
-      if (path !== null && !(await Deno.stat(path).catch(() => null))) {
-        throw new UsageError(`--${flag} ${path}: no such file or folder`);
-      }
+    const method = resolveMethod(targs.config.method);
+    const dp = targs.config.dp;
+    console.error(
+      `federation serve: ${method.label}, sites ${
+        config.sites.join(", ")
+      }, T=${targs.config.rounds} → ${outDir}`,
+    );
+    await runExperiment(inputs, { ...targs.config, seed: targs.seeds[0] }, targs.seeds, {
+      outDir,
+      resume: a.resume,
+      existing: "replace",
+      describe: { federation: { sites: config.sites, trust: a.trust }, inputs: targs.inputs },
+      remote: (seed) =>
+        natsClients(coordinators.get(seed)!, {
+          sites: config.sites,
+          dims: inputs.backbone.dims,
+          deadlineMs: a.deadlineMs,
+          phases: method.phases,
+          clip: dp?.calibration === "strict" ? dp.clip : null,
+          settings: { train: config.trainArgs, seed },
+          onRefusal: (r) => {
+            refusals.push(r);
+            console.error(`federation serve: refused a result of ${r.site}: ${r.reason}`);
+          },
+        }),
+      onRound: (r) => console.error(`round ${r.round}: loss ${r.trainLoss.toFixed(4)}`),
+    });
+    if (refusals.length > 0) {
+      await Deno.writeTextFile(
+        joinPath(outDir, "refusals.json"),
+        JSON.stringify(refusals, null, 2),
+      );
     }
-    const nc = await connectFederation(a.nats, a.creds);
-    try {
-      await openSite(nc, a.site, { prefix: a.prefix }).catch((err) => {
+  } finally {
+    await nc.close();
+    inputs.dispose();
+  }
+  console.log(`results: ${outDir}`);
+  return 0;
+}
+
+async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<number> {
+  for (const [flag, path] of [["data", a.data], ["model", a.model]] as const) {
+    if (path !== null && path !== "default" && !(await Deno.stat(path).catch(() => null))) {
+      throw new UsageError(`--${flag} ${path}: no such file or folder`);
+    }
+  }
+  const { parseTrainArgs } = await trainParser();
+  const { loadInputs } = await import("../lib/experiment.ts");
+  const { siteRuntime } = await import("../lib/federation/site.ts");
+  const { runSite } = await import("../lib/federation/remote.ts");
+  const nc = await connectFederation(a.nats, a.creds);
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  Deno.addSignalListener("SIGTERM", onSignal);
+  Deno.addSignalListener("SIGINT", onSignal);
+  try {
+    // The coordinator provisions the streams: a site started first waits for them.
+    const open = () =>
+      openSite(nc, a.site, { prefix: a.prefix }).catch((err) => {
         if (!/Permissions Violation/.test(err.message)) throw err;
         throw new UsageError(
           `the credentials in ${a.creds.seedFile.replace(/\/nkey\.seed$/, "")} are not ` +
             `${a.site}'s (${err.message}); give --creds the folder made for ${a.site}`,
         );
       });
-      console.log(`federation join: connected to ${a.nats} as ${a.site}; its task queue is open`);
-    } finally {
-      await nc.close();
+    let site: Awaited<ReturnType<typeof openSite>>;
+    for (let tries = 0;; tries++) {
+      const opened = await open().catch((err) => {
+        if (!/not found/.test(err.message) || tries >= 600) throw err;
+        return null;
+      });
+      if (opened) {
+        site = opened;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 1000));
     }
+    console.error(`federation join: connected to ${a.nats} as ${a.site}; waiting for tasks`);
+    // The run's flags come with each task; the site loads its data and model for them once.
+    let total = 0;
+    while (!stop.signal.aborted) {
+      const lease = await site.nextTask(2000);
+      if (!lease) continue;
+      const train = lease.task.settings.train as string[];
+      const seed = Number(lease.task.settings.seed);
+      const client = Number(lease.task.settings.client);
+      const targs = parseTrainArgs([
+        ...train.filter((f) => !/^--(data_dir|dataset|model)=/.test(f) || !a.data),
+        ...(a.data === "default"
+          ? ["--dataset=default"]
+          : a.data.endsWith(".npz")
+          ? [`--dataset=${a.data}`]
+          : [`--data_dir=${a.data}`]),
+        ...(a.model ? [`--model=${a.model}`] : []),
+      ]);
+      if (!targs) throw new Error("task without train flags");
+      lease.giveBack();
+      const inputs = await loadInputs(targs.inputs);
+      const runtime = siteRuntime(inputs.data, { ...targs.config, seed }, client, {
+        ownImages: !a.part,
+      });
+      total += await runSite(site, inputs.backbone, runtime, {
+        heartbeatMs: a.heartbeatMs,
+        idleMs: Number.POSITIVE_INFINITY,
+        signal: stop.signal,
+        log: (line) => console.error(`${a.site}: ${line}`),
+      });
+      inputs.dispose();
+    }
+    console.error(`federation join: ${a.site} stopped after ${total} task(s)`);
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    Deno.removeSignalListener("SIGINT", onSignal);
+    await nc.close();
   }
-  console.error(`federation ${a.command}: ${NOT_WIRED}`);
-  return 3;
+  return 0;
 }
 
 if (import.meta.main) {

@@ -20,7 +20,7 @@
 import type { Rng } from "../rng.ts";
 import { initLora } from "../model/lora.ts";
 import type { ImageSplit } from "../data/dataset.ts";
-import type { Mechanism, ReleaseOutput } from "../privacy/mechanism.ts";
+import type { ClientRelease, Mechanism, ReleaseOutput } from "../privacy/mechanism.ts";
 import type { SharedBackbone } from "./backbone.ts";
 import { allFinite, checkFactors, type LoraDims, type LoraFactors } from "./factors.ts";
 import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
@@ -214,18 +214,67 @@ export interface ServerRelease {
   seed: number;
   /** The updates to combine (clients, and audit canaries), with their weights. */
   updates: { client: number; start: LoraFactors; factors: LoraFactors; weight: number }[];
+  /**
+   * Releases already made by their clients (a site of a cross-process federation), by client
+   * id; an update whose client has one here is not released again (its weight is the server's).
+   */
+  released?: ReadonlyMap<number, ClientRelease>;
   maxWeight: number;
   /** The noise stream of a client id or "central" (default: the run's named `noise` streams). */
   noiseRng?: (label: string | number) => Rng;
 }
 
+/** The run's seeded noise stream of a client id or "central" in one release (1-based round). */
+export function releaseNoise(
+  seed: number,
+  round: number,
+  phaseIndex: number,
+): (label: string | number) => Rng {
+  return (label) => streamRng(seed, "noise", round - 1, phaseIndex, label);
+}
+
 /**
- * The aggregate step: the mechanism clips, combines (with the method's combination), noises and
+ * The client's release step: what client `update.client` sends for one phase (clipped, and noised
+ * by itself where the mechanism noises per client), on its own named noise stream. A site of a
+ * cross-process federation calls it on its trained update; {@link aggregateRelease} calls it for
+ * the clients of one process.
+ */
+export function releaseClient(s: {
+  mechanism: Mechanism;
+  phase: Phase;
+  round: number;
+  phaseIndex: number;
+  dims: LoraDims;
+  numClients: number;
+  seed: number;
+  update: ServerRelease["updates"][number];
+  noiseRng?: (label: string | number) => Rng;
+}): ClientRelease {
+  return s.mechanism.clientRelease({
+    round: s.round,
+    phase: s.phase,
+    dims: s.dims,
+    update: s.update,
+    numClients: s.numClients,
+    noiseRng: s.noiseRng ?? releaseNoise(s.seed, s.round, s.phaseIndex),
+  });
+}
+
+/**
+ * The aggregate step: each client's release (clip, and per-client noise, {@link releaseClient}),
+ * then the mechanism combines them (with the method's combination), adds central noise and
  * records the release; the method's deviation of what the server combined is measured.
  */
 export function aggregateRelease(s: ServerRelease): ReleaseOutput & { deviation: number } {
   const ctx = { global: s.global, phase: s.phase, dims: s.dims, loraScale: s.loraScale };
-  const out = s.mechanism.release({
+  const noiseRng = s.noiseRng ?? releaseNoise(s.seed, s.round, s.phaseIndex);
+  const releases = s.updates.map((update) => {
+    const remote = s.released?.get(update.client);
+    return remote
+      ? { ...remote, weight: update.weight }
+      : releaseClient({ ...s, update, noiseRng });
+  });
+  const out = s.mechanism.aggregate({
     round: s.round,
     phase: s.phase,
     global: s.global,
@@ -233,11 +282,9 @@ export function aggregateRelease(s: ServerRelease): ReleaseOutput & { deviation:
     updates: s.updates,
     maxWeight: s.maxWeight,
     numClients: s.numClients,
-    noiseRng: s.noiseRng ??
-      ((label: string | number): Rng =>
-        streamRng(s.seed, "noise", s.round - 1, s.phaseIndex, label)),
+    noiseRng,
     combine: (received) => s.method.combine(received, ctx),
-  });
+  }, releases);
   return { ...out, deviation: s.method.deviation(out.received, ctx) };
 }
 

@@ -33,7 +33,7 @@ import { initLora } from "../model/lora.ts";
 import type { Metrics } from "../metrics/classification.ts";
 import { selectionScore } from "../metrics/classification.ts";
 import { calibrate, type Calibration, type DpSettings } from "../privacy/calibration.ts";
-import { createMechanism, type Mechanism } from "../privacy/mechanism.ts";
+import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
 import {
   closeRound,
   createLedger,
@@ -182,8 +182,32 @@ export interface RunResult {
   seconds: number;
 }
 
+/**
+ * Clients in other processes (the coordinator of `lib/federation/`): replaces "train these
+ * participants here" by "send each its task, collect what it releases". A participant without a
+ * release in the answer is excluded with the reason given, as a faulty client is, and the
+ * weights of the others are those of the simulation with that client missing.
+ */
+export interface RemoteClients {
+  collect(task: {
+    /** 0-based round and phase. */
+    round: number;
+    phaseIndex: number;
+    phase: string;
+    participants: number[];
+    global: LoraFactors;
+    merged?: Float32Array[];
+  }): Promise<{
+    /** Each answering client's release (clipped, and noised by itself where the mechanism says). */
+    releases: Map<number, { release: ClientRelease; loss: number }>;
+    excluded: PhaseRecord["excluded"];
+  }>;
+}
+
 /** Options of {@link runFederated} that do not change results. */
 export interface RunOptions {
+  /** Clients in other processes; default: every client trains in this process. */
+  remote?: RemoteClients;
   /** Folder for records, checkpoints and resumable state; nothing is written without it. */
   outDir?: string;
   /** Continue from `outDir/state.json` if present. */
@@ -353,7 +377,9 @@ export async function runFederated(
     const phases: PhaseRecord[] = [];
     for (const [phaseIndex, phase] of run.method.phases.entries()) {
       const participants = sampleParticipants(config, round, phaseIndex);
-      const trained = await trainClients(run, round, phaseIndex, participants);
+      const trained = opts.remote
+        ? await collectRemote(run, opts.remote, round, phaseIndex, participants)
+        : await trainClients(run, round, phaseIndex, participants);
       phases.push(aggregatePhase(run, round, phaseIndex, participants, trained));
       void phase;
     }
@@ -386,6 +412,14 @@ async function configure(
     }
   }
   const method = resolveMethod(config.method);
+  if (
+    opts.remote && method.keepOnClient(initLora(backbone.vision.config, 1, streamRng(0, "probe")))
+  ) {
+    throw new Error(
+      `${method.label} keeps factors on its clients and evaluates with them; clients in other ` +
+        `processes (federation serve) support methods whose model is the global factors alone`,
+    );
+  }
   const K = config.numClients;
   const { dims } = backbone;
   const started = performance.now();
@@ -396,26 +430,11 @@ async function configure(
         `clients would hold none; use at most ${labels.length} clients`,
     );
   }
-  const parts = config.split.iid
-    ? iidPartition(labels.length, K, config.seed)
-    : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed, {
-      numClasses: data.classNames.length,
-    });
+  const { parts, calibration } = clientPlan(data, config);
   warnAboutData(data, config, parts);
   const clients: ClientState[] = parts.map((indices) => ({ indices }));
   const global = initLora(backbone.vision.config, backbone.rank, streamRng(config.seed, "init"));
   checkFactors(global, dims, "initial LoRA factors");
-  const calibration = config.dp
-    ? calibrate(config.dp, {
-      phases: method.phases.map((p) => p.name),
-      numClients: K,
-      participation: config.participation,
-      rounds: config.rounds,
-      localEpochs: config.localEpochs,
-      batchSize: config.batchSize,
-      clientSizes: parts.map((p) => p.length),
-    })
-    : null;
   if (calibration?.warning) warn("paper-calibration", calibration.warning);
   const expectedCohort = config.participation * K;
   if (config.dp?.calibration === "strict" && expectedCohort < 1) {
@@ -476,6 +495,37 @@ async function configure(
   }
   run.liveAtStart = tf.memory().numTensors;
   return run;
+}
+
+/**
+ * The clients' training images (the split of the run's seed) and the privacy calibration: the
+ * same on the coordinator and on every site of a cross-process federation, derived from the
+ * configuration and the data alone.
+ */
+export function clientPlan(
+  data: ImageDataset,
+  config: FederatedConfig,
+): { parts: number[][]; calibration: Calibration | null } {
+  const method = resolveMethod(config.method);
+  const K = config.numClients;
+  const labels = Array.from(data.train.labels);
+  const parts = config.split.iid
+    ? iidPartition(labels.length, K, config.seed)
+    : dirichletPartition(labels, K, config.split.dirichletAlpha, config.seed, {
+      numClasses: data.classNames.length,
+    });
+  const calibration = config.dp
+    ? calibrate(config.dp, {
+      phases: method.phases.map((p) => p.name),
+      numClients: K,
+      participation: config.participation,
+      rounds: config.rounds,
+      localEpochs: config.localEpochs,
+      batchSize: config.batchSize,
+      clientSizes: parts.map((p) => p.length),
+    })
+    : null;
+  return { parts, calibration };
 }
 
 /** Warnings about the split: clients without data, one-class evaluation splits. */
@@ -561,6 +611,55 @@ async function trainClients(
   return { valid, excluded };
 }
 
+/** What a phase's clients gave the server: trained updates, or releases made by the clients. */
+interface PhaseClients {
+  valid: TrainedClient[];
+  excluded: PhaseRecord["excluded"];
+  released?: Map<number, ClientRelease>;
+}
+
+/**
+ * Collect remote clients: the phase's task goes to each participant's process and its release
+ * comes back ({@link RemoteClients}); the server holds no client state.
+ */
+async function collectRemote(
+  run: Run,
+  remote: RemoteClients,
+  round: number,
+  phaseIndex: number,
+  participants: number[],
+): Promise<PhaseClients> {
+  const phase = run.method.phases[phaseIndex];
+  const got = await remote.collect({
+    round,
+    phaseIndex,
+    phase: phase.name,
+    participants,
+    global: run.global,
+    merged: run.merged,
+  });
+  const released = new Map<number, ClientRelease>();
+  const valid: TrainedClient[] = [];
+  for (const k of participants) {
+    const answer = got.releases.get(k);
+    if (!answer) continue;
+    released.set(k, answer.release);
+    valid.push({
+      client: k,
+      start: run.global,
+      result: { factors: answer.release.factors, loss: answer.loss, momentum: [], steps: 0 },
+    });
+  }
+  if (valid.length === 0 && participants.length > 0) {
+    throw new Error(
+      `round ${round + 1} phase ${phase.name}: no site answered (${
+        got.excluded.map((e) => `client ${e.client}: ${e.reason}`).join("; ")
+      })`,
+    );
+  }
+  return { valid, excluded: got.excluded, released };
+}
+
 /**
  * Aggregate and record one phase: add the audit canaries, weight the updates, release them
  * through the mechanism with the method's combination, keep what clients keep, merge into the
@@ -571,7 +670,7 @@ function aggregatePhase(
   round: number,
   phaseIndex: number,
   participants: number[],
-  trained: { valid: TrainedClient[]; excluded: PhaseRecord["excluded"] },
+  trained: PhaseClients,
 ): PhaseRecord {
   const { config, method, backbone, opts } = run;
   const phase = method.phases[phaseIndex];
@@ -625,8 +724,9 @@ function aggregatePhase(
     seed: config.seed,
     updates: updates.map((u, i) => ({ ...u, weight: weighting.weights[i] })),
     maxWeight: weighting.maxWeight,
+    released: trained.released,
   });
-  for (const { client, result } of trained.valid) {
+  for (const { client, result } of trained.released ? [] : trained.valid) {
     const kept = method.keepOnClient(result.factors);
     if (kept) run.clients[client].local = kept;
   }

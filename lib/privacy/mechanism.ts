@@ -125,12 +125,46 @@ export interface ReleaseOutput {
   record: Release | null;
 }
 
+/** What a client (a site) needs to compute its own release. */
+export interface ClientReleaseInput {
+  round: number;
+  phase: ReleaseSpec;
+  dims: LoraDims;
+  update: ClientUpdate;
+  /** K, the number of clients (per-client noise std σC/√K in paper calibration). */
+  numClients: number;
+  /** The seeded noise stream of a client id (only the client's own is drawn). */
+  noiseRng: (label: string | number) => Rng;
+}
+
+/**
+ * What leaves a client: its released factors (`start + clip(Δ)`, plus its own noise where the
+ * mechanism noises per client) and the statistics the server's record needs.
+ */
+export interface ClientRelease extends ReceivedUpdate {
+  /** Before the client's own noise (instrumentation in one process; absent from a site). */
+  clean?: LoraFactors;
+  /** Norm of the update before clipping, and whether the clip bound scaled it down. */
+  updateNorm: number;
+  clipped: boolean;
+  /** Strict calibration: norm of the release after clipping (checked ≤ C); 0 otherwise. */
+  releaseNorm: number;
+  /** Largest σ_max of a peer factor that shaped the client's noise (0 when not regulated). */
+  peerSigmaMax: number;
+  /** Paper calibration, regulated phase: σ_max of each released tensor's peer (its record). */
+  peerSigmaMaxes?: number[];
+}
+
 /** A privacy mechanism of a run. */
 export interface Mechanism {
   readonly name: "none" | "paper" | "strict";
   /** The calibrated σ and its targets; null for `none`. */
   readonly calibration: Calibration | null;
-  /** Clips, combines, noises and records one release. */
+  /** The client step: clips (and, per client, noises) one client's update. */
+  clientRelease(input: ClientReleaseInput): ClientRelease;
+  /** The server step: combines the client releases, adds central noise and records. */
+  aggregate(input: ReleaseInput, releases: readonly ClientRelease[]): ReleaseOutput;
+  /** Both steps in one process: `aggregate(input, updates.map(clientRelease))`. */
   release(input: ReleaseInput): ReleaseOutput;
   /**
    * The record of a release made in `round`, `phase`, when it is known before the clients train
@@ -144,11 +178,22 @@ export interface Mechanism {
  * `calibration.calibration`.
  */
 export function createMechanism(calibration: Calibration | null): Mechanism {
-  if (calibration === null) return noneMechanism;
-  return calibration.calibration === "paper"
+  const steps = calibration === null
+    ? noneMechanism
+    : calibration.calibration === "paper"
     ? paperMechanism(calibration)
     : strictMechanism(calibration);
+  return {
+    ...steps,
+    release: (input) =>
+      steps.aggregate(
+        input,
+        input.updates.map((update) => steps.clientRelease({ ...input, update })),
+      ),
+  };
 }
+
+type MechanismSteps = Omit<Mechanism, "release">;
 
 /**
  * The default combination: `θ_g + Σ_k w_k·(θ_k − θ_g)` on the released factors, i.e. FedAvg
@@ -301,16 +346,24 @@ function mean(xs: number[]): number {
 // The three mechanisms.
 
 /** No privacy: the updates are combined as they are. */
-const noneMechanism: Mechanism = {
+const noneMechanism: MechanismSteps = {
   name: "none",
   calibration: null,
-  release(input) {
-    const norms: number[] = [];
-    const received = input.updates.map((u) => {
-      const deltas = deltasOf(u, input.phase.release);
-      norms.push(Math.sqrt(flat(deltas).reduce((s, d) => s + sqNorm(d), 0)));
-      return { client: u.client, factors: applied(u, deltas), weight: u.weight };
-    });
+  clientRelease({ phase, update: u }) {
+    const deltas = deltasOf(u, phase.release);
+    const updateNorm = Math.sqrt(flat(deltas).reduce((s, d) => s + sqNorm(d), 0));
+    return {
+      client: u.client,
+      factors: applied(u, deltas),
+      weight: u.weight,
+      updateNorm,
+      clipped: false,
+      releaseNorm: 0,
+      peerSigmaMax: 0,
+    };
+  },
+  aggregate(input, releases) {
+    const received = receivedOf(releases);
     const combined = defaultCombine(input)(received);
     return {
       global: combined.global,
@@ -319,13 +372,22 @@ const noneMechanism: Mechanism = {
       received,
       peerSigmaMax: 0,
       clippedFraction: 0,
-      meanUpdateNorm: mean(norms),
+      meanUpdateNorm: mean(releases.map((r) => r.updateNorm)),
       maxReleaseNorm: 0,
       record: null,
     };
   },
   plannedRecord: () => null,
 };
+
+/** What the server holds of each client release. */
+function receivedOf(releases: readonly ClientRelease[]): ReceivedUpdate[] {
+  return releases.map((r) => ({ client: r.client, factors: r.factors, weight: r.weight }));
+}
+
+function clippedFractionOf(releases: readonly ClientRelease[]): number {
+  return releases.length ? releases.filter((r) => r.clipped).length / releases.length : 0;
+}
 
 /**
  * The reference's mechanism: every released tensor clipped on its own to C, per-client noise of
@@ -334,41 +396,46 @@ const noneMechanism: Mechanism = {
  * at most `w_k·S_k` (S_k = C·√m, or C·√(Σ_t σ_max(peer_t)²) when regulated), and the sum carries
  * noise of std `(σC/√K)·√(Σ_k w_k²)`.
  */
-function paperMechanism(cal: Calibration): Mechanism {
+function paperMechanism(cal: Calibration): MechanismSteps {
   const C = cal.clip;
   return {
     name: "paper",
     calibration: cal,
-    release(input) {
-      const { phase, dims, updates } = input;
+    clientRelease(input) {
+      const { phase, dims, update: u } = input;
       const peerOf = peerCache(dims);
-      let clipped = 0;
-      const norms: number[] = [];
-      const clean: ReceivedUpdate[] = [];
-      const received: ReceivedUpdate[] = [];
-      let peerSigmaMax = 0;
+      const deltas = deltasOf(u, phase.release);
+      const { norms: tensorNorms } = clipPerTensor(flat(deltas), C, { inPlace: true });
+      const factors = applied(u, deltas);
+      const noisy = cloneFactors(factors);
       const std = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
-      for (const u of updates) {
-        const deltas = deltasOf(u, phase.release);
-        const { norms: tensorNorms } = clipPerTensor(flat(deltas), C, { inPlace: true });
-        norms.push(Math.sqrt(tensorNorms.reduce((s, n) => s + n * n, 0)));
-        if (tensorNorms.some((n) => n > C)) clipped++;
-        const factors = applied(u, deltas);
-        clean.push({ client: u.client, factors, weight: u.weight });
-        const noisy = cloneFactors(factors);
-        // Regulated by the client's own peer factor, as the reference does.
-        peerSigmaMax = Math.max(
-          peerSigmaMax,
-          addNoise(noisy, phase, input.noiseRng(u.client), std, (which, i) => {
-            const peer = peerOf(u.factors, which, i);
-            return {
-              peer,
-              draw: (rng, s) => regulatedOrExplain(peer, rng, s, u.client, which, i, phase),
-            };
-          }),
-        );
-        received.push({ client: u.client, factors: noisy, weight: u.weight });
-      }
+      // Regulated by the client's own peer factor, as the reference does.
+      const peerSigmaMax = addNoise(noisy, phase, input.noiseRng(u.client), std, (which, i) => {
+        const peer = peerOf(u.factors, which, i);
+        return {
+          peer,
+          draw: (rng, s) => regulatedOrExplain(peer, rng, s, u.client, which, i, phase),
+        };
+      });
+      return {
+        client: u.client,
+        factors: noisy,
+        clean: factors,
+        weight: u.weight,
+        updateNorm: Math.sqrt(tensorNorms.reduce((s, n) => s + n * n, 0)),
+        clipped: tensorNorms.some((n) => n > C),
+        releaseNorm: 0,
+        peerSigmaMax,
+        peerSigmaMaxes: phase.regulate
+          ? phase.release.flatMap((which) =>
+            Array.from({ length: dims.adapters }, (_, i) => peerOf(u.factors, which, i).sigmaMax)
+          )
+          : undefined,
+      };
+    },
+    aggregate(input, releases) {
+      const received = receivedOf(releases);
+      const clean = releases.map((r) => ({ ...r, factors: r.clean ?? r.factors }));
       const combine = defaultCombine(input);
       const published = combine(received);
       return {
@@ -376,11 +443,11 @@ function paperMechanism(cal: Calibration): Mechanism {
         clean: combine(clean).global,
         mergeIntoFrozen: published.mergeIntoFrozen,
         received,
-        peerSigmaMax,
-        clippedFraction: updates.length ? clipped / updates.length : 0,
-        meanUpdateNorm: mean(norms),
+        peerSigmaMax: Math.max(0, ...releases.map((r) => r.peerSigmaMax)),
+        clippedFraction: clippedFractionOf(releases),
+        meanUpdateNorm: mean(releases.map((r) => r.updateNorm)),
         maxReleaseNorm: 0,
-        record: paperRecord(cal, input, peerOf),
+        record: paperRecord(cal, input, releases),
       };
     },
     plannedRecord: () => null,
@@ -391,27 +458,22 @@ function paperMechanism(cal: Calibration): Mechanism {
 function paperRecord(
   cal: Calibration,
   input: ReleaseInput,
-  peerOf: ReturnType<typeof peerCache>,
+  releases: readonly ClientRelease[],
 ): Release {
-  const { updates, phase, dims } = input;
+  const { phase, dims } = input;
   const C = cal.clip;
-  const weights = updates.map((u) => u.weight);
+  const weights = releases.map((u) => u.weight);
   const maxWeight = Math.max(...weights);
   const s = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
   const aggregateStd = s * Math.sqrt(weights.reduce((a, w) => a + w * w, 0));
   let worst = 0;
   let how = "";
-  for (const [k, { factors }] of updates.entries()) {
-    const peerSigmaMax = phase.regulate
-      ? phase.release.flatMap((which) =>
-        Array.from({ length: dims.adapters }, (_, i) => peerOf(factors, which, i).sigmaMax)
-      )
-      : undefined;
+  for (const [k, r] of releases.entries()) {
     const bound = clippedSensitivity({
       clip: C,
       clipping: "per-tensor",
       tensors: phase.release.length * dims.adapters,
-      peerSigmaMax,
+      peerSigmaMax: phase.regulate ? r.peerSigmaMaxes : undefined,
     });
     if (weights[k] * bound.sensitivity > worst || k === 0) how = bound.how;
     worst = Math.max(worst, weights[k] * bound.sensitivity);
@@ -437,13 +499,59 @@ function paperRecord(
  * when regulated), the weighted sum formed, and noise of std σ·C·maxWeight added once to it
  * (regulated by the shared global peer, or isotropic).
  */
-function strictMechanism(cal: Calibration): Mechanism {
+function strictMechanism(cal: Calibration): MechanismSteps {
   const C = cal.clip;
   return {
     name: "strict",
     calibration: cal,
-    release(input) {
-      const { phase, dims, updates, global } = input;
+    clientRelease({ phase, dims, update: u }) {
+      const peerOf = peerCache(dims);
+      const deltas = deltasOf(u, phase.release);
+      let norm: number;
+      let after: () => number;
+      if (phase.regulate) {
+        // One factor per regulated strict phase (validated): its peer is the client's start,
+        // the global factor shared by all clients.
+        const which = phase.release[0];
+        const list = deltas.get(which)!;
+        const peers = list.map((_, i) => peerOf(u.start, which, i));
+        const spec = {
+          phase: which,
+          deltas: list,
+          peers: peers.map((p) => p.peer),
+          peerGrams: peers.map((p) => p.gram),
+          d: dims.dIn,
+          dOut: dims.dOut,
+          r: peers[0]?.rank ?? dims.rank,
+        };
+        norm = clipProductSpace(spec, C, { inPlace: true }).norm;
+        after = () => productSpaceNorm(spec);
+      } else {
+        const tensors = flat(deltas);
+        norm = clipRelease(tensors, C, { inPlace: true }).norm;
+        after = () => Math.sqrt(tensors.reduce((s, d) => s + sqNorm(d), 0));
+      }
+      // Run-time check of the guarantee's premise: the clipped release is within its bound
+      // (float32 rounding of the scaled entries allows a relative 1e-5).
+      const bounded = after();
+      if (!(bounded <= C * (1 + 1e-5))) {
+        throw new Error(
+          `strict clipping failed: a release has norm ${bounded} > C = ${C}; refusing to ` +
+            `release it`,
+        );
+      }
+      return {
+        client: u.client,
+        factors: applied(u, deltas),
+        weight: u.weight,
+        updateNorm: norm,
+        clipped: norm > C,
+        releaseNorm: bounded,
+        peerSigmaMax: 0,
+      };
+    },
+    aggregate(input, releases) {
+      const { phase, dims, global } = input;
       const peerOf = peerCache(dims);
       if (!(input.maxWeight > 0 && Number.isFinite(input.maxWeight))) {
         throw new Error(
@@ -451,50 +559,7 @@ function strictMechanism(cal: Calibration): Mechanism {
             `the noise); pass the largest weight any client could have`,
         );
       }
-      let clipped = 0;
-      let maxReleaseNorm = 0;
-      const norms: number[] = [];
-      const received: ReceivedUpdate[] = [];
-      for (const u of updates) {
-        const deltas = deltasOf(u, phase.release);
-        let norm: number;
-        let after: () => number;
-        if (phase.regulate) {
-          // One factor per regulated strict phase (validated): its peer is the client's start,
-          // the global factor shared by all clients.
-          const which = phase.release[0];
-          const list = deltas.get(which)!;
-          const peers = list.map((_, i) => peerOf(u.start, which, i));
-          const spec = {
-            phase: which,
-            deltas: list,
-            peers: peers.map((p) => p.peer),
-            peerGrams: peers.map((p) => p.gram),
-            d: dims.dIn,
-            dOut: dims.dOut,
-            r: peers[0]?.rank ?? dims.rank,
-          };
-          norm = clipProductSpace(spec, C, { inPlace: true }).norm;
-          after = () => productSpaceNorm(spec);
-        } else {
-          const tensors = flat(deltas);
-          norm = clipRelease(tensors, C, { inPlace: true }).norm;
-          after = () => Math.sqrt(tensors.reduce((s, d) => s + sqNorm(d), 0));
-        }
-        norms.push(norm);
-        if (norm > C) clipped++;
-        // Run-time check of the guarantee's premise: the clipped release is within its bound
-        // (float32 rounding of the scaled entries allows a relative 1e-5).
-        const bounded = after();
-        maxReleaseNorm = Math.max(maxReleaseNorm, bounded);
-        if (!(bounded <= C * (1 + 1e-5))) {
-          throw new Error(
-            `strict clipping failed: a release has norm ${bounded} > C = ${C}; refusing to ` +
-              `release it`,
-          );
-        }
-        received.push({ client: u.client, factors: applied(u, deltas), weight: u.weight });
-      }
+      const received = receivedOf(releases);
       const combined = defaultCombine(input)(received);
       const published = cloneFactors(combined.global);
       const std = cal.noiseMultiplier * C * input.maxWeight;
@@ -515,9 +580,9 @@ function strictMechanism(cal: Calibration): Mechanism {
         mergeIntoFrozen: combined.mergeIntoFrozen,
         received,
         peerSigmaMax,
-        clippedFraction: updates.length ? clipped / updates.length : 0,
-        meanUpdateNorm: mean(norms),
-        maxReleaseNorm,
+        clippedFraction: clippedFractionOf(releases),
+        meanUpdateNorm: mean(releases.map((r) => r.updateNorm)),
+        maxReleaseNorm: Math.max(0, ...releases.map((r) => r.releaseNorm)),
         record: strictRelease(cal, input.round, phase.name),
       };
     },

@@ -1,0 +1,121 @@
+/**
+ * The coordinator's hook of the engine (RunOptions.remote) with the sites' own computation
+ * (lib/federation/site.ts): releases made by separate site runtimes, each holding only its own
+ * client state, give the records, ledger and global factors of the one-process simulation; a
+ * site that does not answer is excluded as a crashed client is in the simulation.
+ */
+import assert from "node:assert/strict";
+import {
+  defaultConfig,
+  type FederatedConfig,
+  type RemoteClients,
+  type RoundRecord,
+  runFederated,
+} from "../lib/fl/simulation.ts";
+import { siteRelease, type SiteRuntime, siteRuntime } from "../lib/federation/site.ts";
+import { toySetup } from "./helpers/fl_fixture.ts";
+import { compareRuns } from "../tools/compare_runs.ts";
+import { join } from "node:path";
+
+const setup = await toySetup();
+
+function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
+  return {
+    ...defaultConfig(),
+    numClients: 4,
+    rounds: 2,
+    localEpochs: 1,
+    batchSize: 8,
+    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
+    ...over,
+  };
+}
+
+const stable = (r: RoundRecord) => ({ ...r, seconds: 0, liveTensors: 0 });
+
+/** Sites as separate runtimes; `silent` names (client, 0-based round) pairs that never answer. */
+function sites(cfg: FederatedConfig, silent: (k: number, round: number) => boolean): RemoteClients {
+  const runtimes = new Map<number, SiteRuntime>();
+  const site = (k: number) => {
+    if (!runtimes.has(k)) runtimes.set(k, siteRuntime(setup.data, cfg, k));
+    return runtimes.get(k)!;
+  };
+  return {
+    async collect({ round, phaseIndex, participants, global, merged }) {
+      const releases = new Map();
+      const excluded = [];
+      for (const k of participants) {
+        if (silent(k, round)) {
+          excluded.push({ client: k, reason: "client crashed" });
+          continue;
+        }
+        releases.set(
+          k,
+          await siteRelease(setup.backbone, site(k), {
+            round,
+            phaseIndex,
+            global,
+            merged,
+          }),
+        );
+      }
+      return { releases, excluded };
+    },
+  };
+}
+
+for (
+  const [name, over] of [
+    ["DEeR strict", {
+      method: { ...defaultConfig().method, method: "DEeR" },
+      dp: { calibration: "strict" as const, clip: 0.5, epsilon: 6 },
+    }],
+    ["LoRA without DP", { method: { ...defaultConfig().method, method: "LoRA" } }],
+  ] as const
+) {
+  Deno.test(`federation round: ${name} — site releases give the simulation's run`, async () => {
+    const cfg = config(over as Partial<FederatedConfig>);
+    const dir = await Deno.makeTempDir({ prefix: "deer-fed-round-" });
+    const local = await runFederated(setup.backbone, setup.data, cfg, { outDir: join(dir, "a") });
+    const remote = await runFederated(setup.backbone, setup.data, cfg, {
+      remote: sites(cfg, () => false),
+      outDir: join(dir, "b"),
+    });
+    assert.deepEqual(remote.records.map(stable), local.records.map(stable));
+    assert.deepEqual(remote.ledger, local.ledger);
+    assert.deepEqual(
+      compareRuns(join(dir, "a"), join(dir, "b")),
+      [],
+      "records, ledger, checkpoints",
+    );
+    await Deno.remove(dir, { recursive: true });
+  });
+}
+
+Deno.test("federation round: a silent site is excluded as a crashed client; ledger exact", async () => {
+  const cfg = config({
+    method: { ...defaultConfig().method, method: "DEeR" },
+    dp: { calibration: "strict", clip: 0.5, epsilon: 6 },
+  });
+  const silent = (k: number, round: number) => k === 1 && round === 1;
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-round-" });
+  const local = await runFederated(setup.backbone, setup.data, cfg, {
+    outDir: join(dir, "a"),
+    alterUpdate: ({ client, round }, update) => {
+      if (silent(client, round - 1)) throw new Error("client crashed");
+      return update;
+    },
+  });
+  const remote = await runFederated(setup.backbone, setup.data, cfg, {
+    remote: sites(cfg, silent),
+    outDir: join(dir, "b"),
+  });
+  assert.deepEqual(remote.records[1].phases.map((p) => p.excluded), [
+    [{ client: 1, reason: "client crashed" }],
+    [{ client: 1, reason: "client crashed" }],
+  ]);
+  assert.deepEqual(remote.records.map(stable), local.records.map(stable));
+  assert.deepEqual(remote.ledger, local.ledger);
+  assert.deepEqual(compareRuns(join(dir, "a"), join(dir, "b")), [], "records, ledger, checkpoints");
+  await Deno.remove(dir, { recursive: true });
+});
