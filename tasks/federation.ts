@@ -15,6 +15,7 @@
  */
 import { join as joinPath, resolve } from "node:path";
 import { parseArgs, UsageError } from "../lib/cli.ts";
+import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import {
   checkCredentials,
   type Credentials,
@@ -387,10 +388,7 @@ async function serve(
       onRound: (r) => console.error(`round ${r.round}: loss ${r.trainLoss.toFixed(4)}`),
     });
     if (refusals.length > 0) {
-      await Deno.writeTextFile(
-        joinPath(outDir, "refusals.json"),
-        JSON.stringify(refusals, null, 2),
-      );
+      await writeJsonAtomic(joinPath(outDir, "refusals.json"), refusals);
     }
   } finally {
     await nc.close();

@@ -141,6 +141,8 @@ const RAW_WRITERS_ALLOWED: Record<string, string> = {
   "lib/io/atomic.ts": "the atomic writer itself",
   "lib/data/download.ts": "streams to a .part file, checks its MD5, then renames it",
   "lib/plot/png.ts": "a scratch page in a fresh temporary folder, read by Chromium",
+  "lib/data/image_folder.ts":
+    "only its @examples write: a PNG into the temporary folder the example builds as input",
   "lib/io/lock.ts": "the lock file: its holder record is rewritten in place under the lock",
   "lib/federation/pki.ts": "openssl's extension file, a scratch file in the throw-away CA's folder",
   "lib/federation/server.ts":
