@@ -177,10 +177,7 @@ function runRows(kind: string, inputs: tf.Tensor[], eps = 0): tf.Tensor {
  * LayerNorm over the last axis in two kernels: `stats` `[rows, 2]` (mean, 1/√(var + ε)) and
  * `y = (x − mean)·rstd·γ + β` (x's shape).
  *
- * @example
- * ```ts
- * const { y, stats } = wgslLayerNormForward(x, gamma, beta, 1e-5);
- * ```
+ * Only on the `webgpu` backend, e.g. `const { y, stats } = wgslLayerNormForward(x, gamma, beta, 1e-5);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslLayerNormForward(
   x: tf.Tensor,
@@ -197,10 +194,7 @@ export function wgslLayerNormForward(
  * The input gradient of {@link wgslLayerNormForward}'s `y` given `dy`, from x and its stats, in
  * one kernel: `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))`, `dx̂ = dy·γ`.
  *
- * @example
- * ```ts
- * const dx = wgslLayerNormBackward(dy, x, stats, gamma);
- * ```
+ * Only on the `webgpu` backend, e.g. `const dx = wgslLayerNormBackward(dy, x, stats, gamma);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslLayerNormBackward(
   dy: tf.Tensor,
@@ -214,10 +208,7 @@ export function wgslLayerNormBackward(
 /**
  * The softmax backward over the last axis, `y·(g − Σ g·y)`, in one kernel.
  *
- * @example
- * ```ts
- * const dScores = wgslSoftmaxBackward(p, dp);
- * ```
+ * Only on the `webgpu` backend, e.g. `const dScores = wgslSoftmaxBackward(p, dp);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslSoftmaxBackward(y: tf.Tensor, g: tf.Tensor): tf.Tensor {
   if (!tf.util.arraysEqual(y.shape, g.shape)) {
@@ -290,10 +281,7 @@ function dispatch(kind: string, inputs: tf.Tensor[], eps: number, make: () => Pr
 /**
  * `[act, gate]` of GELU (`gate = 1 + erf z`) or QuickGELU (`gate = σ(z)`) in two kernels.
  *
- * @example
- * ```ts
- * const [act, gate] = wgslGateForward(tf.tensor1d([-1, 0, 1]), "gelu");
- * ```
+ * Only on the `webgpu` backend, e.g. `const [act, gate] = wgslGateForward(tf.tensor1d([-1, 0, 1]), "gelu");` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslGateForward(z: tf.Tensor, act: "gelu" | "quick_gelu"): [tf.Tensor, tf.Tensor] {
   const gate = run(act === "gelu" ? "gelu_gate" : "quick_gate", [z]);
@@ -303,10 +291,7 @@ export function wgslGateForward(z: tf.Tensor, act: "gelu" | "quick_gelu"): [tf.T
 /**
  * The gradient at z of `z·gate(z)` given `d` at it, from the saved gate, in one kernel.
  *
- * @example
- * ```ts
- * const dz = wgslGateBackward(d, z, gate, "gelu");
- * ```
+ * Only on the `webgpu` backend, e.g. `const dz = wgslGateBackward(d, z, gate, "gelu");` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslGateBackward(
   d: tf.Tensor,
