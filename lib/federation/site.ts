@@ -11,7 +11,7 @@ import type { SharedBackbone } from "../fl/backbone.ts";
 import type { LoraFactors } from "../fl/factors.ts";
 import type { ClientState, Method } from "../fl/methods/mod.ts";
 import { resolveMethod } from "../fl/methods/mod.ts";
-import { releaseClient, trainClient } from "../fl/round.ts";
+import { clientSettings, releaseClient, trainClient } from "../fl/round.ts";
 import { clientPlan, type FederatedConfig } from "../fl/simulation.ts";
 import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
 
@@ -73,16 +73,9 @@ export async function siteRelease(
     global: task.global,
     merged: task.merged,
     split: site.data.train,
-    seed: config.seed,
     round: task.round,
     phaseIndex: task.phaseIndex,
-    client,
-    rank: config.clientRanks?.[client % config.clientRanks.length] ?? backbone.rank,
-    localEpochs: config.localEpochs,
-    batchSize: config.batchSize,
-    sgd: config.sgd,
-    logitScale: config.logitScale,
-    keepMomentum: config.momentum === "reference" && method.referenceMomentum === "keep",
+    ...clientSettings(config, method, client, backbone.rank),
   });
   const release = releaseClient({
     mechanism: site.mechanism,

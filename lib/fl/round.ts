@@ -76,6 +76,43 @@ export interface ClientTask {
   keepMomentum: boolean;
 }
 
+/** The run settings a client's task reads (a part of `FederatedConfig`). */
+export interface ClientRunSettings {
+  seed: number;
+  clientRanks?: number[];
+  localEpochs: number;
+  batchSize: number;
+  sgd: SgdOptions;
+  logitScale: number;
+  momentum: "reset" | "reference";
+}
+
+/**
+ * The run-wide part of client `client`'s task: its seed, its LoRA rank (per-client ranks cycle
+ * over the clients; the backbone's rank otherwise), its training settings, and whether its
+ * momentum is carried. The simulation and a federation site both build their tasks from it.
+ */
+export function clientSettings(
+  config: ClientRunSettings,
+  method: Method,
+  client: number,
+  backboneRank: number,
+): Pick<
+  ClientTask,
+  "seed" | "client" | "rank" | "localEpochs" | "batchSize" | "sgd" | "logitScale" | "keepMomentum"
+> {
+  return {
+    seed: config.seed,
+    client,
+    rank: config.clientRanks?.[client % config.clientRanks.length] ?? backboneRank,
+    localEpochs: config.localEpochs,
+    batchSize: config.batchSize,
+    sgd: config.sgd,
+    logitScale: config.logitScale,
+    keepMomentum: config.momentum === "reference" && method.referenceMomentum === "keep",
+  };
+}
+
 /** A client's trained factors, the factors it started from, and its loss. */
 export interface TrainedClient {
   client: number;

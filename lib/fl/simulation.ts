@@ -60,6 +60,7 @@ import { type ClientState, type Method, type MethodOptions, resolveMethod } from
 import {
   aggregateRelease,
   aggregationWeights,
+  clientSettings,
   faultOf,
   mean,
   type PhaseRecord,
@@ -577,16 +578,9 @@ async function trainClients(
         global: run.global,
         merged: run.merged,
         split: run.data.train,
-        seed: config.seed,
         round,
         phaseIndex,
-        client: k,
-        rank: config.clientRanks?.[k % config.clientRanks.length] ?? backbone.rank,
-        localEpochs: config.localEpochs,
-        batchSize: config.batchSize,
-        sgd: config.sgd,
-        logitScale: config.logitScale,
-        keepMomentum: config.momentum === "reference" && method.referenceMomentum === "keep",
+        ...clientSettings(config, method, k, backbone.rank),
       });
       const altered = opts.alterUpdate?.(
         { round: round + 1, phase: phase.name, client: k },
