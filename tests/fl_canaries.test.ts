@@ -11,7 +11,12 @@ import {
   factorSpaceSize,
 } from "../lib/fl/canaries.ts";
 import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";
-import { estimateEpsilon } from "../lib/privacy/audit.ts";
+import {
+  auditVerdict,
+  combineEstimates,
+  estimateEpsilon,
+  gaussianPairEpsilon,
+} from "../lib/privacy/audit.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
 import { tinyRunFlags, writeToyNpz } from "./helpers/reliability_inputs.ts";
 
@@ -69,6 +74,47 @@ Deno.test("canaries: without noise the inserted directions stand out; with stric
   );
   // The real clients' records are those of a run without canaries in shape (participants).
   assert.deepEqual(noisy.records[0].phases[0].participants, [0, 1, 2, 3]);
+});
+
+Deno.test("canaries: an isotropic strict run is audited tightly — the interval holds the mechanism's ε", async () => {
+  // LoRA under strict calibration adds isotropic noise σC·w (w = 1/K) to the weighted sum of whole
+  // releases, and a canary moves it by C·w along its direction in every round. With the learning
+  // rate at 1e-9 (0 is refused) the real clients release next to nothing, so what hides a canary is the noise and the other
+  // canaries, whose directions overlap it by ~1/√D in the D-dimensional factor space and add up
+  // over the T rounds: the canary faces a Gaussian mechanism with μ = √T / √(σ² + T(n − 1)/D).
+  // The audit must recover that μ — too little noise shows as an interval above it, too much (or a
+  // lost canary signal) as one below — and the accounted ε (μ = √T/σ) must not be below it.
+  const n = 400, T = 2;
+  const D = factorSpaceSize(setup.backbone.dims);
+  const runs = [];
+  for (const seed of [1, 2]) {
+    const run = await runFederated(setup.backbone, setup.data, {
+      ...base,
+      method: { method: "LoRA" },
+      rounds: T,
+      seed,
+      sgd: { ...base.sgd, lr: 1e-9 },
+      dp: { calibration: "strict", clip: 0.5, epsilon: 4 },
+    }, { canaries: { count: n } });
+    const sigma = run.calibration!.noiseMultiplier;
+    const mu = Math.sqrt(T) / Math.sqrt(sigma ** 2 + T * (n - 1) / D);
+    const truth = gaussianPairEpsilon({ mean: 0, std: 1 }, { mean: mu, std: 1 }, 1e-5);
+    const est = estimateEpsilon({ ...run.audit!, delta: 1e-5, resamples: 200, seed });
+    assert.ok(
+      est.interval[0] <= truth && truth <= est.interval[1],
+      `seed ${seed}: the mechanism's ε ${truth} outside the audit's [${est.interval}]`,
+    );
+    assert.ok(truth <= run.epsilonSpent!, `${truth} vs accounted ${run.epsilonSpent}`);
+    assert.equal(auditVerdict(est.interval, run.epsilonSpent), "consistent");
+    runs.push({ est, truth });
+  }
+  const all = combineEstimates(runs.map((r) => r.est), 1e-5);
+  assert.equal(all.runs, 2);
+  assert.ok(
+    all.interval[0] <= runs[0].truth && runs[0].truth <= all.interval[1],
+    `combined [${all.interval}] vs the mechanism's ${runs[0].truth}`,
+  );
+  assert.ok(all.interval[1] - all.interval[0] < runs[0].est.interval[1] - runs[0].est.interval[0]);
 });
 
 Deno.test("deno task audit: prints the estimate beside the accounted ε and writes audit.json", async () => {

@@ -3,7 +3,9 @@
  */
 import assert from "node:assert/strict";
 import {
+  auditVerdict,
   canaryDirections,
+  combineEstimates,
   cosine,
   estimateEpsilon,
   gaussianPairEpsilon,
@@ -43,6 +45,33 @@ Deno.test("audit: canaries in one Gaussian release give an interval around the m
   );
   assert.ok(Math.abs(est.epsilon - truth) < 0.3 * truth, `${est.epsilon} vs ${truth}`);
   assert.ok(est.interval[0] <= est.epsilon && est.epsilon <= est.interval[1]);
+});
+
+Deno.test("audit: μ and its error; estimates of several runs combine by their mean μ", () => {
+  // Two sets of n values each: inserted = held + 1 exactly, so the pooled std equals each set's
+  // std and μ = 1/std.
+  const held = [-1.5, -0.5, 0.5, 1.5];
+  const inserted = held.map((x) => x + 1);
+  const est = estimateEpsilon({ inserted, held, delta: 1e-5, resamples: 50 });
+  const sd = Math.sqrt((2 * 1.5 ** 2 + 2 * 0.5 ** 2) / 3);
+  assert.ok(Math.abs(est.mu - 1 / sd) < 1e-12, `μ ${est.mu}`);
+  assert.ok(Math.abs(est.muStdErr - Math.sqrt(0.5 + est.mu ** 2 / 12)) < 1e-12);
+  // Four runs at μ = 1 ± 0.2: the mean μ is 1, its error 0.1, and ε is the μ = 1 mechanism's.
+  const exact = pldEpsilon({ noiseMultiplier: 1, sampleRate: 1, steps: 1, delta: 1e-5 }).epsilon;
+  const all = combineEstimates(Array(4).fill({ mu: 1, muStdErr: 0.2 }), 1e-5);
+  assert.ok(Math.abs(all.epsilon - exact) < 1e-8, `${all.epsilon} vs ${exact}`);
+  assert.ok(Math.abs(all.muStdErr - 0.1) < 1e-12);
+  const lo = gaussianPairEpsilon(
+    { mean: 0, std: 1 },
+    { mean: 1 - 1.959963984540054 * 0.1, std: 1 },
+    1e-5,
+  );
+  assert.ok(Math.abs(all.interval[0] - lo) < 1e-6, `${all.interval[0]} vs ${lo}`);
+  assert.equal(combineEstimates([{ mu: -0.1, muStdErr: 0.05 }], 1e-5).epsilon, 0);
+  assert.throws(() => combineEstimates([], 1e-5), /no estimates/);
+  assert.equal(auditVerdict([4, 6], 5), "consistent");
+  assert.equal(auditVerdict([5.5, 6], 5), "above");
+  assert.equal(auditVerdict([5.5, 6], null), "no accounting");
 });
 
 Deno.test("audit: bad inputs are refused with the field", () => {

@@ -97,6 +97,16 @@ export interface EpsilonEstimate {
   inserted: GaussianFit;
   held: GaussianFit;
   delta: number;
+  /**
+   * The separation of the two sets in pooled standard deviations, (mean inserted − mean held)/s:
+   * the μ of the Gaussian mechanism the estimate describes (pooled variances).
+   */
+  mu: number;
+  /**
+   * Its standard error, √(1/n₁ + 1/n₀ + μ²/(2(n₁ + n₀ − 2))) (the large-sample error of a
+   * standardised mean difference).
+   */
+  muStdErr: number;
 }
 
 /**
@@ -144,6 +154,10 @@ export function estimateEpsilon(args: {
     return gaussianPairEpsilon({ mean: h.mean, std }, { mean: i.mean, std }, delta);
   };
   const epsilon = pair(fi, fh);
+  const ni = inserted.length, nh = held.length;
+  const pooledStd = Math.sqrt(((ni - 1) * fi.std ** 2 + (nh - 1) * fh.std ** 2) / (ni + nh - 2));
+  const mu = (fi.mean - fh.mean) / pooledStd;
+  const muStdErr = Math.sqrt(1 / ni + 1 / nh + mu * mu / (2 * (ni + nh - 2)));
   const rng = createRng(seed);
   const draw = (xs: readonly number[]) => Array.from(xs, () => xs[rng.int(xs.length)]);
   const boot: number[] = [];
@@ -163,7 +177,90 @@ export function estimateEpsilon(args: {
     inserted: fi,
     held: fh,
     delta,
+    mu,
+    muStdErr,
   };
+}
+
+/** ε of the Gaussian mechanism with separation μ (0 for μ ≤ 0). */
+function muEpsilon(mu: number, delta: number): number {
+  return mu > 0 ? gaussianPairEpsilon({ mean: 0, std: 1 }, { mean: mu, std: 1 }, delta) : 0;
+}
+
+/** The standard normal quantile at `p` (bisection on {@link normalCdf}). */
+function normalQuantile(p: number): number {
+  let lo = -40, hi = 40;
+  for (let i = 0; i < 200; i++) {
+    const mid = (lo + hi) / 2;
+    if (normalCdf(mid) < p) lo = mid;
+    else hi = mid;
+  }
+  return (lo + hi) / 2;
+}
+
+/** What {@link combineEstimates} returns. */
+export interface CombinedEstimate {
+  /** The ε of the mean separation μ̄ over the runs. */
+  epsilon: number;
+  /** ε at μ̄ ∓ z·SE, SE = √(Σ SE_i²)/n (normal interval on μ̄, mapped through ε(μ)). */
+  interval: [number, number];
+  mu: number;
+  muStdErr: number;
+  runs: number;
+  delta: number;
+}
+
+/**
+ * One estimate from several audited runs of the same mechanism (seeds of one configuration: the
+ * same σ, C, rounds and canary count): the mean of their separations μ_i, whose error shrinks as
+ * 1/√runs, turned into ε at `delta` with a normal interval. With pooled variances a run's cosines
+ * are a Gaussian mechanism of separation μ, so averaging μ over independent runs estimates the
+ * common μ without the small-sample bias of averaging the ε's themselves.
+ *
+ * @example
+ * ```ts
+ * import { combineEstimates } from "./audit.ts";
+ * const one = { mu: 1, muStdErr: 0.1 };
+ * combineEstimates([one, one, one, one], 1e-5).epsilon; // ≈ 4.377, the ε of μ = 1
+ * ```
+ */
+export function combineEstimates(
+  runs: readonly Pick<EpsilonEstimate, "mu" | "muStdErr">[],
+  delta: number,
+  level = 0.95,
+): CombinedEstimate {
+  if (runs.length === 0) throw new Error("combineEstimates: no estimates to combine");
+  for (const r of runs) {
+    if (!Number.isFinite(r.mu) || !(r.muStdErr > 0)) {
+      throw new Error(`combineEstimates: a run has μ ${r.mu} ± ${r.muStdErr}; expected finite`);
+    }
+  }
+  const n = runs.length;
+  const mu = runs.reduce((a, r) => a + r.mu, 0) / n;
+  const muStdErr = Math.sqrt(runs.reduce((a, r) => a + r.muStdErr ** 2, 0)) / n;
+  const z = normalQuantile(1 - (1 - level) / 2);
+  return {
+    epsilon: muEpsilon(mu, delta),
+    interval: [muEpsilon(mu - z * muStdErr, delta), muEpsilon(mu + z * muStdErr, delta)],
+    mu,
+    muStdErr,
+    runs: n,
+    delta,
+  };
+}
+
+/**
+ * How an estimate's interval stands to the accounted ε: `consistent` when the interval reaches
+ * down to it (an estimate cannot prove a mechanism private, only fail to find a leak), `above`
+ * when the whole interval lies above it — the mechanism leaks more than accounted, or a sampling
+ * tail (one in 40 for a 95 % interval on one run: rerun with more canaries or seeds).
+ */
+export function auditVerdict(
+  interval: readonly [number, number],
+  accounted: number | null,
+): "consistent" | "above" | "no accounting" {
+  if (accounted === null) return "no accounting";
+  return interval[0] <= accounted ? "consistent" : "above";
 }
 
 /**
