@@ -20,13 +20,15 @@ import "./threads.ts"; // first: sets the thread count before libtensorflow load
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
 import { loadInputs } from "../lib/experiment.ts";
+import { type CanarySpace, productCanariesRefusal } from "../lib/fl/canaries.ts";
 import { resolveMethod } from "../lib/fl/methods/mod.ts";
 import { runFederated } from "../lib/fl/simulation.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import { auditVerdict, combineEstimates, estimateEpsilon } from "../lib/privacy/audit.ts";
 import { parseTrainArgs } from "./train.ts";
 
-const HELP = `Usage: deno task audit [train flags] [--canaries N]
+const HELP =
+  `Usage: deno task audit [train flags] [--canaries N] [--canary-space factor|product|auto]
 
 Runs the training \`deno task train\` would run with the same flags, plus N canary clients
 (default 400) whose releases are fixed random directions of norm C, and estimates ε from the final
@@ -34,26 +36,42 @@ update's cosines with the inserted directions against N never-inserted ones (one
 privacy estimation). Prints the estimate and its 95 % bootstrap interval beside the accounted ε,
 and whether the interval is consistent with it; with several seeds also one estimate from all of
 them (their mean separation, whose interval narrows as 1/√seeds). Canaries do not train, so more of
-them cost little: the interval's width falls as 1/√N. Writes <out>/audit/<exp_name>/audit.json.`;
+them cost little: the interval's width falls as 1/√N.
 
-/** Splits `--canaries N` off the train flags. */
-export function parseAuditArgs(argv: string[]): { canaries: number; trainArgs: string[] } {
+--canary-space: factor (directions in the LoRA factors) or product (directions in ΔW = B·A,
+where DEeR's regulated strict mechanism has its guarantee). auto (default): product for DEeR
+under strict calibration, factor otherwise.
+
+Writes <out>/audit/<exp_name>/audit.json.`;
+
+/** Splits `--canaries N` and `--canary-space S` off the train flags. */
+export function parseAuditArgs(
+  argv: string[],
+): { canaries: number; space: CanarySpace | "auto"; trainArgs: string[] } {
   const trainArgs: string[] = [];
   let canaries = 400;
+  let space: CanarySpace | "auto" = "auto";
   for (let i = 0; i < argv.length; i++) {
-    const m = /^--canaries(?:=(.*))?$/.exec(argv[i]);
+    const m = /^--(canaries|canary-space|canary_space)(?:=(.*))?$/.exec(argv[i]);
     if (!m) {
       trainArgs.push(argv[i]);
       continue;
     }
-    const raw = m[1] ?? argv[++i];
-    const n = Number(raw);
-    if (raw === undefined || !Number.isInteger(n) || n < 2) {
-      throw new UsageError(`--canaries ${raw}: expected an integer ≥ 2`);
+    const raw = m[2] ?? argv[++i];
+    if (m[1] === "canaries") {
+      const n = Number(raw);
+      if (raw === undefined || !Number.isInteger(n) || n < 2) {
+        throw new UsageError(`--canaries ${raw}: expected an integer ≥ 2`);
+      }
+      canaries = n;
+    } else {
+      if (raw !== "factor" && raw !== "product" && raw !== "auto") {
+        throw new UsageError(`--canary-space ${raw}: expected factor, product or auto`);
+      }
+      space = raw;
     }
-    canaries = n;
   }
-  return { canaries, trainArgs };
+  return { canaries, space, trainArgs };
 }
 
 async function main(): Promise<number> {
@@ -61,7 +79,7 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  const { canaries, trainArgs } = parseAuditArgs(Deno.args);
+  const { canaries, space: asked, trainArgs } = parseAuditArgs(Deno.args);
   const args = parseTrainArgs(trainArgs);
   if (args === null) {
     console.log(HELP);
@@ -71,16 +89,24 @@ async function main(): Promise<number> {
     throw new UsageError(`--weights ${args.config.weights}: an audit needs uniform weights`);
   }
   const inputs = await loadInputs(args.inputs);
-  const label = resolveMethod(args.config.method).label;
+  const method = resolveMethod(args.config.method);
+  const label = method.label;
   const delta = args.config.dp?.delta ?? 1e-5;
+  const refusal = productCanariesRefusal(method.phases, args.config.dp?.calibration ?? null);
+  if (asked === "product" && refusal) {
+    throw new UsageError(`--canary-space product for ${label}: ${refusal}`);
+  }
+  const space: CanarySpace = asked === "auto" ? (refusal ? "factor" : "product") : asked;
   console.error(
     `audit: ${label} on ${inputs.data.name}, K=${args.config.numClients}, T=${args.config.rounds}, ` +
-      `${canaries} canaries (+${canaries} held out), seeds ${args.seeds.join(",")}`,
+      `${canaries} canaries (+${canaries} held out) in ${space} space, seeds ${
+        args.seeds.join(",")
+      }`,
   );
   const seeds = [];
   for (const seed of args.seeds) {
     const run = await runFederated(inputs.backbone, inputs.data, { ...args.config, seed }, {
-      canaries: { count: canaries },
+      canaries: { count: canaries, space },
       onRound: (r) =>
         console.error(
           `  seed ${seed} round ${r.round}: val acc ${(100 * r.val.accuracy).toFixed(2)}` +
@@ -140,6 +166,7 @@ async function main(): Promise<number> {
     data: inputs.provenance.data,
     flags: Deno.args,
     canaries,
+    canarySpace: space,
     delta,
     calibration: args.config.dp?.calibration ?? null,
     seeds,

@@ -10,6 +10,16 @@
  * of the direction, rescaled to norm C. Directions are generated from named streams, one at a
  * time, so an audit of a large model never holds them all.
  *
+ * *Product-space canaries* ({@link productCanary}) audit the regulated mechanism where its
+ * guarantee lives: in ΔW = B·A. A canary is a fixed direction U of the adapters' product space;
+ * in a phase that releases B against the shared A it releases ΔB = c·U·A⁺ (so ΔB·A = c·U·P_A),
+ * in a phase that releases A against the shared B, ΔA = c·B⁺·U (B·ΔA = c·P_B·U), with c such
+ * that the product-space norm — what strict clipping bounds — is C. The regulated noise puts
+ * isotropic noise projected the same way into ΔW, so the canary faces the accounted Gaussian
+ * mechanism, and the cosine is taken with the total change of the product. The directions are
+ * rank one per adapter (U_l = u_l·v_lᵀ/√L), so neither the release nor the cosine ever forms a
+ * dOut×dIn matrix.
+ *
  * @example
  * ```ts
  * import { canaryRelease, canaryDirection } from "./canaries.ts";
@@ -23,6 +33,9 @@
 import { cloneFactors, type LoraDims, type LoraFactors } from "./factors.ts";
 import type { Factor } from "./factors.ts";
 import { streamRng } from "./streams.ts";
+import type { Rng } from "../rng.ts";
+import { gramCols, gramRows } from "../privacy/linalg.ts";
+import { type PeerFactor, peerForA, peerForB } from "../privacy/noise.ts";
 
 /** Length of the flattened factor space: every A (r×dIn), then every B (dOut×r). */
 export function factorSpaceSize(dims: LoraDims): number {
@@ -105,4 +118,215 @@ export function factorChange(start: LoraFactors, end: LoraFactors, dims: LoraDim
     end.B[i].forEach((x, j) => (v[o.b + j] = x - start.B[i][j]));
   }
   return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Product-space canaries.
+
+/** Where canaries live: the factors (A, B) or their product ΔW = B·A. */
+export type CanarySpace = "factor" | "product";
+
+/**
+ * Why product-space canaries do not apply to a run (null when they do): they need every phase
+ * to release one factor with regulated noise against a peer shared by all clients, under the
+ * strict calibration (DEeR with both modules), because that is the mechanism whose guarantee is
+ * in product space.
+ */
+export function productCanariesRefusal(
+  phases: readonly { release: readonly Factor[]; regulate: boolean }[],
+  calibration: string | null,
+): string | null {
+  if (calibration !== "strict") {
+    return `they need the strict calibration (clipping in product space), not ${
+      calibration ?? "no DP"
+    }`;
+  }
+  if (!phases.every((p) => p.regulate && p.release.length === 1)) {
+    return "they need every phase to release one factor with regulated noise (DEeR with " +
+      "--module1 1 --module2 1)";
+  }
+  return null;
+}
+
+/** A product-space canary direction: per adapter U_l = u_l·v_lᵀ/√L, ‖U‖_F = 1. */
+export interface ProductCanary {
+  /** Unit vectors of length dOut, one per adapter. */
+  u: Float64Array[];
+  /** Unit vectors of length dIn, one per adapter. */
+  v: Float64Array[];
+}
+
+function unitVector(rng: Rng, n: number): Float64Array {
+  const x = new Float64Array(n);
+  let sq = 0;
+  for (let j = 0; j < n; j++) {
+    x[j] = rng.normal();
+    sq += x[j] * x[j];
+  }
+  const inv = 1 / Math.sqrt(sq);
+  for (let j = 0; j < n; j++) x[j] *= inv;
+  return x;
+}
+
+/**
+ * Product-space canary `index` of a set, from the run seed's stream (other streams than the
+ * factor-space directions).
+ *
+ * @example
+ * ```ts
+ * import { productCanary } from "./canaries.ts";
+ * productCanary(10, "held", 0, { adapters: 2, dOut: 4, rank: 2, dIn: 3 }).v[1].length; // 3
+ * ```
+ */
+export function productCanary(
+  seed: number,
+  set: "inserted" | "held",
+  index: number,
+  dims: LoraDims,
+): ProductCanary {
+  const rng = streamRng(seed, "canary-product", set, index);
+  const u: Float64Array[] = [], v: Float64Array[] = [];
+  for (let l = 0; l < dims.adapters; l++) {
+    u.push(unitVector(rng, dims.dOut));
+    v.push(unitVector(rng, dims.dIn));
+  }
+  return { u, v };
+}
+
+/**
+ * The shared peers of one phase, prepared once for all of its canaries: for a released B the
+ * global A of every adapter (applied to a row vᵀ as vᵀ·A⁺), for a released A the global B
+ * (applied to a column u as B⁺·u).
+ */
+export interface ProductCanaryPhase {
+  which: Factor;
+  peers: PeerFactor[];
+}
+
+/** Prepares {@link ProductCanaryPhase} for a phase releasing `which` from the global factors. */
+export function productCanaryPhase(
+  global: LoraFactors,
+  which: Factor,
+  dims: LoraDims,
+): ProductCanaryPhase {
+  const peers = Array.from({ length: dims.adapters }, (_, l) =>
+    which === "B"
+      // The regulator with a 1×dIn "noise": vᵀ·A⁺.
+      ? peerForB(global.A[l], dims.rank, dims.dIn, 1)
+      // The regulator with a dOut×1 "noise": B⁺·u.
+      : peerForA(global.B[l], dims.dOut, dims.rank, 1));
+  return { which, peers };
+}
+
+/**
+ * The factors a product-space canary releases in a phase: the global factors with the released
+ * one moved so that the product moves by C·P(U)/‖P(U)‖ (P the projection the shared peer
+ * allows), product-space norm exactly `clip`.
+ *
+ * @example
+ * ```ts
+ * import { productCanary, productCanaryPhase, productCanaryRelease } from "./canaries.ts";
+ * const dims = { adapters: 1, dOut: 3, rank: 2, dIn: 3 };
+ * const global = { A: [new Float32Array([1, 0, 0, 0, 1, 0])], B: [new Float32Array(6)] };
+ * const phase = productCanaryPhase(global, "B", dims);
+ * productCanaryRelease(global, productCanary(1, "inserted", 0, dims), phase, 0.5, dims).B[0].length; // 6
+ * ```
+ */
+export function productCanaryRelease(
+  global: LoraFactors,
+  canary: ProductCanary,
+  phase: ProductCanaryPhase,
+  clip: number,
+  dims: LoraDims,
+): LoraFactors {
+  const { rank: r, dIn, dOut } = dims;
+  // Per adapter the rank-one update's two vectors and its product-space norm.
+  const parts = phase.peers.map((peer, l) => {
+    if (phase.which === "B") {
+      // ΔB = u·xᵀ with xᵀ = vᵀA⁺ (1×r); ‖ΔB·A‖ = ‖xᵀA‖ = ‖vᵀP_A‖.
+      const x = peer.regulate(Float32Array.from(canary.v[l]));
+      const a = global.A[l];
+      let sq = 0;
+      for (let j = 0; j < dIn; j++) {
+        let s = 0;
+        for (let k = 0; k < r; k++) s += x[k] * a[k * dIn + j];
+        sq += s * s;
+      }
+      return { left: canary.u[l], right: x, norm: Math.sqrt(sq) };
+    }
+    // ΔA = y·vᵀ with y = B⁺u (r×1); ‖B·ΔA‖ = ‖B·y‖ = ‖P_B u‖.
+    const y = peer.regulate(Float32Array.from(canary.u[l]));
+    const b = global.B[l];
+    let sq = 0;
+    for (let i = 0; i < dOut; i++) {
+      let s = 0;
+      for (let k = 0; k < r; k++) s += b[i * r + k] * y[k];
+      sq += s * s;
+    }
+    return { left: y, right: canary.v[l], norm: Math.sqrt(sq) };
+  });
+  // The per-adapter weights 1/√L cancel in the normalisation to C.
+  const total = Math.sqrt(parts.reduce((a, p) => a + p.norm * p.norm, 0));
+  const scale = total > 0 ? clip / total : 0;
+  const out = cloneFactors(global);
+  const list = phase.which === "A" ? out.A : out.B;
+  parts.forEach(({ left, right }, l) => {
+    const t = Float32Array.from(list[l]);
+    const cols = right.length;
+    for (let i = 0; i < left.length; i++) {
+      for (let j = 0; j < cols; j++) t[i * cols + j] += scale * left[i] * right[j];
+    }
+    list[l] = t;
+  });
+  return out;
+}
+
+/**
+ * Cosines of the total change of the product, ΔW_l = B_l·A_l (end) − B_l·A_l (start), with
+ * product-space canaries: ⟨ΔW, U⟩/‖ΔW‖, with ⟨ΔW_l, u vᵀ⟩ = (uᵀB)(A v) and ‖ΔW_l‖² =
+ * trace(B'ᵀB'·A'A'ᵀ) for B' = [B_end, −B_start], A' = [A_end; A_start] — O(d r²), no dOut×dIn
+ * matrix.
+ */
+export function productCosines(
+  start: LoraFactors,
+  end: LoraFactors,
+  canaries: Iterable<ProductCanary>,
+  dims: LoraDims,
+): number[] {
+  const { adapters: L, rank: r, dIn, dOut } = dims;
+  let sq = 0;
+  for (let l = 0; l < L; l++) {
+    const b2 = new Float64Array(dOut * 2 * r), a2 = new Float64Array(2 * r * dIn);
+    for (let i = 0; i < dOut; i++) {
+      for (let k = 0; k < r; k++) {
+        b2[i * 2 * r + k] = end.B[l][i * r + k];
+        b2[i * 2 * r + r + k] = -start.B[l][i * r + k];
+      }
+    }
+    a2.set(end.A[l], 0);
+    a2.set(start.A[l], r * dIn);
+    const gb = gramCols(b2, dOut, 2 * r), ga = gramRows(a2, 2 * r, dIn);
+    for (let i = 0; i < gb.length; i++) sq += gb[i] * ga[i];
+  }
+  const norm = Math.sqrt(Math.max(0, sq));
+  const w = 1 / Math.sqrt(L);
+  const bilinear = (f: LoraFactors, l: number, u: Float64Array, v: Float64Array) => {
+    let s = 0;
+    for (let k = 0; k < r; k++) {
+      let ub = 0, av = 0;
+      for (let i = 0; i < dOut; i++) ub += u[i] * f.B[l][i * r + k];
+      for (let j = 0; j < dIn; j++) av += f.A[l][k * dIn + j] * v[j];
+      s += ub * av;
+    }
+    return s;
+  };
+  const out: number[] = [];
+  for (const c of canaries) {
+    let dot = 0;
+    for (let l = 0; l < L; l++) {
+      dot += w * (bilinear(end, l, c.u[l], c.v[l]) - bilinear(start, l, c.u[l], c.v[l]));
+    }
+    out.push(norm > 0 ? dot / norm : 0);
+  }
+  return out;
 }

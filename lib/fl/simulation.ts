@@ -44,7 +44,17 @@ import {
 import { cosine } from "../privacy/audit.ts";
 import { warn } from "../warnings.ts";
 import type { SharedBackbone } from "./backbone.ts";
-import { canaryDirection, canaryRelease, factorChange } from "./canaries.ts";
+import {
+  canaryDirection,
+  canaryRelease,
+  type CanarySpace,
+  factorChange,
+  productCanariesRefusal,
+  productCanary,
+  productCanaryPhase,
+  productCanaryRelease,
+  productCosines,
+} from "./canaries.ts";
 import {
   appendRecord,
   loadRunState,
@@ -228,9 +238,11 @@ export interface RunOptions {
   /**
    * An empirical privacy audit: `count` canary clients whose release is a fixed random direction
    * of norm C (`canaries.ts`); the result then holds the final update's cosines with them and
-   * with as many never-inserted directions (`RunResult.audit`). Uniform weights only.
+   * with as many never-inserted directions (`RunResult.audit`). Uniform weights only. `space`:
+   * directions in the factors (default) or in the product ΔW = B·A (DEeR under strict
+   * calibration, whose guarantee is there; `productCanariesRefusal` says when it applies).
    */
-  canaries?: { count: number };
+  canaries?: { count: number; space?: CanarySpace };
   /**
    * Replaces a client's update before the server sees it — for fault and adversary experiments
    * (a crashing client, non-finite or wrongly shaped updates). Throwing excludes the client.
@@ -413,6 +425,10 @@ async function configure(
     }
   }
   const method = resolveMethod(config.method);
+  if (opts.canaries?.space === "product") {
+    const why = productCanariesRefusal(method.phases, config.dp?.calibration ?? null);
+    if (why) throw new Error(`product-space canaries for ${method.label}: ${why}`);
+  }
   if (
     opts.remote && method.keepOnClient(initLora(backbone.vision.config, 1, streamRng(0, "probe")))
   ) {
@@ -677,6 +693,27 @@ function aggregatePhase(
       phaseIndex,
     )
     : null;
+  const clip = config.dp?.clip ?? 1;
+  const productPhase = canaries && opts.canaries?.space === "product"
+    ? productCanaryPhase(run.global, phase.release[0], backbone.dims)
+    : null;
+  const canaryFactors = (i: number) =>
+    productPhase
+      ? productCanaryRelease(
+        run.global,
+        productCanary(config.seed, "inserted", i, backbone.dims),
+        productPhase,
+        clip,
+        backbone.dims,
+      )
+      : canaryRelease(
+        run.global,
+        canaryDirection(config.seed, "inserted", i, backbone.dims),
+        phase.release,
+        clip,
+        backbone.dims,
+        run.mechanism.name === "paper" ? "per-tensor" : "whole",
+      );
   const updates = [
     ...trained.valid.map(({ client, start, result }) => ({
       client,
@@ -686,14 +723,7 @@ function aggregatePhase(
     ...(canaries ?? []).map((i) => ({
       client: K + i,
       start: run.global,
-      factors: canaryRelease(
-        run.global,
-        canaryDirection(config.seed, "inserted", i, backbone.dims),
-        phase.release,
-        config.dp?.clip ?? 1,
-        backbone.dims,
-        run.mechanism.name === "paper" ? "per-tensor" : "whole",
-      ),
+      factors: canaryFactors(i),
     })),
   ];
   const weighting = aggregationWeights(
@@ -883,6 +913,7 @@ function finish(run: Run, stopped: BudgetStop | null): RunResult {
           run.initialGlobal!,
           run.global,
           opts.canaries.count,
+          opts.canaries.space ?? "factor",
         ),
       }
       : {}),
@@ -901,7 +932,18 @@ function canaryCosines(
   start: LoraFactors,
   final: LoraFactors,
   count: number,
+  space: CanarySpace,
 ): { inserted: number[]; held: number[] } {
+  if (space === "product") {
+    const cos = (set: "inserted" | "held") =>
+      productCosines(
+        start,
+        final,
+        Array.from({ length: count }, (_, i) => productCanary(seed, set, i, dims)),
+        dims,
+      );
+    return { inserted: cos("inserted"), held: cos("held") };
+  }
   const change = factorChange(start, final, dims);
   const cos = (set: "inserted" | "held") =>
     Array.from({ length: count }, (_, i) => cosine(change, canaryDirection(seed, set, i, dims)));
