@@ -46,10 +46,14 @@ export function wgslKernelsEnabled(): boolean {
 const WORKGROUP = 64;
 
 /**
- * The widest row the row kernels take. One invocation loops over its row; on lavapipe rows of
- * 16,384 matched tfjs, but a 40,000-wide LayerNorm returned a wrong variance (not understood
- * yet), so wider rows are refused ({@link wgslRowsFit}) and take the tfjs composition. A ViT's
- * rows are its width (≤ 1,280) and its token count (≤ 1,025 at 448 px, patch 14).
+ * The widest row the row kernels take. One invocation loops over its row, and lavapipe (Mesa's
+ * llvmpipe compiler) silently ends a shader's loops after 65,535 iterations in all
+ * (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader): the LayerNorm statistics
+ * loop twice over a row, so from 32,768 wide the variance loop is cut short (measured: exact
+ * means, variance 36 % short at 40,000, nothing left of it at 65,536). 16,384 keeps every row
+ * kernel (at most two loops over the row) within that budget with room; wider rows are refused
+ * ({@link wgslRowsFit}) and take the tfjs composition. A ViT's rows are its width (≤ 1,280) and
+ * its token count (≤ 1,025 at 448 px, patch 14).
  */
 export const WGSL_MAX_ROW = 16384;
 
