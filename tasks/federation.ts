@@ -42,18 +42,22 @@ const HELP = `deno task federation COMMAND [flags]
       node_num is the number of sites; the coordinator's own data (dataset, data_dir) serves
       only validation and test, as in \`train\` — the training data stays at the sites.
       --trust central: sites send clipped releases over TLS and the coordinator adds the
-      noise; local: each site adds local-DP noise to its own release and the ledger accounts
-      it so (default central). --lease: a site's hold on a task before it is given to another
+      noise; local: the coordinator is not trusted — each site adds local-DP noise to its own
+      release (train calibration local; a strict one is mapped onto it, paper is refused), sends
+      nothing else, and the ledger accounts every site on its own (default central). --lease: a site's hold on a task before it is given to another
       attempt (default 60 s); --deadline: how long a phase waits for the sites before it goes
       on without the missing ones (default 600 s).
 
   join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
-          [--heartbeat S]
+          [--heartbeat S] [--trust central|local]
       One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's
       credentials folder (nkey.seed, ca.pem, cert.pem, key.pem). --heartbeat: how often a
       running task renews its lease (default 10 s). --part: train on this site's part of the
       run's split of PATH (every site holds the same file: one-machine trials and the check
       against \`train\`); without it every training image in PATH is the site's own.
+      --trust local: the site does not trust the coordinator — it refuses a task whose run is
+      not under local DP (train calibration local) instead of releasing un-noised factors
+      (default central: the coordinator's settings decide).
 `;
 
 /** Parsed `federation` flags. */
@@ -81,6 +85,8 @@ export type FederationArgs =
     heartbeatMs: number;
     /** Train on the site's part of the run's split of --data (one-machine trials, checks). */
     part: boolean;
+    /** `local`: refuse tasks of a run that is not under local DP. */
+    trust: "central" | "local";
   };
 
 function need(flags: Record<string, unknown>, name: string, command: string): string {
@@ -148,7 +154,7 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
   const allowed: Record<string, string[]> = {
     server: ["dir", "sites", "port", "prefix"],
     serve: ["nats", "creds", "config", "prefix", "lease", "deadline", "trust", "resume"],
-    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat", "part"],
+    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat", "part", "trust"],
   };
   for (const name of Object.keys(f)) {
     if (name !== "_" && f[name] !== undefined && !allowed[command].includes(name)) {
@@ -174,11 +180,11 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
   }
   const nats = natsUrl(need(f, "nats", command));
   const credsDir = resolve(need(f, "creds", command));
+  const trust = String(f.trust ?? "central");
+  if (trust !== "central" && trust !== "local") {
+    throw new UsageError(`--trust ${trust}: expected central or local`);
+  }
   if (command === "serve") {
-    const trust = String(f.trust ?? "central");
-    if (trust !== "central" && trust !== "local") {
-      throw new UsageError(`--trust ${trust}: expected central or local`);
-    }
     return {
       command,
       nats,
@@ -207,6 +213,7 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
     prefix,
     heartbeatMs: seconds(f, "heartbeat", 10),
     part: f.part === true,
+    trust,
   };
 }
 
@@ -325,21 +332,71 @@ async function runId(config: ServeConfig, seed: number): Promise<string> {
   return `run-${[...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
+/**
+ * The train flags of a federation under `trust`, given the DP calibration they parse to (null
+ * without DP): local trust needs DP and runs the local calibration (a strict one is mapped onto
+ * it: the same clip, the noise moved to the sites; the paper one is refused); central trust
+ * refuses the local calibration. Throws {@link UsageError} naming the field and the fix.
+ */
+export function trainArgsForTrust(
+  trainArgs: readonly string[],
+  calibration: string | null,
+  trust: "central" | "local",
+  source: string,
+): string[] {
+  if (trust === "central") {
+    if (calibration === "local") {
+      throw new UsageError(
+        `--config ${source}: train.calibration local has every site add its own noise for an ` +
+          `untrusted coordinator; serve it with --trust local (or use calibration strict)`,
+      );
+    }
+    return [...trainArgs];
+  }
+  if (calibration === null) {
+    throw new UsageError(
+      `--config ${source}: --trust local needs differential privacy — the sites would send ` +
+        `un-noised factors; add "is_DP": 1 and "calibration": "local" to train`,
+    );
+  }
+  if (calibration !== "local" && calibration !== "strict") {
+    throw new UsageError(
+      `--config ${source}: --trust local with train.calibration ${calibration}: the local ` +
+        `mechanism clips and accounts as the strict one; set "calibration": "local" (or ` +
+        `"strict", which --trust local maps onto local)`,
+    );
+  }
+  return [...trainArgs.filter((f) => !/^--calibration=/.test(f)), "--calibration=local"];
+}
+
 async function serve(
   a: Extract<FederationArgs, { command: "serve" }>,
-  config: ServeConfig,
+  given: ServeConfig,
 ): Promise<number> {
-  if (a.trust === "local") {
-    throw new UsageError(`--trust local is not implemented yet; use --trust central`);
-  }
   const { parseTrainArgs, runName } = await trainParser();
-  let targs;
-  try {
-    targs = parseTrainArgs([...config.trainArgs, ...(a.resume ? ["--resume"] : [])]);
-  } catch (err) {
-    throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
-  }
-  if (targs === null) throw new UsageError(`--config ${a.config}: train: --help is not a setting`);
+  const parse = (trainArgs: string[]) => {
+    let parsed;
+    try {
+      parsed = parseTrainArgs([...trainArgs, ...(a.resume ? ["--resume"] : [])]);
+    } catch (err) {
+      throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
+    }
+    if (parsed === null) {
+      throw new UsageError(`--config ${a.config}: train: --help is not a setting`);
+    }
+    return parsed;
+  };
+  // The sites derive their mechanism from these flags: under local trust they add the noise.
+  const config = {
+    ...given,
+    trainArgs: trainArgsForTrust(
+      given.trainArgs,
+      parse(given.trainArgs).config.dp?.calibration ?? null,
+      a.trust,
+      a.config,
+    ),
+  };
+  const targs = parse(config.trainArgs);
   const { loadInputs, runExperiment } = await import("../lib/experiment.ts");
   const { resolveMethod } = await import("../lib/fl/methods/mod.ts");
   const { natsClients } = await import("../lib/federation/remote.ts");
@@ -455,6 +512,14 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       ]);
       if (!targs) throw new Error("task without train flags");
       lease.giveBack();
+      if (a.trust === "local" && targs.config.dp?.calibration !== "local") {
+        throw new UsageError(
+          `--trust local: the coordinator's run is ${
+            targs.config.dp ? `under the ${targs.config.dp.calibration} calibration` : "without DP"
+          }, so this site would release factors without its own noise; it takes tasks of a ` +
+            `local-DP run only (coordinator: serve --trust local)`,
+        );
+      }
       const inputs = await loadInputs(targs.inputs);
       const runtime = siteRuntime(inputs.data, { ...targs.config, seed }, client, {
         ownImages: !a.part,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
-import { parseFederationArgs, readServeConfig } from "../tasks/federation.ts";
+import { parseFederationArgs, readServeConfig, trainArgsForTrust } from "../tasks/federation.ts";
 import { natsTest } from "./helpers/nats.ts";
 
 const TASK = join(import.meta.dirname!, "..", "tasks", "federation.ts");
@@ -55,9 +55,15 @@ Deno.test("federation cli: flags are parsed per command and refused with the fla
     "x.npz",
   ])!;
   assert.deepEqual(
-    site.command === "join" && [site.creds.name, site.model, site.heartbeatMs],
-    ["site-a", null, 10_000],
+    site.command === "join" && [site.creds.name, site.model, site.heartbeatMs, site.trust],
+    ["site-a", null, 10_000, "central"],
   );
+  const wary = parseFederationArgs([
+    "join",
+    ...["--nats", "tls://h:4222", "--creds", "/s", "--site", "a", "--data", "x.npz"],
+    ...["--trust", "local"],
+  ])!;
+  assert.equal(wary.command === "join" && wary.trust, "local");
   usage(["train"], /unknown command train; expected server, serve or join/);
   usage(["server", "--dir", "d"], /server needs --sites/);
   usage(["server", "--dir", "d", "--sites", "a,coordinator"], /--sites: site name "coordinator"/);
@@ -77,6 +83,33 @@ Deno.test("federation cli: flags are parsed per command and refused with the fla
     /--site: site name "a\.b"/,
   );
   usage(["join", "--nats", "tls://h:1", "--creds", "c", "--site", "a", "--bogus", "1"], /bogus/);
+});
+
+Deno.test("federation cli: --trust local runs the local calibration; what it cannot run is refused", () => {
+  const base = ["--method=DEeR", "--is_DP=1", "--node_num=3"];
+  const refused = (args: string[], cal: string | null, trust: "central" | "local", re: RegExp) =>
+    assert.throws(() => trainArgsForTrust(args, cal, trust, "f.json"), (err: Error) => {
+      assert.ok(err instanceof UsageError, `${err}`);
+      assert.match(err.message, re);
+      return true;
+    });
+  // strict is mapped onto local (same clip, the noise moves to the sites); local stays local.
+  assert.deepEqual(
+    trainArgsForTrust([...base, "--calibration=strict"], "strict", "local", "f.json"),
+    [...base, "--calibration=local"],
+  );
+  assert.deepEqual(
+    trainArgsForTrust([...base, "--calibration=local"], "local", "local", "f.json"),
+    [...base, "--calibration=local"],
+  );
+  refused(base, "paper", "local", /--trust local with train\.calibration paper/);
+  refused(["--method=DEeR"], null, "local", /--trust local needs differential privacy/);
+  refused([...base, "--calibration=local"], "local", "central", /serve it with --trust local/);
+  // Central trust leaves the flags as they are.
+  assert.deepEqual(
+    trainArgsForTrust([...base, "--calibration=strict"], "strict", "central", "f.json"),
+    [...base, "--calibration=strict"],
+  );
 });
 
 Deno.test("federation cli: the serve config lists the sites and the train flags; node_num is the site count", async () => {
@@ -153,8 +186,8 @@ natsTest(
         const text = new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr);
         return { code: o.code, text };
       };
-      // Local trust is refused until it is implemented (the coordinator would otherwise wait
-      // for sites; the round itself is tested in federation_nats_round.test.ts and CI).
+      // Local trust without DP is refused before any work (the coordinator would otherwise
+      // wait for sites; the round itself is tested in federation_nats_round.test.ts and CI).
       const serve = await run(
         "serve",
         "--nats",
@@ -167,7 +200,7 @@ natsTest(
         "local",
       );
       assert.equal(serve.code, 2, serve.text);
-      assert.match(serve.text, /--trust local is not implemented yet/);
+      assert.match(serve.text, /--trust local needs differential privacy/);
       const data = join(dir, "config.json"); // any existing path: join checks it exists
       const wrong = await run(
         "join",

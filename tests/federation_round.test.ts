@@ -1,8 +1,9 @@
 /**
  * The coordinator's hook of the engine (RunOptions.remote) with the sites' own computation
  * (lib/federation/site.ts): releases made by separate site runtimes, each holding only its own
- * client state, give the records, ledger and global factors of the one-process simulation; a
- * site that does not answer is excluded as a crashed client is in the simulation.
+ * client state, give the records, ledger and global factors of the one-process simulation (under
+ * central and local DP); a site that does not answer is excluded as a crashed client is in the
+ * simulation, and under local DP it spends nothing for that release.
  */
 import assert from "node:assert/strict";
 import {
@@ -71,6 +72,15 @@ for (
       dp: { calibration: "strict" as const, clip: 0.5, epsilon: 6 },
     }],
     ["LoRA without DP", { method: { ...defaultConfig().method, method: "LoRA" } }],
+    // Local DP: the sites add the noise; the coordinator combines and records per site.
+    ["DEeR local", {
+      method: { ...defaultConfig().method, method: "DEeR" },
+      dp: { calibration: "local" as const, clip: 0.5, epsilon: 6 },
+    }],
+    ["LoRA local", {
+      method: { ...defaultConfig().method, method: "LoRA" },
+      dp: { calibration: "local" as const, clip: 0.5, epsilon: 6 },
+    }],
   ] as const
 ) {
   Deno.test(`federation round: ${name} — site releases give the simulation's run`, async () => {
@@ -92,30 +102,42 @@ for (
   });
 }
 
-Deno.test("federation round: a silent site is excluded as a crashed client; ledger exact", async () => {
-  const cfg = config({
-    method: { ...defaultConfig().method, method: "DEeR" },
-    dp: { calibration: "strict", clip: 0.5, epsilon: 6 },
+for (const calibration of ["strict", "local"] as const) {
+  Deno.test(`federation round: a silent site is excluded as a crashed client; ledger exact (${calibration})`, async () => {
+    const cfg = config({
+      method: { ...defaultConfig().method, method: "DEeR" },
+      dp: { calibration, clip: 0.5, epsilon: 6 },
+    });
+    const silent = (k: number, round: number) => k === 1 && round === 1;
+    const dir = await Deno.makeTempDir({ prefix: "deer-fed-round-" });
+    const local = await runFederated(setup.backbone, setup.data, cfg, {
+      outDir: join(dir, "a"),
+      alterUpdate: ({ client, round }, update) => {
+        if (silent(client, round - 1)) throw new Error("client crashed");
+        return update;
+      },
+    });
+    const remote = await runFederated(setup.backbone, setup.data, cfg, {
+      remote: sites(cfg, silent),
+      outDir: join(dir, "b"),
+    });
+    assert.deepEqual(remote.records[1].phases.map((p) => p.excluded), [
+      [{ client: 1, reason: "client crashed" }],
+      [{ client: 1, reason: "client crashed" }],
+    ]);
+    assert.deepEqual(remote.records.map(stable), local.records.map(stable));
+    assert.deepEqual(remote.ledger, local.ledger);
+    assert.deepEqual(
+      compareRuns(join(dir, "a"), join(dir, "b")),
+      [],
+      "records, ledger, checkpoints",
+    );
+    if (calibration === "local") {
+      // Site 1 released in round 1 only: two releases against the others' four.
+      const last = remote.ledger!.rounds[1];
+      assert.equal(last.sites![1], remote.ledger!.rounds[0].sites![1]);
+      assert.ok(last.sites![1] < last.sites![0] && last.sites![0] === last.epsilon);
+    }
+    await Deno.remove(dir, { recursive: true });
   });
-  const silent = (k: number, round: number) => k === 1 && round === 1;
-  const dir = await Deno.makeTempDir({ prefix: "deer-fed-round-" });
-  const local = await runFederated(setup.backbone, setup.data, cfg, {
-    outDir: join(dir, "a"),
-    alterUpdate: ({ client, round }, update) => {
-      if (silent(client, round - 1)) throw new Error("client crashed");
-      return update;
-    },
-  });
-  const remote = await runFederated(setup.backbone, setup.data, cfg, {
-    remote: sites(cfg, silent),
-    outDir: join(dir, "b"),
-  });
-  assert.deepEqual(remote.records[1].phases.map((p) => p.excluded), [
-    [{ client: 1, reason: "client crashed" }],
-    [{ client: 1, reason: "client crashed" }],
-  ]);
-  assert.deepEqual(remote.records.map(stable), local.records.map(stable));
-  assert.deepEqual(remote.ledger, local.ledger);
-  assert.deepEqual(compareRuns(join(dir, "a"), join(dir, "b")), [], "records, ledger, checkpoints");
-  await Deno.remove(dir, { recursive: true });
-});
+}

@@ -7,8 +7,9 @@
  *
  * What travels: to a site, the global factors (and the dense merges of methods that merge into
  * the frozen weights) with the client index; from a site, its released factors and the
- * statistics the record needs (loss, norm before clipping, whether it was clipped). Under central
- * trust the coordinator recomputes the norm of each release and refuses one above C·(1 + 1e-5).
+ * statistics the record needs (loss, norm before clipping, whether it was clipped) — under local
+ * trust nothing but the noised release (`siteReport`). Under central trust the coordinator
+ * recomputes the norm of each release and refuses one above C·(1 + 1e-5).
  *
  * @module
  */
@@ -19,7 +20,7 @@ import type { ClientRelease } from "../privacy/mechanism.ts";
 import type { ArraySpec, NamedArray } from "./codec.ts";
 import type { Coordinator, Refusal, Site } from "./transport.ts";
 import { withHeartbeat } from "./transport.ts";
-import { siteRelease, type SiteRuntime } from "./site.ts";
+import { siteRelease, siteReport, type SiteRuntime } from "./site.ts";
 
 /** Factors (and dense merges) as named arrays: `A.i`, `B.i`, `M.i`. */
 export function factorArrays(f: LoraFactors, merged?: Float32Array[]): NamedArray[] {
@@ -197,14 +198,7 @@ export async function runSite(
           merged,
         }),
     );
-    await lease.publishResult(factorArrays(release.factors), {
-      loss,
-      updateNorm: release.updateNorm,
-      clipped: release.clipped,
-      releaseNorm: release.releaseNorm,
-      peerSigmaMax: release.peerSigmaMax,
-      ...(release.peerSigmaMaxes ? { peerSigmaMaxes: release.peerSigmaMaxes } : {}),
-    });
+    await lease.publishResult(factorArrays(release.factors), siteReport(runtime, release, loss));
     opts.log?.(
       `round ${lease.task.round} phase ${lease.task.phase}: release sent (attempt ${lease.attempt})`,
     );

@@ -53,6 +53,28 @@ export function siteRuntime(
   };
 }
 
+/**
+ * What a site sends beside its released factors. Under central trust: its training loss and the
+ * clipping statistics the round record lists. Under local trust the coordinator is not trusted
+ * with anything computed from un-noised values, so nothing else leaves the site (the records
+ * then carry null for these statistics, in `train` as in a federation).
+ */
+export function siteReport(
+  site: SiteRuntime,
+  release: ClientRelease,
+  loss: number,
+): Record<string, unknown> {
+  if (site.mechanism.trust === "local") return {};
+  return {
+    loss,
+    updateNorm: release.updateNorm,
+    clipped: release.clipped,
+    releaseNorm: release.releaseNorm,
+    peerSigmaMax: release.peerSigmaMax,
+    ...(release.peerSigmaMaxes ? { peerSigmaMaxes: release.peerSigmaMaxes } : {}),
+  };
+}
+
 /** One task: train from the global factors in phase `phaseIndex` of 0-based `round`, release. */
 export async function siteRelease(
   backbone: SharedBackbone,
