@@ -49,7 +49,7 @@ const HELP = `deno task federation COMMAND [flags]
       on without the missing ones (default 600 s).
 
   join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
-          [--heartbeat S] [--trust central|local]
+          [--heartbeat S] [--trust central|local] [--noise_key FILE]
       One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's
       credentials folder (nkey.seed, ca.pem, cert.pem, key.pem). --heartbeat: how often a
       running task renews its lease (default 10 s). --part: train on this site's part of the
@@ -57,7 +57,9 @@ const HELP = `deno task federation COMMAND [flags]
       against \`train\`); without it every training image in PATH is the site's own.
       --trust local: the site does not trust the coordinator — it refuses a task whose run is
       not under local DP (train calibration local) instead of releasing un-noised factors
-      (default central: the coordinator's settings decide).
+      (default central: the coordinator's settings decide). --noise_key: under local DP the
+      site draws its noise from a stream keyed by this secret file, which the coordinator never
+      sees (default DIR/noise.key, made with 32 random bytes, mode 600, when absent); keep it.
 `;
 
 /** Parsed `federation` flags. */
@@ -87,6 +89,8 @@ export type FederationArgs =
     part: boolean;
     /** `local`: refuse tasks of a run that is not under local DP. */
     trust: "central" | "local";
+    /** The secret of the site's local-DP noise (made when absent). */
+    noiseKey: string;
   };
 
 function need(flags: Record<string, unknown>, name: string, command: string): string {
@@ -146,6 +150,7 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
       "model",
       "heartbeat",
       "client",
+      "noise_key",
     ],
     boolean: ["resume", "help", "part"],
   });
@@ -154,7 +159,18 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
   const allowed: Record<string, string[]> = {
     server: ["dir", "sites", "port", "prefix"],
     serve: ["nats", "creds", "config", "prefix", "lease", "deadline", "trust", "resume"],
-    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat", "part", "trust"],
+    join: [
+      "nats",
+      "creds",
+      "site",
+      "data",
+      "model",
+      "prefix",
+      "heartbeat",
+      "part",
+      "trust",
+      "noise_key",
+    ],
   };
   for (const name of Object.keys(f)) {
     if (name !== "_" && f[name] !== undefined && !allowed[command].includes(name)) {
@@ -214,6 +230,9 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
     heartbeatMs: seconds(f, "heartbeat", 10),
     part: f.part === true,
     trust,
+    noiseKey: resolve(
+      typeof f.noise_key === "string" ? f.noise_key : joinPath(credsDir, "noise.key"),
+    ),
   };
 }
 
@@ -455,6 +474,29 @@ async function serve(
   return 0;
 }
 
+/**
+ * The site's noise secret: 32 bytes, hex, in `path`; made (mode 600) when the file is absent.
+ * Throws naming the file when it holds anything else.
+ */
+export async function readNoiseKey(path: string): Promise<Uint8Array> {
+  let text: string;
+  try {
+    text = (await Deno.readTextFile(path)).trim();
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    const secret = crypto.getRandomValues(new Uint8Array(32));
+    text = [...secret].map((b) => b.toString(16).padStart(2, "0")).join("");
+    await Deno.writeTextFile(path, `${text}\n`, { createNew: true, mode: 0o600 });
+    console.error(`federation join: made the site's local-DP noise key ${path}; keep it secret`);
+  }
+  if (!/^([0-9a-f]{2}){16,}$/i.test(text)) {
+    throw new UsageError(
+      `--noise_key ${path}: expected at least 16 bytes as hex (delete the file to make a new key)`,
+    );
+  }
+  return Uint8Array.from(text.match(/../g)!.map((h) => parseInt(h, 16)));
+}
+
 async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<number> {
   for (const [flag, path] of [["data", a.data], ["model", a.model]] as const) {
     if (path !== null && path !== "default" && !(await Deno.stat(path).catch(() => null))) {
@@ -463,7 +505,7 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
   }
   const { parseTrainArgs } = await trainParser();
   const { loadInputs } = await import("../lib/experiment.ts");
-  const { siteRuntime } = await import("../lib/federation/site.ts");
+  const { importNoiseKey, siteRuntime } = await import("../lib/federation/site.ts");
   const { runSite } = await import("../lib/federation/remote.ts");
   const nc = await connectFederation(a.nats, a.creds);
   const stop = new AbortController();
@@ -524,6 +566,9 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       const runtime = siteRuntime(inputs.data, { ...targs.config, seed }, client, {
         ownImages: !a.part,
       });
+      if (runtime.mechanism.trust === "local") {
+        runtime.noiseKey = await importNoiseKey(await readNoiseKey(a.noiseKey));
+      }
       total += await runSite(site, inputs.backbone, runtime, {
         heartbeatMs: a.heartbeatMs,
         idleMs: Number.POSITIVE_INFINITY,

@@ -6,7 +6,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
-import { parseFederationArgs, readServeConfig, trainArgsForTrust } from "../tasks/federation.ts";
+import {
+  parseFederationArgs,
+  readNoiseKey,
+  readServeConfig,
+  trainArgsForTrust,
+} from "../tasks/federation.ts";
 import { natsTest } from "./helpers/nats.ts";
 
 const TASK = join(import.meta.dirname!, "..", "tasks", "federation.ts");
@@ -110,6 +115,22 @@ Deno.test("federation cli: --trust local runs the local calibration; what it can
     trainArgsForTrust([...base, "--calibration=strict"], "strict", "central", "f.json"),
     [...base, "--calibration=strict"],
   );
+});
+
+Deno.test("federation cli: a site's noise key is made once (mode 600) and read back; a bad one is refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-key-" });
+  try {
+    const path = join(dir, "noise.key");
+    const made = await readNoiseKey(path);
+    assert.equal(made.length, 32);
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+    assert.deepEqual(await readNoiseKey(path), made, "the same secret on every start");
+    assert.notDeepEqual(await readNoiseKey(join(dir, "other.key")), made);
+    await Deno.writeTextFile(join(dir, "bad.key"), "not hex");
+    await assert.rejects(readNoiseKey(join(dir, "bad.key")), /at least 16 bytes as hex/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("federation cli: the serve config lists the sites and the train flags; node_num is the site count", async () => {

@@ -13,7 +13,15 @@ import {
   type RoundRecord,
   runFederated,
 } from "../lib/fl/simulation.ts";
-import { siteRelease, type SiteRuntime, siteRuntime } from "../lib/federation/site.ts";
+import {
+  importNoiseKey,
+  siteRelease,
+  siteReport,
+  type SiteRuntime,
+  siteRuntime,
+} from "../lib/federation/site.ts";
+import { initLora } from "../lib/model/lora.ts";
+import { streamRng } from "../lib/fl/streams.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
 import { compareRuns } from "../tools/compare_runs.ts";
 import { join } from "node:path";
@@ -141,3 +149,35 @@ for (const calibration of ["strict", "local"] as const) {
     await Deno.remove(dir, { recursive: true });
   });
 }
+
+Deno.test("federation round: under local DP a site with a noise key draws noise the run's seed cannot give; the same on every attempt; only the release leaves", async () => {
+  const cfg = config({
+    method: { ...defaultConfig().method, method: "DEeR" },
+    dp: { calibration: "local", clip: 0.5, epsilon: 6 },
+  });
+  const global = initLora(setup.backbone.vision.config, setup.backbone.rank, streamRng(10, "init"));
+  const release = async (key: CryptoKey | null) => {
+    const rt = siteRuntime(setup.data, cfg, 2);
+    if (key) rt.noiseKey = key;
+    const out = await siteRelease(setup.backbone, rt, { round: 0, phaseIndex: 0, global });
+    return { ...out, report: siteReport(rt, out.release, out.loss) };
+  };
+  const key = await importNoiseKey(new Uint8Array(32).fill(7));
+  const plain = await release(null);
+  const keyed = await release(key);
+  const again = await release(await importNoiseKey(new Uint8Array(32).fill(7)));
+  const other = await release(await importNoiseKey(new Uint8Array(32).fill(8)));
+  const b = (r: typeof plain) => r.release.factors.B[0];
+  assert.deepEqual(b(again), b(keyed), "a re-delivered task releases the same numbers");
+  assert.ok(b(keyed).some((v, i) => v !== b(plain)[i]), "not the run-seeded noise");
+  assert.ok(b(keyed).some((v, i) => v !== b(other)[i]), "another key, other noise");
+  assert.equal(keyed.release.clean, undefined, "pre-noise factors never leave the site");
+  assert.deepEqual(keyed.report, {}, "under local trust nothing but the release is sent");
+  assert.ok(Number.isFinite(keyed.loss), "the site keeps its loss");
+  const strict = siteRuntime(setup.data, { ...cfg, dp: { ...cfg.dp!, calibration: "strict" } }, 2);
+  const central = await siteRelease(setup.backbone, strict, { round: 0, phaseIndex: 0, global });
+  assert.deepEqual(
+    Object.keys(siteReport(strict, central.release, central.loss)),
+    ["loss", "updateNorm", "clipped", "releaseNorm", "peerSigmaMax"],
+  );
+});

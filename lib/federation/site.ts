@@ -14,6 +14,7 @@ import { resolveMethod } from "../fl/methods/mod.ts";
 import { clientSettings, releaseClient, trainClient } from "../fl/round.ts";
 import { clientPlan, type FederatedConfig } from "../fl/simulation.ts";
 import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
+import { createRng, type Rng } from "../rng.ts";
 
 /** What a site holds across tasks: its data, its client state, the run's method and mechanism. */
 export interface SiteRuntime {
@@ -23,6 +24,46 @@ export interface SiteRuntime {
   mechanism: Mechanism;
   state: ClientState;
   data: ImageDataset;
+  /**
+   * Local DP: the site's secret noise key (HMAC-SHA256). The coordinator knows the run's seed,
+   * so noise drawn from the run-seeded streams would be known to it and could be subtracted;
+   * with a key the site draws its noise from a stream only it can reproduce
+   * ({@link secretNoise}). Without one (one-process checks) the run's own streams are used, as
+   * in `train`.
+   */
+  noiseKey?: CryptoKey;
+}
+
+/**
+ * An HMAC-SHA256 key from a site's secret bytes (at least 16), for {@link SiteRuntime.noiseKey}.
+ */
+export async function importNoiseKey(secret: Uint8Array): Promise<CryptoKey> {
+  if (secret.length < 16) {
+    throw new Error(`a noise key needs at least 16 secret bytes; got ${secret.length}`);
+  }
+  return await crypto.subtle.importKey(
+    "raw",
+    secret as Uint8Array<ArrayBuffer>,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+}
+
+/**
+ * The site's secret noise stream for one task: a generator whose 128-bit state is
+ * HMAC-SHA256(key, "noise/<round>/<phase>/<client>") — the same numbers for every attempt of the
+ * task (a re-delivered task releases what the first attempt did), unpredictable without the key.
+ */
+export async function secretNoise(
+  key: CryptoKey,
+  round: number,
+  phaseIndex: number,
+  client: number,
+): Promise<Rng> {
+  const label = new TextEncoder().encode(`noise/${round}/${phaseIndex}/${client}`);
+  const words = new Uint32Array(await crypto.subtle.sign("HMAC", key, label), 0, 4);
+  return createRng([...words, NaN]);
 }
 
 /**
@@ -99,7 +140,12 @@ export async function siteRelease(
     phaseIndex: task.phaseIndex,
     ...clientSettings(config, method, client, backbone.rank),
   });
+  // Local DP with a key: the noise comes from the site's secret stream, not the run's.
+  const secret = site.noiseKey && site.mechanism.trust === "local"
+    ? await secretNoise(site.noiseKey, task.round + 1, task.phaseIndex, client)
+    : null;
   const release = releaseClient({
+    ...(secret ? { noiseRng: () => secret } : {}),
     mechanism: site.mechanism,
     phase,
     round: task.round + 1,
