@@ -16,6 +16,12 @@
  * The derivation of each record's sensitivity and noise multiplier (paper and strict mechanisms)
  * is in docs/privacy.md#what-the-paper-mechanism-really-spends.
  *
+ * ## Local DP
+ * A ledger made with `localSites: K` accounts each site on its own
+ * (docs/privacy.md#local-dp-an-untrusted-coordinator): every record lists the `sites` that made
+ * it, site k's ε composes the records that list k, and the ledger's ε is the largest site's; each
+ * closed round keeps every site's ε in `sites`.
+ *
  * @example
  * ```ts
  * import { closeRound, createLedger, gaussianRelease, recordRelease } from "./ledger.ts";
