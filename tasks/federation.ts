@@ -392,7 +392,7 @@ async function serve(
   a: Extract<FederationArgs, { command: "serve" }>,
   given: ServeConfig,
 ): Promise<number> {
-  const { parseTrainArgs, runName } = await trainParser();
+  const { describeRound, parseTrainArgs, runName } = await trainParser();
   const parse = (trainArgs: string[]) => {
     let parsed;
     try {
@@ -461,7 +461,9 @@ async function serve(
             console.error(`federation serve: refused a result of ${r.site}: ${r.reason}`);
           },
         }),
-      onRound: (r) => console.error(`round ${r.round}: loss ${r.trainLoss.toFixed(4)}`),
+      onRound: (r) => {
+        for (const line of describeRound(r)) console.error(line);
+      },
     });
     if (refusals.length > 0) {
       await writeJsonAtomic(joinPath(outDir, "refusals.json"), refusals);
