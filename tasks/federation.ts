@@ -60,6 +60,8 @@ const HELP = `deno task federation COMMAND [flags]
       (default central: the coordinator's settings decide). --noise_key: under local DP the
       site draws its noise from a stream keyed by this secret file, which the coordinator never
       sees (default DIR/noise.key, made with 32 random bytes, mode 600, when absent); keep it.
+      The releases made under the key are logged in FILE.releases.json: a second release of
+      one round and phase with other inputs, or one beyond the run's rounds, is refused.
 `;
 
 /** Parsed `federation` flags. */
@@ -499,6 +501,26 @@ export async function readNoiseKey(path: string): Promise<Uint8Array> {
   return Uint8Array.from(text.match(/../g)!.map((h) => parseInt(h, 16)));
 }
 
+/** A keyed site's release log (`SiteRuntime.released`): empty when the file is absent. */
+export async function readReleaseLog(path: string): Promise<Map<string, string>> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return new Map();
+    throw new UsageError(`${path}: ${(err as Error).message}`);
+  }
+  if (
+    raw === null || typeof raw !== "object" || Array.isArray(raw) ||
+    !Object.values(raw).every((v) => typeof v === "string")
+  ) {
+    throw new UsageError(
+      `${path}: expected the site's release log, an object of release → input digest`,
+    );
+  }
+  return new Map(Object.entries(raw as Record<string, string>));
+}
+
 async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<number> {
   for (const [flag, path] of [["data", a.data], ["model", a.model]] as const) {
     if (path !== null && path !== "default" && !(await Deno.stat(path).catch(() => null))) {
@@ -570,6 +592,10 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       });
       if (runtime.mechanism.trust === "local") {
         runtime.noiseKey = await importNoiseKey(await readNoiseKey(a.noiseKey));
+        // The releases made under this key, kept beside it across restarts.
+        const log = `${a.noiseKey}.releases.json`;
+        runtime.released = await readReleaseLog(log);
+        runtime.onReleased = (released) => writeJsonAtomic(log, Object.fromEntries(released));
       }
       total += await runSite(site, inputs.backbone, runtime, {
         heartbeatMs: a.heartbeatMs,

@@ -9,6 +9,7 @@ import { UsageError } from "../lib/cli.ts";
 import {
   parseFederationArgs,
   readNoiseKey,
+  readReleaseLog,
   readServeConfig,
   trainArgsForTrust,
 } from "../tasks/federation.ts";
@@ -128,6 +129,11 @@ Deno.test("federation cli: a site's noise key is made once (mode 600) and read b
     assert.notDeepEqual(await readNoiseKey(join(dir, "other.key")), made);
     await Deno.writeTextFile(join(dir, "bad.key"), "not hex");
     await assert.rejects(readNoiseKey(join(dir, "bad.key")), /at least 16 bytes as hex/);
+    assert.deepEqual(await readReleaseLog(join(dir, "absent.json")), new Map());
+    await Deno.writeTextFile(join(dir, "log.json"), JSON.stringify({ "r/1/0": "ab" }));
+    assert.deepEqual(await readReleaseLog(join(dir, "log.json")), new Map([["r/1/0", "ab"]]));
+    await Deno.writeTextFile(join(dir, "bad.json"), "[1]");
+    await assert.rejects(readReleaseLog(join(dir, "bad.json")), /expected the site's release log/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

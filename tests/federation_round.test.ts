@@ -174,6 +174,43 @@ Deno.test("federation round: under local DP a site with a noise key draws noise 
   assert.equal(keyed.release.clean, undefined, "pre-noise factors never leave the site");
   assert.deepEqual(keyed.report, {}, "under local trust nothing but the release is sent");
   assert.ok(Number.isFinite(keyed.loss), "the site keeps its loss");
+  // One release per (run, round, phase): the same task again is fine, other inputs are refused,
+  // and so is a round beyond the run's.
+  const rt = siteRuntime(setup.data, cfg, 2);
+  rt.noiseKey = key;
+  const logged: string[] = [];
+  rt.onReleased = (released) => Promise.resolve(void logged.push(...released.keys()));
+  const first = await siteRelease(setup.backbone, rt, {
+    round: 0,
+    phaseIndex: 0,
+    global,
+    run: "r1",
+  });
+  const retry = await siteRelease(setup.backbone, rt, {
+    round: 0,
+    phaseIndex: 0,
+    global,
+    run: "r1",
+  });
+  assert.deepEqual(retry.release.factors, first.release.factors);
+  assert.deepEqual(logged, ["r1/1/0"], "logged once");
+  const moved = { ...global, B: global.B.map((t) => t.map((v) => v + 1e-3)) };
+  await assert.rejects(
+    siteRelease(setup.backbone, rt, { round: 0, phaseIndex: 0, global: moved, run: "r1" }),
+    /refusing a second release for round 1 phase 0 of r1 with other global factors/,
+  );
+  await assert.rejects(
+    siteRelease(setup.backbone, rt, { round: cfg.rounds, phaseIndex: 0, global, run: "r1" }),
+    /a task for round 3 of a run of 2 rounds/,
+  );
+  // Another run is another release (and other inputs draw other noise).
+  const other2 = await siteRelease(setup.backbone, rt, {
+    round: 0,
+    phaseIndex: 0,
+    global: moved,
+    run: "r2",
+  });
+  assert.ok(other2.release.factors.B[0].some((v, i) => v !== first.release.factors.B[0][i]));
   const strict = siteRuntime(setup.data, { ...cfg, dp: { ...cfg.dp!, calibration: "strict" } }, 2);
   const central = await siteRelease(setup.backbone, strict, { round: 0, phaseIndex: 0, global });
   assert.deepEqual(

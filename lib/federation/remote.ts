@@ -196,6 +196,7 @@ export async function runSite(
           phaseIndex: lease.task.phase,
           global: factors,
           merged,
+          run: lease.task.run,
         }),
     );
     await lease.publishResult(factorArrays(release.factors), siteReport(runtime, release, loss));
