@@ -7,9 +7,8 @@
  *
  * What travels: to a site, the global factors (and the dense merges of methods that merge into
  * the frozen weights) with the client index; from a site, its released factors and the
- * statistics the record needs (loss, norm before clipping, whether it was clipped) — under local
- * trust nothing but the noised release (`siteReport`). Under central trust the coordinator
- * recomputes the norm of each release and refuses one above C·(1 + 1e-5).
+ * statistics the record needs (loss, norm before clipping, whether it was clipped). Under central
+ * trust the coordinator recomputes the norm of each release and refuses one above C·(1 + 1e-5).
  *
  * @module
  */
