@@ -1,6 +1,6 @@
 /**
- * The privacy mechanisms as values: `none`, `paper`, `strict` and `local` (docs/privacy.md). A mechanism
- * turns the updates of one release (a phase of a round) into what the server publishes:
+ * The privacy mechanisms as values: `none`, `paper`, `strict` and `local` (docs/privacy.md). A
+ * mechanism turns the updates of one release (a phase of a round) into what the server publishes:
  *
  * 1. **clip** each client's update of the released factors, through `clip.ts` — per tensor
  *    (paper), over the whole release (strict, local), or in product space for regulated releases
