@@ -257,7 +257,7 @@ export interface SummaryRow {
   /** Method label, e.g. `DEeR(m1=1,m2=0)`, and its family (`DEeR`). */
   method: string;
   family: string;
-  calibration: "paper" | "strict" | null;
+  calibration: "paper" | "strict" | "local" | null;
   accuracy: number;
   /** Population std of the accuracy over seeds (as `train`'s summary). */
   accuracyStd: number;

@@ -42,18 +42,26 @@ const HELP = `deno task federation COMMAND [flags]
       node_num is the number of sites; the coordinator's own data (dataset, data_dir) serves
       only validation and test, as in \`train\` — the training data stays at the sites.
       --trust central: sites send clipped releases over TLS and the coordinator adds the
-      noise; local: each site adds local-DP noise to its own release and the ledger accounts
-      it so (default central). --lease: a site's hold on a task before it is given to another
+      noise; local: the coordinator is not trusted — each site adds local-DP noise to its own
+      release (train calibration local; a strict one is mapped onto it, paper is refused), sends
+      nothing else, and the ledger accounts every site on its own (default central). --lease: a site's hold on a task before it is given to another
       attempt (default 60 s); --deadline: how long a phase waits for the sites before it goes
       on without the missing ones (default 600 s).
 
   join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
-          [--heartbeat S]
+          [--heartbeat S] [--trust central|local] [--noise_key FILE]
       One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's
       credentials folder (nkey.seed, ca.pem, cert.pem, key.pem). --heartbeat: how often a
       running task renews its lease (default 10 s). --part: train on this site's part of the
       run's split of PATH (every site holds the same file: one-machine trials and the check
       against \`train\`); without it every training image in PATH is the site's own.
+      --trust local: the site does not trust the coordinator — it refuses a task whose run is
+      not under local DP (train calibration local) instead of releasing un-noised factors
+      (default central: the coordinator's settings decide). --noise_key: under local DP the
+      site draws its noise from a stream keyed by this secret file, which the coordinator never
+      sees (default DIR/noise.key, made with 32 random bytes, mode 600, when absent); keep it.
+      The releases made under the key are logged in FILE.releases.json: a second release of
+      one round and phase with other inputs, or one beyond the run's rounds, is refused.
 `;
 
 /** Parsed `federation` flags. */
@@ -81,6 +89,10 @@ export type FederationArgs =
     heartbeatMs: number;
     /** Train on the site's part of the run's split of --data (one-machine trials, checks). */
     part: boolean;
+    /** `local`: refuse tasks of a run that is not under local DP. */
+    trust: "central" | "local";
+    /** The secret of the site's local-DP noise (made when absent). */
+    noiseKey: string;
   };
 
 function need(flags: Record<string, unknown>, name: string, command: string): string {
@@ -140,6 +152,7 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
       "model",
       "heartbeat",
       "client",
+      "noise_key",
     ],
     boolean: ["resume", "help", "part"],
   });
@@ -148,7 +161,18 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
   const allowed: Record<string, string[]> = {
     server: ["dir", "sites", "port", "prefix"],
     serve: ["nats", "creds", "config", "prefix", "lease", "deadline", "trust", "resume"],
-    join: ["nats", "creds", "site", "data", "model", "prefix", "heartbeat", "part"],
+    join: [
+      "nats",
+      "creds",
+      "site",
+      "data",
+      "model",
+      "prefix",
+      "heartbeat",
+      "part",
+      "trust",
+      "noise_key",
+    ],
   };
   for (const name of Object.keys(f)) {
     if (name !== "_" && f[name] !== undefined && !allowed[command].includes(name)) {
@@ -174,11 +198,11 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
   }
   const nats = natsUrl(need(f, "nats", command));
   const credsDir = resolve(need(f, "creds", command));
+  const trust = String(f.trust ?? "central");
+  if (trust !== "central" && trust !== "local") {
+    throw new UsageError(`--trust ${trust}: expected central or local`);
+  }
   if (command === "serve") {
-    const trust = String(f.trust ?? "central");
-    if (trust !== "central" && trust !== "local") {
-      throw new UsageError(`--trust ${trust}: expected central or local`);
-    }
     return {
       command,
       nats,
@@ -207,6 +231,10 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
     prefix,
     heartbeatMs: seconds(f, "heartbeat", 10),
     part: f.part === true,
+    trust,
+    noiseKey: resolve(
+      typeof f.noise_key === "string" ? f.noise_key : joinPath(credsDir, "noise.key"),
+    ),
   };
 }
 
@@ -325,21 +353,71 @@ async function runId(config: ServeConfig, seed: number): Promise<string> {
   return `run-${[...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
+/**
+ * The train flags of a federation under `trust`, given the DP calibration they parse to (null
+ * without DP): local trust needs DP and runs the local calibration (a strict one is mapped onto
+ * it: the same clip, the noise moved to the sites; the paper one is refused); central trust
+ * refuses the local calibration. Throws {@link UsageError} naming the field and the fix.
+ */
+export function trainArgsForTrust(
+  trainArgs: readonly string[],
+  calibration: string | null,
+  trust: "central" | "local",
+  source: string,
+): string[] {
+  if (trust === "central") {
+    if (calibration === "local") {
+      throw new UsageError(
+        `--config ${source}: train.calibration local has every site add its own noise for an ` +
+          `untrusted coordinator; serve it with --trust local (or use calibration strict)`,
+      );
+    }
+    return [...trainArgs];
+  }
+  if (calibration === null) {
+    throw new UsageError(
+      `--config ${source}: --trust local needs differential privacy — the sites would send ` +
+        `un-noised factors; add "is_DP": 1 and "calibration": "local" to train`,
+    );
+  }
+  if (calibration !== "local" && calibration !== "strict") {
+    throw new UsageError(
+      `--config ${source}: --trust local with train.calibration ${calibration}: the local ` +
+        `mechanism clips and accounts as the strict one; set "calibration": "local" (or ` +
+        `"strict", which --trust local maps onto local)`,
+    );
+  }
+  return [...trainArgs.filter((f) => !/^--calibration=/.test(f)), "--calibration=local"];
+}
+
 async function serve(
   a: Extract<FederationArgs, { command: "serve" }>,
-  config: ServeConfig,
+  given: ServeConfig,
 ): Promise<number> {
-  if (a.trust === "local") {
-    throw new UsageError(`--trust local is not implemented yet; use --trust central`);
-  }
-  const { parseTrainArgs, runName } = await trainParser();
-  let targs;
-  try {
-    targs = parseTrainArgs([...config.trainArgs, ...(a.resume ? ["--resume"] : [])]);
-  } catch (err) {
-    throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
-  }
-  if (targs === null) throw new UsageError(`--config ${a.config}: train: --help is not a setting`);
+  const { describeRound, parseTrainArgs, runName } = await trainParser();
+  const parse = (trainArgs: string[]) => {
+    let parsed;
+    try {
+      parsed = parseTrainArgs([...trainArgs, ...(a.resume ? ["--resume"] : [])]);
+    } catch (err) {
+      throw new UsageError(`--config ${a.config}: train: ${(err as Error).message}`);
+    }
+    if (parsed === null) {
+      throw new UsageError(`--config ${a.config}: train: --help is not a setting`);
+    }
+    return parsed;
+  };
+  // The sites derive their mechanism from these flags: under local trust they add the noise.
+  const config = {
+    ...given,
+    trainArgs: trainArgsForTrust(
+      given.trainArgs,
+      parse(given.trainArgs).config.dp?.calibration ?? null,
+      a.trust,
+      a.config,
+    ),
+  };
+  const targs = parse(config.trainArgs);
   const { loadInputs, runExperiment } = await import("../lib/experiment.ts");
   const { resolveMethod } = await import("../lib/fl/methods/mod.ts");
   const { natsClients } = await import("../lib/federation/remote.ts");
@@ -385,7 +463,9 @@ async function serve(
             console.error(`federation serve: refused a result of ${r.site}: ${r.reason}`);
           },
         }),
-      onRound: (r) => console.error(`round ${r.round}: loss ${r.trainLoss.toFixed(4)}`),
+      onRound: (r) => {
+        for (const line of describeRound(r)) console.error(line);
+      },
     });
     if (refusals.length > 0) {
       await writeJsonAtomic(joinPath(outDir, "refusals.json"), refusals);
@@ -398,6 +478,49 @@ async function serve(
   return 0;
 }
 
+/**
+ * The site's noise secret: 32 bytes, hex, in `path`; made (mode 600) when the file is absent.
+ * Throws naming the file when it holds anything else.
+ */
+export async function readNoiseKey(path: string): Promise<Uint8Array> {
+  let text: string;
+  try {
+    text = (await Deno.readTextFile(path)).trim();
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+    const secret = crypto.getRandomValues(new Uint8Array(32));
+    text = [...secret].map((b) => b.toString(16).padStart(2, "0")).join("");
+    await Deno.writeTextFile(path, `${text}\n`, { createNew: true, mode: 0o600 });
+    console.error(`federation join: made the site's local-DP noise key ${path}; keep it secret`);
+  }
+  if (!/^([0-9a-f]{2}){16,}$/i.test(text)) {
+    throw new UsageError(
+      `--noise_key ${path}: expected at least 16 bytes as hex (delete the file to make a new key)`,
+    );
+  }
+  return Uint8Array.from(text.match(/../g)!.map((h) => parseInt(h, 16)));
+}
+
+/** A keyed site's release log (`SiteRuntime.released`): empty when the file is absent. */
+export async function readReleaseLog(path: string): Promise<Map<string, string>> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return new Map();
+    throw new UsageError(`${path}: ${(err as Error).message}`);
+  }
+  if (
+    raw === null || typeof raw !== "object" || Array.isArray(raw) ||
+    !Object.values(raw).every((v) => typeof v === "string")
+  ) {
+    throw new UsageError(
+      `${path}: expected the site's release log, an object of release → input digest`,
+    );
+  }
+  return new Map(Object.entries(raw as Record<string, string>));
+}
+
 async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<number> {
   for (const [flag, path] of [["data", a.data], ["model", a.model]] as const) {
     if (path !== null && path !== "default" && !(await Deno.stat(path).catch(() => null))) {
@@ -406,7 +529,7 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
   }
   const { parseTrainArgs } = await trainParser();
   const { loadInputs } = await import("../lib/experiment.ts");
-  const { siteRuntime } = await import("../lib/federation/site.ts");
+  const { importNoiseKey, siteRuntime } = await import("../lib/federation/site.ts");
   const { runSite } = await import("../lib/federation/remote.ts");
   const nc = await connectFederation(a.nats, a.creds);
   const stop = new AbortController();
@@ -455,10 +578,25 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       ]);
       if (!targs) throw new Error("task without train flags");
       lease.giveBack();
+      if (a.trust === "local" && targs.config.dp?.calibration !== "local") {
+        throw new UsageError(
+          `--trust local: the coordinator's run is ${
+            targs.config.dp ? `under the ${targs.config.dp.calibration} calibration` : "without DP"
+          }, so this site would release factors without its own noise; it takes tasks of a ` +
+            `local-DP run only (coordinator: serve --trust local)`,
+        );
+      }
       const inputs = await loadInputs(targs.inputs);
       const runtime = siteRuntime(inputs.data, { ...targs.config, seed }, client, {
         ownImages: !a.part,
       });
+      if (runtime.mechanism.trust === "local") {
+        runtime.noiseKey = await importNoiseKey(await readNoiseKey(a.noiseKey));
+        // The releases made under this key, kept beside it across restarts.
+        const log = `${a.noiseKey}.releases.json`;
+        runtime.released = await readReleaseLog(log);
+        runtime.onReleased = (released) => writeJsonAtomic(log, Object.fromEntries(released));
+      }
       total += await runSite(site, inputs.backbone, runtime, {
         heartbeatMs: a.heartbeatMs,
         idleMs: Number.POSITIVE_INFINITY,

@@ -69,17 +69,20 @@ Reference flags (github.com/CUHK-AIM-Group/DEeR main.py):
 
 Toolkit flags:
   --seeds 10,100,1000     seeds; mean ± population std over them (default 10,100,1000; 10 on the default data)
-  --calibration paper|strict  paper: as the reference (δ = 1/K, sample-level; NOT a client-level
-                          guarantee — the ε actually spent is reported); strict: client-level (default paper)
+  --calibration paper|strict|local  paper: as the reference (δ = 1/K, sample-level; NOT a
+                          client-level guarantee — the ε actually spent is reported); strict:
+                          client-level, the server adds the noise; local: local DP, every client
+                          adds its own noise and is accounted on its own (default paper)
   --delta D               δ of client-level accounting (default 1e-5)
   --weights uniform|size  aggregation weights (default uniform)
   --participation Q       fraction of clients per round: each client joins each release
-                          independently with probability Q (default 1; strict calibration)
+                          independently with probability Q (default 1; strict or local calibration)
   --accountant rdp|pld    the accountant of the client-level ε: pld (privacy loss distributions,
-                          exact for full participation; default with --calibration strict, whose σ
-                          it calibrates) or rdp (as opacus; default with --calibration paper)
+                          exact for full participation; default with --calibration strict or local,
+                          whose σ it calibrates) or rdp (as opacus; default with --calibration paper)
   --max_epsilon E         stop before a round whose releases would bring the spent ε above E
-                          (strict calibration; the round is not run, --resume will not pass E)
+                          (strict or local calibration — local: any site's ε; the round is not
+                          run, --resume will not pass E)
   --momentum reset|reference  optimiser state between local trainings (default reset)
   --lora_alpha A          LoRA alpha (default 8; scale alpha/r)
   --model PATH            foundation-model weights (.safetensors)
@@ -291,8 +294,8 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   }
   const isDP = num(f, "is_DP", 0, flag01, "0 or 1") === 1;
   const calibration = String(f.calibration ?? "paper");
-  if (calibration !== "paper" && calibration !== "strict") {
-    throw new UsageError(`--calibration ${calibration}: expected paper or strict`);
+  if (calibration !== "paper" && calibration !== "strict" && calibration !== "local") {
+    throw new UsageError(`--calibration ${calibration}: expected paper, strict or local`);
   }
   if (
     !isDP &&
@@ -569,7 +572,9 @@ async function train(
   );
   if (s.calibration) {
     console.log(
-      `privacy (${s.calibration}): nominal ε ${s.nominalEpsilon}, client-level ε actually spent ` +
+      `privacy (${s.calibration}): nominal ε ${s.nominalEpsilon}, ${
+        s.calibration === "local" ? "the largest site's ε" : "client-level ε"
+      } actually spent ` +
         `${s.spentEpsilon?.toFixed(3)} at δ ${args.config.dp?.delta} (${
           accountantOf(args.config.dp!).toUpperCase()
         } accountant), σ ${s.noiseMultiplier?.toFixed(4)}`,
@@ -601,9 +606,18 @@ async function train(
  */
 export function describeRound(r: RoundRecord): string[] {
   const t = r.test ? ` test acc ${(100 * r.test.accuracy).toFixed(2)}` : "";
-  const eps = r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`;
-  // NaN (null once saved) when no client was sampled in any phase of the round.
-  const loss = Number.isFinite(r.trainLoss) ? r.trainLoss.toFixed(4) : "– (no client)";
+  const eps = r.epsilon.spent === null
+    ? ""
+    : r.epsilon.sites
+    ? ` ε spent per site ${r.epsilon.sites.map((e) => e.toFixed(3)).join(" ")} (local DP)`
+    : ` ε spent ${r.epsilon.spent.toFixed(3)}`;
+  // NaN (null once saved) when no client was sampled in any phase of the round, and under local
+  // DP, where the server never holds a client's loss.
+  const loss = Number.isFinite(r.trainLoss)
+    ? r.trainLoss.toFixed(4)
+    : r.epsilon.trust === "local"
+    ? "– (kept by the sites)"
+    : "– (no client)";
   const lines = [
     `round ${r.round}: loss ${loss} val acc ${(100 * r.val.accuracy).toFixed(2)}${t}` +
     ` deviation ${r.deviation.toExponential(2)}${eps} (${r.seconds.toFixed(1)}s)`,
@@ -631,6 +645,9 @@ function budgetRefusal(err: BudgetOutOfReachError): string {
   const what = dp?.calibration === "paper"
     ? `the paper calibration (steps T·E·N/b at δ = 1/K): raise --epsilon, or lower --T or --E, or ` +
       `raise --batchsize`
+    : dp?.calibration === "local"
+    ? `the local calibration (δ ${dp?.delta ?? 1e-5}, every release of a site at rate 1): raise ` +
+      `--epsilon or --delta, or lower --T (releases)`
     : `the strict calibration (δ ${dp?.delta ?? 1e-5}): raise --epsilon or --delta, or lower ` +
       `--T (releases) or --participation`;
   const reached = err.reached

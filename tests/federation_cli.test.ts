@@ -6,7 +6,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
-import { parseFederationArgs, readServeConfig } from "../tasks/federation.ts";
+import {
+  parseFederationArgs,
+  readNoiseKey,
+  readReleaseLog,
+  readServeConfig,
+  trainArgsForTrust,
+} from "../tasks/federation.ts";
 import { natsTest } from "./helpers/nats.ts";
 
 const TASK = join(import.meta.dirname!, "..", "tasks", "federation.ts");
@@ -55,9 +61,15 @@ Deno.test("federation cli: flags are parsed per command and refused with the fla
     "x.npz",
   ])!;
   assert.deepEqual(
-    site.command === "join" && [site.creds.name, site.model, site.heartbeatMs],
-    ["site-a", null, 10_000],
+    site.command === "join" && [site.creds.name, site.model, site.heartbeatMs, site.trust],
+    ["site-a", null, 10_000, "central"],
   );
+  const wary = parseFederationArgs([
+    "join",
+    ...["--nats", "tls://h:4222", "--creds", "/s", "--site", "a", "--data", "x.npz"],
+    ...["--trust", "local"],
+  ])!;
+  assert.equal(wary.command === "join" && wary.trust, "local");
   usage(["train"], /unknown command train; expected server, serve or join/);
   usage(["server", "--dir", "d"], /server needs --sites/);
   usage(["server", "--dir", "d", "--sites", "a,coordinator"], /--sites: site name "coordinator"/);
@@ -77,6 +89,54 @@ Deno.test("federation cli: flags are parsed per command and refused with the fla
     /--site: site name "a\.b"/,
   );
   usage(["join", "--nats", "tls://h:1", "--creds", "c", "--site", "a", "--bogus", "1"], /bogus/);
+});
+
+Deno.test("federation cli: --trust local runs the local calibration; what it cannot run is refused", () => {
+  const base = ["--method=DEeR", "--is_DP=1", "--node_num=3"];
+  const refused = (args: string[], cal: string | null, trust: "central" | "local", re: RegExp) =>
+    assert.throws(() => trainArgsForTrust(args, cal, trust, "f.json"), (err: Error) => {
+      assert.ok(err instanceof UsageError, `${err}`);
+      assert.match(err.message, re);
+      return true;
+    });
+  // strict is mapped onto local (same clip, the noise moves to the sites); local stays local.
+  assert.deepEqual(
+    trainArgsForTrust([...base, "--calibration=strict"], "strict", "local", "f.json"),
+    [...base, "--calibration=local"],
+  );
+  assert.deepEqual(
+    trainArgsForTrust([...base, "--calibration=local"], "local", "local", "f.json"),
+    [...base, "--calibration=local"],
+  );
+  refused(base, "paper", "local", /--trust local with train\.calibration paper/);
+  refused(["--method=DEeR"], null, "local", /--trust local needs differential privacy/);
+  refused([...base, "--calibration=local"], "local", "central", /serve it with --trust local/);
+  // Central trust leaves the flags as they are.
+  assert.deepEqual(
+    trainArgsForTrust([...base, "--calibration=strict"], "strict", "central", "f.json"),
+    [...base, "--calibration=strict"],
+  );
+});
+
+Deno.test("federation cli: a site's noise key is made once (mode 600) and read back; a bad one is refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-key-" });
+  try {
+    const path = join(dir, "noise.key");
+    const made = await readNoiseKey(path);
+    assert.equal(made.length, 32);
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+    assert.deepEqual(await readNoiseKey(path), made, "the same secret on every start");
+    assert.notDeepEqual(await readNoiseKey(join(dir, "other.key")), made);
+    await Deno.writeTextFile(join(dir, "bad.key"), "not hex");
+    await assert.rejects(readNoiseKey(join(dir, "bad.key")), /at least 16 bytes as hex/);
+    assert.deepEqual(await readReleaseLog(join(dir, "absent.json")), new Map());
+    await Deno.writeTextFile(join(dir, "log.json"), JSON.stringify({ "r/1/0": "ab" }));
+    assert.deepEqual(await readReleaseLog(join(dir, "log.json")), new Map([["r/1/0", "ab"]]));
+    await Deno.writeTextFile(join(dir, "bad.json"), "[1]");
+    await assert.rejects(readReleaseLog(join(dir, "bad.json")), /expected the site's release log/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("federation cli: the serve config lists the sites and the train flags; node_num is the site count", async () => {
@@ -153,8 +213,8 @@ natsTest(
         const text = new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr);
         return { code: o.code, text };
       };
-      // Local trust is refused until it is implemented (the coordinator would otherwise wait
-      // for sites; the round itself is tested in federation_nats_round.test.ts and CI).
+      // Local trust without DP is refused before any work (the coordinator would otherwise
+      // wait for sites; the round itself is tested in federation_nats_round.test.ts and CI).
       const serve = await run(
         "serve",
         "--nats",
@@ -167,7 +227,7 @@ natsTest(
         "local",
       );
       assert.equal(serve.code, 2, serve.text);
-      assert.match(serve.text, /--trust local is not implemented yet/);
+      assert.match(serve.text, /--trust local needs differential privacy/);
       const data = join(dir, "config.json"); // any existing path: join checks it exists
       const wrong = await run(
         "join",

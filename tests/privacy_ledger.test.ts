@@ -1,4 +1,4 @@
-// The privacy ledger and the calibrations of docs/privacy.md#the-two-calibrations.
+// The privacy ledger and the calibrations of docs/privacy.md#the-calibrations.
 import assert from "node:assert/strict";
 import {
   closeRound,

@@ -19,7 +19,7 @@ import type { ClientRelease } from "../privacy/mechanism.ts";
 import type { ArraySpec, NamedArray } from "./codec.ts";
 import type { Coordinator, Refusal, Site } from "./transport.ts";
 import { withHeartbeat } from "./transport.ts";
-import { siteRelease, type SiteRuntime } from "./site.ts";
+import { siteRelease, siteReport, type SiteRuntime } from "./site.ts";
 
 /** Factors (and dense merges) as named arrays: `A.i`, `B.i`, `M.i`. */
 export function factorArrays(f: LoraFactors, merged?: Float32Array[]): NamedArray[] {
@@ -195,16 +195,10 @@ export async function runSite(
           phaseIndex: lease.task.phase,
           global: factors,
           merged,
+          run: lease.task.run,
         }),
     );
-    await lease.publishResult(factorArrays(release.factors), {
-      loss,
-      updateNorm: release.updateNorm,
-      clipped: release.clipped,
-      releaseNorm: release.releaseNorm,
-      peerSigmaMax: release.peerSigmaMax,
-      ...(release.peerSigmaMaxes ? { peerSigmaMaxes: release.peerSigmaMaxes } : {}),
-    });
+    await lease.publishResult(factorArrays(release.factors), siteReport(runtime, release, loss));
     opts.log?.(
       `round ${lease.task.round} phase ${lease.task.phase}: release sent (attempt ${lease.attempt})`,
     );

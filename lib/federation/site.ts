@@ -14,6 +14,7 @@ import { resolveMethod } from "../fl/methods/mod.ts";
 import { clientSettings, releaseClient, trainClient } from "../fl/round.ts";
 import { clientPlan, type FederatedConfig } from "../fl/simulation.ts";
 import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
+import { createRng, type Rng } from "../rng.ts";
 
 /** What a site holds across tasks: its data, its client state, the run's method and mechanism. */
 export interface SiteRuntime {
@@ -23,6 +24,70 @@ export interface SiteRuntime {
   mechanism: Mechanism;
   state: ClientState;
   data: ImageDataset;
+  /**
+   * Local DP: the site's secret noise key (HMAC-SHA256). The coordinator knows the run's seed,
+   * so noise drawn from the run-seeded streams would be known to it and could be subtracted;
+   * with a key the site draws its noise from a stream only it can reproduce
+   * ({@link secretNoise}). Without one (one-process checks) the run's own streams are used, as
+   * in `train`.
+   */
+  noiseKey?: CryptoKey;
+  /**
+   * Local DP with a key: the SHA-256 of the inputs (global factors and merges) of every release
+   * this site made, by `<run>/<round>/<phase>`. A task for a release already made with other
+   * inputs is refused: a second release of the same (round, phase) would spend the budget twice
+   * (the calibration allows one per planned release), and a coordinator could difference the two.
+   */
+  released?: Map<string, string>;
+  /** Called after `released` gains an entry (`federation join` keeps the log beside the key). */
+  onReleased?: (released: ReadonlyMap<string, string>) => Promise<void>;
+}
+
+/**
+ * An HMAC-SHA256 key from a site's secret bytes (at least 16), for {@link SiteRuntime.noiseKey}.
+ */
+export async function importNoiseKey(secret: Uint8Array): Promise<CryptoKey> {
+  if (secret.length < 16) {
+    throw new Error(`a noise key needs at least 16 secret bytes; got ${secret.length}`);
+  }
+  return await crypto.subtle.importKey(
+    "raw",
+    secret as Uint8Array<ArrayBuffer>,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+}
+
+/**
+ * The site's secret noise stream for one task: a generator whose 128-bit state is
+ * HMAC-SHA256(key, "noise/<release>/<client>/<inputs>"), with `release` naming the run, round and
+ * phase and `inputs` the SHA-256 of the task's global factors — the same numbers for every
+ * attempt of the same task (a re-delivered task releases what the first attempt did), other
+ * numbers for other inputs, unpredictable without the key.
+ */
+export async function secretNoise(
+  key: CryptoKey,
+  release: string,
+  client: number,
+  inputs: string,
+): Promise<Rng> {
+  const label = new TextEncoder().encode(`noise/${release}/${client}/${inputs}`);
+  const words = new Uint32Array(await crypto.subtle.sign("HMAC", key, label), 0, 4);
+  return createRng([...words, NaN]);
+}
+
+/** SHA-256 (hex) of a task's inputs: the global factors, then the dense merges. */
+export async function inputDigest(global: LoraFactors, merged?: Float32Array[]): Promise<string> {
+  const parts = [...global.A, ...global.B, ...(merged ?? [])];
+  const bytes = new Uint8Array(parts.reduce((n, t) => n + t.byteLength, 0));
+  let at = 0;
+  for (const t of parts) {
+    bytes.set(new Uint8Array(t.buffer, t.byteOffset, t.byteLength), at);
+    at += t.byteLength;
+  }
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**
@@ -53,11 +118,42 @@ export function siteRuntime(
   };
 }
 
-/** One task: train from the global factors in phase `phaseIndex` of 0-based `round`, release. */
+/**
+ * What a site sends beside its released factors. Under central trust: its training loss and the
+ * clipping statistics the round record lists. Under local trust the coordinator is not trusted
+ * with anything computed from un-noised values, so nothing else leaves the site (the records
+ * then carry null for these statistics, in `train` as in a federation).
+ */
+export function siteReport(
+  site: SiteRuntime,
+  release: ClientRelease,
+  loss: number,
+): Record<string, unknown> {
+  if (site.mechanism.trust === "local") return {};
+  return {
+    loss,
+    updateNorm: release.updateNorm,
+    clipped: release.clipped,
+    releaseNorm: release.releaseNorm,
+    peerSigmaMax: release.peerSigmaMax,
+    ...(release.peerSigmaMaxes ? { peerSigmaMaxes: release.peerSigmaMaxes } : {}),
+  };
+}
+
+/**
+ * One task: train from the global factors in phase `phaseIndex` of 0-based `round`, release.
+ * `run` names the coordinator's run (the release log of a keyed local-DP site is per run).
+ */
 export async function siteRelease(
   backbone: SharedBackbone,
   site: SiteRuntime,
-  task: { round: number; phaseIndex: number; global: LoraFactors; merged?: Float32Array[] },
+  task: {
+    round: number;
+    phaseIndex: number;
+    global: LoraFactors;
+    merged?: Float32Array[];
+    run?: string;
+  },
 ): Promise<{ release: ClientRelease; loss: number }> {
   const { config, method, client } = site;
   const phase = method.phases[task.phaseIndex];
@@ -67,6 +163,10 @@ export async function siteRelease(
         `${method.phases.length} phase(s)`,
     );
   }
+  // Local DP with a key: one release per planned (round, phase), its noise bound to the inputs.
+  const keyed = site.noiseKey && site.mechanism.trust === "local"
+    ? await keyedRelease(site, task)
+    : null;
   const trained = await trainClient(backbone, site.state, {
     method,
     phase,
@@ -77,7 +177,10 @@ export async function siteRelease(
     phaseIndex: task.phaseIndex,
     ...clientSettings(config, method, client, backbone.rank),
   });
+  // Local DP with a key: the noise comes from the site's secret stream, not the run's.
+  const secret = keyed ? await secretNoise(site.noiseKey!, keyed.id, client, keyed.inputs) : null;
   const release = releaseClient({
+    ...(secret ? { noiseRng: () => secret } : {}),
     mechanism: site.mechanism,
     phase,
     round: task.round + 1,
@@ -90,5 +193,41 @@ export async function siteRelease(
   });
   // Instrumentation that never leaves a site: the pre-noise factors.
   delete release.clean;
+  if (keyed && !keyed.seen) {
+    (site.released ??= new Map()).set(keyed.id, keyed.inputs);
+    await site.onReleased?.(site.released);
+  }
   return { release, loss: trained.result.loss };
+}
+
+/** A keyed local-DP site's checks before a release (see {@link SiteRuntime.released}). */
+async function keyedRelease(
+  site: SiteRuntime,
+  task: {
+    round: number;
+    phaseIndex: number;
+    global: LoraFactors;
+    merged?: Float32Array[];
+    run?: string;
+  },
+): Promise<{ id: string; inputs: string; seen: boolean }> {
+  const round = task.round + 1;
+  if (!(Number.isInteger(round) && round >= 1 && round <= site.config.rounds)) {
+    throw new Error(
+      `local DP: a task for round ${round} of a run of ${site.config.rounds} rounds; the site's ` +
+        `noise is calibrated for ${site.config.rounds} rounds and releases no more`,
+    );
+  }
+  const id = `${task.run ?? "run"}/${round}/${task.phaseIndex}`;
+  const inputs = await inputDigest(task.global, task.merged);
+  const before = site.released?.get(id);
+  if (before !== undefined && before !== inputs) {
+    throw new Error(
+      `local DP: refusing a second release for round ${round} phase ${task.phaseIndex} of ` +
+        `${task.run ?? "this run"} with other global factors than the first (inputs ${
+          inputs.slice(0, 12)
+        }…, released for ${before.slice(0, 12)}…): it would spend the release's budget twice`,
+    );
+  }
+  return { id, inputs, seen: before !== undefined };
 }

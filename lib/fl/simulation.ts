@@ -165,7 +165,17 @@ export interface RoundRecord {
   /** Test metrics when val improved this round (selection, docs/protocol.md), else null. */
   test: Metrics | null;
   bestRound: number;
-  epsilon: { nominal: number | null; spent: number | null; delta: number | null };
+  /**
+   * The target, the client-level ε spent so far and its δ. Under local DP (`trust: "local"`)
+   * `spent` is the largest site's ε and `sites` gives each site's (site k at index k).
+   */
+  epsilon: {
+    nominal: number | null;
+    spent: number | null;
+    delta: number | null;
+    trust?: "local";
+    sites?: number[];
+  };
   seconds: number;
   liveTensors: number;
 }
@@ -322,10 +332,10 @@ export function validateConfig(c: FederatedConfig): void {
         `max_epsilon ${c.dp.maxEpsilon}: need a finite ε > 0`,
       );
       need(
-        c.dp.calibration === "strict",
+        c.dp.calibration !== "paper",
         `max_epsilon with paper calibration: the paper mechanism's spent ε depends on what each ` +
           `release turns out to be, and its nominal ε is no guarantee to guard; use ` +
-          `--calibration strict for a budget guard`,
+          `--calibration strict (or local) for a budget guard`,
       );
     }
     need(
@@ -478,7 +488,11 @@ async function configure(
     merged: undefined,
     initialGlobal: opts.canaries ? cloneFactors(global) : null,
     ledger: calibration
-      ? createLedger({ delta: calibration.accountingDelta, accountant: calibration.accountant })
+      ? createLedger({
+        delta: calibration.accountingDelta,
+        accountant: calibration.accountant,
+        localSites: calibration.localSites,
+      })
       : null,
     best: { round: -1, val: null, test: null },
     records: [],
@@ -767,7 +781,8 @@ function aggregatePhase(
     phase,
     participants,
     canaries,
-    trained.valid.map(({ result }) => result.loss),
+    // Under local trust the server never holds a client's training loss.
+    run.mechanism.trust === "local" ? [] : trained.valid.map(({ result }) => result.loss),
     out,
     trained.excluded,
     backbone.dims,
@@ -816,6 +831,7 @@ async function evaluateRound(
       nominalEpsilon: calibration!.nominalEpsilon,
     });
   }
+  const perSite = run.ledger?.rounds[run.ledger.rounds.length - 1]?.sites;
   return {
     seed: config.seed,
     round: round + 1,
@@ -833,6 +849,7 @@ async function evaluateRound(
       nominal: calibration ? calibration.nominalEpsilon : null,
       spent: run.ledger ? spentEpsilon(run.ledger) : null,
       delta: calibration ? calibration.accountingDelta : null,
+      ...(perSite ? { trust: "local" as const, sites: perSite } : {}),
     },
     seconds: (performance.now() - t0) / 1000,
     liveTensors: tf.memory().numTensors - run.liveAtStart,

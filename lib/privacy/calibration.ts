@@ -1,5 +1,5 @@
 /**
- * Calibration: the noise multiplier σ a run's privacy mechanism uses, in the two calibrations
+ * Calibration: the noise multiplier σ a run's privacy mechanism uses, in the three calibrations
  * (docs/privacy.md):
  *
  * * `paper` — as the reference: opacus' sample-level RDP search at δ = 1/K over the
@@ -10,6 +10,10 @@
  *   the target ε at δ ({@link strictCalibration}) — the idea of dp_accounting's
  *   `make_event_from_param`: the accountant is handed the mechanism's own records as a function
  *   of σ, so any number of releases per round is calibrated correctly.
+ * * `local` — local DP, for an untrusted coordinator: every site noises its own release with
+ *   σ_loc·C; σ_loc is the strict search over the releases one site makes when it takes part in
+ *   every planned release, at rate 1 (no amplification: the coordinator sees who took part),
+ *   and each site is accounted on its own ({@link localRelease}).
  *
  * @example
  * ```ts
@@ -35,36 +39,47 @@ import {
 
 /** DP settings as the user gives them. */
 export interface DpSettings {
-  calibration: "paper" | "strict";
+  /**
+   * `paper` (the reference's mechanism), `strict` (client-level, trusted server adds the noise)
+   * or `local` (local DP: every site noises its own release; the server adds none).
+   */
+  calibration: "paper" | "strict" | "local";
   /** Clip bound C. */
   clip: number;
-  /** Target ε: sample-level at δ = 1/K for `paper` (the reference's claim), client-level for `strict`. */
+  /**
+   * Target ε: sample-level at δ = 1/K for `paper` (the reference's claim), client-level for
+   * `strict`, per site for `local`.
+   */
   epsilon: number;
   /** δ of the client-level accounting (default 1e-5); `paper` still calibrates at δ = 1/K. */
   delta?: number;
   /**
-   * Budget guard (strict calibration): the run stops before a round whose releases would bring
-   * the spent client-level ε above this; that round's releases are never made.
+   * Budget guard (strict and local calibrations): the run stops before a round whose releases
+   * would bring the spent client-level ε (local: any site's) above this; that round's releases
+   * are never made.
    */
   maxEpsilon?: number;
   /**
    * The accountant of the client-level ε (and of the strict calibration's search): `pld`
-   * (privacy loss distributions, the tightest; default under strict calibration) or `rdp` (as
+   * (privacy loss distributions, the tightest; default under strict and local calibration) or `rdp` (as
    * opacus; default under paper calibration, whose σ always comes from opacus' RDP search).
    */
   accountant?: Accountant;
 }
 
-/** The accountant a run uses: the one asked for, else PLD for strict and RDP for paper. */
+/** The accountant a run uses: the one asked for, else RDP for paper and PLD otherwise. */
 export function accountantOf(dp: DpSettings): Accountant {
-  return dp.accountant ?? (dp.calibration === "strict" ? "pld" : "rdp");
+  return dp.accountant ?? (dp.calibration === "paper" ? "rdp" : "pld");
 }
 
 /** The calibrated mechanism of a run. */
 export interface Calibration {
-  calibration: "paper" | "strict";
+  calibration: "paper" | "strict" | "local";
   clip: number;
-  /** σ: noise std is σC/√K per client (paper) or σ·C·max p_k on the weighted sum (strict). */
+  /**
+   * σ: noise std is σC/√K per client (paper), σ·C·max p_k on the weighted sum (strict), or
+   * σ·C on every site's own release (local: σ_loc).
+   */
   noiseMultiplier: number;
   /** The ε the calibration targeted, and the δ it targeted it at. */
   nominalEpsilon: number;
@@ -77,6 +92,8 @@ export interface Calibration {
   sampleRate: number;
   /** Releases the calibration planned for (T × phases). */
   plannedReleases: number;
+  /** Local DP: the number of sites K, each accounted on its own (absent otherwise). */
+  localSites?: number;
   /** Paper calibration: why its nominal ε is not a client-level guarantee. */
   warning?: string;
 }
@@ -122,15 +139,33 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
         `run actually spends (δ = ${accountingDelta}) is recorded every round`,
     };
   }
+  const local = dp.calibration === "local";
+  // Local DP: a site's own releases are not amplified by sampling (the coordinator sees who took
+  // part), so σ_loc is searched at rate 1 over every planned release — the worst site's run.
+  const sampleRate = local ? 1 : s.participation;
   const { noiseMultiplier } = strictCalibration({
     targetEpsilon: dp.epsilon,
     rounds: s.rounds,
     phases: s.phases,
-    sampleRate: s.participation,
+    sampleRate,
     delta: accountingDelta,
     clip: dp.clip,
     accountant: accountantOf(dp),
   });
+  if (local) {
+    return {
+      calibration: "local",
+      clip: dp.clip,
+      noiseMultiplier,
+      nominalEpsilon: dp.epsilon,
+      nominalDelta: accountingDelta,
+      accountingDelta,
+      accountant: accountantOf(dp),
+      sampleRate,
+      plannedReleases,
+      localSites: s.numClients,
+    };
+  }
   return {
     calibration: "strict",
     clip: dp.clip,
@@ -172,6 +207,40 @@ export function strictRelease(
     calibration: "strict",
     exact: true,
     note: "whole-release (or product-space) clip to C, noise σ·C on the sum: sensitivity C",
+  });
+}
+
+/**
+ * One release of the local mechanism, as the ledger records it: each site in `sites` clipped its
+ * own release to C (whole release, or in product space when regulated) and added its own noise of
+ * std σ_loc·C — per site a Gaussian mechanism of sensitivity C (its release against its zero
+ * update) and noise multiplier σ_loc, at rate 1. The ledger accounts each site over the releases
+ * that list it.
+ *
+ * @example
+ * ```ts
+ * localRelease({ noiseMultiplier: 2, clip: 0.5 }, 1, "B", [0, 2]).sites; // [0, 2]
+ * ```
+ */
+export function localRelease(
+  cal: Pick<Calibration, "noiseMultiplier" | "clip">,
+  round: number,
+  phase: ReleasePhase,
+  sites: readonly number[],
+): Release {
+  return releaseRecord({
+    round,
+    phase,
+    noiseStd: cal.noiseMultiplier * cal.clip,
+    sensitivity: cal.clip,
+    noiseMultiplier: cal.noiseMultiplier,
+    clip: cal.clip,
+    sampleRate: 1,
+    calibration: "local",
+    exact: true,
+    sites,
+    note: "local DP: each listed site clipped its release to C (whole or product space) and " +
+      "added its own noise σ·C: per site sensitivity C, rate 1",
   });
 }
 

@@ -1,5 +1,5 @@
 /**
- * Clipping of a client's update before noise is added (docs/privacy.md#the-two-calibrations). The
+ * Clipping of a client's update before noise is added (docs/privacy.md#the-calibrations). The
  * engine keeps client tensors on the host as Float32Array; norms are accumulated in float64.
  *
  * * {@link clipPerTensor} — the reference ("paper" calibration): every released tensor is scaled

@@ -16,6 +16,12 @@
  * The derivation of each record's sensitivity and noise multiplier (paper and strict mechanisms)
  * is in docs/privacy.md#what-the-paper-mechanism-really-spends.
  *
+ * ## Local DP
+ * A ledger made with `localSites: K` accounts each site on its own
+ * (docs/privacy.md#local-dp-an-untrusted-coordinator): every record lists the `sites` that made
+ * it, site k's ε composes the records that list k, and the ledger's ε is the largest site's; each
+ * closed round keeps every site's ε in `sites`.
+ *
  * @example
  * ```ts
  * import { closeRound, createLedger, gaussianRelease, recordRelease } from "./ledger.ts";
@@ -56,7 +62,13 @@ export interface Release {
   /** Clip norm C used by the clients. */
   clip: number;
   /** The calibration of the run that made the release (absent for hand-built records). */
-  calibration?: "paper" | "strict";
+  calibration?: Calibrated;
+  /**
+   * Local DP (`calibration: "local"`): the sites that each released their own noised update in
+   * this release. Each of them spent one Gaussian release of this noise multiplier; no one else
+   * did (docs/privacy.md#local-dp-an-untrusted-coordinator). Absent under central noise.
+   */
+  sites?: number[];
   /**
    * Whether the noise multiplier is an exact property of the mechanism (false: a bound that
    * uses the clients' private peers, paper calibration with module1 off; see docs/privacy.md).
@@ -66,11 +78,19 @@ export interface Release {
   note?: string;
 }
 
+/** The calibrations a release record can name. */
+export type Calibrated = "paper" | "strict" | "local";
+
 /** The spent ε recorded when a round closed. */
 export interface RoundSpend {
   round: number;
-  /** Client-level ε spent by all releases up to and including this round, at the ledger's δ. */
+  /**
+   * Client-level ε spent by all releases up to and including this round, at the ledger's δ;
+   * under local DP the largest of the sites' ε.
+   */
   epsilon: number;
+  /** Local DP: each site's ε (site k at index k), composed over the releases it made. */
+  sites?: number[];
   /** The RDP order attaining it. */
   order: number;
   /** How many release records were included (for replay on restore). */
@@ -89,6 +109,11 @@ export interface PrivacyLedger {
    * for full participation, `pld.ts`) or, when absent, RDP over `orders` (`rdp.ts`, as opacus).
    */
   accountant?: "pld";
+  /**
+   * Local DP: the number of sites K. ε is then accounted per site, over the releases whose
+   * `sites` list it, and the reported ε is the largest site's; absent under central noise.
+   */
+  localSites?: number;
   /** RDP orders. */
   orders: number[];
   releases: Release[];
@@ -110,9 +135,15 @@ const PHASES: readonly ReleasePhase[] = ["AB", "A", "B"];
  * ```
  */
 export function createLedger(
-  options: { delta?: number; orders?: readonly number[]; accountant?: Accountant } = {},
+  options: {
+    delta?: number;
+    orders?: readonly number[];
+    accountant?: Accountant;
+    /** Local DP: the number of sites, each accounted on its own. */
+    localSites?: number;
+  } = {},
 ): PrivacyLedger {
-  const { delta = 1e-5, orders = DEFAULT_ORDERS, accountant = "rdp" } = options;
+  const { delta = 1e-5, orders = DEFAULT_ORDERS, accountant = "rdp", localSites } = options;
   if (!(delta > 0 && delta < 1)) throw new Error(`createLedger: delta ${delta} must be in (0, 1)`);
   if (orders.length === 0 || orders.some((a) => !(a > 1))) {
     throw new Error(`createLedger: orders must be a non-empty list of numbers > 1`);
@@ -120,10 +151,14 @@ export function createLedger(
   if (accountant !== "rdp" && accountant !== "pld") {
     throw new Error(`createLedger: accountant "${accountant}" must be "rdp" or "pld"`);
   }
+  if (localSites !== undefined && !(Number.isInteger(localSites) && localSites >= 1)) {
+    throw new Error(`createLedger: localSites ${localSites} must be an integer ≥ 1 (the sites K)`);
+  }
   return {
     version: 1,
     delta,
     ...(accountant === "pld" ? { accountant } : {}),
+    ...(localSites !== undefined ? { localSites } : {}),
     orders: [...orders],
     releases: [],
     rounds: [],
@@ -228,8 +263,19 @@ function validateRelease(r: Release, where: string): void {
     fail("noiseStd", `${r.noiseStd} must be finite and ≥ 0`);
   }
   if (!(r.clip > 0 && Number.isFinite(r.clip))) fail("clip", `${r.clip} must be finite and > 0`);
-  if (r.calibration !== undefined && r.calibration !== "paper" && r.calibration !== "strict") {
-    fail("calibration", `"${r.calibration}" must be "paper" or "strict"`);
+  if (
+    r.calibration !== undefined && r.calibration !== "paper" && r.calibration !== "strict" &&
+    r.calibration !== "local"
+  ) {
+    fail("calibration", `"${r.calibration}" must be "paper", "strict" or "local"`);
+  }
+  if (r.sites !== undefined) {
+    if (
+      !Array.isArray(r.sites) ||
+      r.sites.some((k, i) => !(Number.isInteger(k) && k >= 0) || (i > 0 && k <= r.sites![i - 1]))
+    ) {
+      fail("sites", `${JSON.stringify(r.sites)} must be increasing integers ≥ 0 (site indices)`);
+    }
   }
   if (r.exact !== undefined && typeof r.exact !== "boolean") fail("exact", "must be a boolean");
   if (r.note !== undefined && typeof r.note !== "string") fail("note", "must be a string");
@@ -265,9 +311,11 @@ export function releaseRecord(args: {
   clip: number;
   sampleRate?: number;
   count?: number;
-  calibration?: "paper" | "strict";
+  calibration?: Calibrated;
   exact?: boolean;
   note?: string;
+  /** Local DP: the sites that made this release (see {@link Release.sites}). */
+  sites?: readonly number[];
   /**
    * The noise multiplier, when the caller computed it from unnormalised quantities (it must
    * agree with `noiseStd / sensitivity` to 1e-9 relative); derived when absent.
@@ -288,6 +336,7 @@ export function releaseRecord(args: {
   if (args.calibration !== undefined) release.calibration = args.calibration;
   if (args.exact !== undefined) release.exact = args.exact;
   if (args.note !== undefined) release.note = args.note;
+  if (args.sites !== undefined) release.sites = [...args.sites];
   validateRelease(release, "releaseRecord");
   return release;
 }
@@ -397,7 +446,7 @@ export function gaussianRelease(args: {
   sampleRate?: number;
   count?: number;
   note?: string;
-}): Required<Omit<Release, "calibration" | "exact">> {
+}): Required<Omit<Release, "calibration" | "exact" | "sites">> {
   const sigma = args.noiseMultiplier;
   if (!(sigma >= 0 && Number.isFinite(sigma))) {
     throw new Error(`gaussianRelease: noiseMultiplier ${sigma} must be finite and ≥ 0`);
@@ -454,6 +503,7 @@ function lastRound(ledger: PrivacyLedger): RoundSpend | undefined {
  */
 export function recordRelease(ledger: PrivacyLedger, release: Release): PrivacyLedger {
   validateRelease(release, "recordRelease");
+  checkTrust(ledger, release, "recordRelease");
   const closed = lastRound(ledger);
   if (closed !== undefined && release.round <= closed.round) {
     throw new Error(
@@ -461,7 +511,40 @@ export function recordRelease(ledger: PrivacyLedger, release: Release): PrivacyL
         `${closed.round}); releases must be recorded before closeRound`,
     );
   }
-  return { ...ledger, releases: [...ledger.releases, { ...release }] };
+  return {
+    ...ledger,
+    releases: [
+      ...ledger.releases,
+      { ...release, ...(release.sites ? { sites: [...release.sites] } : {}) },
+    ],
+  };
+}
+
+/**
+ * A local-DP ledger holds only records that list their sites (all below K); a central one only
+ * records without sites.
+ */
+function checkTrust(ledger: PrivacyLedger, r: Release, where: string): void {
+  const K = ledger.localSites;
+  if (K === undefined) {
+    if (r.sites !== undefined) {
+      throw new Error(
+        `${where}: a local-DP release (with sites) in a ledger of central noise; create the ` +
+          `ledger with localSites`,
+      );
+    }
+    return;
+  }
+  if (r.sites === undefined) {
+    throw new Error(
+      `${where}: a release without sites in a local-DP ledger (${K} sites): every local ` +
+        `release lists the sites that made it`,
+    );
+  }
+  const outside = r.sites.find((k) => k >= K);
+  if (outside !== undefined) {
+    throw new Error(`${where}: release.sites names site ${outside}; the ledger has ${K} sites`);
+  }
 }
 
 /**
@@ -477,17 +560,44 @@ export function recordRelease(ledger: PrivacyLedger, release: Release): PrivacyL
 export function spentBudget(
   ledger: PrivacyLedger,
   options: { delta?: number; upTo?: number } = {},
-): { epsilon: number; order: number } {
+): { epsilon: number; order: number; sites?: number[] } {
   const releases = ledger.releases.slice(0, options.upTo ?? ledger.releases.length);
+  const delta = options.delta ?? ledger.delta;
+  const accountant = ledger.accountant ?? "rdp";
+  if (ledger.localSites !== undefined) return perSiteBudget(ledger, releases, delta, accountant);
   if (releases.length === 0) return { epsilon: 0, order: NaN };
-  return accountEpsilon(
-    releases,
-    options.delta ?? ledger.delta,
-    ledger.accountant ?? "rdp",
-    ledger.orders,
-  );
+  return accountEpsilon(releases, delta, accountant, ledger.orders);
 }
 
+/**
+ * Local DP: site k's ε composes the releases that list k; the run's ε is the largest site's
+ * (the order is that site's). Sites with the same releases share one computation.
+ */
+function perSiteBudget(
+  ledger: PrivacyLedger,
+  releases: readonly Release[],
+  delta: number,
+  accountant: Accountant,
+): { epsilon: number; order: number; sites: number[] } {
+  const K = ledger.localSites!;
+  const made: Release[][] = Array.from({ length: K }, () => []);
+  for (const r of releases) for (const k of r.sites ?? []) made[k].push(r);
+  const memo = new Map<string, { epsilon: number; order: number }>();
+  const spent = made.map((own) => {
+    if (own.length === 0) return { epsilon: 0, order: NaN };
+    const blocks = mergeIdentical(own);
+    const key = JSON.stringify(blocks);
+    let e = memo.get(key);
+    if (!e) {
+      e = accountEpsilon(blocks, delta, accountant, ledger.orders);
+      memo.set(key, e);
+    }
+    return e;
+  });
+  let worst = { epsilon: 0, order: NaN };
+  for (const e of spent) if (e.epsilon > worst.epsilon) worst = e;
+  return { ...worst, sites: spent.map((e) => e.epsilon) };
+}
 /**
  * Client-level ε spent by the ledger's releases at its δ (or `delta`) — {@link spentBudget}
  * without the order.
@@ -538,7 +648,7 @@ export function closeRound(
       `closeRound: a release of round ${later.round} was recorded before round ${round} closed`,
     );
   }
-  const { epsilon, order } = spentBudget(ledger);
+  const { epsilon, order, sites } = spentBudget(ledger);
   if (previous !== undefined && !(epsilon >= previous.epsilon)) {
     throw new Error(
       `closeRound: spent ε would decrease from ${previous.epsilon} (round ${previous.round}) to ` +
@@ -547,6 +657,7 @@ export function closeRound(
   }
   const spend: RoundSpend = { round, epsilon, order, releases: ledger.releases.length };
   if (options.nominalEpsilon !== undefined) spend.nominalEpsilon = options.nominalEpsilon;
+  if (sites !== undefined) spend.sites = sites;
   return { ...ledger, rounds: [...ledger.rounds, spend] };
 }
 
@@ -626,10 +737,14 @@ export function ledgerFromJson(json: string | unknown, source = "ledger"): Priva
       `accountant ${JSON.stringify(obj.accountant)} is not supported; expected "pld" or none (RDP)`,
     );
   }
+  if (obj.localSites !== undefined && !(Number.isInteger(obj.localSites))) {
+    fail(`localSites ${JSON.stringify(obj.localSites)} must be the number of sites`);
+  }
   let ledger = createLedger({
     delta: obj.delta as number,
     orders: obj.orders as number[],
     accountant: obj.accountant === "pld" ? "pld" : "rdp",
+    localSites: obj.localSites as number | undefined,
   });
   const releases = obj.releases as Release[];
   const rounds = obj.rounds as RoundSpend[];

@@ -1,14 +1,15 @@
 /**
- * The privacy mechanisms as values: `none`, `paper` and `strict` (docs/privacy.md). A mechanism
- * turns the updates of one release (a phase of a round) into what the server publishes:
+ * The privacy mechanisms as values: `none`, `paper`, `strict` and `local` (docs/privacy.md). A
+ * mechanism turns the updates of one release (a phase of a round) into what the server publishes:
  *
  * 1. **clip** each client's update of the released factors, through `clip.ts` — per tensor
- *    (paper), over the whole release (strict), or in product space for regulated releases
- *    (strict: `‖ΔB·A‖_F ≤ C` in phase B, `‖B·ΔA‖_F ≤ C` in phase A);
+ *    (paper), over the whole release (strict, local), or in product space for regulated releases
+ *    (strict, local: `‖ΔB·A‖_F ≤ C` in phase B, `‖B·ΔA‖_F ≤ C` in phase A);
  * 2. **combine** the clipped updates with the method's own combination (a weighted sum);
- * 3. **noise**: per client before combining (paper: std σC/√K each, as the reference) or once on
- *    the combination (strict: std σ·C·w_max), isotropic or shaped by DEeR's regulator — drawn by
- *    the one regulated-noise implementation, the peer of `regulator.ts`;
+ * 3. **noise**: per client before combining (paper: std σC/√K each, as the reference; local: std
+ *    σ_loc·C each, the client's own local-DP noise) or once on the combination (strict: std
+ *    σ·C·w_max), isotropic or shaped by DEeR's regulator — drawn by the one regulated-noise
+ *    implementation, the peer of `regulator.ts`;
  * 4. **record** the {@link Release} the ledger stores, built by `releaseRecord` (ledger.ts).
  *
  * The engine calls {@link createMechanism} once per run and `release` once per phase; it has no
@@ -39,7 +40,7 @@ import {
   sqNorm,
 } from "../fl/factors.ts";
 import type { Calibration } from "./calibration.ts";
-import { strictRelease } from "./calibration.ts";
+import { localRelease, strictRelease } from "./calibration.ts";
 import { clipPerTensor, clipProductSpace, clipRelease, productSpaceNorm } from "./clip.ts";
 import { clippedSensitivity, type Release, type ReleasePhase, releaseRecord } from "./ledger.ts";
 import { isotropicNoise, type PeerFactor, peerForA, peerForB } from "./regulator.ts";
@@ -157,7 +158,14 @@ export interface ClientRelease extends ReceivedUpdate {
 
 /** A privacy mechanism of a run. */
 export interface Mechanism {
-  readonly name: "none" | "paper" | "strict";
+  readonly name: "none" | "paper" | "strict" | "local";
+  /**
+   * Whom the clients trust. `central`: the server sees each client's release and its
+   * statistics (loss, norms) and adds the noise. `local`: the server is not trusted; it holds of a
+   * client nothing but the noised release, so the clients' un-noised statistics (training loss,
+   * norms before and after clipping) are neither sent nor recorded.
+   */
+  readonly trust: "central" | "local";
   /** The calibrated σ and its targets; null for `none`. */
   readonly calibration: Calibration | null;
   /** The client step: clips (and, per client, noises) one client's update. */
@@ -174,7 +182,7 @@ export interface Mechanism {
 }
 
 /**
- * The mechanism of a calibration: `none` without one, `paper` or `strict` by
+ * The mechanism of a calibration: `none` without one, `paper`, `strict` or `local` by
  * `calibration.calibration`.
  */
 export function createMechanism(calibration: Calibration | null): Mechanism {
@@ -182,6 +190,8 @@ export function createMechanism(calibration: Calibration | null): Mechanism {
     ? noneMechanism
     : calibration.calibration === "paper"
     ? paperMechanism(calibration)
+    : calibration.calibration === "local"
+    ? localMechanism(calibration)
     : strictMechanism(calibration);
   return {
     ...steps,
@@ -343,11 +353,12 @@ function mean(xs: number[]): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The three mechanisms.
+// The four mechanisms.
 
 /** No privacy: the updates are combined as they are. */
 const noneMechanism: MechanismSteps = {
   name: "none",
+  trust: "central",
   calibration: null,
   clientRelease({ phase, update: u }) {
     const deltas = deltasOf(u, phase.release);
@@ -400,6 +411,7 @@ function paperMechanism(cal: Calibration): MechanismSteps {
   const C = cal.clip;
   return {
     name: "paper",
+    trust: "central",
     calibration: cal,
     clientRelease(input) {
       const { phase, dims, update: u } = input;
@@ -503,6 +515,7 @@ function strictMechanism(cal: Calibration): MechanismSteps {
   const C = cal.clip;
   return {
     name: "strict",
+    trust: "central",
     calibration: cal,
     clientRelease({ phase, dims, update: u }) {
       const peerOf = peerCache(dims);
@@ -588,6 +601,83 @@ function strictMechanism(cal: Calibration): MechanismSteps {
     },
     plannedRecord: (round, phase) => strictRelease(cal, round, phase),
   };
+}
+
+/**
+ * Local DP, for an untrusted server: each client makes the strict client step (its whole release
+ * clipped to C, in product space when regulated, with the run-time bound check), then adds its
+ * own Gaussian noise of std σ_loc·C from its named stream — regulated through its peer, the
+ * shared global factor it started from, as the strict mechanism regulates its central noise, or
+ * isotropic. The server combines the noised releases with the method's combination and adds
+ * nothing. The record lists the sites that released (the ledger accounts each site on its own).
+ * The server holds nothing but the noised releases: the statistics of the record that come from
+ * un-noised values (loss, norms, clipped fraction) are NaN, and the noise energy is 0 (the server
+ * never sees the un-noised combination).
+ */
+function localMechanism(cal: Calibration): MechanismSteps {
+  const C = cal.clip;
+  const K = cal.localSites;
+  if (!(Number.isInteger(K) && (K as number) >= 1)) {
+    throw new Error(
+      `local mechanism: the calibration does not say how many sites it accounts ` +
+        `(localSites ${K}); build it with calibrate()`,
+    );
+  }
+  const clipStep = strictMechanism(cal).clientRelease;
+  const sitesOf = (releases: readonly ClientRelease[]) =>
+    releases.map((r) => r.client).filter((k) => k < (K as number)).sort((a, b) => a - b);
+  return {
+    name: "local",
+    trust: "local",
+    calibration: cal,
+    clientRelease(input) {
+      const { phase, dims, update: u } = input;
+      const clipped = clipStep(input);
+      const peerOf = peerCache(dims);
+      const noisy = cloneFactors(clipped.factors);
+      const peerSigmaMax = addNoise(
+        noisy,
+        phase,
+        input.noiseRng(u.client),
+        cal.noiseMultiplier * C,
+        (which, i) => {
+          // The peer the strict clip used: the client's start, the shared global factor.
+          const peer = peerOf(u.start, which, i);
+          return { peer, draw: (rng, s) => peer.regulatedNoise(rng, s) };
+        },
+      );
+      return { ...clipped, factors: noisy, clean: clipped.factors, peerSigmaMax };
+    },
+    aggregate(input, releases) {
+      const received = receivedOf(releases);
+      const combined = defaultCombine(input)(received);
+      return {
+        global: combined.global,
+        clean: combined.global,
+        mergeIntoFrozen: combined.mergeIntoFrozen,
+        received,
+        peerSigmaMax: input.phase.regulate ? globalPeerSigmaMax(input) : 0,
+        clippedFraction: NaN,
+        meanUpdateNorm: NaN,
+        maxReleaseNorm: NaN,
+        record: localRelease(cal, input.round, input.phase.name, sitesOf(releases)),
+      };
+    },
+    plannedRecord: (round, phase) =>
+      localRelease(cal, round, phase, Array.from({ length: K as number }, (_, k) => k)),
+  };
+}
+
+/** The largest σ_max of the global peers that shaped a regulated release's noise. */
+function globalPeerSigmaMax(input: ReleaseInput): number {
+  const peerOf = peerCache(input.dims);
+  let most = 0;
+  for (const which of input.phase.release) {
+    factorList(input.global, which).forEach((_, i) => {
+      most = Math.max(most, peerOf(input.global, which, i).sigmaMax);
+    });
+  }
+  return most;
 }
 
 function sub(a: Float32Array, b: Float32Array): Float32Array {

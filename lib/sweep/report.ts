@@ -63,7 +63,7 @@ export interface SeedRow {
   /** Method label (`DEeR(m1=1,m2=0)`) and family (`DEeR`). */
   method: string;
   family: string;
-  calibration: "paper" | "strict" | null;
+  calibration: "paper" | "strict" | "local" | null;
   rounds: number;
   bestRound: number;
   accuracy: number;
@@ -85,7 +85,7 @@ export interface GroupRow {
   settings: Record<string, string>;
   method: string;
   family: string;
-  calibration: "paper" | "strict" | null;
+  calibration: "paper" | "strict" | "local" | null;
   seeds: number[];
   /** Per metric: mean, population std (as `train`'s summary) and the 95 % t interval. */
   accuracy: Pooled;

@@ -33,8 +33,8 @@ export function deer(opts: DeerOptions = {}): Method {
       : [phase("AB", BOTH, BOTH, m2)],
     referenceMomentum: "reset",
     checkDp: (calibration) =>
-      calibration === "strict" && !m1 && m2
-        ? `${label} with strict calibration: regulated noise shaped by a client's own, ` +
+      calibration !== "paper" && !m1 && m2
+        ? `${label} with ${calibration} calibration: regulated noise shaped by a client's own, ` +
           `private peer factor has no client-level guarantee; use --module1 1 or --calibration paper`
         : null,
   };

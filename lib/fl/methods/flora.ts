@@ -5,8 +5,9 @@
  * and the clients start from a fresh LoRA again in the next round. Clients may use different
  * ranks (`--lora_r 4,8,16`).
  *
- * Under DP it is refused: the stacked release publishes every client's factors one by one, not a
- * sum, so the central Gaussian mechanism's accounting does not apply.
+ * Under central DP it is refused: the stacked release publishes every client's factors one by
+ * one, not a sum, so the central Gaussian mechanism's accounting does not apply. Under local DP
+ * every client's factors are noised by the client itself, and stacking is post-processing.
  * @module
  */
 import { phase } from "./defaults.ts";
@@ -63,7 +64,9 @@ export const flora: Method = {
   // Stacking is exact: Σ_k p_k·B_k·A_k is merged as it is.
   deviation: () => 0,
   checkDp: (calibration) =>
-    `FLoRA with ${calibration} calibration: stacking publishes every client's factors one by ` +
-    `one, not a noised sum, so the central Gaussian mechanism's accounting does not apply; run ` +
-    `FLoRA without DP (--is_DP 0)`,
+    calibration === "local"
+      ? null
+      : `FLoRA with ${calibration} calibration: stacking publishes every client's factors one by ` +
+        `one, not a noised sum, so the central Gaussian mechanism's accounting does not apply; ` +
+        `run FLoRA without DP (--is_DP 0) or with --calibration local`,
 };

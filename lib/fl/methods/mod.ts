@@ -142,7 +142,7 @@ export function methodTable(): string {
     const phases = m.phases.map((p) =>
       `${p.name}: train ${p.train.join("+")}, release ${p.release.join("+")}`
     ).join("; ");
-    const dp = (["paper", "strict"] as const).filter((c) => m.checkDp(c) === null);
+    const dp = (["paper", "strict", "local"] as const).filter((c) => m.checkDp(c) === null);
     return `| \`${e.name}\` | ${e.family} | ${m.phases.length} | ${phases} | ${m.aggregates} | ${
       dp.length ? dp.join(", ") : "none (no DP)"
     } |`;

@@ -109,5 +109,5 @@ export interface Method {
     ctx: { global: LoraFactors; clients: readonly ClientState[]; participants: number[] },
   ): LoraFactors;
   /** Why the method cannot run under this calibration, or null when it can. */
-  checkDp(calibration: "paper" | "strict"): string | null;
+  checkDp(calibration: "paper" | "strict" | "local"): string | null;
 }
