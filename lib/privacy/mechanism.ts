@@ -374,13 +374,8 @@ const noneMechanism: MechanismSteps = {
     };
   },
   aggregate(input, releases) {
-    const received = receivedOf(releases);
-    const combined = defaultCombine(input)(received);
     return {
-      global: combined.global,
-      clean: combined.global,
-      mergeIntoFrozen: combined.mergeIntoFrozen,
-      received,
+      ...combineAsReceived(input, releases),
       peerSigmaMax: 0,
       clippedFraction: 0,
       meanUpdateNorm: mean(releases.map((r) => r.updateNorm)),
@@ -394,6 +389,29 @@ const noneMechanism: MechanismSteps = {
 /** What the server holds of each client release. */
 function receivedOf(releases: readonly ClientRelease[]): ReceivedUpdate[] {
   return releases.map((r) => ({ client: r.client, factors: r.factors, weight: r.weight }));
+}
+
+/**
+ * The server's combination of the releases as they arrived, with no noise of its own (no DP, or
+ * local DP where the noise came with them): the published factors are the clean ones.
+ */
+function combineAsReceived(
+  input: ReleaseInput,
+  releases: readonly ClientRelease[],
+): {
+  global: LoraFactors;
+  clean: LoraFactors;
+  mergeIntoFrozen: Float32Array[] | undefined;
+  received: ReceivedUpdate[];
+} {
+  const received = receivedOf(releases);
+  const combined = defaultCombine(input)(received);
+  return {
+    global: combined.global,
+    clean: combined.global,
+    mergeIntoFrozen: combined.mergeIntoFrozen,
+    received,
+  };
 }
 
 function clippedFractionOf(releases: readonly ClientRelease[]): number {
@@ -649,13 +667,8 @@ function localMechanism(cal: Calibration): MechanismSteps {
       return { ...clipped, factors: noisy, clean: clipped.factors, peerSigmaMax };
     },
     aggregate(input, releases) {
-      const received = receivedOf(releases);
-      const combined = defaultCombine(input)(received);
       return {
-        global: combined.global,
-        clean: combined.global,
-        mergeIntoFrozen: combined.mergeIntoFrozen,
-        received,
+        ...combineAsReceived(input, releases),
         peerSigmaMax: input.phase.regulate ? globalPeerSigmaMax(input) : 0,
         clippedFraction: NaN,
         meanUpdateNorm: NaN,
