@@ -13,7 +13,6 @@ import { UsageError } from "../lib/cli.ts";
 import { acquireRunLock, LOCK_FILE, lockHolder, RunLockedError } from "../lib/io/lock.ts";
 import { fingerprint } from "../lib/io/fingerprint.ts";
 import { describeFsError } from "../lib/io/run_folder.ts";
-import { readSafetensors, writeSafetensors } from "../lib/model/safetensors.ts";
 import {
   listTree,
   REPO,
@@ -22,6 +21,7 @@ import {
   TRAIN_TASK,
   trainCommand,
   type TrainRun,
+  writeSafetensorsVariant,
   writeToyNpz,
 } from "./helpers/reliability_inputs.ts";
 
@@ -272,12 +272,9 @@ const DAMAGES: Damage[] = [
     name: "a NaN in the state tensors",
     edit: async (s) => {
       const p = join(s, "state-round-0003.safetensors");
-      const { tensors, metadata } = await readSafetensors(p);
-      const plain = Object.fromEntries(
-        Object.entries(tensors).map(([k, t]) => [k, { shape: t.shape, data: t.data.slice() }]),
-      ) as Record<string, { shape: number[]; data: Float32Array }>;
-      plain["global.0.B"].data[1] = NaN;
-      await writeSafetensors(p, plain, metadata);
+      await writeSafetensorsVariant(p, p, (plain) => {
+        plain["global.0.B"].data[1] = NaN;
+      });
     },
     message: /state-round-0003\.safetensors: tensor "global\.0\.B" holds NaN at index 1/,
   },
@@ -285,13 +282,10 @@ const DAMAGES: Damage[] = [
     name: "a state tensor of the wrong size",
     edit: async (s) => {
       const p = join(s, "state-round-0003.safetensors");
-      const { tensors, metadata } = await readSafetensors(p);
-      const plain = Object.fromEntries(
-        Object.entries(tensors).map(([k, t]) => [k, { shape: t.shape, data: t.data.slice() }]),
-      ) as Record<string, { shape: number[]; data: Float32Array }>;
-      const a = plain["global.1.A"];
-      plain["global.1.A"] = { shape: [a.data.length - 1], data: a.data.slice(1) };
-      await writeSafetensors(p, plain, metadata);
+      await writeSafetensorsVariant(p, p, (plain) => {
+        const a = plain["global.1.A"];
+        plain["global.1.A"] = { shape: [a.data.length - 1], data: a.data.slice(1) };
+      });
     },
     message: /state-round-0003\.safetensors: tensor "global\.1\.A" has \d+ values; expected \d+/,
   },
