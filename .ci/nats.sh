@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "nats.sh: $*" >&2; }
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 nats_bin() { PATH=$PATH:/usr/sbin:/usr/local/sbin command -v nats-server; }
 
@@ -39,12 +41,7 @@ stop)
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "nats-server" ]; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then
-        log "nats-server (pid $pid) did not stop on SIGTERM; sending SIGKILL"
-        kill -9 "$pid" 2>/dev/null || true
-      fi
+      terminate "$pid" nats-server
       log "stopped nats-server (pid $pid) left by a test"
     fi
     rm -f "$pidfile"

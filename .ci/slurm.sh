@@ -17,6 +17,8 @@ DIR=${SLURM_CI_DIR:-$PWD/.tools/slurm}
 CONF=$DIR/slurm.conf
 
 log() { echo "slurm.sh: $*" >&2; }
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -25,12 +27,7 @@ stop_one() { # PID file, name
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) did not stop on SIGTERM; sending SIGKILL"
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+    terminate "$pid" "$name"
     log "stopped $name (pid $pid)"
   fi
   rm -f "$pidfile"

@@ -5,10 +5,10 @@
  *
  * * `tiny` — one LoRA training step of the tiny ViT of ENVIRONMENT.md (28×28×3, patch 4, width
  *   128, 4 heads, 4 layers, MLP 512, exact GELU, r = 8 on q/k/v, s = 2, batch 32) through the
- *   toolkit's own step: `makeBatch` from uint8 pixels, then {@link createLocalTrainer}'s step
- *   (the prototype loss, gradients for every A, B and the logit scale, SGD with momentum 0.9 and
- *   weight decay 5e-4 — the step `trainLocal` runs). `bench/vit_lora_torch.py` is the PyTorch
- *   version.
+ *   toolkit's own step (bench/step.ts): `makeBatch` from uint8 pixels, then `createLocalTrainer`'s
+ *   step (the prototype loss, gradients for every A, B and the logit scale, SGD with momentum
+ *   0.9 and weight decay 5e-4 — the step `trainLocal` runs). `bench/vit_lora_torch.py` is the
+ *   PyTorch version.
  * * `b16` — the same step on a randomly initialised open_clip ViT-B/16 (224 px, exact GELU,
  *   r = 8, alpha = 8) at batch 8 (`--batch N` for another: the figure is then
  *   `vit_lora_step_b16_batchN`); `bench/vit_b16_lora_torch.py` is the PyTorch version.
@@ -25,14 +25,11 @@
 import { parseArgs } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import type { ImageDataset, ImageSplit } from "../lib/data/dataset.ts";
-import { makeBatch } from "../lib/data/batches.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { randomVitWeights } from "../lib/model/vit_init.ts";
 import { createVitEncoder, type VitConfig } from "../lib/model/vit.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
-import { initLora } from "../lib/model/lora.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
-import { createLocalTrainer, normalizationFor } from "../lib/fl/local.ts";
 import { type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
 import { DEFAULTS, loadInputs } from "../lib/experiment.ts";
 import { createRng } from "../lib/rng.ts";
@@ -42,6 +39,7 @@ import { DEMO, DEMO_RUNS, demoConfig as demoRunConfig } from "../tasks/demo.ts";
 const demoConfig = (rounds: number): FederatedConfig =>
   demoRunConfig(DEMO_RUNS.find((r) => r.name === "DEeR")!, rounds);
 import { cpuMs, emit, loadAverage, median, round, timeRepeated } from "./measure.ts";
+import { colourImages, loraStepBench } from "./step.ts";
 
 /** The tiny ViT of ENVIRONMENT.md (as `bench/vit_lora_torch.py` builds it). */
 export const TINY_VIT: VitConfig = {
@@ -100,18 +98,10 @@ function randomSplit(n: number, shape: number[], classes: number, seed: number):
 /** A 3-class set whose class is the dominant colour channel (learnable, like `bench/soak.ts`). */
 function colourSet(sizes: [number, number, number], side: number, seed: number): ImageDataset {
   const rng = createRng(seed);
-  const split = (n: number): ImageSplit => {
-    const images = new Uint8Array(n * side * side * 3);
-    const labels = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      labels[i] = i % 3;
-      for (let p = 0; p < side * side * 3; p++) {
-        const base = p % 3 === i % 3 ? 170 : 60;
-        images[i * side * side * 3 + p] = Math.max(0, Math.min(255, base + 40 * rng.normal()));
-      }
-    }
-    return { images, sampleShape: [side, side, 3], labels };
-  };
+  const split = (n: number): ImageSplit => ({
+    ...colourImages(n, side, rng),
+    sampleShape: [side, side, 3],
+  });
   return {
     name: "colours",
     classNames: ["r", "g", "b"],
@@ -136,26 +126,13 @@ async function stepFigure(
   },
 ): Promise<void> {
   const encoder = createVitEncoder(config, randomVitWeights(config, createRng(1)));
-  const protos = orthonormalPrototypes(opts.classes, config.embedDim, 3);
-  const backbone = makeBackbone(encoder, protos, { rank: opts.rank, alpha: opts.alpha });
-  protos.dispose();
   const shape = [config.imageSize, config.imageSize, config.channels];
-  const split = randomSplit(opts.batch, shape, opts.classes, 5);
-  const norm = normalizationFor(backbone, split);
-  const idx = Array.from({ length: opts.batch }, (_, i) => i);
-  const trainer = createLocalTrainer(backbone, {
-    start: initLora(config, opts.rank, createRng(2)),
-    train: ["A", "B"],
-    sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
-    logitScale: Math.log(1 / 0.07),
-  });
+  const bench = loraStepBench(encoder, randomSplit(opts.batch, shape, opts.classes, 5), opts);
   const losses: number[] = [];
   const t = await timeRepeated(async () => {
-    const { x, y } = makeBatch(split, idx, norm);
-    losses.push(await trainer.step(x, y));
-    tf.dispose([x, y]);
+    losses.push(await bench.step());
   }, { warmup: opts.warmup, reps: opts.steps });
-  trainer.dispose();
+  bench.dispose();
   emit({
     name,
     ms: round(t.ms),
@@ -170,7 +147,6 @@ async function stepFigure(
     backend: backendName,
     threads: threadSetting(),
   });
-  backbone.prototypes.dispose();
   encoder.dispose();
 }
 

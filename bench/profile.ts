@@ -13,17 +13,13 @@
  */
 import { parseArgs } from "../lib/cli.ts";
 import { tf } from "../lib/backend.ts";
-import { makeBatch } from "../lib/data/batches.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { randomVitWeights } from "../lib/model/vit_init.ts";
 import { createVitEncoder } from "../lib/model/vit.ts";
-import { orthonormalPrototypes } from "../lib/model/head.ts";
-import { initLora } from "../lib/model/lora.ts";
-import { makeBackbone } from "../lib/fl/backbone.ts";
-import { createLocalTrainer, normalizationFor } from "../lib/fl/local.ts";
 import { DEFAULTS } from "../lib/experiment.ts";
 import { createRng } from "../lib/rng.ts";
 import { TINY_VIT, VIT_B16 } from "./figures.ts";
+import { loraStepBench, ownKernels, patternSplit } from "./step.ts";
 
 const flags = parseArgs(Deno.args, { string: ["steps", "top"] });
 const which = flags._[0] ?? "tiny";
@@ -35,28 +31,18 @@ const encoder = which === "demo" ? await loadVisionEncoder(DEFAULTS.model) : cre
 );
 const config = encoder.config;
 const batch = which === "b16" ? 8 : which === "demo" ? 10 : 32;
-const protos = orthonormalPrototypes(6, config.embedDim, 3);
-const backbone = makeBackbone(encoder, protos, { rank: 8, alpha: which === "tiny" ? 16 : 8 });
-protos.dispose();
-const shape = [config.imageSize, config.imageSize, 3];
-const per = shape.reduce((a, b) => a * b, 1);
-const split = {
-  images: Uint8Array.from({ length: batch * per }, (_, i) => (i * 2654435761) % 251),
-  sampleShape: shape,
-  labels: Int32Array.from({ length: batch }, (_, i) => i % 6),
-};
-const idx = Array.from({ length: batch }, (_, i) => i);
-const norm = normalizationFor(backbone, split);
-const trainer = createLocalTrainer(backbone, {
-  start: initLora(config, 8, createRng(2)),
-  train: which === "demo" ? ["B"] : ["A", "B"],
-  sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
-  logitScale: Math.log(1 / 0.07),
-});
+const bench = loraStepBench(
+  encoder,
+  patternSplit(batch, [config.imageSize, config.imageSize, 3], 6),
+  {
+    classes: 6,
+    rank: 8,
+    alpha: which === "tiny" ? 16 : 8,
+    train: which === "demo" ? ["B"] : undefined,
+  },
+);
 const step = async () => {
-  const { x, y } = makeBatch(split, idx, norm);
-  await trainer.step(x, y);
-  tf.dispose([x, y]);
+  await bench.step();
 };
 await step();
 await step();
@@ -66,9 +52,7 @@ const byShape = new Map<string, { count: number; ms: number }>();
 let kernels = 0;
 for (let s = 0; s < steps; s++) {
   const info = await tf.profile(step);
-  for (const k of info.kernels) {
-    // Composite ops and custom-gradient scopes contain kernels that are counted themselves.
-    if (k.name === "unnamed scope" || k.name === "forward" || k.name.endsWith("__op")) continue;
+  for (const k of ownKernels(info.kernels)) {
     kernels++;
     const ms = k.kernelTimeMs as number;
     byKind.set(k.name, (byKind.get(k.name) ?? 0) + ms / steps);
@@ -88,6 +72,5 @@ console.log(
 for (const [key, e] of [...byShape.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) {
   console.log(`${e.ms.toFixed(2).padStart(9)} ms ${e.count.toFixed(0).padStart(4)}× ${key}`);
 }
-trainer.dispose();
-backbone.prototypes.dispose();
+bench.dispose();
 encoder.dispose();

@@ -25,6 +25,7 @@ import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
 import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";
 import { createRng } from "../lib/rng.ts";
+import { colourImages } from "./step.ts";
 
 const TINY_MODEL = new URL("../tests/fixtures/model_tiny/openai.safetensors", import.meta.url)
   .pathname;
@@ -47,17 +48,9 @@ async function writeToySet(path: string): Promise<void> {
   const S = 16;
   const arrays: Record<string, { shape: number[]; data: Uint8Array }> = {};
   for (const [split, n] of [["train", 48], ["val", 12], ["test", 12]] as const) {
-    const images = new Uint8Array(n * S * S * 3);
-    const labels = new Uint8Array(n);
-    for (let i = 0; i < n; i++) {
-      labels[i] = i % 3;
-      for (let p = 0; p < S * S * 3; p++) {
-        const base = p % 3 === i % 3 ? 170 : 60;
-        images[i * S * S * 3 + p] = Math.max(0, Math.min(255, base + 40 * rng.normal()));
-      }
-    }
+    const { images, labels } = colourImages(n, S, rng);
     arrays[`${split}_images`] = { shape: [n, S, S, 3], data: images };
-    arrays[`${split}_labels`] = { shape: [n, 1], data: labels };
+    arrays[`${split}_labels`] = { shape: [n, 1], data: Uint8Array.from(labels) };
   }
   await writeNpz(path, arrays);
 }

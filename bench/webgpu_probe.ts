@@ -12,16 +12,12 @@
  */
 import { parseArgs } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
-import { makeBatch } from "../lib/data/batches.ts";
 import { randomVitWeights } from "../lib/model/vit_init.ts";
 import { createVitEncoder } from "../lib/model/vit.ts";
-import { orthonormalPrototypes } from "../lib/model/head.ts";
-import { initLora } from "../lib/model/lora.ts";
-import { makeBackbone } from "../lib/fl/backbone.ts";
-import { createLocalTrainer, normalizationFor } from "../lib/fl/local.ts";
 import { createRng } from "../lib/rng.ts";
 import { TINY_VIT, VIT_B16 } from "./figures.ts";
 import { emit, round } from "./measure.ts";
+import { loraStepBench, ownKernels, patternSplit } from "./step.ts";
 
 const flags = parseArgs(Deno.args, { string: ["batch"], boolean: ["step-only"] });
 const wgsl = Deno.env.get("DEER_WGSL") !== "0";
@@ -73,37 +69,21 @@ async function kernelFigures(cpuForward: boolean): Promise<void> {
 async function stepFigures(cpuForward: boolean): Promise<void> {
   const config = which === "b16" ? VIT_B16 : TINY_VIT;
   const encoder = createVitEncoder(config, randomVitWeights(config, createRng(1)));
-  const protos = orthonormalPrototypes(10, config.embedDim, 3);
-  const backbone = makeBackbone(encoder, protos, { rank: 8, alpha: 8 });
-  protos.dispose();
   const shape = [config.imageSize, config.imageSize, 3];
-  const per = shape[0] * shape[1] * shape[2];
-  const split = {
-    images: Uint8Array.from({ length: batch * per }, (_, i) => (i * 2654435761) % 251),
-    sampleShape: shape,
-    labels: Int32Array.from({ length: batch }, (_, i) => i % 10),
-  };
-  const idx = Array.from({ length: batch }, (_, i) => i);
-  const norm = normalizationFor(backbone, split);
-  const trainer = createLocalTrainer(backbone, {
-    start: initLora(config, 8, createRng(2)),
-    train: ["A", "B"],
-    sgd: { lr: 0.01, momentum: 0.9, weightDecay: 5e-4 },
-    logitScale: Math.log(1 / 0.07),
+  const bench = loraStepBench(encoder, patternSplit(batch, shape, 10), {
+    classes: 10,
+    rank: 8,
+    alpha: 8,
   });
   const step = async () => {
-    const { x, y } = makeBatch(split, idx, norm);
-    await trainer.step(x, y);
-    tf.dispose([x, y]);
+    await bench.step();
   };
   await step();
   const t0 = performance.now();
   await step();
   const wall = performance.now() - t0;
   const info = await tf.profile(step);
-  const kernels = info.kernels.filter((k) =>
-    !(k.name === "unnamed scope" || k.name === "forward" || k.name.endsWith("__op"))
-  );
+  const kernels = ownKernels(info.kernels);
   let gpuMs = 0;
   const byKind = new Map<string, number>();
   for (const k of kernels) {
@@ -121,7 +101,6 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
     kernel_gpu_ms: round(gpuMs),
     top: [...byKind].sort((p, q) => q[1] - p[1]).slice(0, 8).map(([k, ms]) => `${k} ${round(ms)}`),
   });
-  trainer.dispose();
-  backbone.prototypes.dispose();
+  bench.dispose();
   encoder.dispose();
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import jpeg from "jpeg-js";
 import { zlibSync } from "fflate";
-import { crc32, readNpz } from "../lib/data/npy.ts";
+import { readNpz } from "../lib/data/npy.ts";
 import {
   centerCrop,
   clipPreprocess,
@@ -17,6 +17,7 @@ import {
 import {
   jpegDeclaring,
   pngDeclaring,
+  pngFile,
   pngWithIdat,
   pngWithRawData,
   rgbRows,
@@ -35,21 +36,6 @@ function makePng(
   rows: Uint8Array[],
   palette?: number[],
 ): Uint8Array {
-  const chunk = (type: string, data: Uint8Array) => {
-    const out = new Uint8Array(12 + data.length);
-    const v = new DataView(out.buffer);
-    v.setUint32(0, data.length);
-    out.set(new TextEncoder().encode(type), 4);
-    out.set(data, 8);
-    v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
-    return out;
-  };
-  const ihdr = new Uint8Array(13);
-  const iv = new DataView(ihdr.buffer);
-  iv.setUint32(0, width);
-  iv.setUint32(4, height);
-  ihdr[8] = depth;
-  ihdr[9] = colorType;
   const raw = new Uint8Array(rows.reduce((a, r) => a + r.length + 1, 0));
   let p = 0;
   for (const r of rows) {
@@ -57,20 +43,7 @@ function makePng(
     raw.set(r, p);
     p += r.length;
   }
-  const parts = [
-    new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk("IHDR", ihdr),
-    ...(palette ? [chunk("PLTE", new Uint8Array(palette))] : []),
-    chunk("IDAT", zlibSync(raw)),
-    chunk("IEND", new Uint8Array(0)),
-  ];
-  const out = new Uint8Array(parts.reduce((a, c) => a + c.length, 0));
-  p = 0;
-  for (const c of parts) {
-    out.set(c, p);
-    p += c.length;
-  }
-  return out;
+  return pngFile({ width, height, depth, colorType }, zlibSync(raw), palette);
 }
 
 Deno.test("CLIP preprocessing equals Pillow + torchvision (fixture from data_make_fixtures.py)", async () => {

@@ -3,12 +3,9 @@ import {
   frozenModelMetrics,
   runSweep,
   studyConfig,
-  type StudyScale,
   studyScale,
-  subsetDataset,
   type SummaryRow,
 } from "../lib/ablations.ts";
-import { loadInputs } from "../lib/experiment.ts";
 import {
   cohortRegime,
   describeFrontier,
@@ -19,7 +16,8 @@ import {
   frontierTable,
 } from "../lib/frontier.ts";
 import { pairedComparison } from "../lib/metrics/paired.ts";
-import { TINY_MODEL, writeToyMedMnist } from "./helpers/fl_fixture.ts";
+import { writeToyMedMnist } from "./helpers/fl_fixture.ts";
+import { loadTinyStudy, TINY_STUDY_SCALE } from "./helpers/tiny_study.ts";
 
 Deno.test("frontier: cohortRegime picks q for the expected cohort and names the regime", () => {
   assert.deepEqual(cohortRegime(12, 20), {
@@ -70,35 +68,19 @@ Deno.test("frontier: the grid is regime × method × ε, strict with the PLD acc
 Deno.test("frontier: a tiny three-seed sweep, its findings, table, figure and conclusion", async () => {
   const dir = await Deno.makeTempDir({ prefix: "deer-frontier-" });
   const npz = await writeToyMedMnist(dir);
-  const scale: StudyScale = {
-    ...studyScale(true),
-    rounds: 1,
-    numClients: 4,
-    batchSize: 8,
-    rank: 4,
-    alpha: 4,
-    perClass: { train: 12, val: 6, test: 6 },
-  };
-  const inputs = await loadInputs({
-    dataset: npz,
-    modelPath: TINY_MODEL,
-    prototypes: "orthonormal",
-    rank: scale.rank,
-    alpha: scale.alpha,
-  });
-  const study = { ...inputs, data: subsetDataset(inputs.data, scale.perClass) };
+  const study = await loadTinyStudy(npz);
   const frozen = (await frozenModelMetrics(study)).accuracy;
   const regimes = [cohortRegime(4, 4), cohortRegime(4, 2)];
   const sweep = await runSweep(
     study,
-    frontierPoints(studyConfig(scale, { calibration: "strict" }), {
+    frontierPoints(studyConfig(TINY_STUDY_SCALE, { calibration: "strict" }), {
       methods: FRONTIER_METHODS.filter((m) => m.name === "LoRA"),
       regimes,
       epsilons: [3],
     }),
     { seeds: [1, 2, 3], log: () => {} },
   );
-  inputs.dispose();
+  study.dispose();
   await Deno.remove(dir, { recursive: true });
 
   assert.equal(sweep.summary.length, 2);

@@ -9,6 +9,7 @@ import { randomVitWeights, saveVisionEncoder } from "../lib/model/vit_init.ts";
 import { createVitEncoder, type VitConfig, type VitEncoder } from "../lib/model/vit.ts";
 import { disposeLora, initLora, loraToTensors } from "../lib/model/lora.ts";
 import { relativeError } from "./helpers/numeric.ts";
+import { capturingStderr } from "./helpers/console.ts";
 
 // Tiny checkpoints and PyTorch references: tools/crosscheck/make_model_fixtures.py.
 const FIXTURES = new URL("./fixtures/model_tiny/", import.meta.url).pathname;
@@ -356,19 +357,6 @@ Deno.test("vit: volume encoder — shapes, depth-constant volumes equal 2D, grad
   encoder.dispose();
 });
 
-/** Runs `fn`, collecting what it prints through console.error. */
-async function stderrOf(fn: () => Promise<void>): Promise<string[]> {
-  const lines: string[] = [];
-  const original = console.error;
-  console.error = (...args: unknown[]) => lines.push(args.map(String).join(" "));
-  try {
-    await fn();
-  } finally {
-    console.error = original;
-  }
-  return lines;
-}
-
 // A plain open_clip state dict used to be read as QuickGELU without a word; for exact-GELU
 // weights (LAION's) that puts every feature off by the amount measured below.
 Deno.test("vit: an activation taken from the default is said once per file, with the override", async () => {
@@ -379,7 +367,7 @@ Deno.test("vit: an activation taken from the default is said once per file, with
   const x = images();
   try {
     let quick: Float32Array = new Float32Array(0);
-    const first = await stderrOf(async () => {
+    const first = await capturingStderr(async () => {
       for (let i = 0; i < 2; i++) { // the second load of the same file says nothing
         const encoder = await loadVisionEncoder(path, { heads: 2 });
         assert.equal(encoder.config.act, "quick_gelu");
@@ -400,7 +388,7 @@ Deno.test("vit: an activation taken from the default is said once per file, with
     await writeSafetensors(copy, openai.tensors, {
       "deer.vision": JSON.stringify({ act: "gelu", heads: 2 }),
     });
-    const quiet = await stderrOf(async () => {
+    const quiet = await capturingStderr(async () => {
       for (
         const [file, options] of [[path, { act: "gelu" as const, heads: 2 }], [copy, {}]] as const
       ) {
@@ -435,7 +423,7 @@ Deno.test("vit: an activation taken from the default is said once per file, with
     saved.dispose();
     const plain = `${dir}/w64.safetensors`;
     await writeSafetensors(plain, (await readSafetensors(withMeta)).tensors);
-    const notices = await stderrOf(async () => {
+    const notices = await capturingStderr(async () => {
       for (const file of [withMeta, plain, plain]) (await loadVisionEncoder(file)).dispose();
     });
     assert.equal(notices.length, 2, notices.join("\n"));

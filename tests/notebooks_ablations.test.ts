@@ -17,41 +17,23 @@ import {
   rankPoints,
   runSweep,
   studyConfig,
-  type StudyScale,
   studyScale,
-  subsetDataset,
   subsetSplit,
   type SweepPoint,
   withMethods,
 } from "../lib/ablations.ts";
-import { loadInputs } from "../lib/experiment.ts";
 import { meanInterval } from "../lib/metrics/interval.ts";
 import { describeComparison, pairedComparison } from "../lib/metrics/paired.ts";
-import { TINY_MODEL, writeToyMedMnist } from "./helpers/fl_fixture.ts";
+import { writeToyMedMnist } from "./helpers/fl_fixture.ts";
+import { loadTinyStudy, TINY_STUDY_SCALE } from "./helpers/tiny_study.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "deer-ablations-" });
 const npz = await writeToyMedMnist(dir);
 
-/** A tiny scale for the toy set: 4 clients, 1 round. */
-const scale: StudyScale = {
-  ...studyScale(true),
-  rounds: 1,
-  numClients: 4,
-  batchSize: 8,
-  rank: 4,
-  alpha: 4,
-  perClass: { train: 12, val: 6, test: 6 },
-};
+const scale = TINY_STUDY_SCALE;
 
 Deno.test("ablations: a two-point sweep returns tidy summary, round and release rows", async () => {
-  const inputs = await loadInputs({
-    dataset: npz,
-    modelPath: TINY_MODEL,
-    prototypes: "orthonormal",
-    rank: scale.rank,
-    alpha: scale.alpha,
-  });
-  const data = subsetDataset(inputs.data, scale.perClass);
+  const study = await loadTinyStudy(npz);
   const before = tf.memory().numTensors;
   const base = studyConfig(scale);
   const points: SweepPoint[] = [
@@ -64,9 +46,9 @@ Deno.test("ablations: a two-point sweep returns tidy summary, round and release 
     },
   ];
   const lines: string[] = [];
-  const sweep = await runSweep({ ...inputs, data }, points, { log: (l) => lines.push(l) });
+  const sweep = await runSweep(study, points, { log: (l) => lines.push(l) });
   assert.equal(tf.memory().numTensors, before, "the rank point's backbone is disposed");
-  inputs.dispose();
+  study.dispose();
 
   assert.equal(lines.length, 2);
   assert.match(lines[1], /^\[2\/2\] LoRA r=2: test acc [\d.]+% \(best round 1\), ε nominal 6/);
@@ -110,15 +92,7 @@ Deno.test("ablations: a two-point sweep returns tidy summary, round and release 
 });
 
 Deno.test("ablations: three seeds per point; comparisons pair the seeds, not the positions", async () => {
-  const inputs = await loadInputs({
-    dataset: npz,
-    modelPath: TINY_MODEL,
-    prototypes: "orthonormal",
-    rank: scale.rank,
-    alpha: scale.alpha,
-  });
-  const data = subsetDataset(inputs.data, scale.perClass);
-  const study = { ...inputs, data };
+  const study = await loadTinyStudy(npz);
   const base = studyConfig(scale);
   const points = methodPoints(
     base,
@@ -172,7 +146,7 @@ Deno.test("ablations: three seeds per point; comparisons pair the seeds, not the
     describeSpentEpsilon(sweep.summary),
     /^Client-level ε spent .*: LoRA [\d.]+ \(nominal 6\); DEeR [\d.]+ \(nominal 6\)\.$/,
   );
-  inputs.dispose();
+  study.dispose();
 });
 
 Deno.test("ablations: a bad point fails before anything runs, naming the point", async () => {
@@ -196,27 +170,20 @@ Deno.test("ablations: a bad point fails before anything runs, naming the point",
 });
 
 Deno.test("ablations: onError record keeps the sweep going and names the failure", async () => {
-  const inputs = await loadInputs({
-    dataset: npz,
-    modelPath: TINY_MODEL,
-    prototypes: "orthonormal",
-    rank: scale.rank,
-    alpha: scale.alpha,
-  });
-  const data = subsetDataset(inputs.data, scale.perClass);
+  const study = await loadTinyStudy(npz);
   const base = { ...studyConfig(scale), method: { method: "LoRA" }, dp: null };
   // Rank 40 does not fit the tiny model (width 32): that point fails when it starts.
   const points = rankPoints(base, [40, 2]);
   await assert.rejects(
-    () => runSweep({ ...inputs, data }, points, { log: () => {} }),
+    () => runSweep(study, points, { log: () => {} }),
     /sweep point "r = 40": LoRA rank 40 is invalid/,
   );
   const lines: string[] = [];
-  const sweep = await runSweep({ ...inputs, data }, points, {
+  const sweep = await runSweep(study, points, {
     onError: "record",
     log: (l) => lines.push(l),
   });
-  inputs.dispose();
+  study.dispose();
   assert.match(lines[0], /r = 40: FAILED after 0 round\(s\) — LoRA rank 40 is invalid/);
   assert.match(sweep.summary[0].error!, /LoRA rank 40/);
   assert.ok(Number.isNaN(sweep.summary[0].accuracy));

@@ -9,6 +9,7 @@ import {
   saveSvg,
   screenshotPage,
 } from "../lib/plot/png.ts";
+import { withDir } from "./helpers/temp.ts";
 
 const chromium = findChromium();
 if (!chromium) {
@@ -38,8 +39,7 @@ Deno.test({
   ignore: !chromium,
   sanitizeResources: false,
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "deer-png-" });
-    try {
+    await withDir(async (dir) => {
       const png = join(dir, "sub", "acc.png");
       await savePng(fig, png, { width: 500, height: 300, scale: 2 });
       assert.deepEqual(pngSize(await Deno.readFile(png)), [1000, 600]);
@@ -52,9 +52,7 @@ Deno.test({
         "acc.svg",
         "sub",
       ]);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    }, "deer-png-");
   },
 });
 
@@ -63,15 +61,12 @@ Deno.test({
   ignore: !chromium,
   sanitizeResources: false,
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "deer-shot-" });
-    try {
+    await withDir(async (dir) => {
       const page = join(dir, "page.html");
       await Deno.writeTextFile(page, "<html><body><h1>hello</h1></body></html>");
       await screenshotPage(page, join(dir, "page.png"), { width: 320, height: 200 });
       assert.deepEqual(pngSize(await Deno.readFile(join(dir, "page.png"))), [320, 200]);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    }, "deer-shot-");
   },
 });
 

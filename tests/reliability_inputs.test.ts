@@ -20,8 +20,10 @@ import { loadMedMnist } from "../lib/data/medmnist.ts";
 import { parseTrainArgs } from "../tasks/train.ts";
 import {
   listTree,
+  runFlags,
   runTrain,
   TINY_MODEL,
+  TINY_RUN_BASE,
   type TrainRun,
   writeKvasirFolder,
   writeNpzWithBadNpyMagic,
@@ -103,24 +105,9 @@ await writeSafetensors(at("protos_nan.safetensors"), protos(3, 24, 1));
 const inputsWritten = listTree(dir);
 
 // --- the command lines --------------------------------------------------------------------------
-const BASE: Record<string, string> = {
-  dataset: good,
-  model: TINY_MODEL,
-  prototypes: "orthonormal",
-  T: "1",
-  E: "1",
-  node_num: "2",
-  lora_r: "2",
-  seeds: "10",
-};
-
-/** The base flags with some replaced (null drops one), then `extra` as given. */
+/** The tiny run's flags on the good set, no --out; some replaced (null drops one), then `extra`. */
 function flags(over: Record<string, string | null> = {}, extra: string[] = []): string[] {
-  const all = { ...BASE, ...over };
-  return [
-    ...Object.entries(all).flatMap(([k, v]) => (v === null ? [] : [`--${k}`, v])),
-    ...extra,
-  ];
+  return runFlags({ dataset: good, ...TINY_RUN_BASE, ...over }, extra);
 }
 
 interface Case {

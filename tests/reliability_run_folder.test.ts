@@ -13,7 +13,6 @@ import { UsageError } from "../lib/cli.ts";
 import { acquireRunLock, LOCK_FILE, lockHolder, RunLockedError } from "../lib/io/lock.ts";
 import { fingerprint } from "../lib/io/fingerprint.ts";
 import { describeFsError } from "../lib/io/run_folder.ts";
-import { readSafetensors, writeSafetensors } from "../lib/model/safetensors.ts";
 import {
   listTree,
   REPO,
@@ -22,6 +21,7 @@ import {
   TRAIN_TASK,
   trainCommand,
   type TrainRun,
+  writeSafetensorsVariant,
   writeToyNpz,
 } from "./helpers/reliability_inputs.ts";
 
@@ -272,12 +272,9 @@ const DAMAGES: Damage[] = [
     name: "a NaN in the state tensors",
     edit: async (s) => {
       const p = join(s, "state-round-0003.safetensors");
-      const { tensors, metadata } = await readSafetensors(p);
-      const plain = Object.fromEntries(
-        Object.entries(tensors).map(([k, t]) => [k, { shape: t.shape, data: t.data.slice() }]),
-      ) as Record<string, { shape: number[]; data: Float32Array }>;
-      plain["global.0.B"].data[1] = NaN;
-      await writeSafetensors(p, plain, metadata);
+      await writeSafetensorsVariant(p, p, (plain) => {
+        plain["global.0.B"].data[1] = NaN;
+      });
     },
     message: /state-round-0003\.safetensors: tensor "global\.0\.B" holds NaN at index 1/,
   },
@@ -285,13 +282,10 @@ const DAMAGES: Damage[] = [
     name: "a state tensor of the wrong size",
     edit: async (s) => {
       const p = join(s, "state-round-0003.safetensors");
-      const { tensors, metadata } = await readSafetensors(p);
-      const plain = Object.fromEntries(
-        Object.entries(tensors).map(([k, t]) => [k, { shape: t.shape, data: t.data.slice() }]),
-      ) as Record<string, { shape: number[]; data: Float32Array }>;
-      const a = plain["global.1.A"];
-      plain["global.1.A"] = { shape: [a.data.length - 1], data: a.data.slice(1) };
-      await writeSafetensors(p, plain, metadata);
+      await writeSafetensorsVariant(p, p, (plain) => {
+        const a = plain["global.1.A"];
+        plain["global.1.A"] = { shape: [a.data.length - 1], data: a.data.slice(1) };
+      });
     },
     message: /state-round-0003\.safetensors: tensor "global\.1\.A" has \d+ values; expected \d+/,
   },
@@ -567,14 +561,32 @@ const mount = (margs: string[]) =>
   new Deno.Command("mount", { args: margs, stdout: "null", stderr: "null" }).output()
     .then((o) => o.success).catch(() => false);
 
-Deno.test("output folder errors: a read-only file system (a real EROFS) is said in words", async () => {
-  const ro = join(dir, "read-only");
-  Deno.mkdirSync(ro);
-  if (!(await mount(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro]))) {
-    console.log("cannot mount a tmpfs here (needs root): the read-only run is not checked");
+/**
+ * Mounts a tmpfs with `options` on a new folder `name` of the test folder and runs `body` on it,
+ * unmounting after; where mounting is refused (it needs root, CAP_SYS_ADMIN) it says that `what`
+ * is not checked and returns.
+ */
+async function withTmpfs(
+  name: string,
+  options: string,
+  what: string,
+  body: (mountPoint: string) => Promise<void>,
+): Promise<void> {
+  const at = join(dir, name);
+  Deno.mkdirSync(at);
+  if (!(await mount(["-t", "tmpfs", "-o", options, "tmpfs", at]))) {
+    console.log(`cannot mount a tmpfs here (needs root): ${what} is not checked`);
     return;
   }
   try {
+    await body(at);
+  } finally {
+    await new Deno.Command("umount", { args: [at] }).output();
+  }
+}
+
+Deno.test("output folder errors: a read-only file system (a real EROFS) is said in words", async () => {
+  await withTmpfs("read-only", "ro,size=64k", "the read-only run", async (ro) => {
     const run = await train(args(join(ro, "results"), 1));
     assert.equal(run.code, 1, run.stderr);
     assert.match(
@@ -582,21 +594,13 @@ Deno.test("output folder errors: a read-only file system (a real EROFS) is said 
       /cannot write .*read-only\/results.*: the file system is read-only; choose a results folder on a writable disk/,
     );
     noRawErrors(run);
-  } finally {
-    await new Deno.Command("umount", { args: [ro] }).output();
-  }
+  });
 });
 
 Deno.test("output folder errors: a run that fills its disk stops with the saved rounds intact, and --resume continues once space is freed", async () => {
   // A real full file system: a 128 KiB tmpfs. Mounting needs root (CAP_SYS_ADMIN); where it is
   // refused, only the mapping of a real ENOSPC (the test above) is checked.
-  const small = join(dir, "small");
-  Deno.mkdirSync(small);
-  if (!(await mount(["-t", "tmpfs", "-o", "size=128k", "tmpfs", small]))) {
-    console.log("cannot mount a tmpfs here (needs root): the full-disk run is not checked");
-    return;
-  }
-  try {
+  await withTmpfs("small", "size=128k", "the full-disk run", async (small) => {
     const T = 60;
     const seed = join(small, RUN, "seed-10");
     const full = await train(args(small, T));
@@ -618,9 +622,7 @@ Deno.test("output folder errors: a run that fills its disk stops with the saved 
     const resumed = await train(args(small, T, ["--resume"]));
     assert.equal(resumed.code, 0, resumed.stderr);
     assert.deepEqual(roundsIn(join(seed, "records.jsonl")), upTo(T));
-  } finally {
-    await new Deno.Command("umount", { args: [small] }).output();
-  }
+  });
 });
 
 globalThis.addEventListener("unload", () => {

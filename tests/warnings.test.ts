@@ -1,27 +1,9 @@
 import assert from "node:assert/strict";
-import {
-  privacyPoints,
-  runSweep,
-  studyConfig,
-  studyScale,
-  subsetDataset,
-} from "../lib/ablations.ts";
-import { loadInputs } from "../lib/experiment.ts";
+import { privacyPoints, runSweep, studyConfig } from "../lib/ablations.ts";
 import { onePerKind, warn } from "../lib/warnings.ts";
-import { TINY_MODEL, writeToyMedMnist } from "./helpers/fl_fixture.ts";
-
-/** Runs `body` with console.error captured (the library's default warning printer). */
-async function capturingStderr(body: () => Promise<void>): Promise<string[]> {
-  const lines: string[] = [];
-  const original = console.error;
-  console.error = (...args: unknown[]) => lines.push(args.map(String).join(" "));
-  try {
-    await body();
-  } finally {
-    console.error = original;
-  }
-  return lines;
-}
+import { capturingStderr } from "./helpers/console.ts";
+import { writeToyMedMnist } from "./helpers/fl_fixture.ts";
+import { loadTinyStudy, TINY_STUDY_SCALE } from "./helpers/tiny_study.ts";
 
 Deno.test("warnings: outside a scope each is printed; inside, each kind once plus a recurrence count", async () => {
   const lines = await capturingStderr(async () => {
@@ -46,30 +28,14 @@ Deno.test("warnings: outside a scope each is printed; inside, each kind once plu
 
 Deno.test("warnings: a sweep over ε in the paper calibration says the calibration warning once", async () => {
   const dir = await Deno.makeTempDir({ prefix: "deer-warnings-" });
-  const scale = {
-    ...studyScale(true),
-    rounds: 1,
-    numClients: 4,
-    batchSize: 8,
-    rank: 4,
-    alpha: 4,
-    perClass: { train: 12, val: 6, test: 6 },
-  };
-  const inputs = await loadInputs({
-    dataset: await writeToyMedMnist(dir),
-    modelPath: TINY_MODEL,
-    prototypes: "orthonormal",
-    rank: 4,
-    alpha: 4,
-  });
-  const data = subsetDataset(inputs.data, scale.perClass);
-  const points = privacyPoints(studyConfig(scale), {
+  const study = await loadTinyStudy(await writeToyMedMnist(dir));
+  const points = privacyPoints(studyConfig(TINY_STUDY_SCALE), {
     methods: [{ name: "FFA-LoRA", method: { method: "FFA-LoRA" } }],
     calibrations: ["paper"],
     epsilons: [1, 3, 6],
   });
   const lines = await capturingStderr(async () => {
-    await runSweep({ ...inputs, data }, points, { log: () => {} });
+    await runSweep(study, points, { log: () => {} });
   });
   const paper = lines.filter((l) => l.includes("paper calibration: the nominal ε"));
   assert.equal(paper.length, 1, lines.join("\n"));
@@ -77,6 +43,6 @@ Deno.test("warnings: a sweep over ε in the paper calibration says the calibrati
     lines.includes('deer: (the "paper-calibration" warning above recurred in 2 more run(s))'),
     lines.join("\n"),
   );
-  inputs.backbone.prototypes.dispose();
+  study.backbone.prototypes.dispose();
   await Deno.remove(dir, { recursive: true });
 });

@@ -5,14 +5,10 @@
  * that then loads libtensorflow. Each case runs in a fresh process.
  */
 import assert from "node:assert/strict";
-import { probeInChild } from "../lib/backend_webgpu.ts";
+import { webgpuGate } from "./helpers/webgpu.ts";
 
 const root = new URL("..", import.meta.url).pathname;
-const adapter = await probeInChild();
-const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
-if (adapter === null && !required) {
-  console.error("webgpu adapter tests skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)");
-}
+const { adapter, skip, requireAdapter } = await webgpuGate("webgpu adapter tests");
 
 /** Hides every Vulkan driver and EGL vendor from wgpu: `requestAdapter()` then returns null. */
 const NO_ADAPTER = {
@@ -43,9 +39,9 @@ async function start(env: Record<string, string>, unset: string[] = [], source =
 
 Deno.test({
   name: "webgpu: DEER_BACKEND=webgpu computes and prints the adapter and its limits",
-  ignore: adapter === null && !required,
+  ignore: skip,
   async fn() {
-    assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
+    requireAdapter();
     const r = await start({ DEER_BACKEND: "webgpu" }, ["DEER_QUIET"]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), { backend: "webgpu", product: [19, 22, 43, 50] });
@@ -79,7 +75,7 @@ Deno.test("webgpu: the automatic choice skips a fallback adapter", async () => {
 
 Deno.test({
   name: "webgpu: probing for an adapter leaves the process able to load libtensorflow",
-  ignore: adapter === null && !required,
+  ignore: skip,
   async fn() {
     // Probing in this process (navigator.gpu.requestAdapter with lavapipe installed) and then
     // loading tfjs-node ended in a segmentation fault (exit 139); the probe runs in a child.

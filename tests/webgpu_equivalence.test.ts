@@ -12,65 +12,25 @@
  * reason), unless `DEER_REQUIRE_WEBGPU=1` (CI) makes a missing adapter a failure.
  */
 import assert from "node:assert/strict";
-import { describeAdapter, probeInChild } from "../lib/backend_webgpu.ts";
+import {
+  type Json,
+  jsonRelativeError,
+  lastJsonLine,
+  runDeno,
+  webgpuGate,
+} from "./helpers/webgpu.ts";
 
-const root = new URL("..", import.meta.url).pathname;
-const adapter = await probeInChild();
-const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
 const reference = Deno.env.get("DEER_REFERENCE_BACKEND") || "tensorflow";
-const skip = adapter === null && !required;
-if (adapter === null) {
-  console.error(
-    required
-      ? "webgpu tests: DEER_REQUIRE_WEBGPU=1 but there is no WebGPU adapter"
-      : "webgpu tests skipped: no WebGPU adapter (install a Vulkan driver; " +
-        "`apt-get install mesa-vulkan-drivers` gives a software one)",
-  );
-} else {
-  console.error(`webgpu tests on ${describeAdapter(adapter)}`);
-}
-
-function requireAdapter(): void {
-  assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
-}
-
-async function run(
-  args: string[],
-  env: Record<string, string>,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: root,
-    env: { DEER_QUIET: "1", NO_COLOR: "1", ...env },
-    stdin: "null",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
-}
-
-// deno-lint-ignore no-explicit-any
-type Json = any;
+const { skip, requireAdapter } = await webgpuGate("webgpu tests");
 
 async function worker(backend: string, which: string): Promise<Json> {
-  const r = await run(["run", "-A", "tests/helpers/backend_worker.ts", which], {
+  const r = await runDeno(["run", "-A", "tests/helpers/backend_worker.ts", which], {
     DEER_BACKEND: backend,
   });
   assert.equal(r.code, 0, `DEER_BACKEND=${backend} worker ${which} failed:\n${r.stderr}`);
-  const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+  const out = lastJsonLine(r.stdout);
   assert.equal(out.backend, backend);
   return out;
-}
-
-/** max |got − want| / max(1e-30, max |want|), over flattened arrays. */
-function relativeError(got: Json, want: Json): number {
-  const g = [got].flat(3) as number[], w = [want].flat(3) as number[];
-  assert.equal(g.length, w.length);
-  let err = 0, scale = 0;
-  for (let i = 0; i < w.length; i++) {
-    err = Math.max(err, Math.abs(g[i] - w[i]));
-    scale = Math.max(scale, Math.abs(w[i]));
-  }
-  return err / Math.max(scale, 1e-30);
 }
 
 Deno.test({
@@ -95,7 +55,7 @@ Deno.test({
       momentum: 1e-4,
     };
     for (const [key, tol] of Object.entries(tolerances)) {
-      const e = relativeError(gpu[key], cpu[key]);
+      const e = jsonRelativeError(gpu[key], cpu[key]);
       assert.ok(e < tol, `${key}: webgpu differs from ${reference} by ${e} (tolerance ${tol})`);
     }
   },
@@ -160,7 +120,7 @@ Deno.test({
     requireAdapter();
     for (const fast of ["0", "1"]) {
       // --no-check: the type check is the main test run's business (and needs the .d.ts files).
-      const r = await run(["test", "-A", "--no-check", "tests/perf_equivalence.test.ts"], {
+      const r = await runDeno(["test", "-A", "--no-check", "tests/perf_equivalence.test.ts"], {
         DEER_BACKEND: "webgpu",
         DEER_FAST_PATH: fast,
       });

@@ -5,14 +5,9 @@
  * the toolkit re-routed them (lib/backend_webgpu.ts), lavapipe returned errors of ~200.
  */
 import assert from "node:assert/strict";
-import { probeInChild } from "../lib/backend_webgpu.ts";
+import { lastJsonLine, webgpuGate, webgpuStdout } from "./helpers/webgpu.ts";
 
-const root = new URL("..", import.meta.url).pathname;
-const adapter = await probeInChild();
-const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
-if (adapter === null && Deno.env.get("DEER_REQUIRE_WEBGPU") !== "1") {
-  console.error("webgpu kernel tests skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)");
-}
+const { skip, requireAdapter } = await webgpuGate("webgpu kernel tests");
 
 const SOURCE = `
 import { tf } from "./lib/backend.ts";
@@ -36,17 +31,10 @@ console.log(JSON.stringify({ err, fusedErr }));
 
 Deno.test({
   name: "webgpu: long-K products with few output tiles are exact (no split-K)",
-  ignore: adapter === null && !required,
+  ignore: skip,
   async fn() {
-    assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", SOURCE],
-      cwd: root,
-      env: { DEER_BACKEND: "webgpu", DEER_QUIET: "1" },
-      stdin: "null",
-    }).output();
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    const { err, fusedErr } = JSON.parse(new TextDecoder().decode(out.stdout));
+    requireAdapter();
+    const { err, fusedErr } = lastJsonLine(await webgpuStdout(["eval", SOURCE]));
     // Sums of 2048 products of N(0, 1) values (size ~45): float32 rounding stays below 1e-3.
     assert.ok(err < 1e-3, `matMul differs from the float64 product by ${err}`);
     assert.ok(fusedErr < 1e-3, `fused matMul differs by ${fusedErr}`);
@@ -91,17 +79,12 @@ console.log(JSON.stringify({ fastPath: frozenPathAvailable(), errors: fast.map((
 
 Deno.test({
   name: "webgpu: the fast path equals autodiff on a ViT-B-wide model beyond a binding's size",
-  ignore: adapter === null && !required,
+  ignore: skip,
   async fn() {
-    assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", "--ext=js", WIDE_SOURCE],
-      cwd: root,
-      env: { DEER_BACKEND: "webgpu", DEER_QUIET: "1" },
-      stdin: "null",
-    }).output();
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    const { fastPath, errors } = JSON.parse(new TextDecoder().decode(out.stdout));
+    requireAdapter();
+    const { fastPath, errors } = lastJsonLine(
+      await webgpuStdout(["eval", "--ext=js", WIDE_SOURCE]),
+    );
     assert.equal(fastPath, true, "webgpu takes the fast path by default");
     // Before the attention output stopped going through tfjs' einsum: errors of 1 to 15.
     const [features, ...grads] = errors as number[];

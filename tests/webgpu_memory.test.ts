@@ -8,11 +8,10 @@ import {
   activationBytesPerSample,
   checkBatchFits,
   maxBatchFor,
-  probeInChild,
   type WebGpuAdapterSummary,
 } from "../lib/backend_webgpu.ts";
+import { webgpuGate, webgpuStdout } from "./helpers/webgpu.ts";
 
-const root = new URL("..", import.meta.url).pathname;
 const VIT_B16 = { imageSize: 224, patchSize: 16, width: 768, heads: 12, mlpDim: 3072 };
 /** lavapipe's limits (measured here). */
 const LAVAPIPE: WebGpuAdapterSummary = {
@@ -48,16 +47,13 @@ Deno.test("webgpu memory: ViT-B/16's largest tensor is the MLP activation; the b
   assert.throws(() => checkBatchFits(tiny, VIT_B16, 1), /even one sample does not fit/);
 });
 
-const adapter = await probeInChild();
-if (adapter === null && Deno.env.get("DEER_REQUIRE_WEBGPU") !== "1") {
-  console.error("webgpu memory tests skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)");
-}
+const { adapter, skip, requireAdapter } = await webgpuGate("webgpu memory tests");
 
 Deno.test({
   name: "webgpu memory: encoding a batch above the adapter's bound fails before any kernel runs",
-  ignore: adapter === null && Deno.env.get("DEER_REQUIRE_WEBGPU") !== "1",
+  ignore: skip,
   async fn() {
-    assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
+    requireAdapter();
     const cfg = { imageSize: 224, patchSize: 16, width: 64, heads: 64, mlpDim: 256 };
     const max = maxBatchFor(adapter!, cfg);
     const source = `
@@ -77,14 +73,7 @@ try {
   console.log(err.message);
 }
 `;
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", source],
-      cwd: root,
-      env: { DEER_BACKEND: "webgpu", DEER_QUIET: "1" },
-      stdin: "null",
-    }).output();
-    const text = new TextDecoder().decode(out.stdout);
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const text = await webgpuStdout(["eval", source]);
     assert.match(
       text,
       new RegExp(

@@ -5,31 +5,13 @@
  * skipped with a printed reason without one, failed instead when `DEER_REQUIRE_WEBGPU=1`.
  */
 import assert from "node:assert/strict";
-import { probeInChild } from "../lib/backend_webgpu.ts";
+import { jsonRelativeError, lastJsonLine, webgpuGate, webgpuStdout } from "./helpers/webgpu.ts";
 
-const root = new URL("..", import.meta.url).pathname;
-const adapter = await probeInChild();
-const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
-const skip = adapter === null && !required;
-if (skip) {
-  console.error(
-    "webgpu WGSL kernel tests skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)",
-  );
-}
+const { skip } = await webgpuGate("webgpu WGSL kernel tests");
 
-async function child(
-  args: string[],
-  env: Record<string, string>,
-): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: root,
-    env: { DEER_QUIET: "1", NO_COLOR: "1", DEER_BACKEND: "webgpu", ...env },
-    stdin: "null",
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  assert.equal(out.code, 0, `child ${args.join(" ")} failed:\n${text(out.stderr)}`);
-  return text(out.stdout).trim().split("\n").at(-1)!;
+/** `deno ARGS` on webgpu, which must succeed: the JSON its last line prints. */
+async function child(args: string[], env: Record<string, string>) {
+  return lastJsonLine(await webgpuStdout(args, env));
 }
 
 // Odd sizes (not multiples of the 64-wide workgroup), a single element, and a long row.
@@ -96,7 +78,7 @@ Deno.test({
     "webgpu WGSL: fused GELU/QuickGELU, LayerNorm and softmax-backward kernels equal the tfjs composition",
   ignore: skip,
   async fn() {
-    const errs = JSON.parse(await child(["eval", SOURCE], { WEBGPU_CPU_FORWARD: "false" }));
+    const errs = await child(["eval", SOURCE], { WEBGPU_CPU_FORWARD: "false" });
     assert.equal(Object.keys(errs).length, 27);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // Row sums in a different order than tfjs's reductions: float32 rounding, ≤ 1e-5.
@@ -105,28 +87,14 @@ Deno.test({
   },
 });
 
-// deno-lint-ignore no-explicit-any
-type Json = any;
-
-function relativeError(got: Json, want: Json): number {
-  const g = [got].flat(3) as number[], w = [want].flat(3) as number[];
-  assert.equal(g.length, w.length);
-  let err = 0, scale = 0;
-  for (let i = 0; i < w.length; i++) {
-    err = Math.max(err, Math.abs(g[i] - w[i]));
-    scale = Math.max(scale, Math.abs(w[i]));
-  }
-  return err / Math.max(scale, 1e-30);
-}
-
 Deno.test({
   name: "webgpu WGSL: the fast path with the kernels equals it without (tiny ViT)",
   ignore: skip,
   async fn() {
     const args = ["run", "-A", "tests/helpers/backend_worker.ts", "ops"];
     const [on, off] = [
-      JSON.parse(await child(args, {})),
-      JSON.parse(await child(args, { DEER_WGSL: "0" })),
+      await child(args, {}),
+      await child(args, { DEER_WGSL: "0" }),
     ];
     // The tolerances tests/webgpu_equivalence.test.ts uses between backends.
     const tolerances: Record<string, number> = {
@@ -139,7 +107,7 @@ Deno.test({
       factorsB: 1e-4,
     };
     for (const [key, tol] of Object.entries(tolerances)) {
-      const e = relativeError(on[key], off[key]);
+      const e = jsonRelativeError(on[key], off[key]);
       assert.ok(e < tol, `${key}: with the kernels differs by ${e} (tolerance ${tol})`);
     }
   },

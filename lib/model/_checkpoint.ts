@@ -15,6 +15,7 @@
  * ```
  * @module
  */
+import { join } from "node:path";
 import type { SafeTensor } from "./safetensors.ts";
 import type { HostBlock, HostNorm, HostTensor, VitActivation } from "./transformer.ts";
 
@@ -54,8 +55,16 @@ export class TensorSource {
       bias: this.get(`${prefix}.bias`, [width]),
     };
   }
+  /**
+   * The transformer blocks under `prefix`: `map` reads block i from its key prefix
+   * `${prefix}{i}.`, for every i whose keys exist (they must be 0..L−1).
+   */
+  blocks(prefix: string, map: (blockPrefix: string) => HostBlock): HostBlock[] {
+    const layers = this.countBlocks(prefix);
+    return Array.from({ length: layers }, (_, i) => map(`${prefix}${i}.`));
+  }
   /** Block indices i for which `${prefix}{i}.` keys exist: must be 0..L−1. */
-  countBlocks(prefix: string): number {
+  private countBlocks(prefix: string): number {
     const seen = new Set<number>();
     for (const name of Object.keys(this.tensors)) {
       if (!name.startsWith(prefix)) continue;
@@ -319,6 +328,25 @@ export async function readJsonIfExists(path: string): Promise<Record<string, unk
   } catch (err) {
     throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
   }
+}
+
+/**
+ * The model section of the `open_clip_config.json` in `dir` (its `model_cfg`, or the whole file
+ * where it holds the model config itself) and the file's path; `model` is undefined when there is
+ * no such file.
+ *
+ * @example
+ * ```ts
+ * const { file, model } = await readOpenClipConfig("models/biomedclip");
+ * const vision = (model?.vision_cfg ?? {}) as Record<string, unknown>;
+ * ```
+ */
+export async function readOpenClipConfig(
+  dir: string,
+): Promise<{ file: string; model?: Record<string, unknown> }> {
+  const file = join(dir, "open_clip_config.json");
+  const cfg = await readJsonIfExists(file);
+  return { file, model: (cfg?.model_cfg ?? cfg) as Record<string, unknown> | undefined };
 }
 
 /**

@@ -424,6 +424,25 @@ export async function readSafetensorsIndex(source: string | Uint8Array): Promise
   }
 }
 
+/**
+ * The tensors of an open file that `keep` selects, read and decoded one at a time in file order
+ * (sequential reads are the fast path on every disk).
+ */
+async function* readInFileOrder(
+  file: Deno.FsFile,
+  label: string,
+  index: SafetensorsIndex,
+  keep: (name: string, info: SafeTensorInfo) => boolean,
+): AsyncGenerator<{ name: string; info: SafeTensorInfo; data: Float32Array }> {
+  const wanted = Object.entries(index.tensors).filter(([name, info]) => keep(name, info))
+    .sort((a, b) => a[1].offsets[0] - b[1].offsets[0]);
+  for (const [name, info] of wanted) {
+    const [b, e] = info.offsets;
+    const bytes = await readExactly(file, `${label}: tensor "${name}"`, index.dataStart + b, e - b);
+    yield { name, info, data: decode(bytes, info.dtype, numel(info.shape)) };
+  }
+}
+
 async function openForRead(path: string): Promise<Deno.FsFile> {
   try {
     return await Deno.open(path, { read: true });
@@ -481,22 +500,8 @@ export async function readSafetensors(
   const file = await openForRead(source);
   try {
     const index = await readIndexFromFile(file, source);
-    // Read in file order: sequential reads are the fast path on every disk.
-    const wanted = Object.entries(index.tensors).filter(([name]) => include(name))
-      .sort((a, b) => a[1].offsets[0] - b[1].offsets[0]);
-    for (const [name, info] of wanted) {
-      const [b, e] = info.offsets;
-      const bytes = await readExactly(
-        file,
-        `${source}: tensor "${name}"`,
-        index.dataStart + b,
-        e - b,
-      );
-      tensors[name] = {
-        dtype: info.dtype,
-        shape: info.shape,
-        data: decode(bytes, info.dtype, numel(info.shape)),
-      };
+    for await (const { name, info, data } of readInFileOrder(file, source, index, include)) {
+      tensors[name] = { dtype: info.dtype, shape: info.shape, data };
     }
     return { tensors, metadata: index.metadata };
   } finally {
@@ -534,18 +539,9 @@ export async function findNonFinite(
   const file = await openForRead(path);
   try {
     const index = await readIndexFromFile(file, path);
-    const floats = Object.entries(index.tensors)
-      .filter(([name, info]) => include(name) && /^(F64|F32|F16|BF16)$/.test(info.dtype))
-      .sort((a, b) => a[1].offsets[0] - b[1].offsets[0]);
-    for (const [name, info] of floats) {
-      const [b, e] = info.offsets;
-      const bytes = await readExactly(
-        file,
-        `${path}: tensor "${name}"`,
-        index.dataStart + b,
-        e - b,
-      );
-      const data = decode(bytes, info.dtype, numel(info.shape));
+    const floats = (name: string, info: SafeTensorInfo) =>
+      include(name) && /^(F64|F32|F16|BF16)$/.test(info.dtype);
+    for await (const { name, data } of readInFileOrder(file, path, index, floats)) {
       let first = -1;
       let count = 0;
       for (let i = 0; i < data.length; i++) {

@@ -86,6 +86,7 @@ import {
   mapOpenaiBlock,
   metadataSettings,
   readJsonIfExists,
+  readOpenClipConfig,
   TensorSource,
   type TensorSourceOptions,
 } from "./_checkpoint.ts";
@@ -204,11 +205,7 @@ function mapOpenaiText(src: TensorSource, p: string): Mapped {
     throw new Error(`${src.label}: "${p}token_embedding.weight" must be 2-D [vocab, width]`);
   }
   const width = tok.shape[1];
-  const layers = src.countBlocks(`${p}transformer.resblocks.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    blocks.push(mapOpenaiBlock(src, `${p}transformer.resblocks.${i}.`, width));
-  }
+  const blocks = src.blocks(`${p}transformer.resblocks.`, (b) => mapOpenaiBlock(src, b, width));
   let proj: HostTensor | undefined, projBias: HostTensor | undefined;
   if (src.has(`${p}text_projection.weight`)) { // open_clip proj_type="linear" as nn.Linear
     proj = linear(src.get(`${p}text_projection.weight`, [null, width]));
@@ -239,9 +236,7 @@ function mapHfText(src: TensorSource, p: string): Mapped {
   const v = `${p}text_model.`;
   const tok = src.get(`${v}embeddings.token_embedding.weight`);
   const width = tok.shape[1];
-  const layers = src.countBlocks(`${v}encoder.layers.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) blocks.push(mapHfBlock(src, `${v}encoder.layers.${i}.`, width));
+  const blocks = src.blocks(`${v}encoder.layers.`, (b) => mapHfBlock(src, b, width));
   const proj = src.optional(`${p}text_projection.weight`, [null, width]);
   const weights: TextHostWeights = {
     tokenEmbedding: tok,
@@ -283,20 +278,18 @@ function mapBert(src: TensorSource, p: string): Mapped {
       positionEmbedding.data[i] += types.data[i % width];
     }
   }
-  const layers = src.countBlocks(`${p}encoder.layer.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    const b = `${p}encoder.layer.${i}.`;
+  const blocks = src.blocks(`${p}encoder.layer.`, (b) => {
     const qkv = ["query", "key", "value"].map((n) =>
       src.get(`${b}attention.self.${n}.weight`, [width, width])
     );
     const qkvBias = ["query", "key", "value"].map((n) =>
       src.get(`${b}attention.self.${n}.bias`, [width])
     );
-    blocks.push(
-      mapBlock(src, b, width, BERT_BLOCK, { weight: concatRows(qkv), bias: concatRows(qkvBias) }),
-    );
-  }
+    return mapBlock(src, b, width, BERT_BLOCK, {
+      weight: concatRows(qkv),
+      bias: concatRows(qkvBias),
+    });
+  });
   const pooler = src.has(`${p}pooler.dense.weight`)
     ? {
       weight: linear(src.get(`${p}pooler.dense.weight`, [width, width])),
@@ -449,9 +442,7 @@ async function settingsFromSidecar(
     }
   }
   if (layout === "openai" || layout === "bert") {
-    const file = join(dir, "open_clip_config.json");
-    const cfg = await readJsonIfExists(file);
-    const model = (cfg?.model_cfg ?? cfg) as Record<string, unknown> | undefined;
+    const { file, model } = await readOpenClipConfig(dir);
     if (!model) return {};
     const text = (model.text_cfg ?? {}) as Record<string, unknown>;
     if (layout === "bert") {
@@ -576,8 +567,7 @@ export async function loadTextEncoder(
     tokPath = await findTokenizer(dirname(path), kind);
     if (tokPath === undefined) {
       // BiomedCLIP's files name their tokenizer (a separate Hugging Face repository).
-      const sidecar = await readJsonIfExists(join(dirname(path), "open_clip_config.json"));
-      const model = (sidecar?.model_cfg ?? sidecar) as Record<string, unknown> | undefined;
+      const { model } = await readOpenClipConfig(dirname(path));
       const textCfg = (model?.text_cfg ?? {}) as Record<string, unknown>;
       const named = typeof textCfg.hf_tokenizer_name === "string"
         ? `; open_clip_config.json names the tokenizer "${textCfg.hf_tokenizer_name}" (its vocab.txt)`

@@ -40,7 +40,6 @@
 import { tf, webgpuAdapter } from "../backend.ts";
 import { checkBatchFits } from "../backend_webgpu.ts";
 import {
-  type Block,
   blockLora,
   blockToTensors,
   type HostBlock,
@@ -49,7 +48,6 @@ import {
   layerNorm,
   loraAdapterNames,
   type LoraInput,
-  type Norm,
   normToTensors,
   toTensor,
   transformerBlock,
@@ -60,6 +58,7 @@ import {
   disposeBlockViews,
   frozenBlocksForward,
   frozenPathAvailable,
+  type FrozenTower,
   prepareBlockViews,
 } from "./vit_fast.ts";
 
@@ -122,20 +121,16 @@ export interface VitHostWeights {
   projBias?: HostTensor;
 }
 
-/** The encoder's frozen tensors (see {@link VitHostWeights} for the conventions). */
-export interface VitWeights {
+/**
+ * The encoder's frozen tensors (see {@link VitHostWeights} for the conventions): the embedding,
+ * then the tower the blocks run on ({@link FrozenTower}; its `keyBias` only in volume encoders).
+ */
+export interface VitWeights extends FrozenTower {
   patchWeight: tf.Tensor2D;
   patchBias?: tf.Tensor1D;
   /** [1, 1, width]. */
   classEmbedding: tf.Tensor3D;
   positionEmbedding: tf.Tensor2D;
-  /** Additive attention bias per key token (volume encoders only). */
-  keyBias?: tf.Tensor1D;
-  lnPre?: Norm;
-  blocks: Block[];
-  lnPost: Norm;
-  proj?: tf.Tensor2D;
-  projBias?: tf.Tensor1D;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,8 +208,7 @@ export function encodeWithWeights(
   x: tf.Tensor4D | tf.Tensor5D,
   lora?: LoraInput,
 ): tf.Tensor2D {
-  checkInput(config, x);
-  if (lora) checkLora(config, lora);
+  checkArguments(config, x, lora);
   return tf.tidy((): tf.Tensor2D => {
     const n = x.shape[0];
     const { width } = config;
@@ -237,6 +231,12 @@ export function encodeWithWeights(
       ? tf.fused.matMul({ a: normed, b: w.proj, bias: w.projBias }) as tf.Tensor2D
       : tf.matMul(normed, w.proj);
   });
+}
+
+/** The input's shape and, when given, the LoRA tensors against `cfg` (errors say what to pass). */
+function checkArguments(cfg: VitConfig, x: tf.Tensor, lora?: LoraInput): void {
+  checkInput(cfg, x);
+  if (lora) checkLora(cfg, lora);
 }
 
 function checkInput(cfg: VitConfig, x: tf.Tensor): void {
@@ -426,8 +426,7 @@ function encodeFrozen(
   x: tf.Tensor4D | tf.Tensor5D,
   lora?: LoraInput,
 ): tf.Tensor2D {
-  checkInput(config, x);
-  if (lora) checkLora(config, lora);
+  checkArguments(config, x, lora);
   return tf.tidy(() =>
     frozenBlocksForward(config, w, embed(config, w, x, false), x.shape[0], lora)
   );

@@ -47,11 +47,12 @@ import {
   mapOpenaiBlock,
   metadataSettings,
   readJsonIfExists,
+  readOpenClipConfig,
   TensorSource,
   type TensorSourceOptions,
 } from "./_checkpoint.ts";
 import { readSafetensors, readSafetensorsIndex, type SafeTensor } from "./safetensors.ts";
-import type { HostBlock, HostTensor, VitActivation } from "./transformer.ts";
+import type { HostTensor, VitActivation } from "./transformer.ts";
 import {
   createVitEncoder,
   type VitConfig,
@@ -106,11 +107,7 @@ function mapOpenai(src: TensorSource, p: string): Mapped {
     throw new Error(`${src.label}: "${p}conv1.weight" must be 4-D [width, 3, P, P]`);
   }
   const width = conv.shape[0];
-  const layers = src.countBlocks(`${p}transformer.resblocks.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    blocks.push(mapOpenaiBlock(src, `${p}transformer.resblocks.${i}.`, width));
-  }
+  const blocks = src.blocks(`${p}transformer.resblocks.`, (b) => mapOpenaiBlock(src, b, width));
   const proj = src.optional(`${p}proj`, [width, null]); // already [width, embed]
   const weights: VitHostWeights = {
     patchWeight: convToMatrix(conv),
@@ -134,11 +131,7 @@ function mapHf(src: TensorSource, p: string): Mapped {
     throw new Error(`${src.label}: patch_embedding.weight must be 4-D [width, 3, P, P]`);
   }
   const width = conv.shape[0];
-  const layers = src.countBlocks(`${v}encoder.layers.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    blocks.push(mapHfBlock(src, `${v}encoder.layers.${i}.`, width));
-  }
+  const blocks = src.blocks(`${v}encoder.layers.`, (b) => mapHfBlock(src, b, width));
   const proj = src.optional(`${p}visual_projection.weight`, [null, width]);
   const weights: VitHostWeights = {
     patchWeight: convToMatrix(conv),
@@ -170,15 +163,11 @@ function mapTimm(src: TensorSource, trunk: string, head: string): Mapped {
     throw new Error(`${src.label}: patch_embed.proj.weight must be 4-D [width, 3, P, P]`);
   }
   const width = conv.shape[0];
-  const layers = src.countBlocks(`${trunk}blocks.`);
-  const blocks: HostBlock[] = [];
-  for (let i = 0; i < layers; i++) {
-    const b = `${trunk}blocks.${i}.`;
-    blocks.push(mapBlock(src, b, width, TIMM_BLOCK, {
+  const blocks = src.blocks(`${trunk}blocks.`, (b) =>
+    mapBlock(src, b, width, TIMM_BLOCK, {
       weight: src.get(`${b}attn.qkv.weight`, [3 * width, width]),
       bias: src.get(`${b}attn.qkv.bias`, [3 * width]),
     }));
-  }
   const cls = src.get(`${trunk}cls_token`, [1, 1, width]);
   const pos = src.get(`${trunk}pos_embed`, [1, null, width]);
   // open_clip's TimmModel projects with `head.proj` (BiomedCLIP: proj="linear"); with proj=""
@@ -276,9 +265,7 @@ async function settingsFromSidecar(
     });
   }
   if (layout === "openai") {
-    const file = join(dir, "open_clip_config.json");
-    const cfg = await readJsonIfExists(file);
-    const model = (cfg?.model_cfg ?? cfg) as Record<string, unknown> | undefined;
+    const { file, model } = await readOpenClipConfig(dir);
     if (!model) return {};
     const vision = (model.vision_cfg ?? {}) as Record<string, unknown>;
     const headWidth = typeof vision.head_width === "number" ? vision.head_width : 64;

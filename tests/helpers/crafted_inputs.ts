@@ -8,7 +8,8 @@ import jpeg from "jpeg-js";
 import { zlibSync } from "fflate";
 import { crc32, encodeNpy } from "../../lib/data/npy.ts";
 
-function concat(parts: Uint8Array[]): Uint8Array {
+/** The byte arrays one after the other. */
+export function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((a, c) => a + c.length, 0));
   let p = 0;
   for (const c of parts) {
@@ -18,7 +19,8 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-function pngChunk(type: string, data: Uint8Array): Uint8Array {
+/** One PNG chunk: length, type, data and the CRC-32 of type and data. */
+export function pngChunk(type: string, data: Uint8Array): Uint8Array {
   const out = new Uint8Array(12 + data.length);
   const v = new DataView(out.buffer);
   v.setUint32(0, data.length);
@@ -48,16 +50,29 @@ export function pngWithIdat(
   idat: Uint8Array,
   options: { interlace?: boolean } = {},
 ): Uint8Array {
+  return pngFile({ width, height, depth: 8, colorType: 2, interlace: options.interlace }, idat);
+}
+
+/**
+ * A PNG file: the signature, IHDR with the given fields (compression and filter method 0), a PLTE
+ * chunk when `palette` (RGB triples) is given, one IDAT holding `idat` as given, IEND.
+ */
+export function pngFile(
+  header: { width: number; height: number; depth: number; colorType: number; interlace?: boolean },
+  idat: Uint8Array,
+  palette?: number[],
+): Uint8Array {
   const ihdr = new Uint8Array(13);
   const iv = new DataView(ihdr.buffer);
-  iv.setUint32(0, width);
-  iv.setUint32(4, height);
-  ihdr[8] = 8; // bit depth
-  ihdr[9] = 2; // RGB
-  ihdr[12] = options.interlace ? 1 : 0;
+  iv.setUint32(0, header.width);
+  iv.setUint32(4, header.height);
+  ihdr[8] = header.depth;
+  ihdr[9] = header.colorType;
+  ihdr[12] = header.interlace ? 1 : 0;
   return concat([
     new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     pngChunk("IHDR", ihdr),
+    ...(palette ? [pngChunk("PLTE", new Uint8Array(palette))] : []),
     pngChunk("IDAT", idat),
     pngChunk("IEND", new Uint8Array(0)),
   ]);

@@ -3,9 +3,15 @@
  * @module
  */
 
-/** Runs `fn` with a fresh temporary folder and removes the folder afterwards, whatever happens. */
-export async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
+/**
+ * Runs `fn` with a fresh temporary folder (its name starting with `prefix`, when given) and
+ * removes the folder afterwards, whatever happens.
+ */
+export async function withDir(
+  fn: (dir: string) => Promise<void>,
+  prefix?: string,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
   try {
     await fn(dir);
   } finally {

@@ -1,0 +1,102 @@
+/**
+ * What the webgpu tests share: whether there is an adapter to run them on (probed in a child
+ * process, as the library does), child Deno processes in the repository root, and the comparison
+ * of the numbers they print.
+ *
+ * Without an adapter the tests are skipped (reported as ignored) with a printed reason, unless
+ * `DEER_REQUIRE_WEBGPU=1` (CI) makes a missing adapter a failure. A software adapter is enough:
+ * Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`).
+ * @module
+ */
+import assert from "node:assert/strict";
+import {
+  describeAdapter,
+  probeInChild,
+  type WebGpuAdapterSummary,
+} from "../../lib/backend_webgpu.ts";
+
+const root = new URL("../..", import.meta.url).pathname;
+
+/** The adapter the webgpu tests of one file run on, and whether they are skipped. */
+export interface WebgpuGate {
+  adapter: WebGpuAdapterSummary | null;
+  /** No adapter and `DEER_REQUIRE_WEBGPU` is not 1: the tests are ignored. */
+  skip: boolean;
+  /** Fails the test when there is no adapter (where `DEER_REQUIRE_WEBGPU=1` asked for one). */
+  requireAdapter(): void;
+}
+
+/** Probes for an adapter and says on stderr what `what` (the tests of a file) will run on. */
+export async function webgpuGate(what: string): Promise<WebgpuGate> {
+  const adapter = await probeInChild();
+  const required = Deno.env.get("DEER_REQUIRE_WEBGPU") === "1";
+  if (adapter !== null) {
+    console.error(`${what} on ${describeAdapter(adapter)}`);
+  } else if (required) {
+    console.error(`${what}: DEER_REQUIRE_WEBGPU=1 but there is no WebGPU adapter`);
+  } else {
+    console.error(`${what} skipped: no WebGPU adapter (mesa-vulkan-drivers gives one)`);
+  }
+  return {
+    adapter,
+    skip: adapter === null && !required,
+    requireAdapter() {
+      assert.ok(adapter !== null, "no WebGPU adapter (DEER_REQUIRE_WEBGPU=1 asks for one)");
+    },
+  };
+}
+
+/** A finished child process's exit code and output. */
+export interface ChildResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deno ARGS` in the repository root, quiet and uncoloured, with `env` added. */
+export async function runDeno(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<ChildResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: root,
+    env: { DEER_QUIET: "1", NO_COLOR: "1", ...env },
+    stdin: "null",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+/** {@link runDeno} on the webgpu backend, which must succeed; its stdout. */
+export async function webgpuStdout(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<string> {
+  const r = await runDeno(args, { DEER_BACKEND: "webgpu", ...env });
+  assert.equal(r.code, 0, `child ${args.join(" ")} failed:\n${r.stderr}`);
+  return r.stdout;
+}
+
+// deno-lint-ignore no-explicit-any
+export type Json = any;
+
+/** The JSON value on the last line of a child's stdout. */
+export function lastJsonLine(stdout: string): Json {
+  return JSON.parse(stdout.trim().split("\n").at(-1)!);
+}
+
+/**
+ * max |got − want| / max(1e-30, max |want|), over the numbers of (nested) arrays flattened: an
+ * all-zero `want` makes any difference fail a tolerance.
+ */
+export function jsonRelativeError(got: Json, want: Json): number {
+  const g = [got].flat(3) as number[], w = [want].flat(3) as number[];
+  assert.equal(g.length, w.length);
+  let err = 0, scale = 0;
+  for (let i = 0; i < w.length; i++) {
+    err = Math.max(err, Math.abs(g[i] - w[i]));
+    scale = Math.max(scale, Math.abs(w[i]));
+  }
+  return err / Math.max(scale, 1e-30);
+}
