@@ -18,15 +18,11 @@
  * started server's PID is also recorded there until it is stopped, so a harness can stop servers
  * a crashed test left behind (`.ci/nats.sh stop`).
  *
- * @example
- * ```ts ignore
- * const server = await startNatsServer({ dir: "/tmp/fed", sites: ["site-a", "site-b"] });
- * try {
- *   console.log(server.url, server.credentials("site-a").seedFile);
- * } finally {
- *   await server.stop();
- * }
- * ```
+ * Usage, where nats-server is installed:
+ * `const server = await startNatsServer({ dir: "/tmp/fed", sites: ["site-a", "site-b"] })`, then
+ * `server.url` (`tls://127.0.0.1:PORT`) and `server.credentials("site-a")` to connect, and
+ * `await server.stop()` in a `finally` (see tests/helpers/nats.ts; `deno task federation server`
+ * runs one until Ctrl-C).
  * @module
  */
 import { join } from "node:path";

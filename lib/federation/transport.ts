@@ -11,13 +11,13 @@
  * key, an atomic step, so a redelivered task never yields two accepted results; every other result
  * is refused and the refusal recorded under `refused.<run>.<seq>`.
  *
- * @example
- * ```ts ignore
- * const nc = await connectFederation(server.url, server.credentials("coordinator"));
- * const coordinator = await openCoordinator(nc, { run: "run-1", sites: ["a", "b"] });
- * await coordinator.sendTasks({ round: 1, phase: 0, deadline, global, tasks: [{ site: "a", settings: {} }] });
- * const phase = await coordinator.collectPhase({ round: 1, phase: 0, sites: ["a"], deadline, spec });
- * ```
+ * Usage, against a running nats-server (`startNatsServer`, `deno task federation server`): the
+ * coordinator `const nc = await connectFederation(server.url, server.credentials("coordinator"))`,
+ * `const coordinator = await openCoordinator(nc, { run: "run-1", sites: ["a", "b"] })`, then per
+ * phase `await coordinator.sendTasks({ round, phase, deadline, global, tasks })` and
+ * `await coordinator.collectPhase({ round, phase, sites, deadline, spec })`; a site
+ * `const lease = await (await openSite(nc, "a")).nextTask(5000)`, `await lease.global()`,
+ * `await lease.publishResult(release, report)` (see tests/federation_leases.test.ts).
  * @module
  */
 import { connect, nkeyAuthenticator } from "@nats-io/transport-node";
