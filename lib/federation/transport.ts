@@ -234,7 +234,7 @@ async function getBlob(store: ObjectStore, ref: BlobRef, maxBytes: number): Prom
 /**
  * The message for an envelope and its arrays: inline when it fits in `maxMessage`, else the
  * arrays go to `store` as a blob and the message carries the envelope with the blob's ref under
- * `refField`.
+ * `refField`. Returns the message and the blob's size (0 when inline).
  */
 async function envelopeMessage(
   envelope: Record<string, unknown>,
@@ -242,12 +242,15 @@ async function envelopeMessage(
   arrays: Payload["arrays"],
   maxMessage: number,
   store: () => Promise<{ store: ObjectStore; bucket: string; name: string }>,
-): Promise<Uint8Array> {
+): Promise<{ data: Uint8Array; blob: number }> {
   const inline = await encodePayload({ meta: { ...envelope, [refField]: null }, arrays });
-  if (inline.length <= maxMessage) return inline;
+  if (inline.length <= maxMessage) return { data: inline, blob: 0 };
   const { store: s, bucket, name } = await store();
   const ref = await putBlob(s, bucket, name, inline);
-  return await encodePayload({ meta: { ...envelope, [refField]: ref }, arrays: [] });
+  return {
+    data: await encodePayload({ meta: { ...envelope, [refField]: ref }, arrays: [] }),
+    blob: inline.length,
+  };
 }
 
 /** A result the coordinator accepted. */
@@ -267,6 +270,25 @@ export interface Refusal {
   attempt: number | null;
   reason: string;
   at: string;
+}
+
+/**
+ * The encoded bytes that crossed the transport for one site in one round phase, as the
+ * coordinator counted them: `to-site`, the task message it published and the global-factors blob
+ * that message refers to (the site fetches it once per attempt); `from-site`, the result message
+ * it took (accepted or refused) and the release blob it fetched. NATS' own framing, JetStream
+ * acknowledgements and heartbeats are not included.
+ */
+export interface Traffic {
+  /** Null for a result whose envelope could not be read. */
+  round: number | null;
+  phase: number | null;
+  site: string;
+  direction: "to-site" | "from-site";
+  /** Bytes of the message body (a factor payload, `codec.ts`). */
+  message: number;
+  /** Bytes of the object-store blob the message refers to; 0 when the arrays were inline. */
+  blob: number;
 }
 
 /** What {@link Coordinator.takeResult} made of one message. */
@@ -324,6 +346,8 @@ export interface Coordinator {
   loadState<T>(key: string): Promise<T | null>;
   /** Writes one JSON value of the round state. */
   saveState(key: string, value: unknown): Promise<void>;
+  /** The bytes sent and taken by this coordinator so far, one entry per message (a copy). */
+  traffic(): Traffic[];
 }
 
 /** Provisions the federation and opens the coordinator's side of it. */
@@ -346,6 +370,7 @@ export async function openCoordinator(
   const maxBlobBytes = settings.maxBlobBytes ?? 512 * 1024 * 1024;
   const { run } = settings;
   const consumer = await js.consumers.get(names.resultsStream, names.resultsConsumer);
+  const traffic: Traffic[] = [];
 
   /** Decodes a stored result message fully (fetching its blob); throws PayloadError. */
   const readResult = async (
@@ -412,9 +437,25 @@ export async function openCoordinator(
       read = await readResult(msg.subject, msg.data, spec);
     } catch (err) {
       if (!(err instanceof PayloadError)) throw err;
+      traffic.push({
+        round: null,
+        phase: null,
+        site: msg.subject.slice(names.prefix.length + ".result.".length),
+        direction: "from-site",
+        message: msg.data.length,
+        blob: 0,
+      });
       return await refuse(msg, err.message, {});
     }
     const { envelope } = read;
+    traffic.push({
+      round: envelope.round,
+      phase: envelope.phase,
+      site: envelope.site,
+      direction: "from-site",
+      message: msg.data.length,
+      blob: envelope.release?.bytes ?? 0,
+    });
     if (envelope.round !== current.round || envelope.phase !== current.phase) {
       return await refuse(
         msg,
@@ -476,7 +517,7 @@ export async function openCoordinator(
           deadline: deadline.toISOString(),
           settings: taskSettings,
         } satisfies Omit<TaskEnvelope, "global">;
-        const data = await envelopeMessage(
+        const { data, blob } = await envelopeMessage(
           envelope,
           "global",
           arrays,
@@ -489,6 +530,7 @@ export async function openCoordinator(
             }),
         );
         await js.publish(names.taskSubject(site), data, { msgID: taskMessageId(envelope) });
+        traffic.push({ round, phase, site, direction: "to-site", message: data.length, blob });
       }
     },
     takeResult,
@@ -522,6 +564,7 @@ export async function openCoordinator(
     async saveState(key, value) {
       await state.put(`state.${run}.${key}`, JSON.stringify(value));
     },
+    traffic: () => traffic.map((t) => ({ ...t })),
   };
 }
 
@@ -596,14 +639,20 @@ export async function openSite(
             attempt,
             report,
           } satisfies Omit<ResultEnvelope, "release">;
-          const data = await envelopeMessage(envelope, "release", arrays, maxMessage, async () => {
-            upload ??= await objm.open(names.uploadBucket(site));
-            return {
-              store: upload,
-              bucket: names.uploadBucket(site),
-              name: `${task.run}.r${task.round}.p${task.phase}.a${attempt}`,
-            };
-          });
+          const { data } = await envelopeMessage(
+            envelope,
+            "release",
+            arrays,
+            maxMessage,
+            async () => {
+              upload ??= await objm.open(names.uploadBucket(site));
+              return {
+                store: upload,
+                bucket: names.uploadBucket(site),
+                name: `${task.run}.r${task.round}.p${task.phase}.a${attempt}`,
+              };
+            },
+          );
           await js.publish(names.resultSubject(site), data, { msgID: resultMessageId(envelope) });
           await msg.ackAck();
         },
