@@ -134,9 +134,23 @@ natsTest(
               assert.equal(up[0].blob, (await uploads.info(`blobs.r${round}.p0.a1`))!.size);
             }
           }
+          // The server carried at least the counted bytes on site-a's connection, each way.
+          const connz = await (await fetch(`${server.monitorUrl}/connz?limit=100`)).json();
+          const conn = connz.connections.find((c: { name?: string }) => c.name === "deer-site-a");
+          const counted = (d: string) =>
+            traffic.filter((t) => t.direction === d).reduce((n, t) => n + t.message + t.blob, 0);
+          assert.ok(conn.out_bytes >= counted("to-site"), `${conn.out_bytes} to site-a`);
+          assert.ok(conn.in_bytes >= counted("from-site"), `${conn.in_bytes} from site-a`);
+          console.log(
+            `  server's count on site-a's connection: ${
+              (conn.out_bytes / counted("to-site")).toFixed(3)
+            }× the counted bytes to it, ${
+              (conn.in_bytes / counted("from-site")).toFixed(3)
+            }× from it (acks, API calls, chunk headers)`,
+          );
         });
       });
-    });
+    }, { monitor: true });
   },
 );
 
