@@ -24,6 +24,7 @@ import { connect, nkeyAuthenticator } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
   AckPolicy,
+  type Consumer,
   DeliverPolicy,
   jetstream,
   type JetStreamClient,
@@ -181,6 +182,22 @@ export async function provisionFederation(
     await objm.create(names.uploadBucket(site), { storage: StorageType.File });
   }
   return names;
+}
+
+/**
+ * One message from a pull consumer, or null when none came within `expires`. A pull also ends
+ * when the client misses two of the server's idle heartbeats (a server stalled for a few seconds,
+ * or a client starved of CPU); that is an empty poll here, not a failure: the caller polls again,
+ * and a message the ended pull may have been carrying is redelivered after the consumer's ack
+ * wait (a task's lease, a result's `resultAckWaitMs`).
+ */
+async function pull(consumer: Consumer, expires: number): Promise<JsMsg | null> {
+  try {
+    return await consumer.next({ expires });
+  } catch (err) {
+    if (err instanceof Error && err.message === "heartbeats missed") return null;
+    throw err;
+  }
 }
 
 /** Room left in a message for the NATS headers. */
@@ -429,7 +446,7 @@ export async function openCoordinator(
   };
 
   const takeResult: Coordinator["takeResult"] = async (current, spec, timeoutMs) => {
-    const msg = await consumer.next({ expires: Math.max(1000, timeoutMs) });
+    const msg = await pull(consumer, Math.max(1000, timeoutMs));
     if (!msg) return null;
     const seq = msg.info.streamSequence;
     let read;
@@ -609,7 +626,7 @@ export async function openSite(
     name: site,
     names,
     async nextTask(timeoutMs) {
-      const msg = await consumer.next({ expires: Math.max(1000, timeoutMs) });
+      const msg = await pull(consumer, Math.max(1000, timeoutMs));
       if (!msg) return null;
       const small = await decodePayload(msg.data);
       const task = checkTaskEnvelope(small.meta, site);
