@@ -72,6 +72,7 @@ function procStats(pid: number): { peakMiB: number; cpuS: number } | null {
   try {
     const status = Deno.readTextFileSync(`/proc/${pid}/status`);
     const hwm = Number(status.match(/^VmHWM:\s+(\d+) kB/m)?.[1] ?? NaN);
+    if (!Number.isFinite(hwm)) return null; // exited, not yet reaped: keep the last sample
     // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
     const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
