@@ -470,6 +470,11 @@ async function serve(
     if (refusals.length > 0) {
       await writeJsonAtomic(joinPath(outDir, "refusals.json"), refusals);
     }
+    // The encoded bytes sent to and taken from each site (lib/federation/transport.ts Traffic).
+    await writeJsonAtomic(
+      joinPath(outDir, "traffic.json"),
+      [...coordinators].flatMap(([seed, c]) => c.traffic().map((t) => ({ seed, ...t }))),
+    );
   } finally {
     await nc.close();
     inputs.dispose();

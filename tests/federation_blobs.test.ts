@@ -3,7 +3,8 @@
  * with TLS: a ViT-B/16-sized LoRA release (12 blocks × q,k,v × A,B of 16×768, float32, 3.4 MiB)
  * and a 1 MiB one travel site → coordinator, and the global factors coordinator → site,
  * bit-identical; a small one stays inline; a blob changed in the store after its result was
- * published is refused. Prints the measured round-trip times.
+ * published is refused; the coordinator's byte count (`traffic()`) is the size of every message
+ * and of every blob in the store. Prints the measured round-trip times.
  */
 import assert from "node:assert/strict";
 import { Objm } from "@nats-io/obj";
@@ -57,12 +58,18 @@ natsTest(
             { label: "ViT-B/16 r=16 (3.4 MiB)", arrays: vitFactors(12, 16, 768, 3), inline: false },
           ];
           let round = 0;
+          const sizes: { round: number; inline: boolean; bytes: number }[] = [];
           for (const { label, arrays, inline } of cases) {
             const bytes = arrays.reduce((n, a) => n + a.data.byteLength, 0);
             const down: number[] = [];
             const up: number[] = [];
             for (let rep = 0; rep < 3; rep++) {
               round++;
+              sizes.push({
+                round,
+                inline,
+                bytes: arrays.reduce((n, a) => n + a.data.byteLength, 0),
+              });
               // Coordinator → site: the global factors of a task.
               let t = performance.now();
               await coordinator.sendTasks({
@@ -100,9 +107,50 @@ natsTest(
                 `(${(mib / (median(up) / 1000)).toFixed(0)} MiB/s; median of 3, TLS, loopback)`,
             );
           }
+          // The byte count: one entry per message each way; a blob's count is its stored size.
+          const traffic = coordinator.traffic();
+          assert.equal(traffic.length, 2 * sizes.length);
+          const objm = new Objm(jetstream(nc));
+          const globalStore = await objm.open("deer-global");
+          const uploads = await objm.open("deer-up-site-a");
+          for (const { round, inline, bytes } of sizes) {
+            const [down, up] = ["to-site", "from-site"].map((direction) =>
+              traffic.filter((t) => t.round === round && t.direction === direction)
+            );
+            assert.equal(down.length, 1);
+            assert.equal(up.length, 1);
+            for (const t of [...down, ...up]) {
+              assert.deepEqual([t.site, t.phase], ["site-a", 0]);
+              if (inline) {
+                assert.equal(t.blob, 0);
+                assert.ok(t.message > bytes && t.message < bytes + 16_384, JSON.stringify(t));
+              } else {
+                assert.ok(t.message < 4096, `a blob's message is its envelope: ${t.message}`);
+                assert.ok(t.blob > bytes && t.blob < bytes + 16_384, JSON.stringify(t));
+              }
+            }
+            if (!inline) {
+              assert.equal(down[0].blob, (await globalStore.info(`blobs.r${round}.p0`))!.size);
+              assert.equal(up[0].blob, (await uploads.info(`blobs.r${round}.p0.a1`))!.size);
+            }
+          }
+          // The server carried at least the counted bytes on site-a's connection, each way.
+          const connz = await (await fetch(`${server.monitorUrl}/connz?limit=100`)).json();
+          const conn = connz.connections.find((c: { name?: string }) => c.name === "deer-site-a");
+          const counted = (d: string) =>
+            traffic.filter((t) => t.direction === d).reduce((n, t) => n + t.message + t.blob, 0);
+          assert.ok(conn.out_bytes >= counted("to-site"), `${conn.out_bytes} to site-a`);
+          assert.ok(conn.in_bytes >= counted("from-site"), `${conn.in_bytes} from site-a`);
+          console.log(
+            `  server's count on site-a's connection: ${
+              (conn.out_bytes / counted("to-site")).toFixed(3)
+            }× the counted bytes to it, ${
+              (conn.in_bytes / counted("from-site")).toFixed(3)
+            }× from it (acks, API calls, chunk headers)`,
+          );
         });
       });
-    });
+    }, { monitor: true });
   },
 );
 

@@ -3,8 +3,9 @@
  * a task gets the task back after the lease and exactly one result is accepted; a holder whose
  * lease lapsed and who still publishes is refused as a duplicate (recorded); heartbeats keep a
  * lease past its AckWait; a site missing the deadline is reported missing and its late result
- * refused; and a coordinator that stops mid-phase (before or after acking a result) is replaced
- * by one that ends the phase with the same accepted results.
+ * refused; a coordinator that stops mid-phase (before or after acking a result) is replaced
+ * by one that ends the phase with the same accepted results; and a pull that misses the server's
+ * heartbeats while the server stalls is an empty poll for the site and the coordinator alike.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -270,6 +271,46 @@ natsTest(
         );
         assert.deepEqual(phase.refused, []);
         assert.deepEqual(phase.missing, []);
+      });
+    });
+  },
+);
+
+natsTest(
+  "federation leases: pulls that miss the server's heartbeats (server stalled 3.5 s) are empty polls; the task and result come on the next ones",
+  async () => {
+    const sites = ["site-a"];
+    await withNatsServer(sites, async (server) => {
+      await withCoordinator(server, { run: "stall", sites, leaseMs: 5000 }, async (coordinator) => {
+        await withConnection(server, "site-a", async (ns) => {
+          const site = await openSite(ns, "site-a");
+          // Both sides wait on a pull (server heartbeats every second) while the server stops.
+          const task = site.nextTask(2000);
+          const result = coordinator.takeResult({ round: 1, phase: 0 }, spec, 2000);
+          await new Promise((r) => setTimeout(r, 200));
+          Deno.kill(server.pid, "SIGSTOP");
+          try {
+            await new Promise((r) => setTimeout(r, 3500));
+          } finally {
+            Deno.kill(server.pid, "SIGCONT");
+          }
+          assert.equal(await task, null, "the site's pull ended empty");
+          assert.equal(await result, null, "the coordinator's pull ended empty");
+          // The connections carry on: a task, its release, accepted.
+          await coordinator.sendTasks({
+            round: 1,
+            phase: 0,
+            deadline: later(30_000),
+            global,
+            tasks: [{ site: "site-a", settings: {} }],
+          });
+          const lease = await site.nextTask(5000);
+          assert.ok(lease, "the task came after the stall");
+          assert.equal(lease.attempt, 1);
+          await lease.publishResult(release(0.5));
+          const outcome = await coordinator.takeResult({ round: 1, phase: 0 }, spec, 5000);
+          assert.equal(outcome?.status, "accepted", JSON.stringify(outcome));
+        });
       });
     });
   },

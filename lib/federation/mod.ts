@@ -72,6 +72,7 @@ export {
   type Refusal,
   type ResultOutcome,
   type Site,
+  type Traffic,
   type TransportSettings,
   withHeartbeat,
 } from "./transport.ts";

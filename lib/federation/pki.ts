@@ -5,9 +5,12 @@
  * A real deployment uses certificates from its own CA; nothing here is meant to last.
  *
  * @example
- * ```ts ignore
- * const pki = await makeThrowawayPki("/tmp/fed/pki", ["coordinator", "site-a"]);
- * pki.clients["site-a"].certFile; // "/tmp/fed/pki/site-a.pem"
+ * ```ts
+ * const dir = await Deno.makeTempDir();
+ * const pki = await makeThrowawayPki(dir, ["coordinator", "site-a"]);
+ * const pem = await Deno.readTextFile(pki.clients["site-a"].certFile); // `${dir}/site-a.pem`
+ * pem.startsWith("-----BEGIN CERTIFICATE-----"); // true
+ * await Deno.remove(dir, { recursive: true });
  * ```
  * @module
  */

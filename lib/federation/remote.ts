@@ -8,12 +8,14 @@
  * What travels: to a site, the global factors (and the dense merges of methods that merge into
  * the frozen weights) with the client index; from a site, its released factors and the
  * statistics the record needs (loss, norm before clipping, whether it was clipped). Under central
- * trust the coordinator recomputes the norm of each release and refuses one above C·(1 + 1e-5).
+ * trust and strict calibration the coordinator recomputes the norm of each release (in product
+ * space in a regulated phase, {@link releaseFault}) and refuses one above C·(1 + 1e-5).
  *
  * @module
  */
 import type { SharedBackbone } from "../fl/backbone.ts";
 import { allFinite, type LoraDims, type LoraFactors, sqNorm } from "../fl/factors.ts";
+import { productSpaceNorm } from "../privacy/clip.ts";
 import type { PhaseRecord, RemoteClients } from "../fl/simulation.ts";
 import type { ClientRelease } from "../privacy/mechanism.ts";
 import type { ArraySpec, NamedArray } from "./codec.ts";
@@ -58,9 +60,9 @@ export interface NatsClientsOptions {
   dims: LoraDims;
   /** How long a phase waits for its sites. */
   deadlineMs: number;
-  /** Factors each phase releases and whether its clip bound is checked here (central strict). */
+  /** Factors each phase releases and whether it is regulated (its bound is in product space). */
   phases: readonly { release: readonly ("A" | "B")[]; regulate: boolean }[];
-  /** The clip bound to enforce on unregulated releases (central trust, strict), or null. */
+  /** The clip bound every release is checked against (central trust, strict), or null. */
   clip: number | null;
   /** What every task carries besides its client index (the run's train flags, the seed). */
   settings?: Record<string, unknown>;
@@ -68,26 +70,59 @@ export interface NatsClientsOptions {
   onRefusal?: (r: Refusal | { site: string; reason: string; round: number; phase: number }) => void;
 }
 
-/** Why a decoded release cannot be combined, or null. */
-function releaseFault(
+/**
+ * Why a decoded release cannot be combined, or null: a non-finite value, or (when `clip` is set:
+ * central trust, strict calibration) a norm above C·(1 + 1e-5), the float32 rounding the
+ * mechanism's own check allows. The norm is that of the update `release − global` over the
+ * released factors; in a regulated phase it is taken in product space (`productSpaceNorm`: ‖ΔB·A‖
+ * in phase B, ‖B·ΔA‖ in phase A, the peer being the global factor the site started from), which
+ * is where the strict mechanism clips it.
+ */
+export function releaseFault(
   factors: LoraFactors,
   global: LoraFactors,
-  released: readonly ("A" | "B")[],
+  phase: { release: readonly ("A" | "B")[]; regulate: boolean },
+  dims: LoraDims,
   clip: number | null,
 ): string | null {
   if (!allFinite(factors)) return "non-finite values in the release";
   if (clip === null) return null;
-  let sq = 0;
-  for (const which of released) {
-    factors[which].forEach((t, i) => {
+  const delta = (which: "A" | "B") =>
+    factors[which].map((t, i) => {
       const g = global[which][i];
       const d = new Float32Array(t.length);
       for (let j = 0; j < t.length; j++) d[j] = t[j] - g[j];
-      sq += sqNorm(d);
+      return d;
     });
+  let norm: number;
+  let where = "";
+  if (phase.regulate) {
+    if (phase.release.length !== 1) {
+      throw new Error(
+        `a regulated phase releasing ${phase.release.join(" and ")} has no client-level clip ` +
+          `bound (strict calibration regulates one factor per phase: DEeR with module1 = 1)`,
+      );
+    }
+    const which = phase.release[0];
+    const peers = which === "B" ? global.A : global.B;
+    norm = productSpaceNorm({
+      phase: which,
+      deltas: delta(which),
+      peers,
+      d: dims.dIn,
+      dOut: dims.dOut,
+      // The peers' rank: the global factors' (a client's own rank is not a strict setting).
+      r: peers.length > 0 ? peers[0].length / (which === "B" ? dims.dIn : dims.dOut) : dims.rank,
+    });
+    where = " in product space";
+  } else {
+    let sq = 0;
+    for (const which of phase.release) for (const d of delta(which)) sq += sqNorm(d);
+    norm = Math.sqrt(sq);
   }
-  const norm = Math.sqrt(sq);
-  return norm <= clip * (1 + 1e-5) ? null : `release norm ${norm} above the clip bound C = ${clip}`;
+  return norm <= clip * (1 + 1e-5)
+    ? null
+    : `release norm${where} ${norm} above the clip bound C = ${clip}`;
 }
 
 /** The coordinator's remote clients over JetStream (see the module's notes). */
@@ -121,7 +156,7 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
       for (const [site, result] of got.accepted) {
         const k = bySite.get(site)!;
         const { factors } = arraysFactors(result.release.arrays);
-        const fault = releaseFault(factors, global, phase.release, phase.regulate ? null : o.clip);
+        const fault = releaseFault(factors, global, phase, o.dims, o.clip);
         const report = result.envelope.report as Record<string, unknown>;
         if (fault) {
           o.onRefusal?.({ site, reason: fault, round: round + 1, phase: phaseIndex });

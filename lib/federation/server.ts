@@ -18,15 +18,11 @@
  * started server's PID is also recorded there until it is stopped, so a harness can stop servers
  * a crashed test left behind (`.ci/nats.sh stop`).
  *
- * @example
- * ```ts ignore
- * const server = await startNatsServer({ dir: "/tmp/fed", sites: ["site-a", "site-b"] });
- * try {
- *   console.log(server.url, server.credentials("site-a").seedFile);
- * } finally {
- *   await server.stop();
- * }
- * ```
+ * Usage, where nats-server is installed:
+ * `const server = await startNatsServer({ dir: "/tmp/fed", sites: ["site-a", "site-b"] })`, then
+ * `server.url` (`tls://127.0.0.1:PORT`) and `server.credentials("site-a")` to connect, and
+ * `await server.stop()` in a `finally` (see tests/helpers/nats.ts; `deno task federation server`
+ * runs one until Ctrl-C).
  * @module
  */
 import { join } from "node:path";
@@ -58,12 +54,19 @@ export interface NatsServerOptions {
   maxPayload?: number;
   /** JetStream file-store limit in bytes (default 1 GiB). */
   maxFileStore?: number;
+  /**
+   * Also serve nats-server's HTTP monitoring endpoint (`/connz`: messages and bytes per
+   * connection) on 127.0.0.1, any free port (default off: it answers without credentials).
+   */
+  monitor?: boolean;
 }
 
 /** A running nats-server. */
 export interface NatsServer {
   /** `tls://127.0.0.1:PORT`. */
   url: string;
+  /** `http://127.0.0.1:PORT` of the monitoring endpoint, or null without `monitor`. */
+  monitorUrl: string | null;
   port: number;
   pid: number;
   dir: string;
@@ -145,6 +148,8 @@ export function natsServerConfig(c: {
   port: number;
   maxPayload: number;
   maxFileStore: number;
+  /** Serve the HTTP monitoring endpoint on 127.0.0.1, any free port. */
+  monitor?: boolean;
   tls: { caFile: string; certFile: string; keyFile: string };
   /** Public nkey of each identity; "coordinator" gets every permission. */
   users: { name: string; publicKey: string; permissions: Permissions | null }[];
@@ -159,7 +164,7 @@ listen: "127.0.0.1:${c.port}"
 pid_file: ${q(join(c.dir, "nats.pid"))}
 ports_file_dir: ${q(c.dir)}
 log_file: ${q(join(c.dir, "nats.log"))}
-max_payload: ${c.maxPayload}
+${c.monitor ? 'http: "127.0.0.1:-1"\n' : ""}max_payload: ${c.maxPayload}
 jetstream {
   store_dir: ${q(join(c.dir, "jetstream"))}
   max_memory_store: 64MB
@@ -242,6 +247,7 @@ export async function prepareNatsServer(opts: NatsServerOptions): Promise<string
       port: opts.port ? opts.port : -1, // nats-server's -1 is "any free port" (0 means 4222)
       maxPayload: opts.maxPayload ?? 1024 * 1024,
       maxFileStore: opts.maxFileStore ?? 1024 ** 3,
+      monitor: opts.monitor ?? false,
       tls: {
         caFile: join(pkiDir, "ca.pem"),
         certFile: join(pkiDir, "server.pem"),
@@ -312,7 +318,8 @@ export async function startNatsServer(
   const portsFile = join(opts.dir, `nats-server_${pid}.ports`);
   const deadline = Date.now() + timeoutMs;
   let port = 0;
-  while (!port) {
+  let monitorUrl: string | null = null;
+  while (!port || (opts.monitor && !monitorUrl)) {
     if (exited) {
       await finish();
       throw new Error(`nats-server exited at start (config ${config}):\n${await logTail()}`);
@@ -323,11 +330,15 @@ export async function startNatsServer(
       throw new Error(`nats-server did not listen within ${timeoutMs} ms:\n${await logTail()}`);
     }
     try {
-      const ports = JSON.parse(await Deno.readTextFile(portsFile)) as { nats?: string[] };
+      const ports = JSON.parse(await Deno.readTextFile(portsFile)) as {
+        nats?: string[];
+        monitoring?: string[];
+      };
       const url = ports.nats?.find((u) => u.includes("127.0.0.1"));
       if (url) port = Number(new URL(url).port);
+      monitorUrl = ports.monitoring?.find((u) => u.includes("127.0.0.1")) ?? null;
     } catch { /* not written yet */ }
-    if (!port) await new Promise((r) => setTimeout(r, 25));
+    if (!port || (opts.monitor && !monitorUrl)) await new Promise((r) => setTimeout(r, 25));
   }
   const stop = async (graceMs = 5000) => {
     if (!exited) {
@@ -345,6 +356,7 @@ export async function startNatsServer(
   };
   return {
     url: `tls://127.0.0.1:${port}`,
+    monitorUrl: opts.monitor ? monitorUrl : null,
     port,
     pid,
     dir: opts.dir,

@@ -11,19 +11,20 @@
  * key, an atomic step, so a redelivered task never yields two accepted results; every other result
  * is refused and the refusal recorded under `refused.<run>.<seq>`.
  *
- * @example
- * ```ts ignore
- * const nc = await connectFederation(server.url, server.credentials("coordinator"));
- * const coordinator = await openCoordinator(nc, { run: "run-1", sites: ["a", "b"] });
- * await coordinator.sendTasks({ round: 1, phase: 0, deadline, global, tasks: [{ site: "a", settings: {} }] });
- * const phase = await coordinator.collectPhase({ round: 1, phase: 0, sites: ["a"], deadline, spec });
- * ```
+ * Usage, against a running nats-server (`startNatsServer`, `deno task federation server`): the
+ * coordinator `const nc = await connectFederation(server.url, server.credentials("coordinator"))`,
+ * `const coordinator = await openCoordinator(nc, { run: "run-1", sites: ["a", "b"] })`, then per
+ * phase `await coordinator.sendTasks({ round, phase, deadline, global, tasks })` and
+ * `await coordinator.collectPhase({ round, phase, sites, deadline, spec })`; a site
+ * `const lease = await (await openSite(nc, "a")).nextTask(5000)`, `await lease.global()`,
+ * `await lease.publishResult(release, report)` (see tests/federation_leases.test.ts).
  * @module
  */
 import { connect, nkeyAuthenticator } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/nats-core";
 import {
   AckPolicy,
+  type Consumer,
   DeliverPolicy,
   jetstream,
   type JetStreamClient,
@@ -183,6 +184,22 @@ export async function provisionFederation(
   return names;
 }
 
+/**
+ * One message from a pull consumer, or null when none came within `expires`. A pull also ends
+ * when the client misses two of the server's idle heartbeats (a server stalled for a few seconds,
+ * or a client starved of CPU); that is an empty poll here, not a failure: the caller polls again,
+ * and a message the ended pull may have been carrying is redelivered after the consumer's ack
+ * wait (a task's lease, a result's `resultAckWaitMs`).
+ */
+async function pull(consumer: Consumer, expires: number): Promise<JsMsg | null> {
+  try {
+    return await consumer.next({ expires });
+  } catch (err) {
+    if (err instanceof Error && err.message === "heartbeats missed") return null;
+    throw err;
+  }
+}
+
 /** Room left in a message for the NATS headers. */
 const HEADROOM = 4096;
 
@@ -234,7 +251,7 @@ async function getBlob(store: ObjectStore, ref: BlobRef, maxBytes: number): Prom
 /**
  * The message for an envelope and its arrays: inline when it fits in `maxMessage`, else the
  * arrays go to `store` as a blob and the message carries the envelope with the blob's ref under
- * `refField`.
+ * `refField`. Returns the message and the blob's size (0 when inline).
  */
 async function envelopeMessage(
   envelope: Record<string, unknown>,
@@ -242,12 +259,15 @@ async function envelopeMessage(
   arrays: Payload["arrays"],
   maxMessage: number,
   store: () => Promise<{ store: ObjectStore; bucket: string; name: string }>,
-): Promise<Uint8Array> {
+): Promise<{ data: Uint8Array; blob: number }> {
   const inline = await encodePayload({ meta: { ...envelope, [refField]: null }, arrays });
-  if (inline.length <= maxMessage) return inline;
+  if (inline.length <= maxMessage) return { data: inline, blob: 0 };
   const { store: s, bucket, name } = await store();
   const ref = await putBlob(s, bucket, name, inline);
-  return await encodePayload({ meta: { ...envelope, [refField]: ref }, arrays: [] });
+  return {
+    data: await encodePayload({ meta: { ...envelope, [refField]: ref }, arrays: [] }),
+    blob: inline.length,
+  };
 }
 
 /** A result the coordinator accepted. */
@@ -267,6 +287,25 @@ export interface Refusal {
   attempt: number | null;
   reason: string;
   at: string;
+}
+
+/**
+ * The encoded bytes that crossed the transport for one site in one round phase, as the
+ * coordinator counted them: `to-site`, the task message it published and the global-factors blob
+ * that message refers to (the site fetches it once per attempt); `from-site`, the result message
+ * it took (accepted or refused) and the release blob it fetched. NATS' own framing, JetStream
+ * acknowledgements and heartbeats are not included.
+ */
+export interface Traffic {
+  /** Null for a result whose envelope could not be read. */
+  round: number | null;
+  phase: number | null;
+  site: string;
+  direction: "to-site" | "from-site";
+  /** Bytes of the message body (a factor payload, `codec.ts`). */
+  message: number;
+  /** Bytes of the object-store blob the message refers to; 0 when the arrays were inline. */
+  blob: number;
 }
 
 /** What {@link Coordinator.takeResult} made of one message. */
@@ -324,6 +363,8 @@ export interface Coordinator {
   loadState<T>(key: string): Promise<T | null>;
   /** Writes one JSON value of the round state. */
   saveState(key: string, value: unknown): Promise<void>;
+  /** The bytes sent and taken by this coordinator so far, one entry per message (a copy). */
+  traffic(): Traffic[];
 }
 
 /** Provisions the federation and opens the coordinator's side of it. */
@@ -346,6 +387,7 @@ export async function openCoordinator(
   const maxBlobBytes = settings.maxBlobBytes ?? 512 * 1024 * 1024;
   const { run } = settings;
   const consumer = await js.consumers.get(names.resultsStream, names.resultsConsumer);
+  const traffic: Traffic[] = [];
 
   /** Decodes a stored result message fully (fetching its blob); throws PayloadError. */
   const readResult = async (
@@ -404,7 +446,7 @@ export async function openCoordinator(
   };
 
   const takeResult: Coordinator["takeResult"] = async (current, spec, timeoutMs) => {
-    const msg = await consumer.next({ expires: Math.max(1000, timeoutMs) });
+    const msg = await pull(consumer, Math.max(1000, timeoutMs));
     if (!msg) return null;
     const seq = msg.info.streamSequence;
     let read;
@@ -412,9 +454,25 @@ export async function openCoordinator(
       read = await readResult(msg.subject, msg.data, spec);
     } catch (err) {
       if (!(err instanceof PayloadError)) throw err;
+      traffic.push({
+        round: null,
+        phase: null,
+        site: msg.subject.slice(names.prefix.length + ".result.".length),
+        direction: "from-site",
+        message: msg.data.length,
+        blob: 0,
+      });
       return await refuse(msg, err.message, {});
     }
     const { envelope } = read;
+    traffic.push({
+      round: envelope.round,
+      phase: envelope.phase,
+      site: envelope.site,
+      direction: "from-site",
+      message: msg.data.length,
+      blob: envelope.release?.bytes ?? 0,
+    });
     if (envelope.round !== current.round || envelope.phase !== current.phase) {
       return await refuse(
         msg,
@@ -476,7 +534,7 @@ export async function openCoordinator(
           deadline: deadline.toISOString(),
           settings: taskSettings,
         } satisfies Omit<TaskEnvelope, "global">;
-        const data = await envelopeMessage(
+        const { data, blob } = await envelopeMessage(
           envelope,
           "global",
           arrays,
@@ -489,6 +547,7 @@ export async function openCoordinator(
             }),
         );
         await js.publish(names.taskSubject(site), data, { msgID: taskMessageId(envelope) });
+        traffic.push({ round, phase, site, direction: "to-site", message: data.length, blob });
       }
     },
     takeResult,
@@ -522,6 +581,7 @@ export async function openCoordinator(
     async saveState(key, value) {
       await state.put(`state.${run}.${key}`, JSON.stringify(value));
     },
+    traffic: () => traffic.map((t) => ({ ...t })),
   };
 }
 
@@ -566,7 +626,7 @@ export async function openSite(
     name: site,
     names,
     async nextTask(timeoutMs) {
-      const msg = await consumer.next({ expires: Math.max(1000, timeoutMs) });
+      const msg = await pull(consumer, Math.max(1000, timeoutMs));
       if (!msg) return null;
       const small = await decodePayload(msg.data);
       const task = checkTaskEnvelope(small.meta, site);
@@ -596,14 +656,20 @@ export async function openSite(
             attempt,
             report,
           } satisfies Omit<ResultEnvelope, "release">;
-          const data = await envelopeMessage(envelope, "release", arrays, maxMessage, async () => {
-            upload ??= await objm.open(names.uploadBucket(site));
-            return {
-              store: upload,
-              bucket: names.uploadBucket(site),
-              name: `${task.run}.r${task.round}.p${task.phase}.a${attempt}`,
-            };
-          });
+          const { data } = await envelopeMessage(
+            envelope,
+            "release",
+            arrays,
+            maxMessage,
+            async () => {
+              upload ??= await objm.open(names.uploadBucket(site));
+              return {
+                store: upload,
+                bucket: names.uploadBucket(site),
+                name: `${task.run}.r${task.round}.p${task.phase}.a${attempt}`,
+              };
+            },
+          );
           await js.publish(names.resultSubject(site), data, { msgID: resultMessageId(envelope) });
           await msg.ackAck();
         },
