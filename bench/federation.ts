@@ -425,8 +425,8 @@ async function vit() {
         if (!lease) throw new Error(`ViT r=${r}: the task did not come`);
         const got = arraysFactors((await lease.global()).arrays).factors;
         const tDown = performance.now() - t;
-        // The release as runSite publishes it: every factor (phase B changes B only).
-        const release = { A: got.A, B: got.B.map((b) => b.map((v) => v * 1.01)) };
+        // The release as runSite publishes it: the factor the phase releases (B), alone.
+        const release = { A: [], B: got.B.map((b) => b.map((v) => v * 1.01)) };
         t = performance.now();
         await lease.publishResult(factorArrays(release), {
           loss: 0,
@@ -437,7 +437,7 @@ async function vit() {
         });
         const outcome = await coordinator.takeResult(
           { round: roundNo, phase: 0 },
-          releaseSpec(dims),
+          releaseSpec(dims, ["B"]),
           10_000,
         );
         const tUp = performance.now() - t;

@@ -14,6 +14,12 @@ import {
   sha256Hex,
 } from "../lib/federation/codec.ts";
 import { checkResultEnvelope, checkTaskEnvelope } from "../lib/federation/protocol.ts";
+import {
+  factorArrays,
+  releasedOnly,
+  releaseSpec,
+  withUnreleased,
+} from "../lib/federation/remote.ts";
 import { withFloat32, withHeader } from "./helpers/payload_bytes.ts";
 
 function sample(): Payload {
@@ -201,6 +207,38 @@ Deno.test("federation codec: checkArrays refuses a release of the wrong shape, t
     () => checkArrays(back, [{ name: "B.0", dtype: "float32", shape: [6, 4] }], "r"),
     /r: array B\.0 is float64; expected float32/,
   );
+});
+
+Deno.test("federation release: a phase's release carries its released factors only; anything else is refused", async () => {
+  const dims = { adapters: 2, rank: 2, dIn: 3, dOut: 4 };
+  const f = (n: number, v: number) => new Float32Array(n).fill(v);
+  const global = { A: [f(6, 1), f(6, 2)], B: [f(8, 0), f(8, 0)] };
+  const released = { A: global.A, B: [f(8, 0.5), f(8, -0.5)] }; // a phase-B release
+  const sent = await decodePayload(
+    await encodePayload({ meta: {}, arrays: factorArrays(releasedOnly(released, ["B"])) }),
+  );
+  assert.deepEqual(sent.arrays.map((a) => a.name), ["B.0", "B.1"]);
+  checkArrays(sent, releaseSpec(dims, ["B"]), "release of a");
+  // The coordinator completes it with the task's A, so the combined factors are the site's.
+  const back = withUnreleased(
+    { A: [], B: sent.arrays.map((a) => Float32Array.from(a.data)) },
+    global,
+    ["B"],
+  );
+  assert.deepEqual(back, released);
+  // A release that also sends A (unreleased in this phase) is refused, as is one without B.
+  const both = await decodePayload(
+    await encodePayload({ meta: {}, arrays: factorArrays(released) }),
+  );
+  assert.throws(
+    () => checkArrays(both, releaseSpec(dims, ["B"]), "release of a"),
+    /release of a: unexpected array A\.0/,
+  );
+  assert.throws(
+    () => checkArrays(both, releaseSpec(dims, ["A"]), "release of a"),
+    /release of a: unexpected array B\.0/,
+  );
+  checkArrays(both, releaseSpec(dims), "release of a"); // both factors: a phase releasing A and B
 });
 
 Deno.test("federation protocol: a result from an unknown site, or claiming another site's name, is refused", () => {

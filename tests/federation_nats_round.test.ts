@@ -15,6 +15,7 @@ import {
   arraysFactors,
   factorArrays,
   natsClients,
+  releasedOnly,
   releaseFault,
   runSite,
 } from "../lib/federation/remote.ts";
@@ -171,7 +172,7 @@ natsTest(
             release.factors[which] = release.factors[which].map((t, i) =>
               t.map((v, j) => global[which][i][j] + s * (v - global[which][i][j]))
             );
-            await lease.publishResult(factorArrays(release.factors), {
+            await lease.publishResult(factorArrays(releasedOnly(release.factors, [which])), {
               loss,
               updateNorm: release.updateNorm,
               clipped: true,

@@ -6,15 +6,15 @@
  * of `deno task train` with the same settings.
  *
  * What travels: to a site, the global factors (and the dense merges of methods that merge into
- * the frozen weights) with the client index; from a site, its released factors and the
- * statistics the record needs (loss, norm before clipping, whether it was clipped). Under central
+ * the frozen weights) with the client index; from a site, the factors its phase releases (not
+ * the others, which it got from the task unchanged) and the statistics the record needs (loss, norm before clipping, whether it was clipped). Under central
  * trust and strict calibration the coordinator recomputes the norm of each release (in product
  * space in a regulated phase, {@link releaseFault}) and refuses one above C·(1 + 1e-5).
  *
  * @module
  */
 import type { SharedBackbone } from "../fl/backbone.ts";
-import { allFinite, type LoraDims, type LoraFactors, sqNorm } from "../fl/factors.ts";
+import { allFinite, type Factor, type LoraDims, type LoraFactors, sqNorm } from "../fl/factors.ts";
 import { productSpaceNorm } from "../privacy/clip.ts";
 import type { PhaseRecord, RemoteClients } from "../fl/simulation.ts";
 import type { ClientRelease } from "../privacy/mechanism.ts";
@@ -44,13 +44,43 @@ export function arraysFactors(
   return { factors: { A: pick("A"), B: pick("B") }, merged: merged.length ? merged : undefined };
 }
 
-/** The arrays a release must hold: every factor at the run's rank. */
-export function releaseSpec(dims: LoraDims): ArraySpec[] {
+/**
+ * The arrays a release must hold: every factor the phase releases (default both), at the run's
+ * rank, and nothing else.
+ */
+export function releaseSpec(
+  dims: LoraDims,
+  released: readonly Factor[] = ["A", "B"],
+): ArraySpec[] {
   const one = (name: string, n: number) => ({ name, dtype: "float32" as const, shape: [n] });
   return [
-    ...Array.from({ length: dims.adapters }, (_, i) => one(`A.${i}`, dims.rank * dims.dIn)),
-    ...Array.from({ length: dims.adapters }, (_, i) => one(`B.${i}`, dims.dOut * dims.rank)),
+    ...(released.includes("A")
+      ? Array.from({ length: dims.adapters }, (_, i) => one(`A.${i}`, dims.rank * dims.dIn))
+      : []),
+    ...(released.includes("B")
+      ? Array.from({ length: dims.adapters }, (_, i) => one(`B.${i}`, dims.dOut * dims.rank))
+      : []),
   ];
+}
+
+/**
+ * The released factors of a site's release (what it sends): the factors the phase does not
+ * release are those of the task, unchanged, so they do not travel back.
+ */
+export function releasedOnly(f: LoraFactors, released: readonly Factor[]): LoraFactors {
+  return { A: released.includes("A") ? f.A : [], B: released.includes("B") ? f.B : [] };
+}
+
+/** A site's release completed with the task's global factors for what the phase does not release. */
+export function withUnreleased(
+  sent: LoraFactors,
+  global: LoraFactors,
+  released: readonly Factor[],
+): LoraFactors {
+  return {
+    A: released.includes("A") ? sent.A : global.A,
+    B: released.includes("B") ? sent.B : global.B,
+  };
 }
 
 /** Settings of the coordinator's side. */
@@ -127,7 +157,7 @@ export function releaseFault(
 
 /** The coordinator's remote clients over JetStream (see the module's notes). */
 export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): RemoteClients {
-  const spec = releaseSpec(o.dims);
+  const specs = o.phases.map((p) => releaseSpec(o.dims, p.release));
   return {
     async collect({ round, phaseIndex, participants, global, merged }) {
       const deadline = new Date(Date.now() + o.deadlineMs);
@@ -147,7 +177,7 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
         phase: phaseIndex,
         sites: [...bySite.keys()],
         deadline,
-        spec,
+        spec: specs[phaseIndex],
       });
       for (const r of got.refused) o.onRefusal?.(r);
       const releases = new Map<number, { release: ClientRelease; loss: number }>();
@@ -155,7 +185,11 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
       const phase = o.phases[phaseIndex];
       for (const [site, result] of got.accepted) {
         const k = bySite.get(site)!;
-        const { factors } = arraysFactors(result.release.arrays);
+        const factors = withUnreleased(
+          arraysFactors(result.release.arrays).factors,
+          global,
+          phase.release,
+        );
         const fault = releaseFault(factors, global, phase, o.dims, o.clip);
         const report = result.envelope.report as Record<string, unknown>;
         if (fault) {
@@ -233,7 +267,12 @@ export async function runSite(
           run: lease.task.run,
         }),
     );
-    await lease.publishResult(factorArrays(release.factors), siteReport(runtime, release, loss));
+    // Only what the phase releases travels back (the rest is the task's, unchanged).
+    const released = runtime.method.phases[lease.task.phase].release;
+    await lease.publishResult(
+      factorArrays(releasedOnly(release.factors, released)),
+      siteReport(runtime, release, loss),
+    );
     opts.log?.(
       `round ${lease.task.round} phase ${lease.task.phase}: release sent (attempt ${lease.attempt})`,
     );
