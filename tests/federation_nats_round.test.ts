@@ -23,7 +23,7 @@ import { siteRelease } from "../lib/federation/site.ts";
 import { connectFederation, openCoordinator, openSite } from "../lib/federation/transport.ts";
 import { compareRuns } from "../tools/compare_runs.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
-import { natsTest, withNatsServer } from "./helpers/nats.ts";
+import { natsTest, trainAndServeOverNats, withNatsServer } from "./helpers/nats.ts";
 
 const setup = await toySetup();
 const SITES = ["site-a", "site-b", "site-c", "site-d"];
@@ -41,44 +41,7 @@ const cfg: FederatedConfig = {
 
 natsTest("federation over nats: four sites give the simulation's run (DEeR strict)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "deer-fed-nats-" });
-  await runFederated(setup.backbone, setup.data, cfg, { outDir: join(dir, "train") });
-  await withNatsServer(SITES, async (server) => {
-    const nc = await connectFederation(server.url, server.credentials("coordinator"));
-    const siteConns = await Promise.all(
-      SITES.map((s) => connectFederation(server.url, server.credentials(s))),
-    );
-    try {
-      const coordinator = await openCoordinator(nc, { run: "eq-1", sites: SITES, leaseMs: 20_000 });
-      const stop = new AbortController();
-      const sites = SITES.map(async (name, k) =>
-        runSite(
-          await openSite(siteConns[k], name),
-          setup.backbone,
-          siteRuntime(setup.data, cfg, k),
-          { heartbeatMs: 2000, idleMs: 60_000, signal: stop.signal },
-        )
-      );
-      const refusals: string[] = [];
-      await runFederated(setup.backbone, setup.data, cfg, {
-        outDir: join(dir, "serve"),
-        remote: natsClients(coordinator, {
-          sites: SITES,
-          dims: setup.backbone.dims,
-          deadlineMs: 60_000,
-          phases: resolveMethod(cfg.method).phases,
-          clip: 0.5,
-          onRefusal: (r) => refusals.push(r.reason),
-        }),
-      });
-      stop.abort();
-      const tasks = await Promise.all(sites);
-      assert.deepEqual(tasks, [4, 4, 4, 4], "two rounds × two phases per site");
-      assert.deepEqual(refusals, []);
-    } finally {
-      await nc.close();
-      for (const c of siteConns) await c.close();
-    }
-  });
+  await trainAndServeOverNats(setup, cfg, SITES, { dir, run: "eq-1", clip: 0.5 });
   assert.deepEqual(compareRuns(join(dir, "train"), join(dir, "serve")), []);
   await Deno.remove(dir, { recursive: true });
 });

@@ -11,7 +11,15 @@ import {
   type NatsServerOptions,
   startNatsServer,
 } from "../../lib/federation/server.ts";
-import { connectFederation } from "../../lib/federation/transport.ts";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import type { ImageDataset } from "../../lib/data/dataset.ts";
+import type { SharedBackbone } from "../../lib/fl/backbone.ts";
+import { resolveMethod } from "../../lib/fl/methods/mod.ts";
+import { type FederatedConfig, runFederated } from "../../lib/fl/simulation.ts";
+import { natsClients, runSite } from "../../lib/federation/remote.ts";
+import { siteRuntime } from "../../lib/federation/site.ts";
+import { connectFederation, openCoordinator, openSite } from "../../lib/federation/transport.ts";
 
 export const natsMissing: string | null = findNatsServer()
   ? null
@@ -59,4 +67,61 @@ export async function withConnection<T>(
   } finally {
     await nc.close();
   }
+}
+
+/**
+ * The equivalence check of the federation: runs `cfg` in one process into `<dir>/train`, then
+ * over a real nats-server with one `runSite` per name of `sites` (each on its own connection and
+ * client state) and a coordinator running `runFederated` with `natsClients` into `<dir>/serve`.
+ * Asserts that every site took `rounds × phases` tasks and that nothing was refused; the caller
+ * compares the two folders.
+ */
+export async function trainAndServeOverNats(
+  setup: { backbone: SharedBackbone; data: ImageDataset },
+  cfg: FederatedConfig,
+  sites: string[],
+  opts: { dir: string; run: string; clip: number | null },
+): Promise<void> {
+  await runFederated(setup.backbone, setup.data, cfg, { outDir: join(opts.dir, "train") });
+  const phases = resolveMethod(cfg.method).phases;
+  await withNatsServer(sites, async (server) => {
+    const nc = await connectFederation(server.url, server.credentials("coordinator"));
+    const siteConns = await Promise.all(
+      sites.map((s) => connectFederation(server.url, server.credentials(s))),
+    );
+    try {
+      const coordinator = await openCoordinator(nc, { run: opts.run, sites, leaseMs: 20_000 });
+      const stop = new AbortController();
+      const running = sites.map(async (name, k) =>
+        runSite(
+          await openSite(siteConns[k], name),
+          setup.backbone,
+          siteRuntime(setup.data, cfg, k),
+          { heartbeatMs: 2000, idleMs: 60_000, signal: stop.signal },
+        )
+      );
+      const refusals: string[] = [];
+      await runFederated(setup.backbone, setup.data, cfg, {
+        outDir: join(opts.dir, "serve"),
+        remote: natsClients(coordinator, {
+          sites,
+          dims: setup.backbone.dims,
+          deadlineMs: 60_000,
+          phases,
+          clip: opts.clip,
+          onRefusal: (r) => refusals.push(r.reason),
+        }),
+      });
+      stop.abort();
+      assert.deepEqual(
+        await Promise.all(running),
+        sites.map(() => cfg.rounds * phases.length),
+        "every site takes one task per round and phase",
+      );
+      assert.deepEqual(refusals, []);
+    } finally {
+      await nc.close();
+      for (const c of siteConns) await c.close();
+    }
+  });
 }
