@@ -68,6 +68,7 @@ export {
 export { aggregateRelease, sampleParticipants, trainClient } from "./lib/fl/round.ts";
 export { aggregationDeviation } from "./lib/fl/deviation.ts";
 export { evaluateSplit, predict } from "./lib/fl/evaluate.ts";
+export { auditConfig, type AuditedRun, type ConfigAudit } from "./lib/fl/audit.ts";
 
 // Privacy
 export { noiseMultiplierForBudget, rdpEpsilon } from "./lib/privacy/rdp.ts";
@@ -88,6 +89,7 @@ export {
   strictCalibration,
 } from "./lib/privacy/calibration.ts";
 export { createMechanism, type Mechanism } from "./lib/privacy/mechanism.ts";
+export { combineEstimates, estimateEpsilon } from "./lib/privacy/audit.ts";
 
 // Metrics
 export { classificationMetrics, meanStd } from "./lib/metrics/classification.ts";

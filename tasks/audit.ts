@@ -20,11 +20,11 @@ import "./threads.ts"; // first: sets the thread count before libtensorflow load
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
 import { loadInputs } from "../lib/experiment.ts";
-import { type CanarySpace, productCanariesRefusal } from "../lib/fl/canaries.ts";
+import { auditConfig, resolveCanarySpace } from "../lib/fl/audit.ts";
+import type { CanarySpace } from "../lib/fl/canaries.ts";
 import { resolveMethod } from "../lib/fl/methods/mod.ts";
-import { runFederated } from "../lib/fl/simulation.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
-import { auditVerdict, combineEstimates, estimateEpsilon } from "../lib/privacy/audit.ts";
+import type { auditVerdict } from "../lib/privacy/audit.ts";
 import { parseTrainArgs } from "./train.ts";
 
 const HELP =
@@ -88,77 +88,77 @@ async function main(): Promise<number> {
   if (args.config.weights !== "uniform") {
     throw new UsageError(`--weights ${args.config.weights}: an audit needs uniform weights`);
   }
-  const inputs = await loadInputs(args.inputs);
-  const method = resolveMethod(args.config.method);
-  const label = method.label;
-  const delta = args.config.dp?.delta ?? 1e-5;
-  const refusal = productCanariesRefusal(method.phases, args.config.dp?.calibration ?? null);
-  if (asked === "product" && refusal) {
-    throw new UsageError(`--canary-space product for ${label}: ${refusal}`);
+  let space: CanarySpace;
+  try {
+    space = resolveCanarySpace(args.config, asked);
+  } catch (err) {
+    throw new UsageError(`--canary-space ${asked}: ${(err as Error).message}`);
   }
-  const space: CanarySpace = asked === "auto" ? (refusal ? "factor" : "product") : asked;
+  const inputs = await loadInputs(args.inputs);
+  const label = resolveMethod(args.config.method).label;
   console.error(
     `audit: ${label} on ${inputs.data.name}, K=${args.config.numClients}, T=${args.config.rounds}, ` +
       `${canaries} canaries (+${canaries} held out) in ${space} space, seeds ${
         args.seeds.join(",")
       }`,
   );
-  const seeds = [];
-  for (const seed of args.seeds) {
-    const run = await runFederated(inputs.backbone, inputs.data, { ...args.config, seed }, {
-      canaries: { count: canaries, space },
-      onRound: (r) =>
-        console.error(
-          `  seed ${seed} round ${r.round}: val acc ${(100 * r.val.accuracy).toFixed(2)}` +
-            (r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`),
-        ),
-    });
-    const est = estimateEpsilon({ ...run.audit!, delta, seed });
-    const separate = estimateEpsilon({ ...run.audit!, delta, seed, variance: "separate" });
-    seeds.push({
-      seed,
-      accountedEpsilon: run.epsilonSpent,
-      nominalEpsilon: run.calibration?.nominalEpsilon ?? null,
-      estimate: est.epsilon,
-      interval: est.interval,
-      verdict: auditVerdict(est.interval, run.epsilonSpent),
-      mu: est.mu,
-      muStdErr: est.muStdErr,
-      separateVariances: { estimate: separate.epsilon, interval: separate.interval },
-      inserted: est.inserted,
-      held: est.held,
-      cosines: run.audit,
-    });
-    const accounted = run.epsilonSpent === null ? "none (no DP)" : run.epsilonSpent.toFixed(3);
-    const nominal = run.calibration ? ` (nominal ${run.calibration.nominalEpsilon})` : "";
-    console.log(
-      `seed ${seed}: empirical ε ${est.epsilon.toFixed(3)} [95 % interval ` +
-        `${est.interval[0].toFixed(3)}, ${
-          est.interval[1].toFixed(3)
-        }] at δ ${delta}; accounted ε ` +
-        `${accounted}${nominal}; canary cosines: inserted ${
-          est.inserted.mean.toExponential(2)
-        } ± ` +
-        `${est.inserted.std.toExponential(2)}, held out ${est.held.mean.toExponential(2)} ± ` +
-        `${est.held.std.toExponential(2)}; ${
-          verdictText(auditVerdict(est.interval, run.epsilonSpent))
-        }`,
-    );
-  }
+  const audit = await auditConfig(inputs.backbone, inputs.data, args.config, {
+    canaries,
+    seeds: args.seeds,
+    space,
+    onRound: (seed, r) =>
+      console.error(
+        `  seed ${seed} round ${r.round}: val acc ${(100 * r.val.accuracy).toFixed(2)}` +
+          (r.epsilon.spent === null ? "" : ` ε spent ${r.epsilon.spent.toFixed(3)}`),
+      ),
+    onRun: (run) => {
+      const est = run.estimate;
+      const accounted = run.accountedEpsilon === null
+        ? "none (no DP)"
+        : run.accountedEpsilon.toFixed(3);
+      const nominal = run.nominalEpsilon === null ? "" : ` (nominal ${run.nominalEpsilon})`;
+      console.log(
+        `seed ${run.seed}: empirical ε ${est.epsilon.toFixed(3)} [95 % interval ` +
+          `${est.interval[0].toFixed(3)}, ${est.interval[1].toFixed(3)}] at δ ${est.delta}; ` +
+          `accounted ε ${accounted}${nominal}; canary cosines: inserted ${
+            est.inserted.mean.toExponential(2)
+          } ± ${est.inserted.std.toExponential(2)}, held out ${est.held.mean.toExponential(2)} ± ${
+            est.held.std.toExponential(2)
+          }; ${verdictText(run.verdict)}`,
+      );
+    },
+  });
   inputs.dispose();
-  const accounted = seeds.map((s) => s.accountedEpsilon);
-  const sameAccounting = accounted.every((a) => a !== null && a === accounted[0]);
-  const combined = seeds.length > 1 && sameAccounting ? combineEstimates(seeds, delta) : null;
+  const combined = audit.combined;
   if (combined) {
     console.log(
-      `all ${seeds.length} seeds: empirical ε ${combined.epsilon.toFixed(3)} [95 % interval ` +
+      `all ${audit.runs.length} seeds: empirical ε ${combined.epsilon.toFixed(3)} [95 % interval ` +
         `${combined.interval[0].toFixed(3)}, ${combined.interval[1].toFixed(3)}] ` +
         `(separation μ ${combined.mu.toFixed(4)} ± ${combined.muStdErr.toFixed(4)}); accounted ε ` +
-        `${accounted[0]!.toFixed(3)}; ${
-          verdictText(auditVerdict(combined.interval, accounted[0]))
+        `${combined.accountedEpsilon.toFixed(3)}; ${
+          verdictText(combined.verdict as ReturnType<typeof auditVerdict>)
         }`,
     );
   }
+  const delta = audit.delta;
+  const seeds = audit.runs.map((r) => ({
+    seed: r.seed,
+    accountedEpsilon: r.accountedEpsilon,
+    nominalEpsilon: r.nominalEpsilon,
+    estimate: r.estimate.epsilon,
+    interval: r.estimate.interval,
+    verdict: r.verdict,
+    mu: r.estimate.mu,
+    muStdErr: r.estimate.muStdErr,
+    separateVariances: {
+      estimate: r.separateVariances.epsilon,
+      interval: r.separateVariances.interval,
+    },
+    inserted: r.estimate.inserted,
+    held: r.estimate.held,
+    testAccuracy: r.testAccuracy,
+    cosines: r.cosines,
+  }));
   const path = join(args.out, "audit", args.expName, "audit.json");
   await Deno.mkdir(join(args.out, "audit", args.expName), { recursive: true });
   await writeJsonAtomic(path, {
@@ -166,15 +166,11 @@ async function main(): Promise<number> {
     data: inputs.provenance.data,
     flags: Deno.args,
     canaries,
-    canarySpace: space,
+    canarySpace: audit.space,
     delta,
     calibration: args.config.dp?.calibration ?? null,
     seeds,
-    combined: combined === null ? null : {
-      ...combined,
-      accountedEpsilon: accounted[0],
-      verdict: auditVerdict(combined.interval, accounted[0]),
-    },
+    combined,
   });
   console.log(`audit: ${path}`);
   return 0;
