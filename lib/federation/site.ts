@@ -140,6 +140,15 @@ export function siteReport(
   };
 }
 
+/** One task as a site computes it (0-based `round`; `run` names the coordinator's run). */
+export interface SiteTask {
+  round: number;
+  phaseIndex: number;
+  global: LoraFactors;
+  merged?: Float32Array[];
+  run?: string;
+}
+
 /**
  * One task: train from the global factors in phase `phaseIndex` of 0-based `round`, release.
  * `run` names the coordinator's run (the release log of a keyed local-DP site is per run).
@@ -147,13 +156,7 @@ export function siteReport(
 export async function siteRelease(
   backbone: SharedBackbone,
   site: SiteRuntime,
-  task: {
-    round: number;
-    phaseIndex: number;
-    global: LoraFactors;
-    merged?: Float32Array[];
-    run?: string;
-  },
+  task: SiteTask,
 ): Promise<{ release: ClientRelease; loss: number }> {
   const { config, method, client } = site;
   const phase = method.phases[task.phaseIndex];
@@ -203,13 +206,7 @@ export async function siteRelease(
 /** A keyed local-DP site's checks before a release (see {@link SiteRuntime.released}). */
 async function keyedRelease(
   site: SiteRuntime,
-  task: {
-    round: number;
-    phaseIndex: number;
-    global: LoraFactors;
-    merged?: Float32Array[];
-    run?: string;
-  },
+  task: SiteTask,
 ): Promise<{ id: string; inputs: string; seen: boolean }> {
   const round = task.round + 1;
   if (!(Number.isInteger(round) && round >= 1 && round <= site.config.rounds)) {

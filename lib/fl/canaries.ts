@@ -33,7 +33,7 @@
 import { cloneFactors, type LoraDims, type LoraFactors } from "./factors.ts";
 import type { Factor } from "./factors.ts";
 import { streamRng } from "./streams.ts";
-import type { Rng } from "../rng.ts";
+import { unitVector } from "../privacy/audit.ts";
 import { gramCols, gramRows } from "../privacy/linalg.ts";
 import { type PeerFactor, peerForA, peerForB } from "../privacy/noise.ts";
 
@@ -52,16 +52,7 @@ export function canaryDirection(
   index: number,
   dims: LoraDims,
 ): Float64Array {
-  const rng = streamRng(seed, "canary", set, index);
-  const v = new Float64Array(factorSpaceSize(dims));
-  let sq = 0;
-  for (let j = 0; j < v.length; j++) {
-    v[j] = rng.normal();
-    sq += v[j] * v[j];
-  }
-  const inv = 1 / Math.sqrt(sq);
-  for (let j = 0; j < v.length; j++) v[j] *= inv;
-  return v;
+  return unitVector(streamRng(seed, "canary", set, index), factorSpaceSize(dims));
 }
 
 /** Offsets of adapter i's A and B inside the flattened factor space. */
@@ -154,18 +145,6 @@ export interface ProductCanary {
   u: Float64Array[];
   /** Unit vectors of length dIn, one per adapter. */
   v: Float64Array[];
-}
-
-function unitVector(rng: Rng, n: number): Float64Array {
-  const x = new Float64Array(n);
-  let sq = 0;
-  for (let j = 0; j < n; j++) {
-    x[j] = rng.normal();
-    sq += x[j] * x[j];
-  }
-  const inv = 1 / Math.sqrt(sq);
-  for (let j = 0; j < n; j++) x[j] *= inv;
-  return x;
 }
 
 /**

@@ -268,17 +268,20 @@ export function auditVerdict(
  * Gaussian vectors), generated one at a time so that a large audit never holds them all.
  */
 export function* canaryDirections(n: number, dim: number, rng: Rng): Generator<Float64Array> {
-  for (let i = 0; i < n; i++) {
-    const v = new Float64Array(dim);
-    let sq = 0;
-    for (let j = 0; j < dim; j++) {
-      v[j] = rng.normal();
-      sq += v[j] * v[j];
-    }
-    const inv = 1 / Math.sqrt(sq);
-    for (let j = 0; j < dim; j++) v[j] *= inv;
-    yield v;
+  for (let i = 0; i < n; i++) yield unitVector(rng, dim);
+}
+
+/** One direction drawn uniformly on the unit sphere of dimension `dim` (a normalised Gaussian). */
+export function unitVector(rng: Rng, dim: number): Float64Array {
+  const v = new Float64Array(dim);
+  let sq = 0;
+  for (let j = 0; j < dim; j++) {
+    v[j] = rng.normal();
+    sq += v[j] * v[j];
   }
+  const inv = 1 / Math.sqrt(sq);
+  for (let j = 0; j < dim; j++) v[j] *= inv;
+  return v;
 }
 
 /** cos(update, direction) for a unit `direction`. */

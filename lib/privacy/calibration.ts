@@ -198,16 +198,25 @@ export function strictRelease(
   return releaseRecord({
     round,
     phase,
-    noiseStd: cal.noiseMultiplier * cal.clip,
-    sensitivity: cal.clip,
-    // σ itself, not σC/C, so the records carry exactly the calibrated σ.
-    noiseMultiplier: cal.noiseMultiplier,
-    clip: cal.clip,
+    ...gaussianAtClip(cal),
     sampleRate: cal.sampleRate,
     calibration: "strict",
     exact: true,
     note: "whole-release (or product-space) clip to C, noise σ·C on the sum: sensitivity C",
   });
+}
+
+/**
+ * The Gaussian mechanism of a clipped release: sensitivity C, noise std σ·C, and σ itself (not
+ * σC/C), so that the records carry exactly the calibrated σ.
+ */
+function gaussianAtClip(cal: Pick<Calibration, "noiseMultiplier" | "clip">) {
+  return {
+    noiseStd: cal.noiseMultiplier * cal.clip,
+    sensitivity: cal.clip,
+    noiseMultiplier: cal.noiseMultiplier,
+    clip: cal.clip,
+  };
 }
 
 /**
@@ -231,10 +240,7 @@ export function localRelease(
   return releaseRecord({
     round,
     phase,
-    noiseStd: cal.noiseMultiplier * cal.clip,
-    sensitivity: cal.clip,
-    noiseMultiplier: cal.noiseMultiplier,
-    clip: cal.clip,
+    ...gaussianAtClip(cal),
     sampleRate: 1,
     calibration: "local",
     exact: true,
