@@ -152,31 +152,24 @@ export function calibrate(dp: DpSettings, s: CalibrationSetting): Calibration {
     clip: dp.clip,
     accountant: accountantOf(dp),
   });
-  if (local) {
-    return {
-      calibration: "local",
-      clip: dp.clip,
-      noiseMultiplier,
-      nominalEpsilon: dp.epsilon,
-      nominalDelta: accountingDelta,
-      accountingDelta,
-      accountant: accountantOf(dp),
-      sampleRate,
-      plannedReleases,
-      localSites: s.numClients,
-    };
-  }
-  return {
-    calibration: "strict",
+  // Keys in the order the records and saved state have always listed them.
+  const head = {
     clip: dp.clip,
     noiseMultiplier,
     nominalEpsilon: dp.epsilon,
     nominalDelta: accountingDelta,
     accountingDelta,
     accountant: accountantOf(dp),
-    sampleRate: s.participation,
-    plannedReleases,
   };
+  return local
+    ? {
+      calibration: "local",
+      ...head,
+      sampleRate,
+      plannedReleases,
+      localSites: s.numClients,
+    }
+    : { calibration: "strict", ...head, sampleRate: s.participation, plannedReleases };
 }
 
 /**
