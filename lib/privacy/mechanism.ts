@@ -321,6 +321,23 @@ function regulatedOrExplain(
 }
 
 /**
+ * For {@link addNoise}: regulated noise through the peers of `factors` (the global factors every
+ * client shares), drawn by the peer's own regulator.
+ */
+function regulatedBy(
+  peerOf: ReturnType<typeof peerCache>,
+  factors: LoraFactors,
+): (which: Factor, i: number) => {
+  peer: PeerFactor;
+  draw: (rng: Rng, std: number) => Float32Array;
+} {
+  return (which, i) => {
+    const peer = peerOf(factors, which, i);
+    return { peer, draw: (rng, s) => peer.regulatedNoise(rng, s) };
+  };
+}
+
+/**
  * Adds Gaussian noise of std `std` per entry to the released factors of `target`, in place:
  * isotropic, or — for a regulated phase — drawn through the peer `regulated` gives for each
  * released tensor. Returns the largest σ_max of a peer used (0 when not regulated).
@@ -600,10 +617,7 @@ function strictMechanism(cal: Calibration): MechanismSteps {
         phase,
         input.noiseRng("central"),
         std,
-        (which, i) => {
-          const peer = peerOf(global, which, i);
-          return { peer, draw: (rng, s) => peer.regulatedNoise(rng, s) };
-        },
+        regulatedBy(peerOf, global),
       );
       return {
         global: published,
@@ -658,11 +672,8 @@ function localMechanism(cal: Calibration): MechanismSteps {
         phase,
         input.noiseRng(u.client),
         cal.noiseMultiplier * C,
-        (which, i) => {
-          // The peer the strict clip used: the client's start, the shared global factor.
-          const peer = peerOf(u.start, which, i);
-          return { peer, draw: (rng, s) => peer.regulatedNoise(rng, s) };
-        },
+        // The peer the strict clip used: the client's start, the shared global factor.
+        regulatedBy(peerOf, u.start),
       );
       return { ...clipped, factors: noisy, clean: clipped.factors, peerSigmaMax };
     },
