@@ -17,7 +17,7 @@
 
 /** A seeded random source. Every method advances the same stream. */
 export interface Rng {
-  /** Uniform in [0, 1), 32 bits of resolution. */
+  /** Uniform in [0, 1): 32 bits of resolution from {@link createRng}, 53 from a secure stream. */
   uniform(): number;
   /** Uniform integer in [0, n). */
   int(n: number): number;
@@ -82,8 +82,32 @@ export function createRng(seed: number | number[]): Rng {
     return result;
   }
 
-  const rng: Rng = {
+  return onUniform({
     uniform: () => next() / 4294967296,
+    fork: (label) => createRng(((next() * 2 ** 21) ^ (label >>> 0)) + (next() >>> 11)),
+    state: (spare) => [s0 >>> 0, s1 >>> 0, s2 >>> 0, s3 >>> 0, spare === null ? NaN : spare],
+  }, spare);
+}
+
+/** A uniform source for {@link onUniform}: the generator's core. */
+export interface UniformSource {
+  /** Uniform in [0, 1). */
+  uniform(): number;
+  /** An independent generator derived from the source's stream and `label`. */
+  fork(label: number): Rng;
+  /** The source's state with the normal draw `spare` cached beside it (see {@link Rng.state}). */
+  state(spare: number | null): number[];
+}
+
+/**
+ * The {@link Rng} distributions (integers, normal, gamma, Dirichlet, shuffles) drawn from the
+ * uniforms of `source`: the one transform of every generator of the toolkit, whatever its
+ * uniform source — {@link createRng}'s xoshiro128** or a site's secret AES-CTR keystream
+ * (`lib/privacy/secure_rng.ts`). `spare` is a cached normal draw to resume with (null: none).
+ */
+export function onUniform(source: UniformSource, spare: number | null = null): Rng {
+  const rng: Rng = {
+    uniform: () => source.uniform(),
     int(n) {
       if (!(n >= 1) || !Number.isInteger(n)) {
         throw new Error(`rng.int(${n}): n must be an integer ≥ 1`);
@@ -150,10 +174,8 @@ export function createRng(seed: number | number[]): Rng {
       for (let i = 0; i < out.length; i++) out[i] = rng.normal() * std;
       return out;
     },
-    fork(label) {
-      return createRng(((next() * 2 ** 21) ^ (label >>> 0)) + (next() >>> 11));
-    },
-    state: () => [s0 >>> 0, s1 >>> 0, s2 >>> 0, s3 >>> 0, spare === null ? NaN : spare],
+    fork: (label) => source.fork(label),
+    state: () => source.state(spare),
   };
   return rng;
 }

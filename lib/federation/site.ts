@@ -14,7 +14,8 @@ import { resolveMethod } from "../fl/methods/mod.ts";
 import { clientSettings, releaseClient, trainClient } from "../fl/round.ts";
 import { clientPlan, type FederatedConfig } from "../fl/simulation.ts";
 import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
-import { createRng, type Rng } from "../rng.ts";
+import type { Rng } from "../rng.ts";
+import { secureRng } from "../privacy/secure_rng.ts";
 
 /** What a site holds across tasks: its data, its client state, the run's method and mechanism. */
 export interface SiteRuntime {
@@ -27,8 +28,8 @@ export interface SiteRuntime {
   /**
    * Local DP: the site's secret noise key (HMAC-SHA256). The coordinator knows the run's seed,
    * so noise drawn from the run-seeded streams would be known to it and could be subtracted;
-   * with a key the site draws its noise from a stream only it can reproduce
-   * ({@link secretNoise}). Without one (one-process checks) the run's own streams are used, as
+   * with a key the site draws its noise from a cryptographically secure stream only it can
+   * reproduce ({@link secretNoise}). Without one (one-process checks) the run's own streams are used, as
    * in `train`.
    */
   noiseKey?: CryptoKey;
@@ -60,11 +61,11 @@ export async function importNoiseKey(secret: Uint8Array): Promise<CryptoKey> {
 }
 
 /**
- * The site's secret noise stream for one task: a generator whose 128-bit state is
- * HMAC-SHA256(key, "noise/<release>/<client>/<inputs>"), with `release` naming the run, round and
- * phase and `inputs` the SHA-256 of the task's global factors — the same numbers for every
- * attempt of the same task (a re-delivered task releases what the first attempt did), other
- * numbers for other inputs, unpredictable without the key.
+ * The site's secret noise stream for one task: AES-256-CTR ({@link secureRng}, a
+ * cryptographically secure stream) keyed by HMAC-SHA256(key, "noise/<release>/<client>/<inputs>"),
+ * with `release` naming the run, round and phase and `inputs` the SHA-256 of the task's global
+ * factors — the same numbers for every attempt of the same task (a re-delivered task releases
+ * what the first attempt did), other numbers for other inputs, unpredictable without the key.
  */
 export async function secretNoise(
   key: CryptoKey,
@@ -73,8 +74,7 @@ export async function secretNoise(
   inputs: string,
 ): Promise<Rng> {
   const label = new TextEncoder().encode(`noise/${release}/${client}/${inputs}`);
-  const words = new Uint32Array(await crypto.subtle.sign("HMAC", key, label), 0, 4);
-  return createRng([...words, NaN]);
+  return secureRng(new Uint8Array(await crypto.subtle.sign("HMAC", key, label)));
 }
 
 /** SHA-256 (hex) of a task's inputs: the global factors, then the dense merges. */
