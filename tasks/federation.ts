@@ -25,6 +25,7 @@ import {
 } from "../lib/federation/server.ts";
 import { checkSiteName } from "../lib/federation/subjects.ts";
 import { connectFederation, openCoordinator, openSite } from "../lib/federation/transport.ts";
+import { emptySiteLog, parseSiteLog, type SiteLog } from "../lib/federation/site_budget.ts";
 
 const HELP = `deno task federation COMMAND [flags]
 
@@ -50,18 +51,26 @@ const HELP = `deno task federation COMMAND [flags]
 
   join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
           [--heartbeat S] [--trust central|local] [--noise_key FILE]
+          [--max_epsilon E] [--delta D]
       One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's
       credentials folder (nkey.seed, ca.pem, cert.pem, key.pem). --heartbeat: how often a
       running task renews its lease (default 10 s). --part: train on this site's part of the
       run's split of PATH (every site holds the same file: one-machine trials and the check
       against \`train\`); without it every training image in PATH is the site's own.
       --trust local: the site does not trust the coordinator — it refuses a task whose run is
-      not under local DP (train calibration local) instead of releasing un-noised factors
-      (default central: the coordinator's settings decide). --noise_key: under local DP the
-      site draws its noise from a stream keyed by this secret file, which the coordinator never
-      sees (default DIR/noise.key, made with 32 random bytes, mode 600, when absent); keep it.
-      The releases made under the key are logged in FILE.releases.json: a second release of
-      one round and phase with other inputs, or one beyond the run's rounds, is refused.
+      not under local DP (train calibration local) instead of releasing un-noised factors, and
+      holds every release to its own budget: --max_epsilon E (required with --trust local) is
+      the ε its data may spend under the noise key, over every run, at δ = --delta (default
+      1e-5), accounted by the site itself (PLD, every release at rate 1); a task that would
+      take it past E, or whose noise multiplier is below what E implies for the run's planned
+      releases, is refused (logged, nothing released, join exits 1). Default central: the
+      coordinator's settings decide (a local-DP task is then accounted, with a warning, but
+      not capped). --noise_key: under local DP the site draws its noise from a secure stream
+      (AES-256-CTR) keyed by this secret file, which the coordinator never sees (default
+      DIR/noise.key, made with 32 random bytes, mode 600, when absent); keep it. The releases
+      made under the key, with the site's running ε, and the refused tasks are logged in
+      FILE.releases.json: a second release of one round and phase with other inputs, or one
+      beyond the run's rounds, is refused.
 `;
 
 /** Parsed `federation` flags. */
@@ -93,6 +102,10 @@ export type FederationArgs =
     trust: "central" | "local";
     /** The secret of the site's local-DP noise (made when absent). */
     noiseKey: string;
+    /** The site's own cap on its ε (required with --trust local; null under central trust). */
+    maxEpsilon: number | null;
+    /** δ of the site's own accounting. */
+    delta: number;
   };
 
 function need(flags: Record<string, unknown>, name: string, command: string): string {
@@ -153,6 +166,8 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
       "heartbeat",
       "client",
       "noise_key",
+      "max_epsilon",
+      "delta",
     ],
     boolean: ["resume", "help", "part"],
   });
@@ -172,6 +187,8 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
       "part",
       "trust",
       "noise_key",
+      "max_epsilon",
+      "delta",
     ],
   };
   for (const name of Object.keys(f)) {
@@ -221,6 +238,27 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
   } catch (err) {
     throw new UsageError(`--site: ${(err as Error).message}`);
   }
+  const positive = (name: string, ok: (v: number) => boolean, what: string) => {
+    const raw = f[name];
+    const v = Number(raw);
+    if (String(raw).trim() === "" || !Number.isFinite(v) || !ok(v)) {
+      throw new UsageError(`--${name} ${raw}: expected ${what}`);
+    }
+    return v;
+  };
+  if (trust === "local" && f.max_epsilon === undefined) {
+    throw new UsageError(
+      `--trust local needs --max_epsilon E: a site that does not trust the coordinator must not ` +
+        `take the ε, T and C of its tasks on trust — give it its own cap (the ε its data may ` +
+        `spend under this noise key, over every run)`,
+    );
+  }
+  if (trust === "central" && (f.max_epsilon !== undefined || f.delta !== undefined)) {
+    throw new UsageError(
+      `--max_epsilon/--delta are the budget of a site that does not trust the coordinator; ` +
+        `use them with --trust local (under central trust the coordinator's ε applies)`,
+    );
+  }
   return {
     command: "join",
     nats,
@@ -235,6 +273,10 @@ export function parseFederationArgs(args: string[]): FederationArgs | null {
     noiseKey: resolve(
       typeof f.noise_key === "string" ? f.noise_key : joinPath(credsDir, "noise.key"),
     ),
+    maxEpsilon: f.max_epsilon === undefined
+      ? null
+      : positive("max_epsilon", (v) => v > 0, "a privacy budget ε > 0"),
+    delta: f.delta === undefined ? 1e-5 : positive("delta", (v) => v > 0 && v < 1, "0 < δ < 1"),
   };
 }
 
@@ -506,24 +548,32 @@ export async function readNoiseKey(path: string): Promise<Uint8Array> {
   return Uint8Array.from(text.match(/../g)!.map((h) => parseInt(h, 16)));
 }
 
-/** A keyed site's release log (`SiteRuntime.released`): empty when the file is absent. */
-export async function readReleaseLog(path: string): Promise<Map<string, string>> {
-  let raw: unknown;
+/**
+ * A keyed site's log (`SiteRuntime.log`, lib/federation/site_budget.ts): empty (accounting at
+ * `delta`) when the file is absent. Throws naming the file when it is not a site log, or when it
+ * accounts at another δ than `delta`.
+ */
+export async function readSiteLog(path: string, delta: number): Promise<SiteLog> {
+  let text: string;
   try {
-    raw = JSON.parse(await Deno.readTextFile(path));
+    text = await Deno.readTextFile(path);
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return new Map();
-    throw new UsageError(`${path}: ${(err as Error).message}`);
+    if (err instanceof Deno.errors.NotFound) return emptySiteLog(delta);
+    throw err;
   }
-  if (
-    raw === null || typeof raw !== "object" || Array.isArray(raw) ||
-    !Object.values(raw).every((v) => typeof v === "string")
-  ) {
+  let log: SiteLog;
+  try {
+    log = parseSiteLog(text, path);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (log.delta !== delta) {
     throw new UsageError(
-      `${path}: expected the site's release log, an object of release → input digest`,
+      `${path}: the site's log accounts its ε at δ = ${log.delta}, not --delta ${delta}; give ` +
+        `--delta ${log.delta} (a key's releases are accounted at one δ)`,
     );
   }
-  return new Map(Object.entries(raw as Record<string, string>));
+  return log;
 }
 
 async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<number> {
@@ -566,6 +616,7 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
     console.error(`federation join: connected to ${a.nats} as ${a.site}; waiting for tasks`);
     // The run's flags come with each task; the site loads its data and model for them once.
     let total = 0;
+    let warned = false;
     while (!stop.signal.aborted) {
       const lease = await site.nextTask(2000);
       if (!lease) continue;
@@ -597,10 +648,32 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       });
       if (runtime.mechanism.trust === "local") {
         runtime.noiseKey = await importNoiseKey(await readNoiseKey(a.noiseKey));
-        // The releases made under this key, kept beside it across restarts.
-        const log = `${a.noiseKey}.releases.json`;
-        runtime.released = await readReleaseLog(log);
-        runtime.onReleased = (released) => writeJsonAtomic(log, Object.fromEntries(released));
+        // The releases made under this key and their ε, kept beside it across restarts and runs.
+        const path = `${a.noiseKey}.releases.json`;
+        runtime.log = await readSiteLog(path, a.delta);
+        runtime.budget = { maxEpsilon: a.maxEpsilon, delta: a.delta };
+        if (a.maxEpsilon === null && !warned) {
+          warned = true;
+          console.error(
+            `federation join: WARNING — ${a.site} takes a local-DP task under --trust central: ` +
+              `it trusts the coordinator's ε, T and C (σ_loc ${
+                runtime.mechanism.calibration!.noiseMultiplier.toPrecision(5)
+              }) and enforces no cap of its own; start it with --trust local --max_epsilon E ` +
+              `to refuse tasks that would spend more`,
+          );
+        }
+        runtime.onReleased = async (log, id) => {
+          await writeJsonAtomic(path, log);
+          const r = log.releases[id];
+          console.error(
+            `${a.site}: site ε ${r.epsilon} after ${id} (${
+              Object.keys(log.releases).length
+            } release(s) under the key, σ_loc ${r.noiseMultiplier}, δ ${log.delta}, ${
+              a.maxEpsilon === null ? "no cap" : `cap ${a.maxEpsilon}`
+            })`,
+          );
+        };
+        runtime.onRefused = (log) => writeJsonAtomic(path, log);
       }
       total += await runSite(site, inputs.backbone, runtime, {
         heartbeatMs: a.heartbeatMs,

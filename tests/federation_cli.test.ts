@@ -9,11 +9,12 @@ import { UsageError } from "../lib/cli.ts";
 import {
   parseFederationArgs,
   readNoiseKey,
-  readReleaseLog,
   readServeConfig,
+  readSiteLog,
   trainArgsForTrust,
 } from "../tasks/federation.ts";
 import { natsTest } from "./helpers/nats.ts";
+import { emptySiteLog } from "../lib/federation/site_budget.ts";
 
 const TASK = join(import.meta.dirname!, "..", "tasks", "federation.ts");
 
@@ -67,9 +68,33 @@ Deno.test("federation cli: flags are parsed per command and refused with the fla
   const wary = parseFederationArgs([
     "join",
     ...["--nats", "tls://h:4222", "--creds", "/s", "--site", "a", "--data", "x.npz"],
-    ...["--trust", "local"],
+    ...["--trust", "local", "--max_epsilon", "4"],
   ])!;
-  assert.equal(wary.command === "join" && wary.trust, "local");
+  assert.deepEqual(
+    wary.command === "join" && [wary.trust, wary.maxEpsilon, wary.delta],
+    ["local", 4, 1e-5],
+  );
+  const joinArgs = [
+    "join",
+    "--nats",
+    "tls://h:4222",
+    "--creds",
+    "/s",
+    "--site",
+    "a",
+    "--data",
+    "x",
+  ];
+  usage([...joinArgs, "--trust", "local"], /--trust local needs --max_epsilon E/);
+  usage(
+    [...joinArgs, "--trust", "local", "--max_epsilon", "0"],
+    /--max_epsilon 0: expected a privacy budget ε > 0/,
+  );
+  usage(
+    [...joinArgs, "--trust", "local", "--max_epsilon", "4", "--delta", "1"],
+    /--delta 1: expected 0 < δ < 1/,
+  );
+  usage([...joinArgs, "--max_epsilon", "4"], /use them with --trust local/);
   usage(["train"], /unknown command train; expected server, serve or join/);
   usage(["server", "--dir", "d"], /server needs --sites/);
   usage(["server", "--dir", "d", "--sites", "a,coordinator"], /--sites: site name "coordinator"/);
@@ -129,11 +154,36 @@ Deno.test("federation cli: a site's noise key is made once (mode 600) and read b
     assert.notDeepEqual(await readNoiseKey(join(dir, "other.key")), made);
     await Deno.writeTextFile(join(dir, "bad.key"), "not hex");
     await assert.rejects(readNoiseKey(join(dir, "bad.key")), /at least 16 bytes as hex/);
-    assert.deepEqual(await readReleaseLog(join(dir, "absent.json")), new Map());
-    await Deno.writeTextFile(join(dir, "log.json"), JSON.stringify({ "r/1/0": "ab" }));
-    assert.deepEqual(await readReleaseLog(join(dir, "log.json")), new Map([["r/1/0", "ab"]]));
+    assert.deepEqual(await readSiteLog(join(dir, "absent.json"), 1e-5), emptySiteLog(1e-5));
+    const log = emptySiteLog(1e-5);
+    log.releases["r/1/0"] = {
+      inputs: "ab",
+      phase: "B",
+      noiseMultiplier: 2.417,
+      clip: 0.5,
+      epsilon: 1.9,
+      at: "2026-12-05T12:00:00.000Z",
+    };
+    log.refused.push({ id: "r2/1/0", reason: "over the cap", at: "2026-12-05T12:01:00.000Z" });
+    await Deno.writeTextFile(join(dir, "log.json"), JSON.stringify(log));
+    assert.deepEqual(await readSiteLog(join(dir, "log.json"), 1e-5), log);
+    await assert.rejects(
+      readSiteLog(join(dir, "log.json"), 1e-6),
+      /accounts its ε at δ = 0\.00001, not --delta 0\.000001; give --delta 0\.00001/,
+    );
     await Deno.writeTextFile(join(dir, "bad.json"), "[1]");
-    await assert.rejects(readReleaseLog(join(dir, "bad.json")), /expected the site's release log/);
+    await assert.rejects(
+      readSiteLog(join(dir, "bad.json"), 1e-5),
+      /expected the site's release log/,
+    );
+    await Deno.writeTextFile(join(dir, "v1.json"), JSON.stringify({ "r/1/0": "ab" }));
+    await assert.rejects(
+      readSiteLog(join(dir, "v1.json"), 1e-5),
+      /v1\.json: a release log of the first format .* start the site with a new --noise_key/,
+    );
+    const noNoise = { ...log, releases: { "r/1/0": { ...log.releases["r/1/0"], clip: 0 } } };
+    await Deno.writeTextFile(join(dir, "bad2.json"), JSON.stringify(noNoise));
+    await assert.rejects(readSiteLog(join(dir, "bad2.json"), 1e-5), /releases\.r\/1\/0 must hold/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -24,6 +24,8 @@ import { initLora } from "../lib/model/lora.ts";
 import { streamRng } from "../lib/fl/streams.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
 import { compareRuns } from "../tools/compare_runs.ts";
+import { strictCalibration } from "../lib/privacy/calibration.ts";
+import { siteEpsilon } from "../lib/federation/site_budget.ts";
 import { join } from "node:path";
 
 const setup = await toySetup();
@@ -42,11 +44,22 @@ function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
 
 const stable = (r: RoundRecord) => ({ ...r, seconds: 0, liveTensors: 0 });
 
-/** Sites as separate runtimes; `silent` names (client, 0-based round) pairs that never answer. */
-function sites(cfg: FederatedConfig, silent: (k: number, round: number) => boolean): RemoteClients {
+/**
+ * Sites as separate runtimes; `silent` names (client, 0-based round) pairs that never answer;
+ * `prepare` sets up each runtime when it is made (a noise key, a budget), `run` names the run.
+ */
+function sites(
+  cfg: FederatedConfig,
+  silent: (k: number, round: number) => boolean,
+  opts: { prepare?: (rt: SiteRuntime, k: number) => void; run?: string } = {},
+): RemoteClients {
   const runtimes = new Map<number, SiteRuntime>();
   const site = (k: number) => {
-    if (!runtimes.has(k)) runtimes.set(k, siteRuntime(setup.data, cfg, k));
+    if (!runtimes.has(k)) {
+      const rt = siteRuntime(setup.data, cfg, k);
+      opts.prepare?.(rt, k);
+      runtimes.set(k, rt);
+    }
     return runtimes.get(k)!;
   };
   return {
@@ -65,6 +78,7 @@ function sites(cfg: FederatedConfig, silent: (k: number, round: number) => boole
             phaseIndex,
             global,
             merged,
+            run: opts.run,
           }),
         );
       }
@@ -179,7 +193,7 @@ Deno.test("federation round: under local DP a site with a noise key draws noise 
   const rt = siteRuntime(setup.data, cfg, 2);
   rt.noiseKey = key;
   const logged: string[] = [];
-  rt.onReleased = (released) => Promise.resolve(void logged.push(...released.keys()));
+  rt.onReleased = (log) => Promise.resolve(void logged.push(...Object.keys(log.releases)));
   const first = await siteRelease(setup.backbone, rt, {
     round: 0,
     phaseIndex: 0,
@@ -216,5 +230,89 @@ Deno.test("federation round: under local DP a site with a noise key draws noise 
   assert.deepEqual(
     Object.keys(siteReport(strict, central.release, central.loss)),
     ["loss", "updateNorm", "clipped", "releaseNorm", "peerSigmaMax"],
+  );
+});
+
+Deno.test("federation round: keyed local sites keep their own budget — each site's own ε equals the ledger's; a run that would pass a site's cap is refused before anything is released", async () => {
+  const cfg = config({
+    method: { ...defaultConfig().method, method: "DEeR" },
+    dp: { calibration: "local", clip: 0.5, epsilon: 6 },
+  });
+  const key = await importNoiseKey(new Uint8Array(32).fill(5));
+  const runtimes: SiteRuntime[] = [];
+  const printed: string[] = [];
+  // Site 1 misses round 2: it makes 2 releases, the others 4.
+  const silent = (k: number, round: number) => k === 1 && round === 1;
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-budget-" });
+  const run = await runFederated(setup.backbone, setup.data, cfg, {
+    outDir: dir,
+    remote: sites(cfg, silent, {
+      run: "r1",
+      prepare: (rt, k) => {
+        rt.noiseKey = key;
+        rt.budget = { maxEpsilon: 8, delta: 1e-5 };
+        rt.onReleased = (log, id) =>
+          Promise.resolve(void printed.push(`${k} ${id} ${log.releases[id].epsilon}`));
+        runtimes[k] = rt;
+      },
+    }),
+  });
+  await Deno.remove(dir, { recursive: true });
+  const perSite = run.ledger!.rounds.at(-1)!.sites!;
+  const own = runtimes.map((rt) => Object.values(rt.log!.releases).at(-1)!.epsilon);
+  assert.deepEqual(own, perSite, "each site's own ε is the coordinator ledger's per-site ε");
+  assert.deepEqual(runtimes.map((rt) => Object.keys(rt.log!.releases).length), [4, 2, 4, 4]);
+  assert.ok(perSite[0] > 5.9 && perSite[0] <= 6 && perSite[1] < perSite[0], `${perSite}`);
+  // The running ε after round 1 is the ledger's round-1 value.
+  assert.equal(runtimes[0].log!.releases["r1/1/1"].epsilon, run.ledger!.rounds[0].sites![0]);
+  assert.equal(printed.length, 14, "one line per release");
+  const global = initLora(setup.backbone.vision.config, setup.backbone.rank, streamRng(10, "init"));
+  const task = { round: 0, phaseIndex: 0, global, run: "r2" };
+  // A second run (ε 6 again) on site 0: with what its key already spent it would reach past 8.
+  const site0 = runtimes[0];
+  const before = JSON.stringify(site0.log!.releases);
+  let released = 0;
+  site0.onReleased = () => Promise.resolve(void released++);
+  await assert.rejects(
+    siteRelease(setup.backbone, site0, task),
+    /refusing r2\/1\/0: .* with the 4 release\(s\) this key already made \(ε = 5\.99\d+\) .* above its cap --max_epsilon 8 .*nothing was released/,
+  );
+  // A fresh site whose cap is below the run's ε: its σ_loc is below what the cap implies.
+  const fresh = siteRuntime(setup.data, cfg, 2);
+  fresh.noiseKey = await importNoiseKey(new Uint8Array(32).fill(6));
+  fresh.budget = { maxEpsilon: 3, delta: 1e-5 };
+  fresh.onReleased = () => Promise.resolve(void released++);
+  const sigma = fresh.mechanism.calibration!.noiseMultiplier;
+  const implied = strictCalibration({
+    targetEpsilon: 3,
+    rounds: 2,
+    phases: ["B", "A"],
+    sampleRate: 1,
+    accountant: "pld",
+    clip: 0.5,
+  }).noiseMultiplier;
+  assert.ok(implied > sigma, `the cap implies σ ${implied} > the run's ${sigma}`);
+  await assert.rejects(
+    siteRelease(setup.backbone, fresh, { ...task, run: "r3" }),
+    new RegExp(
+      `refusing r3/1/0: the run asks for noise multiplier σ_loc = ${sigma.toPrecision(5)} over 4 ` +
+        `planned release\\(s\\).*above its cap --max_epsilon 3 \\(a fresh key's cap implies σ_loc ≥ ` +
+        `${implied.toPrecision(5)} for this run\\)`,
+    ),
+  );
+  assert.equal(released, 0, "nothing released");
+  assert.equal(JSON.stringify(site0.log!.releases), before);
+  assert.deepEqual(Object.keys(fresh.log!.releases), []);
+  assert.deepEqual(
+    [...site0.log!.refused, ...fresh.log!.refused].map((r) => r.id),
+    ["r2/1/0", "r3/1/0"],
+    "the refusals are in the sites' logs",
+  );
+  // The same fresh site with a cap that fits the run releases, at the ledger's first-release ε.
+  fresh.budget = { maxEpsilon: 6, delta: 1e-5 };
+  await siteRelease(setup.backbone, fresh, { ...task, run: "r3" });
+  assert.equal(
+    fresh.log!.releases["r3/1/0"].epsilon,
+    siteEpsilon([{ phase: "B", noiseMultiplier: sigma, clip: 0.5 }], 1e-5),
   );
 });

@@ -14,8 +14,17 @@ import { resolveMethod } from "../fl/methods/mod.ts";
 import { clientSettings, releaseClient, trainClient } from "../fl/round.ts";
 import { clientPlan, type FederatedConfig } from "../fl/simulation.ts";
 import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
+import type { ReleasePhase } from "../privacy/ledger.ts";
 import type { Rng } from "../rng.ts";
 import { secureRng } from "../privacy/secure_rng.ts";
+import {
+  checkSiteBudget,
+  emptySiteLog,
+  type LoggedRefusal,
+  type LoggedRelease,
+  type SiteBudget,
+  type SiteLog,
+} from "./site_budget.ts";
 
 /** What a site holds across tasks: its data, its client state, the run's method and mechanism. */
 export interface SiteRuntime {
@@ -34,14 +43,24 @@ export interface SiteRuntime {
    */
   noiseKey?: CryptoKey;
   /**
-   * Local DP with a key: the SHA-256 of the inputs (global factors and merges) of every release
-   * this site made, by `<run>/<round>/<phase>`. A task for a release already made with other
-   * inputs is refused: a second release of the same (round, phase) would spend the budget twice
-   * (the calibration allows one per planned release), and a coordinator could difference the two.
+   * Local DP with a key: the site's log ({@link SiteLog}, `federation join` keeps it beside the
+   * key): every release this site made under the key by `<run>/<round>/<phase>`, with the SHA-256
+   * of its inputs (global factors and merges), its noise multiplier and the site's running ε,
+   * and every task it refused. A task for a release already made with other inputs is refused: a
+   * second release of the same (round, phase) would spend the budget twice (the calibration
+   * allows one per planned release), and a coordinator could difference the two. Made empty (at
+   * the budget's δ) when absent.
    */
-  released?: Map<string, string>;
-  /** Called after `released` gains an entry (`federation join` keeps the log beside the key). */
-  onReleased?: (released: ReadonlyMap<string, string>) => Promise<void>;
+  log?: SiteLog;
+  /**
+   * Local DP with a key: the site's own cap ({@link checkSiteBudget}); without one the site
+   * accounts its ε but refuses nothing on that ground.
+   */
+  budget?: SiteBudget;
+  /** Called after `log` gains a release (`id`), before the release is returned. */
+  onReleased?: (log: SiteLog, id: string) => Promise<void>;
+  /** Called after `log` gains a refusal, before the refusal is thrown. */
+  onRefused?: (log: SiteLog, refusal: LoggedRefusal) => Promise<void>;
 }
 
 /**
@@ -166,9 +185,10 @@ export async function siteRelease(
         `${method.phases.length} phase(s)`,
     );
   }
-  // Local DP with a key: one release per planned (round, phase), its noise bound to the inputs.
+  // Local DP with a key: one release per planned (round, phase), its noise bound to the inputs,
+  // within the site's own budget — checked before anything is trained or released.
   const keyed = site.noiseKey && site.mechanism.trust === "local"
-    ? await keyedRelease(site, task)
+    ? await keyedRelease(site, task, phase.name)
     : null;
   const trained = await trainClient(backbone, site.state, {
     method,
@@ -196,35 +216,73 @@ export async function siteRelease(
   });
   // Instrumentation that never leaves a site: the pre-noise factors.
   delete release.clean;
-  if (keyed && !keyed.seen) {
-    (site.released ??= new Map()).set(keyed.id, keyed.inputs);
-    await site.onReleased?.(site.released);
+  if (keyed?.entry) {
+    // Counted as spent once the noise is drawn, before the release is sent (conservative).
+    site.log!.releases[keyed.id] = { ...keyed.entry, at: new Date().toISOString() };
+    await site.onReleased?.(site.log!, keyed.id);
   }
   return { release, loss: trained.result.loss };
 }
 
-/** A keyed local-DP site's checks before a release (see {@link SiteRuntime.released}). */
+/**
+ * A keyed local-DP site's checks before a release (see {@link SiteRuntime.log}): the round is one
+ * of the run's, the (run, round, phase) was not released with other inputs, and the release keeps
+ * the site within its budget. A refusal is logged, then thrown. `entry` is the log's record of
+ * the new release (null when the task is one already released with the same inputs).
+ */
 async function keyedRelease(
   site: SiteRuntime,
   task: SiteTask,
-): Promise<{ id: string; inputs: string; seen: boolean }> {
+  phase: ReleasePhase,
+): Promise<{ id: string; inputs: string; entry: Omit<LoggedRelease, "at"> | null }> {
+  const log = site.log ??= emptySiteLog(site.budget?.delta ?? 1e-5);
   const round = task.round + 1;
+  const run = task.run ?? "run";
+  const id = `${run}/${round}/${task.phaseIndex}`;
+  const refuse = async (reason: string): Promise<never> => {
+    const refusal = { id, reason, at: new Date().toISOString() };
+    log.refused.push(refusal);
+    await site.onRefused?.(log, refusal);
+    throw new Error(reason);
+  };
   if (!(Number.isInteger(round) && round >= 1 && round <= site.config.rounds)) {
-    throw new Error(
+    await refuse(
       `local DP: a task for round ${round} of a run of ${site.config.rounds} rounds; the site's ` +
         `noise is calibrated for ${site.config.rounds} rounds and releases no more`,
     );
   }
-  const id = `${task.run ?? "run"}/${round}/${task.phaseIndex}`;
   const inputs = await inputDigest(task.global, task.merged);
-  const before = site.released?.get(id);
-  if (before !== undefined && before !== inputs) {
-    throw new Error(
+  const before = log.releases[id];
+  if (before !== undefined && before.inputs !== inputs) {
+    await refuse(
       `local DP: refusing a second release for round ${round} phase ${task.phaseIndex} of ` +
         `${task.run ?? "this run"} with other global factors than the first (inputs ${
           inputs.slice(0, 12)
-        }…, released for ${before.slice(0, 12)}…): it would spend the release's budget twice`,
+        }…, released for ${before.inputs.slice(0, 12)}…): it would spend the release's budget ` +
+        `twice`,
     );
   }
-  return { id, inputs, seen: before !== undefined };
+  if (before !== undefined) return { id, inputs, entry: null };
+  const cal = site.mechanism.calibration!;
+  const checked = checkSiteBudget(log, site.budget ?? { maxEpsilon: null, delta: log.delta }, {
+    id,
+    run,
+    phase,
+    phases: site.method.phases.map((p) => p.name),
+    rounds: site.config.rounds,
+    noiseMultiplier: cal.noiseMultiplier,
+    clip: cal.clip,
+  });
+  if (checked.refusal !== null) await refuse(checked.refusal);
+  return {
+    id,
+    inputs,
+    entry: {
+      inputs,
+      phase,
+      noiseMultiplier: cal.noiseMultiplier,
+      clip: cal.clip,
+      epsilon: checked.epsilon,
+    },
+  };
 }
