@@ -38,8 +38,8 @@ export interface SiteRuntime {
    * Local DP: the site's secret noise key (HMAC-SHA256). The coordinator knows the run's seed,
    * so noise drawn from the run-seeded streams would be known to it and could be subtracted;
    * with a key the site draws its noise from a cryptographically secure stream only it can
-   * reproduce ({@link secretNoise}). Without one (one-process checks) the run's own streams are used, as
-   * in `train`.
+   * reproduce ({@link secretNoise}). Without one (one-process checks) the run's own streams are
+   * used, as in `train`.
    */
   noiseKey?: CryptoKey;
   /**
@@ -236,6 +236,12 @@ async function keyedRelease(
   phase: ReleasePhase,
 ): Promise<{ id: string; inputs: string; entry: Omit<LoggedRelease, "at"> | null }> {
   const log = site.log ??= emptySiteLog(site.budget?.delta ?? 1e-5);
+  if (site.budget && site.budget.delta !== log.delta) {
+    throw new Error(
+      `local DP: the site's log accounts at δ = ${log.delta} but its budget is at δ = ` +
+        `${site.budget.delta}; a key's releases are accounted at one δ`,
+    );
+  }
   const round = task.round + 1;
   const run = task.run ?? "run";
   const id = `${run}/${round}/${task.phaseIndex}`;
