@@ -155,6 +155,11 @@ local_scenario() {
       }
     ' "$WORK/$s.key.releases.json"
     [ "$rc" -eq 1 ] || { log "local trust: $s exited with $rc, expected 1"; exit 1; }
+    # loc-a took run 1 in the same process: run 2's task must get a runtime of its own.
+    if [ "$s" = loc-a ]; then
+      grep -q "a task of another run (run-[0-9a-f]*): rebuilding the site for it" "$WORK/$s.log" ||
+        { cat "$WORK/$s.log"; log "local trust: loc-a took run 2 with run 1's runtime"; exit 1; }
+    fi
     log "local trust: $s refused run 2 ($(grep -o 'this site.s ε would reach [0-9.]*' "$WORK/$s.log" | head -n 1))"
   done
   [ "$(deno eval 'console.log(Object.keys(JSON.parse(Deno.readTextFileSync(Deno.args[0])).releases).length)' "$WORK/loc-c.key.releases.json")" = 0 ] ||

@@ -614,12 +614,16 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       await new Promise((r) => setTimeout(r, 1000));
     }
     console.error(`federation join: connected to ${a.nats} as ${a.site}; waiting for tasks`);
-    // The run's flags come with each task; the site loads its data and model for them once.
+    // The run's flags come with each task; the site loads its data and model once per run.
     let total = 0;
     let warned = false;
     while (!stop.signal.aborted) {
       const lease = await site.nextTask(2000);
       if (!lease) continue;
+      // The run this runtime is built for: its id and its settings (flags and seed).
+      const runKey = (t: { run: string; settings: Record<string, unknown> }) =>
+        JSON.stringify([t.run, t.settings.train, t.settings.seed]);
+      const thisRun = runKey(lease.task);
       const train = lease.task.settings.train as string[];
       const seed = Number(lease.task.settings.seed);
       const client = Number(lease.task.settings.client);
@@ -680,6 +684,8 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
         idleMs: Number.POSITIVE_INFINITY,
         signal: stop.signal,
         log: (line) => console.error(`${a.site}: ${line}`),
+        // A task of another run ends this loop: the next pass builds that run's runtime.
+        sameRun: (t) => runKey(t) === thisRun,
       });
       inputs.dispose();
     }

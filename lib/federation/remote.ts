@@ -19,6 +19,7 @@ import { productSpaceNorm } from "../privacy/clip.ts";
 import type { PhaseRecord, RemoteClients } from "../fl/simulation.ts";
 import type { ClientRelease } from "../privacy/mechanism.ts";
 import type { ArraySpec, NamedArray } from "./codec.ts";
+import type { TaskEnvelope } from "./protocol.ts";
 import type { Coordinator, Refusal, Site } from "./transport.ts";
 import { withHeartbeat } from "./transport.ts";
 import { siteRelease, siteReport, type SiteRuntime } from "./site.ts";
@@ -237,6 +238,13 @@ export async function runSite(
     maxTasks?: number;
     signal?: AbortSignal;
     log?: (s: string) => void;
+    /**
+     * Whether a task belongs to the run `runtime` was built for. A task of another run (another
+     * run id or other settings) is given back untouched and the loop returns, so that the caller
+     * builds that run's runtime (`federation join` does) instead of training it with this one's
+     * config, calibration and data split.
+     */
+    sameRun?: (task: TaskEnvelope) => boolean;
   },
 ): Promise<number> {
   let done = 0;
@@ -246,6 +254,11 @@ export async function runSite(
     if (!lease) {
       if (Date.now() - idleSince > opts.idleMs) break;
       continue;
+    }
+    if (opts.sameRun && !opts.sameRun(lease.task)) {
+      lease.giveBack();
+      opts.log?.(`a task of another run (${lease.task.run}): rebuilding the site for it`);
+      break;
     }
     const client = Number(lease.task.settings.client);
     if (client !== runtime.client) {
