@@ -1,9 +1,11 @@
 /**
- * Fused element-wise WGSL kernels for the `webgpu` fast path (lib/model/vit_fast.ts).
+ * Fused WGSL kernels for the `webgpu` fast path (lib/model/vit_fast.ts): element-wise, per row,
+ * and a tiled matrix product.
  *
- * On a GPU a ViT step's time is set by how many small kernels it dispatches, not by its large
- * products. These programs replace chains of tfjs element-wise kernels by one dispatch each, through
- * the backend's public `runWebGPUProgram` (the same entry tfjs-webgpu's own kernels use):
+ * On a GPU a ViT step's time is set by how many small kernels it dispatches and by how fast its
+ * large products run. These programs replace chains of tfjs element-wise kernels by one dispatch
+ * each, and tfjs' products by a larger-tiled one, through the backend's public
+ * `runWebGPUProgram` (the same entry tfjs-webgpu's own kernels use):
  *
  * * `gate`: `1 + erf z` (GELU) or `σ(z)` (QuickGELU); `act`: `z·gate` — one kernel each instead of
  *   two and one (GELU) or one and one (QuickGELU).
@@ -16,8 +18,19 @@
  *   four), its input gradient `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ` (one
  *   instead of about nine), and the softmax backward `y·(g − Σ g·y)` (one instead of four).
  *
- * `DEER_WGSL=0` turns them off (the fast path then uses the portable tfjs composition), for A/B
- * comparisons; they are used only when the active backend is `webgpu`.
+ * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
+ *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
+ *   reached 2.7 TFLOP/s on an H200 for [1576×768]·[768×3072] (fp32 peak ≈ 60). Built as GPU
+ *   SGEMMs are: 64×64 (or 128×64) outputs per workgroup of 256 threads, each thread a 4×4 (8×4)
+ *   register block, K-tiles of 16 staged in workgroup memory, vec4 loads and stores where the
+ *   contiguous dimension allows, transposes by indexing, a batch (or one matrix broadcast over
+ *   it). The fast path sends it products of at least {@link WGSL_MM_MIN_OUTPUTS} outputs. Its only
+ *   loop runs ⌈K/16⌉ times, within lavapipe's loop budget up to {@link WGSL_MM_MAX_K}. Checked
+ *   against `tf.matMul` on lavapipe (tests/webgpu_wgsl.test.ts); not yet measured on a GPU:
+ *   `bench/webgpu_probe.ts matmul` (and `bench/gpu_check.sh wgsl`) compare the two there.
+ *
+ * `DEER_WGSL=0` turns them off (the fast path then uses the portable tfjs composition and
+ * `tf.matMul`), for A/B comparisons; they are used only when the active backend is `webgpu`.
  */
 import * as tf from "@tensorflow/tfjs-core";
 
@@ -361,7 +374,9 @@ export const WGSL_MM_MIN_OUTPUTS = 2 ** 18;
 /**
  * The longest inner dimension the kernel takes: its only loop runs ⌈K/16⌉ times (everything
  * inside is unrolled), and lavapipe ends a shader's loops after 65,535 iterations in all (see
- * {@link WGSL_MAX_ROW}); 2^20 keeps ⌈K/16⌉ at 65,536 − 1 or less with K a multiple of 16 or not.
+ * {@link WGSL_MAX_ROW}): 16·65,535 = 1,048,560 keeps ⌈K/16⌉ ≤ 65,535. Measured on lavapipe:
+ * a [1×1,048,560]·[1,048,560×1] product sums every term (524,316.6 against 524,313.1 in float64,
+ * float32 rounding of a sequential sum). Longer products stay `tf.matMul`.
  */
 export const WGSL_MM_MAX_K = 16 * 65535;
 
