@@ -618,7 +618,8 @@ function matMulSource(
  * either the whole batch or a single matrix (`[N·T, w]·[H, w, d]`, `[H, N, T, d]·[H, N, T, d]`);
  * other broadcasts, empty or over-long products throw (use {@link wgslMatMulUsed} to ask first).
  * `tile` picks 64×64 (default, 4×4 outputs per thread) or 128×64 (8×4), each for 256 threads;
- * `DEER_WGSL_MM_TILE` sets the default.
+ * `DEER_WGSL_MM_TILE` sets the default. Forward only (no gradient is registered): the fast path
+ * calls it inside its hand-written backward, which needs none.
  *
  * Only on the `webgpu` backend, e.g. `const c = wgslMatMul(a, b, false, true);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -636,7 +637,9 @@ export function wgslMatMul(
     );
   }
   if (tile !== "64x64" && tile !== "128x64") {
-    throw new Error(`webgpu_kernels matMul: tile ${tile} is not 64x64 or 128x64`);
+    throw new Error(
+      `webgpu_kernels matMul: tile "${tile}" is not 64x64 or 128x64 (argument or DEER_WGSL_MM_TILE)`,
+    );
   }
   const rm = tile === "64x64" ? 4 : 8;
   const { m, n, k, batch, strideA, strideB, outShape } = plan;
