@@ -15,7 +15,9 @@
 #   probe: only bench/webgpu_probe.ts (see there); short: the ViT-B/16 step at batch 8 and 32 with
 #   few steps, and PyTorch CUDA at 8, 32 and 64 (for a device budget of a few minutes); wgsl: the
 #   ViT-B/16 webgpu step at batch 8, 32 and 64 with the fused WGSL kernels (lib/webgpu_kernels.ts)
-#   and without (DEER_WGSL=0), plus the probe's kernel count at batch 8 both ways (wgsl.jsonl).
+#   and without (DEER_WGSL=0), plus the probe's kernel count at batch 8 both ways and the product
+#   microbenchmark (webgpu_probe.ts matmul: the step's products at batch 8 as tf.matMul and as
+#   DeerWgsl_MatMul, GFLOP/s) both ways (wgsl.jsonl).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -94,6 +96,12 @@ if [ "${1:-}" = probe ]; then
 fi
 
 if [ "${1:-}" = wgsl ]; then
+  for w in 1 0; do
+    step "product microbenchmark (b16 shapes, batch 8), DEER_WGSL=$w"
+    DEER_WGSL=$w DEER_BACKEND=webgpu timeout 180 deno run -A bench/webgpu_probe.ts matmul \
+      --batch 8 2>>"$OUT/wgsl.err" | sed "s/^{/{\"wgsl\":$w,/" >>"$OUT/wgsl.jsonl"
+    echo "exit ${PIPESTATUS[0]}"
+  done
   for w in 1 0; do
     step "webgpu probe (b16, batch 8), DEER_WGSL=$w"
     DEER_WGSL=$w DEER_BACKEND=webgpu timeout 240 deno run -A bench/webgpu_probe.ts b16 --batch 8 \

@@ -8,6 +8,14 @@
  * Run: `DEER_BACKEND=webgpu deno run -A bench/webgpu_probe.ts [b16|tiny] [--batch 8] [--step-only]`
  * (`--step-only`: only the step's figures). Each line names whether the toolkit's WGSL kernels
  * (lib/webgpu_kernels.ts) were on: `DEER_WGSL=0` turns them off.
+ *
+ * `matmul` mode: the ViT-B/16 step's matrix products at `--batch` (default 8; 197 tokens, width
+ * 768, MLP 3,072, 12 heads), forward and transposed (backward) variants, as `tf.matMul` and —
+ * unless `DEER_WGSL=0` — as `DeerWgsl_MatMul` with 64×64 and 128×64 tiles: per shape and
+ * implementation the median over `--runs` (3) of the wall time per product of `--reps` (10)
+ * products dispatched back to back and read back once at the end, GFLOP/s from it, and the
+ * kernels' own GPU time of one product where the adapter has timestamp queries. `--only
+ * qkv,fc1,…` picks shapes. `WEBGPU_CPU_FORWARD` is off (everything on the adapter).
  * @module
  */
 import { parseArgs } from "../lib/cli.ts";
@@ -16,14 +24,25 @@ import { randomVitWeights } from "../lib/model/vit_init.ts";
 import { createVitEncoder } from "../lib/model/vit.ts";
 import { createRng } from "../lib/rng.ts";
 import { TINY_VIT, VIT_B16 } from "./figures.ts";
-import { emit, round } from "./measure.ts";
+import { emit, median, round } from "./measure.ts";
 import { loraStepBench, ownKernels, patternSplit } from "./step.ts";
+import { type MatMulTile, wgslMatMul } from "../lib/webgpu_kernels.ts";
 
-const flags = parseArgs(Deno.args, { string: ["batch"], boolean: ["step-only"] });
+const flags = parseArgs(Deno.args, {
+  string: ["batch", "reps", "runs", "only"],
+  boolean: ["step-only"],
+});
 const wgsl = Deno.env.get("DEER_WGSL") !== "0";
 const which = String(flags._[0] ?? "b16");
-const batch = Number(flags.batch ?? (which === "b16" ? 8 : 32));
+const batch = Number(flags.batch ?? (which === "tiny" ? 32 : 8));
 if (backendName !== "webgpu") throw new Error("run with DEER_BACKEND=webgpu");
+if (!["b16", "tiny", "matmul"].includes(which)) {
+  throw new Error(`webgpu_probe: "${which}" is not a mode; use b16, tiny or matmul`);
+}
+if (which === "matmul") {
+  await matmulFigures();
+  Deno.exit(0);
+}
 
 /** Wall time per call of `fn`, `reps` calls, all awaited at the end (the queue stays full). */
 async function perCall(reps: number, fn: () => tf.Tensor): Promise<number> {
@@ -103,4 +122,104 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
   });
   bench.dispose();
   encoder.dispose();
+}
+
+/**
+ * One product of the ViT-B/16 step: a [..., M, K]·[..., K, N] (stored transposed where `ta`,
+ * `tb`), as `mm` in lib/model/vit_fast.ts calls it.
+ */
+interface ProductShape {
+  name: string;
+  a: number[];
+  b: number[];
+  ta: boolean;
+  tb: boolean;
+}
+
+/** The products of a ViT-B/16 LoRA step at `n` images (rows = n·197). */
+function b16Products(n: number): ProductShape[] {
+  const rows = n * 197, w = 768, mlp = 3072, heads = 12;
+  return [
+    // Forward: q|k|v as one product and per head (h broadcast over 3·heads), the MLP.
+    { name: "qkv", a: [rows, w], b: [w, 3 * w], ta: false, tb: false },
+    { name: "qkv_heads", a: [rows, w], b: [3 * heads, w, 64], ta: false, tb: false },
+    { name: "scores", a: [heads, n, 197, 64], b: [heads, n, 197, 64], ta: false, tb: true },
+    { name: "attend", a: [heads, n, 197, 197], b: [heads, n, 197, 64], ta: false, tb: false },
+    { name: "fc1", a: [rows, w], b: [w, mlp], ta: false, tb: false },
+    { name: "fc2", a: [rows, mlp], b: [mlp, w], ta: false, tb: false },
+    // Backward: products with a transposed operand.
+    { name: "fc2_grad", a: [rows, w], b: [mlp, w], ta: false, tb: true },
+    { name: "fc1_grad", a: [rows, mlp], b: [w, mlp], ta: false, tb: true },
+    { name: "dv", a: [heads, n, 197, 197], b: [heads, n, 197, 64], ta: true, tb: false },
+    { name: "weight_grad", a: [rows, w], b: [rows, mlp], ta: true, tb: false },
+  ];
+}
+
+/** Multiply-adds ×2 of one product. */
+function flops(p: ProductShape, out: tf.Tensor): number {
+  const k = p.ta ? p.a[p.a.length - 2] : p.a[p.a.length - 1];
+  return 2 * out.size * k;
+}
+
+/** tf.matMul against DeerWgsl_MatMul on the ViT-B/16 step's products. */
+async function matmulFigures(): Promise<void> {
+  tf.env().set("WEBGPU_CPU_FORWARD", false);
+  const reps = Number(flags.reps ?? 10), runs = Number(flags.runs ?? 3);
+  const only = flags.only ? String(flags.only).split(",") : null;
+  const impls: [string, (a: tf.Tensor, b: tf.Tensor, p: ProductShape) => tf.Tensor][] = [
+    ["tf.matMul", (a, b, p) => tf.matMul(a, b, p.ta, p.tb)],
+  ];
+  if (wgsl) {
+    for (const tile of ["64x64", "128x64"] as MatMulTile[]) {
+      impls.push([`DeerWgsl_MatMul_${tile}`, (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, tile)]);
+    }
+  }
+  for (const p of b16Products(batch)) {
+    if (only && !only.includes(p.name)) continue;
+    const a = tf.randomNormal(p.a, 0, 1, "float32", 1),
+      b = tf.randomNormal(p.b, 0, 1, "float32", 2);
+    for (const [impl, fn] of impls) {
+      const warm = fn(a, b, p);
+      await warm.data();
+      const work = flops(p, warm);
+      const shape = warm.shape;
+      warm.dispose();
+      const times: number[] = [];
+      for (let r = 0; r < runs; r++) {
+        const t0 = performance.now();
+        const outs: tf.Tensor[] = [];
+        for (let i = 0; i < reps; i++) outs.push(fn(a, b, p));
+        await outs[outs.length - 1].data();
+        times.push((performance.now() - t0) / reps);
+        tf.dispose(outs);
+      }
+      const info = await tf.profile(async () => {
+        const out = fn(a, b, p);
+        await out.data();
+        out.dispose();
+      });
+      let kernelMs = 0;
+      for (const k of ownKernels(info.kernels)) kernelMs += Number(await k.kernelTimeMs) || 0;
+      const ms = median(times);
+      emit({
+        name: "webgpu_matmul",
+        product: p.name,
+        wgsl,
+        impl,
+        batch,
+        a: p.a,
+        b: p.b,
+        ta: p.ta,
+        tb: p.tb,
+        out: shape,
+        ms: round(ms, 3),
+        gflops: round(work / (ms * 1e6)),
+        kernel_ms: round(kernelMs, 3),
+        kernel_gflops: kernelMs > 0 ? round(work / (kernelMs * 1e6)) : null,
+        runs,
+        reps,
+      });
+    }
+    tf.dispose([a, b]);
+  }
 }

@@ -1,9 +1,11 @@
 /**
- * Fused element-wise WGSL kernels for the `webgpu` fast path (lib/model/vit_fast.ts).
+ * Fused WGSL kernels for the `webgpu` fast path (lib/model/vit_fast.ts): element-wise, per row,
+ * and a tiled matrix product.
  *
- * On a GPU a ViT step's time is set by how many small kernels it dispatches, not by its large
- * products. These programs replace chains of tfjs element-wise kernels by one dispatch each, through
- * the backend's public `runWebGPUProgram` (the same entry tfjs-webgpu's own kernels use):
+ * On a GPU a ViT step's time is set by how many small kernels it dispatches and by how fast its
+ * large products run. These programs replace chains of tfjs element-wise kernels by one dispatch
+ * each, and tfjs' products by a larger-tiled one, through the backend's public
+ * `runWebGPUProgram` (the same entry tfjs-webgpu's own kernels use):
  *
  * * `gate`: `1 + erf z` (GELU) or `σ(z)` (QuickGELU); `act`: `z·gate` — one kernel each instead of
  *   two and one (GELU) or one and one (QuickGELU).
@@ -16,8 +18,19 @@
  *   four), its input gradient `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ` (one
  *   instead of about nine), and the softmax backward `y·(g − Σ g·y)` (one instead of four).
  *
- * `DEER_WGSL=0` turns them off (the fast path then uses the portable tfjs composition), for A/B
- * comparisons; they are used only when the active backend is `webgpu`.
+ * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
+ *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
+ *   reached 2.7 TFLOP/s on an H200 for [1576×768]·[768×3072] (fp32 peak ≈ 60). Built as GPU
+ *   SGEMMs are: 64×64 (or 128×64) outputs per workgroup of 256 threads, each thread a 4×4 (8×4)
+ *   register block, K-tiles of 16 staged in workgroup memory, vec4 loads and stores where the
+ *   contiguous dimension allows, transposes by indexing, a batch (or one matrix broadcast over
+ *   it). The fast path sends it products of at least {@link WGSL_MM_MIN_OUTPUTS} outputs. Its only
+ *   loop runs ⌈K/16⌉ times, within lavapipe's loop budget up to {@link WGSL_MM_MAX_K}. Checked
+ *   against `tf.matMul` on lavapipe (tests/webgpu_wgsl.test.ts); not yet measured on a GPU:
+ *   `bench/webgpu_probe.ts matmul` (and `bench/gpu_check.sh wgsl`) compare the two there.
+ *
+ * `DEER_WGSL=0` turns them off (the fast path then uses the portable tfjs composition and
+ * `tf.matMul`), for A/B comparisons; they are used only when the active backend is `webgpu`.
  */
 import * as tf from "@tensorflow/tfjs-core";
 
@@ -26,16 +39,33 @@ interface Program {
   variableNames: string[];
   outputShape: number[];
   shaderKey: string;
-  dispatchLayout: { x: number[] };
+  dispatchLayout: { x: number[]; y?: number[]; z?: number[] };
   dispatch: [number, number, number];
   workgroupSize: [number, number, number];
   size: boolean;
+  /** Extra uniforms, WGSL struct members (`M : i32, …`), filled from the kernel's `uniforms`. */
+  uniforms?: string;
+  /** Per input: 4 binds it as `array<vec4<f32>>`, 1 (default) as `array<f32>`. */
+  variableComponents?: number[];
+  /** 4 binds the output as `array<vec4<f32>>`. */
+  outputComponent?: number;
   getUserCode(): string;
+}
+
+/** A uniform value `runWebGPUProgram` appends after its own (shapes, strides, size). */
+interface ProgramUniform {
+  type: "int32" | "float32";
+  data: number[];
 }
 
 /** The part of tfjs-webgpu's backend these kernels call. */
 interface WebGPUBackendLike {
-  runWebGPUProgram(program: Program, inputs: tf.TensorInfo[], dtype: tf.DataType): tf.TensorInfo;
+  runWebGPUProgram(
+    program: Program,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: ProgramUniform[],
+  ): tf.TensorInfo;
 }
 
 /** Whether the fused kernels are in use: backend `webgpu` and `DEER_WGSL` not `0`. */
@@ -254,7 +284,13 @@ const registered = new Set<string>();
  * Runs `make()`'s program as the registered tfjs kernel `DeerWgsl_<kind>`, so that it is
  * dispatched, counted and profiled (`tf.profile`) like tfjs-webgpu's own kernels.
  */
-function dispatch(kind: string, inputs: tf.Tensor[], eps: number, make: () => Program): tf.Tensor {
+function dispatch(
+  kind: string,
+  inputs: tf.Tensor[],
+  eps: number,
+  make: () => Program,
+  uniforms?: ProgramUniform[],
+): tf.Tensor {
   for (const t of inputs) {
     if (t.dtype !== "float32") {
       throw new Error(`webgpu_kernels ${kind}: inputs must be float32, got ${t.dtype}`);
@@ -267,8 +303,16 @@ function dispatch(kind: string, inputs: tf.Tensor[], eps: number, make: () => Pr
       backendName: "webgpu",
       kernelFunc: ({ inputs: named, backend, attrs }) => {
         const list = Object.keys(named).sort().map((k) => named[k] as tf.TensorInfo);
-        const prog = (attrs as unknown as { make: () => Program }).make();
-        return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(prog, list, "float32");
+        const { make, uniforms } = attrs as unknown as {
+          make: () => Program;
+          uniforms?: ProgramUniform[];
+        };
+        return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(
+          make(),
+          list,
+          "float32",
+          uniforms,
+        );
       },
     });
     registered.add(name);
@@ -278,7 +322,7 @@ function dispatch(kind: string, inputs: tf.Tensor[], eps: number, make: () => Pr
   return tf.engine().runKernel(
     name,
     named,
-    { make, eps } as unknown as tf.NamedAttrMap,
+    { make, eps, uniforms } as unknown as tf.NamedAttrMap,
   ) as tf.Tensor;
 }
 
@@ -307,4 +351,317 @@ export function wgslGateBackward(
     throw new Error(`webgpu_kernels: d ${d.shape}, z ${z.shape}, gate ${gate.shape} must agree`);
   }
   return run(act === "gelu" ? "gelu_grad" : "quick_grad", [d, z, gate]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The matrix product
+
+/** Output tile shapes of {@link wgslMatMul}: rows × columns of C per workgroup of 16×16 threads. */
+export type MatMulTile = "64x64" | "128x64";
+
+/** Depth of one K-tile staged in workgroup memory (unrolled in the inner loop). */
+const MM_TK = 16;
+
+/**
+ * The smallest product {@link wgslMatMulUsed} hands to the kernel: batch·M·N ≥ 2^18 outputs
+ * (64 tiles of 64×64), and M, N ≥ 32. Below that a product is a few workgroups either way, and
+ * tfjs-webgpu's own programs for small outputs (and its split-K guard, lib/backend_webgpu.ts) fit
+ * better. A first choice, not tuned on a GPU: `DEER_WGSL_MM_MIN_OUTPUTS` overrides the count (0
+ * sends every product the kernel takes to it; the tests use that).
+ */
+export const WGSL_MM_MIN_OUTPUTS = 2 ** 18;
+
+/**
+ * The longest inner dimension the kernel takes: its only loop runs ⌈K/16⌉ times (everything
+ * inside is unrolled), and lavapipe ends a shader's loops after 65,535 iterations in all (see
+ * {@link WGSL_MAX_ROW}): 16·65,535 = 1,048,560 keeps ⌈K/16⌉ ≤ 65,535. Measured on lavapipe:
+ * a [1×1,048,560]·[1,048,560×1] product sums every term (524,316.6 against 524,313.1 in float64,
+ * float32 rounding of a sequential sum). Longer products stay `tf.matMul`.
+ */
+export const WGSL_MM_MAX_K = 16 * 65535;
+
+/** The kernel's view of a product: batch sizes, M×K·K×N, and whether it takes it at all. */
+interface MatMulPlan {
+  m: number;
+  n: number;
+  k: number;
+  batch: number;
+  /** Elements between consecutive batch entries of a and b (0: broadcast, one matrix). */
+  strideA: number;
+  strideB: number;
+  outShape: number[];
+}
+
+/** How the kernel would run `a·b` (`ta`, `tb`: transposed), or why it cannot. */
+function matMulPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMulPlan | string {
+  if (a.dtype !== "float32" || b.dtype !== "float32") return "not float32";
+  if (a.rank < 2 || b.rank < 2) return "rank below 2";
+  const [ra, rb] = [a.rank, b.rank];
+  const m = ta ? a.shape[ra - 1] : a.shape[ra - 2];
+  const ka = ta ? a.shape[ra - 2] : a.shape[ra - 1];
+  const kb = tb ? b.shape[rb - 1] : b.shape[rb - 2];
+  const n = tb ? b.shape[rb - 2] : b.shape[rb - 1];
+  if (ka !== kb) return `inner dimensions ${ka} and ${kb} differ`;
+  const batchA = a.shape.slice(0, -2), batchB = b.shape.slice(0, -2);
+  let batchShape: number[];
+  try {
+    batchShape = tf.backend_util.assertAndGetBroadcastShape(batchA, batchB);
+  } catch {
+    return `batch shapes ${batchA} and ${batchB} do not broadcast`;
+  }
+  const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
+  const [na, nb, batch] = [size(batchA), size(batchB), size(batchShape)];
+  // One flat batch index serves both when each is either the whole batch or a single matrix.
+  if ((na !== batch && na !== 1) || (nb !== batch && nb !== 1)) {
+    return `batch shapes ${batchA} and ${batchB} broadcast along an inner batch axis`;
+  }
+  if (m === 0 || n === 0 || ka === 0 || batch === 0) return "empty";
+  if (ka > WGSL_MM_MAX_K) return `inner dimension ${ka} above ${WGSL_MM_MAX_K}`;
+  if (Math.ceil(n / 64) > 65535 || Math.ceil(m / 64) > 65535 || batch > 65535) {
+    return "more workgroups along one axis than WebGPU's default limit of 65,535";
+  }
+  return {
+    m,
+    n,
+    k: ka,
+    batch,
+    strideA: na === 1 ? 0 : m * ka,
+    strideB: nb === 1 ? 0 : ka * n,
+    outShape: [...batchShape, m, n],
+  };
+}
+
+/**
+ * Whether the fast path's products go to {@link wgslMatMul}: the WGSL kernels are on
+ * ({@link wgslKernelsEnabled}), the kernel takes the shapes, and the product is large enough
+ * ({@link WGSL_MM_MIN_OUTPUTS}).
+ */
+export function wgslMatMulUsed(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): boolean {
+  if (!wgslKernelsEnabled()) return false;
+  const plan = matMulPlan(a, b, ta, tb);
+  if (typeof plan === "string") return false;
+  const flag = Deno.env.get("DEER_WGSL_MM_MIN_OUTPUTS");
+  const min = flag !== undefined && flag !== "" ? Number(flag) : WGSL_MM_MIN_OUTPUTS;
+  if (!Number.isFinite(min)) {
+    throw new Error(`DEER_WGSL_MM_MIN_OUTPUTS=${flag} is not a number (e.g. 0, 262144)`);
+  }
+  return min === 0 || (plan.batch * plan.m * plan.n >= min && plan.m >= 32 && plan.n >= 32);
+}
+
+/**
+ * The WGSL source of the tiled product. Each workgroup of 16×16 threads computes a TM×64 tile of
+ * C (TM = 16·RM); thread (tx, ty) owns RM rows × 4 columns, RM/4 row groups of 4 rows
+ * (`ty·4 + 64·g + i`) and columns `tx·4 + j`, accumulated in RM `vec4` registers. Per K-tile of
+ * 16, the threads stage A's TM×16 and B's 16×64 in workgroup memory (A stored k-major, so that a
+ * thread reads its 4 rows as one vec4, as it reads its 4 columns of B), with vec4 global loads
+ * where the contiguous dimension is a multiple of 4 (and vec4 stores of C where N is), then run 16 unrolled steps of RM/4 vec4
+ * loads of A, one of B, and RM vec4 multiply-adds: 16·RM·4 multiply-adds per 16 + 16·RM/4 reads
+ * of workgroup memory. Out-of-range rows, columns and depths load zeros and store nothing.
+ */
+function matMulSource(
+  rm: number,
+  ta: boolean,
+  tb: boolean,
+  va: boolean,
+  vb: boolean,
+  vo: boolean,
+): string {
+  const tm = 16 * rm, groups = rm / 4, tmq = tm / 4;
+  const lines: string[] = [];
+  // A tile → As[kk·tmq + row/4][row%4].
+  const loadsA = (tm * MM_TK) / (va ? 4 : 1) / 256;
+  for (let l = 0; l < loadsA; l++) {
+    const e = `(i32(localIndex) + ${l * 256})`;
+    if (!ta && va) {
+      // [M, K] rows, 4 depths per load (K % 4 == 0).
+      lines.push(`{
+        let row = ${e} / 4; let kq = ${e} % 4;
+        let gm = m0 + row; let gk = k0 + kq * 4;
+        var v = vec4<f32>(0.0);
+        if (gm < uniforms.M && gk < uniforms.K) { v = A[(aOff + gm * uniforms.K + gk) / 4]; }
+        As[(kq * 4) * ${tmq} + row / 4][row % 4] = v.x;
+        As[(kq * 4 + 1) * ${tmq} + row / 4][row % 4] = v.y;
+        As[(kq * 4 + 2) * ${tmq} + row / 4][row % 4] = v.z;
+        As[(kq * 4 + 3) * ${tmq} + row / 4][row % 4] = v.w;
+      }`);
+    } else if (!ta) {
+      lines.push(`{
+        let row = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};
+        let gm = m0 + row; let gk = k0 + kk;
+        var v = 0.0;
+        if (gm < uniforms.M && gk < uniforms.K) { v = A[aOff + gm * uniforms.K + gk]; }
+        As[kk * ${tmq} + row / 4][row % 4] = v;
+      }`);
+    } else if (va) {
+      // [K, M] rows (a transposed), 4 rows of C per load (M % 4 == 0).
+      lines.push(`{
+        let kk = ${e} / ${tmq}; let mq = ${e} % ${tmq};
+        let gm = m0 + mq * 4; let gk = k0 + kk;
+        var v = vec4<f32>(0.0);
+        if (gm < uniforms.M && gk < uniforms.K) { v = A[(aOff + gk * uniforms.M + gm) / 4]; }
+        As[kk * ${tmq} + mq] = v;
+      }`);
+    } else {
+      lines.push(`{
+        let kk = ${e} / ${tm}; let row = ${e} % ${tm};
+        let gm = m0 + row; let gk = k0 + kk;
+        var v = 0.0;
+        if (gm < uniforms.M && gk < uniforms.K) { v = A[aOff + gk * uniforms.M + gm]; }
+        As[kk * ${tmq} + row / 4][row % 4] = v;
+      }`);
+    }
+  }
+  // B tile → Bs[kk·16 + col/4][col%4].
+  const loadsB = (64 * MM_TK) / (vb ? 4 : 1) / 256;
+  for (let l = 0; l < loadsB; l++) {
+    const e = `(i32(localIndex) + ${l * 256})`;
+    if (!tb && vb) {
+      // [K, N] rows, 4 columns per load (N % 4 == 0).
+      lines.push(`{
+        let kk = ${e} / 16; let nq = ${e} % 16;
+        let gn = n0 + nq * 4; let gk = k0 + kk;
+        var v = vec4<f32>(0.0);
+        if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gk * uniforms.N + gn) / 4]; }
+        Bs[kk * 16 + nq] = v;
+      }`);
+    } else if (!tb) {
+      lines.push(`{
+        let kk = ${e} / 64; let col = ${e} % 64;
+        let gn = n0 + col; let gk = k0 + kk;
+        var v = 0.0;
+        if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gk * uniforms.N + gn]; }
+        Bs[kk * 16 + col / 4][col % 4] = v;
+      }`);
+    } else if (vb) {
+      // [N, K] rows (b transposed), 4 depths per load (K % 4 == 0).
+      lines.push(`{
+        let col = ${e} / 4; let kq = ${e} % 4;
+        let gn = n0 + col; let gk = k0 + kq * 4;
+        var v = vec4<f32>(0.0);
+        if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gn * uniforms.K + gk) / 4]; }
+        Bs[(kq * 4) * 16 + col / 4][col % 4] = v.x;
+        Bs[(kq * 4 + 1) * 16 + col / 4][col % 4] = v.y;
+        Bs[(kq * 4 + 2) * 16 + col / 4][col % 4] = v.z;
+        Bs[(kq * 4 + 3) * 16 + col / 4][col % 4] = v.w;
+      }`);
+    } else {
+      lines.push(`{
+        let col = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};
+        let gn = n0 + col; let gk = k0 + kk;
+        var v = 0.0;
+        if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gn * uniforms.K + gk]; }
+        Bs[kk * 16 + col / 4][col % 4] = v;
+      }`);
+    }
+  }
+  const acc = Array.from({ length: rm }, (_, r) => `acc${r}`);
+  const inner: string[] = [];
+  for (let kk = 0; kk < MM_TK; kk++) {
+    inner.push(`b = Bs[${kk * 16} + tx];`);
+    for (let g = 0; g < groups; g++) {
+      inner.push(`a = As[${kk * tmq + g * 16} + ty];`);
+      ["x", "y", "z", "w"].forEach((c, i) => inner.push(`${acc[4 * g + i]} += a.${c} * b;`));
+    }
+  }
+  const stores: string[] = [];
+  for (let g = 0; g < groups; g++) {
+    for (let i = 0; i < 4; i++) {
+      stores.push(`{
+        let gm = m0 + ${g * 64 + i} + ty * 4;
+        if (gm < uniforms.M) { store(oOff + gm * uniforms.N, gn, ${acc[4 * g + i]}); }
+      }`);
+    }
+  }
+  return `
+    var<workgroup> As : array<vec4<f32>, ${MM_TK * tmq}>;
+    var<workgroup> Bs : array<vec4<f32>, ${MM_TK * 16}>;
+
+    fn store(rowOff : i32, gn : i32, v : vec4<f32>) {
+      ${
+    vo
+      ? "if (gn < uniforms.N) { result[(rowOff + gn) / 4] = v; }"
+      : [0, 1, 2, 3].map((j) =>
+        `if (gn + ${j} < uniforms.N) { result[rowOff + gn + ${j}] = v[${j}]; }`
+      ).join("\n      ")
+  }
+    }
+
+    fn main() {
+      let tx = i32(localId.x);
+      let ty = i32(localId.y);
+      let batch = i32(workgroupId.z);
+      let m0 = i32(workgroupId.y) * ${tm};
+      let n0 = i32(workgroupId.x) * 64;
+      let aOff = batch * uniforms.strideA;
+      let bOff = batch * uniforms.strideB;
+      let oOff = batch * uniforms.M * uniforms.N;
+      ${acc.map((v) => `var ${v} = vec4<f32>(0.0);`).join("\n      ")}
+      var a : vec4<f32>;
+      var b : vec4<f32>;
+      let tiles = (uniforms.K + ${MM_TK - 1}) / ${MM_TK};
+      for (var t = 0; t < tiles; t++) {
+        let k0 = t * ${MM_TK};
+        ${lines.join("\n        ")}
+        workgroupBarrier();
+        ${inner.join("\n        ")}
+        workgroupBarrier();
+      }
+      let gn = n0 + tx * 4;
+      ${stores.join("\n      ")}
+    }`;
+}
+
+/**
+ * The matrix product a·b (`ta`, `tb`: transpose a, b, by indexing) of 2-D or batched float32
+ * tensors as one `DeerWgsl_MatMul` kernel: a register-blocked, workgroup-memory tiled SGEMM
+ * (see {@link matMulSource}). Batch axes broadcast as `tf.matMul`'s do where each operand has
+ * either the whole batch or a single matrix (`[N·T, w]·[H, w, d]`, `[H, N, T, d]·[H, N, T, d]`);
+ * other broadcasts, empty or over-long products throw (use {@link wgslMatMulUsed} to ask first).
+ * `tile` picks 64×64 (default, 4×4 outputs per thread) or 128×64 (8×4), each for 256 threads;
+ * `DEER_WGSL_MM_TILE` sets the default. Forward only (no gradient is registered): the fast path
+ * calls it inside its hand-written backward, which needs none.
+ *
+ * Only on the `webgpu` backend, e.g. `const c = wgslMatMul(a, b, false, true);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslMatMul(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  ta = false,
+  tb = false,
+  tile: MatMulTile = (Deno.env.get("DEER_WGSL_MM_TILE") as MatMulTile | undefined) ?? "64x64",
+): tf.Tensor {
+  const plan = matMulPlan(a, b, ta, tb);
+  if (typeof plan === "string") {
+    throw new Error(
+      `webgpu_kernels matMul of ${a.shape} and ${b.shape} (ta ${ta}, tb ${tb}): ${plan}`,
+    );
+  }
+  if (tile !== "64x64" && tile !== "128x64") {
+    throw new Error(
+      `webgpu_kernels matMul: tile "${tile}" is not 64x64 or 128x64 (argument or DEER_WGSL_MM_TILE)`,
+    );
+  }
+  const rm = tile === "64x64" ? 4 : 8;
+  const { m, n, k, batch, strideA, strideB, outShape } = plan;
+  // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
+  const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
+  const r = outShape.length;
+  const make = (): Program => ({
+    variableNames: ["A", "B"],
+    outputShape: outShape,
+    shaderKey: `deer_matmul_${rm}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
+    dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
+    dispatch: [Math.ceil(n / 64), Math.ceil(m / (16 * rm)), batch],
+    workgroupSize: [16, 16, 1],
+    size: false,
+    uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
+    variableComponents: [va ? 4 : 1, vb ? 4 : 1],
+    outputComponent: vo ? 4 : 1,
+    getUserCode: () => matMulSource(rm, ta, tb, va, vb, vo),
+  });
+  const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
+    type: "int32",
+    data: [v],
+  }));
+  return dispatch("MatMul", [a, b], 0, make, uniforms);
 }

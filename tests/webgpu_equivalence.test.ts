@@ -114,17 +114,23 @@ Deno.test({
 
 Deno.test({
   name:
-    "webgpu: the optimised-path equivalence tests pass on webgpu, with and without its fast path",
+    "webgpu: the optimised-path equivalence tests pass on webgpu, with and without its fast path (and with DeerWgsl_MatMul on every product)",
   ignore: skip,
   async fn() {
     requireAdapter();
-    for (const fast of ["0", "1"]) {
+    // The third: the fast path with every product on DeerWgsl_MatMul (lib/webgpu_kernels.ts).
+    const runs: Record<string, string>[] = [
+      { DEER_FAST_PATH: "0" },
+      { DEER_FAST_PATH: "1" },
+      { DEER_FAST_PATH: "1", DEER_WGSL_MM_MIN_OUTPUTS: "0" },
+    ];
+    for (const env of runs) {
       // --no-check: the type check is the main test run's business (and needs the .d.ts files).
       const r = await runDeno(["test", "-A", "--no-check", "tests/perf_equivalence.test.ts"], {
         DEER_BACKEND: "webgpu",
-        DEER_FAST_PATH: fast,
+        ...env,
       });
-      const what = `perf_equivalence on webgpu (DEER_FAST_PATH=${fast})`;
+      const what = `perf_equivalence on webgpu (${JSON.stringify(env)})`;
       assert.equal(r.code, 0, `${what} failed:\n${r.stdout}\n${r.stderr}`);
       assert.match(r.stdout, /ok \| \d+ passed \| 0 failed/);
     }

@@ -82,13 +82,18 @@ Deno.test({
   ignore: skip,
   async fn() {
     requireAdapter();
-    const { fastPath, errors } = lastJsonLine(
-      await webgpuStdout(["eval", "--ext=js", WIDE_SOURCE]),
-    );
-    assert.equal(fastPath, true, "webgpu takes the fast path by default");
-    // Before the attention output stopped going through tfjs' einsum: errors of 1 to 15.
-    const [features, ...grads] = errors as number[];
-    assert.ok(features < 1e-5, `features differ by ${features}`);
-    grads.forEach((e, i) => assert.ok(e < 1e-4, `gradient ${i} differs by ${e}`));
+    // By default (its products are below DeerWgsl_MatMul's threshold) and with every product
+    // the tiled WGSL kernel takes run by it (lib/webgpu_kernels.ts).
+    for (const env of [{}, { DEER_WGSL_MM_MIN_OUTPUTS: "0" }] as Record<string, string>[]) {
+      const { fastPath, errors } = lastJsonLine(
+        await webgpuStdout(["eval", "--ext=js", WIDE_SOURCE], env),
+      );
+      const what = JSON.stringify(env);
+      assert.equal(fastPath, true, "webgpu takes the fast path by default");
+      // Before the attention output stopped going through tfjs' einsum: errors of 1 to 15.
+      const [features, ...grads] = errors as number[];
+      assert.ok(features < 1e-5, `${what}: features differ by ${features}`);
+      grads.forEach((e, i) => assert.ok(e < 1e-4, `${what}: gradient ${i} differs by ${e}`));
+    }
   },
 });

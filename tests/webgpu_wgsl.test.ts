@@ -87,13 +87,95 @@ Deno.test({
   },
 });
 
+// The tiled product against tf.matMul: a single element, odd sizes (not multiples of the tiles,
+// of 4 or of the K-tile), both vec4 and scalar loads, every transpose combination, a batch and
+// both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), both tile shapes, and
+// once the ViT-B/16 MLP product at batch 8; and which products the fast path hands to it.
+const MATMUL_SOURCE = `
+import { tf } from "./lib/backend.ts";
+import { wgslMatMul, wgslMatMulUsed } from "./lib/webgpu_kernels.ts";
+const errs = {};
+let seed = 1;
+const tr = (s, t) => t ? [...s.slice(0, -2), s.at(-1), s.at(-2)] : s;
+async function check(name, sa, sb, ta, tb, tile) {
+  const a = tf.randomNormal(tr(sa, ta), 0, 1, "float32", seed++);
+  const b = tf.randomNormal(tr(sb, tb), 0, 1, "float32", seed++);
+  const want = tf.matMul(a, b, ta, tb);
+  const got = wgslMatMul(a, b, ta, tb, tile);
+  if (got.shape.join() !== want.shape.join()) throw new Error(name + ": shape " + got.shape);
+  const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
+  const s = (await tf.max(tf.abs(want)).data())[0];
+  errs[name] = e / Math.max(s, 1e-30);
+  tf.dispose([a, b, want, got]);
+}
+const shapes = {
+  "1x1x1": [[1, 1], [1, 1]],
+  "33x17x65": [[33, 17], [17, 65]],
+  "36x68x132": [[36, 68], [68, 132]],
+  "2x3x197x64x197": [[2, 3, 197, 64], [2, 3, 64, 197]],
+  "197x64.5x64x36": [[197, 64], [5, 64, 36]],
+  "5x197x64.64x36": [[5, 197, 64], [64, 36]],
+};
+for (const tile of ["64x64", "128x64"]) {
+  for (const [key, [sa, sb]] of Object.entries(shapes)) {
+    for (const ta of [false, true]) for (const tb of [false, true]) {
+      await check(tile + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile);
+    }
+  }
+}
+await check("64x64.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "64x64");
+const used = (sa, sb, ta = false, tb = false) => {
+  const a = tf.zeros(sa), b = tf.zeros(sb);
+  const u = wgslMatMulUsed(a, b, ta, tb);
+  tf.dispose([a, b]);
+  return u;
+};
+console.log(JSON.stringify({
+  errs,
+  used: {
+    qkv: used([1576, 768], [36, 768, 64]),
+    scores: used([12, 8, 197, 64], [12, 8, 197, 64], false, true),
+    fc1: used([1576, 768], [768, 3072]),
+    dB: used([1576, 24], [1576, 2304], true, false),
+    classScores: used([12, 8, 1, 64], [12, 8, 197, 64], false, true),
+    innerBroadcast: used([2, 1, 197, 64], [1, 3, 64, 197]),
+  },
+}));
+`;
+
+Deno.test({
+  name:
+    "webgpu WGSL: the tiled matrix product equals tf.matMul (odd sizes, transposes, batches, broadcasts)",
+  ignore: skip,
+  async fn() {
+    const { errs, used } = await child(["eval", MATMUL_SOURCE], { WEBGPU_CPU_FORWARD: "false" });
+    assert.equal(Object.keys(errs).length, 2 * 6 * 4 + 1);
+    for (const [k, e] of Object.entries(errs) as [string, number][]) {
+      assert.ok(e <= 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
+    }
+    // ViT-B/16 at batch 8: the block's large products go to the kernel; B's gradient (24 rows),
+    // the last block's class-token scores and batch broadcasts along an inner axis do not.
+    assert.deepEqual(used, {
+      qkv: true,
+      scores: true,
+      fc1: true,
+      dB: false,
+      classScores: false,
+      innerBroadcast: false,
+    });
+  },
+});
+
 Deno.test({
   name: "webgpu WGSL: the fast path with the kernels equals it without (tiny ViT)",
   ignore: skip,
   async fn() {
     const args = ["run", "-A", "tests/helpers/backend_worker.ts", "ops"];
-    const [on, off] = [
+    // With the default threshold the tiny model's products stay tf.matMul; with
+    // DEER_WGSL_MM_MIN_OUTPUTS=0 every product the kernel takes runs as DeerWgsl_MatMul.
+    const [on, allProducts, off] = [
       await child(args, {}),
+      await child(args, { DEER_WGSL_MM_MIN_OUTPUTS: "0" }),
       await child(args, { DEER_WGSL: "0" }),
     ];
     // The tolerances tests/webgpu_equivalence.test.ts uses between backends.
@@ -109,6 +191,48 @@ Deno.test({
     for (const [key, tol] of Object.entries(tolerances)) {
       const e = jsonRelativeError(on[key], off[key]);
       assert.ok(e < tol, `${key}: with the kernels differs by ${e} (tolerance ${tol})`);
+      const e2 = jsonRelativeError(allProducts[key], off[key]);
+      assert.ok(e2 < tol, `${key}: with every product as DeerWgsl_MatMul differs by ${e2}`);
     }
+  },
+});
+
+// Which kernels one forward and backward pass of the tiny model's encoder with LoRA dispatches.
+const COUNT_SOURCE = `
+import { tf } from "./lib/backend.ts";
+import { loadVisionEncoder } from "./lib/model/vit_checkpoints.ts";
+import { initLora } from "./lib/model/lora.ts";
+import { createRng } from "./lib/rng.ts";
+import { TINY_MODEL } from "./tests/helpers/fl_fixture.ts";
+const encoder = await loadVisionEncoder(TINY_MODEL);
+const cfg = encoder.config;
+const host = initLora(cfg, 4, createRng(5));
+const A = host.A.map((a) => tf.tensor2d(a, [4, cfg.width]));
+const B = host.B.map((b) => tf.tensor2d(b.map((_, i) => 0.01 * (i % 7)), [cfg.width, 4]));
+const x = tf.randomNormal([3, cfg.imageSize, cfg.imageSize, 3], 0, 1, "float32", 2);
+const info = await tf.profile(async () => {
+  const g = tf.grads((...ps) => tf.sum(encoder.encode(x, { A: ps.slice(0, A.length), B: ps.slice(A.length), scale: 1.5 })))([...A, ...B]);
+  await g[0].data();
+  tf.dispose(g);
+});
+const count = (name) => info.kernels.filter((k) => k.name === name).length;
+console.log(JSON.stringify({ deer: count("DeerWgsl_MatMul"), tf: count("BatchMatMul") }));
+`;
+
+Deno.test({
+  name: "webgpu WGSL: the fast path dispatches DeerWgsl_MatMul only when asked to (tiny ViT)",
+  ignore: skip,
+  async fn() {
+    const all = await child(["eval", COUNT_SOURCE], { DEER_WGSL_MM_MIN_OUTPUTS: "0" });
+    const byDefault = await child(["eval", COUNT_SOURCE], {});
+    const off = await child(["eval", COUNT_SOURCE], { DEER_WGSL: "0" });
+    // The tiny model's products are below the threshold: all tf.matMul by default and without
+    // the kernels; with the threshold at 0 they move to the kernel, all but those it cannot take.
+    assert.equal(byDefault.deer, 0);
+    assert.equal(off.deer, 0);
+    assert.ok(off.tf > 0);
+    assert.equal(byDefault.tf, off.tf);
+    assert.ok(all.deer > 0 && all.tf < off.tf, JSON.stringify({ all, off }));
+    assert.equal(all.deer + all.tf, off.tf, JSON.stringify({ all, off }));
   },
 });

@@ -55,6 +55,8 @@ import {
   wgslKernelsEnabled,
   wgslLayerNormBackward,
   wgslLayerNormForward,
+  wgslMatMul,
+  wgslMatMulUsed,
   wgslRowsFit,
   wgslSoftmaxBackward,
 } from "../webgpu_kernels.ts";
@@ -294,9 +296,12 @@ function runTfOp(
 /**
  * The matrix product a·b (`ta`, `tb`: transpose a, b) of 2-D or batched tensors, with
  * broadcasting over the batch axes: TensorFlow's `BatchMatMulV2` called directly — `tf.matMul`
- * reshapes both operands to 3-D and the result back, three more kernels per product.
+ * reshapes both operands to 3-D and the result back, three more kernels per product. On webgpu
+ * with the WGSL kernels, large products run as the tiled `DeerWgsl_MatMul`
+ * (lib/webgpu_kernels.ts, {@link wgslMatMulUsed} says which), the others as `tf.matMul`.
  */
 function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
+  if (wgslMatMulUsed(a, b, ta, tb)) return wgslMatMul(a, b, ta, tb);
   if (portable()) return tf.matMul(a, b, ta, tb);
   return runTfOp("BatchMatMulV2", ["T"], { adj_x: ta, adj_y: tb }, [a, b], 1)[0];
 }
