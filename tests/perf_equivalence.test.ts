@@ -399,6 +399,20 @@ Deno.test("perf: the trainer's steps equal the original per-adapter SGD steps", 
     const got = await trainer.read();
     trainer.dispose();
     assert.equal(tf.memory().numTensors, before, "the trainer frees what it made");
+    // Steps queued back to back, each batch disposed as soon as its step is queued (trainLocal
+    // keeps one step in flight): the same losses and factors, bit for bit.
+    const queuedTrainer = createLocalTrainer(backbone, job);
+    const pending = batches.map(({ x, y }) => {
+      const [xc, yc] = [x.clone(), y.clone()];
+      const loss = queuedTrainer.step(xc, yc as tf.Tensor1D, masks);
+      tf.dispose([xc, yc]);
+      return loss;
+    });
+    assert.deepEqual(await Promise.all(pending), losses, "queued steps: losses");
+    const queued = await queuedTrainer.read();
+    queuedTrainer.dispose();
+    assert.deepEqual(queued, got, "queued steps: factors and momentum");
+    assert.equal(tf.memory().numTensors, before, "the queued trainer frees what it made");
     const want = await referenceSteps(backbone, job, batches, masks, reference);
     const what = `train ${c.train.join("+")}${c.masks ? ", DyLoRA masks" : ""}` +
       `${c.momentum ? ", momentum carried in" : ""}`;

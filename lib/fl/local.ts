@@ -190,7 +190,11 @@ export interface RankMasks {
  * {@link trainLocal}, callable on its own (benchmarks, tests).
  */
 export interface LocalTrainer {
-  /** One SGD step on the batch (`x` normalised pixels, `y` labels); returns the batch loss. */
+  /**
+   * One SGD step on the batch (`x` normalised pixels, `y` labels); resolves to the batch loss.
+   * The step's kernels are queued and the trainer's state has moved on when it returns: the next
+   * step may be called before this promise settles (the batch tensors may be disposed then too).
+   */
   step(x: tf.Tensor, y: tf.Tensor1D, masks?: RankMasks | null): Promise<number>;
   /** The factors (start factors with the trained ones replaced) and momentum buffers now. */
   read(): Promise<{ factors: LoraFactors; momentum: Float32Array[] }>;
@@ -289,11 +293,17 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
           return [tf.sub(p, tf.mul(buf, lr)), buf];
         })
       );
-      const loss = (await value.data())[0];
-      tf.dispose([value, grads, params, buffers]);
+      // The state moves on before the loss is read: every kernel of this step is queued when
+      // step() returns its promise, so a caller may queue the next step while a GPU runs this
+      // one (trainLocal keeps one step in flight).
+      tf.dispose([grads, params, buffers]);
       params = next.map((pb) => pb[0]);
       buffers = next.map((pb) => pb[1]);
-      return loss;
+      try {
+        return (await value.data())[0];
+      } finally {
+        value.dispose();
+      }
     },
     async read() {
       const factors = cloneFactors(job.start);
@@ -331,18 +341,33 @@ export async function trainLocal(backbone: Backbone, job: LocalJob): Promise<Loc
       const masks = job.dynamicRank ? rankMasks(rank, job.rng.int(rank)) : null;
       let epochLoss = 0;
       let batches = 0;
+      // One step in flight: step k+1 is queued before step k's loss is awaited, so that on a GPU
+      // the host dispatches the next step's kernels while the device runs this one (on the CPU
+      // backends the loss is ready at once). Losses are summed in step order, as before.
+      let inFlight: Promise<number> | null = null;
       try {
         for (const idx of batchIndices(job.indices, job.batchSize, { rng: job.rng })) {
           const { x, y } = makeBatch(job.split, idx, norm);
+          let queued: Promise<number>;
           try {
-            epochLoss += await trainer.step(x, y, masks);
+            queued = trainer.step(x, y, masks);
+            // Handled here, awaited below: a failure surfaces at its await, not as an
+            // unhandled rejection while the previous step is awaited.
+            queued.catch(() => {});
           } finally {
             tf.dispose([x, y]);
           }
+          const previous = inFlight;
+          inFlight = queued;
+          if (previous) epochLoss += await previous;
           batches++;
           steps++;
         }
+        if (inFlight) epochLoss += await inFlight;
+        inFlight = null;
       } finally {
+        // A step that failed while another was in flight: settle it before the tensors go.
+        await inFlight?.catch(() => {});
         masks?.a.dispose();
         masks?.b.dispose();
       }
