@@ -8,7 +8,9 @@
  *   toolkit's own step (bench/step.ts): `makeBatch` from uint8 pixels, then `createLocalTrainer`'s
  *   step (the prototype loss, gradients for every A, B and the logit scale, SGD with momentum
  *   0.9 and weight decay 5e-4 — the step `trainLocal` runs). `bench/vit_lora_torch.py` is the
- *   PyTorch version.
+ *   PyTorch version. Beside the per-step times (each step awaited), `pipelined_ms` is the time
+ *   per step of the same steps with one in flight, as `trainLocal` runs them: on a GPU the host
+ *   queues the next step's kernels while the device runs this one.
  * * `b16` — the same step on a randomly initialised open_clip ViT-B/16 (224 px, exact GELU,
  *   r = 8, alpha = 8) at batch 8 (`--batch N` for another: the figure is then
  *   `vit_lora_step_b16_batchN`); `bench/vit_b16_lora_torch.py` is the PyTorch version.
@@ -132,6 +134,17 @@ async function stepFigure(
   const t = await timeRepeated(async () => {
     losses.push(await bench.step());
   }, { warmup: opts.warmup, reps: opts.steps });
+  // The same steps with one in flight, as trainLocal runs them: on a GPU the host queues step
+  // k+1 while the device runs step k; on the CPU backends the two figures should agree.
+  const t0 = performance.now();
+  let inFlight: Promise<number> | null = null;
+  for (let i = 0; i < opts.steps; i++) {
+    const queued = bench.queue();
+    if (inFlight) await inFlight;
+    inFlight = queued;
+  }
+  await inFlight;
+  const pipelinedMs = (performance.now() - t0) / opts.steps;
   bench.dispose();
   emit({
     name,
@@ -140,6 +153,7 @@ async function stepFigure(
     load: t.load,
     min_ms: round(t.minMs),
     max_ms: round(t.maxMs),
+    pipelined_ms: round(pipelinedMs),
     steps: t.reps,
     batch: opts.batch,
     loss_first: round(losses[0], 4),

@@ -29,6 +29,11 @@ import { createRng } from "../lib/rng.ts";
 export interface LoraStepBench {
   /** Batch formation (`makeBatch` from uint8 pixels) and the trainer's step; the loss. */
   step(): Promise<number>;
+  /**
+   * The same step, queued: returns once its kernels are queued (and its batch freed), with the
+   * loss to come — what `trainLocal` does to keep one step in flight.
+   */
+  queue(): Promise<number>;
   /** Frees the trainer and the prototypes; the caller disposes the encoder. */
   dispose(): void;
 }
@@ -59,6 +64,12 @@ export function loraStepBench(
     async step() {
       const { x, y } = makeBatch(split, idx, norm);
       const loss = await trainer.step(x, y);
+      tf.dispose([x, y]);
+      return loss;
+    },
+    queue() {
+      const { x, y } = makeBatch(split, idx, norm);
+      const loss = trainer.step(x, y);
       tf.dispose([x, y]);
       return loss;
     },
