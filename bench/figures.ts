@@ -14,6 +14,9 @@
  * * `b16` — the same step on a randomly initialised open_clip ViT-B/16 (224 px, exact GELU,
  *   r = 8, alpha = 8) at batch 8 (`--batch N` for another: the figure is then
  *   `vit_lora_step_b16_batchN`); `bench/vit_b16_lora_torch.py` is the PyTorch version.
+ *   `--model tiny` runs the same figure (same name, `"model": "tiny"`) on the tiny ViT instead: a
+ *   dry run of the GPU check on a software driver (`GPU_CHECK_DRY=1 bench/gpu_check.sh`), where a
+ *   ViT-B/16 step takes minutes.
  * * `round` — one federated round (training of all 12 clients in both DEeR phases, aggregation
  *   with the paper-calibrated DP, evaluation on val and test) of the demo's configuration
  *   (`tasks/demo.ts`) on the embedded default data and model.
@@ -125,6 +128,8 @@ async function stepFigure(
     classes: number;
     steps: number;
     warmup: number;
+    /** Which model the record names (`ViT-B/16`, `tiny`). */
+    model: string;
   },
 ): Promise<void> {
   const encoder = createVitEncoder(config, randomVitWeights(config, createRng(1)));
@@ -156,6 +161,7 @@ async function stepFigure(
     pipelined_ms: round(pipelinedMs),
     steps: t.reps,
     batch: opts.batch,
+    model: opts.model,
     loss_first: round(losses[0], 4),
     loss_last: round(losses.at(-1)!, 4),
     backend: backendName,
@@ -276,7 +282,7 @@ async function tensorsFigure(rounds: number): Promise<void> {
 
 if (import.meta.main) {
   const flags = parseArgs(Deno.args, {
-    string: ["steps", "warmup", "clients", "reps", "rounds", "batch"],
+    string: ["steps", "warmup", "clients", "reps", "rounds", "batch", "model"],
   });
   const int = (name: string, fallback: number) => {
     const v = Number(flags[name] ?? fallback);
@@ -294,12 +300,17 @@ if (import.meta.main) {
       classes: 8,
       steps: int("steps", 20),
       warmup: int("warmup", 3),
+      model: "tiny",
     });
   } else if (which === "b16") {
     const batch = int("batch", 8);
+    const model = String(flags.model ?? "b16");
+    if (!["b16", "tiny"].includes(model)) {
+      throw new Error(`--model ${model}: use b16 (ViT-B/16, the default) or tiny (a dry run)`);
+    }
     await stepFigure(
       batch === 8 ? "vit_lora_step_b16" : `vit_lora_step_b16_batch${batch}`,
-      VIT_B16,
+      model === "tiny" ? TINY_VIT : VIT_B16,
       {
         batch,
         rank: 8,
@@ -307,6 +318,7 @@ if (import.meta.main) {
         classes: 10,
         steps: int("steps", 10),
         warmup: int("warmup", 2),
+        model: model === "tiny" ? "tiny" : "ViT-B/16",
       },
     );
   } else if (which === "round") {

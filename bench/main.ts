@@ -21,6 +21,13 @@
  *   fallback adapter) with `--backend webgpu`, `b16` also measures batches 32 and 64, and the
  *   PyTorch references run on CUDA (`--torch-device cuda`, the default there when torch sees a
  *   CUDA device; `--torch-device cpu` keeps them on the CPU with 2 threads).
+ * * `--steps N`, `--warmup N` — steps measured and warm-up steps of every step figure and its
+ *   PyTorch reference (default: tiny 20 and 3, ViT-B/16 10 and 2); `--b16-batches 8,32,64` — the
+ *   ViT-B/16 batches (default 8, and 8,32,64 on a real GPU under `--backend webgpu`).
+ * * `--fallback-gpu` — treat a fallback adapter (lavapipe) as a GPU: the GPU figures are
+ *   measured on it. With `--b16-model tiny` the ViT-B/16 figures and their PyTorch references
+ *   run the tiny model instead (same names, `"model": "tiny"`). Both only serve a dry run of
+ *   `bench/gpu_check.sh` (`GPU_CHECK_DRY=1`) on a software driver.
  *
  * Threads: the figures inherit `TF_NUM_INTRAOP_THREADS` / `TF_NUM_INTEROP_THREADS` when set;
  * otherwise the round figure runs with one intra-op thread, as the demo does (`tasks/threads.ts`),
@@ -36,7 +43,19 @@ const ALL = ["tiny", "b16", "round", "memory", "tensors"] as const;
 const here = new URL(".", import.meta.url).pathname;
 
 const flags = parseArgs(Deno.args, {
-  string: ["only", "torch", "max-wait", "attempts", "backend", "torch-device"],
+  string: [
+    "only",
+    "torch",
+    "max-wait",
+    "attempts",
+    "backend",
+    "torch-device",
+    "steps",
+    "warmup",
+    "b16-batches",
+    "b16-model",
+  ],
+  boolean: ["fallback-gpu"],
 });
 const KNOWN_BACKENDS = ["webgpu", "tensorflow", "wasm", "cpu"];
 const backend = flags.backend === undefined ? Deno.env.get("DEER_BACKEND") : String(flags.backend);
@@ -57,6 +76,18 @@ const maxWait = Number(flags["max-wait"] ?? 120);
 const attempts = Number(flags.attempts ?? 1);
 if (!(Number.isInteger(attempts) && attempts >= 1)) {
   throw new Error(`--attempts ${flags.attempts}: need an integer ≥ 1`);
+}
+/** `--steps`/`--warmup` when given, else the figure's own default. */
+function count(name: "steps" | "warmup", fallback: number): string {
+  const v = Number(flags[name] ?? fallback);
+  if (!(Number.isInteger(v) && v >= (name === "steps" ? 1 : 0))) {
+    throw new Error(`--${name} ${flags[name]}: need an integer ≥ ${name === "steps" ? 1 : 0}`);
+  }
+  return String(v);
+}
+const b16Model = String(flags["b16-model"] ?? "b16");
+if (!["b16", "tiny"].includes(b16Model)) {
+  throw new Error(`--b16-model ${b16Model}: use b16 (the default) or tiny (a dry run)`);
 }
 
 async function hasTorch(python: string): Promise<boolean> {
@@ -89,7 +120,14 @@ async function torchHasCuda(python: string): Promise<boolean> {
 
 /** A real GPU under `--backend webgpu`: the GPU figures and CUDA references are added. */
 const adapter = backend === "webgpu" ? await probeInChild() : null;
-const gpu = adapter !== null && !adapter.isFallback;
+const gpu = adapter !== null && (!adapter.isFallback || flags["fallback-gpu"] === true);
+const b16Batches = String(flags["b16-batches"] ?? (gpu ? "8,32,64" : "8")).split(",").map((s) => {
+  const b = Number(s.trim());
+  if (!(Number.isInteger(b) && b >= 1)) {
+    throw new Error(`--b16-batches ${flags["b16-batches"]}: need a comma list of integers ≥ 1`);
+  }
+  return b;
+});
 const torchDevice = flags["torch-device"] !== undefined
   ? String(flags["torch-device"])
   : gpu && torch && (await torchHasCuda(torch))
@@ -178,20 +216,24 @@ async function stepPair(
 
 for (const which of only) {
   if (which === "tiny") {
-    await stepPair("tiny", ["tiny"], "vit_lora_torch.py", ["20", "3"]);
+    const steps = [count("steps", 20), count("warmup", 3)];
+    await stepPair(
+      "tiny",
+      ["tiny", "--steps", steps[0], "--warmup", steps[1]],
+      "vit_lora_torch.py",
+      steps,
+    );
   } else if (which === "b16") {
-    const device = ["--device", torchDevice];
-    await stepPair("b16", ["b16"], "vit_b16_lora_torch.py", ["10", "2"], device);
-    if (gpu) {
-      for (const batch of [32, 64]) {
-        await stepPair(
-          `b16_batch${batch}`,
-          ["b16", "--batch", String(batch)],
-          "vit_b16_lora_torch.py",
-          ["10", "2"],
-          [...device, "--batch", String(batch)],
-        );
-      }
+    const steps = [count("steps", 10), count("warmup", 2)];
+    const model = ["--model", b16Model];
+    for (const batch of b16Batches) {
+      await stepPair(
+        batch === 8 ? "b16" : `b16_batch${batch}`,
+        ["b16", "--batch", String(batch), "--steps", steps[0], "--warmup", steps[1], ...model],
+        "vit_b16_lora_torch.py",
+        steps,
+        ["--device", torchDevice, "--batch", String(batch), ...model],
+      );
     }
   } else if (which === "round") {
     show(await figureWith(demoThreads, "round"));

@@ -8,6 +8,9 @@ momentum 0.9, weight decay 5e-4) updates every A, B and the logit scale. Attenti
 F.scaled_dot_product_attention, as open_clip's nn.MultiheadAttention does.
 Prints one JSON line with the median wall and process CPU time per step.
 Usage: python vit_b16_lora_torch.py [steps] [warmup] [threads] [--device cpu|cuda] [--batch N]
+  [--model b16|tiny]
+`--model tiny` runs the same step at the tiny ViT's sizes (28 px, patch 4, width 128, 4 layers,
+4 heads, MLP 512, projection 128): the dry run of bench/gpu_check.sh (GPU_CHECK_DRY=1).
 On CUDA everything is float32 with TF32 matrix products turned off (the toolkit's arithmetic);
 each step ends with `loss.item()`, which waits for the GPU, so wall time is the step's."""
 import argparse, json, math, os, statistics, sys, time
@@ -20,6 +23,7 @@ cli.add_argument("warmup", type=int, nargs="?", default=2)
 cli.add_argument("threads", type=int, nargs="?", default=None)
 cli.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 cli.add_argument("--batch", type=int, default=8)
+cli.add_argument("--model", choices=["b16", "tiny"], default="b16")
 args = cli.parse_args()
 steps, warm = args.steps, args.warmup
 if args.threads is not None:
@@ -31,8 +35,12 @@ if args.device == "cuda":
     torch.backends.cudnn.allow_tf32 = False
     torch.set_default_device("cuda")
 torch.manual_seed(0)
-B, IMG, C, P = args.batch, 224, 3, 16
-G = IMG // P; NP = G * G; T = NP + 1; D, H, L, MLP, R, E, NCLS = 768, 12, 12, 3072, 8, 512, 10
+B, C, R, NCLS = args.batch, 3, 8, 10
+if args.model == "tiny":
+    IMG, P, D, H, L, MLP, E = 28, 4, 128, 4, 4, 512, 128
+else:
+    IMG, P, D, H, L, MLP, E = 224, 16, 768, 12, 12, 3072, 512
+G = IMG // P; NP = G * G; T = NP + 1
 HD = D // H; SCALE = 8 / R
 fz = lambda *s, std=0.02: torch.randn(*s) * std  # frozen
 Wpe = fz(P * P * C, D)
@@ -94,7 +102,8 @@ for _ in range(steps):
 print(json.dumps({"name": "torch_vit_lora_step_b16", "ms": round(statistics.median(ts) * 1e3, 1),
                   "cpu_ms": round(statistics.median(cs) * 1e3, 1), "load": os.getloadavg()[0],
                   "min_ms": round(min(ts) * 1e3, 1), "max_ms": round(max(ts) * 1e3, 1),
-                  "steps": steps, "batch": B, "threads": torch.get_num_threads(),
+                  "steps": steps, "batch": B,
+                  "model": "tiny" if args.model == "tiny" else "ViT-B/16", "threads": torch.get_num_threads(),
                   "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                   "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
                   "torch": torch.__version__}))

@@ -6,7 +6,8 @@
  * One JSON line per figure.
  *
  * Run: `DEER_BACKEND=webgpu deno run -A bench/webgpu_probe.ts [b16|tiny] [--batch 8] [--step-only]`
- * (`--step-only`: only the step's figures). Each line names whether the toolkit's WGSL kernels
+ * (`--step-only`: only the step's figures; `--reps N`: the large product's repetitions, default 30
+ * — a dry run on lavapipe takes 2, as each one takes a second there). Each line names whether the toolkit's WGSL kernels
  * (lib/webgpu_kernels.ts) were on: `DEER_WGSL=0` turns them off.
  *
  * `matmul` mode: the ViT-B/16 step's matrix products at `--batch` (default 8; 197 tokens, width
@@ -69,7 +70,7 @@ async function kernelFigures(cpuForward: boolean): Promise<void> {
   const tiny = tf.ones([16]);
   const dispatchMs = await perCall(400, () => tf.add(tiny, 1));
   const a = tf.randomNormal([1576, 768]), b = tf.randomNormal([768, 3072]);
-  const matmulMs = await perCall(30, () => tf.matMul(a, b));
+  const matmulMs = await perCall(Number(flags.reps ?? 30), () => tf.matMul(a, b));
   const big = tf.randomNormal([1576, 3072]);
   const addMs = await perCall(50, () => tf.add(big, 1));
   emit({
