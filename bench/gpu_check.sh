@@ -1,44 +1,139 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with a GPU and no network, from a folder that holds
-#   .gpucarry/deno.xz          the deno binary (xz),
-#   .gpucarry/repo.tar.gz      the toolkit with a trimmed node_modules/ (tfjs-core, -cpu, -webgpu, …),
-#   .gpucarry/denodir.tar.gz   Deno's npm metadata cache (so that nothing is fetched),
-#   .gl/*.deb                  optional: the Vulkan/EGL loaders (libvulkan1, libegl1, …),
-# it checks that Deno's WebGPU sees the GPU (adapter, isFallbackAdapter, limits; with NVIDIA's
-# Vulkan ICD named explicitly if the default search finds none), runs the webgpu tests (against the
-# `cpu` backend: libtensorflow is not carried), and the benchmark: the ViT-B/16 LoRA step at batch
-# 8, 32 and 64 on webgpu and the same steps in PyTorch on CUDA (float32, TF32 off). Everything
-# goes to $OUT (default /tmp/gpu_check); the last lines are a summary. GPU_CHECK_ALLOW_FALLBACK=1
-# runs the GPU steps on a fallback adapter too (to try the script on lavapipe).
+# The GPU check: on a machine with a GPU and no network, with the folder bench/gpu_stage.sh wrote
+# (default .gpucarry/; this script is copied into it):
+#   deno.xz          the deno binary (xz),
+#   repo.tar.gz      the toolkit with a trimmed node_modules/ (tfjs-core, -cpu, -webgpu, …),
+#   denodir.tar.gz   Deno's npm metadata cache (so that nothing is fetched),
+#   .gl/*.deb        optional (there or in the current folder): the Vulkan/EGL loaders (libvulkan1,
+#                    libegl1, …), unpacked when no libvulkan.so.1 is installed,
+# it checks that Deno's WebGPU sees the GPU (adapter, isFallbackAdapter, limits; if the default
+# driver search finds only a fallback, every nvidia_icd.json found is named explicitly), then
+# measures. Everything goes to $OUT (default /tmp/gpu_check): gpu_check.log (all output), *.jsonl
+# (one JSON line per figure), *.err, and summary.txt, one line per figure written the moment the
+# figure is, so a run that is killed still leaves its figures; the summary is printed again at the
+# end. No step runs past GPU_CHECK_BUDGET seconds from the start (default 540, for a 600 s limit):
+# each step's timeout is cut to what is left, and a step with under 30 s left is skipped, saying so.
+# PyTorch (GPU_CHECK_PYTHON, default python3) runs on CUDA (float32, TF32 off); where it cannot
+# import torch, or torch sees no CUDA device, the summary says so and the PyTorch figures are left
+# out.
 #
 # Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl]
-#   probe: only bench/webgpu_probe.ts (see there); short: the ViT-B/16 step at batch 8 and 32 with
-#   few steps, and PyTorch CUDA at 8, 32 and 64 (for a device budget of a few minutes); wgsl: the
-#   ViT-B/16 webgpu step at batch 8, 32 and 64 with the fused WGSL kernels (lib/webgpu_kernels.ts)
-#   and without (DEER_WGSL=0), plus the probe's kernel count at batch 8 both ways and the product
-#   microbenchmark (webgpu_probe.ts matmul: the step's products at batch 8 as tf.matMul and as
-#   DeerWgsl_MatMul, GFLOP/s) both ways (wgsl.jsonl).
+#   (none): the backend line, the webgpu tests (against the `cpu` backend: libtensorflow is not
+#     carried) and `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step
+#     (awaited median and pipelined_ms) at batch 8, 32 and 64, 5 steps after 1 warm-up, each with
+#     the PyTorch step beside it and their ratio (≈ 7 min on an H200 by earlier timings).
+#   probe: only bench/webgpu_probe.ts b16 --batch 8 (probe.jsonl; where a step's time goes).
+#   short: the ViT-B/16 webgpu step at batch 8 and 32 (3 steps) and PyTorch at 8, 32, 64.
+#   wgsl: with the fused WGSL kernels (lib/webgpu_kernels.ts) and without (DEER_WGSL=0), into
+#     wgsl.jsonl, each record tagged "DEER_WGSL": the product microbenchmark (webgpu_probe.ts
+#     matmul: the step's products at batch 8 as tf.matMul and DeerWgsl_MatMul, GFLOP/s), the
+#     probe's kernel count at batch 8, and the ViT-B/16 step at batch 8, 32 and 64 (3 steps after
+#     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs.
+# GPU_CHECK_ALLOW_FALLBACK=1 runs the GPU steps on a fallback adapter too. GPU_CHECK_DRY=1 is a
+# dry run for a machine without a GPU (lavapipe, Mesa's software Vulkan): every stage runs, with
+# the tiny ViT in place of ViT-B/16 (same figure names, "model":"tiny"), batches 1, 2, 4 in place
+# of 8, 32, 64, 2 steps after 1 warm-up, the products at batch 1 with 1 repetition, and PyTorch
+# on the CPU where it has no CUDA. Measured on lavapipe (2 shared cores), staged into /tmp and run
+# from a scratch folder: see README.md, "GPU (WebGPU)".
 set -u
+MODE=${1:-default}
+case "$MODE" in default | probe | short | wgsl) ;; *)
+  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl or none" >&2
+  exit 2
+  ;;
+esac
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 HERE=$PWD
-CARRY=$HERE/.gpucarry
-WORK=/tmp/deer-gpu
+CARRY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK=${GPU_CHECK_WORK:-/tmp/deer-gpu}
+PY=${GPU_CHECK_PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET:-540}
+DRY=${GPU_CHECK_DRY:-0}
 T0=$SECONDS
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
 step() { echo "== $* ($((SECONDS - T0)) s)"; }
-summary=()
+# note LINE: a summary line, kept at once.
+note() {
+  echo "$*" >>"$SUMMARY"
+  echo "summary: $*"
+}
+left() { echo $((BUDGET - (SECONDS - T0))); }
 
+# The figures' sizes: ViT-B/16 at 8, 32, 64, or the dry run's stand-ins.
+if [ "$DRY" = 1 ]; then
+  MODEL=(--model tiny) BATCHES=(1 2 4) STEPS=2 WARMUP=1
+  PROBE=(tiny --batch 2 --reps 2) MATMUL=(--batch 1 --reps 1 --runs 1)
+  note "DRY RUN (GPU_CHECK_DRY=1): tiny ViT in place of ViT-B/16, batches ${BATCHES[*]} for 8 32 64"
+else
+  MODEL=() BATCHES=(8 32 64) STEPS=5 WARMUP=1
+  PROBE=(b16 --batch 8) MATMUL=(--batch 8)
+fi
+
+# One field of a JSON line (numbers, strings, booleans; not arrays).
+field() { sed -nE "s/.*\"$1\":(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
+# A figure's summary line: its name and the fields that say what was measured.
+brief() {
+  local s k v
+  s=$(field name "$1")
+  for k in DEER_WGSL model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
+    kernels kernel_gpu_ms gflops kernel_gflops ratio ratio_min target loss_last exit; do
+    v=$(field "$k" "$1")
+    [ -n "$v" ] && s+=" $k=$v"
+  done
+  echo "$s"
+}
+# fig LIMIT FILE TAG CMD…: runs CMD for at most LIMIT seconds (less when the budget is short);
+# its JSON lines go to FILE (TAG, e.g. "DEER_WGSL":"1", added to each) and to the summary as they
+# come, its other output to FILE's .err.
+fig() {
+  local limit=$1 file=$2 tag=$3 l t rc
+  shift 3
+  l=$(left)
+  if [ "$l" -lt 30 ]; then
+    note "skipped, $l s of the ${BUDGET} s budget left: ${*: -6}"
+    return
+  fi
+  [ "$limit" -gt $((l - 15)) ] && limit=$((l - 15))
+  t=$SECONDS
+  timeout -k 10 "$limit" "$@" 2>>"${file%.jsonl}.err" | while IFS= read -r line; do
+    case "$line" in
+    '{'*)
+      [ -n "$tag" ] && line="{$tag,${line#\{}"
+      echo "$line" >>"$file"
+      note "$(brief "$line")"
+      ;;
+    *) echo "$line" >>"${file%.jsonl}.err" ;;
+    esac
+  done
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    note "timed out after $((SECONDS - t)) s (limit $limit s): $*"
+  elif [ "$rc" != 0 ]; then
+    note "exit $rc after $((SECONDS - t)) s: $*; last lines of ${file%.jsonl}.err:"
+    tail -n 3 "${file%.jsonl}.err" | sed 's/^/  /' | tee -a "$SUMMARY"
+  else
+    echo "($((SECONDS - t)) s)"
+  fi
+}
+
+if [ ! -f "$CARRY/deno.xz" ] || [ ! -f "$CARRY/repo.tar.gz" ] || [ ! -f "$CARRY/denodir.tar.gz" ]; then
+  echo "gpu_check.sh: $CARRY lacks deno.xz, repo.tar.gz or denodir.tar.gz: run" \
+    "bench/gpu_stage.sh [DEST] and then bash DEST/gpu_check.sh (the copy it writes)" >&2
+  exit 2
+fi
 step "loaders"
-if ! ldconfig -p | grep -q libvulkan.so.1 && ls "$HERE"/.gl/*.deb >/dev/null 2>&1; then
-  for f in "$HERE"/.gl/*.deb; do dpkg -x "$f" /; done
+if ! ldconfig -p | grep -q libvulkan.so.1; then
+  for f in "$CARRY"/.gl/*.deb "$HERE"/.gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
   ldconfig
 fi
-ldconfig -p | grep -E "libvulkan.so.1|libEGL.so.1" || echo "no Vulkan/EGL loader"
-nvidia-smi -L || true
-for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d; do
-  ls -l "$d" 2>/dev/null
-done
+ldconfig -p | grep -E "libvulkan.so.1|libEGL.so.1|libGLX_nvidia.so.0" || echo "no Vulkan/EGL loader"
+if command -v nvidia-smi >/dev/null; then nvidia-smi -L; else echo "no nvidia-smi"; fi
+ICD_DIRS=(/usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d
+  /usr/local/share/vulkan/icd.d)
+for d in "${ICD_DIRS[@]}"; do ls -l "$d" 2>/dev/null; done
 
 step "unpack"
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -59,114 +154,142 @@ console.log(JSON.stringify(a ? { vendor: i.vendor, architecture: i.architecture,
   maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize,
   maxBufferSize: a.limits.maxBufferSize, features: [...a.features] } : null));'
 }
+short_adapter() { sed -E 's/,"features":\[[^]]*\]//' <<<"$1"; }
 
 step "adapter (default driver search)"
 adapter=$(probe 2>"$OUT/probe.err")
 echo "adapter: $adapter"
 tail -n 5 "$OUT/probe.err"
 if [[ "$adapter" != *'"isFallback":false'* ]]; then
-  step "adapter with NVIDIA's ICD named (VK_DRIVER_FILES)"
-  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-  export VK_ICD_FILENAMES=$VK_DRIVER_FILES
-  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  note "default driver search: $(short_adapter "$adapter")"
   first=$adapter
-  adapter=$(probe 2>>"$OUT/probe.err")
-  echo "adapter: $adapter"
-  tail -n 5 "$OUT/probe.err"
-  summary+=("default driver search: $first; with NVIDIA's ICD named: $adapter")
-  if [[ "$adapter" != *'"isFallback":false'* ]]; then
+  icds=$(find "${ICD_DIRS[@]}" -name 'nvidia_icd*.json' 2>/dev/null)
+  [ -z "$icds" ] && note "no nvidia_icd.json in ${ICD_DIRS[*]}: NVIDIA's Vulkan ICD is missing"
+  for icd in $icds; do
+    step "adapter with NVIDIA's ICD named (VK_DRIVER_FILES=$icd)"
+    export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
+    egl=$(find "$(dirname "$(dirname "$icd")")" -name '10_nvidia.json' 2>/dev/null | head -1)
+    [ -n "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
+    adapter=$(probe 2>>"$OUT/probe.err")
+    echo "adapter: $adapter"
+    tail -n 5 "$OUT/probe.err"
+    note "with $icd named: $(short_adapter "$adapter")"
+    [[ "$adapter" == *'"isFallback":false'* ]] && break
     unset VK_DRIVER_FILES VK_ICD_FILENAMES __EGL_VENDOR_LIBRARY_FILENAMES
     adapter=$first
-  fi
+  done
 fi
 echo "$adapter" >"$OUT/adapter.json"
 real=0
 [[ "$adapter" == *'"isFallback":false'* ]] && real=1
 [ "${GPU_CHECK_ALLOW_FALLBACK:-0}" = 1 ] && [ "$adapter" != null ] && real=1
-summary+=("adapter: $adapter")
+note "adapter: $(short_adapter "$adapter")"
+[ "$real" = 1 ] || note "no real GPU adapter (GPU_CHECK_ALLOW_FALLBACK=1 takes a fallback one): webgpu figures skipped"
 
-if [ "${1:-}" = probe ]; then
-  step "webgpu probe (b16, batch 8)"
-  DEER_BACKEND=webgpu timeout 240 deno run -A bench/webgpu_probe.ts b16 --batch 8 \
-    >"$OUT/probe.jsonl" 2>"$OUT/probe_run.err"
-  echo "probe exit $?"
-  cat "$OUT/probe.jsonl"
-  tail -n 5 "$OUT/probe_run.err"
-  exit 0
+step "PyTorch ($PY)"
+torch_info=$("$PY" -c 'import torch; c = torch.cuda.is_available()
+print(torch.__version__, int(c), torch.cuda.get_device_name() if c else "")' 2>"$OUT/torch_probe.err")
+TORCH_DEVICE=
+if [ -z "$torch_info" ]; then
+  note "PyTorch: $PY cannot import torch ($(tail -n 1 "$OUT/torch_probe.err")): PyTorch figures skipped"
+elif [ "$(cut -d' ' -f2 <<<"$torch_info")" = 1 ]; then
+  TORCH_DEVICE=cuda
+  note "PyTorch: torch $torch_info (CUDA)"
+elif [ "$DRY" = 1 ]; then
+  TORCH_DEVICE=cpu
+  note "PyTorch: torch $(cut -d' ' -f1 <<<"$torch_info") sees no CUDA device: on the CPU (dry run)"
+else
+  note "PyTorch: torch $(cut -d' ' -f1 <<<"$torch_info") sees no CUDA device: PyTorch figures skipped"
 fi
 
-if [ "${1:-}" = wgsl ]; then
-  for w in 1 0; do
-    step "product microbenchmark (b16 shapes, batch 8), DEER_WGSL=$w"
-    DEER_WGSL=$w DEER_BACKEND=webgpu timeout 180 deno run -A bench/webgpu_probe.ts matmul \
-      --batch 8 2>>"$OUT/wgsl.err" | sed "s/^{/{\"wgsl\":$w,/" >>"$OUT/wgsl.jsonl"
-    echo "exit ${PIPESTATUS[0]}"
+# torch_steps LIMIT: the PyTorch ViT-B/16 step at every batch (bench.jsonl).
+torch_steps() {
+  [ -n "$TORCH_DEVICE" ] || return 0
+  for b in "${BATCHES[@]}"; do
+    step "PyTorch ViT-B/16 step, batch $b, $TORCH_DEVICE"
+    fig "$1" "$OUT/bench.jsonl" "" env PYTHONUNBUFFERED=1 "$PY" bench/vit_b16_lora_torch.py 10 2 2 \
+      --device "$TORCH_DEVICE" --batch "$b" "${MODEL[@]}"
   done
-  for w in 1 0; do
-    step "webgpu probe (b16, batch 8), DEER_WGSL=$w"
-    DEER_WGSL=$w DEER_BACKEND=webgpu timeout 240 deno run -A bench/webgpu_probe.ts b16 --batch 8 \
-      2>>"$OUT/wgsl.err" | sed "s/^{/{\"wgsl\":$w,/" >>"$OUT/wgsl.jsonl"
-    for b in 8 32 64; do
-      step "webgpu ViT-B/16 step, batch $b, DEER_WGSL=$w"
-      DEER_WGSL=$w DEER_BACKEND=webgpu timeout 150 deno run -A bench/figures.ts b16 --batch "$b" \
-        --steps 5 --warmup 1 2>>"$OUT/wgsl.err" | sed "s/^{/{\"wgsl\":$w,/" >>"$OUT/wgsl.jsonl"
-      echo "exit ${PIPESTATUS[0]}"
+}
+
+if [ "$real" = 1 ]; then
+  export DEER_BACKEND=webgpu
+  case "$MODE" in
+  probe)
+    step "webgpu probe (${PROBE[*]})"
+    fig 240 "$OUT/probe.jsonl" "" deno run -A bench/webgpu_probe.ts "${PROBE[@]}"
+    ;;
+  wgsl)
+    for w in 1 0; do
+      step "product microbenchmark (${MATMUL[*]}), DEER_WGSL=$w"
+      fig 90 "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
+        deno run -A bench/webgpu_probe.ts matmul "${MATMUL[@]}"
     done
-  done
-  cat "$OUT/wgsl.jsonl"
-  tail -n 5 "$OUT/wgsl.err"
-  exit 0
+    for w in 1 0; do
+      step "webgpu probe (${PROBE[*]} --step-only), DEER_WGSL=$w"
+      fig 120 "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
+        deno run -A bench/webgpu_probe.ts "${PROBE[@]}" --step-only
+    done
+    limits=(60 90 120)
+    for i in 0 1 2; do
+      for w in 1 0; do
+        b=${BATCHES[$i]}
+        step "webgpu ViT-B/16 step, batch $b, DEER_WGSL=$w"
+        fig "${limits[$i]}" "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
+          deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
+      done
+    done
+    ;;
+  short)
+    torch_steps 60
+    limits=(90 120)
+    for i in 0 1; do
+      b=${BATCHES[$i]}
+      step "webgpu ViT-B/16 step, batch $b"
+      fig "${limits[$i]}" "$OUT/bench.jsonl" "" \
+        deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
+    done
+    ;;
+  default)
+    step "backend line"
+    deno eval 'import "./lib/backend.ts";' 2>&1 | grep "deer:" | tee "$OUT/backend_line.txt"
+    note "backend: $(cat "$OUT/backend_line.txt")"
+
+    step "webgpu tests (reference backend: cpu)"
+    l=$(($(left) - 15))
+    [ "$l" -gt 150 ] && l=150
+    if [ "$l" -lt 30 ]; then
+      note "tests skipped: the time budget is spent"
+    else
+      DEER_REQUIRE_WEBGPU=1 DEER_REFERENCE_BACKEND=cpu timeout -k 10 "$l" \
+        deno test -A --no-check tests/webgpu_equivalence.test.ts tests/webgpu_memory.test.ts \
+        >"$OUT/tests.log" 2>&1
+      rc=$?
+      grep -E "^(ok|FAILED) \||\.\.\. (ok|FAILED)|error" "$OUT/tests.log" | head -20
+      note "tests: exit $rc$([ $rc = 124 ] && echo " (timed out after $l s)"), $(grep -E '^(ok|FAILED) \|' "$OUT/tests.log" | tail -1)"
+    fi
+
+    step "benchmark (deno task bench --only tiny,b16)"
+    torch=(--torch none)
+    [ -n "$TORCH_DEVICE" ] && torch=(--torch "$PY" --torch-device "$TORCH_DEVICE")
+    extra=()
+    [ "$DRY" = 1 ] && extra=(--fallback-gpu --b16-model tiny)
+    batches=$(
+      IFS=,
+      echo "${BATCHES[*]}"
+    )
+    fig 330 "$OUT/bench.jsonl" "" deno run -A bench/main.ts --backend webgpu --only tiny,b16 \
+      "${torch[@]}" --max-wait 0 --steps "$STEPS" --warmup "$WARMUP" --b16-batches "$batches" \
+      "${extra[@]}"
+    ;;
+  esac
+elif [ "$MODE" != probe ] && [ "$MODE" != wgsl ]; then
+  # Without an adapter, the PyTorch references alone.
+  torch_steps 120
 fi
-if [ "${1:-}" = short ]; then
-  for b in 8 32 64; do
-    step "PyTorch CUDA ViT-B/16 step, batch $b"
-    timeout 40 python3 bench/vit_b16_lora_torch.py 10 2 2 --device cuda --batch "$b" \
-      >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
-  done
-  for b in 8 32; do
-    step "webgpu ViT-B/16 step, batch $b"
-    DEER_BACKEND=webgpu timeout 100 deno run -A bench/figures.ts b16 --batch "$b" --steps 3 \
-      --warmup 1 >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
-    echo "exit $?"
-  done
-  cat "$OUT/bench.jsonl"
-  tail -n 5 "$OUT/bench.err"
-  exit 0
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.used,clocks.sm --format=csv
 fi
 
-if [ "$real" = 1 ]; then
-  step "backend line"
-  DEER_BACKEND=webgpu deno eval 'import "./lib/backend.ts";' 2>&1 | grep "deer:" | tee -a "$OUT/backend_line.txt"
-  summary+=("backend: $(cat "$OUT/backend_line.txt")")
-
-  step "webgpu tests (reference backend: cpu)"
-  DEER_REQUIRE_WEBGPU=1 DEER_REFERENCE_BACKEND=cpu timeout 150 \
-    deno test -A --no-check tests/webgpu_equivalence.test.ts tests/webgpu_memory.test.ts \
-    >"$OUT/tests.log" 2>&1
-  rc=$?
-  grep -E "^(ok|FAILED) \||\.\.\. (ok|FAILED)|error" "$OUT/tests.log" | head -20
-  summary+=("tests: exit $rc, $(grep -E '^(ok|FAILED) \|' "$OUT/tests.log" | tail -1)")
-else
-  summary+=("no real GPU adapter: webgpu tests and figures skipped")
-fi
-
-step "benchmark"
-if [ "$real" = 1 ]; then
-  timeout 290 deno run -A bench/main.ts --backend webgpu --only tiny,b16 --torch python3 \
-    --max-wait 0 >"$OUT/bench.jsonl" 2>"$OUT/bench.err"
-  echo "bench exit $?"
-else
-  # The PyTorch CUDA references alone (no webgpu figures).
-  for b in 8 32 64; do
-    PYTHONUNBUFFERED=1 timeout 120 python3 bench/vit_b16_lora_torch.py 10 2 2 --device cuda \
-      --batch "$b" >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"
-  done
-fi
-cat "$OUT/bench.jsonl"
-tail -n 5 "$OUT/bench.err"
-nvidia-smi --query-gpu=name,memory.used,clocks.sm --format=csv || true
-
-step "summary"
-for s in "${summary[@]}"; do echo "$s"; done
-grep -E '"name":"(vit_lora_step|torch_vit|ratio)' "$OUT/bench.jsonl" |
-  sed -E 's/.*"name":"([^"]+)".*"ms":([0-9.]+).*/\1 \2 ms/; s/.*"name":"(ratio[^"]+)","ratio":([0-9.]+).*/\1 \2/'
+step "summary (mode $MODE; figures in $OUT)"
+cat "$SUMMARY"
