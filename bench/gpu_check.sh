@@ -54,6 +54,9 @@ DRY=${GPU_CHECK_DRY:-0}
 T0=$SECONDS
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
+# This mode's figure files start empty (a rerun into the same OUT does not mix runs).
+case "$MODE" in default | short) rm -f "$OUT"/bench.{jsonl,err} ;; *) rm -f "$OUT/$MODE".{jsonl,err} ;; esac
+echo "=== bench/gpu_check.sh $MODE, $(date -u '+%F %T') UTC, OUT=$OUT"
 step() { echo "== $* ($((SECONDS - T0)) s)"; }
 # note LINE: a summary line, kept at once.
 note() {
@@ -73,13 +76,14 @@ else
 fi
 
 # One field of a JSON line (numbers, strings, booleans; not arrays).
-field() { sed -nE "s/.*\"$1\":(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
+field() { sed -nE "s/.*\"$1\": ?(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
 # A figure's summary line: its name and the fields that say what was measured.
 brief() {
   local s k v
-  s=$(field name "$1")
-  for k in DEER_WGSL model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
-    kernels kernel_gpu_ms gflops kernel_gflops ratio ratio_min target loss_last exit; do
+  s=$(field name "$1" | tr -d '"')
+  for k in DEER_WGSL wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
+    kernels kernel_gpu_ms gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
+    target loss_last description real_gpu gpu_figures torch_device exit; do
     v=$(field "$k" "$1")
     [ -n "$v" ] && s+=" $k=$v"
   done
@@ -157,9 +161,9 @@ console.log(JSON.stringify(a ? { vendor: i.vendor, architecture: i.architecture,
 short_adapter() { sed -E 's/,"features":\[[^]]*\]//' <<<"$1"; }
 
 step "adapter (default driver search)"
-adapter=$(probe 2>"$OUT/probe.err")
+adapter=$(probe 2>"$OUT/adapter.err")
 echo "adapter: $adapter"
-tail -n 5 "$OUT/probe.err"
+tail -n 5 "$OUT/adapter.err"
 if [[ "$adapter" != *'"isFallback":false'* ]]; then
   note "default driver search: $(short_adapter "$adapter")"
   first=$adapter
@@ -170,9 +174,9 @@ if [[ "$adapter" != *'"isFallback":false'* ]]; then
     export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
     egl=$(find "$(dirname "$(dirname "$icd")")" -name '10_nvidia.json' 2>/dev/null | head -1)
     [ -n "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
-    adapter=$(probe 2>>"$OUT/probe.err")
+    adapter=$(probe 2>>"$OUT/adapter.err")
     echo "adapter: $adapter"
-    tail -n 5 "$OUT/probe.err"
+    tail -n 5 "$OUT/adapter.err"
     note "with $icd named: $(short_adapter "$adapter")"
     [[ "$adapter" == *'"isFallback":false'* ]] && break
     unset VK_DRIVER_FILES VK_ICD_FILENAMES __EGL_VENDOR_LIBRARY_FILENAMES

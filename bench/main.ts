@@ -140,7 +140,8 @@ if (adapter) {
   console.log(JSON.stringify({
     name: "webgpu_adapter",
     ...adapter,
-    real_gpu: gpu,
+    real_gpu: !adapter.isFallback,
+    gpu_figures: gpu,
     torch_device: torch ? torchDevice : null,
   }));
 }
