@@ -21,20 +21,23 @@
 #   (none): the backend line, the webgpu tests (against the `cpu` backend: libtensorflow is not
 #     carried) and `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step
 #     (awaited median and pipelined_ms) at batch 8, 32 and 64, 5 steps after 1 warm-up, each with
-#     the PyTorch step beside it and their ratio (≈ 7 min on an H200 by earlier timings).
-#   probe: only bench/webgpu_probe.ts b16 --batch 8 (probe.jsonl; where a step's time goes).
-#   short: the ViT-B/16 webgpu step at batch 8 and 32 (3 steps) and PyTorch at 8, 32, 64.
+#     the PyTorch step beside it and their ratio (≈ 6 min on an H200 by earlier timings).
+#   probe: only bench/webgpu_probe.ts b16 --batch 8 (probe.jsonl: where a step's time goes;
+#     ≈ 1 min).
+#   short: the ViT-B/16 webgpu step at batch 8 and 32 (3 steps) and PyTorch at 8, 32, 64 (≈ 2 min).
 #   wgsl: with the fused WGSL kernels (lib/webgpu_kernels.ts) and without (DEER_WGSL=0), into
 #     wgsl.jsonl, each record tagged "DEER_WGSL": the product microbenchmark (webgpu_probe.ts
 #     matmul: the step's products at batch 8 as tf.matMul and DeerWgsl_MatMul, GFLOP/s), the
 #     probe's kernel count at batch 8, and the ViT-B/16 step at batch 8, 32 and 64 (3 steps after
-#     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs.
+#     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs (≈ 5 min).
 # GPU_CHECK_ALLOW_FALLBACK=1 runs the GPU steps on a fallback adapter too. GPU_CHECK_DRY=1 is a
 # dry run for a machine without a GPU (lavapipe, Mesa's software Vulkan): every stage runs, with
 # the tiny ViT in place of ViT-B/16 (same figure names, "model":"tiny"), batches 1, 2, 4 in place
 # of 8, 32, 64, 2 steps after 1 warm-up, the products at batch 1 with 1 repetition, and PyTorch
-# on the CPU where it has no CUDA. Measured on lavapipe (2 shared cores), staged into /tmp and run
-# from a scratch folder: see README.md, "GPU (WebGPU)".
+# on the CPU where it has no CUDA. Dry run on lavapipe (2 shared cores; staged with
+# `bash bench/gpu_stage.sh /tmp/gpucarry`, run from a scratch folder holding .gpucarry -> it, as
+# `GPU_CHECK_DRY=1 GPU_CHECK_ALLOW_FALLBACK=1 GPU_CHECK_PYTHON=<venv python with CPU torch>
+# OUT=/tmp/x bash .gpucarry/gpu_check.sh [mode]`): probe 21 s, short 15 s, wgsl 40 s, none 52 s.
 set -u
 MODE=${1:-default}
 case "$MODE" in default | probe | short | wgsl) ;; *)

@@ -2,7 +2,9 @@
 # Stages what bench/gpu_check.sh needs on an offline GPU machine into DEST (default .gpucarry/):
 # the deno binary (xz), the committed toolkit (git archive of HEAD) with node_modules/ trimmed to
 # the bundles Deno loads (no source maps, type declarations or browser builds), and Deno's npm
-# metadata cache, so that nothing is fetched there. Run `deno task setup` first; about 30 MiB.
+# metadata cache, so that nothing is fetched there. Run `deno task setup` first; about 39 MiB.
+# DEST/gpu_check.sh is the check to run there (see its header); .gpucarry/ is ignored by git, so a
+# tool that copies the working tree must be told to carry it.
 #
 # Usage: bash bench/gpu_stage.sh [DEST]
 set -euo pipefail
