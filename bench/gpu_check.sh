@@ -138,8 +138,11 @@ if ! ldconfig -p | grep -q libvulkan.so.1; then
 fi
 ldconfig -p | grep -E "libvulkan.so.1|libEGL.so.1|libGLX_nvidia.so.0" || echo "no Vulkan/EGL loader"
 if command -v nvidia-smi >/dev/null; then nvidia-smi -L; else echo "no nvidia-smi"; fi
+# Where NVIDIA's Vulkan ICD (nvidia_icd.json) may be; GPU_CHECK_ICD_DIRS (space-separated)
+# replaces the list.
 ICD_DIRS=(/usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d
   /usr/local/share/vulkan/icd.d)
+[ -n "${GPU_CHECK_ICD_DIRS:-}" ] && read -r -a ICD_DIRS <<<"$GPU_CHECK_ICD_DIRS"
 for d in "${ICD_DIRS[@]}"; do ls -l "$d" 2>/dev/null; done
 
 step "unpack"
