@@ -21,9 +21,10 @@
  * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
  *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
  *   reached 2.7 TFLOP/s on an H200 for [1576×768]·[768×3072] (fp32 peak ≈ 60). Built as GPU
- *   SGEMMs are: 64×64 (or 128×64) outputs per workgroup of 256 threads, each thread a 4×4 (8×4)
- *   register block, K-tiles of 16 staged in workgroup memory, vec4 loads and stores where the
- *   contiguous dimension allows, transposes by indexing, a batch (or one matrix broadcast over
+ *   SGEMMs are: 64×64 (or 128×64, or the classic large-GPU 128×128) outputs per workgroup of 256
+ *   threads, each thread a 4×4 (8×4, 8×8) register block, K-tiles of 16 staged in workgroup
+ *   memory (128×128: 16 KiB, exactly WebGPU's default `maxComputeWorkgroupStorageSize`), vec4
+ *   loads and stores where the contiguous dimension allows, transposes by indexing, a batch (or one matrix broadcast over
  *   it). The fast path sends it products of at least {@link WGSL_MM_MIN_OUTPUTS} outputs. Its only
  *   loop runs ⌈K/16⌉ times, within lavapipe's loop budget up to {@link WGSL_MM_MAX_K}. Checked
  *   against `tf.matMul` on lavapipe (tests/webgpu_wgsl.test.ts); not yet measured on a GPU:
@@ -357,7 +358,10 @@ export function wgslGateBackward(
 // The matrix product
 
 /** Output tile shapes of {@link wgslMatMul}: rows × columns of C per workgroup of 16×16 threads. */
-export type MatMulTile = "64x64" | "128x64";
+export type MatMulTile = "64x64" | "128x64" | "128x128";
+
+/** Every {@link MatMulTile}, in order of size (the microbenchmark runs each). */
+export const MATMUL_TILES: readonly MatMulTile[] = ["64x64", "128x64", "128x128"];
 
 /** Depth of one K-tile staged in workgroup memory (unrolled in the inner loop). */
 const MM_TK = 16;
@@ -449,24 +453,30 @@ export function wgslMatMulUsed(a: tf.Tensor, b: tf.Tensor, ta = false, tb = fals
 }
 
 /**
- * The WGSL source of the tiled product. Each workgroup of 16×16 threads computes a TM×64 tile of
- * C (TM = 16·RM); thread (tx, ty) owns RM rows × 4 columns, RM/4 row groups of 4 rows
- * (`ty·4 + 64·g + i`) and columns `tx·4 + j`, accumulated in RM `vec4` registers. Per K-tile of
- * 16, the threads stage A's TM×16 and B's 16×64 in workgroup memory (A stored k-major, so that a
- * thread reads its 4 rows as one vec4, as it reads its 4 columns of B), with vec4 global loads
- * where the contiguous dimension is a multiple of 4 (and vec4 stores of C where N is), then run 16 unrolled steps of RM/4 vec4
- * loads of A, one of B, and RM vec4 multiply-adds: 16·RM·4 multiply-adds per 16 + 16·RM/4 reads
- * of workgroup memory. Out-of-range rows, columns and depths load zeros and store nothing.
+ * The WGSL source of the tiled product. Each workgroup of 16×16 threads computes a TM×TN tile of
+ * C (TM = 16·RM, TN = 64·CN); thread (tx, ty) owns RM rows × 4·CN columns, RM/4 row groups of 4
+ * rows (`ty·4 + 64·g + i`) and CN column groups of 4 columns (`tx·4 + 64·h + j`), accumulated in
+ * RM·CN `vec4` registers (64×64: RM 4, CN 1; 128×64: 8, 1; 128×128: 8, 2, an 8×8 block). Per
+ * K-tile of 16, the threads stage A's TM×16 and B's 16×TN in workgroup memory (A stored k-major,
+ * so that a thread reads its 4 rows as one vec4, as it reads its 4 columns of B), with vec4 global
+ * loads where the contiguous dimension is a multiple of 4 (and vec4 stores of C where N is), then
+ * run 16 unrolled steps of RM/4 vec4 loads of A, CN of B, and RM·CN vec4 multiply-adds:
+ * 16·RM·CN·4 multiply-adds per 16·(RM/4 + CN) reads of workgroup memory. The 128×128 tile stages
+ * (128·16 + 16·128)·4 B = 16 KiB, exactly WebGPU's default (and guaranteed minimum)
+ * `maxComputeWorkgroupStorageSize`, so it keeps the K-tile of 16 (a K-tile of 8 would double the
+ * loop's trips and halve {@link WGSL_MM_MAX_K}). Out-of-range rows, columns and depths load zeros
+ * and store nothing.
  */
 function matMulSource(
   rm: number,
+  cn: number,
   ta: boolean,
   tb: boolean,
   va: boolean,
   vb: boolean,
   vo: boolean,
 ): string {
-  const tm = 16 * rm, groups = rm / 4, tmq = tm / 4;
+  const tm = 16 * rm, groups = rm / 4, tmq = tm / 4, tn = 64 * cn, tnq = tn / 4;
   const lines: string[] = [];
   // A tile → As[kk·tmq + row/4][row%4].
   const loadsA = (tm * MM_TK) / (va ? 4 : 1) / 256;
@@ -511,26 +521,26 @@ function matMulSource(
       }`);
     }
   }
-  // B tile → Bs[kk·16 + col/4][col%4].
-  const loadsB = (64 * MM_TK) / (vb ? 4 : 1) / 256;
+  // B tile → Bs[kk·tnq + col/4][col%4].
+  const loadsB = (tn * MM_TK) / (vb ? 4 : 1) / 256;
   for (let l = 0; l < loadsB; l++) {
     const e = `(i32(localIndex) + ${l * 256})`;
     if (!tb && vb) {
       // [K, N] rows, 4 columns per load (N % 4 == 0).
       lines.push(`{
-        let kk = ${e} / 16; let nq = ${e} % 16;
+        let kk = ${e} / ${tnq}; let nq = ${e} % ${tnq};
         let gn = n0 + nq * 4; let gk = k0 + kk;
         var v = vec4<f32>(0.0);
         if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gk * uniforms.N + gn) / 4]; }
-        Bs[kk * 16 + nq] = v;
+        Bs[kk * ${tnq} + nq] = v;
       }`);
     } else if (!tb) {
       lines.push(`{
-        let kk = ${e} / 64; let col = ${e} % 64;
+        let kk = ${e} / ${tn}; let col = ${e} % ${tn};
         let gn = n0 + col; let gk = k0 + kk;
         var v = 0.0;
         if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gk * uniforms.N + gn]; }
-        Bs[kk * 16 + col / 4][col % 4] = v;
+        Bs[kk * ${tnq} + col / 4][col % 4] = v;
       }`);
     } else if (vb) {
       // [N, K] rows (b transposed), 4 depths per load (K % 4 == 0).
@@ -539,10 +549,10 @@ function matMulSource(
         let gn = n0 + col; let gk = k0 + kq * 4;
         var v = vec4<f32>(0.0);
         if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gn * uniforms.K + gk) / 4]; }
-        Bs[(kq * 4) * 16 + col / 4][col % 4] = v.x;
-        Bs[(kq * 4 + 1) * 16 + col / 4][col % 4] = v.y;
-        Bs[(kq * 4 + 2) * 16 + col / 4][col % 4] = v.z;
-        Bs[(kq * 4 + 3) * 16 + col / 4][col % 4] = v.w;
+        Bs[(kq * 4) * ${tnq} + col / 4][col % 4] = v.x;
+        Bs[(kq * 4 + 1) * ${tnq} + col / 4][col % 4] = v.y;
+        Bs[(kq * 4 + 2) * ${tnq} + col / 4][col % 4] = v.z;
+        Bs[(kq * 4 + 3) * ${tnq} + col / 4][col % 4] = v.w;
       }`);
     } else {
       lines.push(`{
@@ -550,31 +560,40 @@ function matMulSource(
         let gn = n0 + col; let gk = k0 + kk;
         var v = 0.0;
         if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gn * uniforms.K + gk]; }
-        Bs[kk * 16 + col / 4][col % 4] = v;
+        Bs[kk * ${tnq} + col / 4][col % 4] = v;
       }`);
     }
   }
-  const acc = Array.from({ length: rm }, (_, r) => `acc${r}`);
+  // acc[r][h]: row r of the thread's block, column group h.
+  const acc = Array.from(
+    { length: rm },
+    (_, r) => Array.from({ length: cn }, (_, h) => `acc${r}_${h}`),
+  );
   const inner: string[] = [];
   for (let kk = 0; kk < MM_TK; kk++) {
-    inner.push(`b = Bs[${kk * 16} + tx];`);
+    for (let h = 0; h < cn; h++) inner.push(`b${h} = Bs[${kk * tnq + h * 16} + tx];`);
     for (let g = 0; g < groups; g++) {
       inner.push(`a = As[${kk * tmq + g * 16} + ty];`);
-      ["x", "y", "z", "w"].forEach((c, i) => inner.push(`${acc[4 * g + i]} += a.${c} * b;`));
+      ["x", "y", "z", "w"].forEach((c, i) => {
+        for (let h = 0; h < cn; h++) inner.push(`${acc[4 * g + i][h]} += a.${c} * b${h};`);
+      });
     }
   }
   const stores: string[] = [];
   for (let g = 0; g < groups; g++) {
     for (let i = 0; i < 4; i++) {
-      stores.push(`{
-        let gm = m0 + ${g * 64 + i} + ty * 4;
-        if (gm < uniforms.M) { store(oOff + gm * uniforms.N, gn, ${acc[4 * g + i]}); }
+      const row = [`let gm = m0 + ${g * 64 + i} + ty * 4;`];
+      for (let h = 0; h < cn; h++) {
+        row.push(`store(oOff + gm * uniforms.N, gn + ${h * 64}, ${acc[4 * g + i][h]});`);
+      }
+      stores.push(`if (m0 + ${g * 64 + i} + ty * 4 < uniforms.M) {
+        ${row.join("\n        ")}
       }`);
     }
   }
   return `
     var<workgroup> As : array<vec4<f32>, ${MM_TK * tmq}>;
-    var<workgroup> Bs : array<vec4<f32>, ${MM_TK * 16}>;
+    var<workgroup> Bs : array<vec4<f32>, ${MM_TK * tnq}>;
 
     fn store(rowOff : i32, gn : i32, v : vec4<f32>) {
       ${
@@ -591,13 +610,13 @@ function matMulSource(
       let ty = i32(localId.y);
       let batch = i32(workgroupId.z);
       let m0 = i32(workgroupId.y) * ${tm};
-      let n0 = i32(workgroupId.x) * 64;
+      let n0 = i32(workgroupId.x) * ${tn};
       let aOff = batch * uniforms.strideA;
       let bOff = batch * uniforms.strideB;
       let oOff = batch * uniforms.M * uniforms.N;
-      ${acc.map((v) => `var ${v} = vec4<f32>(0.0);`).join("\n      ")}
+      ${acc.flat().map((v) => `var ${v} = vec4<f32>(0.0);`).join("\n      ")}
       var a : vec4<f32>;
-      var b : vec4<f32>;
+      ${Array.from({ length: cn }, (_, h) => `var b${h} : vec4<f32>;`).join("\n      ")}
       let tiles = (uniforms.K + ${MM_TK - 1}) / ${MM_TK};
       for (var t = 0; t < tiles; t++) {
         let k0 = t * ${MM_TK};
@@ -617,8 +636,8 @@ function matMulSource(
  * (see {@link matMulSource}). Batch axes broadcast as `tf.matMul`'s do where each operand has
  * either the whole batch or a single matrix (`[N·T, w]·[H, w, d]`, `[H, N, T, d]·[H, N, T, d]`);
  * other broadcasts, empty or over-long products throw (use {@link wgslMatMulUsed} to ask first).
- * `tile` picks 64×64 (default, 4×4 outputs per thread) or 128×64 (8×4), each for 256 threads;
- * `DEER_WGSL_MM_TILE` sets the default. Forward only (no gradient is registered): the fast path
+ * `tile` picks 64×64 (default, 4×4 outputs per thread), 128×64 (8×4) or 128×128 (8×8), each
+ * for 256 threads; `DEER_WGSL_MM_TILE` sets the default. Forward only (no gradient is registered): the fast path
  * calls it inside its hand-written backward, which needs none.
  *
  * Only on the `webgpu` backend, e.g. `const c = wgslMatMul(a, b, false, true);` (see tests/webgpu_wgsl.test.ts).
@@ -636,12 +655,15 @@ export function wgslMatMul(
       `webgpu_kernels matMul of ${a.shape} and ${b.shape} (ta ${ta}, tb ${tb}): ${plan}`,
     );
   }
-  if (tile !== "64x64" && tile !== "128x64") {
+  if (!MATMUL_TILES.includes(tile)) {
     throw new Error(
-      `webgpu_kernels matMul: tile "${tile}" is not 64x64 or 128x64 (argument or DEER_WGSL_MM_TILE)`,
+      `webgpu_kernels matMul: tile "${tile}" is not one of ${
+        MATMUL_TILES.join(", ")
+      } (argument or DEER_WGSL_MM_TILE)`,
     );
   }
-  const rm = tile === "64x64" ? 4 : 8;
+  // Rows per thread (4 or 8) and column groups of 4 per thread (1 or 2).
+  const rm = tile === "64x64" ? 4 : 8, cn = tile === "128x128" ? 2 : 1;
   const { m, n, k, batch, strideA, strideB, outShape } = plan;
   // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
@@ -649,15 +671,15 @@ export function wgslMatMul(
   const make = (): Program => ({
     variableNames: ["A", "B"],
     outputShape: outShape,
-    shaderKey: `deer_matmul_${rm}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
+    shaderKey: `deer_matmul_${rm}x${cn}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
-    dispatch: [Math.ceil(n / 64), Math.ceil(m / (16 * rm)), batch],
+    dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
     size: false,
     uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
     variableComponents: [va ? 4 : 1, vb ? 4 : 1],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, ta, tb, va, vb, vo),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo),
   });
   const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
     type: "int32",
