@@ -464,8 +464,11 @@ export function wgslMatMulUsed(a: tf.Tensor, b: tf.Tensor, ta = false, tb = fals
  * 16·RM·CN·4 multiply-adds per 16·(RM/4 + CN) reads of workgroup memory. The 128×128 tile stages
  * (128·16 + 16·128)·4 B = 16 KiB, exactly WebGPU's default (and guaranteed minimum)
  * `maxComputeWorkgroupStorageSize`, so it keeps the K-tile of 16 (a K-tile of 8 would double the
- * loop's trips and halve {@link WGSL_MM_MAX_K}). Out-of-range rows, columns and depths load zeros
- * and store nothing.
+ * loop's trips and halve {@link WGSL_MM_MAX_K}). The 128×128 tile also prefetches: each thread
+ * reads its share of the next K-tile (four vec4 or sixteen scalars) into registers before this
+ * K-tile's multiply-adds and writes them to workgroup memory after the barrier that ends them, so
+ * the global reads are in flight during the arithmetic (`DEER_WGSL_MM_PREFETCH=0`: without, for
+ * an A/B comparison). Out-of-range rows, columns and depths load zeros and store nothing.
  */
 function matMulSource(
   rm: number,
@@ -475,95 +478,145 @@ function matMulSource(
   va: boolean,
   vb: boolean,
   vo: boolean,
+  prefetch: boolean,
 ): string {
   const tm = 16 * rm, groups = rm / 4, tmq = tm / 4, tn = 64 * cn, tnq = tn / 4;
-  const lines: string[] = [];
+  // One load per entry: its position in the tile (`pos`, from localIndex), its global position
+  // (`glob`, from k0), whether that is in range, the read, and how `v` is put in the tile.
+  interface Load {
+    pos: string;
+    glob: string;
+    vec: boolean;
+    cond: string;
+    read: string;
+    put: string;
+  }
+  const loads: Load[] = [];
   // A tile → As[kk·tmq + row/4][row%4].
   const loadsA = (tm * MM_TK) / (va ? 4 : 1) / 256;
   for (let l = 0; l < loadsA; l++) {
     const e = `(i32(localIndex) + ${l * 256})`;
+    const cond = "gm < uniforms.M && gk < uniforms.K";
     if (!ta && va) {
       // [M, K] rows, 4 depths per load (K % 4 == 0).
-      lines.push(`{
-        let row = ${e} / 4; let kq = ${e} % 4;
-        let gm = m0 + row; let gk = k0 + kq * 4;
-        var v = vec4<f32>(0.0);
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[(aOff + gm * uniforms.K + gk) / 4]; }
-        As[(kq * 4) * ${tmq} + row / 4][row % 4] = v.x;
+      loads.push({
+        pos: `let row = ${e} / 4; let kq = ${e} % 4;`,
+        glob: "let gm = m0 + row; let gk = k0 + kq * 4;",
+        vec: true,
+        cond,
+        read: "A[(aOff + gm * uniforms.K + gk) / 4]",
+        put: `As[(kq * 4) * ${tmq} + row / 4][row % 4] = v.x;
         As[(kq * 4 + 1) * ${tmq} + row / 4][row % 4] = v.y;
         As[(kq * 4 + 2) * ${tmq} + row / 4][row % 4] = v.z;
-        As[(kq * 4 + 3) * ${tmq} + row / 4][row % 4] = v.w;
-      }`);
+        As[(kq * 4 + 3) * ${tmq} + row / 4][row % 4] = v.w;`,
+      });
     } else if (!ta) {
-      lines.push(`{
-        let row = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};
-        let gm = m0 + row; let gk = k0 + kk;
-        var v = 0.0;
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[aOff + gm * uniforms.K + gk]; }
-        As[kk * ${tmq} + row / 4][row % 4] = v;
-      }`);
+      loads.push({
+        pos: `let row = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};`,
+        glob: "let gm = m0 + row; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "A[aOff + gm * uniforms.K + gk]",
+        put: `As[kk * ${tmq} + row / 4][row % 4] = v;`,
+      });
     } else if (va) {
       // [K, M] rows (a transposed), 4 rows of C per load (M % 4 == 0).
-      lines.push(`{
-        let kk = ${e} / ${tmq}; let mq = ${e} % ${tmq};
-        let gm = m0 + mq * 4; let gk = k0 + kk;
-        var v = vec4<f32>(0.0);
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[(aOff + gk * uniforms.M + gm) / 4]; }
-        As[kk * ${tmq} + mq] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tmq}; let mq = ${e} % ${tmq};`,
+        glob: "let gm = m0 + mq * 4; let gk = k0 + kk;",
+        vec: true,
+        cond,
+        read: "A[(aOff + gk * uniforms.M + gm) / 4]",
+        put: `As[kk * ${tmq} + mq] = v;`,
+      });
     } else {
-      lines.push(`{
-        let kk = ${e} / ${tm}; let row = ${e} % ${tm};
-        let gm = m0 + row; let gk = k0 + kk;
-        var v = 0.0;
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[aOff + gk * uniforms.M + gm]; }
-        As[kk * ${tmq} + row / 4][row % 4] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tm}; let row = ${e} % ${tm};`,
+        glob: "let gm = m0 + row; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "A[aOff + gk * uniforms.M + gm]",
+        put: `As[kk * ${tmq} + row / 4][row % 4] = v;`,
+      });
     }
   }
   // B tile → Bs[kk·tnq + col/4][col%4].
   const loadsB = (tn * MM_TK) / (vb ? 4 : 1) / 256;
   for (let l = 0; l < loadsB; l++) {
     const e = `(i32(localIndex) + ${l * 256})`;
+    const cond = "gn < uniforms.N && gk < uniforms.K";
     if (!tb && vb) {
       // [K, N] rows, 4 columns per load (N % 4 == 0).
-      lines.push(`{
-        let kk = ${e} / ${tnq}; let nq = ${e} % ${tnq};
-        let gn = n0 + nq * 4; let gk = k0 + kk;
-        var v = vec4<f32>(0.0);
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gk * uniforms.N + gn) / 4]; }
-        Bs[kk * ${tnq} + nq] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tnq}; let nq = ${e} % ${tnq};`,
+        glob: "let gn = n0 + nq * 4; let gk = k0 + kk;",
+        vec: true,
+        cond,
+        read: "B[(bOff + gk * uniforms.N + gn) / 4]",
+        put: `Bs[kk * ${tnq} + nq] = v;`,
+      });
     } else if (!tb) {
-      lines.push(`{
-        let kk = ${e} / ${tn}; let col = ${e} % ${tn};
-        let gn = n0 + col; let gk = k0 + kk;
-        var v = 0.0;
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gk * uniforms.N + gn]; }
-        Bs[kk * ${tnq} + col / 4][col % 4] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tn}; let col = ${e} % ${tn};`,
+        glob: "let gn = n0 + col; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "B[bOff + gk * uniforms.N + gn]",
+        put: `Bs[kk * ${tnq} + col / 4][col % 4] = v;`,
+      });
     } else if (vb) {
       // [N, K] rows (b transposed), 4 depths per load (K % 4 == 0).
-      lines.push(`{
-        let col = ${e} / 4; let kq = ${e} % 4;
-        let gn = n0 + col; let gk = k0 + kq * 4;
-        var v = vec4<f32>(0.0);
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gn * uniforms.K + gk) / 4]; }
-        Bs[(kq * 4) * ${tnq} + col / 4][col % 4] = v.x;
+      loads.push({
+        pos: `let col = ${e} / 4; let kq = ${e} % 4;`,
+        glob: "let gn = n0 + col; let gk = k0 + kq * 4;",
+        vec: true,
+        cond,
+        read: "B[(bOff + gn * uniforms.K + gk) / 4]",
+        put: `Bs[(kq * 4) * ${tnq} + col / 4][col % 4] = v.x;
         Bs[(kq * 4 + 1) * ${tnq} + col / 4][col % 4] = v.y;
         Bs[(kq * 4 + 2) * ${tnq} + col / 4][col % 4] = v.z;
-        Bs[(kq * 4 + 3) * ${tnq} + col / 4][col % 4] = v.w;
-      }`);
+        Bs[(kq * 4 + 3) * ${tnq} + col / 4][col % 4] = v.w;`,
+      });
     } else {
-      lines.push(`{
-        let col = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};
-        let gn = n0 + col; let gk = k0 + kk;
-        var v = 0.0;
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gn * uniforms.K + gk]; }
-        Bs[kk * ${tnq} + col / 4][col % 4] = v;
-      }`);
+      loads.push({
+        pos: `let col = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};`,
+        glob: "let gn = n0 + col; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "B[bOff + gn * uniforms.K + gk]",
+        put: `Bs[kk * ${tnq} + col / 4][col % 4] = v;`,
+      });
     }
   }
+  const zero = (d: Load) => d.vec ? "vec4<f32>(0.0)" : "0.0";
+  // Without prefetch: read into v and put it in the tile, per K-tile. With it: the next K-tile's
+  // reads go to registers p0, p1, … (`fetch`, issued before this K-tile's multiply-adds) and are
+  // put in the tile after the barrier that ends them (`stash`).
+  const lines = loads.map((d) =>
+    `{
+        ${d.pos}
+        ${d.glob}
+        var v = ${zero(d)};
+        if (${d.cond}) { v = ${d.read}; }
+        ${d.put}
+      }`
+  );
+  const prefetchDecl = loads.map((d, l) => `var p${l} = ${zero(d)};`);
+  const fetch = loads.map((d, l) =>
+    `{
+        ${d.pos}
+        ${d.glob}
+        p${l} = ${zero(d)};
+        if (${d.cond}) { p${l} = ${d.read}; }
+      }`
+  );
+  const stash = loads.map((d, l) =>
+    `{
+        ${d.pos}
+        let v = p${l};
+        ${d.put}
+      }`
+  );
   // acc[r][h]: row r of the thread's block, column group h.
   const acc = Array.from(
     { length: rm },
@@ -618,13 +671,31 @@ function matMulSource(
       var a : vec4<f32>;
       ${Array.from({ length: cn }, (_, h) => `var b${h} : vec4<f32>;`).join("\n      ")}
       let tiles = (uniforms.K + ${MM_TK - 1}) / ${MM_TK};
+      ${
+    prefetch
+      ? `${prefetchDecl.join("\n      ")}
+      {
+        let k0 = 0;
+        ${fetch.join("\n        ")}
+      }
       for (var t = 0; t < tiles; t++) {
+        ${stash.join("\n        ")}
+        workgroupBarrier();
+        if (t + 1 < tiles) {
+          let k0 = (t + 1) * ${MM_TK};
+          ${fetch.join("\n          ")}
+        }
+        ${inner.join("\n        ")}
+        workgroupBarrier();
+      }`
+      : `for (var t = 0; t < tiles; t++) {
         let k0 = t * ${MM_TK};
         ${lines.join("\n        ")}
         workgroupBarrier();
         ${inner.join("\n        ")}
         workgroupBarrier();
-      }
+      }`
+  }
       let gn = n0 + tx * 4;
       ${stores.join("\n      ")}
     }`;
@@ -664,6 +735,9 @@ export function wgslMatMul(
   }
   // Rows per thread (4 or 8) and column groups of 4 per thread (1 or 2).
   const rm = tile === "64x64" ? 4 : 8, cn = tile === "128x128" ? 2 : 1;
+  // 128×128 reads the next K-tile into registers during this one's multiply-adds, unless
+  // DEER_WGSL_MM_PREFETCH=0 (for an A/B comparison).
+  const prefetch = cn === 2 && Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0";
   const { m, n, k, batch, strideA, strideB, outShape } = plan;
   // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
@@ -671,7 +745,7 @@ export function wgslMatMul(
   const make = (): Program => ({
     variableNames: ["A", "B"],
     outputShape: outShape,
-    shaderKey: `deer_matmul_${rm}x${cn}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
+    shaderKey: `deer_matmul_${rm}x${cn}${prefetch ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
     dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
@@ -679,7 +753,7 @@ export function wgslMatMul(
     uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
     variableComponents: [va ? 4 : 1, vb ? 4 : 1],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, prefetch),
   });
   const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
     type: "int32",

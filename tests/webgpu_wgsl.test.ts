@@ -89,9 +89,9 @@ Deno.test({
 
 // The tiled product against tf.matMul: a single element, odd sizes (not multiples of the tiles,
 // of 4 or of the K-tile), both vec4 and scalar loads, every transpose combination, a batch and
-// both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), all three tile shapes,
-// and the ViT-B/16 MLP product at batch 8 on 64×64 and 128×128; and which products the fast path
-// hands to it.
+// both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), all three tile shapes
+// (128×128 with and without its register prefetch), and the ViT-B/16 MLP product at batch 8 on
+// 64×64 and 128×128; and which products the fast path hands to it.
 const MATMUL_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import { wgslMatMul, wgslMatMulUsed } from "./lib/webgpu_kernels.ts";
@@ -117,12 +117,17 @@ const shapes = {
   "197x64.5x64x36": [[197, 64], [5, 64, 36]],
   "5x197x64.64x36": [[5, 197, 64], [64, 36]],
 };
-for (const tile of ["64x64", "128x64", "128x128"]) {
+// "128x128" prefetches the next K-tile into registers; "128x128np" is it without
+// (DEER_WGSL_MM_PREFETCH=0).
+for (const name of ["64x64", "128x64", "128x128", "128x128np"]) {
+  const tile = name.slice(0, 7);
+  if (name.endsWith("np")) Deno.env.set("DEER_WGSL_MM_PREFETCH", "0");
   for (const [key, [sa, sb]] of Object.entries(shapes)) {
     for (const ta of [false, true]) for (const tb of [false, true]) {
-      await check(tile + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile);
+      await check(name + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile);
     }
   }
+  Deno.env.delete("DEER_WGSL_MM_PREFETCH");
 }
 await check("64x64.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "64x64");
 await check("128x128.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "128x128");
@@ -151,7 +156,7 @@ Deno.test({
   ignore: skip,
   async fn() {
     const { errs, used } = await child(["eval", MATMUL_SOURCE], { WEBGPU_CPU_FORWARD: "false" });
-    assert.equal(Object.keys(errs).length, 3 * 6 * 4 + 2);
+    assert.equal(Object.keys(errs).length, 4 * 6 * 4 + 2);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       assert.ok(e <= 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
     }
