@@ -28,7 +28,8 @@
 #   wgsl: with the fused WGSL kernels (lib/webgpu_kernels.ts) and without (DEER_WGSL=0), into
 #     wgsl.jsonl, each record tagged "DEER_WGSL": the product microbenchmark (webgpu_probe.ts
 #     matmul: the step's products at batch 8 as tf.matMul and DeerWgsl_MatMul with each tile,
-#     64x64, 128x64 and 128x128, GFLOP/s; 120 s allowed with the kernels, 90 s without), the
+#     64x64, 128x64 and 128x128 (with and without its register prefetch), GFLOP/s; 120 s allowed
+#     with the kernels, 90 s without), the
 #     probe's kernel count at batch 8, and the ViT-B/16 step at batch 8, 32 and 64 (3 steps after
 #     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs (≈ 5 min).
 # GPU_CHECK_ALLOW_FALLBACK=1 runs the GPU steps on a fallback adapter too. GPU_CHECK_DRY=1 is a
@@ -234,7 +235,8 @@ if [ "$real" = 1 ]; then
   wgsl)
     for w in 1 0; do
       step "product microbenchmark (${MATMUL[*]}), DEER_WGSL=$w"
-      # Four implementations per product with the kernels (tf.matMul and three tiles), one without.
+      # Five implementations per product with the kernels (tf.matMul, three tiles, 128x128 without
+      # prefetch), one without.
       fig $((w == 1 ? 120 : 90)) "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
         deno run -A bench/webgpu_probe.ts matmul "${MATMUL[@]}"
     done

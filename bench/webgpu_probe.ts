@@ -13,10 +13,11 @@
  * `matmul` mode: the ViT-B/16 step's matrix products at `--batch` (default 8; 197 tokens, width
  * 768, MLP 3,072, 12 heads), forward and transposed (backward) variants, as `tf.matMul` and —
  * unless `DEER_WGSL=0` — as `DeerWgsl_MatMul` with each tile (`MATMUL_TILES`: 64×64, 128×64,
- * 128×128): per shape and implementation the median over `--runs` (3) of the wall time per
- * product of `--reps` (10) products dispatched back to back and read back once at the end,
- * GFLOP/s from it, and the kernels' own GPU time of one product where the adapter has timestamp
- * queries. `--only qkv,fc1,…` picks shapes. `WEBGPU_CPU_FORWARD` is off (everything on the adapter).
+ * 128×128) and 128×128 without its register prefetch (`…_128x128_noprefetch`): per shape and
+ * implementation the median over `--runs` (3) of the wall time per product of `--reps` (10)
+ * products dispatched back to back and read back once at the end, GFLOP/s from it, and the
+ * kernels' own GPU time of one product where the adapter has timestamp queries. `--only
+ * qkv,fc1,…` picks shapes. `WEBGPU_CPU_FORWARD` is off (everything on the adapter).
  * @module
  */
 import { parseArgs } from "../lib/cli.ts";
@@ -172,8 +173,16 @@ async function matmulFigures(): Promise<void> {
   ];
   if (wgsl) {
     for (const tile of MATMUL_TILES) {
-      impls.push([`DeerWgsl_MatMul_${tile}`, (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, tile)]);
+      impls.push([
+        `DeerWgsl_MatMul_${tile}`,
+        (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, tile, true),
+      ]);
     }
+    // 128×128 without its register prefetch, for the A/B comparison.
+    impls.push([
+      "DeerWgsl_MatMul_128x128_noprefetch",
+      (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, "128x128", false),
+    ]);
   }
   for (const p of b16Products(batch)) {
     if (only && !only.includes(p.name)) continue;

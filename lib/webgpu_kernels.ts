@@ -708,8 +708,10 @@ function matMulSource(
  * either the whole batch or a single matrix (`[N·T, w]·[H, w, d]`, `[H, N, T, d]·[H, N, T, d]`);
  * other broadcasts, empty or over-long products throw (use {@link wgslMatMulUsed} to ask first).
  * `tile` picks 64×64 (default, 4×4 outputs per thread), 128×64 (8×4) or 128×128 (8×8), each
- * for 256 threads; `DEER_WGSL_MM_TILE` sets the default. Forward only (no gradient is registered): the fast path
- * calls it inside its hand-written backward, which needs none.
+ * for 256 threads; `DEER_WGSL_MM_TILE` sets the default. `prefetch` (128×128 only; default on,
+ * `DEER_WGSL_MM_PREFETCH=0` off) reads the next K-tile into registers during this one's
+ * arithmetic. Forward only (no gradient is registered): the fast path calls it inside its
+ * hand-written backward, which needs none.
  *
  * Only on the `webgpu` backend, e.g. `const c = wgslMatMul(a, b, false, true);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -719,6 +721,7 @@ export function wgslMatMul(
   ta = false,
   tb = false,
   tile: MatMulTile = (Deno.env.get("DEER_WGSL_MM_TILE") as MatMulTile | undefined) ?? "64x64",
+  prefetch: boolean = Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0",
 ): tf.Tensor {
   const plan = matMulPlan(a, b, ta, tb);
   if (typeof plan === "string") {
@@ -735,9 +738,8 @@ export function wgslMatMul(
   }
   // Rows per thread (4 or 8) and column groups of 4 per thread (1 or 2).
   const rm = tile === "64x64" ? 4 : 8, cn = tile === "128x128" ? 2 : 1;
-  // 128×128 reads the next K-tile into registers during this one's multiply-adds, unless
-  // DEER_WGSL_MM_PREFETCH=0 (for an A/B comparison).
-  const prefetch = cn === 2 && Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0";
+  // Only 128×128 prefetches (the other tiles are unchanged by the flag).
+  const pf = cn === 2 && prefetch;
   const { m, n, k, batch, strideA, strideB, outShape } = plan;
   // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
@@ -745,7 +747,7 @@ export function wgslMatMul(
   const make = (): Program => ({
     variableNames: ["A", "B"],
     outputShape: outShape,
-    shaderKey: `deer_matmul_${rm}x${cn}${prefetch ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
+    shaderKey: `deer_matmul_${rm}x${cn}${pf ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
     dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
@@ -753,7 +755,7 @@ export function wgslMatMul(
     uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
     variableComponents: [va ? 4 : 1, vb ? 4 : 1],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, prefetch),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf),
   });
   const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
     type: "int32",

@@ -98,11 +98,11 @@ import { wgslMatMul, wgslMatMulUsed } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 1;
 const tr = (s, t) => t ? [...s.slice(0, -2), s.at(-1), s.at(-2)] : s;
-async function check(name, sa, sb, ta, tb, tile) {
+async function check(name, sa, sb, ta, tb, tile, prefetch = true) {
   const a = tf.randomNormal(tr(sa, ta), 0, 1, "float32", seed++);
   const b = tf.randomNormal(tr(sb, tb), 0, 1, "float32", seed++);
   const want = tf.matMul(a, b, ta, tb);
-  const got = wgslMatMul(a, b, ta, tb, tile);
+  const got = wgslMatMul(a, b, ta, tb, tile, prefetch);
   if (got.shape.join() !== want.shape.join()) throw new Error(name + ": shape " + got.shape);
   const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
   const s = (await tf.max(tf.abs(want)).data())[0];
@@ -117,17 +117,14 @@ const shapes = {
   "197x64.5x64x36": [[197, 64], [5, 64, 36]],
   "5x197x64.64x36": [[5, 197, 64], [64, 36]],
 };
-// "128x128" prefetches the next K-tile into registers; "128x128np" is it without
-// (DEER_WGSL_MM_PREFETCH=0).
+// "128x128" prefetches the next K-tile into registers; "128x128np" is it without.
 for (const name of ["64x64", "128x64", "128x128", "128x128np"]) {
-  const tile = name.slice(0, 7);
-  if (name.endsWith("np")) Deno.env.set("DEER_WGSL_MM_PREFETCH", "0");
+  const tile = name.slice(0, 7), prefetch = !name.endsWith("np");
   for (const [key, [sa, sb]] of Object.entries(shapes)) {
     for (const ta of [false, true]) for (const tb of [false, true]) {
-      await check(name + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile);
+      await check(name + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile, prefetch);
     }
   }
-  Deno.env.delete("DEER_WGSL_MM_PREFETCH");
 }
 await check("64x64.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "64x64");
 await check("128x128.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "128x128");
