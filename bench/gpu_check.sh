@@ -39,8 +39,8 @@
 # on the CPU where it has no CUDA. Dry run on lavapipe (2 shared cores; staged with
 # `bash bench/gpu_stage.sh /tmp/gpucarry`, run from a scratch folder holding .gpucarry -> it, as
 # `GPU_CHECK_DRY=1 GPU_CHECK_ALLOW_FALLBACK=1 GPU_CHECK_PYTHON=<venv python with CPU torch>
-# OUT=/tmp/x bash .gpucarry/gpu_check.sh [mode]`): probe 21 s, short 15 s, wgsl 49 s
-# (three product tiles), none 52 s.
+# OUT=/tmp/x bash .gpucarry/gpu_check.sh [mode]`): probe 21 s, short 15 s, wgsl 47 s
+# (three product tiles, 128x128 with and without prefetch), none 52 s.
 set -u
 MODE=${1:-default}
 case "$MODE" in default | probe | short | wgsl) ;; *)
