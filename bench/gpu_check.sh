@@ -27,7 +27,9 @@
 #   short: the ViT-B/16 webgpu step at batch 8 and 32 (3 steps) and PyTorch at 8, 32, 64 (≈ 2 min).
 #   wgsl: with the fused WGSL kernels (lib/webgpu_kernels.ts) and without (DEER_WGSL=0), into
 #     wgsl.jsonl, each record tagged "DEER_WGSL": the product microbenchmark (webgpu_probe.ts
-#     matmul: the step's products at batch 8 as tf.matMul and DeerWgsl_MatMul, GFLOP/s), the
+#     matmul: the step's products at batch 8 as tf.matMul and DeerWgsl_MatMul with each tile,
+#     64x64, 128x64 and 128x128 (with and without its register prefetch), GFLOP/s; 120 s allowed
+#     with the kernels, 90 s without), the
 #     probe's kernel count at batch 8, and the ViT-B/16 step at batch 8, 32 and 64 (3 steps after
 #     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs (≈ 5 min).
 # GPU_CHECK_ALLOW_FALLBACK=1 runs the GPU steps on a fallback adapter too. GPU_CHECK_DRY=1 is a
@@ -37,7 +39,8 @@
 # on the CPU where it has no CUDA. Dry run on lavapipe (2 shared cores; staged with
 # `bash bench/gpu_stage.sh /tmp/gpucarry`, run from a scratch folder holding .gpucarry -> it, as
 # `GPU_CHECK_DRY=1 GPU_CHECK_ALLOW_FALLBACK=1 GPU_CHECK_PYTHON=<venv python with CPU torch>
-# OUT=/tmp/x bash .gpucarry/gpu_check.sh [mode]`): probe 21 s, short 15 s, wgsl 40 s, none 52 s.
+# OUT=/tmp/x bash .gpucarry/gpu_check.sh [mode]`): probe 21 s, short 15 s, wgsl 47 s
+# (three product tiles, 128x128 with and without prefetch), none 52 s.
 set -u
 MODE=${1:-default}
 case "$MODE" in default | probe | short | wgsl) ;; *)
@@ -232,7 +235,9 @@ if [ "$real" = 1 ]; then
   wgsl)
     for w in 1 0; do
       step "product microbenchmark (${MATMUL[*]}), DEER_WGSL=$w"
-      fig 90 "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
+      # Five implementations per product with the kernels (tf.matMul, three tiles, 128x128 without
+      # prefetch), one without.
+      fig $((w == 1 ? 120 : 90)) "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
         deno run -A bench/webgpu_probe.ts matmul "${MATMUL[@]}"
     done
     for w in 1 0; do

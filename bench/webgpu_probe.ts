@@ -12,7 +12,8 @@
  *
  * `matmul` mode: the ViT-B/16 step's matrix products at `--batch` (default 8; 197 tokens, width
  * 768, MLP 3,072, 12 heads), forward and transposed (backward) variants, as `tf.matMul` and —
- * unless `DEER_WGSL=0` — as `DeerWgsl_MatMul` with 64×64 and 128×64 tiles: per shape and
+ * unless `DEER_WGSL=0` — as `DeerWgsl_MatMul` with each tile (`MATMUL_TILES`: 64×64, 128×64,
+ * 128×128) and 128×128 without its register prefetch (`…_128x128_noprefetch`): per shape and
  * implementation the median over `--runs` (3) of the wall time per product of `--reps` (10)
  * products dispatched back to back and read back once at the end, GFLOP/s from it, and the
  * kernels' own GPU time of one product where the adapter has timestamp queries. `--only
@@ -27,7 +28,7 @@ import { createRng } from "../lib/rng.ts";
 import { TINY_VIT, VIT_B16 } from "./figures.ts";
 import { emit, median, round } from "./measure.ts";
 import { loraStepBench, ownKernels, patternSplit } from "./step.ts";
-import { type MatMulTile, wgslMatMul } from "../lib/webgpu_kernels.ts";
+import { MATMUL_TILES, wgslMatMul } from "../lib/webgpu_kernels.ts";
 
 const flags = parseArgs(Deno.args, {
   string: ["batch", "reps", "runs", "only"],
@@ -171,9 +172,17 @@ async function matmulFigures(): Promise<void> {
     ["tf.matMul", (a, b, p) => tf.matMul(a, b, p.ta, p.tb)],
   ];
   if (wgsl) {
-    for (const tile of ["64x64", "128x64"] as MatMulTile[]) {
-      impls.push([`DeerWgsl_MatMul_${tile}`, (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, tile)]);
+    for (const tile of MATMUL_TILES) {
+      impls.push([
+        `DeerWgsl_MatMul_${tile}`,
+        (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, tile, true),
+      ]);
     }
+    // 128×128 without its register prefetch, for the A/B comparison.
+    impls.push([
+      "DeerWgsl_MatMul_128x128_noprefetch",
+      (a, b, p) => wgslMatMul(a, b, p.ta, p.tb, "128x128", false),
+    ]);
   }
   for (const p of b16Products(batch)) {
     if (only && !only.includes(p.name)) continue;

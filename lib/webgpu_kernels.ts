@@ -21,9 +21,10 @@
  * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
  *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
  *   reached 2.7 TFLOP/s on an H200 for [1576×768]·[768×3072] (fp32 peak ≈ 60). Built as GPU
- *   SGEMMs are: 64×64 (or 128×64) outputs per workgroup of 256 threads, each thread a 4×4 (8×4)
- *   register block, K-tiles of 16 staged in workgroup memory, vec4 loads and stores where the
- *   contiguous dimension allows, transposes by indexing, a batch (or one matrix broadcast over
+ *   SGEMMs are: 64×64 (or 128×64, or the classic large-GPU 128×128) outputs per workgroup of 256
+ *   threads, each thread a 4×4 (8×4, 8×8) register block, K-tiles of 16 staged in workgroup
+ *   memory (128×128: 16 KiB, exactly WebGPU's default `maxComputeWorkgroupStorageSize`), vec4
+ *   loads and stores where the contiguous dimension allows, transposes by indexing, a batch (or one matrix broadcast over
  *   it). The fast path sends it products of at least {@link WGSL_MM_MIN_OUTPUTS} outputs. Its only
  *   loop runs ⌈K/16⌉ times, within lavapipe's loop budget up to {@link WGSL_MM_MAX_K}. Checked
  *   against `tf.matMul` on lavapipe (tests/webgpu_wgsl.test.ts); not yet measured on a GPU:
@@ -357,7 +358,10 @@ export function wgslGateBackward(
 // The matrix product
 
 /** Output tile shapes of {@link wgslMatMul}: rows × columns of C per workgroup of 16×16 threads. */
-export type MatMulTile = "64x64" | "128x64";
+export type MatMulTile = "64x64" | "128x64" | "128x128";
+
+/** Every {@link MatMulTile}, in order of size (the microbenchmark runs each). */
+export const MATMUL_TILES: readonly MatMulTile[] = ["64x64", "128x64", "128x128"];
 
 /** Depth of one K-tile staged in workgroup memory (unrolled in the inner loop). */
 const MM_TK = 16;
@@ -449,132 +453,200 @@ export function wgslMatMulUsed(a: tf.Tensor, b: tf.Tensor, ta = false, tb = fals
 }
 
 /**
- * The WGSL source of the tiled product. Each workgroup of 16×16 threads computes a TM×64 tile of
- * C (TM = 16·RM); thread (tx, ty) owns RM rows × 4 columns, RM/4 row groups of 4 rows
- * (`ty·4 + 64·g + i`) and columns `tx·4 + j`, accumulated in RM `vec4` registers. Per K-tile of
- * 16, the threads stage A's TM×16 and B's 16×64 in workgroup memory (A stored k-major, so that a
- * thread reads its 4 rows as one vec4, as it reads its 4 columns of B), with vec4 global loads
- * where the contiguous dimension is a multiple of 4 (and vec4 stores of C where N is), then run 16 unrolled steps of RM/4 vec4
- * loads of A, one of B, and RM vec4 multiply-adds: 16·RM·4 multiply-adds per 16 + 16·RM/4 reads
- * of workgroup memory. Out-of-range rows, columns and depths load zeros and store nothing.
+ * The WGSL source of the tiled product. Each workgroup of 16×16 threads computes a TM×TN tile of
+ * C (TM = 16·RM, TN = 64·CN); thread (tx, ty) owns RM rows × 4·CN columns, RM/4 row groups of 4
+ * rows (`ty·4 + 64·g + i`) and CN column groups of 4 columns (`tx·4 + 64·h + j`), accumulated in
+ * RM·CN `vec4` registers (64×64: RM 4, CN 1; 128×64: 8, 1; 128×128: 8, 2, an 8×8 block). Per
+ * K-tile of 16, the threads stage A's TM×16 and B's 16×TN in workgroup memory (A stored k-major,
+ * so that a thread reads its 4 rows as one vec4, as it reads its 4 columns of B), with vec4 global
+ * loads where the contiguous dimension is a multiple of 4 (and vec4 stores of C where N is), then
+ * run 16 unrolled steps of RM/4 vec4 loads of A, CN of B, and RM·CN vec4 multiply-adds:
+ * 16·RM·CN·4 multiply-adds per 16·(RM/4 + CN) reads of workgroup memory. The 128×128 tile stages
+ * (128·16 + 16·128)·4 B = 16 KiB, exactly WebGPU's default (and guaranteed minimum)
+ * `maxComputeWorkgroupStorageSize`, so it keeps the K-tile of 16 (a K-tile of 8 would double the
+ * loop's trips and halve {@link WGSL_MM_MAX_K}). The 128×128 tile also prefetches: each thread
+ * reads its share of the next K-tile (four vec4 or sixteen scalars) into registers before this
+ * K-tile's multiply-adds and writes them to workgroup memory after the barrier that ends them, so
+ * the global reads are in flight during the arithmetic (`DEER_WGSL_MM_PREFETCH=0`: without, for
+ * an A/B comparison). Out-of-range rows, columns and depths load zeros and store nothing.
  */
 function matMulSource(
   rm: number,
+  cn: number,
   ta: boolean,
   tb: boolean,
   va: boolean,
   vb: boolean,
   vo: boolean,
+  prefetch: boolean,
 ): string {
-  const tm = 16 * rm, groups = rm / 4, tmq = tm / 4;
-  const lines: string[] = [];
+  const tm = 16 * rm, groups = rm / 4, tmq = tm / 4, tn = 64 * cn, tnq = tn / 4;
+  // One load per entry: its position in the tile (`pos`, from localIndex), its global position
+  // (`glob`, from k0), whether that is in range, the read, and how `v` is put in the tile.
+  interface Load {
+    pos: string;
+    glob: string;
+    vec: boolean;
+    cond: string;
+    read: string;
+    put: string;
+  }
+  const loads: Load[] = [];
   // A tile → As[kk·tmq + row/4][row%4].
   const loadsA = (tm * MM_TK) / (va ? 4 : 1) / 256;
   for (let l = 0; l < loadsA; l++) {
     const e = `(i32(localIndex) + ${l * 256})`;
+    const cond = "gm < uniforms.M && gk < uniforms.K";
     if (!ta && va) {
       // [M, K] rows, 4 depths per load (K % 4 == 0).
-      lines.push(`{
-        let row = ${e} / 4; let kq = ${e} % 4;
-        let gm = m0 + row; let gk = k0 + kq * 4;
-        var v = vec4<f32>(0.0);
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[(aOff + gm * uniforms.K + gk) / 4]; }
-        As[(kq * 4) * ${tmq} + row / 4][row % 4] = v.x;
+      loads.push({
+        pos: `let row = ${e} / 4; let kq = ${e} % 4;`,
+        glob: "let gm = m0 + row; let gk = k0 + kq * 4;",
+        vec: true,
+        cond,
+        read: "A[(aOff + gm * uniforms.K + gk) / 4]",
+        put: `As[(kq * 4) * ${tmq} + row / 4][row % 4] = v.x;
         As[(kq * 4 + 1) * ${tmq} + row / 4][row % 4] = v.y;
         As[(kq * 4 + 2) * ${tmq} + row / 4][row % 4] = v.z;
-        As[(kq * 4 + 3) * ${tmq} + row / 4][row % 4] = v.w;
-      }`);
+        As[(kq * 4 + 3) * ${tmq} + row / 4][row % 4] = v.w;`,
+      });
     } else if (!ta) {
-      lines.push(`{
-        let row = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};
-        let gm = m0 + row; let gk = k0 + kk;
-        var v = 0.0;
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[aOff + gm * uniforms.K + gk]; }
-        As[kk * ${tmq} + row / 4][row % 4] = v;
-      }`);
+      loads.push({
+        pos: `let row = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};`,
+        glob: "let gm = m0 + row; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "A[aOff + gm * uniforms.K + gk]",
+        put: `As[kk * ${tmq} + row / 4][row % 4] = v;`,
+      });
     } else if (va) {
       // [K, M] rows (a transposed), 4 rows of C per load (M % 4 == 0).
-      lines.push(`{
-        let kk = ${e} / ${tmq}; let mq = ${e} % ${tmq};
-        let gm = m0 + mq * 4; let gk = k0 + kk;
-        var v = vec4<f32>(0.0);
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[(aOff + gk * uniforms.M + gm) / 4]; }
-        As[kk * ${tmq} + mq] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tmq}; let mq = ${e} % ${tmq};`,
+        glob: "let gm = m0 + mq * 4; let gk = k0 + kk;",
+        vec: true,
+        cond,
+        read: "A[(aOff + gk * uniforms.M + gm) / 4]",
+        put: `As[kk * ${tmq} + mq] = v;`,
+      });
     } else {
-      lines.push(`{
-        let kk = ${e} / ${tm}; let row = ${e} % ${tm};
-        let gm = m0 + row; let gk = k0 + kk;
-        var v = 0.0;
-        if (gm < uniforms.M && gk < uniforms.K) { v = A[aOff + gk * uniforms.M + gm]; }
-        As[kk * ${tmq} + row / 4][row % 4] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tm}; let row = ${e} % ${tm};`,
+        glob: "let gm = m0 + row; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "A[aOff + gk * uniforms.M + gm]",
+        put: `As[kk * ${tmq} + row / 4][row % 4] = v;`,
+      });
     }
   }
-  // B tile → Bs[kk·16 + col/4][col%4].
-  const loadsB = (64 * MM_TK) / (vb ? 4 : 1) / 256;
+  // B tile → Bs[kk·tnq + col/4][col%4].
+  const loadsB = (tn * MM_TK) / (vb ? 4 : 1) / 256;
   for (let l = 0; l < loadsB; l++) {
     const e = `(i32(localIndex) + ${l * 256})`;
+    const cond = "gn < uniforms.N && gk < uniforms.K";
     if (!tb && vb) {
       // [K, N] rows, 4 columns per load (N % 4 == 0).
-      lines.push(`{
-        let kk = ${e} / 16; let nq = ${e} % 16;
-        let gn = n0 + nq * 4; let gk = k0 + kk;
-        var v = vec4<f32>(0.0);
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gk * uniforms.N + gn) / 4]; }
-        Bs[kk * 16 + nq] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tnq}; let nq = ${e} % ${tnq};`,
+        glob: "let gn = n0 + nq * 4; let gk = k0 + kk;",
+        vec: true,
+        cond,
+        read: "B[(bOff + gk * uniforms.N + gn) / 4]",
+        put: `Bs[kk * ${tnq} + nq] = v;`,
+      });
     } else if (!tb) {
-      lines.push(`{
-        let kk = ${e} / 64; let col = ${e} % 64;
-        let gn = n0 + col; let gk = k0 + kk;
-        var v = 0.0;
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gk * uniforms.N + gn]; }
-        Bs[kk * 16 + col / 4][col % 4] = v;
-      }`);
+      loads.push({
+        pos: `let kk = ${e} / ${tn}; let col = ${e} % ${tn};`,
+        glob: "let gn = n0 + col; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "B[bOff + gk * uniforms.N + gn]",
+        put: `Bs[kk * ${tnq} + col / 4][col % 4] = v;`,
+      });
     } else if (vb) {
       // [N, K] rows (b transposed), 4 depths per load (K % 4 == 0).
-      lines.push(`{
-        let col = ${e} / 4; let kq = ${e} % 4;
-        let gn = n0 + col; let gk = k0 + kq * 4;
-        var v = vec4<f32>(0.0);
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[(bOff + gn * uniforms.K + gk) / 4]; }
-        Bs[(kq * 4) * 16 + col / 4][col % 4] = v.x;
-        Bs[(kq * 4 + 1) * 16 + col / 4][col % 4] = v.y;
-        Bs[(kq * 4 + 2) * 16 + col / 4][col % 4] = v.z;
-        Bs[(kq * 4 + 3) * 16 + col / 4][col % 4] = v.w;
-      }`);
+      loads.push({
+        pos: `let col = ${e} / 4; let kq = ${e} % 4;`,
+        glob: "let gn = n0 + col; let gk = k0 + kq * 4;",
+        vec: true,
+        cond,
+        read: "B[(bOff + gn * uniforms.K + gk) / 4]",
+        put: `Bs[(kq * 4) * ${tnq} + col / 4][col % 4] = v.x;
+        Bs[(kq * 4 + 1) * ${tnq} + col / 4][col % 4] = v.y;
+        Bs[(kq * 4 + 2) * ${tnq} + col / 4][col % 4] = v.z;
+        Bs[(kq * 4 + 3) * ${tnq} + col / 4][col % 4] = v.w;`,
+      });
     } else {
-      lines.push(`{
-        let col = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};
-        let gn = n0 + col; let gk = k0 + kk;
-        var v = 0.0;
-        if (gn < uniforms.N && gk < uniforms.K) { v = B[bOff + gn * uniforms.K + gk]; }
-        Bs[kk * 16 + col / 4][col % 4] = v;
-      }`);
+      loads.push({
+        pos: `let col = ${e} / ${MM_TK}; let kk = ${e} % ${MM_TK};`,
+        glob: "let gn = n0 + col; let gk = k0 + kk;",
+        vec: false,
+        cond,
+        read: "B[bOff + gn * uniforms.K + gk]",
+        put: `Bs[kk * ${tnq} + col / 4][col % 4] = v;`,
+      });
     }
   }
-  const acc = Array.from({ length: rm }, (_, r) => `acc${r}`);
+  const zero = (d: Load) => d.vec ? "vec4<f32>(0.0)" : "0.0";
+  // Without prefetch: read into v and put it in the tile, per K-tile. With it: the next K-tile's
+  // reads go to registers p0, p1, … (`fetch`, issued before this K-tile's multiply-adds) and are
+  // put in the tile after the barrier that ends them (`stash`).
+  const lines = loads.map((d) =>
+    `{
+        ${d.pos}
+        ${d.glob}
+        var v = ${zero(d)};
+        if (${d.cond}) { v = ${d.read}; }
+        ${d.put}
+      }`
+  );
+  const prefetchDecl = loads.map((d, l) => `var p${l} = ${zero(d)};`);
+  const fetch = loads.map((d, l) =>
+    `{
+        ${d.pos}
+        ${d.glob}
+        p${l} = ${zero(d)};
+        if (${d.cond}) { p${l} = ${d.read}; }
+      }`
+  );
+  const stash = loads.map((d, l) =>
+    `{
+        ${d.pos}
+        let v = p${l};
+        ${d.put}
+      }`
+  );
+  // acc[r][h]: row r of the thread's block, column group h.
+  const acc = Array.from(
+    { length: rm },
+    (_, r) => Array.from({ length: cn }, (_, h) => `acc${r}_${h}`),
+  );
   const inner: string[] = [];
   for (let kk = 0; kk < MM_TK; kk++) {
-    inner.push(`b = Bs[${kk * 16} + tx];`);
+    for (let h = 0; h < cn; h++) inner.push(`b${h} = Bs[${kk * tnq + h * 16} + tx];`);
     for (let g = 0; g < groups; g++) {
       inner.push(`a = As[${kk * tmq + g * 16} + ty];`);
-      ["x", "y", "z", "w"].forEach((c, i) => inner.push(`${acc[4 * g + i]} += a.${c} * b;`));
+      ["x", "y", "z", "w"].forEach((c, i) => {
+        for (let h = 0; h < cn; h++) inner.push(`${acc[4 * g + i][h]} += a.${c} * b${h};`);
+      });
     }
   }
   const stores: string[] = [];
   for (let g = 0; g < groups; g++) {
     for (let i = 0; i < 4; i++) {
-      stores.push(`{
-        let gm = m0 + ${g * 64 + i} + ty * 4;
-        if (gm < uniforms.M) { store(oOff + gm * uniforms.N, gn, ${acc[4 * g + i]}); }
+      const row = [`let gm = m0 + ${g * 64 + i} + ty * 4;`];
+      for (let h = 0; h < cn; h++) {
+        row.push(`store(oOff + gm * uniforms.N, gn + ${h * 64}, ${acc[4 * g + i][h]});`);
+      }
+      stores.push(`if (m0 + ${g * 64 + i} + ty * 4 < uniforms.M) {
+        ${row.join("\n        ")}
       }`);
     }
   }
   return `
     var<workgroup> As : array<vec4<f32>, ${MM_TK * tmq}>;
-    var<workgroup> Bs : array<vec4<f32>, ${MM_TK * 16}>;
+    var<workgroup> Bs : array<vec4<f32>, ${MM_TK * tnq}>;
 
     fn store(rowOff : i32, gn : i32, v : vec4<f32>) {
       ${
@@ -591,21 +663,39 @@ function matMulSource(
       let ty = i32(localId.y);
       let batch = i32(workgroupId.z);
       let m0 = i32(workgroupId.y) * ${tm};
-      let n0 = i32(workgroupId.x) * 64;
+      let n0 = i32(workgroupId.x) * ${tn};
       let aOff = batch * uniforms.strideA;
       let bOff = batch * uniforms.strideB;
       let oOff = batch * uniforms.M * uniforms.N;
-      ${acc.map((v) => `var ${v} = vec4<f32>(0.0);`).join("\n      ")}
+      ${acc.flat().map((v) => `var ${v} = vec4<f32>(0.0);`).join("\n      ")}
       var a : vec4<f32>;
-      var b : vec4<f32>;
+      ${Array.from({ length: cn }, (_, h) => `var b${h} : vec4<f32>;`).join("\n      ")}
       let tiles = (uniforms.K + ${MM_TK - 1}) / ${MM_TK};
+      ${
+    prefetch
+      ? `${prefetchDecl.join("\n      ")}
+      {
+        let k0 = 0;
+        ${fetch.join("\n        ")}
+      }
       for (var t = 0; t < tiles; t++) {
+        ${stash.join("\n        ")}
+        workgroupBarrier();
+        if (t + 1 < tiles) {
+          let k0 = (t + 1) * ${MM_TK};
+          ${fetch.join("\n          ")}
+        }
+        ${inner.join("\n        ")}
+        workgroupBarrier();
+      }`
+      : `for (var t = 0; t < tiles; t++) {
         let k0 = t * ${MM_TK};
         ${lines.join("\n        ")}
         workgroupBarrier();
         ${inner.join("\n        ")}
         workgroupBarrier();
-      }
+      }`
+  }
       let gn = n0 + tx * 4;
       ${stores.join("\n      ")}
     }`;
@@ -617,9 +707,11 @@ function matMulSource(
  * (see {@link matMulSource}). Batch axes broadcast as `tf.matMul`'s do where each operand has
  * either the whole batch or a single matrix (`[N·T, w]·[H, w, d]`, `[H, N, T, d]·[H, N, T, d]`);
  * other broadcasts, empty or over-long products throw (use {@link wgslMatMulUsed} to ask first).
- * `tile` picks 64×64 (default, 4×4 outputs per thread) or 128×64 (8×4), each for 256 threads;
- * `DEER_WGSL_MM_TILE` sets the default. Forward only (no gradient is registered): the fast path
- * calls it inside its hand-written backward, which needs none.
+ * `tile` picks 64×64 (default, 4×4 outputs per thread), 128×64 (8×4) or 128×128 (8×8), each
+ * for 256 threads; `DEER_WGSL_MM_TILE` sets the default. `prefetch` (128×128 only; default on,
+ * `DEER_WGSL_MM_PREFETCH=0` off) reads the next K-tile into registers during this one's
+ * arithmetic. Forward only (no gradient is registered): the fast path calls it inside its
+ * hand-written backward, which needs none.
  *
  * Only on the `webgpu` backend, e.g. `const c = wgslMatMul(a, b, false, true);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -629,6 +721,7 @@ export function wgslMatMul(
   ta = false,
   tb = false,
   tile: MatMulTile = (Deno.env.get("DEER_WGSL_MM_TILE") as MatMulTile | undefined) ?? "64x64",
+  prefetch: boolean = Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0",
 ): tf.Tensor {
   const plan = matMulPlan(a, b, ta, tb);
   if (typeof plan === "string") {
@@ -636,12 +729,17 @@ export function wgslMatMul(
       `webgpu_kernels matMul of ${a.shape} and ${b.shape} (ta ${ta}, tb ${tb}): ${plan}`,
     );
   }
-  if (tile !== "64x64" && tile !== "128x64") {
+  if (!MATMUL_TILES.includes(tile)) {
     throw new Error(
-      `webgpu_kernels matMul: tile "${tile}" is not 64x64 or 128x64 (argument or DEER_WGSL_MM_TILE)`,
+      `webgpu_kernels matMul: tile "${tile}" is not one of ${
+        MATMUL_TILES.join(", ")
+      } (argument or DEER_WGSL_MM_TILE)`,
     );
   }
-  const rm = tile === "64x64" ? 4 : 8;
+  // Rows per thread (4 or 8) and column groups of 4 per thread (1 or 2).
+  const rm = tile === "64x64" ? 4 : 8, cn = tile === "128x128" ? 2 : 1;
+  // Only 128×128 prefetches (the other tiles are unchanged by the flag).
+  const pf = cn === 2 && prefetch;
   const { m, n, k, batch, strideA, strideB, outShape } = plan;
   // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
@@ -649,15 +747,15 @@ export function wgslMatMul(
   const make = (): Program => ({
     variableNames: ["A", "B"],
     outputShape: outShape,
-    shaderKey: `deer_matmul_${rm}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
+    shaderKey: `deer_matmul_${rm}x${cn}${pf ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
-    dispatch: [Math.ceil(n / 64), Math.ceil(m / (16 * rm)), batch],
+    dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
     size: false,
     uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
     variableComponents: [va ? 4 : 1, vb ? 4 : 1],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, ta, tb, va, vb, vo),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf),
   });
   const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
     type: "int32",

@@ -89,19 +89,20 @@ Deno.test({
 
 // The tiled product against tf.matMul: a single element, odd sizes (not multiples of the tiles,
 // of 4 or of the K-tile), both vec4 and scalar loads, every transpose combination, a batch and
-// both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), both tile shapes, and
-// once the ViT-B/16 MLP product at batch 8; and which products the fast path hands to it.
+// both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), all three tile shapes
+// (128×128 with and without its register prefetch), and the ViT-B/16 MLP product at batch 8 on
+// 64×64 and 128×128; and which products the fast path hands to it.
 const MATMUL_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import { wgslMatMul, wgslMatMulUsed } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 1;
 const tr = (s, t) => t ? [...s.slice(0, -2), s.at(-1), s.at(-2)] : s;
-async function check(name, sa, sb, ta, tb, tile) {
+async function check(name, sa, sb, ta, tb, tile, prefetch = true) {
   const a = tf.randomNormal(tr(sa, ta), 0, 1, "float32", seed++);
   const b = tf.randomNormal(tr(sb, tb), 0, 1, "float32", seed++);
   const want = tf.matMul(a, b, ta, tb);
-  const got = wgslMatMul(a, b, ta, tb, tile);
+  const got = wgslMatMul(a, b, ta, tb, tile, prefetch);
   if (got.shape.join() !== want.shape.join()) throw new Error(name + ": shape " + got.shape);
   const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
   const s = (await tf.max(tf.abs(want)).data())[0];
@@ -116,14 +117,17 @@ const shapes = {
   "197x64.5x64x36": [[197, 64], [5, 64, 36]],
   "5x197x64.64x36": [[5, 197, 64], [64, 36]],
 };
-for (const tile of ["64x64", "128x64"]) {
+// "128x128" prefetches the next K-tile into registers; "128x128np" is it without.
+for (const name of ["64x64", "128x64", "128x128", "128x128np"]) {
+  const tile = name.slice(0, 7), prefetch = !name.endsWith("np");
   for (const [key, [sa, sb]] of Object.entries(shapes)) {
     for (const ta of [false, true]) for (const tb of [false, true]) {
-      await check(tile + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile);
+      await check(name + "." + key + "." + (+ta) + (+tb), sa, sb, ta, tb, tile, prefetch);
     }
   }
 }
 await check("64x64.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "64x64");
+await check("128x128.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "128x128");
 const used = (sa, sb, ta = false, tb = false) => {
   const a = tf.zeros(sa), b = tf.zeros(sb);
   const u = wgslMatMulUsed(a, b, ta, tb);
@@ -149,7 +153,7 @@ Deno.test({
   ignore: skip,
   async fn() {
     const { errs, used } = await child(["eval", MATMUL_SOURCE], { WEBGPU_CPU_FORWARD: "false" });
-    assert.equal(Object.keys(errs).length, 2 * 6 * 4 + 1);
+    assert.equal(Object.keys(errs).length, 4 * 6 * 4 + 2);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       assert.ok(e <= 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
     }
