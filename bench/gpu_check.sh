@@ -17,7 +17,7 @@
 # import torch, or torch sees no CUDA device, the summary says so and the PyTorch figures are left
 # out.
 #
-# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl]
+# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl|submit]
 #   (none): the backend line, the webgpu tests (against the `cpu` backend: libtensorflow is not
 #     carried) and `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step
 #     (awaited median and pipelined_ms) at batch 8, 32 and 64, 5 steps after 1 warm-up, each with
@@ -32,6 +32,9 @@
 #     with the kernels, 90 s without), the
 #     probe's kernel count at batch 8, and the ViT-B/16 step at batch 8, 32 and 64 (3 steps after
 #     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs (≈ 5 min).
+#   submit: the ViT-B/16 step at batch 8 and 32 (3 steps after 1 warm-up) with tfjs-webgpu
+#     submitting a command buffer every 15 (its default), 64 and 1000 dispatches
+#     (DEER_WEBGPU_SUBMIT_BATCH), into submit.jsonl, each record tagged (≈ 3 min).
 # GPU_CHECK_ALLOW_FALLBACK=1 runs the GPU steps on a fallback adapter too. GPU_CHECK_DRY=1 is a
 # dry run for a machine without a GPU (lavapipe, Mesa's software Vulkan): every stage runs, with
 # the tiny ViT in place of ViT-B/16 (same figure names, "model":"tiny"), batches 1, 2, 4 in place
@@ -43,8 +46,8 @@
 # (three product tiles, 128x128 with and without prefetch), none 52 s.
 set -u
 MODE=${1:-default}
-case "$MODE" in default | probe | short | wgsl) ;; *)
-  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl or none" >&2
+case "$MODE" in default | probe | short | wgsl | submit) ;; *)
+  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl, submit or none" >&2
   exit 2
   ;;
 esac
@@ -87,7 +90,7 @@ field() { sed -nE "s/.*\"$1\": ?(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
 brief() {
   local s k v
   s=$(field name "$1" | tr -d '"')
-  for k in DEER_WGSL wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
+  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
     kernels kernel_gpu_ms gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
     target loss_last description real_gpu gpu_figures torch_device exit; do
     v=$(field "$k" "$1")
@@ -255,6 +258,20 @@ if [ "$real" = 1 ]; then
       done
     done
     ;;
+  submit)
+    # Dispatches per command-buffer submission: tfjs' 15, then 64 and 1000, at each batch before
+    # the next, so that a cut run keeps whole comparisons.
+    limits=(60 90)
+    for i in 0 1; do
+      for n in 15 64 1000; do
+        b=${BATCHES[$i]}
+        step "webgpu ViT-B/16 step, batch $b, DEER_WEBGPU_SUBMIT_BATCH=$n"
+        fig "${limits[$i]}" "$OUT/submit.jsonl" "\"DEER_WEBGPU_SUBMIT_BATCH\":\"$n\"" \
+          env DEER_WEBGPU_SUBMIT_BATCH=$n \
+          deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
+      done
+    done
+    ;;
   short)
     torch_steps 60
     limits=(90 120)
@@ -298,7 +315,7 @@ if [ "$real" = 1 ]; then
       "${extra[@]}"
     ;;
   esac
-elif [ "$MODE" != probe ] && [ "$MODE" != wgsl ]; then
+elif [ "$MODE" = default ] || [ "$MODE" = short ]; then
   # Without an adapter, the PyTorch references alone.
   torch_steps 120
 fi

@@ -176,7 +176,34 @@ export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
   }
   await import("@tensorflow/tfjs-backend-webgpu");
   avoidSplitK();
+  const submitBatch = submitBatchFromEnv();
+  if (submitBatch !== undefined) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", submitBatch);
   return adapter;
+}
+
+/** The largest `DEER_WEBGPU_SUBMIT_BATCH` accepted (one step dispatches a few thousand kernels). */
+export const MAX_SUBMIT_BATCH = 100_000;
+
+/**
+ * `DEER_WEBGPU_SUBMIT_BATCH`: how many kernel dispatches tfjs-webgpu records into one command
+ * buffer before it submits it to the GPU queue (its flag `WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE`,
+ * 15 by default). Fewer, larger submissions cost the host less per dispatch; more, smaller ones
+ * start the GPU sooner, and the buffers of tensors disposed in between are reused only after a
+ * submission. `undefined` when unset (tfjs' default stays); throws, naming the variable and what it
+ * takes, for anything but a whole number from 1 to {@link MAX_SUBMIT_BATCH}.
+ */
+export function submitBatchFromEnv(): number | undefined {
+  const raw = Deno.env.get("DEER_WEBGPU_SUBMIT_BATCH");
+  if (raw === undefined || raw.trim() === "") return undefined;
+  const n = Number(raw.trim());
+  if (!Number.isInteger(n) || n < 1 || n > MAX_SUBMIT_BATCH) {
+    throw new Error(
+      `DEER_WEBGPU_SUBMIT_BATCH=${JSON.stringify(raw)}: expected a whole number of dispatches ` +
+        `per command-buffer submission from 1 to ${MAX_SUBMIT_BATCH} (tfjs-webgpu's default is ` +
+        `15); unset it to keep the default`,
+    );
+  }
+  return n;
 }
 
 /** tfjs-webgpu's `MatMulProgramType` values used here. */

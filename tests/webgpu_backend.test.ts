@@ -91,3 +91,71 @@ console.log(JSON.stringify({ seen: seen !== null, backend: backendName,
     assert.deepEqual(JSON.parse(r.stdout), { seen: true, backend: "tensorflow", product: [2, 3] });
   },
 });
+
+Deno.test({
+  name: "webgpu: DEER_WEBGPU_SUBMIT_BATCH sets how many dispatches go into one submission",
+  ignore: skip,
+  async fn() {
+    requireAdapter();
+    // 40 dependent kernels on 2048 values (tfjs-webgpu runs tensors under 1000 values held on
+    // the host on its CPU backend): with a batch of 1 every dispatch is its own submission, with
+    // 1000 all of them wait for the read-back's; the values must not depend on it.
+    const chain = `
+import { backendName, tf } from "./lib/backend.ts";
+let x = tf.mul(tf.range(0, 2048, 1, "float32"), 0.01);
+for (let i = 0; i < 40; i++) x = tf.add(tf.mul(x, 0.9), i);
+console.log(JSON.stringify({ backend: backendName, values: Array.from(await x.data()),
+  flag: tf.env().getNumber("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE") }));
+`;
+    const runs = [];
+    for (const n of ["1", "1000", ""]) {
+      const env = { DEER_BACKEND: "webgpu", DEER_QUIET: "1", DEER_WEBGPU_SUBMIT_BATCH: n };
+      const r = await start(env, [], chain);
+      assert.equal(r.code, 0, r.stderr);
+      runs.push(JSON.parse(r.stdout));
+    }
+    assert.deepEqual(runs.map((r) => r.backend), ["webgpu", "webgpu", "webgpu"]);
+    assert.deepEqual(runs.map((r) => r.flag), [1, 1000, 15], "an empty value keeps tfjs' 15");
+    assert.deepEqual(runs[1].values, runs[0].values);
+    assert.deepEqual(runs[2].values, runs[0].values);
+    const expect = (j: number) => {
+      let v = Math.fround(j * Math.fround(0.01));
+      for (let i = 0; i < 40; i++) v = Math.fround(Math.fround(v * Math.fround(0.9)) + i);
+      return v;
+    };
+    for (const j of [0, 1, 777, 2047]) {
+      const got = runs[0].values[j];
+      assert.ok(Math.abs(got - expect(j)) <= 1e-5 * Math.abs(expect(j)), `${got} vs ${expect(j)}`);
+    }
+
+    const bad = await start({ DEER_BACKEND: "webgpu", DEER_WEBGPU_SUBMIT_BATCH: "0" });
+    assert.notEqual(bad.code, 0);
+    assert.match(
+      bad.stderr,
+      /DEER_WEBGPU_SUBMIT_BATCH="0": expected a whole number .* from 1 to 100000/,
+    );
+  },
+});
+
+Deno.test("webgpu: DEER_WEBGPU_SUBMIT_BATCH is read as a whole number or refused", async () => {
+  const { submitBatchFromEnv } = await import("../lib/backend_webgpu.ts");
+  const saved = Deno.env.get("DEER_WEBGPU_SUBMIT_BATCH");
+  try {
+    const read = (v: string) => {
+      Deno.env.set("DEER_WEBGPU_SUBMIT_BATCH", v);
+      return submitBatchFromEnv();
+    };
+    assert.equal(read(" 64 "), 64);
+    assert.equal(read("1"), 1);
+    assert.equal(read("100000"), 100000);
+    assert.equal(read(""), undefined);
+    for (const v of ["0", "-3", "2.5", "1e9", "many", "100001"]) {
+      assert.throws(() => read(v), /DEER_WEBGPU_SUBMIT_BATCH=.*from 1 to 100000.*unset it/, v);
+    }
+    Deno.env.delete("DEER_WEBGPU_SUBMIT_BATCH");
+    assert.equal(submitBatchFromEnv(), undefined);
+  } finally {
+    if (saved === undefined) Deno.env.delete("DEER_WEBGPU_SUBMIT_BATCH");
+    else Deno.env.set("DEER_WEBGPU_SUBMIT_BATCH", saved);
+  }
+});
