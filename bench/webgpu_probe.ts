@@ -86,6 +86,36 @@ async function kernelFigures(cpuForward: boolean): Promise<void> {
   tf.dispose([tiny, a, b, big]);
 }
 
+/**
+ * The GPU dispatches `run` makes, counted where tfjs-webgpu records each one
+ * (`recordAndSubmit`): kernels that only relabel a buffer (Reshape, Identity) or that run on the
+ * CPU backend (`WEBGPU_CPU_FORWARD`) dispatch nothing, so `tf.profile`'s kernel list overcounts.
+ * `top`: the programs that dispatch most.
+ */
+async function countDispatches(
+  run: () => Promise<void>,
+): Promise<{ total: number; top: string[] }> {
+  type Recorder = { recordAndSubmit: (program: object, ...rest: unknown[]) => unknown };
+  const backend = tf.backend() as unknown as Recorder;
+  const stock = backend.recordAndSubmit;
+  if (typeof stock !== "function") throw new Error("tfjs-webgpu has no recordAndSubmit to count");
+  const byProgram = new Map<string, number>();
+  let total = 0;
+  backend.recordAndSubmit = function (program, ...rest) {
+    total++;
+    const name = program.constructor.name;
+    byProgram.set(name, (byProgram.get(name) ?? 0) + 1);
+    return stock.call(this, program, ...rest);
+  };
+  try {
+    await run();
+  } finally {
+    backend.recordAndSubmit = stock;
+  }
+  const top = [...byProgram].sort((p, q) => q[1] - p[1]).slice(0, 12).map(([k, n]) => `${k} ${n}`);
+  return { total, top };
+}
+
 /** One ViT LoRA step under `tf.profile`. */
 async function stepFigures(cpuForward: boolean): Promise<void> {
   const config = which === "b16" ? VIT_B16 : TINY_VIT;
@@ -103,14 +133,17 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
   const t0 = performance.now();
   await step();
   const wall = performance.now() - t0;
+  const counted = await countDispatches(step);
   const info = await tf.profile(step);
   const kernels = ownKernels(info.kernels);
   let gpuMs = 0;
   const byKind = new Map<string, number>();
+  const countByKind = new Map<string, number>();
   for (const k of kernels) {
     const ms = Number(await k.kernelTimeMs) || 0;
     gpuMs += ms;
     byKind.set(k.name, (byKind.get(k.name) ?? 0) + ms);
+    countByKind.set(k.name, (countByKind.get(k.name) ?? 0) + 1);
   }
   emit({
     name: `webgpu_step_${which}`,
@@ -119,8 +152,12 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
     batch,
     wall_ms: round(wall),
     kernels: kernels.length,
+    dispatches: counted.total,
     kernel_gpu_ms: round(gpuMs),
     top: [...byKind].sort((p, q) => q[1] - p[1]).slice(0, 8).map(([k, ms]) => `${k} ${round(ms)}`),
+    // Where the dispatches are (each costs host time whatever its size): kinds by count.
+    most: [...countByKind].sort((p, q) => q[1] - p[1]).slice(0, 10).map(([k, n]) => `${k} ${n}`),
+    programs: counted.top,
   });
   bench.dispose();
   encoder.dispose();

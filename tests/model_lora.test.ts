@@ -72,3 +72,94 @@ Deno.test("lora: host factors ↔ tensors round-trip with [r, d] and [d, r] shap
     /LoRA adapter 2: A has 32 and B 3 values; expected 2×16 each/,
   );
 });
+
+Deno.test("lora: packed factors give the lists' features and gradients, and the fast path never unstacks them", async () => {
+  const { createVitEncoder } = await import("../lib/model/vit.ts");
+  const { randomVitWeights } = await import("../lib/model/vit_init.ts");
+  const { packedLora } = await import("../lib/model/lora.ts");
+  const cfg = {
+    layout: "openai" as const,
+    preNorm: false,
+    patchBias: true,
+    proj: true,
+    projBias: false,
+    imageSize: 8,
+    patchSize: 4,
+    channels: 3,
+    width: 16,
+    layers: 2,
+    heads: 2,
+    mlpDim: 32,
+    embedDim: 8,
+    act: "gelu" as const,
+    lnEps: 1e-5,
+  };
+  const encoder = createVitEncoder(cfg, randomVitWeights(cfg, createRng(3)));
+  const rng = createRng(4);
+  const host = initLora(cfg, 2, rng);
+  host.B = host.B.map((b) => b.map(() => rng.uniform() - 0.5)); // B ≠ 0: both gradients matter
+  const lists = loraToTensors(host, cfg.width);
+  const A = tf.stack(lists.A) as tf.Tensor3D, B = tf.stack(lists.B) as tf.Tensor3D;
+  const x = tf.randomNormal<tf.Rank.R4>([3, 8, 8, 3], 0, 1, "float32", 5);
+  const target = tf.randomNormal<tf.Rank.R2>([3, 8], 0, 1, "float32", 6);
+  const loss = (f: tf.Tensor2D) => tf.sum(tf.mul(f, target)) as tf.Scalar;
+  const scale = loraScale(4, 2);
+  const read = async (ts: tf.Tensor[]) =>
+    Promise.all(ts.map(async (t) => Array.from(await t.data())));
+
+  for (const fastPath of ["1", "0"]) {
+    Deno.env.set("DEER_FAST_PATH", fastPath);
+    try {
+      // The lists, then the packed tensors through the trainer's helper.
+      const viaLists = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) =>
+        loss(encoder.encode(x, {
+          A: tf.unstack(a) as tf.Tensor2D[],
+          B: tf.unstack(b) as tf.Tensor2D[],
+          scale,
+        }))
+      )([A, B]);
+      let listsRead = 0;
+      const viaPacked = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => {
+        const input = packedLora(a as tf.Tensor3D, b as tf.Tensor3D, { scale });
+        const counting = {
+          ...input,
+          get A() {
+            listsRead++;
+            return input.A;
+          },
+          get B() {
+            listsRead++;
+            return input.B;
+          },
+        };
+        return loss(encoder.encode(x, counting));
+      })([A, B]);
+      const [l1, l2] = await read([viaLists.value, viaPacked.value]);
+      const [ga1, gb1, ga2, gb2] = await read([...viaLists.grads, ...viaPacked.grads]);
+      const what = `DEER_FAST_PATH=${fastPath} on ${tf.getBackend()}`;
+      assert.deepEqual(l2, l1, `loss, ${what}`);
+      assert.deepEqual(ga2, ga1, `A's gradient, ${what}`);
+      assert.deepEqual(gb2, gb1, `B's gradient, ${what}`);
+      assert.ok(ga1.some((v) => v !== 0) && gb1.some((v) => v !== 0), "both gradients non-zero");
+      // The fast path (tensorflow always; webgpu and wasm unless DEER_FAST_PATH=0) takes the
+      // packed tensors as they are; the autodiff path cuts the lists from them.
+      const fast = tf.getBackend() === "tensorflow" || fastPath === "1" &&
+          ["webgpu", "wasm"].includes(tf.getBackend());
+      if (fast) assert.equal(listsRead, 0, `the lists were read on the fast path (${what})`);
+      else assert.ok(listsRead > 0, `the autodiff path reads the lists (${what})`);
+      tf.dispose([viaLists.value, viaPacked.value, ...viaLists.grads, ...viaPacked.grads]);
+    } finally {
+      Deno.env.delete("DEER_FAST_PATH");
+    }
+  }
+
+  // Packed tensors of the wrong shape are refused, naming what is expected.
+  const wrong = tf.zeros<tf.Rank.R3>([5, 2, 16]);
+  assert.throws(
+    () => encoder.encode(x, packedLora(wrong, B, { scale })),
+    /packed LoRA has A \[5,2,16\] and B \[6,16,2\]; expected A \[6, r, 16\] and B \[6, 16, r\]/,
+  );
+  tf.dispose([A, B, x, target, wrong]);
+  disposeLora(lists);
+  encoder.dispose();
+});

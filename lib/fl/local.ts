@@ -36,6 +36,7 @@ import type { ImageSplit } from "../data/dataset.ts";
 import { batchIndices, makeBatch } from "../data/batches.ts";
 import type { Factor } from "./factors.ts";
 import { cloneFactors, factorRank, type LoraDims, type LoraFactors } from "./factors.ts";
+import { packedLora } from "../model/lora.ts";
 
 /** What local training needs from the model: the frozen encoder and the fixed class prototypes. */
 export interface Backbone {
@@ -275,13 +276,15 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
           A = tf.mul(A, masks.a);
           B = tf.mul(B, masks.b);
         }
-        const feats = backbone.encoder.encode(x, {
-          A: tf.unstack(A) as tf.Tensor2D[],
-          B: tf.unstack(B) as tf.Tensor2D[],
-          scale: backbone.loraScale,
-          residual,
-          trainable: job.train,
-        });
+        // Stacked as the parameters are: the fast path takes them without slicing them apart.
+        const feats = backbone.encoder.encode(
+          x,
+          packedLora(A as tf.Tensor3D, B as tf.Tensor3D, {
+            scale: backbone.loraScale,
+            residual,
+            trainable: job.train,
+          }),
+        );
         return prototypeLoss(feats, backbone.prototypes, ps[ps.length - 1] as tf.Scalar, y);
       };
       const { value, grads } = tf.valueAndGrads(lossFn)(params);

@@ -27,6 +27,7 @@
  */
 import { tf } from "../backend.ts";
 import type { Rng } from "../rng.ts";
+import type { LoraInput } from "./transformer.ts";
 
 /** LoRA factors in host memory: `A[i]` is r×width, `B[i]` width×r, both row-major. */
 export interface LoraFactors {
@@ -158,4 +159,45 @@ export async function loraFromTensors(lora: LoraTensors): Promise<LoraFactors> {
 /** Frees LoRA tensors. */
 export function disposeLora(lora: LoraTensors): void {
   for (const t of [...lora.A, ...lora.B]) t.dispose();
+}
+
+/**
+ * A `LoraInput` for factors held stacked, A as [count, r, width] and B as [count, width, r] (the
+ * trainer's parameters): `packed` carries them to the frozen fast path as they are, and the
+ * per-adapter lists `A` and `B` are cut from them only if a path reads them (the autodiff path,
+ * adapters of mixed rank), once, in the scope of that first read. Meant for one `encode` call:
+ * the lists are tensors of the tidy scope that made them.
+ *
+ * @example
+ * ```ts
+ * import { loadVisionEncoder } from "./vit_checkpoints.ts";
+ * import { createRng } from "../rng.ts";
+ * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
+ * const t = loraToTensors(initLora(encoder.config, 8, createRng(10)), encoder.config.width);
+ * const A = tf.stack(t.A) as tf.Tensor3D, B = tf.stack(t.B) as tf.Tensor3D; // [9, 8, 64], [9, 64, 8]
+ * const x = tf.zeros<tf.Rank.R4>([2, 28, 28, 3]);
+ * const f = tf.tidy(() => encoder.encode(x, packedLora(A, B, { scale: loraScale(8, 8) })));
+ * f.shape; // [2, 64]
+ * tf.dispose([A, B, x, f]);
+ * disposeLora(t);
+ * encoder.dispose();
+ * ```
+ */
+export function packedLora(
+  A: tf.Tensor3D,
+  B: tf.Tensor3D,
+  rest: Omit<LoraInput, "A" | "B" | "packed">,
+): LoraInput {
+  let listA: tf.Tensor2D[] | undefined;
+  let listB: tf.Tensor2D[] | undefined;
+  return {
+    ...rest,
+    packed: { A, B },
+    get A() {
+      return listA ??= tf.unstack(A) as tf.Tensor2D[];
+    },
+    get B() {
+      return listB ??= tf.unstack(B) as tf.Tensor2D[];
+    },
+  };
 }

@@ -70,6 +70,15 @@ export interface LoraInput {
    * left out is a constant of the hand-written backward pass, which then skips its gradient.
    */
   trainable?: readonly ("A" | "B")[];
+  /**
+   * The same factors as one tensor each, when the caller holds them so: `A` [count, r, width] and
+   * `B` [count, width, r], adapter `i` at index `i`, one rank for all. The frozen fast path
+   * (`vit_fast.ts`) then takes them as they are instead of stacking `A` and `B` (and the caller
+   * need not unstack them): count slices and a concatenation fewer per factor in the forward pass,
+   * and as many in the backward pass; on `webgpu` each is a kernel dispatch. `A` and `B` must
+   * still give the same tensors, for the paths that take them one by one.
+   */
+  packed?: { A: tf.Tensor3D; B: tf.Tensor3D };
 }
 
 /** Names of the LoRA adapters, in the order `LoraInput` uses. */

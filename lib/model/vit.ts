@@ -262,12 +262,14 @@ function checkInput(cfg: VitConfig, x: tf.Tensor): void {
 
 function checkLora(cfg: VitConfig, lora: LoraInput): void {
   const count = 3 * cfg.layers;
-  if (lora.A.length !== count || lora.B.length !== count) {
+  if (lora.packed) {
+    checkPackedLora(cfg, lora.packed);
+  } else if (lora.A.length !== count || lora.B.length !== count) {
     throw new Error(
       `encode: LoRA has ${lora.A.length} A and ${lora.B.length} B tensors; expected ${count} each (q, k, v of ${cfg.layers} blocks)`,
     );
   }
-  for (let i = 0; i < count; i++) {
+  for (let i = 0; !lora.packed && i < count; i++) {
     const [ra, da] = lora.A[i].shape;
     const [db, rb] = lora.B[i].shape;
     if (
@@ -296,6 +298,22 @@ function checkLora(cfg: VitConfig, lora: LoraInput): void {
   }
   if (!Number.isFinite(lora.scale)) {
     throw new Error(`encode: LoRA scale ${lora.scale} must be finite (alpha / r)`);
+  }
+}
+
+/** `LoraInput.packed`: A [3·layers, r, width] and B [3·layers, width, r], one rank. */
+function checkPackedLora(cfg: VitConfig, packed: { A: tf.Tensor; B: tf.Tensor }): void {
+  const count = 3 * cfg.layers;
+  const [na, ra, da] = packed.A.shape;
+  const [nb, db, rb] = packed.B.shape;
+  if (
+    packed.A.rank !== 3 || packed.B.rank !== 3 || na !== count || nb !== count ||
+    da !== cfg.width || db !== cfg.width || ra !== rb
+  ) {
+    throw new Error(
+      `encode: packed LoRA has A [${packed.A.shape}] and B [${packed.B.shape}]; expected ` +
+        `A [${count}, r, ${cfg.width}] and B [${count}, ${cfg.width}, r] (q, k, v of ${cfg.layers} blocks)`,
+    );
   }
 }
 
@@ -413,7 +431,8 @@ function makeEncoder(config: VitConfig, weights: VitWeights, owned: tf.Tensor[])
 /** Whether {@link frozenBlocksForward} can take `lora`: one rank for every adapter. */
 function fitsFrozenPath(lora?: LoraInput): boolean {
   if (!frozenPathAvailable()) return false;
-  return !lora || lora.A.every((a) => a.shape[0] === lora.A[0].shape[0]);
+  return !lora || lora.packed !== undefined ||
+    lora.A.every((a) => a.shape[0] === lora.A[0].shape[0]);
 }
 
 /**

@@ -791,7 +791,11 @@ export function frozenBlocksForward(
   );
   if (!lora) return forward(null, frozenQkv, null).features;
 
-  const rank = lora.A[0].shape[0];
+  const rank = lora.packed ? lora.packed.A.shape[1] : lora.A[0].shape[0];
+  // The factors as [3·layers, r, width] and [3·layers, width, r]: as the caller packed them, or
+  // stacked here.
+  const packedOrStacked = (which: "A" | "B"): tf.Tensor =>
+    lora.packed ? lora.packed[which] : tf.stack(lora[which]);
   /** Per block: A_q|A_k|A_v, the block-diagonal s·B and the adapted W_qkv + Aᵀ·B̃. */
   const blockFactors = (packedA: tf.Tensor, packedB: tf.Tensor): BlockFactors[] => {
     const a = tf.unstack(tf.reshape(packedA, [layers, 3 * rank, width])) as tf.Tensor2D[];
@@ -812,14 +816,18 @@ export function frozenBlocksForward(
   };
   // Forward only (evaluation, or no factor to differentiate): nothing is kept for a backward pass.
   if (tf.engine().state.gradientDepth === 0 || !(want.A || want.B)) {
-    return forward(blockFactors(tf.stack(lora.A), tf.stack(lora.B)), frozenQkv, null).features;
+    return forward(blockFactors(packedOrStacked("A"), packedOrStacked("B")), frozenQkv, null)
+      .features;
   }
   // The inputs of the custom-gradient node are the trainable factors, stacked; a factor that is
   // not trainable is a constant inside it.
-  const inputs = [...(want.A ? [tf.stack(lora.A)] : []), ...(want.B ? [tf.stack(lora.B)] : [])];
+  const inputs = [
+    ...(want.A ? [packedOrStacked("A")] : []),
+    ...(want.B ? [packedOrStacked("B")] : []),
+  ];
   const encode = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const packedA = want.A ? args[0] as tf.Tensor : tf.stack(lora.A);
-    const packedB = want.B ? args[want.A ? 1 : 0] as tf.Tensor : tf.stack(lora.B);
+    const packedA = want.A ? args[0] as tf.Tensor : packedOrStacked("A");
+    const packedB = want.B ? args[want.A ? 1 : 0] as tf.Tensor : packedOrStacked("B");
     const save = args[inputs.length] as tf.GradSaveFunc;
     const factors = blockFactors(packedA, packedB);
     const keep: tf.Tensor[] = [];
