@@ -262,27 +262,9 @@ function checkInput(cfg: VitConfig, x: tf.Tensor): void {
 
 function checkLora(cfg: VitConfig, lora: LoraInput): void {
   const count = 3 * cfg.layers;
-  if (lora.packed) {
-    checkPackedLora(cfg, lora.packed);
-  } else if (lora.A.length !== count || lora.B.length !== count) {
-    throw new Error(
-      `encode: LoRA has ${lora.A.length} A and ${lora.B.length} B tensors; expected ${count} each (q, k, v of ${cfg.layers} blocks)`,
-    );
-  }
-  for (let i = 0; !lora.packed && i < count; i++) {
-    const [ra, da] = lora.A[i].shape;
-    const [db, rb] = lora.B[i].shape;
-    if (
-      da !== cfg.width || db !== cfg.width || ra !== rb || lora.A[i].rank !== 2 ||
-      lora.B[i].rank !== 2
-    ) {
-      const name = loraAdapterNames(cfg.layers)[i];
-      const got = `A [${lora.A[i].shape}] and B [${lora.B[i].shape}]`;
-      throw new Error(
-        `encode: LoRA adapter ${i} (${name}) has ${got}; expected A [r, ${cfg.width}] and B [${cfg.width}, r]`,
-      );
-    }
-  }
+  // Packed factors are checked as they are: reading the lists would cut them apart.
+  if (lora.packed) checkPackedLora(cfg, lora.packed);
+  else checkLoraLists(cfg, lora);
   if (lora.residual) {
     const bad = lora.residual.findIndex((r) =>
       r.rank !== 2 || r.shape[0] !== cfg.width || r.shape[1] !== cfg.width
@@ -298,6 +280,30 @@ function checkLora(cfg: VitConfig, lora: LoraInput): void {
   }
   if (!Number.isFinite(lora.scale)) {
     throw new Error(`encode: LoRA scale ${lora.scale} must be finite (alpha / r)`);
+  }
+}
+
+/** `LoraInput.A` and `.B`: 3·layers tensors each, A [r, width] and B [width, r]. */
+function checkLoraLists(cfg: VitConfig, lora: LoraInput): void {
+  const count = 3 * cfg.layers;
+  if (lora.A.length !== count || lora.B.length !== count) {
+    throw new Error(
+      `encode: LoRA has ${lora.A.length} A and ${lora.B.length} B tensors; expected ${count} each (q, k, v of ${cfg.layers} blocks)`,
+    );
+  }
+  for (let i = 0; i < count; i++) {
+    const [ra, da] = lora.A[i].shape;
+    const [db, rb] = lora.B[i].shape;
+    if (
+      da !== cfg.width || db !== cfg.width || ra !== rb || lora.A[i].rank !== 2 ||
+      lora.B[i].rank !== 2
+    ) {
+      const name = loraAdapterNames(cfg.layers)[i];
+      const got = `A [${lora.A[i].shape}] and B [${lora.B[i].shape}]`;
+      throw new Error(
+        `encode: LoRA adapter ${i} (${name}) has ${got}; expected A [r, ${cfg.width}] and B [${cfg.width}, r]`,
+      );
+    }
   }
 }
 
