@@ -16,7 +16,14 @@
  * * Row kernels (one invocation per row of the last axis): LayerNorm statistics `[mean, rstd]`
  *   per row (one kernel instead of about six), its output `(x − mean)·rstd·γ + β` (one instead of
  *   four), its input gradient `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ` (one
- *   instead of about nine), and the softmax backward `y·(g − Σ g·y)` (one instead of four).
+ *   instead of about nine; with a residual gradient added, still one), and the softmax backward
+ *   `y·(g − Σ g·y)` (one instead of four).
+ * * The block's small steps: a residual connection `a + (b·s + bias)` (one kernel instead of two
+ *   or three), the adapted weight `(W + Aᵀ·B̃)·D` (one instead of two), the gate gradient with the
+ *   MLP's output scale folded in (no separate scaling of the incoming gradient), q, k and v with
+ *   their bias out of the head-major product (one kernel each instead of a bias addition and three
+ *   slices), and their gradients back to rows `[N·T, 3·width]` (one instead of a stack and a
+ *   transpose). The layouts move values only and equal the tfjs composition exactly.
  *
  * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
  *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
@@ -115,17 +122,48 @@ const BODIES: Record<string, { inputs: string[]; body: string }> = {
   gelu_gate: { inputs: ["Z"], body: "let r = 1.0 + deerErf(Z[index]);" },
   quick_gate: { inputs: ["Z"], body: "let r = deerSigmoid(Z[index]);" },
   act: { inputs: ["Z", "G"], body: "let r = Z[index] * G[index];" },
+  // SCALE: a constant factor on d (the MLP's output scale, folded in by the fast path).
   gelu_grad: {
     inputs: ["D", "Z", "G"],
     body: `let z = Z[index];
-      let r = D[index] * (G[index] + z * exp(${Math.log(2 / Math.sqrt(Math.PI))} - z * z));`,
+      let r = (SCALE * D[index]) * (G[index] + z * exp(${
+      Math.log(2 / Math.sqrt(Math.PI))
+    } - z * z));`,
   },
   quick_grad: {
     inputs: ["D", "Z", "G"],
     body: `let g = G[index];
-      let r = D[index] * g * (1.0 + Z[index] * (1.0 - g));`,
+      let r = (SCALE * D[index]) * g * (1.0 + Z[index] * (1.0 - g));`,
+  },
+  // Row vectors C [W] broadcast over the rows of A and B [rows, W] (column `index % W`).
+  residual: {
+    inputs: ["A", "B", "C"],
+    body: "let r = A[index] + (B[index] * SCALE + C[index % W]);",
+  },
+  sum_col_scaled: {
+    inputs: ["A", "B", "C"],
+    body: "let r = (A[index] + B[index]) * C[index % W];",
   },
 };
+
+/** The LayerNorm input gradient of one row, `plus` prefixed to each output value. */
+function lnGradBody(plus: string): string {
+  return `let m = S[row * 2];
+      let r = S[row * 2 + 1];
+      var a = 0.0;
+      var b = 0.0;
+      for (var j = 0; j < W; j++) {
+        let g = DY[o + j] * GAMMA[j];
+        a += g;
+        b += g * (X[o + j] - m) * r;
+      }
+      a = a / f32(W);
+      b = b / f32(W);
+      for (var j = 0; j < W; j++) {
+        let xh = (X[o + j] - m) * r;
+        setOutputAtIndex(o + j, ${plus}r * (DY[o + j] * GAMMA[j] - a - xh * b));
+      }`;
+}
 
 /** Row bodies: `W` is the row width, `row` the row, `o = row·W` its offset. */
 const ROWS: Record<string, { inputs: string[]; body: string; outWidth?: number }> = {
@@ -148,24 +186,9 @@ const ROWS: Record<string, { inputs: string[]; body: string; outWidth?: number }
         setOutputAtIndex(o + j, (X[o + j] - m) * r * GAMMA[j] + BETA[j]);
       }`,
   },
-  ln_grad: {
-    inputs: ["DY", "X", "S", "GAMMA"],
-    body: `let m = S[row * 2];
-      let r = S[row * 2 + 1];
-      var a = 0.0;
-      var b = 0.0;
-      for (var j = 0; j < W; j++) {
-        let g = DY[o + j] * GAMMA[j];
-        a += g;
-        b += g * (X[o + j] - m) * r;
-      }
-      a = a / f32(W);
-      b = b / f32(W);
-      for (var j = 0; j < W; j++) {
-        let xh = (X[o + j] - m) * r;
-        setOutputAtIndex(o + j, r * (DY[o + j] * GAMMA[j] - a - xh * b));
-      }`,
-  },
+  ln_grad: { inputs: ["DY", "X", "S", "GAMMA"], body: lnGradBody("") },
+  // The same plus a residual gradient R (x's shape) added to the result.
+  ln_grad_res: { inputs: ["DY", "X", "S", "GAMMA", "R"], body: lnGradBody("R[o + j] + ") },
   softmax_grad: {
     inputs: ["Y", "G"],
     body: `var s = 0.0;
@@ -227,7 +250,8 @@ export function wgslLayerNormForward(
 
 /**
  * The input gradient of {@link wgslLayerNormForward}'s `y` given `dy`, from x and its stats, in
- * one kernel: `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))`, `dx̂ = dy·γ`.
+ * one kernel: `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))`, `dx̂ = dy·γ`; with `residual` (x's
+ * shape), that plus the residual branch's gradient, still one kernel.
  *
  * Only on the `webgpu` backend, e.g. `const dx = wgslLayerNormBackward(dy, x, stats, gamma);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -236,8 +260,13 @@ export function wgslLayerNormBackward(
   x: tf.Tensor,
   stats: tf.Tensor,
   gamma: tf.Tensor,
+  residual?: tf.Tensor,
 ): tf.Tensor {
-  return tf.reshape(runRows("ln_grad", [dy, x, stats, gamma]), x.shape);
+  if (!residual) return tf.reshape(runRows("ln_grad", [dy, x, stats, gamma]), x.shape);
+  if (!tf.util.arraysEqual(residual.shape, x.shape)) {
+    throw new Error(`webgpu_kernels ln_grad: residual ${residual.shape} must be x's ${x.shape}`);
+  }
+  return tf.reshape(runRows("ln_grad_res", [dy, x, stats, gamma, residual]), x.shape);
 }
 
 /**
@@ -252,19 +281,28 @@ export function wgslSoftmaxBackward(y: tf.Tensor, g: tf.Tensor): tf.Tensor {
   return tf.reshape(runRows("softmax_grad", [y, g]), y.shape);
 }
 
-function program(kind: string, shape: number[]): Program {
+/** Compile-time constants of an element-wise body: `SCALE` (f32) and `W` (i32, a row's width). */
+interface Constants {
+  scale?: number;
+  width?: number;
+}
+
+function program(kind: string, shape: number[], { scale = 1, width = 1 }: Constants): Program {
   const { inputs, body } = BODIES[kind];
   const size = shape.reduce((a, b) => a * b, 1);
   return {
     variableNames: inputs,
     outputShape: shape,
-    shaderKey: `deer_${kind}`,
+    // The constants are compiled in: one pipeline per (kind, scale, width).
+    shaderKey: `deer_${kind}_${scale}_${width}`,
     dispatchLayout: { x: shape.map((_, i) => i) },
     dispatch: [Math.ceil(size / WORKGROUP), 1, 1],
     workgroupSize: [WORKGROUP, 1, 1],
     size: true,
     getUserCode: () => `
       ${ERF}
+      const SCALE : f32 = ${scale.toExponential()};
+      const W : i32 = ${width};
       fn main(index : i32) {
         if (index < uniforms.size) {
           ${body}
@@ -274,8 +312,8 @@ function program(kind: string, shape: number[]): Program {
   };
 }
 
-function run(kind: string, inputs: tf.Tensor[]): tf.Tensor {
-  return dispatch(kind, inputs, 0, () => program(kind, inputs[0].shape));
+function run(kind: string, inputs: tf.Tensor[], constants: Constants = {}): tf.Tensor {
+  return dispatch(kind, inputs, 0, () => program(kind, inputs[0].shape, constants));
 }
 
 /** Kernel names registered so far (`DeerWgsl_<kind>`, backend `webgpu`). */
@@ -347,11 +385,178 @@ export function wgslGateBackward(
   z: tf.Tensor,
   gate: tf.Tensor,
   act: "gelu" | "quick_gelu",
+  scale = 1,
 ): tf.Tensor {
   if (!tf.util.arraysEqual(d.shape, z.shape) || !tf.util.arraysEqual(gate.shape, z.shape)) {
     throw new Error(`webgpu_kernels: d ${d.shape}, z ${z.shape}, gate ${gate.shape} must agree`);
   }
-  return run(act === "gelu" ? "gelu_grad" : "quick_grad", [d, z, gate]);
+  return run(act === "gelu" ? "gelu_grad" : "quick_grad", [d, z, gate], { scale });
+}
+
+/** Checks that `v` is a vector as long as the last axis of `x`, for the row-vector kernels. */
+function checkRowVector(what: string, x: tf.Tensor, v: tf.Tensor): number {
+  const width = x.shape[x.rank - 1];
+  if (v.rank !== 1 || v.shape[0] !== width) {
+    throw new Error(`webgpu_kernels ${what}: vector ${v.shape} must be [${width}] for ${x.shape}`);
+  }
+  return width;
+}
+
+/**
+ * A residual connection `a + (b·scale + bias)` with `bias` [width] broadcast over the rows of a
+ * and b, in one kernel (instead of two or three).
+ *
+ * Only on the `webgpu` backend, e.g. `const x1 = wgslResidual(x, attended, outBias, 1);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslResidual(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  bias: tf.Tensor,
+  scale: number,
+): tf.Tensor {
+  if (!tf.util.arraysEqual(a.shape, b.shape)) {
+    throw new Error(`webgpu_kernels residual: a ${a.shape} and b ${b.shape} must agree`);
+  }
+  const width = checkRowVector("residual", a, bias);
+  return run("residual", [a, b, bias], { scale, width });
+}
+
+/**
+ * `(a + b)·d` with `d` [width] scaling the columns of a and b, in one kernel (instead of two):
+ * the fast path's adapted `(W_qkv + Aᵀ·B̃)·D`.
+ *
+ * Only on the `webgpu` backend, e.g. `const w = wgslSumColumnScaled(frozen, update, colScale);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslSumColumnScaled(a: tf.Tensor, b: tf.Tensor, d: tf.Tensor): tf.Tensor {
+  if (!tf.util.arraysEqual(a.shape, b.shape)) {
+    throw new Error(`webgpu_kernels sum_col_scaled: a ${a.shape} and b ${b.shape} must agree`);
+  }
+  return run("sum_col_scaled", [a, b, d], { width: checkRowVector("sum_col_scaled", a, d) });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The attention's layouts
+
+/** An element-wise program over `outputShape` whose `code` sets `r` from `index` (and `uniforms`). */
+function layoutProgram(
+  key: string,
+  inputs: string[],
+  outputShape: number[],
+  uniforms: string,
+  code: string,
+): Program {
+  const size = outputShape.reduce((a, b) => a * b, 1);
+  return {
+    variableNames: inputs,
+    outputShape,
+    shaderKey: `deer_${key}`,
+    dispatchLayout: { x: outputShape.map((_, i) => i) },
+    dispatch: [Math.ceil(size / WORKGROUP), 1, 1],
+    workgroupSize: [WORKGROUP, 1, 1],
+    size: true,
+    uniforms,
+    getUserCode: () => `
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          ${code}
+          setOutputAtIndex(index, r);
+        }
+      }`,
+  };
+}
+
+const int32 = (v: number): ProgramUniform => ({ type: "int32", data: [v] });
+
+/**
+ * Slot `j` (0 q, 1 k, 2 v) of the head-major product `qkv` [3·heads, N·T, d_head] plus its bias
+ * [3·heads, 1, d_head], as [heads, N, tq, d_head]: the first `tq` tokens of each of the `n` images
+ * (T for all of them, 1 for the class token alone). One kernel per slot instead of the bias
+ * addition and a slice per slot (and the class token's slice of q).
+ *
+ * Only on the `webgpu` backend, e.g. `const k = wgslHeadSlot(qkv, bias, 1, n, t);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslHeadSlot(
+  qkv: tf.Tensor,
+  bias: tf.Tensor,
+  j: number,
+  n: number,
+  tq: number,
+): tf.Tensor {
+  const [h3, rows, dh] = qkv.shape;
+  const t = rows / n;
+  if (qkv.rank !== 3 || h3 % 3 !== 0 || !Number.isInteger(t)) {
+    throw new Error(`webgpu_kernels head_slot: qkv ${qkv.shape} is not [3·heads, ${n}·T, d_head]`);
+  }
+  if (!tf.util.arraysEqual(bias.shape, [h3, 1, dh])) {
+    throw new Error(`webgpu_kernels head_slot: bias ${bias.shape} must be [${h3}, 1, ${dh}]`);
+  }
+  if (![0, 1, 2].includes(j) || !Number.isInteger(tq) || tq < 1 || tq > t) {
+    throw new Error(
+      `webgpu_kernels head_slot: slot ${j} (0..2) or ${tq} tokens (1..${t}) out of range`,
+    );
+  }
+  const heads = h3 / 3;
+  const make = () =>
+    layoutProgram(
+      `head_slot_${heads}_${dh}`,
+      ["X", "C"],
+      [heads, n, tq, dh],
+      "N : i32, T : i32, TQ : i32, J : i32,",
+      `let d = index % ${dh};
+          let r1 = index / ${dh};
+          let tt = r1 % uniforms.TQ;
+          let r2 = r1 / uniforms.TQ;
+          let nn = r2 % uniforms.N;
+          let h = uniforms.J * ${heads} + r2 / uniforms.N;
+          let r = X[((h * uniforms.N + nn) * uniforms.T + tt) * ${dh} + d] + C[h * ${dh} + d];`,
+    );
+  return dispatch("HeadSlot", [qkv, bias], 0, make, [n, t, tq, j].map(int32));
+}
+
+/**
+ * The gradients at q [heads, N, tq, d_head] (tq = T, or 1: the class token's rows alone, the
+ * other rows' gradients zero), k and v [heads, N, T, d_head] as rows [N·T, 3·width]
+ * (width = heads·d_head), q | k | v side by side: the inverse of the head-major layout, in one
+ * kernel instead of a stack and a transpose (and the zero padding of q).
+ *
+ * Only on the `webgpu` backend, e.g. `const dQkv = wgslHeadsToRows(dq, dk, dv);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslHeadsToRows(dq: tf.Tensor, dk: tf.Tensor, dv: tf.Tensor): tf.Tensor {
+  const [heads, n, t, dh] = dk.shape as number[];
+  const tq = dq.shape[2] as number;
+  if (
+    dk.rank !== 4 || !tf.util.arraysEqual(dv.shape, dk.shape) ||
+    !tf.util.arraysEqual(dq.shape, [heads, n, tq, dh]) || (tq !== t && tq !== 1)
+  ) {
+    throw new Error(
+      `webgpu_kernels heads_to_rows: dq ${dq.shape}, dk ${dk.shape}, dv ${dv.shape} must be [heads, N, T (or 1 for dq), d_head]`,
+    );
+  }
+  const width = heads * dh;
+  const make = () =>
+    layoutProgram(
+      `heads_to_rows_${heads}_${dh}`,
+      ["Q", "K", "V"],
+      [n * t, 3 * width],
+      "N : i32, T : i32, TQ : i32,",
+      `let col = index % ${3 * width};
+          let row = index / ${3 * width};
+          let slot = col / ${width};
+          let h = (col % ${width}) / ${dh};
+          let d = col % ${dh};
+          let nn = row / uniforms.T;
+          let tt = row % uniforms.T;
+          let at = (h * uniforms.N + nn) * uniforms.T + tt;
+          var r = 0.0;
+          if (slot == 0) {
+            if (tt < uniforms.TQ) { r = Q[((h * uniforms.N + nn) * uniforms.TQ + tt) * ${dh} + d]; }
+          } else if (slot == 1) {
+            r = K[at * ${dh} + d];
+          } else {
+            r = V[at * ${dh} + d];
+          }`,
+    );
+  return dispatch("HeadsToRows", [dq, dk, dv], 0, make, [n, t, tq].map(int32));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -104,8 +104,7 @@ Deno.test("lora: packed factors give the lists' features and gradients, and the 
   const target = tf.randomNormal<tf.Rank.R2>([3, 8], 0, 1, "float32", 6);
   const loss = (f: tf.Tensor2D) => tf.sum(tf.mul(f, target)) as tf.Scalar;
   const scale = loraScale(4, 2);
-  const read = async (ts: tf.Tensor[]) =>
-    Promise.all(ts.map(async (t) => Array.from(await t.data())));
+  const read = (ts: tf.Tensor[]) => Promise.all(ts.map(async (t) => Array.from(await t.data())));
 
   for (const fastPath of ["1", "0"]) {
     Deno.env.set("DEER_FAST_PATH", fastPath);

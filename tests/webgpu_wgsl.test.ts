@@ -87,6 +87,90 @@ Deno.test({
   },
 });
 
+// The kernels that fuse the block's small steps, against the tfjs composition they replace: row
+// vectors broadcast over rows (a single element, odd widths, a long row), the LayerNorm gradient
+// plus a residual, the gate gradient with the MLP's output scale folded in, and the attention's
+// layouts (q, k, v out of the head-major product; their gradients back to rows), which move data
+// only and must be exact.
+const FUSED_SOURCE = `
+import { tf } from "./lib/backend.ts";
+import {
+  wgslGateBackward, wgslGateForward, wgslHeadSlot, wgslHeadsToRows, wgslLayerNormBackward,
+  wgslLayerNormForward, wgslResidual, wgslSumColumnScaled,
+} from "./lib/webgpu_kernels.ts";
+const errs = {};
+let seed = 11;
+const rnd = (shape) => tf.randomNormal(shape, 0, 1, "float32", seed++);
+async function rel(name, got, want) {
+  if (got.shape.join() !== want.shape.join()) throw new Error(name + ": shape " + got.shape);
+  const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
+  const s = (await tf.max(tf.abs(want)).data())[0];
+  errs[name] = e / Math.max(s, 1e-30);
+}
+for (const [rows, w] of [[1, 1], [37, 129], [3, 16384]]) {
+  const a = rnd([rows, w]), b = rnd([rows, w]), r = rnd([rows, w]), c = rnd([w]);
+  for (const s of [1, Math.SQRT1_2]) {
+    const want = tf.add(a, tf.add(tf.mul(b, s), c));
+    await rel("residual." + s + "." + rows + "x" + w, wgslResidual(a, b, c, s), want);
+  }
+  await rel("sumColScaled." + rows + "x" + w, wgslSumColumnScaled(a, b, c), tf.mul(tf.add(a, b), c));
+  const { stats } = wgslLayerNormForward(a, c, c, 1e-5);
+  const plain = wgslLayerNormBackward(b, a, stats, c);
+  await rel("lnGradResidual." + rows + "x" + w, wgslLayerNormBackward(b, a, stats, c, r), tf.add(r, plain));
+}
+for (const act of ["gelu", "quick_gelu"]) {
+  const z = rnd([37, 129]), d = rnd([37, 129]);
+  const [, g] = wgslGateForward(z, act);
+  const want = wgslGateBackward(tf.mul(d, Math.SQRT1_2), z, g, act);
+  await rel("gateGradScaled." + act, wgslGateBackward(d, z, g, act, Math.SQRT1_2), want);
+}
+for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) {
+  const key = [heads, n, t, dh].join("x");
+  const qkv = rnd([3 * heads, n * t, dh]), bias = rnd([3 * heads, 1, dh]);
+  const [q, k, v] = tf.unstack(tf.reshape(tf.add(qkv, bias), [3, heads, n, t, dh]));
+  await rel("headSlot.q." + key, wgslHeadSlot(qkv, bias, 0, n, t), q);
+  await rel("headSlot.k." + key, wgslHeadSlot(qkv, bias, 1, n, t), k);
+  await rel("headSlot.v." + key, wgslHeadSlot(qkv, bias, 2, n, t), v);
+  const qClass = tf.slice(q, [0, 0, 0, 0], [heads, n, 1, dh]);
+  await rel("headSlot.qClass." + key, wgslHeadSlot(qkv, bias, 0, n, 1), qClass);
+  const toRows = (dq, dk, dv) =>
+    tf.reshape(tf.transpose(tf.stack([dq, dk, dv]), [2, 3, 0, 1, 4]), [n * t, 3 * heads * dh]);
+  await rel("headsToRows." + key, wgslHeadsToRows(q, k, v), toRows(q, k, v));
+  const padded = tf.pad(qClass, [[0, 0], [0, 0], [0, t - 1], [0, 0]]);
+  await rel("headsToRows.qClass." + key, wgslHeadsToRows(qClass, k, v), toRows(padded, k, v));
+}
+const refusals = [];
+for (const bad of [
+  () => wgslResidual(rnd([2, 3]), rnd([2, 3]), rnd([4]), 1),
+  () => wgslHeadSlot(rnd([6, 10, 4]), rnd([6, 1, 4]), 3, 2, 5),
+  () => wgslHeadsToRows(rnd([2, 1, 3, 4]), rnd([2, 1, 5, 4]), rnd([2, 1, 5, 4])),
+]) {
+  try { bad(); refusals.push("accepted"); } catch (e) { refusals.push(e.message); }
+}
+console.log(JSON.stringify({ errs, refusals }));
+`;
+
+Deno.test({
+  name:
+    "webgpu WGSL: residual, column-scaled sum, LayerNorm gradient + residual, scaled gate gradient and the attention layouts equal the tfjs composition",
+  ignore: skip,
+  async fn() {
+    const { errs, refusals } = await child(["eval", FUSED_SOURCE], {
+      WEBGPU_CPU_FORWARD: "false",
+    });
+    assert.equal(Object.keys(errs).length, 3 * 4 + 2 + 3 * 6);
+    for (const [k, e] of Object.entries(errs) as [string, number][]) {
+      // The layouts move values and add the same bias tfjs adds: exact. The rest round as
+      // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5.
+      const tol = k.startsWith("head") ? 0 : 1e-5;
+      assert.ok(e <= tol, `${k}: relative error ${e} (tolerance ${tol})`);
+    }
+    assert.match(refusals[0], /residual: vector 4 must be \[3\]/);
+    assert.match(refusals[1], /head_slot: slot 3 \(0\.\.2\)/);
+    assert.match(refusals[2], /heads_to_rows: dq 2,1,3,4/);
+  },
+});
+
 // The tiled product against tf.matMul: a single element, odd sizes (not multiples of the tiles,
 // of 4 or of the K-tile), both vec4 and scalar loads, every transpose combination, a batch and
 // both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), all three tile shapes

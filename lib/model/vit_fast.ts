@@ -52,13 +52,17 @@ import { nativeOps } from "../native.ts";
 import {
   wgslGateBackward,
   wgslGateForward,
+  wgslHeadSlot,
+  wgslHeadsToRows,
   wgslKernelsEnabled,
   wgslLayerNormBackward,
   wgslLayerNormForward,
   wgslMatMul,
   wgslMatMulUsed,
+  wgslResidual,
   wgslRowsFit,
   wgslSoftmaxBackward,
+  wgslSumColumnScaled,
 } from "../webgpu_kernels.ts";
 import type { Block, LoraInput, Norm, TransformerShape, VitActivation } from "./transformer.ts";
 
@@ -357,16 +361,29 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
 /**
  * dx of y = x̂·γ + β, (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dy·γ: the fused
  * `DeerLayerNormGrad` when loaded, else `FusedBatchNormGradV3` on dx̂ (from the saved input, mean
- * and variance).
+ * and variance). With `residual`, `residual + dx` (the gradient of a residual connection around
+ * the norm's branch), added inside the WGSL kernel on webgpu.
  */
-function layerNormBackward(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], eps: number) {
+function layerNormBackward(
+  dy: tf.Tensor,
+  gamma: tf.Tensor,
+  saved: tf.Tensor[],
+  eps: number,
+  residual?: tf.Tensor,
+): tf.Tensor {
+  if (wgslRowsFit(dy.shape[dy.shape.length - 1])) {
+    const [x, stats] = saved;
+    return wgslLayerNormBackward(dy, x, stats, gamma, residual);
+  }
+  const dx = layerNormInputGrad(dy, gamma, saved, eps);
+  return residual ? tf.add(residual, dx) : dx;
+}
+
+/** {@link layerNormBackward} without the residual, on every backend but the WGSL kernels'. */
+function layerNormInputGrad(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[], eps: number) {
   if (nativeOps()) {
     const [x, mean, rstd] = saved;
     return runTfOp("DeerLayerNormGrad", [], {}, [dy, x, mean, rstd, gamma], 1)[0];
-  }
-  if (wgslRowsFit(dy.shape[dy.shape.length - 1])) {
-    const [x, stats] = saved;
-    return wgslLayerNormBackward(dy, x, stats, gamma);
   }
   if (portable()) {
     const [xhat, rstd] = saved;
@@ -452,16 +469,28 @@ interface BlockContext {
 }
 
 /**
- * q, k, v [heads, N, T, d_head] of h [N·T, width]: one product of h with the weight viewed per
+ * q [heads, N, tq, d_head] (the first `tq` tokens of each image: all T, or the class token), k
+ * and v [heads, N, T, d_head] of h [N·T, width]: one product of h with the weight viewed per
  * head, [3·heads, width, d_head] (h broadcast over the heads), so that the activations come out
- * head-major with no transpose of their own — only the small weight is transposed.
+ * head-major with no transpose of their own — only the small weight is transposed. On webgpu the
+ * bias and the split into q, k, v are one kernel per slot (`wgslHeadSlot`).
  */
-function headMajorQkv(h: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, ctx: BlockContext) {
+function headMajorQkv(
+  h: tf.Tensor,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  ctx: BlockContext,
+  tq: number,
+): tf.Tensor[] {
   const { n, t, cfg } = ctx;
   const dh = cfg.width / cfg.heads;
   const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
-  const qkv = tf.add(mm(h, perHead), bias);
-  return tf.unstack(tf.reshape(qkv, [3, cfg.heads, n, t, dh]));
+  const product = mm(h, perHead);
+  if (wgslKernelsEnabled()) {
+    return [0, 1, 2].map((j) => wgslHeadSlot(product, bias, j, n, j === 0 ? tq : t));
+  }
+  const [q, k, v] = tf.unstack(tf.reshape(tf.add(product, bias), [3, cfg.heads, n, t, dh]));
+  return [tq === t ? q : tf.slice(q, [0, 0, 0, 0], [cfg.heads, n, tq, dh]), k, v];
 }
 
 /**
@@ -510,8 +539,7 @@ function blockForward(
   keep: { saved: boolean; u: boolean },
 ): { out: tf.Tensor2D; saved: BlockSaved | null } {
   const { cfg, n, t } = ctx;
-  const { width, heads } = cfg;
-  const dh = width / heads;
+  const { width } = cfg;
   const ln1 = layerNormForward(x, w.ln1, cfg.lnEps);
   const h = ln1.y as tf.Tensor2D;
   // q | k | v = h·(W_qkv + Aᵀ·B̃) + b_qkv = h·W_qkv + s·(h·Aᵀ)·Bᵀ + b_qkv
@@ -519,8 +547,8 @@ function blockForward(
   // backward pass needs u = h·Aᵀ.
   const u = lora && keep.u ? mm(h, lora.A, false, true) as tf.Tensor2D : null;
   const weight = lora?.W ?? tf.mul(qkvWeight, w.colScale);
-  const [q, k, v] = headMajorQkv(h, weight, w.qkvBias, ctx);
-  const qs = classOnly ? tf.slice(q, [0, 0, 0, 0], [heads, n, 1, dh]) : q;
+  // qs: q of the rows the block outputs (the class token's alone with `classOnly`).
+  const [qs, k, v] = headMajorQkv(h, weight, w.qkvBias, ctx, classOnly ? 1 : t);
   let scores = mm(qs, k, false, true);
   if (ctx.keyBias) scores = tf.add(scores, ctx.keyBias);
   const p = tf.softmax(scores);
@@ -563,6 +591,7 @@ function blockForward(
  */
 function residualAdd(a: tf.Tensor, b: tf.Tensor, bias: tf.Tensor, scale: number): tf.Tensor {
   if (nativeOps()) return runTfOp("DeerResidual", [], { scale }, [a, b, bias], 1)[0];
+  if (wgslKernelsEnabled()) return wgslResidual(a, b, bias, scale);
   return tf.add(a, tf.add(scale === 1 ? b : tf.mul(b, scale), bias));
 }
 
@@ -637,22 +666,21 @@ function blockBackward(
 ): { dx: tf.Tensor | null; dA: tf.Tensor | null; dB: tf.Tensor | null } {
   const { cfg, n, t } = ctx;
   const { width } = cfg;
-  // MLP: out = x1 + c·(z·gate(z))·W_fc2 + b_fc2.
+  // MLP: out = x1 + c·(z·gate(z))·W_fc2 + b_fc2 (the WGSL gate gradient multiplies by c itself).
   const t2 = transposedMlp(cfg);
-  const dMlp = tf.mul(dOut, outputScale(cfg.act));
+  const wgsl = wgslKernelsEnabled();
+  const dMlp = wgsl ? dOut : tf.mul(dOut, outputScale(cfg.act));
   const dGated = t2 ? mm(w.fc2, dMlp, false, true) : mm(dMlp, w.fc2, false, true);
-  const dz = wgslKernelsEnabled()
-    ? wgslGateBackward(dGated, s.z, s.gate, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu")
+  const act = cfg.act === "quick_gelu" ? "quick_gelu" : "gelu";
+  const dz = wgsl
+    ? wgslGateBackward(dGated, s.z, s.gate, act, outputScale(cfg.act))
     : cfg.act === "quick_gelu"
     // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
     ? tf.mul(dGated, tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1)))
     // d/dz z·(1 + erf z) = (1 + erf z) + z·(2/√π)·exp(−z²)
     : geluBackward(dGated, s.z, s.gate);
   const dLn2 = mm(dz, w.fc1, t2, true);
-  const dx1 = tf.add(
-    dOut,
-    layerNormBackward(dLn2, w.ln2.weight, s.ln2, cfg.lnEps),
-  );
+  const dx1 = layerNormBackward(dLn2, w.ln2.weight, s.ln2, cfg.lnEps, dOut);
   // Attention: x1 = x + softmax(qs·kᵀ)·v·W_out + b_out.
   const dAttended = outTransposedToHeads(tf.reshape(dx1, [n, classOnly ? 1 : t, width]), w.out);
   const dp = mm(dAttended, s.v, false, true);
@@ -664,12 +692,15 @@ function blockBackward(
     ? runTfOp("DeerSoftmaxGrad", [], {}, [s.p, dp], 1)[0]
     : tf.mul(s.p, tf.sub(dp, tf.sum(tf.mul(dp, s.p), -1, true)));
   // Gradients at the scaled q|k|v (D is folded into the factors' gradients below).
-  let dq = mm(dScores, s.k);
+  const dq = mm(dScores, s.k);
   const dk = mm(dScores, s.qs, true, false);
-  if (classOnly) dq = tf.pad(dq, [[0, 0], [0, 0], [0, t - 1], [0, 0]]);
-  // Back to [N·T, 3·width]: the inverse of the head-major layout.
-  const dQkv = tf.reshape(
-    tf.transpose(tf.stack([dq, dk, dv]), [2, 3, 0, 1, 4]),
+  // Back to [N·T, 3·width]: the inverse of the head-major layout (q's rows beyond the class
+  // token zero with `classOnly`).
+  const dQkv = wgsl ? wgslHeadsToRows(dq, dk, dv) as tf.Tensor2D : tf.reshape(
+    tf.transpose(
+      tf.stack([classOnly ? tf.pad(dq, [[0, 0], [0, 0], [0, t - 1], [0, 0]]) : dq, dk, dv]),
+      [2, 3, 0, 1, 4],
+    ),
     [n * t, 3 * width],
   ) as tf.Tensor2D;
   // (h·Aᵀ)·B̃·D: dB̃ = (uᵀ·dQkv)·D, dA = (dQkv·(B̃D)ᵀ)ᵀ·h.
@@ -677,14 +708,13 @@ function blockBackward(
   const dA = want.A ? mm(mm(dQkv, lora.B, false, true), s.h, true, false) : null;
   if (!needInput) return { dx: null, dA, dB };
   const dh1 = mm(dQkv, lora.W, false, true);
-  const dLn1 = layerNormBackward(dh1, w.ln1.weight, s.ln1, cfg.lnEps);
   const dResidual = classOnly
     ? tf.reshape(tf.pad(tf.reshape(dx1, [n, 1, width]), [[0, 0], [0, t - 1], [0, 0]]), [
       n * t,
       width,
     ])
     : dx1;
-  return { dx: tf.add(dLn1, dResidual), dA, dB };
+  return { dx: layerNormBackward(dh1, w.ln1.weight, s.ln1, cfg.lnEps, dResidual), dA, dB };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -806,7 +836,9 @@ export function frozenBlocksForward(
       return {
         A,
         B: tf.mul(B, D) as tf.Tensor2D,
-        W: tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D) as tf.Tensor2D,
+        W: (wgslKernelsEnabled()
+          ? wgslSumColumnScaled(frozenQkv[i], mm(A, B, true, false), D)
+          : tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D)) as tf.Tensor2D,
       };
     });
   };
