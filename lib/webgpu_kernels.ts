@@ -117,24 +117,35 @@ fn deerErf(a : f32) -> f32 {
 fn deerSigmoid(a : f32) -> f32 { return 1.0 / (1.0 + exp(-a)); }
 `;
 
+/**
+ * The gate's bodies, reading z as `z` (`Z[index]`, or with `bias` that plus the row vector C
+ * broadcast over Z's rows: the fc1 bias, added here instead of in a kernel of its own).
+ * SCALE: a constant factor on d in the gradients (the MLP's output scale, folded in by the fast
+ * path).
+ */
+function gateBodies(suffix: string, z: string, bias: string[]) {
+  const log2OverSqrtPi = Math.log(2 / Math.sqrt(Math.PI));
+  return {
+    [`gelu_gate${suffix}`]: { inputs: ["Z", ...bias], body: `let r = 1.0 + deerErf(${z});` },
+    [`quick_gate${suffix}`]: { inputs: ["Z", ...bias], body: `let r = deerSigmoid(${z});` },
+    [`act${suffix}`]: { inputs: ["Z", "G", ...bias], body: `let r = ${z} * G[index];` },
+    [`gelu_grad${suffix}`]: {
+      inputs: ["D", "Z", "G", ...bias],
+      body: `let z = ${z};
+      let r = (SCALE * D[index]) * (G[index] + z * exp(${log2OverSqrtPi} - z * z));`,
+    },
+    [`quick_grad${suffix}`]: {
+      inputs: ["D", "Z", "G", ...bias],
+      body: `let g = G[index];
+      let r = (SCALE * D[index]) * g * (1.0 + ${z} * (1.0 - g));`,
+    },
+  };
+}
+
 /** Per-element bodies; inputs are named by `variableNames`, the result is `r`. */
 const BODIES: Record<string, { inputs: string[]; body: string }> = {
-  gelu_gate: { inputs: ["Z"], body: "let r = 1.0 + deerErf(Z[index]);" },
-  quick_gate: { inputs: ["Z"], body: "let r = deerSigmoid(Z[index]);" },
-  act: { inputs: ["Z", "G"], body: "let r = Z[index] * G[index];" },
-  // SCALE: a constant factor on d (the MLP's output scale, folded in by the fast path).
-  gelu_grad: {
-    inputs: ["D", "Z", "G"],
-    body: `let z = Z[index];
-      let r = (SCALE * D[index]) * (G[index] + z * exp(${
-      Math.log(2 / Math.sqrt(Math.PI))
-    } - z * z));`,
-  },
-  quick_grad: {
-    inputs: ["D", "Z", "G"],
-    body: `let g = G[index];
-      let r = (SCALE * D[index]) * g * (1.0 + Z[index] * (1.0 - g));`,
-  },
+  ...gateBodies("", "Z[index]", []),
+  ...gateBodies("_bias", "(Z[index] + C[index % W])", ["C"]),
   // Row vectors C [W] broadcast over the rows of A and B [rows, W] (column `index % W`).
   residual: {
     inputs: ["A", "B", "C"],
@@ -366,17 +377,29 @@ function dispatch(
 }
 
 /**
- * `[act, gate]` of GELU (`gate = 1 + erf z`) or QuickGELU (`gate = σ(z)`) in two kernels.
+ * `[act, gate]` of GELU (`gate = 1 + erf z`) or QuickGELU (`gate = σ(z)`) in two kernels; with
+ * `bias` ([width], broadcast over z's rows), of `z + bias`, added inside both kernels.
  *
  * Only on the `webgpu` backend, e.g. `const [act, gate] = wgslGateForward(tf.tensor1d([-1, 0, 1]), "gelu");` (see tests/webgpu_wgsl.test.ts).
  */
-export function wgslGateForward(z: tf.Tensor, act: "gelu" | "quick_gelu"): [tf.Tensor, tf.Tensor] {
-  const gate = run(act === "gelu" ? "gelu_gate" : "quick_gate", [z]);
-  return [run("act", [z, gate]), gate];
+export function wgslGateForward(
+  z: tf.Tensor,
+  act: "gelu" | "quick_gelu",
+  bias?: tf.Tensor,
+): [tf.Tensor, tf.Tensor] {
+  const kind = act === "gelu" ? "gelu_gate" : "quick_gate";
+  if (!bias) {
+    const gate = run(kind, [z]);
+    return [run("act", [z, gate]), gate];
+  }
+  const width = checkRowVector("gate", z, bias);
+  const gate = run(`${kind}_bias`, [z, bias], { width });
+  return [run("act_bias", [z, gate, bias], { width }), gate];
 }
 
 /**
- * The gradient at z of `z·gate(z)` given `d` at it, from the saved gate, in one kernel.
+ * The gradient at z of `scale·z·gate(z)` given `d` at it, from the saved gate, in one kernel;
+ * with `bias`, at `z + bias` (z as {@link wgslGateForward} took it).
  *
  * Only on the `webgpu` backend, e.g. `const dz = wgslGateBackward(d, z, gate, "gelu");` (see tests/webgpu_wgsl.test.ts).
  */
@@ -386,11 +409,14 @@ export function wgslGateBackward(
   gate: tf.Tensor,
   act: "gelu" | "quick_gelu",
   scale = 1,
+  bias?: tf.Tensor,
 ): tf.Tensor {
   if (!tf.util.arraysEqual(d.shape, z.shape) || !tf.util.arraysEqual(gate.shape, z.shape)) {
     throw new Error(`webgpu_kernels: d ${d.shape}, z ${z.shape}, gate ${gate.shape} must agree`);
   }
-  return run(act === "gelu" ? "gelu_grad" : "quick_grad", [d, z, gate], { scale });
+  const kind = act === "gelu" ? "gelu_grad" : "quick_grad";
+  if (!bias) return run(kind, [d, z, gate], { scale });
+  return run(`${kind}_bias`, [d, z, gate, bias], { scale, width: checkRowVector("gate", z, bias) });
 }
 
 /** Checks that `v` is a vector as long as the last axis of `x`, for the row-vector kernels. */

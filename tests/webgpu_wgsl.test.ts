@@ -89,7 +89,8 @@ Deno.test({
 
 // The kernels that fuse the block's small steps, against the tfjs composition they replace: row
 // vectors broadcast over rows (a single element, odd widths, a long row), the LayerNorm gradient
-// plus a residual, the gate gradient with the MLP's output scale folded in, and the attention's
+// plus a residual, the gate gradient with the MLP's output scale folded in, the gate with the
+// fc1 bias added inside, and the attention's
 // layouts (q, k, v out of the head-major product; their gradients back to rows), which move data
 // only and must be exact.
 const FUSED_SOURCE = `
@@ -119,10 +120,16 @@ for (const [rows, w] of [[1, 1], [37, 129], [3, 16384]]) {
   await rel("lnGradResidual." + rows + "x" + w, wgslLayerNormBackward(b, a, stats, c, r), tf.add(r, plain));
 }
 for (const act of ["gelu", "quick_gelu"]) {
-  const z = rnd([37, 129]), d = rnd([37, 129]);
-  const [, g] = wgslGateForward(z, act);
+  const z = rnd([37, 129]), d = rnd([37, 129]), bias = rnd([129]);
+  const [a, g] = wgslGateForward(z, act);
   const want = wgslGateBackward(tf.mul(d, Math.SQRT1_2), z, g, act);
   await rel("gateGradScaled." + act, wgslGateBackward(d, z, g, act, Math.SQRT1_2), want);
+  // The fc1 bias added inside the gate kernels: as if z + bias had been passed.
+  const [aBias, gBias] = wgslGateForward(tf.sub(z, bias), act, bias);
+  await rel("gateBias.act." + act, aBias, a);
+  await rel("gateBias.gate." + act, gBias, g);
+  const dzBias = wgslGateBackward(d, tf.sub(z, bias), g, act, Math.SQRT1_2, bias);
+  await rel("gateBias.grad." + act, dzBias, wgslGateBackward(d, z, g, act, Math.SQRT1_2));
 }
 for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) {
   const key = [heads, n, t, dh].join("x");
@@ -152,16 +159,17 @@ console.log(JSON.stringify({ errs, refusals }));
 
 Deno.test({
   name:
-    "webgpu WGSL: residual, column-scaled sum, LayerNorm gradient + residual, scaled gate gradient and the attention layouts equal the tfjs composition",
+    "webgpu WGSL: residual, column-scaled sum, LayerNorm gradient + residual, scaled gate gradient, gate with its bias and the attention layouts equal the tfjs composition",
   ignore: skip,
   async fn() {
     const { errs, refusals } = await child(["eval", FUSED_SOURCE], {
       WEBGPU_CPU_FORWARD: "false",
     });
-    assert.equal(Object.keys(errs).length, 3 * 4 + 2 + 3 * 6);
+    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 6);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // The layouts move values and add the same bias tfjs adds: exact. The rest round as
-      // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5.
+      // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5 (the
+      // gate's bias: (z − b) + b is z to a rounding).
       const tol = k.startsWith("head") ? 0 : 1e-5;
       assert.ok(e <= tol, `${k}: relative error ${e} (tolerance ${tol})`);
     }

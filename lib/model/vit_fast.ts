@@ -434,6 +434,7 @@ interface BlockSaved {
   p: tf.Tensor;
   /** ln_2's saved state. */
   ln2: tf.Tensor[];
+  /** The MLP's pre-activation (before b_fc1 is added where the WGSL gate kernels add it). */
   z: tf.Tensor;
   /** 1 + erf z (GELU) or σ(z) (QuickGELU). */
   gate: tf.Tensor;
@@ -560,9 +561,12 @@ function blockForward(
   // [mlp, rows] in the transposed layout.
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
-  const z = tf.add(mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2), w.fc1Bias);
-  const [gated, gate] = wgslKernelsEnabled()
-    ? wgslGateForward(z, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu")
+  // The WGSL gate kernels add b_fc1 themselves (z is then kept without it).
+  const wgsl = wgslKernelsEnabled();
+  const product = mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2);
+  const z = wgsl ? product : tf.add(product, w.fc1Bias);
+  const [gated, gate] = wgsl
+    ? wgslGateForward(z, cfg.act === "quick_gelu" ? "quick_gelu" : "gelu", w.fc1Bias)
     : cfg.act === "quick_gelu"
     ? quickGeluForward(z)
     : geluForward(z);
@@ -673,7 +677,7 @@ function blockBackward(
   const dGated = t2 ? mm(w.fc2, dMlp, false, true) : mm(dMlp, w.fc2, false, true);
   const act = cfg.act === "quick_gelu" ? "quick_gelu" : "gelu";
   const dz = wgsl
-    ? wgslGateBackward(dGated, s.z, s.gate, act, outputScale(cfg.act))
+    ? wgslGateBackward(dGated, s.z, s.gate, act, outputScale(cfg.act), w.fc1Bias)
     : cfg.act === "quick_gelu"
     // d/dz z·σ(z) = σ·(1 + z·(1 − σ))
     ? tf.mul(dGated, tf.mul(s.gate, tf.add(tf.mul(s.z, tf.sub(1, s.gate)), 1)))
