@@ -19,11 +19,13 @@
  *   instead of about nine; with a residual gradient added, still one), and the softmax backward
  *   `y·(g − Σ g·y)` (one instead of four).
  * * The block's small steps: a residual connection `a + (b·s + bias)` (one kernel instead of two
- *   or three), the adapted weight `(W + Aᵀ·B̃)·D` (one instead of two), the gate gradient with the
- *   MLP's output scale folded in (no separate scaling of the incoming gradient), q, k and v with
- *   their bias out of the head-major product (one kernel each instead of a bias addition and three
- *   slices), and their gradients back to rows `[N·T, 3·width]` (one instead of a stack and a
- *   transpose). The layouts move values only and equal the tfjs composition exactly.
+ *   or three), the gate and its gradient with the fc1 bias added inside and the MLP's output scale
+ *   folded in, q, k and v with their bias out of the head-major product, q scaled by 1/√d_head
+ *   there (one kernel each instead of a bias addition and three slices; the adapted weight and B̃
+ *   then need no column scaling), and their gradients back to rows `[N·T, 3·width]` (one instead
+ *   of a stack and a transpose), q's scaled back. The layouts move (and scale) values only.
+ * * The matrix product may add a tensor of its output's shape as it stores (`wgslMatMulAdd`): the
+ *   adapted weight `W_qkv + Aᵀ·B̃` in one kernel.
  *
  * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
  *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
@@ -146,14 +148,10 @@ function gateBodies(suffix: string, z: string, bias: string[]) {
 const BODIES: Record<string, { inputs: string[]; body: string }> = {
   ...gateBodies("", "Z[index]", []),
   ...gateBodies("_bias", "(Z[index] + C[index % W])", ["C"]),
-  // Row vectors C [W] broadcast over the rows of A and B [rows, W] (column `index % W`).
+  // A row vector C [W] broadcast over the rows of A and B [rows, W] (column `index % W`).
   residual: {
     inputs: ["A", "B", "C"],
     body: "let r = A[index] + (B[index] * SCALE + C[index % W]);",
-  },
-  sum_col_scaled: {
-    inputs: ["A", "B", "C"],
-    body: "let r = (A[index] + B[index]) * C[index % W];",
   },
 };
 
@@ -447,19 +445,6 @@ export function wgslResidual(
   return run("residual", [a, b, bias], { scale, width });
 }
 
-/**
- * `(a + b)·d` with `d` [width] scaling the columns of a and b, in one kernel (instead of two):
- * the fast path's adapted `(W_qkv + Aᵀ·B̃)·D`.
- *
- * Only on the `webgpu` backend, e.g. `const w = wgslSumColumnScaled(frozen, update, colScale);` (see tests/webgpu_wgsl.test.ts).
- */
-export function wgslSumColumnScaled(a: tf.Tensor, b: tf.Tensor, d: tf.Tensor): tf.Tensor {
-  if (!tf.util.arraysEqual(a.shape, b.shape)) {
-    throw new Error(`webgpu_kernels sum_col_scaled: a ${a.shape} and b ${b.shape} must agree`);
-  }
-  return run("sum_col_scaled", [a, b, d], { width: checkRowVector("sum_col_scaled", a, d) });
-}
-
 // ---------------------------------------------------------------------------------------------
 // The attention's layouts
 
@@ -492,12 +477,14 @@ function layoutProgram(
 }
 
 const int32 = (v: number): ProgramUniform => ({ type: "int32", data: [v] });
+const float32 = (v: number): ProgramUniform => ({ type: "float32", data: [v] });
 
 /**
- * Slot `j` (0 q, 1 k, 2 v) of the head-major product `qkv` [3·heads, N·T, d_head] plus its bias
- * [3·heads, 1, d_head], as [heads, N, tq, d_head]: the first `tq` tokens of each of the `n` images
- * (T for all of them, 1 for the class token alone). One kernel per slot instead of the bias
- * addition and a slice per slot (and the class token's slice of q).
+ * Slot `j` (0 q, 1 k, 2 v) of the head-major product `qkv` [3·heads, N·T, d_head] times `scale`
+ * plus its bias [3·heads, 1, d_head], as [heads, N, tq, d_head]: the first `tq` tokens of each of
+ * the `n` images (T for all of them, 1 for the class token alone). One kernel per slot instead of
+ * the bias addition and a slice per slot (and the class token's slice of q); the fast path scales
+ * q by 1/√d_head here rather than in its weight.
  *
  * Only on the `webgpu` backend, e.g. `const k = wgslHeadSlot(qkv, bias, 1, n, t);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -507,6 +494,7 @@ export function wgslHeadSlot(
   j: number,
   n: number,
   tq: number,
+  scale = 1,
 ): tf.Tensor {
   const [h3, rows, dh] = qkv.shape;
   const t = rows / n;
@@ -527,27 +515,35 @@ export function wgslHeadSlot(
       `head_slot_${heads}_${dh}`,
       ["X", "C"],
       [heads, n, tq, dh],
-      "N : i32, T : i32, TQ : i32, J : i32,",
+      "N : i32, T : i32, TQ : i32, J : i32, S : f32,",
       `let d = index % ${dh};
           let r1 = index / ${dh};
           let tt = r1 % uniforms.TQ;
           let r2 = r1 / uniforms.TQ;
           let nn = r2 % uniforms.N;
           let h = uniforms.J * ${heads} + r2 / uniforms.N;
-          let r = X[((h * uniforms.N + nn) * uniforms.T + tt) * ${dh} + d] + C[h * ${dh} + d];`,
+          let x = X[((h * uniforms.N + nn) * uniforms.T + tt) * ${dh} + d];
+          let r = x * uniforms.S + C[h * ${dh} + d];`,
     );
-  return dispatch("HeadSlot", [qkv, bias], 0, make, [n, t, tq, j].map(int32));
+  const uniforms = [...[n, t, tq, j].map(int32), float32(scale)];
+  return dispatch("HeadSlot", [qkv, bias], 0, make, uniforms);
 }
 
 /**
  * The gradients at q [heads, N, tq, d_head] (tq = T, or 1: the class token's rows alone, the
- * other rows' gradients zero), k and v [heads, N, T, d_head] as rows [N·T, 3·width]
- * (width = heads·d_head), q | k | v side by side: the inverse of the head-major layout, in one
- * kernel instead of a stack and a transpose (and the zero padding of q).
+ * other rows' gradients zero) times `qScale`, at k and v [heads, N, T, d_head] as rows
+ * [N·T, 3·width] (width = heads·d_head), q | k | v side by side: the inverse of the head-major
+ * layout, in one kernel instead of a stack and a transpose (and the zero padding of q).
+ * `qScale` carries the gradient through {@link wgslHeadSlot}'s scaling of q.
  *
  * Only on the `webgpu` backend, e.g. `const dQkv = wgslHeadsToRows(dq, dk, dv);` (see tests/webgpu_wgsl.test.ts).
  */
-export function wgslHeadsToRows(dq: tf.Tensor, dk: tf.Tensor, dv: tf.Tensor): tf.Tensor {
+export function wgslHeadsToRows(
+  dq: tf.Tensor,
+  dk: tf.Tensor,
+  dv: tf.Tensor,
+  qScale = 1,
+): tf.Tensor {
   const [heads, n, t, dh] = dk.shape as number[];
   const tq = dq.shape[2] as number;
   if (
@@ -564,7 +560,7 @@ export function wgslHeadsToRows(dq: tf.Tensor, dk: tf.Tensor, dv: tf.Tensor): tf
       `heads_to_rows_${heads}_${dh}`,
       ["Q", "K", "V"],
       [n * t, 3 * width],
-      "N : i32, T : i32, TQ : i32,",
+      "N : i32, T : i32, TQ : i32, QS : f32,",
       `let col = index % ${3 * width};
           let row = index / ${3 * width};
           let slot = col / ${width};
@@ -575,14 +571,17 @@ export function wgslHeadsToRows(dq: tf.Tensor, dk: tf.Tensor, dv: tf.Tensor): tf
           let at = (h * uniforms.N + nn) * uniforms.T + tt;
           var r = 0.0;
           if (slot == 0) {
-            if (tt < uniforms.TQ) { r = Q[((h * uniforms.N + nn) * uniforms.TQ + tt) * ${dh} + d]; }
+            if (tt < uniforms.TQ) {
+              r = Q[((h * uniforms.N + nn) * uniforms.TQ + tt) * ${dh} + d] * uniforms.QS;
+            }
           } else if (slot == 1) {
             r = K[at * ${dh} + d];
           } else {
             r = V[at * ${dh} + d];
           }`,
     );
-  return dispatch("HeadsToRows", [dq, dk, dv], 0, make, [n, t, tq].map(int32));
+  const uniforms = [...[n, t, tq].map(int32), float32(qScale)];
+  return dispatch("HeadsToRows", [dq, dk, dv], 0, make, uniforms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,6 +709,7 @@ function matMulSource(
   vb: boolean,
   vo: boolean,
   prefetch: boolean,
+  addend: boolean,
 ): string {
   const tm = 16 * rm, groups = rm / 4, tmq = tm / 4, tn = 64 * cn, tnq = tn / 4;
   // One load per entry: its position in the tile (`pos`, from localIndex), its global position
@@ -882,9 +882,13 @@ function matMulSource(
     fn store(rowOff : i32, gn : i32, v : vec4<f32>) {
       ${
     vo
-      ? "if (gn < uniforms.N) { result[(rowOff + gn) / 4] = v; }"
+      ? `if (gn < uniforms.N) { result[(rowOff + gn) / 4] = v${
+        addend ? " + C[(rowOff + gn) / 4]" : ""
+      }; }`
       : [0, 1, 2, 3].map((j) =>
-        `if (gn + ${j} < uniforms.N) { result[rowOff + gn + ${j}] = v[${j}]; }`
+        `if (gn + ${j} < uniforms.N) { result[rowOff + gn + ${j}] = v[${j}]${
+          addend ? ` + C[rowOff + gn + ${j}]` : ""
+        }; }`
       ).join("\n      ")
   }
     }
@@ -951,8 +955,46 @@ export function wgslMatMul(
   b: tf.Tensor,
   ta = false,
   tb = false,
-  tile: MatMulTile = (Deno.env.get("DEER_WGSL_MM_TILE") as MatMulTile | undefined) ?? "64x64",
-  prefetch: boolean = Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0",
+  tile: MatMulTile = defaultTile(),
+  prefetch: boolean = defaultPrefetch(),
+): tf.Tensor {
+  return matMulKernel(a, b, null, ta, tb, tile, prefetch);
+}
+
+/**
+ * `c + a·b` in one `DeerWgsl_MatMul` kernel: {@link wgslMatMul} with `c` (the product's shape)
+ * added as each output is stored, instead of in an element-wise kernel after it.
+ *
+ * Only on the `webgpu` backend, e.g. `const w = wgslMatMulAdd(lora, factor, frozen, true);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslMatMulAdd(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  c: tf.Tensor,
+  ta = false,
+  tb = false,
+  tile: MatMulTile = defaultTile(),
+  prefetch: boolean = defaultPrefetch(),
+): tf.Tensor {
+  return matMulKernel(a, b, c, ta, tb, tile, prefetch);
+}
+
+function defaultTile(): MatMulTile {
+  return (Deno.env.get("DEER_WGSL_MM_TILE") as MatMulTile | undefined) ?? "64x64";
+}
+
+function defaultPrefetch(): boolean {
+  return Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0";
+}
+
+function matMulKernel(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  c: tf.Tensor | null,
+  ta: boolean,
+  tb: boolean,
+  tile: MatMulTile,
+  prefetch: boolean,
 ): tf.Tensor {
   const plan = matMulPlan(a, b, ta, tb);
   if (typeof plan === "string") {
@@ -972,25 +1014,33 @@ export function wgslMatMul(
   // Only 128×128 prefetches (the other tiles are unchanged by the flag).
   const pf = cn === 2 && prefetch;
   const { m, n, k, batch, strideA, strideB, outShape } = plan;
+  if (c && !tf.util.arraysEqual(c.shape, outShape)) {
+    throw new Error(
+      `webgpu_kernels matMul: the addend ${c.shape} must have the product's shape ${outShape}`,
+    );
+  }
   // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
   const r = outShape.length;
   const make = (): Program => ({
-    variableNames: ["A", "B"],
+    variableNames: c ? ["A", "B", "C"] : ["A", "B"],
     outputShape: outShape,
-    shaderKey: `deer_matmul_${rm}x${cn}${pf ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}`,
+    shaderKey: `deer_matmul_${rm}x${cn}${pf ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}${
+      c ? "_add" : ""
+    }`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
     dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
     size: false,
     uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
-    variableComponents: [va ? 4 : 1, vb ? 4 : 1],
+    // The addend is read as the output is written.
+    variableComponents: [va ? 4 : 1, vb ? 4 : 1, ...(c ? [vo ? 4 : 1] : [])],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf, c !== null),
   });
   const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
     type: "int32",
     data: [v],
   }));
-  return dispatch("MatMul", [a, b], 0, make, uniforms);
+  return dispatch("MatMul", c ? [a, b, c] : [a, b], 0, make, uniforms);
 }

@@ -58,11 +58,11 @@ import {
   wgslLayerNormBackward,
   wgslLayerNormForward,
   wgslMatMul,
+  wgslMatMulAdd,
   wgslMatMulUsed,
   wgslResidual,
   wgslRowsFit,
   wgslSoftmaxBackward,
-  wgslSumColumnScaled,
 } from "../webgpu_kernels.ts";
 import type { Block, LoraInput, Norm, TransformerShape, VitActivation } from "./transformer.ts";
 
@@ -311,6 +311,15 @@ function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
 }
 
 /**
+ * `c + a·b` (c the product's shape) on webgpu in one kernel: `DeerWgsl_MatMul` storing with the
+ * addend, or tfjs' fused product with c as its bias.
+ */
+function mmAdd(a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, ta = false, tb = false): tf.Tensor {
+  if (wgslMatMulUsed(a, b, ta, tb)) return wgslMatMulAdd(a, b, c, ta, tb);
+  return tf.fused.matMul({ a, b, transposeA: ta, transposeB: tb, bias: c });
+}
+
+/**
  * LayerNorm over the last axis (biased variance, as PyTorch): the fused `DeerLayerNorm` when
  * loaded; else TensorFlow's `FusedBatchNormV3` in training mode on x viewed as NCHW
  * [1, rows, width, 1] — each row is a channel, normalised over its `width` values — which is one
@@ -411,13 +420,15 @@ function layerNormInputGrad(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[],
 /**
  * One block's LoRA factors: A_q|A_k|A_v [3r, width], s·B block-diagonal B̃ [3r, 3·width] times
  * the column scale D (`BlockViews.colScale`), and the scaled adapted weight
- * (W_qkv (+ Rᵀ) + Aᵀ·B̃)·D [width, 3·width] the forward pass multiplies with.
+ * (W_qkv (+ Rᵀ) + Aᵀ·B̃)·D [width, 3·width] the forward pass multiplies with. With the WGSL
+ * kernels, D is applied to q by the layout kernels instead (`wgslHeadSlot`, and its gradient by
+ * `wgslHeadsToRows`): B and W are then without it, B̃ and W_qkv (+ Rᵀ) + Aᵀ·B̃.
  */
 interface BlockFactors {
   A: tf.Tensor2D;
-  /** B̃·D. */
+  /** B̃·D (B̃ with the WGSL kernels). */
   B: tf.Tensor2D;
-  /** (W_qkv + Aᵀ·B̃)·D. */
+  /** (W_qkv + Aᵀ·B̃)·D (W_qkv + Aᵀ·B̃ with the WGSL kernels). */
   W: tf.Tensor2D;
 }
 
@@ -488,7 +499,11 @@ function headMajorQkv(
   const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
   const product = mm(h, perHead);
   if (wgslKernelsEnabled()) {
-    return [0, 1, 2].map((j) => wgslHeadSlot(product, bias, j, n, j === 0 ? tq : t));
+    // The weight is without D here (BlockFactors): q is scaled by 1/√d_head as it is cut out.
+    const qScale = 1 / Math.sqrt(dh);
+    return [0, 1, 2].map((j) =>
+      wgslHeadSlot(product, bias, j, n, j === 0 ? tq : t, j === 0 ? qScale : 1)
+    );
   }
   const [q, k, v] = tf.unstack(tf.reshape(tf.add(product, bias), [3, cfg.heads, n, t, dh]));
   return [tq === t ? q : tf.slice(q, [0, 0, 0, 0], [cfg.heads, n, tq, dh]), k, v];
@@ -547,7 +562,8 @@ function blockForward(
   // (docs/method.md#lora-on-a-frozen-clip-image-tower), with q scaled by 1/√d_head through D; the
   // backward pass needs u = h·Aᵀ.
   const u = lora && keep.u ? mm(h, lora.A, false, true) as tf.Tensor2D : null;
-  const weight = lora?.W ?? tf.mul(qkvWeight, w.colScale);
+  const wgsl = wgslKernelsEnabled();
+  const weight = lora?.W ?? (wgsl ? qkvWeight : tf.mul(qkvWeight, w.colScale));
   // qs: q of the rows the block outputs (the class token's alone with `classOnly`).
   const [qs, k, v] = headMajorQkv(h, weight, w.qkvBias, ctx, classOnly ? 1 : t);
   let scores = mm(qs, k, false, true);
@@ -562,7 +578,6 @@ function blockForward(
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
   const t2 = transposedMlp(cfg);
   // The WGSL gate kernels add b_fc1 themselves (z is then kept without it).
-  const wgsl = wgslKernelsEnabled();
   const product = mm(t2 ? w.fc1 : ln2.y, t2 ? ln2.y : w.fc1, t2, t2);
   const z = wgsl ? product : tf.add(product, w.fc1Bias);
   const [gated, gate] = wgsl
@@ -700,15 +715,23 @@ function blockBackward(
   const dk = mm(dScores, s.qs, true, false);
   // Back to [N·T, 3·width]: the inverse of the head-major layout (q's rows beyond the class
   // token zero with `classOnly`).
-  const dQkv = wgsl ? wgslHeadsToRows(dq, dk, dv) as tf.Tensor2D : tf.reshape(
-    tf.transpose(
-      tf.stack([classOnly ? tf.pad(dq, [[0, 0], [0, 0], [0, t - 1], [0, 0]]) : dq, dk, dv]),
-      [2, 3, 0, 1, 4],
-    ),
-    [n * t, 3 * width],
-  ) as tf.Tensor2D;
-  // (h·Aᵀ)·B̃·D: dB̃ = (uᵀ·dQkv)·D, dA = (dQkv·(B̃D)ᵀ)ᵀ·h.
-  const dB = want.B ? tf.mul(mm(s.u, dQkv, true, false), w.colScale) : null;
+  // With the WGSL kernels, D's scaling of q is applied here: dQkv is then the gradient at the
+  // unscaled q|k|v, and B, W are without D (BlockFactors).
+  const dQkv = wgsl
+    ? wgslHeadsToRows(dq, dk, dv, 1 / Math.sqrt(width / cfg.heads)) as tf.Tensor2D
+    : tf.reshape(
+      tf.transpose(
+        tf.stack([classOnly ? tf.pad(dq, [[0, 0], [0, 0], [0, t - 1], [0, 0]]) : dq, dk, dv]),
+        [2, 3, 0, 1, 4],
+      ),
+      [n * t, 3 * width],
+    ) as tf.Tensor2D;
+  // (h·Aᵀ)·B̃·D: dB̃ = (uᵀ·dQkv)·D, dA = (dQkv·(B̃D)ᵀ)ᵀ·h (D already in dQkv with the kernels).
+  const dB = !want.B
+    ? null
+    : wgsl
+    ? mm(s.u, dQkv, true, false)
+    : tf.mul(mm(s.u, dQkv, true, false), w.colScale);
   const dA = want.A ? mm(mm(dQkv, lora.B, false, true), s.h, true, false) : null;
   if (!needInput) return { dx: null, dA, dB };
   const dh1 = mm(dQkv, lora.W, false, true);
@@ -837,12 +860,12 @@ export function frozenBlocksForward(
     return a.map((A, i) => {
       const B = b[i] as tf.Tensor2D;
       const D = blockWeights[i].colScale;
+      // With the WGSL kernels D is applied in the layouts, and the sum is the product's epilogue.
+      if (wgslKernelsEnabled()) return { A, B, W: mmAdd(A, B, frozenQkv[i], true) as tf.Tensor2D };
       return {
         A,
         B: tf.mul(B, D) as tf.Tensor2D,
-        W: (wgslKernelsEnabled()
-          ? wgslSumColumnScaled(frozenQkv[i], mm(A, B, true, false), D)
-          : tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D)) as tf.Tensor2D,
+        W: tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D) as tf.Tensor2D,
       };
     });
   };
