@@ -20,10 +20,11 @@
  *   `y·(g − Σ g·y)` (one instead of four).
  * * The block's small steps: a residual connection `a + (b·s + bias)` (one kernel instead of two
  *   or three), the gate and its gradient with the fc1 bias added inside and the MLP's output scale
- *   folded in, q, k and v with their bias out of the head-major product, q scaled by 1/√d_head
- *   there (one kernel each instead of a bias addition and three slices; the adapted weight and B̃
- *   then need no column scaling), and their gradients back to rows `[N·T, 3·width]` (one instead
- *   of a stack and a transpose), q's scaled back. The layouts move (and scale) values only.
+ *   folded in, q, k and v head-major with their bias out of the rows h·W_qkv, q scaled by
+ *   1/√d_head there (one kernel each instead of a transpose of the weight, a bias addition and
+ *   three slices; the adapted weight and B̃ then need no column scaling), and their gradients back
+ *   to rows `[N·T, 3·width]` (one instead of a stack and a transpose), q's scaled back. The layouts
+ *   move (and scale) values only.
  * * The matrix product may add a tensor of its output's shape as it stores (`wgslMatMulAdd`): the
  *   adapted weight `W_qkv + Aᵀ·B̃` in one kernel.
  *
@@ -480,11 +481,12 @@ const int32 = (v: number): ProgramUniform => ({ type: "int32", data: [v] });
 const float32 = (v: number): ProgramUniform => ({ type: "float32", data: [v] });
 
 /**
- * Slot `j` (0 q, 1 k, 2 v) of the head-major product `qkv` [3·heads, N·T, d_head] times `scale`
- * plus its bias [3·heads, 1, d_head], as [heads, N, tq, d_head]: the first `tq` tokens of each of
- * the `n` images (T for all of them, 1 for the class token alone). One kernel per slot instead of
- * the bias addition and a slice per slot (and the class token's slice of q); the fast path scales
- * q by 1/√d_head here rather than in its weight.
+ * Slot `j` (0 q, 1 k, 2 v) of the rows `qkv` [N·T, 3·width] (h·W_qkv, q | k | v side by side)
+ * times `scale` plus its bias [3·heads, 1, d_head], head-major as [heads, N, tq, d_head]: the first
+ * `tq` tokens of each of the `n` images (T for all of them, 1 for the class token alone). One
+ * kernel per slot instead of a transpose of the weight to heads (for a batched product), the bias
+ * addition and a slice per slot (and the class token's slice of q); the fast path scales q by
+ * 1/√d_head here rather than in its weight.
  *
  * Only on the `webgpu` backend, e.g. `const k = wgslHeadSlot(qkv, bias, 1, n, t);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -496,13 +498,16 @@ export function wgslHeadSlot(
   tq: number,
   scale = 1,
 ): tf.Tensor {
-  const [h3, rows, dh] = qkv.shape;
-  const t = rows / n;
-  if (qkv.rank !== 3 || h3 % 3 !== 0 || !Number.isInteger(t)) {
-    throw new Error(`webgpu_kernels head_slot: qkv ${qkv.shape} is not [3·heads, ${n}·T, d_head]`);
+  const [h3, one, dh] = bias.shape as number[];
+  if (bias.rank !== 3 || one !== 1 || h3 % 3 !== 0) {
+    throw new Error(`webgpu_kernels head_slot: bias ${bias.shape} is not [3·heads, 1, d_head]`);
   }
-  if (!tf.util.arraysEqual(bias.shape, [h3, 1, dh])) {
-    throw new Error(`webgpu_kernels head_slot: bias ${bias.shape} must be [${h3}, 1, ${dh}]`);
+  const [rows, cols] = qkv.shape as number[];
+  const t = rows / n;
+  if (qkv.rank !== 2 || cols !== h3 * dh || !Number.isInteger(t)) {
+    throw new Error(
+      `webgpu_kernels head_slot: qkv ${qkv.shape} is not [${n}·T, ${h3 * dh}] (bias ${bias.shape})`,
+    );
   }
   if (![0, 1, 2].includes(j) || !Number.isInteger(tq) || tq < 1 || tq > t) {
     throw new Error(
@@ -521,9 +526,9 @@ export function wgslHeadSlot(
           let tt = r1 % uniforms.TQ;
           let r2 = r1 / uniforms.TQ;
           let nn = r2 % uniforms.N;
-          let h = uniforms.J * ${heads} + r2 / uniforms.N;
-          let x = X[((h * uniforms.N + nn) * uniforms.T + tt) * ${dh} + d];
-          let r = x * uniforms.S + C[h * ${dh} + d];`,
+          let col = (uniforms.J * ${heads} + r2 / uniforms.N) * ${dh} + d;
+          let x = X[(nn * uniforms.T + tt) * ${h3 * dh} + col];
+          let r = x * uniforms.S + C[col];`,
     );
   const uniforms = [...[n, t, tq, j].map(int32), float32(scale)];
   return dispatch("HeadSlot", [qkv, bias], 0, make, uniforms);

@@ -132,8 +132,11 @@ for (const act of ["gelu", "quick_gelu"]) {
 }
 for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) {
   const key = [heads, n, t, dh].join("x");
-  const qkv = rnd([3 * heads, n * t, dh]), bias = rnd([3 * heads, 1, dh]);
-  const [q, k, v] = tf.unstack(tf.reshape(tf.add(qkv, bias), [3, heads, n, t, dh]));
+  // Rows [N·T, 3·width] (q | k | v side by side) to head-major [3, heads, N, T, d_head].
+  const qkv = rnd([n * t, 3 * heads * dh]), bias = rnd([3 * heads, 1, dh]);
+  const headMajor = tf.transpose(tf.reshape(qkv, [n, t, 3, heads, dh]), [2, 3, 0, 1, 4]);
+  const biasHeads = tf.reshape(bias, [3, heads, 1, 1, dh]);
+  const [q, k, v] = tf.unstack(tf.add(headMajor, biasHeads));
   await rel("headSlot.q." + key, wgslHeadSlot(qkv, bias, 0, n, t), q);
   await rel("headSlot.k." + key, wgslHeadSlot(qkv, bias, 1, n, t), k);
   await rel("headSlot.v." + key, wgslHeadSlot(qkv, bias, 2, n, t), v);
@@ -141,7 +144,7 @@ for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) 
   await rel("headSlot.qClass." + key, wgslHeadSlot(qkv, bias, 0, n, 1), qClass);
   // q scaled by 1/√d_head as it is cut out (the fast path's D), and its gradient scaled back.
   const s = 1 / Math.sqrt(dh);
-  const [rawQ] = tf.unstack(tf.reshape(qkv, [3, heads, n, t, dh]));
+  const [rawQ] = tf.unstack(headMajor);
   const biasQ = tf.reshape(tf.slice(bias, [0, 0, 0], [heads, 1, dh]), [heads, 1, 1, dh]);
   const qScaled = tf.add(tf.mul(rawQ, s), biasQ);
   await rel("scaled.headSlot.q." + key, wgslHeadSlot(qkv, bias, 0, n, t, s), qScaled);
@@ -156,7 +159,8 @@ for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) 
 const refusals = [];
 for (const bad of [
   () => wgslResidual(rnd([2, 3]), rnd([2, 3]), rnd([4]), 1),
-  () => wgslHeadSlot(rnd([6, 10, 4]), rnd([6, 1, 4]), 3, 2, 5),
+  () => wgslHeadSlot(rnd([10, 24]), rnd([6, 1, 4]), 3, 2, 5),
+  () => wgslHeadSlot(rnd([10, 20]), rnd([6, 1, 4]), 0, 2, 5),
   () => wgslHeadsToRows(rnd([2, 1, 3, 4]), rnd([2, 1, 5, 4]), rnd([2, 1, 5, 4])),
 ]) {
   try { bad(); refusals.push("accepted"); } catch (e) { refusals.push(e.message); }
@@ -182,7 +186,8 @@ Deno.test({
     }
     assert.match(refusals[0], /residual: vector 4 must be \[3\]/);
     assert.match(refusals[1], /head_slot: slot 3 \(0\.\.2\)/);
-    assert.match(refusals[2], /heads_to_rows: dq 2,1,3,4/);
+    assert.match(refusals[2], /head_slot: qkv 10,20 is not \[2·T, 24\]/);
+    assert.match(refusals[3], /heads_to_rows: dq 2,1,3,4/);
   },
 });
 

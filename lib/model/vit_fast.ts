@@ -484,8 +484,9 @@ interface BlockContext {
  * q [heads, N, tq, d_head] (the first `tq` tokens of each image: all T, or the class token), k
  * and v [heads, N, T, d_head] of h [N·T, width]: one product of h with the weight viewed per
  * head, [3·heads, width, d_head] (h broadcast over the heads), so that the activations come out
- * head-major with no transpose of their own — only the small weight is transposed. On webgpu the
- * bias and the split into q, k, v are one kernel per slot (`wgslHeadSlot`).
+ * head-major with no transpose of their own — only the small weight is transposed. With the WGSL
+ * kernels, one plain product h·W [N·T, 3·width] instead, and the bias and the cut into heads of
+ * q, k, v one kernel per slot (`wgslHeadSlot`).
  */
 function headMajorQkv(
   h: tf.Tensor,
@@ -496,15 +497,17 @@ function headMajorQkv(
 ): tf.Tensor[] {
   const { n, t, cfg } = ctx;
   const dh = cfg.width / cfg.heads;
-  const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
-  const product = mm(h, perHead);
   if (wgslKernelsEnabled()) {
-    // The weight is without D here (BlockFactors): q is scaled by 1/√d_head as it is cut out.
+    // Rows h·W [N·T, 3·width], cut into heads by the kernel. The weight is without D here
+    // (BlockFactors): q is scaled by 1/√d_head as it is cut out.
+    const rows = mm(h, weight);
     const qScale = 1 / Math.sqrt(dh);
     return [0, 1, 2].map((j) =>
-      wgslHeadSlot(product, bias, j, n, j === 0 ? tq : t, j === 0 ? qScale : 1)
+      wgslHeadSlot(rows, bias, j, n, j === 0 ? tq : t, j === 0 ? qScale : 1)
     );
   }
+  const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
+  const product = mm(h, perHead);
   const [q, k, v] = tf.unstack(tf.reshape(tf.add(product, bias), [3, cfg.heads, n, t, dh]));
   return [tq === t ? q : tf.slice(q, [0, 0, 0, 0], [cfg.heads, n, tq, dh]), k, v];
 }
