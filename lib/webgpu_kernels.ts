@@ -13,11 +13,11 @@
  *   `d·(gate + z·(2/√π)·exp(−z²))` (one kernel instead of six), QuickGELU
  *   `d·gate·(1 + z·(1 − gate))` (one instead of five).
  *
- * * Row kernels (one invocation per row of the last axis): LayerNorm statistics `[mean, rstd]`
- *   per row (one kernel instead of about six), its output `(x − mean)·rstd·γ + β` (one instead of
- *   four), its input gradient `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ` (one
- *   instead of about nine; with a residual gradient added, still one), and the softmax backward
- *   `y·(g − Σ g·y)` (one instead of four).
+ * * Row kernels (one invocation per row of the last axis): LayerNorm, statistics and output
+ *   `(x − mean)·rstd·γ + β` in one kernel (instead of about ten), its input gradient
+ *   `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ`, the statistics computed again from
+ *   x (one instead of about nine; with a residual gradient added, still one), and the softmax
+ *   backward `y·(g − Σ g·y)` (one instead of four).
  * * The block's small steps: a residual connection `a + (b·s + bias)` (one kernel instead of two
  *   or three), the gate and its gradient with the fc1 bias added inside and the MLP's output scale
  *   folded in, q, k and v head-major with their bias out of the rows h·W_qkv, q scaled by
@@ -89,14 +89,15 @@ const WORKGROUP = 64;
 /**
  * The widest row the row kernels take. One invocation loops over its row, and lavapipe (Mesa's
  * llvmpipe compiler) silently ends a shader's loops after 65,535 iterations in all
- * (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader): the LayerNorm statistics
- * loop twice over a row, so from 32,768 wide the variance loop is cut short (measured: exact
- * means, variance 36 % short at 40,000, nothing left of it at 65,536). 16,384 keeps every row
- * kernel (at most two loops over the row) within that budget with room; wider rows are refused
+ * (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader): when the LayerNorm
+ * statistics looped twice over a row, from 32,768 wide the variance loop was cut short (measured:
+ * exact means, variance 36 % short at 40,000, nothing left of it at 65,536). The LayerNorm
+ * gradient now loops four times over its row (it recomputes the statistics), so rows up to
+ * ⌊65,535/4⌋ = 16,383 keep every row kernel within that budget; wider rows are refused
  * ({@link wgslRowsFit}) and take the tfjs composition. A ViT's rows are its width (≤ 1,280) and
  * its token count (≤ 1,025 at 448 px, patch 14).
  */
-export const WGSL_MAX_ROW = 16384;
+export const WGSL_MAX_ROW = 16383;
 
 /** Whether the row kernels are in use for rows of `width`. */
 export function wgslRowsFit(width: number): boolean {
@@ -156,10 +157,21 @@ const BODIES: Record<string, { inputs: string[]; body: string }> = {
   },
 };
 
+/**
+ * A row's LayerNorm statistics, `m` (mean) and `r` (1/√(biased variance + ε)), two passes over
+ * the row. The forward kernel and the gradient kernel each compute them (the same operations in
+ * the same order, so the same values): nothing is saved between the two but x.
+ */
+const LN_STATS = `var m = 0.0;
+      for (var j = 0; j < W; j++) { m += X[o + j]; }
+      m = m / f32(W);
+      var v = 0.0;
+      for (var j = 0; j < W; j++) { let c = X[o + j] - m; v += c * c; }
+      let r = inverseSqrt(v / f32(W) + EPS);`;
+
 /** The LayerNorm input gradient of one row, `plus` prefixed to each output value. */
 function lnGradBody(plus: string): string {
-  return `let m = S[row * 2];
-      let r = S[row * 2 + 1];
+  return `${LN_STATS}
       var a = 0.0;
       var b = 0.0;
       for (var j = 0; j < W; j++) {
@@ -177,28 +189,16 @@ function lnGradBody(plus: string): string {
 
 /** Row bodies: `W` is the row width, `row` the row, `o = row·W` its offset. */
 const ROWS: Record<string, { inputs: string[]; body: string; outWidth?: number }> = {
-  ln_stats: {
-    inputs: ["X"],
-    outWidth: 2,
-    body: `var m = 0.0;
-      for (var j = 0; j < W; j++) { m += X[o + j]; }
-      m = m / f32(W);
-      var v = 0.0;
-      for (var j = 0; j < W; j++) { let c = X[o + j] - m; v += c * c; }
-      setOutputAtIndex(row * 2, m);
-      setOutputAtIndex(row * 2 + 1, inverseSqrt(v / f32(W) + EPS));`,
-  },
-  ln_apply: {
-    inputs: ["X", "S", "GAMMA", "BETA"],
-    body: `let m = S[row * 2];
-      let r = S[row * 2 + 1];
+  ln: {
+    inputs: ["X", "GAMMA", "BETA"],
+    body: `${LN_STATS}
       for (var j = 0; j < W; j++) {
         setOutputAtIndex(o + j, (X[o + j] - m) * r * GAMMA[j] + BETA[j]);
       }`,
   },
-  ln_grad: { inputs: ["DY", "X", "S", "GAMMA"], body: lnGradBody("") },
+  ln_grad: { inputs: ["DY", "X", "GAMMA"], body: lnGradBody("") },
   // The same plus a residual gradient R (x's shape) added to the result.
-  ln_grad_res: { inputs: ["DY", "X", "S", "GAMMA", "R"], body: lnGradBody("R[o + j] + ") },
+  ln_grad_res: { inputs: ["DY", "X", "GAMMA", "R"], body: lnGradBody("R[o + j] + ") },
   softmax_grad: {
     inputs: ["Y", "G"],
     body: `var s = 0.0;
@@ -242,41 +242,44 @@ function runRows(kind: string, inputs: tf.Tensor[], eps = 0): tf.Tensor {
 }
 
 /**
- * LayerNorm over the last axis in two kernels: `stats` `[rows, 2]` (mean, 1/√(var + ε)) and
- * `y = (x − mean)·rstd·γ + β` (x's shape).
+ * LayerNorm over the last axis in one kernel: `y = (x − mean)·rstd·γ + β`, rstd = 1/√(var + ε)
+ * (biased variance, as PyTorch). The statistics are not kept: {@link wgslLayerNormBackward}
+ * computes them again from x.
  *
- * Only on the `webgpu` backend, e.g. `const { y, stats } = wgslLayerNormForward(x, gamma, beta, 1e-5);` (see tests/webgpu_wgsl.test.ts).
+ * Only on the `webgpu` backend, e.g. `const y = wgslLayerNormForward(x, gamma, beta, 1e-5);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslLayerNormForward(
   x: tf.Tensor,
   gamma: tf.Tensor,
   beta: tf.Tensor,
   eps: number,
-): { y: tf.Tensor; stats: tf.Tensor } {
-  const stats = runRows("ln_stats", [x], eps);
-  const y = tf.reshape(runRows("ln_apply", [x, stats, gamma, beta]), x.shape);
-  return { y, stats };
+): tf.Tensor {
+  return tf.reshape(runRows("ln", [x, gamma, beta], eps), x.shape);
 }
 
 /**
- * The input gradient of {@link wgslLayerNormForward}'s `y` given `dy`, from x and its stats, in
- * one kernel: `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))`, `dx̂ = dy·γ`; with `residual` (x's
- * shape), that plus the residual branch's gradient, still one kernel.
+ * The input gradient of {@link wgslLayerNormForward}'s `y` given `dy`, from x (the statistics
+ * computed again, as the forward kernel computed them) and γ, in one kernel:
+ * `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))`, `dx̂ = dy·γ`; with `residual` (x's shape), that plus
+ * the residual branch's gradient, still one kernel.
  *
- * Only on the `webgpu` backend, e.g. `const dx = wgslLayerNormBackward(dy, x, stats, gamma);` (see tests/webgpu_wgsl.test.ts).
+ * Only on the `webgpu` backend, e.g. `const dx = wgslLayerNormBackward(dy, x, gamma, 1e-5);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslLayerNormBackward(
   dy: tf.Tensor,
   x: tf.Tensor,
-  stats: tf.Tensor,
   gamma: tf.Tensor,
+  eps: number,
   residual?: tf.Tensor,
 ): tf.Tensor {
-  if (!residual) return tf.reshape(runRows("ln_grad", [dy, x, stats, gamma]), x.shape);
+  if (!tf.util.arraysEqual(dy.shape, x.shape)) {
+    throw new Error(`webgpu_kernels ln_grad: dy ${dy.shape} must be x's ${x.shape}`);
+  }
+  if (!residual) return tf.reshape(runRows("ln_grad", [dy, x, gamma], eps), x.shape);
   if (!tf.util.arraysEqual(residual.shape, x.shape)) {
     throw new Error(`webgpu_kernels ln_grad: residual ${residual.shape} must be x's ${x.shape}`);
   }
-  return tf.reshape(runRows("ln_grad_res", [dy, x, stats, gamma, residual]), x.shape);
+  return tf.reshape(runRows("ln_grad_res", [dy, x, gamma, residual], eps), x.shape);
 }
 
 /**

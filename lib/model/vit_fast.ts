@@ -253,9 +253,12 @@ interface NormState {
   saved: tf.Tensor[];
 }
 
-/** How many tensors a {@link NormState} saves for the backward pass (fixed per process). */
-function normSaved(): number {
-  return nativeOps() ? 3 : portable() ? 2 : 4;
+/**
+ * How many tensors a {@link NormState} of rows `width` wide saves for the backward pass (fixed
+ * per process and width).
+ */
+function normSaved(width: number): number {
+  return nativeOps() ? 3 : wgslRowsFit(width) ? 1 : portable() ? 2 : 4;
 }
 
 /** The tfjs-node backend's op runner (this path runs only on `tensorflow`). */
@@ -340,10 +343,10 @@ function layerNormForward(x: tf.Tensor, p: Norm, eps: number): NormState {
     return { y, saved: [tf.clone(x), mean, rstd] };
   }
   if (wgslRowsFit(x.shape[x.shape.length - 1])) {
-    // Fused WGSL (lib/webgpu_kernels.ts): row statistics, then the affine output; the backward
-    // pass reads x (a handle of its own) and the statistics.
-    const { y, stats } = wgslLayerNormForward(x, p.weight, p.bias, eps);
-    return { y, saved: [tf.clone(x), stats] };
+    // Fused WGSL (lib/webgpu_kernels.ts), one kernel; the backward pass reads x (a handle of its
+    // own) and computes the statistics again.
+    const y = wgslLayerNormForward(x, p.weight, p.bias, eps);
+    return { y, saved: [tf.clone(x)] };
   }
   if (portable()) {
     // x̂ = (x − mean)·rstd; the backward pass reads x̂ and rstd.
@@ -381,8 +384,8 @@ function layerNormBackward(
   residual?: tf.Tensor,
 ): tf.Tensor {
   if (wgslRowsFit(dy.shape[dy.shape.length - 1])) {
-    const [x, stats] = saved;
-    return wgslLayerNormBackward(dy, x, stats, gamma, residual);
+    const [x] = saved;
+    return wgslLayerNormBackward(dy, x, gamma, eps, residual);
   }
   const dx = layerNormInputGrad(dy, gamma, saved, eps);
   return residual ? tf.add(residual, dx) : dx;
@@ -455,21 +458,21 @@ interface BlockSaved {
 const SAVED_KEYS = ["h", "u", "qs", "k", "v", "p", "z", "gate"] as const;
 
 /** How many tensors one block saves. */
-function blockSaved(): number {
-  return SAVED_KEYS.length + 2 * normSaved();
+function blockSaved(width: number): number {
+  return SAVED_KEYS.length + 2 * normSaved(width);
 }
 
 function flattenSaved(s: BlockSaved): tf.Tensor[] {
   return [...SAVED_KEYS.map((key) => s[key]), ...s.ln1, ...s.ln2];
 }
 
-function unflattenSaved(t: tf.Tensor[]): BlockSaved {
+function unflattenSaved(t: tf.Tensor[], width: number): BlockSaved {
   const single = Object.fromEntries(SAVED_KEYS.map((key, i) => [key, t[i]]));
   const at = SAVED_KEYS.length;
   return {
     ...single,
-    ln1: t.slice(at, at + normSaved()),
-    ln2: t.slice(at + normSaved(), at + 2 * normSaved()),
+    ln1: t.slice(at, at + normSaved(width)),
+    ln2: t.slice(at + normSaved(width), at + 2 * normSaved(width)),
   } as unknown as BlockSaved;
 }
 
@@ -898,9 +901,9 @@ export function frozenBlocksForward(
     return {
       value: features,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const at = blockSaved() * layers;
-        const headSaved = saved.slice(at, at + normSaved());
-        const fa = at + normSaved();
+        const at = blockSaved(width) * layers;
+        const headSaved = saved.slice(at, at + normSaved(width));
+        const fa = at + normSaved(width);
         const f = Array.from({ length: layers }, (_, i) => ({
           A: saved[fa + 3 * i] as tf.Tensor2D,
           B: saved[fa + 1 + 3 * i] as tf.Tensor2D,
@@ -914,7 +917,8 @@ export function frozenBlocksForward(
         const dB: tf.Tensor[] = [];
         for (let i = layers - 1; i >= 0; i--) {
           const dIn = dx;
-          const s = unflattenSaved(saved.slice(blockSaved() * i, blockSaved() * (i + 1)));
+          const per = blockSaved(width);
+          const s = unflattenSaved(saved.slice(per * i, per * (i + 1)), width);
           let r!: ReturnType<typeof blockBackward>;
           tf.tidy(() => {
             r = blockBackward(dIn, blockWeights[i], f[i], s, ctx, i === layers - 1, i > 0, want);
