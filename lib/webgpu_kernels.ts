@@ -718,6 +718,7 @@ function matMulSource(
   vo: boolean,
   prefetch: boolean,
   addend: boolean,
+  layout: OutputLayout = "plain",
 ): string {
   const tm = 16 * rm, groups = rm / 4, tmq = tm / 4, tn = 64 * cn, tnq = tn / 4;
   // One load per entry: its position in the tile (`pos`, from localIndex), its global position
@@ -876,7 +877,14 @@ function matMulSource(
     for (let i = 0; i < 4; i++) {
       const row = [`let gm = m0 + ${g * 64 + i} + ty * 4;`];
       for (let h = 0; h < cn; h++) {
-        row.push(`store(oOff + gm * uniforms.N, gn + ${h * 64}, ${acc[4 * g + i][h]});`);
+        const [col, value] = [`gn + ${h * 64}`, acc[4 * g + i][h]];
+        row.push(
+          layout === "heads"
+            ? `storeHeads(gm, ${col}, ${value});`
+            : layout === "rows"
+            ? `store(((nn * uniforms.M + gm) * uniforms.H + hh) * uniforms.N, ${col}, ${value});`
+            : `store(oOff + gm * uniforms.N, ${col}, ${value});`,
+        );
       }
       stores.push(`if (m0 + ${g * 64 + i} + ty * 4 < uniforms.M) {
         ${row.join("\n        ")}
@@ -900,7 +908,17 @@ function matMulSource(
       ).join("\n      ")
   }
     }
-
+${
+    layout === "heads"
+      ? `
+    // Column gn of row gm goes to head gn / DH: [heads, M, DH] (vec4 stores stay in one head).
+    fn storeHeads(gm : i32, gn : i32, v : vec4<f32>) {
+      if (gn < uniforms.N) {
+        result[((gn / uniforms.DH) * uniforms.M * uniforms.DH + gm * uniforms.DH + gn % uniforms.DH) / 4] = v;
+      }
+    }`
+      : ""
+  }
     fn main() {
       let tx = i32(localId.x);
       let ty = i32(localId.y);
@@ -909,7 +927,14 @@ function matMulSource(
       let n0 = i32(workgroupId.x) * ${tn};
       let aOff = batch * uniforms.strideA;
       let bOff = batch * uniforms.strideB;
-      let oOff = batch * uniforms.M * uniforms.N;
+      let oOff = batch * uniforms.M * uniforms.N;${
+    layout === "rows"
+      ? `
+      // Batch entry hh·IMG + nn (head hh, image nn) goes to rows nn·M + gm, columns hh·N + gn.
+      let hh = batch / uniforms.IMG;
+      let nn = batch % uniforms.IMG;`
+      : ""
+  }
       ${acc.flat().map((v) => `var ${v} = vec4<f32>(0.0);`).join("\n      ")}
       var a : vec4<f32>;
       ${Array.from({ length: cn }, (_, h) => `var b${h} : vec4<f32>;`).join("\n      ")}
@@ -987,6 +1012,61 @@ export function wgslMatMulAdd(
   return matMulKernel(a, b, c, ta, tb, tile, prefetch);
 }
 
+/**
+ * A batch of products, heads × images (head-major: entry h·images + n), stored as rows
+ * [images·M, heads·N], the heads' columns side by side: attention's p·v [heads, N, T, T]·
+ * [heads, N, T, d_head] as the rows [N·T, width] the output projection multiplies, with no
+ * transpose after it. N must be a multiple of 4 ({@link wgslLaidOutUsed} asks first).
+ *
+ * Only on the `webgpu` backend, e.g. `const rows = wgslMatMulToRows(p, v, n);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslMatMulToRows(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  images: number,
+  ta = false,
+  tb = false,
+): tf.Tensor {
+  const layout = { kind: "rows" as const, images };
+  return matMulKernel(a, b, null, ta, tb, defaultTile(), defaultPrefetch(), layout);
+}
+
+/**
+ * One product `a·b` [M, N] with its columns cut into heads of `headDim`, stored head-major as
+ * [N / headDim, M, headDim]: the output projection's gradient rows [N·T, width]·W_outᵀ as the
+ * per-head [heads, N·T, d_head] the attention's backward multiplies, with no transpose after it.
+ *
+ * Only on the `webgpu` backend, e.g. `const g = wgslMatMulToHeads(rows, out, 64, false, true);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslMatMulToHeads(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  headDim: number,
+  ta = false,
+  tb = false,
+): tf.Tensor {
+  const layout = { kind: "heads" as const, headDim };
+  return matMulKernel(a, b, null, ta, tb, defaultTile(), defaultPrefetch(), layout);
+}
+
+/**
+ * Whether the fast path hands a product to {@link wgslMatMulToRows} (`images`) or
+ * {@link wgslMatMulToHeads} (`headDim`): {@link wgslMatMulUsed} says yes and the layout fits.
+ */
+export function wgslLaidOutUsed(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  ta: boolean,
+  tb: boolean,
+  layout: { images: number } | { headDim: number },
+): boolean {
+  if (!wgslMatMulUsed(a, b, ta, tb)) return false;
+  const plan = matMulPlan(a, b, ta, tb);
+  if (typeof plan === "string") return false;
+  const kind = "images" in layout ? "rows" as const : "heads" as const;
+  return typeof laidOutShape(plan, { kind, ...layout }) !== "string";
+}
+
 function defaultTile(): MatMulTile {
   return (Deno.env.get("DEER_WGSL_MM_TILE") as MatMulTile | undefined) ?? "64x64";
 }
@@ -994,6 +1074,42 @@ function defaultTile(): MatMulTile {
 function defaultPrefetch(): boolean {
   return Deno.env.get("DEER_WGSL_MM_PREFETCH") !== "0";
 }
+
+/** The output shape and extra uniforms of a layout, or why the product cannot take it. */
+function laidOutShape(
+  plan: MatMulPlan,
+  layout: { kind: OutputLayout; images?: number; headDim?: number },
+): { shape: number[]; uniforms: string; values: number[] } | string {
+  const { m, n, batch, outShape } = plan;
+  if (layout.kind === "plain") return { shape: outShape, uniforms: "", values: [] };
+  // The layouts store whole vec4s: N (and the head width) must be multiples of 4.
+  if (n % 4 !== 0) return `N = ${n} is not a multiple of 4`;
+  if (layout.kind === "rows") {
+    const images = layout.images ?? 0;
+    if (!Number.isInteger(images) || images < 1 || batch % images !== 0) {
+      return `a batch of ${batch} is not heads × ${images} images`;
+    }
+    const heads = batch / images;
+    return {
+      shape: [images * m, heads * n],
+      uniforms: " IMG : i32, H : i32,",
+      values: [images, heads],
+    };
+  }
+  const dh = layout.headDim ?? 0;
+  if (batch !== 1 || !Number.isInteger(dh) || dh < 4 || dh % 4 !== 0 || n % dh !== 0) {
+    return `cannot cut ${batch} × ${m}×${n} into heads of ${dh} (one product, a multiple of 4)`;
+  }
+  return { shape: [n / dh, m, dh], uniforms: " DH : i32,", values: [dh] };
+}
+
+/**
+ * Where the product's outputs go: `plain`, the product's own [batch…, M, N]; `rows`, a batch of
+ * heads × images (head-major, `images` of them) stored as rows [images·M, heads·N] (the heads'
+ * columns side by side); `heads`, a single product's columns cut into heads of `headDim`, stored
+ * head-major as [N / headDim, M, headDim].
+ */
+type OutputLayout = "plain" | "rows" | "heads";
 
 function matMulKernel(
   a: tf.Tensor,
@@ -1003,6 +1119,7 @@ function matMulKernel(
   tb: boolean,
   tile: MatMulTile,
   prefetch: boolean,
+  layout: { kind: OutputLayout; images?: number; headDim?: number } = { kind: "plain" },
 ): tf.Tensor {
   const plan = matMulPlan(a, b, ta, tb);
   if (typeof plan === "string") {
@@ -1029,26 +1146,32 @@ function matMulKernel(
   }
   // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
+  const laid = laidOutShape(plan, layout);
+  if (typeof laid === "string") {
+    throw new Error(
+      `webgpu_kernels matMul of ${a.shape} and ${b.shape} as ${layout.kind}: ${laid}`,
+    );
+  }
+  if (c && layout.kind !== "plain") {
+    throw new Error("webgpu_kernels matMul: an addend needs the plain layout");
+  }
   const r = outShape.length;
   const make = (): Program => ({
     variableNames: c ? ["A", "B", "C"] : ["A", "B"],
-    outputShape: outShape,
+    outputShape: laid.shape,
     shaderKey: `deer_matmul_${rm}x${cn}${pf ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}${
       c ? "_add" : ""
-    }`,
+    }_${layout.kind}`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
     dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
     size: false,
-    uniforms: "M : i32, N : i32, K : i32, strideA : i32, strideB : i32,",
+    uniforms: `M : i32, N : i32, K : i32, strideA : i32, strideB : i32,${laid.uniforms}`,
     // The addend is read as the output is written.
     variableComponents: [va ? 4 : 1, vb ? 4 : 1, ...(c ? [vo ? 4 : 1] : [])],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf, c !== null),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf, c !== null, layout.kind),
   });
-  const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB].map((v) => ({
-    type: "int32",
-    data: [v],
-  }));
+  const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB, ...laid.values].map(int32);
   return dispatch("MatMul", c ? [a, b, c] : [a, b], 0, make, uniforms);
 }

@@ -201,7 +201,9 @@ Deno.test({
 // 64×64 and 128×128; and which products the fast path hands to it.
 const MATMUL_SOURCE = `
 import { tf } from "./lib/backend.ts";
-import { wgslMatMul, wgslMatMulAdd, wgslMatMulUsed } from "./lib/webgpu_kernels.ts";
+import {
+  wgslLaidOutUsed, wgslMatMul, wgslMatMulAdd, wgslMatMulToHeads, wgslMatMulToRows, wgslMatMulUsed,
+} from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 1;
 const tr = (s, t) => t ? [...s.slice(0, -2), s.at(-1), s.at(-2)] : s;
@@ -250,6 +252,33 @@ for (const [name, sa, sb, ta, tile] of [
   errs[name] = e / (await tf.max(tf.abs(want)).data())[0];
 }
 await check("128x128.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "128x128");
+// Laid out as it is stored: a batch of heads × images as rows [images·M, heads·N] (attention's
+// p·v), and one product's columns cut into heads [N / d, M, d] (the output projection's gradient).
+async function laidOut(name, got, want) {
+  if (got.shape.join() !== want.shape.join()) throw new Error(name + ": shape " + got.shape);
+  const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
+  errs[name] = e / (await tf.max(tf.abs(want)).data())[0];
+}
+for (const [h, n, m, k, d, tile] of [[3, 2, 37, 29, 8, "64x64"], [3, 2, 37, 29, 8, "128x128"], [12, 2, 197, 197, 64, "64x64"]]) {
+  Deno.env.set("DEER_WGSL_MM_TILE", tile);
+  const p = tf.randomNormal([h, n, m, k], 0, 1, "float32", seed++);
+  const v = tf.randomNormal([h, n, k, d], 0, 1, "float32", seed++);
+  const rows = tf.reshape(tf.transpose(tf.matMul(p, v), [1, 2, 0, 3]), [n * m, h * d]);
+  await laidOut("rows." + [h, n, m, k, d].join("x") + "." + tile, wgslMatMulToRows(p, v, n), rows);
+  const g = tf.randomNormal([n * m, k], 0, 1, "float32", seed++);
+  const out = tf.randomNormal([h * d, k], 0, 1, "float32", seed++);
+  const heads = tf.transpose(tf.reshape(tf.matMul(g, out, false, true), [n * m, h, d]), [1, 0, 2]);
+  await laidOut("heads." + [n * m, k, h * d].join("x") + "." + tile, wgslMatMulToHeads(g, out, d, false, true), heads);
+}
+Deno.env.delete("DEER_WGSL_MM_TILE");
+const refused = [];
+for (const bad of [
+  () => wgslMatMulToRows(tf.zeros([2, 3, 8, 8]), tf.zeros([2, 3, 8, 6]), 3),
+  () => wgslMatMulToRows(tf.zeros([2, 3, 8, 8]), tf.zeros([2, 3, 8, 8]), 4),
+  () => wgslMatMulToHeads(tf.zeros([8, 8]), tf.zeros([8, 24]), 6),
+]) {
+  try { bad(); refused.push("accepted"); } catch (e) { refused.push(e.message); }
+}
 const used = (sa, sb, ta = false, tb = false) => {
   const a = tf.zeros(sa), b = tf.zeros(sb);
   const u = wgslMatMulUsed(a, b, ta, tb);
@@ -266,16 +295,24 @@ console.log(JSON.stringify({
     classScores: used([12, 8, 1, 64], [12, 8, 197, 64], false, true),
     innerBroadcast: used([2, 1, 197, 64], [1, 3, 64, 197]),
   },
+  refused,
+  laidOutUsed: {
+    attention: wgslLaidOutUsed(tf.zeros([12, 8, 197, 197]), tf.zeros([12, 8, 197, 64]), false, false, { images: 8 }),
+    outGrad: wgslLaidOutUsed(tf.zeros([1576, 768]), tf.zeros([768, 768]), false, true, { headDim: 64 }),
+    oddColumns: wgslLaidOutUsed(tf.zeros([12, 8, 197, 197]), tf.zeros([12, 8, 197, 66]), false, false, { images: 8 }),
+  },
 }));
 `;
 
 Deno.test({
   name:
-    "webgpu WGSL: the tiled matrix product equals tf.matMul (odd sizes, transposes, batches, broadcasts)",
+    "webgpu WGSL: the tiled matrix product equals tf.matMul (odd sizes, transposes, batches, broadcasts, an addend, stored as rows or heads)",
   ignore: skip,
   async fn() {
-    const { errs, used } = await child(["eval", MATMUL_SOURCE], { WEBGPU_CPU_FORWARD: "false" });
-    assert.equal(Object.keys(errs).length, 4 * 6 * 4 + 2 + 3);
+    const { errs, used, refused, laidOutUsed } = await child(["eval", MATMUL_SOURCE], {
+      WEBGPU_CPU_FORWARD: "false",
+    });
+    assert.equal(Object.keys(errs).length, 4 * 6 * 4 + 2 + 3 + 6);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       assert.ok(e <= 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
     }
@@ -289,6 +326,11 @@ Deno.test({
       classScores: false,
       innerBroadcast: false,
     });
+    // The stored layouts: whole vec4s only, a batch that is heads × images, heads that divide N.
+    assert.match(refused[0], /as rows: N = 6 is not a multiple of 4/);
+    assert.match(refused[1], /as rows: a batch of 6 is not heads × 4 images/);
+    assert.match(refused[2], /as heads: cannot cut 1 × 8×24 into heads of 6/);
+    assert.deepEqual(laidOutUsed, { attention: true, outGrad: true, oddColumns: false });
   },
 });
 

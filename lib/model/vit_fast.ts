@@ -55,10 +55,13 @@ import {
   wgslHeadSlot,
   wgslHeadsToRows,
   wgslKernelsEnabled,
+  wgslLaidOutUsed,
   wgslLayerNormBackward,
   wgslLayerNormForward,
   wgslMatMul,
   wgslMatMulAdd,
+  wgslMatMulToHeads,
+  wgslMatMulToRows,
   wgslMatMulUsed,
   wgslResidual,
   wgslRowsFit,
@@ -528,12 +531,34 @@ function headsTimesOut(o: tf.Tensor, out: tf.Tensor): tf.Tensor {
   return tf.reshape(mm(rows, tf.reshape(out, [h * d, out.shape[2]!])), [n, t, out.shape[2]!]);
 }
 
-/** Σ_c g[n, t, c]·W_out[h, d, c] → [h, n, t, d], the transpose of {@link headsTimesOut}. */
+/**
+ * Attention's p [heads, N, t, T] times v [heads, N, T, d_head] through W_out → [N, t, width]:
+ * {@link headsTimesOut} of p·v, or with the WGSL product, p·v stored directly as the rows
+ * [N·t, heads·d_head] that W_out multiplies (no transpose between the two products).
+ */
+function attentionTimesOut(p: tf.Tensor, v: tf.Tensor, out: tf.Tensor): tf.Tensor {
+  const [h, n, t] = p.shape;
+  const [, d, c] = out.shape;
+  if (wgslLaidOutUsed(p, v, false, false, { images: n })) {
+    const rows = mm(wgslMatMulToRows(p, v, n), tf.reshape(out, [h * d, c]));
+    return tf.reshape(rows, [n, t, c]);
+  }
+  return headsTimesOut(mm(p, v), out);
+}
+
+/**
+ * Σ_c g[n, t, c]·W_out[h, d, c] → [h, n, t, d], the transpose of {@link headsTimesOut} (with the
+ * WGSL product, stored head-major as it is computed, no transpose after it).
+ */
 function outTransposedToHeads(g: tf.Tensor, out: tf.Tensor): tf.Tensor {
   if (!portable()) return tf.einsum("ntc,hdc->hntd", g, out);
   const [n, t, c] = g.shape;
   const [h, d] = out.shape;
-  const rows = mm(tf.reshape(g, [n * t, c]), tf.reshape(out, [h * d, c]), false, true);
+  const [g2, out2] = [tf.reshape(g, [n * t, c]), tf.reshape(out, [h * d, c])];
+  if (wgslLaidOutUsed(g2, out2, false, true, { headDim: d })) {
+    return tf.reshape(wgslMatMulToHeads(g2, out2, d, false, true), [h, n, t, d]);
+  }
+  const rows = mm(g2, out2, false, true);
   return tf.transpose(tf.reshape(rows, [n, t, h, d]), [2, 0, 1, 3]);
 }
 
@@ -576,7 +601,7 @@ function blockForward(
   if (ctx.keyBias) scores = tf.add(scores, ctx.keyBias);
   const p = tf.softmax(scores);
   const rows = classOnly ? n : n * t;
-  const attended = tf.reshape(headsTimesOut(mm(p, v), w.out), [rows, width]);
+  const attended = tf.reshape(attentionTimesOut(p, v, w.out), [rows, width]);
   const residual = classOnly ? classRows(x, ctx) : x;
   const x1 = residualAdd(residual, attended, w.outBias, 1);
   // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
