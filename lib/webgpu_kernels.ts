@@ -593,6 +593,54 @@ export function wgslHeadsToRows(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The optimiser
+
+/**
+ * One step of PyTorch's SGD on a parameter in two kernels (instead of six): `buf' = μ·buf + d`
+ * with `d = g + wd·p`, then `p' = p − lr·buf'`. Returns `[p', buf']`. The rates are uniforms, so
+ * a learning-rate schedule compiles nothing new.
+ *
+ * Only on the `webgpu` backend, e.g. `const [p1, buf1] = wgslSgdStep(p, g, buf, { lr: 0.01, momentum: 0.9, weightDecay: 0 });` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslSgdStep(
+  p: tf.Tensor,
+  g: tf.Tensor,
+  buf: tf.Tensor,
+  rates: { lr: number; momentum: number; weightDecay: number },
+): [tf.Tensor, tf.Tensor] {
+  if (!tf.util.arraysEqual(p.shape, g.shape) || !tf.util.arraysEqual(p.shape, buf.shape)) {
+    throw new Error(`webgpu_kernels sgd: p ${p.shape}, g ${g.shape}, buf ${buf.shape} must agree`);
+  }
+  const { lr, momentum, weightDecay } = rates;
+  // Flat: the kernels are element-wise, and a scalar parameter (the logit scale) is one element.
+  const original = p.shape;
+  const shape = [p.size];
+  [p, g, buf] = [p, g, buf].map((t) => tf.reshape(t, shape));
+  const momentumProgram = () =>
+    layoutProgram(
+      "sgd_momentum",
+      ["P", "G", "M"],
+      shape,
+      "MU : f32, WD : f32,",
+      "let r = M[index] * uniforms.MU + (G[index] + P[index] * uniforms.WD);",
+    );
+  const next = dispatch("SgdMomentum", [p, g, buf], 0, momentumProgram, [
+    float32(momentum),
+    float32(weightDecay),
+  ]);
+  const stepProgram = () =>
+    layoutProgram(
+      "sgd_step",
+      ["P", "M"],
+      shape,
+      "LR : f32,",
+      "let r = P[index] - M[index] * uniforms.LR;",
+    );
+  const stepped = dispatch("SgdStep", [p, next], 0, stepProgram, [float32(lr)]);
+  return [tf.reshape(stepped, original), tf.reshape(next, original)];
+}
+
+// ---------------------------------------------------------------------------------------------
 // The matrix product
 
 /** Output tile shapes of {@link wgslMatMul}: rows × columns of C per workgroup of 16×16 threads. */

@@ -98,7 +98,7 @@ const FUSED_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import {
   wgslGateBackward, wgslGateForward, wgslHeadSlot, wgslHeadsToRows, wgslLayerNormBackward,
-  wgslLayerNormForward, wgslResidual,
+  wgslLayerNormForward, wgslResidual, wgslSgdStep,
 } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 11;
@@ -156,6 +156,19 @@ for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) 
   const scaledRows = toRows(tf.mul(padded, s), k, v);
   await rel("scaled.headsToRows.qClass." + key, wgslHeadsToRows(qClass, k, v, s), scaledRows);
 }
+// PyTorch's SGD step (weight decay, momentum; and plain), on a tensor and on a scalar.
+for (const shape of [[3, 4, 5], []]) {
+  for (const [lr, momentum, weightDecay] of [[0.01, 0.9, 1e-4], [0.5, 0, 0]]) {
+    const p = rnd(shape), g = rnd(shape), buf = rnd(shape);
+    const d = tf.add(g, tf.mul(p, weightDecay));
+    const buf1 = tf.add(tf.mul(buf, momentum), d);
+    const p1 = tf.sub(p, tf.mul(buf1, lr));
+    const [gotP, gotBuf] = wgslSgdStep(p, g, buf, { lr, momentum, weightDecay });
+    const key = "sgd." + (shape.join("x") || "scalar") + "." + momentum;
+    await rel(key + ".p", gotP, p1);
+    await rel(key + ".buf", gotBuf, buf1);
+  }
+}
 const refusals = [];
 for (const bad of [
   () => wgslResidual(rnd([2, 3]), rnd([2, 3]), rnd([4]), 1),
@@ -172,18 +185,22 @@ console.log(JSON.stringify({ errs, refusals }));
 
 Deno.test({
   name:
-    "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias and the attention layouts (q scaled) equal the tfjs composition",
+    "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias, the attention layouts (q scaled) and the SGD step equal the tfjs composition",
   ignore: skip,
   async fn() {
     const { errs, refusals } = await child(["eval", FUSED_SOURCE], {
       WEBGPU_CPU_FORWARD: "false",
     });
-    assert.equal(Object.keys(errs).length, 3 * 3 + 2 * 4 + 3 * 8);
+    assert.equal(Object.keys(errs).length, 3 * 3 + 2 * 4 + 3 * 8 + 8);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // The layouts move values and add the same bias tfjs adds: exact. The rest round as
       // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5 (the
       // gate's bias: (z − b) + b is z to a rounding).
-      const tol = k.startsWith("head") ? 0 : k.startsWith("scaled.") ? 1e-6 : 1e-5;
+      const tol = k.startsWith("head")
+        ? 0
+        : k.startsWith("scaled.") || k.startsWith("sgd.")
+        ? 1e-6
+        : 1e-5;
       assert.ok(e <= tol, `${k}: relative error ${e} (tolerance ${tol})`);
     }
     assert.match(refusals[0], /residual: vector 4 must be \[3\]/);

@@ -37,6 +37,7 @@ import { batchIndices, makeBatch } from "../data/batches.ts";
 import type { Factor } from "./factors.ts";
 import { cloneFactors, factorRank, type LoraDims, type LoraFactors } from "./factors.ts";
 import { packedLora } from "../model/lora.ts";
+import { wgslKernelsEnabled, wgslSgdStep } from "../webgpu_kernels.ts";
 
 /** What local training needs from the model: the frozen encoder and the fixed class prototypes. */
 export interface Backbone {
@@ -288,9 +289,12 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
         return prototypeLoss(feats, backbone.prototypes, ps[ps.length - 1] as tf.Scalar, y);
       };
       const { value, grads } = tf.valueAndGrads(lossFn)(params);
-      // PyTorch SGD: d = g + wd·θ; buf = μ·buf + d; θ ← θ − lr·buf.
+      // PyTorch SGD: d = g + wd·θ; buf = μ·buf + d; θ ← θ − lr·buf (two WGSL kernels on webgpu).
       const next = tf.tidy(() =>
         params.map((p, i) => {
+          if (wgslKernelsEnabled()) {
+            return wgslSgdStep(p, grads[i], buffers[i], { lr, momentum: mu, weightDecay: wd });
+          }
           const d = wd === 0 ? grads[i] : tf.add(grads[i], tf.mul(p, wd));
           const buf = mu === 0 ? d : tf.add(tf.mul(buffers[i], mu), d);
           return [tf.sub(p, tf.mul(buf, lr)), buf];
