@@ -18,10 +18,11 @@
 # out.
 #
 # Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl|submit]
-#   (none): the backend line, the webgpu tests (against the `cpu` backend: libtensorflow is not
-#     carried) and `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step
-#     (awaited median and pipelined_ms) at batch 8, 32 and 64, 5 steps after 1 warm-up, each with
-#     the PyTorch step beside it and their ratio (≈ 6 min on an H200 by earlier timings).
+#   (none): the backend line, the webgpu tests (equivalence and memory against the `cpu` backend:
+#     libtensorflow is not carried; the WGSL kernels against the tfjs composition on the GPU) and
+#     `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step (awaited median
+#     and pipelined_ms) at batch 8, 32 and 64, 5 steps after 1 warm-up, each with the PyTorch step
+#     beside it and their ratio (≈ 6 min on an H200 by earlier timings).
 #   probe: only bench/webgpu_probe.ts b16 --batch 8 (probe.jsonl: where a step's time goes;
 #     ≈ 1 min).
 #   short: the ViT-B/16 webgpu step at batch 8 and 32 (3 steps) and PyTorch at 8, 32, 64 (≈ 2 min).
@@ -295,7 +296,7 @@ if [ "$real" = 1 ]; then
     else
       DEER_REQUIRE_WEBGPU=1 DEER_REFERENCE_BACKEND=cpu timeout -k 10 "$l" \
         deno test -A --no-check tests/webgpu_equivalence.test.ts tests/webgpu_memory.test.ts \
-        >"$OUT/tests.log" 2>&1
+        tests/webgpu_wgsl.test.ts >"$OUT/tests.log" 2>&1
       rc=$?
       grep -E "^(ok|FAILED) \||\.\.\. (ok|FAILED)|error" "$OUT/tests.log" | head -20
       note "tests: exit $rc$([ $rc = 124 ] && echo " (timed out after $l s)"), $(grep -E '^(ok|FAILED) \|' "$OUT/tests.log" | tail -1)"
