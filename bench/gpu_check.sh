@@ -44,7 +44,8 @@
 # `bash bench/gpu_stage.sh /tmp/gpucarry`, run from a scratch folder holding .gpucarry -> it, as
 # `GPU_CHECK_DRY=1 GPU_CHECK_ALLOW_FALLBACK=1 GPU_CHECK_PYTHON=<venv python with CPU torch>
 # OUT=/tmp/x bash .gpucarry/gpu_check.sh [mode]`): probe 21 s, short 15 s, wgsl 47 s
-# (three product tiles, 128x128 with and without prefetch), submit 25 s, none 52 s.
+# (three product tiles, 128x128 with and without prefetch), submit 25 s, none 52 s; later, with
+# the WGSL kernel tests in none and without torch: wgsl 90 s, none 103 s.
 set -u
 MODE=${1:-default}
 case "$MODE" in default | probe | short | wgsl | submit) ;; *)
