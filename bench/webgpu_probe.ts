@@ -2,8 +2,9 @@
  * Where a webgpu step's time goes: per-kernel dispatch overhead, a large matrix product, a large
  * element-wise kernel, and one ViT LoRA training step under `tf.profile` (kernel count, the
  * kernels' own GPU time from timestamp queries where the adapter has them, and the wall time) —
- * with tfjs-webgpu's defaults and with small kernels kept on the GPU (`WEBGPU_CPU_FORWARD=false`).
- * One JSON line per figure.
+ * with tfjs-webgpu's defaults and with small kernels kept on the GPU (`WEBGPU_CPU_FORWARD=false`);
+ * and the host's share of that step (`webgpu_host_*`: the time to record its dispatches before
+ * anything reaches the GPU, and the wait for the GPU at the loss read). One JSON line per figure.
  *
  * Run: `DEER_BACKEND=webgpu deno run -A bench/webgpu_probe.ts [b16|tiny] [--batch 8] [--step-only]`
  * (`--step-only`: only the step's figures; `--reps N`: the large product's repetitions, default 30
@@ -159,8 +160,76 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
     most: [...countByKind].sort((p, q) => q[1] - p[1]).slice(0, 10).map(([k, n]) => `${k} ${n}`),
     programs: counted.top,
   });
+  emit({
+    name: `webgpu_host_${which}`,
+    cpu_forward: cpuForward,
+    wgsl,
+    batch,
+    ...await hostShare(step),
+  });
   bench.dispose();
   encoder.dispose();
+}
+
+/**
+ * The host's share of one step. With every dispatch held in one command buffer
+ * (`WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE` raised for the measurement), nothing reaches the GPU
+ * until the step reads its loss, so the time until that read (`host_record_ms`) is the host's
+ * alone: JavaScript, tfjs' bookkeeping and Deno's WebGPU calls, including the batch's upload.
+ * `record_and_submit_ms` is the part inside tfjs-webgpu's `recordAndSubmit` (uniforms, bind
+ * group, pipeline, dispatch), `write_buffer_ms` the part in `GPUQueue.writeBuffer` (the
+ * uniforms, one per dispatch). The read then submits everything and waits: `read_wait_ms`, the
+ * GPU's time for the whole step plus the copy back. In Deno 2.9.6 that wait blocks the
+ * JavaScript thread (its `mapAsync` polls the device with `Maintain::wait`), so host and GPU work
+ * overlap only within a step, through tfjs' submissions every 15 dispatches.
+ */
+async function hostShare(step: () => Promise<void>): Promise<Record<string, number>> {
+  type Fn = (...args: unknown[]) => unknown;
+  const backend = tf.backend() as unknown as Record<string, Fn> & { queue: Record<string, Fn> };
+  const t = { record: 0, dispatches: 0, write: 0, writes: 0, readAt: 0 };
+  const timed = (target: Record<string, Fn>, key: string, add: (ms: number) => void) => {
+    const stock = target[key];
+    target[key] = function (this: unknown, ...args: unknown[]) {
+      const t0 = performance.now();
+      try {
+        return stock.apply(this, args);
+      } finally {
+        add(performance.now() - t0);
+      }
+    };
+    return () => delete target[key];
+  };
+  const flag = "WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE";
+  const submitBatch = tf.env().get(flag);
+  const restore = [
+    timed(backend, "recordAndSubmit", (ms) => (t.record += ms, t.dispatches++)),
+    timed(backend.queue, "writeBuffer", (ms) => (t.write += ms, t.writes++)),
+  ];
+  const read = backend.getBufferData;
+  backend.getBufferData = function (this: unknown, ...args: unknown[]) {
+    if (t.readAt === 0) t.readAt = performance.now();
+    return read.apply(this, args);
+  };
+  tf.env().set(flag, 1e9);
+  const t0 = performance.now();
+  try {
+    await step();
+  } finally {
+    tf.env().set(flag, submitBatch);
+    for (const undo of restore) undo();
+    backend.getBufferData = read;
+  }
+  const end = performance.now();
+  const recordMs = (t.readAt || end) - t0;
+  return {
+    dispatches: t.dispatches,
+    host_record_ms: round(recordMs),
+    host_us_per_dispatch: round((1000 * recordMs) / Math.max(t.dispatches, 1)),
+    record_and_submit_ms: round(t.record),
+    write_buffer_ms: round(t.write),
+    write_buffer_calls: t.writes,
+    read_wait_ms: round(end - (t.readAt || end)),
+  };
 }
 
 /**
