@@ -93,7 +93,8 @@ brief() {
   local s k v
   s=$(field name "$1" | tr -d '"')
   for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
-    kernels kernel_gpu_ms gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
+    kernels kernel_gpu_ms dispatches host_record_ms host_us_per_dispatch read_wait_ms \
+    gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
     target loss_last description real_gpu gpu_figures torch_device exit; do
     v=$(field "$k" "$1")
     [ -n "$v" ] && s+=" $k=$v"
