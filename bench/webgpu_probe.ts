@@ -178,7 +178,10 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
  * alone: JavaScript, tfjs' bookkeeping and Deno's WebGPU calls, including the batch's upload.
  * `record_and_submit_ms` is the part inside tfjs-webgpu's `recordAndSubmit` (uniforms, bind
  * group, pipeline, dispatch), `write_buffer_ms` the part in `GPUQueue.writeBuffer` (the
- * uniforms, one per dispatch). The read then submits everything and waits: `read_wait_ms`, the
+ * uniforms, one per dispatch). Holding submission back makes each `writeBuffer` dearer (in Deno
+ * 2.9.6 on this project's CPU: 20–70 µs with thousands pending, 4–6 µs with tfjs' usual
+ * submission every 15 dispatches), so `host_record_ms` is an upper bound, by about
+ * `write_buffer_ms`. The read then submits everything and waits: `read_wait_ms`, the
  * GPU's time for the whole step plus the copy back. In Deno 2.9.6 that wait blocks the
  * JavaScript thread (its `mapAsync` polls the device with `Maintain::wait`), so host and GPU work
  * overlap only within a step, through tfjs' submissions every 15 dispatches.
