@@ -302,23 +302,41 @@ interface Constants {
 
 function program(kind: string, shape: number[], { scale = 1, width = 1 }: Constants): Program {
   const { inputs, body } = BODIES[kind];
-  const size = shape.reduce((a, b) => a * b, 1);
+  // The constants are compiled in: one pipeline per (kind, scale, width).
+  return elementProgram(`${kind}_${scale}_${width}`, inputs, shape, body, {
+    prelude: `${ERF}
+      const SCALE : f32 = ${scale.toExponential()};
+      const W : i32 = ${width};`,
+  });
+}
+
+/**
+ * An element-wise program over `outputShape` whose `code` sets `r` from `index` (and from
+ * `uniforms`, WGSL struct members such as `N : i32,`), after a `prelude` of functions and
+ * constants.
+ */
+function elementProgram(
+  key: string,
+  inputs: string[],
+  outputShape: number[],
+  code: string,
+  { uniforms, prelude = "" }: { uniforms?: string; prelude?: string } = {},
+): Program {
+  const size = outputShape.reduce((a, b) => a * b, 1);
   return {
     variableNames: inputs,
-    outputShape: shape,
-    // The constants are compiled in: one pipeline per (kind, scale, width).
-    shaderKey: `deer_${kind}_${scale}_${width}`,
-    dispatchLayout: { x: shape.map((_, i) => i) },
+    outputShape,
+    shaderKey: `deer_${key}`,
+    dispatchLayout: { x: outputShape.map((_, i) => i) },
     dispatch: [Math.ceil(size / WORKGROUP), 1, 1],
     workgroupSize: [WORKGROUP, 1, 1],
     size: true,
+    ...(uniforms ? { uniforms } : {}),
     getUserCode: () => `
-      ${ERF}
-      const SCALE : f32 = ${scale.toExponential()};
-      const W : i32 = ${width};
+      ${prelude}
       fn main(index : i32) {
         if (index < uniforms.size) {
-          ${body}
+          ${code}
           setOutputAtIndex(index, r);
         }
       }`,
@@ -452,34 +470,6 @@ export function wgslResidual(
 // ---------------------------------------------------------------------------------------------
 // The attention's layouts
 
-/** An element-wise program over `outputShape` whose `code` sets `r` from `index` (and `uniforms`). */
-function layoutProgram(
-  key: string,
-  inputs: string[],
-  outputShape: number[],
-  uniforms: string,
-  code: string,
-): Program {
-  const size = outputShape.reduce((a, b) => a * b, 1);
-  return {
-    variableNames: inputs,
-    outputShape,
-    shaderKey: `deer_${key}`,
-    dispatchLayout: { x: outputShape.map((_, i) => i) },
-    dispatch: [Math.ceil(size / WORKGROUP), 1, 1],
-    workgroupSize: [WORKGROUP, 1, 1],
-    size: true,
-    uniforms,
-    getUserCode: () => `
-      fn main(index : i32) {
-        if (index < uniforms.size) {
-          ${code}
-          setOutputAtIndex(index, r);
-        }
-      }`,
-  };
-}
-
 const int32 = (v: number): ProgramUniform => ({ type: "int32", data: [v] });
 const float32 = (v: number): ProgramUniform => ({ type: "float32", data: [v] });
 
@@ -519,11 +509,10 @@ export function wgslHeadSlot(
   }
   const heads = h3 / 3;
   const make = () =>
-    layoutProgram(
+    elementProgram(
       `head_slot_${heads}_${dh}`,
       ["X", "C"],
       [heads, n, tq, dh],
-      "N : i32, T : i32, TQ : i32, J : i32, S : f32,",
       `let d = index % ${dh};
           let r1 = index / ${dh};
           let tt = r1 % uniforms.TQ;
@@ -532,6 +521,7 @@ export function wgslHeadSlot(
           let col = (uniforms.J * ${heads} + r2 / uniforms.N) * ${dh} + d;
           let x = X[(nn * uniforms.T + tt) * ${h3 * dh} + col];
           let r = x * uniforms.S + C[col];`,
+      { uniforms: "N : i32, T : i32, TQ : i32, J : i32, S : f32," },
     );
   const uniforms = [...[n, t, tq, j].map(int32), float32(scale)];
   return dispatch("HeadSlot", [qkv, bias], 0, make, uniforms);
@@ -564,11 +554,10 @@ export function wgslHeadsToRows(
   }
   const width = heads * dh;
   const make = () =>
-    layoutProgram(
+    elementProgram(
       `heads_to_rows_${heads}_${dh}`,
       ["Q", "K", "V"],
       [n * t, 3 * width],
-      "N : i32, T : i32, TQ : i32, QS : f32,",
       `let col = index % ${3 * width};
           let row = index / ${3 * width};
           let slot = col / ${width};
@@ -587,6 +576,7 @@ export function wgslHeadsToRows(
           } else {
             r = V[at * ${dh} + d];
           }`,
+      { uniforms: "N : i32, T : i32, TQ : i32, QS : f32," },
     );
   const uniforms = [...[n, t, tq].map(int32), float32(qScale)];
   return dispatch("HeadsToRows", [dq, dk, dv], 0, make, uniforms);
@@ -617,24 +607,24 @@ export function wgslSgdStep(
   const shape = [p.size];
   [p, g, buf] = [p, g, buf].map((t) => tf.reshape(t, shape));
   const momentumProgram = () =>
-    layoutProgram(
+    elementProgram(
       "sgd_momentum",
       ["P", "G", "M"],
       shape,
-      "MU : f32, WD : f32,",
       "let r = M[index] * uniforms.MU + (G[index] + P[index] * uniforms.WD);",
+      { uniforms: "MU : f32, WD : f32," },
     );
   const next = dispatch("SgdMomentum", [p, g, buf], 0, momentumProgram, [
     float32(momentum),
     float32(weightDecay),
   ]);
   const stepProgram = () =>
-    layoutProgram(
+    elementProgram(
       "sgd_step",
       ["P", "M"],
       shape,
-      "LR : f32,",
       "let r = P[index] - M[index] * uniforms.LR;",
+      { uniforms: "LR : f32," },
     );
   const stepped = dispatch("SgdStep", [p, next], 0, stepProgram, [float32(lr)]);
   return [tf.reshape(stepped, original), tf.reshape(next, original)];
@@ -727,15 +717,21 @@ function matMulPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMu
  * ({@link WGSL_MM_MIN_OUTPUTS}).
  */
 export function wgslMatMulUsed(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): boolean {
-  if (!wgslKernelsEnabled()) return false;
+  return usedPlan(a, b, ta, tb) !== null;
+}
+
+/** The kernel's plan for `a·b` when {@link wgslMatMulUsed} says yes, else null. */
+function usedPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMulPlan | null {
+  if (!wgslKernelsEnabled()) return null;
   const plan = matMulPlan(a, b, ta, tb);
-  if (typeof plan === "string") return false;
+  if (typeof plan === "string") return null;
   const flag = Deno.env.get("DEER_WGSL_MM_MIN_OUTPUTS");
   const min = flag !== undefined && flag !== "" ? Number(flag) : WGSL_MM_MIN_OUTPUTS;
   if (!Number.isFinite(min)) {
     throw new Error(`DEER_WGSL_MM_MIN_OUTPUTS=${flag} is not a number (e.g. 0, 262144)`);
   }
-  return min === 0 || (plan.batch * plan.m * plan.n >= min && plan.m >= 32 && plan.n >= 32);
+  const large = plan.batch * plan.m * plan.n >= min && plan.m >= 32 && plan.n >= 32;
+  return min === 0 || large ? plan : null;
 }
 
 /**
@@ -1108,9 +1104,8 @@ export function wgslLaidOutUsed(
   tb: boolean,
   layout: { images: number } | { headDim: number },
 ): boolean {
-  if (!wgslMatMulUsed(a, b, ta, tb)) return false;
-  const plan = matMulPlan(a, b, ta, tb);
-  if (typeof plan === "string") return false;
+  const plan = usedPlan(a, b, ta, tb);
+  if (plan === null) return false;
   const kind = "images" in layout ? "rows" as const : "heads" as const;
   return typeof laidOutShape(plan, { kind, ...layout }) !== "string";
 }
