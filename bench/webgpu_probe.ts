@@ -96,25 +96,50 @@ async function kernelFigures(cpuForward: boolean): Promise<void> {
 async function countDispatches(
   run: () => Promise<void>,
 ): Promise<{ total: number; top: string[] }> {
-  type Recorder = { recordAndSubmit: (program: object, ...rest: unknown[]) => unknown };
-  const backend = tf.backend() as unknown as Recorder;
-  const stock = backend.recordAndSubmit;
-  if (typeof stock !== "function") throw new Error("tfjs-webgpu has no recordAndSubmit to count");
   const byProgram = new Map<string, number>();
   let total = 0;
-  backend.recordAndSubmit = function (program, ...rest) {
-    total++;
-    const name = program.constructor.name;
-    byProgram.set(name, (byProgram.get(name) ?? 0) + 1);
-    return stock.call(this, program, ...rest);
-  };
+  const undo = intercept(
+    webgpuBackend(),
+    "recordAndSubmit",
+    (stock) =>
+      function (this: unknown, ...args: unknown[]) {
+        total++;
+        const name = (args[0] as object).constructor.name;
+        byProgram.set(name, (byProgram.get(name) ?? 0) + 1);
+        return stock.apply(this, args);
+      },
+  );
   try {
     await run();
   } finally {
-    backend.recordAndSubmit = stock;
+    undo();
   }
   const top = [...byProgram].sort((p, q) => q[1] - p[1]).slice(0, 12).map(([k, n]) => `${k} ${n}`);
   return { total, top };
+}
+
+type Method = (...args: unknown[]) => unknown;
+
+/** The active backend (webgpu) and its queue, as objects whose methods the probe intercepts. */
+function webgpuBackend(): Record<string, Method> & { queue: Record<string, Method> } {
+  return tf.backend() as unknown as Record<string, Method> & { queue: Record<string, Method> };
+}
+
+/**
+ * Replaces the method `target[key]` by `wrap(original)` and returns the undo, which puts the
+ * original back.
+ */
+function intercept(
+  target: Record<string, Method>,
+  key: string,
+  wrap: (stock: Method) => Method,
+): () => void {
+  const stock = target[key];
+  if (typeof stock !== "function") throw new Error(`tfjs-webgpu has no ${key} to measure`);
+  target[key] = wrap(stock);
+  return () => {
+    target[key] = stock;
+  };
 }
 
 /** One ViT LoRA step under `tf.profile`. */
@@ -187,32 +212,29 @@ async function stepFigures(cpuForward: boolean): Promise<void> {
  * overlap only within a step, through tfjs' submissions every 15 dispatches.
  */
 async function hostShare(step: () => Promise<void>): Promise<Record<string, number>> {
-  type Fn = (...args: unknown[]) => unknown;
-  const backend = tf.backend() as unknown as Record<string, Fn> & { queue: Record<string, Fn> };
+  const backend = webgpuBackend();
   const t = { record: 0, dispatches: 0, write: 0, writes: 0, readAt: 0 };
-  const timed = (target: Record<string, Fn>, key: string, add: (ms: number) => void) => {
-    const stock = target[key];
-    target[key] = function (this: unknown, ...args: unknown[]) {
-      const t0 = performance.now();
-      try {
-        return stock.apply(this, args);
-      } finally {
-        add(performance.now() - t0);
-      }
-    };
-    return () => delete target[key];
-  };
+  const timed = (target: Record<string, Method>, key: string, add: (ms: number) => void) =>
+    intercept(target, key, (stock) =>
+      function (this: unknown, ...args: unknown[]) {
+        const t0 = performance.now();
+        try {
+          return stock.apply(this, args);
+        } finally {
+          add(performance.now() - t0);
+        }
+      });
   const flag = "WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE";
   const submitBatch = tf.env().get(flag);
   const restore = [
     timed(backend, "recordAndSubmit", (ms) => (t.record += ms, t.dispatches++)),
     timed(backend.queue, "writeBuffer", (ms) => (t.write += ms, t.writes++)),
+    intercept(backend, "getBufferData", (stock) =>
+      function (this: unknown, ...args: unknown[]) {
+        if (t.readAt === 0) t.readAt = performance.now();
+        return stock.apply(this, args);
+      }),
   ];
-  const read = backend.getBufferData;
-  backend.getBufferData = function (this: unknown, ...args: unknown[]) {
-    if (t.readAt === 0) t.readAt = performance.now();
-    return read.apply(this, args);
-  };
   tf.env().set(flag, 1e9);
   const t0 = performance.now();
   try {
@@ -220,7 +242,6 @@ async function hostShare(step: () => Promise<void>): Promise<Record<string, numb
   } finally {
     tf.env().set(flag, submitBatch);
     for (const undo of restore) undo();
-    backend.getBufferData = read;
   }
   const end = performance.now();
   const recordMs = (t.readAt || end) - t0;
