@@ -16,6 +16,11 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/deer-federation-ci-XXXXXX")
 PIDS=()
+# Every process on one libtensorflow intra-op thread, as `train` runs the embedded model
+# (tasks/threads.ts): on some CPUs the thread count changes the products' summation order (seen on
+# a 2-core AMD EPYC: first phase loss 0.7978035190 with 1 thread, 0.7978035266 with 2), and the
+# comparison below is byte for byte.
+export TF_NUM_INTRAOP_THREADS=1
 log() { echo "federation.sh: $*" >&2; }
 # shellcheck source=lib.sh
 source .ci/lib.sh

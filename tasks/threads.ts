@@ -9,8 +9,10 @@
  * Why: the default model is tiny (width 64, 28 px, batch 10), and its kernels are so short that
  * handing work to libtensorflow's intra-op thread pool costs more than it saves. Measured on
  * 2 cores: a local training step 17 ms → 10 ms, one demo round 9.4 s → 5.6 s, with identical
- * results. Larger models (ViT-B/16) are matrix-bound and keep TensorFlow's default of one thread
- * per core; the tiny bench ViT (width 128, batch 32) is within 5 % either way.
+ * results there (on a 2-core AMD EPYC the thread count changes the records from the 8th digit:
+ * compare runs only between processes with the same count). Larger models (ViT-B/16) are
+ * matrix-bound and keep TensorFlow's default of one thread per core; the tiny bench ViT (width
+ * 128, batch 32) is within 5 % either way.
  * `lib/backend.ts` reports the setting in its backend line.
  *
  * @module
