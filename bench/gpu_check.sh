@@ -17,7 +17,7 @@
 # import torch, or torch sees no CUDA device, the summary says so and the PyTorch figures are left
 # out.
 #
-# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl|submit]
+# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl|submit|rows]
 #   (none): the backend line, the webgpu tests (equivalence and memory against the `cpu` backend:
 #     libtensorflow is not carried; the WGSL kernels against the tfjs composition on the GPU) and
 #     `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step (awaited median
@@ -36,6 +36,11 @@
 #   submit: the ViT-B/16 step at batch 8 and 32 (3 steps after 1 warm-up) with tfjs-webgpu
 #     submitting a command buffer every 15 (its default), 64 and 1000 dispatches
 #     (DEER_WEBGPU_SUBMIT_BATCH), into submit.jsonl, each record tagged (≈ 3 min).
+#   rows: the row kernels (LayerNorm, its gradient, the softmax backward) one invocation per row
+#     and one workgroup per row (DEER_WGSL_ROWS=thread, group; lib/webgpu_kernels.ts
+#     wgslRowLayout), into rows.jsonl, each record tagged: the probe's step at batch 8 (its
+#     kernels' own GPU time, per kernel in "top") and the ViT-B/16 step at batch 8 and 32 (3 steps
+#     after 1 warm-up), both layouts at each before the next (≈ 3 min).
 # GPU_CHECK_ALLOW_FALLBACK=1 runs the GPU steps on a fallback adapter too. GPU_CHECK_DRY=1 is a
 # dry run for a machine without a GPU (lavapipe, Mesa's software Vulkan): every stage runs, with
 # the tiny ViT in place of ViT-B/16 (same figure names, "model":"tiny"), batches 1, 2, 4 in place
@@ -48,8 +53,8 @@
 # the WGSL kernel tests in none and without torch: wgsl 90 s, none 103 s.
 set -u
 MODE=${1:-default}
-case "$MODE" in default | probe | short | wgsl | submit) ;; *)
-  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl, submit or none" >&2
+case "$MODE" in default | probe | short | wgsl | submit | rows) ;; *)
+  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl, submit, rows or none" >&2
   exit 2
   ;;
 esac
@@ -92,7 +97,7 @@ field() { sed -nE "s/.*\"$1\": ?(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
 brief() {
   local s k v
   s=$(field name "$1" | tr -d '"')
-  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
+  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH DEER_WGSL_ROWS wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
     kernels kernel_gpu_ms dispatches host_record_ms host_us_per_dispatch read_wait_ms \
     gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
     target loss_last description real_gpu gpu_figures torch_device exit; do
@@ -257,6 +262,22 @@ if [ "$real" = 1 ]; then
         b=${BATCHES[$i]}
         step "webgpu ViT-B/16 step, batch $b, DEER_WGSL=$w"
         fig "${limits[$i]}" "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
+          deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
+      done
+    done
+    ;;
+  rows)
+    for r in thread group; do
+      step "webgpu probe (${PROBE[*]} --step-only), DEER_WGSL_ROWS=$r"
+      fig 120 "$OUT/rows.jsonl" "\"DEER_WGSL_ROWS\":\"$r\"" env DEER_WGSL_ROWS=$r \
+        deno run -A bench/webgpu_probe.ts "${PROBE[@]}" --step-only
+    done
+    limits=(60 90)
+    for i in 0 1; do
+      for r in thread group; do
+        b=${BATCHES[$i]}
+        step "webgpu ViT-B/16 step, batch $b, DEER_WGSL_ROWS=$r"
+        fig "${limits[$i]}" "$OUT/rows.jsonl" "\"DEER_WGSL_ROWS\":\"$r\"" env DEER_WGSL_ROWS=$r \
           deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
       done
     done

@@ -162,12 +162,20 @@ export function describeAdapter(a: WebGpuAdapterSummary): string {
     `maxBufferSize ${mib(a.maxBufferSize)}`;
 }
 
+let installed: WebGpuAdapterSummary | null = null;
+
+/** The adapter {@link installWebGpuBackend} registered the backend on, or `null` before it did. */
+export function installedWebGpuAdapter(): WebGpuAdapterSummary | null {
+  return installed;
+}
+
 /**
  * Registers tfjs' `webgpu` backend (the caller then selects it). Throws, saying what is missing,
  * when the runtime offers no adapter.
  */
 export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
   const adapter = await probeWebGpu();
+  installed = adapter;
   if (!adapter) {
     throw new Error(
       "no WebGPU adapter: navigator.gpu.requestAdapter() returned none (install a Vulkan driver, " +

@@ -13,7 +13,8 @@
  *   `d·(gate + z·(2/√π)·exp(−z²))` (one kernel instead of six), QuickGELU
  *   `d·gate·(1 + z·(1 − gate))` (one instead of five).
  *
- * * Row kernels (one invocation per row of the last axis): LayerNorm, statistics and output
+ * * Row kernels (per row of the last axis; one invocation or one workgroup per row,
+ *   {@link wgslRowLayout}): LayerNorm, statistics and output
  *   `(x − mean)·rstd·γ + β` in one kernel (instead of about ten), its input gradient
  *   `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ`, the statistics computed again from
  *   x (one instead of about nine; with a residual gradient added, still one), and the softmax
@@ -44,6 +45,7 @@
  * `tf.matMul`), for A/B comparisons; they are used only when the active backend is `webgpu`.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { installedWebGpuAdapter } from "./backend_webgpu.ts";
 
 /** The minimal shape of a tfjs-webgpu program that `runWebGPUProgram` accepts. */
 interface Program {
@@ -86,18 +88,49 @@ export function wgslKernelsEnabled(): boolean {
 
 const WORKGROUP = 64;
 
+/** Invocations per row in the `group` layout of the row kernels ({@link wgslRowLayout}). */
+const ROW_GROUP = 64;
+
 /**
- * The widest row the row kernels take. One invocation loops over its row, and lavapipe (Mesa's
- * llvmpipe compiler) silently ends a shader's loops after 65,535 iterations in all
- * (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every loop of the shader): when the LayerNorm
- * statistics looped twice over a row, from 32,768 wide the variance loop was cut short (measured:
- * exact means, variance 36 % short at 40,000, nothing left of it at 65,536). The LayerNorm
- * gradient now loops four times over its row (it recomputes the statistics), so rows up to
- * ⌊65,535/4⌋ = 16,383 keep every row kernel within that budget; wider rows are refused
- * ({@link wgslRowsFit}) and take the tfjs composition. A ViT's rows are its width (≤ 1,280) and
- * its token count (≤ 1,025 at 448 px, patch 14).
+ * The widest row the row kernels take. Lavapipe (Mesa's llvmpipe compiler) silently ends a
+ * shader's loops after 65,535 iterations in all (`LP_MAX_TGSI_LOOP_ITERATIONS`, shared by every
+ * loop of the shader): when the LayerNorm statistics looped twice over a row, from 32,768 wide the
+ * variance loop was cut short (measured: exact means, variance 36 % short at 40,000, nothing left
+ * of it at 65,536). In the `thread` layout one invocation makes the LayerNorm gradient's four
+ * passes over its row, so rows up to ⌊65,535/4⌋ = 16,383 keep every row kernel within that budget
+ * (measured: 17,000 wide gave relative error 1.7). The `group` layout's invocations make ⌈W/64⌉
+ * iterations per pass and could take far wider rows; the same cap holds for both, so the layout
+ * never decides which path a model takes. Wider rows are refused ({@link wgslRowsFit}) and take
+ * the tfjs composition. A ViT's rows are its width (≤ 1,280) and its token count (≤ 1,025 at 448
+ * px, patch 14).
  */
 export const WGSL_MAX_ROW = 16383;
+
+/** How the row kernels lay a row out over invocations: see {@link wgslRowLayout}. */
+export type RowLayout = "thread" | "group";
+
+/**
+ * The row kernels' layout: `DEER_WGSL_ROWS` (`thread` or `group`) or, unset, `group` on a GPU and
+ * `thread` on a fallback adapter (or before the backend is installed).
+ *
+ * * `thread`: one invocation per row loops over it; 64 rows per workgroup. Neighbouring
+ *   invocations read addresses a row apart, and a ViT-B/16 step at batch 32 has 6,304 LayerNorm
+ *   rows, 99 workgroups of 64 (an H100 has 132 multiprocessors). On lavapipe, which runs an
+ *   invocation's loop as vector code and pays for every barrier, it is the fast one: the tiny
+ *   ViT step's LayerNorm-gradient kernels took 11–13 ms against 48–50 ms for `group`.
+ * * `group`: one workgroup of 64 per row, its invocations striding over the row (neighbours read
+ *   neighbouring addresses) and summing in workgroup memory, the layout of tfjs-webgpu's own
+ *   softmax and of GPU LayerNorm kernels generally. Not yet measured on a GPU:
+ *   `bash .gpucarry/gpu_check.sh wgsl` times the step both ways.
+ */
+export function wgslRowLayout(): RowLayout {
+  const v = Deno.env.get("DEER_WGSL_ROWS");
+  if (v === "thread" || v === "group") return v;
+  if (v !== undefined && v !== "") {
+    throw new Error(`DEER_WGSL_ROWS="${v}": use thread or group (or leave it unset)`);
+  }
+  return installedWebGpuAdapter()?.isFallback === false ? "group" : "thread";
+}
 
 /** Whether the row kernels are in use for rows of `width`. */
 export function wgslRowsFit(width: number): boolean {
@@ -159,41 +192,48 @@ const BODIES: Record<string, { inputs: string[]; body: string }> = {
 
 /**
  * A row's LayerNorm statistics, `m` (mean) and `r` (1/√(biased variance + ε)), two passes over
- * the row. The forward kernel and the gradient kernel each compute them (the same operations in
- * the same order, so the same values): nothing is saved between the two but x.
+ * the row, each summed by `deerRowSum`. The forward kernel and the gradient kernel each
+ * compute them (the same operations in the same order, so the same values): nothing is saved
+ * between the two but x.
  */
-const LN_STATS = `var m = 0.0;
-      for (var j = 0; j < W; j++) { m += X[o + j]; }
-      m = m / f32(W);
+const LN_STATS = `var s = 0.0;
+      for (var j = t; j < W; j += NT) { s += X[o + j]; }
+      let m = deerRowSum(vec2<f32>(s, 0.0), t).x / f32(W);
       var v = 0.0;
-      for (var j = 0; j < W; j++) { let c = X[o + j] - m; v += c * c; }
-      let r = inverseSqrt(v / f32(W) + EPS);`;
+      for (var j = t; j < W; j += NT) { let c = X[o + j] - m; v += c * c; }
+      let r = inverseSqrt(deerRowSum(vec2<f32>(v, 0.0), t).x / f32(W) + EPS);`;
 
 /** The LayerNorm input gradient of one row, `plus` prefixed to each output value. */
 function lnGradBody(plus: string): string {
   return `${LN_STATS}
-      var a = 0.0;
-      var b = 0.0;
-      for (var j = 0; j < W; j++) {
+      var ab = vec2<f32>(0.0, 0.0);
+      for (var j = t; j < W; j += NT) {
         let g = DY[o + j] * GAMMA[j];
-        a += g;
-        b += g * (X[o + j] - m) * r;
+        ab += vec2<f32>(g, g * (X[o + j] - m) * r);
       }
-      a = a / f32(W);
-      b = b / f32(W);
-      for (var j = 0; j < W; j++) {
-        let xh = (X[o + j] - m) * r;
-        setOutputAtIndex(o + j, ${plus}r * (DY[o + j] * GAMMA[j] - a - xh * b));
+      ab = deerRowSum(ab, t) / f32(W);
+      if (live) {
+        for (var j = t; j < W; j += NT) {
+          let xh = (X[o + j] - m) * r;
+          setOutputAtIndex(o + j, ${plus}r * (DY[o + j] * GAMMA[j] - ab.x - xh * ab.y));
+        }
       }`;
 }
 
-/** Row bodies: `W` is the row width, `row` the row, `o = row·W` its offset. */
-const ROWS: Record<string, { inputs: string[]; body: string; outWidth?: number }> = {
+/**
+ * Row bodies: `W` is the row width, `row` the row, `o` its offset (row 0's for an invocation
+ * past the last row, which reads but writes nothing: `live`), `NT` the invocations per row (1 or
+ * 64, {@link wgslRowLayout}) and `t` this one's place among them; it takes columns t, t + NT, …
+ * and `deerRowSum` adds up what the row's invocations hold.
+ */
+const ROWS: Record<string, { inputs: string[]; body: string }> = {
   ln: {
     inputs: ["X", "GAMMA", "BETA"],
     body: `${LN_STATS}
-      for (var j = 0; j < W; j++) {
-        setOutputAtIndex(o + j, (X[o + j] - m) * r * GAMMA[j] + BETA[j]);
+      if (live) {
+        for (var j = t; j < W; j += NT) {
+          setOutputAtIndex(o + j, (X[o + j] - m) * r * GAMMA[j] + BETA[j]);
+        }
       }`,
   },
   ln_grad: { inputs: ["DY", "X", "GAMMA"], body: lnGradBody("") },
@@ -201,44 +241,83 @@ const ROWS: Record<string, { inputs: string[]; body: string; outWidth?: number }
   ln_grad_res: { inputs: ["DY", "X", "GAMMA", "R"], body: lnGradBody("R[o + j] + ") },
   softmax_grad: {
     inputs: ["Y", "G"],
-    body: `var s = 0.0;
-      for (var j = 0; j < W; j++) { s += G[o + j] * Y[o + j]; }
-      for (var j = 0; j < W; j++) { setOutputAtIndex(o + j, Y[o + j] * (G[o + j] - s)); }`,
+    body: `var p = 0.0;
+      for (var j = t; j < W; j += NT) { p += G[o + j] * Y[o + j]; }
+      let s = deerRowSum(vec2<f32>(p, 0.0), t).x;
+      if (live) {
+        for (var j = t; j < W; j += NT) { setOutputAtIndex(o + j, Y[o + j] * (G[o + j] - s)); }
+      }`,
   },
 };
 
-function rowProgram(kind: string, rows: number, width: number, eps: number): Program {
-  const { inputs, body, outWidth } = ROWS[kind];
-  const outputShape = [rows, outWidth ?? width];
+/**
+ * The row sum of each layout, `deerRowSum(v, t)`: in `thread` the invocation's own v (it saw the
+ * whole row); in `group` the workgroup's tree reduction in workgroup memory, returned to every
+ * invocation (each reaches every barrier: only reads and writes depend on the row).
+ */
+const ROW_SUM: Record<RowLayout, string> = {
+  thread: "fn deerRowSum(v : vec2<f32>, t : i32) -> vec2<f32> { return v; }",
+  group: `var<workgroup> deerSums : array<vec2<f32>, ${ROW_GROUP}>;
+      fn deerRowSum(v : vec2<f32>, t : i32) -> vec2<f32> {
+        deerSums[t] = v;
+        workgroupBarrier();
+        for (var h = NT / 2; h > 0; h = h / 2) {
+          if (t < h) { deerSums[t] = deerSums[t] + deerSums[t + h]; }
+          workgroupBarrier();
+        }
+        let total = deerSums[0];
+        workgroupBarrier();
+        return total;
+      }`,
+};
+
+/**
+ * A row kernel in either layout, the same body: `thread` runs ⌈rows/64⌉ workgroups of 64 rows
+ * (t = 0, NT = 1: each invocation takes its whole row); `group` runs one workgroup per row (tfjs
+ * folds a count over the 65,535-per-dimension limit into two dimensions; the few extra workgroups
+ * are not `live`).
+ */
+function rowProgram(
+  kind: string,
+  rows: number,
+  width: number,
+  eps: number,
+  layout: RowLayout,
+): Program {
+  const { inputs, body } = ROWS[kind];
+  const nt = layout === "group" ? ROW_GROUP : 1;
   return {
     variableNames: inputs,
-    outputShape,
-    // The width and ε are compiled in: one pipeline per (kind, width, ε).
-    shaderKey: `deer_${kind}_${width}_${eps}`,
+    outputShape: [rows, width],
+    // The layout, width and ε are compiled in: one pipeline per (kind, layout, width, ε).
+    shaderKey: `deer_${kind}_${layout}_${width}_${eps}`,
     dispatchLayout: { x: [0, 1] },
-    dispatch: [Math.ceil(rows / WORKGROUP), 1, 1],
-    workgroupSize: [WORKGROUP, 1, 1],
+    dispatch: [layout === "group" ? rows : Math.ceil(rows / WORKGROUP), 1, 1],
+    workgroupSize: [layout === "group" ? ROW_GROUP : WORKGROUP, 1, 1],
     size: true,
     getUserCode: () => `
       const W : i32 = ${width};
+      const NT : i32 = ${nt};
       const EPS : f32 = ${eps.toExponential()};
-      fn main(row : i32) {
-        if (row < uniforms.size / ${outWidth ?? width}) {
-          let o = row * W;
-          ${body}
-        }
+      ${ROW_SUM[layout]}
+      fn main(index : i32) {
+        let t = index % NT;
+        let row = index / NT;
+        let live = row < uniforms.size / W;
+        let o = select(0, row * W, live);
+        ${body}
       }`,
   };
 }
 
-function runRows(kind: string, inputs: tf.Tensor[], eps = 0): tf.Tensor {
+function runRows(kind: string, inputs: tf.Tensor[], eps = 0, layout = wgslRowLayout()): tf.Tensor {
   const shape = inputs[0].shape;
   const width = shape[shape.length - 1];
   if (width > WGSL_MAX_ROW) {
     throw new Error(`webgpu_kernels ${kind}: rows of ${width} exceed WGSL_MAX_ROW ${WGSL_MAX_ROW}`);
   }
   const rows = inputs[0].size / width;
-  return dispatch(kind, inputs, eps, () => rowProgram(kind, rows, width, eps));
+  return dispatch(kind, inputs, eps, () => rowProgram(kind, rows, width, eps, layout));
 }
 
 /**

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { jsonRelativeError, lastJsonLine, webgpuGate, webgpuStdout } from "./helpers/webgpu.ts";
 
-const { skip } = await webgpuGate("webgpu WGSL kernel tests");
+const { skip, adapter } = await webgpuGate("webgpu WGSL kernel tests");
 
 /** `deno ARGS` on webgpu, which must succeed: the JSON its last line prints. */
 async function child(args: string[], env: Record<string, string>) {
@@ -43,9 +43,15 @@ for (const shape of [[1], [37, 129], [3, 65537]]) {
     }
   }
 }
-// LayerNorm and the softmax backward: odd widths, one row, and the longest row they take (the
-// LayerNorm gradient's four passes over it use all but 3 of lavapipe's 65,535 loop iterations).
-for (const shape of [[1, 5], [37, 129], [2, 16383]]) {
+// LayerNorm and the softmax backward in both row layouts: odd widths, one row, the longest row
+// they take (in the thread layout the LayerNorm gradient's four passes over it use all but 3 of
+// lavapipe's 65,535 loop iterations), and more rows than a dispatch dimension holds (70,000 >
+// 65,535 workgroups in the group layout: tfjs folds them into two dimensions; the extra ones write
+// nothing).
+for (const [layout, shape] of ["thread", "group"].flatMap((l) =>
+  [[1, 5], [37, 129], [2, 16383], [70000, 3]].map((s) => [l, s])
+)) {
+  Deno.env.set("DEER_WGSL_ROWS", layout);
   const w = shape[1];
   const x = tf.randomNormal(shape, 1, 2, "float32", seed++);
   const dy = tf.randomNormal(shape, 0, 1, "float32", seed++);
@@ -64,11 +70,15 @@ for (const shape of [[1, 5], [37, 129], [2, 16383]]) {
   const p = tf.softmax(tf.mul(x, 3));
   const ds0 = tf.mul(p, tf.sub(dy, tf.sum(tf.mul(dy, p), -1, true)));
   const ds = wgslSoftmaxBackward(p, dy);
-  const pairs = { lnY: [y, y0], lnDx: [dx, dx0], softmaxGrad: [ds, ds0] };
-  for (const [k, [a, b]] of Object.entries(pairs)) {
+  // The softmax gradient is a difference, y·g − y·Σ g·y: where the softmax saturates the two
+  // nearly cancel, so its error is measured against the terms' size, max y·(|g| + |Σ g·y|), not
+  // the result's (a 5-wide row here: result 1e-6, terms 1; rounding in another order shows).
+  const terms = tf.mul(p, tf.add(tf.abs(dy), tf.abs(tf.sum(tf.mul(dy, p), -1, true))));
+  const pairs = { lnY: [y, y0, y0], lnDx: [dx, dx0, dx0], softmaxGrad: [ds, ds0, terms] };
+  for (const [k, [a, b, scale]] of Object.entries(pairs)) {
     const e = (await tf.max(tf.abs(tf.sub(a, b))).data())[0];
-    const s = (await tf.max(tf.abs(b)).data())[0];
-    errs[k + "." + shape.join("x")] = e / Math.max(s, 1e-30);
+    const s = (await tf.max(tf.abs(scale)).data())[0];
+    errs[k + "." + layout + "." + shape.join("x")] = e / Math.max(s, 1e-30);
   }
 }
 console.log(JSON.stringify(errs));
@@ -80,7 +90,7 @@ Deno.test({
   ignore: skip,
   async fn() {
     const errs = await child(["eval", SOURCE], { WEBGPU_CPU_FORWARD: "false" });
-    assert.equal(Object.keys(errs).length, 27);
+    assert.equal(Object.keys(errs).length, 42);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // Row sums in a different order than tfjs's reductions: float32 rounding, ≤ 1e-5.
       assert.ok(e < 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
@@ -98,7 +108,7 @@ const FUSED_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import {
   wgslGateBackward, wgslGateForward, wgslHeadSlot, wgslHeadsToRows, wgslLayerNormBackward,
-  wgslLayerNormForward, wgslResidual, wgslSgdStep,
+  wgslLayerNormForward, wgslResidual, wgslRowLayout, wgslSgdStep,
 } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 11;
@@ -115,9 +125,15 @@ for (const [rows, w] of [[1, 1], [37, 129], [3, 16383]]) {
     const want = tf.add(a, tf.add(tf.mul(b, s), c));
     await rel("residual." + s + "." + rows + "x" + w, wgslResidual(a, b, c, s), want);
   }
-  const plain = wgslLayerNormBackward(b, a, c, 1e-5);
-  await rel("lnGradResidual." + rows + "x" + w, wgslLayerNormBackward(b, a, c, 1e-5, r), tf.add(r, plain));
+  for (const layout of ["thread", "group"]) {
+    Deno.env.set("DEER_WGSL_ROWS", layout);
+    const plain = wgslLayerNormBackward(b, a, c, 1e-5);
+    const got = wgslLayerNormBackward(b, a, c, 1e-5, r);
+    await rel("lnGradResidual." + layout + "." + rows + "x" + w, got, tf.add(r, plain));
+  }
 }
+Deno.env.delete("DEER_WGSL_ROWS");
+const defaultLayout = wgslRowLayout();
 for (const act of ["gelu", "quick_gelu"]) {
   const z = rnd([37, 129]), d = rnd([37, 129]), bias = rnd([129]);
   const [a, g] = wgslGateForward(z, act);
@@ -177,10 +193,11 @@ for (const bad of [
   () => wgslHeadsToRows(rnd([2, 1, 3, 4]), rnd([2, 1, 5, 4]), rnd([2, 1, 5, 4])),
   // Beyond lavapipe's loop budget for the LayerNorm gradient's four passes: refused.
   () => wgslLayerNormBackward(rnd([1, 16384]), rnd([1, 16384]), rnd([16384]), 1e-5),
+  () => { Deno.env.set("DEER_WGSL_ROWS", "warp"); wgslLayerNormForward(rnd([2, 3]), rnd([3]), rnd([3]), 1e-5); },
 ]) {
   try { bad(); refusals.push("accepted"); } catch (e) { refusals.push(e.message); }
 }
-console.log(JSON.stringify({ errs, refusals }));
+console.log(JSON.stringify({ errs, refusals, defaultLayout }));
 `;
 
 Deno.test({
@@ -188,10 +205,11 @@ Deno.test({
     "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias, the attention layouts (q scaled) and the SGD step equal the tfjs composition",
   ignore: skip,
   async fn() {
-    const { errs, refusals } = await child(["eval", FUSED_SOURCE], {
+    const { errs, refusals, defaultLayout } = await child(["eval", FUSED_SOURCE], {
       WEBGPU_CPU_FORWARD: "false",
     });
-    assert.equal(Object.keys(errs).length, 3 * 3 + 2 * 4 + 3 * 8 + 8);
+    // Per row size: residual twice, the LayerNorm gradient + residual in both row layouts.
+    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 8 + 8);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // The layouts move values and add the same bias tfjs adds: exact. The rest round as
       // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5 (the
@@ -208,6 +226,10 @@ Deno.test({
     assert.match(refusals[2], /head_slot: qkv 10,20 is not \[2·T, 24\]/);
     assert.match(refusals[3], /heads_to_rows: dq 2,1,3,4/);
     assert.match(refusals[4], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
+    assert.match(refusals[5], /DEER_WGSL_ROWS="warp": use thread or group/);
+    // Unless DEER_WGSL_ROWS says otherwise: the thread layout on a fallback adapter (lavapipe),
+    // the group layout on a GPU.
+    assert.equal(defaultLayout, adapter?.isFallback ? "thread" : "group");
   },
 });
 
@@ -357,10 +379,13 @@ Deno.test({
   async fn() {
     const args = ["run", "-A", "tests/helpers/backend_worker.ts", "ops"];
     // With the default threshold the tiny model's products stay tf.matMul; with
-    // DEER_WGSL_MM_MIN_OUTPUTS=0 every product the kernel takes runs as DeerWgsl_MatMul.
-    const [on, allProducts, off] = [
+    // DEER_WGSL_MM_MIN_OUTPUTS=0 every product the kernel takes runs as DeerWgsl_MatMul. The row
+    // kernels run in this adapter's default layout, and once in the other.
+    const otherRows = adapter?.isFallback ? "group" : "thread";
+    const [on, allProducts, rows, off] = [
       await child(args, {}),
       await child(args, { DEER_WGSL_MM_MIN_OUTPUTS: "0" }),
+      await child(args, { DEER_WGSL_ROWS: otherRows }),
       await child(args, { DEER_WGSL: "0" }),
     ];
     // The tolerances tests/webgpu_equivalence.test.ts uses between backends.
@@ -378,6 +403,8 @@ Deno.test({
       assert.ok(e < tol, `${key}: with the kernels differs by ${e} (tolerance ${tol})`);
       const e2 = jsonRelativeError(allProducts[key], off[key]);
       assert.ok(e2 < tol, `${key}: with every product as DeerWgsl_MatMul differs by ${e2}`);
+      const e3 = jsonRelativeError(rows[key], off[key]);
+      assert.ok(e3 < tol, `${key}: with the ${otherRows} row layout differs by ${e3}`);
     }
   },
 });
