@@ -439,12 +439,14 @@ function dispatch(
   eps: number,
   make: () => Program,
   uniforms?: ProgramUniform[],
+  ints: number[] = [],
 ): tf.Tensor {
-  for (const t of inputs) {
-    if (t.dtype !== "float32") {
-      throw new Error(`webgpu_kernels ${kind}: inputs must be float32, got ${t.dtype}`);
+  inputs.forEach((t, i) => {
+    const want = ints.includes(i) ? "int32" : "float32";
+    if (t.dtype !== want) {
+      throw new Error(`webgpu_kernels ${kind}: input ${i} must be ${want}, got ${t.dtype}`);
     }
-  }
+  });
   const name = `DeerWgsl_${kind}`;
   if (!registered.has(name)) {
     tf.registerKernel({
@@ -707,6 +709,222 @@ export function wgslSgdStep(
     );
   const stepped = dispatch("SgdStep", [p, next], 0, stepProgram, [float32(lr)]);
   return [tf.reshape(stepped, original), tf.reshape(next, original)];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The prototype loss
+
+/**
+ * The loop iterations one invocation of the prototype-loss kernels makes for a row of width `d`
+ * against `c` classes (the gradient kernel's: the norm, the logits, two passes of `dû = Σ_c ∂l_c·T_c`
+ * over the row); the loss kernels' invocations make ⌈N/64⌉·(d + c·d + 2c) at most.
+ */
+function prototypeIterations(n: number, c: number, d: number): number {
+  return Math.max(
+    d + c * d + 3 * c + 2 * c * d + 2 * d,
+    Math.ceil(n / WORKGROUP) * (d + c * d + 2 * c),
+  );
+}
+
+/** The most classes the prototype-loss kernels keep in a private array per invocation. */
+export const WGSL_MAX_CLASSES = 256;
+
+/**
+ * Whether {@link wgslPrototypeLoss} takes `n` features of width `d` against `c` prototypes: the
+ * fused kernels in use, at most {@link WGSL_MAX_CLASSES} classes, and every invocation within
+ * lavapipe's 65,535 loop iterations (see {@link WGSL_MAX_ROW}; ViT-B/16's 512-wide features
+ * against 8 classes make 13,864). Otherwise the loss keeps the tfjs composition.
+ */
+export function wgslPrototypeFits(n: number, c: number, d: number): boolean {
+  return wgslKernelsEnabled() && c >= 1 && c <= WGSL_MAX_CLASSES &&
+    prototypeIterations(n, c, d) <= 65535;
+}
+
+/**
+ * A row's logits `l_c = e^s·⟨f/‖f‖, T_c⟩` (`s` the logit-scale parameter), their maximum `mx` and
+ * `lz = log Σ exp(l − mx)`, as tfjs' `logSoftmax` takes them: log p_c = l_c − mx − lz.
+ */
+const PROTO_LOGITS = `var ss = 0.0;
+        for (var j = 0; j < D; j++) { ss += F[o + j] * F[o + j]; }
+        let inv = inverseSqrt(ss);
+        let scale = exp(LS[0]);
+        var logits : array<f32, C>;
+        var mx = -3.402823e+38;
+        for (var c = 0; c < C; c++) {
+          var dot = 0.0;
+          for (var j = 0; j < D; j++) { dot += F[o + j] * inv * T[c * D + j]; }
+          logits[c] = dot * scale;
+          mx = max(mx, logits[c]);
+        }
+        var se = 0.0;
+        for (var c = 0; c < C; c++) { se += exp(logits[c] - mx); }
+        let lz = log(se);`;
+
+/**
+ * A sum over the batch's rows in one workgroup of 64 (invocation t takes rows t, t + 64, …),
+ * `term` the row's share given its logits and label `y`; the result, times `factor`, is the
+ * output's single element.
+ */
+function protoSumProgram(
+  kind: string,
+  n: number,
+  c: number,
+  d: number,
+  term: string,
+  factor: string,
+): Program {
+  return {
+    variableNames: kind === "proto_loss" ? ["F", "T", "LS", "Y"] : ["F", "T", "LS", "Y", "DY"],
+    outputShape: [1],
+    shaderKey: `deer_${kind}_${n}_${c}_${d}`,
+    dispatchLayout: { x: [0] },
+    dispatch: [1, 1, 1],
+    workgroupSize: [WORKGROUP, 1, 1],
+    size: true,
+    getUserCode: () => `
+      const N : i32 = ${n};
+      const C : i32 = ${c};
+      const D : i32 = ${d};
+      var<workgroup> deerSums : array<f32, ${WORKGROUP}>;
+      fn main(index : i32) {
+        let t = index % ${WORKGROUP};
+        var acc = 0.0;
+        for (var i = t; i < N; i += ${WORKGROUP}) {
+          let o = i * D;
+          let y = Y[i];
+          ${PROTO_LOGITS}
+          ${term}
+        }
+        deerSums[t] = acc;
+        workgroupBarrier();
+        for (var h = ${WORKGROUP / 2}; h > 0; h = h / 2) {
+          if (t < h) { deerSums[t] = deerSums[t] + deerSums[t + h]; }
+          workgroupBarrier();
+        }
+        // The output's one element (uniforms.size is 1; tfjs binds the uniforms only where the
+        // shader reads them).
+        if (t < uniforms.size) { setOutputAtIndex(t, deerSums[0] * ${factor}); }
+      }`,
+  };
+}
+
+/**
+ * The prototype loss of lib/fl/local.ts `prototypeLoss` — the mean over the batch of
+ * `−log softmax(e^s·normalize(f)·Tᵀ)_y` — in one kernel, and its gradients in two: ∂/∂f per row
+ * (`(dû − û·⟨dû, û⟩)/‖f‖`, `dû = Σ_c ∂l_c·e^s·T_c`, `∂l = (p − onehot)·dy/N`) and ∂/∂s (`Σ ∂l·l`,
+ * a sum over the batch). Nothing is saved: the gradient kernels compute the logits again from f.
+ * Three dispatches where the tfjs composition takes about 25. `labels` int32 [N], `prototypes`
+ * [C, D] (unit rows), `logitScale` the scalar s.
+ *
+ * Only on the `webgpu` backend and where {@link wgslPrototypeFits}, e.g. `const loss = wgslPrototypeLoss(f, protos, s, y);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslPrototypeLoss(
+  features: tf.Tensor2D,
+  prototypes: tf.Tensor2D,
+  logitScale: tf.Scalar,
+  labels: tf.Tensor1D,
+): tf.Scalar {
+  const [n, d] = features.shape;
+  const [c, dp] = prototypes.shape;
+  if (dp !== d || labels.shape[0] !== n || logitScale.size !== 1) {
+    throw new Error(
+      `webgpu_kernels prototype loss: features ${features.shape}, prototypes ${prototypes.shape}, ` +
+        `labels ${labels.shape}, scale ${logitScale.shape} do not fit ([N, D], [C, D], [N], [])`,
+    );
+  }
+  if (labels.dtype !== "int32") {
+    throw new Error(`webgpu_kernels prototype loss: labels must be int32, got ${labels.dtype}`);
+  }
+  if (c > WGSL_MAX_CLASSES || prototypeIterations(n, c, d) > 65535) {
+    throw new Error(
+      `webgpu_kernels prototype loss: ${n}×${d} features against ${c} classes exceed the ` +
+        `kernels' bounds (wgslPrototypeFits)`,
+    );
+  }
+  const ls = tf.reshape(logitScale, [1]);
+  const loss = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [f, s] = args as tf.Tensor[];
+    (args[2] as tf.GradSaveFunc)([f, s]);
+    const value = dispatch(
+      "proto_loss",
+      [f, prototypes, s, labels],
+      0,
+      () => protoSumProgram("proto_loss", n, c, d, "acc += lz + mx - logits[y];", `${1 / n}`),
+      undefined,
+      [3],
+    );
+    return {
+      value: tf.reshape(value, []),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [f, s] = saved;
+        const g = tf.reshape(dy, [1]);
+        const inputs = [f, prototypes, s, labels, g];
+        const dScale = dispatch(
+          "proto_dscale",
+          inputs,
+          0,
+          () =>
+            protoSumProgram(
+              "proto_dscale",
+              n,
+              c,
+              d,
+              `for (var c = 0; c < C; c++) {
+            acc += (exp(logits[c] - mx - lz) - select(0.0, 1.0, c == y)) * logits[c];
+          }`,
+              `DY[0] * ${1 / n}`,
+            ),
+          undefined,
+          [3],
+        );
+        const dF = dispatch(
+          "proto_dfeatures",
+          inputs,
+          0,
+          () => ({
+            variableNames: ["F", "T", "LS", "Y", "DY"],
+            outputShape: [n, d],
+            shaderKey: `deer_proto_dfeatures_${n}_${c}_${d}`,
+            dispatchLayout: { x: [0, 1] },
+            dispatch: [Math.ceil(n / WORKGROUP), 1, 1],
+            workgroupSize: [WORKGROUP, 1, 1],
+            size: true,
+            getUserCode: () => `
+            const C : i32 = ${c};
+            const D : i32 = ${d};
+            fn main(i : i32) {
+              if (i < uniforms.size / D) {
+                let o = i * D;
+                let y = Y[i];
+                ${PROTO_LOGITS}
+                // ∂l_c·e^s: the logits' gradient, times the scale the product carries.
+                var dl : array<f32, C>;
+                for (var c = 0; c < C; c++) {
+                  let p = exp(logits[c] - mx - lz);
+                  dl[c] = (p - select(0.0, 1.0, c == y)) * (DY[0] * ${1 / n}) * scale;
+                }
+                var along = 0.0;
+                for (var j = 0; j < D; j++) {
+                  var du = 0.0;
+                  for (var c = 0; c < C; c++) { du += dl[c] * T[c * D + j]; }
+                  along += du * F[o + j] * inv;
+                }
+                for (var j = 0; j < D; j++) {
+                  var du = 0.0;
+                  for (var c = 0; c < C; c++) { du += dl[c] * T[c * D + j]; }
+                  setOutputAtIndex(o + j, (du - F[o + j] * inv * along) * inv);
+                }
+              }
+            }`,
+          }),
+          undefined,
+          [3],
+        );
+        return [dF, tf.reshape(dScale, s.shape)];
+      },
+    };
+  });
+  return loss(features, ls) as tf.Scalar;
 }
 
 // ---------------------------------------------------------------------------------------------

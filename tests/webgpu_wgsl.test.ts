@@ -233,6 +233,81 @@ Deno.test({
   },
 });
 
+// The prototype loss in three kernels against the textbook composition under autodiff: one
+// feature and two classes, odd sizes, ViT-B/16's 512-wide features against 8 classes, more rows
+// than the sum kernel's 64 invocations, and an upstream gradient of 3 (the loss scaled).
+const PROTO_SOURCE = `
+import { tf } from "./lib/backend.ts";
+import { wgslPrototypeFits, wgslPrototypeLoss } from "./lib/webgpu_kernels.ts";
+import { prototypeLoss } from "./lib/fl/local.ts";
+const errs = {};
+let seed = 31;
+const reference = (protos, y) => (f, s) =>
+  tf.neg(tf.mean(tf.sum(tf.mul(tf.oneHot(y, protos.shape[0]), tf.logSoftmax(
+    tf.mul(tf.matMul(tf.div(f, tf.norm(f, 2, 1, true)), protos, false, true), tf.exp(s)))), 1)));
+async function rel(name, got, want) {
+  const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
+  const s = (await tf.max(tf.abs(want)).data())[0];
+  errs[name] = e / Math.max(s, 1e-30);
+}
+for (const [n, c, d, k] of [[1, 2, 3, 1], [5, 3, 7, 1], [32, 8, 512, 1], [70, 6, 64, 3]]) {
+  const f = tf.randomNormal([n, d], 0, 1, "float32", seed++);
+  const raw = tf.randomNormal([c, d], 0, 1, "float32", seed++);
+  const protos = tf.div(raw, tf.norm(raw, 2, 1, true));
+  const s = tf.scalar(Math.log(1 / 0.07));
+  const y = tf.tensor1d(Array.from({ length: n }, (_, i) => (i * 7) % c), "int32");
+  const ref = reference(protos, y);
+  const want = tf.valueAndGrads((f, s) => tf.mul(ref(f, s), k))([f, s]);
+  const got = tf.valueAndGrads((f, s) => tf.mul(wgslPrototypeLoss(f, protos, s, y), k))([f, s]);
+  const key = [n, c, d, k].join("x");
+  await rel("loss." + key, got.value, want.value);
+  await rel("dFeatures." + key, got.grads[0], want.grads[0]);
+  await rel("dScale." + key, got.grads[1], want.grads[1]);
+}
+// The trainer's loss takes the kernels where they fit.
+const f = tf.randomNormal([4, 16], 0, 1, "float32", seed++);
+const protos = tf.randomNormal([3, 16], 0, 1, "float32", seed++);
+const y = tf.tensor1d([0, 1, 2, 1], "int32");
+const profile = await tf.profile(() => prototypeLoss(f, protos, tf.scalar(1), y));
+const kernels = profile.kernelNames;
+const fits = [wgslPrototypeFits(32, 8, 512), wgslPrototypeFits(32, 257, 16), wgslPrototypeFits(32, 50, 768)];
+Deno.env.set("DEER_WGSL", "0");
+fits.push(wgslPrototypeFits(32, 8, 512));
+Deno.env.delete("DEER_WGSL");
+const refusals = [];
+for (const bad of [
+  () => wgslPrototypeLoss(f, protos, tf.scalar(1), tf.tensor1d([0, 1, 2, 1])),
+  () => wgslPrototypeLoss(f, tf.randomNormal([3, 15]), tf.scalar(1), y),
+  () => wgslPrototypeLoss(tf.randomNormal([32, 768]), tf.randomNormal([50, 768]), tf.scalar(1), tf.zeros([32], "int32")),
+]) {
+  try { bad(); refusals.push("accepted"); } catch (e) { refusals.push(e.message); }
+}
+console.log(JSON.stringify({ errs, kernels, fits, refusals }));
+`;
+
+Deno.test({
+  name: "webgpu WGSL: the prototype loss and its gradients equal the textbook composition",
+  ignore: skip,
+  async fn() {
+    const { errs, kernels, fits, refusals } = await child(["eval", PROTO_SOURCE], {
+      WEBGPU_CPU_FORWARD: "false",
+    });
+    assert.equal(Object.keys(errs).length, 12);
+    for (const [k, e] of Object.entries(errs) as [string, number][]) {
+      assert.ok(e <= 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
+    }
+    // One kernel (besides reshapes, which move no data, and the custom gradient's unnamed node).
+    const dispatched = (kernels as string[]).filter((k) => k !== "Reshape" && k !== "");
+    assert.deepEqual(dispatched, ["DeerWgsl_proto_loss"]);
+    // 8 classes of 512 fit; 257 classes, 50 × 768 (past lavapipe's loop budget) and DEER_WGSL=0
+    // do not.
+    assert.deepEqual(fits, [true, false, false, false]);
+    assert.match(refusals[0], /labels must be int32, got float32/);
+    assert.match(refusals[1], /features 4,16, prototypes 3,15/);
+    assert.match(refusals[2], /32×768 features against 50 classes exceed the kernels' bounds/);
+  },
+});
+
 // The tiled product against tf.matMul: a single element, odd sizes (not multiples of the tiles,
 // of 4 or of the K-tile), both vec4 and scalar loads, every transpose combination, a batch and
 // both broadcasts the fast path uses ([N·T, w]·[3H, w, d] and the reverse), all three tile shapes

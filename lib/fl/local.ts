@@ -37,7 +37,12 @@ import { batchIndices, makeBatch } from "../data/batches.ts";
 import type { Factor } from "./factors.ts";
 import { cloneFactors, factorRank, type LoraDims, type LoraFactors } from "./factors.ts";
 import { packedLora } from "../model/lora.ts";
-import { wgslKernelsEnabled, wgslSgdStep } from "../webgpu_kernels.ts";
+import {
+  wgslKernelsEnabled,
+  wgslPrototypeFits,
+  wgslPrototypeLoss,
+  wgslSgdStep,
+} from "../webgpu_kernels.ts";
 
 /** What local training needs from the model: the frozen encoder and the fixed class prototypes. */
 export interface Backbone {
@@ -149,7 +154,11 @@ export function prototypeLoss(
   logitScale: tf.Scalar,
   labels: tf.Tensor1D,
 ): tf.Scalar {
-  const n = features.shape[0];
+  const [n, d] = features.shape;
+  // On webgpu the same loss and gradients in three fused kernels (lib/webgpu_kernels.ts).
+  if (labels.dtype === "int32" && wgslPrototypeFits(n, prototypes.shape[0], d)) {
+    return wgslPrototypeLoss(features, prototypes, logitScale, labels);
+  }
   const loss = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [f, ls] = args as tf.Tensor[];
     const save = args[2] as tf.GradSaveFunc;
