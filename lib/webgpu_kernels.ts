@@ -28,6 +28,9 @@
  *   move (and scale) values only.
  * * The matrix product may add a tensor of its output's shape as it stores (`wgslMatMulAdd`): the
  *   adapted weight `W_qkv + Aᵀ·B̃` in one kernel.
+ * * The training loss (`wgslPrototypeLoss`): cross-entropy of the scaled cosine logits against
+ *   the class prototypes in one kernel, its gradients at the features and at the logit scale in
+ *   two (instead of about 25 kernels for both).
  *
  * * A tiled matrix product (`DeerWgsl_MatMul`, {@link wgslMatMul}) for the step's large products,
  *   where tfjs-webgpu 4.22's `MatMulPackedProgram` (8×8 threads × 4×4 outputs = 32×32 tiles)
