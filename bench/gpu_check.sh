@@ -238,7 +238,22 @@ torch_steps() {
 
 if [ "$real" = 1 ]; then
   export DEER_BACKEND=webgpu
-  case "$MODE" in
+  # ab_steps FILE VAR "VALUES" COUNT: the ViT-B/16 step (3 steps after 1 warm-up) at the first COUNT
+# of the batches, with VAR set to each of VALUES at each batch before the next, so that a cut run
+# keeps whole comparisons; 60, 90, 120 s allowed at the three batches; each record tagged VAR.
+ab_steps() {
+  local file=$1 var=$2 values=$3 count=$4 limits=(60 90 120) i v b
+  for ((i = 0; i < count; i++)); do
+    for v in $values; do
+      b=${BATCHES[$i]}
+      step "webgpu ViT-B/16 step, batch $b, $var=$v"
+      fig "${limits[$i]}" "$file" "\"$var\":\"$v\"" env "$var=$v" \
+        deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
+    done
+  done
+}
+
+case "$MODE" in
   probe)
     step "webgpu probe (${PROBE[*]})"
     fig 240 "$OUT/probe.jsonl" "" deno run -A bench/webgpu_probe.ts "${PROBE[@]}"
@@ -256,15 +271,7 @@ if [ "$real" = 1 ]; then
       fig 120 "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
         deno run -A bench/webgpu_probe.ts "${PROBE[@]}" --step-only
     done
-    limits=(60 90 120)
-    for i in 0 1 2; do
-      for w in 1 0; do
-        b=${BATCHES[$i]}
-        step "webgpu ViT-B/16 step, batch $b, DEER_WGSL=$w"
-        fig "${limits[$i]}" "$OUT/wgsl.jsonl" "\"DEER_WGSL\":\"$w\"" env DEER_WGSL=$w \
-          deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
-      done
-    done
+    ab_steps "$OUT/wgsl.jsonl" DEER_WGSL "1 0" 3
     ;;
   rows)
     for r in thread group; do
@@ -272,29 +279,11 @@ if [ "$real" = 1 ]; then
       fig 120 "$OUT/rows.jsonl" "\"DEER_WGSL_ROWS\":\"$r\"" env DEER_WGSL_ROWS=$r \
         deno run -A bench/webgpu_probe.ts "${PROBE[@]}" --step-only
     done
-    limits=(60 90)
-    for i in 0 1; do
-      for r in thread group; do
-        b=${BATCHES[$i]}
-        step "webgpu ViT-B/16 step, batch $b, DEER_WGSL_ROWS=$r"
-        fig "${limits[$i]}" "$OUT/rows.jsonl" "\"DEER_WGSL_ROWS\":\"$r\"" env DEER_WGSL_ROWS=$r \
-          deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
-      done
-    done
+    ab_steps "$OUT/rows.jsonl" DEER_WGSL_ROWS "thread group" 2
     ;;
   submit)
-    # Dispatches per command-buffer submission: tfjs' 15, then 64 and 1000, at each batch before
-    # the next, so that a cut run keeps whole comparisons.
-    limits=(60 90)
-    for i in 0 1; do
-      for n in 15 64 1000; do
-        b=${BATCHES[$i]}
-        step "webgpu ViT-B/16 step, batch $b, DEER_WEBGPU_SUBMIT_BATCH=$n"
-        fig "${limits[$i]}" "$OUT/submit.jsonl" "\"DEER_WEBGPU_SUBMIT_BATCH\":\"$n\"" \
-          env DEER_WEBGPU_SUBMIT_BATCH=$n \
-          deno run -A bench/figures.ts b16 --batch "$b" --steps 3 --warmup 1 "${MODEL[@]}"
-      done
-    done
+    # Dispatches per command-buffer submission: tfjs' 15, then 64 and 1000.
+    ab_steps "$OUT/submit.jsonl" DEER_WEBGPU_SUBMIT_BATCH "15 64 1000" 2
     ;;
   short)
     torch_steps 60
