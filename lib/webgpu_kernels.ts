@@ -124,7 +124,7 @@ export type RowLayout = "thread" | "group";
  * * `group`: one workgroup of 64 per row, its invocations striding over the row (neighbours read
  *   neighbouring addresses) and summing in workgroup memory, the layout of tfjs-webgpu's own
  *   softmax and of GPU LayerNorm kernels generally. Not yet measured on a GPU:
- *   `bash .gpucarry/gpu_check.sh wgsl` times the step both ways.
+ *   `bash .gpucarry/gpu_check.sh rows` times the step both ways.
  */
 export function wgslRowLayout(): RowLayout {
   const v = Deno.env.get("DEER_WGSL_ROWS");
@@ -725,7 +725,7 @@ export function wgslSgdStep(
 function prototypeIterations(n: number, c: number, d: number): number {
   return Math.max(
     d + c * d + 3 * c + 2 * c * d + 2 * d,
-    Math.ceil(n / WORKGROUP) * (d + c * d + 2 * c),
+    Math.ceil(n / ROW_GROUP) * (d + c * d + 2 * c),
   );
 }
 
@@ -739,8 +739,12 @@ export const WGSL_MAX_CLASSES = 256;
  * against 8 classes make 13,864). Otherwise the loss keeps the tfjs composition.
  */
 export function wgslPrototypeFits(n: number, c: number, d: number): boolean {
-  return wgslKernelsEnabled() && c >= 1 && c <= WGSL_MAX_CLASSES &&
-    prototypeIterations(n, c, d) <= 65535;
+  return wgslKernelsEnabled() && prototypeBounded(n, c, d);
+}
+
+/** The bounds of {@link wgslPrototypeFits}, backend aside. */
+function prototypeBounded(n: number, c: number, d: number): boolean {
+  return c >= 1 && c <= WGSL_MAX_CLASSES && prototypeIterations(n, c, d) <= 65535;
 }
 
 /**
@@ -764,9 +768,9 @@ const PROTO_LOGITS = `var ss = 0.0;
         let lz = log(se);`;
 
 /**
- * A sum over the batch's rows in one workgroup of 64 (invocation t takes rows t, t + 64, …),
- * `term` the row's share given its logits and label `y`; the result, times `factor`, is the
- * output's single element.
+ * A sum over the batch's rows in one workgroup of 64 (invocation t takes rows t, t + 64, …, and
+ * the row kernels' `group` sum adds up what they hold), `term` the row's share given its logits
+ * and label `y`; the result, times `factor`, is the output's single element.
  */
 function protoSumProgram(
   kind: string,
@@ -782,31 +786,27 @@ function protoSumProgram(
     shaderKey: `deer_${kind}_${n}_${c}_${d}`,
     dispatchLayout: { x: [0] },
     dispatch: [1, 1, 1],
-    workgroupSize: [WORKGROUP, 1, 1],
+    workgroupSize: [ROW_GROUP, 1, 1],
     size: true,
     getUserCode: () => `
       const N : i32 = ${n};
       const C : i32 = ${c};
       const D : i32 = ${d};
-      var<workgroup> deerSums : array<f32, ${WORKGROUP}>;
+      const NT : i32 = ${ROW_GROUP};
+      ${ROW_SUM.group}
       fn main(index : i32) {
-        let t = index % ${WORKGROUP};
+        let t = index % NT;
         var acc = 0.0;
-        for (var i = t; i < N; i += ${WORKGROUP}) {
+        for (var i = t; i < N; i += NT) {
           let o = i * D;
           let y = Y[i];
           ${PROTO_LOGITS}
           ${term}
         }
-        deerSums[t] = acc;
-        workgroupBarrier();
-        for (var h = ${WORKGROUP / 2}; h > 0; h = h / 2) {
-          if (t < h) { deerSums[t] = deerSums[t] + deerSums[t + h]; }
-          workgroupBarrier();
-        }
+        let total = deerRowSum(vec2<f32>(acc, 0.0), t).x;
         // The output's one element (uniforms.size is 1; tfjs binds the uniforms only where the
         // shader reads them).
-        if (t < uniforms.size) { setOutputAtIndex(t, deerSums[0] * ${factor}); }
+        if (t < uniforms.size) { setOutputAtIndex(t, total * ${factor}); }
       }`,
   };
 }
@@ -838,7 +838,7 @@ export function wgslPrototypeLoss(
   if (labels.dtype !== "int32") {
     throw new Error(`webgpu_kernels prototype loss: labels must be int32, got ${labels.dtype}`);
   }
-  if (c > WGSL_MAX_CLASSES || prototypeIterations(n, c, d) > 65535) {
+  if (!prototypeBounded(n, c, d)) {
     throw new Error(
       `webgpu_kernels prototype loss: ${n}×${d} features against ${c} classes exceed the ` +
         `kernels' bounds (wgslPrototypeFits)`,
