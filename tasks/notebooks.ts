@@ -113,6 +113,8 @@ interface RunnerResult {
   lateOutputsRouted: number;
   htmlBytes: number;
   html: string;
+  /** The first run's transport error when the notebook was run a second time, else null. */
+  retried?: string | null;
 }
 
 async function main(): Promise<number> {
@@ -193,11 +195,16 @@ async function main(): Promise<number> {
   );
   for (const r of results) {
     console.log(
-      `${basename(r.notebook).padEnd(32)}${(r.ok ? "ok" : "FAILED").padEnd(8)}` +
+      `${basename(r.notebook).padEnd(32)}${
+        (r.ok ? (r.retried ? "ok*" : "ok") : "FAILED").padEnd(8)
+      }` +
         `${r.seconds.toFixed(1).padStart(8)}  ${String(r.figures).padStart(7)}  ` +
         `${String(r.lateOutputsSameCell + r.lateOutputsRouted).padStart(12)}  ` +
         `${(r.htmlBytes / 1e6).toFixed(1).padStart(9)}`,
     );
+  }
+  for (const r of results.filter((r) => r.retried)) {
+    console.log(`* ${basename(r.notebook)}: second run, after ${r.retried}`);
   }
   const failed = results.filter((r) => !r.ok).length;
   console.log(

@@ -1,0 +1,161 @@
+/**
+ * The notebook runner (notebooks/tools/run_notebooks.py) with the real Deno kernel: a notebook
+ * whose kernel message arrives damaged (jupyter_client's `Invalid Signature`) is run once more in
+ * a fresh kernel and reported as retried; a second damaged run fails; a cell error is never
+ * retried. The damage is injected by tests/helpers/notebook_transport_fault.py.
+ *
+ * Needs Debian's python3 with nbclient (`deno task notebooks --help` names the packages);
+ * without it the tests are ignored, unless DEER_REQUIRE_JUPYTER=1 (CI), which makes that a
+ * failure.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { APT_LINE, installKernelspec } from "../tasks/notebooks.ts";
+import { withDir } from "./helpers/temp.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const FAULT = join(ROOT, "tests", "helpers", "notebook_transport_fault.py");
+const PYTHON = Deno.env.get("DEER_PYTHON") ?? "/usr/bin/python3";
+
+function jupyterPresent(): boolean {
+  try {
+    return new Deno.Command(PYTHON, {
+      args: ["-c", "import nbclient, nbformat, nbconvert, jupyter_client"],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+const required = Deno.env.get("DEER_REQUIRE_JUPYTER") === "1";
+const present = jupyterPresent();
+if (!present) {
+  console.error(
+    `notebooks_runner: ${required ? "FAILING (DEER_REQUIRE_JUPYTER=1)" : "SKIPPED"} — ` +
+      `${PYTHON} cannot import nbclient; install Debian's Jupyter: ${APT_LINE}`,
+  );
+}
+
+interface Summary {
+  notebook: string;
+  ok: boolean;
+  problems: string[];
+  transportError: string | null;
+  retried: string | null;
+  executed: string;
+}
+
+/** A one-cell notebook for the Deno kernel that shows no figure. */
+function notebook(source: string): string {
+  return JSON.stringify({
+    nbformat: 4,
+    nbformat_minor: 5,
+    metadata: {
+      kernelspec: { name: "deno", display_name: "Deno", language: "typescript" },
+      deer: { figures: 0 },
+    },
+    cells: [{
+      cell_type: "code",
+      id: "only",
+      metadata: {},
+      execution_count: null,
+      outputs: [],
+      source,
+    }],
+  });
+}
+
+/** Runs the runner on one notebook with `faultyRuns` damaged runs; its exit code and summary. */
+async function runWithFaults(
+  dir: string,
+  source: string,
+  faultyRuns: number,
+): Promise<{ code: number; stderr: string; summary: Summary }> {
+  const jupyter = join(dir, "jupyter");
+  await installKernelspec(jupyter);
+  const path = join(dir, "probe.ipynb");
+  await Deno.writeTextFile(path, notebook(source));
+  const out = join(dir, "out");
+  const run = await new Deno.Command(PYTHON, {
+    args: [FAULT, path, "--out", out, "--cell-timeout", "120"],
+    env: {
+      JUPYTER_PATH: jupyter,
+      JUPYTER_RUNTIME_DIR: join(jupyter, "runtime"),
+      DEER_TEST_FAULTY_RUNS: String(faultyRuns),
+      NO_COLOR: "1",
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(run.stderr);
+  const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json"))) as Summary[];
+  assert.equal(summary.length, 1, stderr);
+  return { code: run.code, stderr, summary: summary[0] };
+}
+
+/** The text of the executed notebook's stream outputs. */
+async function streamText(executed: string): Promise<string> {
+  const nb = JSON.parse(await Deno.readTextFile(executed)) as {
+    cells: { outputs?: { output_type: string; text?: string | string[] }[] }[];
+  };
+  return nb.cells.flatMap((c) => c.outputs ?? []).filter((o) => o.output_type === "stream")
+    .map((o) => (Array.isArray(o.text) ? o.text.join("") : o.text ?? "")).join("");
+}
+
+const ignore = !present && !required;
+
+Deno.test({
+  name: "notebook runner: a damaged kernel message is retried once in a fresh kernel",
+  ignore,
+  fn: () =>
+    withDir(async (dir) => {
+      const { code, stderr, summary } = await runWithFaults(
+        dir,
+        'console.log("hello from the kernel");',
+        1,
+      );
+      assert.equal(code, 0, stderr);
+      assert.equal(summary.ok, true, stderr);
+      assert.match(summary.retried ?? "", /^ValueError: Invalid Signature: /);
+      assert.match(summary.retried ?? "", /raised in /);
+      assert.match(stderr, /running it once more in a fresh kernel/);
+      // The second run's notebook holds the output the damaged message carried.
+      assert.equal(await streamText(summary.executed), "hello from the kernel\n");
+    }, "deer-nb-retry-"),
+});
+
+Deno.test({
+  name: "notebook runner: a second damaged run fails, naming the first run's error",
+  ignore,
+  fn: () =>
+    withDir(async (dir) => {
+      const { code, stderr, summary } = await runWithFaults(dir, 'console.log("x");', 2);
+      assert.equal(code, 1, stderr);
+      assert.equal(summary.ok, false);
+      assert.match(summary.retried ?? "", /Invalid Signature/);
+      assert.match(summary.problems.join("\n"), /^ValueError: Invalid Signature: /);
+      assert.match(stderr, /1 of 1 notebook\(s\) failed: probe/);
+    }, "deer-nb-retry-"),
+});
+
+Deno.test({
+  name: "notebook runner: a cell error is not retried",
+  ignore,
+  fn: () =>
+    withDir(async (dir) => {
+      const { code, stderr, summary } = await runWithFaults(
+        dir,
+        'throw new Error("the cell fails");',
+        0,
+      );
+      assert.equal(code, 1, stderr);
+      assert.equal(summary.ok, false);
+      assert.equal(summary.retried, null);
+      assert.equal(summary.transportError, null);
+      assert.match(summary.problems.join("\n"), /the cell fails/);
+      assert.doesNotMatch(stderr, /once more/);
+    }, "deer-nb-retry-"),
+});
