@@ -172,6 +172,7 @@ export function disposeLora(lora: LoraTensors): void {
  * ```ts
  * import { loadVisionEncoder } from "./vit_checkpoints.ts";
  * import { createRng } from "../rng.ts";
+ * import { tf } from "../backend.ts";
  * const encoder = await loadVisionEncoder("models/default/vit_tiny_fashion.safetensors");
  * const t = loraToTensors(initLora(encoder.config, 8, createRng(10)), encoder.config.width);
  * const A = tf.stack(t.A) as tf.Tensor3D, B = tf.stack(t.B) as tf.Tensor3D; // [9, 8, 64], [9, 64, 8]
