@@ -87,7 +87,7 @@ export async function installKernelspec(dir = JUPYTER_DIR): Promise<string> {
 }
 
 /** Why the runner's Python cannot run, or null when it can. */
-async function checkPython(python: string): Promise<string | null> {
+export async function checkPython(python: string): Promise<string | null> {
   if (!existsSync(python)) {
     return `${python} does not exist. The runner needs Debian's python3 with Jupyter:\n  ` +
       `apt-get update && ${APT_LINE}`;

@@ -11,31 +11,18 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { APT_LINE, installKernelspec } from "../tasks/notebooks.ts";
+import { checkPython, installKernelspec } from "../tasks/notebooks.ts";
 import { withDir } from "./helpers/temp.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const FAULT = join(ROOT, "tests", "helpers", "notebook_transport_fault.py");
 const PYTHON = Deno.env.get("DEER_PYTHON") ?? "/usr/bin/python3";
 
-function jupyterPresent(): boolean {
-  try {
-    return new Deno.Command(PYTHON, {
-      args: ["-c", "import nbclient, nbformat, nbconvert, jupyter_client"],
-      stdout: "null",
-      stderr: "null",
-    }).outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 const required = Deno.env.get("DEER_REQUIRE_JUPYTER") === "1";
-const present = jupyterPresent();
-if (!present) {
+const missing = await checkPython(PYTHON);
+if (missing) {
   console.error(
-    `notebooks_runner: ${required ? "FAILING (DEER_REQUIRE_JUPYTER=1)" : "SKIPPED"} — ` +
-      `${PYTHON} cannot import nbclient; install Debian's Jupyter: ${APT_LINE}`,
+    `notebooks_runner: ${required ? "FAILING (DEER_REQUIRE_JUPYTER=1)" : "SKIPPED"} — ${missing}`,
   );
 }
 
@@ -105,7 +92,7 @@ async function streamText(executed: string): Promise<string> {
     .map((o) => (Array.isArray(o.text) ? o.text.join("") : o.text ?? "")).join("");
 }
 
-const ignore = !present && !required;
+const ignore = missing !== null && !required;
 
 Deno.test({
   name: "notebook runner: a damaged kernel message is retried once in a fresh kernel",

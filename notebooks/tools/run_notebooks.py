@@ -12,7 +12,7 @@ reading iopub after idle until the channel has been quiet for `quiet_period` sec
 routes any message whose parent is an earlier cell back to that cell, and drains once more
 after the last cell. It counts what it recovered, so the summary shows the bug at work.
 
-A second fault lies between the kernel and the client: now and then (seen once in the
+A second fault lies between the kernel and the client: now and then (seen twice in the
 project's CI runs) jupyter_client refuses a message from the Deno kernel with `ValueError: Invalid
 Signature` -- its HMAC does not match its frames -- and execution stops. That is the transport,
 not the notebook, so such a notebook is run once more in a fresh kernel, saying so (`retried`
