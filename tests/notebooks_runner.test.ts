@@ -1,8 +1,11 @@
 /**
  * The notebook runner (notebooks/tools/run_notebooks.py) with the real Deno kernel: a notebook
  * whose kernel message arrives damaged (jupyter_client's `Invalid Signature`) is run once more in
- * a fresh kernel and reported as retried; a second damaged run fails; a cell error is never
- * retried. The damage is injected by tests/helpers/notebook_transport_fault.py.
+ * a fresh kernel and reported as retried, its frames kept as evidence and read (a random
+ * signature; another message spliced into it, as the kernel's unlocked writes do); a second
+ * damaged run fails; a cell error is never retried. The damage is injected by
+ * tests/helpers/notebook_transport_fault.py. Also: the kernel publisher's wait after a display
+ * (lib/plot/jupyter.ts `settleMs`), which keeps the kernel from writing two messages at once.
  *
  * Needs Debian's python3 with nbclient (`deno task notebooks --help` names the packages);
  * without it the tests are ignored, unless DEER_REQUIRE_JUPYTER=1 (CI), which makes that a
@@ -55,11 +58,15 @@ function notebook(source: string): string {
   });
 }
 
-/** Runs the runner on one notebook with `faultyRuns` damaged runs; its exit code and summary. */
+/**
+ * Runs the runner on one notebook with `faultyRuns` damaged runs (damaged as `kind` says: see
+ * the helper); its exit code and summary.
+ */
 async function runWithFaults(
   dir: string,
   source: string,
   faultyRuns: number,
+  kind: "hmac" | "interleave" = "hmac",
 ): Promise<{ code: number; stderr: string; summary: Summary }> {
   const jupyter = join(dir, "jupyter");
   await installKernelspec(jupyter);
@@ -72,6 +79,7 @@ async function runWithFaults(
       JUPYTER_PATH: jupyter,
       JUPYTER_RUNTIME_DIR: join(jupyter, "runtime"),
       DEER_TEST_FAULTY_RUNS: String(faultyRuns),
+      DEER_TEST_FAULT_KIND: kind,
       NO_COLOR: "1",
     },
     stdout: "piped",
@@ -111,6 +119,20 @@ Deno.test({
       assert.match(stderr, /running it once more in a fresh kernel/);
       // The second run's notebook holds the output the damaged message carried.
       assert.equal(await streamText(summary.executed), "hello from the kernel\n");
+      // The refused message's frames are kept as evidence, named in the error.
+      const evidencePath = join(dir, "out", "probe.transport-fault.json");
+      assert.match(
+        summary.retried ?? "",
+        /the refused message's frames: .*probe\.transport-fault\.json/,
+      );
+      const evidence = JSON.parse(await Deno.readTextFile(evidencePath));
+      assert.equal(evidence.frames, 5); // signature, header, parent, metadata, content
+      assert.deepEqual(evidence.signatureMatchesFramesAt, []); // a random HMAC matches nothing
+      assert.notEqual(evidence.recomputed, evidence.signature);
+      assert.equal(evidence.described[1].msg_type, "stream");
+      assert.equal(evidence.described[1].json, true);
+      assert.match(evidence.described[4].head, /hello from the kernel/);
+      assert.match(summary.retried ?? "", /no other message found inside them/);
     }, "deer-nb-retry-"),
 });
 
@@ -125,6 +147,36 @@ Deno.test({
       assert.match(summary.retried ?? "", /Invalid Signature/);
       assert.match(summary.problems.join("\n"), /^ValueError: Invalid Signature: /);
       assert.match(stderr, /1 of 1 notebook\(s\) failed: probe/);
+    }, "deer-nb-retry-"),
+});
+
+Deno.test({
+  name: "notebook runner: a message with another spliced into it is read as interleaved writes",
+  ignore,
+  fn: () =>
+    withDir(async (dir) => {
+      const text = "y".repeat(400);
+      const { code, stderr, summary } = await runWithFaults(
+        dir,
+        `console.log("${text}");`,
+        1,
+        "interleave",
+      );
+      assert.equal(code, 0, stderr);
+      assert.equal(summary.ok, true, stderr);
+      // The content frame (≈ 440 bytes) holds a whole status message from its middle on.
+      assert.match(
+        summary.retried ?? "",
+        /interleaved: another message's frames inside the stream message's content frame at byte \d+ of \d+/,
+      );
+      const evidence = JSON.parse(
+        await Deno.readTextFile(join(dir, "out", "probe.transport-fault.json")),
+      );
+      const content = evidence.described[4];
+      assert.equal(content.json, false);
+      assert.ok(content.delimiterInsideAt > 100 && content.delimiterInsideAt < content.bytes);
+      assert.match(content.aroundDelimiter, /<IDS\|MSG>.*"msg_type":\s*"status"/s);
+      assert.equal(await streamText(summary.executed), text + "\n");
     }, "deer-nb-retry-"),
 });
 

@@ -12,12 +12,13 @@ reading iopub after idle until the channel has been quiet for `quiet_period` sec
 routes any message whose parent is an earlier cell back to that cell, and drains once more
 after the last cell. It counts what it recovered, so the summary shows the bug at work.
 
-A second fault lies between the kernel and the client: now and then (seen twice in the
-project's CI runs) jupyter_client refuses a message from the Deno kernel with `ValueError: Invalid
-Signature` -- its HMAC does not match its frames -- and execution stops. That is the transport,
-not the notebook, so such a notebook is run once more in a fresh kernel, saying so (`retried`
-in the summary, with the first run's error and where it was raised); a second failure fails.
-Cell errors, lost figures and timeouts are never retried.
+A second fault is the kernel's too: it can write two iopub messages into each other (a large
+display still going out when the cell's `status: idle` is written; docs/notebooks.md). jupyter_client
+then refuses the damaged message with `ValueError: Invalid Signature` and the session is lost.
+Such a notebook is run once more in a fresh kernel, saying so (`retried` in the summary, with the
+first run's error, where it was raised, and a reading of the damaged frames, which are kept in
+`<name>.transport-fault.json`); a second failure fails. Cell errors, lost figures and timeouts are
+never retried.
 
 Checks, each a failure (exit 1) with a message naming the notebook and cell:
 * any cell error (the executed notebook is still written, for reading the traceback);
@@ -44,6 +45,7 @@ try:
     from nbclient.exceptions import CellExecutionComplete, CellExecutionError, DeadKernelError
     from nbclient.util import ensure_async
     from nbconvert import HTMLExporter
+    from jupyter_client.session import Session
 except ImportError as err:  # pragma: no cover - reported to the user
     print(
         f"run_notebooks: missing Python package ({err}); install with\n"
@@ -58,11 +60,107 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 LIBRARY_MARKER = "data-deer-plotly-library"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TRANSPORT_ERROR = "Invalid Signature"
+DELIMITER = b"<IDS|MSG>"
 
 
 def is_transport_error(err):
     """True for jupyter_client's refusal of a message whose HMAC does not match its frames."""
     return isinstance(err, ValueError) and str(err).startswith(TRANSPORT_ERROR)
+
+
+def describe_frame(frame, edge=160):
+    """What a frame holds: its length, whether it is JSON (and the keys that identify a
+    message; else where parsing failed), any other message spliced into it, and its first and
+    last bytes."""
+    info = {"bytes": len(frame)}
+    try:
+        value = json.loads(frame)
+        info["json"] = True
+        if isinstance(value, dict):
+            info["keys"] = sorted(value)[:12]
+            for key in ("msg_type", "msg_id", "date", "name", "execution_state"):
+                if isinstance(value.get(key), str):
+                    info[key] = value[key]
+    except json.JSONDecodeError as err:
+        info["json"] = False
+        info["jsonErrorAt"] = err.pos
+        info["aroundJsonError"] = readable(frame[max(0, err.pos - 40):err.pos + edge])
+    except ValueError:  # not UTF-8
+        info["json"] = False
+    # Another message's frames inside this one: the bytes of two messages were interleaved.
+    spliced = frame.find(DELIMITER)
+    if spliced >= 0:
+        info["delimiterInsideAt"] = spliced
+        info["aroundDelimiter"] = readable(frame[max(0, spliced - 40):spliced + 4 * edge])
+    info["head"] = readable(frame[:edge])
+    if len(frame) > 2 * edge:
+        info["tail"] = readable(frame[-edge:])
+    return info
+
+
+def readable(chunk):
+    return chunk.decode("utf-8", "backslashreplace")
+
+
+def transport_forensics(session, msg_list):
+    """The evidence of a refused message: the signature, the HMAC of the frames as received,
+    where in the list four consecutive frames would match the signature (none: the signed
+    frames themselves were changed), and each signed frame described."""
+    frames = [f.bytes if hasattr(f, "bytes") else bytes(f) for f in msg_list]
+    signature = frames[0] if frames else b""
+    found = [i for i in range(1, max(1, len(frames) - 3))
+             if session.sign(frames[i:i + 4]) == signature]
+    return {
+        "frames": len(frames),
+        "signature": readable(signature),
+        "recomputed": readable(session.sign(frames[1:5])),
+        "signatureMatchesFramesAt": found,
+        "described": [{"bytes": len(signature)}] + [describe_frame(f) for f in frames[1:]],
+    }
+
+
+def diagnose_transport(evidence):
+    """One line reading the evidence of `transport_forensics`."""
+    if not evidence or "described" not in evidence:
+        return "no evidence kept"
+    names = ["signature", "header", "parent header", "metadata", "content"]
+    for i, frame in enumerate(evidence["described"]):
+        if "delimiterInsideAt" in frame:
+            name = names[i] if i < len(names) else f"buffer {i - len(names) + 1}"
+            kind = evidence["described"][1].get("msg_type", "?")
+            return (f"interleaved: another message's frames inside the {kind} message's {name} "
+                    f"frame at byte {frame['delimiterInsideAt']} of {frame['bytes']} (the "
+                    "kernel wrote two messages at once)")
+    if evidence["signatureMatchesFramesAt"]:
+        return f"frames shifted: the signature matches frames {evidence['signatureMatchesFramesAt']}"
+    return "the signed frames differ from what was signed; no other message found inside them"
+
+
+class ForensicSession:
+    """Installs a Session.deserialize wrapper that keeps the frames of a refused message."""
+
+    last = None
+    installed = False
+
+    @classmethod
+    def install(cls):
+        if cls.installed:
+            return
+        cls.installed = True
+        original = Session.deserialize
+
+        def deserialize(self, msg_list, content=True, copy=True):
+            try:
+                return original(self, msg_list, content=content, copy=copy)
+            except ValueError as err:
+                if is_transport_error(err):
+                    try:
+                        cls.last = transport_forensics(self, msg_list)
+                    except Exception as inner:  # the evidence must never hide the error
+                        cls.last = {"forensicsFailed": repr(inner)}
+                raise
+
+        Session.deserialize = deserialize
 
 
 class LateOutputClient(NotebookClient):
@@ -213,6 +311,7 @@ def run_one(path, args):
     client.on_cell_executed = on_cell_executed
     problems = []
     transport = None
+    ForensicSession.last = None
     try:
         client.execute()
     except CellExecutionError as err:
@@ -230,6 +329,11 @@ def run_one(path, args):
             transport = problems[-1] + " (raised in " + " <- ".join(
                 f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames)
             ) + ")"
+            if ForensicSession.last is not None:
+                evidence = os.path.join(args.out, f"{name}.transport-fault.json")
+                write_atomic(evidence, json.dumps(ForensicSession.last, indent=2) + "\n")
+                transport += (f"; {diagnose_transport(ForensicSession.last)}; the refused "
+                              f"message's frames: {evidence}")
     seconds = time.monotonic() - started
 
     for i, cell in enumerate(nb.cells):
@@ -292,6 +396,7 @@ def main():
                    help="seconds of iopub silence after idle before a cell counts as complete")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    ForensicSession.install()
     results = []
     for path in args.notebooks:
         print(f"notebook {os.path.basename(path)} …", flush=True)
