@@ -198,3 +198,38 @@ Deno.test({
       assert.doesNotMatch(stderr, /once more/);
     }, "deer-nb-retry-"),
 });
+
+Deno.test({
+  name: "jupyter: the kernel publisher waits settleMs after a display, and not when told not to",
+  ignore,
+  fn: () =>
+    withDir(async (dir) => {
+      const jupyterTs = new URL("../lib/plot/jupyter.ts", import.meta.url).href;
+      const source = `import { kernelPublisher, settleMs } from "${jupyterTs}";
+const bundle = { "text/plain": "x".repeat(5_000_000) };
+let t = performance.now();
+await kernelPublisher()(bundle);
+const on = performance.now() - t;
+t = performance.now();
+await kernelPublisher({ settle: false })(bundle);
+const off = performance.now() - t;
+console.log(JSON.stringify({ on, off, want: settleMs(JSON.stringify(bundle).length) }));`;
+      const { code, stderr, summary } = await runWithFaults(dir, source, 0);
+      assert.equal(code, 0, stderr);
+      const nb = JSON.parse(await Deno.readTextFile(summary.executed)) as {
+        cells: { outputs: { output_type: string; data?: Record<string, string | string[]> }[] }[];
+      };
+      const outputs = nb.cells[0].outputs;
+      // Both displays arrived, whole.
+      const shown = outputs.filter((o) => o.output_type === "display_data");
+      assert.equal(shown.length, 2);
+      for (const o of shown) {
+        const text = o.data?.["text/plain"] ?? "";
+        assert.equal((Array.isArray(text) ? text.join("") : text).length, 5_000_000);
+      }
+      const { on, off, want } = JSON.parse(await streamText(summary.executed));
+      assert.equal(want, 50 + Math.ceil(5_000_017 / 10_000)); // 551 ms
+      assert.ok(on >= want, `publish with settle took ${on} ms, less than ${want}`);
+      assert.ok(off < on, `publish without settle took ${off} ms, with it ${on}`);
+    }, "deer-nb-settle-"),
+});

@@ -110,7 +110,47 @@ export function inJupyter(): boolean {
   }
 }
 
-function kernelPublisher(): Publisher {
+/** Options of {@link kernelPublisher}. */
+export interface KernelPublisherOptions {
+  /**
+   * Wait after each publish for the kernel to finish writing the message (default true): see
+   * {@link settleMs}. Off only to demonstrate the kernel's fault
+   * (`notebooks/tools/interleave_probe.py`).
+   */
+  settle?: boolean;
+}
+
+/**
+ * How long to wait after publishing a bundle of `bytes` (its JSON length) before the cell may
+ * go on: 50 ms plus 100 ms per MB.
+ *
+ * Why: Deno 2.9's kernel writes the iopub messages of two of its tasks to the same TCP
+ * connection without a lock. A display message goes through one task (it serializes, signs
+ * and writes it after `Deno.jupyter.display` has resolved); `status: idle` at the end of the
+ * cell, and `busy`/`execute_input` at the start of the next, through the other. A message
+ * larger than the socket's send buffer (4 MB at most on Linux; the first figure of a session
+ * carries 4.8 MB of plotly.js) is written in several parts, and a message written between two
+ * parts lands inside it: the client then refuses it (`Invalid Signature`) and every later
+ * message of the session. A cell that ends right after `display()` opens that window; waiting
+ * here lets the write finish first. Measured on a 2-core machine: a 1 MB display reaches the
+ * client 12 ms after the kernel starts writing it, 5 MB 60 ms, 30 MB 460 ms, so this wait is 5
+ * to 9 times that. docs/notebooks.md has the evidence.
+ *
+ * @example
+ * ```ts
+ * settleMs(0); // 50
+ * settleMs(5_000_000); // 550
+ * ```
+ */
+export function settleMs(bytes: number): number {
+  return 50 + Math.ceil(bytes / 10_000);
+}
+
+/**
+ * The publisher `display()` uses by default: the kernel's `Deno.jupyter.display`, then a wait
+ * of {@link settleMs} (see there). Throws outside the Deno kernel.
+ */
+export function kernelPublisher(opts: KernelPublisherOptions = {}): Publisher {
   if (!inJupyter()) {
     throw new Error(
       "display() publishes to a Jupyter front end and works only in the Deno kernel " +
@@ -121,7 +161,14 @@ function kernelPublisher(): Publisher {
   const jupyter = (Deno as unknown as {
     jupyter: { display(obj: unknown, opts: { raw: boolean }): Promise<void> };
   }).jupyter;
-  return (bundle) => jupyter.display(bundle, { raw: true });
+  const settle = opts.settle ?? true;
+  return async (bundle) => {
+    await jupyter.display(bundle, { raw: true });
+    if (settle) {
+      const ms = settleMs(JSON.stringify(bundle).length);
+      await new Promise((resolve) => setTimeout(resolve, ms));
+    }
+  };
 }
 
 /**
