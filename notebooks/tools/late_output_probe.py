@@ -4,9 +4,12 @@
 Builds a throw-away notebook whose cells each publish two Plotly figures (through
 lib/plot/jupyter.ts) and print a line, runs it several times with stock nbclient and with
 run_notebooks.LateOutputClient, and counts the outputs that came back. Exit 1 if the
-LateOutputClient lost any.
+LateOutputClient lost any. `--settle off` (default) publishes without the wait that display()
+adds after each figure, to show the kernel as it is; `--settle on` as the notebooks publish
+(docs/notebooks.md).
 
     JUPYTER_PATH=.tools/jupyter /usr/bin/python3 notebooks/tools/late_output_probe.py --runs 5
+    JUPYTER_PATH=.tools/jupyter /usr/bin/python3 notebooks/tools/late_output_probe.py --settle on
 
 (`deno task notebooks` installs the kernelspec in .tools/jupyter first.)
 """
@@ -25,13 +28,15 @@ from run_notebooks import PLOTLY_MIME, LateOutputClient  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def probe_notebook(cells):
+def probe_notebook(cells, settle):
     lib = "file://" + os.path.join(ROOT, "lib", "plot")
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "deno", "display_name": "Deno", "language": "typescript"}
     setup = (
-        f'import {{ display }} from "{lib}/jupyter.ts";\n'
+        f'import {{ display as show, kernelPublisher }} from "{lib}/jupyter.ts";\n'
         f'import {{ lineFigure }} from "{lib}/figures.ts";\n'
+        f"const publish = kernelPublisher({{ settle: {'true' if settle else 'false'} }});\n"
+        "const display = (f: Parameters<typeof show>[0]) => show(f, { publish });\n"
         "const fig = (i: number) => lineFigure({ title: `probe ${i}`, xTitle: \"x\", yTitle: \"y\", "
         "series: [{ name: \"s\", x: Array.from({ length: 2000 }, (_, k) => k), "
         "y: Array.from({ length: 2000 }, (_, k) => Math.sin(k * i)) }] });"
@@ -55,6 +60,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--cells", type=int, default=10)
+    p.add_argument("--settle", choices=("off", "on"), default="off",
+                   help="off: publish without display()'s wait after each figure (settleMs in "
+                        "lib/plot/jupyter.ts), to show the kernel's bug as it is; on: as the "
+                        "notebooks do")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="deer-late-output-")
     want = (2 * args.cells, args.cells)
@@ -62,7 +71,7 @@ def main():
     try:
         for kind, cls in (("stock nbclient", NotebookClient), ("LateOutputClient", LateOutputClient)):
             for run in range(1, args.runs + 1):
-                nb = probe_notebook(args.cells)
+                nb = probe_notebook(args.cells, args.settle == "on")
                 client = cls(nb, kernel_name="deno", timeout=120,
                              resources={"metadata": {"path": work}})
                 try:
