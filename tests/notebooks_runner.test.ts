@@ -233,3 +233,39 @@ console.log(JSON.stringify({ on, off, want: settleMs(JSON.stringify(bundle).leng
       assert.ok(off < on, `publish without settle took ${off} ms, with it ${on}`);
     }, "deer-nb-settle-"),
 });
+
+Deno.test({
+  name: "interleave probe: publishes through the kernel publisher and reports every round",
+  ignore,
+  fn: () =>
+    withDir(async (dir) => {
+      const jupyter = join(dir, "jupyter");
+      await installKernelspec(jupyter);
+      const out = join(dir, "out");
+      const run = await new Deno.Command(PYTHON, {
+        args: [
+          join(ROOT, "notebooks", "tools", "interleave_probe.py"),
+          "--rounds",
+          "3",
+          "--mb",
+          "1",
+          "--out",
+          out,
+        ],
+        env: { JUPYTER_PATH: jupyter, JUPYTER_RUNTIME_DIR: join(jupyter, "runtime") },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
+      assert.equal(run.code, 0, text);
+      const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json")));
+      assert.deepEqual(summary.map((r: { mode: string }) => r.mode), ["off", "on"]);
+      for (const r of summary) {
+        assert.equal(r.rounds, 3);
+        assert.equal(r.mb, 1);
+        assert.equal(r.lost, 0, text); // every round's display arrived (or was damaged)
+      }
+      assert.equal(summary[1].faults, 0, text);
+      assert.match(text, /^on\s+3\s+1\s+0\s+0\s+/m);
+    }, "deer-nb-probe-"),
+});
