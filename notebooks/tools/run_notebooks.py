@@ -31,6 +31,7 @@ template's external <script src> tags -- CDN or file:// -- removed: nothing is f
 `summary.json`.
 """
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -175,6 +176,7 @@ class LateOutputClient(NotebookClient):
         self.late_routed = 0  # outputs that arrived while a later cell ran (or in the final drain)
         self.max_late_delay = 0.0  # seconds from idle to the latest recovered output
         self.idle_times = {}
+        self.alive_polls = set()  # nbclient's kernel-alive polling tasks (see below)
         self.last_code_index = max(
             (i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()),
             default=-1,
@@ -232,10 +234,26 @@ class LateOutputClient(NotebookClient):
                 return
             self._route(msg)
 
+    async def _async_poll_kernel_alive(self):
+        # nbclient leaves this task running when reading a cell's outputs raises anything but
+        # a timeout (a damaged message, say); once the kernel is cleaned up it then fails on
+        # its own ("Task exception was never retrieved"). Track it so that it can be stopped.
+        task = asyncio.current_task()
+        self.alive_polls.add(task)
+        try:
+            await super()._async_poll_kernel_alive()
+        finally:
+            self.alive_polls.discard(task)
+
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
-        result = await super().async_execute_cell(
-            cell, cell_index, execution_count=execution_count, store_history=store_history
-        )
+        try:
+            result = await super().async_execute_cell(
+                cell, cell_index, execution_count=execution_count, store_history=store_history
+            )
+        except BaseException:
+            for task in list(self.alive_polls):
+                task.cancel()
+            raise
         if cell_index == self.last_code_index:
             await self._drain(self.final_drain)
         return result
