@@ -13,12 +13,12 @@ routes any message whose parent is an earlier cell back to that cell, and drains
 after the last cell. It counts what it recovered, so the summary shows the bug at work.
 
 A second fault is the kernel's too: it can write two iopub messages into each other (a large
-display still going out when the cell's `status: idle` is written; docs/notebooks.md). jupyter_client
-then refuses the damaged message with `ValueError: Invalid Signature` and the session is lost.
-Such a notebook is run once more in a fresh kernel, saying so (`retried` in the summary, with the
-first run's error, where it was raised, and a reading of the damaged frames, which are kept in
-`<name>.transport-fault.json`); a second failure fails. Cell errors, lost figures and timeouts are
-never retried.
+display still going out when the cell's `status: idle` is written; docs/notebooks.md).
+jupyter_client then refuses the damaged message with `ValueError: Invalid Signature` and the
+session is lost. Such a notebook is run once more in a fresh kernel, saying so (`retried` in the
+summary, with the first run's error, where it was raised, and a reading of the damaged frames,
+which are kept in `<name>.transport-fault.json`); a second failure fails. Cell errors, lost
+figures and timeouts are never retried.
 
 Checks, each a failure (exit 1) with a message naming the notebook and cell:
 * any cell error (the executed notebook is still written, for reading the traceback);
@@ -133,7 +133,8 @@ def diagnose_transport(evidence):
                     f"frame at byte {frame['delimiterInsideAt']} of {frame['bytes']} (the "
                     "kernel wrote two messages at once)")
     if evidence["signatureMatchesFramesAt"]:
-        return f"frames shifted: the signature matches frames {evidence['signatureMatchesFramesAt']}"
+        at = evidence["signatureMatchesFramesAt"]
+        return f"frames shifted: the signature matches the four frames from frame {at}"
     return "the signed frames differ from what was signed; no other message found inside them"
 
 
