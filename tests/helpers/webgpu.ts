@@ -83,10 +83,10 @@ const HEAP_ABORT =
  *
  * A child that glibc aborts for a damaged heap (SIGABRT with one of its heap messages on stderr)
  * is run once more, and that is said on stderr with the first run's last lines. CI saw a child
- * that had passed all its tests die so at exit ("corrupted size vs. prev_size in fastbins" on
- * lavapipe, once in the CI runs on record), in the native teardown of the GPU stack, not in the
- * toolkit; 34 reruns of that child here (10 alone, 24 two at a time) did not repeat it. A second
- * such death, or any other failure, is returned as it is.
+ * that had passed all its tests die so at exit, twice ("corrupted size vs. prev_size in
+ * fastbins", "double free or corruption (out)"; lavapipe), in the native teardown of the GPU
+ * stack; 64 runs of that child here did not repeat it (README, "GPU (WebGPU)"). A second such
+ * death, or any other failure, is returned as it is.
  */
 export async function runDeno(
   args: string[],
