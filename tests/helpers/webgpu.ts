@@ -101,7 +101,7 @@ export async function runDeno(
   ].join("\n  ");
   console.error(
     `deno ${args.join(" ")}: glibc aborted the child for a damaged heap (SIGABRT); running it ` +
-      `once more. Its last lines:\n  ${tail}`,
+      `once more. Its environment (added): ${JSON.stringify(env)}. Its last lines:\n  ${tail}`,
   );
   const second = await runDenoOnce(args, env);
   return {
