@@ -59,6 +59,27 @@ function notebook(source: string): string {
 }
 
 /**
+ * Runs a Python script of the project with a project-local Deno kernelspec in `dir/jupyter`
+ * (`JUPYTER_PATH`) and `env` added; its exit code and output.
+ */
+async function runWithKernel(
+  dir: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const jupyter = join(dir, "jupyter");
+  await installKernelspec(jupyter);
+  const run = await new Deno.Command(PYTHON, {
+    args,
+    env: { JUPYTER_PATH: jupyter, JUPYTER_RUNTIME_DIR: join(jupyter, "runtime"), ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: run.code, stdout: text(run.stdout), stderr: text(run.stderr) };
+}
+
+/**
  * Runs the runner on one notebook with `faultyRuns` damaged runs (damaged as `kind` says: see
  * the helper); its exit code and summary.
  */
@@ -68,27 +89,22 @@ async function runWithFaults(
   faultyRuns: number,
   kind: "hmac" | "interleave" = "hmac",
 ): Promise<{ code: number; stderr: string; summary: Summary }> {
-  const jupyter = join(dir, "jupyter");
-  await installKernelspec(jupyter);
   const path = join(dir, "probe.ipynb");
   await Deno.writeTextFile(path, notebook(source));
   const out = join(dir, "out");
-  const run = await new Deno.Command(PYTHON, {
-    args: [FAULT, path, "--out", out, "--cell-timeout", "120"],
-    env: {
-      JUPYTER_PATH: jupyter,
-      JUPYTER_RUNTIME_DIR: join(jupyter, "runtime"),
-      DEER_TEST_FAULTY_RUNS: String(faultyRuns),
-      DEER_TEST_FAULT_KIND: kind,
-      NO_COLOR: "1",
-    },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const stderr = new TextDecoder().decode(run.stderr);
+  const { code, stderr } = await runWithKernel(
+    dir,
+    [FAULT, path, "--out", out, "--cell-timeout", "120"],
+    { DEER_TEST_FAULTY_RUNS: String(faultyRuns), DEER_TEST_FAULT_KIND: kind, NO_COLOR: "1" },
+  );
   const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json"))) as Summary[];
   assert.equal(summary.length, 1, stderr);
-  return { code: run.code, stderr, summary: summary[0] };
+  return { code, stderr, summary: summary[0] };
+}
+
+/** Notebook text as nbformat stores it: a string, or a list of lines. */
+function joined(text: string | string[] | undefined): string {
+  return Array.isArray(text) ? text.join("") : text ?? "";
 }
 
 /** The text of the executed notebook's stream outputs. */
@@ -97,7 +113,7 @@ async function streamText(executed: string): Promise<string> {
     cells: { outputs?: { output_type: string; text?: string | string[] }[] }[];
   };
   return nb.cells.flatMap((c) => c.outputs ?? []).filter((o) => o.output_type === "stream")
-    .map((o) => (Array.isArray(o.text) ? o.text.join("") : o.text ?? "")).join("");
+    .map((o) => joined(o.text)).join("");
 }
 
 const ignore = missing !== null && !required;
@@ -225,10 +241,7 @@ console.log(JSON.stringify({ on, off, want: settleMs(JSON.stringify(bundle).leng
       // Both displays arrived, whole.
       const shown = outputs.filter((o) => o.output_type === "display_data");
       assert.equal(shown.length, 2);
-      for (const o of shown) {
-        const text = o.data?.["text/plain"] ?? "";
-        assert.equal((Array.isArray(text) ? text.join("") : text).length, 5_000_000);
-      }
+      for (const o of shown) assert.equal(joined(o.data?.["text/plain"]).length, 5_000_000);
       const { on, off, want } = JSON.parse(await streamText(summary.executed));
       assert.equal(want, 50 + Math.ceil(5_000_017 / 10_000)); // 551 ms
       assert.ok(on >= want, `publish with settle took ${on} ms, less than ${want}`);
@@ -241,24 +254,10 @@ Deno.test({
   ignore,
   fn: () =>
     withDir(async (dir) => {
-      const jupyter = join(dir, "jupyter");
-      await installKernelspec(jupyter);
       const out = join(dir, "out");
-      const run = await new Deno.Command(PYTHON, {
-        args: [
-          join(ROOT, "notebooks", "tools", "interleave_probe.py"),
-          "--rounds",
-          "3",
-          "--mb",
-          "1",
-          "--out",
-          out,
-        ],
-        env: { JUPYTER_PATH: jupyter, JUPYTER_RUNTIME_DIR: join(jupyter, "runtime") },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const text = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
+      const probe = join(ROOT, "notebooks", "tools", "interleave_probe.py");
+      const run = await runWithKernel(dir, [probe, "--rounds", "3", "--mb", "1", "--out", out]);
+      const text = run.stdout + run.stderr;
       assert.equal(run.code, 0, text);
       const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json")));
       assert.deepEqual(summary.map((r: { mode: string }) => r.mode), ["off", "on"]);

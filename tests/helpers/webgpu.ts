@@ -94,11 +94,8 @@ export async function runDeno(
 ): Promise<ChildResult> {
   const first = await runDenoOnce(args, env);
   if (first.signal !== "SIGABRT" || !HEAP_ABORT.test(first.stderr)) return first;
-  const tail = [
-    ...first.stdout.trim().split("\n").slice(-3),
-    ...first.stderr.trim().split("\n")
-      .slice(-3),
-  ].join("\n  ");
+  const last3 = (text: string) => text.trim().split("\n").slice(-3);
+  const tail = [...last3(first.stdout), ...last3(first.stderr)].join("\n  ");
   console.error(
     `deno ${args.join(" ")}: glibc aborted the child for a damaged heap (SIGABRT); running it ` +
       `once more. Its environment (added): ${JSON.stringify(env)}. Its last lines:\n  ${tail}`,
