@@ -27,7 +27,9 @@
  *   to rows `[N·T, 3·width]` (one instead of a stack and a transpose), q's scaled back. The layouts
  *   move (and scale) values only.
  * * The matrix product may add a tensor of its output's shape as it stores (`wgslMatMulAdd`): the
- *   adapted weight `W_qkv + Aᵀ·B̃` in one kernel.
+ *   adapted weight `W_qkv + Aᵀ·B̃` in one kernel. It also reads an operand where it lies in a
+ *   stack ({@link stackedMatrix}): each block's A and B̃ out of the stacks of every block's, with
+ *   no slice dispatched per block and factor.
  * * The training loss (`wgslPrototypeLoss`): cross-entropy of the scaled cosine logits against
  *   the class prototypes in one kernel, its gradients at the features and at the logit scale in
  *   two (instead of about 25 kernels for both).
@@ -563,7 +565,7 @@ const float32 = (v: number): ProgramUniform => ({ type: "float32", data: [v] });
  * `tq` tokens of each of the `n` images (T for all of them, 1 for the class token alone). One
  * kernel per slot instead of a transpose of the weight to heads (for a batched product), the bias
  * addition and a slice per slot (and the class token's slice of q); the fast path scales q by
- * 1/√d_head here rather than in its weight.
+ * 1/√d_head here rather than in its weight. {@link wgslHeadSlots} cuts several slots at once.
  *
  * Only on the `webgpu` backend, e.g. `const k = wgslHeadSlot(qkv, bias, 1, n, t);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -575,6 +577,39 @@ export function wgslHeadSlot(
   tq: number,
   scale = 1,
 ): tf.Tensor {
+  const [, heads, , , dh] = headSlotsShape(qkv, bias, j, n, tq);
+  return tf.reshape(headSlots(qkv, bias, j, 1, n, tq, j, scale), [heads, n, tq, dh]);
+}
+
+/**
+ * Slots `from`..2 of the rows `qkv` [N·T, 3·width] with their bias [3·heads, 1, d_head], q (slot
+ * 0) times `qScale`, head-major in one tensor [3 − from, heads, N, T, d_head]: what
+ * {@link wgslHeadSlot} gives slot by slot, in one kernel. The products read each slot where it
+ * lies ({@link stackedMatrix}(slots, j)), so the block's q, k and v (k and v in the last block,
+ * whose q is the class token's alone) cost one dispatch instead of three (two).
+ *
+ * Only on the `webgpu` backend, e.g. `const kv = wgslHeadSlots(qkv, bias, n, 1);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslHeadSlots(
+  qkv: tf.Tensor,
+  bias: tf.Tensor,
+  n: number,
+  from = 0,
+  qScale = 1,
+): tf.Tensor {
+  const t = qkv.shape[0] / n;
+  return headSlots(qkv, bias, from, 3 - from, n, t, 0, qScale);
+}
+
+/** The output shape [count, heads, N, tq, d_head] of slots `from`.. of `qkv`, checked. */
+function headSlotsShape(
+  qkv: tf.Tensor,
+  bias: tf.Tensor,
+  from: number,
+  n: number,
+  tq: number,
+  count = 1,
+): number[] {
   const [h3, one, dh] = bias.shape as number[];
   if (bias.rank !== 3 || one !== 1 || h3 % 3 !== 0) {
     throw new Error(`webgpu_kernels head_slot: bias ${bias.shape} is not [3·heads, 1, d_head]`);
@@ -586,28 +621,54 @@ export function wgslHeadSlot(
       `webgpu_kernels head_slot: qkv ${qkv.shape} is not [${n}·T, ${h3 * dh}] (bias ${bias.shape})`,
     );
   }
-  if (![0, 1, 2].includes(j) || !Number.isInteger(tq) || tq < 1 || tq > t) {
+  if (
+    ![0, 1, 2].includes(from) || count < 1 || from + count > 3 || !Number.isInteger(tq) ||
+    tq < 1 || tq > t || (count > 1 && tq !== t)
+  ) {
     throw new Error(
-      `webgpu_kernels head_slot: slot ${j} (0..2) or ${tq} tokens (1..${t}) out of range`,
+      `webgpu_kernels head_slot: slot ${from} (0..2), ${count} slots or ${tq} tokens (1..${t}; all of them for several slots) out of range`,
     );
   }
-  const heads = h3 / 3;
+  return [count, h3 / 3, n, tq, dh];
+}
+
+/**
+ * Slots `from`..`from + count − 1` of `qkv`, the first `tq` tokens of each image, slot `scaled`
+ * times `scale`, as [count, heads, N, tq, d_head] (one kernel).
+ */
+function headSlots(
+  qkv: tf.Tensor,
+  bias: tf.Tensor,
+  from: number,
+  count: number,
+  n: number,
+  tq: number,
+  scaled: number,
+  scale: number,
+): tf.Tensor {
+  const shape = headSlotsShape(qkv, bias, from, n, tq, count);
+  const [, heads, , , dh] = shape;
+  const t = qkv.shape[0] / n;
   const make = () =>
     elementProgram(
-      `head_slot_${heads}_${dh}`,
+      `head_slots_${heads}_${dh}`,
       ["X", "C"],
-      [heads, n, tq, dh],
+      shape,
       `let d = index % ${dh};
           let r1 = index / ${dh};
           let tt = r1 % uniforms.TQ;
           let r2 = r1 / uniforms.TQ;
           let nn = r2 % uniforms.N;
-          let col = (uniforms.J * ${heads} + r2 / uniforms.N) * ${dh} + d;
-          let x = X[(nn * uniforms.T + tt) * ${h3 * dh} + col];
-          let r = x * uniforms.S + C[col];`,
-      { uniforms: "N : i32, T : i32, TQ : i32, J : i32, S : f32," },
+          let r3 = r2 / uniforms.N;
+          let slot = uniforms.J + r3 / ${heads};
+          let col = (slot * ${heads} + r3 % ${heads}) * ${dh} + d;
+          let x = X[(nn * uniforms.T + tt) * ${3 * heads * dh} + col];
+          var s = 1.0;
+          if (slot == uniforms.SJ) { s = uniforms.S; }
+          let r = x * s + C[col];`,
+      { uniforms: "N : i32, T : i32, TQ : i32, J : i32, SJ : i32, S : f32," },
     );
-  const uniforms = [...[n, t, tq, j].map(int32), float32(scale)];
+  const uniforms = [...[n, t, tq, from, scaled].map(int32), float32(scale)];
   return dispatch("HeadSlot", [qkv, bias], 0, make, uniforms);
 }
 
@@ -960,6 +1021,74 @@ export const WGSL_MM_MIN_OUTPUTS = 2 ** 18;
  */
 export const WGSL_MM_MAX_K = 16 * 65535;
 
+/**
+ * Matrix `index` of a stack (a tensor [count, …], the entry's shape `stack.shape.slice(1)`, at
+ * least 2-D), which the product kernels read where it lies: a slice would be one more dispatch
+ * and a copy. The fast path keeps every block's LoRA factors stacked, [layers, 3r, width], and
+ * multiplies block i's in place ({@link stackedMatrix}).
+ */
+export interface StackedMatrix {
+  readonly kind: "stacked";
+  readonly stack: tf.Tensor;
+  readonly index: number;
+}
+
+/** An operand of the product kernels: a tensor, or one matrix of a stack read in place. */
+export type MatMulOperand = tf.Tensor | StackedMatrix;
+
+/**
+ * Matrix `index` of `stack` as an operand of {@link wgslMatMul} and {@link wgslMatMulAdd},
+ * checked: `stack` of rank ≥ 3, float32, an integer index within its first axis.
+ *
+ * Only on the `webgpu` backend, e.g. `wgslMatMul(h, stackedMatrix(factors, 3), false, true)` (see tests/webgpu_wgsl.test.ts).
+ */
+export function stackedMatrix(stack: tf.Tensor, index: number): StackedMatrix {
+  if (stack.rank < 3) {
+    throw new Error(
+      `webgpu_kernels stackedMatrix: a stack of matrices has rank ≥ 3, got shape ${stack.shape}`,
+    );
+  }
+  if (!Number.isInteger(index) || index < 0 || index >= stack.shape[0]) {
+    throw new Error(
+      `webgpu_kernels stackedMatrix: index ${index} is outside 0..${
+        stack.shape[0] - 1
+      } (stack ${stack.shape})`,
+    );
+  }
+  return { kind: "stacked", stack, index };
+}
+
+/** Whether an operand is a {@link StackedMatrix} (a tensor has a `stack` method: not that). */
+function isStacked(o: MatMulOperand): o is StackedMatrix {
+  return (o as Partial<StackedMatrix>).kind === "stacked";
+}
+
+/** The shape an operand has as a matrix (a stacked matrix: its entry's). */
+function operandShape(o: MatMulOperand): number[] {
+  return isStacked(o) ? o.stack.shape.slice(1) : o.shape;
+}
+
+/** The tensor a kernel binds for an operand (a stacked matrix: the whole stack). */
+export function operandTensor(o: MatMulOperand): tf.Tensor {
+  return isStacked(o) ? o.stack : o;
+}
+
+/** Where an operand's elements start in the tensor bound for it. */
+function operandBase(o: MatMulOperand): number {
+  return isStacked(o) ? o.index * tf.util.sizeFromShape(operandShape(o)) : 0;
+}
+
+/**
+ * An operand as a tensor of its own: a stacked matrix sliced out (one dispatch), for the paths
+ * that cannot read it in place.
+ */
+export function materialize(o: MatMulOperand): tf.Tensor {
+  if (!isStacked(o)) return o;
+  const shape = operandShape(o);
+  const begin = [o.index, ...shape.map(() => 0)];
+  return tf.reshape(tf.slice(o.stack, begin, [1, ...shape]), shape);
+}
+
 /** The kernel's view of a product: batch sizes, M×K·K×N, and whether it takes it at all. */
 interface MatMulPlan {
   m: number;
@@ -969,20 +1098,30 @@ interface MatMulPlan {
   /** Elements between consecutive batch entries of a and b (0: broadcast, one matrix). */
   strideA: number;
   strideB: number;
+  /** Where a's and b's first elements lie in the tensors bound (non-zero for stacked matrices). */
+  baseA: number;
+  baseB: number;
   outShape: number[];
 }
 
 /** How the kernel would run `a·b` (`ta`, `tb`: transposed), or why it cannot. */
-function matMulPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMulPlan | string {
-  if (a.dtype !== "float32" || b.dtype !== "float32") return "not float32";
-  if (a.rank < 2 || b.rank < 2) return "rank below 2";
-  const [ra, rb] = [a.rank, b.rank];
-  const m = ta ? a.shape[ra - 1] : a.shape[ra - 2];
-  const ka = ta ? a.shape[ra - 2] : a.shape[ra - 1];
-  const kb = tb ? b.shape[rb - 1] : b.shape[rb - 2];
-  const n = tb ? b.shape[rb - 2] : b.shape[rb - 1];
+function matMulPlan(
+  a: MatMulOperand,
+  b: MatMulOperand,
+  ta: boolean,
+  tb: boolean,
+): MatMulPlan | string {
+  const [at, bt] = [operandTensor(a), operandTensor(b)];
+  if (at.dtype !== "float32" || bt.dtype !== "float32") return "not float32";
+  const [sa, sb] = [operandShape(a), operandShape(b)];
+  if (sa.length < 2 || sb.length < 2) return "rank below 2";
+  const [ra, rb] = [sa.length, sb.length];
+  const m = ta ? sa[ra - 1] : sa[ra - 2];
+  const ka = ta ? sa[ra - 2] : sa[ra - 1];
+  const kb = tb ? sb[rb - 1] : sb[rb - 2];
+  const n = tb ? sb[rb - 2] : sb[rb - 1];
   if (ka !== kb) return `inner dimensions ${ka} and ${kb} differ`;
-  const batchA = a.shape.slice(0, -2), batchB = b.shape.slice(0, -2);
+  const batchA = sa.slice(0, -2), batchB = sb.slice(0, -2);
   let batchShape: number[];
   try {
     batchShape = tf.backend_util.assertAndGetBroadcastShape(batchA, batchB);
@@ -1007,6 +1146,8 @@ function matMulPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMu
     batch,
     strideA: na === 1 ? 0 : m * ka,
     strideB: nb === 1 ? 0 : ka * n,
+    baseA: operandBase(a),
+    baseB: operandBase(b),
     outShape: [...batchShape, m, n],
   };
 }
@@ -1014,17 +1155,29 @@ function matMulPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMu
 /**
  * Whether the fast path's products go to {@link wgslMatMul}: the WGSL kernels are on
  * ({@link wgslKernelsEnabled}), the kernel takes the shapes, and the product is large enough
- * ({@link WGSL_MM_MIN_OUTPUTS}).
+ * ({@link WGSL_MM_MIN_OUTPUTS}) or reads a {@link StackedMatrix} (which only the kernel reads in
+ * place: any size then).
  */
-export function wgslMatMulUsed(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): boolean {
+export function wgslMatMulUsed(
+  a: MatMulOperand,
+  b: MatMulOperand,
+  ta = false,
+  tb = false,
+): boolean {
   return usedPlan(a, b, ta, tb) !== null;
 }
 
 /** The kernel's plan for `a·b` when {@link wgslMatMulUsed} says yes, else null. */
-function usedPlan(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): MatMulPlan | null {
+function usedPlan(
+  a: MatMulOperand,
+  b: MatMulOperand,
+  ta: boolean,
+  tb: boolean,
+): MatMulPlan | null {
   if (!wgslKernelsEnabled()) return null;
   const plan = matMulPlan(a, b, ta, tb);
   if (typeof plan === "string") return null;
+  if (isStacked(a) || isStacked(b)) return plan;
   const flag = Deno.env.get("DEER_WGSL_MM_MIN_OUTPUTS");
   const min = flag !== undefined && flag !== "" ? Number(flag) : WGSL_MM_MIN_OUTPUTS;
   if (!Number.isFinite(min)) {
@@ -1269,8 +1422,8 @@ ${
       let batch = i32(workgroupId.z);
       let m0 = i32(workgroupId.y) * ${tm};
       let n0 = i32(workgroupId.x) * ${tn};
-      let aOff = batch * uniforms.strideA;
-      let bOff = batch * uniforms.strideB;
+      let aOff = uniforms.baseA + batch * uniforms.strideA;
+      let bOff = uniforms.baseB + batch * uniforms.strideB;
       let oOff = batch * uniforms.M * uniforms.N;${
     layout === "rows"
       ? `
@@ -1328,8 +1481,8 @@ ${
  * Only on the `webgpu` backend, e.g. `const c = wgslMatMul(a, b, false, true);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslMatMul(
-  a: tf.Tensor,
-  b: tf.Tensor,
+  a: MatMulOperand,
+  b: MatMulOperand,
   ta = false,
   tb = false,
   tile: MatMulTile = defaultTile(),
@@ -1345,8 +1498,8 @@ export function wgslMatMul(
  * Only on the `webgpu` backend, e.g. `const w = wgslMatMulAdd(lora, factor, frozen, true);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslMatMulAdd(
-  a: tf.Tensor,
-  b: tf.Tensor,
+  a: MatMulOperand,
+  b: MatMulOperand,
   c: tf.Tensor,
   ta = false,
   tb = false,
@@ -1365,8 +1518,8 @@ export function wgslMatMulAdd(
  * Only on the `webgpu` backend, e.g. `const rows = wgslMatMulToRows(p, v, n);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslMatMulToRows(
-  a: tf.Tensor,
-  b: tf.Tensor,
+  a: MatMulOperand,
+  b: MatMulOperand,
   images: number,
   ta = false,
   tb = false,
@@ -1398,8 +1551,8 @@ export function wgslMatMulToHeads(
  * {@link wgslMatMulToHeads} (`headDim`): {@link wgslMatMulUsed} says yes and the layout fits.
  */
 export function wgslLaidOutUsed(
-  a: tf.Tensor,
-  b: tf.Tensor,
+  a: MatMulOperand,
+  b: MatMulOperand,
   ta: boolean,
   tb: boolean,
   layout: { images: number } | { headDim: number },
@@ -1455,8 +1608,8 @@ function laidOutShape(
 type OutputLayout = "plain" | "rows" | "heads";
 
 function matMulKernel(
-  a: tf.Tensor,
-  b: tf.Tensor,
+  a: MatMulOperand,
+  b: MatMulOperand,
   c: tf.Tensor | null,
   ta: boolean,
   tb: boolean,
@@ -1465,10 +1618,9 @@ function matMulKernel(
   layout: { kind: OutputLayout; images?: number; headDim?: number } = { kind: "plain" },
 ): tf.Tensor {
   const plan = matMulPlan(a, b, ta, tb);
+  const [sa, sb] = [operandShape(a), operandShape(b)];
   if (typeof plan === "string") {
-    throw new Error(
-      `webgpu_kernels matMul of ${a.shape} and ${b.shape} (ta ${ta}, tb ${tb}): ${plan}`,
-    );
+    throw new Error(`webgpu_kernels matMul of ${sa} and ${sb} (ta ${ta}, tb ${tb}): ${plan}`);
   }
   if (!MATMUL_TILES.includes(tile)) {
     throw new Error(
@@ -1481,19 +1633,18 @@ function matMulKernel(
   const rm = tile === "64x64" ? 4 : 8, cn = tile === "128x128" ? 2 : 1;
   // Only 128×128 prefetches (the other tiles are unchanged by the flag).
   const pf = cn === 2 && prefetch;
-  const { m, n, k, batch, strideA, strideB, outShape } = plan;
+  const { m, n, k, batch, strideA, strideB, baseA, baseB, outShape } = plan;
   if (c && !tf.util.arraysEqual(c.shape, outShape)) {
     throw new Error(
       `webgpu_kernels matMul: the addend ${c.shape} must have the product's shape ${outShape}`,
     );
   }
-  // vec4 bindings where every vec4 lies inside one row of the contiguous dimension.
+  // vec4 bindings where every vec4 lies inside one row of the contiguous dimension (a stacked
+  // matrix then starts on a vec4 too: its base is a multiple of that row's length).
   const va = (ta ? m : k) % 4 === 0, vb = (tb ? k : n) % 4 === 0, vo = n % 4 === 0;
   const laid = laidOutShape(plan, layout);
   if (typeof laid === "string") {
-    throw new Error(
-      `webgpu_kernels matMul of ${a.shape} and ${b.shape} as ${layout.kind}: ${laid}`,
-    );
+    throw new Error(`webgpu_kernels matMul of ${sa} and ${sb} as ${layout.kind}: ${laid}`);
   }
   if (c && layout.kind !== "plain") {
     throw new Error("webgpu_kernels matMul: an addend needs the plain layout");
@@ -1509,12 +1660,15 @@ function matMulKernel(
     dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
     size: false,
-    uniforms: `M : i32, N : i32, K : i32, strideA : i32, strideB : i32,${laid.uniforms}`,
+    uniforms:
+      `M : i32, N : i32, K : i32, strideA : i32, strideB : i32, baseA : i32, baseB : i32,${laid.uniforms}`,
     // The addend is read as the output is written.
     variableComponents: [va ? 4 : 1, vb ? 4 : 1, ...(c ? [vo ? 4 : 1] : [])],
     outputComponent: vo ? 4 : 1,
     getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf, c !== null, layout.kind),
   });
-  const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB, ...laid.values].map(int32);
-  return dispatch("MatMul", c ? [a, b, c] : [a, b], 0, make, uniforms);
+  const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB, baseA, baseB, ...laid.values]
+    .map(int32);
+  const [at, bt] = [operandTensor(a), operandTensor(b)];
+  return dispatch("MatMul", c ? [at, bt, c] : [at, bt], 0, make, uniforms);
 }

@@ -107,8 +107,8 @@ Deno.test({
 const FUSED_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import {
-  wgslGateBackward, wgslGateForward, wgslHeadSlot, wgslHeadsToRows, wgslLayerNormBackward,
-  wgslLayerNormForward, wgslResidual, wgslRowLayout, wgslSgdStep,
+  wgslGateBackward, wgslGateForward, wgslHeadSlot, wgslHeadSlots, wgslHeadsToRows,
+  wgslLayerNormBackward, wgslLayerNormForward, wgslResidual, wgslRowLayout, wgslSgdStep,
 } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 11;
@@ -164,6 +164,9 @@ for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) 
   const biasQ = tf.reshape(tf.slice(bias, [0, 0, 0], [heads, 1, dh]), [heads, 1, 1, dh]);
   const qScaled = tf.add(tf.mul(rawQ, s), biasQ);
   await rel("scaled.headSlot.q." + key, wgslHeadSlot(qkv, bias, 0, n, t, s), qScaled);
+  // All three slots in one kernel (q scaled), and k and v alone (the last block's).
+  await rel("scaled.headSlots.qkv." + key, wgslHeadSlots(qkv, bias, n, 0, s), tf.stack([qScaled, k, v]));
+  await rel("headSlots.kv." + key, wgslHeadSlots(qkv, bias, n, 1), tf.stack([k, v]));
   const toRows = (dq, dk, dv) =>
     tf.reshape(tf.transpose(tf.stack([dq, dk, dv]), [2, 3, 0, 1, 4]), [n * t, 3 * heads * dh]);
   await rel("headsToRows." + key, wgslHeadsToRows(q, k, v), toRows(q, k, v));
@@ -190,6 +193,7 @@ for (const bad of [
   () => wgslResidual(rnd([2, 3]), rnd([2, 3]), rnd([4]), 1),
   () => wgslHeadSlot(rnd([10, 24]), rnd([6, 1, 4]), 3, 2, 5),
   () => wgslHeadSlot(rnd([10, 20]), rnd([6, 1, 4]), 0, 2, 5),
+  () => wgslHeadSlots(rnd([10, 24]), rnd([6, 1, 4]), 2, 3),
   () => wgslHeadsToRows(rnd([2, 1, 3, 4]), rnd([2, 1, 5, 4]), rnd([2, 1, 5, 4])),
   // Beyond lavapipe's loop budget for the LayerNorm gradient's four passes: refused.
   () => wgslLayerNormBackward(rnd([1, 16384]), rnd([1, 16384]), rnd([16384]), 1e-5),
@@ -209,7 +213,7 @@ Deno.test({
       WEBGPU_CPU_FORWARD: "false",
     });
     // Per row size: residual twice, the LayerNorm gradient + residual in both row layouts.
-    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 8 + 8);
+    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 10 + 8);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // The layouts move values and add the same bias tfjs adds: exact. The rest round as
       // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5 (the
@@ -224,9 +228,10 @@ Deno.test({
     assert.match(refusals[0], /residual: vector 4 must be \[3\]/);
     assert.match(refusals[1], /head_slot: slot 3 \(0\.\.2\)/);
     assert.match(refusals[2], /head_slot: qkv 10,20 is not \[2·T, 24\]/);
-    assert.match(refusals[3], /heads_to_rows: dq 2,1,3,4/);
-    assert.match(refusals[4], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
-    assert.match(refusals[5], /DEER_WGSL_ROWS="warp": use thread or group/);
+    assert.match(refusals[3], /head_slot: slot 3 \(0\.\.2\), 0 slots/);
+    assert.match(refusals[4], /heads_to_rows: dq 2,1,3,4/);
+    assert.match(refusals[5], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
+    assert.match(refusals[6], /DEER_WGSL_ROWS="warp": use thread or group/);
     // Unless DEER_WGSL_ROWS says otherwise: the thread layout on a fallback adapter (lavapipe),
     // the group layout on a GPU.
     assert.equal(defaultLayout, adapter?.isFallback ? "thread" : "group");
@@ -316,7 +321,8 @@ Deno.test({
 const MATMUL_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import {
-  wgslLaidOutUsed, wgslMatMul, wgslMatMulAdd, wgslMatMulToHeads, wgslMatMulToRows, wgslMatMulUsed,
+  materialize, stackedMatrix, wgslLaidOutUsed, wgslMatMul, wgslMatMulAdd, wgslMatMulToHeads,
+  wgslMatMulToRows, wgslMatMulUsed,
 } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 1;
@@ -366,6 +372,40 @@ for (const [name, sa, sb, ta, tile] of [
   errs[name] = e / (await tf.max(tf.abs(want)).data())[0];
 }
 await check("128x128.1576x768x3072.00", [1576, 768], [768, 3072], false, false, "128x128");
+// Stacked matrices read in place (the fast path's per-block LoRA factors): entry 2 of a stack of 3
+// as a, entry 3 of 4 as b, or both, against the entries sliced out — the adapted weight
+// Aᵀ·B̃ + W, u = h·Aᵀ and dQkv·B̃ᵀ at ViT-B/16's widths (rank 8), and odd sizes (scalar loads)
+// with every transpose on two tiles.
+async function stacked(name, sa, sb, ta, tb, which, tile, add) {
+  const sA = tf.randomNormal([3, ...tr(sa, ta)], 0, 1, "float32", seed++);
+  const sB = tf.randomNormal([4, ...tr(sb, tb)], 0, 1, "float32", seed++);
+  const entry = (s, i) => tf.squeeze(tf.slice(s, [i], [1]), [0]);
+  const [a, b] = [entry(sA, 2), entry(sB, 3)];
+  const opA = which.includes("a") ? stackedMatrix(sA, 2) : a;
+  const opB = which.includes("b") ? stackedMatrix(sB, 3) : b;
+  const product = tf.matMul(a, b, ta, tb);
+  const c = add ? tf.randomNormal(product.shape, 0, 1, "float32", seed++) : null;
+  const want = c ? tf.add(c, product) : product;
+  const got = c ? wgslMatMulAdd(opA, opB, c, ta, tb, tile) : wgslMatMul(opA, opB, ta, tb, tile);
+  if (got.shape.join() !== want.shape.join()) throw new Error(name + ": shape " + got.shape);
+  const e = (await tf.max(tf.abs(tf.sub(got, want))).data())[0];
+  errs["stacked." + name] = e / Math.max((await tf.max(tf.abs(want)).data())[0], 1e-30);
+  tf.dispose([sA, sB, a, b, product, want, got, ...(c ? [c] : [])]);
+}
+await stacked("W.768x24x2304.10", [768, 24], [24, 2304], true, false, "ab", "64x64", true);
+await stacked("u.50x768x24.01", [50, 768], [768, 24], false, true, "b", "64x64", false);
+await stacked("dA.50x2304x24.01", [50, 2304], [2304, 24], false, true, "b", "64x64", false);
+for (const tile of ["64x64", "128x128"]) {
+  for (const ta of [false, true]) for (const tb of [false, true]) {
+    for (const which of ["a", "b", "ab"]) {
+      await stacked([tile, "33x17x65", +ta + "" + +tb, which].join("."), [33, 17], [17, 65], ta, tb, which, tile, false);
+    }
+  }
+}
+const stack = tf.randomNormal([3, 5, 7], 0, 1, "float32", seed++);
+const sliced = tf.squeeze(tf.slice(stack, [1], [1]), [0]);
+const materialized = materialize(stackedMatrix(stack, 1));
+errs["materialize.5x7"] = (await tf.max(tf.abs(tf.sub(materialized, sliced))).data())[0];
 // Laid out as it is stored: a batch of heads × images as rows [images·M, heads·N] (attention's
 // p·v), and one product's columns cut into heads [N / d, M, d] (the output projection's gradient).
 async function laidOut(name, got, want) {
@@ -390,6 +430,9 @@ for (const bad of [
   () => wgslMatMulToRows(tf.zeros([2, 3, 8, 8]), tf.zeros([2, 3, 8, 6]), 3),
   () => wgslMatMulToRows(tf.zeros([2, 3, 8, 8]), tf.zeros([2, 3, 8, 8]), 4),
   () => wgslMatMulToHeads(tf.zeros([8, 8]), tf.zeros([8, 24]), 6),
+  () => stackedMatrix(tf.zeros([3, 4]), 0),
+  () => stackedMatrix(tf.zeros([2, 3, 4]), 2),
+  () => wgslMatMul(tf.zeros([5, 4]), stackedMatrix(tf.zeros([2, 3, 4]), 1)),
 ]) {
   try { bad(); refused.push("accepted"); } catch (e) { refused.push(e.message); }
 }
@@ -408,6 +451,7 @@ console.log(JSON.stringify({
     dB: used([1576, 24], [1576, 2304], true, false),
     classScores: used([12, 8, 1, 64], [12, 8, 197, 64], false, true),
     innerBroadcast: used([2, 1, 197, 64], [1, 3, 64, 197]),
+    stackedSmall: wgslMatMulUsed(tf.zeros([50, 768]), stackedMatrix(tf.zeros([12, 24, 768]), 5), false, true),
   },
   refused,
   laidOutUsed: {
@@ -426,12 +470,15 @@ Deno.test({
     const { errs, used, refused, laidOutUsed } = await child(["eval", MATMUL_SOURCE], {
       WEBGPU_CPU_FORWARD: "false",
     });
-    assert.equal(Object.keys(errs).length, 4 * 6 * 4 + 2 + 3 + 6);
+    assert.equal(Object.keys(errs).length, 4 * 6 * 4 + 2 + 3 + 6 + 3 + 2 * 4 * 3 + 1);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
-      assert.ok(e <= 1e-5, `${k}: relative error ${e} (tolerance 1e-5)`);
+      // A stacked matrix is the same values read from another place: exact when materialized.
+      const tol = k.startsWith("materialize.") ? 0 : 1e-5;
+      assert.ok(e <= tol, `${k}: relative error ${e} (tolerance ${tol})`);
     }
     // ViT-B/16 at batch 8: the block's large products go to the kernel; B's gradient (24 rows),
-    // the last block's class-token scores and batch broadcasts along an inner axis do not.
+    // the last block's class-token scores and batch broadcasts along an inner axis do not; a
+    // product reading a stacked matrix does at any size.
     assert.deepEqual(used, {
       qkv: true,
       scores: true,
@@ -439,11 +486,18 @@ Deno.test({
       dB: false,
       classScores: false,
       innerBroadcast: false,
+      stackedSmall: true,
     });
     // The stored layouts: whole vec4s only, a batch that is heads × images, heads that divide N.
     assert.match(refused[0], /as rows: N = 6 is not a multiple of 4/);
     assert.match(refused[1], /as rows: a batch of 6 is not heads × 4 images/);
     assert.match(refused[2], /as heads: cannot cut 1 × 8×24 into heads of 6/);
+    assert.match(refused[3], /stackedMatrix: a stack of matrices has rank ≥ 3, got shape 3,4/);
+    assert.match(refused[4], /stackedMatrix: index 2 is outside 0\.\.1 \(stack 2,3,4\)/);
+    assert.match(
+      refused[5],
+      /matMul of 5,4 and 3,4 \(ta false, tb false\): inner dimensions 4 and 3/,
+    );
     assert.deepEqual(laidOutUsed, { attention: true, outGrad: true, oddColumns: false });
   },
 });
@@ -505,23 +559,41 @@ const info = await tf.profile(async () => {
 const count = (name) => info.kernels.filter((k) => k.name === name).length;
 // tfjs' products: plain, or fused with an addend (the adapted weight W_qkv + Aᵀ·B̃).
 const tfProducts = count("BatchMatMul") + count("_FusedMatMul");
-console.log(JSON.stringify({ deer: count("DeerWgsl_MatMul"), tf: tfProducts }));
+console.log(JSON.stringify({
+  deer: count("DeerWgsl_MatMul"),
+  tf: tfProducts,
+  layers: cfg.layers,
+  unpack: count("Unpack"),
+  slice: count("Slice"),
+}));
 `;
 
 Deno.test({
-  name: "webgpu WGSL: the fast path dispatches DeerWgsl_MatMul only when asked to (tiny ViT)",
+  name:
+    "webgpu WGSL: the fast path dispatches DeerWgsl_MatMul for the stacked factors, and for the rest only when asked to (tiny ViT)",
   ignore: skip,
   async fn() {
     const all = await child(["eval", COUNT_SOURCE], { DEER_WGSL_MM_MIN_OUTPUTS: "0" });
     const byDefault = await child(["eval", COUNT_SOURCE], {});
     const off = await child(["eval", COUNT_SOURCE], { DEER_WGSL: "0" });
-    // The tiny model's products are below the threshold: all tf.matMul by default and without
-    // the kernels; with the threshold at 0 they move to the kernel, all but those it cannot take.
-    assert.equal(byDefault.deer, 0);
+    const detail = JSON.stringify({ all, byDefault, off });
+    // The tiny model's products are below the threshold: by default only those that read an
+    // operand where it lies in a stack run as the kernel, the rest as tf.matMul — per block the
+    // three with its LoRA factors (W_qkv + Aᵀ·B̃, h·Aᵀ, dQkv·B̃ᵀ) and the five with q, k or v
+    // (q·kᵀ, p·v, dAttended·vᵀ, dScores·k, dScoresᵀ·q), but for the last block's
+    // dScoresᵀ·q (its q, the class token's, is a tensor of its own). Without the kernels all are
+    // tf.matMul; with the threshold at 0 all move to the kernel but those it cannot take. One
+    // product for one.
+    const layers = off.layers as number;
+    assert.equal(byDefault.deer, 8 * layers - 1, detail);
     assert.equal(off.deer, 0);
     assert.ok(off.tf > 0);
-    assert.equal(byDefault.tf, off.tf);
-    assert.ok(all.deer > 0 && all.tf < off.tf, JSON.stringify({ all, off }));
-    assert.equal(all.deer + all.tf, off.tf, JSON.stringify({ all, off }));
+    assert.equal(byDefault.deer + byDefault.tf, off.tf, detail);
+    assert.ok(all.deer > byDefault.deer && all.tf < byDefault.tf, detail);
+    assert.equal(all.deer + all.tf, off.tf, detail);
+    // Read in place, the factors are not unstacked: 2·layers Unpack kernels fewer (those left
+    // are the gradient of the test's own stacking of its per-adapter lists).
+    assert.equal(byDefault.unpack, off.unpack - 2 * layers, detail);
+    assert.equal(all.unpack, byDefault.unpack, detail);
   },
 });

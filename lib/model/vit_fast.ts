@@ -50,9 +50,14 @@
 import { tf } from "../backend.ts";
 import { nativeOps } from "../native.ts";
 import {
+  materialize,
+  type MatMulOperand,
+  operandTensor,
+  stackedMatrix,
   wgslGateBackward,
   wgslGateForward,
   wgslHeadSlot,
+  wgslHeadSlots,
   wgslHeadsToRows,
   wgslKernelsEnabled,
   wgslLaidOutUsed,
@@ -308,21 +313,30 @@ function runTfOp(
  * broadcasting over the batch axes: TensorFlow's `BatchMatMulV2` called directly — `tf.matMul`
  * reshapes both operands to 3-D and the result back, three more kernels per product. On webgpu
  * with the WGSL kernels, large products run as the tiled `DeerWgsl_MatMul`
- * (lib/webgpu_kernels.ts, {@link wgslMatMulUsed} says which), the others as `tf.matMul`.
+ * (lib/webgpu_kernels.ts, {@link wgslMatMulUsed} says which; always those that read a stacked
+ * LoRA factor in place), the others as `tf.matMul`.
  */
-function mm(a: tf.Tensor, b: tf.Tensor, ta = false, tb = false): tf.Tensor {
+function mm(a: MatMulOperand, b: MatMulOperand, ta = false, tb = false): tf.Tensor {
   if (wgslMatMulUsed(a, b, ta, tb)) return wgslMatMul(a, b, ta, tb);
-  if (portable()) return tf.matMul(a, b, ta, tb);
-  return runTfOp("BatchMatMulV2", ["T"], { adj_x: ta, adj_y: tb }, [a, b], 1)[0];
+  const [x, y] = [materialize(a), materialize(b)];
+  if (portable()) return tf.matMul(x, y, ta, tb);
+  return runTfOp("BatchMatMulV2", ["T"], { adj_x: ta, adj_y: tb }, [x, y], 1)[0];
 }
 
 /**
  * `c + a·b` (c the product's shape) on webgpu in one kernel: `DeerWgsl_MatMul` storing with the
  * addend, or tfjs' fused product with c as its bias.
  */
-function mmAdd(a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, ta = false, tb = false): tf.Tensor {
+function mmAdd(
+  a: MatMulOperand,
+  b: MatMulOperand,
+  c: tf.Tensor,
+  ta = false,
+  tb = false,
+): tf.Tensor {
   if (wgslMatMulUsed(a, b, ta, tb)) return wgslMatMulAdd(a, b, c, ta, tb);
-  return tf.fused.matMul({ a, b, transposeA: ta, transposeB: tb, bias: c });
+  const [x, y] = [materialize(a), materialize(b)];
+  return tf.fused.matMul({ a: x, b: y, transposeA: ta, transposeB: tb, bias: c });
 }
 
 /**
@@ -431,9 +445,10 @@ function layerNormInputGrad(dy: tf.Tensor, gamma: tf.Tensor, saved: tf.Tensor[],
  * `wgslHeadsToRows`): B and W are then without it, B̃ and W_qkv (+ Rᵀ) + Aᵀ·B̃.
  */
 interface BlockFactors {
-  A: tf.Tensor2D;
-  /** B̃·D (B̃ with the WGSL kernels). */
-  B: tf.Tensor2D;
+  /** With the WGSL kernels, block i's entry of the stack [layers, 3r, width], read in place. */
+  A: MatMulOperand;
+  /** B̃·D (B̃ with the WGSL kernels: block i's entry of the stack [layers, 3r, 3·width]). */
+  B: MatMulOperand;
   /** (W_qkv + Aᵀ·B̃)·D (W_qkv + Aᵀ·B̃ with the WGSL kernels). */
   W: tf.Tensor2D;
 }
@@ -445,9 +460,11 @@ interface BlockSaved {
   u: tf.Tensor2D;
   /** ln_1's saved state ({@link NormState}). */
   ln1: tf.Tensor[];
-  qs: tf.Tensor;
-  k: tf.Tensor;
-  v: tf.Tensor;
+  /** q, k, v: with the WGSL kernels, slots of one `wgslHeadSlots` stack (q of the class token
+   * alone in the last block: a tensor of its own), read in place. */
+  qs: MatMulOperand;
+  k: MatMulOperand;
+  v: MatMulOperand;
   p: tf.Tensor;
   /** ln_2's saved state. */
   ln2: tf.Tensor[];
@@ -465,12 +482,19 @@ function blockSaved(width: number): number {
   return SAVED_KEYS.length + 2 * normSaved(width);
 }
 
+/** The slot (0 q, 1 k, 2 v) a saved key holds, if it is one of them. */
+const SLOT: Partial<Record<(typeof SAVED_KEYS)[number], number>> = { qs: 0, k: 1, v: 2 };
+
 function flattenSaved(s: BlockSaved): tf.Tensor[] {
-  return [...SAVED_KEYS.map((key) => s[key]), ...s.ln1, ...s.ln2];
+  // A slot read in place is kept as its whole stack (the same tensor for each of its slots).
+  return [...SAVED_KEYS.map((key) => operandTensor(s[key])), ...s.ln1, ...s.ln2];
 }
 
 function unflattenSaved(t: tf.Tensor[], width: number): BlockSaved {
-  const single = Object.fromEntries(SAVED_KEYS.map((key, i) => [key, t[i]]));
+  // A stack of slots 3 − c..2 ([c, heads, N, T, d_head], rank 5) holds slot j at j − 3 + c.
+  const slot = (x: tf.Tensor, j: number | undefined): MatMulOperand =>
+    j === undefined || x.rank !== 5 ? x : stackedMatrix(x, j - 3 + x.shape[0]);
+  const single = Object.fromEntries(SAVED_KEYS.map((key, i) => [key, slot(t[i], SLOT[key])]));
   const at = SAVED_KEYS.length;
   return {
     ...single,
@@ -492,7 +516,8 @@ interface BlockContext {
  * head, [3·heads, width, d_head] (h broadcast over the heads), so that the activations come out
  * head-major with no transpose of their own — only the small weight is transposed. With the WGSL
  * kernels, one plain product h·W [N·T, 3·width] instead, and the bias and the cut into heads of
- * q, k, v one kernel per slot (`wgslHeadSlot`).
+ * q, k, v one kernel (`wgslHeadSlots`; the products read each slot where it lies), q of the class
+ * token alone a second one (`wgslHeadSlot`).
  */
 function headMajorQkv(
   h: tf.Tensor,
@@ -500,7 +525,7 @@ function headMajorQkv(
   bias: tf.Tensor,
   ctx: BlockContext,
   tq: number,
-): tf.Tensor[] {
+): MatMulOperand[] {
   const { n, t, cfg } = ctx;
   const dh = cfg.width / cfg.heads;
   if (wgslKernelsEnabled()) {
@@ -508,9 +533,12 @@ function headMajorQkv(
     // (BlockFactors): q is scaled by 1/√d_head as it is cut out.
     const rows = mm(h, weight);
     const qScale = 1 / Math.sqrt(dh);
-    return [0, 1, 2].map((j) =>
-      wgslHeadSlot(rows, bias, j, n, j === 0 ? tq : t, j === 0 ? qScale : 1)
-    );
+    if (tq === t) {
+      const slots = wgslHeadSlots(rows, bias, n, 0, qScale);
+      return [0, 1, 2].map((j) => stackedMatrix(slots, j));
+    }
+    const kv = wgslHeadSlots(rows, bias, n, 1);
+    return [wgslHeadSlot(rows, bias, 0, n, tq, qScale), stackedMatrix(kv, 0), stackedMatrix(kv, 1)];
   }
   const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
   const product = mm(h, perHead);
@@ -536,7 +564,7 @@ function headsTimesOut(o: tf.Tensor, out: tf.Tensor): tf.Tensor {
  * {@link headsTimesOut} of p·v, or with the WGSL product, p·v stored directly as the rows
  * [N·t, heads·d_head] that W_out multiplies (no transpose between the two products).
  */
-function attentionTimesOut(p: tf.Tensor, v: tf.Tensor, out: tf.Tensor): tf.Tensor {
+function attentionTimesOut(p: tf.Tensor, v: MatMulOperand, out: tf.Tensor): tf.Tensor {
   const [h, n, t] = p.shape;
   const [, d, c] = out.shape;
   if (wgslLaidOutUsed(p, v, false, false, { images: n })) {
@@ -884,30 +912,57 @@ export function frozenBlocksForward(
   // stacked here.
   const packedOrStacked = (which: "A" | "B"): tf.Tensor =>
     lora.packed ? lora.packed[which] : tf.stack(lora[which]);
-  /** Per block: A_q|A_k|A_v, the block-diagonal s·B and the adapted W_qkv + Aᵀ·B̃. */
-  const blockFactors = (packedA: tf.Tensor, packedB: tf.Tensor): BlockFactors[] => {
-    const a = tf.unstack(tf.reshape(packedA, [layers, 3 * rank, width])) as tf.Tensor2D[];
-    const b = tf.unstack(blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank));
-    return a.map((A, i) => {
+  // With the WGSL kernels the product kernel reads each block's A and B̃ where they lie in the
+  // stacks (no slice per block and factor: 2·layers dispatches fewer each way).
+  const inPlace = wgslKernelsEnabled();
+  /**
+   * Per block: A_q|A_k|A_v, the block-diagonal s·B and the adapted W_qkv + Aᵀ·B̃; and the tensors
+   * behind them, which a backward pass keeps ({@link keptFactors} reads them back).
+   */
+  const blockFactors = (
+    packedA: tf.Tensor,
+    packedB: tf.Tensor,
+  ): { factors: BlockFactors[]; tensors: tf.Tensor[] } => {
+    const a3 = tf.reshape(packedA, [layers, 3 * rank, width]);
+    const b3 = blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank);
+    if (inPlace) {
+      // D is applied in the layouts, and the sum is the product's epilogue.
+      const factors = blockWeights.map((_, i) => {
+        const [A, B] = [stackedMatrix(a3, i), stackedMatrix(b3, i)];
+        return { A, B, W: mmAdd(A, B, frozenQkv[i], true) as tf.Tensor2D };
+      });
+      return { factors, tensors: [a3, b3, ...factors.map((f) => f.W)] };
+    }
+    const b = tf.unstack(b3);
+    const factors = tf.unstack(a3).map((A, i) => {
       const B = b[i] as tf.Tensor2D;
       const D = blockWeights[i].colScale;
-      // With the WGSL kernels D is applied in the layouts, and the sum is the product's epilogue.
-      if (wgslKernelsEnabled()) return { A, B, W: mmAdd(A, B, frozenQkv[i], true) as tf.Tensor2D };
       return {
         A,
         B: tf.mul(B, D) as tf.Tensor2D,
         W: tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D) as tf.Tensor2D,
       };
     });
+    return { factors, tensors: factors.flatMap((f) => [f.A as tf.Tensor, f.B as tf.Tensor, f.W]) };
   };
+  /** The block factors from {@link blockFactors}' `tensors`, as a backward pass kept them. */
+  const keptFactors = (kept: tf.Tensor[]): BlockFactors[] =>
+    Array.from({ length: layers }, (_, i) =>
+      inPlace
+        ? {
+          A: stackedMatrix(kept[0], i),
+          B: stackedMatrix(kept[1], i),
+          W: kept[2 + i] as tf.Tensor2D,
+        }
+        : { A: kept[3 * i], B: kept[3 * i + 1], W: kept[3 * i + 2] as tf.Tensor2D });
   const want = {
     A: lora.trainable?.includes("A") ?? true,
     B: lora.trainable?.includes("B") ?? true,
   };
   // Forward only (evaluation, or no factor to differentiate): nothing is kept for a backward pass.
   if (tf.engine().state.gradientDepth === 0 || !(want.A || want.B)) {
-    return forward(blockFactors(packedOrStacked("A"), packedOrStacked("B")), frozenQkv, null)
-      .features;
+    const { factors } = blockFactors(packedOrStacked("A"), packedOrStacked("B"));
+    return forward(factors, frozenQkv, null).features;
   }
   // The inputs of the custom-gradient node are the trainable factors, stacked; a factor that is
   // not trainable is a constant inside it.
@@ -919,21 +974,16 @@ export function frozenBlocksForward(
     const packedA = want.A ? args[0] as tf.Tensor : packedOrStacked("A");
     const packedB = want.B ? args[want.A ? 1 : 0] as tf.Tensor : packedOrStacked("B");
     const save = args[inputs.length] as tf.GradSaveFunc;
-    const factors = blockFactors(packedA, packedB);
+    const { factors, tensors } = blockFactors(packedA, packedB);
     const keep: tf.Tensor[] = [];
     const { features, head } = forward(factors, frozenQkv, keep, want.B);
-    save([...keep, ...head.saved, ...factors.flatMap((f) => [f.A, f.B, f.W])]);
+    save([...keep, ...head.saved, ...tensors]);
     return {
       value: features,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const at = blockSaved(width) * layers;
         const headSaved = saved.slice(at, at + normSaved(width));
-        const fa = at + normSaved(width);
-        const f = Array.from({ length: layers }, (_, i) => ({
-          A: saved[fa + 3 * i] as tf.Tensor2D,
-          B: saved[fa + 1 + 3 * i] as tf.Tensor2D,
-          W: saved[fa + 2 + 3 * i] as tf.Tensor2D,
-        }));
+        const f = keptFactors(saved.slice(at + normSaved(width)));
         let dx: tf.Tensor = tf.tidy(() => {
           const dNormed = w.proj ? mm(dy, w.proj, false, true) : dy;
           return layerNormBackward(dNormed, w.lnPost.weight, headSaved, cfg.lnEps);
