@@ -313,8 +313,8 @@ function runTfOp(
  * broadcasting over the batch axes: TensorFlow's `BatchMatMulV2` called directly — `tf.matMul`
  * reshapes both operands to 3-D and the result back, three more kernels per product. On webgpu
  * with the WGSL kernels, large products run as the tiled `DeerWgsl_MatMul`
- * (lib/webgpu_kernels.ts, {@link wgslMatMulUsed} says which; always those that read a stacked
- * LoRA factor in place), the others as `tf.matMul`.
+ * (lib/webgpu_kernels.ts, {@link wgslMatMulUsed} says which; always those that read an operand
+ * in place from a stack: a block's LoRA factors, the q/k/v slots), the others as `tf.matMul`.
  */
 function mm(a: MatMulOperand, b: MatMulOperand, ta = false, tb = false): tf.Tensor {
   if (wgslMatMulUsed(a, b, ta, tb)) return wgslMatMul(a, b, ta, tb);
@@ -913,7 +913,7 @@ export function frozenBlocksForward(
   const packedOrStacked = (which: "A" | "B"): tf.Tensor =>
     lora.packed ? lora.packed[which] : tf.stack(lora[which]);
   // With the WGSL kernels the product kernel reads each block's A and B̃ where they lie in the
-  // stacks (no slice per block and factor: 2·layers dispatches fewer each way).
+  // stacks (no slice per block and factor: 2·layers dispatches fewer per pass).
   const inPlace = wgslKernelsEnabled();
   /**
    * Per block: A_q|A_k|A_v, the block-diagonal s·B and the adapted W_qkv + Aᵀ·B̃; and the tensors
