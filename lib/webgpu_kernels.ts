@@ -728,6 +728,75 @@ export function wgslHeadsToRows(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The LoRA factors' block-diagonal layout
+
+/** `layers`, width and rank of B [3·layers, width, r], checked. */
+function loraShape(what: string, b: tf.Tensor): [number, number, number] {
+  const [l3, width, rank] = b.shape as number[];
+  if (b.rank !== 3 || l3 % 3 !== 0 || l3 === 0 || width === 0 || rank === 0) {
+    throw new Error(`webgpu_kernels ${what}: B ${b.shape} is not [3·layers, width, r]`);
+  }
+  return [l3 / 3, width, rank];
+}
+
+/**
+ * Every block's `scale`·B_q, B_k, B_v ([3·layers, width, r], stacked per block q, k, v) laid out
+ * block-diagonally as B̃ [layers, 3r, 3·width]: slot j's Bᵀ in rows j·r.., columns j·width..,
+ * zeros elsewhere (Aᵀ·B̃ is then A_qᵀB_qᵀ | A_kᵀB_kᵀ | A_vᵀB_vᵀ side by side). One kernel
+ * instead of a product by the scale, a transpose and a product by the identity's slots.
+ *
+ * Only on the `webgpu` backend, e.g. `const bTilde = wgslBlockDiagonal(packedB, 2);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslBlockDiagonal(b: tf.Tensor, scale: number): tf.Tensor {
+  const [layers, width, rank] = loraShape("block_diagonal", b);
+  const make = () =>
+    elementProgram(
+      `block_diagonal_${width}_${rank}`,
+      ["B"],
+      [layers, 3 * rank, 3 * width],
+      `let col = index % ${3 * width};
+          let row = (index / ${3 * width}) % ${3 * rank};
+          let l = index / ${9 * rank * width};
+          let j = row / ${rank};
+          var r = 0.0;
+          if (col / ${width} == j) {
+            r = B[((3 * l + j) * ${width} + col % ${width}) * ${rank} + row % ${rank}] * uniforms.S;
+          }`,
+      { uniforms: "S : f32," },
+    );
+  return dispatch("BlockDiagonal", [b], 0, make, [float32(scale)]);
+}
+
+/**
+ * The gradient of {@link wgslBlockDiagonal}: `scale` times the diagonal blocks of `d`
+ * [layers, 3r, 3·width], transposed back to [3·layers, width, r]. One kernel instead of a product by
+ * the slots, a sum, a transpose and a product by the scale.
+ *
+ * Only on the `webgpu` backend, e.g. `const dB = wgslBlockDiagonalGrad(dBTilde, 2);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslBlockDiagonalGrad(d: tf.Tensor, scale: number): tf.Tensor {
+  const [layers, r3, w3] = d.shape as number[];
+  if (d.rank !== 3 || r3 % 3 !== 0 || w3 % 3 !== 0 || layers === 0 || r3 === 0 || w3 === 0) {
+    throw new Error(`webgpu_kernels block_diagonal_grad: ${d.shape} is not [layers, 3r, 3·width]`);
+  }
+  const [rank, width] = [r3 / 3, w3 / 3];
+  const make = () =>
+    elementProgram(
+      `block_diagonal_grad_${width}_${rank}`,
+      ["D"],
+      [3 * layers, width, rank],
+      `let rho = index % ${rank};
+          let c = (index / ${rank}) % ${width};
+          let s3 = index / ${rank * width};
+          let j = s3 % 3;
+          let row = (s3 / 3) * ${r3} + j * ${rank} + rho;
+          let r = D[row * ${w3} + j * ${width} + c] * uniforms.S;`,
+      { uniforms: "S : f32," },
+    );
+  return dispatch("BlockDiagonalGrad", [d], 0, make, [float32(scale)]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The optimiser
 
 /**

@@ -107,7 +107,8 @@ Deno.test({
 const FUSED_SOURCE = `
 import { tf } from "./lib/backend.ts";
 import {
-  wgslGateBackward, wgslGateForward, wgslHeadSlot, wgslHeadSlots, wgslHeadsToRows,
+  wgslBlockDiagonal, wgslBlockDiagonalGrad, wgslGateBackward, wgslGateForward, wgslHeadSlot,
+  wgslHeadSlots, wgslHeadsToRows,
   wgslLayerNormBackward, wgslLayerNormForward, wgslResidual, wgslRowLayout, wgslSgdStep,
 } from "./lib/webgpu_kernels.ts";
 const errs = {};
@@ -175,6 +176,19 @@ for (const [heads, n, t, dh] of [[1, 1, 1, 1], [3, 2, 5, 4], [12, 3, 197, 64]]) 
   const scaledRows = toRows(tf.mul(padded, s), k, v);
   await rel("scaled.headsToRows.qClass." + key, wgslHeadsToRows(qClass, k, v, s), scaledRows);
 }
+// The LoRA factors B [3·layers, width, r] laid out block-diagonally, [layers, 3r, 3·width], and
+// the gradient back: against the fast path's tfjs composition (the identity's slots broadcast).
+const slots = tf.reshape(tf.eye(3), [3, 1, 3, 1]);
+for (const [layers, w, r] of [[1, 1, 1], [2, 5, 3], [12, 768, 8]]) {
+  const key = [layers, w, r].join("x");
+  const b = rnd([3 * layers, w, r]);
+  const rows = tf.reshape(tf.transpose(tf.reshape(tf.mul(b, 2), [layers, 3, w, r]), [0, 1, 3, 2]), [layers, 3, r, 1, w]);
+  await rel("blockDiag." + key, wgslBlockDiagonal(b, 2), tf.reshape(tf.mul(rows, slots), [layers, 3 * r, 3 * w]));
+  const d = rnd([layers, 3 * r, 3 * w]);
+  const diagonal = tf.sum(tf.mul(tf.reshape(d, [layers, 3, r, 3, w]), slots), 3);
+  const back = tf.mul(tf.reshape(tf.transpose(diagonal, [0, 1, 3, 2]), [3 * layers, w, r]), 2);
+  await rel("blockDiagGrad." + key, wgslBlockDiagonalGrad(d, 2), back);
+}
 // PyTorch's SGD step (weight decay, momentum; and plain), on a tensor and on a scalar.
 for (const shape of [[3, 4, 5], []]) {
   for (const [lr, momentum, weightDecay] of [[0.01, 0.9, 1e-4], [0.5, 0, 0]]) {
@@ -195,6 +209,8 @@ for (const bad of [
   () => wgslHeadSlot(rnd([10, 20]), rnd([6, 1, 4]), 0, 2, 5),
   () => wgslHeadSlots(rnd([10, 24]), rnd([6, 1, 4]), 2, 3),
   () => wgslHeadsToRows(rnd([2, 1, 3, 4]), rnd([2, 1, 5, 4]), rnd([2, 1, 5, 4])),
+  () => wgslBlockDiagonal(rnd([4, 5, 3]), 1),
+  () => wgslBlockDiagonalGrad(rnd([2, 4, 9]), 1),
   // Beyond lavapipe's loop budget for the LayerNorm gradient's four passes: refused.
   () => wgslLayerNormBackward(rnd([1, 16384]), rnd([1, 16384]), rnd([16384]), 1e-5),
   () => { Deno.env.set("DEER_WGSL_ROWS", "warp"); wgslLayerNormForward(rnd([2, 3]), rnd([3]), rnd([3]), 1e-5); },
@@ -206,19 +222,20 @@ console.log(JSON.stringify({ errs, refusals, defaultLayout }));
 
 Deno.test({
   name:
-    "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias, the attention layouts (q scaled) and the SGD step equal the tfjs composition",
+    "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias, the attention layouts (q scaled), the LoRA block-diagonal layout and the SGD step equal the tfjs composition",
   ignore: skip,
   async fn() {
     const { errs, refusals, defaultLayout } = await child(["eval", FUSED_SOURCE], {
       WEBGPU_CPU_FORWARD: "false",
     });
     // Per row size: residual twice, the LayerNorm gradient + residual in both row layouts.
-    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 10 + 8);
+    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 10 + 3 * 2 + 8);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
-      // The layouts move values and add the same bias tfjs adds: exact. The rest round as
+      // The layouts move values and add the same bias tfjs adds, or scale them as tfjs does:
+      // exact. The rest round as
       // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5 (the
       // gate's bias: (z − b) + b is z to a rounding).
-      const tol = k.startsWith("head")
+      const tol = k.startsWith("head") || k.startsWith("blockDiag")
         ? 0
         : k.startsWith("scaled.") || k.startsWith("sgd.")
         ? 1e-6
@@ -230,8 +247,10 @@ Deno.test({
     assert.match(refusals[2], /head_slot: qkv 10,20 is not \[2·T, 24\]/);
     assert.match(refusals[3], /head_slot: slot 3 \(0\.\.2\), 0 slots/);
     assert.match(refusals[4], /heads_to_rows: dq 2,1,3,4/);
-    assert.match(refusals[5], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
-    assert.match(refusals[6], /DEER_WGSL_ROWS="warp": use thread or group/);
+    assert.match(refusals[5], /block_diagonal: B 4,5,3 is not \[3·layers, width, r\]/);
+    assert.match(refusals[6], /block_diagonal_grad: 2,4,9 is not \[layers, 3r, 3·width\]/);
+    assert.match(refusals[7], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
+    assert.match(refusals[8], /DEER_WGSL_ROWS="warp": use thread or group/);
     // Unless DEER_WGSL_ROWS says otherwise: the thread layout on a fallback adapter (lavapipe),
     // the group layout on a GPU.
     assert.equal(defaultLayout, adapter?.isFallback ? "thread" : "group");

@@ -54,6 +54,8 @@ import {
   type MatMulOperand,
   operandTensor,
   stackedMatrix,
+  wgslBlockDiagonal,
+  wgslBlockDiagonalGrad,
   wgslGateBackward,
   wgslGateForward,
   wgslHeadSlot,
@@ -924,7 +926,9 @@ export function frozenBlocksForward(
     packedB: tf.Tensor,
   ): { factors: BlockFactors[]; tensors: tf.Tensor[] } => {
     const a3 = tf.reshape(packedA, [layers, 3 * rank, width]);
-    const b3 = blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank);
+    const b3 = inPlace
+      ? wgslBlockDiagonal(packedB, lora.scale)
+      : blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank);
     if (inPlace) {
       // D is applied in the layouts, and the sum is the product's epilogue.
       const factors = blockWeights.map((_, i) => {
@@ -1007,7 +1011,11 @@ export function frozenBlocksForward(
         return tf.tidy(() => [
           ...(want.A ? [tf.reshape(tf.stack(dA), [3 * layers, rank, width])] : []),
           ...(want.B
-            ? [tf.mul(blockDiagonalGrad(tf.stack(dB), slots, layers, width, rank), lora.scale)]
+            ? [
+              inPlace
+                ? wgslBlockDiagonalGrad(tf.stack(dB), lora.scale)
+                : tf.mul(blockDiagonalGrad(tf.stack(dB), slots, layers, width, rank), lora.scale),
+            ]
             : []),
         ]);
       },
