@@ -577,8 +577,8 @@ export function wgslHeadSlot(
   tq: number,
   scale = 1,
 ): tf.Tensor {
-  const [, heads, , , dh] = headSlotsShape(qkv, bias, j, n, tq);
-  return tf.reshape(headSlots(qkv, bias, j, 1, n, tq, j, scale), [heads, n, tq, dh]);
+  const slot = headSlots(qkv, bias, j, 1, n, tq, j, scale);
+  return tf.reshape(slot, slot.shape.slice(1));
 }
 
 /**
@@ -730,15 +730,6 @@ export function wgslHeadsToRows(
 // ---------------------------------------------------------------------------------------------
 // The LoRA factors' block-diagonal layout
 
-/** `layers`, width and rank of B [3·layers, width, r], checked. */
-function loraShape(what: string, b: tf.Tensor): [number, number, number] {
-  const [l3, width, rank] = b.shape as number[];
-  if (b.rank !== 3 || l3 % 3 !== 0 || l3 === 0 || width === 0 || rank === 0) {
-    throw new Error(`webgpu_kernels ${what}: B ${b.shape} is not [3·layers, width, r]`);
-  }
-  return [l3 / 3, width, rank];
-}
-
 /**
  * Every block's `scale`·B_q, B_k, B_v ([3·layers, width, r], stacked per block q, k, v) laid out
  * block-diagonally as B̃ [layers, 3r, 3·width]: slot j's Bᵀ in rows j·r.., columns j·width..,
@@ -748,7 +739,11 @@ function loraShape(what: string, b: tf.Tensor): [number, number, number] {
  * Only on the `webgpu` backend, e.g. `const bTilde = wgslBlockDiagonal(packedB, 2);` (see tests/webgpu_wgsl.test.ts).
  */
 export function wgslBlockDiagonal(b: tf.Tensor, scale: number): tf.Tensor {
-  const [layers, width, rank] = loraShape("block_diagonal", b);
+  const [l3, width, rank] = b.shape as number[];
+  if (b.rank !== 3 || l3 % 3 !== 0 || l3 === 0 || width === 0 || rank === 0) {
+    throw new Error(`webgpu_kernels block_diagonal: B ${b.shape} is not [3·layers, width, r]`);
+  }
+  const layers = l3 / 3;
   const make = () =>
     elementProgram(
       `block_diagonal_${width}_${rank}`,
