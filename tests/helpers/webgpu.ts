@@ -85,7 +85,7 @@ const HEAP_ABORT =
  * is run once more, and that is said on stderr with the first run's last lines. CI saw a child
  * that had passed all its tests die so at exit, twice ("corrupted size vs. prev_size in
  * fastbins", "double free or corruption (out)"; lavapipe), in the native teardown of the GPU
- * stack; 64 runs of that child here did not repeat it (README, "GPU (WebGPU)"). A second such
+ * stack; 64 runs of that child here did not repeat it (docs/gpu.md#correctness). A second such
  * death, or any other failure, is returned as it is.
  */
 export async function runDeno(
