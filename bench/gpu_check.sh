@@ -17,7 +17,7 @@
 # import torch, or torch sees no CUDA device, the summary says so and the PyTorch figures are left
 # out.
 #
-# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl|submit|rows]
+# Usage: bash .gpucarry/gpu_check.sh [probe|short|wgsl|products|submit|rows]
 #   (none): the backend line, the webgpu tests (equivalence and memory against the `cpu` backend:
 #     libtensorflow is not carried; the WGSL kernels against the tfjs composition on the GPU) and
 #     `deno task bench`'s tiny and ViT-B/16 figures (bench.jsonl): the LoRA step (awaited median
@@ -33,6 +33,12 @@
 #     with the kernels, 90 s without), the
 #     probe's kernel count at batch 8, and the ViT-B/16 step at batch 8, 32 and 64 (3 steps after
 #     1 warm-up); both ways for each before the next, so that a cut run keeps whole pairs (≈ 5 min).
+#   products: where the fast path's products go, step by step (products.jsonl, each record
+#     tagged): the ViT-B/16 step at batch 8 and 32 (3 steps after 1 warm-up) with products of
+#     2^18 outputs and more on DeerWgsl_MatMul (the default) and with every product on it
+#     (DEER_WGSL_MM_MIN_OUTPUTS=262144, 0), then with each tile (DEER_WGSL_MM_TILE=64x64, 128x64,
+#     128x128) at the default threshold (≈ 4–5 min). The microbenchmark of `wgsl` times products
+#     alone; this times them in the step, where the small ones' share decides the threshold.
 #   submit: the ViT-B/16 step at batch 8 and 32 (3 steps after 1 warm-up) with tfjs-webgpu
 #     submitting a command buffer every 15 (its default), 64 and 1000 dispatches
 #     (DEER_WEBGPU_SUBMIT_BATCH), into submit.jsonl, each record tagged (≈ 3 min).
@@ -53,8 +59,8 @@
 # the WGSL kernel tests in none and without torch: wgsl 90 s, none 103 s.
 set -u
 MODE=${1:-default}
-case "$MODE" in default | probe | short | wgsl | submit | rows) ;; *)
-  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl, submit, rows or none" >&2
+case "$MODE" in default | probe | short | wgsl | products | submit | rows) ;; *)
+  echo "gpu_check.sh: mode '$MODE': use probe, short, wgsl, products, submit, rows or none" >&2
   exit 2
   ;;
 esac
@@ -97,7 +103,7 @@ field() { sed -nE "s/.*\"$1\": ?(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
 brief() {
   local s k v
   s=$(field name "$1" | tr -d '"')
-  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH DEER_WGSL_ROWS wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
+  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH DEER_WGSL_ROWS DEER_WGSL_MM_MIN_OUTPUTS DEER_WGSL_MM_TILE wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
     kernels kernel_gpu_ms dispatches host_record_ms host_us_per_dispatch read_wait_ms \
     gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
     target loss_last description real_gpu gpu_figures torch_device exit; do
@@ -280,6 +286,11 @@ case "$MODE" in
         deno run -A bench/webgpu_probe.ts "${PROBE[@]}" --step-only
     done
     ab_steps "$OUT/rows.jsonl" DEER_WGSL_ROWS "thread group" 2
+    ;;
+  products)
+    # The threshold first (the default against every product on the kernel), then the tile.
+    ab_steps "$OUT/products.jsonl" DEER_WGSL_MM_MIN_OUTPUTS "262144 0" 2
+    ab_steps "$OUT/products.jsonl" DEER_WGSL_MM_TILE "64x64 128x64 128x128" 2
     ;;
   submit)
     # Dispatches per command-buffer submission: tfjs' 15, then 64 and 1000.
