@@ -16,7 +16,7 @@ PyTorch reference outputs on two random normalised images:
 References are computed in float64 from the weights exactly as stored (rounded to F16/BF16
 where stored so). Usage (from the repository root):
 
-    /work/venv/bin/python tools/crosscheck/make_model_fixtures.py [out_dir]
+    python tools/crosscheck/make_model_fixtures.py [out_dir]
 """
 import json
 import os

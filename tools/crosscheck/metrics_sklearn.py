@@ -6,7 +6,7 @@ zero_division, and roc_auc_score(np.eye(C)[labels], scores). Scores are rounded 
 decimals so that ties occur. Prints JSON; the cases and values are recorded in
 tests/metrics_classification.test.ts.
 
-Run: /work/venv/bin/python tools/crosscheck/metrics_sklearn.py
+Run: python tools/crosscheck/metrics_sklearn.py
 """
 
 import json

@@ -14,7 +14,7 @@ epsilon = min over orders of rdp - (log delta + log alpha)/(alpha - 1) + log((al
 (Balle et al. 2020, Thm. 21), and the noise multiplier search is the bisection docs/privacy.md#rdp-as-opacus spells
 out. Prints JSON; the numbers are recorded in tests/privacy_rdp.test.ts.
 
-Run: /work/venv/bin/python tools/crosscheck/privacy_rdp_reference.py
+Run: python tools/crosscheck/privacy_rdp_reference.py
 """
 
 import json

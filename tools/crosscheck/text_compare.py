@@ -24,7 +24,7 @@ with the PyTorch reference features of the same token ids:
 
 The checkpoints are ~0.3–0.6 GB each: keep them out of the repository. Usage:
 
-    /work/venv/bin/python tools/crosscheck/text_compare.py [/tmp/deer_text_crosscheck]
+    python tools/crosscheck/text_compare.py [/tmp/deer_text_crosscheck]
     deno run -A tools/crosscheck/text_compare.ts [/tmp/deer_text_crosscheck]
 """
 import gc

@@ -10,7 +10,7 @@
  *
  * @example
  * ```sh
- * /work/venv/bin/python tools/crosscheck/text_compare.py /tmp/deer_text_crosscheck
+ * python tools/crosscheck/text_compare.py /tmp/deer_text_crosscheck
  * deno run -A tools/crosscheck/text_compare.ts /tmp/deer_text_crosscheck
  * ```
  * @module

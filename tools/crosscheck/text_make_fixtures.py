@@ -21,7 +21,7 @@ from the weights exactly as stored) of a few rows of token ids:
 
 Usage (from the repository root):
 
-    /work/venv/bin/python tools/crosscheck/text_make_fixtures.py [out_dir]
+    python tools/crosscheck/text_make_fixtures.py [out_dir]
 """
 import json
 import os

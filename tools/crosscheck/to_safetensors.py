@@ -4,7 +4,7 @@ The toolkit reads weights only from .safetensors (no pickle, docs/data.md#model-
 only as pickles — BiomedCLIP's `open_clip_pytorch_model.bin`, for one. Convert them once, in
 Python, with `weights_only=True` (no arbitrary code runs while loading):
 
-    /work/venv/bin/python tools/crosscheck/to_safetensors.py open_clip_pytorch_model.bin \
+    python tools/crosscheck/to_safetensors.py open_clip_pytorch_model.bin \
         biomedclip.safetensors
 
 A `state_dict` wrapper and a DataParallel `module.` prefix are removed; non-tensor entries are

@@ -17,7 +17,7 @@ as .safetensors with the PyTorch reference features of 4 random normalised 224×
 
 The checkpoints are ~0.3–0.6 GB each: keep them out of the repository. Usage:
 
-    /work/venv/bin/python tools/crosscheck/vit_compare.py [/tmp/deer_crosscheck]
+    python tools/crosscheck/vit_compare.py [/tmp/deer_crosscheck]
     deno run -A tools/crosscheck/vit_compare.ts [/tmp/deer_crosscheck]
 """
 import gc

@@ -7,7 +7,7 @@
  *
  * @example
  * ```sh
- * /work/venv/bin/python tools/crosscheck/vit_compare.py /tmp/deer_crosscheck
+ * python tools/crosscheck/vit_compare.py /tmp/deer_crosscheck
  * deno run -A tools/crosscheck/vit_compare.ts /tmp/deer_crosscheck
  * ```
  * @module
