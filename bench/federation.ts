@@ -29,7 +29,7 @@
  * @module
  */
 import { join } from "node:path";
-import { parseArgs } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs, usageExit } from "../lib/cli.ts";
 import { startNatsServer } from "../lib/federation/server.ts";
 import {
   connectFederation,
@@ -43,14 +43,26 @@ import { compareRuns } from "../tools/compare_runs.ts";
 import { loadAverage, median, round, waitForLowLoad } from "./measure.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const flags = parseArgs(Deno.args, {
+const USAGE = `Usage: deno task bench-federation [flags]   (needs nats-server on the PATH)
+  What cross-site federation costs, on loopback over TLS: bytes per round per site, round and
+  wall times, peak memory and CPU of every process, and whether the federated run's records
+  equal \`deno task train\`'s (demo), and ViT-B/16 factor sizes through the transport (vit).
+  --only demo,vit   the parts (default both)
+  --sites K         sites of the demo run (default 12)
+  --rounds T        rounds of the demo run (default 2)
+  --seed S          its seed (default 10)
+  --reps N          timed repetitions of the vit part (default 3)
+  --json PATH       also write every figure to PATH
+  --max-wait S      longest wait for a load average ≤ 1.5 before a timed part (default 30)
+  --keep            keep the work folder and print it`;
+const flags = parseCommandArgs("bench-federation", USAGE, Deno.args, {
   string: ["only", "sites", "rounds", "seed", "reps", "json", "max-wait"],
   boolean: ["keep"],
-});
+}, noPositionals);
 const int = (name: string, fallback: number, min: number) => {
   const v = Number(flags[name] ?? fallback);
   if (!(Number.isInteger(v) && v >= min)) {
-    throw new Error(`--${name} ${flags[name]}: need an integer ≥ ${min}`);
+    usageExit("bench-federation", `--${name} ${flags[name]}: need an integer ≥ ${min}`);
   }
   return v;
 };
@@ -61,7 +73,9 @@ const REPS = int("reps", 3, 1);
 const MAX_WAIT = int("max-wait", 30, 0);
 const only = String(flags.only ?? "demo,vit").split(",").map((s) => s.trim());
 for (const o of only) {
-  if (!["demo", "vit"].includes(o)) throw new Error(`--only ${o}: use demo, vit or demo,vit`);
+  if (!["demo", "vit"].includes(o)) {
+    usageExit("bench-federation", `--only ${o}: use demo, vit or demo,vit`);
+  }
 }
 const SITES = Array.from({ length: K }, (_, i) => `site-${String(i + 1).padStart(2, "0")}`);
 const work = await Deno.makeTempDir({ prefix: "deer-bench-federation-" });

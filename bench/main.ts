@@ -11,8 +11,8 @@
  * * `--only tiny,b16,round,memory,tensors` — a subset (default: all).
  * * `--torch PYTHON` — also run the PyTorch reference steps (`bench/vit_lora_torch.py`,
  *   `bench/vit_b16_lora_torch.py`, 2 threads) with that interpreter right after the toolkit's
- *   figure; default: `/work/venv/bin/python` when it exists and imports torch, else none
- *   (`--torch none` turns them off).
+ *   figure; default: `DEER_TORCH_PYTHON` when set, else `python3` when it imports torch, else
+ *   none (`--torch none` turns them off).
  * * `--max-wait S` — longest wait for a low load before a figure (default 120).
  * * `--attempts N` — measure a step figure and its PyTorch reference again, up to N times, while
  *   the load average during them exceeded 1.5; the quietest pair is printed (default 1).
@@ -34,15 +34,25 @@
  * and the others with TensorFlow's default. Each figure reports what it ran with.
  * @module
  */
-import { existsSync } from "node:fs";
-import { parseArgs } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs, usageExit } from "../lib/cli.ts";
 import { waitForLowLoad } from "./measure.ts";
 import { probeInChild } from "../lib/backend_webgpu.ts";
 
 const ALL = ["tiny", "b16", "round", "memory", "tensors"] as const;
 const here = new URL(".", import.meta.url).pathname;
 
-const flags = parseArgs(Deno.args, {
+const USAGE = `Usage: deno task bench [flags]   (one JSON line per figure on stdout)
+  --only LIST          a comma list of ${ALL.join(", ")} (default: all)
+  --backend NAME       webgpu, tensorflow, wasm or cpu (default: DEER_BACKEND, else automatic)
+  --torch PYTHON|none  the PyTorch reference steps with that interpreter (default:
+                       DEER_TORCH_PYTHON, else python3 when it imports torch, else none)
+  --torch-device D     cpu or cuda (default: cuda on a real GPU under --backend webgpu)
+  --steps N --warmup N steps measured and warm-up steps of every step figure
+  --b16-batches LIST   the ViT-B/16 batches (default 8; 8,32,64 on a real GPU)
+  --max-wait S         longest wait for a load average ≤ 1.5 before a figure (default 120)
+  --attempts N         measure a step and its reference again while the load was high (default 1)
+  --fallback-gpu, --b16-model tiny   a dry run of bench/gpu_check.sh on a software driver`;
+const flags = parseCommandArgs("bench", USAGE, Deno.args, {
   string: [
     "only",
     "torch",
@@ -56,11 +66,14 @@ const flags = parseArgs(Deno.args, {
     "b16-model",
   ],
   boolean: ["fallback-gpu"],
-});
+}, noPositionals);
 const KNOWN_BACKENDS = ["webgpu", "tensorflow", "wasm", "cpu"];
 const backend = flags.backend === undefined ? Deno.env.get("DEER_BACKEND") : String(flags.backend);
 if (backend !== undefined && backend !== "" && !KNOWN_BACKENDS.includes(backend)) {
-  throw new Error(`--backend ${backend}: not a backend; use one of ${KNOWN_BACKENDS.join(", ")}`);
+  usageExit(
+    "bench",
+    `--backend ${backend}: not a backend; use one of ${KNOWN_BACKENDS.join(", ")}`,
+  );
 }
 /** Extra variables of every figure's process. */
 const backendEnv: Record<string, string> = backend ? { DEER_BACKEND: backend } : {};
@@ -69,25 +82,26 @@ const only = flags.only === undefined
   : String(flags.only).split(",").map((s) => s.trim());
 for (const o of only) {
   if (!(ALL as readonly string[]).includes(o)) {
-    throw new Error(`--only ${o}: not a figure; use a comma list of ${ALL.join(", ")}`);
+    usageExit("bench", `--only ${o}: not a figure; use a comma list of ${ALL.join(", ")}`);
   }
 }
 const maxWait = Number(flags["max-wait"] ?? 120);
+if (!(maxWait >= 0)) usageExit("bench", `--max-wait ${flags["max-wait"]}: need seconds ≥ 0`);
 const attempts = Number(flags.attempts ?? 1);
 if (!(Number.isInteger(attempts) && attempts >= 1)) {
-  throw new Error(`--attempts ${flags.attempts}: need an integer ≥ 1`);
+  usageExit("bench", `--attempts ${flags.attempts}: need an integer ≥ 1`);
 }
 /** `--steps`/`--warmup` when given, else the figure's own default. */
 function count(name: "steps" | "warmup", fallback: number): string {
   const v = Number(flags[name] ?? fallback);
   if (!(Number.isInteger(v) && v >= (name === "steps" ? 1 : 0))) {
-    throw new Error(`--${name} ${flags[name]}: need an integer ≥ ${name === "steps" ? 1 : 0}`);
+    usageExit("bench", `--${name} ${flags[name]}: need an integer ≥ ${name === "steps" ? 1 : 0}`);
   }
   return String(v);
 }
 const b16Model = String(flags["b16-model"] ?? "b16");
 if (!["b16", "tiny"].includes(b16Model)) {
-  throw new Error(`--b16-model ${b16Model}: use b16 (the default) or tiny (a dry run)`);
+  usageExit("bench", `--b16-model ${b16Model}: use b16 (the default) or tiny (a dry run)`);
 }
 
 async function hasTorch(python: string): Promise<boolean> {
@@ -105,9 +119,14 @@ if (flags.torch === "none") {
   torch = undefined;
 } else if (flags.torch !== undefined) {
   torch = String(flags.torch);
-  if (!(await hasTorch(torch))) throw new Error(`--torch ${torch}: cannot import torch with it`);
-} else if (existsSync("/work/venv/bin/python") && (await hasTorch("/work/venv/bin/python"))) {
-  torch = "/work/venv/bin/python";
+  if (!(await hasTorch(torch))) usageExit("bench", `--torch ${torch}: cannot import torch with it`);
+} else if (Deno.env.get("DEER_TORCH_PYTHON")) {
+  torch = Deno.env.get("DEER_TORCH_PYTHON")!;
+  if (!(await hasTorch(torch))) {
+    usageExit("bench", `DEER_TORCH_PYTHON=${torch}: cannot import torch`);
+  }
+} else if (await hasTorch("python3")) {
+  torch = "python3";
 }
 
 async function torchHasCuda(python: string): Promise<boolean> {
@@ -124,7 +143,7 @@ const gpu = adapter !== null && (!adapter.isFallback || flags["fallback-gpu"] ==
 const b16Batches = String(flags["b16-batches"] ?? (gpu ? "8,32,64" : "8")).split(",").map((s) => {
   const b = Number(s.trim());
   if (!(Number.isInteger(b) && b >= 1)) {
-    throw new Error(`--b16-batches ${flags["b16-batches"]}: need a comma list of integers ≥ 1`);
+    usageExit("bench", `--b16-batches ${flags["b16-batches"]}: need a comma list of integers ≥ 1`);
   }
   return b;
 });
@@ -134,7 +153,7 @@ const torchDevice = flags["torch-device"] !== undefined
   ? "cuda"
   : "cpu";
 if (!["cpu", "cuda"].includes(torchDevice)) {
-  throw new Error(`--torch-device ${torchDevice}: use cpu or cuda`);
+  usageExit("bench", `--torch-device ${torchDevice}: use cpu or cuda`);
 }
 if (adapter) {
   console.log(JSON.stringify({

@@ -16,7 +16,7 @@
  * @module
  */
 import { join } from "node:path";
-import { parseArgs } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs, usageExit } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import { writeNpz } from "../lib/data/npy.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
@@ -30,11 +30,18 @@ import { colourImages } from "./step.ts";
 const TINY_MODEL = new URL("../tests/fixtures/model_tiny/openai.safetensors", import.meta.url)
   .pathname;
 
-const flags = parseArgs(Deno.args, { string: ["rounds", "every", "rss-bound"] });
+const USAGE = `Usage: deno task soak [--rounds 200] [--every 20] [--rss-bound 64]
+  Many rounds of a small DEeR run under strict DP, printing RSS and tfjs' live tensors every
+  --every rounds, then one JSON line with a verdict: "flat" when the live tensors stay the same
+  and RSS grows by less than --rss-bound MiB after the first --every rounds. DEER_BACKEND picks
+  the backend.`;
+const flags = parseCommandArgs("soak", USAGE, Deno.args, {
+  string: ["rounds", "every", "rss-bound"],
+}, noPositionals);
 const positive = (name: string, fallback: number) => {
   const v = Number(flags[name] ?? fallback);
   if (!(Number.isInteger(v) && v >= 1)) {
-    throw new Error(`--${name} ${flags[name]}: need an integer ≥ 1`);
+    usageExit("soak", `--${name} ${flags[name]}: need an integer ≥ 1`);
   }
   return v;
 };

@@ -66,7 +66,7 @@ export function parseArgs(args: readonly string[], opts: ParseOptions = {}): Arg
   try {
     parsed = nodeParseArgs({ args: [...args], options, strict: true, allowPositionals: true });
   } catch (err) {
-    throw new UsageError((err as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ""));
+    throw new UsageError(explain((err as Error).message, [...canonical.keys()]));
   }
   const out: Args = { _: parsed.positionals };
   const seenUnder = new Map<string, string>();
@@ -84,6 +84,103 @@ export function parseArgs(args: readonly string[], opts: ParseOptions = {}): Arg
     if (out[name] === undefined) out[name] = value;
   }
   return out;
+}
+
+/**
+ * `node:util`'s parse errors in the toolkit's words: an unknown flag with the nearest declared
+ * name when one is close, a flag without its value, a value that looks like a flag, a value given
+ * to an on/off flag.
+ */
+function explain(message: string, known: readonly string[]): string {
+  const text = message.replace(/^TypeError \[[A-Z_]+\]: /, "");
+  const unknown = /^Unknown option '(-{1,2})([^']+)'/.exec(text);
+  if (unknown) {
+    const [, dashes, name] = unknown;
+    const near = nearest(name, known);
+    return `unknown flag ${dashes}${name}${near ? ` (did you mean --${near}?)` : ""}`;
+  }
+  const missing = /^Option '(-{1,2}[^ ']+)[^']*' argument missing/.exec(text);
+  if (missing) return `${missing[1]} needs a value (${missing[1]} VALUE)`;
+  const dashed = /^Option '(-{1,2}[^ ']+)[^']*' argument is ambiguous/.exec(text);
+  if (dashed) {
+    return `${dashed[1]} is followed by a flag, not its value; give ${dashed[1]} VALUE (a value ` +
+      `that starts with a dash: ${dashed[1]}=-VALUE)`;
+  }
+  const onOff = /^Option '(-{1,2}[^ ']+)' does not take an argument/.exec(text);
+  if (onOff) {
+    const flag = onOff[1];
+    return `${flag} takes no value: it is on or off (${flag}, --no-${flag.replace(/^-+/, "")})`;
+  }
+  return text;
+}
+
+/** The declared name nearest to `name` by edit distance, if it is near enough to be a typo. */
+function nearest(name: string, known: readonly string[]): string | undefined {
+  let best: string | undefined, bestDistance = Infinity;
+  for (const k of known) {
+    const d = editDistance(k.toLowerCase(), name.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  return bestDistance <= Math.max(2, name.length / 3) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/**
+ * A command's flags, with the behaviour every `deno task` shares: `--help` or `-h` prints `usage`
+ * on stdout and exits 0; a usage error ({@link UsageError}: an unknown flag, a missing value, or
+ * one that `check` throws) prints `<command>: <message> (see deno task <command> --help)` on
+ * stderr and exits 2, without a stack trace.
+ *
+ * @example
+ * ```ts ignore
+ * const flags = parseCommandArgs("bench", "Usage: deno task bench [--only tiny,b16]", Deno.args, {
+ *   string: ["only"],
+ * });
+ * ```
+ */
+export function parseCommandArgs(
+  command: string,
+  usage: string,
+  args: readonly string[],
+  opts: ParseOptions,
+  check?: (flags: Args) => void,
+): Args {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(usage);
+    Deno.exit(0);
+  }
+  try {
+    const flags = parseArgs(args, opts);
+    check?.(flags);
+    return flags;
+  } catch (err) {
+    if (err instanceof UsageError) usageExit(command, err.message);
+    throw err;
+  }
+}
+
+/** A `check` for {@link parseCommandArgs}: the command takes flags only. */
+export function noPositionals(flags: Args): void {
+  if (flags._.length > 0) {
+    throw new UsageError(`unexpected argument ${flags._[0]}; this command takes flags only`);
+  }
+}
+
+/** Prints `<command>: <message> (see deno task <command> --help)` on stderr and exits 2. */
+export function usageExit(command: string, message: string): never {
+  console.error(`${command}: ${message} (see deno task ${command} --help)`);
+  Deno.exit(2);
 }
 
 /** A progress display: a redrawn bar on a terminal, plain lines otherwise. */

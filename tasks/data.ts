@@ -14,8 +14,8 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
 import { join } from "node:path";
+import { parseCommandArgs, usageExit } from "../lib/cli.ts";
 import { KNOWN_DATASETS } from "../lib/data/dataset.ts";
 import { downloadFile, medmnistFile } from "../lib/data/download.ts";
 
@@ -23,30 +23,19 @@ const USAGE = `usage: deno task data <name> [--size 28|64|128|224] [--out DIR] [
        deno task data --list`;
 
 async function main(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        size: { type: "string", default: "28" },
-        out: { type: "string", default: "datasets/MedMNIST" },
-        v3: { type: "boolean", default: false },
-        timeout: { type: "string", default: "15" },
-        list: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (err) {
-    console.error(`${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const flags = parseCommandArgs("data", USAGE, argv, {
+    string: ["size", "out", "timeout"],
+    boolean: ["v3", "list"],
+    default: { size: "28", out: "datasets/MedMNIST", v3: false, timeout: "15", list: false },
+  });
+  const values = {
+    size: String(flags.size),
+    out: String(flags.out),
+    v3: flags.v3 === true,
+    timeout: String(flags.timeout),
+    list: flags.list === true,
+  };
+  const positionals = flags._;
   if (values.list) {
     for (const [name, info] of Object.entries(KNOWN_DATASETS.medmnist)) {
       const sizes = Object.keys(info.files).filter((k) => k !== "28-v3").join("/");
@@ -58,20 +47,13 @@ async function main(argv: string[]): Promise<number> {
     }
     return 0;
   }
-  if (positionals.length !== 1) {
-    console.error(`give exactly one dataset name (see --list)\n${USAGE}`);
-    return 2;
-  }
+  if (positionals.length !== 1) usageExit("data", "give exactly one dataset name (see --list)");
   const size = Number(values.size);
   const timeout = Number(values.timeout);
   if (![28, 64, 128, 224].includes(size)) {
-    console.error(`--size ${values.size}: use 28, 64, 128 or 224`);
-    return 2;
+    usageExit("data", `--size ${values.size}: use 28, 64, 128 or 224`);
   }
-  if (!(timeout > 0)) {
-    console.error(`--timeout ${values.timeout}: use a number of seconds > 0`);
-    return 2;
-  }
+  if (!(timeout > 0)) usageExit("data", `--timeout ${values.timeout}: use a number of seconds > 0`);
   try {
     const file = medmnistFile(positionals[0], size, values.v3);
     await downloadFile(file.url, join(values.out, file.fileName), file.md5, {

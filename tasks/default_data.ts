@@ -28,7 +28,7 @@
  * @module
  */
 import { join } from "node:path";
-import { parseArgs, UsageError } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs } from "../lib/cli.ts";
 import { readIdxImages, readIdxLabels } from "../lib/data/idx.ts";
 import { writeNpz } from "../lib/data/npy.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
@@ -317,26 +317,10 @@ of Debian's dataset-fashion-mnist package. Deterministic: same input, same bytes
   --help         this text`;
 
 if (import.meta.main) {
-  let flags;
-  try {
-    flags = parseArgs(Deno.args, {
-      string: ["source", "out"],
-      boolean: ["help"],
-      default: { source: DEFAULT_SOURCE, out: "data/default" },
-    });
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    console.error(`${err.message}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
-  if (flags.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  if (flags._.length > 0) {
-    console.error(`unexpected argument ${flags._[0]}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
+  const flags = parseCommandArgs("default-data", USAGE, Deno.args, {
+    string: ["source", "out"],
+    default: { source: DEFAULT_SOURCE, out: "data/default" },
+  }, noPositionals);
   const t0 = performance.now();
   const npz = await buildDefaultData(flags.source as string, flags.out as string);
   const size = (await Deno.stat(npz)).size;

@@ -14,7 +14,7 @@
 import "./threads.ts"; // first: sets the thread count before libtensorflow loads
 import { join } from "node:path";
 import { backendName } from "../lib/backend.ts";
-import { parseArgs, UsageError } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs, UsageError } from "../lib/cli.ts";
 import { defaultConfig, type FederatedConfig } from "../lib/fl/simulation.ts";
 import { type ExperimentResult, loadInputs, runExperiment } from "../lib/experiment.ts";
 import {
@@ -137,17 +137,30 @@ export function demoTable(rows: SummaryRow[]): { columns: string[]; rows: string
   };
 }
 
+const USAGE =
+  `Usage: deno task demo [--seeds 10,100,1000] [--rounds ${DEMO.rounds}] [--out results/demo]
+  LoRA, FFA-LoRA, DP-DyLoRA and DEeR under DP at ε = ${DEMO.epsilon} (paper calibration) and DEeR
+  under strict DP on the embedded data and model, K = ${DEMO.numClients}, Dirichlet α = ${DEMO.dirichletAlpha}, over
+  the seeds; prints the table and the paired comparisons, writes <out>/report.html beside each
+  run's records.
+  --seeds LIST   comma-separated integer seeds, each once (default ${DEMO.seeds.join(",")})
+  --rounds N     federated rounds per run (default ${DEMO.rounds})
+  --out DIR      the results folder (default results/demo)`;
+
 async function main(): Promise<void> {
-  const flags = parseArgs(Deno.args, {
+  let rounds: number = DEMO.rounds, seeds: number[] = [...DEMO.seeds];
+  const flags = parseCommandArgs("demo", USAGE, Deno.args, {
     string: ["out", "rounds", "seeds"],
     default: { out: "results/demo" },
+  }, (f) => {
+    noPositionals(f);
+    if (f.rounds !== undefined) rounds = Number(f.rounds);
+    if (!Number.isInteger(rounds) || rounds < 1) {
+      throw new UsageError(`--rounds ${f.rounds}: expected an integer ≥ 1`);
+    }
+    if (f.seeds !== undefined) seeds = parseSeeds(String(f.seeds));
   });
   const out = String(flags.out);
-  const rounds = flags.rounds === undefined ? DEMO.rounds : Number(flags.rounds);
-  if (!Number.isInteger(rounds) || rounds < 1) {
-    throw new Error(`--rounds ${flags.rounds}: expected an integer ≥ 1`);
-  }
-  const seeds = flags.seeds === undefined ? [...DEMO.seeds] : parseSeeds(String(flags.seeds));
   const started = performance.now();
   const inputs = await loadInputs({ dataset: "default", rank: DEMO.rank, alpha: DEMO.alpha });
   console.error(

@@ -45,7 +45,7 @@
 import { join } from "node:path";
 import process from "node:process";
 import { tf } from "../lib/backend.ts";
-import { parseArgs, UsageError } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs, usageExit } from "../lib/cli.ts";
 import { readIdxImages, readIdxLabels } from "../lib/data/idx.ts";
 import { CLIP_MEAN, CLIP_STD } from "../lib/data/image.ts";
 import { loadMedMnist } from "../lib/data/medmnist.ts";
@@ -946,22 +946,9 @@ const NUMERIC = [
 ] as const;
 
 if (import.meta.main) {
-  let flags;
-  try {
-    flags = parseArgs(Deno.args, {
-      string: ["source", "data", "out", ...NUMERIC],
-      boolean: ["help"],
-    });
-    if (flags._.length > 0) throw new UsageError(`unexpected argument ${flags._[0]}`);
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    console.error(`${err.message}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
-  if (flags.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
+  const flags = parseCommandArgs("pretrain", USAGE, Deno.args, {
+    string: ["source", "data", "out", ...NUMERIC],
+  }, noPositionals);
   const options: PretrainOptions = { ...DEFAULT_PRETRAIN };
   if (flags.source !== undefined) options.source = flags.source as string;
   if (flags.out !== undefined) options.out = flags.out as string;
@@ -970,10 +957,10 @@ if (import.meta.main) {
     if (flags[key] === undefined) continue;
     const value = Number(flags[key]);
     if (!Number.isFinite(value) || value <= 0 || (key !== "lr" && !Number.isInteger(value))) {
-      console.error(
+      usageExit(
+        "pretrain",
         `--${key} ${flags[key]} must be a positive ${key === "lr" ? "number" : "integer"}`,
       );
-      Deno.exit(2);
     }
     options[key] = value;
   }

@@ -81,7 +81,7 @@ Deno.test("prototypes task: usage errors exit 2, load errors exit 1", async () =
       /no reference prompts/,
     ],
     [["--model", model, "--classes", "a", "--template", "no slot", "--out", "x"], /has no "\{\}"/],
-    [["--model", model, "--classes", "a", "--out", "x", "--bogus"], /Unknown option '--bogus'/],
+    [["--model", model, "--classes", "a", "--out", "x", "--bogus"], /unknown flag --bogus/],
   ];
   for (const [args, message] of cases) {
     const { lines, io } = capture();

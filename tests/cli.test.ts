@@ -1,0 +1,87 @@
+// The command line: lib/cli.ts's messages, and every `deno task` answering --help and a wrong flag
+// the same way (usage on stdout and exit 0; one line naming the flag on stderr and exit 2).
+import assert from "node:assert/strict";
+import { parseArgs, UsageError } from "../lib/cli.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+function usageMessage(args: string[]): string {
+  try {
+    parseArgs(args, {
+      string: ["epsilon", "node_num", "T"],
+      boolean: ["iid"],
+      alias: { node_num: ["node-num"] },
+    });
+  } catch (err) {
+    assert.ok(err instanceof UsageError, `not a UsageError: ${err}`);
+    return err.message;
+  }
+  assert.fail(`${args.join(" ")} was accepted`);
+}
+
+Deno.test("cli: parse errors name the flag and the fix", () => {
+  assert.equal(
+    usageMessage(["--epsilom", "1"]),
+    "unknown flag --epsilom (did you mean --epsilon?)",
+  );
+  assert.equal(
+    usageMessage(["--node-nun", "3"]),
+    "unknown flag --node-nun (did you mean --node-num?)",
+  );
+  assert.equal(usageMessage(["--zzzzzzzz"]), "unknown flag --zzzzzzzz");
+  assert.equal(usageMessage(["--T"]), "--T needs a value (--T VALUE)");
+  assert.match(usageMessage(["--T", "--iid"]), /^--T is followed by a flag, not its value; /);
+  assert.equal(
+    usageMessage(["--iid=1"]),
+    "--iid takes no value: it is on or off (--iid, --no-iid)",
+  );
+  assert.equal(
+    usageMessage(["--node_num", "3", "--node-num", "4"]),
+    "--node_num was given twice (as --node_num and --node-num)",
+  );
+});
+
+/** Every task of deno.json that runs one program (not test, check, or the two-step frontier). */
+async function taskCommands(): Promise<[string, string[]][]> {
+  const tasks = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks;
+  const out: [string, string[]][] = [];
+  for (const [name, task] of Object.entries(tasks)) {
+    if (["test", "check", "frontier"].includes(name)) continue;
+    const command = typeof task === "string" ? task : (task as { command: string }).command;
+    const words = command.split(/\s+/);
+    assert.equal(words[0], "deno", `task ${name}: ${command}`);
+    out.push([name, words.slice(1)]);
+  }
+  return out;
+}
+
+async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: r.code, out: text(r.stdout), err: text(r.stderr) };
+}
+
+Deno.test("cli: every task prints its usage for --help and refuses an unknown flag", async () => {
+  const tasks = await taskCommands();
+  assert.ok(tasks.length >= 15, `only ${tasks.length} tasks found`);
+  for (const [name, args] of tasks) {
+    const help = await run([...args, "--help"]);
+    assert.equal(help.code, 0, `deno task ${name} --help exited ${help.code}: ${help.err}`);
+    assert.match(help.out, new RegExp(`deno task ${name}\\b`), `${name} --help: ${help.out}`);
+    const bad = await run([...args, "--bogus-flag"]);
+    assert.equal(bad.code, 2, `deno task ${name} --bogus-flag exited ${bad.code}: ${bad.err}`);
+    const lines = bad.err.split("\n").filter((l) => l && !l.startsWith("deer: tfjs backend"));
+    assert.match(
+      lines[0],
+      new RegExp(`^${name}: unknown (flag|command) --bogus-flag`),
+      `deno task ${name} --bogus-flag: ${bad.err}`,
+    );
+    assert.doesNotMatch(bad.err, /^\s+at /m, `deno task ${name} --bogus-flag printed a stack`);
+  }
+});
