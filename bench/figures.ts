@@ -27,7 +27,7 @@
  * Run one: `deno run -A bench/figures.ts tiny [--steps 20] [--warmup 3]`.
  * @module
  */
-import { parseArgs } from "../lib/cli.ts";
+import { parseCommandArgs, UsageError, usageExit } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import type { ImageDataset, ImageSplit } from "../lib/data/dataset.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
@@ -280,14 +280,28 @@ async function tensorsFigure(rounds: number): Promise<void> {
   encoder.dispose();
 }
 
+const FIGURES = ["tiny", "b16", "round", "memory", "tensors"];
+const FIGURES_USAGE =
+  `Usage: deno run -A bench/figures.ts FIGURE [flags]   (one JSON line; deno task bench runs all)
+  tiny     the tiny ViT's LoRA step at batch 32        [--steps 20] [--warmup 3]
+  b16      the ViT-B/16 LoRA step                      [--batch 8] [--steps 10] [--warmup 2]
+                                                       [--model b16|tiny] (tiny: a dry run)
+  round    one round of the demo's configuration        [--reps 3]
+  memory   RSS and tfjs memory after 3 DEeR rounds     [--clients 1]
+  tensors  tfjs' live tensor count after each round    [--rounds 50]`;
+
 if (import.meta.main) {
-  const flags = parseArgs(Deno.args, {
+  const flags = parseCommandArgs("bench/figures.ts", FIGURES_USAGE, Deno.args, {
     string: ["steps", "warmup", "clients", "reps", "rounds", "batch", "model"],
+  }, (f) => {
+    if (f._.length !== 1 || !FIGURES.includes(f._[0])) {
+      throw new UsageError(`give one figure: ${FIGURES.join(", ")}`);
+    }
   });
   const int = (name: string, fallback: number) => {
     const v = Number(flags[name] ?? fallback);
     if (!(Number.isInteger(v) && v >= 0)) {
-      throw new Error(`--${name} ${flags[name]}: need an integer ≥ 0`);
+      usageExit("bench/figures.ts", `--${name} ${flags[name]}: need an integer ≥ 0`);
     }
     return v;
   };
@@ -306,7 +320,7 @@ if (import.meta.main) {
     const batch = int("batch", 8);
     const model = String(flags.model ?? "b16");
     if (!["b16", "tiny"].includes(model)) {
-      throw new Error(`--model ${model}: use b16 (ViT-B/16, the default) or tiny (a dry run)`);
+      usageExit("bench/figures.ts", `--model ${model}: use b16 (ViT-B/16, the default) or tiny`);
     }
     await stepFigure(
       batch === 8 ? "vit_lora_step_b16" : `vit_lora_step_b16_batch${batch}`,
@@ -327,7 +341,5 @@ if (import.meta.main) {
     await memoryFigure(int("clients", 1));
   } else if (which === "tensors") {
     await tensorsFigure(int("rounds", 50));
-  } else {
-    throw new Error(`figure "${which}": use tiny, b16, round, memory --clients K or tensors`);
   }
 }

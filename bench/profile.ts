@@ -11,7 +11,7 @@
  * Run: `deno run -A bench/profile.ts [tiny|b16|demo] [--steps 3] [--top 30]`.
  * @module
  */
-import { parseArgs } from "../lib/cli.ts";
+import { parseCommandArgs, UsageError } from "../lib/cli.ts";
 import { tf } from "../lib/backend.ts";
 import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { randomVitWeights } from "../lib/model/vit_init.ts";
@@ -21,7 +21,22 @@ import { createRng } from "../lib/rng.ts";
 import { TINY_VIT, VIT_B16 } from "./figures.ts";
 import { loraStepBench, ownKernels, patternSplit } from "./step.ts";
 
-const flags = parseArgs(Deno.args, { string: ["steps", "top"] });
+const USAGE = `Usage: deno run -A bench/profile.ts [tiny|b16|demo] [--steps 3] [--top 30]
+  tf.profile of a training step: kernel count, time per kernel kind, the costliest kernels.
+  tiny, b16: the steps of bench/figures.ts; demo: one step of the demo's local training.`;
+const flags = parseCommandArgs("bench/profile.ts", USAGE, Deno.args, {
+  string: ["steps", "top"],
+}, (f) => {
+  if (f._.length > 1 || !["tiny", "b16", "demo"].includes(f._[0] ?? "tiny")) {
+    throw new UsageError(`"${f._.join(" ")}": give one step, tiny (the default), b16 or demo`);
+  }
+  for (const name of ["steps", "top"]) {
+    const v = Number(f[name] ?? 1);
+    if (!(Number.isInteger(v) && v >= 1)) {
+      throw new UsageError(`--${name} ${f[name]}: need an integer ≥ 1`);
+    }
+  }
+});
 const which = flags._[0] ?? "tiny";
 const steps = Number(flags.steps ?? 3);
 const top = Number(flags.top ?? 30);

@@ -21,7 +21,7 @@
  * qkv,fc1,…` picks shapes. `WEBGPU_CPU_FORWARD` is off (everything on the adapter).
  * @module
  */
-import { parseArgs } from "../lib/cli.ts";
+import { parseCommandArgs, UsageError, usageExit } from "../lib/cli.ts";
 import { backendName, tf } from "../lib/backend.ts";
 import { randomVitWeights } from "../lib/model/vit_init.ts";
 import { createVitEncoder } from "../lib/model/vit.ts";
@@ -31,16 +31,27 @@ import { emit, median, round } from "./measure.ts";
 import { loraStepBench, ownKernels, patternSplit } from "./step.ts";
 import { MATMUL_TILES, wgslMatMul } from "../lib/webgpu_kernels.ts";
 
-const flags = parseArgs(Deno.args, {
+const USAGE =
+  `Usage: DEER_BACKEND=webgpu deno run -A bench/webgpu_probe.ts [b16|tiny|matmul] [flags]
+  b16, tiny   where a LoRA step's time goes: dispatch cost, a large product, a large element-wise
+              kernel, the step under tf.profile (kernels, dispatches, GPU time) and the host's share
+              [--batch 8 (tiny: 32)] [--step-only] [--reps 30]
+  matmul      the step's products as tf.matMul and as DeerWgsl_MatMul with each tile, GFLOP/s
+              [--batch 8] [--reps 10] [--runs 3] [--only NAME,…]
+  DEER_WGSL=0 turns the toolkit's WGSL kernels off.`;
+const flags = parseCommandArgs("bench/webgpu_probe.ts", USAGE, Deno.args, {
   string: ["batch", "reps", "runs", "only"],
   boolean: ["step-only"],
+}, (f) => {
+  if (f._.length > 1 || !["b16", "tiny", "matmul"].includes(f._[0] ?? "b16")) {
+    throw new UsageError(`"${f._.join(" ")}": give one mode, b16 (the default), tiny or matmul`);
+  }
 });
 const wgsl = Deno.env.get("DEER_WGSL") !== "0";
 const which = String(flags._[0] ?? "b16");
 const batch = Number(flags.batch ?? (which === "tiny" ? 32 : 8));
-if (backendName !== "webgpu") throw new Error("run with DEER_BACKEND=webgpu");
-if (!["b16", "tiny", "matmul"].includes(which)) {
-  throw new Error(`webgpu_probe: "${which}" is not a mode; use b16, tiny or matmul`);
+if (backendName !== "webgpu") {
+  usageExit("bench/webgpu_probe.ts", `the backend is ${backendName}: run with DEER_BACKEND=webgpu`);
 }
 if (which === "matmul") {
   await matmulFigures();

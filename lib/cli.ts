@@ -140,7 +140,7 @@ function editDistance(a: string, b: string): number {
  * A command's flags, with the behaviour every `deno task` shares: `--help` or `-h` prints `usage`
  * on stdout and exits 0; a usage error ({@link UsageError}: an unknown flag, a missing value, or
  * one that `check` throws) prints `<command>: <message> (see deno task <command> --help)` on
- * stderr and exits 2, without a stack trace.
+ * stderr and exits 2, without a stack trace ({@link usageExit}).
  *
  * @example
  * ```ts ignore
@@ -177,9 +177,14 @@ export function noPositionals(flags: Args): void {
   }
 }
 
-/** Prints `<command>: <message> (see deno task <command> --help)` on stderr and exits 2. */
+/**
+ * Prints `<command>: <message> (see deno task <command> --help)` on stderr and exits 2. A
+ * `command` that is a script's path (`bench/figures.ts`) is named as it is run, `deno run -A
+ * bench/figures.ts --help`.
+ */
 export function usageExit(command: string, message: string): never {
-  console.error(`${command}: ${message} (see deno task ${command} --help)`);
+  const how = command.endsWith(".ts") ? `deno run -A ${command}` : `deno task ${command}`;
+  console.error(`${command}: ${message} (see ${how} --help)`);
   Deno.exit(2);
 }
 

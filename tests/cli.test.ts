@@ -41,7 +41,10 @@ Deno.test("cli: parse errors name the flag and the fix", () => {
   );
 });
 
-/** Every task of deno.json that runs one program (not test, check, or the two-step frontier). */
+/**
+ * Every task of deno.json that runs one program (not test, check, or the two-step frontier), and
+ * the benchmark scripts run by path.
+ */
 async function taskCommands(): Promise<[string, string[]][]> {
   const tasks = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks;
   const out: [string, string[]][] = [];
@@ -51,6 +54,10 @@ async function taskCommands(): Promise<[string, string[]][]> {
     const words = command.split(/\s+/);
     assert.equal(words[0], "deno", `task ${name}: ${command}`);
     out.push([name, words.slice(1)]);
+  }
+  // Scripts the benchmarks run directly, named by their path.
+  for (const script of ["bench/figures.ts", "bench/webgpu_probe.ts", "bench/profile.ts"]) {
+    out.push([script, ["run", "-A", script]]);
   }
   return out;
 }
@@ -69,11 +76,12 @@ async function run(args: string[]): Promise<{ code: number; out: string; err: st
 
 Deno.test("cli: every task prints its usage for --help and refuses an unknown flag", async () => {
   const tasks = await taskCommands();
-  assert.ok(tasks.length >= 15, `only ${tasks.length} tasks found`);
+  assert.ok(tasks.length >= 18, `only ${tasks.length} commands found`);
   for (const [name, args] of tasks) {
     const help = await run([...args, "--help"]);
     assert.equal(help.code, 0, `deno task ${name} --help exited ${help.code}: ${help.err}`);
-    assert.match(help.out, new RegExp(`deno task ${name}\\b`), `${name} --help: ${help.out}`);
+    const how = name.endsWith(".ts") ? `deno run -A ${name}` : `deno task ${name}\\b`;
+    assert.match(help.out, new RegExp(how), `${name} --help: ${help.out}`);
     const bad = await run([...args, "--bogus-flag"]);
     assert.equal(bad.code, 2, `deno task ${name} --bogus-flag exited ${bad.code}: ${bad.err}`);
     const lines = bad.err.split("\n").filter((l) => l && !l.startsWith("deer: tfjs backend"));
