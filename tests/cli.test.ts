@@ -43,7 +43,7 @@ Deno.test("cli: parse errors name the flag and the fix", () => {
 
 /**
  * Every task of deno.json that runs one program (not test, check, or the two-step frontier), and
- * the benchmark scripts run by path.
+ * the benchmark and tool scripts run by path.
  */
 async function taskCommands(): Promise<[string, string[]][]> {
   const tasks = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks;
@@ -55,8 +55,16 @@ async function taskCommands(): Promise<[string, string[]][]> {
     assert.equal(words[0], "deno", `task ${name}: ${command}`);
     out.push([name, words.slice(1)]);
   }
-  // Scripts the benchmarks run directly, named by their path.
-  for (const script of ["bench/figures.ts", "bench/webgpu_probe.ts", "bench/profile.ts"]) {
+  // Scripts run directly, named by their path.
+  for (
+    const script of [
+      "bench/figures.ts",
+      "bench/webgpu_probe.ts",
+      "bench/profile.ts",
+      "tools/compare_runs.ts",
+      "tools/notebook_pngs.ts",
+    ]
+  ) {
     out.push([script, ["run", "-A", script]]);
   }
   return out;
@@ -76,7 +84,7 @@ async function run(args: string[]): Promise<{ code: number; out: string; err: st
 
 Deno.test("cli: every task prints its usage for --help and refuses an unknown flag", async () => {
   const tasks = await taskCommands();
-  assert.ok(tasks.length >= 18, `only ${tasks.length} commands found`);
+  assert.ok(tasks.length >= 20, `only ${tasks.length} commands found`);
   for (const [name, args] of tasks) {
     const help = await run([...args, "--help"]);
     assert.equal(help.code, 0, `deno task ${name} --help exited ${help.code}: ${help.err}`);

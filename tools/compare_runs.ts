@@ -8,6 +8,7 @@
  * @module
  */
 import { join, relative } from "node:path";
+import { parseCommandArgs, UsageError } from "../lib/cli.ts";
 
 const VOLATILE = new Set(["seconds", "wallSeconds", "startedAt", "finishedAt", "time", "out"]);
 
@@ -66,12 +67,15 @@ function equalBytes(x: Uint8Array, y: Uint8Array): boolean {
   return true;
 }
 
+const USAGE = `Usage: deno run -A tools/compare_runs.ts BEFORE AFTER
+  Compares two run folders (records, ledgers, checkpoints, state; timings and paths aside), prints
+  each difference, and exits 0 when they are identical, 1 when they differ.`;
+
 if (import.meta.main) {
-  const [a, b] = Deno.args;
-  if (!a || !b) {
-    console.error("usage: deno run -A tools/compare_runs.ts BEFORE AFTER (two run folders)");
-    Deno.exit(2);
-  }
+  const flags = parseCommandArgs("tools/compare_runs.ts", USAGE, Deno.args, {}, (f) => {
+    if (f._.length !== 2) throw new UsageError("give two run folders, BEFORE and AFTER");
+  });
+  const [a, b] = flags._;
   const diffs = compareRuns(a, b);
   for (const d of diffs) console.log(d);
   console.log(

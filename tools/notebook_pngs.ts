@@ -9,12 +9,14 @@
  */
 import type { Figure } from "../lib/plot/figures.ts";
 import { savePng } from "../lib/plot/png.ts";
+import { parseCommandArgs, UsageError } from "../lib/cli.ts";
 
-const [nbPath, prefix] = Deno.args;
-if (!nbPath || !prefix) {
-  console.error("Usage: deno run -A tools/notebook_pngs.ts NOTEBOOK.ipynb OUT_PREFIX");
-  Deno.exit(2);
-}
+const USAGE = `Usage: deno run -A tools/notebook_pngs.ts NOTEBOOK.ipynb OUT_PREFIX
+  Saves every Plotly figure of an executed notebook as OUT_PREFIX_1.png, _2.png, … (Chromium).`;
+const flags = parseCommandArgs("tools/notebook_pngs.ts", USAGE, Deno.args, {}, (f) => {
+  if (f._.length !== 2) throw new UsageError("give the notebook and the prefix of the PNGs");
+});
+const [nbPath, prefix] = flags._;
 const nb = JSON.parse(await Deno.readTextFile(nbPath)) as {
   cells: { outputs?: { data?: Record<string, unknown> }[] }[];
 };
