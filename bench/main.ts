@@ -114,14 +114,15 @@ async function hasTorch(python: string): Promise<boolean> {
   }
 }
 
+const envTorch = Deno.env.get("DEER_TORCH_PYTHON");
 let torch: string | undefined;
 if (flags.torch === "none") {
   torch = undefined;
 } else if (flags.torch !== undefined) {
   torch = String(flags.torch);
   if (!(await hasTorch(torch))) usageExit("bench", `--torch ${torch}: cannot import torch with it`);
-} else if (Deno.env.get("DEER_TORCH_PYTHON")) {
-  torch = Deno.env.get("DEER_TORCH_PYTHON")!;
+} else if (envTorch) {
+  torch = envTorch;
   if (!(await hasTorch(torch))) {
     usageExit("bench", `DEER_TORCH_PYTHON=${torch}: cannot import torch`);
   }

@@ -31,7 +31,8 @@ const flags = parseCommandArgs("bench/profile.ts", USAGE, Deno.args, {
     throw new UsageError(`"${f._.join(" ")}": give one step, tiny (the default), b16 or demo`);
   }
   for (const name of ["steps", "top"]) {
-    const v = Number(f[name] ?? 1);
+    if (f[name] === undefined) continue;
+    const v = Number(f[name]);
     if (!(Number.isInteger(v) && v >= 1)) {
       throw new UsageError(`--${name} ${f[name]}: need an integer ≥ 1`);
     }

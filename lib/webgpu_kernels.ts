@@ -1102,7 +1102,8 @@ export type MatMulOperand = tf.Tensor | StackedMatrix;
 
 /**
  * Matrix `index` of `stack` as an operand of {@link wgslMatMul} and {@link wgslMatMulAdd},
- * checked: `stack` of rank ≥ 3, float32, an integer index within its first axis.
+ * checked: `stack` of rank ≥ 3, an integer index within its first axis (the dtype is the
+ * product's to check: only float32 runs as the kernel).
  *
  * Only on the `webgpu` backend, e.g. `wgslMatMul(h, stackedMatrix(factors, 3), false, true)` (see tests/webgpu_wgsl.test.ts).
  */

@@ -26,17 +26,9 @@ async function main(argv: string[]): Promise<number> {
   const flags = parseCommandArgs("data", USAGE, argv, {
     string: ["size", "out", "timeout"],
     boolean: ["v3", "list"],
-    default: { size: "28", out: "datasets/MedMNIST", v3: false, timeout: "15", list: false },
+    default: { size: "28", out: "datasets/MedMNIST", timeout: "15" },
   });
-  const values = {
-    size: String(flags.size),
-    out: String(flags.out),
-    v3: flags.v3 === true,
-    timeout: String(flags.timeout),
-    list: flags.list === true,
-  };
-  const positionals = flags._;
-  if (values.list) {
+  if (flags.list) {
     for (const [name, info] of Object.entries(KNOWN_DATASETS.medmnist)) {
       const sizes = Object.keys(info.files).filter((k) => k !== "28-v3").join("/");
       const s = info.samples;
@@ -47,16 +39,16 @@ async function main(argv: string[]): Promise<number> {
     }
     return 0;
   }
-  if (positionals.length !== 1) usageExit("data", "give exactly one dataset name (see --list)");
-  const size = Number(values.size);
-  const timeout = Number(values.timeout);
+  if (flags._.length !== 1) usageExit("data", "give exactly one dataset name (see --list)");
+  const size = Number(flags.size);
+  const timeout = Number(flags.timeout);
   if (![28, 64, 128, 224].includes(size)) {
-    usageExit("data", `--size ${values.size}: use 28, 64, 128 or 224`);
+    usageExit("data", `--size ${flags.size}: use 28, 64, 128 or 224`);
   }
-  if (!(timeout > 0)) usageExit("data", `--timeout ${values.timeout}: use a number of seconds > 0`);
+  if (!(timeout > 0)) usageExit("data", `--timeout ${flags.timeout}: use a number of seconds > 0`);
   try {
-    const file = medmnistFile(positionals[0], size, values.v3);
-    await downloadFile(file.url, join(values.out, file.fileName), file.md5, {
+    const file = medmnistFile(flags._[0], size, flags.v3 === true);
+    await downloadFile(file.url, join(String(flags.out), file.fileName), file.md5, {
       connectTimeoutMs: timeout * 1000,
     });
     return 0;
