@@ -63,6 +63,7 @@ async function taskCommands(): Promise<[string, string[]][]> {
       "bench/profile.ts",
       "tools/compare_runs.ts",
       "tools/notebook_pngs.ts",
+      "tools/fmt_notebooks.ts",
     ]
   ) {
     out.push([script, ["run", "-A", script]]);
@@ -110,5 +111,55 @@ Deno.test("cli: every task prints its usage for --help and refuses an unknown fl
       `deno task ${name} --bogus-flag: ${bad.err}`,
     );
     assert.doesNotMatch(bad.err, /^\s+at /m, `deno task ${name} --bogus-flag printed a stack`);
+  }
+});
+
+Deno.test("cli: tools/fmt_notebooks.ts finds an unformatted notebook and --write formats it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-fmt-nb-" });
+  try {
+    const path = `${dir}/cells.ipynb`;
+    const notebook = {
+      cells: [
+        { cell_type: "markdown", metadata: {}, source: ["# A title"] },
+        {
+          cell_type: "code",
+          execution_count: null,
+          metadata: {},
+          outputs: [],
+          source: ["const   x  =  1 ;\n", "console.log( x )"],
+        },
+      ],
+      metadata: {
+        kernelspec: { display_name: "Deno", language: "typescript", name: "deno" },
+        language_info: { file_extension: ".ts", name: "typescript" },
+      },
+      nbformat: 4,
+      nbformat_minor: 5,
+    };
+    await Deno.writeTextFile(path, JSON.stringify(notebook, null, 1) + "\n");
+    const before = await Deno.readTextFile(path);
+    const check = await run(["run", "-A", "tools/fmt_notebooks.ts", path]);
+    assert.equal(check.code, 1, check.err);
+    assert.match(check.err, /notebooks not formatted: .*cells\.ipynb/);
+    assert.match(check.err, /tools\/fmt_notebooks\.ts --write formats them/);
+    assert.equal(await Deno.readTextFile(path), before, "the check changed the file");
+
+    const write = await run(["run", "-A", "tools/fmt_notebooks.ts", "--write", path]);
+    assert.equal(write.code, 0, write.err);
+    assert.match(write.out, /1 checked, 1 formatted in place/);
+    const cells = JSON.parse(await Deno.readTextFile(path)).cells;
+    assert.deepEqual(cells[1].source, ["const x = 1;\n", "console.log(x);"]);
+    assert.deepEqual(cells[0].source, ["# A title"]);
+
+    const again = await run(["run", "-A", "tools/fmt_notebooks.ts", path]);
+    assert.equal(again.code, 0, again.err);
+    assert.match(again.out, /1 checked, all formatted/);
+    assert.deepEqual(
+      (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name),
+      ["cells.ipynb"],
+      "a temporary file was left beside the notebook",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
