@@ -26,7 +26,7 @@ import "./threads.ts"; // first: sets the thread count before libtensorflow load
 import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs, UsageError } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs, UsageError, usageExit } from "../lib/cli.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { CHROMIUM_HINT, findChromium, screenshotPage } from "../lib/plot/png.ts";
 
@@ -118,17 +118,12 @@ interface RunnerResult {
 }
 
 async function main(): Promise<number> {
-  const flags = parseArgs(Deno.args, {
+  const flags = parseCommandArgs("notebooks", USAGE, Deno.args, {
     string: ["out", "cell-timeout", "python", "only"],
-    boolean: ["quick", "screenshots", "help"],
+    boolean: ["quick", "screenshots"],
     collect: ["only"],
     default: { out: join("results", "notebooks") },
-  });
-  if (flags.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (flags._.length) throw new UsageError(`unexpected argument ${flags._[0]}; see --help`);
+  }, noPositionals);
   const only = ((flags.only as string[] | undefined) ?? []).flatMap((s) => s.split(","))
     .map((s) => s.trim()).filter((s) => s !== "");
   const cellTimeout = flags["cell-timeout"] === undefined ? 900 : Number(flags["cell-timeout"]);
@@ -218,7 +213,8 @@ if (import.meta.main) {
   try {
     Deno.exit(await main());
   } catch (err) {
+    if (err instanceof UsageError) usageExit("notebooks", err.message);
     console.error(`notebooks: ${(err as Error).message}`);
-    Deno.exit(err instanceof UsageError ? 2 : 1);
+    Deno.exit(1);
   }
 }

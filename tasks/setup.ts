@@ -26,7 +26,7 @@
 import { existsSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs, UsageError } from "../lib/cli.ts";
+import { noPositionals, parseCommandArgs } from "../lib/cli.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 
 const USAGE = `Usage: deno task setup [--tf-wheel PATH] [--require-tensorflow]
@@ -37,7 +37,7 @@ Makes the tfjs-node (libtensorflow) backend work, building it offline if needed.
                          (default: env DEER_TF_WHEEL, else found or downloaded with pip)
   --require-tensorflow   exit 1 when tfjs-node cannot be made to work (default: exit 0 and
                          let the toolkit run on the slower wasm backend)
-  --help                 this text`;
+  -h, --help             this text`;
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 const TOOLS = join(ROOT, ".tools");
@@ -563,22 +563,10 @@ async function makeTensorflowWork(wheelArg: string | undefined): Promise<string[
 }
 
 async function main(): Promise<number> {
-  let flags;
-  try {
-    flags = parseArgs(Deno.args, {
-      string: ["tf-wheel"],
-      boolean: ["require-tensorflow", "help"],
-    });
-    if (flags._.length > 0) throw new UsageError(`unexpected argument ${flags._[0]}`);
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    console.error(`setup: ${err.message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (flags.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const flags = parseCommandArgs("setup", USAGE, Deno.args, {
+    string: ["tf-wheel"],
+    boolean: ["require-tensorflow"],
+  }, noPositionals);
   const wheelGiven = (flags["tf-wheel"] as string | undefined) ?? Deno.env.get("DEER_TF_WHEEL");
   // `deno task` runs in the project folder; a relative path means the caller's folder.
   const wheel = wheelGiven
