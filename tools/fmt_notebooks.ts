@@ -32,9 +32,8 @@ const flags = parseCommandArgs("tools/fmt_notebooks.ts", USAGE, Deno.args, {
   }
 });
 const write = flags.write === true;
-const cwd = Deno.env.get("INIT_CWD") ?? Deno.cwd();
 const notebooks = flags._.length > 0
-  ? flags._.map((p) => resolve(cwd, p))
+  ? flags._.map((p) => resolve(p))
   : [...Deno.readDirSync(join(root, "notebooks"))]
     .filter((e) => e.isFile && e.name.endsWith(".ipynb"))
     .map((e) => join(root, "notebooks", e.name))
