@@ -41,7 +41,8 @@
 #     alone; this times them in the step, where the small ones' share decides the threshold.
 #   submit: the ViT-B/16 step at batch 8 and 32 (3 steps after 1 warm-up) with tfjs-webgpu
 #     submitting a command buffer every 15 (its default), 64 and 1000 dispatches
-#     (DEER_WEBGPU_SUBMIT_BATCH), into submit.jsonl, each record tagged (≈ 3 min).
+#     (DEER_WEBGPU_SUBMIT_BATCH), then with every block's adapted weight in one product and one
+#     per block (DEER_WGSL_QKV_STACK=1, 0), into submit.jsonl, each record tagged (≈ 4 min).
 #   rows: the row kernels (LayerNorm, its gradient, the softmax backward) one invocation per row
 #     and one workgroup per row (DEER_WGSL_ROWS=thread, group; lib/webgpu_kernels.ts
 #     wgslRowLayout), into rows.jsonl, each record tagged: the probe's step at batch 8 (its
@@ -103,7 +104,7 @@ field() { sed -nE "s/.*\"$1\": ?(\"[^\"]*\"|[^],}[]*).*/\1/p" <<<"$2"; }
 brief() {
   local s k v
   s=$(field name "$1" | tr -d '"')
-  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH DEER_WGSL_ROWS DEER_WGSL_MM_MIN_OUTPUTS DEER_WGSL_MM_TILE wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
+  for k in DEER_WGSL DEER_WEBGPU_SUBMIT_BATCH DEER_WGSL_QKV_STACK DEER_WGSL_ROWS DEER_WGSL_MM_MIN_OUTPUTS DEER_WGSL_MM_TILE wgsl model device product impl cpu_forward batch ms min_ms pipelined_ms wall_ms \
     kernels kernel_gpu_ms dispatches host_record_ms host_us_per_dispatch read_wait_ms \
     gflops kernel_gflops dispatch_ms matmul_gflops add_gb_s ratio ratio_min \
     target loss_last description real_gpu gpu_figures torch_device exit; do
@@ -295,6 +296,8 @@ case "$MODE" in
   submit)
     # Dispatches per command-buffer submission: tfjs' 15, then 64 and 1000.
     ab_steps "$OUT/submit.jsonl" DEER_WEBGPU_SUBMIT_BATCH "15 64 1000" 2
+    # The adapted weights: one product for every block (the default), or one per block.
+    ab_steps "$OUT/submit.jsonl" DEER_WGSL_QKV_STACK "1 0" 2
     ;;
   short)
     torch_steps 60

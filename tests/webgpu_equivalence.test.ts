@@ -114,15 +114,18 @@ Deno.test({
 
 Deno.test({
   name:
-    "webgpu: the optimised-path equivalence tests pass on webgpu, with and without its fast path (and with DeerWgsl_MatMul on every product)",
+    "webgpu: the optimised-path equivalence tests pass on webgpu, with and without its fast path (and with DeerWgsl_MatMul on every product, and one adapted-weight product per block)",
   ignore: skip,
   async fn() {
     requireAdapter();
-    // The third: the fast path with every product on DeerWgsl_MatMul (lib/webgpu_kernels.ts).
+    // The third: the fast path with every product on DeerWgsl_MatMul (lib/webgpu_kernels.ts);
+    // the fourth: with each block's adapted weight a product of its own (as where the stack of
+    // frozen weights does not fit the adapter, lib/model/vit_fast.ts stackedQkvUsed).
     const runs: Record<string, string>[] = [
       { DEER_FAST_PATH: "0" },
       { DEER_FAST_PATH: "1" },
       { DEER_FAST_PATH: "1", DEER_WGSL_MM_MIN_OUTPUTS: "0" },
+      { DEER_FAST_PATH: "1", DEER_WGSL_QKV_STACK: "0" },
     ];
     for (const env of runs) {
       // --no-check: the type check is the main test run's business (and needs the .d.ts files).

@@ -522,7 +522,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu WGSL: the fast path with the kernels equals it without (tiny ViT)",
+  name:
+    "webgpu WGSL: the fast path with the kernels equals it without, in each of their variants (tiny ViT)",
   ignore: skip,
   async fn() {
     const args = ["run", "-A", "tests/helpers/backend_worker.ts", "ops"];
@@ -530,10 +531,11 @@ Deno.test({
     // DEER_WGSL_MM_MIN_OUTPUTS=0 every product the kernel takes runs as DeerWgsl_MatMul. The row
     // kernels run in this adapter's default layout, and once in the other.
     const otherRows = adapter?.isFallback ? "group" : "thread";
-    const [on, allProducts, rows, off] = [
+    const [on, allProducts, rows, perBlock, off] = [
       await child(args, {}),
       await child(args, { DEER_WGSL_MM_MIN_OUTPUTS: "0" }),
       await child(args, { DEER_WGSL_ROWS: otherRows }),
+      await child(args, { DEER_WGSL_QKV_STACK: "0" }),
       await child(args, { DEER_WGSL: "0" }),
     ];
     // The tolerances tests/webgpu_equivalence.test.ts uses between backends.
@@ -553,6 +555,8 @@ Deno.test({
       assert.ok(e2 < tol, `${key}: with every product as DeerWgsl_MatMul differs by ${e2}`);
       const e3 = jsonRelativeError(rows[key], off[key]);
       assert.ok(e3 < tol, `${key}: with the ${otherRows} row layout differs by ${e3}`);
+      const e4 = jsonRelativeError(perBlock[key], off[key]);
+      assert.ok(e4 < tol, `${key}: with one adapted-weight product per block differs by ${e4}`);
     }
   },
 });
@@ -589,30 +593,37 @@ console.log(JSON.stringify({
 
 Deno.test({
   name:
-    "webgpu WGSL: the fast path dispatches DeerWgsl_MatMul for the stacked factors, and for the rest only when asked to (tiny ViT)",
+    "webgpu WGSL: the fast path dispatches DeerWgsl_MatMul for the stacked factors and adapted weights, and for the rest only when asked to (tiny ViT)",
   ignore: skip,
   async fn() {
     const all = await child(["eval", COUNT_SOURCE], { DEER_WGSL_MM_MIN_OUTPUTS: "0" });
     const byDefault = await child(["eval", COUNT_SOURCE], {});
+    const perBlock = await child(["eval", COUNT_SOURCE], { DEER_WGSL_QKV_STACK: "0" });
     const off = await child(["eval", COUNT_SOURCE], { DEER_WGSL: "0" });
-    const detail = JSON.stringify({ all, byDefault, off });
+    const detail = JSON.stringify({ all, byDefault, perBlock, off });
     // The tiny model's products are below the threshold: by default only those that read an
-    // operand where it lies in a stack run as the kernel, the rest as tf.matMul — per block the
-    // three with its LoRA factors (W_qkv + Aᵀ·B̃, h·Aᵀ, dQkv·B̃ᵀ) and the five with q, k or v
-    // (q·kᵀ, p·v, dAttended·vᵀ, dScores·k, dScoresᵀ·q), but for the last block's
-    // dScoresᵀ·q (its q, the class token's, is a tensor of its own). Without the kernels all are
-    // tf.matMul; with the threshold at 0 all move to the kernel but those it cannot take. One
-    // product for one.
+    // operand where it lies in a stack run as the kernel, the rest as tf.matMul. With one
+    // adapted-weight product per block (DEER_WGSL_QKV_STACK=0), per block the three with its
+    // LoRA factors (W_qkv + Aᵀ·B̃, h·Aᵀ, dQkv·B̃ᵀ) and the five with q, k or v (q·kᵀ, p·v,
+    // dAttended·vᵀ, dScores·k, dScoresᵀ·q), but for the last block's dScoresᵀ·q (its q, the class
+    // token's, is a tensor of its own). Without the kernels all are tf.matMul; with the
+    // threshold at 0 all move to the kernel but those it cannot take. One product for one.
     const layers = off.layers as number;
-    assert.equal(byDefault.deer, 8 * layers - 1, detail);
+    assert.equal(perBlock.deer, 8 * layers - 1, detail);
     assert.equal(off.deer, 0);
     assert.ok(off.tf > 0);
-    assert.equal(byDefault.deer + byDefault.tf, off.tf, detail);
+    assert.equal(perBlock.deer + perBlock.tf, off.tf, detail);
+    // By default every block's adapted weight is one product, [layers, width, 3·width], which
+    // the blocks read in place: h·W and dQkv·Wᵀ (but in the first block, whose input needs no
+    // gradient) move to the kernel, and there are layers − 1 products fewer in all.
+    assert.equal(byDefault.deer, perBlock.deer - layers + 1 + layers + (layers - 1), detail);
+    assert.equal(byDefault.deer + byDefault.tf, off.tf - (layers - 1), detail);
     assert.ok(all.deer > byDefault.deer && all.tf < byDefault.tf, detail);
-    assert.equal(all.deer + all.tf, off.tf, detail);
+    assert.equal(all.deer + all.tf, off.tf - (layers - 1), detail);
     // Read in place, the factors are not unstacked: 2·layers Unpack kernels fewer (those left
     // are the gradient of the test's own stacking of its per-adapter lists).
     assert.equal(byDefault.unpack, off.unpack - 2 * layers, detail);
+    assert.equal(perBlock.unpack, byDefault.unpack, detail);
     assert.equal(all.unpack, byDefault.unpack, detail);
   },
 });

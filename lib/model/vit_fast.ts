@@ -47,7 +47,7 @@
  * ```
  * @module
  */
-import { tf } from "../backend.ts";
+import { tf, webgpuAdapter } from "../backend.ts";
 import { nativeOps } from "../native.ts";
 import {
   materialize,
@@ -214,8 +214,9 @@ function disposeViews(v: BlockViews): void {
 }
 
 /**
- * Builds the views of `blocks` now (the encoder that owns the blocks calls this when it is made,
- * so that its memory does not grow on the first forward pass).
+ * Builds the views of `blocks` now, and on webgpu the stack of their W_qkv
+ * ({@link stackedQkvUsed}) when they are a whole tower (the encoder that owns the blocks calls
+ * this when it is made, so that its memory does not grow on the first forward pass).
  *
  * @example
  * ```ts
@@ -228,6 +229,7 @@ function disposeViews(v: BlockViews): void {
 export function prepareBlockViews(blocks: readonly Block[], cfg: TransformerShape): void {
   tf.tidy(() => {
     for (const b of blocks) blockViews(b, cfg);
+    if (blocks.length === cfg.layers && stackedQkvUsed(cfg)) frozenQkvStack(blocks);
   });
 }
 
@@ -247,7 +249,46 @@ export function disposeBlockViews(blocks: readonly Block[]): void {
     const v = views.get(b);
     if (v) disposeViews(v);
     views.delete(b);
+    qkvStacks.get(b)?.stack.dispose();
+    qkvStacks.delete(b);
   }
+}
+
+/** A tower's frozen W_qkv stacked, keyed by its first block, and the blocks it stacks. */
+const qkvStacks = new WeakMap<Block, { blocks: readonly Block[]; stack: tf.Tensor3D }>();
+
+/**
+ * Whether the adapted weights W_qkv + Aᵀ·B̃ of every block are one product on webgpu: the WGSL
+ * kernels are on and the stack of frozen W_qkv, [layers, width, 3·width], which that product
+ * binds whole (as it does its output), fits the adapter's binding limits (ViT-B/16's 85 MB does
+ * on lavapipe's 128 MiB; ViT-L/14's 302 MB does not, and there each block keeps its own product).
+ * `DEER_WGSL_QKV_STACK=0` keeps one product per block (to compare the two).
+ */
+export function stackedQkvUsed(cfg: TransformerShape): boolean {
+  if (!wgslKernelsEnabled() || Deno.env.get("DEER_WGSL_QKV_STACK") === "0") return false;
+  const bytes = 4 * cfg.layers * cfg.width * 3 * cfg.width;
+  const limit = webgpuAdapter
+    ? Math.min(webgpuAdapter.maxStorageBufferBindingSize, webgpuAdapter.maxBufferSize)
+    : 0;
+  return bytes <= limit;
+}
+
+/**
+ * The frozen W_qkv of `blocks` stacked as [layers, width, 3·width], built once and kept until
+ * {@link disposeBlockViews} (one copy of those weights, 85 MB for ViT-B/16, on the adapter).
+ */
+function frozenQkvStack(blocks: readonly Block[]): tf.Tensor3D {
+  const cached = qkvStacks.get(blocks[0]);
+  if (
+    cached && cached.blocks.length === blocks.length &&
+    cached.blocks.every((b, i) => b === blocks[i])
+  ) {
+    return cached.stack;
+  }
+  cached?.stack.dispose();
+  const stack = tf.keep(tf.stack(blocks.map((b) => b.qkvWeight))) as tf.Tensor3D;
+  qkvStacks.set(blocks[0], { blocks: [...blocks], stack });
+  return stack;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,8 +492,11 @@ interface BlockFactors {
   A: MatMulOperand;
   /** B̃·D (B̃ with the WGSL kernels: block i's entry of the stack [layers, 3r, 3·width]). */
   B: MatMulOperand;
-  /** (W_qkv + Aᵀ·B̃)·D (W_qkv + Aᵀ·B̃ with the WGSL kernels). */
-  W: tf.Tensor2D;
+  /**
+   * (W_qkv + Aᵀ·B̃)·D (W_qkv + Aᵀ·B̃ with the WGSL kernels: block i's entry of the stack
+   * [layers, width, 3·width] where {@link stackedQkvUsed}).
+   */
+  W: MatMulOperand;
 }
 
 /** What a block's backward pass reads (both LayerNorms' states, the attention, the MLP). */
@@ -523,7 +567,7 @@ interface BlockContext {
  */
 function headMajorQkv(
   h: tf.Tensor,
-  weight: tf.Tensor,
+  weight: MatMulOperand,
   bias: tf.Tensor,
   ctx: BlockContext,
   tq: number,
@@ -542,7 +586,10 @@ function headMajorQkv(
     const kv = wgslHeadSlots(rows, bias, n, 1);
     return [wgslHeadSlot(rows, bias, 0, n, tq, qScale), stackedMatrix(kv, 0), stackedMatrix(kv, 1)];
   }
-  const perHead = tf.transpose(tf.reshape(weight, [cfg.width, 3 * cfg.heads, dh]), [1, 0, 2]);
+  const perHead = tf.transpose(
+    tf.reshape(materialize(weight), [cfg.width, 3 * cfg.heads, dh]),
+    [1, 0, 2],
+  );
   const product = mm(h, perHead);
   const [q, k, v] = tf.unstack(tf.reshape(tf.add(product, bias), [3, cfg.heads, n, t, dh]));
   return [tq === t ? q : tf.slice(q, [0, 0, 0, 0], [cfg.heads, n, tq, dh]), k, v];
@@ -864,6 +911,7 @@ export function frozenBlocksForward(
   /** Runs every block; with `keep` (training), collects what the backward pass needs. */
   const forward = (
     factors: BlockFactors[] | null,
+    // The W_qkv (+ Rᵀ) of blocks without factors (a block with factors reads its adapted W).
     frozenQkv: tf.Tensor2D[],
     keep: tf.Tensor[] | null,
     keepU = false,
@@ -878,7 +926,7 @@ export function frozenBlocksForward(
         const r = blockForward(
           input,
           blockWeights[i],
-          frozenQkv[i],
+          frozenQkv[i] ?? blockWeights[i].qkv,
           factors?.[i] ?? null,
           ctx,
           last,
@@ -900,14 +948,28 @@ export function frozenBlocksForward(
     return { features: features as tf.Tensor2D, head };
   };
 
+  if (!lora) return forward(null, blockWeights.map((b) => b.qkv), null).features;
   // FedEx-LoRA: W_qkv + Rᵀ with the residuals [out, in] of q, k, v stacked.
-  const residual = lora?.residual;
-  const frozenQkv: tf.Tensor2D[] = blockWeights.map((b, i) =>
-    residual
-      ? tf.add(b.qkv, tf.transpose(tf.concat(residual.slice(3 * i, 3 * i + 3), 0))) as tf.Tensor2D
-      : b.qkv
-  );
-  if (!lora) return forward(null, frozenQkv, null).features;
+  const residual = lora.residual;
+  // With the WGSL kernels and the stack fitting, every block's adapted weight is one product.
+  const stacked = stackedQkvUsed(cfg);
+  // (Unused with `stacked`: every block then has its factors.)
+  const frozenQkv: tf.Tensor2D[] = stacked
+    ? []
+    : blockWeights.map((b, i) =>
+      residual
+        ? tf.add(b.qkv, tf.transpose(tf.concat(residual.slice(3 * i, 3 * i + 3), 0))) as tf.Tensor2D
+        : b.qkv
+    );
+  /** The frozen W_qkv (+ Rᵀ) of every block, [layers, width, 3·width], when `stacked`. */
+  const frozenStack = (): tf.Tensor => {
+    const stack = frozenQkvStack(w.blocks);
+    if (!residual) return stack;
+    // Rᵀ of each block [width, 3·width]: the residuals [3·layers, out, in] as
+    // [layers, 3·width, width], transposed.
+    const r = tf.reshape(tf.stack(residual), [layers, 3 * width, width]);
+    return tf.add(stack, tf.transpose(r, [0, 2, 1]));
+  };
 
   const rank = lora.packed ? lora.packed.A.shape[1] : lora.A[0].shape[0];
   // The factors as [3·layers, r, width] and [3·layers, width, r]: as the caller packed them, or
@@ -929,13 +991,24 @@ export function frozenBlocksForward(
     const b3 = inPlace
       ? wgslBlockDiagonal(packedB, lora.scale)
       : blockDiagonal(tf.mul(packedB, lora.scale), slots, layers, width, rank);
+    if (stacked) {
+      // Every block's W_qkv + Aᵀ·B̃ in one product, D applied in the layouts, the sum its
+      // epilogue; each block reads its own where it lies.
+      const adapted = wgslMatMulAdd(a3, b3, frozenStack(), true);
+      const factors = blockWeights.map((_, i) => ({
+        A: stackedMatrix(a3, i),
+        B: stackedMatrix(b3, i),
+        W: stackedMatrix(adapted, i),
+      }));
+      return { factors, tensors: [a3, b3, adapted] };
+    }
     if (inPlace) {
       // D is applied in the layouts, and the sum is the product's epilogue.
       const factors = blockWeights.map((_, i) => {
         const [A, B] = [stackedMatrix(a3, i), stackedMatrix(b3, i)];
         return { A, B, W: mmAdd(A, B, frozenQkv[i], true) as tf.Tensor2D };
       });
-      return { factors, tensors: [a3, b3, ...factors.map((f) => f.W)] };
+      return { factors, tensors: [a3, b3, ...factors.map((f) => f.W as tf.Tensor)] };
     }
     const b = tf.unstack(b3);
     const factors = tf.unstack(a3).map((A, i) => {
@@ -947,7 +1020,10 @@ export function frozenBlocksForward(
         W: tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D) as tf.Tensor2D,
       };
     });
-    return { factors, tensors: factors.flatMap((f) => [f.A as tf.Tensor, f.B as tf.Tensor, f.W]) };
+    return {
+      factors,
+      tensors: factors.flatMap((f) => [f.A as tf.Tensor, f.B as tf.Tensor, f.W as tf.Tensor]),
+    };
   };
   /** The block factors from {@link blockFactors}' `tensors`, as a backward pass kept them. */
   const keptFactors = (kept: tf.Tensor[]): BlockFactors[] =>
@@ -956,7 +1032,7 @@ export function frozenBlocksForward(
         ? {
           A: stackedMatrix(kept[0], i),
           B: stackedMatrix(kept[1], i),
-          W: kept[2 + i] as tf.Tensor2D,
+          W: stacked ? stackedMatrix(kept[2], i) : kept[2 + i],
         }
         : { A: kept[3 * i], B: kept[3 * i + 1], W: kept[3 * i + 2] as tf.Tensor2D });
   const want = {
