@@ -305,11 +305,16 @@ export function activationBytesPerSample(cfg: ActivationShape): { bytes: number;
 }
 
 /**
- * The largest batch whose tensors fit the adapter: tfjs-webgpu binds every tensor as one storage
- * buffer, so no tensor may exceed `maxStorageBufferBindingSize` (nor `maxBufferSize`).
+ * The largest tensor, in bytes, the adapter binds whole: tfjs-webgpu binds every tensor as one
+ * storage buffer, so none may exceed `maxStorageBufferBindingSize` (nor `maxBufferSize`).
  */
+export function bindingLimit(adapter: WebGpuAdapterSummary): number {
+  return Math.min(adapter.maxStorageBufferBindingSize, adapter.maxBufferSize);
+}
+
+/** The largest batch whose tensors fit the adapter ({@link bindingLimit}). */
 export function maxBatchFor(adapter: WebGpuAdapterSummary, cfg: ActivationShape): number {
-  const limit = Math.min(adapter.maxStorageBufferBindingSize, adapter.maxBufferSize);
+  const limit = bindingLimit(adapter);
   return Math.floor(limit / activationBytesPerSample(cfg).bytes);
 }
 
@@ -324,7 +329,7 @@ export function checkBatchFits(
   batch: number,
 ): void {
   const { bytes, what } = activationBytesPerSample(cfg);
-  const limit = Math.min(adapter.maxStorageBufferBindingSize, adapter.maxBufferSize);
+  const limit = bindingLimit(adapter);
   if (batch * bytes <= limit) return;
   const which = adapter.maxStorageBufferBindingSize <= adapter.maxBufferSize
     ? "maxStorageBufferBindingSize"

@@ -48,6 +48,7 @@
  * @module
  */
 import { tf, webgpuAdapter } from "../backend.ts";
+import { bindingLimit } from "../backend_webgpu.ts";
 import { nativeOps } from "../native.ts";
 import {
   materialize,
@@ -267,10 +268,7 @@ const qkvStacks = new WeakMap<Block, { blocks: readonly Block[]; stack: tf.Tenso
 export function stackedQkvUsed(cfg: TransformerShape): boolean {
   if (!wgslKernelsEnabled() || Deno.env.get("DEER_WGSL_QKV_STACK") === "0") return false;
   const bytes = 4 * cfg.layers * cfg.width * 3 * cfg.width;
-  const limit = webgpuAdapter
-    ? Math.min(webgpuAdapter.maxStorageBufferBindingSize, webgpuAdapter.maxBufferSize)
-    : 0;
-  return bytes <= limit;
+  return webgpuAdapter !== null && bytes <= bindingLimit(webgpuAdapter);
 }
 
 /**
@@ -911,8 +909,6 @@ export function frozenBlocksForward(
   /** Runs every block; with `keep` (training), collects what the backward pass needs. */
   const forward = (
     factors: BlockFactors[] | null,
-    // The W_qkv (+ Rᵀ) of blocks without factors (a block with factors reads its adapted W).
-    frozenQkv: tf.Tensor2D[],
     keep: tf.Tensor[] | null,
     keepU = false,
   ): { features: tf.Tensor2D; head: NormState } => {
@@ -926,7 +922,8 @@ export function frozenBlocksForward(
         const r = blockForward(
           input,
           blockWeights[i],
-          frozenQkv[i] ?? blockWeights[i].qkv,
+          // Read only without factors (then there is no residual either).
+          blockWeights[i].qkv,
           factors?.[i] ?? null,
           ctx,
           last,
@@ -948,19 +945,19 @@ export function frozenBlocksForward(
     return { features: features as tf.Tensor2D, head };
   };
 
-  if (!lora) return forward(null, blockWeights.map((b) => b.qkv), null).features;
+  if (!lora) return forward(null, null).features;
   // FedEx-LoRA: W_qkv + Rᵀ with the residuals [out, in] of q, k, v stacked.
   const residual = lora.residual;
+  /** Block i's frozen W_qkv (+ Rᵀ). */
+  const frozenQkv = (i: number): tf.Tensor2D =>
+    residual
+      ? tf.add(
+        blockWeights[i].qkv,
+        tf.transpose(tf.concat(residual.slice(3 * i, 3 * i + 3), 0)),
+      ) as tf.Tensor2D
+      : blockWeights[i].qkv;
   // With the WGSL kernels and the stack fitting, every block's adapted weight is one product.
   const stacked = stackedQkvUsed(cfg);
-  // (Unused with `stacked`: every block then has its factors.)
-  const frozenQkv: tf.Tensor2D[] = stacked
-    ? []
-    : blockWeights.map((b, i) =>
-      residual
-        ? tf.add(b.qkv, tf.transpose(tf.concat(residual.slice(3 * i, 3 * i + 3), 0))) as tf.Tensor2D
-        : b.qkv
-    );
   /** The frozen W_qkv (+ Rᵀ) of every block, [layers, width, 3·width], when `stacked`. */
   const frozenStack = (): tf.Tensor => {
     const stack = frozenQkvStack(w.blocks);
@@ -1006,7 +1003,7 @@ export function frozenBlocksForward(
       // D is applied in the layouts, and the sum is the product's epilogue.
       const factors = blockWeights.map((_, i) => {
         const [A, B] = [stackedMatrix(a3, i), stackedMatrix(b3, i)];
-        return { A, B, W: mmAdd(A, B, frozenQkv[i], true) as tf.Tensor2D };
+        return { A, B, W: mmAdd(A, B, frozenQkv(i), true) as tf.Tensor2D };
       });
       return { factors, tensors: [a3, b3, ...factors.map((f) => f.W as tf.Tensor)] };
     }
@@ -1017,7 +1014,7 @@ export function frozenBlocksForward(
       return {
         A,
         B: tf.mul(B, D) as tf.Tensor2D,
-        W: tf.mul(tf.add(frozenQkv[i], mm(A, B, true, false)), D) as tf.Tensor2D,
+        W: tf.mul(tf.add(frozenQkv(i), mm(A, B, true, false)), D) as tf.Tensor2D,
       };
     });
     return {
@@ -1042,7 +1039,7 @@ export function frozenBlocksForward(
   // Forward only (evaluation, or no factor to differentiate): nothing is kept for a backward pass.
   if (tf.engine().state.gradientDepth === 0 || !(want.A || want.B)) {
     const { factors } = blockFactors(packedOrStacked("A"), packedOrStacked("B"));
-    return forward(factors, frozenQkv, null).features;
+    return forward(factors, null).features;
   }
   // The inputs of the custom-gradient node are the trainable factors, stacked; a factor that is
   // not trainable is a constant inside it.
@@ -1056,7 +1053,7 @@ export function frozenBlocksForward(
     const save = args[inputs.length] as tf.GradSaveFunc;
     const { factors, tensors } = blockFactors(packedA, packedB);
     const keep: tf.Tensor[] = [];
-    const { features, head } = forward(factors, frozenQkv, keep, want.B);
+    const { features, head } = forward(factors, keep, want.B);
     save([...keep, ...head.saved, ...tensors]);
     return {
       value: features,
