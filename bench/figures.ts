@@ -3,7 +3,7 @@
  * process and memory figures are comparable); each prints one JSON line. `bench/main.ts`
  * (`deno task bench`) runs them all in subprocesses.
  *
- * * `tiny` — one LoRA training step of the tiny ViT of ENVIRONMENT.md (28×28×3, patch 4, width
+ * * `tiny` — one LoRA training step of a tiny ViT (28×28×3, patch 4, width
  *   128, 4 heads, 4 layers, MLP 512, exact GELU, r = 8 on q/k/v, s = 2, batch 32) through the
  *   toolkit's own step (bench/step.ts): `makeBatch` from uint8 pixels, then `createLocalTrainer`'s
  *   step (the prototype loss, gradients for every A, B and the logit scale, SGD with momentum
@@ -46,7 +46,7 @@ const demoConfig = (rounds: number): FederatedConfig =>
 import { cpuMs, emit, loadAverage, median, round, timeRepeated } from "./measure.ts";
 import { colourImages, loraStepBench } from "./step.ts";
 
-/** The tiny ViT of ENVIRONMENT.md (as `bench/vit_lora_torch.py` builds it). */
+/** The tiny ViT of the `tiny` figure (as `bench/vit_lora_torch.py` builds it). */
 export const TINY_VIT: VitConfig = {
   layout: "openai",
   imageSize: 28,

@@ -1,6 +1,6 @@
 """Tiny ViT + LoRA(q,k,v) training-step micro benchmark (PyTorch CPU): the reference point for the
 toolkit's own `vit_lora_step_tiny` figure (same architecture, batch, optimiser). A copy of the
-shared reference (ENVIRONMENT.md) that also prints one JSON line with wall and process CPU time.
+team's shared PyTorch reference script that also prints one JSON line with wall and process CPU time.
 Usage: python vit_lora_torch.py [steps] [warmup] [threads]"""
 import sys, time, math, statistics, json, os, torch
 import torch.nn.functional as F

@@ -29,7 +29,7 @@ const cases: Case[] = [
   { name: "q·kᵀ [12,50,64]·[12,50,64]ᵀ", a: [12, 50, 64], b: [12, 50, 64], transposeB: true },
   { name: "attn·v [12,50,50]·[12,50,64]", a: [12, 50, 50], b: [12, 50, 64] },
   { name: "x·W batched [32,50,128]·[128,384]", a: [32, 50, 128], b: [128, 384] },
-  // The tiny ViT of ENVIRONMENT.md: batch 32 × 4 heads, 50 tokens, head width 32.
+  // The tiny ViT (bench/figures.ts): batch 32 × 4 heads, 50 tokens, head width 32.
   {
     name: "q·kᵀ small heads [128,50,32]·[128,50,32]ᵀ",
     a: [128, 50, 32],

@@ -1,5 +1,5 @@
 /**
- * One LoRA training step of the tiny ViT of ENVIRONMENT.md on the wasm backend, with tfjs' stock
+ * One LoRA training step of the tiny ViT (`TINY_VIT`, bench/figures.ts) on the wasm backend, with tfjs' stock
  * matrix-product kernels and with the explicit ones of `lib/backend_wasm.ts`: image 28×28×3,
  * patch 4, width 128, 4 heads, 4 layers, MLP 512, LoRA r = 8 on q/k/v, batch 32 — forward and
  * gradients with respect to every A and B.
@@ -19,7 +19,7 @@ if (backendName !== "wasm") {
   throw new Error(`this benchmark measures the wasm backend: run it with DEER_BACKEND=wasm`);
 }
 
-// The tiny ViT of ENVIRONMENT.md (`bench/figures.ts`), in the variant this benchmark has always
+// The tiny ViT (`bench/figures.ts`), in the variant this benchmark has always
 // measured: QuickGELU, pre-norm, no patch bias, a projection to 64.
 const config: VitConfig = {
   ...TINY_VIT,

@@ -1,6 +1,7 @@
 /**
  * Command-line argument parsing and progress output — the one module that stands in for
- * `jsr:@std/cli`, which cannot be installed here (JSR is unreachable, ENVIRONMENT.md).
+ * `jsr:@std/cli`, which cannot be installed where JSR (its registry) is unreachable, as on the
+ * machines this toolkit was built on; only the npm registry is needed.
  *
  * `parseArgs` takes the options object of `@std/cli`'s `parseArgs` (a subset: `string`,
  * `boolean`, `default`, `alias`, `collect`) and returns the same shape (`_` for positionals), but

@@ -1,5 +1,5 @@
 /**
- * `deno task federation` — cross-site federated training over NATS JetStream (issue 17).
+ * `deno task federation` — cross-site federated training over NATS JetStream.
  *
  * * `server`: a nats-server on 127.0.0.1 for one-machine trials and CI (JetStream, a throw-away
  *   CA, TLS client certificates and one nkey per identity, subject permissions per site).
@@ -34,6 +34,7 @@ const HELP = `deno task federation COMMAND [flags]
       DIR, a throw-away CA, TLS client certificates and one nkey per identity with subject
       permissions (a site may take only its own tasks and publish only its own results).
       Writes DIR/creds/coordinator/ and DIR/creds/<site>/ — hand each site its own folder.
+      --port: the client port (default 0: any free port; the URL printed says which).
       Prints "ready URL" and runs until Ctrl-C or SIGTERM, then stops the server.
 
   serve   --nats URL --creds DIR --config FILE [--prefix P] [--lease S] [--deadline S]
@@ -49,7 +50,7 @@ const HELP = `deno task federation COMMAND [flags]
       attempt (default 60 s); --deadline: how long a phase waits for the sites before it goes
       on without the missing ones (default 600 s).
 
-  join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P]
+  join    --nats URL --creds DIR --site NAME --data PATH [--model PATH] [--prefix P] [--part]
           [--heartbeat S] [--trust central|local] [--noise_key FILE]
           [--max_epsilon E] [--delta D]
       One site: takes its tasks, trains on PATH, publishes its release. DIR is the site's

@@ -9,7 +9,7 @@
  *    pointing at this Deno (`Deno.execPath()`); nothing is written to the user's Jupyter folders.
  * 3. Runs `notebooks/tools/run_notebooks.py`, an nbclient runner that keeps reading a cell's
  *    outputs after the kernel reports it idle (the Deno kernel's late-output bug,
- *    ENVIRONMENT.md) and fails on any cell error, any lost or missing Plotly figure, or a
+ *    docs/notebooks.md) and fails on any cell error, any lost or missing Plotly figure, or a
  *    plotly.js that is not inlined exactly once.
  *
  * Kernels start in `notebooks/` (as Jupyter starts them), so cells import `../lib/…`.
@@ -40,7 +40,8 @@ export const JUPYTER_DIR = join(ROOT, ".tools", "jupyter");
 export const APT_LINE = "apt-get install -y --no-install-recommends jupyter-core jupyter-client " +
   "jupyter-nbconvert python3-nbclient";
 
-const USAGE = `Usage: deno task notebooks [--quick] [--only 02 …] [--out DIR] [--screenshots]
+const USAGE = `Usage: deno task notebooks [--quick] [--only 02 …] [--out DIR] [--cell-timeout S]
+                           [--screenshots] [--python PATH]
 
 Executes the notebooks in notebooks/ headless with the Deno kernel, checks their outputs and
 writes executed notebooks and offline HTML exports.

@@ -395,7 +395,8 @@ async function fromPipDownload(): Promise<string | null> {
   const dir = join(TOOLS, `wheels.tmp-${Deno.pid}`);
   await Deno.mkdir(dir, { recursive: true });
   try {
-    // The first local index, as ENVIRONMENT.md asks; the others only if it lacks the wheel.
+    // The first local index (pip stalls retrying a public index it cannot reach); the others
+    // only if it lacks the wheel.
     for (const source of sources) {
       const t0 = performance.now();
       say(`pip download tensorflow-cpu ${source.join(" ")} ...`);

@@ -36,7 +36,7 @@ Commands:
   plan FILE       list the points (id, settings, train command, state) and the compute they need
   run FILE        run the unfinished points
   status FILE     progress of every point; failures with the tail of their log
-  report FILE     merge the finished points: <root>/report/{points,table}.{csv,json,md}, report.html
+  report FILE     merge finished points: <root>/report/points.{csv,json}, table.{csv,md}, report.html
 
 Flags:
   --out DIR               results root (default: the file's "results", else results/sweeps/<name>)

@@ -4,7 +4,7 @@ import * as deer from "../mod.ts";
 Deno.test("mod.ts: the public API of docs/architecture.md exists and works on small inputs", async () => {
   const { tf } = deer;
   assert.equal(typeof tf.matMul, "function");
-  assert.ok(["tensorflow", "wasm", "cpu"].includes(deer.backendName));
+  assert.ok(["webgpu", "tensorflow", "wasm", "cpu"].includes(deer.backendName));
 
   const { epsilon } = deer.rdpEpsilon({
     noiseMultiplier: 2,

@@ -1,7 +1,8 @@
 /**
  * Plotly figures (and small tables) inline in Jupyter notebooks run by the Deno kernel.
  *
- * A figure is published as one display bundle (ENVIRONMENT.md, "Jupyter with the Deno kernel"):
+ * A figure is published as one display bundle (docs/notebooks.md says why, and how the Deno
+ * kernel's output faults are guarded against):
  * * `application/vnd.plotly.v1+json` — the figure itself, for front ends with a Plotly renderer;
  * * `text/html` — a `<div>` and a script that draws it with plotly.js. The first figure of a
  *   kernel session carries the whole plotly.js bundle (from the `plotly.js-dist-min` npm package,

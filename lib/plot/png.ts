@@ -4,8 +4,8 @@
  *
  * Chromium is found as `$DEER_CHROMIUM`, else `chromium`, `chromium-browser`, `google-chrome`
  * on PATH (Debian: `apt-get install -y --no-install-recommends chromium`). Every call starts a
- * fresh browser with a new, temporary profile and the launch flags that work on these machines
- * (ENVIRONMENT.md); a render costs a few seconds, mostly start-up.
+ * fresh browser with a new, temporary profile and the launch flags that work headless as root and
+ * in containers ({@link CHROMIUM_FLAGS}); a render costs a few seconds, mostly start-up.
  *
  * @example
  * ```ts
@@ -28,7 +28,7 @@ import { writeFileAtomic } from "../io/atomic.ts";
 import type { Figure } from "./figures.ts";
 import { plotlyJs } from "./html.ts";
 
-/** The Chromium launch flags that work headless on these machines (ENVIRONMENT.md). */
+/** The Chromium launch flags that work headless, as root and in containers without a GPU. */
 export const CHROMIUM_FLAGS = [
   "--headless",
   "--no-sandbox",
