@@ -81,6 +81,17 @@ Deno.test("bad sweep files are refused naming the file, the field and the fix", 
   refused({ grid: { T: [] } }, /grid\.T: expected a non-empty array/);
   refused({ grid: { T: [2, 2] } }, /grid\.T: a value is repeated/);
   refused({ base: { T: 2 }, grid: { T: [3] } }, /grid\.T: also set in base/);
+  // An inherited property of objects is not a flag set in base.
+  const inherited = expandPoints(parseSweep({ grid: { constructor: [1] } }, "c.json"));
+  assert.equal(Object.getOwnPropertyDescriptor(inherited[0].settings, "constructor")?.value, "1");
+  // The size of the grid is checked before it is expanded: 6 axes of 10 values are 10⁶ points.
+  const axes = Object.fromEntries(
+    ["T", "E", "lr", "seed", "lora_r", "node_num"].map((a) => [a, [...Array(10).keys()]]),
+  );
+  refused(
+    { grid: axes },
+    /grid: 1000000 points \(T: 10 × E: 10 × lr: 10 × seed: 10 × lora_r: 10 × node_num: 10\), above the 100000 a sweep may have; split it/,
+  );
   refused({ grid: { T: [null] } }, /grid\.T\[0\]: null: expected a number or a non-empty/);
   refused({ base: { T: 2 } }, /grid\/points: the sweep has no point/);
   refused({ name: "a b", grid: { T: [1] } }, /name: "a b": expected letters/);

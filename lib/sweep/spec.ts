@@ -154,7 +154,7 @@ export function parseSweep(raw: unknown, file: string, opts: { root?: string } =
       }
       const vs = (values as unknown[]).map((v, i) => flagValue(v, `grid.${axis}[${i}]`, fail));
       if (new Set(vs).size !== vs.length) fail(`grid.${axis}`, "a value is repeated");
-      if (axis in base) {
+      if (Object.hasOwn(base, axis)) {
         fail(`grid.${axis}`, `also set in base; keep it in one place (the axis overrides nothing)`);
       }
       grid.push([axis, vs]);
@@ -164,6 +164,15 @@ export function parseSweep(raw: unknown, file: string, opts: { root?: string } =
   if (raw.points !== undefined) {
     if (!Array.isArray(raw.points)) fail("points", "expected an array of flag objects");
     (raw.points as unknown[]).forEach((p, i) => points.push(flagMap(p, `points[${i}]`, fail)));
+  }
+  const gridPoints = grid.reduce((n, [, vs]) => n * vs.length, grid.length > 0 ? 1 : 0);
+  if (gridPoints + points.length > MAX_SWEEP_POINTS) {
+    fail(
+      grid.length > 0 ? "grid" : "points",
+      `${gridPoints + points.length} points (${
+        grid.map(([a, vs]) => `${a}: ${vs.length}`).join(" × ") || "explicit"
+      }), above the ${MAX_SWEEP_POINTS} a sweep may have; split it into several sweep files`,
+    );
   }
   const threads = raw.threads_per_run;
   if (threads !== undefined && !(Number.isInteger(threads) && (threads as number) >= 1)) {
@@ -185,6 +194,13 @@ export function parseSweep(raw: unknown, file: string, opts: { root?: string } =
   }
   return sweep;
 }
+
+/**
+ * The most points one sweep file may describe (grid cross product plus explicit points), checked
+ * before the grid is expanded: the paper's protocols have 72, and a hostile or mistyped file
+ * (a few axes of many values) would otherwise fill the memory while it is read.
+ */
+export const MAX_SWEEP_POINTS = 100_000;
 
 /**
  * The sweep's points: the cross product of the grid axes over `base` (axes vary fastest from the
