@@ -8,6 +8,8 @@ import {
   runFederated,
   validateConfig,
 } from "../lib/fl/simulation.ts";
+import { momentumLayoutError } from "../lib/fl/checkpoint.ts";
+import { readSafetensors, writeSafetensors } from "../lib/model/safetensors.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
 
 const setup = await toySetup();
@@ -96,6 +98,35 @@ Deno.test("simulation: a run stopped after a round resumes to identical results"
   await assert.rejects(
     runFederated(setup.backbone, setup.data, { ...cfg, seed: 99 }, { outDir: out, resume: true }),
     /written by a run with other settings/,
+  );
+  // A saved momentum buffer of the wrong size is refused before it reaches a trainer, naming the
+  // file, the client and the buffer.
+  const edited = join(setup.dir, "resume-momentum");
+  await runFederated(setup.backbone, setup.data, cfg, { outDir: edited, stopAfterRounds: 1 });
+  const statePath = join(edited, "state-round-0001.safetensors");
+  const saved = await readSafetensors(statePath);
+  const tensors = Object.fromEntries(
+    Object.entries(saved.tensors).map(([name, t]) => [name, { shape: t.shape, data: t.data }]),
+  );
+  assert.ok(tensors["client.1.momentum.0"], "LoRA with reference momentum saves client momentum");
+  tensors["client.1.momentum.0"] = { shape: [3], data: new Float32Array([1, 2, 3]) };
+  await writeSafetensors(statePath, tensors, saved.metadata);
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg, { outDir: edited, resume: true }),
+    /state-round-0001\.safetensors: client 1's momentum: buffer 0 has 3 values; expected \d+/,
+  );
+});
+
+Deno.test("momentumLayoutError: the buffers of A and/or B per adapter, then the logit scale", () => {
+  const dims = { adapters: 2, rank: 2, dIn: 3, dOut: 5 };
+  assert.equal(momentumLayoutError([6, 6, 10, 10, 1], dims), null);
+  assert.equal(momentumLayoutError([10, 10, 1], dims), null);
+  assert.equal(momentumLayoutError([6, 6, 1], dims), null);
+  assert.match(momentumLayoutError([6, 10, 1], dims)!, /^buffer 1 has 10 values; expected 6/);
+  assert.match(momentumLayoutError([6, 6, 10, 10, 2], dims)!, /^buffer 4 has 2 values; expected 1/);
+  assert.match(
+    momentumLayoutError([1, 7], dims)!,
+    /^2 buffers; expected 3 .* or 5 .* for 2 adapters/,
   );
 });
 

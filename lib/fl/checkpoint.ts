@@ -201,6 +201,36 @@ const FIX = "the saved state is damaged or was edited: restore the file from a b
   "the run again without resume (this replaces the saved run)";
 
 /**
+ * Why a client's saved momentum buffers cannot be the state of a local trainer on these dimensions,
+ * or `null` when they can. The trainer keeps one buffer per adapter for each factor it trains (A's,
+ * then B's: [rank·dIn] and [dOut·rank] values), then one for the logit scale (1 value); a method
+ * keeps momentum across rounds only at the backbone's rank.
+ *
+ * @example
+ * ```ts
+ * const dims = { adapters: 1, rank: 1, dIn: 2, dOut: 2 };
+ * momentumLayoutError([2, 2, 1], dims); // null
+ * momentumLayoutError([1, 7], dims); // "buffer 0 has 1 values; expected 2 (…)"
+ * ```
+ */
+export function momentumLayoutError(lengths: number[], dims: LoraDims): string | null {
+  const { adapters: n, rank, dIn, dOut } = dims;
+  const a = rank * dIn, b = dOut * rank;
+  const expect = lengths.length === 2 * n + 1
+    ? [...Array(n).fill(a), ...Array(n).fill(b), 1]
+    : lengths.length === n + 1
+    ? [...Array(n).fill(lengths[0] === a ? a : b), 1]
+    : null;
+  if (expect === null) {
+    return `${lengths.length} buffers; expected ${n + 1} (one factor trained) or ${2 * n + 1} ` +
+      `(A and B) for ${n} adapters`;
+  }
+  const at = lengths.findIndex((l, j) => l !== expect[j]);
+  return at < 0 ? null : `buffer ${at} has ${lengths[at]} values; expected ${expect[at]} ` +
+    `(${n} adapters, rank ${rank}, ${dIn} in, ${dOut} out)`;
+}
+
+/**
  * Loads and validates the resumable state of the seed folder `out` (see the module's doc);
  * null when there is none to resume (no `state.json`, and at most a torn first round).
  * Restores the clients' carried state into `expect.clients`; drops a torn round's record and
@@ -380,6 +410,8 @@ export async function loadRunState<R extends { round: number; seed: number; meth
         const name = `client.${k}.momentum.${j}`;
         return take(name, (tensors[name]?.data as ArrayLike<number> | undefined)?.length ?? 0);
       });
+      const wrong = momentumLayoutError(client.momentum.map((m) => m.length), dims);
+      if (wrong) bad(tensorPath, `client ${k}'s momentum: ${wrong}`);
     }
     if (tensors[`client.${k}.local.0.A`]) client.local = factors(`client.${k}.local`);
   }
