@@ -228,15 +228,38 @@ async function getBlob(store: ObjectStore, ref: BlobRef, maxBytes: number): Prom
       `blob ${ref.bucket}/${ref.name}: ${ref.bytes} bytes exceeds ${maxBytes}`,
     );
   }
-  const info = await store.info(ref.name);
-  if (!info || info.deleted) throw new PayloadError(`blob ${ref.bucket}/${ref.name} is missing`);
-  if (info.size !== ref.bytes) {
+  // One `get`: its info and its data are the same version of the object, and the data is read
+  // with a cap, so a blob replaced by a larger one after the check cannot make it allocate more.
+  const result = await store.get(ref.name);
+  if (!result || result.info.deleted) {
+    await result?.data.cancel();
+    throw new PayloadError(`blob ${ref.bucket}/${ref.name} is missing`);
+  }
+  if (result.info.size !== ref.bytes) {
+    await result.data.cancel();
     throw new PayloadError(
-      `blob ${ref.bucket}/${ref.name} holds ${info.size} bytes; the message declares ${ref.bytes}`,
+      `blob ${ref.bucket}/${ref.name} holds ${result.info.size} bytes; the message declares ` +
+        `${ref.bytes}`,
     );
   }
-  const bytes = await store.getBlob(ref.name);
-  if (!bytes || bytes.length !== ref.bytes) {
+  const bytes = new Uint8Array(ref.bytes);
+  let filled = 0;
+  const reader = result.data.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (filled + value.length > ref.bytes) {
+      await reader.cancel();
+      throw new PayloadError(`blob ${ref.bucket}/${ref.name} changed while it was read`);
+    }
+    bytes.set(value, filled);
+    filled += value.length;
+  }
+  const failed = await result.error;
+  if (failed) {
+    throw new PayloadError(`blob ${ref.bucket}/${ref.name}: ${failed.message}`);
+  }
+  if (filled !== ref.bytes) {
     throw new PayloadError(`blob ${ref.bucket}/${ref.name} changed while it was read`);
   }
   const digest = await sha256Hex(bytes);
