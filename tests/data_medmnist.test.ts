@@ -199,3 +199,54 @@ Deno.test("bad MedMNIST files: errors name the file and the key", async () => {
     );
   });
 });
+
+Deno.test("hostile MedMNIST files: empty images, oversized resizes and huge labels are refused", async () => {
+  await withDir(async (dir) => {
+    // 0×0 images: nothing to resize, and no sample shape to train on.
+    const empty = medmnistArrays([0, 0], [3, 1, 1], 2);
+    await writeNpz(join(dir, "empty.npz"), empty);
+    await assert.rejects(
+      loadMedMnist(join(dir, "empty.npz")),
+      /empty\.npz \(train_images\) has shape \[3,0,0\]: samples of \[0,0,1\] hold no pixels; every image needs at least 1 × 1 pixels/,
+    );
+
+    // 1×1 images resized to 224: the bytes are checked before anything is allocated.
+    const tiny = medmnistArrays([1, 1], [100, 10, 10], 2);
+    await writeNpz(join(dir, "tiny.npz"), tiny);
+    await assert.rejects(
+      loadMedMnist(join(dir, "tiny.npz"), { imageSize: 224, limits: { maxBytes: 2 ** 20 } }),
+      /tiny\.npz \(train_images\): 100 images of \[1,1,1\] resized to \[224,224,3\] need 14\.4 MiB, more than the limit of 1\.0 MiB; .*smaller imageSize.*limits\.maxBytes.*DEER_NPZ_MAX_BYTES/,
+    );
+    // The three splits count together: train alone fits, train + val does not.
+    await assert.rejects(
+      loadMedMnist(join(dir, "tiny.npz"), { imageSize: 32, limits: { maxBytes: 320_000 } }),
+      /tiny\.npz \(val_images\): 10 images .* need 30\.0 KiB \(330\.0 KiB with the splits before it\), more than the limit of 312\.5 KiB/,
+    );
+    const ok = await loadMedMnist(join(dir, "tiny.npz"), {
+      imageSize: 4,
+      limits: { maxBytes: 6000 },
+    });
+    assert.deepEqual(ok.train.sampleShape, [4, 4, 3]);
+    // The default limit (16 GiB): 2 M 1×1 images at 224 px would need 280 GiB.
+    const n = 2_000_000;
+    const many = {
+      ...tiny,
+      train_images: { shape: [n, 1, 1], data: new Uint8Array(n) },
+      train_labels: { shape: [n, 1], data: new Uint8Array(n) },
+    };
+    await writeNpz(join(dir, "many.npz"), many);
+    await assert.rejects(
+      loadMedMnist(join(dir, "many.npz"), { imageSize: 224 }),
+      /many\.npz \(train_images\): 2000000 images .* need 280\.4 GiB, more than the limit of 16\.0 GiB/,
+    );
+
+    // A <u4 label of 4294967295 is reported as such, not as the -1 an Int32 makes of it.
+    const u4 = medmnistArrays([2, 2], [2, 2, 2], 2);
+    u4.train_labels = { shape: [2, 1], data: new Uint32Array([0, 4294967295]) };
+    await writeNpz(join(dir, "u4.npz"), u4);
+    await assert.rejects(
+      loadMedMnist(join(dir, "u4.npz")),
+      /labels in u4\.npz \(train_labels\) hold 4294967295 at row 1; expected class indices/,
+    );
+  });
+});

@@ -237,3 +237,101 @@ Deno.test("tokenizers: missing or unusable files fail with what was looked for",
   );
   await assert.rejects(loadTokenizer(join(dir, "tokenizer.json")), /"Unigram" is not supported/);
 });
+
+Deno.test("tokenizers: a gzip vocabulary that inflates past 64 MiB is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // 65 MiB of zeros, gzipped by CompressionStream to about 65 KB: a decompression bomb.
+    const chunk = new Uint8Array(2 ** 20);
+    let left = 65;
+    const zeros = new ReadableStream<BufferSource>({
+      pull(controller) {
+        if (left-- > 0) controller.enqueue(chunk);
+        else controller.close();
+      },
+    });
+    const gz = zeros.pipeThrough(new CompressionStream("gzip"));
+    const path = join(dir, "bpe_simple_vocab_16e6.txt.gz");
+    await Deno.writeFile(path, new Uint8Array(await new Response(gz).arrayBuffer()));
+    assert.ok((await Deno.stat(path)).size < 2 ** 20);
+    await assert.rejects(
+      loadTokenizer(path),
+      (err: Error) => {
+        assert.match(
+          err.message,
+          /bpe_simple_vocab_16e6\.txt\.gz: inflates to more than 67108864 bytes \(64 MiB, the limit MAX_GZIP_TEXT_BYTES/,
+        );
+        assert.ok(err.message.startsWith(path), err.message);
+        return true;
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("tokenizers: tokenizer.json added_tokens and merges are checked, naming the field", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "tokenizer.json");
+    const vocab = Object.fromEntries(WP_VOCAB.map((t, i) => [t, i]));
+    const wordPiece = (added: unknown) => ({
+      model: { type: "WordPiece", vocab, unk_token: "[UNK]" },
+      added_tokens: added,
+    });
+    const bpe = (merges: unknown) => ({
+      model: {
+        type: "BPE",
+        vocab: Object.fromEntries(BPE_VOCAB.map((t, i) => [t, i])),
+        merges,
+        end_of_word_suffix: "</w>",
+      },
+    });
+    const cases: [unknown, RegExp][] = [
+      [
+        wordPiece([{ content: "[MASK]", id: 4 }, { content: "x", id: -7 }]),
+        /tokenizer\.json: added_tokens\[1\]\.id \(token "x"\) is number -7; ids must be integers ≥ 0/,
+      ],
+      [
+        wordPiece([{ content: "zz", id: "x" }]),
+        /added_tokens\[0\]\.id \(token "zz"\) is string "x"/,
+      ],
+      [
+        wordPiece([{ content: "zz", id: 2.5 }]),
+        /added_tokens\[0\]\.id \(token "zz"\) is number 2\.5/,
+      ],
+      [wordPiece([{ content: "zz" }]), /added_tokens\[0\]\.id \(token "zz"\) is missing/],
+      [wordPiece([null]), /tokenizer\.json: added_tokens\[0\] is null; expected an object/],
+      [
+        wordPiece([{ id: 20 }]),
+        /added_tokens\[0\]\.content is missing; expected a non-empty string/,
+      ],
+      [wordPiece([{ content: 7, id: 20 }]), /added_tokens\[0\]\.content is number 7/],
+      [wordPiece({ "[MASK]": 4 }), /tokenizer\.json: added_tokens is an object; expected an array/],
+      [
+        bpe([...BPE_MERGES, null]),
+        /tokenizer\.json: model\.merges\[5\] is null; expected an "a b" string or a pair/,
+      ],
+      [bpe([["h", "e</w>"], [1, 2]]), /model\.merges\[1\] is \[1,2\]; expected/],
+      [bpe([["h", "e</w>", "x"]]), /model\.merges\[0\] is \["h","e<\/w>","x"\]; expected/],
+      [bpe(["h e</w>", "the"]), /model\.merges\[1\]: merge "the" is not two tokens/],
+      [bpe("h e</w>"), /tokenizer\.json: model\.merges is string "h e<\/w>"; expected an array/],
+      [null, /tokenizer\.json: expected a JSON object, got null/],
+      [{ model: [] }, /tokenizer\.json: model is an array; expected an object/],
+    ];
+    for (const [json, error] of cases) {
+      await Deno.writeTextFile(path, JSON.stringify(json));
+      await assert.rejects(loadTokenizer(path), error, JSON.stringify(json).slice(0, 120));
+    }
+    // Valid added tokens (ids past the model vocabulary included) still load.
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify(wordPiece([{ content: "[MASK]", id: 4 }, { content: "[NEW]", id: 18 }])),
+    );
+    const tok = await loadTokenizer(path, { contextLength: 6 });
+    assert.equal(tok.vocabSize, 19);
+    assert.deepEqual(tok.tokenize(["the [NEW] [MASK]"]), [[2, 5, 18, 4, 3, 0]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -12,6 +12,12 @@
  * the CLIP preprocessing) and are returned with 3 channels (grey replicated) unless
  * `channels: 1`. 3D volumes keep `[D, H, W, 1]`.
  *
+ * Limits: images must hold at least one pixel (a `[N, 0, 0]` array is refused), and the bytes the
+ * resized splits need (N × imageSize² × channels, the three splits together) are checked before
+ * anything is allocated against the npz reader's `maxBytes` (16 GiB by default; the `limits`
+ * option or `DEER_NPZ_MAX_BYTES`, see lib/data/limits.ts), since a tiny file of 1 × 1 images can
+ * ask for any amount of memory once resized.
+ *
  * @example
  * ```ts
  * // BloodMNIST (`deno task data bloodmnist`): class names come from the file name.
@@ -26,7 +32,7 @@
  * @module
  */
 import { basename } from "node:path";
-import type { NpzLimits } from "./limits.ts";
+import { formatBytes, type NpzLimits, npzLimits } from "./limits.ts";
 import { listNpz, type NpyArray, readNpz } from "./npy.ts";
 import {
   type ImageDataset,
@@ -56,7 +62,11 @@ export interface MedMnistOptions {
   channels?: 1 | 3;
   /** Print a progress line to stderr every this many resized images (0 = quiet, default). */
   progressEvery?: number;
-  /** Size limits of the npz reader (`maxBytes`, `maxRatio`; see lib/data/limits.ts). */
+  /**
+   * Size limits of the npz reader (`maxBytes`, `maxRatio`; see lib/data/limits.ts). `maxBytes`
+   * (default 16 GiB, else `DEER_NPZ_MAX_BYTES`) also bounds the bytes of the resized images of
+   * the three splits together (N × imageSize² × channels).
+   */
   limits?: Partial<NpzLimits>;
 }
 
@@ -109,16 +119,28 @@ function imageLayout(a: NpyArray, where: string, hint?: 2 | 3): Layout {
     new Error(
       `${where} has shape [${s}]; expected [N,H,W] or [N,H,W,3] (2D) or [N,D,H,W] (3D)`,
     );
+  const layout = shapeLayout(s, hint);
+  if (layout === undefined) throw bad();
+  if (layout.shape.some((d) => d < 1)) {
+    throw new Error(
+      `${where} has shape [${s}]: samples of [${layout.shape}] hold no pixels; every image needs ` +
+        `at least 1 × 1 pixels (the file is corrupt or not a MedMNIST file)`,
+    );
+  }
+  return layout;
+}
+
+function shapeLayout(s: number[], hint?: 2 | 3): Layout | undefined {
   if (s.length === 3) return { dims: 2, shape: [s[1], s[2], 1] };
   if (s.length === 4) {
     if (hint !== 3 && (s[3] === 3 || s[3] === 1)) return { dims: 2, shape: [s[1], s[2], s[3]] };
     if (hint !== 2) return { dims: 3, shape: [s[1], s[2], s[3], 1] };
-    throw bad();
+    return undefined;
   }
   if (s.length === 5 && s[4] === 1 && hint !== 2) {
     return { dims: 3, shape: [s[1], s[2], s[3], 1] };
   }
-  throw bad();
+  return undefined;
 }
 
 function readLabels(a: NpyArray, n: number, where: string): Int32Array {
@@ -144,7 +166,17 @@ function readLabels(a: NpyArray, n: number, where: string): Int32Array {
   }
   if (d instanceof Int32Array) return d;
   const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) out[i] = Number(d[i]);
+  for (let i = 0; i < n; i++) {
+    const v = d[i];
+    // Checked before the Int32 conversion, which would wrap 4294967295 (<u4) to -1.
+    if (v > 0x7fffffff || v < -0x80000000) {
+      throw new Error(
+        `labels in ${where} hold ${v} at row ${i}; expected class indices 0..C-1 (the file is ` +
+          `corrupt, or its labels are not class indices)`,
+      );
+    }
+    out[i] = Number(v);
+  }
   return out;
 }
 
@@ -267,6 +299,7 @@ export async function loadMedMnist(
       throw new Error(`${file}: channels 3 was asked for 3D volumes; 3D volumes keep one channel`);
     }
   }
+  if (dims === 2) checkResizeBytes(raw, options, file);
   const out = {} as Record<(typeof SPLITS)[number], ImageSplit>;
   for (const split of SPLITS) {
     const { layout, images, labels } = raw[split];
@@ -277,13 +310,12 @@ export async function loadMedMnist(
   return { name, classNames, train: out.train, val: out.val, test: out.test, source: path };
 }
 
-function transform2d(
-  images: Uint8Array,
-  labels: Int32Array,
+/** The per-sample shape a 2D split is returned in (options checked), and whether it is new. */
+function outputShape(
   shape: number[],
   options: MedMnistOptions,
   where: string,
-): ImageSplit {
+): { shape: [number, number, 1 | 3]; copy: boolean } {
   const [H, W, Cin] = shape;
   const size = options.imageSize;
   const channels = options.channels ?? 3;
@@ -295,12 +327,66 @@ function transform2d(
   }
   const outH = size ?? H;
   const outW = size ?? W;
-  if (outH === H && outW === W && channels === Cin) {
-    return { images, sampleShape: [H, W, Cin], labels };
+  return {
+    shape: [outH, outW, channels],
+    copy: !(outH === H && outW === W && channels === Cin),
+  };
+}
+
+/**
+ * Refuses, before anything is allocated, 2D splits whose resized images (N × imageSize² ×
+ * channels, the three splits together) would pass the npz `maxBytes` limit.
+ */
+function checkResizeBytes(
+  raw: Record<string, { layout: Layout; labels: Int32Array }>,
+  options: MedMnistOptions,
+  file: string,
+): void {
+  const limit = npzLimits(options.limits).maxBytes;
+  let total = 0;
+  for (const split of SPLITS) {
+    const { layout, labels } = raw[split];
+    const { shape, copy } = outputShape(layout.shape, options, `${file} ${split}`);
+    if (!copy) continue;
+    const n = labels.length;
+    const bytes = n * shape[0] * shape[1] * shape[2];
+    total += bytes;
+    if (total > limit) {
+      const before = total > bytes ? ` (${formatBytes(total)} with the splits before it)` : "";
+      throw new Error(
+        `${file} (${split}_images): ${n} images of [${layout.shape}] resized to [${shape}] need ` +
+          `${formatBytes(bytes)}${before}, more than the limit of ${formatBytes(limit)}; the ` +
+          `file is corrupt or hostile — or, if it is genuine, ask for a smaller imageSize (or ` +
+          `channels: 1), or raise the limit (loadMedMnist option limits.maxBytes, or the ` +
+          `environment variable DEER_NPZ_MAX_BYTES=<bytes>)`,
+      );
+    }
   }
+}
+
+function transform2d(
+  images: Uint8Array,
+  labels: Int32Array,
+  shape: number[],
+  options: MedMnistOptions,
+  where: string,
+): ImageSplit {
+  const [H, W, Cin] = shape;
+  const size = options.imageSize;
+  const out = outputShape(shape, options, where);
+  const [outH, outW, channels] = out.shape;
+  if (!out.copy) return { images, sampleShape: [H, W, Cin], labels };
   const n = labels.length;
   const per = outH * outW * channels;
-  const dst = new Uint8Array(n * per);
+  let dst: Uint8Array;
+  try {
+    dst = new Uint8Array(n * per);
+  } catch (err) {
+    throw new Error(
+      `${where}: cannot allocate ${formatBytes(n * per)} for ${n} images resized to ` +
+        `[${out.shape}] (${(err as Error).message}); ask for a smaller imageSize, or free memory`,
+    );
+  }
   const inPer = H * W * Cin;
   const every = options.progressEvery ?? 0;
   for (let i = 0; i < n; i++) {

@@ -701,26 +701,106 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * Largest text a gzip-compressed vocabulary (`*.txt.gz`) may inflate to: open_clip's
+ * `bpe_simple_vocab_16e6.txt.gz` is about 1.3 MB compressed and 1.6 MB inflated, so 64 MiB is
+ * generous, and a small hostile file (a "decompression bomb") stops there instead of exhausting
+ * memory.
+ */
+export const MAX_GZIP_TEXT_BYTES = 64 * 1024 ** 2;
+
+/** Compressed bytes handed to the gzip decoder at a time (bounds each inflated piece). */
+const GZIP_SLICE = 16 * 1024;
+
+class GzipLimitError extends Error {}
+
+/** Inflates a gzip file piece by piece, stopping once its output passes `cap` bytes. */
+async function gunzipBounded(path: string, cap: number): Promise<Uint8Array> {
+  const compressed = await Deno.readFile(path);
+  // Deflate cannot make text much larger than itself: a file bigger than the cap inflates past it.
+  if (compressed.length > cap) {
+    throw new GzipLimitError(
+      `${path}: ${compressed.length} compressed bytes, more than the ${cap}-byte limit ` +
+        `(MAX_GZIP_TEXT_BYTES) of a gzip-compressed vocabulary; is this a tokenizer file?`,
+    );
+  }
+  let offset = 0;
+  const source = new ReadableStream<BufferSource>({
+    pull(controller) {
+      if (offset >= compressed.length) {
+        controller.close();
+        return;
+      }
+      controller.enqueue(compressed.slice(offset, offset + GZIP_SLICE));
+      offset += GZIP_SLICE;
+    },
+  }, { highWaterMark: 0 });
+  const reader = source.pipeThrough(new DecompressionStream("gzip")).getReader();
+  const pieces: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > cap) {
+      await reader.cancel();
+      throw new GzipLimitError(
+        `${path}: inflates to more than ${cap} bytes (${cap / 1024 ** 2} MiB, the limit ` +
+          `MAX_GZIP_TEXT_BYTES of a gzip-compressed vocabulary; open_clip's ` +
+          `bpe_simple_vocab_16e6.txt.gz inflates to 1.6 MB); the file is corrupt or hostile ` +
+          `(a decompression bomb)`,
+      );
+    }
+    pieces.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const piece of pieces) {
+    out.set(piece, at);
+    at += piece.length;
+  }
+  return out;
+}
+
 async function readText(path: string): Promise<string> {
   try {
     if (path.endsWith(".gz")) {
-      const bytes = await Deno.readFile(path);
-      const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-      return await new Response(stream).text();
+      return new TextDecoder().decode(await gunzipBounded(path, MAX_GZIP_TEXT_BYTES));
     }
     return await Deno.readTextFile(path);
   } catch (err) {
+    if (err instanceof GzipLimitError) throw new Error(err.message);
     throw new Error(`${path}: cannot read (${(err as Error).message})`);
   }
 }
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
   const text = await readText(path);
+  let json: unknown;
   try {
-    return JSON.parse(text);
+    json = JSON.parse(text);
   } catch (err) {
     throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
   }
+  if (!json || typeof json !== "object" || Array.isArray(json)) {
+    throw new Error(`${path}: expected a JSON object, got ${describe(json)}`);
+  }
+  return json as Record<string, unknown>;
+}
+
+/** A JSON value for a message: its type, and the value itself when it is short. */
+function describe(value: unknown): string {
+  if (value === undefined) return "missing";
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") return "an object";
+  const text = JSON.stringify(value) ?? String(value);
+  return `${typeof value} ${text.length > 40 ? `${text.slice(0, 40)}…` : text}`;
+}
+
+/** A token id: an integer ≥ 0 (safe, so that `id + 1` is exact). */
+function isTokenId(id: unknown): id is number {
+  return Number.isSafeInteger(id) && (id as number) >= 0;
 }
 
 function vocabMap(path: string, raw: unknown): Map<string, number> {
@@ -729,12 +809,71 @@ function vocabMap(path: string, raw: unknown): Map<string, number> {
   }
   const map = new Map<string, number>();
   for (const [token, id] of Object.entries(raw as Record<string, unknown>)) {
-    if (!Number.isInteger(id) || (id as number) < 0) {
+    if (!isTokenId(id)) {
       throw new Error(`${path}: token "${token}" has id ${id}; ids must be integers ≥ 0`);
     }
-    map.set(token, id as number);
+    map.set(token, id);
   }
   return map;
+}
+
+/** `tokenizer.json`'s `added_tokens`: each `{ content: string, id: integer ≥ 0 }`. */
+function addedTokens(path: string, raw: unknown): { content: string; id: number }[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) {
+    throw new Error(`${path}: added_tokens is ${describe(raw)}; expected an array of tokens`);
+  }
+  return raw.map((t: unknown, i) => {
+    if (!t || typeof t !== "object" || Array.isArray(t)) {
+      throw new Error(
+        `${path}: added_tokens[${i}] is ${describe(t)}; expected an object { content, id }`,
+      );
+    }
+    const { content, id } = t as Record<string, unknown>;
+    if (typeof content !== "string" || content === "") {
+      throw new Error(
+        `${path}: added_tokens[${i}].content is ${describe(content)}; expected a non-empty string`,
+      );
+    }
+    if (!isTokenId(id)) {
+      throw new Error(
+        `${path}: added_tokens[${i}].id (token "${content}") is ${describe(id)}; ids must be ` +
+          `integers ≥ 0`,
+      );
+    }
+    return { content, id };
+  });
+}
+
+/** `tokenizer.json`'s `model.merges`: `"a b"` strings or `["a", "b"]` pairs, in rank order. */
+function mergeList(path: string, raw: unknown): [string, string][] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) {
+    throw new Error(
+      `${path}: model.merges is ${describe(raw)}; expected an array of "a b" strings or ` +
+        `["a", "b"] pairs`,
+    );
+  }
+  return raw.map((m: unknown, i) => {
+    if (typeof m === "string") {
+      try {
+        return parseMerge(m);
+      } catch (err) {
+        throw new Error(`${path}: model.merges[${i}]: ${(err as Error).message}`);
+      }
+    }
+    if (
+      Array.isArray(m) && m.length === 2 && typeof m[0] === "string" && m[0] !== "" &&
+      typeof m[1] === "string" && m[1] !== ""
+    ) {
+      return [m[0], m[1]] as [string, string];
+    }
+    throw new Error(
+      `${path}: model.merges[${i}] is ${
+        Array.isArray(m) ? JSON.stringify(m).slice(0, 60) : describe(m)
+      }; expected an "a b" string or a pair of non-empty strings ["a", "b"]`,
+    );
+  });
 }
 
 function pickSpecial(vocab: Map<string, number>, names: string[], path: string, what: string) {
@@ -811,10 +950,12 @@ async function readTokenizerJson(
   options: TokenizerOptions,
 ): Promise<Tokenizer> {
   const json = await readJson(path);
-  const model = (json.model ?? {}) as Record<string, unknown>;
-  const added = Array.isArray(json.added_tokens)
-    ? (json.added_tokens as { content: string; id: number }[])
-    : [];
+  const rawModel = json.model ?? {};
+  if (typeof rawModel !== "object" || Array.isArray(rawModel)) {
+    throw new Error(`${path}: model is ${describe(rawModel)}; expected an object`);
+  }
+  const model = rawModel as Record<string, unknown>;
+  const added = addedTokens(path, json.added_tokens);
   const vocab = vocabMap(path, model.vocab);
   for (const t of added) if (!vocab.has(t.content)) vocab.set(t.content, t.id);
   if (model.type === "BPE") {
@@ -823,9 +964,7 @@ async function readTokenizerJson(
         `${path}: a BPE tokenizer without the "</w>" end-of-word suffix is not CLIP's (GPT-2 style BPE is not supported)`,
       );
     }
-    const merges = (model.merges as (string | string[])[] ?? []).map((m) =>
-      typeof m === "string" ? parseMerge(m) : [m[0], m[1]] as [string, string]
-    );
+    const merges = mergeList(path, model.merges);
     const startToken = pickSpecial(vocab, START_NAMES, path, "start");
     const endToken = pickSpecial(vocab, END_NAMES, path, "end");
     return createBpeTokenizer(
