@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { deflateRawSync } from "node:zlib";
 import {
   crc32,
   encodeNpy,
@@ -10,7 +11,7 @@ import {
   writeNpy,
   writeNpz,
 } from "../lib/data/npy.ts";
-import { craftedNpz, deflatedZeros, npyHeader } from "./helpers/crafted_inputs.ts";
+import { concat, craftedNpz, deflatedZeros, npyHeader } from "./helpers/crafted_inputs.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -351,4 +352,326 @@ Deno.test("npz: highly compressible arrays below the limits read exactly", async
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Hand-made zip files: every header field is given, so a test can lie in any of them.
+
+/** The fields of a local or central zip header; the `*Len` fields override the true lengths. */
+interface ZipHeader {
+  name: string;
+  method: number;
+  crc: number;
+  csize: number;
+  size: number;
+  flags?: number;
+  extra?: Uint8Array;
+  /** Central headers only. */
+  localOffset?: number;
+  nameLen?: number;
+  extraLen?: number;
+  commentLen?: number;
+}
+
+function zipHeader(central: boolean, h: ZipHeader): Uint8Array {
+  const name = new TextEncoder().encode(h.name);
+  const extra = h.extra ?? new Uint8Array(0);
+  const fixed = central ? 46 : 30;
+  const out = new Uint8Array(fixed + name.length + extra.length);
+  const v = new DataView(out.buffer);
+  const s = central ? 2 : 0; // the central header has one more version field
+  v.setUint32(0, central ? 0x02014b50 : 0x04034b50, true);
+  v.setUint16(4, 45, true);
+  if (central) v.setUint16(6, 45, true);
+  v.setUint16(6 + s, h.flags ?? 0, true);
+  v.setUint16(8 + s, h.method, true);
+  v.setUint32(14 + s, h.crc, true);
+  v.setUint32(18 + s, h.csize, true);
+  v.setUint32(22 + s, h.size, true);
+  v.setUint16(26 + s, h.nameLen ?? name.length, true);
+  v.setUint16(28 + s, h.extraLen ?? extra.length, true);
+  if (central) {
+    v.setUint16(32, h.commentLen ?? 0, true);
+    v.setUint32(42, h.localOffset ?? 0, true);
+  }
+  out.set(name, fixed);
+  out.set(extra, fixed + name.length);
+  return out;
+}
+
+function endRecord(count: number, cdSize: number, cdOffset: number): Uint8Array {
+  const out = new Uint8Array(22);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, 0x06054b50, true);
+  v.setUint16(8, count, true);
+  v.setUint16(10, count, true);
+  v.setUint32(12, cdSize, true);
+  v.setUint32(16, cdOffset, true);
+  return out;
+}
+
+/** A zip: the `body` (local headers and data), then the `central` headers and the end record. */
+function zipFile(body: Uint8Array[], central: Uint8Array[]): Uint8Array {
+  const bytes = concat(body);
+  const cd = concat(central);
+  return concat([bytes, cd, endRecord(central.length, cd.length, bytes.length)]);
+}
+
+/** A zip64 extra field (id 1) holding `values`, its length `len` unless given. */
+function zip64Extra(values: bigint[], len = 8 * values.length): Uint8Array {
+  const out = new Uint8Array(4 + 8 * values.length);
+  const v = new DataView(out.buffer);
+  v.setUint16(0, 1, true);
+  v.setUint16(2, len, true);
+  values.forEach((x, i) => v.setBigUint64(4 + 8 * i, x, true));
+  return out;
+}
+
+/** An npy entry's bytes (deflated, or stored) and the header fields that describe them. */
+function npyEntry(array: NpyInput, compress = true) {
+  const npy = encodeNpy(array);
+  const data = compress ? new Uint8Array(deflateRawSync(npy)) : npy;
+  const fields = {
+    method: compress ? 8 : 0,
+    crc: crc32(npy),
+    csize: data.length,
+    size: npy.length,
+  };
+  return { data, fields };
+}
+
+const ramp = (n: number) => ({ shape: [n], data: new Float32Array(n).map((_, i) => i) });
+
+// Before the overlap check, many central-directory entries could point at one local entry: each
+// was inflated in full and its compressed bytes counted once per entry by the ratio check.
+Deno.test("npz: central-directory entries that share bytes are refused, naming both", async () => {
+  const e = npyEntry(ramp(64));
+  const local = zipHeader(false, { name: "x.npy", ...e.fields });
+  const end = local.length + e.data.length;
+  const shared = zipFile(
+    [local, e.data],
+    ["a0.npy", "a1.npy", "a2.npy"].map((name) =>
+      zipHeader(true, { name, ...e.fields, localOffset: 0 })
+    ),
+  );
+  await withFile("shared.npz", shared, async (path) => {
+    await assert.rejects(readNpz(path), {
+      name: "Error",
+      message: `shared.npz is corrupt or hostile: entry a1.npy (bytes 0 to ${end}) overlaps ` +
+        `entry a0.npy (bytes 0 to ${end}); zip entries sharing bytes would be inflated once ` +
+        `each (a decompression bomb): download or re-save the file (np.savez / ` +
+        `np.savez_compressed)`,
+    });
+    // Any one of them alone is an ordinary entry.
+    const one = await readNpz(path, { keys: ["a2"] });
+    assert.equal(one.a2.data[63], 63);
+  });
+
+  // Entry a declares 10 compressed bytes more than it has: they are entry b's local header.
+  const a = npyEntry(ramp(10));
+  const b = npyEntry(ramp(20));
+  const localA = zipHeader(false, { name: "a.npy", ...a.fields });
+  const localB = zipHeader(false, { name: "b.npy", ...b.fields });
+  const bStart = localA.length + a.data.length;
+  const partial = zipFile([localA, a.data, localB, b.data], [
+    zipHeader(true, { name: "a.npy", ...a.fields, csize: a.data.length + 10 }),
+    zipHeader(true, { name: "b.npy", ...b.fields, localOffset: bStart }),
+  ]);
+  await withFile("partial.npz", partial, async (path) => {
+    await assert.rejects(readNpz(path), {
+      name: "Error",
+      message: `partial.npz is corrupt or hostile: entry b.npy (bytes ${bStart} to ` +
+        `${bStart + localB.length + b.data.length}) overlaps entry a.npy (bytes 0 to ` +
+        `${bStart + 10}); zip entries sharing bytes would be inflated once each (a ` +
+        `decompression bomb): download or re-save the file (np.savez / np.savez_compressed)`,
+    });
+  });
+});
+
+// The reviewer's repro: one 32 MiB entry deflated at 95:1 (just under the 100:1 limit), shared by
+// three directory entries — 96 MiB inflated from 350 KB before the fix.
+Deno.test("npz: shared entries no longer slip past the compression-ratio limit", async () => {
+  const S = 32 * 2 ** 20;
+  const header = npyHeader([S - 128]);
+  assert.equal(header.length, 128);
+  const zeros = deflatedZeros(header, S - 128);
+  const blocks = Math.ceil((S / 95 - zeros.length) / 5);
+  const pad = new Uint8Array(blocks * 5); // empty stored blocks, 5 bytes each
+  for (let i = 0; i < blocks; i++) pad.set([0, 0, 0, 0xff, 0xff], i * 5);
+  const stream = concat([zeros.subarray(0, zeros.length - 2), pad, new Uint8Array([3, 0])]);
+  const full = new Uint8Array(S);
+  full.set(header);
+  const fields = { method: 8, crc: crc32(full), csize: stream.length, size: S };
+  const local = zipHeader(false, { name: "x.npy", ...fields });
+  const npz = zipFile(
+    [local, stream],
+    [0, 1, 2].map((i) => zipHeader(true, { name: `a${i}.npy`, ...fields, localOffset: 0 })),
+  );
+  await withFile("ratio.npz", npz, async (path) => {
+    const { error, ms } = await timedReject(() => readNpz(path));
+    assert.equal(error.name, "Error");
+    assert.equal(
+      error.message,
+      `ratio.npz is corrupt or hostile: entry a1.npy (bytes 0 to ${
+        local.length + stream.length
+      }) ` +
+        `overlaps entry a0.npy (bytes 0 to ${local.length + stream.length}); zip entries sharing ` +
+        `bytes would be inflated once each (a decompression bomb): download or re-save the file ` +
+        `(np.savez / np.savez_compressed)`,
+    );
+    assert.ok(ms < 1000, `${ms} ms`);
+  });
+});
+
+Deno.test("npz: an entry whose data runs into the central directory is refused", async () => {
+  const e = npyEntry(ramp(16));
+  const local = zipHeader(false, { name: "x.npy", ...e.fields });
+  const cdOffset = local.length + e.data.length;
+  const npz = zipFile([local, e.data], [
+    zipHeader(true, { name: "x.npy", ...e.fields, csize: e.data.length + 8 }),
+  ]);
+  await withFile("into.npz", npz, async (path) => {
+    await assert.rejects(readNpz(path), {
+      name: "Error",
+      message: `into.npz is corrupt or hostile: entry x.npy of into.npz (bytes 0 to ` +
+        `${cdOffset + 8}) runs into the central directory at byte ${cdOffset}; download or ` +
+        `re-save the file`,
+    });
+  });
+});
+
+// Before the bounds checks these gave "RangeError: Offset is outside the bounds of the DataView"
+// or "RangeError: zip64 value too large", naming neither the file nor the field.
+Deno.test("npz: central-directory fields that run past their bounds name the file and field", async () => {
+  const base = { name: "a.npy", method: 0, crc: 0, csize: 0, size: 0 };
+  const directoryOnly = (header: ZipHeader) => {
+    const cd = zipHeader(true, header);
+    return concat([cd, endRecord(1, cd.length, 0)]);
+  };
+  const cases: [string, Uint8Array, string][] = [
+    [
+      "extra",
+      directoryOnly({ ...base, extraLen: 8 }),
+      "extra.npz: central directory entry 0 is corrupt: its name (5 bytes), extra field (8 " +
+      "bytes) and comment (0 bytes) run 8 bytes past the end of the central directory (51 " +
+      "bytes); download or re-save the file",
+    ],
+    [
+      "name",
+      directoryOnly({ ...base, nameLen: 300 }),
+      "name.npz: central directory entry 0 is corrupt: its name (300 bytes), extra field (0 " +
+      "bytes) and comment (0 bytes) run 295 bytes past the end of the central directory (51 " +
+      "bytes); download or re-save the file",
+    ],
+    [
+      "comment",
+      directoryOnly({ ...base, commentLen: 65535 }),
+      "comment.npz: central directory entry 0 is corrupt: its name (5 bytes), extra field (0 " +
+      "bytes) and comment (65535 bytes) run 65535 bytes past the end of the central directory " +
+      "(51 bytes); download or re-save the file",
+    ],
+    [
+      "short64",
+      directoryOnly({ ...base, size: 0xffffffff, extra: zip64Extra([]) }),
+      "short64.npz: central directory entry 0 (a.npy) is corrupt: its zip64 extra field (0 " +
+      "bytes) has no room for the zip64 uncompressed size; download or re-save the file",
+    ],
+    [
+      "over64",
+      directoryOnly({
+        ...base,
+        size: 0xffffffff,
+        csize: 0xffffffff,
+        extra: zip64Extra([100n], 16),
+      }),
+      "over64.npz: central directory entry 0 (a.npy) is corrupt: its zip64 extra field (16 " +
+      "bytes, 8 past the extra field's end) has no room for the zip64 compressed size; " +
+      "download or re-save the file",
+    ],
+    [
+      "huge64",
+      directoryOnly({ ...base, size: 0xffffffff, extra: zip64Extra([2n ** 60n]) }),
+      "huge64.npz: central directory entry 0 (a.npy): the zip64 uncompressed size is " +
+      "1152921504606846976, more than 2^53; the file is corrupt or hostile, download or " +
+      "re-save it",
+    ],
+    [
+      "offset64",
+      directoryOnly({
+        ...base,
+        localOffset: 0xffffffff,
+        extra: zip64Extra([2n ** 53n]),
+      }),
+      "offset64.npz: central directory entry 0 (a.npy): the zip64 local header offset is " +
+      "9007199254740992, more than 2^53; the file is corrupt or hostile, download or re-save it",
+    ],
+  ];
+  // A zip64 end-of-central-directory locator pointing past 2^53.
+  const locator = new Uint8Array(20);
+  const lv = new DataView(locator.buffer);
+  lv.setUint32(0, 0x07064b50, true);
+  lv.setBigUint64(8, 2n ** 60n, true);
+  cases.push([
+    "locator",
+    concat([locator, endRecord(0xffff, 0xffffffff, 0xffffffff)]),
+    "locator.npz: the zip64 end-of-central-directory offset is 1152921504606846976, more than " +
+    "2^53; the file is corrupt or hostile, download or re-save it",
+  ]);
+  for (const [label, bytes, message] of cases) {
+    await withFile(`${label}.npz`, bytes, async (path) => {
+      await assert.rejects(listNpz(path), { name: "Error", message }, label);
+      await assert.rejects(readNpz(path), { name: "Error", message }, label);
+    });
+  }
+});
+
+Deno.test("npz: ordinary files still read — stored, deflated, data descriptors, zip64 extras", async () => {
+  const a = ramp(1000);
+  const b = { shape: [3], data: new Int32Array([7, -8, 9]) };
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const compress of [true, false]) {
+      const path = join(dir, `plain${compress}.npz`);
+      await writeNpz(path, { a, b }, { compress });
+      const got = await readNpz(path, { keys: ["b", "a", "b"] });
+      assert.deepEqual(Object.keys(got), ["b", "a"]);
+      assert.equal(got.a.data[999], 999);
+      assert.deepEqual(Array.from(got.b.data as Int32Array), [7, -8, 9]);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // As np.savez_compressed writes to a stream it cannot seek: sizes in a data descriptor (zip64,
+  // 24 bytes) after each entry's data, local headers with 0xFFFFFFFF sizes and a zip64 extra.
+  const body: Uint8Array[] = [];
+  const central: Uint8Array[] = [];
+  let offset = 0;
+  for (const [name, array] of [["a.npy", a], ["b.npy", b]] as const) {
+    const e = npyEntry(array);
+    const local = zipHeader(false, {
+      name,
+      ...e.fields,
+      flags: 8,
+      crc: 0,
+      csize: 0xffffffff,
+      size: 0xffffffff,
+      extra: zip64Extra([0n, 0n]),
+    });
+    const descriptor = new Uint8Array(24);
+    const dv = new DataView(descriptor.buffer);
+    dv.setUint32(0, 0x08074b50, true);
+    dv.setUint32(4, e.fields.crc, true);
+    dv.setBigUint64(8, BigInt(e.fields.csize), true);
+    dv.setBigUint64(16, BigInt(e.fields.size), true);
+    body.push(local, e.data, descriptor);
+    central.push(zipHeader(true, { name, ...e.fields, flags: 8, localOffset: offset }));
+    offset += local.length + e.data.length + descriptor.length;
+  }
+  await withFile("stream.npz", zipFile(body, central), async (path) => {
+    const got = await readNpz(path);
+    assert.deepEqual(Object.keys(got), ["a", "b"]);
+    assert.equal(got.a.data[999], 999);
+    assert.deepEqual(Array.from(got.b.data as Int32Array), [7, -8, 9]);
+    assert.deepEqual(await listNpz(path), ["a", "b"]);
+  });
 });

@@ -10,8 +10,10 @@
  *
  * An `.npz` is read entry by entry from the open file (only the central directory and the
  * requested entries are read), each checked against its CRC-32. Sizes are checked before memory
- * is allocated (see `./limits.ts`): the entries' declared uncompressed bytes against `maxBytes`
- * (16 GiB) and their compression ratio against `maxRatio` (100:1 once past 64 MiB); each entry's
+ * is allocated (see `./limits.ts`): entries whose bytes overlap each other or the central
+ * directory are refused (so no compressed byte is counted twice); the entries' declared
+ * uncompressed bytes are checked against `maxBytes` (16 GiB) and their compression ratio against
+ * `maxRatio` (100:1 once past 64 MiB, to their compressed bytes and to the file); each entry's
  * npy header, read from the first inflated bytes, must need exactly the size its zip entry
  * declares; and inflation stops the moment a stream passes that size. A decompression bomb is
  * refused in milliseconds, within a few MB of memory.
@@ -460,17 +462,28 @@ async function readAt(file: Deno.FsFile, pos: number, length: number): Promise<U
   return off === length ? out : out.subarray(0, off);
 }
 
-function u64(view: DataView, off: number): number {
+/** The little-endian 64-bit value at `off`; `what` (file and field) names it if it is past 2^53. */
+function u64(view: DataView, off: number, what: string): number {
   const v = view.getBigUint64(off, true);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError("zip64 value too large");
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new Error(
+      `${what} is ${v}, more than 2^53; the file is corrupt or hostile, download or re-save it`,
+    );
+  }
   return Number(v);
+}
+
+/** The central directory: its entries, and where it starts (entries' data must end before it). */
+interface CentralDirectory {
+  entries: ZipEntry[];
+  cdOffset: number;
 }
 
 async function readCentralDirectory(
   file: Deno.FsFile,
   fileSize: number,
   label: string,
-): Promise<ZipEntry[]> {
+): Promise<CentralDirectory> {
   const notZip =
     `${label} is truncated or not an npz (zip) archive: no end-of-central-directory record; ` +
     `download or re-save the file (np.savez / np.savez_compressed)`;
@@ -497,7 +510,7 @@ async function readCentralDirectory(
         `${label}: zip64 end-of-central-directory locator missing; the file is corrupt`,
       );
     }
-    const z64Offset = u64(tv, loc + 8);
+    const z64Offset = u64(tv, loc + 8, `${label}: the zip64 end-of-central-directory offset`);
     const z = await readAt(file, z64Offset, 56);
     const zv = new DataView(z.buffer);
     if (z.length < 56 || zv.getUint32(0, true) !== 0x06064b50) {
@@ -505,9 +518,9 @@ async function readCentralDirectory(
         `${label}: zip64 end-of-central-directory record missing; the file is corrupt`,
       );
     }
-    count = u64(zv, 32);
-    cdSize = u64(zv, 40);
-    cdOffset = u64(zv, 48);
+    count = u64(zv, 32, `${label}: the zip64 entry count`);
+    cdSize = u64(zv, 40, `${label}: the zip64 central directory size`);
+    cdOffset = u64(zv, 48, `${label}: the zip64 central directory offset`);
   }
   if (cdOffset + cdSize > fileSize) {
     throw new Error(`${label} is truncated: its central directory ends past the end of the file`);
@@ -529,7 +542,18 @@ async function readCentralDirectory(
     const extraLen = v.getUint16(p + 30, true);
     const commentLen = v.getUint16(p + 32, true);
     let localOffset = v.getUint32(p + 42, true);
+    const fieldsEnd = p + 46 + nameLen + extraLen + commentLen;
+    if (fieldsEnd > cd.length) {
+      throw new Error(
+        `${label}: central directory entry ${e} is corrupt: its name (${nameLen} bytes), extra ` +
+          `field (${extraLen} bytes) and comment (${commentLen} bytes) run ${
+            fieldsEnd - cd.length
+          } bytes past the end of the central directory (${cd.length} bytes); download or ` +
+          `re-save the file`,
+      );
+    }
     const name = new TextDecoder().decode(cd.subarray(p + 46, p + 46 + nameLen));
+    const where = `${label}: central directory entry ${e} (${name})`;
     // zip64 extra field: the 0xFFFFFFFF fields, in this order.
     let x = p + 46 + nameLen;
     const xEnd = x + extraLen;
@@ -537,23 +561,93 @@ async function readCentralDirectory(
       const id = v.getUint16(x, true);
       const len = v.getUint16(x + 2, true);
       if (id === 0x0001) {
+        const blockEnd = x + 4 + len;
         let q = x + 4;
-        if (size === 0xffffffff) (size = u64(v, q)), (q += 8);
-        if (compressedSize === 0xffffffff) (compressedSize = u64(v, q)), (q += 8);
-        if (localOffset === 0xffffffff) (localOffset = u64(v, q)), (q += 8);
+        const field = (what: string): number => {
+          if (q + 8 > blockEnd || q + 8 > xEnd) {
+            throw new Error(
+              `${where} is corrupt: its zip64 extra field (${len} bytes${
+                blockEnd > xEnd ? `, ${blockEnd - xEnd} past the extra field's end` : ""
+              }) has no room for the zip64 ${what}; download or re-save the file`,
+            );
+          }
+          const value = u64(v, q, `${where}: the zip64 ${what}`);
+          q += 8;
+          return value;
+        };
+        if (size === 0xffffffff) size = field("uncompressed size");
+        if (compressedSize === 0xffffffff) compressedSize = field("compressed size");
+        if (localOffset === 0xffffffff) localOffset = field("local header offset");
       }
       x += 4 + len;
     }
     entries.push({ name, method, flags, crc, compressedSize, size, localOffset });
-    p = xEnd + commentLen;
+    p = fieldsEnd;
   }
-  return entries;
+  return { entries, cdOffset };
+}
+
+/** A zip entry whose local header has been read: its data starts at `dataStart`. */
+interface LocatedEntry extends ZipEntry {
+  dataStart: number;
+}
+
+/**
+ * Reads the local headers of `entries` and refuses, before anything is inflated, entries whose
+ * bytes (local header, then compressed data) run past the end of the file or into the central
+ * directory, or overlap each other: a hostile zip can point many central-directory entries at the
+ * same compressed bytes, each counted anew by the ratio check.
+ */
+async function locateEntries(
+  file: Deno.FsFile,
+  fileSize: number,
+  cdOffset: number,
+  entries: ZipEntry[],
+  label: string,
+): Promise<LocatedEntry[]> {
+  const located: LocatedEntry[] = [];
+  for (const entry of entries) {
+    const where = `entry ${entry.name} of ${label}`;
+    const local = await readAt(file, entry.localOffset, 30);
+    const lv = new DataView(local.buffer);
+    if (local.length < 30 || lv.getUint32(0, true) !== 0x04034b50) {
+      throw new Error(`${label} is truncated or corrupt: ${where} has no local header`);
+    }
+    const dataStart = entry.localOffset + 30 + lv.getUint16(26, true) + lv.getUint16(28, true);
+    const dataEnd = dataStart + entry.compressedSize;
+    if (dataEnd > fileSize) {
+      throw new Error(
+        `${label} is truncated: ${where} needs ${entry.compressedSize} bytes at offset ` +
+          `${dataStart}, the file has ${fileSize} bytes; download the file again`,
+      );
+    }
+    if (dataEnd > cdOffset) {
+      throw new Error(
+        `${label} is corrupt or hostile: ${where} (bytes ${entry.localOffset} to ${dataEnd}) ` +
+          `runs into the central directory at byte ${cdOffset}; download or re-save the file`,
+      );
+    }
+    located.push({ ...entry, dataStart });
+  }
+  const byOffset = [...located].sort((a, b) => a.localOffset - b.localOffset);
+  for (let i = 1; i < byOffset.length; i++) {
+    const [a, b] = [byOffset[i - 1], byOffset[i]];
+    const aEnd = a.dataStart + a.compressedSize;
+    if (b.localOffset < aEnd) {
+      throw new Error(
+        `${label} is corrupt or hostile: entry ${b.name} (bytes ${b.localOffset} to ` +
+          `${b.dataStart + b.compressedSize}) overlaps entry ${a.name} (bytes ${a.localOffset} ` +
+          `to ${aEnd}); zip entries sharing bytes would be inflated once each (a decompression ` +
+          `bomb): download or re-save the file (np.savez / np.savez_compressed)`,
+      );
+    }
+  }
+  return located;
 }
 
 async function readEntry(
   file: Deno.FsFile,
-  fileSize: number,
-  entry: ZipEntry,
+  entry: LocatedEntry,
   label: string,
   verifyCrc: boolean,
 ): Promise<Uint8Array> {
@@ -565,25 +659,13 @@ async function readEntry(
         `and deflate (np.savez_compressed)`,
     );
   }
-  const local = await readAt(file, entry.localOffset, 30);
-  const lv = new DataView(local.buffer);
-  if (local.length < 30 || lv.getUint32(0, true) !== 0x04034b50) {
-    throw new Error(`${label} is truncated or corrupt: ${where} has no local header`);
-  }
-  const dataStart = entry.localOffset + 30 + lv.getUint16(26, true) + lv.getUint16(28, true);
-  if (dataStart + entry.compressedSize > fileSize) {
-    throw new Error(
-      `${label} is truncated: ${where} needs ${entry.compressedSize} bytes at offset ${dataStart}, ` +
-        `the file has ${fileSize} bytes; download the file again`,
-    );
-  }
   if (entry.method === 0 && entry.size !== entry.compressedSize) {
     throw new Error(
       `${where} is stored uncompressed but declares ${entry.size} bytes in ` +
         `${entry.compressedSize}; the file is corrupt, download it again`,
     );
   }
-  const raw = await readAt(file, dataStart, entry.compressedSize);
+  const raw = await readAt(file, entry.dataStart, entry.compressedSize);
   const out = entry.method === 0 ? raw : inflateEntry(raw, entry, `${label}:${entry.name}`, where);
   if (out.length !== entry.size) {
     throw new Error(
@@ -656,9 +738,16 @@ function inflateEntry(raw: Uint8Array, entry: ZipEntry, name: string, where: str
 
 /**
  * Refuses, before anything is inflated, entries whose declared sizes pass the limits (see
- * `./limits.ts`).
+ * `./limits.ts`): their total, their ratio to their compressed bytes and, as a backstop
+ * (entries that do not overlap cannot compress into more bytes than the file has), their ratio
+ * to the whole file.
  */
-function checkEntrySizes(entries: ZipEntry[], label: string, limits: NpzLimits): void {
+function checkEntrySizes(
+  entries: ZipEntry[],
+  label: string,
+  limits: NpzLimits,
+  fileSize: number,
+): void {
   const total = entries.reduce((a, e) => a + e.size, 0);
   const names = entries.map((e) => e.name).join(", ");
   if (total > limits.maxBytes) {
@@ -678,6 +767,15 @@ function checkEntrySizes(entries: ZipEntry[], label: string, limits: NpzLimits):
       `${label}: the arrays read (${names}) expand ${formatBytes(compressed)} to ` +
         `${formatBytes(total)}, ${(total / Math.max(1, compressed)).toFixed(0)}:1 (entry ` +
         `${worst.name}: ${formatBytes(worst.size)} from ${formatBytes(worst.compressedSize)}), ` +
+        `more than the limit of ${limits.maxRatio}:1 — a decompression bomb, or arrays that are ` +
+        `almost all zeros; if the file is genuine, raise the limit (readNpz option maxRatio, or ` +
+        `the environment variable DEER_NPZ_MAX_RATIO=<ratio>)`,
+    );
+  }
+  if (total > NPZ_RATIO_FLOOR_BYTES && total > limits.maxRatio * fileSize) {
+    throw new Error(
+      `${label}: the arrays read (${names}) declare ${formatBytes(total)} uncompressed from a ` +
+        `file of ${formatBytes(fileSize)}, ${(total / Math.max(1, fileSize)).toFixed(0)}:1, ` +
         `more than the limit of ${limits.maxRatio}:1 — a decompression bomb, or arrays that are ` +
         `almost all zeros; if the file is genuine, raise the limit (readNpz option maxRatio, or ` +
         `the environment variable DEER_NPZ_MAX_RATIO=<ratio>)`,
@@ -713,7 +811,7 @@ export async function readNpz(
   const file = await openForReading(path);
   try {
     const fileSize = (await file.stat()).size;
-    const entries = await readCentralDirectory(file, fileSize, label);
+    const { entries, cdOffset } = await readCentralDirectory(file, fileSize, label);
     const byKey = new Map(entries.map((e) => [e.name.replace(/\.npy$/, ""), e]));
     const keys = options.keys ?? [...byKey.keys()];
     const missing = keys.filter((k) => !byKey.has(k));
@@ -723,11 +821,15 @@ export async function readNpz(
           `it holds: ${[...byKey.keys()].join(", ") || "nothing"}`,
       );
     }
-    checkEntrySizes(keys.map((k) => byKey.get(k)!), label, npzLimits(options));
+    const limits = npzLimits(options);
+    const wanted = [...new Set(keys)]; // a key asked twice is read once
+    const entriesRead = wanted.map((k) => byKey.get(k)!);
+    const located = await locateEntries(file, fileSize, cdOffset, entriesRead, label);
+    checkEntrySizes(located, label, limits, fileSize);
     const out: Record<string, NpyArray> = {};
-    for (const key of keys) {
-      const entry = byKey.get(key)!;
-      const bytes = await readEntry(file, fileSize, entry, label, options.verifyCrc ?? true);
+    for (const [i, entry] of located.entries()) {
+      const key = wanted[i];
+      const bytes = await readEntry(file, entry, label, options.verifyCrc ?? true);
       out[key] = readNpy(bytes, `${label}:${entry.name}`, options);
     }
     return out;
@@ -747,7 +849,7 @@ export async function readNpz(
 export async function listNpz(path: string): Promise<string[]> {
   const file = await openForReading(path);
   try {
-    const entries = await readCentralDirectory(file, (await file.stat()).size, basename(path));
+    const { entries } = await readCentralDirectory(file, (await file.stat()).size, basename(path));
     return entries.map((e) => e.name.replace(/\.npy$/, ""));
   } finally {
     file.close();
