@@ -26,6 +26,7 @@ import {
 import { checkSiteName } from "../lib/federation/subjects.ts";
 import { connectFederation, openCoordinator, openSite } from "../lib/federation/transport.ts";
 import { emptySiteLog, parseSiteLog, type SiteLog } from "../lib/federation/site_budget.ts";
+import { NoiseKeyError, readNoiseKey as readKeyFile } from "../lib/privacy/noise_key.ts";
 
 const HELP = `deno task federation COMMAND [flags]
 
@@ -531,22 +532,16 @@ async function serve(
  * Throws naming the file when it holds anything else.
  */
 export async function readNoiseKey(path: string): Promise<Uint8Array> {
-  let text: string;
   try {
-    text = (await Deno.readTextFile(path)).trim();
+    return await readKeyFile(path, {
+      create: true,
+      made: (p) =>
+        console.error(`federation join: made the site's local-DP noise key ${p}; keep it secret`),
+    });
   } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-    const secret = crypto.getRandomValues(new Uint8Array(32));
-    text = [...secret].map((b) => b.toString(16).padStart(2, "0")).join("");
-    await Deno.writeTextFile(path, `${text}\n`, { createNew: true, mode: 0o600 });
-    console.error(`federation join: made the site's local-DP noise key ${path}; keep it secret`);
+    if (err instanceof NoiseKeyError) throw new UsageError(`--noise_key ${err.message}`);
+    throw err;
   }
-  if (!/^([0-9a-f]{2}){16,}$/i.test(text)) {
-    throw new UsageError(
-      `--noise_key ${path}: expected at least 16 bytes as hex (delete the file to make a new key)`,
-    );
-  }
-  return Uint8Array.from(text.match(/../g)!.map((h) => parseInt(h, 16)));
 }
 
 /**

@@ -83,6 +83,10 @@ Toolkit flags:
   --max_epsilon E         stop before a round whose releases would bring the spent ε above E
                           (strict or local calibration — local: any site's ε; the round is not
                           run, --resume will not pass E)
+  --noise seeded|secret   where the DP noise and the sampled cohorts come from: seeded (default)
+                          from the run seed, reproducible, so anyone who knows the seed can
+                          regenerate the noise and subtract it (studies, not a released model);
+                          secret from a random key kept in <seed folder>/noise.key (mode 600)
   --momentum reset|reference  optimiser state between local trainings (default reset)
   --lora_alpha A          LoRA alpha (default 8; scale alpha/r)
   --model PATH            foundation-model weights (.safetensors)
@@ -122,6 +126,7 @@ const STRING_FLAGS = [
   "participation",
   "max_epsilon",
   "accountant",
+  "noise",
   "momentum",
   "lora_alpha",
   "model",
@@ -270,12 +275,11 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
   if (
     !isDP &&
     (f.calibration !== undefined || f.epsilon !== undefined || f.C !== undefined ||
-      f.max_epsilon !== undefined || f.accountant !== undefined)
+      f.max_epsilon !== undefined || f.accountant !== undefined || f.noise !== undefined)
   ) {
     throw new UsageError(
-      `--calibration/--epsilon/--C/--max_epsilon/--accountant only apply with --is_DP 1; add ` +
-        `--is_DP 1 or drop ` +
-        `them`,
+      `--calibration/--epsilon/--C/--max_epsilon/--accountant/--noise only apply with --is_DP 1; ` +
+        `add --is_DP 1 or drop them`,
     );
   }
   const weights = String(f.weights ?? "uniform");
@@ -329,6 +333,7 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
           maxEpsilon: num(f, "max_epsilon", 0, (v) => v > 0, "a privacy budget ε > 0"),
         }),
         ...(f.accountant === undefined ? {} : { accountant: accountantFlag(f.accountant) }),
+        ...(f.noise === undefined ? {} : { noise: noiseFlag(f.noise) }),
       }
       : null,
   };
@@ -371,6 +376,14 @@ export function parseTrainArgs(args: string[]): TrainArgs | null {
     },
     config,
   };
+}
+
+function noiseFlag(raw: unknown): "seeded" | "secret" {
+  const v = String(raw);
+  if (v !== "seeded" && v !== "secret") {
+    throw new UsageError(`--noise ${v}: expected seeded or secret`);
+  }
+  return v;
 }
 
 function accountantFlag(raw: unknown): "rdp" | "pld" {
@@ -547,7 +560,11 @@ async function train(
       } actually spent ` +
         `${s.spentEpsilon?.toFixed(3)} at δ ${args.config.dp?.delta} (${
           accountantOf(args.config.dp!).toUpperCase()
-        } accountant), σ ${s.noiseMultiplier?.toFixed(4)}`,
+        } accountant), σ ${s.noiseMultiplier?.toFixed(4)}; noise ${
+          args.config.dp?.noise === "secret"
+            ? "secret (keyed by noise.key in the seed folder)"
+            : "seeded (reproducible from the seed: simulation, not for a released model)"
+        }`,
     );
     if (s.calibration === "paper") {
       console.error(

@@ -117,6 +117,72 @@ Deno.test("simulation: a run stopped after a round resumes to identical results"
   );
 });
 
+Deno.test("simulation: secret noise comes from a key the run keeps, not from the seed", async () => {
+  const dp = { calibration: "strict" as const, clip: 0.5, epsilon: 3 };
+  const cfg = (noise?: "seeded" | "secret") =>
+    config({
+      method: { method: "DEeR" },
+      rounds: 2,
+      participation: 0.5,
+      dp: { ...dp, ...(noise ? { noise } : {}) },
+    });
+  // What each release drew: its cohort and its noise.
+  const draws = (r: { records: RoundRecord[] }) =>
+    r.records.flatMap((rec) => rec.phases.map((p) => [p.participants, p.noiseEnergy]));
+  const seeded = draws(await runFederated(setup.backbone, setup.data, cfg("seeded")));
+  assert.deepEqual(draws(await runFederated(setup.backbone, setup.data, cfg())), seeded);
+  // Two secret runs of the same seed draw other noise than the seed's, and than each other.
+  const secretA = draws(await runFederated(setup.backbone, setup.data, cfg("secret")));
+  const secretB = draws(await runFederated(setup.backbone, setup.data, cfg("secret")));
+  const energies = (d: unknown[][]) => d.map((x) => x[1]);
+  assert.notDeepEqual(energies(secretA), energies(seeded));
+  assert.notDeepEqual(energies(secretA), energies(secretB));
+
+  // With a folder: the key is written once (mode 600) and read back by --resume, so two copies of
+  // a run stopped after round 1 resume to the same records; without the key a resume is refused.
+  const out = join(setup.dir, "secret-noise");
+  await runFederated(setup.backbone, setup.data, cfg("secret"), {
+    outDir: out,
+    stopAfterRounds: 1,
+  });
+  const keyPath = join(out, "noise.key");
+  const key = await Deno.readTextFile(keyPath);
+  assert.match(key, /^[0-9a-f]{64}\n$/);
+  if (Deno.build.os !== "windows") assert.equal(Deno.statSync(keyPath).mode! & 0o777, 0o600);
+  const copies = [join(setup.dir, "secret-copy-1"), join(setup.dir, "secret-copy-2")];
+  for (const c of copies) await copyTree(out, c);
+  const resumed = await Promise.all(
+    copies.map((c) =>
+      runFederated(setup.backbone, setup.data, cfg("secret"), { outDir: c, resume: true })
+    ),
+  );
+  assert.equal(resumed[0].records.length, 2);
+  assert.deepEqual(resumed[1].records.map(stable), resumed[0].records.map(stable));
+  assert.equal(await Deno.readTextFile(join(copies[0], "noise.key")), key, "the key is kept");
+  const keyless = join(setup.dir, "secret-keyless");
+  await copyTree(out, keyless);
+  await Deno.remove(join(keyless, "noise.key"));
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg("secret"), { outDir: keyless, resume: true }),
+    /noise\.key is missing: the run draws its noise and cohorts from this secret key/,
+  );
+  assert.throws(
+    () => validateConfig({ ...cfg(), dp: { ...dp, noise: "random" as "secret" } }),
+    /noise random: need seeded .* or secret/,
+  );
+});
+
+/** Copies a folder's files (one level of subfolders deep, as a seed folder has). */
+async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true });
+  for await (const e of Deno.readDir(from)) {
+    if (e.isDirectory) await copyTree(join(from, e.name), join(to, e.name));
+    else if (e.isFile && !e.name.startsWith(".lock")) {
+      await Deno.copyFile(join(from, e.name), join(to, e.name));
+    }
+  }
+}
+
 Deno.test("momentumLayoutError: the buffers of A and/or B per adapter, then the logit scale", () => {
   const dims = { adapters: 2, rank: 2, dIn: 3, dOut: 5 };
   assert.equal(momentumLayoutError([6, 6, 10, 10, 1], dims), null);

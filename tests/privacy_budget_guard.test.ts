@@ -57,7 +57,7 @@ Deno.test("budget guard: refused with the paper calibration and without DP", asy
   assert.match(paper.stderr, /max_epsilon with paper calibration.*use --calibration strict/);
   const noDp = await runTrain(tinyRunFlags(data, join(dir, "n"), { max_epsilon: "2" }));
   assert.equal(noDp.code, 2, noDp.stderr);
-  assert.match(noDp.stderr, /--max_epsilon\/--accountant only apply with --is_DP 1/);
+  assert.match(noDp.stderr, /--max_epsilon\/--accountant\/--noise only apply with --is_DP 1/);
 });
 
 Deno.test("budget guard: a sweep's summary table marks the points it stopped", async () => {

@@ -419,7 +419,7 @@ const FLAG_CASES: Case[] = [
     args: flags({ epsilon: "3" }),
     code: 2,
     message: [
-      /--calibration\/--epsilon\/--C\/--max_epsilon\/--accountant only apply with --is_DP 1; add --is_DP 1 or drop/,
+      /--calibration\/--epsilon\/--C\/--max_epsilon\/--accountant\/--noise only apply with --is_DP 1; add --is_DP 1 or drop/,
     ],
   },
   {

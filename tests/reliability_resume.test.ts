@@ -147,8 +147,8 @@ const RAW_WRITERS_ALLOWED: Record<string, string> = {
   "lib/federation/pki.ts": "openssl's extension file, a scratch file in the throw-away CA's folder",
   "lib/federation/server.ts":
     "site credentials created with mode 0600 in the launcher's own fresh folder, and its PID file",
-  "tasks/federation.ts":
-    "a site's local-DP noise key: a secret created once with mode 0600 (createNew, never rewritten)",
+  "lib/privacy/noise_key.ts":
+    "a noise key (a site's, a secret-noise run's): created once with mode 0600 (createNew, never rewritten)",
 };
 
 Deno.test("reliability: lib/ and tasks/ write results only through lib/io/atomic.ts", () => {

@@ -141,7 +141,7 @@ Deno.test("sweep plan refuses a point train would refuse, naming the point and t
   assert.equal(r.code, 2, r.err);
   assert.match(
     r.err,
-    /s\.json: point 0 \(method=LoRA epsilon=1\): --calibration\/--epsilon\/--C\/--max_epsilon\/--accountant only apply with --is_DP 1/,
+    /s\.json: point 0 \(method=LoRA epsilon=1\): --calibration\/--epsilon\/--C\/--max_epsilon\/--accountant\/--noise only apply with --is_DP 1/,
   );
   r = await run({ base: { T: 2, is_DP: 1 }, grid: { epsilon: [1, -2] } });
   assert.equal(r.code, 2, r.err);

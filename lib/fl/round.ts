@@ -176,7 +176,8 @@ export function faultOf(trained: TrainedClient, dims: LoraDims): string | null {
  * The cohort of one release (a phase of a round): every client, or each client independently with
  * probability q = `participation` (Poisson sampling), drawn from its own named stream. The cohort
  * may be empty: forcing a client in would make the inclusion probability larger than the q the
- * accountant uses (docs/privacy.md, "Client sampling").
+ * accountant uses (docs/privacy.md, "Client sampling"). `stream`, when given, replaces the seed's
+ * named stream (a run with secret noise draws its cohorts from its key).
  *
  * @example
  * ```ts
@@ -187,12 +188,14 @@ export function sampleParticipants(
   config: { numClients: number; participation: number; seed: number },
   round: number,
   phaseIndex: number,
+  stream?: Rng,
 ): number[] {
   const all = Array.from({ length: config.numClients }, (_, k) => k);
   if (config.participation >= 1) return all;
-  const rng = phaseIndex === 0
-    ? streamRng(config.seed, "participants", round)
-    : streamRng(config.seed, "participants", round, phaseIndex);
+  const rng = stream ??
+    (phaseIndex === 0
+      ? streamRng(config.seed, "participants", round)
+      : streamRng(config.seed, "participants", round, phaseIndex));
   return all.filter(() => rng.uniform() < config.participation);
 }
 

@@ -26,6 +26,7 @@
  * ```
  * @module
  */
+import { join } from "node:path";
 import { tf } from "../backend.ts";
 import type { ImageDataset } from "../data/dataset.ts";
 import { dirichletPartition, iidPartition } from "../data/partition.ts";
@@ -42,6 +43,8 @@ import {
   spentEpsilon,
 } from "../privacy/ledger.ts";
 import { cosine } from "../privacy/audit.ts";
+import { keyedStream, newNoiseKey } from "../privacy/secure_rng.ts";
+import { NoiseKeyError, readNoiseKey } from "../privacy/noise_key.ts";
 import { warn } from "../warnings.ts";
 import type { SharedBackbone } from "./backbone.ts";
 import {
@@ -57,6 +60,7 @@ import {
 } from "./canaries.ts";
 import {
   appendRecord,
+  DamagedStateError,
   loadRunState,
   openRunFolder,
   saveCheckpoint,
@@ -326,6 +330,13 @@ export function validateConfig(c: FederatedConfig): void {
         `accountant ${c.dp.accountant}: need rdp or pld`,
       );
     }
+    if (c.dp.noise !== undefined) {
+      need(
+        c.dp.noise === "seeded" || c.dp.noise === "secret",
+        `noise ${c.dp.noise}: need seeded (reproducible from the seed) or secret (a key only ` +
+          `the run holds)`,
+      );
+    }
     if (c.dp.maxEpsilon !== undefined) {
       need(
         c.dp.maxEpsilon > 0 && Number.isFinite(c.dp.maxEpsilon),
@@ -369,6 +380,11 @@ interface Run {
   /** An audit measures the global factors' total change from here. */
   initialGlobal: LoraFactors | null;
   ledger: LedgerState | null;
+  /**
+   * The key of a run with secret noise (`dp.noise: "secret"`): its noise and cohorts come from
+   * {@link keyedStream}s under it instead of the seed's streams; `null` for a seeded run.
+   */
+  noiseKey: Uint8Array | null;
   best: RunResult["best"];
   records: RoundRecord[];
   startRound: number;
@@ -399,7 +415,12 @@ export async function runFederated(
     const t0 = performance.now();
     const phases: PhaseRecord[] = [];
     for (const [phaseIndex, phase] of run.method.phases.entries()) {
-      const participants = sampleParticipants(config, round, phaseIndex);
+      const participants = sampleParticipants(
+        config,
+        round,
+        phaseIndex,
+        run.noiseKey ? keyedStream(run.noiseKey, "participants", round, phaseIndex) : undefined,
+      );
       const trained = opts.remote
         ? await collectRemote(run, opts.remote, round, phaseIndex, participants)
         : await trainClients(run, round, phaseIndex, participants);
@@ -494,6 +515,7 @@ async function configure(
         localSites: calibration.localSites,
       })
       : null,
+    noiseKey: null,
     best: { round: -1, val: null, test: null },
     records: [],
     startRound: 0,
@@ -523,9 +545,35 @@ async function configure(
       run.records.push(...restored.records);
     }
     await openRunFolder(out, run.startRound === 0, { ...config, methodLabel: method.label });
+    if (config.dp?.noise === "secret") run.noiseKey = await runNoiseKey(out, run.startRound > 0);
+  } else if (config.dp?.noise === "secret") {
+    run.noiseKey = newNoiseKey();
   }
   run.liveAtStart = tf.memory().numTensors;
   return run;
+}
+
+/** The file in a seed folder that holds the key of a run with secret noise. */
+export const NOISE_KEY_FILE = "noise.key";
+
+/**
+ * The key of a run with secret noise in the seed folder `out`: made (mode 600) for a fresh run,
+ * read back when the run resumes — where it must be there, or the run cannot draw the noise its
+ * uninterrupted self would have.
+ */
+async function runNoiseKey(out: string, resumed: boolean): Promise<Uint8Array> {
+  const path = join(out, NOISE_KEY_FILE);
+  if (!resumed) await Deno.remove(path).catch(() => {});
+  try {
+    return await readNoiseKey(path, {
+      create: !resumed,
+      missing: "the run draws its noise and cohorts from this secret key, and cannot go on " +
+        "without it; start the run again without --resume (this replaces the saved run)",
+    });
+  } catch (err) {
+    if (err instanceof NoiseKeyError) throw new DamagedStateError(err.message);
+    throw err;
+  }
 }
 
 /**
@@ -763,6 +811,9 @@ function aggregatePhase(
     updates: updates.map((u, i) => ({ ...u, weight: weighting.weights[i] })),
     maxWeight: weighting.maxWeight,
     released: trained.released,
+    ...(run.noiseKey
+      ? { noiseRng: (label) => keyedStream(run.noiseKey!, "noise", round, phaseIndex, label) }
+      : {}),
   });
   for (const { client, result } of trained.released ? [] : trained.valid) {
     const kept = method.keepOnClient(result.factors);

@@ -65,6 +65,14 @@ export interface DpSettings {
    * opacus; default under paper calibration, whose σ always comes from opacus' RDP search).
    */
   accountant?: Accountant;
+  /**
+   * Where the noise this process draws (and the Poisson cohorts) come from: `seeded` (default),
+   * the run's named streams — reproducible from the seed, so anyone who knows the seed can
+   * regenerate the noise and subtract it: right for simulation studies, not for a model that is
+   * released; or `secret`, streams keyed by a random key the run keeps in its seed folder
+   * (`noise.key`, lib/privacy/noise_key.ts), which nobody without that file can predict.
+   */
+  noise?: "seeded" | "secret";
 }
 
 /** The accountant a run uses: the one asked for, else RDP for paper and PLD otherwise. */

@@ -76,3 +76,26 @@ export function secureRng(key: Uint8Array): Rng {
     },
   });
 }
+
+/**
+ * The secure stream named by `parts` under a secret `key` (any length; 32 random bytes from
+ * {@link newNoiseKey}): AES-256-CTR keyed by HMAC-SHA256(key, parts joined by "/"). A run with
+ * secret noise draws each release's noise and cohort from such streams, named as the seeded run
+ * names its own (`["noise", round, phase, client]`), so a resumed run draws what the uninterrupted
+ * one would have — and nobody without the key can.
+ *
+ * @example
+ * ```ts
+ * const key = new Uint8Array(32).fill(7);
+ * keyedStream(key, "noise", 0, 0, "central").normal(); // the same draw for the same key and name
+ * ```
+ */
+export function keyedStream(key: Uint8Array, ...parts: (string | number)[]): Rng {
+  const mac = createHmac("sha256", key).update(parts.join("/")).digest();
+  return secureRng(new Uint8Array(mac.buffer, mac.byteOffset, mac.byteLength));
+}
+
+/** 32 bytes from the platform's cryptographically secure generator (`crypto.getRandomValues`). */
+export function newNoiseKey(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(32));
+}
