@@ -49,7 +49,10 @@ Deno.test("q = 1: RDP is α/(2σ²) and ε matches the closed form", () => {
     for (const steps of [1, 50, 100]) {
       for (const delta of [1e-5, 1 / 12]) {
         const { epsilon } = rdpEpsilon({ noiseMultiplier: sigma, sampleRate: 1, steps, delta });
-        assertRel(epsilon, closedFormEpsilon(sigma, steps, delta), 1e-12, `σ=${sigma} T=${steps}`);
+        // The closed form is negative at σ = 40, T = 1, δ = 1/12; ε is never below 0.
+        const expected = Math.max(0, closedFormEpsilon(sigma, steps, delta));
+        if (expected === 0) assert.equal(epsilon, 0, `σ=${sigma} T=${steps}`);
+        else assertRel(epsilon, expected, 1e-12, `σ=${sigma} T=${steps}`);
       }
     }
   }
@@ -191,6 +194,15 @@ Deno.test("heterogeneous composition sums per-order RDP", () => {
     composeRdp([{ noiseMultiplier: Infinity, sampleRate: 0.5, count: 3 }], orders),
     [0, 0, 0, 0],
   );
+});
+
+Deno.test("epsilonFromRdp never reports a negative ε (a large δ and a tiny divergence)", () => {
+  // δ = 0.5 at σ = 100: every order's bound is below 0 (opacus reports −0.693).
+  const { epsilon } = rdpEpsilon({ noiseMultiplier: 100, sampleRate: 1, steps: 1, delta: 0.5 });
+  assert.equal(epsilon, 0);
+  // At δ = 1e-5 the same release keeps its positive bound.
+  const small = rdpEpsilon({ noiseMultiplier: 100, sampleRate: 1, steps: 1, delta: 1e-5 });
+  assert.ok(small.epsilon > 0.1 && small.epsilon < 0.2, `ε ${small.epsilon}`);
 });
 
 Deno.test("epsilonFromRdp ignores NaN orders; no order → ε = ∞; σ = 0 → ∞", () => {

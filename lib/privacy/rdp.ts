@@ -305,7 +305,10 @@ export function epsilonFromRdp(
     }
   }
   if (Number.isNaN(best)) return { epsilon: Infinity, order: NaN };
-  return { epsilon: best, order: bestOrder };
+  // With a large δ (above ≈ 0.3) the conversion's slack turns negative and, for tiny divergences,
+  // so does its minimum; ε ≥ 0 for every mechanism, so the bound is 0 there. opacus returns the
+  // negative number; nothing else differs.
+  return { epsilon: Math.max(0, best), order: bestOrder };
 }
 
 /** One homogeneous block of releases for {@link composeRdp}. */
