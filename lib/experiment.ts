@@ -394,22 +394,32 @@ export async function runExperiment(
     const runs: RunResult[] = [];
     for (const seed of seeds) {
       const outDir = out ? join(out, `seed-${seed}`) : undefined;
+      // A lock found lost (its file removed or replaced) aborts the run at its next client, and
+      // every write checks it first.
+      const held = lock;
       const run = await runFederated(inputs.backbone, inputs.data, { ...config, seed }, {
         outDir,
         resume: opts.resume,
-        signal: opts.signal,
+        signal: held
+          ? (opts.signal ? AbortSignal.any([opts.signal, held.signal]) : held.signal)
+          : opts.signal,
+        ...(held ? { beforeWrite: () => held.assertHeld() } : {}),
         onRound: opts.onRound,
         onClient: opts.onClient && ((info) => opts.onClient!({ ...info, seed })),
         remote: opts.remote?.(seed),
       });
       // ledgerToJson keeps ∞ (no noise) and NaN (no RDP order, PLD) that plain JSON cannot hold.
       if (outDir && run.ledger) {
+        held?.assertHeld();
         await writeFileAtomic(join(outDir, "ledger.json"), ledgerToJson(run.ledger));
       }
       runs.push(run);
     }
     const summary = summarize(runs);
-    if (out) await writeJsonAtomic(join(out, "summary.json"), summary);
+    if (out) {
+      lock?.assertHeld();
+      await writeJsonAtomic(join(out, "summary.json"), summary);
+    }
     return { runs, summary };
   } catch (err) {
     // Nothing of value was recorded: leave no results folder behind

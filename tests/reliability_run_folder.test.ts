@@ -125,6 +125,33 @@ Deno.test("run lock: a second run on a running run's folder exits 1 naming the h
   assert.ok(!existsSync(join(out, RUN, LOCK_FILE)), "released at the end");
 });
 
+Deno.test("run lock: a run whose lock file is deleted stops before its next write, the saved rounds intact", async () => {
+  const out = join(dir, "lock-removed");
+  const records = join(out, RUN, "seed-10", "records.jsonl");
+  const T = 100;
+  const run = trainCommand(args(out, T), { backend: "wasm" }).spawn();
+  const ended = run.output();
+  await until(() => lines(records).length >= 1, "the first round");
+  // What a clean-up tool or a careless `rm` does: another run could now lock the folder anew.
+  Deno.removeSync(join(out, RUN, LOCK_FILE));
+  const result = await ended;
+  const stderr = new TextDecoder().decode(result.stderr);
+  assert.equal(result.code, 1, stderr);
+  assert.match(
+    stderr,
+    /the lock file .*\.lock was removed or replaced by another process \(it is gone\); stopping so that two runs do not write the same folder/,
+  );
+  const done = roundsIn(records);
+  assert.ok(done.length < T, "stopped before the end");
+  assert.deepEqual(done, upTo(done.length), "records 1..n in order");
+  const state = JSON.parse(Deno.readTextFileSync(join(out, RUN, "seed-10", "state.json")));
+  assert.equal(state.completedRounds, done.length, "the state is at the last recorded round");
+  // The stopped run is resumable: --resume takes a new lock and finishes.
+  const resumed = await train(args(out, T, ["--resume"]));
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.deepEqual(roundsIn(records), upTo(T));
+});
+
 Deno.test("run lock: the lock of a killed run is detected as stale and taken over, with a message", async () => {
   const out = join(dir, "stale");
   const records = join(out, RUN, "seed-10", "records.jsonl");

@@ -62,9 +62,23 @@ async function listDir(path: string, kind: "dir" | "file"): Promise<string[]> {
   return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
-async function isDir(path: string): Promise<boolean> {
+/**
+ * Whether `path` is a folder. Split and class folders must be real folders, not symbolic links:
+ * the run's input fingerprint (lib/io/fingerprint.ts) never follows a link inside the data folder,
+ * so a linked folder would be read but not fingerprinted. Only the data folder itself may be a link
+ * (`link` true).
+ */
+async function isDir(path: string, link = false): Promise<boolean> {
   try {
-    return (await Deno.stat(path)).isDirectory;
+    const info = await Deno.lstat(path);
+    if (info.isSymlink && !link) {
+      throw new Error(
+        `${path} is a symbolic link; split and class folders must be real folders inside the ` +
+          `data folder (links are neither read nor fingerprinted): copy or move the folder in, ` +
+          `or link the whole data folder instead`,
+      );
+    }
+    return info.isSymlink ? (await Deno.stat(path)).isDirectory : info.isDirectory;
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return false;
     throw err;
@@ -150,7 +164,7 @@ export async function loadImageFolder(
   root: string,
   options: ImageFolderOptions = {},
 ): Promise<ImageDataset> {
-  if (!(await isDir(root))) throw new Error(`image folder ${root} does not exist`);
+  if (!(await isDir(root, true))) throw new Error(`image folder ${root} does not exist`);
   const channels = options.channels ?? 3;
   if (channels !== 1 && channels !== 3) {
     throw new Error(`loadImageFolder: channels must be 1 or 3, got ${channels}`);

@@ -250,6 +250,12 @@ export interface RunOptions {
   /** Stop after this many rounds of this invocation (used to test resuming). */
   stopAfterRounds?: number;
   /**
+   * Called before each write to `outDir` (records, checkpoint, state, stop): throws to stop the
+   * run there. A run folder's holder passes its lock's check (`RunLock.assertHeld`), so a run
+   * whose lock file was removed or replaced stops instead of writing beside another run.
+   */
+  beforeWrite?: () => void;
+  /**
    * An empirical privacy audit: `count` canary clients whose release is a fixed random direction
    * of norm C (`canaries.ts`); the result then holds the final update's cosines with them and
    * with as many never-inserted directions (`RunResult.audit`). Uniform weights only. `space`:
@@ -409,7 +415,10 @@ export async function runFederated(
     if (opts.stopAfterRounds !== undefined && round - run.startRound >= opts.stopAfterRounds) break;
     stopped = budgetStop(run, round);
     if (stopped) {
-      if (opts.outDir) await saveStop(opts.outDir, stopped);
+      if (opts.outDir) {
+        opts.beforeWrite?.();
+        await saveStop(opts.outDir, stopped);
+      }
       break;
     }
     const t0 = performance.now();
@@ -568,7 +577,7 @@ async function runNoiseKey(out: string, resumed: boolean): Promise<Uint8Array> {
     return await readNoiseKey(path, {
       create: !resumed,
       missing: "the run draws its noise and cohorts from this secret key, and cannot go on " +
-        "without it; start the run again without --resume (this replaces the saved run)",
+        "without it; start the run again without resume (this replaces the saved run)",
     });
   } catch (err) {
     if (err instanceof NoiseKeyError) throw new DamagedStateError(err.message);
@@ -937,6 +946,7 @@ async function persistRound(run: Run, record: RoundRecord): Promise<void> {
   const out = run.opts.outDir;
   if (!out) return;
   const { config, method, backbone } = run;
+  run.opts.beforeWrite?.();
   await appendRecord(out, record);
   await saveCheckpoint(
     out,

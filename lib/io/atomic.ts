@@ -1,6 +1,7 @@
 /**
  * Atomic file writes: the data goes to a temporary file in the same folder, is flushed, and is
- * renamed over the target, so a reader (or a resumed run) never sees a half-written file.
+ * renamed over the target, so a reader (or a resumed run) never sees a half-written file; the
+ * folder is then flushed as well, so that the rename survives a power loss.
  *
  * @example
  * ```ts
@@ -31,6 +32,27 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   } catch (err) {
     await Deno.remove(tmp).catch(() => {});
     throw err;
+  }
+  // The rename is an entry of the folder: flush the folder too, or a power loss may bring back
+  // the old file (or none) though the new one was flushed.
+  await syncDir(dir);
+}
+
+/**
+ * Flushes a folder's entries to disk (`fsync` of the folder). Where a folder cannot be opened
+ * (Windows, or a folder without read permission) that is skipped; a failed flush throws.
+ */
+async function syncDir(dir: string): Promise<void> {
+  let handle: Deno.FsFile;
+  try {
+    handle = await Deno.open(dir, { read: true });
+  } catch {
+    return; // this platform (or this folder's permissions) cannot open a folder
+  }
+  try {
+    await handle.sync();
+  } finally {
+    handle.close();
   }
 }
 

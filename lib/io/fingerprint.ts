@@ -5,6 +5,8 @@
  * A file's fingerprint is the SHA-256 of its bytes. A folder's (an image-folder data set) is the
  * SHA-256 of the `sha256sum`-style listing of every regular file below it (`<hex>  <relative
  * path>\n`, sorted by path), so renaming, adding, removing or changing any image changes it.
+ * Like the loaders, the walk skips names starting with `.` and does not follow symbolic links
+ * (see {@link fingerprint}).
  *
  * @example
  * ```ts
@@ -29,32 +31,55 @@ export interface Fingerprint {
   files?: number;
 }
 
-/** The fingerprint of a file or a folder. */
+/**
+ * The fingerprint of a file or a folder.
+ *
+ * A folder is walked the way the loaders read it (`listDir` in `lib/data/image_folder.ts`): an
+ * entry whose name starts with `.` is skipped, and so is every entry that is not itself a folder
+ * or a regular file — symbolic links (to files or folders, inside or outside), FIFOs, sockets and
+ * devices. So the walk never leaves `path` (only `path` itself may be a link, the one the user
+ * named), never loops, and never blocks on a pipe; each folder is read once (by device and inode),
+ * and each file is checked, once open, to be the regular file that was listed. Every other
+ * regular file is hashed, images or not: the fingerprint covers at least what the loaders read.
+ *
+ * @throws when `path` is neither a regular file nor a folder, or a file below it changes from a
+ * regular file into something else while it is read.
+ */
 export async function fingerprint(path: string): Promise<Fingerprint> {
   const info = await Deno.stat(path);
   if (!info.isDirectory) {
+    if (!info.isFile) {
+      throw new Error(`${path} is neither a regular file nor a folder; give the input's file`);
+    }
     const { sha256, bytes } = await hashFile(path);
     return { path, sha256, bytes };
   }
-  const files: string[] = [];
-  const walk = async (rel: string) => {
-    const entries = await Array.fromAsync(Deno.readDir(join(path, rel)));
-    for (const e of entries) {
+  const files: { rel: string; info: Deno.FileInfo }[] = [];
+  const seen = new Set<string>();
+  const walk = async (rel: string, dirInfo: Deno.FileInfo) => {
+    if (dirInfo.ino !== null) {
+      const id = `${dirInfo.dev}:${dirInfo.ino}`;
+      if (seen.has(id)) return; // a bind mount or the like back into the tree
+      seen.add(id);
+    }
+    for await (const e of Deno.readDir(rel ? join(path, rel) : path)) {
+      if (e.name.startsWith(".")) continue;
+      if (!e.isDirectory && !e.isFile) continue; // symlink, FIFO, socket, device: as listDir
       const r = rel ? `${rel}/${e.name}` : e.name;
-      const full = join(path, r);
-      const st = e.isSymlink ? await Deno.stat(full) : null;
-      if (e.isDirectory || st?.isDirectory) await walk(r);
-      else if (e.isFile || st?.isFile) files.push(r);
+      // The entry's own type (lstat): never followed, even if it became a link since listed.
+      const st = await Deno.lstat(join(path, r));
+      if (st.isDirectory) await walk(r, st);
+      else if (st.isFile) files.push({ rel: r, info: st });
     }
   };
-  await walk("");
-  files.sort();
+  await walk("", info);
+  files.sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0));
   const listing = createHash("sha256");
   let bytes = 0;
-  for (const r of files) {
-    const h = await hashFile(join(path, r));
+  for (const { rel, info } of files) {
+    const h = await hashFile(join(path, rel), info);
     bytes += h.bytes;
-    listing.update(`${h.sha256}  ${r}\n`);
+    listing.update(`${h.sha256}  ${rel}\n`);
   }
   return { path, sha256: listing.digest("hex"), bytes, files: files.length };
 }
@@ -65,14 +90,34 @@ export async function fingerprint(path: string): Promise<Fingerprint> {
  */
 const digests = new Map<string, { sha256: string; bytes: number }>();
 
-async function hashFile(path: string): Promise<{ sha256: string; bytes: number }> {
-  const info = await Deno.stat(path);
-  const key = `${info.dev}:${info.ino}:${info.size}:${info.mtime?.getTime()}`;
-  const known = info.ino === null || info.mtime === null ? undefined : digests.get(key);
-  if (known) return known;
-  const digest = await hashBytes(path);
-  if (info.ino !== null && info.mtime !== null) digests.set(key, digest);
-  return digest;
+/**
+ * The SHA-256 of the file at `path`, read through one open descriptor. With `listed` (the
+ * file's `lstat` when its folder was walked), the open file must be that same regular file:
+ * one replaced by a link (out of the folder) since is refused, not followed.
+ */
+async function hashFile(
+  path: string,
+  listed?: Deno.FileInfo,
+): Promise<{ sha256: string; bytes: number }> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    const info = await file.stat();
+    if (listed && (!info.isFile || info.ino !== listed.ino || info.dev !== listed.dev)) {
+      throw new Error(
+        `${path} changed while its folder was being fingerprinted (it is no longer the regular ` +
+          `file listed); make sure nothing edits the folder, and try again`,
+      );
+    }
+    const key = `${info.dev}:${info.ino}:${info.size}:${info.mtime?.getTime()}`;
+    const known = info.ino === null || info.mtime === null ? undefined : digests.get(key);
+    if (known) return known;
+    const { hex, bytes } = await digestOpen(file, "sha256");
+    const digest = { sha256: hex, bytes };
+    if (info.ino !== null && info.mtime !== null) digests.set(key, digest);
+    return digest;
+  } finally {
+    file.close();
+  }
 }
 
 /**
@@ -88,26 +133,28 @@ export async function digestFile(
   path: string,
   algorithm: string,
 ): Promise<{ hex: string; bytes: number }> {
-  const hash = createHash(algorithm);
   const file = await Deno.open(path, { read: true });
-  let bytes = 0;
   try {
-    const buf = new Uint8Array(1 << 20);
-    for (;;) {
-      const n = await file.read(buf);
-      if (n === null) break;
-      hash.update(buf.subarray(0, n));
-      bytes += n;
-    }
+    return await digestOpen(file, algorithm);
   } finally {
     file.close();
   }
-  return { hex: hash.digest("hex"), bytes };
 }
 
-async function hashBytes(path: string): Promise<{ sha256: string; bytes: number }> {
-  const { hex, bytes } = await digestFile(path, "sha256");
-  return { sha256: hex, bytes };
+async function digestOpen(
+  file: Deno.FsFile,
+  algorithm: string,
+): Promise<{ hex: string; bytes: number }> {
+  const hash = createHash(algorithm);
+  let bytes = 0;
+  const buf = new Uint8Array(1 << 20);
+  for (;;) {
+    const n = await file.read(buf);
+    if (n === null) break;
+    hash.update(buf.subarray(0, n));
+    bytes += n;
+  }
+  return { hex: hash.digest("hex"), bytes };
 }
 
 /**

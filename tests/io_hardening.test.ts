@@ -1,0 +1,249 @@
+/**
+ * lib/io under hostile file-system layouts, built for real in a temporary folder: a run folder's
+ * `.lock` that is a symbolic link (to a file outside, or dangling), a folder or a FIFO; a lock
+ * file deleted or replaced while its run holds it; a data folder whose links lead out of it or
+ * around a loop; and the folder flush after an atomic write's rename.
+ */
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import {
+  acquireRunLock,
+  LOCK_FILE,
+  LOCK_WATCH_MS,
+  LockFileError,
+  lockHolder,
+  LockLostError,
+} from "../lib/io/lock.ts";
+import { fingerprint } from "../lib/io/fingerprint.ts";
+import { writeFileAtomic } from "../lib/io/atomic.ts";
+import { listImageFolderSplit } from "../lib/data/image_folder.ts";
+
+const tmp = await Deno.makeTempDir({ prefix: "deer-io-hardening-" });
+let n = 0;
+/** A fresh folder `<tmp>/<n>` with `run/` (a run folder) and `outside/` beside it. */
+function layout(): { root: string; run: string; outside: string } {
+  const root = join(tmp, String(n++));
+  Deno.mkdirSync(join(root, "run"), { recursive: true });
+  Deno.mkdirSync(join(root, "outside"));
+  return { root, run: join(root, "run"), outside: join(root, "outside") };
+}
+
+function mkfifo(path: string): boolean {
+  try {
+    return new Deno.Command("mkfifo", { args: [path] }).outputSync().success;
+  } catch {
+    return false; // no mkfifo here
+  }
+}
+
+Deno.test("lock: a .lock symlink to a file outside the run folder is refused; the file is untouched", async () => {
+  const { run, outside } = layout();
+  const victim = join(outside, "victim.txt");
+  Deno.writeTextFileSync(victim, "precious\n");
+  const before = Deno.statSync(victim);
+  const lockPath = join(run, LOCK_FILE);
+  Deno.symlinkSync(victim, lockPath);
+  for (const attempt of [() => acquireRunLock(run), () => lockHolder(run)]) {
+    await assert.rejects(attempt(), (err: unknown) => {
+      assert.ok(err instanceof LockFileError, String(err));
+      assert.equal(err.path, lockPath);
+      assert.match(err.message, new RegExp(`^${lockPath} should be the run folder's lock file`));
+      assert.match(err.message, new RegExp(`is a symbolic link to "${victim}"`));
+      assert.match(err.message, /never follows or writes through it\. Remove it \(rm /);
+      return true;
+    });
+  }
+  assert.equal(Deno.readTextFileSync(victim), "precious\n", "the victim's bytes are unchanged");
+  assert.equal(Deno.statSync(victim).mtime?.getTime(), before.mtime?.getTime());
+  assert.ok(Deno.lstatSync(lockPath).isSymlink, "the link is left for the user to inspect");
+  // The victim was not locked either: it can be locked exclusively now.
+  const f = Deno.openSync(victim, { read: true, write: true });
+  assert.ok(f.tryLockSync(true));
+  f.close();
+});
+
+Deno.test("lock: a dangling .lock symlink is refused and its target is not created", async () => {
+  const { run, outside } = layout();
+  const target = join(outside, "created-by-lock");
+  Deno.symlinkSync(target, join(run, LOCK_FILE));
+  await assert.rejects(acquireRunLock(run), LockFileError);
+  assert.ok(!existsSync(target), "nothing created through the link");
+});
+
+Deno.test("lock: a .lock that is a folder or a FIFO is refused without blocking", async () => {
+  const { run } = layout();
+  Deno.mkdirSync(join(run, LOCK_FILE));
+  await assert.rejects(acquireRunLock(run), (err: unknown) => {
+    assert.ok(err instanceof LockFileError);
+    assert.match(err.message, /\.lock should be the run folder's lock file but is a folder;/);
+    return true;
+  });
+  Deno.removeSync(join(run, LOCK_FILE));
+  if (!mkfifo(join(run, LOCK_FILE))) return; // no mkfifo: the folder case stands alone
+  for (const attempt of [() => acquireRunLock(run), () => lockHolder(run)]) {
+    await assert.rejects(attempt(), (err: unknown) => {
+      assert.ok(err instanceof LockFileError);
+      assert.match(err.message, /but is a FIFO \(named pipe\);/);
+      return true;
+    });
+  }
+});
+
+Deno.test("lock: a holder whose .lock was deleted and re-taken by another run fails loudly", async () => {
+  const { run } = layout();
+  const lockPath = join(run, LOCK_FILE);
+  const a = await acquireRunLock(run, { command: "run A" });
+  a.assertHeld(); // held: no throw
+  const signal = a.signal;
+  assert.equal(signal.aborted, false);
+  Deno.removeSync(lockPath); // rm, a clean-up script, a sync tool
+  assert.throws(() => a.assertHeld(), (err: unknown) => {
+    assert.ok(err instanceof LockLostError);
+    assert.equal(
+      err.message,
+      `the lock file ${lockPath} was removed or replaced by another process (it is gone); ` +
+        `stopping so that two runs do not write the same folder. Check that no other run uses ` +
+        `${run}, then resume`,
+    );
+    return true;
+  });
+  assert.equal(signal.aborted, true, "assertHeld aborts the signal too");
+  assert.ok(signal.reason instanceof LockLostError);
+  // Another run takes the folder: A stays lost, and releasing A leaves B's lock file alone.
+  const b = await acquireRunLock(run, { command: "run B" });
+  assert.throws(() => a.assertHeld(), LockLostError);
+  a.release();
+  b.assertHeld();
+  assert.equal(JSON.parse(Deno.readTextFileSync(lockPath)).command, "run B");
+  assert.throws(() => a.assertHeld(), /was released; this run holds it no more/);
+  b.release();
+  assert.ok(!existsSync(lockPath));
+});
+
+Deno.test("lock: the signal of a lock whose file is replaced aborts on its own", async () => {
+  const { run } = layout();
+  const lockPath = join(run, LOCK_FILE);
+  const a = await acquireRunLock(run, { command: "run A" });
+  try {
+    const signal = a.signal;
+    const aborted = new Promise<unknown>((resolve) => {
+      signal.addEventListener("abort", () => resolve(signal.reason), { once: true });
+    });
+    // Replaced by a copy (same bytes, another inode), as a sync tool would.
+    Deno.writeTextFileSync(`${lockPath}.copy`, Deno.readTextFileSync(lockPath));
+    Deno.renameSync(`${lockPath}.copy`, lockPath);
+    const reason = await Promise.race([
+      aborted,
+      new Promise((r) => setTimeout(() => r("timeout"), LOCK_WATCH_MS * 3)),
+    ]);
+    assert.ok(reason instanceof LockLostError, String(reason));
+    assert.match(reason.message, /removed or replaced by another process \(it now names another/);
+  } finally {
+    a.release();
+  }
+  assert.ok(existsSync(lockPath), "the replacing file is not removed by the lost holder");
+});
+
+Deno.test("lock: an ordinary lock is still taken, held and released (no regression)", async () => {
+  const { run } = layout();
+  const lock = await acquireRunLock(run, { command: "t" });
+  const signal = lock.signal; // starts the watch, which release stops
+  lock.assertHeld();
+  assert.equal((await lockHolder(run) as { command: string }).command, "t");
+  lock.release();
+  assert.equal(signal.aborted, false, "a release is not a loss");
+  assert.equal(await lockHolder(run), null);
+  assert.ok(!existsSync(join(run, LOCK_FILE)));
+});
+
+Deno.test("fingerprint: a folder's links out of it and around loops are not followed", async () => {
+  const { root, outside } = layout();
+  const data = join(root, "data");
+  Deno.mkdirSync(join(data, "train", "cls0"), { recursive: true });
+  Deno.writeTextFileSync(join(data, "train", "cls0", "a.png"), "img");
+  Deno.writeTextFileSync(join(outside, "secret.key"), "secret");
+  Deno.symlinkSync(outside, join(data, "train", "cls0", "escape")); // folder outside
+  Deno.symlinkSync(join(outside, "secret.key"), join(data, "train", "cls0", "b.png")); // file
+  Deno.symlinkSync("..", join(data, "train", "cls0", "up")); // loop
+  Deno.symlinkSync(".", join(data, "self")); // loop at the top
+  Deno.writeTextFileSync(join(data, "train", "cls0", ".DS_Store"), "junk"); // dotfile
+  mkfifo(join(data, "train", "cls0", "pipe.png")); // would block a reader
+
+  // The same folder with only its regular file.
+  const clean = join(root, "clean");
+  Deno.mkdirSync(join(clean, "train", "cls0"), { recursive: true });
+  Deno.writeTextFileSync(join(clean, "train", "cls0", "a.png"), "img");
+
+  const f = await fingerprint(data);
+  assert.equal(f.files, 1);
+  assert.equal(f.bytes, 3);
+  assert.equal(f.sha256, (await fingerprint(clean)).sha256);
+  // What the loader reads: the same one file.
+  const listed = await listImageFolderSplit(data, "train", ["cls0"]);
+  assert.deepEqual(listed.map((x) => x.path), [join(data, "train", "cls0", "a.png")]);
+  // Changing the file outside does not change the fingerprint.
+  Deno.writeTextFileSync(join(outside, "secret.key"), "other secret");
+  assert.equal((await fingerprint(data)).sha256, f.sha256);
+  // The folder given may itself be a link (the user named it).
+  Deno.symlinkSync(data, join(root, "data-link"));
+  assert.equal((await fingerprint(join(root, "data-link"))).sha256, f.sha256);
+  // A split or class folder that is a link would be read but not fingerprinted: the loader
+  // refuses it, naming it.
+  Deno.mkdirSync(join(outside, "cls1"));
+  Deno.writeTextFileSync(join(outside, "cls1", "c.png"), "img");
+  Deno.symlinkSync(join(outside, "cls1"), join(data, "train", "cls1"));
+  await assert.rejects(
+    listImageFolderSplit(data, "train", ["cls0", "cls1"]),
+    /train\/cls1 is a symbolic link; split and class folders must be real folders/,
+  );
+  Deno.symlinkSync(join(data, "train"), join(data, "val"));
+  await assert.rejects(
+    listImageFolderSplit(data, "val", ["cls0"]),
+    /data\/val is a symbolic link/,
+  );
+});
+
+Deno.test("fingerprint: a FIFO given as the input is refused, not read", async () => {
+  const { root } = layout();
+  const pipe = join(root, "input.npz");
+  if (!mkfifo(pipe)) return;
+  await assert.rejects(fingerprint(pipe), /input\.npz is neither a regular file nor a folder/);
+});
+
+Deno.test("atomic: the folder is flushed after the rename; a folder that cannot be opened is skipped", async () => {
+  const dir = join(tmp, "atomic");
+  const path = join(dir, "x.json");
+  const events: string[] = [];
+  const realOpen = Deno.open, realRename = Deno.rename;
+  const d = Deno as { open: typeof Deno.open; rename: typeof Deno.rename };
+  d.rename = async (from, to) => {
+    await realRename(from, to);
+    events.push(`rename ${to}`);
+  };
+  d.open = async (p, options) => {
+    const file = await realOpen(p, options);
+    const name = String(p);
+    const sync = file.sync.bind(file);
+    file.sync = async () => {
+      await sync();
+      events.push(`sync ${name}`);
+    };
+    return file;
+  };
+  try {
+    await writeFileAtomic(path, "one");
+    assert.equal(events.at(-2), `rename ${path}`);
+    assert.equal(events.at(-1), `sync ${dir}`, events.join("; "));
+    // Where a folder cannot be opened (Windows), the write still succeeds.
+    d.open = async (p, options) => {
+      if (String(p) === dir) throw new Deno.errors.PermissionDenied("a folder cannot be opened");
+      return await realOpen(p, options);
+    };
+    await writeFileAtomic(path, "two");
+    assert.equal(Deno.readTextFileSync(path), "two");
+  } finally {
+    d.open = realOpen;
+    d.rename = realRename;
+  }
+});
