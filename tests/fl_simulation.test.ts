@@ -2,13 +2,16 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { tf } from "../lib/backend.ts";
 import {
+  clientPlan,
   defaultConfig,
   type FederatedConfig,
   type RoundRecord,
   runFederated,
   validateConfig,
 } from "../lib/fl/simulation.ts";
-import { momentumLayoutError } from "../lib/fl/checkpoint.ts";
+import { ledgerMismatch, momentumLayoutError } from "../lib/fl/checkpoint.ts";
+import { createMechanism } from "../lib/privacy/mechanism.ts";
+import { createLedger, restoreLedger } from "../lib/privacy/ledger.ts";
 import { readSafetensors, writeSafetensors } from "../lib/model/safetensors.ts";
 import { toySetup } from "./helpers/fl_fixture.ts";
 
@@ -182,6 +185,46 @@ async function copyTree(from: string, to: string): Promise<void> {
     }
   }
 }
+
+Deno.test("resume: a saved ledger must be what the run's mechanism writes (δ, accountant, each release)", async () => {
+  const cfg = config({
+    method: { method: "DEeR" },
+    rounds: 2,
+    dp: { calibration: "strict", clip: 0.5, epsilon: 3 },
+  });
+  const out = join(setup.dir, "ledger-check");
+  await runFederated(setup.backbone, setup.data, cfg, { outDir: out, stopAfterRounds: 1 });
+  const state = JSON.parse(await Deno.readTextFile(join(out, "state.json")));
+  const saved = restoreLedger(state.ledger, "state.json");
+  const { calibration } = clientPlan(setup.data, cfg);
+  const mechanism = createMechanism(calibration);
+  const expect = {
+    fresh: createLedger({
+      delta: calibration!.accountingDelta,
+      accountant: calibration!.accountant,
+      localSites: calibration!.localSites,
+    }),
+    planned: (round: number, phase: "A" | "B" | "AB") => mechanism.plannedRecord(round, phase),
+  };
+  assert.equal(saved.releases.length, 2, "DEeR: two releases in round 1");
+  assert.equal(ledgerMismatch(saved, expect), null);
+  // A release edited consistently (σ and its noise std doubled) would lower the reported ε.
+  const edited = structuredClone(saved);
+  edited.releases[1].noiseMultiplier *= 2;
+  edited.releases[1].noiseStd *= 2;
+  assert.match(
+    ledgerMismatch(edited, expect)!,
+    /^release 1 \(round 1, phase A\) records noiseMultiplier [\d.]+; the run's mechanism makes [\d.]+$/,
+  );
+  assert.match(
+    ledgerMismatch({ ...saved, delta: 0.01 }, expect)!,
+    /^accounts at δ 0\.01; the run's δ is 0\.00001$/,
+  );
+  assert.match(
+    ledgerMismatch({ ...saved, accountant: undefined }, expect)!,
+    /^uses the rdp accountant; the run's is pld$/,
+  );
+});
 
 Deno.test("momentumLayoutError: the buffers of A and/or B per adapter, then the logit scale", () => {
   const dims = { adapters: 2, rank: 2, dIn: 3, dOut: 5 };

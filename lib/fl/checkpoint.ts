@@ -35,7 +35,7 @@ import { join, relative, resolve } from "node:path";
 import { appendLineAtomic, writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 import type { Metrics } from "../metrics/classification.ts";
-import { type LedgerState, restoreLedger } from "../privacy/ledger.ts";
+import { type LedgerState, type Release, restoreLedger } from "../privacy/ledger.ts";
 import type { LoraDims, LoraFactors } from "./factors.ts";
 
 /** The JSON part of a seed's resumable state (`state.json`). */
@@ -64,6 +64,16 @@ export interface StateExpectations {
   dims: LoraDims;
   /** The run's clients; their carried state is restored into these objects. */
   clients: ClientCarry[];
+  /**
+   * What the run's privacy mechanism would write (with DP): an empty ledger of its accounting
+   * settings, and the record it makes of a release where that is fixed in advance (strict and
+   * local calibration; `null` under paper calibration). The saved ledger must agree with both, so
+   * an edited one cannot lower the ε a resumed run reports.
+   */
+  ledger?: {
+    fresh: LedgerState;
+    planned: (round: number, phase: Release["phase"]) => Release | null;
+  };
 }
 
 /** A validated saved state. */
@@ -199,6 +209,66 @@ export class DamagedStateError extends Error {
 
 const FIX = "the saved state is damaged or was edited: restore the file from a backup, or start " +
   "the run again without resume (this replaces the saved run)";
+
+/**
+ * How a saved ledger disagrees with what the run's mechanism would have written, or `null`: its
+ * δ, accountant, orders and sites must be the run's, and each release whose record is fixed in
+ * advance (strict, local) must be that record — noise multiplier, std, sensitivity, sampling rate,
+ * count and clip — with its sites (local) among the run's.
+ */
+export function ledgerMismatch(
+  saved: LedgerState,
+  expect: NonNullable<StateExpectations["ledger"]>,
+): string | null {
+  const { fresh, planned } = expect;
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  if (saved.delta !== fresh.delta) {
+    return `accounts at δ ${saved.delta}; the run's δ is ${fresh.delta}`;
+  }
+  if (saved.accountant !== fresh.accountant) {
+    return `uses the ${saved.accountant ?? "rdp"} accountant; the run's is ${
+      fresh.accountant ?? "rdp"
+    }`;
+  }
+  if (saved.localSites !== fresh.localSites) {
+    return `accounts ${saved.localSites ?? "no"} local sites; the run has ${
+      fresh.localSites ?? "none"
+    }`;
+  }
+  if (!same(saved.orders, fresh.orders)) return `holds other RDP orders than the run's`;
+  const fields = [
+    "noiseMultiplier",
+    "noiseStd",
+    "sensitivity",
+    "sampleRate",
+    "count",
+    "clip",
+  ] as const;
+  for (const [i, r] of saved.releases.entries()) {
+    const p = planned(r.round, r.phase);
+    if (p === null) continue;
+    const field = fields.find((f) => r[f] !== p[f]);
+    if (field) {
+      return `release ${i} (round ${r.round}, phase ${r.phase}) records ${field} ${
+        r[field]
+      }; the ` +
+        `run's mechanism makes ${p[field]}`;
+    }
+    if (r.calibration !== p.calibration) {
+      return `release ${i} (round ${r.round}, phase ${r.phase}) is of calibration ` +
+        `${r.calibration}; the run's is ${p.calibration}`;
+    }
+    const sites = p.sites ?? [];
+    if (
+      (r.sites ?? []).some((s) => !sites.includes(s)) ||
+      (r.sites === undefined) !== (p.sites === undefined)
+    ) {
+      return `release ${i} (round ${r.round}, phase ${r.phase}) lists sites ` +
+        `[${r.sites ?? ""}], not among the run's`;
+    }
+  }
+  return null;
+}
 
 /**
  * Why a client's saved momentum buffers cannot be the state of a local trainer on these dimensions,
@@ -345,6 +415,8 @@ export async function loadRunState<R extends { round: number; seed: number; meth
       bad(statePath, `"ledger" is invalid (${(err as Error).message})`);
     }
     const l = ledger!;
+    const wrong = expect.ledger ? ledgerMismatch(l, expect.ledger) : null;
+    if (wrong) bad(statePath, `"ledger" ${wrong}`);
     if (l.rounds.length !== n || l.rounds.some((r, i) => r.round !== i + 1)) {
       bad(
         statePath,

@@ -40,6 +40,7 @@ import {
   createLedger,
   type LedgerState,
   recordRelease,
+  type Release,
   spentEpsilon,
 } from "../privacy/ledger.ts";
 import { cosine } from "../privacy/audit.ts";
@@ -542,6 +543,15 @@ async function configure(
         methodLabel: method.label,
         dims,
         clients,
+        ...(run.ledger
+          ? {
+            ledger: {
+              fresh: run.ledger,
+              planned: (round: number, phase: Release["phase"]) =>
+                run.mechanism.plannedRecord(round, phase),
+            },
+          }
+          : {}),
       })
       : null;
     if (restored) {
