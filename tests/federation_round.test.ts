@@ -225,6 +225,20 @@ Deno.test("federation round: under local DP a site with a noise key draws noise 
     run: "r2",
   });
   assert.ok(other2.release.factors.B[0].some((v, i) => v !== first.release.factors.B[0][i]));
+  // Momentum carried between trainings would make a retry train to another update under the
+  // same noise: a keyed site refuses such a run before it trains.
+  const lora = {
+    ...cfg,
+    method: { ...cfg.method, method: "LoRA" },
+    momentum: "reference" as const,
+  };
+  const carried = siteRuntime(setup.data, lora, 2);
+  carried.noiseKey = key;
+  await assert.rejects(
+    siteRelease(setup.backbone, carried, { round: 0, phaseIndex: 0, global, run: "r3" }),
+    /LoRA with --momentum reference carries optimiser state between trainings, so a re-delivered task would train to another update under the same noise/,
+  );
+  assert.equal(carried.log?.refused.length, 1, "the refusal is logged");
   const strict = siteRuntime(setup.data, { ...cfg, dp: { ...cfg.dp!, calibration: "strict" } }, 2);
   const central = await siteRelease(setup.backbone, strict, { round: 0, phaseIndex: 0, global });
   assert.deepEqual(

@@ -251,6 +251,18 @@ async function keyedRelease(
     await site.onRefused?.(log, refusal);
     throw new Error(reason);
   };
+  // A re-delivered task is trained again and noised with the same secret stream, so the second
+  // release equals the first only if training is a function of the task alone. Momentum carried
+  // from the site's earlier trainings breaks that (the first attempt moved it): the difference of
+  // the two releases would be the difference of two clean updates, published without noise.
+  if (site.config.momentum === "reference" && site.method.referenceMomentum === "keep") {
+    await refuse(
+      `local DP with a noise key: ${site.method.label} with --momentum reference carries ` +
+        `optimiser state between trainings, so a re-delivered task would train to another update ` +
+        `under the same noise and the two releases would publish their difference without ` +
+        `noise; run with --momentum reset`,
+    );
+  }
   if (!(Number.isInteger(round) && round >= 1 && round <= site.config.rounds)) {
     await refuse(
       `local DP: a task for round ${round} of a run of ${site.config.rounds} rounds; the site's ` +
