@@ -204,6 +204,23 @@ Deno.test("images whose header declares more than 50 MP are refused before decod
   assert.ok(b.ms < 1000, `${b.ms} ms`);
   // 60000×60000 used to exhaust the machine's memory with no message.
   assert.throws(() => decodePng(pngDeclaring(60000, 60000), "huge.png"), /3600\.0 MP/);
+  // Under the pixel limit, a JPEG far smaller than its declared size (7000×7000 in ~600 bytes
+  // used to cost 1.5 GB and 2 s in the decoder) is refused before decoding.
+  const small = jpegDeclaring(7000, 7000);
+  const c = timedThrow(() => decodeImage(small, "tiny.jpg"));
+  assert.match(
+    c.error.message,
+    new RegExp(
+      `^tiny\\.jpg declares 7000×7000 pixels in ${small.length} bytes, fewer than any JPEG of ` +
+        `that size can hold \\(at least 47851 bytes: one bit per 8×8 block\\)`,
+    ),
+  );
+  assert.ok(c.ms < 1000, `${c.ms} ms`);
+  // A genuine, highly compressible JPEG (uniform grey, 1024×1024) passes the check.
+  const grey = new Uint8Array(1024 * 1024 * 4).fill(128);
+  const encoded = jpeg.encode({ data: grey, width: 1024, height: 1024 }, 1).data;
+  assert.ok(encoded.length >= 1024, `${encoded.length} bytes`);
+  assert.equal(decodeImage(encoded, "grey.jpg").width, 1024);
 });
 
 Deno.test("the pixel limit is settable by option and by DEER_MAX_IMAGE_PIXELS", () => {

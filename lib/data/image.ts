@@ -72,10 +72,35 @@ function checkPixels(name: string, width: number, height: number, options: Decod
 }
 
 /**
+ * Refuses a Huffman-coded JPEG (baseline, extended or progressive) far too small for the size it
+ * declares, before the decoder allocates its planes for that size (a 600-byte file declaring
+ * 7000 × 7000 pixels cost 1.5 GB and 2 s before it failed). Every 8 × 8 block of a full-resolution
+ * component needs at least one bit in the scans (a Huffman code is at least one bit long), so a
+ * genuine image holds at least pixels ÷ 512 bytes; the check asks for half of that.
+ */
+function checkJpegBytes(
+  name: string,
+  size: number,
+  frame: { width: number; height: number; marker: number },
+): void {
+  if (frame.marker !== 0xc0 && frame.marker !== 0xc1 && frame.marker !== 0xc2) return;
+  const least = Math.floor((frame.width * frame.height) / 1024);
+  if (size < least) {
+    throw new Error(
+      `${name} declares ${frame.width}×${frame.height} pixels in ${size} bytes, fewer than any ` +
+        `JPEG of that size can hold (at least ${least} bytes: one bit per 8×8 block); the file ` +
+        `is truncated, corrupt or hostile — replace or remove it`,
+    );
+  }
+}
+
+/**
  * The width and height a JPEG's frame header (SOF) declares, read without decoding;
  * `undefined` when there is no frame header before the scan data.
  */
-function jpegDeclaredSize(bytes: Uint8Array): { width: number; height: number } | undefined {
+function jpegDeclaredSize(
+  bytes: Uint8Array,
+): { width: number; height: number; marker: number } | undefined {
   let p = 2;
   while (p + 4 <= bytes.length) {
     if (bytes[p] !== 0xff) return undefined;
@@ -97,6 +122,7 @@ function jpegDeclaredSize(bytes: Uint8Array): { width: number; height: number } 
       return {
         height: (bytes[p + 5] << 8) | bytes[p + 6],
         width: (bytes[p + 7] << 8) | bytes[p + 8],
+        marker,
       };
     }
     p += 2 + length;
@@ -122,7 +148,10 @@ export function decodeJpeg(
   options: DecodeOptions = {},
 ): Image8 {
   const declared = jpegDeclaredSize(bytes);
-  if (declared !== undefined) checkPixels(name, declared.width, declared.height, options);
+  if (declared !== undefined) {
+    checkPixels(name, declared.width, declared.height, options);
+    checkJpegBytes(name, bytes.length, declared);
+  }
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
     decoded = jpeg.decode(bytes, {
