@@ -124,6 +124,30 @@ for (
   });
 }
 
+Deno.test("federation round: a coordinator with secret noise adds noise from its own key, accounted as the seeded run's", async () => {
+  const dp = { calibration: "strict" as const, clip: 0.5, epsilon: 6 };
+  const cfg = (noise: "seeded" | "secret") =>
+    config({ method: { ...defaultConfig().method, method: "DEeR" }, dp: { ...dp, noise } });
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-secret-" });
+  const seeded = await runFederated(setup.backbone, setup.data, cfg("seeded"), {
+    remote: sites(cfg("seeded"), () => false),
+    outDir: join(dir, "seeded"),
+  });
+  const secret = await runFederated(setup.backbone, setup.data, cfg("secret"), {
+    remote: sites(cfg("secret"), () => false),
+    outDir: join(dir, "secret"),
+  });
+  assert.match(await Deno.readTextFile(join(dir, "secret", "noise.key")), /^[0-9a-f]{64}\n$/);
+  // The same releases accounted (the noise's scale does not depend on its source) ...
+  assert.deepEqual(secret.ledger, seeded.ledger);
+  // ... but other noise: the phases' noise energies and the saved checkpoints differ.
+  const energies = (r: { records: RoundRecord[] }) =>
+    r.records.flatMap((x) => x.phases.map((p) => p.noiseEnergy));
+  assert.notDeepEqual(energies(secret), energies(seeded));
+  assert.notDeepEqual(compareRuns(join(dir, "seeded"), join(dir, "secret")), []);
+  await Deno.remove(dir, { recursive: true });
+});
+
 for (const calibration of ["strict", "local"] as const) {
   Deno.test(`federation round: a silent site is excluded as a crashed client; ledger exact (${calibration})`, async () => {
     const cfg = config({
