@@ -51,7 +51,12 @@ import { meanStd, type Metrics } from "./metrics/classification.ts";
 import { writeFileAtomic, writeJsonAtomic } from "./io/atomic.ts";
 import { ledgerToJson } from "./privacy/ledger.ts";
 import { acquireRunLock, describeHolder, LOCK_FILE, type RunLock } from "./io/lock.ts";
-import { type Fingerprint, fingerprint, fingerprintChanges } from "./io/fingerprint.ts";
+import {
+  type Fingerprint,
+  fingerprint,
+  fingerprintChanges,
+  inputIdentity,
+} from "./io/fingerprint.ts";
 import { hasContent, moveAside, removeAside } from "./io/run_folder.ts";
 import { DamagedStateError } from "./fl/checkpoint.ts";
 import { findNonFinite } from "./model/safetensors.ts";
@@ -94,6 +99,11 @@ export interface Inputs {
   backbone: SharedBackbone;
   /** Human-readable provenance of data, model and prototypes. */
   provenance: { data: string; model: string; prototypes: string };
+  /**
+   * Each input file's identity ({@link inputIdentity}) taken before it was read: the run's
+   * fingerprints must be of those same files, unchanged since.
+   */
+  readAs?: Partial<Record<keyof Inputs["provenance"], string>>;
   dispose(): void;
 }
 
@@ -129,6 +139,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
         `--prototypes orthonormal for fixed orthonormal prototypes)`,
     );
   }
+  const readAs: NonNullable<Inputs["readAs"]> = { model: await inputIdentity(modelPath) };
   const encoder: VitEncoder = await loadVisionEncoder(modelPath, { act: spec.modelAct });
   try {
     // What needs only the model is checked before the data, which may take minutes to load.
@@ -147,7 +158,9 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
           `use 1 ≤ r < ${width}`,
       );
     }
-    const data = await loadData(spec, encoder.config.imageSize);
+    const data = await loadData(spec, encoder.config.imageSize, async (path) => {
+      readAs.data = await inputIdentity(path);
+    });
     if (spec.numClasses !== undefined && spec.numClasses !== data.classNames.length) {
       throw new UsageError(
         `--num_classes ${spec.numClasses} but ${data.source} has ${data.classNames.length} classes ` +
@@ -177,6 +190,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
           `with the model's text tower), or --prototypes orthonormal for fixed orthonormal ones`,
       );
     }
+    if (protoPath !== "orthonormal") readAs.prototypes = await inputIdentity(protoPath);
     const prototypes = protoPath === "orthonormal"
       ? orthonormalPrototypes(C, encoder.config.embedDim, 0)
       : (await loadPrototypes(protoPath, { numClasses: C, embedDim: encoder.config.embedDim }))
@@ -187,6 +201,7 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
       data,
       backbone,
       provenance: { data: data.source, model: modelPath, prototypes: protoPath },
+      readAs,
       dispose() {
         backbone.prototypes.dispose();
         volumeEncoder?.dispose();
@@ -199,13 +214,18 @@ export async function loadInputs(spec: InputSpec): Promise<Inputs> {
   }
 }
 
-async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDataset> {
+async function loadData(
+  spec: InputSpec,
+  imageSize: number,
+  reading: (path: string) => Promise<void>,
+): Promise<ImageDataset> {
   const name = spec.dataset;
   const key = name.toLowerCase();
   if (key === "default") {
     const manifest = JSON.parse(await Deno.readTextFile(DEFAULTS.manifest)) as {
       class_names: string[];
     };
+    await reading(spec.dataDir ?? DEFAULTS.data);
     return await loadMedMnist(spec.dataDir ?? DEFAULTS.data, {
       name: "fashion6",
       classNames: manifest.class_names,
@@ -218,6 +238,7 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
           `(train_images, train_labels, val_images, val_labels, test_images, test_labels)`,
       );
     }
+    await reading(name);
     return await loadMedMnist(name, { imageSize, volumesAsStored: true });
   }
   const folder = IMAGE_FOLDERS[key];
@@ -226,6 +247,7 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
     if (!dir) {
       throw new Error(`--dataset ${name} needs --data_dir, the folder with train/ val/ test/`);
     }
+    await reading(dir);
     return await loadImageFolder(dir, {
       name: folder,
       classNames: KNOWN_DATASETS.imageFolders[folder].classNames,
@@ -245,6 +267,7 @@ async function loadData(spec: InputSpec, imageSize: number): Promise<ImageDatase
           `the file there by hand (--data_dir names the folder)`,
       );
     }
+    await reading(path);
     return await loadMedMnist(path, {
       name: key,
       imageSize,
@@ -317,7 +340,10 @@ export class SavedRunError extends Error {
   }
 }
 
-/** Thrown when a resume finds that the data, model or prototypes changed since the saved run. */
+/**
+ * Thrown when the data, model or prototypes changed: since the saved run (a resume), or while this
+ * run was reading them.
+ */
 export class ChangedInputsError extends Error {
   override name = "ChangedInputsError";
 }
@@ -346,6 +372,7 @@ export async function runExperiment(
   let lock: RunLock | undefined;
   if (out) {
     const fingerprints = await fingerprintInputs(inputs.provenance);
+    await checkReadAs(inputs);
     created = firstMissingFolder(out);
     // Held for the whole run: no second run (or resume) writes into this folder meanwhile.
     lock = await acquireRunLock(out);
@@ -442,6 +469,25 @@ export async function fingerprintInputs(
     out[role] = path && path !== "orthonormal" && existsSync(path) ? await fingerprint(path) : null;
   }
   return out;
+}
+
+/**
+ * Throws, naming the input, when a file was replaced or edited between the time the run read it
+ * and its fingerprint ({@link Inputs.readAs}): the fingerprint saved would not be of what the run
+ * trains on.
+ */
+async function checkReadAs(inputs: Inputs): Promise<void> {
+  for (const [role, before] of Object.entries(inputs.readAs ?? {})) {
+    const path = inputs.provenance[role as keyof Inputs["provenance"]];
+    const now = await inputIdentity(path).catch(() => "gone");
+    if (now !== before) {
+      throw new ChangedInputsError(
+        `the ${role} ${path} changed while the run was reading it (a file replaced, edited, added ` +
+          `or removed since it was loaded), so its fingerprint would not be of what the run ` +
+          `trains on; make sure nothing writes the inputs while a run starts, and start it again`,
+      );
+    }
+  }
 }
 
 /** Refuses a resume whose inputs' fingerprints differ from those saved in `configPath`. */

@@ -247,3 +247,34 @@ Deno.test("atomic: the folder is flushed after the rename; a folder that cannot 
     d.rename = realRename;
   }
 });
+
+Deno.test("fingerprint: an input edited between its loading and its fingerprint stops the run", async () => {
+  const { loadInputs, runExperiment } = await import("../lib/experiment.ts");
+  const { defaultConfig } = await import("../lib/fl/simulation.ts");
+  const { TINY_MODEL, writeToyNpz } = await import("./helpers/reliability_inputs.ts");
+  const { root } = layout();
+  const npz = await writeToyNpz(join(root, "toy.npz"));
+  const inputs = await loadInputs({
+    dataset: npz,
+    modelPath: TINY_MODEL,
+    prototypes: "orthonormal",
+    rank: 2,
+    alpha: 2,
+  });
+  try {
+    const config = { ...defaultConfig(), numClients: 2, rounds: 1, batchSize: 8 };
+    // Rewritten in place after it was read (the same bytes, a new modification time): the run
+    // cannot tell whether what it read is what it would fingerprint, and refuses to start.
+    const bytes = await Deno.readFile(npz);
+    await new Promise((r) => setTimeout(r, 20));
+    await Deno.writeFile(npz, bytes);
+    const out = join(root, "run");
+    await assert.rejects(
+      runExperiment(inputs, config, [10], { outDir: out }),
+      /the data .*toy\.npz changed while the run was reading it/,
+    );
+    assert.ok(!existsSync(join(out, "config.json")), "nothing saved");
+  } finally {
+    inputs.dispose();
+  }
+});

@@ -46,13 +46,55 @@ export interface Fingerprint {
  * regular file into something else while it is read.
  */
 export async function fingerprint(path: string): Promise<Fingerprint> {
+  const listed = await listInput(path);
+  if (listed === null) {
+    const { sha256, bytes } = await hashFile(path);
+    return { path, sha256, bytes };
+  }
+  const files = listed;
+  const listing = createHash("sha256");
+  let bytes = 0;
+  for (const { rel, info } of files) {
+    const h = await hashFile(join(path, rel), info);
+    bytes += h.bytes;
+    listing.update(`${h.sha256}  ${rel}\n`);
+  }
+  return { path, sha256: listing.digest("hex"), bytes, files: files.length };
+}
+
+/**
+ * The identity of an input's files without reading them: for each file {@link fingerprint} would
+ * hash, its relative path, device, inode, size and modification time, as one string. Taken
+ * before a loader reads an input and again after its fingerprint, it shows whether the input was
+ * replaced or edited in between (so the fingerprint saved would not be of what was read).
+ *
+ * @example
+ * ```ts
+ * const before = await inputIdentity("deno.json");
+ * before === await inputIdentity("deno.json"); // true while nobody edits it
+ * ```
+ */
+export async function inputIdentity(path: string): Promise<string> {
+  const listed = await listInput(path);
+  const files = listed ?? [{ rel: "", info: await Deno.stat(path) }];
+  return JSON.stringify(
+    files.map(({ rel, info }) => [rel, info.dev, info.ino, info.size, info.mtime?.getTime()]),
+  );
+}
+
+/**
+ * The regular files below folder `path` in path order, walked as {@link fingerprint} says; `null`
+ * when `path` is a regular file. Throws when it is neither.
+ */
+async function listInput(
+  path: string,
+): Promise<{ rel: string; info: Deno.FileInfo }[] | null> {
   const info = await Deno.stat(path);
   if (!info.isDirectory) {
     if (!info.isFile) {
       throw new Error(`${path} is neither a regular file nor a folder; give the input's file`);
     }
-    const { sha256, bytes } = await hashFile(path);
-    return { path, sha256, bytes };
+    return null;
   }
   const files: { rel: string; info: Deno.FileInfo }[] = [];
   const seen = new Set<string>();
@@ -73,15 +115,7 @@ export async function fingerprint(path: string): Promise<Fingerprint> {
     }
   };
   await walk("", info);
-  files.sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0));
-  const listing = createHash("sha256");
-  let bytes = 0;
-  for (const { rel, info } of files) {
-    const h = await hashFile(join(path, rel), info);
-    bytes += h.bytes;
-    listing.update(`${h.sha256}  ${rel}\n`);
-  }
-  return { path, sha256: listing.digest("hex"), bytes, files: files.length };
+  return files.sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0));
 }
 
 /**
