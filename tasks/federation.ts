@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { join as joinPath, resolve } from "node:path";
+import { isAbsolute, join as joinPath, resolve } from "node:path";
 import { parseArgs, UsageError } from "../lib/cli.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import {
@@ -341,6 +341,42 @@ export async function readServeConfig(path: string): Promise<ServeConfig> {
   return { sites, trainArgs };
 }
 
+/**
+ * Refuses a task whose train flags could make the site read files the coordinator chose: every
+ * flag must be one `--name=value` token (the form `serve` sends), so that the site's own `--data`
+ * (and `--model`) replace the run's data and model flags whatever their spelling; and a run on
+ * another model than the default needs the site's own copy (`--model`), never a path the
+ * coordinator names; prototypes may be named only inside the site's toolkit folder (a relative
+ * path without `..`), or be `orthonormal`.
+ */
+export function checkTaskFlags(train: string[], siteModel: boolean): void {
+  const odd = train.find((f) => !/^--[A-Za-z][A-Za-z0-9_]*=/.test(f));
+  if (odd !== undefined) {
+    throw new Error(
+      `refusing a task whose train flags are not all --name=value (${JSON.stringify(odd)}): ` +
+        `its data, model or other paths could name files of this site's choosing`,
+    );
+  }
+  const proto = train.find((f) => /^--prototypes=/.test(f))?.slice("--prototypes=".length);
+  if (
+    proto !== undefined && proto !== "orthonormal" &&
+    (isAbsolute(proto) || proto.split(/[\\/]/).includes(".."))
+  ) {
+    throw new Error(
+      `refusing a task that names prototypes outside this site's toolkit folder (${proto}): a ` +
+        `site reads only files of its own choosing; give the run prototypes inside the ` +
+        `repository (a relative path), or --prototypes orthonormal`,
+    );
+  }
+  const model = train.find((f) => /^--model=/.test(f));
+  if (model !== undefined && !siteModel) {
+    throw new Error(
+      `the run's tasks name a model (${model}); a site loads only a model it was given: start ` +
+        `join with --model PATH to this site's copy of the same weights`,
+    );
+  }
+}
+
 /** Runs `server` until SIGINT/SIGTERM. */
 async function runServer(a: Extract<FederationArgs, { command: "server" }>): Promise<number> {
   const server = await startNatsServer({
@@ -623,8 +659,9 @@ async function join(a: Extract<FederationArgs, { command: "join" }>): Promise<nu
       const train = lease.task.settings.train as string[];
       const seed = Number(lease.task.settings.seed);
       const client = Number(lease.task.settings.client);
+      checkTaskFlags(train, a.model !== undefined);
       const targs = parseTrainArgs([
-        ...train.filter((f) => !/^--(data_dir|dataset|model)=/.test(f) || !a.data),
+        ...train.filter((f) => !/^--(data_dir|dataset|model)=/.test(f)),
         ...(a.data === "default"
           ? ["--dataset=default"]
           : a.data.endsWith(".npz")

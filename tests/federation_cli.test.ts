@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UsageError } from "../lib/cli.ts";
 import {
+  checkTaskFlags,
   parseFederationArgs,
   readNoiseKey,
   readServeConfig,
@@ -141,6 +142,32 @@ Deno.test("federation cli: --trust local runs the local calibration; what it can
     trainArgsForTrust([...base, "--calibration=strict"], "strict", "central", "f.json"),
     [...base, "--calibration=strict"],
   );
+});
+
+Deno.test("federation cli: a site refuses task flags that could name its files", () => {
+  const flags = ["--method=DEeR", "--T=2", "--dataset=/coordinator/val.npz", "--is_DP=1"];
+  checkTaskFlags(flags, false); // the site's own --data replaces the dataset
+  // A two-token flag would slip past the replacement of --dataset=…: refused.
+  assert.throws(
+    () => checkTaskFlags([...flags, "--dataset", "/srv/other-project/secret.npz"], false),
+    /refusing a task whose train flags are not all --name=value \("--dataset"\)/,
+  );
+  assert.throws(
+    () => checkTaskFlags([...flags, "--prototypes=/srv/secret.safetensors"], false),
+    /names prototypes outside this site's toolkit folder \(\/srv\/secret\.safetensors\)/,
+  );
+  assert.throws(
+    () => checkTaskFlags([...flags, "--prototypes=../../secret.npz"], true),
+    /outside this site's toolkit folder/,
+  );
+  checkTaskFlags([...flags, "--prototypes=orthonormal"], false);
+  checkTaskFlags([...flags, "--prototypes=models/default/prototypes.safetensors"], false);
+  // Another model needs the site's own copy.
+  assert.throws(
+    () => checkTaskFlags([...flags, "--model=/coordinator/vit.safetensors"], false),
+    /the run's tasks name a model .*start join with --model PATH/,
+  );
+  checkTaskFlags([...flags, "--model=/coordinator/vit.safetensors"], true);
 });
 
 Deno.test("federation cli: a site's noise key is made once (mode 600) and read back; a bad one is refused", async () => {

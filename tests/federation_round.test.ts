@@ -249,6 +249,23 @@ Deno.test("federation round: under local DP a site with a noise key draws noise 
     run: "r2",
   });
   assert.ok(other2.release.factors.B[0].some((v, i) => v !== first.release.factors.B[0][i]));
+  // The same inputs under other settings (a coordinator changing the learning rate) or as another
+  // client would train to another update: refused, since the same noise (or a fresh, unaccounted
+  // one) would publish the difference.
+  const fasterLr = siteRuntime(setup.data, { ...cfg, sgd: { ...cfg.sgd, lr: 0.5 } }, 2);
+  fasterLr.noiseKey = key;
+  fasterLr.log = rt.log;
+  await assert.rejects(
+    siteRelease(setup.backbone, fasterLr, { round: 0, phaseIndex: 0, global, run: "r1" }),
+    /refusing a second release for round 1 phase 0 of r1 with the same global factors but other settings or another client/,
+  );
+  const otherClient = siteRuntime(setup.data, cfg, 3);
+  otherClient.noiseKey = key;
+  otherClient.log = rt.log;
+  await assert.rejects(
+    siteRelease(setup.backbone, otherClient, { round: 0, phaseIndex: 0, global, run: "r1" }),
+    /with the same global factors but other settings or another client/,
+  );
   // Momentum carried between trainings would make a retry train to another update under the
   // same noise: a keyed site refuses such a run before it trains.
   const lora = {

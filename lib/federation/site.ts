@@ -81,19 +81,33 @@ export async function importNoiseKey(secret: Uint8Array): Promise<CryptoKey> {
 
 /**
  * The site's secret noise stream for one task: AES-256-CTR ({@link secureRng}, a
- * cryptographically secure stream) keyed by HMAC-SHA256(key, "noise/<release>/<client>/<inputs>"),
- * with `release` naming the run, round and phase and `inputs` the SHA-256 of the task's global
- * factors — the same numbers for every attempt of the same task (a re-delivered task releases
- * what the first attempt did), other numbers for other inputs, unpredictable without the key.
+ * cryptographically secure stream) keyed by HMAC-SHA256(key, "noise/<release>/<client>/<task>"),
+ * with `release` naming the run, round and phase and `task` the SHA-256 of the whole task (its
+ * global factors and merges, the run's settings and the client index) — the same numbers for
+ * every attempt of the same task (a re-delivered task releases what the first attempt did), other
+ * numbers for any other task, unpredictable without the key.
  */
 export async function secretNoise(
   key: CryptoKey,
   release: string,
   client: number,
-  inputs: string,
+  task: string,
 ): Promise<Rng> {
-  const label = new TextEncoder().encode(`noise/${release}/${client}/${inputs}`);
+  const label = new TextEncoder().encode(`noise/${release}/${client}/${task}`);
   return secureRng(new Uint8Array(await crypto.subtle.sign("HMAC", key, label)));
+}
+
+/**
+ * SHA-256 (hex) of a whole task at a site: the inputs' digest, the run's settings the site trains
+ * under, and its client index. The site's noise for a release is keyed by it, and its log refuses
+ * a second release of one (round, phase) for another.
+ */
+async function taskDigest(site: SiteRuntime, inputs: string): Promise<string> {
+  const text = JSON.stringify({ inputs, client: site.client, config: site.config });
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)),
+  );
+  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** SHA-256 (hex) of a task's inputs: the global factors, then the dense merges. */
@@ -201,7 +215,7 @@ export async function siteRelease(
     ...clientSettings(config, method, client, backbone.rank),
   });
   // Local DP with a key: the noise comes from the site's secret stream, not the run's.
-  const secret = keyed ? await secretNoise(site.noiseKey!, keyed.id, client, keyed.inputs) : null;
+  const secret = keyed ? await secretNoise(site.noiseKey!, keyed.id, client, keyed.task) : null;
   const release = releaseClient({
     ...(secret ? { noiseRng: () => secret } : {}),
     mechanism: site.mechanism,
@@ -228,13 +242,14 @@ export async function siteRelease(
  * A keyed local-DP site's checks before a release (see {@link SiteRuntime.log}): the round is one
  * of the run's, the (run, round, phase) was not released with other inputs, and the release keeps
  * the site within its budget. A refusal is logged, then thrown. `entry` is the log's record of
- * the new release (null when the task is one already released with the same inputs).
+ * the new release (null when the same task was already released), `task` the whole task's digest
+ * its noise is keyed by.
  */
 async function keyedRelease(
   site: SiteRuntime,
   task: SiteTask,
   phase: ReleasePhase,
-): Promise<{ id: string; inputs: string; entry: Omit<LoggedRelease, "at"> | null }> {
+): Promise<{ id: string; task: string; entry: Omit<LoggedRelease, "at"> | null }> {
   const log = site.log ??= emptySiteLog(site.budget?.delta ?? 1e-5);
   if (site.budget && site.budget.delta !== log.delta) {
     throw new Error(
@@ -270,7 +285,20 @@ async function keyedRelease(
     );
   }
   const inputs = await inputDigest(task.global, task.merged);
+  const whole = await taskDigest(site, inputs);
   const before = log.releases[id];
+  // The same inputs under other settings (another learning rate, seed or client index) would
+  // train to another update: noised with the same stream, the two releases' difference is the
+  // clean update; with a fresh stream, a second release nobody accounted.
+  if (before !== undefined && before.inputs === inputs && (before.task ?? whole) !== whole) {
+    await refuse(
+      `local DP: refusing a second release for round ${round} phase ${task.phaseIndex} of ` +
+        `${task.run ?? "this run"} with the same global factors but other settings or another ` +
+        `client than the first (task ${whole.slice(0, 12)}…, released for ${
+          before.task!.slice(0, 12)
+        }…): it would spend the release's budget twice`,
+    );
+  }
   if (before !== undefined && before.inputs !== inputs) {
     await refuse(
       `local DP: refusing a second release for round ${round} phase ${task.phaseIndex} of ` +
@@ -280,7 +308,7 @@ async function keyedRelease(
         `twice`,
     );
   }
-  if (before !== undefined) return { id, inputs, entry: null };
+  if (before !== undefined) return { id, task: whole, entry: null };
   const cal = site.mechanism.calibration!;
   const checked = checkSiteBudget(log, site.budget ?? { maxEpsilon: null, delta: log.delta }, {
     id,
@@ -294,9 +322,10 @@ async function keyedRelease(
   if (checked.refusal !== null) await refuse(checked.refusal);
   return {
     id,
-    inputs,
+    task: whole,
     entry: {
       inputs,
+      task: whole,
       phase,
       noiseMultiplier: cal.noiseMultiplier,
       clip: cal.clip,

@@ -41,6 +41,13 @@ export interface SiteBudget {
 export interface LoggedRelease {
   /** SHA-256 (hex) of the task's inputs (global factors and merges). */
   inputs: string;
+  /**
+   * SHA-256 (hex) of the whole task: its inputs, the run's settings the site trains under (seed,
+   * optimiser, calibration, …) and the site's client index. A second release for the same id is
+   * made only for the same task (absent in logs written before it was recorded: then the inputs
+   * alone are compared).
+   */
+  task?: string;
   phase: ReleasePhase;
   /** σ_loc of the release: its noise std over its clip bound (per-site sensitivity C). */
   noiseMultiplier: number;
@@ -189,6 +196,7 @@ export function parseSiteLog(text: string, source: string): SiteLog {
     const e = r as Partial<LoggedRelease> | null;
     if (
       e === null || typeof e !== "object" || typeof e.inputs !== "string" ||
+      (e.task !== undefined && typeof e.task !== "string") ||
       !["A", "B", "AB"].includes(e.phase as string) ||
       !(typeof e.noiseMultiplier === "number" && e.noiseMultiplier >= 0) ||
       !(typeof e.clip === "number" && e.clip > 0) || typeof e.epsilon !== "number"
