@@ -29,6 +29,11 @@ Deno.test("binary AUC counts ties one half (Mann–Whitney)", () => {
   assert.equal(binaryRocAuc([true, false, true, false], [0.5, 0.5, 0.5, 0.5]), 0.5);
   assert.equal(binaryRocAuc([false, false, true], [0.3, 0.2, 0.1]), 0);
   assert.ok(Number.isNaN(binaryRocAuc([true, true], [0.3, 0.2])));
+  // A NaN score has no rank: refused (it used to loop forever).
+  assert.throws(
+    () => binaryRocAuc([true, false, true, false], [NaN, 1, 2, 0]),
+    /binaryRocAuc: scores\[0\] is NaN/,
+  );
 });
 
 Deno.test("macro averages use the classes present in labels or predictions (sklearn)", () => {

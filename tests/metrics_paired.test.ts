@@ -128,7 +128,8 @@ Deno.test("paired comparison: mean difference, t interval, t-test and sign-flip 
     close(c.high, r.high, 1e-8, `${name} high`);
     assert.equal(c.signFlipP, r.signFlip, `${name} sign-flip p`);
     assert.equal(c.signFlipExact, true);
-    assert.equal(c.smallestSignFlipP, 2 / 2 ** r.x.length);
+    // Only the non-zero differences can flip sign ("aTie" has one zero).
+    assert.equal(c.smallestSignFlipP, 2 / 2 ** c.differences.filter((d) => d !== 0).length);
     // The interval excludes 0 exactly when the t-test rejects at 5 %.
     assert.equal(c.low > 0 || c.high < 0, c.tTestP < 0.05, name);
   }
@@ -147,6 +148,14 @@ Deno.test("sign-flip: with 3 seeds the p-value is never below 0.25, whatever the
   assert.equal(sampled, signFlipPValue(many));
   assert.ok(sampled > 0.005 && sampled < 0.03, `sampled p ${sampled}`);
   assert.equal(pairedComparison(many, many.map(() => 0)).signFlipExact, false);
+  // Zero differences cannot flip: with [0, 2, 0] the smallest possible p is 1, not 0.25.
+  const zeros = pairedComparison([1, 5, 3], [1, 3, 3]);
+  assert.equal(zeros.signFlipP, 1);
+  assert.equal(zeros.smallestSignFlipP, 1);
+  assert.match(
+    describeComparison(zeros, "A", "B"),
+    /exact sign-flip p = 1, the smallest possible with 3 seeds \(2 of them with no difference\)\)/,
+  );
 });
 
 Deno.test("paired t-test edge cases: one pair, all zero, a constant non-zero difference", () => {
@@ -179,7 +188,10 @@ Deno.test("the sentence says what the numbers support, and no more", () => {
     "DEeR − LoRA = +2.6 points [1.9, 3.3] over 6 paired seeds (paired t-test p < 0.001; exact " +
       "sign-flip p = 0.031): significant at 5 % (DEeR higher).",
   );
-  assert.match(say("aTie"), /p = 0\.75, never below 0\.125 with 4 seeds\): not significant/);
+  assert.match(
+    say("aTie"),
+    /p = 0\.75, never below 0\.25 with 4 seeds \(1 of them with no difference\)\): not significant/,
+  );
   assert.equal(
     describeComparison(pairedComparison([58], [55]), "DEeR", "LoRA"),
     "DEeR − LoRA = +3.0 points on 1 seed: one seed gives no interval and no test, so this " +

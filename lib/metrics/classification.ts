@@ -134,6 +134,11 @@ export function binaryRocAuc(isPositive: readonly boolean[], scores: readonly nu
       `binaryRocAuc: isPositive has ${isPositive.length} entries but scores has ${n}`,
     );
   }
+  const bad = scores.findIndex((s) => Number.isNaN(s));
+  if (bad >= 0) {
+    // NaN has no rank (and NaN === NaN is false: the tie grouping below would never advance).
+    throw new Error(`binaryRocAuc: scores[${bad}] is NaN; the AUC ranks finite or infinite scores`);
+  }
   let nPos = 0;
   for (const p of isPositive) if (p) nPos++;
   const nNeg = n - nPos;

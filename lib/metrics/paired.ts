@@ -45,7 +45,7 @@ export interface PairedComparison {
   signFlipP: number;
   /** Whether {@link signFlipP} enumerated every sign pattern (n ≤ 24) or sampled 2¹⁷ of them. */
   signFlipExact: boolean;
-  /** The smallest p-value the sign-flip test can give with n pairs: 2 / 2ⁿ. */
+  /** The smallest p-value the sign-flip test can give here: 2 / 2ᵐ for the m non-zero differences. */
   smallestSignFlipP: number;
 }
 
@@ -92,7 +92,8 @@ export function pairedComparison(
     tTestP: p,
     signFlipP: signFlipPValue(differences),
     signFlipExact: exact,
-    smallestSignFlipP: Math.min(1, 2 / 2 ** n),
+    // A zero difference is the same under either sign: only the non-zero ones can flip.
+    smallestSignFlipP: Math.min(1, 2 / 2 ** differences.filter((d) => d !== 0).length),
   };
 }
 
@@ -204,11 +205,13 @@ export function describeComparison(
   if (c.differences.every((d) => d === 0)) {
     return `${x} and ${y} scored the same on each of the ${c.n} seeds (difference 0 ${unit}).`;
   }
+  const zeros = c.differences.filter((d) => d === 0).length;
+  const seeds = `${c.n} seeds${zeros > 0 ? ` (${zeros} of them with no difference)` : ""}`;
   const floor = c.smallestSignFlipP <= alpha
     ? ""
     : c.signFlipP <= c.smallestSignFlipP
-    ? `, the smallest possible with ${c.n} seeds`
-    : `, never below ${c.smallestSignFlipP} with ${c.n} seeds`;
+    ? `, the smallest possible with ${seeds}`
+    : `, never below ${c.smallestSignFlipP} with ${seeds}`;
   const signFlip = `exact sign-flip ${pEquals(c.signFlipP)}` +
     (c.signFlipExact ? "" : " (sampled)") + floor;
   const body = `${head} [${plain(c.low, digits)}, ${plain(c.high, digits)}] over ${c.n} ` +
