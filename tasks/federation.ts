@@ -515,6 +515,8 @@ async function serve(
           sites: config.sites,
           prefix: a.prefix,
           leaseMs: a.leaseMs,
+          // A fresh start reuses nothing the run's id left in the store; a resume keeps it.
+          resume: a.resume,
         }),
       );
     }
@@ -537,6 +539,7 @@ async function serve(
           deadlineMs: a.deadlineMs,
           phases: method.phases,
           clip: dp?.calibration === "strict" ? dp.clip : null,
+          calibration: dp?.calibration ?? null,
           settings: { train: config.trainArgs, seed },
           onRefusal: (r) => {
             refusals.push(r);

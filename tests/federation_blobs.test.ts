@@ -168,6 +168,7 @@ natsTest(
           deadline: new Date(Date.now() + 60_000),
           global: arrays.slice(0, 2),
           tasks: [{ site: "site-a", settings: {} }],
+          release: specOf(arrays), // the release is larger than the global: room for it
         });
         await withConnection(server, "site-a", async (ns) => {
           const lease = (await (await openSite(ns, "site-a")).nextTask(5000))!;

@@ -242,7 +242,7 @@ natsTest(
         assert.equal(unacked?.subject, "deer.result.site-b");
       });
       // Coordinator 2 (same run) resumes: reads the round state, ends the phase.
-      await withCoordinator(server, settings, async (coordinator) => {
+      await withCoordinator(server, { ...settings, resume: true }, async (coordinator) => {
         assert.deepEqual(await coordinator.loadState("round"), { round: 1, phase: 0 });
         // Publishing the same tasks again (a resumed coordinator does not know how far the first
         // got) is dropped by JetStream's duplicate window: site-c still has exactly one task.

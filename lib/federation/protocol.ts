@@ -9,19 +9,24 @@
  *
  * One round phase, as the coordinator runs it:
  *
- * 1. the coordinator saves the phase's state in the KV bucket, writes the global factors to the
- *    `global` object bucket once, and publishes one {@link TaskEnvelope} per participating site
- *    on that site's work queue (`Nats-Msg-Id` = {@link taskMessageId}: a resumed coordinator
- *    republishing the same task inside the duplicate window is dropped by JetStream);
+ * 1. the coordinator saves the phase's state in the KV bucket, writes the global factors (when
+ *    they do not fit in a message) to the `global` object bucket once, as a blob holding only
+ *    what every site's task shares ({@link GlobalBlobMeta} and the arrays), and publishes one
+ *    {@link TaskEnvelope} per participating site on that site's work queue (`Nats-Msg-Id` =
+ *    {@link taskMessageId}, which names the coordinator's start, its `epoch`: a resumed
+ *    coordinator republishing the same task inside the duplicate window is dropped by JetStream,
+ *    a fresh start of the same run is not);
  * 2. a site pulls its task (a lease of `leaseMs`, extended by in-progress heartbeats while it
  *    trains), fetches the global factors, trains, and publishes a {@link ResultEnvelope} with its
- *    release on its own results subject, then acks the task. A site that dies without acking gets
+ *    release on its own results subject (`Nats-Msg-Id` = {@link resultMessageId}, with a random
+ *    nonce no other site can guess), then acks the task. A site that dies without acking gets
  *    the task back after the lease, with `attempt` one higher;
  * 3. the coordinator accepts the first valid result per (run, round, phase, site) — an atomic
  *    create of {@link acceptedKey} in the KV bucket — and refuses, with a recorded reason, any
- *    other: a second attempt, a late or stale one, an unknown site, a site claiming another's
- *    name, a wrong shape, a non-finite value, a bad digest. Sites that have no accepted result by
- *    the deadline are excluded from the phase.
+ *    other: a second attempt, a late or stale one (of another round or phase, or of a task of an
+ *    earlier start of the run), an unknown site or one not asked in this phase, a site claiming
+ *    another's name, a wrong shape, a non-finite value, a bad digest. Sites that have no accepted
+ *    result by the deadline are excluded from the phase.
  *
  * Releases are drawn from named random streams (seed, round, phase, site), so two attempts of one
  * task release the same numbers: a duplicate tells nothing new, and a resumed run is identical.
@@ -66,6 +71,26 @@ export interface TaskEnvelope {
   global: BlobRef | null;
   /** What the engine needs to train this phase (opaque here: the engine's own record). */
   settings: Record<string, unknown>;
+  /**
+   * The coordinator's start of this run (random, made on every fresh start and kept across a
+   * resume); the site echoes it in its result, so a result for a task of an earlier start of the
+   * same run is refused as stale. Null in a task that does not carry one.
+   */
+  epoch: string | null;
+}
+
+/**
+ * The `meta` of a global-factors blob: only what is the same for every site of one (run, round,
+ * phase), so one blob serves every task of the phase (each task's envelope travels in its own
+ * message).
+ */
+export interface GlobalBlobMeta {
+  kind: "global";
+  v: 1;
+  run: string;
+  epoch: string | null;
+  round: number;
+  phase: number;
 }
 
 /** A site's result for one task. */
@@ -82,16 +107,35 @@ export interface ResultEnvelope {
   release: BlobRef | null;
   /** What the engine reports with the release (sample count, clipping, timings, …). */
   report: Record<string, unknown>;
+  /** The task's {@link TaskEnvelope.epoch}, echoed (null when the task carried none). */
+  epoch: string | null;
 }
 
-/** The `Nats-Msg-Id` of a task (JetStream drops a republished one inside its window). */
-export const taskMessageId = (t: Pick<TaskEnvelope, "run" | "round" | "phase" | "site">) =>
-  `task:${t.run}:${t.round}:${t.phase}:${t.site}`;
+/**
+ * The `Nats-Msg-Id` of a task (JetStream drops a republished one inside its window). It names the
+ * coordinator's start (`epoch`): a resumed coordinator republishing a task is dropped, a fresh
+ * start of the same run is not.
+ */
+export const taskMessageId = (
+  t: Pick<TaskEnvelope, "run" | "round" | "phase" | "site"> & { epoch?: string | null },
+) => `task:${t.run}:${t.epoch ?? "-"}:${t.round}:${t.phase}:${t.site}`;
 
-/** The `Nats-Msg-Id` of a result: one per attempt, so a retried publish is not stored twice. */
+/**
+ * The `Nats-Msg-Id` of a result: JetStream deduplicates message ids across the whole results
+ * stream, so an id another site could guess would let it suppress this result by publishing
+ * junk under it first. `nonce` is random, drawn once per result and reused on that result's
+ * publish retries (so a retried publish is still stored once).
+ */
 export const resultMessageId = (
   r: Pick<ResultEnvelope, "run" | "round" | "phase" | "site" | "attempt">,
-) => `result:${r.run}:${r.round}:${r.phase}:${r.site}:${r.attempt}`;
+  nonce: string,
+) => `result:${r.run}:${r.round}:${r.phase}:${r.site}:${r.attempt}:${nonce}`;
+
+/** A fresh random token (128 bits, hex): a result's message-id nonce, a coordinator's epoch. */
+export function randomToken(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 /** The KV key whose atomic creation accepts a site's result for one phase. */
 export const acceptedKey = (run: string, round: number, phase: number, site: string) =>
@@ -101,6 +145,17 @@ export const acceptedKey = (run: string, round: number, phase: number, site: str
 export const refusedKey = (run: string, seq: number) => `refused.${run}.${seq}`;
 
 const RUN_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const EPOCH_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** An optional token field: absent or null gives null; anything else must match `re`. */
+function optionalText(
+  meta: Record<string, unknown>,
+  name: string,
+  where: string,
+  re: RegExp,
+): string | null {
+  return meta[name] === undefined || meta[name] === null ? null : text(meta, name, where, re);
+}
 
 function field(meta: Record<string, unknown>, name: string, where: string): unknown {
   if (!(name in meta)) throw new PayloadError(`${where}: field ${name} is missing`);
@@ -166,6 +221,7 @@ export function checkTaskEnvelope(meta: Record<string, unknown>, site: string): 
     deadline: text(meta, "deadline", where, /^\d{4}-\d\d-\d\dT[\d:.]+Z$/),
     global: checkBlobRef(field(meta, "global", where), `${where}.global`),
     settings: object(meta, "settings", where),
+    epoch: optionalText(meta, "epoch", where, EPOCH_PATTERN),
   };
   if (t.site !== site) {
     throw new PayloadError(`task for site ${t.site} arrived on the queue of site ${site}`);
@@ -212,6 +268,7 @@ export function checkResultEnvelope(
     attempt: integer(meta, "attempt", where, 1),
     release: checkBlobRef(field(meta, "release", where), `${where}.release`),
     report: object(meta, "report", where),
+    epoch: optionalText(meta, "epoch", where, EPOCH_PATTERN),
   };
   if (r.site !== expect.subjectSite) {
     throw new PayloadError(`${where}: it claims to come from site ${r.site}`);
@@ -220,4 +277,25 @@ export function checkResultEnvelope(
     throw new PayloadError(`${where}: run ${r.run}; this coordinator runs ${expect.run}`);
   }
   return r;
+}
+
+/**
+ * Checks the `meta` of a global-factors blob against the task that refers to it: a blob of the
+ * same run, start, round and phase.
+ */
+export function checkGlobalBlobMeta(meta: Record<string, unknown>, task: TaskEnvelope): void {
+  const where = `global factors of round ${task.round} phase ${task.phase}`;
+  if (meta.kind !== "global" || meta.v !== 1) {
+    throw new PayloadError(
+      `${where}: kind ${JSON.stringify(meta.kind)} v ${meta.v}; expected global v1`,
+    );
+  }
+  for (const k of ["run", "round", "phase"] as const) {
+    if (meta[k] !== task[k]) {
+      throw new PayloadError(`${where}: the blob has ${k} ${JSON.stringify(meta[k])}`);
+    }
+  }
+  if ((meta.epoch ?? null) !== task.epoch) {
+    throw new PayloadError(`${where}: the blob is of another start of run ${task.run}`);
+  }
 }

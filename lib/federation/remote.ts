@@ -99,6 +99,126 @@ export interface NatsClientsOptions {
   settings?: Record<string, unknown>;
   /** Called with each refusal (the run folder records them). */
   onRefusal?: (r: Refusal | { site: string; reason: string; round: number; phase: number }) => void;
+  /**
+   * The run's DP calibration (null: no DP). It says what a site's report must hold
+   * ({@link reportFault}): under "local", nothing the coordinator uses (it holds no un-noised
+   * statistic); otherwise the loss, the norms and whether the release was clipped, and under
+   * "paper", in a regulated phase, the σ_max of each released tensor's peer (the ledger's
+   * sensitivity). Unset: an empty report is taken as a local-trust one, and any other is checked
+   * for what it holds.
+   */
+  calibration?: "paper" | "strict" | "local" | null;
+}
+
+/** The statistics of a site's report the coordinator uses, checked. */
+export interface SiteStatistics {
+  loss: number;
+  updateNorm: number;
+  clipped: boolean;
+  releaseNorm: number;
+  peerSigmaMax: number;
+  peerSigmaMaxes?: number[];
+}
+
+/** A report's numbers need only be finite and ≥ 0 … */
+const isNonNegative = (v: unknown): v is number =>
+  typeof v === "number" && Number.isFinite(v) && v >= 0;
+
+/**
+ * The statistics of a site's report, or why they cannot be used (a hostile or broken site's
+ * report must neither crash the coordinator nor reach its records or ledger): the loss finite,
+ * the norms and σ_max finite and ≥ 0, `clipped` a boolean; under strict calibration the release
+ * norm within the clip bound and `clipped` saying whether the update norm exceeded it; the peers'
+ * σ_max present exactly when the mechanism reports them (paper calibration, regulated phase), one
+ * per released tensor, and — where the peer is a factor the phase does not release, the global
+ * one the site started from — at most that peer's Frobenius norm (σ_max ≤ ‖·‖_F). `factors` are
+ * the release completed with the global factors ({@link withUnreleased}).
+ */
+export function reportFault(
+  report: Record<string, unknown>,
+  factors: LoraFactors,
+  phase: { release: readonly ("A" | "B")[]; regulate: boolean },
+  dims: LoraDims,
+  o: Pick<NatsClientsOptions, "clip" | "calibration">,
+): { fault: string } | { stats: SiteStatistics } {
+  const empty = Object.keys(report).length === 0;
+  if (o.calibration === "local" || (o.calibration === undefined && empty)) {
+    // Local trust: the site sends nothing but its noised release; nothing here is used.
+    return {
+      stats: { loss: NaN, updateNorm: NaN, clipped: false, releaseNorm: 0, peerSigmaMax: 0 },
+    };
+  }
+  const fault = (s: string) => ({ fault: `report: ${s}` });
+  const { loss, updateNorm, clipped, releaseNorm, peerSigmaMax, peerSigmaMaxes } = report;
+  if (typeof loss !== "number" || !Number.isFinite(loss)) {
+    return fault(`loss ${JSON.stringify(loss)} is not a finite number`);
+  }
+  for (
+    const [name, v] of [["updateNorm", updateNorm], ["releaseNorm", releaseNorm], [
+      "peerSigmaMax",
+      peerSigmaMax,
+    ]] as const
+  ) {
+    if (!isNonNegative(v)) return fault(`${name} ${JSON.stringify(v)} is not a finite number ≥ 0`);
+  }
+  if (typeof clipped !== "boolean") {
+    return fault(`clipped ${JSON.stringify(clipped)} is not true or false`);
+  }
+  const stats: SiteStatistics = {
+    loss,
+    updateNorm: updateNorm as number,
+    clipped,
+    releaseNorm: releaseNorm as number,
+    peerSigmaMax: peerSigmaMax as number,
+  };
+  if (o.clip !== null && o.clip !== undefined) {
+    if (stats.releaseNorm > o.clip * (1 + 1e-5)) {
+      return fault(`releaseNorm ${stats.releaseNorm} above the clip bound C = ${o.clip}`);
+    }
+    if (clipped !== stats.updateNorm > o.clip) {
+      return fault(`clipped ${clipped} with updateNorm ${stats.updateNorm} and C = ${o.clip}`);
+    }
+  }
+  const expected = o.calibration === undefined
+    ? peerSigmaMaxes !== undefined
+    : o.calibration === "paper" && phase.regulate;
+  if (!expected) {
+    if (peerSigmaMaxes !== undefined) {
+      return fault(`peerSigmaMaxes given, but this mechanism and phase have none`);
+    }
+    return { stats };
+  }
+  const tensors = phase.release.length * dims.adapters;
+  if (!Array.isArray(peerSigmaMaxes) || peerSigmaMaxes.length !== tensors) {
+    return fault(
+      `peerSigmaMaxes must list the σ_max of each released tensor's peer (${tensors}); got ${
+        Array.isArray(peerSigmaMaxes) ? `${peerSigmaMaxes.length} values` : typeof peerSigmaMaxes
+      }`,
+    );
+  }
+  for (const [i, v] of peerSigmaMaxes.entries()) {
+    if (!isNonNegative(v)) {
+      return fault(`peerSigmaMaxes[${i}] ${JSON.stringify(v)} is not a finite number ≥ 0`);
+    }
+  }
+  if (phase.release.length === 1) {
+    // The peer of a released B is A (and vice versa): here the global factor, unreleased.
+    const peers = phase.release[0] === "B" ? factors.A : factors.B;
+    for (const [i, v] of (peerSigmaMaxes as number[]).entries()) {
+      const frobenius = Math.sqrt(sqNorm(peers[i]));
+      if (v > frobenius * (1 + 1e-4) + 1e-12) {
+        return fault(
+          `peerSigmaMaxes[${i}] ${v} above the Frobenius norm ${frobenius} of that peer, the ` +
+            `global factor`,
+        );
+      }
+    }
+  }
+  const most = Math.max(0, ...(peerSigmaMaxes as number[]));
+  if (stats.peerSigmaMax > most * (1 + 1e-9)) {
+    return fault(`peerSigmaMax ${stats.peerSigmaMax} above the largest of peerSigmaMaxes ${most}`);
+  }
+  return { stats: { ...stats, peerSigmaMaxes: peerSigmaMaxes as number[] } };
 }
 
 /**
@@ -172,6 +292,7 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
           site: o.sites[k],
           settings: { ...o.settings, client: k },
         })),
+        release: specs[phaseIndex],
       });
       const got = await coordinator.collectPhase({
         round: round + 1,
@@ -185,32 +306,41 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
       const excluded: PhaseRecord["excluded"] = [];
       const phase = o.phases[phaseIndex];
       for (const [site, result] of got.accepted) {
-        const k = bySite.get(site)!;
+        const k = bySite.get(site);
+        if (k === undefined) {
+          // Not a participant (the transport refuses those; never a client of this phase).
+          o.onRefusal?.({
+            site,
+            reason: `not a participant of this phase`,
+            round: round + 1,
+            phase: phaseIndex,
+          });
+          continue;
+        }
         const factors = withUnreleased(
           arraysFactors(result.release.arrays).factors,
           global,
           phase.release,
         );
-        const fault = releaseFault(factors, global, phase, o.dims, o.clip);
         const report = result.envelope.report as Record<string, unknown>;
-        if (fault) {
-          o.onRefusal?.({ site, reason: fault, round: round + 1, phase: phaseIndex });
-          excluded.push({ client: k, reason: `release refused: ${fault}` });
+        const checked = reportFault(report, factors, phase, o.dims, o);
+        const fault = releaseFault(factors, global, phase, o.dims, o.clip) ??
+          ("fault" in checked ? checked.fault : null);
+        if (fault || !("stats" in checked)) {
+          const reason = fault ?? "report refused";
+          o.onRefusal?.({ site, reason, round: round + 1, phase: phaseIndex });
+          excluded.push({ client: k, reason: `release refused: ${reason}` });
           continue;
         }
+        const { loss, ...stats } = checked.stats;
         releases.set(k, {
-          loss: Number(report.loss),
+          loss,
           release: {
             client: k,
             factors,
             weight: 0,
-            updateNorm: Number(report.updateNorm),
-            clipped: report.clipped === true,
-            releaseNorm: Number(report.releaseNorm ?? 0),
-            peerSigmaMax: Number(report.peerSigmaMax ?? 0),
-            peerSigmaMaxes: Array.isArray(report.peerSigmaMaxes)
-              ? report.peerSigmaMaxes.map(Number)
-              : undefined,
+            ...stats,
+            ...(stats.peerSigmaMaxes ? {} : { peerSigmaMaxes: undefined }),
           },
         });
       }

@@ -81,18 +81,20 @@ export interface Permissions {
   subscribe: { allow: string[] };
 }
 
-/** The JetStream API subjects a client needs to read an object bucket (`get`, `info`). */
+/**
+ * The JetStream API subjects a client needs to read an object bucket: the stream's info, an
+ * object's info (the last message on its meta subject) and its chunks, one direct get each
+ * (`transport.ts` reads blobs so). No consumer of any kind: a site that could create consumers
+ * on a bucket it reads could make durable ones without limit (each costs the server state until
+ * deleted), or push ones delivering the bucket to any subject.
+ */
 function objectReadSubjects(bucket: string): string[] {
   const stream = `OBJ_${bucket}`;
   return [
     `$JS.API.STREAM.INFO.${stream}`,
     `$JS.API.STREAM.MSG.GET.${stream}`,
+    `$JS.API.DIRECT.GET.${stream}`,
     `$JS.API.DIRECT.GET.${stream}.>`,
-    // `get` streams the chunks through an ephemeral ordered push consumer.
-    `$JS.API.CONSUMER.CREATE.${stream}`,
-    `$JS.API.CONSUMER.CREATE.${stream}.>`,
-    `$JS.API.CONSUMER.DELETE.${stream}.>`,
-    `$JS.FC.${stream}.>`,
   ];
 }
 
@@ -114,6 +116,7 @@ export function sitePermissions(names: FederationNames, site: string): Permissio
         `$O.${names.uploadBucket(site)}.>`,
         `$JS.API.STREAM.INFO.${upload}`,
         `$JS.API.STREAM.MSG.GET.${upload}`,
+        `$JS.API.DIRECT.GET.${upload}`,
         `$JS.API.DIRECT.GET.${upload}.>`,
         `$JS.API.STREAM.PURGE.${upload}`,
         ...objectReadSubjects(names.globalBucket),
