@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { parseArgs, UsageError } from "../lib/cli.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import { KNOWN_DATASETS } from "../lib/data/dataset.ts";
-import { resolveMethod } from "../lib/fl/methods/mod.ts";
+import { acquireRunLock, describeHolder, RunLockedError } from "../lib/io/lock.ts";
 import {
   expandPoints,
   loadSweep,
@@ -27,8 +27,19 @@ import {
 } from "../lib/sweep/spec.ts";
 import { logTail, pointDir, type PointState, pointState } from "../lib/sweep/state.ts";
 import { runLocal, trainCommand } from "../lib/sweep/local.ts";
-import { type ArrayTask, arrayTasks, jobScript, submissions, submit } from "../lib/sweep/slurm.ts";
+import {
+  ACTIVE_STATES,
+  type ArrayTask,
+  arrayTasks,
+  checkSlurmRoot,
+  type PointTask,
+  pointTasks,
+  slurmStatus,
+  submissions,
+  submitSweep,
+} from "../lib/sweep/slurm.ts";
 import type { TrainArgs } from "./train.ts";
+import type { resolveMethod as ResolveMethod } from "../lib/fl/methods/mod.ts";
 
 const HELP = `deno task sweep COMMAND FILE [flags]
 
@@ -55,8 +66,9 @@ Flags:
 /**
  * Imports a module that loads the toolkit's tensor backend (train's parser, the report's figure
  * code) on the pure-JS `cpu` backend: this process only parses flags and reads files, and
- * libtensorflow would add ≈ 300 MB to it (386 → 86 MB measured) on a login node or beside the
- * workers. `DEER_BACKEND` is restored at once, so every `train` chooses its own backend.
+ * libtensorflow would add ≈ 300 MB to it (375 → 95 MB measured for plan) on a login node or
+ * beside the workers; status imports none of it (52 MB). `DEER_BACKEND` is restored at once, so
+ * every `train` chooses its own backend.
  */
 async function importLight<T>(load: () => Promise<T>): Promise<T> {
   const chosen = Deno.env.get("DEER_BACKEND");
@@ -114,7 +126,11 @@ function trainImages(args: TrainArgs, override: number | undefined): number | nu
 }
 
 /** Local SGD steps a point takes: seeds × T × phases × E × Σ_k ⌈n_k / b⌉ (≈ N/b + K/2). */
-function trainingSteps(args: TrainArgs, images: number | null): number | null {
+function trainingSteps(
+  args: TrainArgs,
+  images: number | null,
+  resolveMethod: typeof ResolveMethod,
+): number | null {
   if (images === null) return null;
   const c = args.config;
   const phases = resolveMethod(c.method).phases.length;
@@ -125,6 +141,8 @@ function trainingSteps(args: TrainArgs, images: number | null): number | null {
 
 async function plan(sweep: Sweep, points: SweepPoint[], flags: Record<string, unknown>) {
   const checked = await validatePoints(sweep, points);
+  // The methods load the tensor backend: only plan needs them, on the light backend.
+  const { resolveMethod } = await importLight(() => import("../lib/fl/methods/mod.ts"));
   const stepMs = num(flags, "step-ms", (v) => v > 0, "milliseconds > 0");
   const gpuStepMs = num(flags, "gpu-step-ms", (v) => v > 0, "milliseconds > 0");
   const images = num(flags, "train-images", (v) => Number.isInteger(v) && v > 0, "an integer > 0");
@@ -133,7 +151,7 @@ async function plan(sweep: Sweep, points: SweepPoint[], flags: Record<string, un
   const rows: string[] = [];
   for (const { point, args, run } of checked) {
     const state = await pointState(sweep.root, point);
-    const s = trainingSteps(args, trainImages(args, images));
+    const s = trainingSteps(args, trainImages(args, images), resolveMethod);
     if (s === null) unknown++;
     else steps += s;
     rows.push(
@@ -172,11 +190,51 @@ function defaultThreads(sweep: Sweep, points: SweepPoint[]): number {
 }
 
 async function runCommand(sweep: Sweep, points: SweepPoint[], flags: Record<string, unknown>) {
-  await validatePoints(sweep, points);
+  // Every flag is checked before anything runs or is submitted.
   const executor = String(flags.executor ?? "local");
   if (executor !== "local" && executor !== "slurm") {
     throw new UsageError(`--executor ${executor}: expected local or slurm`);
   }
+  const workersFlag = num(flags, "workers", (v) => Number.isInteger(v) && v >= 1, "an integer ≥ 1");
+  const poll = num(flags, "poll", (v) => v > 0, "seconds > 0") ?? 10;
+  if (executor === "local" && (flags.wait || flags.poll !== undefined)) {
+    throw new UsageError("--wait and --poll belong to --executor slurm");
+  }
+  if (executor === "slurm" && workersFlag !== undefined) {
+    throw new UsageError(
+      "--workers belongs to --executor local (slurm.max_parallel limits an array)",
+    );
+  }
+  if (executor === "slurm") checkSlurmRoot(sweep);
+  await validatePoints(sweep, points);
+  // One run of a sweep at a time: two would start the same points and write one train.log.
+  let lock;
+  try {
+    lock = await acquireRunLock(sweep.root, {
+      command: `deno task sweep run ${sweep.file} --executor ${executor}`,
+    });
+  } catch (err) {
+    if (!(err instanceof RunLockedError)) throw err;
+    throw new UsageError(
+      `${sweep.root} is in use by another sweep run (${describeHolder(err.holder)}); wait for ` +
+        `it to end or stop it (deno task sweep status ${sweep.file} shows the points)`,
+    );
+  }
+  try {
+    return await runLocked(sweep, points, flags, executor, workersFlag, poll);
+  } finally {
+    lock.release();
+  }
+}
+
+async function runLocked(
+  sweep: Sweep,
+  points: SweepPoint[],
+  flags: Record<string, unknown>,
+  executor: "local" | "slurm",
+  workersFlag: number | undefined,
+  poll: number,
+) {
   const states = await Promise.all(points.map((p) => pointState(sweep.root, p)));
   const todo = points.filter((_, i) => states[i].status !== "finished");
   // A point still queued or running in an earlier job array must not get a second writer.
@@ -198,7 +256,7 @@ async function runCommand(sweep: Sweep, points: SweepPoint[], flags: Record<stri
   if (todo.length === 0) return 0;
   if (executor === "local") {
     const threads = defaultThreads(sweep, points);
-    const workers = num(flags, "workers", (v) => Number.isInteger(v) && v >= 1, "an integer ≥ 1") ??
+    const workers = workersFlag ??
       Math.max(1, Math.floor(navigator.hardwareConcurrency / threads));
     const env: Record<string, string> = {};
     if (Deno.env.get("TF_NUM_INTRAOP_THREADS") === undefined) {
@@ -206,14 +264,17 @@ async function runCommand(sweep: Sweep, points: SweepPoint[], flags: Record<stri
     }
     console.error(`sweep: ${workers} worker(s), ${threads} thread(s) per run`);
     const controller = new AbortController();
-    const stop = () => {
+    // Ctrl-C at a terminal reaches every train as well (one process group): runLocal leaves
+    // them to stop on their own; a SIGTERM to the sweep is passed on to each train once.
+    const stop = (signal: "SIGINT" | "SIGTERM") => () => {
       if (!controller.signal.aborted) {
         console.error("\nsweep: stopping every worker (their points continue on the next run)");
       }
-      controller.abort();
+      controller.abort(signal);
     };
-    Deno.addSignalListener("SIGINT", stop);
-    Deno.addSignalListener("SIGTERM", stop);
+    const onInt = stop("SIGINT"), onTerm = stop("SIGTERM");
+    Deno.addSignalListener("SIGINT", onInt);
+    Deno.addSignalListener("SIGTERM", onTerm);
     try {
       const out = await runLocal(sweep, todo, {
         workers,
@@ -221,7 +282,7 @@ async function runCommand(sweep: Sweep, points: SweepPoint[], flags: Record<stri
         env,
         signal: controller.signal,
       });
-      await showFailures(sweep, points, out.failed);
+      await showFailures(sweep, points, out.failed, { errors: out.errors });
       if (out.interrupted) {
         console.error(
           `sweep: stopped; ${out.stopped.length} point(s) unfinished — rerun the same command ` +
@@ -231,36 +292,21 @@ async function runCommand(sweep: Sweep, points: SweepPoint[], flags: Record<stri
       }
       return out.failed.length ? 1 : 0;
     } finally {
-      Deno.removeSignalListener("SIGINT", stop);
-      Deno.removeSignalListener("SIGTERM", stop);
+      Deno.removeSignalListener("SIGINT", onInt);
+      Deno.removeSignalListener("SIGTERM", onTerm);
     }
   }
-  const script = jobScript(sweep, todo, { command: trainCommand(), cwd: Deno.cwd() });
-  const sub = await submit(sweep, script, todo);
-  console.log(sub.jobId);
-  console.error(
-    `sweep: submitted job array ${sub.jobId} (${todo.length} tasks) — ${sub.script}; ` +
-      `follow it with deno task sweep status ${sweep.file}`,
-  );
+  const subs = await submitSweep(sweep, todo, { command: trainCommand(), cwd: Deno.cwd() });
+  for (const sub of subs) {
+    console.log(sub.jobId);
+    console.error(
+      `sweep: submitted job array ${sub.jobId} (${sub.points.length} tasks) — ${sub.script}; ` +
+        `follow it with deno task sweep status ${sweep.file}`,
+    );
+  }
   if (!flags.wait) return 0;
-  const poll = num(flags, "poll", (v) => v > 0, "seconds > 0") ?? 10;
-  return await waitForJob(sweep, points, sub.jobId, poll);
+  return await waitForJob(sweep, points, subs.map((s) => s.jobId), poll);
 }
-
-const ACTIVE = new Set([
-  "PENDING",
-  "RUNNING",
-  "REQUEUED",
-  "REQUEUE_HOLD",
-  "REQUEUE_FED",
-  "RESIZING",
-  "SUSPENDED",
-  "CONFIGURING",
-  "COMPLETING",
-  "PREEMPTED",
-  "SIGNALING",
-  "STAGE_OUT",
-]);
 
 /** Points of earlier submissions whose array task is still pending or running → `JOB_INDEX STATE`. */
 async function activeInSlurm(root: string): Promise<Map<string, string>> {
@@ -278,23 +324,34 @@ async function activeInSlurm(root: string): Promise<Map<string, string>> {
     return busy;
   }
   for (const t of tasks) {
-    if (!ACTIVE.has(t.state)) continue;
+    if (!ACTIVE_STATES.has(t.state)) continue;
     const id = subs.find((s) => s.jobId === t.jobId)?.points[t.index];
     if (id) busy.set(id, `${t.jobId}_${t.index} ${t.state}`);
   }
   return busy;
 }
 
-async function waitForJob(sweep: Sweep, points: SweepPoint[], jobId: string, poll: number) {
+/** Each point's state, with its latest Slurm task's state taken into account. */
+async function slurmStates(sweep: Sweep, points: SweepPoint[], tasks: ArrayTask[]) {
+  const byPoint = pointTasks(sweep.root, await submissions(sweep.root), tasks);
+  const states = await Promise.all(points.map(async (p) => {
+    const s = await pointState(sweep.root, p);
+    return { ...s, status: slurmStatus(s, byPoint.get(p.id)) };
+  }));
+  return { states, byPoint };
+}
+
+async function waitForJob(sweep: Sweep, points: SweepPoint[], jobIds: string[], poll: number) {
   let last = "";
   const started = performance.now();
+  const name = jobIds.length === 1 ? `job ${jobIds[0]}` : `jobs ${jobIds.join(", ")}`;
   while (true) {
-    const tasks = await arrayTasks([jobId]);
-    const states = await Promise.all(points.map((p) => pointState(sweep.root, p)));
+    const tasks = await arrayTasks(jobIds);
+    const { states, byPoint } = await slurmStates(sweep, points, tasks);
     const count = (s: string) => states.filter((x) => x.status === s).length;
     const byState = new Map<string, number>();
     for (const t of tasks) byState.set(t.state, (byState.get(t.state) ?? 0) + 1);
-    const line = `job ${jobId}: ${[...byState].map(([s, n]) => `${n} ${s}`).join(", ") || "gone"}` +
+    const line = `${name}: ${[...byState].map(([s, n]) => `${n} ${s}`).join(", ") || "gone"}` +
       ` | points: ${count("finished")} finished, ${count("partial")} partial, ${
         count("failed")
       } failed`;
@@ -302,26 +359,62 @@ async function waitForJob(sweep: Sweep, points: SweepPoint[], jobId: string, pol
       console.error(`${line} (${((performance.now() - started) / 1000).toFixed(0)} s)`);
       last = line;
     }
-    if (!tasks.some((t) => ACTIVE.has(t.state))) {
+    if (!tasks.some((t) => ACTIVE_STATES.has(t.state))) {
       const failed = states.filter((s) => s.status !== "finished").map((s) => s.id);
-      await showFailures(sweep, points, failed);
+      await showFailures(sweep, points, failed, { slurm: byPoint });
       return failed.length ? 1 : 0;
     }
     await new Promise((r) => setTimeout(r, poll * 1000));
   }
 }
 
-async function showFailures(sweep: Sweep, points: SweepPoint[], ids: string[]) {
+async function showFailures(
+  sweep: Sweep,
+  points: SweepPoint[],
+  ids: string[],
+  extra: { errors?: Record<string, string>; slurm?: Map<string, PointTask> } = {},
+) {
   for (const id of ids) {
     const p = points.find((q) => q.id === id)!;
-    const state = await pointState(sweep.root, p);
-    console.error(
-      `\n✗ point ${p.index} ${id} (${pointLabel(p)}): ${state.status}` +
-        `${state.exit ? `, exit code ${state.exit.exitCode}` : ""}; last lines of ` +
-        `${join(pointDir(sweep.root, id), "train.log")}:\n${
-          (await logTail(sweep.root, id)).replace(/^/gm, "    ")
-        }`,
-    );
+    const head = `\n✗ point ${p.index} ${id} (${pointLabel(p)})`;
+    const error = extra.errors?.[id];
+    let state: PointState;
+    try {
+      state = await pointState(sweep.root, p);
+    } catch (err) {
+      console.error(`${head}: ${error ?? (err as Error).message}`);
+      continue;
+    }
+    const task = extra.slurm?.get(id);
+    const status = slurmStatus(state, task);
+    const code = state.exit
+      ? `, exit code ${state.exit.exitCode}`
+      : task?.exitCode
+      ? `, exit code ${task.exitCode} (Slurm)`
+      : "";
+    const log = join(pointDir(sweep.root, id), "train.log");
+    const lines = [
+      `${head}: ${status}${code}${error ? ` — ${error}` : ""}; last lines of ${log}:`,
+      (await logTail(sweep.root, id).catch(() => "")).replace(/^/gm, "    "),
+    ];
+    if (task) {
+      lines.push(
+        `  Slurm task ${task.task}${task.state ? ` ${task.state}` : ""}` +
+          `${task.restarts ? ` (restarts ${task.restarts})` : ""}; Slurm's output: ${task.out}`,
+      );
+      const out = await tail(task.out, 6);
+      if (out) lines.push(out.replace(/^/gm, "    "));
+    }
+    console.error(lines.join("\n"));
+  }
+}
+
+/** The last `n` lines of a file ("" when there is none). */
+async function tail(path: string, n: number): Promise<string> {
+  try {
+    return (await Deno.readTextFile(path)).trimEnd().split("\n").slice(-n).join("\n");
+  } catch {
+    return "";
   }
 }
 
@@ -336,35 +429,35 @@ async function status(sweep: Sweep, points: SweepPoint[]) {
       slurmNote = ` (squeue: ${(err as Error).message})`;
     }
   }
+  const { states, byPoint } = await slurmStates(sweep, points, tasks);
   // The latest submission that ran a point names its array task.
   const taskOf = (id: string) => {
-    for (const s of [...subs].reverse()) {
-      const i = s.points.indexOf(id);
-      if (i < 0) continue;
-      const t = tasks.find((t) => t.jobId === s.jobId && t.index === i);
-      return t
-        ? `${s.jobId}_${i} ${t.state}${t.restarts ? ` (restarts ${t.restarts})` : ""}`
-        : `${s.jobId}_${i}`;
-    }
-    return "";
+    const t = byPoint.get(id);
+    if (!t) return "";
+    return `${t.task}${t.state ? ` ${t.state}` : ""}${
+      t.restarts ? ` (restarts ${t.restarts})` : ""
+    }`;
   };
-  const states: PointState[] = [];
   console.log(`sweep ${sweep.name}: ${sweep.root}${slurmNote}`);
-  for (const p of points) {
-    const s = await pointState(sweep.root, p);
-    states.push(s);
+  points.forEach((p, i) => {
+    const s = states[i];
     const rounds = s.roundsTotal ? `${s.roundsDone}/${s.roundsTotal} rounds` : "";
     console.log(
       `${String(p.index).padStart(4)}  ${p.id}  ${s.status.padEnd(8)} ${rounds.padEnd(14)} ` +
         `${taskOf(p.id).padEnd(24)} ${pointLabel(p)}`,
     );
-  }
+  });
   const count = (st: string) => states.filter((s) => s.status === st).length;
   console.log(
     `${count("finished")} finished, ${count("partial")} partial, ${count("pending")} pending, ` +
       `${count("failed")} failed of ${points.length}`,
   );
-  await showFailures(sweep, points, states.filter((s) => s.status === "failed").map((s) => s.id));
+  await showFailures(
+    sweep,
+    points,
+    states.filter((s) => s.status === "failed").map((s) => s.id),
+    { slurm: byPoint },
+  );
   return 0;
 }
 

@@ -122,6 +122,12 @@ Deno.test("Ctrl-C stops every worker; a rerun continues to the records of an unb
     !new TextDecoder().decode(ps.stdout).includes(join(s.root, "points")),
     "a train lives on",
   );
+  // Each train got the terminal's SIGINT once and stopped cleanly: the sweep did not signal it
+  // a second time ("again; exiting now" skips the clean stop).
+  for (const p of expandPoints(s)) {
+    const log = await Deno.readTextFile(join(pointDir(s.root, p.id), "train.log")).catch(() => "");
+    assert.doesNotMatch(log, /again; exiting now/, `${p.id}: a second signal\n${log}`);
+  }
   const mid = await sweep("status", broken);
   assert.match(mid.stdout, /partial/);
   assert.doesNotMatch(mid.stdout, /[1-9]\d* failed of/);

@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { expandPoints, loadSweep, parseSweep, pointId, SweepError } from "../lib/sweep/spec.ts";
-import { jobScript, parseSqueue, shellQuote } from "../lib/sweep/slurm.ts";
+import {
+  jobScript,
+  parseSqueue,
+  type PointTask,
+  pointTasks,
+  shellQuote,
+  slurmStatus,
+} from "../lib/sweep/slurm.ts";
+import type { PointState } from "../lib/sweep/state.ts";
 import { meanInterval, studentTQuantile } from "../lib/metrics/interval.ts";
 import { paperTable, poolSeeds, type SeedRow, sweepFigures, toCsv } from "../lib/sweep/report.ts";
 
@@ -199,7 +207,7 @@ Deno.test("the job script maps each array index to one point, with the sbatch op
       },
     },
     "sweeps/s.json",
-    { root: "/data/my sweeps/s" },
+    { root: "/data/sweeps/s" },
   );
   const points = expandPoints(sweep);
   const script = jobScript(sweep, points, {
@@ -222,10 +230,114 @@ Deno.test("the job script maps each array index to one point, with the sbatch op
   ) assert.ok(script.includes(line), `missing: ${line}\n${script}`);
   assert.ok(script.includes(
     `  0) id=${points[0].id}; args=(run -A /repo/tasks/train.ts --T=2 --method=LoRA ` +
-      `'--out=/data/my sweeps/s/points' --exp_name=${points[0].id} --resume) ;;`,
+      `--out=/data/sweeps/s/points --exp_name=${points[0].id} --resume) ;;`,
   ));
   assert.ok(script.includes(`  1) id=${points[1].id};`));
   assert.equal(shellQuote("it's"), `'it'\\''s'`);
+  assert.equal(shellQuote("/data/my sweeps"), `'/data/my sweeps'`);
+  // The setup lines run without set -u, after the task's header and the removal of exit.json.
+  const at = (text: string) => script.indexOf(text);
+  assert.ok(at('rm -f "$dir/exit.json"') < at("=== slurm task"), script);
+  assert.ok(at("=== slurm task") < at("module load deno"), script);
+  assert.ok(at("module load deno") < at("\nset -u\n"), script);
+  assert.match(script, /Slurm's output: \$out/);
+  assert.ok(script.includes("out=/data/sweeps/s/slurm/$task.out"), script);
+});
+
+Deno.test("the results root, --out and the file path: no control characters; Slurm needs a plain root", () => {
+  // A line break in the root would end the #SBATCH directive and run the rest as a command.
+  refused(
+    { results: "/x/rinj\ntouch /x/PWNED\n#", grid: { T: [1] } },
+    /^s\.json: results: "\/x\/rinj\\ntouch \/x\/PWNED\\n#": a folder path may not hold control characters/,
+  );
+  assert.throws(
+    () => parseSweep({ grid: { T: [1] } }, "s.json", { root: "/x\ntouch /x/P" }),
+    (err: Error) =>
+      err instanceof SweepError &&
+      /^--out "\/x\\ntouch \/x\/P": expected a folder path without control characters/.test(
+        err.message,
+      ),
+  );
+  assert.throws(
+    () => parseSweep({ grid: { T: [1] } }, "x\ntouch /tmp/P\n.json"),
+    (err: Error) =>
+      err instanceof SweepError &&
+      /^"x\\ntouch \/tmp\/P\\n\.json": the sweep file's path holds a control character/.test(
+        err.message,
+      ),
+  );
+  const command = { executable: "deno", prefix: [] };
+  const script = (results: string, root?: string, file = "s.json") => {
+    const sweep = parseSweep({ name: "s", results, grid: { T: [1] } }, file, { root });
+    return jobScript(sweep, expandPoints(sweep), { command, cwd: "/w" });
+  };
+  const slurmRefused = (fn: () => unknown, pattern: RegExp) =>
+    assert.throws(fn, (err: Error) => {
+      assert.ok(err instanceof SweepError, `${err}`);
+      assert.match(err.message, pattern);
+      return true;
+    });
+  slurmRefused(
+    () => script("/data/my sweeps/s"),
+    /^s\.json: results: the results root "\/data\/my sweeps\/s" holds whitespace, which a Slurm job's #SBATCH --output line cannot carry/,
+  );
+  slurmRefused(() => script("/data/s", "/data/a\tb"), /^--out "\/data\/a\\tb": expected a folder/);
+  slurmRefused(
+    () => script("/data/s", "/data/a b"),
+    /^s\.json: --out: the results root "\/data\/a b" holds whitespace/,
+  );
+  slurmRefused(() => script("/data/100%"), /results: .* holds '%'/);
+  slurmRefused(() => script(`/data/it's`), /results: .* holds quotes or backslashes/);
+  // The file path reaches the script only as a JSON string, in comments.
+  const text = script("/data/s", undefined, "sweeps/$(touch P) x.json");
+  assert.match(text, /^# DEeR toolkit sweep "s" \("sweeps\/\$\(touch P\) x\.json"\): 1 points/m);
+  assert.ok(text.includes("#SBATCH --output=/data/s/slurm/%A_%a.out"));
+  for (const line of text.split("\n").slice(1, 4)) assert.match(line, /^#/);
+});
+
+Deno.test("the job script runs setup lines without set -u and removes the last exit.json", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-sweep-job-" });
+  const sweep = parseSweep({
+    results: join(dir, "r"),
+    grid: { T: [1, 2] },
+    // A login script's test of an interactive shell reads PS1, which a batch job does not set.
+    slurm: { setup: ['if [ -n "$PS1" ]; then echo interactive; fi', "echo setup ran"] },
+  }, "s.json");
+  const points = expandPoints(sweep);
+  // The fake train fails when its point still has an exit.json while it runs.
+  const train =
+    `for a; do case $a in --out=*) o=\${a#--out=};; --exp_name=*) e=\${a#--exp_name=};; esac; done
+[ -e "$o/$e/exit.json" ] && { echo "stale exit.json" >&2; exit 3; }
+echo "train ran"`;
+  const file = join(dir, "job.sh");
+  await Deno.writeTextFile(
+    file,
+    jobScript(sweep, points, {
+      command: { executable: "bash", prefix: ["-c", train, "x"] },
+      cwd: dir,
+    }),
+  );
+  const pointFolder = join(sweep.root, "points", points[1].id);
+  await Deno.mkdir(pointFolder, { recursive: true });
+  await Deno.writeTextFile(join(pointFolder, "exit.json"), '{"exitCode": 1}');
+  const out = await new Deno.Command("bash", {
+    args: [file],
+    clearEnv: true,
+    env: { PATH: Deno.env.get("PATH")!, SLURM_ARRAY_JOB_ID: "41", SLURM_ARRAY_TASK_ID: "1" },
+  }).output();
+  const err = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, err);
+  const log = await Deno.readTextFile(join(pointFolder, "train.log"));
+  assert.match(
+    log,
+    new RegExp(
+      `^=== slurm task 41_1 restart 0 on .*; Slurm's output: ${sweep.root}/slurm/41_1\\.out\nsetup ran\ntrain ran\n$`,
+    ),
+  );
+  const exit = JSON.parse(await Deno.readTextFile(join(pointFolder, "exit.json")));
+  assert.equal(exit.exitCode, 0);
+  assert.equal(exit.job, "41_1");
+  await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("squeue --json: array tasks, the pending array split by index, exit codes", () => {
@@ -259,6 +371,106 @@ Deno.test("squeue --json: array tasks, the pending array split by index, exit co
     [3, "PENDING", 0, 0],
     [5, "PENDING", 0, 0],
   ]);
+});
+
+Deno.test("squeue --json of Slurm 23.02 and later: {set, infinite, number}, state arrays", () => {
+  // The data_parser shapes (v0.0.39+): integers as uint32_no_val structs, job_state as a list
+  // (base state first, then flags), exit_code as process_exit_code_verbose.
+  const n = (number: number, set = true) => ({ set, infinite: false, number });
+  const exit = (status: string, rc: number, signal = 0) => ({
+    status: [status],
+    return_code: n(rc),
+    signal: { id: n(signal, signal !== 0), name: signal ? "KILL" : "" },
+  });
+  const json = JSON.stringify({
+    jobs: [
+      {
+        job_id: 9,
+        array_job_id: n(7),
+        array_task_id: n(0),
+        job_state: ["COMPLETED"],
+        exit_code: exit("SUCCESS", 0),
+        restart_cnt: 0,
+        state_reason: "None",
+      },
+      {
+        job_id: 10,
+        array_job_id: n(7),
+        array_task_id: n(1),
+        job_state: ["FAILED"],
+        exit_code: exit("ERROR", 3),
+        restart_cnt: 1,
+        state_reason: "NonZeroExitCode",
+      },
+      {
+        job_id: 11,
+        array_job_id: n(7),
+        array_task_id: n(4),
+        job_state: ["RUNNING", "COMPLETING"],
+        exit_code: exit("SIGNALED", 0, 9),
+        restart_cnt: 0,
+        state_reason: "None",
+      },
+      {
+        job_id: 7,
+        array_job_id: n(7),
+        array_task_id: n(0, false),
+        array_task_string: "2-3,5%2",
+        job_state: ["PENDING"],
+        exit_code: { status: ["PENDING"], return_code: n(0) },
+        restart_cnt: 0,
+        state_reason: "Resources",
+      },
+      { job_id: 3, array_job_id: n(3), array_task_id: n(0), job_state: ["RUNNING"] },
+    ],
+  });
+  const tasks = parseSqueue(json, ["7"]);
+  assert.deepEqual(tasks.map((t) => [t.index, t.state, t.exitCode, t.restarts, t.reason]), [
+    [0, "COMPLETED", 0, 0, "None"],
+    [1, "FAILED", 3, 1, "NonZeroExitCode"],
+    [2, "PENDING", 0, 0, "Resources"],
+    [3, "PENDING", 0, 0, "Resources"],
+    [4, "COMPLETING", 137, 0, "None"],
+    [5, "PENDING", 0, 0, "Resources"],
+  ]);
+  assert.deepEqual(tasks.map((t) => t.jobId), ["7", "7", "7", "7", "7", "7"]);
+});
+
+Deno.test("a point's status with its Slurm task: FAILED fails it, a live task beats exit.json", () => {
+  const state = (status: PointState["status"], exit: PointState["exit"] = null): PointState => ({
+    id: "p",
+    status,
+    runDir: null,
+    roundsDone: status === "partial" ? 2 : 0,
+    roundsTotal: null,
+    exit,
+  });
+  const tasks = pointTasks("/r", [
+    { jobId: "5", script: "a.sh", points: ["p", "q"], submitted: "" },
+    { jobId: "6", script: "b.sh", points: ["q"], submitted: "" },
+  ], [
+    { jobId: "5", index: 0, state: "FAILED", exitCode: 1, restarts: 0, reason: "" },
+    { jobId: "5", index: 1, state: "FAILED", exitCode: 1, restarts: 0, reason: "" },
+    { jobId: "6", index: 0, state: "RUNNING", exitCode: 0, restarts: 0, reason: "" },
+  ]);
+  const p = tasks.get("p")!, q = tasks.get("q")!;
+  assert.equal(p.task, "5_0");
+  assert.equal(p.out, "/r/slurm/5_0.out");
+  assert.equal(q.task, "6_0", "the latest submission of a point names its task");
+  // Died before train wrote exit.json (a setup line, set -u): failed all the same.
+  assert.equal(slurmStatus(state("pending"), p), "failed");
+  assert.equal(slurmStatus(state("partial"), p), "failed");
+  assert.equal(slurmStatus(state("finished"), p), "finished");
+  // Running again: the last attempt's exit.json is not this one's.
+  const stale = { exitCode: 1, executor: "slurm" as const, job: "5_1", at: "" };
+  assert.equal(slurmStatus(state("failed", stale), q), "pending");
+  assert.equal(slurmStatus(state("partial"), q), "partial");
+  // A local attempt came after every Slurm task (a task removes exit.json when it starts).
+  const local = { exitCode: 0, executor: "local" as const, job: null, at: "" };
+  assert.equal(slurmStatus(state("partial", local), p), "partial");
+  const gone: PointTask = { ...p, state: null };
+  assert.equal(slurmStatus(state("pending"), gone), "pending");
+  assert.equal(slurmStatus(state("pending"), undefined), "pending");
 });
 
 Deno.test("the 95 % t interval: t quantiles and the interval of three seeds", () => {
@@ -310,6 +522,32 @@ Deno.test("seed rows pool into one row per setting: mean, population std, interv
   assert.ok(Math.abs(table[0].accuracy.high - 82 - 4.30265273 * 2 / Math.sqrt(3)) < 1e-6);
   assert.equal(table[0].spentEpsilon, 1000);
   assert.deepEqual(table[1].seeds, [10]);
+  // A seed run by two points of one setting (seeds: [10, "10,100"]) is pooled once, with a warning.
+  const warnings: string[] = [];
+  const twice = poolSeeds(
+    [{ ...row(10, 80), point: "a" }, { ...row(10, 80), point: "b" }, {
+      ...row(100, 84),
+      point: "b",
+    }],
+    undefined,
+    (m) => warnings.push(m),
+  );
+  assert.equal(twice.length, 1);
+  assert.deepEqual(twice[0].seeds, [10, 100]);
+  assert.deepEqual(twice[0].accuracy.values, [80, 84]);
+  assert.equal(twice[0].accuracy.n, 2);
+  assert.deepEqual(warnings, [
+    "seed 10 of method=LoRA was run by two points (a and b); the table counts it once, from a",
+  ]);
+  // A metric a seed could not define (AUC of a one-class test split, or a seed stopped before its
+  // first round) is NaN, left out of the pool — never a 0 averaged in.
+  const undefinedAuc = poolSeeds([{ ...row(10, 80), auc: NaN }, row(100, 84)]);
+  assert.deepEqual(undefinedAuc[0].auc.values.map(String), ["NaN", "84"]);
+  assert.equal(undefinedAuc[0].auc.mean, 84);
+  assert.equal(undefinedAuc[0].auc.n, 1);
+  assert.equal(undefinedAuc[0].accuracy.mean, 82);
+  const noneAuc = poolSeeds([{ ...row(10, 80), auc: NaN }]);
+  assert.ok(Number.isNaN(noneAuc[0].auc.mean) && noneAuc[0].auc.n === 0);
   assert.equal(
     toCsv(["a", "b"], [["x,y", 1.5], ['q"', null]]),
     'a,b\n"x,y",1.5\n"q""",\n',

@@ -115,6 +115,8 @@ export interface SweepResults {
   rows: SeedRow[];
   table: GroupRow[];
   states: PointState[];
+  /** What the pooling had to decide (a seed run by two points of one setting is pooled once). */
+  warnings: string[];
 }
 
 /** Reads every finished point of `points` (unfinished ones are listed in `states` only). */
@@ -127,7 +129,12 @@ export async function collectSweep(sweep: Sweep, points: SweepPoint[]): Promise<
     if (state.status !== "finished") continue;
     rows.push(...await pointRows(sweep, p));
   }
-  return { rows, table: poolSeeds(rows, sweep), states };
+  const warnings: string[] = [];
+  const table = poolSeeds(rows, sweep, (m) => {
+    warnings.push(m);
+    console.warn(`sweep: ${m}`);
+  });
+  return { rows, table, states, warnings };
 }
 
 async function pointRows(sweep: Sweep, p: SweepPoint): Promise<SeedRow[]> {
@@ -141,12 +148,20 @@ async function pointRows(sweep: Sweep, p: SweepPoint): Promise<SeedRow[]> {
     const path = join(runDir, `seed-${seed}`, "records.jsonl");
     const records = await readRecords(path);
     const last = records.at(-1);
-    if (!last) throw new Error(`${path}: no records although the point finished`);
-    const best = records.find((r) => r.round === last.bestRound && r.test);
-    if (!best) throw new Error(`${path}: no test metrics at the best round ${last.bestRound}`);
-    const test = best.test as Record<Metric, number>;
-    const eps = last.epsilon as { nominal: number | null; spent: number | null };
     const stop = await readJson<{ round: number }>(join(runDir, `seed-${seed}`, "stop.json"));
+    // The budget guard may stop a seed before its first round: no records, no metrics (NaN).
+    if (!last && stop === null) throw new Error(`${path}: no records although the point finished`);
+    const best = last && records.find((r) => r.round === last.bestRound && r.test);
+    if (last && !best) {
+      throw new Error(`${path}: no test metrics at the best round ${last.bestRound}`);
+    }
+    // A metric a split cannot define (the AUC of a one-class test split) is NaN in memory and
+    // null in the records: NaN here, never 0.
+    const test = (best?.test ?? {}) as Record<Metric, number | null>;
+    const eps = (last?.epsilon ?? { nominal: null, spent: null }) as {
+      nominal: number | null;
+      spent: number | null;
+    };
     out.push({
       point: p.id,
       label: Object.entries(varied).map(([k, v]) => `${k}=${v}`).join(" ") || p.id,
@@ -158,8 +173,10 @@ async function pointRows(sweep: Sweep, p: SweepPoint): Promise<SeedRow[]> {
       family: resolveMethod(config.method).name,
       calibration: config.dp?.calibration ?? null,
       rounds: records.length,
-      bestRound: last.bestRound as number,
-      ...Object.fromEntries(METRICS.map((m) => [m, 100 * test[m]])) as Record<Metric, number>,
+      bestRound: (last?.bestRound as number | undefined) ?? -1,
+      ...Object.fromEntries(
+        METRICS.map((m) => [m, typeof test[m] === "number" ? 100 * test[m]! : NaN]),
+      ) as Record<Metric, number>,
       nominalEpsilon: eps.nominal,
       spentEpsilon: eps.spent,
       stoppedAtBudget: stop?.round ?? null,
@@ -169,17 +186,40 @@ async function pointRows(sweep: Sweep, p: SweepPoint): Promise<SeedRow[]> {
   return out;
 }
 
-/** Pools the seed rows of each setting (settings without the seed), in the sweep's order. */
-export function poolSeeds(rows: SeedRow[], _sweep?: Sweep): GroupRow[] {
+/**
+ * Pools the seed rows of each setting (settings without the seed), in the sweep's order. One seed
+ * counts once per setting: when two points ran the same seed of one setting (`seeds: [10,
+ * "10,100"]`), the first point's row is kept and `warn` says so.
+ */
+export function poolSeeds(
+  rows: SeedRow[],
+  _sweep?: Sweep,
+  warn: (message: string) => void = (m) => console.warn(`sweep: ${m}`),
+): GroupRow[] {
   const groups = new Map<string, SeedRow[]>();
   for (const r of rows) {
     const key = JSON.stringify(Object.entries(r.settings).sort());
-    groups.set(key, [...(groups.get(key) ?? []), r]);
+    const group = groups.get(key) ?? [];
+    const twin = group.find((x) => x.seed === r.seed);
+    if (twin) {
+      warn(
+        `seed ${r.seed} of ${r.label} was run by two points (${twin.point} and ${r.point}); ` +
+          `the table counts it once, from ${twin.point}`,
+      );
+      continue;
+    }
+    group.push(r);
+    groups.set(key, group);
   }
   return [...groups.values()].map((g) => {
+    // Over the seeds that have the metric (a NaN seed is left out, as its value is unknown).
     const pooled = (m: Metric): Pooled => {
       const v = g.map((r) => r[m]);
-      return { ...meanInterval(v), std: meanStd(v).std, values: v };
+      const known = v.filter(Number.isFinite);
+      if (known.length === 0) {
+        return { mean: NaN, low: NaN, high: NaN, sd: NaN, n: 0, level: 0.95, std: NaN, values: v };
+      }
+      return { ...meanInterval(known), std: meanStd(known).std, values: v };
     };
     const spent = g.map((r) => r.spentEpsilon).filter((e): e is number => e !== null);
     return {
@@ -280,9 +320,14 @@ export function tidyTable(
   };
 }
 
-const fmt = (p: Pooled) => `${p.mean.toFixed(2)} ± ${p.std.toFixed(2)}`;
+const fmt = (p: Pooled) =>
+  p.n === 0 ? "– (no seed has it)" : `${p.mean.toFixed(2)} ± ${p.std.toFixed(2)}`;
 const fmtCi = (p: Pooled) =>
-  Number.isFinite(p.low) ? `[${p.low.toFixed(2)}, ${p.high.toFixed(2)}]` : "– (1 seed)";
+  Number.isFinite(p.low)
+    ? `[${p.low.toFixed(2)}, ${p.high.toFixed(2)}]`
+    : p.n === 0
+    ? "–"
+    : `– (${p.n} seed)`;
 
 /** The paper-style table: mean ± std over seeds and the 95 % interval, per setting. */
 export function paperTable(table: GroupRow[]): { columns: string[]; rows: string[][] } {
@@ -402,7 +447,8 @@ export async function writeReport(sweep: Sweep, points: SweepPoint[]): Promise<S
         points.length - unfinished.length
       } of ${points.length} finished points (${escapeHtml(sweep.file)}); test metrics at the ` +
       `best-validation round, ×100; mean ± population std over seeds and the 95 % t interval ` +
-      `of the mean. Results root: <code>${escapeHtml(sweep.root)}</code>.</p>`,
+      `of the mean. Results root: <code>${escapeHtml(sweep.root)}</code>.</p>` +
+      results.warnings.map((w) => `<p><strong>Note:</strong> ${escapeHtml(w)}</p>`).join(""),
     sections: [
       { heading: "Results", table: paper },
       { heading: "Figures", figures: sweepFigures(sweep, results.table) },

@@ -61,6 +61,8 @@ export interface Sweep {
   name: string;
   /** Results root, absolute. */
   root: string;
+  /** Where the root came from, for messages: the file's `results` or the `--out` flag. */
+  rootFrom?: "results" | "--out";
   base: Record<string, string>;
   grid: [string, string[]][];
   points: Record<string, string>[];
@@ -89,6 +91,10 @@ export interface SweepPoint {
 export class SweepError extends Error {
   override name = "SweepError";
 }
+
+/** ASCII control characters (C0 and DEL): never in a path the sweep writes into scripts. */
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\x00-\x1f\x7f]/;
 
 /** Flags the sweep sets itself. */
 const RESERVED = new Set(["out", "exp_name", "resume", "help", "h"]);
@@ -128,9 +134,22 @@ export async function loadSweep(path: string, opts: { root?: string } = {}): Pro
 
 /** Validates a parsed sweep file; `file` is used in messages and for the default name. */
 export function parseSweep(raw: unknown, file: string, opts: { root?: string } = {}): Sweep {
+  // The path is written into messages, job scripts and comments: one line, no terminal escapes.
+  if (CONTROL.test(file)) {
+    throw new SweepError(
+      `${JSON.stringify(file)}: the sweep file's path holds a control character (a newline, a ` +
+        `tab, an escape); rename the file`,
+    );
+  }
   const fail = (field: string, msg: string): never => {
     throw new SweepError(`${file}: ${field}: ${msg}`);
   };
+  if (opts.root !== undefined && (opts.root === "" || CONTROL.test(opts.root))) {
+    throw new SweepError(
+      `--out ${JSON.stringify(opts.root)}: expected a folder path without control characters ` +
+        `(newlines, tabs, escapes)`,
+    );
+  }
   if (!isObject(raw)) return fail("top level", "expected a JSON object { base, grid, points }");
   for (const k of Object.keys(raw)) {
     if (!TOP_KEYS.includes(k)) fail(k, `unknown field; the fields are ${TOP_KEYS.join(", ")}`);
@@ -142,6 +161,13 @@ export function parseSweep(raw: unknown, file: string, opts: { root?: string } =
   const results = raw.results === undefined ? `results/sweeps/${name}` : raw.results;
   if (typeof results !== "string" || results === "") {
     fail("results", "expected a folder path (the results root of the sweep)");
+  }
+  if (CONTROL.test(results as string)) {
+    fail(
+      "results",
+      `${JSON.stringify(results)}: a folder path may not hold control characters (newlines, ` +
+        `tabs, escapes)`,
+    );
   }
   const base = raw.base === undefined ? {} : flagMap(raw.base, "base", fail);
   const grid: [string, string[]][] = [];
@@ -182,6 +208,7 @@ export function parseSweep(raw: unknown, file: string, opts: { root?: string } =
     file,
     name: name as string,
     root: resolve(opts.root ?? (results as string)),
+    rootFrom: opts.root === undefined ? "results" : "--out",
     base,
     grid,
     points,
