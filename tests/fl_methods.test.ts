@@ -64,6 +64,13 @@ Deno.test("methods: the registry resolves names and aliases, and every entry is 
   // The (0,0) corner of DEeR's ablation grid is LoRA.
   const d00 = resolveMethod({ method: "DEeR", eliminateDeviation: false, regulateNoise: false });
   assert.deepEqual(d00.phases, lora.phases);
+  // ... under --momentum reference too: the reference keeps each client's optimiser when the
+  // eliminator is off, and rebuilds it per phase when it is on.
+  assert.equal(d00.referenceMomentum, lora.referenceMomentum);
+  assert.equal(lora.referenceMomentum, "keep");
+  assert.equal(deer.referenceMomentum, "reset");
+  // FedSVD changes B's basis every round: no momentum carried over it.
+  assert.equal(resolveMethod({ method: "FedSVD" }).referenceMomentum, "reset");
   assert.throws(() => resolveMethod({ method: "FedProx" }), /unknown method "FedProx"; use one of/);
   // Every registered method has every hook, and the help text and table name it.
   for (const entry of METHODS) {
@@ -161,6 +168,40 @@ Deno.test("FedSA-LoRA: B is never released — the global B does not move, clien
   });
   assert.equal(result.records.length, 2);
   assert.ok(result.records.every((r) => r.phases[0].phase === "AB"));
+});
+
+Deno.test("local SGD without momentum and weight decay trains (plain SGD: θ ← θ − lr·g)", async () => {
+  const { data, backbone } = await toySetup(4);
+  const d = backbone.dims;
+  const draw = createRng(5);
+  const start: LoraFactors = {
+    A: Array.from(
+      { length: d.adapters },
+      () => Float32Array.from({ length: 4 * d.dIn }, () => draw.normal() * 0.05),
+    ),
+    B: Array.from({ length: d.adapters }, () => new Float32Array(d.dOut * 4)),
+  };
+  const run = (momentum: number) =>
+    trainLocal(backbone, {
+      split: data.train,
+      indices: Array.from({ length: 32 }, (_, i) => i),
+      start,
+      train: ["A", "B"],
+      epochs: 1,
+      batchSize: 16,
+      sgd: { lr: 0.05, momentum, weightDecay: 0 },
+      logitScale: Math.log(1 / 0.07),
+      dynamicRank: false,
+      rng: createRng(1),
+    });
+  // With μ = 0 the momentum buffer was the gradient itself, disposed with the gradients.
+  const plain = await run(0);
+  assert.equal(plain.steps, 2);
+  assert.ok(Number.isFinite(plain.loss));
+  assert.ok(maxAbsDiff(plain.factors.B[0], start.B[0]) > 0, "B moved");
+  // Its first step equals the momentum run's (the buffers start at zero); the second differs.
+  const withMomentum = await run(0.9);
+  assert.notDeepEqual(plain.factors.B[0], withMomentum.factors.B[0]);
 });
 
 Deno.test("DP-DyLoRA: local training changes only the drawn rank prefix", async () => {

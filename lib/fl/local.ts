@@ -305,7 +305,11 @@ export function createLocalTrainer(backbone: Backbone, job: TrainerJob): LocalTr
             return wgslSgdStep(p, grads[i], buffers[i], { lr, momentum: mu, weightDecay: wd });
           }
           const d = wd === 0 ? grads[i] : tf.add(grads[i], tf.mul(p, wd));
-          const buf = mu === 0 ? d : tf.add(tf.mul(buffers[i], mu), d);
+          // The new buffer must be a tensor of its own: the gradients are disposed below, and
+          // with μ = 0 and no weight decay d is the gradient itself.
+          const buf = mu === 0
+            ? (d === grads[i] ? tf.clone(d) : d)
+            : tf.add(tf.mul(buffers[i], mu), d);
           return [tf.sub(p, tf.mul(buf, lr)), buf];
         })
       );

@@ -31,7 +31,10 @@ export function deer(opts: DeerOptions = {}): Method {
     phases: m1
       ? [phase("B", ["B"], ["B"], m2), phase("A", ["A"], ["A"], m2)]
       : [phase("AB", BOTH, BOTH, m2)],
-    referenceMomentum: "reset",
+    // The reference rebuilds the optimiser for every phase of its eliminator; with the eliminator
+    // off (one phase of A and B) it keeps each client's optimiser, as for LoRA, so that DEeR(0,0)
+    // is LoRA under --momentum reference too.
+    referenceMomentum: m1 ? "reset" : "keep",
     checkDp: (calibration) =>
       calibration !== "paper" && !m1 && m2
         ? `${label} with ${calibration} calibration: regulated noise shaped by a client's own, ` +

@@ -79,5 +79,8 @@ export const fedSvd: Method = {
   label: "FedSVD",
   aggregates: "B only (A shared); then B̄·A = UΣVᵀ re-factorised as B ← UΣ, A ← Vᵀ",
   phases: [phase("B", ["B"], ["B"], false)],
+  // The re-factorisation changes B's basis every round: momentum kept from the last round would
+  // point in the old coordinates.
+  referenceMomentum: "reset",
   afterRound: ({ global, dims }) => svdRefactor(global, dims),
 };
