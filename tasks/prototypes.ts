@@ -182,7 +182,7 @@ export async function main(
           `(${encoder.tokenizer.kind} tokenizer ${encoder.tokenizer.source}) → ${out}`,
       );
       classes.promptNames.forEach((name, i) =>
-        io.log(`  ${classes.labelNames[i]}: "${template.replaceAll("{}", name)}"`)
+        io.log(`  ${classes.labelNames[i]}: "${template.replaceAll("{}", () => name)}"`)
       );
     } finally {
       encoder.dispose();

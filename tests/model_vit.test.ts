@@ -138,7 +138,45 @@ Deno.test("vit: settings come from options, the file's metadata or config.json, 
   assert.deepEqual([viaSidecar.config.heads, viaSidecar.config.act], [2, "gelu"]);
   assert.ok(relativeError(encodeData(viaSidecar, x), inputs.ref_openai_gelu.data) <= 1e-4);
   viaSidecar.dispose();
+  // Pooling open_clip can do and this encoder cannot (CLIPA's average pool) is refused, not
+  // silently replaced by the class token.
+  for (const cfg of [{ pool_type: "avg" }, { final_ln_after_pool: true }]) {
+    await Deno.writeTextFile(
+      `${dir}/open_clip_config.json`,
+      JSON.stringify({ model_cfg: { vision_cfg: { head_width: 16, ...cfg } } }),
+    );
+    await assert.rejects(
+      loadVisionEncoder(`${dir}/model.safetensors`),
+      new RegExp(`vision_cfg\\.${Object.keys(cfg)[0]} is .*would give other features`),
+    );
+  }
   await Deno.remove(dir, { recursive: true });
+  // timm: its CLIP trunks (vit_*_clip_*) use LayerNorm ε 1e-5, its other ViTs 1e-6.
+  const timm = await readSafetensors(`${FIXTURES}timm.safetensors`);
+  const timmDir = await Deno.makeTempDir();
+  await writeSafetensors(`${timmDir}/model.safetensors`, timm.tensors);
+  const timmConfig = (vision: Record<string, unknown>) =>
+    Deno.writeTextFile(
+      `${timmDir}/open_clip_config.json`,
+      JSON.stringify({ model_cfg: { vision_cfg: vision } }),
+    );
+  for (
+    const [name, eps] of [["vit_base_patch16_clip_224", 1e-5], [
+      "vit_base_patch16_224",
+      1e-6,
+    ]] as const
+  ) {
+    await timmConfig({ timm_model_name: name });
+    const enc = await loadVisionEncoder(`${timmDir}/model.safetensors`, { heads: 2 });
+    assert.equal(enc.config.lnEps, eps, name);
+    enc.dispose();
+  }
+  await timmConfig({ timm_model_name: "vit_base_patch16_clip_224", timm_pool: "avg" });
+  await assert.rejects(
+    loadVisionEncoder(`${timmDir}/model.safetensors`, { heads: 2 }),
+    /vision_cfg\.timm_pool is "avg"/,
+  );
+  await Deno.remove(timmDir, { recursive: true });
   // HF: heads from config.json beside the weights; from memory they must be given.
   const hf = await readSafetensors(`${FIXTURES}hf/model.safetensors`);
   await assert.rejects(

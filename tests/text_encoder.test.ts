@@ -88,6 +88,14 @@ Deno.test("text: class prototypes are unit rows of the encoded prompts", async (
   T.dispose();
   custom.dispose();
   assert.equal(tf.memory().numTensors, before);
+  // A class name is put in as it is: `$&` or `$$` are not replacement patterns.
+  const dollar = classPrototypes(encoder, ["CD34$& cells $$"], "{}");
+  const written = tf.tidy(() => {
+    const f = encoder.encode(encoder.tokenize(["CD34$& cells $$"]));
+    return f.div(tf.norm(f)).dataSync();
+  });
+  assert.ok(relativeError(dollar.dataSync(), written) < 1e-6);
+  dollar.dispose();
   assert.throws(() => classPrototypes(encoder, ["a"], "an image"), /has no "\{\}"/);
   assert.throws(() => classPrototypes(encoder, []), /no class names/);
   encoder.dispose();
@@ -100,6 +108,24 @@ Deno.test("text: bad ids, missing tokenizers and wrong checkpoints fail clearly"
   assert.throws(() => encoder.encode([new Array(17).fill(1)]), /expected 1 to 16/);
   assert.throws(() => encoder.encode([]), /no rows/);
   encoder.dispose();
+
+  // Settings open_clip honours and this tower does not implement are refused, not ignored.
+  const variant = await Deno.makeTempDir();
+  for (const f of ["model.safetensors", "vocab.json", "merges.txt"]) {
+    await Deno.copyFile(`${FIXTURES}openai/${f}`, join(variant, f));
+  }
+  const base = JSON.parse(await Deno.readTextFile(`${FIXTURES}openai/open_clip_config.json`));
+  for (const extra of [{ no_causal_mask: true }, { norm_kwargs: { eps: 1e-6 } }]) {
+    const cfg = structuredClone(base);
+    const model = cfg.model_cfg ?? cfg;
+    model.text_cfg = { ...(model.text_cfg ?? {}), ...extra };
+    await Deno.writeTextFile(join(variant, "open_clip_config.json"), JSON.stringify(cfg));
+    await assert.rejects(
+      loadTextEncoder(join(variant, "model.safetensors")),
+      new RegExp(`text_cfg\\.${Object.keys(extra)[0]} is .*would give other features`),
+    );
+  }
+  await Deno.remove(variant, { recursive: true });
 
   // A checkpoint alone in a folder: no tokenizer beside it.
   const dir = await Deno.makeTempDir();

@@ -454,6 +454,24 @@ async function settingsFromSidecar(
       });
     }
     if (text.width !== undefined) checkWidth(file, text.width);
+    // Settings open_clip honours that this tower does not implement: refused, not ignored.
+    for (
+      const [key, ok] of [
+        ["no_causal_mask", false],
+        ["norm_kwargs", undefined],
+        ["act_kwargs", undefined],
+      ] as const
+    ) {
+      const empty = typeof text[key] === "object" && text[key] !== null &&
+        Object.keys(text[key] as object).length === 0;
+      if (text[key] !== undefined && text[key] !== ok && !empty) {
+        throw new Error(
+          `${file}: text_cfg.${key} is ${JSON.stringify(text[key])}; this toolkit's text tower ` +
+            `is causal with default LayerNorm and activation settings, and would give other ` +
+            `features than open_clip for this model`,
+        );
+      }
+    }
     return checkTextSettings(file, {
       heads: text.heads,
       // open_clip builds nn.GELU unless the config sets quick_gelu (OpenAI's own weights do).
@@ -883,7 +901,8 @@ export function classPrototypes(
     throw new Error(`classPrototypes: template "${template}" has no "{}" for the class name`);
   }
   if (classNames.length === 0) throw new Error("classPrototypes: no class names");
-  const ids = encoder.tokenize(classNames.map((name) => template.replaceAll("{}", name)));
+  // A function replacement: a string one would expand `$&`, `$$` … in a class name.
+  const ids = encoder.tokenize(classNames.map((name) => template.replaceAll("{}", () => name)));
   return tf.tidy(() => {
     const batches: tf.Tensor2D[] = [];
     for (let i = 0; i < ids.length; i += 64) batches.push(encoder.encode(ids.slice(i, i + 64)));

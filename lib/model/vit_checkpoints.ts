@@ -264,10 +264,38 @@ async function settingsFromSidecar(
       lnEps: vision.layer_norm_eps,
     });
   }
+  if (layout === "timm") {
+    const { file, model } = await readOpenClipConfig(dir);
+    if (!model) return {};
+    const vision = (model.vision_cfg ?? {}) as Record<string, unknown>;
+    const pool = vision.timm_pool;
+    if (pool !== undefined && pool !== "" && pool !== "token") {
+      throw new Error(
+        `${file}: vision_cfg.timm_pool is ${JSON.stringify(pool)}; this toolkit's encoder pools ` +
+          `the class token ("token" or ""), and would give other features than open_clip here`,
+      );
+    }
+    // timm builds its CLIP trunks (vit_*_clip_*) with PyTorch's LayerNorm default, ε = 1e-5;
+    // its other ViTs use 1e-6 (the layout's default).
+    const name = String(vision.timm_model_name ?? "");
+    return checkSettings(file, {
+      ...(/_clip_/.test(name) ? { lnEps: 1e-5 } : {}),
+      ...(/_clip_quickgelu_/.test(name) ? { act: "quick_gelu" } : {}),
+    });
+  }
   if (layout === "openai") {
     const { file, model } = await readOpenClipConfig(dir);
     if (!model) return {};
     const vision = (model.vision_cfg ?? {}) as Record<string, unknown>;
+    for (const [key, ok] of [["pool_type", "tok"], ["final_ln_after_pool", false]] as const) {
+      if (vision[key] !== undefined && vision[key] !== ok) {
+        throw new Error(
+          `${file}: vision_cfg.${key} is ${JSON.stringify(vision[key])}; this toolkit's encoder ` +
+            `pools the class token after ln_post (pool_type "tok"), and would give other ` +
+            `features than open_clip for this model`,
+        );
+      }
+    }
     const headWidth = typeof vision.head_width === "number" ? vision.head_width : 64;
     return checkSettings(file, {
       heads: width % headWidth === 0 ? width / headWidth : undefined,
