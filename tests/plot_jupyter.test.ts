@@ -41,6 +41,11 @@ Deno.test("jupyter: text that would close the script element is escaped", () => 
   assert.equal(scripts.length, 1, "only the drawing script's own closing tag");
   assert.match(html, /\\u003c\/script>/);
   assert.equal(describeFigure(evil), 'Plotly figure "</script><b>x</b>": 0 trace(s)');
+  // The element id goes into an attribute and a script: markup there is refused.
+  assert.throws(
+    () => figureBundle(evil, { id: 'x" onerror="alert(1)' }),
+    /figureBundle: id .* must be letters, digits, _ and -/,
+  );
 });
 
 Deno.test("jupyter: display inlines plotly.js in the first bundle of a session only", async () => {

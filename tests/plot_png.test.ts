@@ -51,6 +51,17 @@ Deno.test({
       const svg = await Deno.readTextFile(svgPath);
       assert.match(svg, /^<svg[^>]*width="500"[^>]*height="300"/);
       assert.match(svg, /Validation accuracy/);
+      // A title that spells out the old fixed markers is only a title.
+      const marked = lineFigure({
+        title: "run DEERERROR:x:END DEERIMAGE:foo:END",
+        xTitle: "round",
+        yTitle: "%",
+        series: [{ name: "LoRA", x: [1, 2], y: [1, 2] }],
+      });
+      const markedPng = join(dir, "marked.png");
+      await savePng(marked, markedPng, { width: 300, height: 200 });
+      assert.deepEqual(pngSize(await Deno.readFile(markedPng)), [300, 200]);
+      await Deno.remove(markedPng);
       assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
         "acc.svg",
         "sub",

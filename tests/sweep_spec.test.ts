@@ -593,4 +593,29 @@ Deno.test("report figures: the module1 × module2 heat map per setting, a numeri
   assert.equal(overRank.data.length, 4, "one line per module setting");
   assert.deepEqual(overRank.data[0].x, [2, 4]);
   assert.ok(figs.some((f) => /actually spent/.test(JSON.stringify(f.layout.title))));
+  // Two numeric axes: each line varies only its own axis, left to right (not in run order).
+  const grid = parseSweep({
+    base: { method: "LoRA" },
+    grid: { lora_r: [2, 8, 4], node_num: [4, 8] },
+  }, "g.json");
+  const gridRows: SeedRow[] = expandPoints(grid).map((p) => ({
+    ...rows[0],
+    point: p.id,
+    label: p.id,
+    settings: p.settings,
+    method: "LoRA",
+    family: "LoRA",
+    calibration: null,
+    accuracy: 10 * Number(p.settings.lora_r) + Number(p.settings.node_num),
+    nominalEpsilon: null,
+    spentEpsilon: null,
+  }));
+  const gridFigs = sweepFigures(grid, poolSeeds(gridRows));
+  const over = (axis: string) =>
+    gridFigs.find((f) => new RegExp(`over ${axis}`).test(JSON.stringify(f.layout.title)))!;
+  assert.deepEqual(over("lora_r").data.map((t) => [t.name, t.x, t.y]), [
+    ["LoRA node_num=4", [2, 4, 8], [24, 44, 84]],
+    ["LoRA node_num=8", [2, 4, 8], [28, 48, 88]],
+  ]);
+  assert.equal(over("node_num").data.length, 3, "one line per rank");
 });

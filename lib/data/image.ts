@@ -7,10 +7,13 @@
  * support is widened by the downscale factor (antialiasing), coefficients normalised and
  * rounded to 22-bit fixed point, and each pass rounded and clipped to uint8.
  *
- * Decoding differs from Pillow in two documented places: 16-bit PNG samples keep their high byte
- * (what Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead), and alpha is dropped
- * before resizing (Pillow premultiplies it; the two agree on opaque images). JPEG decoding is
- * jpeg-js, whose IDCT can differ from libjpeg's by ±1 on some pixels.
+ * Decoding differs from Pillow (docs/data.md lists the measurements): 16-bit PNG samples keep
+ * their high byte (what Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead); alpha is
+ * dropped before resizing (Pillow premultiplies it; the two agree on opaque images); palette and
+ * 1-bit PNGs become RGB before resizing (Pillow's `convert("RGB")` first). JPEG decoding is
+ * jpeg-js: within ±1 of libjpeg-turbo without chroma subsampling, but for 4:2:0 JPEGs it
+ * repeats the colour samples where libjpeg-turbo interpolates them, and colour edges differ by
+ * tens of levels.
  *
  * Before decoding, the size a file's header declares is checked against a pixel limit (50 M by
  * default; the `maxPixels` option or `DEER_MAX_IMAGE_PIXELS`, see `./limits.ts`), so that a tiny

@@ -301,6 +301,8 @@ export function sweepFigure(rows: SummaryRow[], opts: {
     logX: opts.logX,
     series: groups.map((g) => {
       const mine = rows.filter((r) => group(r) === g);
+      // A line joins its points left to right, not in the order they were run.
+      if (!opts.categorical) mine.sort((a, b) => Number(opts.x(a)) - Number(opts.x(b)));
       return {
         name: g,
         x: mine.map((r) => (opts.categorical ? String(opts.x(r)) : opts.x(r))),
@@ -385,8 +387,9 @@ export function epsilonFigure(
   rows: SummaryRow[],
   against: "nominal" | "spent",
   metric: SummaryMetric = "accuracy",
+  /** One line per value (default: method · calibration). */
+  group: (r: SummaryRow) => string = (r) => `${r.params.method ?? r.family} · ${r.calibration}`,
 ): Figure {
-  const group = (r: SummaryRow) => `${r.params.method ?? r.family} · ${r.calibration}`;
   const groups = uniqueInOrder(rows.map(group));
   const bars = hasIntervals(rows, metric);
   return linesFigure({
@@ -405,7 +408,8 @@ export function epsilonFigure(
     series: groups.map((g) => {
       const eps = (r: SummaryRow) => against === "nominal" ? r.nominalEpsilon : r.spentEpsilon;
       // No DP, no ε: such a point has no place on this axis.
-      const mine = rows.filter((r) => group(r) === g && eps(r) !== null);
+      const mine = rows.filter((r) => group(r) === g && eps(r) !== null)
+        .sort((a, b) => eps(a)! - eps(b)!);
       return {
         name: g,
         x: mine.map((r) => eps(r)!),

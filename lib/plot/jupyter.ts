@@ -56,6 +56,10 @@ export interface BundleOptions {
  */
 export function figureBundle(fig: Figure, opts: BundleOptions = {}): MimeBundle {
   const id = opts.id ?? `deer-fig-${crypto.randomUUID()}`;
+  if (!/^[A-Za-z][A-Za-z0-9_-]*$/.test(id)) {
+    // It goes into an HTML attribute and a script: nothing there may be markup.
+    throw new Error(`figureBundle: id ${JSON.stringify(id)} must be letters, digits, _ and -`);
+  }
   // JSON inside <script>: keep "</script>" (and "<!--") from ending the element early.
   const json = JSON.stringify(fig).replace(/</g, "\\u003c");
   const height = Number(fig.layout.height ?? 380);

@@ -162,8 +162,8 @@ export async function renderFigure(
   const height = opts.height ?? Number(fig.layout.height ?? 420);
   const scale = opts.scale ?? 1;
   const json = JSON.stringify(fig).replace(/</g, "\\u003c");
-  // The result goes into a <pre> as text; the marker is split so that the page's own source,
-  // which --dump-dom prints too, never matches it.
+  // The result goes into a <pre> as text, framed by a marker drawn for this render.
+  const marker = `DEER${crypto.randomUUID().replaceAll("-", "")}`;
   const page = `<!DOCTYPE html><html><head><meta charset="utf-8">
 <script>${await plotlyJs()}</script></head><body>
 <div id="fig" style="width:${width}px;height:${height}px"></div><pre id="${OUT_ID}"></pre>
@@ -177,8 +177,8 @@ export async function renderFigure(
       return Plotly.toImage(gd, { format: ${JSON.stringify(format)}, width: ${width},
         height: ${height}, scale: ${scale} });
     })
-    .then(function (url) { out.textContent = "DEER" + "IMAGE:" + url + ":END"; })
-    .catch(function (e) { out.textContent = "DEER" + "ERROR:" + e + ":END"; });
+    .then(function (url) { out.textContent = ${JSON.stringify(marker)} + "IMAGE:" + url + ":END"; })
+    .catch(function (e) { out.textContent = ${JSON.stringify(marker)} + "ERROR:" + e + ":END"; });
 })();
 </script></body></html>`;
   const dir = await Deno.makeTempDir({ prefix: "deer-figure-" });
@@ -189,11 +189,14 @@ export async function renderFigure(
       ["--virtual-time-budget=10000", "--dump-dom", pathToFileURL(file).href],
       opts.timeoutMs ?? 60_000,
     );
-    const failed = /DEERERROR:([\s\S]*?):END/.exec(dom);
+    // Only the output element, and a marker no figure text can know: a title that spells the
+    // marker out is rendered before it and must not be taken for the result.
+    const out = new RegExp(`<pre id="${OUT_ID}"[^>]*>([\\s\\S]*?)</pre>`).exec(dom)?.[1] ?? "";
+    const failed = new RegExp(`^${marker}ERROR:([\\s\\S]*?):END$`).exec(out);
     if (failed) {
       throw new Error(`plotly.js could not render the figure: ${unescapeHtml(failed[1])}`);
     }
-    const found = /DEERIMAGE:([\s\S]*?):END/.exec(dom);
+    const found = new RegExp(`^${marker}IMAGE:([\\s\\S]*?):END$`).exec(out);
     if (!found) {
       throw new Error(
         "Chromium rendered the page but no image came back (plotly.js did not finish within the " +

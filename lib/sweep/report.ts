@@ -372,8 +372,19 @@ export function markdownTable(t: { columns: string[]; rows: string[][] }): strin
 export function sweepFigures(sweep: Sweep, table: GroupRow[]): Figure[] {
   const rows = summaryRows(table);
   const figs: Figure[] = [];
+  // A line holds the points that differ only in its x: every other varied setting is part of
+  // the line's name (else a rank × clients grid would zigzag through both in one line).
+  const besides = (r: SummaryRow, ...axes: string[]) =>
+    Object.entries(r.params).filter(([k]) =>
+      ![...axes, "method", "calibration", "seeds", "seed"].includes(k)
+    ).map(([k, v]) => ` ${k}=${v}`).join("");
   if (rows.some((r) => r.spentEpsilon !== null)) {
-    figs.push(epsilonFigure(rows, "spent"), epsilonFigure(rows, "nominal"));
+    const byEps = (r: SummaryRow) =>
+      `${r.params.method ?? r.family} · ${r.calibration}${besides(r, "epsilon")}`;
+    figs.push(
+      epsilonFigure(rows, "spent", "accuracy", byEps),
+      epsilonFigure(rows, "nominal", "accuracy", byEps),
+    );
   }
   // The 2×2 ablation, once per combination of the other varied settings.
   const moduled = rows.filter((r) =>
@@ -404,7 +415,7 @@ export function sweepFigures(sweep: Sweep, table: GroupRow[]): Figure[] {
       group: (r) =>
         `${r.method}${r.calibration ? ` · ${r.calibration}` : ""}${
           r.nominalEpsilon === null ? "" : ` ε=${r.nominalEpsilon}`
-        }`,
+        }${besides(r, axis, "epsilon")}`,
     }));
   }
   return figs;
