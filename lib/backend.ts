@@ -98,14 +98,23 @@ async function selectBackend(): Promise<BackendName> {
     return forced as BackendName;
   }
   const failures: string[] = [];
+  let gpuDriversLoaded = false;
   for (const name of BACKENDS) {
     // Automatically only on a real GPU: a software adapter is slower than the CPU backends.
     if (name === "webgpu" && !(await realGpuInChild())) continue;
+    // A process that has loaded the Vulkan drivers (webgpu tried and failed here) crashes when
+    // libtensorflow loads after them (see probeInChild): go on with wasm or cpu instead.
+    if (name === "tensorflow" && gpuDriversLoaded) {
+      failures.push("tensorflow skipped (the GPU drivers are loaded in this process)");
+      continue;
+    }
     try {
+      if (name === "webgpu") gpuDriversLoaded = true;
       await activate(name);
       if (failures.length > 0) console.error(`deer: ${failures.join("; ")}`);
       return name;
     } catch (err) {
+      if (name === "webgpu") webgpuAdapter = null;
       failures.push(`${name} unavailable (${(err as Error).message.split("\n")[0]})`);
     }
   }

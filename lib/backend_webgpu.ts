@@ -235,11 +235,12 @@ function avoidSplitK(): void {
       kernelFunc: (args: Parameters<tf.KernelFunc>[0]) => {
         if (!wouldSplitK(args)) return stock.kernelFunc(args);
         const env = tf.env();
+        const before = env.getNumber("WEBGPU_MATMUL_PROGRAM_TYPE");
         env.set("WEBGPU_MATMUL_PROGRAM_TYPE", SMALL_OUTPUT);
         try {
           return stock.kernelFunc(args);
         } finally {
-          env.set("WEBGPU_MATMUL_PROGRAM_TYPE", -1);
+          env.set("WEBGPU_MATMUL_PROGRAM_TYPE", before);
         }
       },
     };

@@ -338,6 +338,8 @@ export function wgslLayerNormForward(
   beta: tf.Tensor,
   eps: number,
 ): tf.Tensor {
+  checkRowVector("ln gamma", x, gamma);
+  checkRowVector("ln beta", x, beta);
   return tf.reshape(runRows("ln", [x, gamma, beta], eps), x.shape);
 }
 
@@ -359,6 +361,7 @@ export function wgslLayerNormBackward(
   if (!tf.util.arraysEqual(dy.shape, x.shape)) {
     throw new Error(`webgpu_kernels ln_grad: dy ${dy.shape} must be x's ${x.shape}`);
   }
+  checkRowVector("ln_grad gamma", x, gamma);
   if (!residual) return tf.reshape(runRows("ln_grad", [dy, x, gamma], eps), x.shape);
   if (!tf.util.arraysEqual(residual.shape, x.shape)) {
     throw new Error(`webgpu_kernels ln_grad: residual ${residual.shape} must be x's ${x.shape}`);
@@ -843,16 +846,24 @@ export function wgslSgdStep(
 // The prototype loss
 
 /**
- * The loop iterations one invocation of the prototype-loss kernels makes for a row of width `d`
- * against `c` classes (the gradient kernel's: the norm, the logits, two passes of `dû = Σ_c ∂l_c·T_c`
- * over the row); the loss kernels' invocations make ⌈N/64⌉·(d + c·d + 2c) at most.
+ * The loop iterations one invocation of the prototype-loss kernels makes, counted generously, for
+ * rows of width `d` against `c` classes: the gradient kernel's per row (the norm, the logits, two
+ * passes of `dû = Σ_c ∂l_c·T_c` over the row); the sum kernels' per invocation, ⌈N/64⌉ rows each
+ * costing the row loop itself, the norm (d), the logits (c·(d + 1)), the softmax sum (c) and the
+ * ∂/∂s kernel's pass over the classes (c), plus the six steps of the final tree sum. On lavapipe
+ * the count that runs out also depends on how LLVM unrolls the loops: a naive count of 64,288
+ * (d 64, c 2, N 20,992) already returned a loss 97 % off, so {@link prototypeBounded} keeps a
+ * margin below the 65,535 budget.
  */
 function prototypeIterations(n: number, c: number, d: number): number {
   return Math.max(
     d + c * d + 3 * c + 2 * c * d + 2 * d,
-    Math.ceil(n / ROW_GROUP) * (d + c * d + 2 * c),
+    Math.ceil(n / ROW_GROUP) * (1 + d + c * (d + 1) + 2 * c) + 6,
   );
 }
+
+/** The iterations {@link prototypeBounded} allows: lavapipe's 65,535, less a margin. */
+const PROTOTYPE_ITERATION_BUDGET = 60_000;
 
 /** The most classes the prototype-loss kernels keep in a private array per invocation. */
 export const WGSL_MAX_CLASSES = 256;
@@ -860,8 +871,9 @@ export const WGSL_MAX_CLASSES = 256;
 /**
  * Whether {@link wgslPrototypeLoss} takes `n` features of width `d` against `c` prototypes: the
  * fused kernels in use, at most {@link WGSL_MAX_CLASSES} classes, and every invocation within
- * lavapipe's 65,535 loop iterations (see {@link WGSL_MAX_ROW}; ViT-B/16's 512-wide features
- * against 8 classes make 13,864). Otherwise the loss keeps the tfjs composition.
+ * 60,000 of lavapipe's 65,535 loop iterations as {@link prototypeIterations} counts them (see
+ * {@link WGSL_MAX_ROW}; ViT-B/16's 512-wide features against 8 classes make about 13,900).
+ * Otherwise the loss keeps the tfjs composition.
  */
 export function wgslPrototypeFits(n: number, c: number, d: number): boolean {
   return wgslKernelsEnabled() && prototypeBounded(n, c, d);
@@ -869,7 +881,8 @@ export function wgslPrototypeFits(n: number, c: number, d: number): boolean {
 
 /** The bounds of {@link wgslPrototypeFits}, backend aside. */
 function prototypeBounded(n: number, c: number, d: number): boolean {
-  return c >= 1 && c <= WGSL_MAX_CLASSES && prototypeIterations(n, c, d) <= 65535;
+  return c >= 1 && c <= WGSL_MAX_CLASSES &&
+    prototypeIterations(n, c, d) <= PROTOTYPE_ITERATION_BUDGET;
 }
 
 /**
@@ -977,7 +990,17 @@ export function wgslPrototypeLoss(
       "proto_loss",
       [f, prototypes, s, labels],
       0,
-      () => protoSumProgram("proto_loss", n, c, d, "acc += lz + mx - logits[y];", `${1 / n}`),
+      () =>
+        protoSumProgram(
+          "proto_loss",
+          n,
+          c,
+          d,
+          // A label outside 0..C−1 matches no class: the row adds nothing, as in the tf.oneHot
+          // composition (WGSL would clamp the index and read another class's logit).
+          "acc += select(0.0, lz + mx - logits[clamp(y, 0, C - 1)], y >= 0 && y < C);",
+          `${1 / n}`,
+        ),
       undefined,
       [3],
     );
@@ -998,7 +1021,8 @@ export function wgslPrototypeLoss(
               c,
               d,
               `for (var c = 0; c < C; c++) {
-            acc += (exp(logits[c] - mx - lz) - select(0.0, 1.0, c == y)) * logits[c];
+            acc += select(0.0, (exp(logits[c] - mx - lz) - select(0.0, 1.0, c == y)) * logits[c],
+              y >= 0 && y < C);
           }`,
               `DY[0] * ${1 / n}`,
             ),
@@ -1029,7 +1053,9 @@ export function wgslPrototypeLoss(
                 var dl : array<f32, C>;
                 for (var c = 0; c < C; c++) {
                   let p = exp(logits[c] - mx - lz);
-                  dl[c] = (p - select(0.0, 1.0, c == y)) * (DY[0] * ${1 / n}) * scale;
+                  // A row whose label matches no class has no loss, so no gradient.
+                  dl[c] = select(0.0, (p - select(0.0, 1.0, c == y)) * (DY[0] * ${1 / n}) * scale,
+                    y >= 0 && y < C);
                 }
                 var along = 0.0;
                 for (var j = 0; j < D; j++) {
