@@ -25,6 +25,14 @@ import { natsTest, withConnection, withNatsServer } from "./helpers/nats.ts";
 
 const later = (ms: number) => new Date(Date.now() + ms);
 const small = [{ name: "A.0", shape: [2, 3], data: new Float32Array([1, 2, 3, 4, 5, 6]) }];
+/** Round 1, phase 0 of a run: a task for every site, the small global factors, a minute. */
+const firstPhase = (sites: string[]) => ({
+  round: 1,
+  phase: 0,
+  deadline: later(60_000),
+  global: small,
+  tasks: sites.map((site) => ({ site, settings: {} })),
+});
 const spec = [{ name: "B.0", dtype: "float32" as const, shape: [3, 2] }];
 const release = (v: number) => [{ name: "B.0", shape: [3, 2], data: new Float32Array(6).fill(v) }];
 /** 400,000 float32 values: 1.6 MB, more than one 1 MiB message. */
@@ -156,11 +164,7 @@ natsTest(
       await withConnection(server, "coordinator", async (nc) => {
         const coordinator = await openCoordinator(nc, { run, sites });
         await coordinator.sendTasks({
-          round: 1,
-          phase: 0,
-          deadline: later(60_000),
-          global: small,
-          tasks: sites.map((site) => ({ site, settings: {} })),
+          ...firstPhase(sites),
         });
         // site-a publishes junk on its own subject under the ids B's result used to have.
         await withConnection(server, "site-a", async (na) => {
@@ -269,11 +273,7 @@ natsTest(
       await withConnection(server, "coordinator", async (nc) => {
         const c1 = await openCoordinator(nc, { run, sites });
         await c1.sendTasks({
-          round: 1,
-          phase: 0,
-          deadline: later(60_000),
-          global: small,
-          tasks: sites.map((site) => ({ site, settings: {} })),
+          ...firstPhase(sites),
           release: bigSpec,
         });
         for (const site of sites) {
