@@ -1,8 +1,9 @@
 /**
- * Bounded inflation: a deflate or zlib stream is decompressed a slice at a time and abandoned the
- * moment its output passes a limit, so that a stream that expands far beyond what its container
+ * Bounded inflation: a deflate, zlib or gzip stream is decompressed a slice at a time and abandoned
+ * the moment its output passes a limit, so that a stream that expands far beyond what its container
  * declared occupies at most one slice's output beyond that limit in memory (see `sliceSize`:
- * 16 × the limit, or about 68 MB, whichever is less). Internal to `lib/data`.
+ * 16 × the limit, or about 68 MB, whichever is less). Internal to the toolkit's loaders (`lib/data`,
+ * and the tokenizers' gzip vocabularies in `lib/model`).
  *
  * @example
  * ```ts
@@ -12,7 +13,7 @@
  * ```
  * @module
  */
-import { Inflate, Unzlib } from "fflate";
+import { Gunzip, Inflate, Unzlib } from "fflate";
 
 /**
  * Compressed input is fed in slices of 64 KiB (smaller ones cost time: 16 KiB slices inflate
@@ -30,7 +31,8 @@ export class InflateLimitError extends Error {
 }
 
 /**
- * Inflates `compressed` (`"raw"` deflate, as in zip entries, or `"zlib"`, as in PNG's IDAT),
+ * Inflates `compressed` (`"raw"` deflate, as in zip entries, `"zlib"`, as in PNG's IDAT, or
+ * `"gzip"`, as in a `.gz` file),
  * handing each piece of output and its offset to `sink`. Returns the number of bytes produced,
  * which is at most `limit`: one more byte throws {@link InflateLimitError} at once. A corrupt
  * stream throws fflate's error; a stream that ends early returns what it produced, and one that
@@ -46,7 +48,7 @@ export class InflateLimitError extends Error {
  */
 export function inflateBounded(
   compressed: Uint8Array,
-  format: "raw" | "zlib",
+  format: "raw" | "zlib" | "gzip",
   limit: number,
   sink: (piece: Uint8Array, offset: number) => void,
 ): number {
@@ -61,7 +63,11 @@ export function inflateBounded(
     sink(piece, produced);
     produced += piece.length;
   };
-  const stream = format === "raw" ? new Inflate(ondata) : new Unzlib(ondata);
+  const stream = format === "raw"
+    ? new Inflate(ondata)
+    : format === "zlib"
+    ? new Unzlib(ondata)
+    : new Gunzip(ondata);
   if (compressed.length === 0) stream.push(compressed, true);
   const slice = sliceSize(limit);
   for (let p = 0; p < compressed.length; p += slice) {

@@ -46,6 +46,7 @@
  * @module
  */
 import { basename, dirname, join } from "node:path";
+import { inflateBounded, InflateLimitError } from "../data/_inflate.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Text cleaning: open_clip's basic_clean / whitespace_clean and the part of ftfy that applies
@@ -709,9 +710,6 @@ async function exists(path: string): Promise<boolean> {
  */
 export const MAX_GZIP_TEXT_BYTES = 64 * 1024 ** 2;
 
-/** Compressed bytes handed to the gzip decoder at a time (bounds each inflated piece). */
-const GZIP_SLICE = 16 * 1024;
-
 class GzipLimitError extends Error {}
 
 /** Inflates a gzip file piece by piece, stopping once its output passes `cap` bytes. */
@@ -724,34 +722,18 @@ async function gunzipBounded(path: string, cap: number): Promise<Uint8Array> {
         `(MAX_GZIP_TEXT_BYTES) of a gzip-compressed vocabulary; is this a tokenizer file?`,
     );
   }
-  let offset = 0;
-  const source = new ReadableStream<BufferSource>({
-    pull(controller) {
-      if (offset >= compressed.length) {
-        controller.close();
-        return;
-      }
-      controller.enqueue(compressed.slice(offset, offset + GZIP_SLICE));
-      offset += GZIP_SLICE;
-    },
-  }, { highWaterMark: 0 });
-  const reader = source.pipeThrough(new DecompressionStream("gzip")).getReader();
   const pieces: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > cap) {
-      await reader.cancel();
-      throw new GzipLimitError(
-        `${path}: inflates to more than ${cap} bytes (${cap / 1024 ** 2} MiB, the limit ` +
-          `MAX_GZIP_TEXT_BYTES of a gzip-compressed vocabulary; open_clip's ` +
-          `bpe_simple_vocab_16e6.txt.gz inflates to 1.6 MB); the file is corrupt or hostile ` +
-          `(a decompression bomb)`,
-      );
-    }
-    pieces.push(value);
+  let total: number;
+  try {
+    total = inflateBounded(compressed, "gzip", cap, (piece) => pieces.push(piece.slice()));
+  } catch (err) {
+    if (!(err instanceof InflateLimitError)) throw err;
+    throw new GzipLimitError(
+      `${path}: inflates to more than ${cap} bytes (${cap / 1024 ** 2} MiB, the limit ` +
+        `MAX_GZIP_TEXT_BYTES of a gzip-compressed vocabulary; open_clip's ` +
+        `bpe_simple_vocab_16e6.txt.gz inflates to 1.6 MB); the file is corrupt or hostile ` +
+        `(a decompression bomb)`,
+    );
   }
   const out = new Uint8Array(total);
   let at = 0;
