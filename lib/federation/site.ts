@@ -17,6 +17,7 @@ import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/
 import type { ReleasePhase } from "../privacy/ledger.ts";
 import type { Rng } from "../rng.ts";
 import { secureRng } from "../privacy/secure_rng.ts";
+import { sha256Hex } from "./codec.ts";
 import {
   checkSiteBudget,
   emptySiteLog,
@@ -104,10 +105,7 @@ export async function secretNoise(
  */
 async function taskDigest(site: SiteRuntime, inputs: string): Promise<string> {
   const text = JSON.stringify({ inputs, client: site.client, config: site.config });
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)),
-  );
-  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return await sha256Hex(new TextEncoder().encode(text));
 }
 
 /** SHA-256 (hex) of a task's inputs: the global factors, then the dense merges. */
@@ -119,8 +117,7 @@ export async function inputDigest(global: LoraFactors, merged?: Float32Array[]):
     bytes.set(new Uint8Array(t.buffer, t.byteOffset, t.byteLength), at);
     at += t.byteLength;
   }
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return await sha256Hex(bytes);
 }
 
 /**
