@@ -629,6 +629,10 @@ Deno.test("federation hardening: report checks under strict calibration and loca
   assert.match(fault({ ...report, clipped: false })!, /clipped false with updateNorm 2 and C = 1/);
   assert.match(fault({ ...report, peerSigmaMaxes: [1, 1] })!, /peerSigmaMaxes given/);
   assert.match(fault({})!, /loss undefined/);
+  assert.match(fault({ ...report, steps: -1 })!, /steps -1 is not a whole number ≥ 0/);
+  assert.match(fault({ ...report, steps: 1.5 })!, /steps 1.5 is not a whole number ≥ 0/);
+  const counted = reportFault({ ...report, steps: 0 }, factors, phaseB, dims, strict);
+  assert.ok("stats" in counted && counted.stats.steps === 0);
   // Local trust: the coordinator holds nothing of the report.
   const local = reportFault({ loss: NaN }, factors, phaseB, dims, {
     clip: null,

@@ -124,6 +124,41 @@ for (
   });
 }
 
+Deno.test("federation round: a client with no images takes no step; its loss is left out of the round's, in the simulation as through sites", async () => {
+  // Seed 2 with α = 0.1 splits the toy set's 96 images as [0, 34, 30, 32].
+  const cfg = config({
+    method: { ...defaultConfig().method, method: "LoRA" },
+    seed: 2,
+    rounds: 1,
+    split: { iid: false, dirichletAlpha: 0.1 },
+  });
+  const seen = new Map<number, { loss: number; steps: number; report: Record<string, unknown> }>();
+  const inner = sites(cfg, () => false);
+  const runtimes = new Map<number, SiteRuntime>();
+  const remote: RemoteClients = {
+    async collect(task) {
+      const got = await inner.collect(task);
+      for (const [k, r] of got.releases) {
+        const rt = runtimes.get(k) ?? siteRuntime(setup.data, cfg, k);
+        runtimes.set(k, rt);
+        const { loss, steps } = r as { loss: number; steps: number };
+        seen.set(k, { loss, steps, report: siteReport(rt, r.release, loss, steps) });
+      }
+      return got;
+    },
+  };
+  const local = await runFederated(setup.backbone, setup.data, cfg);
+  const fed = await runFederated(setup.backbone, setup.data, cfg, { remote });
+  assert.deepEqual([...seen.keys()], [0, 1, 2, 3]);
+  assert.equal(seen.get(0)!.steps, 0);
+  assert.equal(seen.get(0)!.report.steps, 0, "the site's report says it took no step");
+  for (const k of [1, 2, 3]) assert.ok(seen.get(k)!.steps > 0 && seen.get(k)!.loss > 0);
+  const expected = [1, 2, 3].reduce((s, k) => s + seen.get(k)!.loss, 0) / 3;
+  assert.equal(fed.records[0].phases[0].trainLoss, expected);
+  assert.equal(fed.records[0].trainLoss, expected);
+  assert.deepEqual(fed.records.map(stable), local.records.map(stable));
+});
+
 Deno.test("federation round: a coordinator with secret noise adds noise from its own key, accounted as the seeded run's", async () => {
   const dp = { calibration: "strict" as const, clip: 0.5, epsilon: 6 };
   const cfg = (noise: "seeded" | "secret") =>

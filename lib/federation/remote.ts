@@ -113,6 +113,8 @@ export interface NatsClientsOptions {
 /** The statistics of a site's report the coordinator uses, checked. */
 export interface SiteStatistics {
   loss: number;
+  /** Steps the site took; absent when its report did not say. */
+  steps?: number;
   updateNorm: number;
   clipped: boolean;
   releaseNorm: number;
@@ -149,9 +151,12 @@ export function reportFault(
     };
   }
   const fault = (s: string) => ({ fault: `report: ${s}` });
-  const { loss, updateNorm, clipped, releaseNorm, peerSigmaMax, peerSigmaMaxes } = report;
+  const { loss, steps, updateNorm, clipped, releaseNorm, peerSigmaMax, peerSigmaMaxes } = report;
   if (typeof loss !== "number" || !Number.isFinite(loss)) {
     return fault(`loss ${JSON.stringify(loss)} is not a finite number`);
+  }
+  if (steps !== undefined && !(Number.isSafeInteger(steps) && (steps as number) >= 0)) {
+    return fault(`steps ${JSON.stringify(steps)} is not a whole number ≥ 0`);
   }
   for (
     const [name, v] of [["updateNorm", updateNorm], ["releaseNorm", releaseNorm], [
@@ -166,6 +171,7 @@ export function reportFault(
   }
   const stats: SiteStatistics = {
     loss,
+    ...(steps === undefined ? {} : { steps: steps as number }),
     updateNorm: updateNorm as number,
     clipped,
     releaseNorm: releaseNorm as number,
@@ -302,7 +308,7 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
         spec: specs[phaseIndex],
       });
       for (const r of got.refused) o.onRefusal?.(r);
-      const releases = new Map<number, { release: ClientRelease; loss: number }>();
+      const releases = new Map<number, { release: ClientRelease; loss: number; steps?: number }>();
       const excluded: PhaseRecord["excluded"] = [];
       const phase = o.phases[phaseIndex];
       for (const [site, result] of got.accepted) {
@@ -332,9 +338,10 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
           excluded.push({ client: k, reason: `release refused: ${reason}` });
           continue;
         }
-        const { loss, ...stats } = checked.stats;
+        const { loss, steps, ...stats } = checked.stats;
         releases.set(k, {
           loss,
+          ...(steps === undefined ? {} : { steps }),
           release: {
             client: k,
             factors,
@@ -398,7 +405,7 @@ export async function runSite(
       );
     }
     const { factors, merged } = arraysFactors((await lease.global()).arrays);
-    const { release, loss } = await withHeartbeat(
+    const { release, loss, steps } = await withHeartbeat(
       lease,
       opts.heartbeatMs,
       () =>
@@ -414,7 +421,7 @@ export async function runSite(
     const released = runtime.method.phases[lease.task.phase].release;
     await lease.publishResult(
       factorArrays(releasedOnly(release.factors, released)),
-      siteReport(runtime, release, loss),
+      siteReport(runtime, release, loss, steps),
     );
     opts.log?.(
       `round ${lease.task.round} phase ${lease.task.phase}: release sent (attempt ${lease.attempt})`,

@@ -149,8 +149,9 @@ export function siteRuntime(
 }
 
 /**
- * What a site sends beside its released factors. Under central trust: its training loss and the
- * clipping statistics the round record lists. Under local trust the coordinator is not trusted
+ * What a site sends beside its released factors. Under central trust: its training loss, the
+ * number of steps it took (0 when it holds no images: its loss is then left out of the round's)
+ * and the clipping statistics the round record lists. Under local trust the coordinator is not trusted
  * with anything computed from un-noised values, so nothing else leaves the site (the records
  * then carry null for these statistics, in `train` as in a federation).
  */
@@ -158,10 +159,12 @@ export function siteReport(
   site: SiteRuntime,
   release: ClientRelease,
   loss: number,
+  steps?: number,
 ): Record<string, unknown> {
   if (site.mechanism.trust === "local") return {};
   return {
     loss,
+    ...(steps === undefined ? {} : { steps }),
     updateNorm: release.updateNorm,
     clipped: release.clipped,
     releaseNorm: release.releaseNorm,
@@ -187,7 +190,7 @@ export async function siteRelease(
   backbone: SharedBackbone,
   site: SiteRuntime,
   task: SiteTask,
-): Promise<{ release: ClientRelease; loss: number }> {
+): Promise<{ release: ClientRelease; loss: number; steps: number }> {
   const { config, method, client } = site;
   const phase = method.phases[task.phaseIndex];
   if (!phase) {
@@ -232,7 +235,7 @@ export async function siteRelease(
     site.log!.releases[keyed.id] = { ...keyed.entry, at: new Date().toISOString() };
     await site.onReleased?.(site.log!, keyed.id);
   }
-  return { release, loss: trained.result.loss };
+  return { release, loss: trained.result.loss, steps: trained.result.steps };
 }
 
 /**

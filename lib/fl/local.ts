@@ -127,6 +127,10 @@ export interface LocalResult {
   loss: number;
   /** Momentum buffers after training, one per trained tensor (factors, then logit_scale). */
   momentum: Float32Array[];
+  /**
+   * Optimiser steps taken: 0 for a client that holds no images (its `loss` is then 0 and left
+   * out of the round's training loss); NaN where unknown (a remote site that did not say).
+   */
   steps: number;
 }
 

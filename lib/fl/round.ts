@@ -34,7 +34,10 @@ export interface PhaseRecord {
   participants: number[];
   /** Audit runs only: the canaries included in this release (sampled like clients). */
   canaries?: number[];
-  /** Mean training loss of the combined clients (NaN, written as null, for an empty cohort). */
+  /**
+   * Mean training loss of the combined clients that took a step (clients without images are left
+   * out); NaN, written as null, when there is none (an empty cohort, or local trust).
+   */
   trainLoss: number;
   /** Σ over adapters of ‖D‖_F of the factors the server combined (docs/method.md). */
   deviation: number;

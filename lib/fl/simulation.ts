@@ -225,7 +225,7 @@ export interface RemoteClients {
     merged?: Float32Array[];
   }): Promise<{
     /** Each answering client's release (clipped, and noised by itself where the mechanism says). */
-    releases: Map<number, { release: ClientRelease; loss: number }>;
+    releases: Map<number, { release: ClientRelease; loss: number; steps?: number }>;
     excluded: PhaseRecord["excluded"];
   }>;
 }
@@ -738,7 +738,12 @@ async function collectRemote(
     valid.push({
       client: k,
       start: run.global,
-      result: { factors: answer.release.factors, loss: answer.loss, momentum: [], steps: 0 },
+      result: {
+        factors: answer.release.factors,
+        loss: answer.loss,
+        momentum: [],
+        steps: answer.steps ?? NaN,
+      },
     });
   }
   if (valid.length === 0 && participants.length > 0) {
@@ -851,8 +856,11 @@ function aggregatePhase(
     phase,
     participants,
     canaries,
-    // Under local trust the server never holds a client's training loss.
-    run.mechanism.trust === "local" ? [] : trained.valid.map(({ result }) => result.loss),
+    // Under local trust the server never holds a client's training loss; a client that took no
+    // step (it holds no images) has none to average in.
+    run.mechanism.trust === "local"
+      ? []
+      : trained.valid.filter(({ result }) => result.steps !== 0).map(({ result }) => result.loss),
     out,
     trained.excluded,
     backbone.dims,
