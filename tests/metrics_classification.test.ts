@@ -5,6 +5,7 @@ import {
   type ClassificationMetrics,
   classificationMetrics,
   classificationReport,
+  improvesSelection,
   meanStd,
   selectionScore,
 } from "../lib/metrics/classification.ts";
@@ -210,4 +211,34 @@ Deno.test("meanStd uses the population std; selectionScore sums the five metrics
     auc: 0.97,
   };
   assertClose(selectionScore(m), 4.34, "selection score");
+});
+
+Deno.test("model selection: equal scores summed in another order tie (the earlier round stays); a genuine AUC step counts", () => {
+  const earlier: ClassificationMetrics = {
+    accuracy: 0.1,
+    recall: 0.7,
+    precision: 0.3,
+    f1: 0.5,
+    auc: 0.8,
+  };
+  const later: ClassificationMetrics = { ...earlier, accuracy: 0.3, precision: 0.1 };
+  // Mathematically equal (2.4), but the floating-point sums differ in the last bit.
+  assert.ok(selectionScore(later) > selectionScore(earlier));
+  assert.equal(improvesSelection(later, earlier), false);
+  assert.equal(improvesSelection(earlier, later), false);
+  assert.equal(improvesSelection(earlier, null), true, "the first round is the best so far");
+  // The smallest AUC step of a split with 1e5 positives and 1e6 negatives: 1e-11.
+  assert.equal(improvesSelection({ ...earlier, auc: 0.8 + 1e-11 }, earlier), true);
+  assert.equal(improvesSelection({ ...earlier, auc: 0.8 - 1e-11 }, earlier), false);
+  // Real metrics: a classifier one sample better on accuracy beats the other.
+  const labels = [0, 0, 1, 1, 2, 2];
+  const probs = (wrong: number) =>
+    labels.map((y, i) => [0, 1, 2].map((c) => (c === (i < wrong ? (y + 1) % 3 : y) ? 0.8 : 0.1)));
+  assert.equal(
+    improvesSelection(
+      classificationMetrics(labels, probs(1)),
+      classificationMetrics(labels, probs(2)),
+    ),
+    true,
+  );
 });

@@ -32,7 +32,7 @@ import type { ImageDataset } from "../data/dataset.ts";
 import { dirichletPartition, iidPartition } from "../data/partition.ts";
 import { initLora } from "../model/lora.ts";
 import type { Metrics } from "../metrics/classification.ts";
-import { selectionScore } from "../metrics/classification.ts";
+import { improvesSelection } from "../metrics/classification.ts";
 import { calibrate, type Calibration, type DpSettings } from "../privacy/calibration.ts";
 import { type ClientRelease, createMechanism, type Mechanism } from "../privacy/mechanism.ts";
 import {
@@ -900,7 +900,7 @@ async function evaluateRound(
   };
   const val = await evaluate("val");
   let test: Metrics | null = null;
-  if (run.best.val === null || selectionScore(val) > selectionScore(run.best.val)) {
+  if (improvesSelection(val, run.best.val)) {
     test = await evaluate("test");
     run.best = { round: round + 1, val, test };
   }

@@ -316,3 +316,34 @@ export function selectionScore(m: ClassificationMetrics): number {
   const auc = Number.isNaN(m.auc) ? 0 : m.auc;
   return m.accuracy + m.recall + m.precision + m.f1 + auc;
 }
+
+/**
+ * How much a validation score must exceed the best so far to count as better: far above the
+ * rounding of a sum of five fractions (≤ 5 · 2⁻⁵³ ≈ 6e-16) and far below the smallest genuine
+ * difference of two scores (an AUC step 1/(positives · negatives) is ≥ 1e-12 on splits of fewer
+ * than two million images).
+ */
+export const SELECTION_TOLERANCE = 1e-12;
+
+/**
+ * Whether `candidate` beats `best` in model selection ({@link selectionScore}): a score equal up
+ * to rounding is a tie, and a tie keeps the earlier round. (Summing fractions in another order
+ * can make equal scores differ in the last bit — 0.1 + 0.7 + 0.3 against 0.3 + 0.7 + 0.1 — and a
+ * plain `>` would then move the selection to a later round on a tie.)
+ *
+ * @example
+ * ```ts
+ * const a = { accuracy: 0.1, recall: 0.7, precision: 0.3, f1: 0.5, auc: 0.8 };
+ * const b = { accuracy: 0.3, recall: 0.7, precision: 0.1, f1: 0.5, auc: 0.8 };
+ * selectionScore(b) > selectionScore(a); // true (2.4000000000000004 > 2.4)
+ * improvesSelection(b, a); // false: a tie
+ * improvesSelection(b, null); // true: the first round is always the best so far
+ * ```
+ */
+export function improvesSelection(
+  candidate: ClassificationMetrics,
+  best: ClassificationMetrics | null,
+): boolean {
+  return best === null ||
+    selectionScore(candidate) - selectionScore(best) > SELECTION_TOLERANCE;
+}
