@@ -182,6 +182,10 @@ export interface RoundRecord {
     sites?: number[];
   };
   seconds: number;
+  /**
+   * Live tfjs tensors of the process less those at the run's start: 0 when a round leaves none
+   * behind. Process-wide: runs in one process at the same time count each other's.
+   */
   liveTensors: number;
 }
 
