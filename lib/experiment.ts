@@ -48,7 +48,7 @@ import {
 } from "./fl/simulation.ts";
 import { resolveMethod } from "./fl/methods/mod.ts";
 import { meanStd, type Metrics } from "./metrics/classification.ts";
-import { writeFileAtomic, writeJsonAtomic } from "./io/atomic.ts";
+import { removeStaleTemporaries, writeFileAtomic, writeJsonAtomic } from "./io/atomic.ts";
 import { ledgerToJson } from "./privacy/ledger.ts";
 import { acquireRunLock, describeHolder, LOCK_FILE, type RunLock } from "./io/lock.ts";
 import {
@@ -388,7 +388,8 @@ export async function runExperiment(
         const conflicts = await resumeConflicts(out, config, seeds, opts.describe?.inputs);
         if (conflicts.length > 0) throw new Error(resumeRefusal(out, conflicts));
         await checkFingerprints(savedConfig, fingerprints);
-        await removeStaleTemporaries(out);
+        // The folder is locked by this run: every temporary file in it is a killed writer's.
+        await removeStaleTemporaries(out, { recursive: true, writers: "any" });
       } else if (await hasContent(out, [LOCK_FILE])) {
         if (opts.existing === "refuse") throw new SavedRunError(out);
         // Replace the old run whole: one rename takes all of it (other seeds, later rounds'
@@ -648,27 +649,6 @@ export function resumeRefusal(outDir: string, conflicts: string[]): string {
   return `--resume: ${outDir} holds a run with other settings (${conflicts.join("; ")}); ` +
     `resume with the saved run's flags, or drop --resume and add --overwrite to start it again ` +
     `(this replaces it), or choose another --exp_name / --out`;
-}
-
-/**
- * Removes the temporary files that a killed writer left under `dir` (lib/io/atomic.ts names
- * them `.<file>.<pid>.<8 hex>.tmp`; the target file itself was never replaced, so they hold
- * nothing the resumed run needs).
- */
-async function removeStaleTemporaries(dir: string): Promise<void> {
-  const temporary = /^\..+\.\d+\.[0-9a-f]{8}\.tmp$/;
-  let entries: Deno.DirEntry[];
-  try {
-    entries = await Array.fromAsync(Deno.readDir(dir));
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return;
-    throw err;
-  }
-  for (const e of entries) {
-    const path = join(dir, e.name);
-    if (e.isDirectory) await removeStaleTemporaries(path);
-    else if (e.isFile && temporary.test(e.name)) await Deno.remove(path).catch(() => {});
-  }
 }
 
 /** The outermost folder of `path` that does not exist yet (the one a write would create). */

@@ -14,7 +14,7 @@
  */
 import { join } from "node:path";
 import { parseArgs, UsageError } from "../lib/cli.ts";
-import { writeJsonAtomic } from "../lib/io/atomic.ts";
+import { removeStaleTemporaries, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { KNOWN_DATASETS } from "../lib/data/dataset.ts";
 import { acquireRunLock, describeHolder, RunLockedError } from "../lib/io/lock.ts";
 import {
@@ -247,6 +247,12 @@ async function runLocked(
         `wait for them (deno task sweep status ${sweep.file}) or cancel them with scancel first`,
     );
   }
+  // Temporary files of writers killed earlier (this sweep's own files; each point's run folder is
+  // cleaned by its train on --resume). One whose writer still lives here is kept.
+  for (const dir of [sweep.root, join(sweep.root, "slurm"), join(sweep.root, "report")]) {
+    await removeStaleTemporaries(dir);
+  }
+  for (const p of todo) await removeStaleTemporaries(pointDir(sweep.root, p.id));
   await writeJsonAtomic(join(sweep.root, "sweep.json"), sweep.source);
   const done = points.length - todo.length;
   console.error(

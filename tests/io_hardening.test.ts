@@ -16,7 +16,7 @@ import {
   LockLostError,
 } from "../lib/io/lock.ts";
 import { fingerprint } from "../lib/io/fingerprint.ts";
-import { writeFileAtomic } from "../lib/io/atomic.ts";
+import { removeStaleTemporaries, writeFileAtomic } from "../lib/io/atomic.ts";
 import { listImageFolderSplit } from "../lib/data/image_folder.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "deer-io-hardening-" });
@@ -277,4 +277,36 @@ Deno.test("fingerprint: an input edited between its loading and its fingerprint 
   } finally {
     inputs.dispose();
   }
+});
+
+Deno.test("atomic writes: stale temporary files — a dead writer's are removed, a live writer's kept unless the folder is locked; only the pattern, links not followed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "deer-tmpclean-" });
+  const sub = join(dir, "seed-10");
+  await Deno.mkdir(sub);
+  const outside = await Deno.makeTempDir({ prefix: "deer-tmpclean-outside-" });
+  const dead = (d: string, f: string) => join(d, `.${f}.999999999.0badf00d.tmp`);
+  const live = join(dir, `.state.json.${Deno.pid}.0123abcd.tmp`);
+  for (const p of [dead(dir, "state.json"), dead(sub, "records.jsonl"), live]) {
+    await Deno.writeTextFile(p, "{");
+  }
+  // Not temporaries of writeFileAtomic: kept whatever the mode.
+  const others = [
+    join(dir, "state.json"),
+    join(dir, ".state.json.tmp"),
+    join(dir, "x.1.0badf00d.tmp"),
+  ];
+  for (const p of others) await Deno.writeTextFile(p, "{}");
+  await Deno.writeTextFile(dead(outside, "keep"), "{");
+  await Deno.symlink(outside, join(dir, "linked"));
+
+  assert.equal(await removeStaleTemporaries(dir), 1, "the dead writer's file at the top only");
+  assert.ok(!existsSync(dead(dir, "state.json")) && existsSync(live));
+  assert.ok(existsSync(dead(sub, "records.jsonl")), "not recursive by default");
+  assert.equal(await removeStaleTemporaries(dir, { recursive: true, writers: "any" }), 2);
+  assert.ok(!existsSync(live) && !existsSync(dead(sub, "records.jsonl")));
+  for (const p of others) assert.ok(existsSync(p), p);
+  assert.ok(existsSync(dead(outside, "keep")), "a linked folder is not walked");
+  assert.equal(await removeStaleTemporaries(join(dir, "absent")), 0);
+  await Deno.remove(dir, { recursive: true });
+  await Deno.remove(outside, { recursive: true });
 });

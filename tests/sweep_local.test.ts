@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { REPO, writeToyNpz } from "./helpers/reliability_inputs.ts";
 import { tinySweepFile } from "./helpers/tiny_sweep.ts";
 import { expandPoints, loadSweep } from "../lib/sweep/spec.ts";
-import { findRunDir, pointDir, readRecords } from "../lib/sweep/state.ts";
+import { findRunDir, pointDir, pointState, readRecords } from "../lib/sweep/state.ts";
 
 const SWEEP_TASK = join(REPO, "tasks/sweep.ts");
 const dir = await Deno.makeTempDir({ prefix: "deer-sweep-local-" });
@@ -132,9 +132,30 @@ Deno.test("Ctrl-C stops every worker; a rerun continues to the records of an unb
   assert.match(mid.stdout, /partial/);
   assert.doesNotMatch(mid.stdout, /[1-9]\d* failed of/);
 
+  // What writers killed mid-write leave behind: the rerun removes the sweep's own (a dead process
+  // id in the name), and keeps one whose writer is alive (this test's process).
+  const unfinished = [];
+  for (const p of expandPoints(s)) {
+    const started = existsSync(pointDir(s.root, p.id));
+    if (!started || (await pointState(s.root, p)).status === "finished") continue;
+    unfinished.push(pointDir(s.root, p.id));
+    await Deno.writeTextFile(
+      join(pointDir(s.root, p.id), ".exit.json.999999998.00c0ffee.tmp"),
+      "{",
+    );
+  }
+  const dead = join(s.root, ".sweep.json.999999999.0badf00d.tmp");
+  const live = join(s.root, `.sweep.json.${Deno.pid}.0123abcd.tmp`);
+  await Deno.writeTextFile(dead, "{");
+  await Deno.writeTextFile(live, "{");
   const rerun = await sweep("run", broken, "--workers", "2");
   assert.equal(rerun.code, 0, rerun.stderr);
   assert.match(rerun.stderr, /4 points, \d finished, [1-4] to run/);
+  assert.ok(unfinished.length > 0);
+  for (const d of unfinished) assert.ok(!existsSync(join(d, ".exit.json.999999998.00c0ffee.tmp")));
+  assert.ok(!existsSync(dead), "a dead writer's temporary file is removed");
+  assert.ok(existsSync(live), "a live writer's is kept");
+  await Deno.remove(live);
   assert.deepEqual(await allRecords(broken), await allRecords(whole));
 });
 

@@ -12,6 +12,7 @@
  * @module
  */
 import { basename, dirname, join } from "node:path";
+import process from "node:process";
 
 /** Writes `data` to `path` atomically, creating parent folders. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
@@ -74,4 +75,63 @@ export async function appendLineAtomic(path: string, line: string): Promise<void
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
   await writeFileAtomic(path, old + line.replace(/\n/g, " ") + "\n");
+}
+
+/** The name {@link writeFileAtomic} gives its temporary file: `.<file>.<pid>.<8 hex>.tmp`. */
+const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/** Whether `pid` is a live process on this machine (one this user may not signal counts). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === "EPERM";
+  }
+}
+
+/**
+ * Removes the temporary files that killed writers left in `dir` (the target file itself was never
+ * replaced, so they hold nothing a reader needs), and returns how many it removed. `recursive`
+ * also walks the subfolders (not links). `writers: "dead"` (the default) keeps a file whose
+ * writer — the process id in its name — is still alive on this machine, for folders that other
+ * processes may be writing into now; `"any"` removes every one, for a folder its caller holds
+ * locked. A folder that does not exist holds none.
+ *
+ * @example
+ * ```ts
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${dir}/.state.json.999999999.0badf00d.tmp`, "{"); // a dead writer's
+ * await Deno.writeTextFile(`${dir}/.state.json.${Deno.pid}.0123abcd.tmp`, "{"); // a live one's
+ * await removeStaleTemporaries(dir); // 1
+ * ```
+ */
+export async function removeStaleTemporaries(
+  dir: string,
+  opts: { recursive?: boolean; writers?: "dead" | "any" } = {},
+): Promise<number> {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return 0;
+    throw err;
+  }
+  let removed = 0;
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory) {
+      if (opts.recursive) removed += await removeStaleTemporaries(path, opts);
+      continue;
+    }
+    const m = e.isFile ? TEMPORARY.exec(e.name) : null;
+    if (!m || (opts.writers !== "any" && processAlive(Number(m[1])))) continue;
+    try {
+      await Deno.remove(path);
+      removed++;
+    } catch {
+      // Gone meanwhile (its writer renamed or removed it): nothing to do.
+    }
+  }
+  return removed;
 }
