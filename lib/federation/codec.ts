@@ -26,6 +26,7 @@
  * ```
  * @module
  */
+import { toHex } from "../hex.ts";
 
 /** The array types a payload carries. */
 export type FloatArray = Float32Array | Float64Array;
@@ -95,8 +96,7 @@ const align8 = (n: number) => Math.ceil(n / 8) * 8;
 
 /** Lower-case hex SHA-256 of `bytes`. */
 export async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  return toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource)));
 }
 
 function rawBytes(a: FloatArray): Uint8Array {

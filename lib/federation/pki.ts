@@ -15,6 +15,7 @@
  * @module
  */
 import { join } from "node:path";
+import { randomHex } from "../hex.ts";
 
 /** A certificate and its private key, as PEM files. */
 export interface CertFiles {
@@ -43,10 +44,7 @@ async function openssl(args: string[], what: string): Promise<void> {
   }
 }
 
-const randomSerial = () =>
-  "0x" +
-  Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0"))
-    .join("");
+const randomSerial = () => "0x" + randomHex(12);
 
 async function leaf(
   dir: string,

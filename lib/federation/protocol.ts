@@ -44,6 +44,7 @@
  */
 import { PayloadError } from "./codec.ts";
 import { SITE_NAME_PATTERN } from "./subjects.ts";
+import { randomHex } from "../hex.ts";
 
 /** Where a payload too large for one message lies: an object of the JetStream object store. */
 export interface BlobRef {
@@ -133,8 +134,7 @@ export const resultMessageId = (
 
 /** A fresh random token (128 bits, hex): a result's message-id nonce, a coordinator's epoch. */
 export function randomToken(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return randomHex(16);
 }
 
 /** The KV key whose atomic creation accepts a site's result for one phase. */

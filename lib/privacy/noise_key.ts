@@ -15,6 +15,7 @@
  * @module
  */
 import { newNoiseKey } from "./secure_rng.ts";
+import { toHex } from "../hex.ts";
 
 /** A noise key file that holds something else than a key, or is missing where it must exist. */
 export class NoiseKeyError extends Error {
@@ -44,7 +45,7 @@ export async function readNoiseKey(path: string, opts: NoiseKeyOptions): Promise
     if (!opts.create) {
       throw new NoiseKeyError(`${path} is missing${opts.missing ? `: ${opts.missing}` : ""}`);
     }
-    text = [...newNoiseKey()].map((b) => b.toString(16).padStart(2, "0")).join("");
+    text = toHex(newNoiseKey());
     // createNew: never replaces a key another process made meanwhile.
     await Deno.writeTextFile(path, `${text}\n`, { createNew: true, mode: 0o600 });
     opts.made?.(path);
