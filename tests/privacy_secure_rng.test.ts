@@ -5,7 +5,7 @@
  * the same stream for the same key and label, another for another key or label.
  */
 import assert from "node:assert/strict";
-import { secureRng } from "../lib/privacy/secure_rng.ts";
+import { keyedStream, secureRng } from "../lib/privacy/secure_rng.ts";
 import { importNoiseKey, secretNoise } from "../lib/federation/site.ts";
 
 Deno.test("secure rng: the uniforms are AES-256-CTR's keystream, 53 bits each", () => {
@@ -74,4 +74,8 @@ Deno.test("secure rng: reproducible for the same key and label, another stream f
     await site(key, "run/1/0", "abd"),
   ];
   for (const o of others) assert.ok(o.every((v, i) => v !== first[i]));
+  // The same construction as a run's keyed streams (raw key bytes there, a non-extractable
+  // CryptoKey at a site): equal draws for equal key and name.
+  const raw = draws(keyedStream(new Uint8Array(32).fill(9), "noise", "run/1/0", 2, "abc"));
+  assert.deepEqual(raw, first);
 });

@@ -86,7 +86,9 @@ export async function importNoiseKey(secret: Uint8Array): Promise<CryptoKey> {
  * with `release` naming the run, round and phase and `task` the SHA-256 of the whole task (its
  * global factors and merges, the run's settings and the client index) — the same numbers for
  * every attempt of the same task (a re-delivered task releases what the first attempt did), other
- * numbers for any other task, unpredictable without the key.
+ * numbers for any other task, unpredictable without the key. It is `keyedStream(key bytes, "noise",
+ * release, client, task)` of lib/privacy/secure_rng.ts (a test checks the two agree), computed
+ * with a non-extractable WebCrypto key, which the site runtime holds instead of the bytes.
  */
 export async function secretNoise(
   key: CryptoKey,
