@@ -183,6 +183,7 @@ export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
     );
   }
   await import("@tensorflow/tfjs-backend-webgpu");
+  askMoreStorageBuffers();
   avoidSplitK();
   const submitBatch = submitBatchFromEnv();
   if (submitBatch !== undefined) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", submitBatch);
@@ -212,6 +213,49 @@ export function submitBatchFromEnv(): number | undefined {
     );
   }
   return n;
+}
+
+/**
+ * The storage buffers per shader stage the device is asked for, at most (or the adapter's limit,
+ * if lower; WebGPU's default, which tfjs-webgpu 4.22 keeps, is 8).
+ */
+export const STORAGE_BUFFERS_WANTED = 32;
+
+/**
+ * Has the device tfjs-webgpu creates ask for up to {@link STORAGE_BUFFERS_WANTED} storage buffers
+ * per shader stage (lavapipe offers 32), where tfjs asks for none and gets WebGPU's default of 8.
+ * tfjs' concatenation binds one buffer per input and the output, so it cuts a concatenation of
+ * more than `limit − 1` tensors into concatenations of 7 and one of those: a `tf.stack` of
+ * ViT-B/16's 12 per-block LoRA gradients took 3 dispatches instead of 1 (the fast path makes two
+ * such stacks per step). The values are the same, a copy either way. tfjs' own device descriptor
+ * (features, other limits) is kept: its backend factory is wrapped, and the wrapper adds the one
+ * limit to the descriptor as the factory requests the device. Left alone once the backend exists.
+ */
+function askMoreStorageBuffers(): void {
+  const registry = (tf.engine() as unknown as { registry: Record<string, unknown> }).registry;
+  const stock = tf.findBackendFactory("webgpu") as
+    | ((() => Promise<tf.KernelBackend>) & { deerStorageBuffers?: boolean })
+    | null;
+  if (!stock || stock.deerStorageBuffers || "webgpu" in registry) return;
+  const factory = async () => {
+    const proto = GPUAdapter.prototype;
+    const requestDevice = proto.requestDevice;
+    proto.requestDevice = function (this: GPUAdapter, descriptor?: GPUDeviceDescriptor) {
+      const offered = this.limits.maxStorageBuffersPerShaderStage;
+      const limits = {
+        ...descriptor?.requiredLimits,
+        maxStorageBuffersPerShaderStage: Math.min(offered, STORAGE_BUFFERS_WANTED),
+      };
+      return requestDevice.call(this, { ...descriptor, requiredLimits: limits });
+    };
+    try {
+      return await stock();
+    } finally {
+      proto.requestDevice = requestDevice;
+    }
+  };
+  tf.removeBackend("webgpu");
+  tf.registerBackend("webgpu", Object.assign(factory, { deerStorageBuffers: true }), 3);
 }
 
 /** tfjs-webgpu's `MatMulProgramType` values used here. */

@@ -795,6 +795,56 @@ export function wgslBlockDiagonalGrad(d: tf.Tensor, scale: number): tf.Tensor {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The embedding's tokens
+
+/**
+ * The residual stream entering the first block, [N·T, width]: per image its class token, the
+ * class embedding `cls` ([width] elements, any shape), then its T − 1 ≥ 1 rows of `patches`
+ * [N·(T − 1), width] (the patch embeddings), every token plus its row of the position embedding
+ * `position` [T, width]:
+ * `concat([cls, patches], 1) + position` in one kernel instead of a broadcast of the class
+ * embedding (tfjs' `Tile`), a concatenation and an addition. The same single addition per value,
+ * so the same values as that composition.
+ *
+ * Only on the `webgpu` backend, e.g. `const tokens = wgslTokens(patches, cls, position, n);` (see tests/webgpu_wgsl.test.ts).
+ */
+export function wgslTokens(
+  patches: tf.Tensor,
+  cls: tf.Tensor,
+  position: tf.Tensor,
+  n: number,
+): tf.Tensor {
+  const [t, width] = position.shape as number[];
+  const [rows, cols] = patches.shape as number[];
+  if (
+    position.rank !== 2 || patches.rank !== 2 || cols !== width || cls.size !== width ||
+    !Number.isInteger(n) || n < 1 || t < 2 || rows !== n * (t - 1) || width === 0
+  ) {
+    throw new Error(
+      `webgpu_kernels tokens: patches ${patches.shape}, class embedding ${cls.shape} and position ` +
+        `embedding ${position.shape} are not [${n}·(T − 1), width], [width] and [T, width] ` +
+        `(T ≥ 2: at least one patch)`,
+    );
+  }
+  const make = () =>
+    elementProgram(
+      `tokens_${width}`,
+      ["E", "CLS", "P"],
+      [n * t, width],
+      `let c = index % ${width};
+          let row = index / ${width};
+          let tt = row % uniforms.T;
+          var x = CLS[c];
+          if (tt > 0) {
+            x = E[((row / uniforms.T) * (uniforms.T - 1) + tt - 1) * ${width} + c];
+          }
+          let r = x + P[tt * ${width} + c];`,
+      { uniforms: "T : i32," },
+    );
+  return dispatch("Tokens", [patches, cls, position], 0, make, [int32(t)]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The optimiser
 
 /**
@@ -1639,7 +1689,10 @@ export function wgslMatMulToHeads(
 
 /**
  * Whether the fast path hands a product to {@link wgslMatMulToRows} (`images`) or
- * {@link wgslMatMulToHeads} (`headDim`): {@link wgslMatMulUsed} says yes and the layout fits.
+ * {@link wgslMatMulToHeads} (`headDim`): the WGSL kernels are on, the kernel takes the shapes and
+ * the layout fits — at any size, below {@link WGSL_MM_MIN_OUTPUTS} too (as a product that reads a
+ * stacked operand): the alternative is tfjs' product and a transpose after it, two dispatches for
+ * one (ViT-B/16 at batch 1: the output projection's gradient, 12 transposes per step).
  */
 export function wgslLaidOutUsed(
   a: MatMulOperand,
@@ -1648,8 +1701,9 @@ export function wgslLaidOutUsed(
   tb: boolean,
   layout: { images: number } | { headDim: number },
 ): boolean {
-  const plan = usedPlan(a, b, ta, tb);
-  if (plan === null) return false;
+  if (!wgslKernelsEnabled()) return false;
+  const plan = matMulPlan(a, b, ta, tb);
+  if (typeof plan === "string") return false;
   const kind = "images" in layout ? "rows" as const : "heads" as const;
   return typeof laidOutShape(plan, { kind, ...layout }) !== "string";
 }

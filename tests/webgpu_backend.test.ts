@@ -137,6 +137,48 @@ console.log(JSON.stringify({ backend: backendName, values: Array.from(await x.da
   },
 });
 
+Deno.test({
+  name:
+    "webgpu: the device takes up to 32 storage buffers per shader stage, so a stack of 12 tensors is one dispatch",
+  ignore: skip,
+  async fn() {
+    requireAdapter();
+    // tfjs-webgpu cuts a concatenation of more inputs than the device's storage buffers per
+    // shader stage less one into several (3 dispatches for 12 at WebGPU's default of 8); the
+    // device now asks for the adapter's limit, up to 32 (lib/backend_webgpu.ts). Tensors of
+    // 1,024 values each, with tfjs' CPU forwarding off: every kernel dispatches.
+    const stack = `
+import { backendName, tf } from "./lib/backend.ts";
+import { STORAGE_BUFFERS_WANTED } from "./lib/backend_webgpu.ts";
+tf.env().set("WEBGPU_CPU_FORWARD", false);
+const parts = Array.from({ length: 12 }, (_, i) => tf.add(tf.range(0, 1024, 1, "float32"), 1e4 * i));
+const backend = tf.backend();
+const stock = backend.recordAndSubmit;
+const programs = [];
+backend.recordAndSubmit = function (...args) {
+  programs.push(args[0].constructor.name);
+  return stock.apply(this, args);
+};
+const y = tf.stack(parts);
+backend.recordAndSubmit = stock;
+const values = await y.data();
+const a = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+console.log(JSON.stringify({ backend: backendName, programs,
+  limit: backend.device.limits.maxStorageBuffersPerShaderStage,
+  want: Math.min(a.limits.maxStorageBuffersPerShaderStage, STORAGE_BUFFERS_WANTED),
+  exact: values.every((v, j) => v === (j % 1024) + 1e4 * Math.floor(j / 1024)) }));
+`;
+    const r = await start({ DEER_BACKEND: "webgpu", DEER_QUIET: "1" }, [], stack);
+    assert.equal(r.code, 0, r.stderr);
+    const got = JSON.parse(r.stdout);
+    assert.equal(got.backend, "webgpu");
+    assert.equal(got.limit, got.want, r.stdout);
+    assert.ok(got.limit >= 13, `the adapter offers ${got.limit}: ${r.stdout}`);
+    assert.deepEqual(got.programs, ["ConcatProgram"], r.stdout);
+    assert.equal(got.exact, true);
+  },
+});
+
 Deno.test("webgpu: DEER_WEBGPU_SUBMIT_BATCH is read as a whole number or refused", async () => {
   const { submitBatchFromEnv } = await import("../lib/backend_webgpu.ts");
   const saved = Deno.env.get("DEER_WEBGPU_SUBMIT_BATCH");

@@ -110,6 +110,7 @@ import {
   wgslBlockDiagonal, wgslBlockDiagonalGrad, wgslGateBackward, wgslGateForward, wgslHeadSlot,
   wgslHeadSlots, wgslHeadsToRows,
   wgslLayerNormBackward, wgslLayerNormForward, wgslResidual, wgslRowLayout, wgslSgdStep,
+  wgslTokens,
 } from "./lib/webgpu_kernels.ts";
 const errs = {};
 let seed = 11;
@@ -189,6 +190,17 @@ for (const [layers, w, r] of [[1, 1, 1], [2, 5, 3], [12, 768, 8]]) {
   const back = tf.mul(tf.reshape(tf.transpose(diagonal, [0, 1, 3, 2]), [3 * layers, w, r]), 2);
   await rel("blockDiagGrad." + key, wgslBlockDiagonalGrad(d, 2), back);
 }
+// The embedding's tokens: the class embedding, then the patch embeddings, plus the position
+// embeddings, against vit.ts' broadcast, concatenation and addition (one patch per image; odd
+// sizes; ViT-B/16's 197 tokens of 768).
+for (const [n, t, w] of [[1, 2, 1], [4, 2, 5], [3, 5, 7], [2, 197, 768]]) {
+  const e = rnd([n * (t - 1), w]), cls = rnd([1, 1, w]), pos = rnd([t, w]);
+  const want = tf.reshape(
+    tf.add(tf.concat([tf.broadcastTo(cls, [n, 1, w]), tf.reshape(e, [n, t - 1, w])], 1), pos),
+    [n * t, w],
+  );
+  await rel("tokens." + [n, t, w].join("x"), wgslTokens(e, cls, pos, n), want);
+}
 // PyTorch's SGD step (weight decay, momentum; and plain), on a tensor and on a scalar.
 for (const shape of [[3, 4, 5], []]) {
   for (const [lr, momentum, weightDecay] of [[0.01, 0.9, 1e-4], [0.5, 0, 0]]) {
@@ -211,6 +223,8 @@ for (const bad of [
   () => wgslHeadsToRows(rnd([2, 1, 3, 4]), rnd([2, 1, 5, 4]), rnd([2, 1, 5, 4])),
   () => wgslBlockDiagonal(rnd([4, 5, 3]), 1),
   () => wgslBlockDiagonalGrad(rnd([2, 4, 9]), 1),
+  () => wgslTokens(rnd([9, 7]), rnd([7]), rnd([5, 7]), 3),
+  () => wgslTokens(rnd([2, 7]), rnd([7]), rnd([1, 7]), 3),
   // Beyond lavapipe's loop budget for the LayerNorm gradient's four passes: refused.
   () => wgslLayerNormBackward(rnd([1, 16384]), rnd([1, 16384]), rnd([16384]), 1e-5),
   () => { Deno.env.set("DEER_WGSL_ROWS", "warp"); wgslLayerNormForward(rnd([2, 3]), rnd([3]), rnd([3]), 1e-5); },
@@ -222,20 +236,20 @@ console.log(JSON.stringify({ errs, refusals, defaultLayout }));
 
 Deno.test({
   name:
-    "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias, the attention layouts (q scaled), the LoRA block-diagonal layout and the SGD step equal the tfjs composition",
+    "webgpu WGSL: residual, LayerNorm gradient + residual, scaled gate gradient, gate with its bias, the attention layouts (q scaled), the LoRA block-diagonal layout, the embedding's tokens and the SGD step equal the tfjs composition",
   ignore: skip,
   async fn() {
     const { errs, refusals, defaultLayout } = await child(["eval", FUSED_SOURCE], {
       WEBGPU_CPU_FORWARD: "false",
     });
     // Per row size: residual twice, the LayerNorm gradient + residual in both row layouts.
-    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 10 + 3 * 2 + 8);
+    assert.equal(Object.keys(errs).length, 3 * 4 + 2 * 4 + 3 * 10 + 3 * 2 + 4 + 8);
     for (const [k, e] of Object.entries(errs) as [string, number][]) {
       // The layouts move values and add the same bias tfjs adds, or scale them as tfjs does:
       // exact. The rest round as
       // float32 arithmetic in another order (or fused into multiply-adds) does: ≤ 1e-5 (the
       // gate's bias: (z − b) + b is z to a rounding).
-      const tol = k.startsWith("head") || k.startsWith("blockDiag")
+      const tol = k.startsWith("head") || k.startsWith("blockDiag") || k.startsWith("tokens")
         ? 0
         : k.startsWith("scaled.") || k.startsWith("sgd.")
         ? 1e-6
@@ -249,8 +263,10 @@ Deno.test({
     assert.match(refusals[4], /heads_to_rows: dq 2,1,3,4/);
     assert.match(refusals[5], /block_diagonal: B 4,5,3 is not \[3·layers, width, r\]/);
     assert.match(refusals[6], /block_diagonal_grad: 2,4,9 is not \[layers, 3r, 3·width\]/);
-    assert.match(refusals[7], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
-    assert.match(refusals[8], /DEER_WGSL_ROWS="warp": use thread or group/);
+    assert.match(refusals[7], /tokens: patches 9,7, class embedding 7 and position embedding 5,7/);
+    assert.match(refusals[8], /tokens: .* position embedding 1,7 are not .*at least one patch/);
+    assert.match(refusals[9], /ln_grad: rows of 16384 exceed WGSL_MAX_ROW 16383/);
+    assert.match(refusals[10], /DEER_WGSL_ROWS="warp": use thread or group/);
     // Unless DEER_WGSL_ROWS says otherwise: the thread layout on a fallback adapter (lavapipe),
     // the group layout on a GPU.
     assert.equal(defaultLayout, adapter?.isFallback ? "thread" : "group");
@@ -595,6 +611,7 @@ console.log(JSON.stringify({
   layers: cfg.layers,
   unpack: count("Unpack"),
   slice: count("Slice"),
+  transpose: count("Transpose"),
 }));
 `;
 
@@ -609,14 +626,16 @@ Deno.test({
     const off = await child(["eval", COUNT_SOURCE], { DEER_WGSL: "0" });
     const detail = JSON.stringify({ all, byDefault, perBlock, off });
     // The tiny model's products are below the threshold: by default only those that read an
-    // operand where it lies in a stack run as the kernel, the rest as tf.matMul. With one
-    // adapted-weight product per block (DEER_WGSL_QKV_STACK=0), per block the three with its
-    // LoRA factors (W_qkv + Aᵀ·B̃, h·Aᵀ, dQkv·B̃ᵀ) and the five with q, k or v (q·kᵀ, p·v,
-    // dAttended·vᵀ, dScores·k, dScoresᵀ·q), but for the last block's dScoresᵀ·q (its q, the class
-    // token's, is a tensor of its own). Without the kernels all are tf.matMul; with the
-    // threshold at 0 all move to the kernel but those it cannot take. One product for one.
+    // operand where it lies in a stack, or store their output laid out for the next product,
+    // run as the kernel, the rest as tf.matMul. With one adapted-weight product per block
+    // (DEER_WGSL_QKV_STACK=0), per block the three with its LoRA factors (W_qkv + Aᵀ·B̃, h·Aᵀ,
+    // dQkv·B̃ᵀ), the five with q, k or v (q·kᵀ, p·v, dAttended·vᵀ, dScores·k, dScoresᵀ·q), but
+    // for the last block's dScoresᵀ·q (its q, the class token's, is a tensor of its own), and
+    // the output projection's gradient stored head-major (a product and a transpose otherwise).
+    // Without the kernels all are tf.matMul; with the threshold at 0 all move to the kernel but
+    // those it cannot take. One product for one.
     const layers = off.layers as number;
-    assert.equal(perBlock.deer, 8 * layers - 1, detail);
+    assert.equal(perBlock.deer, 9 * layers - 1, detail);
     assert.equal(off.deer, 0);
     assert.ok(off.tf > 0);
     assert.equal(perBlock.deer + perBlock.tf, off.tf, detail);
@@ -632,5 +651,75 @@ Deno.test({
     assert.equal(byDefault.unpack, off.unpack - 2 * layers, detail);
     assert.equal(perBlock.unpack, byDefault.unpack, detail);
     assert.equal(all.unpack, byDefault.unpack, detail);
+    // Laid out as the next product reads it, the output projection's gradient needs no
+    // transpose: the one left is the patches' (vit.ts).
+    assert.equal(byDefault.transpose, 1, detail);
+    assert.ok(off.transpose > layers, detail);
+  },
+});
+
+// The GPU dispatches of one forward and backward pass of the tiny model's encoder with the
+// factors stacked (as the trainer hands them over), by program, counted where tfjs-webgpu records
+// each one (as bench/webgpu_probe.ts does; tfjs' CPU forwarding off, so every kernel
+// dispatches). The toolkit's own programs are named by the start of their shader key.
+const DISPATCH_SOURCE = `
+import { tf } from "./lib/backend.ts";
+import { loadVisionEncoder } from "./lib/model/vit_checkpoints.ts";
+import { initLora, packedLora } from "./lib/model/lora.ts";
+import { createRng } from "./lib/rng.ts";
+import { TINY_MODEL } from "./tests/helpers/fl_fixture.ts";
+tf.env().set("WEBGPU_CPU_FORWARD", false);
+const encoder = await loadVisionEncoder(TINY_MODEL, { act: "quick_gelu" });
+const cfg = encoder.config;
+const host = initLora(cfg, 4, createRng(5));
+const A = tf.stack(host.A.map((a) => tf.tensor2d(a, [4, cfg.width])));
+const B = tf.stack(host.B.map((b) => tf.tensor2d(b.map((_, i) => 0.01 * (i % 7)), [cfg.width, 4])));
+const x = tf.randomNormal([3, cfg.imageSize, cfg.imageSize, 3], 0, 1, "float32", 2);
+const pass = async () => {
+  const g = tf.grads((a, b) => tf.sum(encoder.encode(x, packedLora(a, b, { scale: 1.5 }))))([A, B]);
+  await g[0].data();
+  tf.dispose(g);
+};
+await pass();
+const backend = tf.backend();
+const stock = backend.recordAndSubmit;
+const programs = {};
+let total = 0;
+backend.recordAndSubmit = function (...args) {
+  const p = args[0];
+  // tfjs appends the shapes and types to a program's key: "deer_tokens_…" counts as deer_tokens.
+  const name = p.constructor.name === "Object"
+    ? p.shaderKey.split("_").slice(0, 2).join("_")
+    : p.constructor.name;
+  programs[name] = (programs[name] ?? 0) + 1;
+  total++;
+  return stock.apply(this, args);
+};
+await pass();
+backend.recordAndSubmit = stock;
+console.log(JSON.stringify({ total, layers: cfg.layers, programs }));
+`;
+
+Deno.test({
+  name:
+    "webgpu WGSL: the tiny ViT's forward and backward pass dispatches no more than 78 kernels, one token kernel and no broadcast, addition or transpose beyond the patches'",
+  ignore: skip,
+  async fn() {
+    const { total, layers, programs } = await child(["eval", DISPATCH_SOURCE], {});
+    const detail = JSON.stringify({ total, programs });
+    assert.equal(layers, 2, detail);
+    // 78 when this test was written (2026-12-08: 2 blocks, batch 3; 223 without the WGSL
+    // kernels). A change that dispatches more should say why here.
+    assert.ok(total <= 78, `${total} dispatches (at most 78): ${detail}`);
+    const count = (name: string) => programs[name] ?? 0;
+    // The class token, the patches and the position embeddings in one kernel: no Tile, no
+    // concatenation for them, and the one addition left is the test's own (tf.sum's gradient).
+    assert.equal(count("deer_tokens"), 1, detail);
+    assert.equal(count("TileProgram"), 0, detail);
+    assert.ok(count("BinaryOpProgram") <= 1, detail);
+    // The patches' transpose (vit.ts); the output projection's gradient comes out head-major.
+    assert.equal(count("TransposeProgram"), 1, detail);
+    // The stacks of the blocks' gradients at A and at B̃ (lib/model/vit_fast.ts).
+    assert.ok(count("ConcatProgram") <= 2, detail);
   },
 });

@@ -39,6 +39,7 @@
  */
 import { tf, webgpuAdapter } from "../backend.ts";
 import { checkBatchFits } from "../backend_webgpu.ts";
+import { wgslKernelsEnabled, wgslTokens } from "../webgpu_kernels.ts";
 import {
   blockLora,
   blockToTensors,
@@ -161,21 +162,29 @@ function patchify(x: tf.Tensor4D | tf.Tensor5D, patch: number, depthPatch = 1): 
 
 /**
  * Patch embedding, class token, position embeddings and (unless `withLnPre` is false) ln_pre:
- * `x` → the residual stream [N·T, width] entering the first block.
+ * `x` → the residual stream [N·T, width] entering the first block. With `tokensKernel` (the
+ * frozen fast path on webgpu with the WGSL kernels, which differentiates none of this), the class
+ * token, the patch embeddings and the position embeddings are put together by one kernel
+ * (`wgslTokens`) instead of a broadcast, a concatenation and an addition: the same values.
  */
 function embed(
   config: VitConfig,
   w: VitWeights,
   x: tf.Tensor4D | tf.Tensor5D,
   withLnPre = true,
+  tokensKernel = false,
 ): tf.Tensor2D {
   const n = x.shape[0];
   const { width } = config;
   const patches = patchify(x, config.patchSize, config.volume?.depthPatch ?? 1);
-  const embedded =
-    (w.patchBias
-      ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
-      : tf.matMul(patches, w.patchWeight)).reshape([n, -1, width]);
+  const product = w.patchBias
+    ? tf.fused.matMul({ a: patches, b: w.patchWeight, bias: w.patchBias })
+    : tf.matMul(patches, w.patchWeight);
+  if (tokensKernel) {
+    const tokens = wgslTokens(product, w.classEmbedding, w.positionEmbedding, n) as tf.Tensor2D;
+    return w.lnPre && withLnPre ? layerNorm(tokens, w.lnPre, config.lnEps) : tokens;
+  }
+  const embedded = product.reshape([n, -1, width]);
   const t = (embedded.shape[1] as number) + 1;
   const cls = tf.broadcastTo(w.classEmbedding, [n, 1, width]);
   const sequence = tf.concat([cls, embedded], 1).add(w.positionEmbedding);
@@ -453,6 +462,12 @@ function encodeFrozen(
 ): tf.Tensor2D {
   checkArguments(config, x, lora);
   return tf.tidy(() =>
-    frozenBlocksForward(config, w, embed(config, w, x, false), x.shape[0], lora)
+    frozenBlocksForward(
+      config,
+      w,
+      embed(config, w, x, false, wgslKernelsEnabled()),
+      x.shape[0],
+      lora,
+    )
   );
 }
