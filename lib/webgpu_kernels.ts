@@ -29,7 +29,8 @@
  * * The matrix product may add a tensor of its output's shape as it stores (`wgslMatMulAdd`): the
  *   adapted weight `W_qkv + Aᵀ·B̃` in one kernel. It also reads an operand where it lies in a
  *   stack ({@link stackedMatrix}): each block's A and B̃ out of the stacks of every block's, with
- *   no slice dispatched per block and factor.
+ *   no slice dispatched per block and factor; and a batch whose entries are tensors of their own
+ *   ({@link matrixList}): every block's gradient at A in one product, with no stack after it.
  * * The training loss (`wgslPrototypeLoss`): cross-entropy of the scaled cosine logits against
  *   the class prototypes in one kernel, its gradients at the features and at the logit scale in
  *   two (instead of about 25 kernels for both).
@@ -142,6 +143,25 @@ export function wgslRowsFit(width: number): boolean {
   return wgslKernelsEnabled() && width <= WGSL_MAX_ROW;
 }
 
+/**
+ * Whether the kernels are in use and one of them may bind `inputs` tensors on this device:
+ * tfjs-webgpu binds each input and the output as a storage buffer, and a device takes
+ * `maxStorageBuffersPerShaderStage` of them per shader (WebGPU's default is 8; lib/backend_webgpu.ts
+ * asks the adapter for up to 32). The kernels that read one tensor per block
+ * ({@link wgslBlockDiagonalGrad} of the blocks' gradients) ask first.
+ */
+export function wgslBindable(inputs: number): boolean {
+  return wgslKernelsEnabled() && inputs + 1 <= storageBuffers();
+}
+
+/** The storage buffers the webgpu backend's device binds per shader (WebGPU's default: 8). */
+function storageBuffers(): number {
+  const backend = tf.backend() as unknown as {
+    device?: { limits?: { maxStorageBuffersPerShaderStage?: number } };
+  };
+  return backend.device?.limits?.maxStorageBuffersPerShaderStage ?? 8;
+}
+
 /** Abramowitz–Stegun 7.1.26, the erf tfjs-webgpu's own `Erf` kernel uses (same constants). */
 const ERF = `
 fn deerErf(a : f32) -> f32 {
@@ -192,6 +212,11 @@ const BODIES: Record<string, { inputs: string[]; body: string }> = {
   residual: {
     inputs: ["A", "B", "C"],
     body: "let r = A[index] + (B[index] * SCALE + C[index % W]);",
+  },
+  // The same with A's rows read every EVERY rows: B's row i with A's row i·EVERY.
+  residual_every: {
+    inputs: ["A", "B", "C"],
+    body: "let r = A[(index / W) * EVERY * W + index % W] + (B[index] * SCALE + C[index % W]);",
   },
 };
 
@@ -244,6 +269,12 @@ const ROWS: Record<string, { inputs: string[]; body: string }> = {
   ln_grad: { inputs: ["DY", "X", "GAMMA"], body: lnGradBody("") },
   // The same plus a residual gradient R (x's shape) added to the result.
   ln_grad_res: { inputs: ["DY", "X", "GAMMA", "R"], body: lnGradBody("R[o + j] + ") },
+  // With R's rows given for every EVERY-th row only (row i·EVERY gets R's row i), zero elsewhere:
+  // what R padded with zero rows would add.
+  ln_grad_res_every: {
+    inputs: ["DY", "X", "GAMMA", "R"],
+    body: lnGradBody("select(0.0, R[(row / EVERY) * W + j], row % EVERY == 0) + "),
+  },
   softmax_grad: {
     inputs: ["Y", "G"],
     body: `var p = 0.0;
@@ -288,14 +319,16 @@ function rowProgram(
   width: number,
   eps: number,
   layout: RowLayout,
+  every: number,
 ): Program {
   const { inputs, body } = ROWS[kind];
   const nt = layout === "group" ? ROW_GROUP : 1;
   return {
     variableNames: inputs,
     outputShape: [rows, width],
-    // The layout, width and ε are compiled in: one pipeline per (kind, layout, width, ε).
-    shaderKey: `deer_${kind}_${layout}_${width}_${eps}`,
+    // The layout, width, ε and row stride are compiled in: one pipeline per (kind, layout, width,
+    // ε, every).
+    shaderKey: `deer_${kind}_${layout}_${width}_${eps}_${every}`,
     dispatchLayout: { x: [0, 1] },
     dispatch: [layout === "group" ? rows : Math.ceil(rows / WORKGROUP), 1, 1],
     workgroupSize: [layout === "group" ? ROW_GROUP : WORKGROUP, 1, 1],
@@ -304,6 +337,7 @@ function rowProgram(
       const W : i32 = ${width};
       const NT : i32 = ${nt};
       const EPS : f32 = ${eps.toExponential()};
+      const EVERY : i32 = ${every};
       ${ROW_SUM[layout]}
       fn main(index : i32) {
         let t = index % NT;
@@ -315,14 +349,20 @@ function rowProgram(
   };
 }
 
-function runRows(kind: string, inputs: tf.Tensor[], eps = 0, layout = wgslRowLayout()): tf.Tensor {
+function runRows(
+  kind: string,
+  inputs: tf.Tensor[],
+  eps = 0,
+  every = 1,
+  layout = wgslRowLayout(),
+): tf.Tensor {
   const shape = inputs[0].shape;
   const width = shape[shape.length - 1];
   if (width > WGSL_MAX_ROW) {
     throw new Error(`webgpu_kernels ${kind}: rows of ${width} exceed WGSL_MAX_ROW ${WGSL_MAX_ROW}`);
   }
   const rows = inputs[0].size / width;
-  return dispatch(kind, inputs, eps, () => rowProgram(kind, rows, width, eps, layout));
+  return dispatch(kind, inputs, eps, () => rowProgram(kind, rows, width, eps, layout, every));
 }
 
 /**
@@ -347,7 +387,11 @@ export function wgslLayerNormForward(
  * The input gradient of {@link wgslLayerNormForward}'s `y` given `dy`, from x (the statistics
  * computed again, as the forward kernel computed them) and γ, in one kernel:
  * `rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))`, `dx̂ = dy·γ`; with `residual` (x's shape), that plus
- * the residual branch's gradient, still one kernel.
+ * the residual branch's gradient, still one kernel. With `residualEvery` > 1, `residual` has
+ * rows for every `residualEvery`-th row of x only (x [rows, width], residual
+ * [rows / residualEvery, width]; row i·residualEvery gets residual's row i, the others none):
+ * the last block's gradient at the class tokens' rows, added where they lie instead of padded
+ * with zero rows to every token first (the same values: the others get `0 + dx`).
  *
  * Only on the `webgpu` backend, e.g. `const dx = wgslLayerNormBackward(dy, x, gamma, 1e-5);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -357,16 +401,30 @@ export function wgslLayerNormBackward(
   gamma: tf.Tensor,
   eps: number,
   residual?: tf.Tensor,
+  residualEvery = 1,
 ): tf.Tensor {
   if (!tf.util.arraysEqual(dy.shape, x.shape)) {
     throw new Error(`webgpu_kernels ln_grad: dy ${dy.shape} must be x's ${x.shape}`);
   }
-  checkRowVector("ln_grad gamma", x, gamma);
+  const width = checkRowVector("ln_grad gamma", x, gamma);
   if (!residual) return tf.reshape(runRows("ln_grad", [dy, x, gamma], eps), x.shape);
-  if (!tf.util.arraysEqual(residual.shape, x.shape)) {
-    throw new Error(`webgpu_kernels ln_grad: residual ${residual.shape} must be x's ${x.shape}`);
+  if (residualEvery === 1) {
+    if (!tf.util.arraysEqual(residual.shape, x.shape)) {
+      throw new Error(`webgpu_kernels ln_grad: residual ${residual.shape} must be x's ${x.shape}`);
+    }
+    return tf.reshape(runRows("ln_grad_res", [dy, x, gamma, residual], eps), x.shape);
   }
-  return tf.reshape(runRows("ln_grad_res", [dy, x, gamma, residual], eps), x.shape);
+  const rows = x.size / width;
+  if (
+    !Number.isInteger(residualEvery) || residualEvery < 1 || rows % residualEvery !== 0 ||
+    residual.rank !== 2 || !tf.util.arraysEqual(residual.shape, [rows / residualEvery, width])
+  ) {
+    throw new Error(
+      `webgpu_kernels ln_grad: residual ${residual.shape} is not [${rows} / ${residualEvery}, ${width}] (one row every ${residualEvery} of x ${x.shape})`,
+    );
+  }
+  const dx = runRows("ln_grad_res_every", [dy, x, gamma, residual], eps, residualEvery);
+  return tf.reshape(dx, x.shape);
 }
 
 /**
@@ -381,19 +439,28 @@ export function wgslSoftmaxBackward(y: tf.Tensor, g: tf.Tensor): tf.Tensor {
   return tf.reshape(runRows("softmax_grad", [y, g]), y.shape);
 }
 
-/** Compile-time constants of an element-wise body: `SCALE` (f32) and `W` (i32, a row's width). */
+/**
+ * Compile-time constants of an element-wise body: `SCALE` (f32), `W` (i32, a row's width) and
+ * `EVERY` (i32, a row stride).
+ */
 interface Constants {
   scale?: number;
   width?: number;
+  every?: number;
 }
 
-function program(kind: string, shape: number[], { scale = 1, width = 1 }: Constants): Program {
+function program(
+  kind: string,
+  shape: number[],
+  { scale = 1, width = 1, every = 1 }: Constants,
+): Program {
   const { inputs, body } = BODIES[kind];
-  // The constants are compiled in: one pipeline per (kind, scale, width).
-  return elementProgram(`${kind}_${scale}_${width}`, inputs, shape, body, {
+  // The constants are compiled in: one pipeline per (kind, scale, width, every).
+  return elementProgram(`${kind}_${scale}_${width}_${every}`, inputs, shape, body, {
     prelude: `${ERF}
       const SCALE : f32 = ${scale.toExponential()};
-      const W : i32 = ${width};`,
+      const W : i32 = ${width};
+      const EVERY : i32 = ${every};`,
   });
 }
 
@@ -430,8 +497,14 @@ function elementProgram(
   };
 }
 
-function run(kind: string, inputs: tf.Tensor[], constants: Constants = {}): tf.Tensor {
-  return dispatch(kind, inputs, 0, () => program(kind, inputs[0].shape, constants));
+/** Runs an element-wise body over the shape of `shape` (default: the first input's). */
+function run(
+  kind: string,
+  inputs: tf.Tensor[],
+  constants: Constants = {},
+  shape = inputs[0].shape,
+): tf.Tensor {
+  return dispatch(kind, inputs, 0, () => program(kind, shape, constants));
 }
 
 /** Kernel names registered so far (`DeerWgsl_<kind>`, backend `webgpu`). */
@@ -461,7 +534,10 @@ function dispatch(
       kernelName: name,
       backendName: "webgpu",
       kernelFunc: ({ inputs: named, backend, attrs }) => {
-        const list = Object.keys(named).sort().map((k) => named[k] as tf.TensorInfo);
+        // In the order given: i0, i1, …, i10, … (by number, not as strings).
+        const list = Object.keys(named)
+          .sort((x, y) => Number(x.slice(1)) - Number(y.slice(1)))
+          .map((k) => named[k] as tf.TensorInfo);
         const { make, uniforms } = attrs as unknown as {
           make: () => Program;
           uniforms?: ProgramUniform[];
@@ -476,7 +552,8 @@ function dispatch(
     });
     registered.add(name);
   }
-  // Inputs named i0, i1, … in order (sorted back above; at most 10 inputs).
+  // Inputs named i0, i1, … in order (sorted back above); as many as the device binds
+  // ({@link wgslBindable}).
   const named = Object.fromEntries(inputs.map((t, i) => [`i${i}`, t]));
   return tf.engine().runKernel(
     name,
@@ -539,7 +616,10 @@ function checkRowVector(what: string, x: tf.Tensor, v: tf.Tensor): number {
 
 /**
  * A residual connection `a + (b·scale + bias)` with `bias` [width] broadcast over the rows of a
- * and b, in one kernel (instead of two or three).
+ * and b, in one kernel (instead of two or three). With `aEvery` > 1, a has `aEvery` times b's
+ * rows and only every `aEvery`-th is read (b's row i with a's row i·aEvery): the class tokens'
+ * rows of the residual stream [N·T, width] with `aEvery` = T, read where they lie instead of
+ * sliced out first (the last block's residual); the result has b's shape.
  *
  * Only on the `webgpu` backend, e.g. `const x1 = wgslResidual(x, attended, outBias, 1);` (see tests/webgpu_wgsl.test.ts).
  */
@@ -548,12 +628,25 @@ export function wgslResidual(
   b: tf.Tensor,
   bias: tf.Tensor,
   scale: number,
+  aEvery = 1,
 ): tf.Tensor {
-  if (!tf.util.arraysEqual(a.shape, b.shape)) {
-    throw new Error(`webgpu_kernels residual: a ${a.shape} and b ${b.shape} must agree`);
+  const width = checkRowVector("residual", b, bias);
+  if (aEvery === 1) {
+    if (!tf.util.arraysEqual(a.shape, b.shape)) {
+      throw new Error(`webgpu_kernels residual: a ${a.shape} and b ${b.shape} must agree`);
+    }
+    return run("residual", [a, b, bias], { scale, width });
   }
-  const width = checkRowVector("residual", a, bias);
-  return run("residual", [a, b, bias], { scale, width });
+  const rows = b.size / width;
+  if (
+    !Number.isInteger(aEvery) || aEvery < 1 || a.rank !== 2 || b.rank !== 2 ||
+    !tf.util.arraysEqual(a.shape, [rows * aEvery, width])
+  ) {
+    throw new Error(
+      `webgpu_kernels residual: a ${a.shape} is not [${aEvery}·${rows}, ${width}] for b ${b.shape} (every ${aEvery} rows)`,
+    );
+  }
+  return run("residual_every", [a, b, bias], { scale, width, every: aEvery }, b.shape);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,30 +861,65 @@ export function wgslBlockDiagonal(b: tf.Tensor, scale: number): tf.Tensor {
 /**
  * The gradient of {@link wgslBlockDiagonal}: `scale` times the diagonal blocks of `d`
  * [layers, 3r, 3·width], transposed back to [3·layers, width, r]. One kernel instead of a product by
- * the slots, a sum, a transpose and a product by the scale.
+ * the slots, a sum, a transpose and a product by the scale. `d` may also be the layers' entries
+ * of that stack, [3r, 3·width] each (the blocks' gradients as the backward pass makes them), read
+ * each where it lies: the stack is then not built (one concatenation fewer), and the kernel binds
+ * one buffer per layer, as many as {@link wgslBindable} allows. Either way, the same values.
  *
  * Only on the `webgpu` backend, e.g. `const dB = wgslBlockDiagonalGrad(dBTilde, 2);` (see tests/webgpu_wgsl.test.ts).
  */
-export function wgslBlockDiagonalGrad(d: tf.Tensor, scale: number): tf.Tensor {
-  const [layers, r3, w3] = d.shape as number[];
-  if (d.rank !== 3 || r3 % 3 !== 0 || w3 % 3 !== 0 || layers === 0 || r3 === 0 || w3 === 0) {
-    throw new Error(`webgpu_kernels block_diagonal_grad: ${d.shape} is not [layers, 3r, 3·width]`);
+export function wgslBlockDiagonalGrad(
+  d: tf.Tensor | readonly tf.Tensor[],
+  scale: number,
+): tf.Tensor {
+  const list = Array.isArray(d) ? d as readonly tf.Tensor[] : null;
+  const entry = list ? list[0]?.shape ?? [] : (d as tf.Tensor).shape.slice(1);
+  const layers = list ? list.length : (d as tf.Tensor).shape[0];
+  const [r3, w3] = entry as number[];
+  if (
+    entry.length !== 2 || r3 % 3 !== 0 || w3 % 3 !== 0 || layers === 0 || r3 === 0 || w3 === 0 ||
+    (list !== null && list.some((t) => !tf.util.arraysEqual(t.shape, entry))) ||
+    (list === null && (d as tf.Tensor).rank !== 3)
+  ) {
+    const what = list
+      ? `[${list.map((t) => `[${t.shape}]`).join(", ")}]`
+      : `${(d as tf.Tensor).shape}`;
+    throw new Error(
+      `webgpu_kernels block_diagonal_grad: ${what} is not [layers, 3r, 3·width] (or layers × [3r, 3·width])`,
+    );
+  }
+  if (list && !wgslBindable(layers)) {
+    throw new Error(
+      `webgpu_kernels block_diagonal_grad: ${layers} tensors are more than this device binds in one kernel (see wgslBindable)`,
+    );
   }
   const [rank, width] = [r3 / 3, w3 / 3];
+  // Entry l's row j·r + ρ, column j·width + c: in the stack at D's row l·3r + j·r + ρ; in a list
+  // at row j·r + ρ of D<l> (a switch on l: one binding per layer).
+  const at = `(j * ${rank} + rho) * ${w3} + j * ${width} + c`;
+  const read = list
+    ? `var x = 0.0;
+          switch (s3 / 3) {
+            ${list.map((_, l) => `case ${l}: { x = D${l}[${at}]; }`).join("\n            ")}
+            default: {}
+          }`
+    : `let x = D[(s3 / 3) * ${r3 * w3} + ${at}];`;
   const make = () =>
     elementProgram(
-      `block_diagonal_grad_${width}_${rank}`,
-      ["D"],
+      `block_diagonal_grad_${width}_${rank}${list ? `_of_${layers}` : ""}`,
+      list ? list.map((_, l) => `D${l}`) : ["D"],
       [3 * layers, width, rank],
       `let rho = index % ${rank};
           let c = (index / ${rank}) % ${width};
           let s3 = index / ${rank * width};
           let j = s3 % 3;
-          let row = (s3 / 3) * ${r3} + j * ${rank} + rho;
-          let r = D[row * ${w3} + j * ${width} + c] * uniforms.S;`,
+          ${read}
+          let r = x * uniforms.S;`,
       { uniforms: "S : f32," },
     );
-  return dispatch("BlockDiagonalGrad", [d], 0, make, [float32(scale)]);
+  return dispatch("BlockDiagonalGrad", list ? [...list] : [d as tf.Tensor], 0, make, [
+    float32(scale),
+  ]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1173,8 +1301,21 @@ export interface StackedMatrix {
   readonly index: number;
 }
 
-/** An operand of the product kernels: a tensor, or one matrix of a stack read in place. */
-export type MatMulOperand = tf.Tensor | StackedMatrix;
+/**
+ * A batch of matrices that are tensors of their own, entry i `tensors[i]` (2-D, all of one
+ * shape), which the product kernels read each where it lies (one binding per entry): a batched
+ * product of per-block operands without stacking them first, which would be a concatenation.
+ */
+export interface MatrixList {
+  readonly kind: "list";
+  readonly tensors: readonly tf.Tensor[];
+}
+
+/**
+ * An operand of the product kernels: a tensor, one matrix of a stack read in place, or a batch of
+ * matrices in tensors of their own.
+ */
+export type MatMulOperand = tf.Tensor | StackedMatrix | MatrixList;
 
 /**
  * Matrix `index` of `stack` as an operand of {@link wgslMatMul} and {@link wgslMatMulAdd},
@@ -1199,19 +1340,54 @@ export function stackedMatrix(stack: tf.Tensor, index: number): StackedMatrix {
   return { kind: "stacked", stack, index };
 }
 
+/**
+ * The matrices `tensors` as one batched operand of {@link wgslMatMul} and {@link wgslMatMulAdd}
+ * (batch entry i is `tensors[i]`), checked: at least one, all 2-D and of one shape. The product
+ * binds each tensor (one storage buffer each: {@link wgslMatMulUsed} says whether this device
+ * takes that many) and reads each where it lies.
+ *
+ * Only on the `webgpu` backend, e.g. `wgslMatMul(matrixList(m), matrixList(h), true)` (see tests/webgpu_wgsl.test.ts).
+ */
+export function matrixList(tensors: readonly tf.Tensor[]): MatrixList {
+  const shape = tensors[0]?.shape ?? [];
+  if (shape.length !== 2 || tensors.some((t) => !tf.util.arraysEqual(t.shape, shape))) {
+    throw new Error(
+      `webgpu_kernels matrixList: the matrices must be 2-D and of one shape, got ${
+        tensors.map((t) => `[${t.shape}]`).join(", ") || "none"
+      }`,
+    );
+  }
+  return { kind: "list", tensors: [...tensors] };
+}
+
 /** Whether an operand is a {@link StackedMatrix} (a tensor has a `stack` method: not that). */
 function isStacked(o: MatMulOperand): o is StackedMatrix {
   return (o as Partial<StackedMatrix>).kind === "stacked";
 }
 
-/** The shape an operand has as a matrix (a stacked matrix: its entry's). */
+/** Whether an operand is a {@link MatrixList}. */
+function isList(o: MatMulOperand): o is MatrixList {
+  return (o as Partial<MatrixList>).kind === "list";
+}
+
+/** The shape an operand has as a matrix (a stacked matrix: its entry's; a list: [count, …]). */
 function operandShape(o: MatMulOperand): number[] {
+  if (isList(o)) return [o.tensors.length, ...o.tensors[0].shape];
   return isStacked(o) ? o.stack.shape.slice(1) : o.shape;
 }
 
-/** The tensor a kernel binds for an operand (a stacked matrix: the whole stack). */
+/**
+ * The tensor a kernel binds for an operand (a stacked matrix: the whole stack; a
+ * {@link MatrixList} is several, and refused).
+ */
 export function operandTensor(o: MatMulOperand): tf.Tensor {
+  if (isList(o)) throw new Error("webgpu_kernels operandTensor: a matrix list is several tensors");
   return isStacked(o) ? o.stack : o;
+}
+
+/** The tensors a kernel binds for an operand, in order. */
+function boundTensors(o: MatMulOperand): tf.Tensor[] {
+  return isList(o) ? [...o.tensors] : [operandTensor(o)];
 }
 
 /** Where an operand's elements start in the tensor bound for it. */
@@ -1220,10 +1396,11 @@ function operandBase(o: MatMulOperand): number {
 }
 
 /**
- * An operand as a tensor of its own: a stacked matrix sliced out (one dispatch), for the paths
- * that cannot read it in place.
+ * An operand as a tensor of its own: a stacked matrix sliced out (one dispatch), a matrix list
+ * stacked (one), for the paths that cannot read it in place.
  */
 export function materialize(o: MatMulOperand): tf.Tensor {
+  if (isList(o)) return tf.stack([...o.tensors]);
   if (!isStacked(o)) return o;
   const shape = operandShape(o);
   const begin = [o.index, ...shape.map(() => 0)];
@@ -1252,8 +1429,13 @@ function matMulPlan(
   ta: boolean,
   tb: boolean,
 ): MatMulPlan | string {
-  const [at, bt] = [operandTensor(a), operandTensor(b)];
-  if (at.dtype !== "float32" || bt.dtype !== "float32") return "not float32";
+  const bound = [...boundTensors(a), ...boundTensors(b)];
+  if (bound.some((t) => t.dtype !== "float32")) return "not float32";
+  // The operands' tensors, the output and an addend (where there is one) are a storage buffer
+  // each.
+  if ((isList(a) || isList(b)) && bound.length + 2 > storageBuffers()) {
+    return `${bound.length} tensors, the output and an addend are more than the ${storageBuffers()} storage buffers this device binds in one kernel`;
+  }
   const [sa, sb] = [operandShape(a), operandShape(b)];
   if (sa.length < 2 || sb.length < 2) return "rank below 2";
   const [ra, rb] = [sa.length, sb.length];
@@ -1285,8 +1467,9 @@ function matMulPlan(
     n,
     k: ka,
     batch,
-    strideA: na === 1 ? 0 : m * ka,
-    strideB: nb === 1 ? 0 : ka * n,
+    // A list's entries are each bound at their own start.
+    strideA: na === 1 || isList(a) ? 0 : m * ka,
+    strideB: nb === 1 || isList(b) ? 0 : ka * n,
     baseA: operandBase(a),
     baseB: operandBase(b),
     outShape: [...batchShape, m, n],
@@ -1296,8 +1479,8 @@ function matMulPlan(
 /**
  * Whether the fast path's products go to {@link wgslMatMul}: the WGSL kernels are on
  * ({@link wgslKernelsEnabled}), the kernel takes the shapes, and the product is large enough
- * ({@link WGSL_MM_MIN_OUTPUTS}) or reads a {@link StackedMatrix} (which only the kernel reads in
- * place: any size then).
+ * ({@link WGSL_MM_MIN_OUTPUTS}) or reads a {@link StackedMatrix} or a {@link MatrixList} (which
+ * only the kernel reads in place: any size then, where the device binds a list's tensors).
  */
 export function wgslMatMulUsed(
   a: MatMulOperand,
@@ -1318,7 +1501,7 @@ function usedPlan(
   if (!wgslKernelsEnabled()) return null;
   const plan = matMulPlan(a, b, ta, tb);
   if (typeof plan === "string") return null;
-  if (isStacked(a) || isStacked(b)) return plan;
+  if (isStacked(a) || isStacked(b) || isList(a) || isList(b)) return plan;
   const flag = Deno.env.get("DEER_WGSL_MM_MIN_OUTPUTS");
   const min = flag !== undefined && flag !== "" ? Number(flag) : WGSL_MM_MIN_OUTPUTS;
   if (!Number.isFinite(min)) {
@@ -1357,6 +1540,7 @@ function matMulSource(
   prefetch: boolean,
   addend: boolean,
   layout: OutputLayout = "plain",
+  lists: [number, number] = [0, 0],
 ): string {
   const tm = 16 * rm, groups = rm / 4, tmq = tm / 4, tn = 64 * cn, tnq = tn / 4;
   // One load per entry: its position in the tile (`pos`, from localIndex), its global position
@@ -1466,6 +1650,30 @@ function matMulSource(
       });
     }
   }
+  // A matrix list's entries are bindings A0, A1, … (B0, …): its reads go through readA (readB),
+  // which picks the batch entry's binding.
+  for (const d of loads) {
+    const [, name, at] = d.read.match(/^([AB])\[(.*)\]$/)!;
+    if (lists[name === "A" ? 0 : 1] > 0) d.read = `read${name}(${at})`;
+  }
+  const readers = (["A", "B"] as const).map((name, i) => {
+    const count = lists[i];
+    if (count === 0) return "";
+    const type = (i === 0 ? va : vb) ? "vec4<f32>" : "f32";
+    const cases = Array.from(
+      { length: count - 1 },
+      (_, e) => `case ${e + 1}: { v = ${name}${e + 1}[i]; }`,
+    );
+    return `
+    fn read${name}(i : i32) -> ${type} {
+      var v : ${type};
+      switch (i32(workgroupId.z)) {
+        ${cases.join("\n        ")}
+        default: { v = ${name}0[i]; }
+      }
+      return v;
+    }`;
+  }).join("");
   const zero = (d: Load) => d.vec ? "vec4<f32>(0.0)" : "0.0";
   // Without prefetch: read into v and put it in the tile, per K-tile. With it: the next K-tile's
   // reads go to registers p0, p1, … (`fetch`, issued before this K-tile's multiply-adds) and are
@@ -1532,6 +1740,7 @@ function matMulSource(
   return `
     var<workgroup> As : array<vec4<f32>, ${MM_TK * tmq}>;
     var<workgroup> Bs : array<vec4<f32>, ${MM_TK * tnq}>;
+${readers}
 
     fn store(rowOff : i32, gn : i32, v : vec4<f32>) {
       ${
@@ -1795,12 +2004,20 @@ function matMulKernel(
     throw new Error("webgpu_kernels matMul: an addend needs the plain layout");
   }
   const r = outShape.length;
+  // A matrix list binds one tensor per entry, named A0, A1, … (B0, …).
+  const lists: [number, number] = [a, b].map((o) => isList(o) ? o.tensors.length : 0) as [
+    number,
+    number,
+  ];
+  const names = (name: string, count: number) =>
+    count === 0 ? [name] : Array.from({ length: count }, (_, e) => `${name}${e}`);
+  const [namesA, namesB] = [names("A", lists[0]), names("B", lists[1])];
   const make = (): Program => ({
-    variableNames: c ? ["A", "B", "C"] : ["A", "B"],
+    variableNames: [...namesA, ...namesB, ...(c ? ["C"] : [])],
     outputShape: laid.shape,
     shaderKey: `deer_matmul_${rm}x${cn}${pf ? "p" : ""}_${+ta}${+tb}_${+va}${+vb}${+vo}${
       c ? "_add" : ""
-    }_${layout.kind}`,
+    }_${layout.kind}${lists[0] + lists[1] > 0 ? `_list${lists[0]}x${lists[1]}` : ""}`,
     dispatchLayout: { x: [r - 1], y: [r - 2], z: Array.from({ length: r - 2 }, (_, i) => i) },
     dispatch: [Math.ceil(n / (64 * cn)), Math.ceil(m / (16 * rm)), batch],
     workgroupSize: [16, 16, 1],
@@ -1808,12 +2025,16 @@ function matMulKernel(
     uniforms:
       `M : i32, N : i32, K : i32, strideA : i32, strideB : i32, baseA : i32, baseB : i32,${laid.uniforms}`,
     // The addend is read as the output is written.
-    variableComponents: [va ? 4 : 1, vb ? 4 : 1, ...(c ? [vo ? 4 : 1] : [])],
+    variableComponents: [
+      ...namesA.map(() => va ? 4 : 1),
+      ...namesB.map(() => vb ? 4 : 1),
+      ...(c ? [vo ? 4 : 1] : []),
+    ],
     outputComponent: vo ? 4 : 1,
-    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf, c !== null, layout.kind),
+    getUserCode: () => matMulSource(rm, cn, ta, tb, va, vb, vo, pf, c !== null, layout.kind, lists),
   });
   const uniforms: ProgramUniform[] = [m, n, k, strideA, strideB, baseA, baseB, ...laid.values]
     .map(int32);
-  const [at, bt] = [operandTensor(a), operandTensor(b)];
-  return dispatch("MatMul", c ? [at, bt, c] : [at, bt], 0, make, uniforms);
+  const inputs = [...boundTensors(a), ...boundTensors(b), ...(c ? [c] : [])];
+  return dispatch("MatMul", inputs, 0, make, uniforms);
 }

@@ -53,8 +53,10 @@ import { nativeOps } from "../native.ts";
 import {
   materialize,
   type MatMulOperand,
+  matrixList,
   operandTensor,
   stackedMatrix,
+  wgslBindable,
   wgslBlockDiagonal,
   wgslBlockDiagonalGrad,
   wgslGateBackward,
@@ -637,7 +639,10 @@ function outTransposedToHeads(g: tf.Tensor, out: tf.Tensor): tf.Tensor {
   return tf.transpose(tf.reshape(rows, [n, t, h, d]), [2, 0, 1, 3]);
 }
 
-/** The class token's rows of [N·T, width] (a [N, width] tensor). */
+/**
+ * The class token's rows of [N·T, width] (a [N, width] tensor, sliced out; with the WGSL kernels
+ * the last block reads them where they lie instead, in its residual and its LayerNorm gradient).
+ */
 function classRows(x: tf.Tensor, ctx: BlockContext): tf.Tensor2D {
   const { n, t, cfg } = ctx;
   return tf.reshape(tf.slice(tf.reshape(x, [n, t, cfg.width]), [0, 0, 0], [n, 1, cfg.width]), [
@@ -677,8 +682,10 @@ function blockForward(
   const p = tf.softmax(scores);
   const rows = classOnly ? n : n * t;
   const attended = tf.reshape(attentionTimesOut(p, v, w.out), [rows, width]);
-  const residual = classOnly ? classRows(x, ctx) : x;
-  const x1 = residualAdd(residual, attended, w.outBias, 1);
+  // With the WGSL kernels the class rows are read where they lie in x (no slice).
+  const x1 = classOnly && wgsl
+    ? wgslResidual(x, attended, w.outBias, 1, t)
+    : residualAdd(classOnly ? classRows(x, ctx) : x, attended, w.outBias, 1);
   // MLP on z = k·(ln_2(x1)·W_fc1 + b_fc1), k folded into ln_2 and b_fc1; z is [rows, mlp], or
   // [mlp, rows] in the transposed layout.
   const ln2 = layerNormForward(x1, w.ln2, cfg.lnEps);
@@ -777,7 +784,9 @@ export function geluBackward(
 
 /**
  * Gradients of one block: from `dOut` (the gradient at its output) to the gradient at its input
- * (unless `needInput` is false) and at its LoRA factors (A and the block-diagonal s·B).
+ * (unless `needInput` is false) and at its LoRA factors (A and the block-diagonal s·B). With
+ * `want.deferA`, `dA` is dQkv·B̃ᵀ, whose product with h, (dQkv·B̃ᵀ)ᵀ·h, the caller makes (for
+ * every block at once).
  */
 function blockBackward(
   dOut: tf.Tensor,
@@ -787,7 +796,7 @@ function blockBackward(
   ctx: BlockContext,
   classOnly: boolean,
   needInput: boolean,
-  want: { A: boolean; B: boolean },
+  want: { A: boolean; B: boolean; deferA?: boolean },
 ): { dx: tf.Tensor | null; dA: tf.Tensor | null; dB: tf.Tensor | null } {
   const { cfg, n, t } = ctx;
   const { width } = cfg;
@@ -838,9 +847,18 @@ function blockBackward(
     : wgsl
     ? mm(s.u, dQkv, true, false)
     : tf.mul(mm(s.u, dQkv, true, false), w.colScale);
-  const dA = want.A ? mm(mm(dQkv, lora.B, false, true), s.h, true, false) : null;
+  const dA = !want.A
+    ? null
+    : want.deferA
+    ? mm(dQkv, lora.B, false, true)
+    : mm(mm(dQkv, lora.B, false, true), s.h, true, false);
   if (!needInput) return { dx: null, dA, dB };
   const dh1 = mm(dQkv, lora.W, false, true);
+  if (classOnly && wgslRowsFit(width)) {
+    // The class rows' gradient dx1 [N, width] added to rows 0, T, 2T, … where they lie (no pad).
+    const dx = wgslLayerNormBackward(dh1, s.ln1[0], w.ln1.weight, cfg.lnEps, dx1, t);
+    return { dx, dA, dB };
+  }
   const dResidual = classOnly
     ? tf.reshape(tf.pad(tf.reshape(dx1, [n, 1, width]), [[0, 0], [0, t - 1], [0, 0]]), [
       n * t,
@@ -1067,26 +1085,45 @@ export function frozenBlocksForward(
         });
         const dA: tf.Tensor[] = [];
         const dB: tf.Tensor[] = [];
+        // With the WGSL kernels each block gives dQkv·B̃ᵀ, and every block's dA, its product
+        // with h, is made after the loop (below).
+        const deferA = want.A && inPlace;
+        const h: tf.Tensor[] = [];
         for (let i = layers - 1; i >= 0; i--) {
           const dIn = dx;
           const per = blockSaved(width);
           const s = unflattenSaved(saved.slice(per * i, per * (i + 1)), width);
           let r!: ReturnType<typeof blockBackward>;
           tf.tidy(() => {
-            r = blockBackward(dIn, blockWeights[i], f[i], s, ctx, i === layers - 1, i > 0, want);
+            r = blockBackward(dIn, blockWeights[i], f[i], s, ctx, i === layers - 1, i > 0, {
+              ...want,
+              deferA,
+            });
             return [r.dA, r.dB, r.dx].filter((t) => t !== null);
           });
           dIn.dispose();
           if (r.dA) dA.unshift(r.dA);
           if (r.dB) dB.unshift(r.dB);
           if (r.dx) dx = r.dx;
+          h.unshift(s.h);
         }
+        /** Every block's dA stacked, [layers, 3r, width]. */
+        const stackedDA = (): tf.Tensor => {
+          if (!deferA) return tf.stack(dA);
+          // One batched product reading each block's dQkv·B̃ᵀ and h where they lie (no stack of
+          // the blocks' dA after it), where the device binds that many tensors; else a product
+          // per block, stacked, as without deferring.
+          const [m, hs] = [matrixList(dA), matrixList(h)];
+          if (wgslMatMulUsed(m, hs, true, false)) return wgslMatMul(m, hs, true, false);
+          return tf.stack(dA.map((mi, i) => mm(mi, h[i], true, false)));
+        };
         return tf.tidy(() => [
-          ...(want.A ? [tf.reshape(tf.stack(dA), [3 * layers, rank, width])] : []),
+          ...(want.A ? [tf.reshape(stackedDA(), [3 * layers, rank, width])] : []),
           ...(want.B
             ? [
               inPlace
-                ? wgslBlockDiagonalGrad(tf.stack(dB), lora.scale)
+                // The blocks' gradients read where they lie, unless the device binds too few.
+                ? wgslBlockDiagonalGrad(wgslBindable(layers) ? dB : tf.stack(dB), lora.scale)
                 : tf.mul(blockDiagonalGrad(tf.stack(dB), slots, layers, width, rank), lora.scale),
             ]
             : []),
