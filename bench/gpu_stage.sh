@@ -10,6 +10,19 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEST=$(realpath -m "${1:-$ROOT/.gpucarry}")
+# The deno that stages is the one shipped: the one on PATH, else the one .ci/run installs.
+if ! command -v deno >/dev/null && [ -x "$ROOT/.tools/deno/bin/deno" ]; then
+  PATH="$ROOT/.tools/deno/bin:$PATH"
+fi
+if ! command -v deno >/dev/null; then
+  echo "gpu_stage.sh: no deno on PATH (nor $ROOT/.tools/deno/bin/deno): install it, e.g. by" \
+    "running the README's test command once, or put deno on PATH" >&2
+  exit 1
+fi
+if [ ! -d "$ROOT/node_modules/.deno" ]; then
+  echo "gpu_stage.sh: $ROOT/node_modules is missing: run \`deno task setup\` first" >&2
+  exit 1
+fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$DEST" "$TMP/repo"
