@@ -183,7 +183,7 @@ export async function installWebGpuBackend(): Promise<WebGpuAdapterSummary> {
     );
   }
   await import("@tensorflow/tfjs-backend-webgpu");
-  askMoreStorageBuffers();
+  registerWebGpuFactory();
   avoidSplitK();
   const submitBatch = submitBatchFromEnv();
   if (submitBatch !== undefined) tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", submitBatch);
@@ -222,37 +222,51 @@ export function submitBatchFromEnv(): number | undefined {
 export const STORAGE_BUFFERS_WANTED = 32;
 
 /**
- * Has the device tfjs-webgpu creates ask for up to {@link STORAGE_BUFFERS_WANTED} storage buffers
- * per shader stage (lavapipe offers 32), where tfjs asks for none and gets WebGPU's default of 8.
- * tfjs' concatenation binds one buffer per input and the output, so it cuts a concatenation of
- * more than `limit − 1` tensors into concatenations of 7 and one of those: a `tf.stack` of
- * ViT-B/16's 12 per-block LoRA gradients took 3 dispatches instead of 1 (the fast path makes two
- * such stacks per step). The values are the same, a copy either way. tfjs' own device descriptor
- * (features, other limits) is kept: its backend factory is wrapped, and the wrapper adds the one
- * limit to the descriptor as the factory requests the device. Left alone once the backend exists.
+ * Registers the toolkit's own factory for the `webgpu` backend in place of tfjs-webgpu's, so that
+ * the device asks for up to {@link STORAGE_BUFFERS_WANTED} storage buffers per shader stage
+ * (lavapipe offers 32), where tfjs asks for none and gets WebGPU's default of 8. tfjs'
+ * concatenation binds one buffer per input and the output, so it cut a concatenation of more
+ * than `limit − 1` tensors into several (a `tf.stack` of ViT-B/16's 12 per-block gradients took 3
+ * dispatches instead of 1), and the fast path's kernels that read every block's tensor from its
+ * own binding need the room. Otherwise the device is asked for what tfjs-webgpu 4.22's own factory
+ * asks for: the adapter by tfjs' power preference flag, the features `timestamp-query` and
+ * `bgra8unorm-storage` where offered, and the adapter's values of the same six limits. Nothing
+ * global is patched: other code that requests a device gets WebGPU's defaults. Left alone once
+ * the backend exists.
  */
-function askMoreStorageBuffers(): void {
+function registerWebGpuFactory(): void {
   const registry = (tf.engine() as unknown as { registry: Record<string, unknown> }).registry;
-  const stock = tf.findBackendFactory("webgpu") as
+  const current = tf.findBackendFactory("webgpu") as
     | ((() => Promise<tf.KernelBackend>) & { deerStorageBuffers?: boolean })
     | null;
-  if (!stock || stock.deerStorageBuffers || "webgpu" in registry) return;
-  const factory = async () => {
-    const proto = GPUAdapter.prototype;
-    const requestDevice = proto.requestDevice;
-    proto.requestDevice = function (this: GPUAdapter, descriptor?: GPUDeviceDescriptor) {
-      const offered = this.limits.maxStorageBuffersPerShaderStage;
-      const limits = {
-        ...descriptor?.requiredLimits,
-        maxStorageBuffersPerShaderStage: Math.min(offered, STORAGE_BUFFERS_WANTED),
-      };
-      return requestDevice.call(this, { ...descriptor, requiredLimits: limits });
-    };
-    try {
-      return await stock();
-    } finally {
-      proto.requestDevice = requestDevice;
-    }
+  if (!current || current.deerStorageBuffers || "webgpu" in registry) return;
+  const factory = async (): Promise<tf.KernelBackend> => {
+    const { WebGPUBackend } = await import("@tensorflow/tfjs-backend-webgpu");
+    const adapter = await navigator.gpu.requestAdapter({
+      powerPreference: tf.env().getBool("WEBGPU_USE_LOW_POWER_GPU")
+        ? "low-power"
+        : "high-performance",
+    });
+    if (!adapter) throw new Error("navigator.gpu.requestAdapter() returned no adapter");
+    const features = (["timestamp-query", "bgra8unorm-storage"] as GPUFeatureName[])
+      .filter((f) => adapter.features.has(f));
+    const l = adapter.limits;
+    const device = await adapter.requestDevice({
+      requiredFeatures: features,
+      requiredLimits: {
+        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+        maxBufferSize: l.maxBufferSize,
+        maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+        maxStorageBuffersPerShaderStage: Math.min(
+          l.maxStorageBuffersPerShaderStage,
+          STORAGE_BUFFERS_WANTED,
+        ),
+      },
+    });
+    return new WebGPUBackend(device, adapter.info);
   };
   tf.removeBackend("webgpu");
   tf.registerBackend("webgpu", Object.assign(factory, { deerStorageBuffers: true }), 3);

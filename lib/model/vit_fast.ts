@@ -1086,8 +1086,9 @@ export function frozenBlocksForward(
         const dA: tf.Tensor[] = [];
         const dB: tf.Tensor[] = [];
         // With the WGSL kernels each block gives dQkv·B̃ᵀ, and every block's dA, its product
-        // with h, is made after the loop (below).
-        const deferA = want.A && inPlace;
+        // with h, is made after the loop (below) — where the device binds every block's two
+        // tensors, the output and an addend in one kernel; else nothing is gained by waiting.
+        const deferA = want.A && inPlace && wgslBindable(2 * layers + 1);
         const h: tf.Tensor[] = [];
         for (let i = layers - 1; i >= 0; i--) {
           const dIn = dx;
