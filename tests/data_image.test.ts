@@ -401,3 +401,98 @@ Deno.test("a PNG missing pixel rows is refused, not padded with zeros", () => {
     /long\.png holds more pixel data than its 64×4 header declares \(over 772 bytes inflated\)/,
   );
 });
+
+/** A 16 × 16 baseline JPEG from jpeg-js (JFIF, 4:2:0, component ids 1, 2, 3). */
+function smallJpeg(): Uint8Array {
+  const rgba = new Uint8Array(16 * 16 * 4).map((_, i) => (i * 37) % 251);
+  return new Uint8Array(jpeg.encode({ data: rgba, width: 16, height: 16 }, 90).data);
+}
+
+/** Where the frame header (SOF0) of `bytes` starts. */
+function sof0(bytes: Uint8Array): number {
+  for (let p = 2; p + 1 < bytes.length; p++) {
+    if (bytes[p] === 0xff && bytes[p + 1] === 0xc0) return p;
+  }
+  throw new Error("no SOF0");
+}
+
+Deno.test("JPEG size checks find the frame header past a segment whose length eats the next marker's 0xFF", () => {
+  const good = smallJpeg();
+  // An APP2 segment whose length (6) takes the 0xFF of the APP0 marker after it, as a hostile file
+  // did; then the frame header declares 7000 × 7000. The header parse used to stop at the stray
+  // byte, so no size check ran and jpeg-js allocated 1.6 GB before failing.
+  const bytes = new Uint8Array([
+    0xff,
+    0xd8,
+    0xff,
+    0xe2,
+    0x00,
+    0x06,
+    0x58,
+    0x59,
+    0x5a,
+    ...good.subarray(2),
+  ]);
+  const p = sof0(bytes);
+  bytes.set([0x1b, 0x58, 0x1b, 0x58], p + 5);
+  const t0 = performance.now();
+  assert.throws(
+    () => decodeJpeg(bytes, "eaten.jpg"),
+    /eaten\.jpg declares 7000×7000 pixels in \d+ bytes, fewer than any JPEG of that size can hold/,
+  );
+  assert.ok(performance.now() - t0 < 1000, "refused before decoding");
+  // The same stray bytes in front of a genuine frame still decode (as libjpeg reads them).
+  const stray = new Uint8Array([
+    0xff,
+    0xd8,
+    0xff,
+    0xe2,
+    0x00,
+    0x06,
+    0x58,
+    0x59,
+    0x5a,
+    ...good.subarray(2),
+  ]);
+  assert.equal(decodeJpeg(stray, "stray.jpg").width, 16);
+  // No frame header at all: refused, naming the file.
+  assert.throws(
+    () => decodeJpeg(good.subarray(0, p), "headless.jpg"),
+    /headless\.jpg is not a readable JPEG \(no frame header/,
+  );
+});
+
+Deno.test("a JPEG giving two components the same id is refused (jpeg-js would mix them up)", () => {
+  const bytes = smallJpeg();
+  const p = sof0(bytes);
+  assert.deepEqual([bytes[p + 10], bytes[p + 13], bytes[p + 16]], [1, 2, 3]);
+  assert.equal(decodeJpeg(bytes, "ok.jpg").width, 16);
+  bytes[p + 13] = 1;
+  bytes[p + 16] = 1;
+  assert.throws(
+    () => decodeJpeg(bytes, "dup.jpg"),
+    /dup\.jpg gives two colour components the same id \(1, 1, 1\)/,
+  );
+});
+
+Deno.test("with Object.prototype frozen, JPEGs still decode (jpeg-js's own conversion)", async () => {
+  const code = `
+import { decodeJpeg } from "./lib/data/image.ts";
+import jpeg from "jpeg-js";
+const rgba = new Uint8Array(16 * 16 * 4).map((_, i) => (i * 37) % 251);
+const bytes = new Uint8Array(jpeg.encode({ data: rgba, width: 16, height: 16 }, 90).data);
+Object.freeze(Object.prototype);
+const img = decodeJpeg(bytes, "frozen.jpg");
+const plain = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false }).data;
+console.log(JSON.stringify({ width: img.width, same: img.data.every((v, i) => v === plain[i]) }));
+`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    cwd: new URL("../", import.meta.url).pathname,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, err);
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { width: 16, same: true });
+});

@@ -111,10 +111,20 @@ function jpegDeclaredSize(
 ): { width: number; height: number; marker: number; componentIds: number[] } | undefined {
   let p = 2;
   while (p + 4 <= bytes.length) {
-    if (bytes[p] !== 0xff) return undefined;
+    if (bytes[p] !== 0xff) {
+      // Bytes between segments (a segment length off by a few): libjpeg skips to the next marker
+      // (with a warning) and jpeg-js recovers too, so look for it rather than give up — giving
+      // up let such a file past the size checks (354 bytes declaring 7000 × 7000: 1.6 GB).
+      p++;
+      continue;
+    }
     const marker = bytes[p + 1];
     if (marker === 0xff) { // fill byte
       p++;
+      continue;
+    }
+    if (marker === 0x00) { // a stuffed 0xFF is not a marker
+      p += 2;
       continue;
     }
     if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd8)) { // no length field
@@ -188,53 +198,64 @@ function decodeJpegLikeLibjpeg(
   };
   const proto = Object.prototype as { opts?: unknown };
   // Someone else's `opts` on Object.prototype is left alone (and jpeg-js decodes by itself).
-  if (Object.getOwnPropertyDescriptor(proto, "opts") !== undefined) {
-    return jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
-  }
-  Object.defineProperty(proto, "opts", {
-    configurable: true,
-    set(this: unknown, value: unknown) {
-      if (Object(this) !== this) return; // a primitive receiver keeps nothing
-      Object.defineProperty(this, "opts", {
-        value,
-        writable: true,
-        enumerable: true,
-        configurable: true,
-      });
-      if (!isJpegJsDecoder(this)) return;
-      const jpegJsConversion = this.copyToImageData;
-      Object.defineProperty(this, "copyToImageData", {
-        configurable: true,
-        writable: true,
-        value(
-          this: JpegJsDecoder,
-          image: { width: number; height: number; data: Uint8Array },
-          formatAsRGBA: boolean,
-        ) {
-          if (
-            formatAsRGBA || !jpegFrameToRgb(
-              {
-                width: this.width,
-                height: this.height,
-                components: this.components,
-                jfif: this.jfif,
-                adobe: this.adobe,
-                componentIds,
-              },
-              image.data,
-            )
-          ) {
-            jpegJsConversion.call(this, image, formatAsRGBA);
-          }
-        },
-      });
-    },
-  });
+  const plain = () =>
+    jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
+  if (Object.getOwnPropertyDescriptor(proto, "opts") !== undefined) return plain();
+  // The hook serves one decoder: this call's (a decode started inside it, were one possible,
+  // would get jpeg-js's own conversion rather than this file's component ids).
+  let served = false;
   try {
-    return jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
+    Object.defineProperty(proto, "opts", {
+      configurable: true,
+      set(this: unknown, value: unknown) {
+        if (Object(this) !== this) return; // a primitive receiver keeps nothing
+        Object.defineProperty(this, "opts", {
+          value,
+          writable: true,
+          enumerable: true,
+          configurable: true,
+        });
+        if (served || !isJpegJsDecoder(this)) return;
+        served = true;
+        hookConversion(this, componentIds);
+      },
+    });
+  } catch {
+    // A frozen or sealed Object.prototype (hardening against prototype pollution): jpeg-js's own
+    // upsampling and conversion, as before this hook existed.
+    return plain();
+  }
+  try {
+    return plain();
   } finally {
     delete proto.opts;
   }
+}
+
+/** Gives jpeg-js's decoder libjpeg-turbo's upsampling and colour conversion (see above). */
+function hookConversion(decoder: JpegJsDecoder, componentIds: number[] | undefined): void {
+  const jpegJsConversion = decoder.copyToImageData;
+  Object.defineProperty(decoder, "copyToImageData", {
+    configurable: true,
+    writable: true,
+    value(
+      this: JpegJsDecoder,
+      image: { width: number; height: number; data: Uint8Array },
+      formatAsRGBA: boolean,
+    ) {
+      const frame = {
+        width: this.width,
+        height: this.height,
+        components: this.components,
+        jfif: this.jfif,
+        adobe: this.adobe,
+        componentIds,
+      };
+      if (formatAsRGBA || !jpegFrameToRgb(frame, image.data)) {
+        jpegJsConversion.call(this, image, formatAsRGBA);
+      }
+    },
+  });
 }
 
 /**
@@ -255,16 +276,27 @@ export function decodeJpeg(
   options: DecodeOptions = {},
 ): Image8 {
   const declared = jpegDeclaredSize(bytes);
-  if (declared !== undefined) {
-    checkPixels(name, declared.width, declared.height, options);
-    checkJpegBytes(name, bytes.length, declared);
+  if (declared === undefined) {
+    throw new Error(
+      `${name} is not a readable JPEG (no frame header before its scan data or end); replace ` +
+        `or remove it`,
+    );
+  }
+  checkPixels(name, declared.width, declared.height, options);
+  checkJpegBytes(name, bytes.length, declared);
+  if (new Set(declared.componentIds).size !== declared.componentIds.length) {
+    throw new Error(
+      `${name} gives two colour components the same id (${declared.componentIds.join(", ")}); ` +
+        `libjpeg reads them as separate components but jpeg-js mixes them up: re-encode the ` +
+        `image (any image editor or Pillow writes distinct ids)`,
+    );
   }
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
     decoded = decodeJpegLikeLibjpeg(
       bytes,
       imagePixelLimit(options.maxPixels),
-      declared?.componentIds,
+      declared.componentIds,
     );
   } catch (err) {
     throw new Error(
