@@ -496,3 +496,23 @@ console.log(JSON.stringify({ width: img.width, same: img.data.every((v, i) => v 
   assert.equal(out.code, 0, err);
   assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { width: 16, same: true });
 });
+
+// jpeg_pil_decode_sampling.npz: four JPEGs Pillow cannot write — 4:4:0 (luma 1×2), 4:1:1 with a
+// restart interval of 3 MCUs, chroma sampled finer than luma (Cb 2×2, Y 1×1), and an RGB JPEG told
+// apart only by its component ids ('R', 'G', 'B'; no JFIF or Adobe marker) — written by a minimal
+// baseline encoder during a review (not kept), with the pixels Pillow 12.3.0 decodes them to,
+// np.asarray(Image.open(f).convert("RGB")). They check the upsampler's vertical filter, the
+// repeated samples of other factors and libjpeg's RGB rule.
+Deno.test("JPEG decodes as Pillow does within ±3: 4:4:0, 4:1:1 with restarts, finer chroma, RGB by ids", async () => {
+  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode_sampling.npz"));
+  for (const name of ["c440_67x45", "c411_rst3_67x45", "ccbig_15x17", "rgbids_nomarker_20x12"]) {
+    const want = f[`${name}_rgb`];
+    const img = decodeJpeg(f[`${name}_jpg`].data as Uint8Array, `${name}.jpg`);
+    assert.deepEqual([img.height, img.width, img.channels], want.shape, name);
+    const pil = want.data as Uint8Array;
+    assert.ok(maxAbsDiff(img.data, pil) <= 3, `${name}: max |diff| ${maxAbsDiff(img.data, pil)}`);
+    let sum = 0;
+    for (let i = 0; i < pil.length; i++) sum += Math.abs(img.data[i] - pil[i]);
+    assert.ok(sum / pil.length <= 0.4, `${name}: mean |diff| ${sum / pil.length}`);
+  }
+});
