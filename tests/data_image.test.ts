@@ -402,7 +402,7 @@ Deno.test("a PNG missing pixel rows is refused, not padded with zeros", () => {
   );
 });
 
-/** A 16 × 16 baseline JPEG from jpeg-js (JFIF, 4:2:0, component ids 1, 2, 3). */
+/** A 16 × 16 baseline JPEG from jpeg-js (JFIF, 4:4:4, component ids 1, 2, 3). */
 function smallJpeg(): Uint8Array {
   const rgba = new Uint8Array(16 * 16 * 4).map((_, i) => (i * 37) % 251);
   return new Uint8Array(jpeg.encode({ data: rgba, width: 16, height: 16 }, 90).data);
@@ -515,4 +515,26 @@ Deno.test("JPEG decodes as Pillow does within ±3: 4:4:0, 4:1:1 with restarts, f
     for (let i = 0; i < pil.length; i++) sum += Math.abs(img.data[i] - pil[i]);
     assert.ok(sum / pil.length <= 0.4, `${name}: mean |diff| ${sum / pil.length}`);
   }
+});
+
+Deno.test("JPEG sampling factors libjpeg refuses (outside 1–4, fractional ratios) are refused, naming the file", () => {
+  const good = smallJpeg();
+  const p = sof0(good);
+  // jpeg-js writes 4:4:4: every component 1×1 (bytes p + 11, p + 14, p + 17).
+  assert.deepEqual([good[p + 11], good[p + 14], good[p + 17]], [0x11, 0x11, 0x11]);
+  const withFactors = (y: number, cb: number) => {
+    const b = good.slice();
+    b[p + 11] = y;
+    b[p + 14] = cb;
+    return b;
+  };
+  assert.throws(
+    () => decodeJpeg(withFactors(0x52, 0x11), "five.jpg"),
+    /five\.jpg has sampling factors outside 1–4 \(5×2, 1×1, 1×1\), which libjpeg/,
+  );
+  assert.throws(() => decodeJpeg(withFactors(0x20, 0x11), "zero.jpg"), /outside 1–4 \(2×0/);
+  assert.throws(
+    () => decodeJpeg(withFactors(0x32, 0x21), "frac.jpg"),
+    /frac\.jpg has fractional chroma sampling \(3×2, 2×1, 1×1\)/,
+  );
 });

@@ -108,7 +108,14 @@ function checkJpegBytes(
  */
 function jpegDeclaredSize(
   bytes: Uint8Array,
-): { width: number; height: number; marker: number; componentIds: number[] } | undefined {
+): {
+  width: number;
+  height: number;
+  marker: number;
+  componentIds: number[];
+  /** Each component's horizontal and vertical sampling factors. */
+  sampling: [number, number][];
+} | undefined {
   let p = 2;
   while (p + 4 <= bytes.length) {
     if (bytes[p] !== 0xff) {
@@ -138,14 +145,17 @@ function jpegDeclaredSize(
     if (isFrame) {
       if (p + 9 > bytes.length) return undefined;
       const componentIds: number[] = [];
-      for (let c = 0, q = p + 10; c < bytes[p + 9] && q < bytes.length; c++, q += 3) {
+      const sampling: [number, number][] = [];
+      for (let c = 0, q = p + 10; c < bytes[p + 9] && q + 1 < bytes.length; c++, q += 3) {
         componentIds.push(bytes[q]);
+        sampling.push([bytes[q + 1] >> 4, bytes[q + 1] & 15]);
       }
       return {
         height: (bytes[p + 5] << 8) | bytes[p + 6],
         width: (bytes[p + 7] << 8) | bytes[p + 8],
         marker,
         componentIds,
+        sampling,
       };
     }
     p += 2 + length;
@@ -284,6 +294,16 @@ export function decodeJpeg(
   }
   checkPixels(name, declared.width, declared.height, options);
   checkJpegBytes(name, bytes.length, declared);
+  const factors = declared.sampling;
+  const [hMax, vMax] = [0, 1].map((k) => Math.max(...factors.map((f) => f[k])));
+  const bogus = factors.some(([h, v]) => !(h >= 1 && h <= 4 && v >= 1 && v <= 4));
+  if (bogus || factors.some(([h, v]) => hMax % h !== 0 || vMax % v !== 0)) {
+    throw new Error(
+      `${name} has ${bogus ? "sampling factors outside 1–4" : "fractional chroma sampling"} (${
+        factors.map(([h, v]) => `${h}×${v}`).join(", ")
+      }), which libjpeg (and so Pillow) refuses: re-encode the image`,
+    );
+  }
   if (new Set(declared.componentIds).size !== declared.componentIds.length) {
     throw new Error(
       `${name} gives two colour components the same id (${declared.componentIds.join(", ")}); ` +
