@@ -190,15 +190,15 @@ function isJpegJsDecoder(x: unknown): x is JpegJsDecoder {
  * for `opts` on `Object.prototype` receives that decoder. The setter gives it `opts` as an own
  * property (as the plain assignment would) and its own `copyToImageData`, which writes the RGB
  * pixels from the planes into jpeg-js's output buffer; the setter is removed before this returns.
- * Frames the replacement does not handle (grey, CMYK/YCCK, 2 components, non-integral sampling
- * factors) go through jpeg-js's own conversion, as before; so does everything if a future jpeg-js
+ * Frames the replacement does not handle (grey, CMYK/YCCK, 2 components; `decodeJpeg` refuses
+ * non-integral sampling factors before this) go through jpeg-js's own conversion, as before; so does everything if a future jpeg-js
  * stops assigning `opts` (the fixture tests then fail). The replacement also skips jpeg-js's
  * intermediate copy of the whole image (`getData`).
  */
 function decodeJpegLikeLibjpeg(
   bytes: Uint8Array,
   maxPixels: number,
-  componentIds: number[] | undefined,
+  componentIds: number[],
 ): { width: number; height: number; data: Uint8Array } {
   const opts = {
     useTArray: true as const,
@@ -243,7 +243,7 @@ function decodeJpegLikeLibjpeg(
 }
 
 /** Gives jpeg-js's decoder libjpeg-turbo's upsampling and colour conversion (see above). */
-function hookConversion(decoder: JpegJsDecoder, componentIds: number[] | undefined): void {
+function hookConversion(decoder: JpegJsDecoder, componentIds: number[]): void {
   const jpegJsConversion = decoder.copyToImageData;
   Object.defineProperty(decoder, "copyToImageData", {
     configurable: true,

@@ -1106,7 +1106,7 @@ export function frozenBlocksForward(
           if (r.dA) dA.unshift(r.dA);
           if (r.dB) dB.unshift(r.dB);
           if (r.dx) dx = r.dx;
-          h.unshift(s.h);
+          if (deferA) h.unshift(s.h);
         }
         /** Every block's dA stacked, [layers, 3r, width]. */
         const stackedDA = (): tf.Tensor => {
