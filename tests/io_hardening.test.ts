@@ -18,6 +18,7 @@ import {
 import { fingerprint } from "../lib/io/fingerprint.ts";
 import { removeStaleTemporaries, writeFileAtomic } from "../lib/io/atomic.ts";
 import { listImageFolderSplit } from "../lib/data/image_folder.ts";
+import { pathExists } from "../lib/io/run_folder.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "deer-io-hardening-" });
 let n = 0;
@@ -309,4 +310,32 @@ Deno.test("atomic writes: stale temporary files — a dead writer's are removed,
   assert.equal(await removeStaleTemporaries(join(dir, "absent")), 0);
   await Deno.remove(dir, { recursive: true });
   await Deno.remove(outside, { recursive: true });
+});
+
+Deno.test("pathExists: missing is false, a link loop or an unreadable path is an error, links looked at or followed", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = join(dir, "summary.json");
+    await Deno.writeTextFile(file, "{}");
+    assert.equal(await pathExists(file), true);
+    assert.equal(await pathExists(file, { kind: "file" }), true);
+    assert.equal(await pathExists(dir, { kind: "file" }), false);
+    assert.equal(await pathExists(join(dir, "nothing")), false);
+    // A parent that is a file (ENOTDIR) is "nothing there", as a missing parent is.
+    assert.equal(await pathExists(join(file, "config.json")), false);
+    // A dangling link: nothing behind it, but the link itself is there.
+    await Deno.symlink(join(dir, "gone"), join(dir, "dangling"));
+    assert.equal(await pathExists(join(dir, "dangling")), false);
+    assert.equal(await pathExists(join(dir, "dangling"), { follow: false }), true);
+    // A loop cannot be answered either way: it is thrown, not read as "missing".
+    await Deno.symlink(join(dir, "b"), join(dir, "a"));
+    await Deno.symlink(join(dir, "a"), join(dir, "b"));
+    await assert.rejects(
+      () => pathExists(join(dir, "a")),
+      (err: Error) => !(err instanceof Deno.errors.NotFound),
+    );
+    assert.equal(await pathExists(join(dir, "a"), { follow: false }), true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

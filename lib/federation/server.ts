@@ -28,6 +28,7 @@
 import { join } from "node:path";
 import { createUser, fromSeed } from "@nats-io/nkeys";
 import { makeThrowawayPki } from "./pki.ts";
+import { pathExists } from "../io/run_folder.ts";
 import { checkSiteName, federationNames, type Permissions, sitePermissions } from "./subjects.ts";
 
 /** One identity's credential files (what a site is handed to join). */
@@ -185,15 +186,6 @@ ${users.join("\n")}
 `;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Writes the PKI, one nkey and credentials folder per identity, and `nats.conf` into `opts.dir`.
  * Identities already there are kept (a restart keeps the credentials the sites hold).
@@ -210,7 +202,7 @@ export async function prepareNatsServer(opts: NatsServerOptions): Promise<string
   await Deno.mkdir(join(opts.dir, "creds"), { recursive: true });
   const missing = [];
   for (const n of identities) {
-    if (!await exists(credentialsIn(opts.dir, n).seedFile)) missing.push(n);
+    if (!await pathExists(credentialsIn(opts.dir, n).seedFile)) missing.push(n);
   }
   if (missing.length > 0) {
     // A fresh CA whenever an identity is new: simpler than signing with a kept CA key, and
@@ -223,7 +215,7 @@ export async function prepareNatsServer(opts: NatsServerOptions): Promise<string
       await Deno.copyFile(pki.clients[n].certFile, c.certFile);
       await Deno.copyFile(pki.clients[n].keyFile, c.keyFile);
       await Deno.chmod(c.keyFile, 0o600);
-      if (!await exists(c.seedFile)) {
+      if (!await pathExists(c.seedFile)) {
         await Deno.writeTextFile(c.seedFile, new TextDecoder().decode(createUser().getSeed()), {
           mode: 0o600,
         });

@@ -205,6 +205,34 @@ export async function hasContent(dir: string, ignore: readonly string[] = []): P
 }
 
 /**
+ * Whether something is at `path`: `false` only where nothing is (no such entry, or a parent that
+ * is not a folder); any other error (no permission, an I/O error) is thrown rather than read as
+ * "missing". `kind: "file"` asks for a regular file; `follow: false` looks at a symbolic link
+ * itself rather than at what it points to.
+ *
+ * @example
+ * ```ts
+ * await pathExists(Deno.cwd()); // true
+ * await pathExists(Deno.cwd(), { kind: "file" }); // false: a folder
+ * await pathExists(`${Deno.cwd()}/no-such-file`); // false
+ * ```
+ */
+export async function pathExists(
+  path: string,
+  opts: { kind?: "any" | "file"; follow?: boolean } = {},
+): Promise<boolean> {
+  try {
+    const info = opts.follow === false ? await Deno.lstat(path) : await Deno.stat(path);
+    return opts.kind === "file" ? info.isFile : true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
+      return false;
+    }
+    throw err;
+  }
+}
+
+/**
  * Moves `dir` aside in one rename (so no reader ever sees a mix of the old run and the new one)
  * and returns the hidden folder it went to; remove that with {@link removeAside}.
  */

@@ -47,6 +47,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { inflateBounded, InflateLimitError } from "../data/_inflate.ts";
+import { pathExists } from "../io/run_folder.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Text cleaning: open_clip's basic_clean / whitespace_clean and the part of ftfy that applies
@@ -693,15 +694,6 @@ export const TOKENIZER_FILES = {
   wordpiece: ["tokenizer.json", "vocab.txt"],
 } as const;
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
-
 /**
  * Largest text a gzip-compressed vocabulary (`*.txt.gz`) may inflate to: open_clip's
  * `bpe_simple_vocab_16e6.txt.gz` is about 1.3 MB compressed and 1.6 MB inflated, so 64 MiB is
@@ -898,7 +890,7 @@ async function readVocabTxt(path: string): Promise<WordPieceVocabulary> {
   });
   const v: WordPieceVocabulary = { vocab };
   const configPath = join(dirname(path), "tokenizer_config.json");
-  if (await exists(configPath)) {
+  if (await pathExists(configPath, { kind: "file" })) {
     const cfg = await readJson(configPath);
     if (typeof cfg.do_lower_case === "boolean") v.lowercase = cfg.do_lower_case;
     if (typeof cfg.strip_accents === "boolean") v.stripAccents = cfg.strip_accents;
@@ -998,8 +990,10 @@ export async function findTokenizer(
     : ["tokenizer.json", "vocab.json", "vocab.txt", "bpe_simple_vocab_16e6.txt.gz"];
   for (const name of candidates) {
     const path = join(dir, name);
-    if (!(await exists(path))) continue;
-    if (name === "vocab.json" && !(await exists(join(dir, "merges.txt")))) continue;
+    if (!(await pathExists(path, { kind: "file" }))) continue;
+    if (name === "vocab.json" && !(await pathExists(join(dir, "merges.txt"), { kind: "file" }))) {
+      continue;
+    }
     if (name === "tokenizer.json" && kind) {
       const type = ((await readJson(path)).model as Record<string, unknown> | undefined)?.type;
       if ((type === "BPE") !== (kind === "bpe")) continue;
@@ -1056,7 +1050,7 @@ export async function loadTokenizer(
     const dir = dirname(file);
     const vocab = join(dir, "vocab.json"), merges = join(dir, "merges.txt");
     for (const p of [vocab, merges]) {
-      if (!(await exists(p))) {
+      if (!(await pathExists(p, { kind: "file" }))) {
         throw new Error(`${p}: missing; a CLIP BPE needs vocab.json and merges.txt`);
       }
     }

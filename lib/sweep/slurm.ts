@@ -28,6 +28,7 @@
  */
 import { join } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { pathExists } from "../io/run_folder.ts";
 import { type Sweep, SweepError, type SweepPoint } from "./spec.ts";
 import { pointDir, type PointState, type PointStatus, preparePoint } from "./state.ts";
 import { pointTrainArgs, type TrainCommand } from "./local.ts";
@@ -229,7 +230,7 @@ export async function submit(
     await Deno.chmod(path, 0o755);
     for (const p of points) {
       const pd = pointDir(sweep.root, p.id);
-      if (!await exists(pd)) made.push(pd);
+      if (!await pathExists(pd, { follow: false })) made.push(pd);
       await preparePoint(sweep, p);
     }
     const max = sweep.slurm.maxParallel;
@@ -463,15 +464,6 @@ export function slurmStatus(state: PointState, task: PointTask | undefined): Poi
   if (ACTIVE_STATES.has(task.state)) return state.roundsDone > 0 ? "partial" : "pending";
   if (FAILED_STATES.has(task.state)) return "failed";
   return state.status;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function runTool(cmd: string, args: string[]): Promise<string> {

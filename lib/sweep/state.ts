@@ -23,6 +23,7 @@
  */
 import { join } from "node:path";
 import { writeJsonAtomic } from "../io/atomic.ts";
+import { pathExists } from "../io/run_folder.ts";
 import type { Sweep, SweepPoint } from "./spec.ts";
 
 /** Where a point is. */
@@ -83,7 +84,7 @@ export async function pointState(root: string, point: SweepPoint): Promise<Point
       roundsDone += (await readRecords(join(runDir, `seed-${seed}`, "records.jsonl"))).length;
     }
   }
-  const finished = runDir !== null && await exists(join(runDir, "summary.json"));
+  const finished = runDir !== null && await pathExists(join(runDir, "summary.json"));
   const status: PointStatus = finished
     ? "finished"
     : exit && exit.exitCode !== 0
@@ -127,7 +128,7 @@ export async function logTail(root: string, id: string, lines = 12): Promise<str
 export async function findRunDir(dir: string): Promise<string | null> {
   try {
     for await (const e of Deno.readDir(dir)) {
-      if (e.isDirectory && await exists(join(dir, e.name, "config.json"))) {
+      if (e.isDirectory && await pathExists(join(dir, e.name, "config.json"))) {
         return join(dir, e.name);
       }
     }
@@ -145,14 +146,5 @@ export async function readJson<T>(path: string): Promise<T | null> {
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) return null;
     throw new Error(`${path}: ${(err as Error).message}; the file is damaged`);
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
