@@ -23,6 +23,7 @@ export const fedExLora: Method = {
     calibration === "strict"
       ? `FedEx-LoRA with strict calibration: the folded residual Σp_k·B_k·A_k is computed from ` +
         `the clients' un-noised factors, so it has no client-level guarantee; use ` +
-        `--calibration paper or another method`
+        `--calibration local (each site noises its own factors, so the residual is computed from ` +
+        `noised ones), --calibration paper (no client-level guarantee either) or another method`
       : null,
 };
