@@ -158,33 +158,59 @@ Deno.test("decode JPEG: close to the encoded pixels; corrupt files name the file
 // jpeg_pil_decode.npz: tiny JPEGs written by Pillow 12.3.0 (libjpeg-turbo 3.1.4.1) and the pixels
 // Pillow decodes them to, np.asarray(Image.open(f).convert("RGB")); made by
 // `python tests/fixtures/jpeg_make_fixtures.py` (colour blocks, stripes and noise).
-// Measured: max |diff| 3, 3, 3, 2, 1 and mean 0.14, 0.19, 0.22, 0.17, 0.08 (in that order). Without
-// the libjpeg-style upsampling and colour conversion (jpeg-js's own: repeated chroma samples,
-// truncating float conversion, Adobe RGB taken for YCbCr) they were max 76, 64, 62, 3, 245 and
-// mean 15.6, 11.1, 13.8, 0.52, 95.2. What remains is jpeg-js's IDCT, which differs from
-// libjpeg-turbo's (islow) by ±1 on some samples.
-Deno.test("JPEG decodes as Pillow does within ±3: 4:2:0, 4:2:2, progressive, 4:4:4, Adobe RGB", async () => {
+// Measured: equal. With jpeg-js's IDCT (poppler's, before lib/data/_jpeg_idct.ts) under the
+// libjpeg-style upsampling and colour conversion they were max |diff| 3, 3, 3, 2, 1 (mean 0.14,
+// 0.19, 0.22, 0.17, 0.08, in that order); with jpeg-js alone (repeated chroma samples, truncating
+// float conversion, Adobe RGB taken for YCbCr) max 76, 64, 62, 3, 245.
+Deno.test("JPEG decodes exactly as Pillow does: 4:2:0, 4:2:2, progressive, 4:4:4, Adobe RGB", async () => {
   const names = ["s420_17x13", "s422_16x9", "s420_prog_10x7", "s444_12x9", "rgb_9x5"];
-  await assertDecodesLikePillow("jpeg_pil_decode.npz", names, 0.3);
+  await assertDecodesLikePillow("jpeg_pil_decode.npz", names);
 });
 
-/**
- * Each `<name>_jpg` of a fixture decodes to the shape of its `<name>_rgb` (Pillow's pixels),
- * within ±3 and with a mean |diff| of at most `meanBound`.
- */
-async function assertDecodesLikePillow(file: string, names: string[], meanBound: number) {
+/** Each `<name>_jpg` of a fixture decodes to its `<name>_rgb` (Pillow's pixels), value for value. */
+async function assertDecodesLikePillow(file: string, names: string[]) {
   const f = await readNpz(join(FIXTURES, file));
   for (const name of names) {
     const want = f[`${name}_rgb`];
     const img = decodeJpeg(f[`${name}_jpg`].data as Uint8Array, `${name}.jpg`);
     assert.deepEqual([img.height, img.width, img.channels], want.shape, name);
     const pil = want.data as Uint8Array;
-    assert.ok(maxAbsDiff(img.data, pil) <= 3, `${name}: max |diff| ${maxAbsDiff(img.data, pil)}`);
-    let sum = 0;
-    for (let i = 0; i < pil.length; i++) sum += Math.abs(img.data[i] - pil[i]);
-    assert.ok(sum / pil.length <= meanBound, `${name}: mean |diff| ${sum / pil.length}`);
+    const differ = pil.reduce((n, v, i) => n + (img.data[i] !== v ? 1 : 0), 0);
+    assert.equal(
+      differ,
+      0,
+      `${name}: ${differ} values differ, max |diff| ${maxAbsDiff(img.data, pil)}`,
+    );
   }
 }
+
+// jpeg_pil_decode_kinds.npz (same script): grey, progressive grey with a restart interval per row,
+// 4:2:0 with restarts every 2 MCUs, CMYK (Adobe) 4:4:4 and with C at 2×2, 16-bit quantisation
+// tables (SOF1), samples clamped at 0 and 255, a progressive 4:2:0 file cut after its first scan
+// (DC only) and after its third, which libjpeg-turbo decodes with block smoothing, and, built by
+// the script's minimal encoder, YCCK (Adobe transform 2) with Y at 2×2, a frame with luma at 4×3
+// (12 blocks) whose components have a scan each and a quantisation table redefined between two of
+// them, and coefficients no real image has (16-bit wrapping and saturation). Measured before
+// lib/data/_jpeg_idct.ts (jpeg-js's IDCT, and its own conversion for grey and CMYK): max |diff| 1,
+// 1, 3, 1, 78, 2, 1, 63, 49, 86, 156 (the redefined table: jpeg-js dequantises with the last
+// definition), 255; now all equal.
+Deno.test("JPEG decodes exactly as Pillow does: grey, CMYK, YCCK, restarts, 16-bit tables, smoothing, scans", async () => {
+  const names = [
+    "grey_13x11",
+    "grey_prog_rst_21x18",
+    "s420_rst_35x21",
+    "cmyk_14x10",
+    "cmyk_s420_18x14",
+    "q16_17x9",
+    "clamp_24x16",
+    "prog_first1_37x20",
+    "prog_first3_37x20",
+    "ycck_s420_20x14",
+    "y43_scans_dqt_40x30",
+    "bigcoef_96x8",
+  ];
+  await assertDecodesLikePillow("jpeg_pil_decode_kinds.npz", names);
+});
 
 Deno.test("JPEG decoding leaves Object.prototype and jpeg-js as they were", async () => {
   const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
@@ -192,6 +218,7 @@ Deno.test("JPEG decoding leaves Object.prototype and jpeg-js as they were", asyn
   const ours = decodeJpeg(bytes, "a.jpg").data;
   assert.throws(() => decodeJpeg(bytes.subarray(0, 300), "cut.jpg"), /cut\.jpg/);
   assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, "opts"), undefined);
+  assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, "componentsOrder"), undefined);
   // jpeg-js called directly still repeats chroma samples: the replacement stays on our decoders.
   const plain = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false }).data;
   assert.ok(maxAbsDiff(plain, ours) > 20);
@@ -494,15 +521,37 @@ console.log(JSON.stringify({ width: img.width, same: img.data.every((v, i) => v 
   assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { width: 16, same: true });
 });
 
+Deno.test("someone else's componentsOrder on Object.prototype is left alone (jpeg-js's IDCT then)", async () => {
+  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
+  const bytes = f.s420_17x13_jpg.data as Uint8Array;
+  const pil = f.s420_17x13_rgb.data as Uint8Array;
+  const theirs = { value: "theirs", writable: true, configurable: true };
+  Object.defineProperty(Object.prototype, "componentsOrder", theirs);
+  let img: Image8;
+  try {
+    img = decodeJpeg(bytes, "a.jpg");
+    assert.deepEqual(Object.getOwnPropertyDescriptor(Object.prototype, "componentsOrder"), {
+      ...theirs,
+      enumerable: false,
+    });
+  } finally {
+    delete (Object.prototype as { componentsOrder?: unknown }).componentsOrder;
+  }
+  // Upsampling and colour conversion still libjpeg's; the IDCT jpeg-js's (measured: 3 off).
+  assert.ok(maxAbsDiff(img.data, pil) <= 3 && maxAbsDiff(img.data, pil) > 0);
+  assert.equal(maxAbsDiff(decodeJpeg(bytes, "a.jpg").data, pil), 0);
+});
+
 // jpeg_pil_decode_sampling.npz: four JPEGs Pillow cannot write — 4:4:0 (luma 1×2), 4:1:1 with a
 // restart interval of 3 MCUs, chroma sampled finer than luma (Cb 2×2, Y 1×1), and an RGB JPEG told
 // apart only by its component ids ('R', 'G', 'B'; no JFIF or Adobe marker) — written by a minimal
 // baseline encoder during a review (not kept), with the pixels Pillow 12.3.0 decodes them to,
 // np.asarray(Image.open(f).convert("RGB")). They check the upsampler's vertical filter, the
 // repeated samples of other factors and libjpeg's RGB rule.
-Deno.test("JPEG decodes as Pillow does within ±3: 4:4:0, 4:1:1 with restarts, finer chroma, RGB by ids", async () => {
+// Measured before lib/data/_jpeg_idct.ts: max |diff| 3, 3, 3, 1; now equal.
+Deno.test("JPEG decodes exactly as Pillow does: 4:4:0, 4:1:1 with restarts, finer chroma, RGB by ids", async () => {
   const names = ["c440_67x45", "c411_rst3_67x45", "ccbig_15x17", "rgbids_nomarker_20x12"];
-  await assertDecodesLikePillow("jpeg_pil_decode_sampling.npz", names, 0.4);
+  await assertDecodesLikePillow("jpeg_pil_decode_sampling.npz", names);
 });
 
 Deno.test("JPEG sampling factors libjpeg refuses (outside 1–4, fractional ratios) are refused, naming the file", () => {
@@ -524,5 +573,51 @@ Deno.test("JPEG sampling factors libjpeg refuses (outside 1–4, fractional rati
   assert.throws(
     () => decodeJpeg(withFactors(0x32, 0x21), "frac.jpg"),
     /frac\.jpg has fractional chroma sampling \(3×2, 2×1, 1×1\)/,
+  );
+});
+
+Deno.test("a JPEG whose interleaved scan has more than 10 blocks per MCU is refused, naming the file", () => {
+  const good = smallJpeg();
+  const p = sof0(good);
+  const withFactors = (y: number, cb: number, cr: number) => {
+    const b = good.slice();
+    [b[p + 11], b[p + 14], b[p + 17]] = [y, cb, cr];
+    return b;
+  };
+  // Y 4×2 + Cb 2×1 + Cr 1×1 = 11 blocks in the file's one scan: libjpeg stops with
+  // JERR_BAD_MCU_SIZE (Pillow: "broken data stream"); jpeg-js would decode it.
+  assert.throws(
+    () => decodeJpeg(withFactors(0x42, 0x21, 0x11), "big-mcu.jpg"),
+    /^Error: big-mcu\.jpg has a scan whose MCU holds 11 blocks \(components 4×2 \+ 2×1 \+ 1×1 interleaved\), more than the 10 libjpeg allows, so Pillow refuses it: re-encode the image$/,
+  );
+  // 10 blocks pass this check (the bytes, coded for 4:4:4, then decode to something or not).
+  try {
+    decodeJpeg(withFactors(0x42, 0x11, 0x11), "ten.jpg");
+  } catch (err) {
+    assert.doesNotMatch((err as Error).message, /MCU holds/);
+  }
+  // A component with a scan of its own has one block per MCU whatever its factors: the fixture
+  // y43_scans_dqt_40x30 (luma 4×3, 12 blocks; tested above) decodes as Pillow does.
+});
+
+Deno.test("a JPEG without the quantisation table a component needs is refused, naming the file", () => {
+  const bytes = smallJpeg();
+  const p = sof0(bytes);
+  assert.deepEqual([bytes[p + 12], bytes[p + 15], bytes[p + 18]], [0, 1, 1]); // jpeg-js: tables 0, 1
+  bytes[p + 15] = 3;
+  assert.throws(
+    () => decodeJpeg(bytes, "noq.jpg"),
+    /^Error: noq\.jpg has no quantisation table 3 defined before the first scan of component 2, which libjpeg \(and so Pillow\) refuses: re-encode the image$/,
+  );
+});
+
+Deno.test("a JPEG of 12-bit samples is refused, naming the file (jpeg-js read it as 8-bit)", () => {
+  const bytes = smallJpeg();
+  const p = sof0(bytes);
+  assert.equal(bytes[p + 4], 8);
+  bytes[p + 4] = 12;
+  assert.throws(
+    () => decodeJpeg(bytes, "deep.jpg"),
+    /^Error: deep\.jpg has 12-bit samples, which Pillow's libjpeg \(8-bit\) does not read: re-encode the image with 8-bit samples$/,
   );
 });

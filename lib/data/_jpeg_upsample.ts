@@ -1,7 +1,8 @@
 /**
  * The last two stages of a JPEG decoder as libjpeg-turbo performs them (what Pillow decodes with):
- * chroma upsampling and colour conversion, applied to the component planes that jpeg-js leaves
- * after its IDCT. Internal to `./image.ts`.
+ * chroma upsampling and colour conversion, applied to the component planes of `./_jpeg_idct.ts`
+ * (or, where those cannot be had, to the ones jpeg-js leaves after its own IDCT). Internal to
+ * `./image.ts`.
  *
  * Upsampling follows libjpeg-turbo's `jdsample.c` with its defaults (`do_fancy_upsampling` on,
  * so never the merged upsampler of `jdmerge.c`): a component at half the horizontal resolution
@@ -21,7 +22,9 @@
  * Colour conversion is `jdcolor.c`'s fixed point (16 fraction bits, tables rounded with
  * `ONE_HALF`, results clamped to 0–255). Whether three components are YCbCr or RGB is decided as
  * libjpeg's `jdapimin.c` does: a JFIF marker means YCbCr, else an Adobe marker's transform flag
- * (0: RGB), else the component ids (`R`, `G`, `B`: RGB; anything else YCbCr).
+ * (0: RGB), else the component ids (`R`, `G`, `B`: RGB; anything else YCbCr). Grey frames are
+ * repeated into RGB, and CMYK/YCCK frames end as Pillow's `convert("RGB")` of the CMYK image it
+ * reads (see `jpegFrameToRgb`).
  *
  * @example
  * ```ts
@@ -32,7 +35,7 @@
  * @module
  */
 
-/** One component as jpeg-js's `JpegImage` keeps it after the IDCT. */
+/** One component's samples after the IDCT, as jpeg-js's `JpegImage` keeps them. */
 export interface JpegComponentPlane {
   /** Sample rows, each a whole number of 8-sample blocks long; whole blocks of rows too. */
   lines: Uint8Array[];
@@ -42,7 +45,7 @@ export interface JpegComponentPlane {
   scaleY: number;
 }
 
-/** What jpeg-js's `JpegImage` holds after `parse`: the frame's size, markers and planes. */
+/** A decoded frame: its size, markers and component planes (what jpeg-js's `JpegImage` holds). */
 export interface JpegFrame {
   width: number;
   height: number;
@@ -241,14 +244,26 @@ for (let i = 0; i < 256; i++) {
 }
 
 /**
- * Writes a three-component frame's pixels to `out` (width × height × 3, RGB) with libjpeg-turbo's
- * upsampling and colour conversion. Returns false, writing nothing, for frames it does not handle
- * (other than 3 components, or sampling factors that are not whole multiples), which the caller
- * decodes otherwise.
+ * Writes a frame's pixels to `out` (width × height × 3, RGB) with libjpeg-turbo's upsampling and
+ * colour conversion, and, for four components, Pillow's CMYK → RGB:
+ * - one component (grey): the samples, repeated into R, G and B (Pillow's `convert("RGB")` of
+ *   an `L` image);
+ * - three: YCbCr or RGB, told apart as libjpeg does (see the module doc);
+ * - four, with an Adobe marker: CMYK (transform 0) or YCCK (any other transform; libjpeg's
+ *   `ycck_cmyk_convert`: Y, Cb, Cr to R, G, B as for three components, C, M, Y = 255 − R, G, B,
+ *   K as stored). Pillow reads every CMYK JPEG as Adobe-inverted (`CMYK;I`) and its
+ *   `convert("RGB")` then gives R = k − k·(255 − c)/255 with k and c the values libjpeg returns, in
+ *   its fixed point: `MULDIV255(a, b)` = ((a·b + 128) >> 8 + a·b + 128) >> 8.
+ * Returns false, writing nothing, for frames it does not handle (two components, four without
+ * an Adobe marker — libjpeg would read those as CMYK, jpeg-js refuses them —, sampling factors that
+ * are not whole multiples), which the caller decodes otherwise.
  */
 export function jpegFrameToRgb(frame: JpegFrame, out: Uint8Array): boolean {
   const { width, height, components } = frame;
-  if (components.length !== 3 || !(width > 0 && height > 0)) return false;
+  const n = components.length;
+  if (!(n === 1 || n === 3 || (n === 4 && frame.adobe)) || !(width > 0 && height > 0)) {
+    return false;
+  }
   if (out.length < width * height * 3) return false;
   const ups: ComponentUpsampling[] = [];
   for (const c of components) {
@@ -261,36 +276,106 @@ export function jpegFrameToRgb(frame: JpegFrame, out: Uint8Array): boolean {
   const scratch = ups.map((u) =>
     u.method === "fullsize" ? new Uint8Array(0) : new Uint8Array(u.width * u.hExpand)
   );
-  const [l0, l1, l2] = components.map((c) => c.lines);
+  const lines = components.map((c) => c.lines);
+  const row = (i: number, y: number) => upsampleRow(lines[i], ups[i], y, scratch[i]);
   const ids = frame.componentIds ?? [];
-  const ycc = frame.jfif
-    ? true
-    : frame.adobe
-    ? frame.adobe.transformCode !== 0
-    : !(ids[0] === 82 && ids[1] === 71 && ids[2] === 66); // 'R', 'G', 'B'
-
-  let o = 0;
-  for (let y = 0; y < height; y++) {
-    const r0 = upsampleRow(l0, ups[0], y, scratch[0]);
-    const r1 = upsampleRow(l1, ups[1], y, scratch[1]);
-    const r2 = upsampleRow(l2, ups[2], y, scratch[2]);
-    if (ycc) {
-      for (let x = 0; x < width; x++, o += 3) {
-        const yy = r0[x], cb = r1[x], cr = r2[x];
-        const r = yy + CR_R[cr];
-        const g = yy + ((CB_G[cb] + CR_G[cr]) >> SCALEBITS);
-        const b = yy + CB_B[cb];
-        out[o] = r < 0 ? 0 : r > 255 ? 255 : r;
-        out[o + 1] = g < 0 ? 0 : g > 255 ? 255 : g;
-        out[o + 2] = b < 0 ? 0 : b > 255 ? 255 : b;
-      }
-    } else {
-      for (let x = 0; x < width; x++, o += 3) {
-        out[o] = r0[x];
-        out[o + 1] = r1[x];
-        out[o + 2] = r2[x];
-      }
+  // The conversions of one row are functions of typed arrays alone, so that their optimised code
+  // survives the changes that `./image.ts` makes to Object.prototype around each decode.
+  if (n === 1) {
+    for (let y = 0; y < height; y++) greyRow(row(0, y), width, out, y * width * 3);
+  } else if (n === 4) {
+    const ycck = frame.adobe!.transformCode !== 0;
+    for (let y = 0; y < height; y++) {
+      const o = y * width * 3;
+      cmykRow(row(0, y), row(1, y), row(2, y), row(3, y), ycck, width, out, o);
+    }
+  } else if (
+    frame.jfif ? true : frame.adobe ? frame.adobe.transformCode !== 0 : !(
+      ids[0] === 82 && ids[1] === 71 && ids[2] === 66 // 'R', 'G', 'B'
+    )
+  ) {
+    for (let y = 0; y < height; y++) {
+      yccRow(row(0, y), row(1, y), row(2, y), width, out, y * width * 3);
+    }
+  } else {
+    for (let y = 0; y < height; y++) {
+      rgbRow(row(0, y), row(1, y), row(2, y), width, out, y * width * 3);
     }
   }
   return true;
+}
+
+function greyRow(g: Uint8Array, width: number, out: Uint8Array, o: number): void {
+  for (let x = 0; x < width; x++, o += 3) out[o] = out[o + 1] = out[o + 2] = g[x];
+}
+
+function rgbRow(
+  r: Uint8Array,
+  g: Uint8Array,
+  b: Uint8Array,
+  width: number,
+  out: Uint8Array,
+  o: number,
+): void {
+  for (let x = 0; x < width; x++, o += 3) {
+    out[o] = r[x];
+    out[o + 1] = g[x];
+    out[o + 2] = b[x];
+  }
+}
+
+/** jdcolor.c's YCbCr → RGB of one row. */
+function yccRow(
+  y: Uint8Array,
+  cb: Uint8Array,
+  cr: Uint8Array,
+  width: number,
+  out: Uint8Array,
+  o: number,
+): void {
+  for (let x = 0; x < width; x++, o += 3) {
+    const yy = y[x], b = cb[x], r = cr[x];
+    out[o] = clamp8(yy + CR_R[r]);
+    out[o + 1] = clamp8(yy + ((CB_G[b] + CR_G[r]) >> SCALEBITS));
+    out[o + 2] = clamp8(yy + CB_B[b]);
+  }
+}
+
+/**
+ * One row of CMYK (or YCCK, converted to CMYK first as libjpeg does) to RGB as Pillow converts
+ * the Adobe-inverted CMYK it reads (see `jpegFrameToRgb`).
+ */
+function cmykRow(
+  c0: Uint8Array,
+  c1: Uint8Array,
+  c2: Uint8Array,
+  k: Uint8Array,
+  ycck: boolean,
+  width: number,
+  out: Uint8Array,
+  o: number,
+): void {
+  for (let x = 0; x < width; x++, o += 3) {
+    let c = c0[x], m = c1[x], ye = c2[x];
+    if (ycck) {
+      const yy = c, cb = m, cr = ye;
+      c = 255 - clamp8(yy + CR_R[cr]);
+      m = 255 - clamp8(yy + ((CB_G[cb] + CR_G[cr]) >> SCALEBITS));
+      ye = 255 - clamp8(yy + CB_B[cb]);
+    }
+    const kk = k[x];
+    out[o] = kk - mulDiv255(255 - c, kk);
+    out[o + 1] = kk - mulDiv255(255 - m, kk);
+    out[o + 2] = kk - mulDiv255(255 - ye, kk);
+  }
+}
+
+function clamp8(v: number): number {
+  return v < 0 ? 0 : v > 255 ? 255 : v;
+}
+
+/** Pillow's `MULDIV255(a, b)`: a · b / 255 rounded, for a and b in 0…255. */
+function mulDiv255(a: number, b: number): number {
+  const t = a * b + 128;
+  return ((t >> 8) + t) >> 8;
 }

@@ -7,17 +7,22 @@
  * support is widened by the downscale factor (antialiasing), coefficients normalised and
  * rounded to 22-bit fixed point, and each pass rounded and clipped to uint8.
  *
- * Decoding differs from Pillow (docs/data.md lists the measurements): 16-bit PNG samples keep
- * their high byte (what Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead); alpha is
- * dropped before resizing (Pillow premultiplies it; the two agree on opaque images); palette and
- * 1-bit PNGs become RGB before resizing (Pillow's `convert("RGB")` first). JPEGs are
- * entropy-decoded and inverse-transformed by jpeg-js, then upsampled and colour-converted as
- * libjpeg-turbo (Pillow's decoder) does it (`./_jpeg_upsample.ts`: "fancy" triangular upsampling
- * of 4:2:0, 4:2:2 and 4:4:0 chroma, fixed-point YCbCr → RGB, RGB JPEGs told apart by their Adobe
- * marker or component ids), where jpeg-js alone repeats chroma samples (up to 177 levels off
- * Pillow at colour edges). Every subsampling, baseline or progressive, then decodes within ±3 of
- * Pillow 12.3 (mean 0.13–0.15, 88 % of values equal); grey, CMYK and RGB JPEGs within ±1. What
- * remains is jpeg-js's IDCT, ±1 per plane against libjpeg-turbo's.
+ * JPEGs decode to Pillow's pixels (`Image.open(f).convert("RGB")`, Pillow 12.3 with libjpeg-turbo
+ * 3.1 on x86-64), value for value: jpeg-js entropy-decodes them, and the rest is libjpeg-turbo's,
+ * redone here — its inverse DCT ("islow", `./_jpeg_idct.ts`, with its block smoothing of
+ * progressive files whose scans stop short), its "fancy" chroma upsampling and fixed-point YCbCr →
+ * RGB (`./_jpeg_upsample.ts`), its rules telling RGB from YCbCr and CMYK from YCCK, and Pillow's
+ * CMYK → RGB. jpeg-js alone was up to 3 levels off on every file (its IDCT) and far more at
+ * colour edges (it repeats chroma samples), on subsampled CMYK and on Adobe RGB. Where the
+ * replacement cannot attach (a frozen `Object.prototype`; see `decodeJpegLikeLibjpeg`) jpeg-js
+ * decodes alone. On coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD
+ * code, which is what Pillow on x86-64 runs (`./_jpeg_idct.ts`). Which files are refused:
+ * `decodeJpeg`.
+ *
+ * PNG decoding differs from Pillow (docs/data.md): 16-bit PNG samples keep their high byte (what
+ * Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead); alpha is dropped before resizing
+ * (Pillow premultiplies it; the two agree on opaque images); palette and 1-bit PNGs become RGB
+ * before resizing (Pillow's `convert("RGB")` first).
  *
  * Before decoding, the size a file's header declares is checked against a pixel limit (50 M by
  * default; the `maxPixels` option or `DEER_MAX_IMAGE_PIXELS`, see `./limits.ts`), so that a tiny
@@ -40,7 +45,8 @@ import { PNG } from "pngjs";
 import { Buffer } from "node:buffer";
 import { constants as zlibConstants, inflateSync } from "node:zlib";
 import { imagePixelLimit } from "./limits.ts";
-import { type JpegFrame, jpegFrameToRgb } from "./_jpeg_upsample.ts";
+import { type JpegComponentPlane, type JpegFrame, jpegFrameToRgb } from "./_jpeg_upsample.ts";
+import { type BlockSmoothing, componentSamples, NATURAL_ORDER } from "./_jpeg_idct.ts";
 
 /** CLIP's per-channel mean (RGB), docs/data.md#preprocessing. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
@@ -115,6 +121,10 @@ function jpegDeclaredSize(
   componentIds: number[];
   /** Each component's horizontal and vertical sampling factors. */
   sampling: [number, number][];
+  /** Each component's quantisation table number. */
+  quantTables: number[];
+  /** Bits per sample. */
+  precision: number;
 } | undefined {
   let p = 2;
   while (p + 4 <= bytes.length) {
@@ -146,9 +156,11 @@ function jpegDeclaredSize(
       if (p + 9 > bytes.length) return undefined;
       const componentIds: number[] = [];
       const sampling: [number, number][] = [];
+      const quantTables: number[] = [];
       for (let c = 0, q = p + 10; c < bytes[p + 9] && q + 1 < bytes.length; c++, q += 3) {
         componentIds.push(bytes[q]);
         sampling.push([bytes[q + 1] >> 4, bytes[q + 1] & 15]);
+        quantTables.push(bytes[q + 2] ?? 0);
       }
       return {
         height: (bytes[p + 5] << 8) | bytes[p + 6],
@@ -156,11 +168,141 @@ function jpegDeclaredSize(
         marker,
         componentIds,
         sampling,
+        quantTables,
+        precision: bytes[p + 4],
       };
     }
     p += 2 + length;
   }
   return undefined;
+}
+
+/** One scan of a JPEG: its components (frame component ids) and spectral selection. */
+interface JpegScan {
+  componentIds: number[];
+  /** Spectral selection start and end, successive approximation high and low bits. */
+  ss: number;
+  se: number;
+  ah: number;
+  al: number;
+}
+
+/**
+ * The scans of a JPEG (their headers) and, for each component id, the quantisation table in
+ * force when the component's first scan starts (natural order), which is the one libjpeg
+ * dequantises with (it latches a copy there; a DQT segment redefining the table later changes
+ * nothing for that component, while jpeg-js would use the last definition). Walks every segment
+ * and skips each scan's entropy-coded data to the next marker (stuffed 0xFF 00, restart markers
+ * and fill bytes are not markers). `tableOf` maps a component id to its table number (frame
+ * header). Stops at EOI or the end of the bytes.
+ */
+function jpegScans(
+  bytes: Uint8Array,
+  tableOf: Map<number, number>,
+): { scans: JpegScan[]; latched: Map<number, Int32Array>; missingTable?: [number, number] } {
+  const tables: (Int32Array | undefined)[] = [];
+  const latched = new Map<number, Int32Array>();
+  const scans: JpegScan[] = [];
+  let missingTable: [number, number] | undefined;
+  let p = 2;
+  const n = bytes.length;
+  while (p + 4 <= n) {
+    if (bytes[p] !== 0xff) {
+      p++;
+      continue;
+    }
+    const marker = bytes[p + 1];
+    if (marker === 0xff) {
+      p++;
+      continue;
+    }
+    if (marker === 0x00 || marker === 0x01 || (marker >= 0xd0 && marker <= 0xd8)) {
+      p += 2;
+      continue;
+    }
+    if (marker === 0xd9) break;
+    const length = (bytes[p + 2] << 8) | bytes[p + 3];
+    const end = Math.min(n, p + 2 + length);
+    if (marker === 0xdb) {
+      for (let q = p + 4; q < end;) {
+        const precision = bytes[q] >> 4, id = bytes[q] & 15;
+        const table = new Int32Array(64);
+        const size = precision === 0 ? 1 : 2;
+        if (q + 1 + 64 * size > end) break;
+        for (let k = 0; k < 64; k++) {
+          const at = q + 1 + k * size;
+          table[NATURAL_ORDER[k]] = size === 1 ? bytes[at] : (bytes[at] << 8) | bytes[at + 1];
+        }
+        tables[id] = table;
+        q += 1 + 64 * size;
+      }
+    } else if (marker === 0xda) {
+      const count = bytes[p + 4];
+      const ids: number[] = [];
+      for (let c = 0; c < count; c++) ids.push(bytes[p + 5 + 2 * c]);
+      const q = p + 5 + 2 * count;
+      scans.push({
+        componentIds: ids,
+        ss: bytes[q],
+        se: bytes[q + 1],
+        ah: bytes[q + 2] >> 4,
+        al: bytes[q + 2] & 15,
+      });
+      for (const id of ids) {
+        if (latched.has(id)) continue;
+        const t = tableOf.get(id);
+        if (t === undefined) continue; // not a component of the frame (jpeg-js fails on it)
+        const table = t < 4 ? tables[t] : undefined; // libjpeg has tables 0–3
+        if (table === undefined) missingTable ??= [id, t];
+        else latched.set(id, table.slice());
+      }
+      // The entropy-coded data: up to the next 0xFF that starts a marker.
+      p = end;
+      for (;;) {
+        p = bytes.indexOf(0xff, p);
+        if (p < 0 || p + 1 >= n) return { scans, latched, missingTable };
+        const next = bytes[p + 1];
+        if (next === 0x00 || (next >= 0xd0 && next <= 0xd7)) p += 2;
+        else if (next === 0xff) p++;
+        else break;
+      }
+      continue;
+    }
+    p += 2 + length;
+  }
+  return { scans, latched, missingTable };
+}
+
+/**
+ * Whether libjpeg-turbo smooths the blocks of this progressive JPEG (`jdcoefct.c`,
+ * `smoothing_ok`, with its default `do_block_smoothing`), and what each component needs for it:
+ * it does when every component has its quantisation table, non-zero steps for the DC term and
+ * the first 9 AC coefficients (zigzag order) and some DC data, and some component has one of
+ * those 9 coefficients not sent to full precision — a progressive file whose scans stop short.
+ * The files encoders write end every coefficient's refinement at bit 0 and are not smoothed.
+ */
+function blockSmoothing(
+  frame: { height: number; componentIds: number[]; sampling: [number, number][] },
+  scans: JpegScan[],
+  latched: Map<number, Int32Array>,
+): Map<number, BlockSmoothing> | undefined {
+  const vMax = Math.max(...frame.sampling.map(([, v]) => v));
+  const iMcuRows = Math.ceil(frame.height / (8 * vMax));
+  const smoothing = new Map<number, BlockSmoothing>();
+  let useful = false;
+  for (const [i, id] of frame.componentIds.entries()) {
+    const quant = latched.get(id);
+    if (quant === undefined || NATURAL_ORDER.slice(0, 10).some((at) => quant[at] === 0)) return;
+    const coefBits = new Array<number>(10).fill(-1);
+    for (const scan of scans) {
+      if (!scan.componentIds.includes(id)) continue;
+      for (let k = scan.ss; k <= Math.min(scan.se, 9); k++) coefBits[k] = scan.al;
+    }
+    if (coefBits[0] < 0) return;
+    if (coefBits.slice(1).some((b) => b !== 0)) useful = true;
+    smoothing.set(id, { coefBits, v: frame.sampling[i][1], iMcuRows });
+  }
+  return useful ? smoothing : undefined;
 }
 
 /** jpeg-js's decoder object (its internal `JpegImage`), as far as it is used here. */
@@ -179,26 +321,112 @@ function isJpegJsDecoder(x: unknown): x is JpegJsDecoder {
     typeof d.getData === "function" && typeof d.copyToImageData === "function";
 }
 
+/** A component of jpeg-js's frame object: its entropy-decoded coefficients and sampling. */
+interface JpegJsComponent {
+  h: number;
+  v: number;
+  /** `blocks[row][col]`: 64 coefficients each, natural order, MCU-padded. */
+  blocks: Int32Array[][];
+  /** The blocks that hold the component's samples (the rest pad MCUs). */
+  blocksPerLine: number;
+  blocksPerColumn: number;
+  /** Assigned by jpeg-js after the last scan: the table last defined under the component's number. */
+  quantizationTable?: Int32Array;
+}
+
+/** jpeg-js's frame object (a local object literal of its `parse`), as far as it is used here. */
+interface JpegJsFrame {
+  samplesPerLine: number;
+  scanLines: number;
+  components: Record<number, JpegJsComponent>;
+  componentsOrder: number[];
+}
+
+function isJpegJsFrame(x: unknown): x is Omit<JpegJsFrame, "componentsOrder"> {
+  const f = x as Partial<JpegJsFrame> | null;
+  return typeof f === "object" && f !== null && typeof f.components === "object" &&
+    f.components !== null && typeof f.samplesPerLine === "number" &&
+    typeof f.scanLines === "number";
+}
+
 /**
- * `jpeg.decode` with its last stage replaced by libjpeg-turbo's (`./_jpeg_upsample.ts`): jpeg-js
- * enlarges subsampled chroma by repeating samples and converts YCbCr to RGB in floating point,
- * truncating; libjpeg-turbo, and so Pillow, interpolates ("fancy upsampling") and rounds.
+ * Runs `run` (synchronous) with a setter for `key` on `Object.prototype` that gives every receiver
+ * `key` as an own data property (what the plain assignment would have done) and shows the first
+ * receiver that `accept` takes to `capture`; the setter is removed before this returns. Someone
+ * else's `key` on `Object.prototype` is left alone, and so is a prototype that cannot take the
+ * setter (frozen or sealed): then `run` just runs.
+ */
+function withPrototypeSetter<T>(
+  key: string,
+  accept: (receiver: object) => boolean,
+  capture: (receiver: object) => void,
+  run: () => T,
+): T {
+  const proto = Object.prototype as Record<string, unknown>;
+  if (Object.getOwnPropertyDescriptor(proto, key) !== undefined) return run();
+  let served = false;
+  try {
+    Object.defineProperty(proto, key, {
+      configurable: true,
+      set(this: unknown, value: unknown) {
+        if (Object(this) !== this) return; // a primitive receiver keeps nothing
+        Object.defineProperty(this, key, {
+          value,
+          writable: true,
+          enumerable: true,
+          configurable: true,
+        });
+        if (served || !accept(this as object)) return;
+        served = true;
+        capture(this as object);
+      },
+    });
+  } catch {
+    return run();
+  }
+  try {
+    return run();
+  } finally {
+    delete proto[key];
+  }
+}
+
+/**
+ * `jpeg.decode` with its last stages replaced by libjpeg-turbo's: the inverse DCT
+ * (`./_jpeg_idct.ts`; jpeg-js's own rounds differently), chroma upsampling and colour conversion
+ * (`./_jpeg_upsample.ts`; jpeg-js repeats chroma samples and converts in floating point,
+ * truncating, where libjpeg-turbo, and so Pillow, interpolates and rounds).
  *
- * jpeg-js exports only `decode`; its decoder class, which holds the component planes after the
- * IDCT, is private to the module. `decode` creates one and assigns it its options
- * (`decoder.opts = opts`) before parsing, so for the length of this synchronous call a setter
- * for `opts` on `Object.prototype` receives that decoder. The setter gives it `opts` as an own
- * property (as the plain assignment would) and its own `copyToImageData`, which writes the RGB
- * pixels from the planes into jpeg-js's output buffer; the setter is removed before this returns.
- * Frames the replacement does not handle (grey, CMYK/YCCK, 2 components; `decodeJpeg` refuses
- * non-integral sampling factors before this) go through jpeg-js's own conversion, as before; so does everything if a future jpeg-js
- * stops assigning `opts` (the fixture tests then fail). The replacement also skips jpeg-js's
- * intermediate copy of the whole image (`getData`).
+ * jpeg-js exports only `decode`; its decoder class and the frame object holding the
+ * coefficients are private to the module. Two setters on `Object.prototype`, present only for
+ * this synchronous call, receive them:
+ * - `decode` creates the decoder and assigns it its options (`decoder.opts = opts`) before
+ *   parsing: the `opts` setter gives the decoder its own `copyToImageData`, which jpeg-js calls
+ *   last to write the RGB pixels into its output buffer (and which skips jpeg-js's intermediate
+ *   copy of the whole image, `getData`);
+ * - `parse` builds the frame as an empty object literal filled in by assignments when it meets
+ *   the frame header (SOF0, 1 or 2: baseline, extended or progressive), `frame.componentsOrder =
+ *   []` among them, a name nothing else in jpeg-js assigns: the `componentsOrder` setter receives
+ *   the frame. Its components' coefficient blocks (natural order) are complete once all scans are
+ *   decoded, progressive or not; jpeg-js refuses files with more than one frame (after parsing
+ *   them), and the setter serves the first.
+ * Each setter gives its receiver the property as an own data property, as the plain assignment
+ * would, so jpeg-js runs as before; both serve one object each. The replacement dequantises with
+ * `latched`, the tables libjpeg uses (see `jpegScans`). Frames it does not handle (2 components,
+ * 4 without an Adobe marker; `decodeJpeg` refuses others before this) go through jpeg-js's own
+ * conversion, which refuses them. Where only the `componentsOrder` setter cannot be installed
+ * (someone else's property of that name), upsampling and colour conversion still apply, to
+ * jpeg-js's planes (within ±3 of Pillow); where the `opts` one cannot (a frozen
+ * `Object.prototype`), jpeg-js decodes alone, as before; the same if a future jpeg-js stops making
+ * these assignments (the fixture tests then fail). jpeg-js's own IDCT still runs during `parse`
+ * (its planes are built there), and its result is dropped.
  */
 function decodeJpegLikeLibjpeg(
   bytes: Uint8Array,
   maxPixels: number,
   componentIds: number[],
+  latched: Map<number, Int32Array>,
+  smoothing: Map<number, BlockSmoothing> | undefined,
 ): { width: number; height: number; data: Uint8Array } {
   const opts = {
     useTArray: true as const,
@@ -206,44 +434,33 @@ function decodeJpegLikeLibjpeg(
     maxResolutionInMP: maxPixels / 1e6,
     maxMemoryUsageInMB: 2048,
   };
-  const proto = Object.prototype as { opts?: unknown };
-  // Someone else's `opts` on Object.prototype is left alone (and jpeg-js decodes by itself).
   const plain = () =>
     jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
-  if (Object.getOwnPropertyDescriptor(proto, "opts") !== undefined) return plain();
-  // The hook serves one decoder: this call's (a decode started inside it, were one possible,
-  // would get jpeg-js's own conversion rather than this file's component ids).
-  let served = false;
-  try {
-    Object.defineProperty(proto, "opts", {
-      configurable: true,
-      set(this: unknown, value: unknown) {
-        if (Object(this) !== this) return; // a primitive receiver keeps nothing
-        Object.defineProperty(this, "opts", {
-          value,
-          writable: true,
-          enumerable: true,
-          configurable: true,
-        });
-        if (served || !isJpegJsDecoder(this)) return;
-        served = true;
-        hookConversion(this, componentIds);
-      },
-    });
-  } catch {
-    // A frozen or sealed Object.prototype (hardening against prototype pollution): jpeg-js's own
-    // upsampling and conversion, as before this hook existed.
-    return plain();
-  }
-  try {
-    return plain();
-  } finally {
-    delete proto.opts;
-  }
+  let frame: JpegJsFrame | undefined;
+  const hook = (decoder: object) =>
+    hookConversion(decoder as JpegJsDecoder, componentIds, () => frame, latched, smoothing);
+  const capture = (f: object) => {
+    frame = f as JpegJsFrame;
+  };
+  return withPrototypeSetter(
+    "opts",
+    isJpegJsDecoder,
+    hook,
+    () => withPrototypeSetter("componentsOrder", isJpegJsFrame, capture, plain),
+  );
 }
 
-/** Gives jpeg-js's decoder libjpeg-turbo's upsampling and colour conversion (see above). */
-function hookConversion(decoder: JpegJsDecoder, componentIds: number[]): void {
+/**
+ * Gives jpeg-js's decoder libjpeg-turbo's IDCT (from the frame's coefficients, when the frame was
+ * captured), upsampling and colour conversion (see above).
+ */
+function hookConversion(
+  decoder: JpegJsDecoder,
+  componentIds: number[],
+  capturedFrame: () => JpegJsFrame | undefined,
+  latched: Map<number, Int32Array>,
+  smoothing: Map<number, BlockSmoothing> | undefined,
+): void {
   const jpegJsConversion = decoder.copyToImageData;
   Object.defineProperty(decoder, "copyToImageData", {
     configurable: true,
@@ -253,23 +470,74 @@ function hookConversion(decoder: JpegJsDecoder, componentIds: number[]): void {
       image: { width: number; height: number; data: Uint8Array },
       formatAsRGBA: boolean,
     ) {
-      const frame = {
+      if (formatAsRGBA) return jpegJsConversion.call(this, image, formatAsRGBA);
+      const frame: JpegFrame = {
         width: this.width,
         height: this.height,
-        components: this.components,
+        components: libjpegPlanes(this, capturedFrame(), latched, smoothing) ?? this.components,
         jfif: this.jfif,
         adobe: this.adobe,
         componentIds,
       };
-      if (formatAsRGBA || !jpegFrameToRgb(frame, image.data)) {
-        jpegJsConversion.call(this, image, formatAsRGBA);
-      }
+      if (!jpegFrameToRgb(frame, image.data)) jpegJsConversion.call(this, image, formatAsRGBA);
     },
   });
 }
 
 /**
- * Decodes a baseline or progressive JPEG to RGB (greyscale JPEGs are replicated to 3 channels).
+ * The decoder's component planes computed again from the frame's coefficients with
+ * libjpeg-turbo's IDCT; `undefined` when the captured frame is missing or is not the decoder's.
+ */
+function libjpegPlanes(
+  decoder: JpegJsDecoder,
+  frame: JpegJsFrame | undefined,
+  latched: Map<number, Int32Array>,
+  smoothing: Map<number, BlockSmoothing> | undefined,
+): JpegComponentPlane[] | undefined {
+  const planes = decoder.components;
+  if (
+    frame === undefined || frame.samplesPerLine !== decoder.width ||
+    frame.scanLines !== decoder.height || !Array.isArray(frame.componentsOrder) ||
+    frame.componentsOrder.length !== planes.length
+  ) {
+    return undefined;
+  }
+  const out: JpegComponentPlane[] = [];
+  for (let i = 0; i < planes.length; i++) {
+    const id = frame.componentsOrder[i];
+    const c = frame.components[id];
+    const quant = latched.get(id) ?? c?.quantizationTable;
+    if (c === undefined || quant === undefined || !Array.isArray(c.blocks)) return undefined;
+    out.push({
+      lines: componentSamples(
+        c.blocks,
+        quant,
+        c.blocksPerLine,
+        c.blocksPerColumn,
+        smoothing?.get(id),
+      ),
+      scaleX: planes[i].scaleX,
+      scaleY: planes[i].scaleY,
+    });
+  }
+  return out;
+}
+
+/**
+ * Decodes a baseline, extended (SOF1) or progressive JPEG to RGB: the pixels Pillow gives for
+ * `Image.open(file).convert("RGB")`, value for value (the module doc says how). Greyscale JPEGs
+ * are repeated into the 3 channels; CMYK and YCCK JPEGs (those with an Adobe marker) are read as
+ * Pillow reads them, Adobe-inverted, and converted as its `convert("RGB")` does.
+ *
+ * Refused with the file's name, before decoding: a declared size over the pixel limit or far
+ * larger than the file could hold, no frame header, samples other than 8-bit, sampling factors
+ * outside 1–4 or in fractional ratios, two components with one id, a scan interleaving more than
+ * 10 blocks per MCU, a component whose quantisation table is not defined by its first scan (the
+ * last four as libjpeg refuses them); and, by jpeg-js, whatever it cannot read: 2 components,
+ * 4 without an Adobe marker (Pillow refuses the first, reads the second as CMYK), arithmetic
+ * coding, and a non-interleaved scan whose restart interval does not divide its blocks when its
+ * component's MCU-padded rows extend past them (jpeg-js decodes past the scan's end; Pillow reads
+ * these).
  *
  * @example
  * ```ts
@@ -294,6 +562,13 @@ export function decodeJpeg(
   }
   checkPixels(name, declared.width, declared.height, options);
   checkJpegBytes(name, bytes.length, declared);
+  if (declared.precision !== 8) {
+    // jpeg-js would decode 12-bit samples as if they were 8-bit.
+    throw new Error(
+      `${name} has ${declared.precision}-bit samples, which Pillow's libjpeg (8-bit) does not ` +
+        `read: re-encode the image with 8-bit samples`,
+    );
+  }
   const factors = declared.sampling;
   const [hMax, vMax] = [0, 1].map((k) => Math.max(...factors.map((f) => f[k])));
   const bogus = factors.some(([h, v]) => !(h >= 1 && h <= 4 && v >= 1 && v <= 4));
@@ -311,12 +586,39 @@ export function decodeJpeg(
         `image (any image editor or Pillow writes distinct ids)`,
     );
   }
+  const index = new Map(declared.componentIds.map((id, i) => [id, i]));
+  const { scans, latched, missingTable } = jpegScans(
+    bytes,
+    new Map(declared.componentIds.map((id, i) => [id, declared.quantTables[i]])),
+  );
+  for (const scan of scans) {
+    // libjpeg's limit on an interleaved scan's MCU (D_MAX_BLOCKS_IN_MCU); a scan of one
+    // component is not interleaved: its MCU is one block, whatever the sampling factors.
+    const at = scan.componentIds.flatMap((id) => index.get(id) ?? []);
+    if (scan.componentIds.length < 2) continue;
+    const blocks = at.reduce((sum, i) => sum + factors[i][0] * factors[i][1], 0);
+    if (blocks > 10) {
+      throw new Error(
+        `${name} has a scan whose MCU holds ${blocks} blocks (components ${
+          at.map((i) => `${factors[i][0]}×${factors[i][1]}`).join(" + ")
+        } interleaved), more than the 10 libjpeg allows, so Pillow refuses it: re-encode the image`,
+      );
+    }
+  }
+  if (missingTable !== undefined) {
+    throw new Error(
+      `${name} has no quantisation table ${missingTable[1]} defined before the first scan of ` +
+        `component ${missingTable[0]}, which libjpeg (and so Pillow) refuses: re-encode the image`,
+    );
+  }
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
     decoded = decodeJpegLikeLibjpeg(
       bytes,
       imagePixelLimit(options.maxPixels),
       declared.componentIds,
+      latched,
+      declared.marker === 0xc2 ? blockSmoothing(declared, scans, latched) : undefined,
     );
   } catch (err) {
     throw new Error(
