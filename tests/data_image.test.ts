@@ -219,6 +219,7 @@ Deno.test("JPEG decoding leaves Object.prototype and jpeg-js as they were", asyn
   assert.throws(() => decodeJpeg(bytes.subarray(0, 300), "cut.jpg"), /cut\.jpg/);
   assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, "opts"), undefined);
   assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, "componentsOrder"), undefined);
+  assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, "quantizationTable"), undefined);
   // jpeg-js called directly still repeats chroma samples: the replacement stays on our decoders.
   const plain = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false }).data;
   assert.ok(maxAbsDiff(plain, ours) > 20);
@@ -521,24 +522,36 @@ console.log(JSON.stringify({ width: img.width, same: img.data.every((v, i) => v 
   assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { width: 16, same: true });
 });
 
-Deno.test("someone else's componentsOrder on Object.prototype is left alone (jpeg-js's IDCT then)", async () => {
-  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
-  const bytes = f.s420_17x13_jpg.data as Uint8Array;
-  const pil = f.s420_17x13_rgb.data as Uint8Array;
+/** Decodes `bytes` with `key` defined on Object.prototype by someone else, checking it stays theirs. */
+function decodeWithTheirs(key: string, bytes: Uint8Array): Image8 {
   const theirs = { value: "theirs", writable: true, configurable: true };
-  Object.defineProperty(Object.prototype, "componentsOrder", theirs);
-  let img: Image8;
+  Object.defineProperty(Object.prototype, key, theirs);
   try {
-    img = decodeJpeg(bytes, "a.jpg");
-    assert.deepEqual(Object.getOwnPropertyDescriptor(Object.prototype, "componentsOrder"), {
+    const img = decodeJpeg(bytes, "a.jpg");
+    assert.deepEqual(Object.getOwnPropertyDescriptor(Object.prototype, key), {
       ...theirs,
       enumerable: false,
     });
+    return img;
   } finally {
-    delete (Object.prototype as { componentsOrder?: unknown }).componentsOrder;
+    delete (Object.prototype as Record<string, unknown>)[key];
   }
-  // Upsampling and colour conversion still libjpeg's; the IDCT jpeg-js's (measured: 3 off).
-  assert.ok(maxAbsDiff(img.data, pil) <= 3 && maxAbsDiff(img.data, pil) > 0);
+}
+
+Deno.test("someone else's opts, componentsOrder or quantizationTable on Object.prototype is left alone", async () => {
+  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
+  const bytes = f.s420_17x13_jpg.data as Uint8Array;
+  const pil = f.s420_17x13_rgb.data as Uint8Array;
+  // Without the frame: upsampling and colour conversion still libjpeg's on jpeg-js's planes, whose
+  // IDCT is jpeg-js's (measured: 3 off).
+  const withoutFrame = decodeWithTheirs("componentsOrder", bytes);
+  assert.ok(maxAbsDiff(withoutFrame.data, pil) <= 3 && maxAbsDiff(withoutFrame.data, pil) > 0);
+  // Without the hook that spares jpeg-js its own IDCT: the same pixels, computed twice.
+  assert.equal(maxAbsDiff(decodeWithTheirs("quantizationTable", bytes).data, pil), 0);
+  // Without the decoder: jpeg-js alone (its planes kept, not emptied for a replacement that is
+  // not there).
+  const plain = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false }).data;
+  assert.deepEqual(decodeWithTheirs("opts", bytes).data, plain);
   assert.equal(maxAbsDiff(decodeJpeg(bytes, "a.jpg").data, pil), 0);
 });
 

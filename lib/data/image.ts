@@ -352,15 +352,16 @@ function isJpegJsFrame(x: unknown): x is Omit<JpegJsFrame, "componentsOrder"> {
 /**
  * Runs `run` (synchronous) with a setter for `key` on `Object.prototype` that gives every receiver
  * `key` as an own data property (what the plain assignment would have done) and shows the first
- * receiver that `accept` takes to `capture`; the setter is removed before this returns. Someone
- * else's `key` on `Object.prototype` is left alone, and so is a prototype that cannot take the
- * setter (frozen or sealed): then `run` just runs.
+ * receiver that `accept` takes (every one, unless `once`) to `capture`; the setter is removed
+ * before this returns. Someone else's `key` on `Object.prototype` is left alone, and so is a
+ * prototype that cannot take the setter (frozen or sealed): then `run` just runs.
  */
 function withPrototypeSetter<T>(
   key: string,
   accept: (receiver: object) => boolean,
   capture: (receiver: object) => void,
   run: () => T,
+  once = true,
 ): T {
   const proto = Object.prototype as Record<string, unknown>;
   if (Object.getOwnPropertyDescriptor(proto, key) !== undefined) return run();
@@ -377,7 +378,7 @@ function withPrototypeSetter<T>(
           configurable: true,
         });
         if (served || !accept(this as object)) return;
-        served = true;
+        served = once;
         capture(this as object);
       },
     });
@@ -398,8 +399,8 @@ function withPrototypeSetter<T>(
  * truncating, where libjpeg-turbo, and so Pillow, interpolates and rounds).
  *
  * jpeg-js exports only `decode`; its decoder class and the frame object holding the
- * coefficients are private to the module. Two setters on `Object.prototype`, present only for
- * this synchronous call, receive them:
+ * coefficients are private to the module. Setters on `Object.prototype`, present only for this
+ * synchronous call, receive them:
  * - `decode` creates the decoder and assigns it its options (`decoder.opts = opts`) before
  *   parsing: the `opts` setter gives the decoder its own `copyToImageData`, which jpeg-js calls
  *   last to write the RGB pixels into its output buffer (and which skips jpeg-js's intermediate
@@ -409,17 +410,24 @@ function withPrototypeSetter<T>(
  *   []` among them, a name nothing else in jpeg-js assigns: the `componentsOrder` setter receives
  *   the frame. Its components' coefficient blocks (natural order) are complete once all scans are
  *   decoded, progressive or not; jpeg-js refuses files with more than one frame (after parsing
- *   them), and the setter serves the first.
+ *   them), and the setter serves the first;
+ * - after the last scan, `parse` assigns each component its quantisation table
+ *   (`component.quantizationTable = …`) and then builds its planes with its own IDCT over
+ *   `component.blocksPerColumn` block rows: the `quantizationTable` setter records that count for
+ *   each component of the captured frame and sets it to 0, so that jpeg-js builds empty planes
+ *   instead of work this replaces (for 1 and 3 components, which the replacement always converts;
+ *   4-component frames keep jpeg-js's planes, since jpeg-js converts those without an Adobe
+ *   marker, by refusing them).
  * Each setter gives its receiver the property as an own data property, as the plain assignment
- * would, so jpeg-js runs as before; both serve one object each. The replacement dequantises with
- * `latched`, the tables libjpeg uses (see `jpegScans`). Frames it does not handle (2 components,
- * 4 without an Adobe marker; `decodeJpeg` refuses others before this) go through jpeg-js's own
- * conversion, which refuses them. Where only the `componentsOrder` setter cannot be installed
- * (someone else's property of that name), upsampling and colour conversion still apply, to
- * jpeg-js's planes (within ±3 of Pillow); where the `opts` one cannot (a frozen
- * `Object.prototype`), jpeg-js decodes alone, as before; the same if a future jpeg-js stops making
- * these assignments (the fixture tests then fail). jpeg-js's own IDCT still runs during `parse`
- * (its planes are built there), and its result is dropped.
+ * would, so jpeg-js runs as before. The replacement dequantises with `latched`, the tables
+ * libjpeg uses (see `jpegScans`). Frames it does not handle (2 components, 4 without an Adobe
+ * marker; `decodeJpeg` refuses others before this) go through jpeg-js's own conversion, which
+ * refuses them. Where only the `componentsOrder` setter cannot be installed (someone else's
+ * property of that name), upsampling and colour conversion still apply, to jpeg-js's planes
+ * (within ±3 of Pillow); where only the `quantizationTable` one cannot, jpeg-js also runs its
+ * IDCT, for nothing; where the `opts` one cannot (a frozen `Object.prototype`), jpeg-js decodes
+ * alone, as before; the same if a future jpeg-js stops making these assignments (the fixture
+ * tests then fail).
  */
 function decodeJpegLikeLibjpeg(
   bytes: Uint8Array,
@@ -437,17 +445,62 @@ function decodeJpegLikeLibjpeg(
   const plain = () =>
     jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
   let frame: JpegJsFrame | undefined;
-  const hook = (decoder: object) =>
-    hookConversion(decoder as JpegJsDecoder, componentIds, () => frame, latched, smoothing);
+  // The block rows of the components whose planes jpeg-js was made to skip.
+  const skipped = new Map<JpegJsComponent, number>();
+  let hooked = false;
+  const hook = (decoder: object) => {
+    hooked = true;
+    hookConversion(decoder as JpegJsDecoder, componentIds, {
+      frame: () => frame,
+      blockRows: (c) => skipped.get(c) ?? c.blocksPerColumn,
+      skipped: () => skipped.size > 0,
+      latched,
+      smoothing,
+    });
+  };
   const capture = (f: object) => {
     frame = f as JpegJsFrame;
+  };
+  // After the last scan jpeg-js gives each component its quantisation table, then builds its
+  // planes (IDCT) from `blocksPerColumn` block rows: a component of the captured frame, of a grey
+  // or three-component image (which the replacement converts whatever its markers), gets 0 there,
+  // provided the replacement is attached to the decoder.
+  const ours = (c: object) =>
+    hooked && frame !== undefined && (componentIds.length === 1 || componentIds.length === 3) &&
+    Object.values(frame.components).includes(c as JpegJsComponent) &&
+    Array.isArray((c as JpegJsComponent).blocks) &&
+    (c as JpegJsComponent).quantizationTable !== undefined;
+  const skip = (c: object) => {
+    const component = c as JpegJsComponent;
+    skipped.set(component, component.blocksPerColumn);
+    component.blocksPerColumn = 0;
   };
   return withPrototypeSetter(
     "opts",
     isJpegJsDecoder,
     hook,
-    () => withPrototypeSetter("componentsOrder", isJpegJsFrame, capture, plain),
+    () =>
+      withPrototypeSetter(
+        "componentsOrder",
+        isJpegJsFrame,
+        capture,
+        () => withPrototypeSetter("quantizationTable", ours, skip, plain, false),
+      ),
   );
+}
+
+/** Where the replacement finds the frame's coefficients, and how to transform them. */
+interface FrameCoefficients {
+  /** jpeg-js's frame, once its header is parsed. */
+  frame: () => JpegJsFrame | undefined;
+  /** A component's block rows (jpeg-js's count, which it may have been made to skip). */
+  blockRows: (c: JpegJsComponent) => number;
+  /** Whether jpeg-js skipped some component's planes (its IDCT). */
+  skipped: () => boolean;
+  /** The quantisation tables libjpeg uses, by component id. */
+  latched: Map<number, Int32Array>;
+  /** libjpeg-turbo's block smoothing, by component id, where it applies. */
+  smoothing: Map<number, BlockSmoothing> | undefined;
 }
 
 /**
@@ -457,9 +510,7 @@ function decodeJpegLikeLibjpeg(
 function hookConversion(
   decoder: JpegJsDecoder,
   componentIds: number[],
-  capturedFrame: () => JpegJsFrame | undefined,
-  latched: Map<number, Int32Array>,
-  smoothing: Map<number, BlockSmoothing> | undefined,
+  coefficients: FrameCoefficients,
 ): void {
   const jpegJsConversion = decoder.copyToImageData;
   Object.defineProperty(decoder, "copyToImageData", {
@@ -471,10 +522,14 @@ function hookConversion(
       formatAsRGBA: boolean,
     ) {
       if (formatAsRGBA) return jpegJsConversion.call(this, image, formatAsRGBA);
+      const planes = libjpegPlanes(this, coefficients);
+      if (planes === undefined && coefficients.skipped()) {
+        throw new Error("its coefficients could not be read after jpeg-js skipped its planes");
+      }
       const frame: JpegFrame = {
         width: this.width,
         height: this.height,
-        components: libjpegPlanes(this, capturedFrame(), latched, smoothing) ?? this.components,
+        components: planes ?? this.components,
         jfif: this.jfif,
         adobe: this.adobe,
         componentIds,
@@ -490,11 +545,10 @@ function hookConversion(
  */
 function libjpegPlanes(
   decoder: JpegJsDecoder,
-  frame: JpegJsFrame | undefined,
-  latched: Map<number, Int32Array>,
-  smoothing: Map<number, BlockSmoothing> | undefined,
+  { frame: capturedFrame, blockRows, latched, smoothing }: FrameCoefficients,
 ): JpegComponentPlane[] | undefined {
   const planes = decoder.components;
+  const frame = capturedFrame();
   if (
     frame === undefined || frame.samplesPerLine !== decoder.width ||
     frame.scanLines !== decoder.height || !Array.isArray(frame.componentsOrder) ||
@@ -509,13 +563,7 @@ function libjpegPlanes(
     const quant = latched.get(id) ?? c?.quantizationTable;
     if (c === undefined || quant === undefined || !Array.isArray(c.blocks)) return undefined;
     out.push({
-      lines: componentSamples(
-        c.blocks,
-        quant,
-        c.blocksPerLine,
-        c.blocksPerColumn,
-        smoothing?.get(id),
-      ),
+      lines: componentSamples(c.blocks, quant, c.blocksPerLine, blockRows(c), smoothing?.get(id)),
       scaleX: planes[i].scaleX,
       scaleY: planes[i].scaleY,
     });
