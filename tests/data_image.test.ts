@@ -634,3 +634,76 @@ Deno.test("a JPEG of 12-bit samples is refused, naming the file (jpeg-js read it
     /^Error: deep\.jpg has 12-bit samples, which Pillow's libjpeg \(8-bit\) does not read: re-encode the image with 8-bit samples$/,
   );
 });
+
+/** `bytes` split around its frame header (SOF0): what precedes it, the segment, what follows. */
+function splitAtSof0(bytes: Uint8Array): [Uint8Array, Uint8Array, Uint8Array] {
+  const p = sof0(bytes);
+  const end = p + 2 + ((bytes[p + 2] << 8) | bytes[p + 3]);
+  return [bytes.subarray(0, p), bytes.subarray(p, end), bytes.subarray(end)];
+}
+
+/** A baseline frame header: `width` × `height`, components `[id, factors, table]`. */
+function sof0Segment(width: number, height: number, components: number[][]): Uint8Array {
+  const length = 8 + 3 * components.length;
+  return new Uint8Array([
+    0xff,
+    0xc0,
+    length >> 8,
+    length & 255,
+    8,
+    height >> 8,
+    height & 255,
+    width >> 8,
+    width & 255,
+    components.length,
+    ...components.flat(),
+  ]);
+}
+
+const concat = (...parts: Uint8Array[]) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  parts.reduce((at, p) => (out.set(p, at), at + p.length), 0);
+  return out;
+};
+
+Deno.test("a JPEG of other than 1, 3 or 4 components is refused before jpeg-js allocates them", () => {
+  const [head, , tail] = splitAtSof0(smallJpeg());
+  for (const n of [2, 5, 255]) {
+    // 512 × 512: jpeg-js allocated 4096 blocks for each component before finding it could not
+    // convert them (255 of them at 2048 × 2048 in a 6 KB file: 5.5 GB, 18 s). Pillow refuses
+    // any count but 1, 3 and 4.
+    const sof = sof0Segment(512, 512, Array.from({ length: n }, (_, i) => [i + 1, 0x11, 0]));
+    const t0 = performance.now();
+    assert.throws(
+      () => decodeJpeg(concat(head, sof, tail), `n${n}.jpg`),
+      new RegExp(`^Error: n${n}\\.jpg has ${n} colour components; Pillow reads JPEGs of 1`),
+    );
+    assert.ok(performance.now() - t0 < 1000, "refused before decoding");
+  }
+});
+
+Deno.test("a frame header that only jpeg-js sees (hidden by a short Huffman segment) cannot make it allocate more", () => {
+  const good = smallJpeg();
+  const [head, sof, tail] = splitAtSof0(good);
+  // A DHT segment whose length (3) is shorter than the one table jpeg-js reads from it: the
+  // header checks, skipping 3 bytes, find the genuine 16 × 16 frame header inside the table's
+  // values, while jpeg-js reads the table whole and then the frame header after it, which
+  // declares 7000 × 7000 (49 MP, under the pixel limit; a 1.5 KB file cannot hold it). jpeg-js
+  // allocated its 2.3 million blocks (1.6 GB, 2.8 s) before failing on the scan.
+  const values = concat(new Uint8Array([0]), sof, new Uint8Array([0]));
+  const dht = concat(
+    new Uint8Array([0xff, 0xc4, 0x00, 0x03, 0x00]),
+    new Uint8Array(15),
+    new Uint8Array([values.length]),
+    values,
+  );
+  const hidden = sof0Segment(7000, 7000, [[1, 0x11, 0], [2, 0x11, 1], [3, 0x11, 1]]);
+  const t0 = performance.now();
+  assert.throws(
+    () => decodeJpeg(concat(head, dht, hidden, tail), "hidden.jpg"),
+    /^Error: hidden\.jpg is not a readable JPEG \(jpeg-js read a frame header needing more memory than the one checked declares/,
+  );
+  assert.ok(performance.now() - t0 < 1000, "refused before allocating");
+  // The same trick with a frame of the checked size changes nothing for the memory jpeg-js gets.
+  assert.equal(decodeJpeg(concat(head, dht, sof, tail), "same.jpg").width, 16);
+});

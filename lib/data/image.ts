@@ -109,6 +109,33 @@ function checkJpegBytes(
 }
 
 /**
+ * The memory jpeg-js may account for (its `maxMemoryUsageInMB`) when it decodes the frame that
+ * `decodeJpeg` checked: its coefficient blocks (256 bytes each, every component padded to whole
+ * MCUs), the planes of its own IDCT, the RGB output, and the tables (at most 4 bytes for each byte
+ * of the file) plus 1 MiB. jpeg-js reads its segments by other rules than `jpegDeclaredSize` (a
+ * Huffman table segment shorter than its tables, for one), so a hostile file can show it a frame
+ * header the checks never saw — 7000 × 7000, or 200 components — and it allocates that frame's
+ * blocks before it finds anything wrong (1.5 KB files cost 1.6 and 5.4 GB, and 13 s): with this
+ * budget it refuses such a frame at once.
+ */
+function jpegJsMemoryBudget(
+  frame: { width: number; height: number; sampling: [number, number][] },
+  fileBytes: number,
+): number {
+  const hMax = Math.max(1, ...frame.sampling.map(([h]) => h));
+  const vMax = Math.max(1, ...frame.sampling.map(([, v]) => v));
+  const mcusPerLine = Math.ceil(frame.width / 8 / hMax);
+  const mcusPerColumn = Math.ceil(frame.height / 8 / vMax);
+  let bytes = frame.width * frame.height * 3 + 4 * fileBytes + 2 ** 20;
+  for (const [h, v] of frame.sampling) {
+    bytes += mcusPerLine * h * mcusPerColumn * v * 256;
+    bytes += Math.ceil(Math.ceil(frame.width / 8) * h / hMax) * 8 *
+      Math.ceil(Math.ceil(frame.height / 8) * v / vMax) * 8;
+  }
+  return bytes;
+}
+
+/**
  * The width and height a JPEG's frame header (SOF) declares, and its component ids, read without
  * decoding; `undefined` when there is no frame header before the scan data.
  */
@@ -125,6 +152,8 @@ function jpegDeclaredSize(
   quantTables: number[];
   /** Bits per sample. */
   precision: number;
+  /** The number of components the header declares (`componentIds` may hold fewer, cut off). */
+  count: number;
 } | undefined {
   let p = 2;
   while (p + 4 <= bytes.length) {
@@ -170,6 +199,7 @@ function jpegDeclaredSize(
         sampling,
         quantTables,
         precision: bytes[p + 4],
+        count: bytes[p + 9],
       };
     }
     p += 2 + length;
@@ -420,9 +450,9 @@ function withPrototypeSetter<T>(
  *   marker, by refusing them).
  * Each setter gives its receiver the property as an own data property, as the plain assignment
  * would, so jpeg-js runs as before. The replacement dequantises with `latched`, the tables
- * libjpeg uses (see `jpegScans`). Frames it does not handle (2 components, 4 without an Adobe
- * marker; `decodeJpeg` refuses others before this) go through jpeg-js's own conversion, which
- * refuses them. Where only the `componentsOrder` setter cannot be installed (someone else's
+ * libjpeg uses (see `jpegScans`). Frames it does not handle (4 components without an Adobe marker;
+ * `decodeJpeg` refuses others before this) go through jpeg-js's own conversion, which refuses
+ * them. Where only the `componentsOrder` setter cannot be installed (someone else's
  * property of that name), upsampling and colour conversion still apply, to jpeg-js's planes
  * (within ±3 of Pillow); where only the `quantizationTable` one cannot, jpeg-js also runs its
  * IDCT, for nothing; where the `opts` one cannot (a frozen `Object.prototype`), jpeg-js decodes
@@ -432,6 +462,7 @@ function withPrototypeSetter<T>(
 function decodeJpegLikeLibjpeg(
   bytes: Uint8Array,
   maxPixels: number,
+  maxMemoryBytes: number,
   componentIds: number[],
   latched: Map<number, Int32Array>,
   smoothing: Map<number, BlockSmoothing> | undefined,
@@ -440,7 +471,7 @@ function decodeJpegLikeLibjpeg(
     useTArray: true as const,
     formatAsRGBA: false,
     maxResolutionInMP: maxPixels / 1e6,
-    maxMemoryUsageInMB: 2048,
+    maxMemoryUsageInMB: maxMemoryBytes / 2 ** 20,
   };
   const plain = () =>
     jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
@@ -578,14 +609,16 @@ function libjpegPlanes(
  * Pillow reads them, Adobe-inverted, and converted as its `convert("RGB")` does.
  *
  * Refused with the file's name, before decoding: a declared size over the pixel limit or far
- * larger than the file could hold, no frame header, samples other than 8-bit, sampling factors
- * outside 1–4 or in fractional ratios, two components with one id, a scan interleaving more than
- * 10 blocks per MCU, a component whose quantisation table is not defined by its first scan (the
- * last four as libjpeg refuses them); and, by jpeg-js, whatever it cannot read: 2 components,
- * 4 without an Adobe marker (Pillow refuses the first, reads the second as CMYK), arithmetic
- * coding, and a non-interleaved scan whose restart interval does not divide its blocks when its
- * component's MCU-padded rows extend past them (jpeg-js decodes past the scan's end; Pillow reads
- * these).
+ * larger than the file could hold, no frame header, samples other than 8-bit, a number of
+ * components other than 1, 3 or 4 (Pillow refuses those), sampling factors outside 1–4 or in
+ * fractional ratios, two components with one id, a scan interleaving more than 10 blocks per MCU,
+ * a component whose quantisation table is not defined by its first scan (the last four as libjpeg
+ * refuses them); and, by jpeg-js, whatever it cannot read: 4 components without an Adobe marker
+ * (Pillow reads them as CMYK), arithmetic coding, and a non-interleaved scan whose restart
+ * interval does not divide its blocks when its component's MCU-padded rows extend past them
+ * (jpeg-js decodes past the scan's end; Pillow reads these), and a frame other than the one
+ * checked or needing more memory than it (jpeg-js reads segments by other rules; see
+ * `jpegJsMemoryBudget`).
  *
  * @example
  * ```ts
@@ -627,6 +660,14 @@ export function decodeJpeg(
       }), which libjpeg (and so Pillow) refuses: re-encode the image`,
     );
   }
+  if (declared.count !== 1 && declared.count !== 3 && declared.count !== 4) {
+    // Checked before decoding: jpeg-js allocates every component's blocks before it finds that it
+    // cannot convert them (255 components in a 6 KB file cost 5.5 GB and 18 s).
+    throw new Error(
+      `${name} has ${declared.count} colour components; Pillow reads JPEGs of 1 (grey), 3 ` +
+        `(YCbCr or RGB) or 4 (CMYK) and refuses others: re-encode the image`,
+    );
+  }
   if (new Set(declared.componentIds).size !== declared.componentIds.length) {
     throw new Error(
       `${name} gives two colour components the same id (${declared.componentIds.join(", ")}); ` +
@@ -664,13 +705,20 @@ export function decodeJpeg(
     decoded = decodeJpegLikeLibjpeg(
       bytes,
       imagePixelLimit(options.maxPixels),
+      jpegJsMemoryBudget(declared, bytes.length),
       declared.componentIds,
       latched,
       declared.marker === 0xc2 ? blockSmoothing(declared, scans, latched) : undefined,
     );
   } catch (err) {
+    const message = (err as Error)?.message ?? String(err);
     throw new Error(
-      `${name} is not a readable JPEG (${(err as Error).message}); replace or remove it`,
+      `${name} is not a readable JPEG (${
+        message.startsWith("maxMemoryUsageInMB")
+          ? `jpeg-js read a frame header needing more memory than the one checked declares, ` +
+            `${message}`
+          : message
+      }); replace or remove it`,
     );
   }
   const { width, height, data } = decoded;
