@@ -707,3 +707,26 @@ Deno.test("a frame header that only jpeg-js sees (hidden by a short Huffman segm
   // The same trick with a frame of the checked size changes nothing for the memory jpeg-js gets.
   assert.equal(decodeJpeg(concat(head, dht, sof, tail), "same.jpg").width, 16);
 });
+
+Deno.test("a frame only jpeg-js sees, in sampling ratios the replacement cannot convert, is an error, never jpeg-js's emptied planes", () => {
+  const [head, sof, tail] = splitAtSof0(smallJpeg());
+  // As above, with the hidden frame of the checked size but luma 3×1 and Cb 2×1: the memory cap
+  // lets it through, jpeg-js decodes it and skips its own planes (the replacement is attached),
+  // and the replacement declines the fractional ratio. jpeg-js's conversion of its emptied planes
+  // used to run then (it failed on them by chance: "Cannot read properties of undefined").
+  const values = concat(new Uint8Array([0]), sof, new Uint8Array([0]));
+  const dht = concat(
+    new Uint8Array([0xff, 0xc4, 0x00, 0x03, 0x00]),
+    new Uint8Array(15),
+    new Uint8Array([values.length]),
+    values,
+  );
+  const hidden = sof0Segment(16, 16, [[1, 0x31, 0], [2, 0x21, 1], [3, 0x11, 1]]);
+  assert.throws(
+    () => decodeJpeg(concat(head, dht, hidden, tail), "frac.jpg"),
+    /^Error: frac\.jpg is not a readable JPEG \(jpeg-js read a frame header other than the one checked, which libjpeg's upsampling cannot convert\)/,
+  );
+  for (const key of ["opts", "componentsOrder", "quantizationTable"]) {
+    assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, key), undefined);
+  }
+});

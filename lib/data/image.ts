@@ -452,7 +452,7 @@ function withPrototypeSetter<T>(
  * would, so jpeg-js runs as before. The replacement dequantises with `latched`, the tables
  * libjpeg uses (see `jpegScans`). Frames it does not handle (4 components without an Adobe marker;
  * `decodeJpeg` refuses others before this) go through jpeg-js's own conversion, which refuses
- * them. Where only the `componentsOrder` setter cannot be installed (someone else's
+ * them; never once jpeg-js has skipped its planes (an error then, not a black image). Where only the `componentsOrder` setter cannot be installed (someone else's
  * property of that name), upsampling and colour conversion still apply, to jpeg-js's planes
  * (within ±3 of Pillow); where only the `quantizationTable` one cannot, jpeg-js also runs its
  * IDCT, for nothing; where the `opts` one cannot (a frozen `Object.prototype`), jpeg-js decodes
@@ -565,7 +565,17 @@ function hookConversion(
         adobe: this.adobe,
         componentIds,
       };
-      if (!jpegFrameToRgb(frame, image.data)) jpegJsConversion.call(this, image, formatAsRGBA);
+      if (jpegFrameToRgb(frame, image.data)) return;
+      if (coefficients.skipped()) {
+        // jpeg-js's planes are empty (it was made to skip them): its conversion has nothing to
+        // convert. Reached when jpeg-js's frame is not the one checked (sampling factors in a
+        // fractional ratio behind a frame header it alone reads).
+        throw new Error(
+          "jpeg-js read a frame header other than the one checked, which libjpeg's upsampling " +
+            "cannot convert",
+        );
+      }
+      jpegJsConversion.call(this, image, formatAsRGBA);
     },
   });
 }
