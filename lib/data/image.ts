@@ -335,6 +335,38 @@ function blockSmoothing(
   return useful ? smoothing : undefined;
 }
 
+/** The most `scanCoverage` allowed: twice what progressive files from encoders reach. */
+const MAX_SCAN_COVERAGE = 8;
+
+/**
+ * How many times, on average, the scans of a JPEG go over each coefficient of each block: each
+ * scan counts the blocks of its components (padded to whole MCUs) times the coefficients of its
+ * band (1 for a DC scan). Baseline files score 1; libjpeg's progressive script about 3 for luma
+ * and 2 for chroma. The decoder's time goes with it, and progressive scans can cost next to no
+ * bytes (an end-of-band run covers up to 32767 blocks, and a refinement scan still visits every
+ * coefficient of its band in every block), so a small file repeating scans could take minutes.
+ */
+function scanCoverage(
+  frame: { width: number; height: number; componentIds: number[]; sampling: [number, number][] },
+  scans: JpegScan[],
+): number {
+  const hMax = Math.max(1, ...frame.sampling.map(([h]) => h));
+  const vMax = Math.max(1, ...frame.sampling.map(([, v]) => v));
+  const mcus = Math.ceil(frame.width / 8 / hMax) * Math.ceil(frame.height / 8 / vMax);
+  const blocks = new Map(frame.componentIds.map((id, i) => {
+    const [h, v] = frame.sampling[i];
+    return [id, mcus * h * v];
+  }));
+  let total = 0;
+  for (const n of blocks.values()) total += n;
+  let work = 0;
+  for (const scan of scans) {
+    const band = Math.max(1, Math.min(scan.se, 63) - scan.ss + 1);
+    for (const id of scan.componentIds) work += (blocks.get(id) ?? 0) * band;
+  }
+  return total > 0 ? work / (64 * total) : 0;
+}
+
 /** jpeg-js's decoder object (its internal `JpegImage`), as far as it is used here. */
 interface JpegJsDecoder extends JpegFrame {
   parse(data: Uint8Array): void;
@@ -623,7 +655,8 @@ function libjpegPlanes(
  * components other than 1, 3 or 4 (Pillow refuses those), sampling factors outside 1–4 or in
  * fractional ratios, two components with one id, a scan interleaving more than 10 blocks per MCU,
  * a component whose quantisation table is not defined by its first scan (the last four as libjpeg
- * refuses them); and, by jpeg-js, whatever it cannot read: 4 components without an Adobe marker
+ * refuses them), scans going over each coefficient more than 8 times on average (Pillow decodes
+ * those, slowly; see `scanCoverage`); and, by jpeg-js, whatever it cannot read: 4 components without an Adobe marker
  * (Pillow reads them as CMYK), arithmetic coding, and a non-interleaved scan whose restart
  * interval does not divide its blocks when its component's MCU-padded rows extend past them
  * (jpeg-js decodes past the scan's end; Pillow reads these), and a frame other than the one
@@ -703,6 +736,16 @@ export function decodeJpeg(
         } interleaved), more than the 10 libjpeg allows, so Pillow refuses it: re-encode the image`,
       );
     }
+  }
+  const coverage = scanCoverage(declared, scans);
+  if (coverage > MAX_SCAN_COVERAGE) {
+    throw new Error(
+      `${name} has ${scans.length} scans that go over each coefficient of each block ${
+        coverage.toFixed(1)
+      } times on average, more than the ${MAX_SCAN_COVERAGE} allowed (encoders' progressive ` +
+        `files: 2–4 times); decoding it would take long for nothing (a 48 KB file of 2000 ` +
+        `scans took 32 s): the file is corrupt or hostile — replace or remove it`,
+    );
   }
   if (missingTable !== undefined) {
     throw new Error(
