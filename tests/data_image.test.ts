@@ -185,7 +185,8 @@ async function assertDecodesLikePillow(file: string, names: string[]) {
 }
 
 // jpeg_pil_decode_kinds.npz (same script): grey, progressive grey with a restart interval per row,
-// 4:2:0 with restarts every 2 MCUs, CMYK (Adobe) 4:4:4 and with C at 2×2, 16-bit quantisation
+// 4:2:0 with restarts every 2 MCUs, CMYK (Adobe) 4:4:4 and with C at 2×2 (and the latter without
+// its Adobe marker, which jpeg-js refused and libjpeg reads as CMYK), 16-bit quantisation
 // tables (SOF1), samples clamped at 0 and 255, a progressive 4:2:0 file cut after its first scan
 // (DC only) and after its third, which libjpeg-turbo decodes with block smoothing, and, built by
 // the script's minimal encoder, YCCK (Adobe transform 2) with Y at 2×2, a frame with luma at 4×3
@@ -201,6 +202,7 @@ Deno.test("JPEG decodes exactly as Pillow does: grey, CMYK, YCCK, restarts, 16-b
     "s420_rst_35x21",
     "cmyk_14x10",
     "cmyk_s420_18x14",
+    "cmyk_noadobe_s420_18x14",
     "q16_17x9",
     "clamp_24x16",
     "prog_first1_37x20",
@@ -317,13 +319,12 @@ Deno.test("toChannels: grey to RGB and Pillow's L weights", () => {
   assert.deepEqual(Array.from(toChannels(c, 1).data), [76, 124]);
 });
 
-/** Runs `fn`, which must throw, and returns the error and the milliseconds it took. */
-function timedThrow(fn: () => unknown): { error: Error; ms: number } {
-  const t0 = performance.now();
+/** Runs `fn`, which must throw, and returns the error. */
+function thrown(fn: () => unknown): { error: Error } {
   try {
     fn();
   } catch (error) {
-    return { error: error as Error, ms: performance.now() - t0 };
+    return { error: error as Error };
   }
   throw new assert.AssertionError({ message: "expected an error" });
 }
@@ -340,25 +341,25 @@ function withEnv(vars: Record<string, string>, fn: () => void): void {
 }
 
 // Before these checks the 67-byte PNG decoded to 20000×20000 zeros in 13 s and 4 GB, and the
-// JPEG took 6 s and 4 GB before jpeg-js refused it: the bound below is ~500× the time they take now.
+// JPEG took 6 s and 4 GB before jpeg-js refused it. The messages asserted below come from the
+// header checks, which run before anything is decoded or allocated (timing is not asserted here:
+// speed belongs to benchmarks, and a loaded CI machine would make a time bound flaky).
 Deno.test("images whose header declares more than 50 MP are refused before decoding", () => {
   const png = pngDeclaring(20000, 20000);
   assert.ok(png.length < 100, `${png.length} bytes`);
-  const a = timedThrow(() => decodeImage(png, "bomb.png"));
+  const a = thrown(() => decodeImage(png, "bomb.png"));
   assert.match(
     a.error.message,
     /^bomb\.png declares 20000×20000 pixels \(400\.0 MP\), more than the limit of 50 MP; .*decompression bomb.*option maxPixels, or the environment variable DEER_MAX_IMAGE_PIXELS=<pixels>/,
   );
-  assert.ok(a.ms < 1000, `${a.ms} ms`);
-  const b = timedThrow(() => decodeImage(jpegDeclaring(14000, 14000), "bomb.jpg"));
+  const b = thrown(() => decodeImage(jpegDeclaring(14000, 14000), "bomb.jpg"));
   assert.match(b.error.message, /^bomb\.jpg declares 14000×14000 pixels \(196\.0 MP\), more than/);
-  assert.ok(b.ms < 1000, `${b.ms} ms`);
   // 60000×60000 used to exhaust the machine's memory with no message.
   assert.throws(() => decodePng(pngDeclaring(60000, 60000), "huge.png"), /3600\.0 MP/);
   // Under the pixel limit, a JPEG far smaller than its declared size (7000×7000 in ~600 bytes
   // used to cost 1.5 GB and 2 s in the decoder) is refused before decoding.
   const small = jpegDeclaring(7000, 7000);
-  const c = timedThrow(() => decodeImage(small, "tiny.jpg"));
+  const c = thrown(() => decodeImage(small, "tiny.jpg"));
   assert.match(
     c.error.message,
     new RegExp(
@@ -366,7 +367,6 @@ Deno.test("images whose header declares more than 50 MP are refused before decod
         `that size can hold \\(at least 47851 bytes: one bit per 8×8 block\\)`,
     ),
   );
-  assert.ok(c.ms < 1000, `${c.ms} ms`);
   // A genuine, highly compressible JPEG (uniform grey, 1024×1024) passes the check.
   const grey = new Uint8Array(1024 * 1024 * 4).fill(128);
   const encoded = jpeg.encode({ data: grey, width: 1024, height: 1024 }, 1).data;
@@ -425,12 +425,10 @@ Deno.test("a PNG missing pixel rows is refused, not padded with zeros", () => {
   // 2 s) before failing; the check stops at the 12408 bytes Adam7 needs for 64×64 RGB.
   const bomb = pngWithIdat(64, 64, zlibZeros(2 * 1024 ** 3), { interlace: true });
   assert.ok(bomb.length < 2.2e6);
-  const t0 = performance.now();
   assert.throws(
     () => decodePng(bomb, "idat-bomb.png"),
     /^Error: idat-bomb\.png holds more pixel data than its 64×64 header declares \(over 12408 bytes inflated\); the file is corrupt or hostile/,
   );
-  assert.ok(performance.now() - t0 < 1000, `${performance.now() - t0} ms`);
   // More data than the header declares: inflation stops at the declared size.
   assert.throws(
     () => decodePng(pngWithRawData(64, 4, rgbRows(64, 5000)), "long.png"),
@@ -472,12 +470,10 @@ Deno.test("JPEG size checks find the frame header past a segment whose length ea
   const bytes = stray.slice();
   const p = sof0(bytes);
   bytes.set([0x1b, 0x58, 0x1b, 0x58], p + 5);
-  const t0 = performance.now();
   assert.throws(
     () => decodeJpeg(bytes, "eaten.jpg"),
     /eaten\.jpg declares 7000×7000 pixels in \d+ bytes, fewer than any JPEG of that size can hold/,
   );
-  assert.ok(performance.now() - t0 < 1000, "refused before decoding");
   // The same stray bytes in front of a genuine frame still decode (as libjpeg reads them).
   assert.equal(decodeJpeg(stray, "stray.jpg").width, 16);
   // No frame header at all: refused, naming the file.
@@ -673,39 +669,53 @@ Deno.test("a JPEG of other than 1, 3 or 4 components is refused before jpeg-js a
     // convert them (255 of them at 2048 × 2048 in a 6 KB file: 5.5 GB, 18 s). Pillow refuses
     // any count but 1, 3 and 4.
     const sof = sof0Segment(512, 512, Array.from({ length: n }, (_, i) => [i + 1, 0x11, 0]));
-    const t0 = performance.now();
     assert.throws(
       () => decodeJpeg(concat(head, sof, tail), `n${n}.jpg`),
       new RegExp(`^Error: n${n}\\.jpg has ${n} colour components; Pillow reads JPEGs of 1`),
     );
-    assert.ok(performance.now() - t0 < 1000, "refused before decoding");
   }
 });
 
-Deno.test("a frame header that only jpeg-js sees (hidden by a short Huffman segment) cannot make it allocate more", () => {
-  const good = smallJpeg();
-  const [head, sof, tail] = splitAtSof0(good);
-  // A DHT segment whose length (3) is shorter than the one table jpeg-js reads from it: the
-  // header checks, skipping 3 bytes, find the genuine 16 × 16 frame header inside the table's
-  // values, while jpeg-js reads the table whole and then the frame header after it, which
-  // declares 7000 × 7000 (49 MP, under the pixel limit; a 1.5 KB file cannot hold it). jpeg-js
-  // allocated its 2.3 million blocks (1.6 GB, 2.8 s) before failing on the scan.
-  const values = concat(new Uint8Array([0]), sof, new Uint8Array([0]));
-  const dht = concat(
-    new Uint8Array([0xff, 0xc4, 0x00, 0x03, 0x00]),
-    new Uint8Array(15),
-    new Uint8Array([values.length]),
-    values,
+/**
+ * `head`, `shown` and `tail` with a frame header only jpeg-js reads (`hidden`) in front of the
+ * frame header the checks read (`shown`), through jpeg-js's recovery from "malformed APP1
+ * markers": at a stray `00 E1 LL LL` it skips LL − 2 bytes when an 0xFF follows them, where the
+ * checks (as libjpeg) walk the bytes to the next marker. An APP2 segment that the checks meet
+ * there and jpeg-js skips covers `hidden` and the start of an APP3 segment; jpeg-js reads `hidden`,
+ * then that APP3 segment, whose contents are `shown`.
+ */
+function hideFrame(
+  head: Uint8Array,
+  hidden: Uint8Array,
+  shown: Uint8Array,
+  tail: Uint8Array,
+): Uint8Array {
+  const app2 = 2 + hidden.length + 4;
+  const app3 = 2 + shown.length;
+  return concat(
+    head,
+    new Uint8Array([0x00, 0xe1, 0x00, 0x06, 0xff, 0xe2, app2 >> 8, app2 & 255]),
+    hidden,
+    new Uint8Array([0xff, 0xe3, app3 >> 8, app3 & 255]),
+    shown,
+    tail,
   );
+}
+
+Deno.test("a frame header that only jpeg-js sees cannot make it allocate more than the checked one needs", () => {
+  const [head, sof, tail] = splitAtSof0(smallJpeg());
+  // The checks read the genuine 16 × 16 frame header; jpeg-js reads one declaring 7000 × 7000
+  // (49 MP, under the pixel limit; a 1.5 KB file cannot hold it) and allocated its 2.3 million
+  // blocks (1.6 GB, 2.8 s) before failing on the scan. Its memory cap is now what the checked
+  // frame needs.
   const hidden = sof0Segment(7000, 7000, [[1, 0x11, 0], [2, 0x11, 1], [3, 0x11, 1]]);
-  const t0 = performance.now();
   assert.throws(
-    () => decodeJpeg(concat(head, dht, hidden, tail), "hidden.jpg"),
+    () => decodeJpeg(hideFrame(head, hidden, sof, tail), "hidden.jpg"),
     /^Error: hidden\.jpg is not a readable JPEG \(jpeg-js read a frame header needing more memory than the one checked declares/,
   );
-  assert.ok(performance.now() - t0 < 1000, "refused before allocating");
-  // The same trick with a frame of the checked size changes nothing for the memory jpeg-js gets.
-  assert.equal(decodeJpeg(concat(head, dht, sof, tail), "same.jpg").width, 16);
+  // The same route with a frame of the checked size decodes, as before.
+  const same = decodeJpeg(hideFrame(head, sof, sof, tail), "same.jpg");
+  assert.deepEqual(same.data, decodeJpeg(smallJpeg(), "small.jpg").data);
 });
 
 Deno.test("a frame only jpeg-js sees, in sampling ratios the replacement cannot convert, is an error, never jpeg-js's emptied planes", () => {
@@ -714,6 +724,22 @@ Deno.test("a frame only jpeg-js sees, in sampling ratios the replacement cannot 
   // lets it through, jpeg-js decodes it and skips its own planes (the replacement is attached),
   // and the replacement declines the fractional ratio. jpeg-js's conversion of its emptied planes
   // used to run then (it failed on them by chance: "Cannot read properties of undefined").
+  const hidden = sof0Segment(16, 16, [[1, 0x31, 0], [2, 0x21, 1], [3, 0x11, 1]]);
+  assert.throws(
+    () => decodeJpeg(hideFrame(head, hidden, sof, tail), "frac.jpg"),
+    /^Error: frac\.jpg is not a readable JPEG \(jpeg-js read a frame header other than the one checked, which libjpeg's upsampling cannot convert\)/,
+  );
+  for (const key of ["opts", "componentsOrder", "quantizationTable"]) {
+    assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, key), undefined);
+  }
+});
+
+Deno.test("JPEG segments whose length disagrees with their contents are refused, as libjpeg refuses them", () => {
+  const good = smallJpeg();
+  const [head, sof, tail] = splitAtSof0(good);
+  // A Huffman segment shorter than its table (length 3): the checks skipped 3 bytes and found the
+  // genuine frame header inside the table's values, while jpeg-js read the table whole and then a
+  // frame header after it that was never checked (7000 × 7000 in 1.5 KB cost 1.6 GB).
   const values = concat(new Uint8Array([0]), sof, new Uint8Array([0]));
   const dht = concat(
     new Uint8Array([0xff, 0xc4, 0x00, 0x03, 0x00]),
@@ -721,14 +747,49 @@ Deno.test("a frame only jpeg-js sees, in sampling ratios the replacement cannot 
     new Uint8Array([values.length]),
     values,
   );
-  const hidden = sof0Segment(16, 16, [[1, 0x31, 0], [2, 0x21, 1], [3, 0x11, 1]]);
+  const hidden = sof0Segment(7000, 7000, [[1, 0x11, 0], [2, 0x11, 1], [3, 0x11, 1]]);
   assert.throws(
-    () => decodeJpeg(concat(head, dht, hidden, tail), "frac.jpg"),
-    /^Error: frac\.jpg is not a readable JPEG \(jpeg-js read a frame header other than the one checked, which libjpeg's upsampling cannot convert\)/,
+    () => decodeJpeg(concat(head, dht, hidden, tail), "short.jpg"),
+    /^Error: short\.jpg has a Huffman table \(DHT\) segment at byte \d+ that ends in 1 bytes too few to be a Huffman table, which libjpeg \(and so Pillow\) refuses/,
   );
-  for (const key of ["opts", "componentsOrder", "quantizationTable"]) {
-    assert.equal(Object.getOwnPropertyDescriptor(Object.prototype, key), undefined);
+  // A frame header one byte longer than its components, a scan header of 5 components, a
+  // quantisation table numbered 4, a restart interval of 6 bytes: each refused, naming it.
+  const longSof = sof.slice();
+  longSof[3] += 1;
+  const cases: [string, Uint8Array, RegExp][] = [
+    [
+      "sof",
+      concat(head, longSof, new Uint8Array([0]), tail),
+      /frame header \(SOF\) segment at byte \d+ that declares 18 bytes for 3 components/,
+    ],
+    [
+      "dqt",
+      concat(head, new Uint8Array([0xff, 0xdb, 0, 67, 4]), new Uint8Array(64).fill(1), sof, tail),
+      /quantisation table \(DQT\) segment at byte \d+ that defines quantisation table 4 \(libjpeg has tables 0–3\)/,
+    ],
+    [
+      "dri",
+      concat(head, sof, new Uint8Array([0xff, 0xdd, 0, 6, 0, 1, 0, 0]), tail),
+      /restart interval \(DRI\) segment at byte \d+ that declares 6 bytes \(a restart interval has 4\)/,
+    ],
+  ];
+  const sos = tail.findIndex((b, i) => b === 0xff && tail[i + 1] === 0xda);
+  const wideSos = tail.slice();
+  wideSos[sos + 4] = 5;
+  cases.push([
+    "sos",
+    concat(head, sof, wideSos),
+    /scan header \(SOS\) segment at byte \d+ that lists 5 components \(1–4\)/,
+  ]);
+  for (const [what, bytes, message] of cases) {
+    assert.throws(() => decodeJpeg(bytes, `${what}.jpg`), (err: Error) => {
+      assert.match(err.message, new RegExp(`^${what}\\.jpg has a `));
+      assert.match(err.message, message);
+      return true;
+    });
   }
+  // The file they were made from still decodes.
+  assert.equal(decodeJpeg(concat(head, sof, tail), "good.jpg").width, 16);
 });
 
 Deno.test("a progressive JPEG repeating scans far beyond what encoders write is refused before decoding", async () => {
@@ -743,10 +804,89 @@ Deno.test("a progressive JPEG repeating scans far beyond what encoders write is 
   while (!(good[sos] === 0xff && good[sos + 1] === 0xda)) sos--;
   const last = good.subarray(sos, eoi);
   const repeated = concat(good.subarray(0, eoi), ...Array(20).fill(last), good.subarray(eoi));
-  const t0 = performance.now();
   assert.throws(
     () => decodeJpeg(repeated, "scans.jpg"),
     /^Error: scans\.jpg has 30 scans that go over each coefficient of each block \d+\.\d times on average, more than the 8 allowed/,
   );
-  assert.ok(performance.now() - t0 < 1000);
+});
+
+Deno.test("JPEG scan headers libjpeg refuses are refused: components not the frame's or listed twice, bad progression", async () => {
+  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
+  const good = f.s420_prog_10x7_jpg.data as Uint8Array;
+  // The scan headers' offsets, and each one's count, ids, Ss, Se, Ah|Al.
+  const scans: number[] = [];
+  for (let p = 2; p + 1 < good.length; p++) {
+    if (good[p] === 0xff && good[p + 1] === 0xda) scans.push(p);
+  }
+  const params = (p: number) => p + 5 + 2 * good[p + 4]; // Ss, then Se, then Ah|Al
+  const dc = scans.find((p) => good[p + 4] === 3 && good[params(p)] === 0)!;
+  const ac = scans.find((p) => good[params(p)] > 0)!;
+  const refine = scans.find((p) => good[params(p) + 2] >> 4 > 0)!;
+  const edit = (at: number, value: number) => {
+    const b = good.slice();
+    b[at] = value;
+    return b;
+  };
+  const cases: [Uint8Array, RegExp][] = [
+    [edit(dc + 7, good[dc + 5]), /lists component 1 twice/],
+    [edit(dc + 5, 9), /names component 9, which the frame does not have/],
+    [edit(params(dc) + 1, 5), /mixes the DC coefficient with AC ones \(coefficients 0–5\)/],
+    [
+      edit(params(ac), good[params(ac) + 1] + 1),
+      /has an AC band that is empty or runs past coefficient 63/,
+    ],
+    [
+      edit(params(ac) + 1, 64),
+      /has an AC band that is empty or runs past coefficient 63 \(coefficients \d+–64\)/,
+    ],
+    [
+      edit(params(refine) + 2, good[params(refine) + 2] | 0x0f),
+      /refines from bit \d+ to bit 15 \(one bit at a time\)/,
+    ],
+    [edit(params(dc) + 2, 14), /sends coefficients shifted by 14 bits \(at most 13\)/],
+  ];
+  for (const [bytes, message] of cases) {
+    assert.throws(() => decodeJpeg(bytes, "scan.jpg"), (err: Error) => {
+      assert.match(err.message, /^scan\.jpg has a scan \(the \d+(st|nd|rd|th)\) that /);
+      assert.match(err.message, message);
+      assert.match(err.message, /which libjpeg \(and so Pillow\) refuses/);
+      return true;
+    });
+  }
+  assert.equal(decodeJpeg(good, "good.jpg").width, 10);
+});
+
+Deno.test("a Huffman table libjpeg cannot build is refused where a scan decodes with it", () => {
+  const good = smallJpeg();
+  // The DC table 0 (its class/number byte 0x00, inside a DHT segment): 16 counts, then symbols.
+  let at = -1;
+  for (let p = 2; p + 1 < good.length && at < 0; p++) {
+    if (good[p] !== 0xff || good[p + 1] !== 0xc4) continue;
+    const end = p + 2 + ((good[p + 2] << 8) | good[p + 3]);
+    for (let q = p + 4; q < end;) {
+      if (good[q] === 0x00) {
+        at = q;
+        break;
+      }
+      q += 17 + good.subarray(q + 1, q + 17).reduce((a, b) => a + b, 0);
+    }
+  }
+  assert.ok(at > 0, "DC table 0");
+  const counts = good.subarray(at + 1, at + 17);
+  assert.deepEqual(Array.from(counts.subarray(0, 3)), [0, 1, 5]); // the standard luminance DC table
+  // Two codes of one bit leave no room (the all-ones code is reserved); the total stays 12, so the
+  // segment's length still agrees with it.
+  const overflow = good.slice();
+  overflow.set([2, 0, 4], at + 1);
+  assert.throws(
+    () => decodeJpeg(overflow, "codes.jpg"),
+    /^Error: codes\.jpg has a scan \(the 1st\) that decodes with Huffman table DC 0, which has more codes of up to 1 bits than fit \(the all-ones code being reserved\), which libjpeg \(and so Pillow\) refuses/,
+  );
+  // A DC difference has at most 15 bits: a DC symbol of 16 is refused.
+  const symbol = good.slice();
+  symbol[at + 17] = 16;
+  assert.throws(
+    () => decodeJpeg(symbol, "dc.jpg"),
+    /^Error: dc\.jpg has a scan \(the 1st\) that decodes with Huffman table DC 0, which is a DC table with a symbol above 15/,
+  );
 });

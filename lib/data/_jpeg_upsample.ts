@@ -249,19 +249,18 @@ for (let i = 0; i < 256; i++) {
  * - one component (grey): the samples, repeated into R, G and B (Pillow's `convert("RGB")` of
  *   an `L` image);
  * - three: YCbCr or RGB, told apart as libjpeg does (see the module doc);
- * - four, with an Adobe marker: CMYK (transform 0) or YCCK (any other transform; libjpeg's
- *   `ycck_cmyk_convert`: Y, Cb, Cr to R, G, B as for three components, C, M, Y = 255 − R, G, B,
- *   K as stored). Pillow reads every CMYK JPEG as Adobe-inverted (`CMYK;I`) and its
+ * - four: CMYK (no Adobe marker, or its transform 0) or YCCK (an Adobe marker with any other
+ *   transform; libjpeg's `ycck_cmyk_convert`: Y, Cb, Cr to R, G, B as for three components,
+ *   C, M, Y = 255 − R, G, B, K as stored). Pillow reads every CMYK JPEG as Adobe-inverted (`CMYK;I`) and its
  *   `convert("RGB")` then gives R = k − k·(255 − c)/255 with k and c the values libjpeg returns, in
  *   its fixed point: `MULDIV255(a, b)` = ((a·b + 128) >> 8 + a·b + 128) >> 8.
- * Returns false, writing nothing, for frames it does not handle (two components, four without
- * an Adobe marker — libjpeg would read those as CMYK, jpeg-js refuses them —, sampling factors that
- * are not whole multiples), which the caller decodes otherwise.
+ * Returns false, writing nothing, for frames it does not handle (two components, sampling factors
+ * that are not whole multiples), which the caller decodes otherwise.
  */
 export function jpegFrameToRgb(frame: JpegFrame, out: Uint8Array): boolean {
   const { width, height, components } = frame;
   const n = components.length;
-  if (!(n === 1 || n === 3 || (n === 4 && frame.adobe)) || !(width > 0 && height > 0)) {
+  if (!(n === 1 || n === 3 || n === 4) || !(width > 0 && height > 0)) {
     return false;
   }
   if (out.length < width * height * 3) return false;
@@ -284,7 +283,7 @@ export function jpegFrameToRgb(frame: JpegFrame, out: Uint8Array): boolean {
   if (n === 1) {
     for (let y = 0; y < height; y++) greyRow(row(0, y), width, out, y * width * 3);
   } else if (n === 4) {
-    const ycck = frame.adobe!.transformCode !== 0;
+    const ycck = frame.adobe ? frame.adobe.transformCode !== 0 : false;
     for (let y = 0; y < height; y++) {
       const o = y * width * 3;
       cmykRow(row(0, y), row(1, y), row(2, y), row(3, y), ycck, width, out, o);

@@ -207,6 +207,60 @@ function jpegDeclaredSize(
   return undefined;
 }
 
+/**
+ * Where a segment's declared length disagrees with what it holds, as libjpeg reads it (`jdmarker.c`:
+ * `get_dqt`, `get_dht`, `get_sof`, `get_sos`, `get_dri` end in `JERR_BAD_LENGTH` or a bad-table
+ * error, so Pillow refuses the file): the reason, or `undefined` where the segment is consistent.
+ * jpeg-js reads these five segments by their contents and not by their length, so where the two
+ * disagree it goes on reading somewhere else than the checks here do, and can be shown a frame
+ * header or scans that `decodeJpeg` never checked (a Huffman segment shorter than its table hid
+ * a 7000 × 7000 frame in 1.5 KB). `end` is where the declared length ends (the file's end if
+ * sooner). A truncated last quantisation table, which libjpeg completes with ones, is refused too:
+ * jpeg-js reads on into the next segment.
+ */
+function segmentProblem(
+  bytes: Uint8Array,
+  p: number,
+  marker: number,
+  end: number,
+): string | undefined {
+  const length = (bytes[p + 2] << 8) | bytes[p + 3];
+  if (p + 2 + length > bytes.length) return `declares ${length} bytes, past the end of the file`;
+  const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
+    marker !== 0xcc;
+  if (marker === 0xdb) {
+    for (let q = p + 4; q < end;) {
+      const precision = bytes[q] >> 4, id = bytes[q] & 15;
+      if (precision > 1) return `has a quantisation table of precision ${precision} (0 or 1)`;
+      if (id > 3) return `defines quantisation table ${id} (libjpeg has tables 0–3)`;
+      q += 1 + 64 * (precision + 1);
+      if (q > end) return `ends inside quantisation table ${id}`;
+    }
+  } else if (marker === 0xc4) {
+    let q = p + 4;
+    while (end - q > 16) {
+      const index = bytes[q];
+      if ((index & 0xef) > 3) return `defines Huffman table ${index} (libjpeg: 0–3, 16–19)`;
+      let count = 0;
+      for (let k = 1; k <= 16; k++) count += bytes[q + k];
+      if (count > 256) return `has a Huffman table of ${count} codes (at most 256)`;
+      q += 17 + count;
+      if (q > end) return `ends inside a Huffman table of ${count} codes`;
+    }
+    if (q !== end) return `ends in ${end - q} bytes too few to be a Huffman table`;
+  } else if (isFrame) {
+    const count = bytes[p + 9];
+    if (length !== 8 + 3 * count) return `declares ${length} bytes for ${count} components`;
+  } else if (marker === 0xda) {
+    const count = bytes[p + 4];
+    if (count < 1 || count > 4) return `lists ${count} components (1–4)`;
+    if (length !== 6 + 2 * count) return `declares ${length} bytes for ${count} components`;
+  } else if (marker === 0xdd) {
+    if (length !== 4) return `declares ${length} bytes (a restart interval has 4)`;
+  }
+  return undefined;
+}
+
 /** One scan of a JPEG: its components (frame component ids) and spectral selection. */
 interface JpegScan {
   componentIds: number[];
@@ -215,6 +269,37 @@ interface JpegScan {
   se: number;
   ah: number;
   al: number;
+  /**
+   * Why libjpeg cannot build a Huffman table this scan decodes with, as the tables stand when it
+   * starts (see `huffmanTableProblem`); absent where it can, or where a table is missing (jpeg-js
+   * refuses that by itself).
+   */
+  huffman?: string;
+}
+
+/**
+ * Why libjpeg refuses to decode with a Huffman table (`jdhuff.c`, `jpeg_make_d_derived_tbl`:
+ * `JERR_BAD_HUFF_TABLE`): the codes of up to l bits (`counts[0..l-1]`, assigned in canonical
+ * order) do not fit in l bits with the all-ones code left out, or, for a DC table, a symbol is
+ * above 15 (a DC difference has at most 15 bits). Only tables a
+ * scan decodes with are checked, as libjpeg checks them; jpeg-js builds whatever it is given.
+ */
+function huffmanTableProblem(
+  counts: Uint8Array,
+  symbols: Uint8Array,
+  dc: boolean,
+): string | undefined {
+  let code = 0;
+  for (let l = 0; l < 16; l++) {
+    code += counts[l];
+    // libjpeg's check: the codes of each length fit its bits without the all-ones code.
+    if (code >= 2 ** (l + 1)) {
+      return `has more codes of up to ${l + 1} bits than fit (the all-ones code being reserved)`;
+    }
+    code *= 2;
+  }
+  if (dc && symbols.some((s) => s > 15)) return `is a DC table with a symbol above 15`;
+  return undefined;
 }
 
 /**
@@ -229,11 +314,20 @@ interface JpegScan {
 function jpegScans(
   bytes: Uint8Array,
   tableOf: Map<number, number>,
-): { scans: JpegScan[]; latched: Map<number, Int32Array>; missingTable?: [number, number] } {
+  progressive: boolean,
+): {
+  scans: JpegScan[];
+  latched: Map<number, Int32Array>;
+  missingTable?: [number, number];
+  /** The first segment whose length disagrees with its contents (see `segmentProblem`). */
+  badSegment?: { at: number; marker: number; problem: string };
+} {
   const tables: (Int32Array | undefined)[] = [];
   const latched = new Map<number, Int32Array>();
   const scans: JpegScan[] = [];
   let missingTable: [number, number] | undefined;
+  // The Huffman tables as defined so far: "dc0"…"dc3", "ac0"…"ac3".
+  const huffman = new Map<string, { counts: Uint8Array; symbols: Uint8Array }>();
   let p = 2;
   const n = bytes.length;
   while (p + 4 <= n) {
@@ -253,6 +347,10 @@ function jpegScans(
     if (marker === 0xd9) break;
     const length = (bytes[p + 2] << 8) | bytes[p + 3];
     const end = Math.min(n, p + 2 + length);
+    const problem = segmentProblem(bytes, p, marker, end);
+    if (problem !== undefined) {
+      return { scans, latched, missingTable, badSegment: { at: p, marker, problem } };
+    }
     if (marker === 0xdb) {
       for (let q = p + 4; q < end;) {
         const precision = bytes[q] >> 4, id = bytes[q] & 15;
@@ -266,18 +364,46 @@ function jpegScans(
         tables[id] = table;
         q += 1 + 64 * size;
       }
+    } else if (marker === 0xc4) {
+      // Lengths and table numbers were checked by segmentProblem.
+      for (let q = p + 4; end - q > 16;) {
+        const counts = bytes.slice(q + 1, q + 17);
+        const total = counts.reduce((a, b) => a + b, 0);
+        const key = `${bytes[q] & 0x10 ? "ac" : "dc"}${bytes[q] & 15}`;
+        huffman.set(key, { counts, symbols: bytes.slice(q + 17, q + 17 + total) });
+        q += 17 + total;
+      }
     } else if (marker === 0xda) {
       const count = bytes[p + 4];
       const ids: number[] = [];
-      for (let c = 0; c < count; c++) ids.push(bytes[p + 5 + 2 * c]);
+      const used = new Set<string>();
+      for (let c = 0; c < count; c++) {
+        ids.push(bytes[p + 5 + 2 * c]);
+        const selectors = bytes[p + 6 + 2 * c];
+        used.add(`dc${selectors >> 4}`).add(`ac${selectors & 15}`);
+      }
       const q = p + 5 + 2 * count;
-      scans.push({
+      const scan: JpegScan = {
         componentIds: ids,
         ss: bytes[q],
         se: bytes[q + 1],
         ah: bytes[q + 2] >> 4,
         al: bytes[q + 2] & 15,
-      });
+      };
+      // What libjpeg builds for the scan: both tables of each component in a sequential frame; in
+      // a progressive one the DC tables for a first DC scan, the AC tables for an AC scan, none
+      // for a DC refinement.
+      for (const key of used) {
+        const dc = key.startsWith("dc");
+        if (progressive && (dc ? scan.ss !== 0 || scan.ah !== 0 : scan.ss === 0)) continue;
+        const table = huffman.get(key);
+        const why = table && huffmanTableProblem(table.counts, table.symbols, dc);
+        if (why !== undefined) {
+          scan.huffman ??= `decodes with Huffman table ${key.slice(0, 2).toUpperCase()} ` +
+            `${key.slice(2)}, which ${why}`;
+        }
+      }
+      scans.push(scan);
       for (const id of ids) {
         if (latched.has(id)) continue;
         const t = tableOf.get(id);
@@ -301,6 +427,47 @@ function jpegScans(
     p += 2 + length;
   }
   return { scans, latched, missingTable };
+}
+
+/**
+ * What libjpeg refuses in a scan header (`jdmarker.c` `get_sos`; for progressive frames
+ * `jdphuff.c`'s check of the progression parameters, `JERR_BAD_PROGRESSION`): a component that is
+ * not the frame's or is listed twice; in a progressive frame, a DC scan (Ss = 0) whose band goes
+ * on past 0, an AC scan whose band is empty or runs past coefficient 63 or that holds more than
+ * one component, a refinement (Ah > 0) that does not refine by one bit (Al ≠ Ah − 1), or Al > 13.
+ * Sequential frames' band and bit parameters only draw a warning from libjpeg, and are ignored,
+ * by it and by jpeg-js. `undefined` where the scan is one libjpeg reads.
+ */
+function scanProblem(
+  scan: JpegScan,
+  frameIndex: Map<number, number>,
+  progressive: boolean,
+): string | undefined {
+  for (const [i, id] of scan.componentIds.entries()) {
+    if (!frameIndex.has(id)) return `names component ${id}, which the frame does not have`;
+    if (scan.componentIds.indexOf(id) !== i) return `lists component ${id} twice`;
+  }
+  if (!progressive) return scan.huffman;
+  const band = `coefficients ${scan.ss}–${scan.se}`;
+  if (scan.ss === 0 && scan.se !== 0) return `mixes the DC coefficient with AC ones (${band})`;
+  if (scan.ss > 0 && (scan.ss > scan.se || scan.se > 63)) {
+    return `has an AC band that is empty or runs past coefficient 63 (${band})`;
+  }
+  if (scan.ss > 0 && scan.componentIds.length !== 1) {
+    return `interleaves ${scan.componentIds.length} components in an AC band (${band})`;
+  }
+  if (scan.ah !== 0 && scan.al !== scan.ah - 1) {
+    return `refines from bit ${scan.ah} to bit ${scan.al} (one bit at a time)`;
+  }
+  if (scan.al > 13) return `sends coefficients shifted by ${scan.al} bits (at most 13)`;
+  return scan.huffman;
+}
+
+/** 1st, 2nd, 3rd, 4th, … */
+function ordinal(n: number): string {
+  const tens = n % 100, ones = n % 10;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ["th", "st", "nd", "rd"][ones] ?? "th";
+  return `${n}${suffix}`;
 }
 
 /**
@@ -477,14 +644,13 @@ function withPrototypeSetter<T>(
  *   (`component.quantizationTable = …`) and then builds its planes with its own IDCT over
  *   `component.blocksPerColumn` block rows: the `quantizationTable` setter records that count for
  *   each component of the captured frame and sets it to 0, so that jpeg-js builds empty planes
- *   instead of work this replaces (for 1 and 3 components, which the replacement always converts;
- *   4-component frames keep jpeg-js's planes, since jpeg-js converts those without an Adobe
- *   marker, by refusing them).
+ *   instead of work this replaces (for 1, 3 and 4 components, which the replacement always
+ *   converts).
  * Each setter gives its receiver the property as an own data property, as the plain assignment
  * would, so jpeg-js runs as before. The replacement dequantises with `latched`, the tables
- * libjpeg uses (see `jpegScans`). Frames it does not handle (4 components without an Adobe marker;
- * `decodeJpeg` refuses others before this) go through jpeg-js's own conversion, which refuses
- * them; never once jpeg-js has skipped its planes (an error then, not a black image). Where only the `componentsOrder` setter cannot be installed (someone else's
+ * libjpeg uses (see `jpegScans`). Frames it does not handle (`decodeJpeg` refuses those it can
+ * see before this) go through jpeg-js's own conversion, never once jpeg-js has skipped its planes
+ * (an error then, not a black image). Where only the `componentsOrder` setter cannot be installed (someone else's
  * property of that name), upsampling and colour conversion still apply, to jpeg-js's planes
  * (within ±3 of Pillow); where only the `quantizationTable` one cannot, jpeg-js also runs its
  * IDCT, for nothing; where the `opts` one cannot (a frozen `Object.prototype`), jpeg-js decodes
@@ -525,11 +691,11 @@ function decodeJpegLikeLibjpeg(
     frame = f as JpegJsFrame;
   };
   // After the last scan jpeg-js gives each component its quantisation table, then builds its
-  // planes (IDCT) from `blocksPerColumn` block rows: a component of the captured frame, of a grey
-  // or three-component image (which the replacement converts whatever its markers), gets 0 there,
-  // provided the replacement is attached to the decoder.
+  // planes (IDCT) from `blocksPerColumn` block rows: a component of the captured frame, of a grey,
+  // three- or four-component image (which the replacement converts whatever its markers), gets 0
+  // there, provided the replacement is attached to the decoder.
   const ours = (c: object) =>
-    hooked && frame !== undefined && (componentIds.length === 1 || componentIds.length === 3) &&
+    hooked && frame !== undefined && [1, 3, 4].includes(componentIds.length) &&
     Object.values(frame.components).includes(c as JpegJsComponent) &&
     Array.isArray((c as JpegJsComponent).blocks) &&
     (c as JpegJsComponent).quantizationTable !== undefined;
@@ -654,10 +820,11 @@ function libjpegPlanes(
  * larger than the file could hold, no frame header, samples other than 8-bit, a number of
  * components other than 1, 3 or 4 (Pillow refuses those), sampling factors outside 1–4 or in
  * fractional ratios, two components with one id, a scan interleaving more than 10 blocks per MCU,
- * a component whose quantisation table is not defined by its first scan (the last four as libjpeg
- * refuses them), scans going over each coefficient more than 8 times on average (Pillow decodes
- * those, slowly; see `scanCoverage`); and, by jpeg-js, whatever it cannot read: 4 components without an Adobe marker
- * (Pillow reads them as CMYK), arithmetic coding, and a non-interleaved scan whose restart
+ * a component whose quantisation table is not defined by its first scan, a DQT, DHT, SOF, SOS or
+ * DRI segment whose length disagrees with its contents (the last five as libjpeg refuses them;
+ * see `segmentProblem`), scans going over each coefficient more than 8 times on average (Pillow
+ * decodes those, slowly; see `scanCoverage`); and, by jpeg-js, whatever it cannot read:
+ * arithmetic coding, and a non-interleaved scan whose restart
  * interval does not divide its blocks when its component's MCU-padded rows extend past them
  * (jpeg-js decodes past the scan's end; Pillow reads these), and a frame other than the one
  * checked or needing more memory than it (jpeg-js reads segments by other rules; see
@@ -719,11 +886,38 @@ export function decodeJpeg(
     );
   }
   const index = new Map(declared.componentIds.map((id, i) => [id, i]));
-  const { scans, latched, missingTable } = jpegScans(
+  const { scans, latched, missingTable, badSegment } = jpegScans(
     bytes,
     new Map(declared.componentIds.map((id, i) => [id, declared.quantTables[i]])),
+    declared.marker === 0xc2,
   );
-  for (const scan of scans) {
+  if (badSegment !== undefined) {
+    const kind = ({
+      0xdb: "quantisation table (DQT)",
+      0xc4: "Huffman table (DHT)",
+      0xda: "scan header (SOS)",
+      0xdd: "restart interval (DRI)",
+    } as Record<number, string>)[badSegment.marker] ??
+      (badSegment.marker >= 0xc0 && badSegment.marker <= 0xcf
+        ? "frame header (SOF)"
+        : `0xFF${badSegment.marker.toString(16).toUpperCase()}`);
+    throw new Error(
+      badSegment.problem.endsWith("past the end of the file")
+        ? `${name} is not a readable JPEG (cut short: its ${kind} segment at byte ` +
+          `${badSegment.at} ${badSegment.problem}); replace or remove it`
+        : `${name} has a ${kind} segment at byte ${badSegment.at} that ${badSegment.problem}, ` +
+          `which libjpeg (and so Pillow) refuses, and which jpeg-js would read otherwise: the ` +
+          `file is corrupt or hostile — replace or remove it`,
+    );
+  }
+  for (const [k, scan] of scans.entries()) {
+    const problem = scanProblem(scan, index, declared.marker === 0xc2);
+    if (problem !== undefined) {
+      throw new Error(
+        `${name} has a scan (the ${ordinal(k + 1)}) that ${problem}, which libjpeg (and so ` +
+          `Pillow) refuses: the file is corrupt — replace or remove it`,
+      );
+    }
     // libjpeg's limit on an interleaved scan's MCU (D_MAX_BLOCKS_IN_MCU); a scan of one
     // component is not interleaved: its MCU is one block, whatever the sampling factors.
     const at = scan.componentIds.flatMap((id) => index.get(id) ?? []);
