@@ -2,8 +2,9 @@
  * Dequantisation and inverse DCT of JPEG blocks as libjpeg-turbo's default method ("islow",
  * `JDCT_ISLOW`) computes them: the stage of a JPEG decoder between the entropy-decoded
  * coefficients and the component planes. Internal to `./image.ts`, which takes the coefficients
- * from jpeg-js (whose own IDCT, poppler's, rounds differently: ±1 on some samples) and hands the
- * planes to `./_jpeg_upsample.ts`; together they give Pillow's pixels.
+ * from `./_jpeg_entropy.ts` and hands the planes to `./_jpeg_upsample.ts`; together they give
+ * Pillow's pixels. (jpeg-js, which decoded JPEGs before, has poppler's IDCT, which rounds
+ * differently: ±1 on some samples.)
  *
  * The transform is the one of libjpeg's `jidctint.c`: Loeffler, Ligtenberg and Moschytz's 1-D
  * IDCT in its 12-multiplication form, on the columns and then on the rows of the block, in fixed

@@ -1,8 +1,7 @@
 /**
  * The last two stages of a JPEG decoder as libjpeg-turbo performs them (what Pillow decodes with):
- * chroma upsampling and colour conversion, applied to the component planes of `./_jpeg_idct.ts`
- * (or, where those cannot be had, to the ones jpeg-js leaves after its own IDCT). Internal to
- * `./image.ts`.
+ * chroma upsampling and colour conversion, applied to the component planes of `./_jpeg_idct.ts`.
+ * Internal to `./image.ts`.
  *
  * Upsampling follows libjpeg-turbo's `jdsample.c` with its defaults (`do_fancy_upsampling` on,
  * so never the merged upsampler of `jdmerge.c`): a component at half the horizontal resolution
@@ -35,7 +34,7 @@
  * @module
  */
 
-/** One component's samples after the IDCT, as jpeg-js's `JpegImage` keeps them. */
+/** One component's samples after the IDCT. */
 export interface JpegComponentPlane {
   /** Sample rows, each a whole number of 8-sample blocks long; whole blocks of rows too. */
   lines: Uint8Array[];
@@ -45,7 +44,7 @@ export interface JpegComponentPlane {
   scaleY: number;
 }
 
-/** A decoded frame: its size, markers and component planes (what jpeg-js's `JpegImage` holds). */
+/** A decoded frame: its size, markers and component planes. */
 export interface JpegFrame {
   width: number;
   height: number;
@@ -278,8 +277,7 @@ export function jpegFrameToRgb(frame: JpegFrame, out: Uint8Array): boolean {
   const lines = components.map((c) => c.lines);
   const row = (i: number, y: number) => upsampleRow(lines[i], ups[i], y, scratch[i]);
   const ids = frame.componentIds ?? [];
-  // The conversions of one row are functions of typed arrays alone, so that their optimised code
-  // survives the changes that `./image.ts` makes to Object.prototype around each decode.
+  // The conversions of one row are functions of typed arrays alone.
   if (n === 1) {
     for (let y = 0; y < height; y++) greyRow(row(0, y), width, out, y * width * 3);
   } else if (n === 4) {

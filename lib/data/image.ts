@@ -8,14 +8,14 @@
  * rounded to 22-bit fixed point, and each pass rounded and clipped to uint8.
  *
  * JPEGs decode to Pillow's pixels (`Image.open(f).convert("RGB")`, Pillow 12.3 with libjpeg-turbo
- * 3.1 on x86-64), value for value: jpeg-js entropy-decodes them, and the rest is libjpeg-turbo's,
- * redone here — its inverse DCT ("islow", `./_jpeg_idct.ts`, with its block smoothing of
+ * 3.1 on x86-64), value for value: this module reads and checks the segments as libjpeg does, and
+ * the rest is libjpeg-turbo's, redone here — its Huffman entropy decoding, baseline and
+ * progressive, with its handling of damaged data (`./_jpeg_entropy.ts`), its inverse DCT ("islow", `./_jpeg_idct.ts`, with its block smoothing of
  * progressive files whose scans stop short), its "fancy" chroma upsampling and fixed-point YCbCr →
  * RGB (`./_jpeg_upsample.ts`), its rules telling RGB from YCbCr and CMYK from YCCK, and Pillow's
- * CMYK → RGB. jpeg-js alone was up to 3 levels off on every file (its IDCT) and far more at
- * colour edges (it repeats chroma samples), on subsampled CMYK and on Adobe RGB. Where the
- * replacement cannot attach (a frozen `Object.prototype`; see `decodeJpegLikeLibjpeg`) jpeg-js
- * decodes alone. On coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD
+ * CMYK → RGB. jpeg-js, which decoded them before, was up to 3 levels off on every file and
+ * refused files Pillow reads (restart intervals not dividing a scan's blocks, missing Huffman
+ * tables, damaged data). On coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD
  * code, which is what Pillow on x86-64 runs (`./_jpeg_idct.ts`). Which files are refused:
  * `decodeJpeg`.
  *
@@ -40,13 +40,13 @@
  * ```
  * @module
  */
-import jpeg from "jpeg-js";
 import { PNG } from "pngjs";
 import { Buffer } from "node:buffer";
 import { constants as zlibConstants, inflateSync } from "node:zlib";
 import { imagePixelLimit } from "./limits.ts";
-import { type JpegComponentPlane, type JpegFrame, jpegFrameToRgb } from "./_jpeg_upsample.ts";
+import { type JpegComponentPlane, jpegFrameToRgb } from "./_jpeg_upsample.ts";
 import { type BlockSmoothing, componentSamples, NATURAL_ORDER } from "./_jpeg_idct.ts";
+import { decodeEntropy, type HuffmanTable, STANDARD_TABLES } from "./_jpeg_entropy.ts";
 
 /** CLIP's per-channel mean (RGB), docs/data.md#preprocessing. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
@@ -109,33 +109,6 @@ function checkJpegBytes(
 }
 
 /**
- * The memory jpeg-js may account for (its `maxMemoryUsageInMB`) when it decodes the frame that
- * `decodeJpeg` checked: its coefficient blocks (256 bytes each, every component padded to whole
- * MCUs), the planes of its own IDCT, the RGB output, and the tables (at most 4 bytes for each byte
- * of the file) plus 1 MiB. jpeg-js reads its segments by other rules than `jpegDeclaredSize` (a
- * Huffman table segment shorter than its tables, for one), so a hostile file can show it a frame
- * header the checks never saw — 7000 × 7000, or 200 components — and it allocates that frame's
- * blocks before it finds anything wrong (1.5 KB files cost 1.6 and 5.4 GB, and 13 s): with this
- * budget it refuses such a frame at once.
- */
-function jpegJsMemoryBudget(
-  frame: { width: number; height: number; sampling: [number, number][] },
-  fileBytes: number,
-): number {
-  const hMax = Math.max(1, ...frame.sampling.map(([h]) => h));
-  const vMax = Math.max(1, ...frame.sampling.map(([, v]) => v));
-  const mcusPerLine = Math.ceil(frame.width / 8 / hMax);
-  const mcusPerColumn = Math.ceil(frame.height / 8 / vMax);
-  let bytes = frame.width * frame.height * 3 + 4 * fileBytes + 2 ** 20;
-  for (const [h, v] of frame.sampling) {
-    bytes += mcusPerLine * h * mcusPerColumn * v * 256;
-    bytes += Math.ceil(Math.ceil(frame.width / 8) * h / hMax) * 8 *
-      Math.ceil(Math.ceil(frame.height / 8) * v / vMax) * 8;
-  }
-  return bytes;
-}
-
-/**
  * The width and height a JPEG's frame header (SOF) declares, and its component ids, read without
  * decoding; `undefined` when there is no frame header before the scan data.
  */
@@ -159,8 +132,8 @@ function jpegDeclaredSize(
   while (p + 4 <= bytes.length) {
     if (bytes[p] !== 0xff) {
       // Bytes between segments (a segment length off by a few): libjpeg skips to the next marker
-      // (with a warning) and jpeg-js recovers too, so look for it rather than give up — giving
-      // up let such a file past the size checks (354 bytes declaring 7000 × 7000: 1.6 GB).
+      // (with a warning), so look for it rather than give up — giving up let such a file past
+      // the size checks (354 bytes declaring 7000 × 7000: 1.6 GB).
       p++;
       continue;
     }
@@ -211,12 +184,10 @@ function jpegDeclaredSize(
  * Where a segment's declared length disagrees with what it holds, as libjpeg reads it (`jdmarker.c`:
  * `get_dqt`, `get_dht`, `get_sof`, `get_sos`, `get_dri` end in `JERR_BAD_LENGTH` or a bad-table
  * error, so Pillow refuses the file): the reason, or `undefined` where the segment is consistent.
- * jpeg-js reads these five segments by their contents and not by their length, so where the two
- * disagree it goes on reading somewhere else than the checks here do, and can be shown a frame
- * header or scans that `decodeJpeg` never checked (a Huffman segment shorter than its table hid
- * a 7000 × 7000 frame in 1.5 KB). `end` is where the declared length ends (the file's end if
- * sooner). A truncated last quantisation table, which libjpeg completes with ones, is refused too:
- * jpeg-js reads on into the next segment.
+ * (jpeg-js, which decoded JPEGs before, read these segments by their contents, so that a Huffman
+ * segment shorter than its table hid a 7000 × 7000 frame in 1.5 KB.) `end` is where the declared
+ * length ends (the file's end if sooner). A truncated last quantisation table, which libjpeg
+ * completes with ones, is refused too.
  */
 function segmentProblem(
   bytes: Uint8Array,
@@ -271,18 +242,24 @@ interface JpegScan {
   al: number;
   /**
    * Why libjpeg cannot build a Huffman table this scan decodes with, as the tables stand when it
-   * starts (see `huffmanTableProblem`); absent where it can, or where a table is missing (jpeg-js
-   * refuses that by itself).
+   * starts (see `huffmanTableProblem`), or because it is not defined; absent where it can.
    */
   huffman?: string;
+  /** Where its entropy-coded data starts. */
+  start: number;
+  /** The restart interval in force (DRI; 0: none). */
+  restartInterval: number;
+  /** Each scan component's DC and AC Huffman tables as defined when the scan starts. */
+  dc: (HuffmanTable | undefined)[];
+  ac: (HuffmanTable | undefined)[];
 }
 
 /**
  * Why libjpeg refuses to decode with a Huffman table (`jdhuff.c`, `jpeg_make_d_derived_tbl`:
  * `JERR_BAD_HUFF_TABLE`): the codes of up to l bits (`counts[0..l-1]`, assigned in canonical
  * order) do not fit in l bits with the all-ones code left out, or, for a DC table, a symbol is
- * above 15 (a DC difference has at most 15 bits). Only tables a
- * scan decodes with are checked, as libjpeg checks them; jpeg-js builds whatever it is given.
+ * above 15 (a DC difference has at most 15 bits). Only tables a scan decodes with are checked,
+ * as libjpeg checks them.
  */
 function huffmanTableProblem(
   counts: Uint8Array,
@@ -306,10 +283,13 @@ function huffmanTableProblem(
  * The scans of a JPEG (their headers) and, for each component id, the quantisation table in
  * force when the component's first scan starts (natural order), which is the one libjpeg
  * dequantises with (it latches a copy there; a DQT segment redefining the table later changes
- * nothing for that component, while jpeg-js would use the last definition). Walks every segment
+ * nothing for that component). Each scan also gets what its entropy decoding needs: where its
+ * data starts, the restart interval and the Huffman tables in force (in a sequential frame, the
+ * standard tables where 0 or 1 is not defined, as libjpeg-turbo has it). Walks every segment
  * and skips each scan's entropy-coded data to the next marker (stuffed 0xFF 00, restart markers
- * and fill bytes are not markers). `tableOf` maps a component id to its table number (frame
- * header). Stops at EOI or the end of the bytes.
+ * and fill bytes are not markers); a marker libjpeg does not read, a second SOI or frame header
+ * end the walk as a bad segment. `tableOf` maps a component id to its table number (frame
+ * header). Stops at EOI (`ended`) or the end of the bytes.
  */
 function jpegScans(
   bytes: Uint8Array,
@@ -320,17 +300,29 @@ function jpegScans(
   latched: Map<number, Int32Array>;
   missingTable?: [number, number];
   /** The first segment whose length disagrees with its contents (see `segmentProblem`). */
-  badSegment?: { at: number; marker: number; problem: string };
+  badSegment?: { at: number; marker: number; problem: string; by?: string };
+  /** Whether the walk reached the end of image (EOI) marker. */
+  ended: boolean;
+  /** The JFIF (APP0) and Adobe (APP14) markers before the first scan, as libjpeg reads them. */
+  jfif: boolean;
+  adobe?: { transformCode: number };
 } {
   const tables: (Int32Array | undefined)[] = [];
   const latched = new Map<number, Int32Array>();
   const scans: JpegScan[] = [];
   let missingTable: [number, number] | undefined;
   // The Huffman tables as defined so far: "dc0"…"dc3", "ac0"…"ac3".
-  const huffman = new Map<string, { counts: Uint8Array; symbols: Uint8Array }>();
+  // libjpeg-turbo's sequential decoder gives the standard tables to tables 0 and 1 that are not
+  // defined (its progressive one does not: Pillow refuses such a file).
+  const huffman = new Map<string, HuffmanTable>(progressive ? [] : Object.entries(STANDARD_TABLES));
+  let restartInterval = 0;
+  let frames = 0;
+  let jfif = false;
+  let adobe: { transformCode: number } | undefined;
+  const result = () => ({ scans, latched, missingTable, ended: false, jfif, adobe });
   let p = 2;
   const n = bytes.length;
-  while (p + 4 <= n) {
+  while (p + 2 <= n) {
     if (bytes[p] !== 0xff) {
       p++;
       continue;
@@ -344,14 +336,52 @@ function jpegScans(
       p += 2;
       continue;
     }
-    if (marker === 0xd9) break;
+    if (marker === 0xd9) return { ...result(), ended: true };
+    const known = (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc8) ||
+      (marker >= 0xda && marker <= 0xdd) || (marker >= 0xe0 && marker <= 0xef) || marker === 0xfe;
+    if (marker === 0xd8 || !known) {
+      // libjpeg's read_markers: JERR_SOI_DUPLICATE, JERR_SOF_UNSUPPORTED, JERR_UNKNOWN_MARKER.
+      const problem = marker === 0xd8
+        ? "is a second start of image"
+        : "is a marker libjpeg does not read";
+      return { ...result(), badSegment: { at: p, marker, problem } };
+    }
+    if (p + 4 > n) break;
     const length = (bytes[p + 2] << 8) | bytes[p + 3];
     const end = Math.min(n, p + 2 + length);
     const problem = segmentProblem(bytes, p, marker, end);
-    if (problem !== undefined) {
-      return { scans, latched, missingTable, badSegment: { at: p, marker, problem } };
+    if (problem !== undefined) return { ...result(), badSegment: { at: p, marker, problem } };
+    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
+      marker !== 0xcc;
+    if (isFrame && frames++ > 0) {
+      // libjpeg: JERR_SOF_DUPLICATE, wherever the second frame header is.
+      return { ...result(), badSegment: { at: p, marker, problem: "is a second frame header" } };
     }
-    if (marker === 0xdb) {
+    const text = (from: number, count: number) =>
+      String.fromCharCode(...bytes.subarray(from, Math.min(end, from + count)));
+    const app = marker === 0xe0 ? "JFIF" : marker === 0xee ? "Adobe" : undefined;
+    if (app !== undefined && scans.length === 0 && text(p + 4, app.length) === app && length < 9) {
+      // Pillow's own parser reads a 16-bit version after "JFIF" or "Adobe" and fails without it.
+      return {
+        ...result(),
+        badSegment: {
+          at: p,
+          marker,
+          problem: `starts "${app}" and holds ${length - 2} bytes, too few for the version ` +
+            `after it (7 at least)`,
+          by: "Pillow's JPEG parser",
+        },
+      };
+    }
+    if (marker === 0xe0 && scans.length === 0 && length - 2 >= 14) {
+      // libjpeg's examine_app0: at least 14 bytes, starting "JFIF\0".
+      if (text(p + 4, 5) === "JFIF\0") jfif = true;
+    } else if (marker === 0xee && scans.length === 0 && length - 2 >= 12) {
+      // examine_app14: at least 12 bytes, starting "Adobe"; the transform is the 12th.
+      if (text(p + 4, 5) === "Adobe") adobe = { transformCode: bytes[p + 15] };
+    } else if (marker === 0xdd) {
+      restartInterval = (bytes[p + 4] << 8) | bytes[p + 5];
+    } else if (marker === 0xdb) {
       for (let q = p + 4; q < end;) {
         const precision = bytes[q] >> 4, id = bytes[q] & 15;
         const table = new Int32Array(64);
@@ -389,6 +419,10 @@ function jpegScans(
         se: bytes[q + 1],
         ah: bytes[q + 2] >> 4,
         al: bytes[q + 2] & 15,
+        start: end,
+        restartInterval,
+        dc: ids.map((_, c) => huffman.get(`dc${bytes[p + 6 + 2 * c] >> 4}`)),
+        ac: ids.map((_, c) => huffman.get(`ac${bytes[p + 6 + 2 * c] & 15}`)),
       };
       // What libjpeg builds for the scan: both tables of each component in a sequential frame; in
       // a progressive one the DC tables for a first DC scan, the AC tables for an AC scan, none
@@ -397,7 +431,10 @@ function jpegScans(
         const dc = key.startsWith("dc");
         if (progressive && (dc ? scan.ss !== 0 || scan.ah !== 0 : scan.ss === 0)) continue;
         const table = huffman.get(key);
-        const why = table && huffmanTableProblem(table.counts, table.symbols, dc);
+        const why = table === undefined
+          ? `is not defined (libjpeg-turbo stands in the standard tables for 0 and 1, in ` +
+            `sequential frames only)`
+          : huffmanTableProblem(table.counts, table.symbols, dc);
         if (why !== undefined) {
           scan.huffman ??= `decodes with Huffman table ${key.slice(0, 2).toUpperCase()} ` +
             `${key.slice(2)}, which ${why}`;
@@ -407,7 +444,7 @@ function jpegScans(
       for (const id of ids) {
         if (latched.has(id)) continue;
         const t = tableOf.get(id);
-        if (t === undefined) continue; // not a component of the frame (jpeg-js fails on it)
+        if (t === undefined) continue; // not a component of the frame (see scanProblem)
         const table = t < 4 ? tables[t] : undefined; // libjpeg has tables 0–3
         if (table === undefined) missingTable ??= [id, t];
         else latched.set(id, table.slice());
@@ -416,7 +453,7 @@ function jpegScans(
       p = end;
       for (;;) {
         p = bytes.indexOf(0xff, p);
-        if (p < 0 || p + 1 >= n) return { scans, latched, missingTable };
+        if (p < 0 || p + 1 >= n) return result();
         const next = bytes[p + 1];
         if (next === 0x00 || (next >= 0xd0 && next <= 0xd7)) p += 2;
         else if (next === 0xff) p++;
@@ -426,7 +463,7 @@ function jpegScans(
     }
     p += 2 + length;
   }
-  return { scans, latched, missingTable };
+  return result();
 }
 
 /**
@@ -435,8 +472,8 @@ function jpegScans(
  * not the frame's or is listed twice; in a progressive frame, a DC scan (Ss = 0) whose band goes
  * on past 0, an AC scan whose band is empty or runs past coefficient 63 or that holds more than
  * one component, a refinement (Ah > 0) that does not refine by one bit (Al ≠ Ah − 1), or Al > 13.
- * Sequential frames' band and bit parameters only draw a warning from libjpeg, and are ignored,
- * by it and by jpeg-js. `undefined` where the scan is one libjpeg reads.
+ * Sequential frames' band and bit parameters only draw a warning from libjpeg, and are ignored.
+ * `undefined` where the scan is one libjpeg reads.
  */
 function scanProblem(
   scan: JpegScan,
@@ -534,301 +571,27 @@ function scanCoverage(
   return total > 0 ? work / (64 * total) : 0;
 }
 
-/** jpeg-js's decoder object (its internal `JpegImage`), as far as it is used here. */
-interface JpegJsDecoder extends JpegFrame {
-  parse(data: Uint8Array): void;
-  getData(width: number, height: number): Uint8Array;
-  copyToImageData(
-    image: { width: number; height: number; data: Uint8Array },
-    formatAsRGBA: boolean,
-  ): void;
-}
-
-function isJpegJsDecoder(x: unknown): x is JpegJsDecoder {
-  const d = x as Partial<JpegJsDecoder> | null;
-  return typeof d === "object" && d !== null && typeof d.parse === "function" &&
-    typeof d.getData === "function" && typeof d.copyToImageData === "function";
-}
-
-/** A component of jpeg-js's frame object: its entropy-decoded coefficients and sampling. */
-interface JpegJsComponent {
-  h: number;
-  v: number;
-  /** `blocks[row][col]`: 64 coefficients each, natural order, MCU-padded. */
-  blocks: Int32Array[][];
-  /** The blocks that hold the component's samples (the rest pad MCUs). */
-  blocksPerLine: number;
-  blocksPerColumn: number;
-  /** Assigned by jpeg-js after the last scan: the table last defined under the component's number. */
-  quantizationTable?: Int32Array;
-}
-
-/** jpeg-js's frame object (a local object literal of its `parse`), as far as it is used here. */
-interface JpegJsFrame {
-  samplesPerLine: number;
-  scanLines: number;
-  components: Record<number, JpegJsComponent>;
-  componentsOrder: number[];
-}
-
-function isJpegJsFrame(x: unknown): x is Omit<JpegJsFrame, "componentsOrder"> {
-  const f = x as Partial<JpegJsFrame> | null;
-  return typeof f === "object" && f !== null && typeof f.components === "object" &&
-    f.components !== null && typeof f.samplesPerLine === "number" &&
-    typeof f.scanLines === "number";
-}
-
-/**
- * Runs `run` (synchronous) with a setter for `key` on `Object.prototype` that gives every receiver
- * `key` as an own data property (what the plain assignment would have done) and shows the first
- * receiver that `accept` takes (every one, unless `once`) to `capture`; the setter is removed
- * before this returns. Someone else's `key` on `Object.prototype` is left alone, and so is a
- * prototype that cannot take the setter (frozen or sealed): then `run` just runs.
- */
-function withPrototypeSetter<T>(
-  key: string,
-  accept: (receiver: object) => boolean,
-  capture: (receiver: object) => void,
-  run: () => T,
-  once = true,
-): T {
-  const proto = Object.prototype as Record<string, unknown>;
-  if (Object.getOwnPropertyDescriptor(proto, key) !== undefined) return run();
-  let served = false;
-  try {
-    Object.defineProperty(proto, key, {
-      configurable: true,
-      set(this: unknown, value: unknown) {
-        if (Object(this) !== this) return; // a primitive receiver keeps nothing
-        Object.defineProperty(this, key, {
-          value,
-          writable: true,
-          enumerable: true,
-          configurable: true,
-        });
-        if (served || !accept(this as object)) return;
-        served = once;
-        capture(this as object);
-      },
-    });
-  } catch {
-    return run();
-  }
-  try {
-    return run();
-  } finally {
-    delete proto[key];
-  }
-}
-
-/**
- * `jpeg.decode` with its last stages replaced by libjpeg-turbo's: the inverse DCT
- * (`./_jpeg_idct.ts`; jpeg-js's own rounds differently), chroma upsampling and colour conversion
- * (`./_jpeg_upsample.ts`; jpeg-js repeats chroma samples and converts in floating point,
- * truncating, where libjpeg-turbo, and so Pillow, interpolates and rounds).
- *
- * jpeg-js exports only `decode`; its decoder class and the frame object holding the
- * coefficients are private to the module. Setters on `Object.prototype`, present only for this
- * synchronous call, receive them:
- * - `decode` creates the decoder and assigns it its options (`decoder.opts = opts`) before
- *   parsing: the `opts` setter gives the decoder its own `copyToImageData`, which jpeg-js calls
- *   last to write the RGB pixels into its output buffer (and which skips jpeg-js's intermediate
- *   copy of the whole image, `getData`);
- * - `parse` builds the frame as an empty object literal filled in by assignments when it meets
- *   the frame header (SOF0, 1 or 2: baseline, extended or progressive), `frame.componentsOrder =
- *   []` among them, a name nothing else in jpeg-js assigns: the `componentsOrder` setter receives
- *   the frame. Its components' coefficient blocks (natural order) are complete once all scans are
- *   decoded, progressive or not; jpeg-js refuses files with more than one frame (after parsing
- *   them), and the setter serves the first;
- * - after the last scan, `parse` assigns each component its quantisation table
- *   (`component.quantizationTable = …`) and then builds its planes with its own IDCT over
- *   `component.blocksPerColumn` block rows: the `quantizationTable` setter records that count for
- *   each component of the captured frame and sets it to 0, so that jpeg-js builds empty planes
- *   instead of work this replaces (for 1, 3 and 4 components, which the replacement always
- *   converts).
- * Each setter gives its receiver the property as an own data property, as the plain assignment
- * would, so jpeg-js runs as before. The replacement dequantises with `latched`, the tables
- * libjpeg uses (see `jpegScans`). Frames it does not handle (`decodeJpeg` refuses those it can
- * see before this) go through jpeg-js's own conversion, never once jpeg-js has skipped its planes
- * (an error then, not a black image). Where only the `componentsOrder` setter cannot be installed (someone else's
- * property of that name), upsampling and colour conversion still apply, to jpeg-js's planes
- * (within ±3 of Pillow); where only the `quantizationTable` one cannot, jpeg-js also runs its
- * IDCT, for nothing; where the `opts` one cannot (a frozen `Object.prototype`), jpeg-js decodes
- * alone, as before; the same if a future jpeg-js stops making these assignments (the fixture
- * tests then fail).
- */
-function decodeJpegLikeLibjpeg(
-  bytes: Uint8Array,
-  maxPixels: number,
-  maxMemoryBytes: number,
-  componentIds: number[],
-  latched: Map<number, Int32Array>,
-  smoothing: Map<number, BlockSmoothing> | undefined,
-): { width: number; height: number; data: Uint8Array } {
-  const opts = {
-    useTArray: true as const,
-    formatAsRGBA: false,
-    maxResolutionInMP: maxPixels / 1e6,
-    maxMemoryUsageInMB: maxMemoryBytes / 2 ** 20,
-  };
-  const plain = () =>
-    jpeg.decode(bytes, opts) as { width: number; height: number; data: Uint8Array };
-  let frame: JpegJsFrame | undefined;
-  // The block rows of the components whose planes jpeg-js was made to skip.
-  const skipped = new Map<JpegJsComponent, number>();
-  let hooked = false;
-  const hook = (decoder: object) => {
-    hooked = true;
-    hookConversion(decoder as JpegJsDecoder, componentIds, {
-      frame: () => frame,
-      blockRows: (c) => skipped.get(c) ?? c.blocksPerColumn,
-      skipped: () => skipped.size > 0,
-      latched,
-      smoothing,
-    });
-  };
-  const capture = (f: object) => {
-    frame = f as JpegJsFrame;
-  };
-  // After the last scan jpeg-js gives each component its quantisation table, then builds its
-  // planes (IDCT) from `blocksPerColumn` block rows: a component of the captured frame, of a grey,
-  // three- or four-component image (which the replacement converts whatever its markers), gets 0
-  // there, provided the replacement is attached to the decoder.
-  const ours = (c: object) =>
-    hooked && frame !== undefined && [1, 3, 4].includes(componentIds.length) &&
-    Object.values(frame.components).includes(c as JpegJsComponent) &&
-    Array.isArray((c as JpegJsComponent).blocks) &&
-    (c as JpegJsComponent).quantizationTable !== undefined;
-  const skip = (c: object) => {
-    const component = c as JpegJsComponent;
-    skipped.set(component, component.blocksPerColumn);
-    component.blocksPerColumn = 0;
-  };
-  return withPrototypeSetter(
-    "opts",
-    isJpegJsDecoder,
-    hook,
-    () =>
-      withPrototypeSetter(
-        "componentsOrder",
-        isJpegJsFrame,
-        capture,
-        () => withPrototypeSetter("quantizationTable", ours, skip, plain, false),
-      ),
-  );
-}
-
-/** Where the replacement finds the frame's coefficients, and how to transform them. */
-interface FrameCoefficients {
-  /** jpeg-js's frame, once its header is parsed. */
-  frame: () => JpegJsFrame | undefined;
-  /** A component's block rows (jpeg-js's count, which it may have been made to skip). */
-  blockRows: (c: JpegJsComponent) => number;
-  /** Whether jpeg-js skipped some component's planes (its IDCT). */
-  skipped: () => boolean;
-  /** The quantisation tables libjpeg uses, by component id. */
-  latched: Map<number, Int32Array>;
-  /** libjpeg-turbo's block smoothing, by component id, where it applies. */
-  smoothing: Map<number, BlockSmoothing> | undefined;
-}
-
-/**
- * Gives jpeg-js's decoder libjpeg-turbo's IDCT (from the frame's coefficients, when the frame was
- * captured), upsampling and colour conversion (see above).
- */
-function hookConversion(
-  decoder: JpegJsDecoder,
-  componentIds: number[],
-  coefficients: FrameCoefficients,
-): void {
-  const jpegJsConversion = decoder.copyToImageData;
-  Object.defineProperty(decoder, "copyToImageData", {
-    configurable: true,
-    writable: true,
-    value(
-      this: JpegJsDecoder,
-      image: { width: number; height: number; data: Uint8Array },
-      formatAsRGBA: boolean,
-    ) {
-      if (formatAsRGBA) return jpegJsConversion.call(this, image, formatAsRGBA);
-      const planes = libjpegPlanes(this, coefficients);
-      if (planes === undefined && coefficients.skipped()) {
-        throw new Error("its coefficients could not be read after jpeg-js skipped its planes");
-      }
-      const frame: JpegFrame = {
-        width: this.width,
-        height: this.height,
-        components: planes ?? this.components,
-        jfif: this.jfif,
-        adobe: this.adobe,
-        componentIds,
-      };
-      if (jpegFrameToRgb(frame, image.data)) return;
-      if (coefficients.skipped()) {
-        // jpeg-js's planes are empty (it was made to skip them): its conversion has nothing to
-        // convert. Reached when jpeg-js's frame is not the one checked (sampling factors in a
-        // fractional ratio behind a frame header it alone reads).
-        throw new Error(
-          "jpeg-js read a frame header other than the one checked, which libjpeg's upsampling " +
-            "cannot convert",
-        );
-      }
-      jpegJsConversion.call(this, image, formatAsRGBA);
-    },
-  });
-}
-
-/**
- * The decoder's component planes computed again from the frame's coefficients with
- * libjpeg-turbo's IDCT; `undefined` when the captured frame is missing or is not the decoder's.
- */
-function libjpegPlanes(
-  decoder: JpegJsDecoder,
-  { frame: capturedFrame, blockRows, latched, smoothing }: FrameCoefficients,
-): JpegComponentPlane[] | undefined {
-  const planes = decoder.components;
-  const frame = capturedFrame();
-  if (
-    frame === undefined || frame.samplesPerLine !== decoder.width ||
-    frame.scanLines !== decoder.height || !Array.isArray(frame.componentsOrder) ||
-    frame.componentsOrder.length !== planes.length
-  ) {
-    return undefined;
-  }
-  const out: JpegComponentPlane[] = [];
-  for (let i = 0; i < planes.length; i++) {
-    const id = frame.componentsOrder[i];
-    const c = frame.components[id];
-    const quant = latched.get(id) ?? c?.quantizationTable;
-    if (c === undefined || quant === undefined || !Array.isArray(c.blocks)) return undefined;
-    out.push({
-      lines: componentSamples(c.blocks, quant, c.blocksPerLine, blockRows(c), smoothing?.get(id)),
-      scaleX: planes[i].scaleX,
-      scaleY: planes[i].scaleY,
-    });
-  }
-  return out;
-}
-
 /**
  * Decodes a baseline, extended (SOF1) or progressive JPEG to RGB: the pixels Pillow gives for
  * `Image.open(file).convert("RGB")`, value for value (the module doc says how). Greyscale JPEGs
  * are repeated into the 3 channels; CMYK and YCCK JPEGs (those with an Adobe marker) are read as
  * Pillow reads them, Adobe-inverted, and converted as its `convert("RGB")` does.
  *
- * Refused with the file's name, before decoding: a declared size over the pixel limit or far
- * larger than the file could hold, no frame header, samples other than 8-bit, a number of
- * components other than 1, 3 or 4 (Pillow refuses those), sampling factors outside 1–4 or in
- * fractional ratios, two components with one id, a scan interleaving more than 10 blocks per MCU,
- * a component whose quantisation table is not defined by its first scan, a DQT, DHT, SOF, SOS or
- * DRI segment whose length disagrees with its contents (the last five as libjpeg refuses them;
- * see `segmentProblem`), scans going over each coefficient more than 8 times on average (Pillow
- * decodes those, slowly; see `scanCoverage`); and, by jpeg-js, whatever it cannot read:
- * arithmetic coding, and a non-interleaved scan whose restart
- * interval does not divide its blocks when its component's MCU-padded rows extend past them
- * (jpeg-js decodes past the scan's end; Pillow reads these), and a frame other than the one
- * checked or needing more memory than it (jpeg-js reads segments by other rules; see
- * `jpegJsMemoryBudget`).
+ * Refused with the file's name, before decoding: a declared size over the pixel limit, over
+ * 65500 a side (libjpeg's limit) or far larger than the file could hold, no frame header, samples
+ * other than 8-bit, arithmetic, lossless or hierarchical coding (Pillow reads arithmetic-coded
+ * files; this decoder does not), a number of components other than 1, 3 or 4 (Pillow refuses
+ * those), sampling factors outside 1–4 or in fractional ratios, two components with one id, a
+ * scan interleaving more than 10 blocks per MCU, a scan whose Huffman table is missing or one
+ * libjpeg cannot build, a component whose quantisation table is not defined by its first scan, a
+ * DQT, DHT, SOF, SOS or DRI segment whose length disagrees with its contents (see
+ * `segmentProblem`), a second SOI or frame header, a marker libjpeg does not read, a JFIF or
+ * Adobe segment too short for Pillow's parser, another scan after a sequential first one holding
+ * every component (libjpeg then expects the end), no end-of-image marker (Pillow: "image file is
+ * truncated"), and scans going over each coefficient more than 8 times on average (Pillow
+ * decodes those, slowly; see `scanCoverage`). Damaged entropy-coded data is decoded as libjpeg
+ * decodes it (`./_jpeg_entropy.ts`), as Pillow does; coefficient memory is allocated only for
+ * the checked frame.
  *
  * @example
  * ```ts
@@ -852,12 +615,30 @@ export function decodeJpeg(
     );
   }
   checkPixels(name, declared.width, declared.height, options);
+  if (declared.width > 65500 || declared.height > 65500) {
+    throw new Error(
+      `${name} declares ${declared.width}×${declared.height} pixels, more than the 65500 a side ` +
+        `that libjpeg (and so Pillow) reads: the file is corrupt — replace or remove it`,
+    );
+  }
   checkJpegBytes(name, bytes.length, declared);
   if (declared.precision !== 8) {
-    // jpeg-js would decode 12-bit samples as if they were 8-bit.
     throw new Error(
       `${name} has ${declared.precision}-bit samples, which Pillow's libjpeg (8-bit) does not ` +
         `read: re-encode the image with 8-bit samples`,
+    );
+  }
+  if (declared.marker !== 0xc0 && declared.marker !== 0xc1 && declared.marker !== 0xc2) {
+    const kind = declared.marker >= 0xc9
+      ? "arithmetic-coded"
+      : declared.marker === 0xc3
+      ? "lossless"
+      : "hierarchical or lossless";
+    throw new Error(
+      `${name} is a ${kind} JPEG (frame marker 0xFF${
+        declared.marker.toString(16).toUpperCase()
+      }), which this decoder does not read (baseline, extended and progressive Huffman-coded ` +
+        `JPEGs only): re-encode the image`,
     );
   }
   const factors = declared.sampling;
@@ -871,8 +652,7 @@ export function decodeJpeg(
     );
   }
   if (declared.count !== 1 && declared.count !== 3 && declared.count !== 4) {
-    // Checked before decoding: jpeg-js allocates every component's blocks before it finds that it
-    // cannot convert them (255 components in a 6 KB file cost 5.5 GB and 18 s).
+    // Checked before decoding (255 components in a 6 KB file cost jpeg-js 5.5 GB and 18 s).
     throw new Error(
       `${name} has ${declared.count} colour components; Pillow reads JPEGs of 1 (grey), 3 ` +
         `(YCbCr or RGB) or 4 (CMYK) and refuses others: re-encode the image`,
@@ -881,12 +661,12 @@ export function decodeJpeg(
   if (new Set(declared.componentIds).size !== declared.componentIds.length) {
     throw new Error(
       `${name} gives two colour components the same id (${declared.componentIds.join(", ")}); ` +
-        `libjpeg reads them as separate components but jpeg-js mixes them up: re-encode the ` +
+        `a scan cannot tell them apart (libjpeg takes the first): re-encode the ` +
         `image (any image editor or Pillow writes distinct ids)`,
     );
   }
   const index = new Map(declared.componentIds.map((id, i) => [id, i]));
-  const { scans, latched, missingTable, badSegment } = jpegScans(
+  const { scans, latched, missingTable, badSegment, ended, jfif, adobe } = jpegScans(
     bytes,
     new Map(declared.componentIds.map((id, i) => [id, declared.quantTables[i]])),
     declared.marker === 0xc2,
@@ -906,8 +686,18 @@ export function decodeJpeg(
         ? `${name} is not a readable JPEG (cut short: its ${kind} segment at byte ` +
           `${badSegment.at} ${badSegment.problem}); replace or remove it`
         : `${name} has a ${kind} segment at byte ${badSegment.at} that ${badSegment.problem}, ` +
-          `which libjpeg (and so Pillow) refuses, and which jpeg-js would read otherwise: the ` +
-          `file is corrupt or hostile — replace or remove it`,
+          `which ${
+            badSegment.by ?? "libjpeg (and so Pillow)"
+          } refuses: the file is corrupt or hostile — replace or remove it`,
+    );
+  }
+  if (!ended || scans.length === 0) {
+    // libjpeg reads on to the end-of-image marker (EOI) before Pillow's decoder is done; where the
+    // file ends first, Pillow raises "image file is truncated".
+    throw new Error(
+      `${name} is not a readable JPEG (cut short: ${
+        scans.length === 0 ? "no scan" : "no end-of-image marker after its scans"
+      }, which Pillow refuses as truncated); replace or remove it`,
     );
   }
   for (const [k, scan] of scans.entries()) {
@@ -931,6 +721,18 @@ export function decodeJpeg(
       );
     }
   }
+  if (
+    declared.marker !== 0xc2 && scans.length > 1 &&
+    scans[0].componentIds.length === declared.componentIds.length
+  ) {
+    // A sequential file whose first scan holds every component is read in one pass; libjpeg
+    // then expects the end of the image, and errs at another scan (JERR_EOI_EXPECTED).
+    throw new Error(
+      `${name} has ${scans.length - 1} more scan(s) after a first one holding every component, ` +
+        `which libjpeg (and so Pillow) refuses in a sequential JPEG: the file is corrupt — ` +
+        `replace or remove it`,
+    );
+  }
   const coverage = scanCoverage(declared, scans);
   if (coverage > MAX_SCAN_COVERAGE) {
     throw new Error(
@@ -947,30 +749,65 @@ export function decodeJpeg(
         `component ${missingTable[0]}, which libjpeg (and so Pillow) refuses: re-encode the image`,
     );
   }
-  let decoded: { width: number; height: number; data: Uint8Array };
+  const progressive = declared.marker === 0xc2;
+  const smoothing = progressive ? blockSmoothing(declared, scans, latched) : undefined;
+  let coefficients;
   try {
-    decoded = decodeJpegLikeLibjpeg(
+    coefficients = decodeEntropy(
       bytes,
-      imagePixelLimit(options.maxPixels),
-      jpegJsMemoryBudget(declared, bytes.length),
-      declared.componentIds,
-      latched,
-      declared.marker === 0xc2 ? blockSmoothing(declared, scans, latched) : undefined,
+      {
+        width: declared.width,
+        height: declared.height,
+        progressive,
+        sampling: factors,
+      },
+      scans.map((scan) => ({ ...scan, components: scan.componentIds.map((id) => index.get(id)!) })),
     );
   } catch (err) {
-    const message = (err as Error)?.message ?? String(err);
     throw new Error(
-      `${name} is not a readable JPEG (${
-        message.startsWith("maxMemoryUsageInMB")
-          ? `jpeg-js read a frame header needing more memory than the one checked declares, ` +
-            `${message}`
-          : message
-      }); replace or remove it`,
+      `${name} is not a readable JPEG (${(err as Error)?.message ?? err}); replace or remove it`,
     );
   }
-  const { width, height, data } = decoded;
-  if (!(width > 0 && height > 0) || data.length !== width * height * 3) {
-    throw new Error(`${name} is not a readable JPEG (decoded to ${width}×${height}); replace it`);
+  const { width, height } = declared;
+  const planes: JpegComponentPlane[] = declared.componentIds.map((id, i) => {
+    const [h, v] = factors[i];
+    const c = coefficients[i];
+    const blocks: Int16Array[][] = [];
+    for (let r = 0; r < c.blockRows; r++) {
+      const row: Int16Array[] = [];
+      for (let b = 0; b < c.blocksPerLine; b++) {
+        const at = (r * c.blocksPerLine + b) * 64;
+        row.push(c.coefficients.subarray(at, at + 64));
+      }
+      blocks.push(row);
+    }
+    // A component no scan reaches has no table latched: libjpeg's multipliers are then zero.
+    const quant = latched.get(id) ?? new Int32Array(64);
+    return {
+      lines: componentSamples(
+        blocks,
+        quant,
+        Math.ceil((width * h) / (8 * hMax)),
+        Math.ceil((height * v) / (8 * vMax)),
+        smoothing?.get(id),
+      ),
+      scaleX: h / hMax,
+      scaleY: v / vMax,
+    };
+  });
+  const data = new Uint8Array(width * height * 3);
+  const frame = {
+    width,
+    height,
+    components: planes,
+    jfif,
+    adobe,
+    componentIds: declared.componentIds,
+  };
+  if (!jpegFrameToRgb(frame, data)) {
+    throw new Error(
+      `${name} is not a readable JPEG (its components cannot be converted); replace it`,
+    );
   }
   return { width, height, channels: 3, data };
 }
