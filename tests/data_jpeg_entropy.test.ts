@@ -23,6 +23,7 @@ Deno.test("JPEG entropy decoding: restart intervals, missing tables and damaged 
     "rst_lost_64x32",
     "rst_swapped_64x32",
     "rst_flipped_64x32",
+    "rst_marker_64x32",
   ];
   for (const name of names) {
     const img = decodeJpeg(f[`${name}_jpg`].data as Uint8Array, `${name}.jpg`);
@@ -42,6 +43,12 @@ Deno.test("JPEG entropy decoding: what Pillow refuses is refused, naming the fil
   assert.throws(
     () => decodeJpeg(f.nodht_prog_24x16_jpg.data as Uint8Array, "p.jpg"),
     /^Error: p\.jpg has a scan \(the 1st\) that decodes with Huffman table DC 0, which is not defined/,
+  );
+  // A marker libjpeg does not read (0xFF50), in the scan's last restart interval: libjpeg meets it
+  // when it reads markers after the scan (in an earlier interval its resync skips it, above).
+  assert.throws(
+    () => decodeJpeg(f.rst_marker_last_64x32_jpg.data as Uint8Array, "m.jpg"),
+    /^Error: m\.jpg has a marker 0xFF50 after the data of its 1st scan, which libjpeg \(and so Pillow\) refuses/,
   );
   const whole = f.nodht_s420_24x16_jpg.data as Uint8Array;
   // Cut short with no EOI marker: Pillow raises "image file is truncated".
@@ -71,7 +78,7 @@ function flatTable(bits: number, symbols: number[]): HuffmanTable {
 
 /** One 8 × 8 grey block of a sequential scan decoding `data` with DC and AC tables. */
 function oneBlock(data: number[], dc: HuffmanTable, ac: HuffmanTable): Int16Array {
-  const [c] = decodeEntropy(
+  const { components: [c] } = decodeEntropy(
     new Uint8Array([...data, 0xff, 0xd9]),
     { width: 8, height: 8, progressive: false, sampling: [[1, 1]] },
     [{

@@ -245,8 +245,9 @@ interface JpegScan {
    * starts (see `huffmanTableProblem`), or because it is not defined; absent where it can.
    */
   huffman?: string;
-  /** Where its entropy-coded data starts. */
+  /** Where its entropy-coded data starts, and the marker after it that the walk went on from. */
   start: number;
+  end: number;
   /** The restart interval in force (DRI; 0: none). */
   restartInterval: number;
   /** Each scan component's DC and AC Huffman tables as defined when the scan starts. */
@@ -420,6 +421,7 @@ function jpegScans(
         ah: bytes[q + 2] >> 4,
         al: bytes[q + 2] & 15,
         start: end,
+        end: n,
         restartInterval,
         dc: ids.map((_, c) => huffman.get(`dc${bytes[p + 6 + 2 * c] >> 4}`)),
         ac: ids.map((_, c) => huffman.get(`ac${bytes[p + 6 + 2 * c] & 15}`)),
@@ -449,16 +451,19 @@ function jpegScans(
         if (table === undefined) missingTable ??= [id, t];
         else latched.set(id, table.slice());
       }
-      // The entropy-coded data: up to the next 0xFF that starts a marker.
+      // The entropy-coded data: up to the next marker of a segment. Markers below 0xC0 other than
+      // restart markers (damaged data) are passed too: libjpeg skips them when it resyncs at a
+      // restart, and refuses them otherwise, which `decodeJpeg` checks after decoding.
       p = end;
       for (;;) {
         p = bytes.indexOf(0xff, p);
         if (p < 0 || p + 1 >= n) return result();
         const next = bytes[p + 1];
-        if (next === 0x00 || (next >= 0xd0 && next <= 0xd7)) p += 2;
+        if (next < 0xc0 || (next >= 0xd0 && next <= 0xd7)) p += 2;
         else if (next === 0xff) p++;
         else break;
       }
+      scan.end = p;
       continue;
     }
     p += 2 + length;
@@ -751,9 +756,9 @@ export function decodeJpeg(
   }
   const progressive = declared.marker === 0xc2;
   const smoothing = progressive ? blockSmoothing(declared, scans, latched) : undefined;
-  let coefficients;
+  let coefficients, stops;
   try {
-    coefficients = decodeEntropy(
+    ({ components: coefficients, stops } = decodeEntropy(
       bytes,
       {
         width: declared.width,
@@ -762,11 +767,34 @@ export function decodeJpeg(
         sampling: factors,
       },
       scans.map((scan) => ({ ...scan, components: scan.componentIds.map((id) => index.get(id)!) })),
-    );
+    ));
   } catch (err) {
     throw new Error(
       `${name} is not a readable JPEG (${(err as Error)?.message ?? err}); replace or remove it`,
     );
+  }
+  // libjpeg reads markers again from where each scan's decoding stopped: a marker below 0xC0 other
+  // than a restart marker, met there or in the bytes it skips to the next segment, is one it does
+  // not read (the walk in `jpegScans` passed them).
+  const ignored = (m: number) => m === 0x01 || (m >= 0xd0 && m <= 0xd7);
+  for (const [k, scan] of scans.entries()) {
+    const stop = stops[k];
+    let bad = stop.marker < 0xc0 && stop.marker !== 0 && !ignored(stop.marker) ? stop.marker : 0;
+    for (let q = stop.pos; bad === 0 && q + 1 < scan.end;) {
+      const m = bytes[q + 1];
+      if (bytes[q] !== 0xff || m === 0xff) q++;
+      else if (m === 0x00 || ignored(m)) q += 2;
+      else bad = m;
+    }
+    if (bad !== 0) {
+      throw new Error(
+        `${name} has a marker 0xFF${
+          bad.toString(16).toUpperCase().padStart(2, "0")
+        } after the data of its ${
+          ordinal(k + 1)
+        } scan, which libjpeg (and so Pillow) refuses: the file is corrupt — replace or remove it`,
+      );
+    }
   }
   const { width, height } = declared;
   const planes: JpegComponentPlane[] = declared.componentIds.map((id, i) => {
