@@ -9,15 +9,15 @@
  *
  * JPEGs decode to Pillow's pixels (`Image.open(f).convert("RGB")`, Pillow 12.3 with libjpeg-turbo
  * 3.1 on x86-64), value for value: this module reads and checks the segments as libjpeg does, and
- * the rest is libjpeg-turbo's, redone here — its Huffman entropy decoding, baseline and
- * progressive, with its handling of damaged data (`./_jpeg_entropy.ts`), its inverse DCT ("islow", `./_jpeg_idct.ts`, with its block smoothing of
- * progressive files whose scans stop short), its "fancy" chroma upsampling and fixed-point YCbCr →
- * RGB (`./_jpeg_upsample.ts`), its rules telling RGB from YCbCr and CMYK from YCCK, and Pillow's
- * CMYK → RGB. jpeg-js, which decoded them before, was up to 3 levels off on every file and
- * refused files Pillow reads (restart intervals not dividing a scan's blocks, missing Huffman
- * tables, damaged data). On coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD
- * code, which is what Pillow on x86-64 runs (`./_jpeg_idct.ts`). Which files are refused:
- * `decodeJpeg`.
+ * the rest is libjpeg-turbo's, redone here — its Huffman entropy decoding, sequential and
+ * progressive, with its handling of damaged data (`./_jpeg_entropy.ts`), its inverse DCT
+ * ("islow", `./_jpeg_idct.ts`, with its block smoothing of progressive files whose scans stop
+ * short), its "fancy" chroma upsampling and fixed-point YCbCr → RGB (`./_jpeg_upsample.ts`), its
+ * rules telling RGB from YCbCr and CMYK from YCCK, and Pillow's CMYK → RGB. (jpeg-js, which
+ * decoded them before, was up to 3 levels off on every file and refused files Pillow reads:
+ * restart intervals not dividing a scan's blocks, missing Huffman tables, damaged data.) On
+ * coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD code, which is what
+ * Pillow on x86-64 runs (`./_jpeg_idct.ts`). Which files are refused: `decodeJpeg`.
  *
  * PNG decoding differs from Pillow (docs/data.md): 16-bit PNG samples keep their high byte (what
  * Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead); alpha is dropped before resizing
