@@ -13,21 +13,22 @@
  * - a zero run past the band's end stores its coefficient in the last position (63);
  * - a coefficient is kept in 16 bits (libjpeg's `JCOEF`), wrapping around;
  * - a restart marker other than the one expected is handled as libjpeg's `jpeg_resync_to_restart`
- *   does: the expected one or one too far from it is skipped, one of the two before it makes the
- *   decoder look for the next marker, one of the two after it (or any other marker) is left for
- *   later, so that the restart interval reads as empty (zeros);
+ *   does: the expected one or one too far from it is skipped, one of the two before it (or a
+ *   marker below 0xC0) makes the decoder look for the next marker, one of the two after it (or
+ *   any other marker) is left for later, so that the restart interval reads as empty (zeros);
  * - a DC prediction leaving the 32-bit range is an error (libjpeg: `JERR_BAD_DCT_COEF`).
  *
  * @example
  * ```ts
- * // One 8×8 grey block whose DC difference is 0 (the code "00" of the standard DC table) and whose
- * // AC coefficients end at once (the code "1010", end of block): bits 00 1010 11 (fill).
- * const data = new Uint8Array([0b00101011, 0xff, 0xd9]);
- * const { components: [blocks] } = decodeEntropy(data, { width: 8, height: 8, progressive: false, sampling: [[1, 1]] }, [{
+ * // One 8×8 grey block with the standard tables: DC code 100 (a 3-bit difference), its bits 101
+ * // (+5), AC code 1010 (end of block), then fill bits 1: 1001 0110 1011 1111, and EOI.
+ * const data = new Uint8Array([0x96, 0xbf, 0xff, 0xd9]);
+ * const frame = { width: 8, height: 8, progressive: false, sampling: [[1, 1]] as [number, number][] };
+ * const { components: [block] } = decodeEntropy(data, frame, [{
  *   components: [0], ss: 0, se: 63, ah: 0, al: 0, restartInterval: 0, start: 0,
  *   dc: [STANDARD_TABLES.dc0], ac: [STANDARD_TABLES.ac0],
  * }]);
- * blocks.coefficients.length; // 64
+ * block.coefficients[0]; // 5
  * ```
  * @module
  */
@@ -322,7 +323,7 @@ class BitReader {
   }
 }
 
-/** `v` bits `x` of a coefficient's magnitude category `s`, as a signed value (T.81 F.2.2.1). */
+/** The `s` bits `x` sent for a value of magnitude category `s`, as that value (T.81 F.2.2.1). */
 function extend(x: number, s: number): number {
   return x < 1 << (s - 1) ? x - (1 << s) + 1 : x;
 }
