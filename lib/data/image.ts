@@ -593,7 +593,8 @@ function scanCoverage(
  * `segmentProblem`), a second SOI or frame header, a marker libjpeg does not read, a JFIF or
  * Adobe segment too short for Pillow's parser, another scan after a sequential first one holding
  * every component (libjpeg then expects the end), no end-of-image marker (Pillow: "image file is
- * truncated"), and scans going over each coefficient more than 8 times on average (Pillow
+ * truncated"; it does decode a sequential file lacking only that marker when some bytes follow
+ * the scan's data), and scans going over each coefficient more than 8 times on average (Pillow
  * decodes those, slowly; see `scanCoverage`). Damaged entropy-coded data is decoded as libjpeg
  * decodes it (`./_jpeg_entropy.ts`), as Pillow does; coefficient memory is allocated only for
  * the checked frame.
@@ -697,8 +698,11 @@ export function decodeJpeg(
     );
   }
   if (!ended || scans.length === 0) {
-    // libjpeg reads on to the end-of-image marker (EOI) before Pillow's decoder is done; where the
-    // file ends first, Pillow raises "image file is truncated".
+    // Pillow raises "image file is truncated" where the file ends before libjpeg is done: before
+    // the end-of-image marker (EOI) in a progressive or multi-scan file; in a single sequential
+    // scan, where its decoding asks for bytes past the end (its bit buffer reads about 8 ahead).
+    // Only the first is modelled: a sequential file lacking just its EOI, with some bytes after
+    // its scan's data, is refused here though Pillow decodes it.
     throw new Error(
       `${name} is not a readable JPEG (cut short: ${
         scans.length === 0 ? "no scan" : "no end-of-image marker after its scans"
