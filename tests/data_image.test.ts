@@ -214,6 +214,25 @@ Deno.test("JPEG decodes exactly as Pillow does: grey, CMYK, YCCK, restarts, 16-b
   await assertDecodesLikePillow("jpeg_pil_decode_kinds.npz", names);
 });
 
+// libjpeg-turbo smooths the iMCU rows after the last one its last scan started with whole data
+// (`last_good_iMCU_row`) with the coefficient bits as they were before that scan. Pillow 12.3's
+// pixels (FNV-1a hash) for prog_first3_37x20 cut inside its 2nd scan (an AC band, bytes 313–354)
+// and its 3rd (bytes 404–469), then ended by EOI; all 452 such cuts of it and grey_prog_rst_21x18
+// now give Pillow's pixels (109 differed, up to 40 levels).
+Deno.test("a progressive JPEG whose last scan is cut short is smoothed as libjpeg-turbo does", async () => {
+  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode_kinds.npz"));
+  const bytes = f.prog_first3_37x20_jpg.data as Uint8Array;
+  for (const [cut, hash] of [[320, 1246023604], [430, 3060910013]]) {
+    const cutShort = new Uint8Array(cut + 2);
+    cutShort.set(bytes.subarray(0, cut));
+    cutShort.set([0xff, 0xd9], cut);
+    const img = decodeJpeg(cutShort, "cut.jpg");
+    let h = 2166136261;
+    for (const x of img.data) h = Math.imul(h ^ x, 16777619) >>> 0;
+    assert.equal(h, hash, `cut at byte ${cut}`);
+  }
+});
+
 Deno.test("JPEG decoding leaves Object.prototype as it was", async () => {
   const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
   const bytes = f.s420_17x13_jpg.data as Uint8Array;

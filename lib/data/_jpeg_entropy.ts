@@ -75,6 +75,12 @@ export interface EntropyFrame {
 export interface ScanStop {
   marker: number;
   pos: number;
+  /**
+   * The last iMCU row (block rows of the frame's largest vertical factor) in which an MCU was
+   * started with the data still whole (libjpeg-turbo's `last_good_iMCU_row`, which its block
+   * smoothing reads: rows past it are smoothed as the scans before this one left them).
+   */
+  lastGoodRow: number;
 }
 
 /** A component's coefficients: blocks of 64 (natural order), row-major, MCU-padded. */
@@ -399,8 +405,13 @@ function decodeScan(
   }
   const interval = scan.restartInterval;
   let togo = interval, expected = 0;
+  // A single component's MCU rows are block rows, v of them per iMCU row.
+  const rowsPerImcu = n === 1 ? frame.sampling[scan.components[0]][1] : 1;
+  let lastGoodRow = 0;
   for (let row = 0; row < lines; row++) {
     for (let col = 0; col < perLine; col++) {
+      // libjpeg-turbo's consume_data looks before the MCU's restart is processed.
+      if (!reader.short) lastGoodRow = Math.floor(row / rowsPerImcu);
       if (interval > 0) {
         if (togo === 0) {
           reader.restart(expected);
@@ -438,7 +449,7 @@ function decodeScan(
       }
     }
   }
-  return { marker: reader.marker, pos: reader.pos };
+  return { marker: reader.marker, pos: reader.pos, lastGoodRow };
 }
 
 function dcValue(reader: BitReader, t: DecodingTable, pred: Float64Array, k: number): number {

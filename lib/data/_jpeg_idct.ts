@@ -253,6 +253,12 @@ export interface BlockSmoothing {
   v: number;
   /** The frame's iMCU rows, ⌈height / (8 · largest vertical factor)⌉. */
   iMcuRows: number;
+  /**
+   * Where the last scan's data ran short: the iMCU rows after `lastGoodRow` are smoothed with
+   * `coefBits` as they stood before the component's last scan (libjpeg-turbo's
+   * `last_good_iMCU_row` and previous `coef_bits`). Absent: every row uses `coefBits`.
+   */
+  incomplete?: { lastGoodRow: number; coefBits: readonly number[] };
 }
 
 /**
@@ -364,8 +370,12 @@ export function componentSamples(
   const stride = blocksPerLine * 8;
   const plane = new Uint8Array(stride * blocksPerColumn * 8);
   const ws = new Int32Array(64);
-  const bits = smoothing?.coefBits;
-  if (bits !== undefined && bits.slice(1, 10).some((b) => b !== 0)) {
+  const sharpens = (bits: readonly number[]) => bits.slice(1, 10).some((b) => b !== 0);
+  if (
+    smoothing !== undefined &&
+    (sharpens(smoothing.coefBits) ||
+      (smoothing.incomplete !== undefined && sharpens(smoothing.incomplete.coefBits)))
+  ) {
     smoothedBlocks(blocks, quant, blocksPerLine, blocksPerColumn, smoothing!, (br, bc, work) => {
       idctBlockIslow(work, quant, plane, br * 8 * stride + bc * 8, stride, ws);
     });
@@ -390,16 +400,19 @@ function smoothedBlocks(
   quant: ArrayLike<number>,
   width: number,
   height: number,
-  { coefBits, v, iMcuRows }: BlockSmoothing,
+  { coefBits: whole, v, iMcuRows, incomplete }: BlockSmoothing,
   emit: (row: number, col: number, work: Int32Array) => void,
 ): void {
-  const noAc = coefBits.slice(1, 10).every((b) => b === -1);
-  const kernels = noAc ? SMOOTH : SHARP;
   const dc = (row: number, col: number) =>
     wrap16(blocks[row][col < 0 ? 0 : col >= width ? width - 1 : col][0]);
   const work = new Int32Array(64);
   const around = new Int32Array(25);
   for (let imcu = 0; imcu < iMcuRows; imcu++) {
+    const coefBits = incomplete !== undefined && imcu > incomplete.lastGoodRow
+      ? incomplete.coefBits
+      : whole;
+    const noAc = coefBits.slice(1, 10).every((b) => b === -1);
+    const kernels = noAc ? SMOOTH : SHARP;
     const last = imcu === iMcuRows - 1;
     const rows = last ? (height % v || v) : v;
     // libjpeg-turbo's numbering of block rows for the edge tests (see componentSamples).

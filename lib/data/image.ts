@@ -519,11 +519,15 @@ function ordinal(n: number): string {
  * the first 9 AC coefficients (zigzag order) and some DC data, and some component has one of
  * those 9 coefficients not sent to full precision — a progressive file whose scans stop short.
  * The files encoders write end every coefficient's refinement at bit 0 and are not smoothed.
+ * Where the last scan's data ran short, the iMCU rows after `lastGoodRow` (the last one it
+ * started with whole data) are smoothed with the bits as they stood before each component's last
+ * scan, as libjpeg-turbo (`decompress_smooth_data`, `last_good_iMCU_row`) does.
  */
 function blockSmoothing(
   frame: { height: number; componentIds: number[]; sampling: [number, number][] },
   scans: JpegScan[],
   latched: Map<number, Int32Array>,
+  lastGoodRow: number,
 ): Map<number, BlockSmoothing> | undefined {
   const vMax = Math.max(...frame.sampling.map(([, v]) => v));
   const iMcuRows = Math.ceil(frame.height / (8 * vMax));
@@ -533,13 +537,23 @@ function blockSmoothing(
     const quant = latched.get(id);
     if (quant === undefined || NATURAL_ORDER.slice(0, 10).some((at) => quant[at] === 0)) return;
     const coefBits = new Array<number>(10).fill(-1);
-    for (const scan of scans) {
+    // What the component's last scan found (libjpeg-turbo's second half of `coef_bits`): 0 after
+    // the file's first scan, -1 where the file has one scan.
+    const before = new Array<number>(10).fill(-1);
+    for (const [k, scan] of scans.entries()) {
       if (!scan.componentIds.includes(id)) continue;
-      for (let k = scan.ss; k <= Math.min(scan.se, 9); k++) coefBits[k] = scan.al;
+      for (let c = Math.min(scan.ss, 1); c <= 9; c++) before[c] = k > 0 ? coefBits[c] : 0;
+      for (let c = scan.ss; c <= Math.min(scan.se, 9); c++) coefBits[c] = scan.al;
     }
     if (coefBits[0] < 0) return;
     if (coefBits.slice(1).some((b) => b !== 0)) useful = true;
-    smoothing.set(id, { coefBits, v: frame.sampling[i][1], iMcuRows });
+    if (scans.length === 1) before.fill(-1);
+    smoothing.set(id, {
+      coefBits,
+      v: frame.sampling[i][1],
+      iMcuRows,
+      ...(lastGoodRow < iMcuRows - 1 ? { incomplete: { lastGoodRow, coefBits: before } } : {}),
+    });
   }
   return useful ? smoothing : undefined;
 }
@@ -759,7 +773,6 @@ export function decodeJpeg(
     );
   }
   const progressive = declared.marker === 0xc2;
-  const smoothing = progressive ? blockSmoothing(declared, scans, latched) : undefined;
   let coefficients, stops;
   try {
     ({ components: coefficients, stops } = decodeEntropy(
@@ -800,6 +813,9 @@ export function decodeJpeg(
       );
     }
   }
+  const smoothing = progressive
+    ? blockSmoothing(declared, scans, latched, stops.at(-1)!.lastGoodRow)
+    : undefined;
   const { width, height } = declared;
   const planes: JpegComponentPlane[] = declared.componentIds.map((id, i) => {
     const [h, v] = factors[i];
