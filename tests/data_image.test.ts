@@ -794,6 +794,29 @@ Deno.test("a progressive JPEG repeating scans far beyond what encoders write is 
   );
 });
 
+Deno.test("a sequential JPEG repeating a component's scan is counted as whole blocks, whatever its Ss and Se", () => {
+  // 16 × 16, three components at 1×1, one-bit Huffman codes (DC difference 0, end of block); each
+  // scan one component with Ss = Se = 0, which a sequential decoder ignores (it decodes all 64
+  // coefficients of every block). Counted as a band of 1, 1500 such scans of the first component
+  // of an 8000 × 6000 frame (47 KB) took 4.9 s here and 6.3 s in Pillow.
+  const seg = (marker: number, body: number[]) => [0xff, marker, 0, body.length + 2, ...body];
+  const head = [
+    0xff,
+    0xd8,
+    ...seg(0xdb, [0, ...Array(64).fill(1)]),
+    ...seg(0xc0, [8, 0, 16, 0, 16, 3, 1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0]),
+    ...seg(0xc4, [0x00, 1, ...Array(15).fill(0), 0]),
+    ...seg(0xc4, [0x10, 1, ...Array(15).fill(0), 0]),
+  ];
+  const scan = (id: number) => [...seg(0xda, [1, id, 0, 0, 0, 0]), 0];
+  const file = (scans: number[]) => new Uint8Array([...head, ...scans.flatMap(scan), 0xff, 0xd9]);
+  assert.equal(decodeJpeg(file([1, 2, 3]), "three.jpg").width, 16);
+  assert.throws(
+    () => decodeJpeg(file([...Array(30).fill(1), 2, 3]), "again.jpg"),
+    /^Error: again\.jpg has 32 scans that go over each coefficient of each block 10\.7 times on average, more than the 8 allowed/,
+  );
+});
+
 Deno.test("JPEG scan headers libjpeg refuses are refused: components not the frame's or listed twice, bad progression", async () => {
   const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
   const good = f.s420_prog_10x7_jpg.data as Uint8Array;

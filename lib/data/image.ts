@@ -564,13 +564,20 @@ const MAX_SCAN_COVERAGE = 8;
 /**
  * How many times, on average, the scans of a JPEG go over each coefficient of each block: each
  * scan counts the blocks of its components (padded to whole MCUs) times the coefficients of its
- * band (1 for a DC scan). Baseline files score 1; libjpeg's progressive script about 3 for luma
+ * band (1 for a DC scan; all 64 in a sequential frame, whose scans decode whole blocks whatever
+ * their Ss and Se say). Baseline files score 1; libjpeg's progressive script about 3 for luma
  * and 2 for chroma. The decoder's time goes with it, and progressive scans can cost next to no
  * bytes (an end-of-band run covers up to 32767 blocks, and a refinement scan still visits every
  * coefficient of its band in every block), so a small file repeating scans could take minutes.
  */
 function scanCoverage(
-  frame: { width: number; height: number; componentIds: number[]; sampling: [number, number][] },
+  frame: {
+    width: number;
+    height: number;
+    marker: number;
+    componentIds: number[];
+    sampling: [number, number][];
+  },
   scans: JpegScan[],
 ): number {
   const hMax = Math.max(1, ...frame.sampling.map(([h]) => h));
@@ -584,7 +591,7 @@ function scanCoverage(
   for (const n of blocks.values()) total += n;
   let work = 0;
   for (const scan of scans) {
-    const band = Math.max(1, Math.min(scan.se, 63) - scan.ss + 1);
+    const band = frame.marker !== 0xc2 ? 64 : Math.max(1, Math.min(scan.se, 63) - scan.ss + 1);
     for (const id of scan.componentIds) work += (blocks.get(id) ?? 0) * band;
   }
   return total > 0 ? work / (64 * total) : 0;
