@@ -118,3 +118,47 @@ Deno.test("JPEG entropy decoding: corrupt runs and codes as libjpeg reads them",
   assert.equal(cut[0], 60);
   assert.equal(cut.reduce((a, b) => a + Math.abs(b), 0), 60);
 });
+
+Deno.test("JPEG entropy decoding: a DC prediction past 32 bits wraps in a sequential scan, errs in a progressive one", () => {
+  // Every block adds the largest DC difference, +32767 (1-bit code for category 15, its 15 one
+  // bits), then ends (1-bit end of block in the sequential scan): after 65,538 blocks the
+  // prediction passes 2^31 − 1. libjpeg-turbo's sequential decoder adds in a 32-bit int without
+  // a check (Pillow 12.3 decodes such a 2048×2056 file), its progressive one errs.
+  const blocks = 65540;
+  const frame = (progressive: boolean) => ({
+    width: 8,
+    height: 8 * blocks,
+    progressive,
+    sampling: [[1, 1]] as [number, number][],
+  });
+  const one = (symbol: number): HuffmanTable => ({
+    counts: new Uint8Array([1, ...Array(15).fill(0)]),
+    symbols: new Uint8Array([symbol]),
+  });
+  const stream = (perBlock: string) => {
+    let bits = perBlock.repeat(blocks);
+    bits += "1".repeat(-bits.length % 8 + 8);
+    const bytes: number[] = [];
+    for (let i = 0; i + 8 <= bits.length; i += 8) {
+      const b = parseInt(bits.slice(i, i + 8), 2);
+      bytes.push(b);
+      if (b === 0xff) bytes.push(0);
+    }
+    return new Uint8Array([...bytes, 0xff, 0xd9]);
+  };
+  const scan = { components: [0], ss: 0, ah: 0, al: 0, restartInterval: 0, start: 0 };
+  const sequential = decodeEntropy(stream("0" + "1".repeat(15) + "0"), frame(false), [
+    { ...scan, se: 63, dc: [one(15)], ac: [one(0)] },
+  ]).components[0].coefficients;
+  const dc = (n: number) => new Int16Array([(n * 32767) | 0])[0];
+  for (const n of [1, 65537, 65538, 65539, blocks]) {
+    assert.equal(sequential[(n - 1) * 64], dc(n), `block ${n}`);
+  }
+  assert.throws(
+    () =>
+      decodeEntropy(stream("0" + "1".repeat(15)), frame(true), [
+        { ...scan, se: 0, dc: [one(15)], ac: [undefined] },
+      ]),
+    /DC coefficients run out of range/,
+  );
+});

@@ -16,7 +16,8 @@
  *   does: the expected one or one too far from it is skipped, one of the two before it (or a
  *   marker below 0xC0) makes the decoder look for the next marker, one of the two after it (or
  *   any other marker) is left for later, so that the restart interval reads as empty (zeros);
- * - a DC prediction leaving the 32-bit range is an error (libjpeg: `JERR_BAD_DCT_COEF`).
+ * - a DC prediction leaving the 32-bit range wraps around in a sequential scan and is an error in
+ *   a progressive one (libjpeg: `JERR_BAD_DCT_COEF`).
  *
  * @example
  * ```ts
@@ -452,9 +453,21 @@ function decodeScan(
   return { marker: reader.marker, pos: reader.pos, lastGoodRow };
 }
 
-function dcValue(reader: BitReader, t: DecodingTable, pred: Float64Array, k: number): number {
+/**
+ * The next DC value of scan component `k`. A prediction leaving the 32-bit range is an error in a
+ * progressive scan (libjpeg-turbo's `decode_mcu_DC_first`: `JERR_BAD_DCT_COEF`) and wraps around
+ * in a sequential one (its `decode_mcu` adds without a check, in a 32-bit `int`).
+ */
+function dcValue(
+  reader: BitReader,
+  t: DecodingTable,
+  pred: Float64Array,
+  k: number,
+  wrap = false,
+): number {
   const s = reader.decode(t);
   const diff = s === 0 ? 0 : extend(reader.get(s), s);
+  if (wrap) return pred[k] = (pred[k] + diff) | 0;
   const v = pred[k] + diff;
   if (v > 0x7fffffff || v < -0x80000000) {
     throw new Error("its DC coefficients run out of range (libjpeg: JERR_BAD_DCT_COEF)");
@@ -472,7 +485,7 @@ function sequentialBlock(
   pred: Float64Array,
   k: number,
 ): void {
-  coefs[off] = dcValue(reader, dc, pred, k);
+  coefs[off] = dcValue(reader, dc, pred, k, true);
   for (let i = 1; i < 64; i++) {
     const rs = reader.decode(ac);
     const s = rs & 15, r = rs >> 4;
