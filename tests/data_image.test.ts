@@ -498,6 +498,27 @@ Deno.test("JPEG size checks find the frame header past a segment whose length ea
   );
 });
 
+Deno.test("a second start-of-image marker, between segments or in scan data, is refused as libjpeg refuses it", async () => {
+  // libjpeg: JERR_SOI_DUPLICATE (Pillow 12.3: "broken data stream" for all three). The walk over
+  // the segments stepped over 0xFFD8 as over a restart marker, so one in the entropy-coded data
+  // (ending it for the decoder) let the file decode.
+  const f = await readNpz(join(FIXTURES, "jpeg_pil_decode.npz"));
+  const good = f.s420_17x13_jpg.data as Uint8Array;
+  let sos = 2;
+  while (!(good[sos] === 0xff && good[sos + 1] === 0xda)) sos++;
+  const data = sos + 2 + ((good[sos + 2] << 8) | good[sos + 3]);
+  const soi = new Uint8Array([0xff, 0xd8]);
+  for (const at of [sos, data + 20, good.length - 2]) {
+    const bytes = concat(good.subarray(0, at), soi, good.subarray(at));
+    assert.throws(
+      () => decodeJpeg(bytes, "soi.jpg"),
+      new RegExp(
+        `^Error: soi\\.jpg has a 0xFFD8 segment at byte ${at} that is a second start of image`,
+      ),
+    );
+  }
+});
+
 Deno.test("a JPEG giving two components the same id is refused (jpeg-js would mix them up)", () => {
   const bytes = smallJpeg();
   const p = sof0(bytes);

@@ -333,7 +333,7 @@ function jpegScans(
       p++;
       continue;
     }
-    if (marker === 0x00 || marker === 0x01 || (marker >= 0xd0 && marker <= 0xd8)) {
+    if (marker === 0x00 || marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
       p += 2;
       continue;
     }
