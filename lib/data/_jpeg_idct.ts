@@ -329,6 +329,14 @@ function floorDiv(a: number, b: number): number {
  * DC step): |num| / (256 · step) rounded, no larger than the `al` bits left unsent when `al` > 0,
  * with num's sign, as the decoder's 16-bit coefficient.
  */
+/** A kernel's non-zero terms: where in the 5 × 5 neighbourhood, and their weights. */
+function terms(kernel: readonly number[]): { index: Int32Array; weight: Int32Array } {
+  const index = kernel.flatMap((w, i) => (w === 0 ? [] : [i]));
+  return { index: new Int32Array(index), weight: new Int32Array(index.map((i) => kernel[i])) };
+}
+const SHARP_TERMS = SHARP.map(terms), SMOOTH_TERMS = SMOOTH.map(terms);
+const DC_TERMS = terms(DC_KERNEL);
+
 function estimate(num: number, step: number, al: number): number {
   let pred = floorDiv(step * 128 + Math.abs(num), step * 256);
   if (al > 0 && pred >= 2 ** al) pred = 2 ** al - 1;
@@ -403,8 +411,19 @@ function smoothedBlocks(
   { coefBits: whole, v, iMcuRows, incomplete }: BlockSmoothing,
   emit: (row: number, col: number, work: Int32Array) => void,
 ): void {
-  const dc = (row: number, col: number) =>
-    wrap16(blocks[row][col < 0 ? 0 : col >= width ? width - 1 : col][0]);
+  // Each block row's DC terms, two columns repeated at either edge (filled when first needed).
+  const dcRows: Int32Array[] = [];
+  const dcRow = (row: number) => {
+    let dcs = dcRows[row];
+    if (dcs === undefined) {
+      dcs = dcRows[row] = new Int32Array(width + 4);
+      const line = blocks[row];
+      for (let col = -2; col < width + 2; col++) {
+        dcs[col + 2] = wrap16(line[col < 0 ? 0 : col >= width ? width - 1 : col][0]);
+      }
+    }
+    return dcs;
+  };
   const work = new Int32Array(64);
   const around = new Int32Array(25);
   for (let imcu = 0; imcu < iMcuRows; imcu++) {
@@ -412,7 +431,7 @@ function smoothedBlocks(
       ? incomplete.coefBits
       : whole;
     const noAc = coefBits.slice(1, 10).every((b) => b === -1);
-    const kernels = noAc ? SMOOTH : SHARP;
+    const kernels = noAc ? SMOOTH_TERMS : SHARP_TERMS;
     const last = imcu === iMcuRows - 1;
     const rows = last ? (height % v || v) : v;
     // libjpeg-turbo's numbering of block rows for the edge tests (see componentSamples).
@@ -423,25 +442,28 @@ function smoothedBlocks(
       const prev2 = n > 1 ? row - 2 : prev;
       const next = n < numbered - 1 ? row + 1 : row;
       const next2 = n < numbered - 2 ? row + 2 : next;
-      const neighbours = [prev2, prev, row, next, next2];
+      const neighbours = [prev2, prev, row, next, next2].map(dcRow);
       for (let col = 0; col < width; col++) {
         const block = blocks[row][col];
         for (let i = 0; i < 64; i++) work[i] = wrap16(block[i]);
         for (let j = 0; j < 5; j++) {
-          for (let k = 0; k < 5; k++) around[j * 5 + k] = dc(neighbours[j], col + k - 2);
+          const dcs = neighbours[j];
+          for (let k = 0; k < 5; k++) around[j * 5 + k] = dcs[col + k];
         }
         const q0 = quant[0];
         for (let a = 0; a < kernels.length; a++) {
           const al = coefBits[a + 1], at = AC_POSITIONS[a];
           if (al === 0 || work[at] !== 0) continue;
-          const kernel = kernels[a];
+          const { index, weight } = kernels[a];
           let sum = 0;
-          for (let i = 0; i < 25; i++) sum += kernel[i] * around[i];
+          for (let i = 0; i < index.length; i++) sum += weight[i] * around[index[i]];
           work[at] = estimate(q0 * sum, quant[at], al);
         }
         if (noAc) {
           let sum = 0;
-          for (let i = 0; i < 25; i++) sum += DC_KERNEL[i] * around[i];
+          for (let i = 0; i < DC_TERMS.index.length; i++) {
+            sum += DC_TERMS.weight[i] * around[DC_TERMS.index[i]];
+          }
           work[0] = estimate(q0 * sum, q0, 0);
         }
         emit(row, col, work);
