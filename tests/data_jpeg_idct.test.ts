@@ -1,10 +1,23 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { readNpz } from "../lib/data/npy.ts";
-import { componentSamples, idctBlockIslow, NATURAL_ORDER } from "../lib/data/_jpeg_idct.ts";
+import {
+  type CoefficientBlocks,
+  componentSamples,
+  idctBlockIslow,
+  NATURAL_ORDER,
+} from "../lib/data/_jpeg_idct.ts";
 import { createRng } from "../lib/rng.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
+
+/** Blocks given as `rows[row][col]`, laid out as the entropy decoder leaves them. */
+function blocksOf(rows: Int32Array[][]): CoefficientBlocks {
+  const perLine = rows[0].length;
+  const coefficients = new Int32Array(rows.length * perLine * 64);
+  rows.forEach((row, r) => row.forEach((b, c) => coefficients.set(b, (r * perLine + c) * 64)));
+  return { coefficients, blocksPerLine: perLine };
+}
 
 /** The islow transform of one block (natural order) with the given steps: 64 samples, row-major. */
 function islow(coef: ArrayLike<number>, quant: ArrayLike<number>): Uint8Array {
@@ -100,7 +113,7 @@ Deno.test("islow IDCT: hand-computed blocks", () => {
       return b;
     })
   );
-  const lines = componentSamples(blocks, steps, 3, 2);
+  const lines = componentSamples(blocksOf(blocks), steps, 3, 2);
   assert.equal(lines.length, 16);
   for (let y = 0; y < 16; y++) {
     assert.equal(lines[y].length, 24);
@@ -152,22 +165,22 @@ Deno.test("block smoothing: libjpeg-turbo's estimates from the neighbours' DC te
   const left = new Int32Array(64), right = new Int32Array(64);
   right[0] = 80;
   const smoothing = { coefBits: [0, -1, -1, -1, -1, -1, -1, -1, -1, -1], v: 1, iMcuRows: 1 };
-  const got = componentSamples([[left, right]], steps, 2, 1, smoothing);
+  const got = componentSamples(blocksOf([[left, right]]), steps, 2, 1, smoothing);
   const estimated = [[6, -16, 4, -1], [74, -16, -4, -1]].map(([dc, a1, a2, a3]) => {
     const b = new Int32Array(64);
     [b[0], b[1], b[2], b[3]] = [dc, a1, a2, a3];
     return b;
   });
-  const want = componentSamples([estimated], steps, 2, 1);
+  const want = componentSamples(blocksOf([estimated]), steps, 2, 1);
   assert.deepEqual(got.map((r) => Array.from(r)), want.map((r) => Array.from(r)));
   // Once every coefficient is sent to its last bit there is nothing to estimate.
   const complete = { ...smoothing, coefBits: new Array(10).fill(0) };
   assert.deepEqual(
-    componentSamples([[left, right]], steps, 2, 1, complete).map((r) => Array.from(r)),
-    componentSamples([[left, right]], steps, 2, 1).map((r) => Array.from(r)),
+    componentSamples(blocksOf([[left, right]]), steps, 2, 1, complete).map((r) => Array.from(r)),
+    componentSamples(blocksOf([[left, right]]), steps, 2, 1).map((r) => Array.from(r)),
   );
   // A uniform field stays uniform: the DC kernel sums to 256, the AC kernels to 0.
-  const flat = [[right, right]];
+  const flat = blocksOf([[right, right]]);
   assert.deepEqual(
     componentSamples(flat, steps, 2, 1, smoothing).map((r) => Array.from(r)),
     componentSamples(flat, steps, 2, 1).map((r) => Array.from(r)),

@@ -184,9 +184,9 @@ function idct1d(v: Int32Array, b: number, s: number, shift: number): void {
 }
 
 /**
- * Dequantises one block of coefficients (`coef`, natural order, as decoded) with the
- * quantisation steps `quant` (natural order), inverse-transforms it and writes the 8 × 8 samples
- * to `out`: row r at `out[offset + r · stride … + 7]`. `ws` is 64 entries of scratch.
+ * Dequantises one block of coefficients (`coef[at … at + 63]`, natural order, as decoded) with
+ * the quantisation steps `quant` (natural order), inverse-transforms it and writes the 8 × 8
+ * samples to `out`: row r at `out[offset + r · stride … + 7]`. `ws` is 64 entries of scratch.
  */
 export function idctBlockIslow(
   coef: ArrayLike<number>,
@@ -195,17 +195,18 @@ export function idctBlockIslow(
   offset: number,
   stride: number,
   ws: Int32Array,
+  at = 0,
 ): void {
   let below = 0; // any coefficient outside the first row, as the decoder's 16-bit values
-  for (let i = 8; i < 64; i++) below |= coef[i] & 0xffff;
+  for (let i = 8; i < 64; i++) below |= coef[at + i] & 0xffff;
   if (below === 0) {
     // Column pass shortcut: the AC terms of every column are zero.
     for (let c = 0; c < 8; c++) {
-      const dc = wrap16(wrap16(Math.imul(coef[c], quant[c])) << PASS1_BITS);
+      const dc = wrap16(wrap16(Math.imul(coef[at + c], quant[c])) << PASS1_BITS);
       for (let r = 0; r < 64; r += 8) ws[r + c] = dc;
     }
   } else {
-    for (let i = 0; i < 64; i++) ws[i] = wrap16(Math.imul(coef[i], quant[i]));
+    for (let i = 0; i < 64; i++) ws[i] = wrap16(Math.imul(coef[at + i], quant[i]));
     for (let c = 0; c < 8; c++) {
       if (
         ws[c + 8] === 0 && ws[c + 16] === 0 && ws[c + 24] === 0 && ws[c + 32] === 0 &&
@@ -344,9 +345,19 @@ function estimate(num: number, step: number, al: number): number {
 }
 
 /**
- * A component's samples from its coefficient blocks (`blocks[row][col]`, at least
- * `blocksPerColumn` × `blocksPerLine` of them, natural order; for a progressive JPEG with block
- * smoothing, the padding blocks that complete the last iMCU row too) and quantisation steps: rows
+ * A component's coefficient blocks as the entropy decoder leaves them (`./_jpeg_entropy.ts`):
+ * 64 coefficients a block, natural order, block rows one after the other, `blocksPerLine` blocks
+ * a row (padding to whole MCUs included).
+ */
+export interface CoefficientBlocks {
+  coefficients: ArrayLike<number>;
+  blocksPerLine: number;
+}
+
+/**
+ * A component's samples from its coefficient blocks (at least `blocksPerColumn` rows of at least
+ * `blocksPerLine` of them; for a progressive JPEG with block smoothing, the padding blocks that
+ * complete the last iMCU row too) and quantisation steps: rows
  * of `blocksPerLine · 8` samples, `blocksPerColumn · 8` of them (the `lines` that
  * `./_jpeg_upsample.ts` reads, padding included). The rows share one buffer.
  *
@@ -364,12 +375,13 @@ function estimate(num: number, step: number, al: number): number {
  * ```ts
  * const block = new Int32Array(64);
  * block[0] = 16; // DC 16 × step 1: 128 + 2 everywhere
- * const lines = componentSamples([[block]], new Int32Array(64).fill(1), 1, 1);
+ * const blocks = { coefficients: block, blocksPerLine: 1 };
+ * const lines = componentSamples(blocks, new Int32Array(64).fill(1), 1, 1);
  * lines[7][7]; // 130
  * ```
  */
 export function componentSamples(
-  blocks: ArrayLike<ArrayLike<ArrayLike<number>>>,
+  blocks: CoefficientBlocks,
   quant: ArrayLike<number>,
   blocksPerLine: number,
   blocksPerColumn: number,
@@ -388,10 +400,11 @@ export function componentSamples(
       idctBlockIslow(work, quant, plane, br * 8 * stride + bc * 8, stride, ws);
     });
   } else {
+    const { coefficients, blocksPerLine: stored } = blocks;
     for (let br = 0; br < blocksPerColumn; br++) {
-      const row = blocks[br];
       for (let bc = 0; bc < blocksPerLine; bc++) {
-        idctBlockIslow(row[bc], quant, plane, br * 8 * stride + bc * 8, stride, ws);
+        const at = (br * stored + bc) * 64;
+        idctBlockIslow(coefficients, quant, plane, br * 8 * stride + bc * 8, stride, ws, at);
       }
     }
   }
@@ -404,7 +417,7 @@ export function componentSamples(
 
 /** Calls `emit` with each block (row, column, coefficients) after libjpeg-turbo's smoothing. */
 function smoothedBlocks(
-  blocks: ArrayLike<ArrayLike<ArrayLike<number>>>,
+  { coefficients, blocksPerLine: stored }: CoefficientBlocks,
   quant: ArrayLike<number>,
   width: number,
   height: number,
@@ -417,9 +430,9 @@ function smoothedBlocks(
     let dcs = dcRows[row];
     if (dcs === undefined) {
       dcs = dcRows[row] = new Int32Array(width + 4);
-      const line = blocks[row];
       for (let col = -2; col < width + 2; col++) {
-        dcs[col + 2] = wrap16(line[col < 0 ? 0 : col >= width ? width - 1 : col][0]);
+        const at = (row * stored + (col < 0 ? 0 : col >= width ? width - 1 : col)) * 64;
+        dcs[col + 2] = wrap16(coefficients[at]);
       }
     }
     return dcs;
@@ -444,8 +457,8 @@ function smoothedBlocks(
       const next2 = n < numbered - 2 ? row + 2 : next;
       const neighbours = [prev2, prev, row, next, next2].map(dcRow);
       for (let col = 0; col < width; col++) {
-        const block = blocks[row][col];
-        for (let i = 0; i < 64; i++) work[i] = wrap16(block[i]);
+        const at = (row * stored + col) * 64;
+        for (let i = 0; i < 64; i++) work[i] = wrap16(coefficients[at + i]);
         for (let j = 0; j < 5; j++) {
           const dcs = neighbours[j];
           for (let k = 0; k < 5; k++) around[j * 5 + k] = dcs[col + k];

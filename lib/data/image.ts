@@ -108,6 +108,12 @@ function checkJpegBytes(
   }
 }
 
+/** Whether `marker` starts a frame header (SOF0–SOF15: not DHT 0xC4, JPG 0xC8 or DAC 0xCC). */
+function isFrameMarker(marker: number): boolean {
+  return marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
+    marker !== 0xcc;
+}
+
 /**
  * The width and height a JPEG's frame header (SOF) declares, and its component ids, read without
  * decoding; `undefined` when there is no frame header before the scan data.
@@ -152,8 +158,7 @@ function jpegDeclaredSize(
     }
     if (marker === 0xda || marker === 0xd9) return undefined; // scan or end before any frame
     const length = (bytes[p + 2] << 8) | bytes[p + 3];
-    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
-      marker !== 0xcc;
+    const isFrame = isFrameMarker(marker);
     if (isFrame) {
       if (p + 9 > bytes.length) return undefined;
       const componentIds: number[] = [];
@@ -197,8 +202,7 @@ function segmentProblem(
 ): string | undefined {
   const length = (bytes[p + 2] << 8) | bytes[p + 3];
   if (p + 2 + length > bytes.length) return `declares ${length} bytes, past the end of the file`;
-  const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
-    marker !== 0xcc;
+  const isFrame = isFrameMarker(marker);
   if (marker === 0xdb) {
     for (let q = p + 4; q < end;) {
       const precision = bytes[q] >> 4, id = bytes[q] & 15;
@@ -352,8 +356,7 @@ function jpegScans(
     const end = Math.min(n, p + 2 + length);
     const problem = segmentProblem(bytes, p, marker, end);
     if (problem !== undefined) return { ...result(), badSegment: { at: p, marker, problem } };
-    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
-      marker !== 0xcc;
+    const isFrame = isFrameMarker(marker);
     if (isFrame && frames++ > 0) {
       // libjpeg: JERR_SOF_DUPLICATE, wherever the second frame header is.
       return { ...result(), badSegment: { at: p, marker, problem: "is a second frame header" } };
@@ -693,10 +696,11 @@ export function decodeJpeg(
     );
   }
   const index = new Map(declared.componentIds.map((id, i) => [id, i]));
+  const progressive = declared.marker === 0xc2;
   const { scans, latched, missingTable, badSegment, ended, jfif, adobe } = jpegScans(
     bytes,
     new Map(declared.componentIds.map((id, i) => [id, declared.quantTables[i]])),
-    declared.marker === 0xc2,
+    progressive,
   );
   if (badSegment !== undefined) {
     const kind = ({
@@ -731,7 +735,7 @@ export function decodeJpeg(
     );
   }
   for (const [k, scan] of scans.entries()) {
-    const problem = scanProblem(scan, index, declared.marker === 0xc2);
+    const problem = scanProblem(scan, index, progressive);
     if (problem !== undefined) {
       throw new Error(
         `${name} has a scan (the ${ordinal(k + 1)}) that ${problem}, which libjpeg (and so ` +
@@ -752,7 +756,7 @@ export function decodeJpeg(
     }
   }
   if (
-    declared.marker !== 0xc2 && scans.length > 1 &&
+    !progressive && scans.length > 1 &&
     scans[0].componentIds.length === declared.componentIds.length
   ) {
     // A sequential file whose first scan holds every component is read in one pass; libjpeg
@@ -779,7 +783,6 @@ export function decodeJpeg(
         `component ${missingTable[0]}, which libjpeg (and so Pillow) refuses: re-encode the image`,
     );
   }
-  const progressive = declared.marker === 0xc2;
   let coefficients, stops;
   try {
     ({ components: coefficients, stops } = decodeEntropy(
@@ -826,21 +829,11 @@ export function decodeJpeg(
   const { width, height } = declared;
   const planes: JpegComponentPlane[] = declared.componentIds.map((id, i) => {
     const [h, v] = factors[i];
-    const c = coefficients[i];
-    const blocks: Int16Array[][] = [];
-    for (let r = 0; r < c.blockRows; r++) {
-      const row: Int16Array[] = [];
-      for (let b = 0; b < c.blocksPerLine; b++) {
-        const at = (r * c.blocksPerLine + b) * 64;
-        row.push(c.coefficients.subarray(at, at + 64));
-      }
-      blocks.push(row);
-    }
     // A component no scan reaches has no table latched: libjpeg's multipliers are then zero.
     const quant = latched.get(id) ?? new Int32Array(64);
     return {
       lines: componentSamples(
-        blocks,
+        coefficients[i],
         quant,
         Math.ceil((width * h) / (8 * hMax)),
         Math.ceil((height * v) / (8 * vMax)),
