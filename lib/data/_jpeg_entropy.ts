@@ -383,8 +383,24 @@ function decodeScan(
   ) => (t && (!progressive || scan.ss !== 0) ? decodingTable(t) : null));
   const pred = new Float64Array(n);
   const state = { eobrun: 0 };
-  // The blocks of one MCU: [scan component, offset into its coefficients].
-  let blockComp: number[] = [], blockOffset: number[] = [];
+  // The blocks of one interleaved MCU: their scan component, their offset in its coefficients
+  // from the MCU's first block, and how far that first block moves per MCU row and per MCU.
+  const blockComp: number[] = [], blockOffset: number[] = [];
+  const rowStep: number[] = [], colStep: number[] = [];
+  if (n > 1) {
+    for (let k = 0; k < n; k++) {
+      const [h, v] = frame.sampling[scan.components[k]];
+      const stride = out[scan.components[k]].blocksPerLine;
+      for (let y = 0; y < v; y++) {
+        for (let x = 0; x < h; x++) {
+          blockComp.push(k);
+          blockOffset.push((y * stride + x) * 64);
+        }
+      }
+      rowStep.push(v * stride * 64);
+      colStep.push(h * 64);
+    }
+  }
   const data = scan.components.map((c) => out[c].coefficients);
   const block = (k: number, off: number) => {
     const coefs = data[k];
@@ -428,25 +444,9 @@ function decodeScan(
         block(0, (row * out[scan.components[0]].blocksPerLine + col) * 64);
         continue;
       }
-      if (blockComp.length === 0) {
-        blockComp = [];
-        blockOffset = [];
-        for (let k = 0; k < n; k++) {
-          const [h, v] = frame.sampling[scan.components[k]];
-          const stride = out[scan.components[k]].blocksPerLine;
-          for (let y = 0; y < v; y++) {
-            for (let x = 0; x < h; x++) {
-              blockComp.push(k);
-              blockOffset.push((y * stride + x) * 64);
-            }
-          }
-        }
-      }
       for (let b = 0; b < blockComp.length; b++) {
         const k = blockComp[b];
-        const [h, v] = frame.sampling[scan.components[k]];
-        const stride = out[scan.components[k]].blocksPerLine;
-        block(k, blockOffset[b] + (row * v * stride + col * h) * 64);
+        block(k, blockOffset[b] + row * rowStep[k] + col * colStep[k]);
       }
     }
   }
