@@ -254,7 +254,7 @@ for (let i = 0; i < 256; i++) {
  *   `convert("RGB")` then gives R = k − k·(255 − c)/255 with k and c the values libjpeg returns, in
  *   its fixed point: `MULDIV255(a, b)` = ((a·b + 128) >> 8 + a·b + 128) >> 8.
  * Returns false, writing nothing, for frames it does not handle (two components, sampling factors
- * that are not whole multiples), which the caller decodes otherwise.
+ * that are not whole multiples); `decodeJpeg` refuses those before it gets here.
  */
 export function jpegFrameToRgb(frame: JpegFrame, out: Uint8Array): boolean {
   const { width, height, components } = frame;

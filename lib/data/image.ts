@@ -603,8 +603,8 @@ function scanCoverage(
 /**
  * Decodes a baseline, extended (SOF1) or progressive JPEG to RGB: the pixels Pillow gives for
  * `Image.open(file).convert("RGB")`, value for value (the module doc says how). Greyscale JPEGs
- * are repeated into the 3 channels; CMYK and YCCK JPEGs (those with an Adobe marker) are read as
- * Pillow reads them, Adobe-inverted, and converted as its `convert("RGB")` does.
+ * are repeated into the 3 channels; four-component JPEGs (CMYK, or YCCK by their Adobe marker)
+ * are read as Pillow reads them, Adobe-inverted, and converted as its `convert("RGB")` does.
  *
  * Refused with the file's name, before decoding: a declared size over the pixel limit, over
  * 65500 a side (libjpeg's limit) or far larger than the file could hold, no frame header, samples
