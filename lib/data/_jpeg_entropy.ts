@@ -4,6 +4,9 @@
  * end-of-band runs), restart intervals, stuffed and fill bytes. Internal to `./image.ts`, which
  * parses and checks the segments and hands over each scan; this turns the scans' bits into every
  * component's coefficient blocks (natural order, MCU-padded), which `./_jpeg_idct.ts` transforms.
+ * It also holds what the arithmetic decoder (`./_jpeg_arith.ts`) shares with it: the coefficient
+ * arrays (`coefficientArrays`), the MCU walk of a scan (`scanLayout`) and the reading of restart
+ * markers (`readRestartMarker`).
  *
  * On damaged data it does what libjpeg-turbo does (and so what Pillow returns):
  * - a marker met inside the entropy-coded data ends it: the bits the decoder still asks for read
@@ -191,7 +194,7 @@ function decodingTable(t: HuffmanTable): DecodingTable {
 }
 
 /** Marker code standing for the end of the bytes. */
-const END = 0x100;
+export const END = 0x100;
 
 /**
  * The bits of one scan's entropy-coded data: stuffed zero bytes dropped, fill bytes skipped, and
@@ -279,54 +282,75 @@ class BitReader {
     return t.symbols[(code + t.offset[len]) & 255];
   }
 
-  /** Looks for the next marker from where the bytes were last read (libjpeg's `next_marker`). */
-  nextMarker(): void {
-    const bytes = this.bytes, n = bytes.length;
-    let p = this.pos;
-    for (;;) {
-      while (p < n && bytes[p] !== 0xff) p++;
-      while (p < n && bytes[p] === 0xff) p++;
-      if (p >= n) {
-        this.marker = END;
-        break;
-      }
-      const c = bytes[p++];
-      if (c !== 0) {
-        this.marker = c;
-        break;
-      }
-    }
-    this.pos = p;
-  }
-
   /**
    * At a restart: drops the buffered bits and reads restart marker `expected` (0–7), resyncing as
    * `jpeg_resync_to_restart` does when another marker is there.
    */
   restart(expected: number): void {
     this.acc = this.bits = this.pad = 0;
-    if (this.marker === 0) this.nextMarker();
-    for (;;) {
-      const m = this.marker;
-      let action: number;
-      if (m < 0xc0) action = 2;
-      else if (m < 0xd0 || m > 0xd7) action = 3;
-      else if (m === 0xd0 + expected) action = 1;
-      else if (m === 0xd0 + ((expected + 1) & 7) || m === 0xd0 + ((expected + 2) & 7)) {
-        action = 3;
-      } else if (m === 0xd0 + ((expected - 1) & 7) || m === 0xd0 + ((expected - 2) & 7)) {
-        action = 2;
-      } else action = 1;
-      if (action === 1) {
-        this.marker = 0;
-        break;
-      }
-      if (action === 3) break;
-      this.marker = 0;
-      this.nextMarker();
-    }
+    readRestartMarker(this, expected);
     // The data of the next interval is whole again, unless a marker is still in the way.
     if (this.marker === 0) this.short = false;
+  }
+}
+
+/** Where a scan's decoder stands in the bytes: the next byte to read, and the marker met (or 0). */
+export interface MarkerPosition {
+  bytes: Uint8Array;
+  pos: number;
+  marker: number;
+}
+
+/**
+ * Looks for the next marker from where the bytes were last read (libjpeg's `next_marker`): skips
+ * to an 0xFF not followed by a stuffed zero, past fill bytes; `END` at the end of the bytes.
+ */
+export function nextMarker(r: MarkerPosition): void {
+  const bytes = r.bytes, n = bytes.length;
+  let p = r.pos;
+  for (;;) {
+    while (p < n && bytes[p] !== 0xff) p++;
+    while (p < n && bytes[p] === 0xff) p++;
+    if (p >= n) {
+      r.marker = END;
+      break;
+    }
+    const c = bytes[p++];
+    if (c !== 0) {
+      r.marker = c;
+      break;
+    }
+  }
+  r.pos = p;
+}
+
+/**
+ * Reads restart marker `expected` (0–7) where a restart is due (libjpeg's `read_restart_marker`):
+ * the marker already met, else the next one. Another marker is handled as libjpeg's
+ * `jpeg_resync_to_restart` does: the expected one or one too far from it is skipped, one of the
+ * two before it (or a marker below 0xC0) makes the reader look for the next marker, one of the
+ * two after it (or any other marker) is left in `marker`, so that the interval reads as empty.
+ */
+export function readRestartMarker(r: MarkerPosition, expected: number): void {
+  if (r.marker === 0) nextMarker(r);
+  for (;;) {
+    const m = r.marker;
+    let action: number;
+    if (m < 0xc0) action = 2;
+    else if (m < 0xd0 || m > 0xd7) action = 3;
+    else if (m === 0xd0 + expected) action = 1;
+    else if (m === 0xd0 + ((expected + 1) & 7) || m === 0xd0 + ((expected + 2) & 7)) {
+      action = 3;
+    } else if (m === 0xd0 + ((expected - 1) & 7) || m === 0xd0 + ((expected - 2) & 7)) {
+      action = 2;
+    } else action = 1;
+    if (action === 1) {
+      r.marker = 0;
+      return;
+    }
+    if (action === 3) return;
+    r.marker = 0;
+    nextMarker(r);
   }
 }
 
@@ -345,19 +369,89 @@ export function decodeEntropy(
   frame: EntropyFrame,
   scans: EntropyScan[],
 ): { components: ComponentCoefficients[]; stops: ScanStop[] } {
+  const out = coefficientArrays(frame);
+  const stops = scans.map((scan) => decodeScan(bytes, frame, scan, out));
+  return { components: out, stops };
+}
+
+/**
+ * Every component's coefficients, zero: blocks of 64 covering whole MCUs of the frame (libjpeg's
+ * coefficient arrays are padded the same way, and blocks no scan reaches stay zero there too).
+ */
+export function coefficientArrays(frame: EntropyFrame): ComponentCoefficients[] {
   const hMax = Math.max(...frame.sampling.map(([h]) => h));
   const vMax = Math.max(...frame.sampling.map(([, v]) => v));
   const mcusPerLine = Math.ceil(frame.width / (8 * hMax));
   const mcuRows = Math.ceil(frame.height / (8 * vMax));
-  const out: ComponentCoefficients[] = frame.sampling.map(([h, v]) => ({
+  return frame.sampling.map(([h, v]) => ({
     coefficients: new Int16Array(mcusPerLine * h * mcuRows * v * 64),
     blocksPerLine: mcusPerLine * h,
     blockRows: mcuRows * v,
   }));
-  const stops = scans.map((scan) =>
-    decodeScan(bytes, frame, scan, out, mcusPerLine, mcuRows, hMax, vMax)
-  );
-  return { components: out, stops };
+}
+
+/**
+ * How a scan's MCUs walk the blocks: `lines` rows of `perLine` MCUs; the blocks of one MCU, as
+ * their scan component (`blockComp`) and their offset in its coefficients from the MCU's first
+ * block (`blockOffset`); and how far that first block moves per MCU row (`rowStep`) and per MCU
+ * (`colStep`), for each scan component. A scan of one component is not interleaved: its MCU is
+ * one block, and its rows and columns are the component's own blocks (not padded to whole MCUs
+ * of the frame), of which `rowsPerImcu` (its vertical factor) make an iMCU row.
+ */
+export interface ScanLayout {
+  lines: number;
+  perLine: number;
+  rowsPerImcu: number;
+  blockComp: Int32Array;
+  blockOffset: Int32Array;
+  rowStep: Int32Array;
+  colStep: Int32Array;
+}
+
+/** The MCU walk of a scan of frame components `components` (see `ScanLayout`). */
+export function scanLayout(
+  frame: EntropyFrame,
+  components: number[],
+  out: ComponentCoefficients[],
+): ScanLayout {
+  const hMax = Math.max(...frame.sampling.map(([h]) => h));
+  const vMax = Math.max(...frame.sampling.map(([, v]) => v));
+  const n = components.length;
+  const blockComp: number[] = [], blockOffset: number[] = [];
+  const rowStep: number[] = [], colStep: number[] = [];
+  if (n === 1) {
+    const [h, v] = frame.sampling[components[0]];
+    return {
+      lines: Math.ceil(frame.height * v / (8 * vMax)),
+      perLine: Math.ceil(frame.width * h / (8 * hMax)),
+      rowsPerImcu: v,
+      blockComp: new Int32Array(1),
+      blockOffset: new Int32Array(1),
+      rowStep: new Int32Array([out[components[0]].blocksPerLine * 64]),
+      colStep: new Int32Array([64]),
+    };
+  }
+  for (let k = 0; k < n; k++) {
+    const [h, v] = frame.sampling[components[k]];
+    const stride = out[components[k]].blocksPerLine;
+    for (let y = 0; y < v; y++) {
+      for (let x = 0; x < h; x++) {
+        blockComp.push(k);
+        blockOffset.push((y * stride + x) * 64);
+      }
+    }
+    rowStep.push(v * stride * 64);
+    colStep.push(h * 64);
+  }
+  return {
+    lines: Math.ceil(frame.height / (8 * vMax)),
+    perLine: Math.ceil(frame.width / (8 * hMax)),
+    rowsPerImcu: 1,
+    blockComp: new Int32Array(blockComp),
+    blockOffset: new Int32Array(blockOffset),
+    rowStep: new Int32Array(rowStep),
+    colStep: new Int32Array(colStep),
+  };
 }
 
 function decodeScan(
@@ -365,10 +459,6 @@ function decodeScan(
   frame: EntropyFrame,
   scan: EntropyScan,
   out: ComponentCoefficients[],
-  mcusPerLine: number,
-  mcuRows: number,
-  hMax: number,
-  vMax: number,
 ): ScanStop {
   const reader = new BitReader(bytes, scan.start);
   const n = scan.components.length;
@@ -383,24 +473,11 @@ function decodeScan(
   ) => (t && (!progressive || scan.ss !== 0) ? decodingTable(t) : null));
   const pred = new Float64Array(n);
   const state = { eobrun: 0 };
-  // The blocks of one interleaved MCU: their scan component, their offset in its coefficients
-  // from the MCU's first block, and how far that first block moves per MCU row and per MCU.
-  const blockComp: number[] = [], blockOffset: number[] = [];
-  const rowStep: number[] = [], colStep: number[] = [];
-  if (n > 1) {
-    for (let k = 0; k < n; k++) {
-      const [h, v] = frame.sampling[scan.components[k]];
-      const stride = out[scan.components[k]].blocksPerLine;
-      for (let y = 0; y < v; y++) {
-        for (let x = 0; x < h; x++) {
-          blockComp.push(k);
-          blockOffset.push((y * stride + x) * 64);
-        }
-      }
-      rowStep.push(v * stride * 64);
-      colStep.push(h * 64);
-    }
-  }
+  const { lines, perLine, rowsPerImcu, blockComp, blockOffset, rowStep, colStep } = scanLayout(
+    frame,
+    scan.components,
+    out,
+  );
   const data = scan.components.map((c) => out[c].coefficients);
   const block = (k: number, off: number) => {
     const coefs = data[k];
@@ -411,19 +488,8 @@ function decodeScan(
     } else if (acFirst) acFirstBlock(reader, coefs, off, acTables[k]!, scan, state);
     else acRefineBlock(reader, coefs, off, acTables[k]!, scan, state);
   };
-  let lines: number, perLine: number;
-  if (n === 1) {
-    const [h, v] = frame.sampling[scan.components[0]];
-    perLine = Math.ceil(frame.width * h / (8 * hMax));
-    lines = Math.ceil(frame.height * v / (8 * vMax));
-  } else {
-    perLine = mcusPerLine;
-    lines = mcuRows;
-  }
   const interval = scan.restartInterval;
   let togo = interval, expected = 0;
-  // A single component's MCU rows are block rows, v of them per iMCU row.
-  const rowsPerImcu = n === 1 ? frame.sampling[scan.components[0]][1] : 1;
   let lastGoodRow = 0;
   for (let row = 0; row < lines; row++) {
     for (let col = 0; col < perLine; col++) {
@@ -440,10 +506,6 @@ function decodeScan(
         togo--;
       }
       if (reader.short) continue;
-      if (n === 1) {
-        block(0, (row * out[scan.components[0]].blocksPerLine + col) * 64);
-        continue;
-      }
       for (let b = 0; b < blockComp.length; b++) {
         const k = blockComp[b];
         block(k, blockOffset[b] + row * rowStep[k] + col * colStep[k]);

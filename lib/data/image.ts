@@ -10,7 +10,8 @@
  * JPEGs decode to Pillow's pixels (`Image.open(f).convert("RGB")`, Pillow 12.3 with libjpeg-turbo
  * 3.1 on x86-64), value for value: this module reads and checks the segments as libjpeg does, and
  * the rest is libjpeg-turbo's, redone here — its Huffman entropy decoding, sequential and
- * progressive, with its handling of damaged data (`./_jpeg_entropy.ts`), its inverse DCT
+ * progressive, with its handling of damaged data (`./_jpeg_entropy.ts`), its arithmetic decoding
+ * (`./_jpeg_arith.ts`, likewise), its inverse DCT
  * ("islow", `./_jpeg_idct.ts`, with its block smoothing of progressive files whose scans stop
  * short), its "fancy" chroma upsampling and fixed-point YCbCr → RGB (`./_jpeg_upsample.ts`), its
  * rules telling RGB from YCbCr and CMYK from YCCK, and Pillow's CMYK → RGB. (jpeg-js, which
@@ -47,6 +48,7 @@ import { imagePixelLimit } from "./limits.ts";
 import { type JpegComponentPlane, jpegFrameToRgb } from "./_jpeg_upsample.ts";
 import { type BlockSmoothing, componentSamples, NATURAL_ORDER } from "./_jpeg_idct.ts";
 import { decodeEntropy, type HuffmanTable, STANDARD_TABLES } from "./_jpeg_entropy.ts";
+import { ArithmeticReadLimit, decodeArithmetic } from "./_jpeg_arith.ts";
 
 /** CLIP's per-channel mean (RGB), docs/data.md#preprocessing. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
@@ -91,6 +93,10 @@ function checkPixels(name: string, width: number, height: number, options: Decod
  * 7000 × 7000 pixels cost 1.5 GB and 2 s before it failed). Every 8 × 8 block of a full-resolution
  * component needs at least one bit in the scans (a Huffman code is at least one bit long), so a
  * genuine image holds at least pixels ÷ 512 bytes; the check asks for half of that.
+ * Arithmetic-coded files are not checked: their coder spends far less than a bit on a block of a
+ * flat area (cjpeg writes a uniform 2048 × 2048 colour image in 215 bytes and a 7000 × 7000 grey
+ * one in 125, both genuine, both decoded by Pillow), so no bound of this kind holds for them; the
+ * pixel limit does (such a 7000 × 7000 file decodes here in 0.7 s, 350 MB resident; Pillow 0.23 s).
  */
 function checkJpegBytes(
   name: string,
@@ -232,6 +238,26 @@ function segmentProblem(
     if (length !== 6 + 2 * count) return `declares ${length} bytes for ${count} components`;
   } else if (marker === 0xdd) {
     if (length !== 4) return `declares ${length} bytes (a restart interval has 4)`;
+  } else if (marker === 0xcc) {
+    // get_dac: (index, value) pairs; indices 0–15 are DC tables 0–15 (value: L in the low nibble,
+    // U in the high one), 16–31 AC tables 0–15 (value: Kx, any byte: libjpeg-turbo does not check
+    // it). T.81 writes the index as Tc (0 DC, 1 AC) in the high nibble and Tb (0–3) in the low.
+    for (let q = p + 4; q + 1 < end; q += 2) {
+      const index = bytes[q], value = bytes[q + 1];
+      if (index > 31) {
+        return `defines conditioning table ${index >> 4}/${index & 15} (class/number; ` +
+          `libjpeg reads 0/0–15 for DC and 1/0–15 for AC)`;
+      }
+      if (index < 16 && (value & 15) > value >> 4) {
+        return `gives DC conditioning table ${index} a lower bound L = ${
+          value & 15
+        } above its upper bound U = ${value >> 4}`;
+      }
+    }
+    if (length < 2 || length % 2 !== 0) {
+      return `declares ${length} bytes, which are not its 2-byte length and whole (table, value) ` +
+        `pairs`;
+    }
   }
   return undefined;
 }
@@ -246,9 +272,10 @@ interface JpegScan {
   al: number;
   /**
    * Why libjpeg cannot build a Huffman table this scan decodes with, as the tables stand when it
-   * starts (see `huffmanTableProblem`), or because it is not defined; absent where it can.
+   * starts (see `huffmanTableProblem`), or because it is not defined; absent where it can (and in
+   * arithmetic-coded files).
    */
-  huffman?: string;
+  tables?: string;
   /** Where its entropy-coded data starts, and the marker after it that the walk went on from. */
   start: number;
   end: number;
@@ -257,6 +284,16 @@ interface JpegScan {
   /** Each scan component's DC and AC Huffman tables as defined when the scan starts. */
   dc: (HuffmanTable | undefined)[];
   ac: (HuffmanTable | undefined)[];
+  /** Each scan component's DC and AC table numbers (the scan header's selectors, 0–15). */
+  dcTables: number[];
+  acTables: number[];
+  /**
+   * The arithmetic coding conditioning in force when the scan starts (DAC segments, or libjpeg's
+   * defaults): L and U of DC tables 0–15 (0 and 1), Kx of AC tables 0–15 (5).
+   */
+  dcL: number[];
+  dcU: number[];
+  acK: number[];
 }
 
 /**
@@ -294,12 +331,15 @@ function huffmanTableProblem(
  * and skips each scan's entropy-coded data to the next marker (stuffed 0xFF 00, restart markers
  * and fill bytes are not markers); a marker libjpeg does not read, a second SOI or frame header
  * end the walk as a bad segment. `tableOf` maps a component id to its table number (frame
- * header). Stops at EOI (`ended`) or the end of the bytes.
+ * header). In an arithmetic-coded file (`arithmetic`) the scans get the conditioning of the DAC
+ * segments before them instead of Huffman tables (DHT segments are still read and checked, as
+ * libjpeg reads them). Stops at EOI (`ended`) or the end of the bytes.
  */
 function jpegScans(
   bytes: Uint8Array,
   tableOf: Map<number, number>,
   progressive: boolean,
+  arithmetic: boolean,
 ): {
   scans: JpegScan[];
   latched: Map<number, Int32Array>;
@@ -320,6 +360,9 @@ function jpegScans(
   // libjpeg-turbo's sequential decoder gives the standard tables to tables 0 and 1 that are not
   // defined (its progressive one does not: Pillow refuses such a file).
   const huffman = new Map<string, HuffmanTable>(progressive ? [] : Object.entries(STANDARD_TABLES));
+  // The arithmetic coding conditioning of tables 0–15, libjpeg's defaults until a DAC segment
+  // sets them.
+  const dcL = Array(16).fill(0), dcU = Array(16).fill(1), acK = Array(16).fill(5);
   let restartInterval = 0;
   let frames = 0;
   let jfif = false;
@@ -385,6 +428,13 @@ function jpegScans(
       if (text(p + 4, 5) === "Adobe") adobe = { transformCode: bytes[p + 15] };
     } else if (marker === 0xdd) {
       restartInterval = (bytes[p + 4] << 8) | bytes[p + 5];
+    } else if (marker === 0xcc) {
+      // Pairs and values were checked by segmentProblem.
+      for (let q = p + 4; q + 1 < end; q += 2) {
+        const index = bytes[q], value = bytes[q + 1];
+        if (index >= 16) acK[index - 16] = value;
+        else [dcL[index], dcU[index]] = [value & 15, value >> 4];
+      }
     } else if (marker === 0xdb) {
       for (let q = p + 4; q < end;) {
         const precision = bytes[q] >> 4, id = bytes[q] & 15;
@@ -428,11 +478,16 @@ function jpegScans(
         restartInterval,
         dc: ids.map((_, c) => huffman.get(`dc${bytes[p + 6 + 2 * c] >> 4}`)),
         ac: ids.map((_, c) => huffman.get(`ac${bytes[p + 6 + 2 * c] & 15}`)),
+        dcTables: ids.map((_, c) => bytes[p + 6 + 2 * c] >> 4),
+        acTables: ids.map((_, c) => bytes[p + 6 + 2 * c] & 15),
+        dcL: dcL.slice(),
+        dcU: dcU.slice(),
+        acK: acK.slice(),
       };
       // What libjpeg builds for the scan: both tables of each component in a sequential frame; in
       // a progressive one the DC tables for a first DC scan, the AC tables for an AC scan, none
-      // for a DC refinement.
-      for (const key of used) {
+      // for a DC refinement. (An arithmetic decoder has conditioning tables 0–15: any selector.)
+      for (const key of arithmetic ? [] : used) {
         const dc = key.startsWith("dc");
         if (progressive && (dc ? scan.ss !== 0 || scan.ah !== 0 : scan.ss === 0)) continue;
         const table = huffman.get(key);
@@ -441,7 +496,7 @@ function jpegScans(
             `sequential frames only)`
           : huffmanTableProblem(table.counts, table.symbols, dc);
         if (why !== undefined) {
-          scan.huffman ??= `decodes with Huffman table ${key.slice(0, 2).toUpperCase()} ` +
+          scan.tables ??= `decodes with Huffman table ${key.slice(0, 2).toUpperCase()} ` +
             `${key.slice(2)}, which ${why}`;
         }
       }
@@ -492,7 +547,7 @@ function scanProblem(
     if (!frameIndex.has(id)) return `names component ${id}, which the frame does not have`;
     if (scan.componentIds.indexOf(id) !== i) return `lists component ${id} twice`;
   }
-  if (!progressive) return scan.huffman;
+  if (!progressive) return scan.tables;
   const band = `coefficients ${scan.ss}–${scan.se}`;
   if (scan.ss === 0 && scan.se !== 0) return `mixes the DC coefficient with AC ones (${band})`;
   if (scan.ss > 0 && (scan.ss > scan.se || scan.se > 63)) {
@@ -505,7 +560,7 @@ function scanProblem(
     return `refines from bit ${scan.ah} to bit ${scan.al} (one bit at a time)`;
   }
   if (scan.al > 13) return `sends coefficients shifted by ${scan.al} bits (at most 13)`;
-  return scan.huffman;
+  return scan.tables;
 }
 
 /** 1st, 2nd, 3rd, 4th, … */
@@ -561,6 +616,9 @@ function blockSmoothing(
   return useful ? smoothing : undefined;
 }
 
+/** How many bytes of a file Pillow's `ImageFile.load` reads at a time (`MAXBLOCK`). */
+const PILLOW_READ_SIZE = 65536;
+
 /** The most `scanCoverage` allowed: twice what progressive files from encoders reach. */
 const MAX_SCAN_COVERAGE = 8;
 
@@ -577,11 +635,11 @@ function scanCoverage(
   frame: {
     width: number;
     height: number;
-    marker: number;
     componentIds: number[];
     sampling: [number, number][];
   },
   scans: JpegScan[],
+  progressive: boolean,
 ): number {
   const hMax = Math.max(1, ...frame.sampling.map(([h]) => h));
   const vMax = Math.max(1, ...frame.sampling.map(([, v]) => v));
@@ -594,34 +652,39 @@ function scanCoverage(
   for (const n of blocks.values()) total += n;
   let work = 0;
   for (const scan of scans) {
-    const band = frame.marker !== 0xc2 ? 64 : Math.max(1, Math.min(scan.se, 63) - scan.ss + 1);
+    const band = !progressive ? 64 : Math.max(1, Math.min(scan.se, 63) - scan.ss + 1);
     for (const id of scan.componentIds) work += (blocks.get(id) ?? 0) * band;
   }
   return total > 0 ? work / (64 * total) : 0;
 }
 
 /**
- * Decodes a baseline, extended (SOF1) or progressive JPEG to RGB: the pixels Pillow gives for
- * `Image.open(file).convert("RGB")`, value for value (the module doc says how). Greyscale JPEGs
+ * Decodes a baseline, extended (SOF1) or progressive JPEG, Huffman-coded or arithmetic-coded
+ * (SOF9, SOF10), to RGB: the pixels Pillow gives for `Image.open(file).convert("RGB")`, value for
+ * value (the module doc says how). Greyscale JPEGs
  * are repeated into the 3 channels; four-component JPEGs (CMYK, or YCCK by their Adobe marker)
  * are read as Pillow reads them, Adobe-inverted, and converted as its `convert("RGB")` does.
  *
  * Refused with the file's name, before decoding: a declared size over the pixel limit, over
- * 65500 a side (libjpeg's limit) or far larger than the file could hold, no frame header, samples
- * other than 8-bit, arithmetic, lossless or hierarchical coding (Pillow reads arithmetic-coded
- * files; this decoder does not), a number of components other than 1, 3 or 4 (Pillow refuses
- * those), sampling factors outside 1–4 or in fractional ratios, two components with one id, a
- * scan interleaving more than 10 blocks per MCU, a scan whose Huffman table is missing or one
- * libjpeg cannot build, a component whose quantisation table is not defined by its first scan, a
- * DQT, DHT, SOF, SOS or DRI segment whose length disagrees with its contents (see
- * `segmentProblem`), a second SOI or frame header, a marker libjpeg does not read, a JFIF or
- * Adobe segment too short for Pillow's parser, another scan after a sequential first one holding
- * every component (libjpeg then expects the end), no end-of-image marker (Pillow: "image file is
- * truncated"; it does decode a sequential file lacking only that marker when some bytes follow
- * the scan's data), and scans going over each coefficient more than 8 times on average (Pillow
- * decodes those, slowly; see `scanCoverage`). Damaged entropy-coded data is decoded as libjpeg
- * decodes it (`./_jpeg_entropy.ts`), as Pillow does; coefficient memory is allocated only for
- * the checked frame.
+ * 65500 a side (libjpeg's limit) or, for a Huffman-coded file, far larger than the file could
+ * hold (see `checkJpegBytes`), no frame header, samples other than 8-bit, lossless or
+ * hierarchical coding (SOF3, SOF5–7, SOF11, SOF13–15), a number of components other than 1, 3 or
+ * 4 (Pillow refuses those), sampling factors outside 1–4 or in fractional ratios, two components
+ * with one id, a scan interleaving more than 10 blocks per MCU, a scan whose Huffman table is
+ * missing or one libjpeg cannot build, a component whose quantisation table is not defined by
+ * its first scan, a DQT, DHT, SOF, SOS, DRI or DAC segment whose length disagrees with its
+ * contents or a DAC segment libjpeg refuses (see `segmentProblem`), a second SOI or frame header,
+ * a marker libjpeg does not read, a JFIF or Adobe segment too short for Pillow's parser, another
+ * scan after a sequential first one holding every component (libjpeg then expects the end), no
+ * end-of-image marker (Pillow: "image file is truncated"; it does decode a sequential file
+ * lacking only that marker when its decoding ends before the file does, which is modelled for
+ * arithmetic-coded files only), and scans going over each coefficient more than 8 times on
+ * average (Pillow decodes those, slowly; see `scanCoverage`). Refused while decoding, as Pillow
+ * refuses it: an arithmetic-coded file whose decoding reads past the end of the file, or past
+ * the 64 KiB pieces Pillow had read when the scan's header came (`PILLOW_READ_SIZE`). Damaged
+ * entropy-coded data is decoded as libjpeg decodes it (`./_jpeg_entropy.ts`,
+ * `./_jpeg_arith.ts`), as Pillow does; coefficient memory is allocated only for the checked
+ * frame.
  *
  * @example
  * ```ts
@@ -658,17 +721,22 @@ export function decodeJpeg(
         `read: re-encode the image with 8-bit samples`,
     );
   }
-  if (declared.marker !== 0xc0 && declared.marker !== 0xc1 && declared.marker !== 0xc2) {
-    const kind = declared.marker >= 0xc9
-      ? "arithmetic-coded"
-      : declared.marker === 0xc3
+  const arithmetic = declared.marker === 0xc9 || declared.marker === 0xca;
+  if (
+    !arithmetic && declared.marker !== 0xc0 && declared.marker !== 0xc1 && declared.marker !== 0xc2
+  ) {
+    const kind = declared.marker === 0xc3
       ? "lossless"
-      : "hierarchical or lossless";
+      : declared.marker === 0xcb
+      ? "lossless arithmetic-coded"
+      : declared.marker >= 0xcd
+      ? "hierarchical arithmetic-coded"
+      : "hierarchical";
     throw new Error(
       `${name} is a ${kind} JPEG (frame marker 0xFF${
         declared.marker.toString(16).toUpperCase()
-      }), which this decoder does not read (baseline, extended and progressive Huffman-coded ` +
-        `JPEGs only): re-encode the image`,
+      }), which this decoder does not read (baseline, extended and progressive JPEGs, ` +
+        `Huffman- or arithmetic-coded, only): re-encode the image`,
     );
   }
   const factors = declared.sampling;
@@ -696,11 +764,12 @@ export function decodeJpeg(
     );
   }
   const index = new Map(declared.componentIds.map((id, i) => [id, i]));
-  const progressive = declared.marker === 0xc2;
+  const progressive = declared.marker === 0xc2 || declared.marker === 0xca;
   const { scans, latched, missingTable, badSegment, ended, jfif, adobe } = jpegScans(
     bytes,
     new Map(declared.componentIds.map((id, i) => [id, declared.quantTables[i]])),
     progressive,
+    arithmetic,
   );
   if (badSegment !== undefined) {
     const kind = ({
@@ -708,6 +777,7 @@ export function decodeJpeg(
       0xc4: "Huffman table (DHT)",
       0xda: "scan header (SOS)",
       0xdd: "restart interval (DRI)",
+      0xcc: "DAC (arithmetic coding conditioning)",
     } as Record<number, string>)[badSegment.marker] ??
       (badSegment.marker >= 0xc0 && badSegment.marker <= 0xcf
         ? "frame header (SOF)"
@@ -722,12 +792,16 @@ export function decodeJpeg(
           } refuses: the file is corrupt or hostile — replace or remove it`,
     );
   }
-  if (!ended || scans.length === 0) {
+  // An arithmetic decoder reads no byte it does not need, so that the second case below is known
+  // when decoding: it fails where the decoding reads past the end (`ArithmeticReadLimit`).
+  const oneArithmeticScan = arithmetic && !progressive && scans.length > 0 &&
+    scans[0].componentIds.length === declared.componentIds.length;
+  if (!(ended || oneArithmeticScan) || scans.length === 0) {
     // Pillow raises "image file is truncated" where the file ends before libjpeg is done: before
     // the end-of-image marker (EOI) in a progressive or multi-scan file; in a single sequential
     // scan, where its decoding asks for bytes past the end (its bit buffer reads about 8 ahead).
-    // Only the first is modelled: a sequential file lacking just its EOI, with some bytes after
-    // its scan's data, is refused here though Pillow decodes it.
+    // Only the first is modelled for Huffman-coded files: a sequential one lacking just its EOI,
+    // with some bytes after its scan's data, is refused here though Pillow decodes it.
     throw new Error(
       `${name} is not a readable JPEG (cut short: ${
         scans.length === 0 ? "no scan" : "no end-of-image marker after its scans"
@@ -767,7 +841,7 @@ export function decodeJpeg(
         `replace or remove it`,
     );
   }
-  const coverage = scanCoverage(declared, scans);
+  const coverage = scanCoverage(declared, scans, progressive);
   if (coverage > MAX_SCAN_COVERAGE) {
     throw new Error(
       `${name} has ${scans.length} scans that go over each coefficient of each block ${
@@ -785,17 +859,44 @@ export function decodeJpeg(
   }
   let coefficients, stops;
   try {
-    ({ components: coefficients, stops } = decodeEntropy(
-      bytes,
-      {
-        width: declared.width,
-        height: declared.height,
-        progressive,
-        sampling: factors,
-      },
-      scans.map((scan) => ({ ...scan, components: scan.componentIds.map((id) => index.get(id)!) })),
-    ));
+    const entropyFrame = {
+      width: declared.width,
+      height: declared.height,
+      progressive,
+      sampling: factors,
+    };
+    const entropyScans = scans.map((scan) => ({
+      ...scan,
+      components: scan.componentIds.map((id) => index.get(id)!),
+      // Pillow hands libjpeg a file PILLOW_READ_SIZE bytes at a time, a piece more each time
+      // libjpeg runs out and suspends; its arithmetic decoder cannot suspend (jdarith.c:
+      // JERR_CANT_SUSPEND), so a scan's decoding fails where it reads past the pieces read when
+      // its header (SOS) was.
+      readLimit: Math.min(
+        bytes.length,
+        Math.ceil(scan.start / PILLOW_READ_SIZE) * PILLOW_READ_SIZE,
+      ),
+    }));
+    ({ components: coefficients, stops } = arithmetic
+      ? decodeArithmetic(bytes, entropyFrame, entropyScans)
+      : decodeEntropy(bytes, entropyFrame, entropyScans));
   } catch (err) {
+    if (err instanceof ArithmeticReadLimit && err.limit === bytes.length) {
+      throw new Error(
+        `${name} is not a readable JPEG (cut short: the decoding of its ${
+          ordinal(err.scan + 1)
+        } scan reads past the end of the file, which Pillow refuses); replace or remove it`,
+      );
+    }
+    if (err instanceof ArithmeticReadLimit) {
+      throw new Error(
+        `${name} is an arithmetic-coded JPEG whose ${ordinal(err.scan + 1)} scan reads past byte ` +
+          `${err.limit}, which Pillow cannot decode: it reads files ${PILLOW_READ_SIZE / 1024} ` +
+          `KiB at a time and libjpeg's arithmetic decoder cannot wait for more within a scan ` +
+          `("broken data stream"); convert it to Huffman coding, which loses nothing ` +
+          `(jpegtran -outfile out.jpg in.jpg), or re-encode the image`,
+      );
+    }
     throw new Error(
       `${name} is not a readable JPEG (${(err as Error)?.message ?? err}); replace or remove it`,
     );
