@@ -47,7 +47,7 @@
  * const frame = { width: 16, height: 8, progressive: false, sampling: [[1, 1]] as [number, number][] };
  * const { components: [c] } = decodeArithmetic(data, frame, [{
  *   components: [0], ss: 0, se: 63, ah: 0, al: 0, restartInterval: 0, start: 0,
- *   readLimit: data.length, dcTables: [0], acTables: [0], dcL: [0], dcU: [1], acK: [5],
+ *   dcTables: [0], acTables: [0], dcL: [0], dcU: [1], acK: [5],
  * }]);
  * [c.coefficients[0], c.coefficients[8], c.coefficients[64 + 24]]; // [5, -3, -700] (natural order)
  * ```
@@ -77,11 +77,6 @@ export interface ArithmeticScan {
   restartInterval: number;
   /** Where the scan's entropy-coded data starts. */
   start: number;
-  /**
-   * Where the bytes the scan's decoding may read end: reading one more throws
-   * `ArithmeticReadLimit` (`./image.ts` sets it where Pillow's buffer ends; see there).
-   */
-  readLimit: number;
   /** Each scan component's DC and AC conditioning table number (0–15). */
   dcTables: number[];
   acTables: number[];
@@ -151,16 +146,15 @@ for (let s = 0; s * 4 < TABLE_D2.length; s++) {
 const FIXED_STATE = 113;
 
 /**
- * Thrown where a scan's decoding would read a byte at or past its `readLimit` (`scan`: its index in
- * the scans; `limit`: that limit).
+ * Thrown where a scan's decoding would read past the end of the bytes (`scan`: its index in the
+ * scans). libjpeg, fed a file by Pillow, cannot go on there: Pillow has no more data to give it
+ * and its arithmetic decoder cannot suspend for more.
  */
-export class ArithmeticReadLimit extends Error {
+export class ArithmeticPastEnd extends Error {
   scan: number;
-  limit: number;
-  constructor(scan: number, limit: number) {
-    super(`its scan ${scan + 1} reads past byte ${limit}`);
+  constructor(scan: number) {
+    super(`its scan ${scan + 1} reads past the end of the file`);
     this.scan = scan;
-    this.limit = limit;
   }
 }
 
@@ -180,46 +174,34 @@ const AC_BINS = 256;
 class QmDecoder {
   bytes: Uint8Array;
   pos: number;
-  /** Where the bytes it may read end, and its scan's index (for `ArithmeticReadLimit`). */
-  limit: number;
+  /** Its scan's index (for `ArithmeticPastEnd`). */
   scan: number;
-  /** The marker met in the data (0: none; `END` at the end of the bytes). */
+  /** The marker met in the data (0: none; `END` where a restart marker was sought past the end). */
   marker = 0;
   c = 0;
   a = 0;
   ct = -16;
 
-  constructor(bytes: Uint8Array, pos: number, limit: number, scan: number) {
+  constructor(bytes: Uint8Array, pos: number, scan: number) {
     this.bytes = bytes;
     this.pos = pos;
-    this.limit = limit;
     this.scan = scan;
   }
 
-  /** Throws `ArithmeticReadLimit` where the bytes up to `pos` run past the limit. */
-  checkLimit(): void {
-    if (this.pos > this.limit || this.marker === END) {
-      throw new ArithmeticReadLimit(this.scan, this.limit);
-    }
+  /** Throws `ArithmeticPastEnd` where the search for a restart marker ran past the end. */
+  checkEnd(): void {
+    if (this.marker === END) throw new ArithmeticPastEnd(this.scan);
   }
 
   /** The next data byte: zero once a marker has been met, an 0xFF for a stuffed 0xFF 00. */
   byte(): number {
     if (this.marker !== 0) return 0;
     const bytes = this.bytes, n = bytes.length;
-    if (this.pos >= this.limit) throw new ArithmeticReadLimit(this.scan, this.limit);
-    if (this.pos >= n) {
-      this.marker = END;
-      return 0;
-    }
+    if (this.pos >= n) throw new ArithmeticPastEnd(this.scan);
     let d = bytes[this.pos++];
     if (d !== 0xff) return d;
     do {
-      if (this.pos >= this.limit) throw new ArithmeticReadLimit(this.scan, this.limit);
-      if (this.pos >= n) {
-        this.marker = END;
-        return 0;
-      }
+      if (this.pos >= n) throw new ArithmeticPastEnd(this.scan);
       d = bytes[this.pos++];
     } while (d === 0xff);
     if (d === 0) return 0xff;
@@ -331,7 +313,7 @@ function decodeScan(
   out: ComponentCoefficients[],
   s: DecoderState,
 ): QmDecoder {
-  const d = new QmDecoder(bytes, scan.start, scan.readLimit, index);
+  const d = new QmDecoder(bytes, scan.start, index);
   const n = scan.components.length;
   const progressive = frame.progressive;
   const dcFirst = progressive && scan.ss === 0 && scan.ah === 0;
@@ -396,7 +378,7 @@ function decodeScan(
       if (interval > 0) {
         if (togo === 0) {
           readRestartMarker(d, expected);
-          d.checkLimit();
+          d.checkEnd();
           expected = (expected + 1) & 7;
           reset();
           togo = interval;

@@ -48,7 +48,7 @@ import { imagePixelLimit } from "./limits.ts";
 import { type JpegComponentPlane, jpegFrameToRgb } from "./_jpeg_upsample.ts";
 import { type BlockSmoothing, componentSamples, NATURAL_ORDER } from "./_jpeg_idct.ts";
 import { decodeEntropy, type HuffmanTable, STANDARD_TABLES } from "./_jpeg_entropy.ts";
-import { ArithmeticReadLimit, decodeArithmetic } from "./_jpeg_arith.ts";
+import { ArithmeticPastEnd, decodeArithmetic } from "./_jpeg_arith.ts";
 
 /** CLIP's per-channel mean (RGB), docs/data.md#preprocessing. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
@@ -616,9 +616,6 @@ function blockSmoothing(
   return useful ? smoothing : undefined;
 }
 
-/** How many bytes of a file Pillow's `ImageFile.load` reads at a time (`MAXBLOCK`). */
-const PILLOW_READ_SIZE = 65536;
-
 /** The most `scanCoverage` allowed: twice what progressive files from encoders reach. */
 const MAX_SCAN_COVERAGE = 8;
 
@@ -680,8 +677,10 @@ function scanCoverage(
  * lacking only that marker when its decoding ends before the file does, which is modelled for
  * arithmetic-coded files only), and scans going over each coefficient more than 8 times on
  * average (Pillow decodes those, slowly; see `scanCoverage`). Refused while decoding, as Pillow
- * refuses it: an arithmetic-coded file whose decoding reads past the end of the file, or past
- * the 64 KiB pieces Pillow had read when the scan's header came (`PILLOW_READ_SIZE`). Damaged
+ * refuses it: an arithmetic-coded file whose decoding reads past the end of the file. Decoded
+ * though Pillow 12.3 refuses them: arithmetic-coded files whose scan data runs past the 64 KiB
+ * pieces Pillow reads a file in (libjpeg's arithmetic decoder cannot wait for the next piece
+ * within a scan: "broken data stream"), decoded as libjpeg decodes the whole file. Damaged
  * entropy-coded data is decoded as libjpeg decodes it (`./_jpeg_entropy.ts`,
  * `./_jpeg_arith.ts`), as Pillow does; coefficient memory is allocated only for the checked
  * frame.
@@ -793,7 +792,7 @@ export function decodeJpeg(
     );
   }
   // An arithmetic decoder reads no byte it does not need, so that the second case below is known
-  // when decoding: it fails where the decoding reads past the end (`ArithmeticReadLimit`).
+  // when decoding: it fails where the decoding reads past the end (`ArithmeticPastEnd`).
   const oneArithmeticScan = arithmetic && !progressive && scans.length > 0 &&
     scans[0].componentIds.length === declared.componentIds.length;
   if (!(ended || oneArithmeticScan) || scans.length === 0) {
@@ -868,33 +867,16 @@ export function decodeJpeg(
     const entropyScans = scans.map((scan) => ({
       ...scan,
       components: scan.componentIds.map((id) => index.get(id)!),
-      // Pillow hands libjpeg a file PILLOW_READ_SIZE bytes at a time, a piece more each time
-      // libjpeg runs out and suspends; its arithmetic decoder cannot suspend (jdarith.c:
-      // JERR_CANT_SUSPEND), so a scan's decoding fails where it reads past the pieces read when
-      // its header (SOS) was.
-      readLimit: Math.min(
-        bytes.length,
-        Math.ceil(scan.start / PILLOW_READ_SIZE) * PILLOW_READ_SIZE,
-      ),
     }));
     ({ components: coefficients, stops } = arithmetic
       ? decodeArithmetic(bytes, entropyFrame, entropyScans)
       : decodeEntropy(bytes, entropyFrame, entropyScans));
   } catch (err) {
-    if (err instanceof ArithmeticReadLimit && err.limit === bytes.length) {
+    if (err instanceof ArithmeticPastEnd) {
       throw new Error(
         `${name} is not a readable JPEG (cut short: the decoding of its ${
           ordinal(err.scan + 1)
         } scan reads past the end of the file, which Pillow refuses); replace or remove it`,
-      );
-    }
-    if (err instanceof ArithmeticReadLimit) {
-      throw new Error(
-        `${name} is an arithmetic-coded JPEG whose ${ordinal(err.scan + 1)} scan reads past byte ` +
-          `${err.limit}, which Pillow cannot decode: it reads files ${PILLOW_READ_SIZE / 1024} ` +
-          `KiB at a time and libjpeg's arithmetic decoder cannot wait for more within a scan ` +
-          `("broken data stream"); convert it to Huffman coding, which loses nothing ` +
-          `(jpegtran -outfile out.jpg in.jpg), or re-encode the image`,
       );
     }
     throw new Error(
