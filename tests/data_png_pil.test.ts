@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { readNpz } from "../lib/data/npy.ts";
+import { zlibSync } from "fflate";
 import { decodePng } from "../lib/data/image.ts";
+import { concat, pngChunk, rgbRows } from "./helpers/crafted_inputs.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -96,4 +98,59 @@ Deno.test("damaged PNGs are refused with an Error naming the file and a fix", as
     assert.match(err.message, /replace or (remove|re-export)/, name);
     assert.match(err.message, want[name], name);
   }
+});
+
+/** An 8-bit RGB PNG of `width`×`height` with `chunks` (type, data) between IHDR and IEND. */
+function pngOf(width: number, height: number, chunks: [string, Uint8Array][]): Uint8Array {
+  const ihdr = new Uint8Array(13);
+  new DataView(ihdr.buffer).setUint32(0, width);
+  new DataView(ihdr.buffer).setUint32(4, height);
+  ihdr.set([8, 2], 8);
+  return concat([
+    new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk("IHDR", ihdr),
+    ...chunks.map(([type, data]) => pngChunk(type, data)),
+    pngChunk("IEND", new Uint8Array(0)),
+  ]);
+}
+
+// Measured with Pillow 12.3 on files of the fuzz run (docs/data.md): a chunk type of other than
+// letters, digits or "_" before the pixel data makes Pillow refuse the file ("broken PNG file",
+// then "cannot identify image file"); after the pixel data it stops Pillow's reading there.
+Deno.test("a PNG chunk type other than 4 letters or digits is refused before the pixel data", () => {
+  const rows = rgbRows(2, 2);
+  const gama = new Uint8Array([0, 0, 0xb1, 0x8f]);
+  const bad = pngOf(2, 2, [["g'MA", gama], ["IDAT", zlibSync(rows)]]);
+  assert.throws(
+    () => decodePng(bad, "type.png"),
+    /^Error: type\.png is not a readable PNG \(a chunk type that is not 4 letters or digits \("g'MA"\)\)/,
+  );
+  const after = pngOf(2, 2, [["IDAT", zlibSync(rows)], ["t:XT", gama]]);
+  assert.deepEqual(
+    decodePng(after, "after.png").data,
+    decodePng(pngOf(2, 2, [["IDAT", zlibSync(rows)]]), "ok.png").data,
+  );
+});
+
+// Pillow feeds its decoder the IDAT chunks one by one and stops once it has every row; it then
+// skips each IDAT chunk left by its length, and refuses the file ("Truncated File Read") where
+// the file ends inside one's data — not where it ends inside its CRC (measured with Pillow 12.3).
+Deno.test("an IDAT chunk cut after the pixel data is complete is refused; one cut in its CRC is not", () => {
+  const z = zlibSync(rgbRows(2, 2));
+  const split = [z.subarray(0, z.length - 6), z.subarray(z.length - 6, z.length - 4)];
+  // The stream's rows end in the second chunk; its checksum (4 bytes) is in the third.
+  const full = pngOf(2, 2, [["IDAT", split[0]], ["IDAT", split[1]], ["IDAT", z.subarray(-4)]]);
+  const whole = decodePng(full, "whole.png").data;
+  const withoutIend = full.subarray(0, full.length - 12);
+  // The third chunk's CRC cut: decoded, as Pillow decodes it.
+  assert.deepEqual(
+    decodePng(withoutIend.subarray(0, withoutIend.length - 2), "crc.png").data,
+    whole,
+  );
+  // An unneeded fourth chunk whose data is cut: refused, as Pillow refuses it.
+  const extra = concat([withoutIend, pngChunk("IDAT", new Uint8Array(40)).subarray(0, 30)]);
+  assert.throws(
+    () => decodePng(extra, "extra.png"),
+    /^Error: extra\.png is truncated: the file ends inside an IDAT chunk after the one where its pixel data is complete/,
+  );
 });

@@ -20,15 +20,16 @@
  * coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD code, which is what
  * Pillow on x86-64 runs (`./_jpeg_idct.ts`). Which files are refused: `decodeJpeg`.
  *
- * PNG decoding differs from Pillow (docs/data.md): 16-bit PNG samples keep their high byte (what
- * Pillow does for 16-bit RGB; Pillow clips 16-bit grey instead); alpha is dropped before resizing
- * (Pillow premultiplies it; the two agree on opaque images); palette and 1-bit PNGs become RGB
- * before resizing (Pillow's `convert("RGB")` first).
+ * PNGs are read as Pillow 12.3 reads them (`decodePng`: which chunks are checked, where the pixel
+ * data ends, what is ignored after it) and decode to its `convert("RGB")` pixels, alpha and tRNS
+ * dropped, but for two choices (docs/data.md): 16-bit samples keep their high byte (Pillow does
+ * so for 16-bit RGB, but clips 16-bit grey to 255), and pixel data that ends early is refused
+ * (Pillow pads the missing rows with black).
  *
  * Before decoding, the size a file's header declares is checked against a pixel limit (50 M by
  * default; the `maxPixels` option or `DEER_MAX_IMAGE_PIXELS`, see `./limits.ts`), so that a tiny
- * file declaring a huge image is refused at once; and a PNG's pixel data must inflate to exactly
- * what its header declares: a truncated file is an error, never an image padded with zeros.
+ * file declaring a huge image is refused at once; a PNG's pixel data is inflated only up to what
+ * its header declares, and a truncated file is an error, never an image padded with zeros.
  *
  * @example
  * ```ts
@@ -945,8 +946,14 @@ export function decodeJpeg(
 }
 
 /**
- * Decodes a PNG (grey, grey+alpha, RGB, RGBA or palette; 1–16 bits) to RGB. Alpha is dropped;
- * 16-bit samples keep their high byte.
+ * Decodes a PNG (grey, grey+alpha, RGB, RGBA or palette; 1–16 bits) to RGB: Pillow's
+ * `Image.open(file).convert("RGB")`, value for value (alpha and tRNS dropped, palette indices past
+ * the palette black), except that 16-bit samples keep their high byte. The file is checked and
+ * read as Pillow reads it (`cleanPng`): CRCs of the chunks before the pixel data, the pixel data
+ * as the first run of IDAT chunks inflated only up to the bytes the header declares, nothing after
+ * that read but chunk lengths; refused with the file's name and a fix: a declared size over the
+ * pixel limit, a colour type and bit depth the PNG specification does not pair, a failed CRC, a
+ * palette image without its palette, pixel data that is corrupt or ends early (Pillow pads it).
  *
  * @example
  * ```ts
@@ -1112,7 +1119,7 @@ function cleanPng(bytes: Uint8Array, name: string, options: DecodeOptions): Uint
   }
   const idat: Uint8Array[] = [];
   let palette: Uint8Array | undefined;
-  let p = 8;
+  let p = 8, cutIdat = false;
   while (true) {
     if (p + 8 > bytes.length && idat.length > 0) break; // no IEND: Pillow reads what is there
     if (p + 8 > bytes.length) {
@@ -1124,10 +1131,14 @@ function cleanPng(bytes: Uint8Array, name: string, options: DecodeOptions): Uint
     }
     const length = view.getUint32(p), type = text(p + 4);
     if (idat.length > 0 && type !== "IDAT") break; // the pixel data ends (what follows: below)
+    if (!/^\w{4}$/.test(type)) { // Pillow: "broken PNG file", before the pixel data
+      throw unreadable(`a chunk type that is not 4 letters or digits (${JSON.stringify(type)})`);
+    }
     const end = Math.min(bytes.length, p + 8 + length);
     if (type === "IDAT") { // its CRC is not checked (nor by Pillow); a cut one holds what is there
       idat.push(bytes.subarray(p + 8, end));
       if (p + 12 + length > bytes.length) {
+        cutIdat = p + 8 + length > bytes.length; // its data cut, not only its CRC
         p = bytes.length; // cut inside the pixel data: nothing follows
         break;
       }
@@ -1179,6 +1190,18 @@ function cleanPng(bytes: Uint8Array, name: string, options: DecodeOptions): Uint
   if (idat.length > 1) {
     let at = 0;
     for (const c of idat) (compressed.set(c, at), at += c.length);
+  }
+  // Pillow feeds its decoder chunk by chunk and stops once it has every row; an IDAT chunk it did
+  // not need is then skipped by its length, and refused ("Truncated File Read") where the file
+  // ends inside its data.
+  if (cutIdat && idat.length > 1) {
+    const before = idat.slice(0, -1);
+    if (inflatePrefix(concatBytes(before), expected).produced >= expected) {
+      throw new Error(
+        `${name} is truncated: the file ends inside an IDAT chunk after the one where its pixel ` +
+          `data is complete; replace or re-export the image`,
+      );
+    }
   }
   const { data, produced, error } = inflatePrefix(compressed, expected);
   if (error !== undefined && error !== "unexpected end of file") {
