@@ -60,23 +60,13 @@ import {
   END,
   type EntropyFrame,
   readRestartMarker,
+  type ScanHeader,
   scanLayout,
   type ScanStop,
 } from "./_jpeg_entropy.ts";
 
 /** What an arithmetic-coded scan decodes, as its header and the segments before it set it. */
-export interface ArithmeticScan {
-  /** The scan's components, as indices into the frame's, in the scan header's order. */
-  components: number[];
-  /** Spectral selection and successive approximation (ignored for sequential frames). */
-  ss: number;
-  se: number;
-  ah: number;
-  al: number;
-  /** The restart interval in force (MCUs; 0: none). */
-  restartInterval: number;
-  /** Where the scan's entropy-coded data starts. */
-  start: number;
+export interface ArithmeticScan extends ScanHeader {
   /** Each scan component's DC and AC conditioning table number (0–15). */
   dcTables: number[];
   acTables: number[];

@@ -44,8 +44,8 @@ export interface HuffmanTable {
   symbols: Uint8Array;
 }
 
-/** What a scan decodes, as its header and the segments before it set it. */
-export interface EntropyScan {
+/** A scan's header, with the restart interval in force and where its data starts. */
+export interface ScanHeader {
   /** The scan's components, as indices into the frame's, in the scan header's order. */
   components: number[];
   /** Spectral selection and successive approximation (ignored for sequential frames). */
@@ -57,6 +57,10 @@ export interface EntropyScan {
   restartInterval: number;
   /** Where the scan's entropy-coded data starts. */
   start: number;
+}
+
+/** What a Huffman-coded scan decodes, as its header and the segments before it set it. */
+export interface EntropyScan extends ScanHeader {
   /** Each scan component's DC and AC table (those the scan does not use may be absent). */
   dc: (HuffmanTable | undefined)[];
   ac: (HuffmanTable | undefined)[];
