@@ -46,6 +46,7 @@ import { PNG } from "pngjs";
 import { Buffer } from "node:buffer";
 import { constants as zlibConstants, crc32, deflateSync, inflateSync } from "node:zlib";
 import { Unzlib } from "fflate";
+import { concatBytes } from "../io/bytes.ts";
 import { imagePixelLimit } from "./limits.ts";
 import { type JpegComponentPlane, jpegFrameToRgb } from "./_jpeg_upsample.ts";
 import { type BlockSmoothing, componentSamples, NATURAL_ORDER } from "./_jpeg_idct.ts";
@@ -1184,13 +1185,7 @@ function cleanPng(bytes: Uint8Array, name: string, options: DecodeOptions): Uint
   if (colorType === 3 && palette === undefined) {
     throw unreadable("a palette image without its palette (PLTE) before its pixel data");
   }
-  const compressed = idat.length === 1
-    ? idat[0]
-    : new Uint8Array(idat.reduce((a, c) => a + c.length, 0));
-  if (idat.length > 1) {
-    let at = 0;
-    for (const c of idat) (compressed.set(c, at), at += c.length);
-  }
+  const compressed = idat.length === 1 ? idat[0] : concatBytes(idat);
   // Pillow feeds its decoder chunk by chunk and stops once it has every row; an IDAT chunk it did
   // not need is then skipped by its length, and refused ("Truncated File Read") where the file
   // ends inside its data.
@@ -1233,14 +1228,6 @@ function cleanPng(bytes: Uint8Array, name: string, options: DecodeOptions): Uint
 function padPalette(palette: Uint8Array): Uint8Array {
   const out = new Uint8Array(768);
   out.set(palette.subarray(0, palette.length - (palette.length % 3)));
-  return out;
-}
-
-/** The byte arrays one after another. */
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, c) => a + c.length, 0));
-  let at = 0;
-  for (const c of parts) (out.set(c, at), at += c.length);
   return out;
 }
 

@@ -33,6 +33,7 @@
 import { deflateSync } from "fflate";
 import { basename } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
+import { concatBytes } from "../io/bytes.ts";
 import { inflateBounded, InflateLimitError } from "./_inflate.ts";
 import { formatBytes, NPZ_RATIO_FLOOR_BYTES, type NpzLimits, npzLimits } from "./limits.ts";
 
@@ -924,12 +925,5 @@ export async function writeNpz(
   ev.setUint16(10, keys.length, true);
   ev.setUint32(12, cdSize, true);
   ev.setUint32(16, offset, true);
-  const all = [...parts, ...central, eocd];
-  const out = new Uint8Array(all.reduce((a, c) => a + c.length, 0));
-  let p = 0;
-  for (const c of all) {
-    out.set(c, p);
-    p += c.length;
-  }
-  await writeFileAtomic(path, out);
+  await writeFileAtomic(path, concatBytes([...parts, ...central, eocd]));
 }

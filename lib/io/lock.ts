@@ -35,6 +35,7 @@
  * @module
  */
 import { dirname, join } from "node:path";
+import { concatBytes } from "./bytes.ts";
 
 /** Name of the lock file inside a run folder. */
 export const LOCK_FILE = ".lock";
@@ -377,17 +378,7 @@ async function readFrom(file: Deno.FsFile): Promise<string> {
     chunks.push(buf.slice(0, n));
     if (chunks.length > 16) break; // a holder record is a few hundred bytes
   }
-  return new TextDecoder().decode(concat(chunks));
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((s, c) => s + c.length, 0));
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
-  }
-  return out;
+  return new TextDecoder().decode(concatBytes(chunks));
 }
 
 /**

@@ -47,6 +47,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { inflateBounded, InflateLimitError } from "../data/_inflate.ts";
+import { concatBytes } from "../io/bytes.ts";
 import { pathExists } from "../io/run_folder.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -715,9 +716,8 @@ async function gunzipBounded(path: string, cap: number): Promise<Uint8Array> {
     );
   }
   const pieces: Uint8Array[] = [];
-  let total: number;
   try {
-    total = inflateBounded(compressed, "gzip", cap, (piece) => pieces.push(piece.slice()));
+    inflateBounded(compressed, "gzip", cap, (piece) => pieces.push(piece.slice()));
   } catch (err) {
     if (!(err instanceof InflateLimitError)) throw err;
     throw new GzipLimitError(
@@ -727,13 +727,7 @@ async function gunzipBounded(path: string, cap: number): Promise<Uint8Array> {
         `(a decompression bomb)`,
     );
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const piece of pieces) {
-    out.set(piece, at);
-    at += piece.length;
-  }
-  return out;
+  return concatBytes(pieces);
 }
 
 async function readText(path: string): Promise<string> {
