@@ -33,9 +33,10 @@ Deno.test("every PNG kind and the damaged files Pillow decodes decode to Pillow'
   }
 });
 
-// Before lib/data/image.ts rewrote each file for pngjs, each of these was refused (pngjs: bad
-// CRC, content after IEND or after the zlib stream, unknown critical chunk, palette index past
-// the palette, ...) or, for tRNS on grey or RGB, decoded with its transparent pixels black.
+// When pngjs read these files itself (before lib/data/_png.ts checked and decoded them), each
+// was refused (pngjs: bad CRC, content after IEND or after the zlib stream, unknown critical
+// chunk, palette index past the palette, ...) or, for tRNS on grey or RGB, decoded with its
+// transparent pixels black.
 Deno.test("damaged PNGs that Pillow decodes are decoded, to its pixels", async () => {
   const f = await fixture;
   for (

@@ -20,11 +20,12 @@
  * coefficients no real image has, the IDCT follows libjpeg-turbo's x86 SIMD code, which is what
  * Pillow on x86-64 runs (`./_jpeg_idct.ts`). Which files are refused: `decodeJpeg`.
  *
- * PNGs are read as Pillow 12.3 reads them (`decodePng`: which chunks are checked, where the pixel
- * data ends, what is ignored after it) and decode to its `convert("RGB")` pixels, alpha and tRNS
- * dropped, but for two choices (docs/data.md): 16-bit samples keep their high byte (Pillow does
- * so for 16-bit RGB, but clips 16-bit grey to 255), and pixel data that ends early is refused
- * (Pillow pads the missing rows with black).
+ * PNGs are read as Pillow 12.3 reads them (`decodePng`, in `./_png.ts`: which chunks are checked,
+ * where the pixel data ends, what is ignored after it; the rows' filters, bit depths and Adam7
+ * are decoded there too) and decode to its `convert("RGB")` pixels, alpha and tRNS dropped, but
+ * for two choices (docs/data.md): 16-bit samples keep their high byte (Pillow does so for 16-bit
+ * RGB, but clips 16-bit grey to 255), and pixel data that ends early is refused (Pillow pads the
+ * missing rows with black).
  *
  * Before decoding, the size a file's header declares is checked against a pixel limit (50 M by
  * default; the `maxPixels` option or `DEER_MAX_IMAGE_PIXELS`, see `./limits.ts`), so that a tiny
@@ -42,16 +43,16 @@
  * ```
  * @module
  */
-import { PNG } from "pngjs";
-import { Buffer } from "node:buffer";
-import { constants as zlibConstants, crc32, deflateSync, inflateSync } from "node:zlib";
-import { Unzlib } from "fflate";
-import { concatBytes } from "../io/bytes.ts";
-import { imagePixelLimit } from "./limits.ts";
+import { checkPixels } from "./limits.ts";
 import { type JpegComponentPlane, jpegFrameToRgb } from "./_jpeg_upsample.ts";
 import { type BlockSmoothing, componentSamples, NATURAL_ORDER } from "./_jpeg_idct.ts";
 import { decodeEntropy, type HuffmanTable, STANDARD_TABLES } from "./_jpeg_entropy.ts";
 import { ArithmeticPastEnd, decodeArithmetic } from "./_jpeg_arith.ts";
+import { decodePng } from "./_png.ts";
+
+// The PNG decoder lives in ./_png.ts (chunk checks, inflation, row decoding); this module is where
+// it is used from, with decodeJpeg and decodeImage.
+export { decodePng };
 
 /** CLIP's per-channel mean (RGB), docs/data.md#preprocessing. */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073];
@@ -73,21 +74,6 @@ export interface DecodeOptions {
    * (default: `DEER_MAX_IMAGE_PIXELS`, else 50 M).
    */
   maxPixels?: number;
-}
-
-function checkPixels(name: string, width: number, height: number, options: DecodeOptions): void {
-  const limit = imagePixelLimit(options.maxPixels);
-  if (width * height > limit) {
-    throw new Error(
-      `${name} declares ${width}×${height} pixels (${
-        (width * height / 1e6).toFixed(1)
-      } MP), more than the limit of ${
-        limit / 1e6
-      } MP; the file is corrupt or hostile (a decompression bomb) — or, if the image is ` +
-        `genuine, raise the limit (option maxPixels, or the environment variable ` +
-        `DEER_MAX_IMAGE_PIXELS=<pixels>)`,
-    );
-  }
 }
 
 /**
@@ -944,291 +930,6 @@ export function decodeJpeg(
     );
   }
   return { width, height, channels: 3, data };
-}
-
-/**
- * Decodes a PNG (grey, grey+alpha, RGB, RGBA or palette; 1–16 bits) to RGB: Pillow's
- * `Image.open(file).convert("RGB")`, value for value (alpha and tRNS dropped, palette indices past
- * the palette black), except that 16-bit samples keep their high byte. The file is checked and
- * read as Pillow reads it (`cleanPng`): CRCs of the chunks before the pixel data, the pixel data
- * as the first run of IDAT chunks inflated only up to the bytes the header declares, nothing after
- * that read but chunk lengths; refused with the file's name and a fix: a declared size over the
- * pixel limit, a colour type and bit depth the PNG specification does not pair, a failed CRC, a
- * palette image without its palette, pixel data that is corrupt or ends early (Pillow pads it).
- *
- * @example
- * ```ts
- * import { PNG } from "pngjs";
- * const png = new PNG({ width: 298, height: 224 }); // a blank RGBA image
- * const bytes = PNG.sync.write(png);
- * const img = decodePng(bytes, "scan.png");
- * [img.width, img.height, img.channels]; // [298, 224, 3]
- * ```
- */
-export function decodePng(
-  bytes: Uint8Array,
-  name = "image.png",
-  options: DecodeOptions = {},
-): Image8 {
-  const clean = cleanPng(bytes, name, options);
-  // IHDR is the first chunk: its bit depth sits at byte 24. Only 16-bit data skips pngjs'
-  // rescaling, so that we can keep the high byte as Pillow does; 1/2/4-bit grey is scaled to 0–255.
-  const depth = clean[24];
-  let png: { width: number; height: number; data: Uint8Array | Uint16Array };
-  try {
-    const buf = Buffer.from(clean.buffer, clean.byteOffset, clean.byteLength);
-    png = PNG.sync.read(buf, { skipRescale: depth === 16 }) as unknown as typeof png;
-  } catch (err) {
-    throw new Error(
-      `${name} is not a readable PNG (${(err as Error).message}); replace or remove it`,
-    );
-  }
-  const { width, height } = png;
-  const n = width * height;
-  const src = png.data;
-  if (src.length < n * 4) throw new Error(`${name} is not a readable PNG (short pixel data)`);
-  const out = new Uint8Array(n * 3);
-  const shift = depth === 16 ? 8 : 0;
-  for (let i = 0; i < n; i++) {
-    out[i * 3] = src[i * 4] >> shift;
-    out[i * 3 + 1] = src[i * 4 + 1] >> shift;
-    out[i * 3 + 2] = src[i * 4 + 2] >> shift;
-  }
-  return { width, height, channels: 3, data: out };
-}
-
-/** Samples per pixel of each PNG colour type (grey, RGB, palette, grey+alpha, RGBA). */
-const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
-
-/** Adam7's passes: [x0, y0, dx, dy]. */
-const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [
-  0,
-  1,
-  1,
-  2,
-]];
-
-/** The bit depths each PNG colour type allows (the PNG specification's table; Pillow's too). */
-const PNG_DEPTHS: Record<number, number[]> = {
-  0: [1, 2, 4, 8, 16],
-  2: [8, 16],
-  3: [1, 2, 4, 8],
-  4: [8, 16],
-  6: [8, 16],
-};
-
-/** One PNG chunk: length, type, data, CRC-32 of type and data. */
-function pngChunkBytes(type: string, data: Uint8Array): Uint8Array {
-  const out = new Uint8Array(12 + data.length);
-  const v = new DataView(out.buffer);
-  v.setUint32(0, data.length);
-  for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
-  out.set(data, 8);
-  v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
-  return out;
-}
-
-/**
- * The first `want` bytes a zlib stream inflates to, however it goes on (more data, a bad
- * checksum, garbage or a cut after them), as Pillow reads it: it stops inflating once it has
- * every row. Returns how many bytes it got (fewer than `want` when the stream ends or breaks
- * first) and fflate's error, if one came before them. Inflation stops at `want` bytes.
- */
-function inflatePrefix(
-  z: Uint8Array,
-  want: number,
-): { data: Uint8Array; produced: number; error?: string } {
-  // node:zlib is native (3× fflate's speed). A stream that ends where the pixel data does must
-  // pass its checksum, as in Pillow (zlib reads it in the call that ends the last row); one cut
-  // before its checksum is read as far as it goes.
-  try {
-    const data = inflateSync(z, { maxOutputLength: want });
-    return { data, produced: data.length };
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (code !== "ERR_BUFFER_TOO_LARGE") {
-      let data: Uint8Array = new Uint8Array(0);
-      try {
-        data = inflateSync(z, { maxOutputLength: want, finishFlush: zlibConstants.Z_SYNC_FLUSH });
-      } catch { /* broken before its end: how far it got is not told */ }
-      const message = (err as Error).message;
-      return message === "unexpected end of file" && data.length === want
-        ? { data, produced: want }
-        : { data, produced: data.length, error: message };
-    }
-  }
-  // More data than the header declares: Pillow stops inflating once it has every row, so neither
-  // what follows nor the checksum is read. fflate, a slice at a time, stops at `want` bytes.
-  const data = new Uint8Array(want);
-  let produced = 0;
-  const full = new Error("full");
-  const stream = new Unzlib((piece) => {
-    const n = Math.min(piece.length, want - produced);
-    data.set(piece.subarray(0, n), produced);
-    produced += n;
-    if (produced === want) throw full;
-  });
-  const slice = Math.min(64 * 1024, Math.max(1024, Math.ceil(want / 64)));
-  try {
-    for (let p = 0; p < z.length; p += slice) stream.push(z.subarray(p, p + slice), false);
-    stream.push(new Uint8Array(0), true);
-  } catch (err) {
-    if (err !== full) return { data, produced, error: (err as Error).message };
-  }
-  return { data, produced };
-}
-
-/**
- * Checks a PNG as Pillow 12.3 reads it, and rewrites it for pngjs: IHDR (its compression and
- * filter-method fields 0, the interlace flag 0 or 1), the palette (colour type 3 only), one IDAT
- * holding exactly the pixel data the header declares (uncompressed deflate blocks), IEND. Like
- * Pillow: every chunk before the pixel data must pass its CRC check; the pixel data is the first
- * run of consecutive IDAT chunks, whose CRCs are not checked, and must inflate to at least the
- * bytes the header declares — what it holds beyond them, and whatever follows them in the file
- * (chunks, a missing IEND, garbage, a cut), is ignored; unknown chunks are skipped; tRNS is
- * dropped (pngjs blackens the pixels that tRNS makes transparent in grey and RGB images, and
- * alpha is dropped anyway). Unlike Pillow, pixel data that ends early is refused, not padded with
- * black rows, and a palette image needs its palette (Pillow would invent one).
- */
-function cleanPng(bytes: Uint8Array, name: string, options: DecodeOptions): Uint8Array {
-  const unreadable = (why: string) =>
-    new Error(`${name} is not a readable PNG (${why}); replace or remove it`);
-  const text = (p: number) => String.fromCharCode(...bytes.subarray(p, p + 4));
-  if (bytes.length < 33 || text(12) !== "IHDR") throw unreadable("no IHDR header chunk");
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (view.getUint32(8) < 13) throw unreadable(`its IHDR chunk holds ${view.getUint32(8)} bytes`);
-  const width = view.getUint32(16), height = view.getUint32(20);
-  const depth = bytes[24], colorType = bytes[25], interlaced = bytes[28] !== 0;
-  if (width === 0 || height === 0) throw unreadable(`its header declares ${width}×${height}`);
-  checkPixels(name, width, height, options);
-  const channels = PNG_CHANNELS[colorType];
-  if (channels === undefined) throw unreadable(`unknown colour type ${colorType}`);
-  if (!PNG_DEPTHS[colorType].includes(depth)) {
-    throw unreadable(`bit depth ${depth} is not allowed for colour type ${colorType}`);
-  }
-  if (bytes[27] !== 0) throw unreadable(`unknown filter method ${bytes[27]}`);
-  const bits = channels * depth;
-  const rowBytes = (w: number) => 1 + Math.ceil((w * bits) / 8);
-  let expected = 0;
-  if (interlaced) {
-    for (const [x0, y0, dx, dy] of ADAM7) {
-      const w = Math.ceil((width - x0) / dx), h = Math.ceil((height - y0) / dy);
-      if (w > 0 && h > 0) expected += h * rowBytes(w);
-    }
-  } else {
-    expected = height * rowBytes(width);
-  }
-  const idat: Uint8Array[] = [];
-  let palette: Uint8Array | undefined;
-  let p = 8, cutIdat = false;
-  while (true) {
-    if (p + 8 > bytes.length && idat.length > 0) break; // no IEND: Pillow reads what is there
-    if (p + 8 > bytes.length) {
-      throw new Error(
-        `${name} is truncated: the file ends before its pixel data (IDAT)${
-          idat.length ? " is whole" : ""
-        }; replace or re-export the image`,
-      );
-    }
-    const length = view.getUint32(p), type = text(p + 4);
-    if (idat.length > 0 && type !== "IDAT") break; // the pixel data ends (what follows: below)
-    if (!/^\w{4}$/.test(type)) { // Pillow: "broken PNG file", before the pixel data
-      throw unreadable(`a chunk type that is not 4 letters or digits (${JSON.stringify(type)})`);
-    }
-    const end = Math.min(bytes.length, p + 8 + length);
-    if (type === "IDAT") { // its CRC is not checked (nor by Pillow); a cut one holds what is there
-      idat.push(bytes.subarray(p + 8, end));
-      if (p + 12 + length > bytes.length) {
-        cutIdat = p + 8 + length > bytes.length; // its data cut, not only its CRC
-        p = bytes.length; // cut inside the pixel data: nothing follows
-        break;
-      }
-    } else {
-      if (p + 12 + length > bytes.length) {
-        throw new Error(
-          `${name} is truncated: the file ends inside its ${JSON.stringify(type)} chunk (${
-            Math.max(0, bytes.length - p - 8)
-          } of ${length} data bytes); replace or re-export the image`,
-        );
-      }
-      if (crc32(bytes.subarray(p + 4, end)) !== view.getUint32(end)) {
-        throw unreadable(`its ${JSON.stringify(type)} chunk fails its CRC check`);
-      }
-      if (type === "IEND") throw unreadable("it ends (IEND) before any pixel data (IDAT)");
-      if (type === "PLTE") palette = bytes.subarray(p + 8, end);
-      if (type === "tRNS" && length < (colorType === 0 ? 2 : colorType === 2 ? 6 : 0)) {
-        throw unreadable(
-          `its tRNS chunk holds ${length} bytes, too few for colour type ${colorType}`,
-        );
-      }
-    }
-    p += 12 + length;
-  }
-  // After the pixel data Pillow reads chunk after chunk, unchecked, up to IEND, the file's end or
-  // a chunk type that is not 4 letters or digits — but refuses a chunk that runs past the file.
-  while (p + 8 <= bytes.length) {
-    const length = view.getUint32(p), type = text(p + 4);
-    if (type === "IEND" || !/^\w{4}$/.test(type)) break;
-    if (p + 8 + length > bytes.length) {
-      throw new Error(
-        `${name} is truncated: the file ends inside its ${JSON.stringify(type)} chunk after the ` +
-          `pixel data (${
-            bytes.length - p - 8
-          } of ${length} data bytes); replace or re-export the image`,
-      );
-    }
-    p += 12 + length;
-  }
-  if (palette !== undefined && palette.length > 768) {
-    throw unreadable(`its palette (PLTE) holds ${palette.length} bytes, more than 256 colours`);
-  }
-  if (colorType === 3 && palette === undefined) {
-    throw unreadable("a palette image without its palette (PLTE) before its pixel data");
-  }
-  const compressed = idat.length === 1 ? idat[0] : concatBytes(idat);
-  // Pillow feeds its decoder chunk by chunk and stops once it has every row; an IDAT chunk it did
-  // not need is then skipped by its length, and refused ("Truncated File Read") where the file
-  // ends inside its data.
-  if (cutIdat && idat.length > 1) {
-    const before = idat.slice(0, -1);
-    if (inflatePrefix(concatBytes(before), expected).produced >= expected) {
-      throw new Error(
-        `${name} is truncated: the file ends inside an IDAT chunk after the one where its pixel ` +
-          `data is complete; replace or re-export the image`,
-      );
-    }
-  }
-  const { data, produced, error } = inflatePrefix(compressed, expected);
-  if (error !== undefined && error !== "unexpected end of file") {
-    throw unreadable(`corrupt pixel data: ${error}`);
-  }
-  if (produced < expected) {
-    const rows = interlaced ? "" : ` (${Math.floor(produced / rowBytes(width))} of ${height} rows)`;
-    throw new Error(
-      `${name} is truncated: its pixel data inflates to ${produced} of the ${expected} bytes ` +
-        `its ${width}×${height} header declares${rows}${
-          error ? `; inflate: ${error}` : ""
-        }; replace or re-export the image`,
-    );
-  }
-  const ihdr = bytes.slice(16, 29);
-  ihdr[10] = 0; // compression method: Pillow inflates whatever it says
-  ihdr[12] = interlaced ? 1 : 0;
-  return concatBytes([
-    bytes.subarray(0, 8),
-    pngChunkBytes("IHDR", ihdr),
-    // Indices past the palette's end are black in Pillow: the palette is padded with zeros.
-    ...(colorType === 3 ? [pngChunkBytes("PLTE", padPalette(palette!))] : []),
-    pngChunkBytes("IDAT", deflateSync(data, { level: 0 })),
-    pngChunkBytes("IEND", new Uint8Array(0)),
-  ]);
-}
-
-/** A palette's whole colours, padded with black to 256 (a last, partial colour is dropped). */
-function padPalette(palette: Uint8Array): Uint8Array {
-  const out = new Uint8Array(768);
-  out.set(palette.subarray(0, palette.length - (palette.length % 3)));
-  return out;
 }
 
 /**

@@ -111,3 +111,39 @@ export function formatBytes(bytes: number): string {
   if (bytes >= 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
   return `${bytes} bytes`;
 }
+
+/**
+ * Refuses an image whose header declares more pixels than the limit in force (`maxPixels`, else
+ * `DEER_MAX_IMAGE_PIXELS`, else 50 M: `imagePixelLimit`), before anything is allocated for them; the
+ * error names the file and says how to raise the limit. Used by the JPEG and PNG decoders.
+ *
+ * @example
+ * ```ts
+ * checkPixels("scan.png", 4000, 3000, {}); // 12 MP: under the default limit
+ * let message = "";
+ * try {
+ *   checkPixels("bomb.png", 100_000, 100_000, {});
+ * } catch (err) {
+ *   message = (err as Error).message; // "bomb.png declares 100000×100000 pixels (10000.0 MP), …"
+ * }
+ * ```
+ */
+export function checkPixels(
+  name: string,
+  width: number,
+  height: number,
+  options: { maxPixels?: number },
+): void {
+  const limit = imagePixelLimit(options.maxPixels);
+  if (width * height > limit) {
+    throw new Error(
+      `${name} declares ${width}×${height} pixels (${
+        (width * height / 1e6).toFixed(1)
+      } MP), more than the limit of ${
+        limit / 1e6
+      } MP; the file is corrupt or hostile (a decompression bomb) — or, if the image is ` +
+        `genuine, raise the limit (option maxPixels, or the environment variable ` +
+        `DEER_MAX_IMAGE_PIXELS=<pixels>)`,
+    );
+  }
+}
