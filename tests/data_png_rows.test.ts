@@ -20,12 +20,15 @@ const DEPTHS: Record<number, number[]> = {
   6: [8, 16],
 };
 /** Adam7's passes: [x0, y0, dx, dy]. */
-const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [
-  0,
-  1,
-  1,
-  2,
-]];
+const ADAM7 = [
+  [0, 0, 8, 8],
+  [4, 0, 8, 8],
+  [0, 4, 4, 8],
+  [2, 0, 4, 4],
+  [0, 2, 2, 4],
+  [1, 0, 2, 2],
+  [0, 1, 1, 2],
+];
 
 /** An image's samples: `values[(y · width + x) · channels + c]`, each below 2^depth. */
 interface Samples {
