@@ -275,6 +275,8 @@ export interface SummaryRow {
   nominalEpsilon: number | null;
   /** Largest client-level ε actually spent over the seeds (δ = the config's δ). */
   spentEpsilon: number | null;
+  /** Present (false) when that ε is no guarantee (`ExperimentSummary.spentEpsilonExact`). */
+  spentEpsilonExact?: false;
   noiseMultiplier: number | null;
   /** Seeds the budget guard (`dp.maxEpsilon`) stopped, and before which round. */
   stoppedAtBudget: { seed: number; round: number }[];
@@ -440,12 +442,18 @@ async function sweepPoints(
           : "") +
         `(best round ${s.bestRounds.join(",")})` +
         (s.spentEpsilon === null ? "" : `, ε nominal ${s.nominalEpsilon} spent ` +
-          `${formatEpsilon(s.spentEpsilon)}`) +
+          `${formatEpsilon(s.spentEpsilon)}${s.spentEpsilonExact === false ? NO_GUARANTEE : ""}`) +
         ` — ${took}`,
     );
   }
   return out;
 }
+
+/**
+ * Said after an ε computed from a noise-multiplier bound that uses the clients' private factors
+ * (docs/privacy.md): a number, but no guarantee.
+ */
+const NO_GUARANTEE = " (not a guarantee: a bound from the clients' private factors)";
 
 /** ε for humans: 3 significant digits, exponent form past 1e4. */
 export function formatEpsilon(e: number | null): string {
@@ -503,6 +511,7 @@ export function summaryRow(point: SweepPoint, result: ExperimentResult): Summary
     bestRounds: s.bestRounds,
     nominalEpsilon: s.nominalEpsilon,
     spentEpsilon: s.spentEpsilon,
+    ...(s.spentEpsilonExact === false ? { spentEpsilonExact: false as const } : {}),
     noiseMultiplier: s.noiseMultiplier,
     stoppedAtBudget: s.stoppedAtBudget.map(({ seed, round }) => ({ seed, round })),
     seconds: s.seconds,
@@ -1021,7 +1030,9 @@ export function describeSpentEpsilon(rows: SummaryRow[]): string {
   const parts = rows.filter((r) => r.error === null).map((r) =>
     r.spentEpsilon === null
       ? `${r.label} no DP`
-      : `${r.label} ${formatEpsilon(r.spentEpsilon)} (nominal ${r.nominalEpsilon})`
+      : `${r.label} ${formatEpsilon(r.spentEpsilon)} (nominal ${r.nominalEpsilon}${
+        r.spentEpsilonExact === false ? `;${NO_GUARANTEE}` : ""
+      })`
   );
   return `Client-level ε spent by the end of the run (largest over seeds): ${parts.join("; ")}.`;
 }

@@ -298,6 +298,11 @@ export interface ExperimentSummary {
   nominalEpsilon: number | null;
   /** Largest client-level ε actually spent over the seeds (null without DP). */
   spentEpsilon: number | null;
+  /**
+   * Present (false) when a seed's ε is no guarantee: a release's noise multiplier is a bound
+   * that uses the clients' private factors (`RunResult.epsilonExact`, docs/privacy.md).
+   */
+  spentEpsilonExact?: false;
   calibration: string | null;
   noiseMultiplier: number | null;
   /** Seeds whose run the budget guard stopped, and before which round (empty when none). */
@@ -690,6 +695,7 @@ export function summarize(runs: RunResult[]): ExperimentSummary {
     bestRounds: runs.map((r) => r.best.round),
     nominalEpsilon: cal?.nominalEpsilon ?? null,
     spentEpsilon: spent.length ? Math.max(...spent) : null,
+    ...(runs.some((r) => r.epsilonExact === false) ? { spentEpsilonExact: false as const } : {}),
     calibration: cal?.calibration ?? null,
     noiseMultiplier: cal?.noiseMultiplier ?? null,
     stoppedAtBudget: runs.filter((r) => r.stopped).map((r) => ({

@@ -557,7 +557,12 @@ async function train(
     console.log(
       `privacy (${s.calibration}): nominal ε ${s.nominalEpsilon}, ${
         s.calibration === "local" ? "the largest site's ε" : "client-level ε"
-      } actually spent ` +
+      } ${
+        s.spentEpsilonExact === false
+          ? "NOT a guarantee (a release's noise multiplier is a bound that uses the clients' " +
+            "private factors: DEeR with module1 off, docs/privacy.md), computed as"
+          : "actually spent"
+      } ` +
         `${s.spentEpsilon?.toFixed(3)} at δ ${args.config.dp?.delta} (${
           accountantOf(args.config.dp!).toUpperCase()
         } accountant), σ ${s.noiseMultiplier?.toFixed(4)}; noise ${
@@ -568,10 +573,13 @@ async function train(
     );
     if (s.calibration === "paper") {
       console.error(
-        `deer: WARNING the nominal ε ${s.nominalEpsilon} is not a client-level guarantee; this run ` +
-          `actually spent ε = ${
-            s.spentEpsilon?.toFixed(3)
-          } (client level, δ ${args.config.dp?.delta})`,
+        `deer: WARNING the nominal ε ${s.nominalEpsilon} is not a client-level guarantee; ${
+          s.spentEpsilonExact === false
+            ? `neither is the ε = ${s.spentEpsilon?.toFixed(3)} computed for this run (its ` +
+              `noise multipliers use the clients' private factors): this run has no client-level ` +
+              `guarantee`
+            : `this run actually spent ε = ${s.spentEpsilon?.toFixed(3)}`
+        } (client level, δ ${args.config.dp?.delta})`,
       );
     }
   }
@@ -597,6 +605,8 @@ export function describeRound(r: RoundRecord): string[] {
     ? ""
     : r.epsilon.sites
     ? ` ε spent per site ${r.epsilon.sites.map((e) => e.toFixed(3)).join(" ")} (local DP)`
+    : r.epsilon.exact === false
+    ? ` ε ${r.epsilon.spent.toFixed(3)} (not a guarantee)`
     : ` ε spent ${r.epsilon.spent.toFixed(3)}`;
   // NaN (null once saved) when no client was sampled in any phase of the round, and under local
   // DP, where the server never holds a client's loss.

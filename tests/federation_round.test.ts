@@ -50,7 +50,7 @@ const stable = (r: RoundRecord) => ({ ...r, seconds: 0, liveTensors: 0 });
  */
 function sites(
   cfg: FederatedConfig,
-  silent: (k: number, round: number) => boolean,
+  silent: (k: number, round: number, phaseIndex: number) => boolean,
   opts: { prepare?: (rt: SiteRuntime, k: number) => void; run?: string } = {},
 ): RemoteClients {
   const runtimes = new Map<number, SiteRuntime>();
@@ -67,7 +67,7 @@ function sites(
       const releases = new Map();
       const excluded = [];
       for (const k of participants) {
-        if (silent(k, round)) {
+        if (silent(k, round, phaseIndex)) {
           excluded.push({ client: k, reason: "client crashed" });
           continue;
         }
@@ -405,4 +405,98 @@ Deno.test("federation round: keyed local sites keep their own budget — each si
     fresh.log!.releases["r3/1/0"].epsilon,
     siteEpsilon([{ phase: "B", noiseMultiplier: sigma, clip: 0.5 }], 1e-5),
   );
+});
+
+Deno.test("federation round: a coordinator restarted after a release has left continues the round from the next phase — same key, no second release, the uninterrupted run's records", async () => {
+  const cfg = config({
+    method: { ...defaultConfig().method, method: "DEeR" },
+    dp: { calibration: "strict", clip: 0.5, epsilon: 6, noise: "secret" },
+  });
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-open-" });
+  const [whole, cut] = [join(dir, "whole"), join(dir, "cut")];
+  // The coordinator dies once round 1's phase-B release has gone out in the phase-A tasks.
+  const inner = sites(cfg, () => false);
+  const crashing: RemoteClients = {
+    collect(task) {
+      if (task.round === 0 && task.phaseIndex === 1) throw new Error("coordinator killed");
+      return inner.collect(task);
+    },
+  };
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg, { remote: crashing, outDir: cut }),
+    /coordinator killed/,
+  );
+  const open = JSON.parse(await Deno.readTextFile(join(cut, "round-open.json")));
+  assert.deepEqual([open.round, open.phasesDone, open.ledger.releases.length], [1, 1, 1]);
+  const key = await Deno.readTextFile(join(cut, "noise.key"));
+  // Resumed: were phase B released again, site 3's result (now missing) would leave a release
+  // that differs from the first by site 3's update alone, under the same noise.
+  const lateSite3 = (k: number, round: number, phaseIndex: number) =>
+    k === 3 && round === 0 && phaseIndex === 1;
+  const resumed = await runFederated(setup.backbone, setup.data, cfg, {
+    remote: sites(cfg, (k, round) => k === 3 && round === 0), // phase A only is asked
+    outDir: cut,
+    resume: true,
+  });
+  assert.equal(await Deno.readTextFile(join(cut, "noise.key")), key, "the key is kept");
+  // Phase A of round 1 misses site 3; phase B is the one released before the restart.
+  assert.deepEqual(resumed.records[0].phases.map((p) => p.excluded.length), [0, 1]);
+  assert.equal(resumed.ledger!.releases.length, 4, "two rounds of two releases, none twice");
+  await assert.rejects(Deno.stat(join(cut, "round-open.json")), Deno.errors.NotFound);
+  // The uninterrupted run with the same key (a resume that finds nothing saved keeps the key it
+  // finds) and site 3 missing from round 1's phase A alone: the same records, ledger and
+  // checkpoints.
+  await Deno.mkdir(whole);
+  await Deno.writeTextFile(join(whole, "noise.key"), key);
+  const uninterrupted = await runFederated(setup.backbone, setup.data, cfg, {
+    remote: sites(cfg, lateSite3),
+    outDir: whole,
+    resume: true,
+  });
+  assert.equal(await Deno.readTextFile(join(whole, "noise.key")), key);
+  assert.deepEqual(resumed.records.map(stable), uninterrupted.records.map(stable));
+  assert.deepEqual(compareRuns(whole, cut), [], "records, ledger, checkpoints");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("federation round: a restarted coordinator refuses a round under way whose ledger was edited, and drops one of a round already saved", async () => {
+  const cfg = config({
+    method: { ...defaultConfig().method, method: "DEeR" },
+    dp: { calibration: "strict", clip: 0.5, epsilon: 6 },
+  });
+  const dir = await Deno.makeTempDir({ prefix: "deer-fed-open-" });
+  const inner = sites(cfg, () => false);
+  const crashing: RemoteClients = {
+    collect(task) {
+      if (task.round === 1 && task.phaseIndex === 1) throw new Error("coordinator killed");
+      return inner.collect(task);
+    },
+  };
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg, { remote: crashing, outDir: dir }),
+    /coordinator killed/,
+  );
+  const path = join(dir, "round-open.json");
+  const saved = await Deno.readTextFile(path);
+  const open = JSON.parse(saved);
+  assert.deepEqual([open.round, open.phasesDone, open.ledger.releases.length], [2, 1, 3]);
+  // Round 2's phase-B release dropped from the ledger: its ε would not count.
+  open.ledger.releases.pop();
+  await Deno.writeTextFile(path, JSON.stringify(open));
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg, { remote: inner, outDir: dir, resume: true }),
+    (err: Error) =>
+      err.name === "DamagedStateError" && /round-open\.json: "ledger" is not the saved run's/
+        .test(err.message),
+  );
+  // A record of round 1 under way, left beside round 1's saved state, is stale: dropped.
+  await Deno.writeTextFile(path, JSON.stringify({ ...JSON.parse(saved), round: 1 }));
+  const resumed = await runFederated(setup.backbone, setup.data, cfg, {
+    remote: inner,
+    outDir: dir,
+    resume: true,
+  });
+  assert.equal(resumed.ledger!.releases.length, 4);
+  await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
+  await Deno.remove(dir, { recursive: true });
 });

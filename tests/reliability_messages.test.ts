@@ -119,6 +119,36 @@ Deno.test("describeRound shows each excluded client with its reason", async () =
   assert.deepEqual(lines.slice(1), ["  phase AB: client 1 excluded — client crashed"]);
 });
 
+Deno.test("an ε computed from private peers (DEeR with module1 off, paper calibration) is reported as no guarantee, in the records, the summary and the round line; with module1 on it is spent", async () => {
+  const { describeRound } = await import("../tasks/train.ts");
+  const { defaultConfig, runFederated } = await import("../lib/fl/simulation.ts");
+  const { summarize } = await import("../lib/experiment.ts");
+  const { toySetup } = await import("./helpers/fl_fixture.ts");
+  const setup = await toySetup();
+  const run = (module1: boolean) =>
+    runFederated(setup.backbone, setup.data, {
+      ...defaultConfig(),
+      method: { method: "DEeR", eliminateDeviation: module1, regulateNoise: true },
+      numClients: 3,
+      rounds: 1,
+      localEpochs: 1,
+      batchSize: 8,
+      dp: { calibration: "paper", clip: 0.5, epsilon: 6 },
+    });
+  const off = await run(false);
+  assert.deepEqual(off.ledger!.releases.map((r) => r.exact), [false]); // one phase, AB
+  assert.equal(off.records[0].epsilon.exact, false);
+  assert.equal(off.epsilonExact, false);
+  assert.equal(summarize([off]).spentEpsilonExact, false);
+  assert.match(describeRound(off.records[0])[0], / ε \d+\.\d{3} \(not a guarantee\)/);
+  const on = await run(true);
+  assert.ok(on.ledger!.releases.every((r) => r.exact !== false));
+  assert.equal("exact" in on.records[0].epsilon, false);
+  assert.equal("epsilonExact" in on, false);
+  assert.equal("spentEpsilonExact" in summarize([on]), false);
+  assert.match(describeRound(on.records[0])[0], / ε spent \d+\.\d{3}/);
+});
+
 Deno.test("model selection ignores an undefined AUC instead of freezing at round 1", async () => {
   const { selectionScore } = await import("../lib/metrics/classification.ts");
   const m = { accuracy: 0.5, recall: 0.5, precision: 0.5, f1: 0.5 };

@@ -8,7 +8,10 @@
  * and kept-local factors) and last `state.json`, which names that tensors file and holds the
  * completed-round count, the best-validation round and the privacy ledger. A crash between two
  * writes leaves at most the next round's record and checkpoint ahead of `state.json`; a resume
- * drops them and redoes that round.
+ * drops them and redoes that round — unless a phase of it was released to clients in other
+ * processes before the crash: the coordinator writes the round under way first
+ * (`round-open.json`, {@link saveOpenRound}), and a resume continues it after that phase
+ * ({@link loadOpenRound}), so that no release is made twice.
  *
  * {@link loadRunState} validates every file against its schema and against the others — the
  * records are rounds 1..n in order for this seed and method, the ledger is present exactly when
@@ -529,6 +532,235 @@ export async function loadRunState<R extends { round: number; seed: number; meth
   }
   if (ckRounds.includes(n + 1)) await Deno.remove(join(out, checkpointFile(n + 1)));
   return { state: { ...state, ledger }, global, residual, records };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A round under way whose first phases' releases have left the coordinator
+
+/** The JSON part of a round under way (`round-open.json`; see {@link saveOpenRound}). */
+export interface OpenRoundState<P> {
+  version: 1;
+  configKey: string;
+  /** The round under way (1-based), and how many of its phases are aggregated and released. */
+  round: number;
+  phasesDone: number;
+  /** Those phases' records, as the round's record will hold them. */
+  phases: P[];
+  /** The ledger with those phases' releases recorded (its round not closed); null without DP. */
+  ledger: LedgerState | null;
+  /** Seconds the round had taken, and the run (all rounds and starts). */
+  roundSeconds: number;
+  runSeconds: number;
+}
+
+/** A validated round under way. */
+export interface RestoredOpenRound<P> {
+  state: OpenRoundState<P>;
+  /** The global factors after its last released phase, and the merged residual then. */
+  global: LoraFactors;
+  residual: Float32Array[] | undefined;
+}
+
+/** The file that describes a round under way. */
+export const OPEN_ROUND_FILE = "round-open.json";
+
+/** Name of the tensors file of a round under way after `phasesDone` phases. */
+const openRoundTensorFile = (round: number, phasesDone: number) =>
+  `round-open-${pad(round)}-${phasesDone}.safetensors`;
+const OPEN_ROUND_TENSORS = /^round-open-\d{4,}-\d+\.safetensors$/;
+
+/**
+ * Writes a round under way after one of its phases, before that phase's release leaves the
+ * coordinator (in the next phase's tasks, to sites in other processes): the global factors and
+ * residual to a tensors file, then `round-open.json` naming it, then removes older tensors files.
+ * A coordinator resumed after that continues the round from the next phase with this release,
+ * instead of releasing the phase again — a second release under the same noise, from a cohort
+ * that may differ by one site, would show that site's update without noise; under new noise it
+ * would be a release the ledger does not count.
+ */
+export async function saveOpenRound<P>(
+  out: string,
+  state: OpenRoundState<P>,
+  global: LoraFactors,
+  residual: Float32Array[] | undefined,
+): Promise<void> {
+  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+  global.A.forEach((a, i) => (tensors[`global.${i}.A`] = { shape: [a.length], data: a }));
+  global.B.forEach((b, i) => (tensors[`global.${i}.B`] = { shape: [b.length], data: b }));
+  residual?.forEach((r, i) => (tensors[`residual.${i}`] = { shape: [r.length], data: r }));
+  const tensorFile = openRoundTensorFile(state.round, state.phasesDone);
+  await writeSafetensors(join(out, tensorFile), tensors, { round: String(state.round) });
+  await writeJsonAtomic(join(out, OPEN_ROUND_FILE), { ...state, tensorFile });
+  await removeOpenRoundTensors(out, tensorFile);
+}
+
+/**
+ * Removes the record of a round under way: once its round is saved (`state.json`), on a fresh
+ * start, or when it is stale.
+ */
+export async function clearOpenRound(out: string): Promise<void> {
+  await Deno.remove(join(out, OPEN_ROUND_FILE)).catch((err) => {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  });
+  await removeOpenRoundTensors(out, null);
+}
+
+async function removeOpenRoundTensors(out: string, keep: string | null): Promise<void> {
+  for await (const entry of Deno.readDir(out)) {
+    if (OPEN_ROUND_TENSORS.test(entry.name) && entry.name !== keep) {
+      await Deno.remove(join(out, entry.name)).catch(() => {});
+    }
+  }
+}
+
+/** What a round under way must fit, beside {@link StateExpectations}' settings. */
+export interface OpenRoundExpectations {
+  configKey: string;
+  /** The round the saved state leaves next (completed rounds + 1). */
+  round: number;
+  /** The method's phase names, in order. */
+  phaseNames: readonly string[];
+  dims: LoraDims;
+  /** The restored run's ledger (null without DP, or a fresh one before round 1). */
+  ledger: LedgerState | null;
+  /** As {@link StateExpectations.ledger}. */
+  expectLedger?: StateExpectations["ledger"];
+}
+
+/**
+ * Reads and validates the round under way in `out`, or `null` when there is none. A record of an
+ * earlier round (the round was saved, then the run stopped before removing it) is removed and
+ * `null` returned. Refused ({@link DamagedStateError}, naming the file): another settings key, a
+ * later round than the saved state leaves next, a phase count or phase names that are not the
+ * method's first phases, a ledger that is not the saved run's ledger with exactly those phases'
+ * releases of this round added (or whose releases the mechanism would not make), tensors
+ * missing, misshapen or not finite.
+ */
+export async function loadOpenRound<P extends { phase?: unknown }>(
+  out: string,
+  expect: OpenRoundExpectations,
+): Promise<RestoredOpenRound<P> | null> {
+  const path = join(out, OPEN_ROUND_FILE);
+  const bad = (file: string, what: string): never => {
+    throw new DamagedStateError(`${file}: ${what}; ${FIX}`);
+  };
+  let raw: string;
+  try {
+    raw = await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (err) {
+    return bad(path, `is not valid JSON (${(err as Error).message})`);
+  }
+  const state = parsed as OpenRoundState<P> & { tensorFile: unknown };
+  if (state === null || typeof state !== "object" || Array.isArray(state)) {
+    bad(path, "does not hold a JSON object");
+  }
+  if (state.version !== 1) bad(path, `"version" is ${show(state.version)}; expected 1`);
+  if (state.configKey !== expect.configKey) {
+    throw new DamagedStateError(
+      `${path} was written by a run with other settings; resume with the same settings, or ` +
+        `start the run again without resume (this replaces the saved run)`,
+    );
+  }
+  if (!Number.isInteger(state.round) || state.round < 1) {
+    bad(path, `"round" is ${show(state.round)}; expected a round number`);
+  }
+  if (state.round < expect.round) {
+    await clearOpenRound(out); // that round was saved after this was written
+    return null;
+  }
+  if (state.round > expect.round) {
+    bad(path, `is of round ${state.round}, but the saved run's next round is ${expect.round}`);
+  }
+  const n = state.phasesDone;
+  const phaseCount = expect.phaseNames.length;
+  if (!(Number.isInteger(n) && n >= 1 && n < phaseCount)) {
+    bad(path, `"phasesDone" is ${show(n)}; expected 1 to ${phaseCount - 1}`);
+  }
+  if (
+    !Array.isArray(state.phases) || state.phases.length !== n ||
+    state.phases.some((p, i) =>
+      p === null || typeof p !== "object" || p.phase !== expect.phaseNames[i]
+    )
+  ) {
+    bad(path, `"phases" are not the records of the method's first ${n} phases`);
+  }
+  for (const key of ["roundSeconds", "runSeconds"] as const) {
+    const v = state[key];
+    if (!(typeof v === "number" && Number.isFinite(v) && v >= 0)) {
+      bad(path, `"${key}" is ${show(v)}; expected a number ≥ 0`);
+    }
+  }
+  // The ledger: the saved run's, with this round's released phases recorded and nothing else.
+  let ledger: LedgerState | null = null;
+  if (expect.ledger) {
+    try {
+      ledger = restoreLedger(state.ledger, path);
+    } catch (err) {
+      bad(path, `"ledger" is invalid (${(err as Error).message})`);
+    }
+    const l = ledger!;
+    const wrong = expect.expectLedger ? ledgerMismatch(l, expect.expectLedger) : null;
+    if (wrong) bad(path, `"ledger" ${wrong}`);
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    const before = expect.ledger;
+    const released = phasesOf(state).filter((p) => p.effectiveNoiseMultiplier !== null).length;
+    const added = l.releases.slice(before.releases.length);
+    if (
+      !same(l.rounds, before.rounds) ||
+      !same(l.releases.slice(0, before.releases.length), before.releases) ||
+      added.length !== released || added.some((r) => r.round !== expect.round)
+    ) {
+      bad(
+        path,
+        `"ledger" is not the saved run's ledger with the ${released} release(s) of round ` +
+          `${expect.round}'s first ${n} phase(s) added`,
+      );
+    }
+  } else if (state.ledger !== null) {
+    bad(path, `"ledger" is set, but the run has no differential privacy`);
+  }
+  const tensorPath = join(out, openRoundTensorFile(state.round, n));
+  if (state.tensorFile !== openRoundTensorFile(state.round, n)) {
+    bad(
+      path,
+      `"tensorFile" is ${show(state.tensorFile)}; expected "${
+        openRoundTensorFile(state.round, n)
+      }"`,
+    );
+  }
+  await confine(out, tensorPath, bad);
+  const tensors = await readTensors(tensorPath, bad);
+  const { adapters, rank, dIn, dOut } = expect.dims;
+  const take = (name: string, length: number): Float32Array => {
+    const data = tensors[name]?.data as ArrayLike<number> | undefined;
+    if (!data) return bad(tensorPath, `tensor "${name}" is missing`);
+    if (data.length !== length) {
+      bad(tensorPath, `tensor "${name}" has ${data.length} values; expected ${length}`);
+    }
+    const values = Float32Array.from(data);
+    const at = values.findIndex((v) => !Number.isFinite(v));
+    if (at >= 0) bad(tensorPath, `tensor "${name}" holds ${values[at]} at index ${at}`);
+    return values;
+  };
+  const global: LoraFactors = {
+    A: Array.from({ length: adapters }, (_, i) => take(`global.${i}.A`, rank * dIn)),
+    B: Array.from({ length: adapters }, (_, i) => take(`global.${i}.B`, dOut * rank)),
+  };
+  const residual = tensors["residual.0"]
+    ? Array.from({ length: adapters }, (_, i) => take(`residual.${i}`, dOut * dIn))
+    : undefined;
+  const known = 2 * adapters + (residual ? adapters : 0);
+  if (Object.keys(tensors).length !== known) {
+    bad(tensorPath, `holds ${Object.keys(tensors).length} tensors; expected ${known}`);
+  }
+  return { state: { ...state, ledger }, global, residual };
 }
 
 function show(v: unknown): string {

@@ -61,10 +61,13 @@ import {
 } from "./canaries.ts";
 import {
   appendRecord,
+  clearOpenRound,
   DamagedStateError,
+  loadOpenRound,
   loadRunState,
   openRunFolder,
   saveCheckpoint,
+  saveOpenRound,
   saveRunState,
   saveStop,
 } from "./checkpoint.ts";
@@ -180,6 +183,12 @@ export interface RoundRecord {
     delta: number | null;
     trust?: "local";
     sites?: number[];
+    /**
+     * Present (false) when a release so far has a noise multiplier that is a bound using the
+     * clients' private factors (the ledger's `exact: false`: DEeR with module1 off under paper
+     * calibration, docs/privacy.md): `spent` is then computed from it, not a guarantee.
+     */
+    exact?: false;
   };
   seconds: number;
   /**
@@ -197,6 +206,8 @@ export interface RunResult {
   best: { round: number; val: Metrics | null; test: Metrics | null };
   calibration: Calibration | null;
   epsilonSpent: number | null;
+  /** Present (false) when `epsilonSpent` is no guarantee (see {@link RoundRecord.epsilon}). */
+  epsilonExact?: false;
   /**
    * Set when the budget guard stopped the run: the first round not run, and the ε its releases
    * would have brought the run to (above `maxEpsilon`). Also saved as `<outDir>/stop.json`.
@@ -399,6 +410,11 @@ interface Run {
   best: RunResult["best"];
   records: RoundRecord[];
   startRound: number;
+  /**
+   * A resumed round under way (clients in other processes): its released phases' records, how
+   * many there are, and the seconds the round had taken; the run continues it from the next phase.
+   */
+  openRound: { phases: PhaseRecord[]; phasesDone: number; roundSeconds: number } | null;
   carriedSeconds: number;
   started: number;
   liveAtStart: number;
@@ -418,7 +434,9 @@ export async function runFederated(
   let stopped: BudgetStop | null = null;
   for (let round = run.startRound; round < config.rounds; round++) {
     if (opts.stopAfterRounds !== undefined && round - run.startRound >= opts.stopAfterRounds) break;
-    stopped = budgetStop(run, round);
+    // A resumed round under way was admitted by the budget guard when it started.
+    const open = round === run.startRound ? run.openRound : null;
+    stopped = open ? null : budgetStop(run, round);
     if (stopped) {
       if (opts.outDir) {
         opts.beforeWrite?.();
@@ -426,9 +444,10 @@ export async function runFederated(
       }
       break;
     }
-    const t0 = performance.now();
-    const phases: PhaseRecord[] = [];
+    const t0 = performance.now() - (open ? open.roundSeconds * 1000 : 0);
+    const phases: PhaseRecord[] = open ? [...open.phases] : [];
     for (const [phaseIndex, phase] of run.method.phases.entries()) {
+      if (open && phaseIndex < open.phasesDone) continue; // released before the restart
       const participants = sampleParticipants(
         config,
         round,
@@ -440,6 +459,27 @@ export async function runFederated(
         : await trainClients(run, round, phaseIndex, participants);
       phases.push(aggregatePhase(run, round, phaseIndex, participants, trained));
       void phase;
+      // Sites in other processes get this release in the next phase's tasks, before the round
+      // is saved: record it first, so that a restarted coordinator continues from here instead
+      // of releasing this phase again (checkpoint.ts, saveOpenRound).
+      if (opts.remote && opts.outDir && phaseIndex < run.method.phases.length - 1) {
+        opts.beforeWrite?.();
+        await saveOpenRound(
+          opts.outDir,
+          {
+            version: 1,
+            configKey: configKey(config),
+            round: round + 1,
+            phasesDone: phaseIndex + 1,
+            phases: phases.map(encodePhase),
+            ledger: run.ledger,
+            roundSeconds: (performance.now() - t0) / 1000,
+            runSeconds: run.carriedSeconds + (performance.now() - run.started) / 1000,
+          },
+          run.global,
+          run.merged,
+        );
+      }
     }
     run.global = run.method.afterRound({ global: run.global, dims: backbone.dims, round });
     const record = await evaluateRound(run, round, phases, t0);
@@ -533,6 +573,7 @@ async function configure(
     best: { round: -1, val: null, test: null },
     records: [],
     startRound: 0,
+    openRound: null,
     carriedSeconds: 0,
     started,
     liveAtStart: 0,
@@ -540,6 +581,14 @@ async function configure(
   const out = opts.outDir;
   if (out) {
     await Deno.mkdir(out, { recursive: true });
+    // What a saved ledger must agree with: the run's empty ledger and its mechanism's records.
+    const expectLedger = run.ledger
+      ? {
+        fresh: run.ledger,
+        planned: (round: number, phase: Release["phase"]) =>
+          run.mechanism.plannedRecord(round, phase),
+      }
+      : undefined;
     const restored = opts.resume
       ? await loadRunState<RoundRecord>(out, {
         config,
@@ -547,15 +596,7 @@ async function configure(
         methodLabel: method.label,
         dims,
         clients,
-        ...(run.ledger
-          ? {
-            ledger: {
-              fresh: run.ledger,
-              planned: (round: number, phase: Release["phase"]) =>
-                run.mechanism.plannedRecord(round, phase),
-            },
-          }
-          : {}),
+        ...(expectLedger ? { ledger: expectLedger } : {}),
       })
       : null;
     if (restored) {
@@ -567,8 +608,33 @@ async function configure(
       run.ledger = restored.state.ledger;
       run.records.push(...restored.records);
     }
-    await openRunFolder(out, run.startRound === 0, { ...config, methodLabel: method.label });
-    if (config.dp?.noise === "secret") run.noiseKey = await runNoiseKey(out, run.startRound > 0);
+    const open = opts.resume
+      ? await loadOpenRound<PhaseRecord>(out, {
+        configKey: configKey(config),
+        round: run.startRound + 1,
+        phaseNames: method.phases.map((p) => p.name),
+        dims,
+        ledger: run.ledger,
+        ...(expectLedger ? { expectLedger } : {}),
+      })
+      : null;
+    if (open) {
+      run.global = open.global;
+      run.merged = open.residual;
+      run.ledger = open.state.ledger;
+      run.carriedSeconds = open.state.runSeconds;
+      run.openRound = {
+        phases: open.state.phases.map(decodePhase),
+        phasesDone: open.state.phasesDone,
+        roundSeconds: open.state.roundSeconds,
+      };
+    }
+    const fresh = run.startRound === 0 && !open;
+    await openRunFolder(out, fresh, { ...config, methodLabel: method.label });
+    if (fresh) await clearOpenRound(out);
+    if (config.dp?.noise === "secret") {
+      run.noiseKey = await runNoiseKey(out, fresh ? (opts.resume ? "keep" : "new") : "saved");
+    }
   } else if (config.dp?.noise === "secret") {
     run.noiseKey = newNoiseKey();
   }
@@ -580,16 +646,18 @@ async function configure(
 export const NOISE_KEY_FILE = "noise.key";
 
 /**
- * The key of a run with secret noise in the seed folder `out`: made (mode 600) for a fresh run,
- * read back when the run resumes — where it must be there, or the run cannot draw the noise its
- * uninterrupted self would have.
+ * The key of a run with secret noise in the seed folder `out`: made (mode 600) for a new run
+ * (`"new"`, replacing any), read back when the run resumes saved state (`"saved"`) — where it
+ * must be there, or the run cannot draw the noise its uninterrupted self would have — and kept
+ * when a resume finds nothing saved (`"keep"`, made only if missing): whatever an earlier start
+ * drew under it stays drawn from the same key.
  */
-async function runNoiseKey(out: string, resumed: boolean): Promise<Uint8Array> {
+async function runNoiseKey(out: string, mode: "new" | "saved" | "keep"): Promise<Uint8Array> {
   const path = join(out, NOISE_KEY_FILE);
-  if (!resumed) await Deno.remove(path).catch(() => {});
+  if (mode === "new") await Deno.remove(path).catch(() => {});
   try {
     return await readNoiseKey(path, {
-      create: !resumed,
+      create: mode !== "saved",
       missing: "the run draws its noise and cohorts from this secret key, and cannot go on " +
         "without it; start the run again without resume (this replaces the saved run)",
     });
@@ -932,6 +1000,7 @@ async function evaluateRound(
       spent: run.ledger ? spentEpsilon(run.ledger) : null,
       delta: calibration ? calibration.accountingDelta : null,
       ...(perSite ? { trust: "local" as const, sites: perSite } : {}),
+      ...(run.ledger && !ledgerExact(run.ledger) ? { exact: false as const } : {}),
     },
     seconds: (performance.now() - t0) / 1000,
     liveTensors: tf.memory().numTensors - run.liveAtStart,
@@ -992,6 +1061,46 @@ async function persistRound(run: Run, record: RoundRecord): Promise<void> {
     run.clients,
     run.merged,
   );
+  await clearOpenRound(out);
+}
+
+/** The numbers of a phase record that may be NaN or infinite (JSON writes those as null). */
+const PHASE_NUMBERS = [
+  "trainLoss",
+  "deviation",
+  "noiseEnergy",
+  "peerSigmaMax",
+  "clippedFraction",
+  "meanUpdateNorm",
+  "maxReleaseNorm",
+] as const;
+
+/** A phase record for JSON with its non-finite numbers as strings ("NaN", "Infinity"). */
+function encodePhase(p: PhaseRecord): PhaseRecord {
+  const out: Record<string, unknown> = { ...p };
+  for (const k of PHASE_NUMBERS) if (!Number.isFinite(p[k])) out[k] = String(p[k]);
+  return out as unknown as PhaseRecord;
+}
+
+/** {@link encodePhase} undone; a value that is neither a number nor such a string is refused. */
+function decodePhase(p: PhaseRecord): PhaseRecord {
+  const out: Record<string, unknown> = { ...p };
+  for (const k of PHASE_NUMBERS) {
+    const v = (p as unknown as Record<string, unknown>)[k];
+    if (typeof v === "string" && ["NaN", "Infinity", "-Infinity"].includes(v)) out[k] = Number(v);
+    else if (typeof v !== "number") {
+      throw new DamagedStateError(
+        `the round under way's record of phase ${p.phase} holds ${k} ${JSON.stringify(v)}; ` +
+          `the saved state is damaged or was edited: start the run again without resume`,
+      );
+    }
+  }
+  return out as unknown as PhaseRecord;
+}
+
+/** Whether every release of the ledger has an exact noise multiplier (not a bound, see above). */
+function ledgerExact(ledger: LedgerState): boolean {
+  return ledger.releases.every((r) => r.exact !== false);
 }
 
 /** The run's result. */
@@ -1004,6 +1113,7 @@ function finish(run: Run, stopped: BudgetStop | null): RunResult {
     best: run.best,
     calibration: run.calibration,
     epsilonSpent: run.ledger ? spentEpsilon(run.ledger) : null,
+    ...(run.ledger && !ledgerExact(run.ledger) ? { epsilonExact: false as const } : {}),
     stopped,
     ...(opts.canaries
       ? {
