@@ -35,6 +35,30 @@ Deno.test("σ search: an unreachably large ε target (1e15) is refused at once, 
   assert.ok(performance.now() - t0 < 5000, "bounded");
 });
 
+Deno.test("σ search at q = 1/2 below the RDP floor ends in the out-of-reach error", () => {
+  // The search doubles σ up to 1.31e6; at q = 1/2 the fractional-order series used to give up
+  // at σ = 20480 ("did not converge") before the search could say that the target is too small.
+  const tooSmall = (err: Error) =>
+    err instanceof BudgetOutOfReachError && err.kind === "too-small" &&
+    err.reached?.noiseMultiplier === 1310720 && Math.abs(err.reached.epsilon - 0.1029) < 1e-3 &&
+    /targetEpsilon 0\.05 is out of reach/.test(err.message);
+  assert.throws(
+    () =>
+      strictCalibration({
+        targetEpsilon: 0.05,
+        rounds: 2,
+        phases: ["AB"],
+        sampleRate: 0.5,
+        accountant: "rdp",
+      }),
+    tooSmall,
+  );
+  assert.throws(
+    () => noiseMultiplierForBudget({ ...budget, targetEpsilon: 0.05, sampleRate: 0.5 }),
+    tooSmall,
+  );
+});
+
 Deno.test("σ search: sampleRate 0, steps 0 and a tolerance finer than float64 are refused", () => {
   assert.throws(
     () => noiseMultiplierForBudget({ ...budget, sampleRate: 0 }),

@@ -159,6 +159,35 @@ Deno.test("q < 1: ε over the default orders matches the mpmath reference", () =
   }
 });
 
+Deno.test("q = 1/2, large σ: the fractional series converges to opacus' value, RDP stays ≥ 0", () => {
+  // At q = 1/2 the series' terms decay only polynomially (rdp.ts), up to ≈ 2.8e5 of them; the
+  // old bound of 1e5 terms threw from σ ≈ 2e4 on. References: the definition
+  // A_α = E_z[((1−q) + q·e^{(2z−1)/(2σ²)})^α], z ~ N(0, σ²), integrated by mpmath at 60 digits
+  // (no series); opacus' own algorithm (re-implemented with mpmath terms) gives 0.6158015578.
+  const big = rdpEpsilon({ noiseMultiplier: 1e5, sampleRate: 0.5, steps: 1e9, delta: 1e-5 });
+  assertRel(big.epsilon, 0.6158015414317428, 1e-7, "σ = 1e5, q = 1/2, 1e9 steps");
+  assert.equal(big.order, 27);
+  // σ = 20480, the first σ of the search that failed. Fractional orders: A_α − 1 ≈ 1e-10 is
+  // summed as a total near 1, so float64 rounding (≈ 1e-13 in log A, as in opacus) limits the
+  // relative accuracy (measured 4.3e-4 at α = 1.5, 1.6e-6 at 10.9); integer orders are exact.
+  const orders = [1.5, 2.5, 5.5, 10.9, 27];
+  const reference = [
+    4.470348360818832e-10,
+    7.450580605805612e-10,
+    1.6391277362082235e-9,
+    3.2484531603955705e-9,
+    8.046627171776068e-9,
+  ];
+  rdpSampledGaussian(0.5, 20480, orders).forEach((v, i) =>
+    assertRel(v, reference[i], orders[i] === 27 ? 1e-8 : 1e-3, `σ = 20480 α = ${orders[i]}`)
+  );
+  const mid = rdpEpsilon({ noiseMultiplier: 20480, sampleRate: 0.5, steps: 2.4e9, delta: 1e-5 });
+  assertRel(mid.epsilon, 5.815813624210032, 1e-4, "σ = 20480, 2.4e9 steps (order 4.7)");
+  assert.equal(mid.order, 4.7);
+  // Where the true RDP is below that rounding (σ = 1e6), rounding must not make it negative.
+  for (const v of rdpSampledGaussian(0.5, 1e6)) assert.ok(v >= 0 && v < 1e-11, `rdp ${v}`);
+});
+
 Deno.test("ε is monotone: down in σ and δ, up in steps and q", () => {
   const eps = (sigma: number, q: number, steps: number, delta: number) =>
     rdpEpsilon({ noiseMultiplier: sigma, sampleRate: q, steps, delta }).epsilon;

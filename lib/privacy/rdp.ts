@@ -184,10 +184,27 @@ function logAIntegerOrder(q: number, sigma: number, alpha: number): number {
 }
 
 /**
+ * The most terms {@link logAFractionalOrder} sums before it gives up. opacus has no bound; the
+ * series always converges, but near q = 1/2 only polynomially (see there), and it needs up to
+ * ≈ 2.8·10⁵ terms (α ≈ 1.08, q = 1/2, any σ ≳ 10⁶; ≈ 1.7·10⁵ at σ = 10⁵ for α = 1.1). The bound
+ * leaves a margin of over 30 and guards against a runaway loop (a few seconds per order at most).
+ */
+const MAX_FRACTIONAL_TERMS = 10_000_000;
+
+/**
  * Fractional α: A_α = A₀ + A₁, the integrals over (−∞, z₀] and [z₀, ∞) with
  * z₀ = σ² log(1/q − 1) + 1/2, each expanded as a binomial series with generalised coefficients
  * C(α, i) (which change sign once i > α + 1) and erfc weights; summed until both terms fall below
  * e^{−30}, as opacus does.
+ *
+ * The expansion variable is x = q/(1 − q)·e^{(2z − 1)/(2σ²)} (below z₀) or its inverse (above),
+ * and the binomial series converges geometrically where |x| < 1 but only like i^{−(α+1)} at
+ * |x| = 1, which is z = z₀. For q far from 1/2, or small σ, little of the Gaussian mass lies near
+ * z₀ and a few hundred terms suffice; at q = 1/2, z₀ = 1/2 whatever σ, and for large σ
+ * (x = e^{(z − z₀)/σ²} within ~1/σ of 1 over nearly all the mass) the terms decay polynomially,
+ * so it takes 10⁵ to 3·10⁵ terms, a number that stops growing with σ
+ * ({@link MAX_FRACTIONAL_TERMS} bounds it). There A_α − 1 is tiny (≈ α(α − 1)q²/(2σ²)) and the
+ * summed value carries float64 rounding of about 1e-13 in log A_α, as opacus' does.
  */
 function logAFractionalOrder(q: number, sigma: number, alpha: number): number {
   const logQ = Math.log(q), log1mQ = Math.log1p(-q);
@@ -217,10 +234,14 @@ function logAFractionalOrder(q: number, sigma: number, alpha: number): number {
       logA1 = logSub(logA1, logS1);
     }
     if (Math.max(logS0, logS1) < -30) break;
-    if (i > 100000 || Number.isNaN(logS0) || Number.isNaN(logS1)) {
+    if (i >= MAX_FRACTIONAL_TERMS || Number.isNaN(logS0) || Number.isNaN(logS1)) {
       throw new Error(
         `rdp: the fractional-order series did not converge (q=${q}, noiseMultiplier=${sigma}, ` +
-          `order=${alpha}); use integer orders`,
+          `order=${alpha}${
+            Number.isNaN(logS0) || Number.isNaN(logS1)
+              ? ": a term is not a number"
+              : `: ${MAX_FRACTIONAL_TERMS} terms`
+          }); use integer orders`,
       );
     }
   }
@@ -237,7 +258,10 @@ function rdpOneOrder(q: number, sigma: number, alpha: number): number {
   const logA = Number.isInteger(alpha)
     ? logAIntegerOrder(q, sigma, alpha)
     : logAFractionalOrder(q, sigma, alpha);
-  return logA / (alpha - 1);
+  // A_α ≥ 1 for α > 1 (Jensen), so RDP ≥ 0. Where the true value is below float64's resolution
+  // of the sum (σ ≳ 10⁵ near q = 1/2), rounding can make log A slightly negative; a negative RDP
+  // would lower the composed ε, so it counts as 0 (opacus keeps the negative number).
+  return Math.max(0, logA) / (alpha - 1);
 }
 
 /**
