@@ -5,12 +5,15 @@
  * 1. **clip** each client's update of the released factors, through `clip.ts` — per tensor
  *    (paper), over the whole release (strict, local), or in product space for regulated releases
  *    (strict, local: `‖ΔB·A‖_F ≤ C` in phase B, `‖B·ΔA‖_F ≤ C` in phase A);
- * 2. **combine** the clipped updates with the method's own combination (a weighted sum);
+ * 2. **combine** the clipped updates with the method's own combination (a weighted sum, plus
+ *    what a phase declares it publishes beyond it: {@link ReleaseSpec.publishes});
  * 3. **noise**: per client before combining (paper: std σC/√K each, as the reference; local: std
  *    σ_loc·C each, the client's own local-DP noise) or once on the combination (strict: std
  *    σ·C·w_max), isotropic or shaped by DEeR's regulator — drawn by the one regulated-noise
  *    implementation, the peer of `regulator.ts`;
- * 4. **record** the {@link Release} the ledger stores, built by `releaseRecord` (ledger.ts).
+ * 4. **record** the {@link Release} the ledger stores, built by `releaseRecord` (ledger.ts): for
+ *    paper, the weighted sum's Gaussian mechanism, or every client's own release when the
+ *    combination publishes functions of the single releases.
  *
  * The engine calls {@link createMechanism} once per run and `release` once per phase; it has no
  * branch on the calibration.
@@ -53,6 +56,26 @@ export interface ReleaseSpec {
   readonly release: readonly Factor[];
   /** Whether the noise is shaped by the regulator (noise on B is `W·A⁺`, on A `B⁺·W`). */
   readonly regulate: boolean;
+  /**
+   * What the combination of this release publishes, as a function of the clients' received
+   * releases (what the paper mechanism's record accounts; see {@link Combine}):
+   *
+   * - `"weighted-sum"` (the default when absent): only functions of the weighted sum
+   *   `Σ_k w_k·(released factors of k)` and public values — FedAvg and every method whose new
+   *   global factors (and anything it derives from them) are post-processing of that sum;
+   * - `"each-release"`: also functions of the individual releases, which the sum does not
+   *   determine — FedEx-LoRA's residual `Σ_k p_k·B_k·A_k − B̄·Ā`, folded into the frozen weights.
+   *   The paper mechanism then accounts every client's noised release on its own (noise std
+   *   σC/√K, sensitivity S_k: one Gaussian of multiplier `σC/√K / max_k S_k`); the strict
+   *   mechanism, whose noise is on the sum only, refuses it (the individual releases it combines
+   *   carry no noise); under local DP every release is noised by its client and it changes
+   *   nothing.
+   *
+   * The paper mechanism refuses a combination that returns `mergeIntoFrozen` for a phase that
+   * does not declare this property: a dense merge may or may not be a function of the sum, and
+   * the record must not guess.
+   */
+  readonly publishes?: "weighted-sum" | "each-release";
 }
 
 /** One client's contribution to a release. */
@@ -77,7 +100,10 @@ export interface ReceivedUpdate {
   weight: number;
 }
 
-/** A method's combination of the received updates (a weighted sum for DP mechanisms). */
+/**
+ * A method's combination of the received updates: a weighted sum for central DP, plus, where the
+ * phase says so ({@link ReleaseSpec.publishes}), dense merges computed from the single releases.
+ */
 export type Combine = (received: readonly ReceivedUpdate[]) => {
   global: LoraFactors;
   /** Dense per-adapter updates (dOut×dIn) the method merges into the frozen weights. */
@@ -440,7 +466,9 @@ function clippedFractionOf(releases: readonly ClientRelease[]): number {
  * std σC/√K per entry (regulated with the client's own peer factor), then the weighted average.
  * Its record states what it really spends at client level: one client moves the weighted sum by
  * at most `w_k·S_k` (S_k = C·√m, or C·√(Σ_t σ_max(peer_t)²) when regulated), and the sum carries
- * noise of std `(σC/√K)·√(Σ_k w_k²)`.
+ * noise of std `(σC/√K)·√(Σ_k w_k²)`. When the phase's combination publishes functions of the
+ * single releases (`publishes: "each-release"`, FedEx-LoRA), the record accounts each client's
+ * noised release instead: std σC/√K against sensitivity `max_k S_k`.
  */
 function paperMechanism(cal: Calibration): MechanismSteps {
   const C = cal.clip;
@@ -485,6 +513,15 @@ function paperMechanism(cal: Calibration): MechanismSteps {
       const clean = releases.map((r) => ({ ...r, factors: r.clean ?? r.factors }));
       const combine = defaultCombine(input);
       const published = combine(received);
+      if (published.mergeIntoFrozen !== undefined && input.phase.publishes === undefined) {
+        throw new Error(
+          `paper mechanism, release ${input.phase.name} of round ${input.round}: the combination ` +
+            `merges dense updates into the frozen weights, but the phase does not say whether ` +
+            `they are a function of the weighted sum or of the single releases; set its ` +
+            `publishes to "weighted-sum" or "each-release" (ReleaseSpec.publishes) so that the ` +
+            `record accounts what is published`,
+        );
+      }
       return {
         global: published.global,
         clean: combine(clean).global,
@@ -512,21 +549,50 @@ function paperRecord(
   const weights = releases.map((u) => u.weight);
   const maxWeight = Math.max(...weights);
   const s = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
-  const aggregateStd = s * Math.sqrt(weights.reduce((a, w) => a + w * w, 0));
-  let worst = 0;
-  let how = "";
-  for (const [k, r] of releases.entries()) {
-    const bound = clippedSensitivity({
+  const bounds = releases.map((r) =>
+    clippedSensitivity({
       clip: C,
       clipping: "per-tensor",
       tensors: phase.release.length * dims.adapters,
       peerSigmaMax: phase.regulate ? r.peerSigmaMaxes : undefined,
+    })
+  );
+  // With module1 off the peers are the clients' private factors: the bound uses them anyway.
+  const exact = !(phase.regulate && phase.release.length > 1);
+  if (phase.publishes === "each-release") {
+    // What is published (the global factors and, e.g., FedEx-LoRA's residual) is a function of
+    // the clients' single noised releases, not of their sum alone; so is the sum. Client k's
+    // data moves only its own release, by at most S_k, under noise of std s: by parallel
+    // composition over the clients (each is one Gaussian mechanism on disjoint data), one
+    // Gaussian of multiplier s / max_k S_k per release, and the combination is post-processing.
+    let sensitivity = 0;
+    let how = "";
+    for (const [k, b] of bounds.entries()) {
+      if (b.sensitivity > sensitivity || k === 0) how = b.how;
+      sensitivity = Math.max(sensitivity, b.sensitivity);
+    }
+    return releaseRecord({
+      round: input.round,
+      phase: phase.name,
+      noiseStd: s,
+      sensitivity,
+      clip: C,
+      sampleRate: 1,
+      calibration: "paper",
+      exact,
+      note: `paper mechanism: ${how}; per-client noise σC/√K; the combination publishes ` +
+        `functions of the single releases (not only of their weighted sum), so every client's ` +
+        `noised release is accounted on its own (noise σC/√K against the largest client ` +
+        `sensitivity; the weighted sum and the merge are post-processing of the releases)`,
     });
+  }
+  const aggregateStd = s * Math.sqrt(weights.reduce((a, w) => a + w * w, 0));
+  let worst = 0;
+  let how = "";
+  for (const [k, bound] of bounds.entries()) {
     if (weights[k] * bound.sensitivity > worst || k === 0) how = bound.how;
     worst = Math.max(worst, weights[k] * bound.sensitivity);
   }
-  // With module1 off the peers are the clients' private factors: the bound uses them anyway.
-  const exact = !(phase.regulate && phase.release.length > 1);
   return releaseRecord({
     round: input.round,
     phase: phase.name,
@@ -605,6 +671,14 @@ function strictMechanism(cal: Calibration): MechanismSteps {
         throw new Error(
           `strict mechanism: maxWeight ${input.maxWeight} must be a finite number > 0 (it scales ` +
             `the noise); pass the largest weight any client could have`,
+        );
+      }
+      if (phase.publishes === "each-release") {
+        throw new Error(
+          `strict mechanism, release ${phase.name} of round ${input.round}: the combination ` +
+            `publishes functions of the single client releases (publishes: "each-release"), ` +
+            `which carry no noise under the strict calibration (its noise is added to the ` +
+            `weighted sum only); refusing to release them — use --calibration local or paper`,
         );
       }
       const received = receivedOf(releases);

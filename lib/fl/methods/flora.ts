@@ -50,7 +50,8 @@ export const flora: Method = {
   label: "FLoRA",
   aggregates: "A and B stacked (B = [p₁B₁ … p_KB_K], A = [A₁; …; A_K]); s·B·A merged into the " +
     "frozen weights; fresh LoRAs every round",
-  phases: [phase("AB", ["A", "B"], ["A", "B"], false)],
+  // The stacked product is a function of the single releases, not of their weighted sum.
+  phases: [{ ...phase("AB", ["A", "B"], ["A", "B"], false), publishes: "each-release" }],
   referenceMomentum: "reset",
   clientRanks: true,
   startFactors: (ctx) => ctx.freshLora(),

@@ -17,7 +17,18 @@ import type { ReceivedUpdate, ReleaseSpec } from "../../privacy/mechanism.ts";
 
 export type { Factor };
 
-/** One local-training-plus-aggregation step of a round. */
+/**
+ * One local-training-plus-aggregation step of a round. From {@link ReleaseSpec} it has, besides
+ * the released factors and `regulate`, `publishes`: whether the method's {@link Method.combine}
+ * of this phase publishes only functions of the weighted sum of the received releases
+ * (`"weighted-sum"`, the default when absent: FedAvg and the methods built on it) or also
+ * functions of the single releases (`"each-release"`: FedEx-LoRA's residual, FLoRA's stacking).
+ * A method declares it on the phase because the privacy mechanism sees the phase, not the
+ * method: under the paper calibration an `"each-release"` phase is accounted release by release
+ * (every client's noised release, one Gaussian of multiplier σC/√K over the largest client
+ * sensitivity), the strict calibration refuses it (its noise is on the sum only), and a phase
+ * whose combination returns `mergeIntoFrozen` without declaring it is refused under paper.
+ */
 export interface Phase extends ReleaseSpec {
   /** Factors the clients train in this phase (the others are frozen at their start value). */
   readonly train: readonly Factor[];
@@ -88,8 +99,12 @@ export interface Method {
   startFactors(ctx: StartContext): LoraFactors;
   /**
    * The server's combination of the received updates (weights as given): the new global
-   * factors, and optionally dense updates merged into the frozen weights. Under DP it must be
-   * the weighted sum the mechanism's noise is calibrated for.
+   * factors, and optionally dense updates merged into the frozen weights. Under central DP the
+   * new global factors must be the weighted sum the mechanism's noise is calibrated for (or a
+   * post-processing of it). Anything it publishes that is computed from the single received
+   * updates rather than from that sum (a residual or a stacked product in `mergeIntoFrozen`)
+   * must be declared on the phase, `publishes: "each-release"` ({@link Phase}); the mechanism
+   * then accounts, or refuses, accordingly.
    */
   combine(
     received: readonly ReceivedUpdate[],
