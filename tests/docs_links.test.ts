@@ -7,11 +7,35 @@ const ROOT = new URL("..", import.meta.url).pathname;
 const SKIP = new Set(["node_modules", ".tools", ".git", "results"]);
 const SCANNED = /\.(ts|md|ipynb|py|json)$/;
 
+/**
+ * The repository's files: those git tracks and the new ones it does not ignore (a developer's
+ * scratch folders and copies of the tree are not the repository); without git, a walk that skips
+ * the folders above.
+ */
 async function* files(dir: string): AsyncGenerator<string> {
+  const git = await new Deno.Command("git", {
+    args: ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd: dir,
+    stdout: "piped",
+    stderr: "null",
+  }).output().catch(() => null);
+  if (git?.success) {
+    for (const name of new TextDecoder().decode(git.stdout).split("\0")) {
+      if (SCANNED.test(name)) {
+        const path = join(dir, name);
+        if (await Deno.stat(path).then((s) => s.isFile, () => false)) yield path;
+      }
+    }
+    return;
+  }
+  yield* walk(dir);
+}
+
+async function* walk(dir: string): AsyncGenerator<string> {
   for await (const e of Deno.readDir(dir)) {
     if (SKIP.has(e.name)) continue;
     const path = join(dir, e.name);
-    if (e.isDirectory) yield* files(path);
+    if (e.isDirectory) yield* walk(path);
     else if (e.isFile && SCANNED.test(e.name)) yield path;
   }
 }
