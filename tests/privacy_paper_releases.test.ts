@@ -362,3 +362,53 @@ Deno.test("strict: an each-release phase is refused by the mechanism, as by chec
   assert.notEqual(flora.checkDp("paper"), null);
   assert.notEqual(flora.checkDp("strict"), null);
 });
+
+Deno.test("paper run: a FedEx-LoRA run saved with the weighted sum's record (before 2026-12-07) is refused on resume, not continued from an under-counted ε", async () => {
+  const { closeRound, createLedger, recordRelease, restoreLedger } = await import(
+    "../lib/privacy/ledger.ts"
+  );
+  const { join } = await import("node:path");
+  const dir = await Deno.makeTempDir({ prefix: "deer-fedex-resume-" });
+  const cfg = config({
+    method: { method: "FedEx-LoRA" },
+    dp: { calibration: "paper", clip: 0.5, epsilon: 6 },
+  });
+  const first = await runFederated(setup.backbone, setup.data, cfg, {
+    outDir: dir,
+    stopAfterRounds: 1,
+  });
+  // Rewrite the saved round as the old accounting wrote it: the weighted sum of K = 4 uniform
+  // releases, noise std s·√(Σw²) / max w = s·√K and a multiplier √K times the per-client one.
+  const statePath = join(dir, "state.json"), recordsPath = join(dir, "records.jsonl");
+  const state = JSON.parse(await Deno.readTextFile(statePath));
+  const saved = restoreLedger(state.ledger);
+  const r = saved.releases[0];
+  const K = 4;
+  let old = createLedger({ delta: saved.delta, accountant: saved.accountant });
+  old = recordRelease(old, {
+    ...r,
+    noiseStd: r.noiseStd * Math.sqrt(K),
+    noiseMultiplier: r.noiseMultiplier * Math.sqrt(K),
+  });
+  old = closeRound(old, 1, { nominalEpsilon: saved.rounds[0].nominalEpsilon });
+  assert.ok(old.rounds[0].epsilon < first.epsilonSpent!, "the old record under-counts");
+  await Deno.writeTextFile(statePath, JSON.stringify({ ...state, ledger: old }));
+  const record = JSON.parse((await Deno.readTextFile(recordsPath)).trim());
+  record.epsilon.spent = old.rounds[0].epsilon;
+  await Deno.writeTextFile(recordsPath, JSON.stringify(record) + "\n");
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg, { outDir: dir, resume: true }),
+    (err: Error) =>
+      err.name === "DamagedStateError" &&
+      /state\.json: "ledger" release 0 \(round 1, phase AB\) accounts noise of std .* the weighted sum's, but FedEx-LoRA publishes functions of every client's release.*under-counted/
+        .test(err.message),
+  );
+  // The run as this version saved it resumes.
+  await runFederated(setup.backbone, setup.data, cfg, { outDir: dir, stopAfterRounds: 1 });
+  const resumed = await runFederated(setup.backbone, setup.data, cfg, {
+    outDir: dir,
+    resume: true,
+  });
+  assert.equal(resumed.ledger!.releases.length, 2);
+  await Deno.remove(dir, { recursive: true });
+});
