@@ -138,6 +138,18 @@ export async function saveCheckpoint(
   });
 }
 
+/** The global factors and the merged residual as flat state tensors (`global.<i>.A`, …). */
+function globalStateTensors(
+  global: LoraFactors,
+  residual: Float32Array[] | undefined,
+): Record<string, { shape: number[]; data: Float32Array }> {
+  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+  global.A.forEach((a, i) => (tensors[`global.${i}.A`] = { shape: [a.length], data: a }));
+  global.B.forEach((b, i) => (tensors[`global.${i}.B`] = { shape: [b.length], data: b }));
+  residual?.forEach((r, i) => (tensors[`residual.${i}`] = { shape: [r.length], data: r }));
+  return tensors;
+}
+
 /**
  * Writes the resumable state after round `state.completedRounds`: the tensors to a file named by
  * the round, then `state.json` naming it (a crash between the two leaves the previous
@@ -150,10 +162,7 @@ export async function saveRunState(
   clients: ClientCarry[],
   residual: Float32Array[] | undefined,
 ): Promise<void> {
-  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-  global.A.forEach((a, i) => (tensors[`global.${i}.A`] = { shape: [a.length], data: a }));
-  global.B.forEach((b, i) => (tensors[`global.${i}.B`] = { shape: [b.length], data: b }));
-  residual?.forEach((r, i) => (tensors[`residual.${i}`] = { shape: [r.length], data: r }));
+  const tensors = globalStateTensors(global, residual);
   clients.forEach((c, k) => {
     c.momentum?.forEach((m, j) => {
       tensors[`client.${k}.momentum.${j}`] = { shape: [m.length], data: m };
@@ -332,23 +341,7 @@ export async function loadRunState<R extends { round: number; seed: number; meth
     }
     return null;
   }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch (err) {
-    bad(statePath, `is not valid JSON (${(err as Error).message})`);
-  }
-  const state = parsed as SavedState & { tensorFile: unknown };
-  if (state === null || typeof state !== "object" || Array.isArray(state)) {
-    bad(statePath, "does not hold a JSON object");
-  }
-  if (state.version !== 1) bad(statePath, `"version" is ${show(state.version)}; expected 1`);
-  if (state.configKey !== expect.configKey) {
-    throw new DamagedStateError(
-      `${statePath} was written by a run with other settings; resume with the same settings, or ` +
-        `start the run again without resume (this replaces the saved run)`,
-    );
-  }
+  const state = parseSaved<SavedState>(raw, statePath, expect.configKey, bad);
   const n = state.completedRounds;
   if (!(Number.isInteger(n) && n >= 1 && n <= config.rounds)) {
     bad(
@@ -455,19 +448,7 @@ export async function loadRunState<R extends { round: number; seed: number; meth
   await confine(out, tensorPath, bad);
   const tensors = await readTensors(tensorPath, bad);
   const taken = new Set<string>();
-  const take = (name: string, length: number): Float32Array => {
-    const t = tensors[name];
-    if (!t) bad(tensorPath, `tensor "${name}" is missing`);
-    const data = t.data as ArrayLike<number>;
-    if (data.length !== length) {
-      bad(tensorPath, `tensor "${name}" has ${data.length} values; expected ${length}`);
-    }
-    const out = Float32Array.from(data);
-    const at = out.findIndex((v) => !Number.isFinite(v));
-    if (at >= 0) bad(tensorPath, `tensor "${name}" holds ${out[at]} at index ${at}`);
-    taken.add(name);
-    return out;
-  };
+  const take = tensorTaker(tensors, tensorPath, bad, taken);
   const { adapters, rank, dIn, dOut } = dims;
   const factors = (prefix: string): LoraFactors => ({
     A: Array.from({ length: adapters }, (_, i) => take(`${prefix}.${i}.A`, rank * dIn)),
@@ -584,10 +565,7 @@ export async function saveOpenRound<P>(
   global: LoraFactors,
   residual: Float32Array[] | undefined,
 ): Promise<void> {
-  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-  global.A.forEach((a, i) => (tensors[`global.${i}.A`] = { shape: [a.length], data: a }));
-  global.B.forEach((b, i) => (tensors[`global.${i}.B`] = { shape: [b.length], data: b }));
-  residual?.forEach((r, i) => (tensors[`residual.${i}`] = { shape: [r.length], data: r }));
+  const tensors = globalStateTensors(global, residual);
   const tensorFile = openRoundTensorFile(state.round, state.phasesDone);
   await writeSafetensors(join(out, tensorFile), tensors, { round: String(state.round) });
   await writeJsonAtomic(join(out, OPEN_ROUND_FILE), { ...state, tensorFile });
@@ -651,23 +629,7 @@ export async function loadOpenRound<P extends { phase?: unknown }>(
     if (err instanceof Deno.errors.NotFound) return null;
     throw err;
   }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch (err) {
-    return bad(path, `is not valid JSON (${(err as Error).message})`);
-  }
-  const state = parsed as OpenRoundState<P> & { tensorFile: unknown };
-  if (state === null || typeof state !== "object" || Array.isArray(state)) {
-    bad(path, "does not hold a JSON object");
-  }
-  if (state.version !== 1) bad(path, `"version" is ${show(state.version)}; expected 1`);
-  if (state.configKey !== expect.configKey) {
-    throw new DamagedStateError(
-      `${path} was written by a run with other settings; resume with the same settings, or ` +
-        `start the run again without resume (this replaces the saved run)`,
-    );
-  }
+  const state = parseSaved<OpenRoundState<P>>(raw, path, expect.configKey, bad);
   if (!Number.isInteger(state.round) || state.round < 1) {
     bad(path, `"round" is ${show(state.round)}; expected a round number`);
   }
@@ -738,17 +700,7 @@ export async function loadOpenRound<P extends { phase?: unknown }>(
   await confine(out, tensorPath, bad);
   const tensors = await readTensors(tensorPath, bad);
   const { adapters, rank, dIn, dOut } = expect.dims;
-  const take = (name: string, length: number): Float32Array => {
-    const data = tensors[name]?.data as ArrayLike<number> | undefined;
-    if (!data) return bad(tensorPath, `tensor "${name}" is missing`);
-    if (data.length !== length) {
-      bad(tensorPath, `tensor "${name}" has ${data.length} values; expected ${length}`);
-    }
-    const values = Float32Array.from(data);
-    const at = values.findIndex((v) => !Number.isFinite(v));
-    if (at >= 0) bad(tensorPath, `tensor "${name}" holds ${values[at]} at index ${at}`);
-    return values;
-  };
+  const take = tensorTaker(tensors, tensorPath, bad, new Set());
   const global: LoraFactors = {
     A: Array.from({ length: adapters }, (_, i) => take(`global.${i}.A`, rank * dIn)),
     B: Array.from({ length: adapters }, (_, i) => take(`global.${i}.B`, dOut * rank)),
@@ -761,6 +713,36 @@ export async function loadOpenRound<P extends { phase?: unknown }>(
     bad(tensorPath, `holds ${Object.keys(tensors).length} tensors; expected ${known}`);
   }
   return { state: { ...state, ledger }, global, residual };
+}
+
+/**
+ * A saved state file's JSON: an object of version 1 written under the run's settings key (another
+ * key: resume with the same settings), with the name of its tensors file to be checked.
+ */
+function parseSaved<T extends { version: number; configKey: string }>(
+  raw: string,
+  path: string,
+  configKey: string,
+  bad: (f: string, w: string) => never,
+): T & { tensorFile: unknown } {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (err) {
+    return bad(path, `is not valid JSON (${(err as Error).message})`);
+  }
+  const state = parsed as T & { tensorFile: unknown };
+  if (state === null || typeof state !== "object" || Array.isArray(state)) {
+    bad(path, "does not hold a JSON object");
+  }
+  if (state.version !== 1) bad(path, `"version" is ${show(state.version)}; expected 1`);
+  if (state.configKey !== configKey) {
+    throw new DamagedStateError(
+      `${path} was written by a run with other settings; resume with the same settings, or ` +
+        `start the run again without resume (this replaces the saved run)`,
+    );
+  }
+  return state;
 }
 
 function show(v: unknown): string {
@@ -832,6 +814,30 @@ async function confine(dir: string, path: string, bad: (f: string, w: string) =>
     bad(path, `leads outside ${dir} (to ${real}); a run folder's state stays inside it`);
   }
   if (!(await Deno.stat(real)).isFile) bad(path, "is not a regular file");
+}
+
+/**
+ * A reader of the named tensors of a state file: each present, of `length` values, all finite
+ * (refused through `bad`, naming the file); the names read are added to `taken`.
+ */
+function tensorTaker(
+  tensors: Record<string, { data: unknown }>,
+  path: string,
+  bad: (f: string, w: string) => never,
+  taken: Set<string>,
+): (name: string, length: number) => Float32Array {
+  return (name, length) => {
+    const data = tensors[name]?.data as ArrayLike<number> | undefined;
+    if (!data) return bad(path, `tensor "${name}" is missing`);
+    if (data.length !== length) {
+      bad(path, `tensor "${name}" has ${data.length} values; expected ${length}`);
+    }
+    const values = Float32Array.from(data);
+    const at = values.findIndex((v) => !Number.isFinite(v));
+    if (at >= 0) bad(path, `tensor "${name}" holds ${values[at]} at index ${at}`);
+    taken.add(name);
+    return values;
+  };
 }
 
 async function readTensors(path: string, bad: (f: string, w: string) => never) {
