@@ -21,7 +21,7 @@ import { Gunzip, Inflate, Unzlib } from "fflate";
  * MiB, so that one slice of a maximally compressed stream (1032:1) inflates to at most 16 × the
  * limit, and never more than about 68 MB.
  */
-function sliceSize(limit: number): number {
+export function sliceSize(limit: number): number {
   return Math.min(64 * 1024, Math.max(1024, Math.ceil(limit / 64)));
 }
 

@@ -30,6 +30,7 @@
 import { constants as zlibConstants, crc32, inflateSync } from "node:zlib";
 import { Unzlib } from "fflate";
 import { concatBytes } from "../io/bytes.ts";
+import { sliceSize } from "./_inflate.ts";
 import type { DecodeOptions, Image8 } from "./image.ts";
 import { checkPixels } from "./limits.ts";
 
@@ -337,7 +338,7 @@ function inflatePrefix(
     produced += n;
     if (produced === want) throw full;
   });
-  const slice = Math.min(64 * 1024, Math.max(1024, Math.ceil(want / 64)));
+  const slice = sliceSize(want);
   try {
     for (let p = 0; p < z.length; p += slice) stream.push(z.subarray(p, p + slice), false);
     stream.push(new Uint8Array(0), true);
