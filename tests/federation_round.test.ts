@@ -22,7 +22,7 @@ import {
 } from "../lib/federation/site.ts";
 import { initLora } from "../lib/model/lora.ts";
 import { streamRng } from "../lib/fl/streams.ts";
-import { toySetup } from "./helpers/fl_fixture.ts";
+import { toyConfig, toySetup } from "./helpers/fl_fixture.ts";
 import { compareRuns } from "../tools/compare_runs.ts";
 import { strictCalibration } from "../lib/privacy/calibration.ts";
 import { siteEpsilon } from "../lib/federation/site_budget.ts";
@@ -30,17 +30,7 @@ import { join } from "node:path";
 
 const setup = await toySetup();
 
-function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
-  return {
-    ...defaultConfig(),
-    numClients: 4,
-    rounds: 2,
-    localEpochs: 1,
-    batchSize: 8,
-    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-    ...over,
-  };
-}
+const config = toyConfig;
 
 const stable = (r: RoundRecord) => ({ ...r, seconds: 0, liveTensors: 0 });
 

@@ -3,7 +3,6 @@ import { join } from "node:path";
 import { tf } from "../lib/backend.ts";
 import {
   clientPlan,
-  defaultConfig,
   type FederatedConfig,
   type RoundRecord,
   runFederated,
@@ -13,20 +12,12 @@ import { ledgerMismatch, momentumLayoutError } from "../lib/fl/checkpoint.ts";
 import { createMechanism } from "../lib/privacy/mechanism.ts";
 import { createLedger, restoreLedger } from "../lib/privacy/ledger.ts";
 import { readSafetensors, writeSafetensors } from "../lib/model/safetensors.ts";
-import { toySetup } from "./helpers/fl_fixture.ts";
+import { toyConfig, toySetup } from "./helpers/fl_fixture.ts";
 
 const setup = await toySetup();
 
 function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
-  return {
-    ...defaultConfig(),
-    numClients: 4,
-    rounds: 3,
-    localEpochs: 1,
-    batchSize: 8,
-    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-    ...over,
-  };
+  return toyConfig({ rounds: 3, ...over });
 }
 
 /** A record without its wall-clock fields, for equality across runs. */

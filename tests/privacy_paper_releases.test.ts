@@ -6,13 +6,13 @@
 // Expected values are computed here from the mechanism's definition, not from the library.
 import assert from "node:assert/strict";
 import { aggregatePhase } from "./helpers/aggregate.ts";
-import { toySetup } from "./helpers/fl_fixture.ts";
+import { toyConfig, toySetup } from "./helpers/fl_fixture.ts";
 import type { LoraDims, LoraFactors } from "../lib/fl/factors.ts";
 import { fedAvg } from "../lib/fl/methods/defaults.ts";
 import { fedExLora } from "../lib/fl/methods/fedex_lora.ts";
 import { flora } from "../lib/fl/methods/flora.ts";
 import { type Method, METHODS, type Phase } from "../lib/fl/methods/mod.ts";
-import { defaultConfig, type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
+import { runFederated } from "../lib/fl/simulation.ts";
 import type { Calibration } from "../lib/privacy/calibration.ts";
 import { createMechanism, type ReleaseInput } from "../lib/privacy/mechanism.ts";
 import { pldEpsilon } from "../lib/privacy/pld.ts";
@@ -252,17 +252,7 @@ Deno.test("paper: the methods whose combination is the weighted sum keep the wei
 
 const setup = await toySetup();
 
-function config(over: Partial<FederatedConfig>): FederatedConfig {
-  return {
-    ...defaultConfig(),
-    numClients: 4,
-    rounds: 2,
-    localEpochs: 1,
-    batchSize: 8,
-    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-    ...over,
-  };
-}
+const config = toyConfig;
 
 for (const accountant of ["rdp", "pld"] as const) {
   Deno.test(`paper run: FedEx-LoRA spends the ${accountant} ε of σC/√K over C·√m per release`, async () => {

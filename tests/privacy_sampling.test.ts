@@ -4,12 +4,7 @@
  * denominator is fixed (docs/privacy.md, "Client sampling").
  */
 import assert from "node:assert/strict";
-import {
-  defaultConfig,
-  type FederatedConfig,
-  runFederated,
-  sampleParticipants,
-} from "../lib/fl/simulation.ts";
+import { type FederatedConfig, runFederated, sampleParticipants } from "../lib/fl/simulation.ts";
 import { aggregatePhase } from "./helpers/aggregate.ts";
 import type { Calibration } from "../lib/privacy/calibration.ts";
 import { resolveMethod } from "../lib/fl/methods/mod.ts";
@@ -17,7 +12,7 @@ import type { LoraFactors } from "../lib/fl/factors.ts";
 import { rdpEpsilon } from "../lib/privacy/rdp.ts";
 import { pldEpsilon } from "../lib/privacy/pld.ts";
 import { createRng } from "../lib/rng.ts";
-import { toySetup } from "./helpers/fl_fixture.ts";
+import { toyConfig, toySetup } from "./helpers/fl_fixture.ts";
 
 /** |observed − expected| within z standard errors of a binomial proportion (z = 4: p ≈ 6e-5). */
 function withinBinomial(successes: number, trials: number, p: number, what: string): void {
@@ -59,15 +54,7 @@ Deno.test("sampling: each client is included with probability q, independently, 
 const setup = await toySetup();
 
 function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
-  return {
-    ...defaultConfig(),
-    numClients: 4,
-    rounds: 6,
-    localEpochs: 1,
-    batchSize: 8,
-    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-    ...over,
-  };
+  return toyConfig({ rounds: 6, ...over });
 }
 
 Deno.test("sampling: a strict run with q < 1 records its Poisson cohorts and spends exactly the accountant's ε", async () => {

@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { defaultConfig, type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
+import { type FederatedConfig, runFederated } from "../lib/fl/simulation.ts";
 import { aggregatePhase } from "./helpers/aggregate.ts";
 import type { Calibration } from "../lib/privacy/calibration.ts";
 import { resolveMethod } from "../lib/fl/methods/mod.ts";
@@ -25,6 +25,7 @@ import { loadVisionEncoder } from "../lib/model/vit_checkpoints.ts";
 import { orthonormalPrototypes } from "../lib/model/head.ts";
 import { makeBackbone } from "../lib/fl/backbone.ts";
 import { runTrain, TINY_MODEL, writeToyNpz } from "./helpers/reliability_inputs.ts";
+import { toyConfig } from "./helpers/fl_fixture.ts";
 
 /** The tiny model on a 24-image toy set (a quarter of fl_fixture's: these runs only count). */
 async function smallSetup() {
@@ -43,16 +44,7 @@ const setup = await smallSetup();
 const { dims } = setup.backbone;
 
 function config(over: Partial<FederatedConfig> = {}): FederatedConfig {
-  return {
-    ...defaultConfig(),
-    numClients: 4,
-    rounds: 2,
-    localEpochs: 1,
-    batchSize: 6,
-    split: { iid: true, dirichletAlpha: 0.1 },
-    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-    ...over,
-  };
+  return toyConfig({ batchSize: 6, split: { iid: true, dirichletAlpha: 0.1 }, ...over });
 }
 
 /** ε of the ledger's first `upTo` releases, computed here from the records alone. */

@@ -11,6 +11,7 @@ import { loadVisionEncoder } from "../../lib/model/vit_checkpoints.ts";
 import type { VitEncoder } from "../../lib/model/vit.ts";
 import { orthonormalPrototypes } from "../../lib/model/head.ts";
 import { makeBackbone, type SharedBackbone } from "../../lib/fl/backbone.ts";
+import { defaultConfig, type FederatedConfig } from "../../lib/fl/simulation.ts";
 import { createRng } from "../../lib/rng.ts";
 
 export const TINY_MODEL = new URL("../fixtures/model_tiny/openai.safetensors", import.meta.url)
@@ -62,4 +63,20 @@ export async function toySetup(
   const backbone = makeBackbone(encoder, protos, { rank, alpha: rank });
   protos.dispose();
   return { data, backbone, encoder, dir };
+}
+
+/**
+ * A small run's configuration on the toy set: 4 clients, 2 rounds of 1 local epoch, batch 8,
+ * SGD at lr 0.05 with momentum 0.9 (the engine's defaults otherwise); `over` wins.
+ */
+export function toyConfig(over: Partial<FederatedConfig> = {}): FederatedConfig {
+  return {
+    ...defaultConfig(),
+    numClients: 4,
+    rounds: 2,
+    localEpochs: 1,
+    batchSize: 8,
+    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
+    ...over,
+  };
 }
