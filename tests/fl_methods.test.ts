@@ -89,7 +89,7 @@ Deno.test("methods: the registry resolves names and aliases, and every entry is 
     assert.ok(methodChoices().includes(entry.name));
     assert.ok(methodTable().includes(`| \`${entry.name}\` |`));
   }
-  assert.match(flora.checkDp("strict")!, /not a noised sum/);
+  assert.match(flora.checkDp("strict")!, /stacked factors would carry none/);
   assert.equal(resolveMethod({ method: "FedSVD" }).checkDp("strict"), null);
 });
 

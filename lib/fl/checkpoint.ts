@@ -69,9 +69,10 @@ export interface StateExpectations {
   clients: ClientCarry[];
   /**
    * What the run's privacy mechanism would write (with DP): an empty ledger of its accounting
-   * settings, and the record it makes of a release where that is fixed in advance (strict and
-   * local calibration; `null` under paper calibration). The saved ledger must agree with both, so
-   * an edited one cannot lower the ε a resumed run reports.
+   * settings, and the record it makes of a release where that is fixed in advance
+   * (`Mechanism.plannedRecord`: strict and local calibration, and paper releases that publish
+   * each client's release; `null` otherwise). The saved ledger must agree with both, so an edited
+   * one cannot lower the ε a resumed run reports.
    */
   ledger?: {
     fresh: LedgerState;
@@ -225,8 +226,9 @@ const FIX = "the saved state is damaged or was edited: restore the file from a b
 /**
  * How a saved ledger disagrees with what the run's mechanism would have written, or `null`: its
  * δ, accountant, orders and sites must be the run's, and each release whose record is fixed in
- * advance (strict, local) must be that record — noise multiplier, std, sensitivity, sampling rate,
- * count and clip — with its sites (local) among the run's.
+ * advance (strict, local, and paper releases of un-regulated phases that publish each release)
+ * must be that record — noise multiplier, std, sensitivity, sampling rate, count and clip — with
+ * its sites (local) among the run's.
  */
 export function ledgerMismatch(
   saved: LedgerState,
@@ -263,8 +265,9 @@ export function ledgerMismatch(
     if (field) {
       return `release ${i} (round ${r.round}, phase ${r.phase}) records ${field} ${
         r[field]
-      }; the ` +
-        `run's mechanism makes ${p[field]}`;
+      }; the run's mechanism makes ${p[field]}, so an ε accounted from the saved ledger is not ` +
+        `what the run spends (a run saved before the toolkit corrected its method's accounting ` +
+        `differs the same way)`;
     }
     if (r.calibration !== p.calibration) {
       return `release ${i} (round ${r.round}, phase ${r.phase}) is of calibration ` +

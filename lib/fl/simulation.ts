@@ -555,7 +555,11 @@ async function configure(
     config,
     opts,
     method,
-    mechanism: createMechanism(calibration),
+    mechanism: createMechanism(calibration, {
+      phases: method.phases,
+      adapters: dims.adapters,
+      numClients: K,
+    }),
     calibration,
     clients,
     rawWeight: (k) => config.weights === "size" ? parts[k].length / labels.length : 1,
@@ -629,15 +633,6 @@ async function configure(
         roundSeconds: open.state.roundSeconds,
       };
     }
-    const undercounted = run.ledger && calibration
-      ? undercountedRelease(run.ledger, method, calibration, K)
-      : null;
-    if (undercounted) {
-      throw new DamagedStateError(
-        `${join(out, open ? "round-open.json" : "state.json")}: ${undercounted}; its ε was ` +
-          `under-counted, so the run cannot go on from it: start it again without resume`,
-      );
-    }
     const fresh = run.startRound === 0 && !open;
     await openRunFolder(out, fresh, { ...config, methodLabel: method.label });
     if (fresh) await clearOpenRound(out);
@@ -649,32 +644,6 @@ async function configure(
   }
   run.liveAtStart = tf.memory().numTensors;
   return run;
-}
-
-/**
- * Why a saved ledger under-counts, or null: a paper-calibrated release of a phase whose
- * combination publishes functions of the single releases (`publishes: "each-release"`,
- * FedEx-LoRA) accounted as the weighted sum, as the toolkit did before 2026-12-07 — its noise std
- * is then not the per-client σC/√K that such a release is accounted with (regulated phases'
- * records depend on the peers and are not checked).
- */
-function undercountedRelease(
-  ledger: LedgerState,
-  method: Method,
-  calibration: Calibration,
-  numClients: number,
-): string | null {
-  if (calibration.calibration !== "paper") return null;
-  const perClient = calibration.noiseMultiplier * calibration.clip / Math.sqrt(numClients);
-  for (const [i, r] of ledger.releases.entries()) {
-    const phase = method.phases.find((p) => p.name === r.phase);
-    if (phase?.publishes === "each-release" && !phase.regulate && r.noiseStd !== perClient) {
-      return `"ledger" release ${i} (round ${r.round}, phase ${r.phase}) accounts noise of std ` +
-        `${r.noiseStd}, the weighted sum's, but ${method.label} publishes functions of every ` +
-        `client's release, each accounted with its own noise, std ${perClient}`;
-    }
-  }
-  return null;
 }
 
 /** The file in a seed folder that holds the key of a run with secret noise. */

@@ -201,21 +201,39 @@ export interface Mechanism {
   /** Both steps in one process: `aggregate(input, updates.map(clientRelease))`. */
   release(input: ReleaseInput): ReleaseOutput;
   /**
-   * The record of a release made in `round`, `phase`, when it is known before the clients train
-   * (strict: it depends on the calibration alone); null otherwise. The budget guard uses it.
+   * The record of a release made in `round`, `phase`, when it is known before the clients train;
+   * null otherwise. Strict and local records depend on the calibration alone; a paper record is
+   * known in advance for an un-regulated phase that publishes each release (its noise σC/√K
+   * and its sensitivity C·√m do not depend on the cohort), when the mechanism was given the run's
+   * {@link MechanismPlan}. The budget guard uses it, and a resumed run's saved ledger must agree
+   * with it.
    */
   plannedRecord(round: number, phase: ReleasePhase): Release | null;
 }
 
 /**
- * The mechanism of a calibration: `none` without one, `paper`, `strict` or `local` by
- * `calibration.calibration`.
+ * What a mechanism may know about a run before it starts, to plan its records
+ * ({@link Mechanism.plannedRecord}).
  */
-export function createMechanism(calibration: Calibration | null): Mechanism {
+export interface MechanismPlan {
+  /** The method's phases: what each releases, whether regulated, what it publishes. */
+  readonly phases: readonly ReleaseSpec[];
+  /** LoRA adapters (tensors per released factor). */
+  readonly adapters: number;
+  /** K, the number of clients (the paper mechanism's per-client noise std σC/√K). */
+  readonly numClients: number;
+}
+
+/**
+ * The mechanism of a calibration: `none` without one, `paper`, `strict` or `local` by
+ * `calibration.calibration`. With the run's `plan`, the paper mechanism also plans the records it
+ * can know in advance ({@link Mechanism.plannedRecord}); without it, it plans none.
+ */
+export function createMechanism(calibration: Calibration | null, plan?: MechanismPlan): Mechanism {
   const steps = calibration === null
     ? noneMechanism
     : calibration.calibration === "paper"
-    ? paperMechanism(calibration)
+    ? paperMechanism(calibration, plan)
     : calibration.calibration === "local"
     ? localMechanism(calibration)
     : strictMechanism(calibration);
@@ -470,7 +488,7 @@ function clippedFractionOf(releases: readonly ClientRelease[]): number {
  * single releases (`publishes: "each-release"`, FedEx-LoRA), the record accounts each client's
  * noised release instead: std σC/√K against sensitivity `max_k S_k`.
  */
-function paperMechanism(cal: Calibration): MechanismSteps {
+function paperMechanism(cal: Calibration, plan: MechanismPlan | undefined): MechanismSteps {
   const C = cal.clip;
   return {
     name: "paper",
@@ -534,8 +552,52 @@ function paperMechanism(cal: Calibration): MechanismSteps {
         record: paperRecord(cal, input, releases),
       };
     },
-    plannedRecord: () => null,
+    plannedRecord(round, name) {
+      const phase = plan?.phases.find((p) => p.name === name);
+      if (!plan || !phase || phase.publishes !== "each-release" || phase.regulate) return null;
+      const bound = clippedSensitivity({
+        clip: C,
+        clipping: "per-tensor",
+        tensors: phase.release.length * plan.adapters,
+      });
+      return eachReleaseRecord(cal, round, phase, plan.numClients, [bound]);
+    },
   };
+}
+
+/**
+ * The paper record of a phase that publishes each client's release: every client's noised
+ * release is one Gaussian mechanism (std σC/√K) on that client's data, against its sensitivity
+ * S_k (`bounds`, one per client); see {@link paperRecord}.
+ */
+function eachReleaseRecord(
+  cal: Calibration,
+  round: number,
+  phase: ReleaseSpec,
+  numClients: number,
+  bounds: readonly { sensitivity: number; how: string }[],
+): Release {
+  let sensitivity = 0;
+  let how = "";
+  for (const [k, b] of bounds.entries()) {
+    if (b.sensitivity > sensitivity || k === 0) how = b.how;
+    sensitivity = Math.max(sensitivity, b.sensitivity);
+  }
+  return releaseRecord({
+    round,
+    phase: phase.name,
+    noiseStd: cal.noiseMultiplier * cal.clip / Math.sqrt(numClients),
+    sensitivity,
+    clip: cal.clip,
+    sampleRate: 1,
+    calibration: "paper",
+    // With module1 off the peers are the clients' private factors: the bound uses them anyway.
+    exact: !(phase.regulate && phase.release.length > 1),
+    note: `paper mechanism: ${how}; per-client noise σC/√K; the combination publishes ` +
+      `functions of the single releases (not only of their weighted sum), so every client's ` +
+      `noised release is accounted on its own (noise σC/√K against the largest client ` +
+      `sensitivity; the weighted sum and the merge are post-processing of the releases)`,
+  });
 }
 
 /** The paper mechanism's record (see {@link paperMechanism}). */
@@ -565,26 +627,7 @@ function paperRecord(
     // data moves only its own release, by at most S_k, under noise of std s: by parallel
     // composition over the clients (each is one Gaussian mechanism on disjoint data), one
     // Gaussian of multiplier s / max_k S_k per release, and the combination is post-processing.
-    let sensitivity = 0;
-    let how = "";
-    for (const [k, b] of bounds.entries()) {
-      if (b.sensitivity > sensitivity || k === 0) how = b.how;
-      sensitivity = Math.max(sensitivity, b.sensitivity);
-    }
-    return releaseRecord({
-      round: input.round,
-      phase: phase.name,
-      noiseStd: s,
-      sensitivity,
-      clip: C,
-      sampleRate: 1,
-      calibration: "paper",
-      exact,
-      note: `paper mechanism: ${how}; per-client noise σC/√K; the combination publishes ` +
-        `functions of the single releases (not only of their weighted sum), so every client's ` +
-        `noised release is accounted on its own (noise σC/√K against the largest client ` +
-        `sensitivity; the weighted sum and the merge are post-processing of the releases)`,
-    });
+    return eachReleaseRecord(cal, input.round, phase, input.numClients, bounds);
   }
   const aggregateStd = s * Math.sqrt(weights.reduce((a, w) => a + w * w, 0));
   let worst = 0;

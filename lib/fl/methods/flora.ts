@@ -5,9 +5,12 @@
  * and the clients start from a fresh LoRA again in the next round. Clients may use different
  * ranks (`--lora_r 4,8,16`).
  *
- * Under central DP it is refused: the stacked release publishes every client's factors one by
- * one, not a sum, so the central Gaussian mechanism's accounting does not apply. Under local DP
- * every client's factors are noised by the client itself, and stacking is post-processing.
+ * The stacked release publishes every client's factors one by one, not only their sum, so its
+ * phase declares `publishes: "each-release"`. Under the paper calibration every client noises its
+ * own factors (σC/√K per entry) and the run accounts each client's noised release on its own
+ * (docs/privacy.md); under local DP every client's factors are noised by the client itself. In
+ * both, stacking is post-processing of noised releases. The strict calibration, whose noise is on
+ * the weighted sum only, is refused: the stacked factors would carry none.
  * @module
  */
 import { phase } from "./defaults.ts";
@@ -65,9 +68,12 @@ export const flora: Method = {
   // Stacking is exact: Σ_k p_k·B_k·A_k is merged as it is.
   deviation: () => 0,
   checkDp: (calibration) =>
-    calibration === "local"
-      ? null
-      : `FLoRA with ${calibration} calibration: stacking publishes every client's factors one by ` +
-        `one, not a noised sum, so the central Gaussian mechanism's accounting does not apply; ` +
-        `run FLoRA without DP (--is_DP 0) or with --calibration local`,
+    calibration === "strict"
+      ? `FLoRA with strict calibration: stacking publishes every client's factors one by one, ` +
+        `and the strict calibration adds its noise to their weighted sum only, so the stacked ` +
+        `factors would carry none; use --calibration local (each site noises its own factors), ` +
+        `--calibration paper (each client noises its own factors too, and the run accounts ` +
+        `every client's noised release on its own: the client-level ε it reports holds, its ` +
+        `nominal ε does not) or run FLoRA without DP (--is_DP 0)`
+      : null,
 };
