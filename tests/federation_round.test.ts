@@ -12,6 +12,7 @@ import {
   type RemoteClients,
   type RoundRecord,
   runFederated,
+  type RunResult,
 } from "../lib/fl/simulation.ts";
 import {
   importNoiseKey,
@@ -109,6 +110,45 @@ for (
       compareRuns(join(dir, "a"), join(dir, "b")),
       [],
       "records, ledger, checkpoints",
+    );
+    await Deno.remove(dir, { recursive: true });
+  });
+}
+
+for (
+  const [name, over] of [
+    ["DEeR paper", { method: { ...defaultConfig().method, method: "DEeR" } }],
+    ["FLoRA paper, ranks 2 and 4", { method: { method: "FLoRA" }, clientRanks: [2, 4] }],
+  ] as const
+) {
+  Deno.test(`federation round: ${name} — site releases give the simulation's run, except the noise energy the coordinator cannot know`, async () => {
+    const cfg = config({
+      ...over,
+      dp: { calibration: "paper", clip: 0.5, epsilon: 6 },
+    } as Partial<FederatedConfig>);
+    const dir = await Deno.makeTempDir({ prefix: "deer-fed-paper-" });
+    const local = await runFederated(setup.backbone, setup.data, cfg, { outDir: join(dir, "a") });
+    const remote = await runFederated(setup.backbone, setup.data, cfg, {
+      remote: sites(cfg, () => false),
+      outDir: join(dir, "b"),
+    });
+    // Each site noises its own release and keeps its un-noised factors: the coordinator's records
+    // cannot measure the noise that reached the update; the simulation, holding both, does.
+    const phases = (r: RunResult) => r.records.flatMap((x) => x.phases);
+    assert.ok(phases(remote).every((p) => Number.isNaN(p.noiseEnergy)));
+    assert.ok(remote.records.every((x) => Number.isNaN(x.noiseEnergy)));
+    assert.ok(phases(local).every((p) => p.noiseEnergy > 0));
+    const known = (r: RoundRecord) => ({
+      ...stable(r),
+      noiseEnergy: 0,
+      phases: r.phases.map((p) => ({ ...p, noiseEnergy: 0 })),
+    });
+    assert.deepEqual(remote.records.map(known), local.records.map(known));
+    assert.deepEqual(remote.ledger, local.ledger);
+    assert.deepEqual(
+      compareRuns(join(dir, "a"), join(dir, "b")),
+      ["records.jsonl: differs"],
+      "the ledger, the state and the checkpoints are the same",
     );
     await Deno.remove(dir, { recursive: true });
   });

@@ -250,6 +250,69 @@ Deno.test("paper: the methods whose combination is the weighted sum keep the wei
   assert.equal(checked, 7, "LoRA, FFA-LoRA, DP-DyLoRA, DEeR (B, A), FedSA-LoRA, FedSVD");
 });
 
+/** `s·Σ_k p_k·B_k·A_k` of one adapter, dense (dOut×dIn), in float64. */
+function weightedProducts(fs: LoraFactors[], p: number[], i: number, s: number): Float64Array {
+  const out = new Float64Array(dims.dOut * dims.dIn);
+  fs.forEach((f, k) => {
+    for (let row = 0; row < dims.dOut; row++) {
+      for (let c = 0; c < dims.rank; c++) {
+        const v = s * p[k] * f.B[i][row * dims.rank + c];
+        for (let col = 0; col < dims.dIn; col++) {
+          out[row * dims.dIn + col] += v * f.A[i][c * dims.dIn + col];
+        }
+      }
+    }
+  });
+  return out;
+}
+
+for (const method of [fedExLora, flora]) {
+  Deno.test(`paper: ${method.label}'s noise energy counts the noise in its merge, ‖s·Σ_k p_k·(B̃_k·Ã_k − B_k·A_k)‖²`, () => {
+    const K = 3, sigma = 1.1, C = 0.4, s = 1.5;
+    const weights = [0.5, 0.3, 0.2];
+    const global = randomFactors(21, 0.3);
+    // FLoRA's clients start from a fresh LoRA (B = 0); FedEx-LoRA's from the global factors.
+    const start = method === flora
+      ? { A: global.A, B: global.B.map((b) => new Float32Array(b.length)) }
+      : global;
+    const cs = clients(start, weights, [0.02, 0.4, 0.1]);
+    const out = aggregatePhase({
+      global: start,
+      clients: cs,
+      phase: method.phases[0],
+      method,
+      dims,
+      loraScale: s,
+      calibration: paper(sigma, C),
+      numClients: K,
+      rng: (l) => streamRng(13, `energy/${method.name}`, l),
+    });
+    // The clean releases: every tensor's update clipped to C on its own, from the start.
+    const clipped = cs.map(({ factors: f }) => {
+      const clip = (t: Float32Array, g: Float32Array) => {
+        const d = Array.from(t, (v, j) => v - g[j]);
+        const n = Math.sqrt(d.reduce((a, x) => a + x * x, 0));
+        const scale = n > C ? C / n : 1;
+        return Float32Array.from(d, (x, j) => g[j] + x * scale);
+      };
+      return {
+        A: f.A.map((a, i) => clip(a, start.A[i])),
+        B: f.B.map((b, i) => clip(b, start.B[i])),
+      };
+    });
+    assert.ok(cs.some(({ factors: f }, k) => f.B[0].some((v, j) => v !== clipped[k].B[0][j])));
+    const noisy = out.received.map((r) => r.factors);
+    let expected = 0;
+    for (let i = 0; i < dims.adapters; i++) {
+      const a = weightedProducts(noisy, weights, i, s),
+        b = weightedProducts(clipped, weights, i, s);
+      for (let j = 0; j < a.length; j++) expected += (a[j] - b[j]) ** 2;
+    }
+    assert.ok(expected > 0);
+    assertRel(out.noiseEnergy, expected, 1e-5, "noise energy");
+  });
+}
+
 const setup = await toySetup();
 
 const config = toyConfig;
@@ -323,6 +386,17 @@ Deno.test("paper: a dense merge whose phase does not say what it is a function o
     method: methodWith(declared, fedExLora),
   });
   assert.match(out.release!.note!, /weighted by the aggregation weights/);
+  // Strict adds its noise to the global factors only: any dense merge would leave un-noised.
+  assert.throws(
+    () =>
+      aggregatePhase({
+        ...input,
+        calibration: { ...paper(1, 0.5), calibration: "strict" },
+        phase: declared,
+        method: methodWith(declared, fedExLora),
+      }),
+    /strict mechanism.*merges dense updates.*published without noise; refusing/,
+  );
 });
 
 Deno.test("strict: an each-release phase is refused by the mechanism, as by checkDp", () => {

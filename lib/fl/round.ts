@@ -41,7 +41,11 @@ export interface PhaseRecord {
   trainLoss: number;
   /** Σ over adapters of ‖D‖_F of the factors the server combined (docs/method.md). */
   deviation: number;
-  /** Σ over adapters of ‖ΔW_noisy − ΔW_clean‖_F² of the global update (ΔW = s·B·A). */
+  /**
+   * Σ over adapters of ‖ΔW_noisy − ΔW_clean‖_F² of the global update (ΔW = s·B·A); NaN, written
+   * as null, where the server never holds the un-noised combination (local DP; paper releases
+   * from remote sites).
+   */
   noiseEnergy: number;
   /** Largest σ_max of a peer factor that shaped regulated noise (0 when not regulated). */
   peerSigmaMax: number;
@@ -348,7 +352,7 @@ export function phaseRecord(
     ...(canaries ? { canaries } : {}),
     trainLoss: mean(losses),
     deviation: out.deviation,
-    noiseEnergy: out.global === out.clean ? 0 : noiseEnergy(out.global, out.clean, dims, loraScale),
+    noiseEnergy: noiseEnergyOf(out, dims, loraScale),
     peerSigmaMax: out.peerSigmaMax,
     clippedFraction: out.clippedFraction,
     meanUpdateNorm: out.meanUpdateNorm,
@@ -356,6 +360,46 @@ export function phaseRecord(
     effectiveNoiseMultiplier: out.record?.noiseMultiplier ?? null,
     excluded,
   };
+}
+
+/**
+ * The noise that reached the model's update in a release: NaN where the server never held the
+ * un-noised combination, 0 where nothing was noised; with a dense merge into the frozen weights,
+ * the noise in the merge counts too, Σ_i ‖s·(B_i A_i − B'_i A'_i) + (M_i − M'_i)‖_F².
+ */
+function noiseEnergyOf(out: ReleaseOutput, dims: LoraDims, loraScale: number): number {
+  if (out.clean === null) return NaN;
+  if (out.global === out.clean) return 0; // nothing noised: published as combined
+  const merge = out.mergeIntoFrozen;
+  if (merge === undefined) return noiseEnergy(out.global, out.clean, dims, loraScale);
+  // A merge the un-noised combination did not make: what reached the update is unknown.
+  if (out.cleanMerge === undefined) return NaN;
+  let total = 0;
+  for (let i = 0; i < dims.adapters; i++) {
+    const d = Float64Array.from(merge[i], (v, j) => v - out.cleanMerge![i][j]);
+    addProduct(d, out.global.B[i], out.global.A[i], loraScale, dims);
+    addProduct(d, out.clean.B[i], out.clean.A[i], -loraScale, dims);
+    for (const v of d) total += v * v;
+  }
+  return total;
+}
+
+/** `d += s·B·A` for B (dOut×r) and A (r×dIn), the rank read from A. */
+function addProduct(
+  d: Float64Array,
+  B: Float32Array,
+  A: Float32Array,
+  s: number,
+  { dOut, dIn }: LoraDims,
+): void {
+  const r = A.length / dIn;
+  for (let row = 0; row < dOut; row++) {
+    for (let c = 0; c < r; c++) {
+      const v = s * B[row * r + c];
+      if (v === 0) continue;
+      for (let col = 0; col < dIn; col++) d[row * dIn + col] += v * A[c * dIn + col];
+    }
+  }
 }
 
 /** Σ_i s²·‖B_i A_i − B'_i A'_i‖_F² between the published and the un-noised global factors. */

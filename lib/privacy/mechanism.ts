@@ -73,7 +73,9 @@ export interface ReleaseSpec {
    *
    * The paper mechanism refuses a combination that returns `mergeIntoFrozen` for a phase that
    * does not declare this property: a dense merge may or may not be a function of the sum, and
-   * the record must not guess.
+   * the record must not guess. The strict mechanism refuses any dense merge: its noise goes on
+   * the combined global factors only, and a merge computed from the clipped releases would carry
+   * none.
    */
   readonly publishes?: "weighted-sum" | "each-release";
 }
@@ -135,10 +137,19 @@ export interface ReleaseInput {
 export interface ReleaseOutput {
   /** The new global factors, as published (noised). */
   global: LoraFactors;
-  /** The same combination without the noise (instrumentation only; never published). */
-  clean: LoraFactors;
+  /**
+   * The same combination without the noise (instrumentation only; never published), or null
+   * where the server never holds it: under local DP, and under the paper calibration when a
+   * client's release came from a remote site, which keeps its un-noised factors.
+   */
+  clean: LoraFactors | null;
   /** The method's dense merge into the frozen weights, from the received updates. */
   mergeIntoFrozen?: Float32Array[];
+  /**
+   * The same merge from the un-noised releases (instrumentation only; never published), where
+   * `clean` is known and the noise reaches the merge (paper calibration); absent otherwise.
+   */
+  cleanMerge?: Float32Array[];
   /** What the server holds per client (see {@link ReceivedUpdate}). */
   received: ReceivedUpdate[];
   /** Largest σ_max of a peer factor that shaped regulated noise (0 when not regulated). */
@@ -454,7 +465,8 @@ function receivedOf(releases: readonly ClientRelease[]): ReceivedUpdate[] {
 
 /**
  * The server's combination of the releases as they arrived, with no noise of its own (no DP, or
- * local DP where the noise came with them): the published factors are the clean ones.
+ * local DP where the noise came with them): the published factors are the clean ones without DP;
+ * local DP replaces `clean` with null (the server never holds the un-noised combination).
  */
 function combineAsReceived(
   input: ReleaseInput,
@@ -528,7 +540,6 @@ function paperMechanism(cal: Calibration, plan: MechanismPlan | undefined): Mech
     },
     aggregate(input, releases) {
       const received = receivedOf(releases);
-      const clean = releases.map((r) => ({ ...r, factors: r.clean ?? r.factors }));
       const combine = defaultCombine(input);
       const published = combine(received);
       if (published.mergeIntoFrozen !== undefined && input.phase.publishes === undefined) {
@@ -540,9 +551,14 @@ function paperMechanism(cal: Calibration, plan: MechanismPlan | undefined): Mech
             `record accounts what is published`,
         );
       }
+      // A remote site sends its noised release only: the un-noised combination is then unknown.
+      const unnoised = releases.every((r) => r.clean !== undefined)
+        ? combine(releases.map((r) => ({ ...r, factors: r.clean! })))
+        : null;
       return {
         global: published.global,
-        clean: combine(clean).global,
+        clean: unnoised && unnoised.global,
+        ...(unnoised?.mergeIntoFrozen ? { cleanMerge: unnoised.mergeIntoFrozen } : {}),
         mergeIntoFrozen: published.mergeIntoFrozen,
         received,
         peerSigmaMax: Math.max(0, ...releases.map((r) => r.peerSigmaMax)),
@@ -726,6 +742,14 @@ function strictMechanism(cal: Calibration): MechanismSteps {
       }
       const received = receivedOf(releases);
       const combined = defaultCombine(input)(received);
+      if (combined.mergeIntoFrozen !== undefined) {
+        throw new Error(
+          `strict mechanism, release ${phase.name} of round ${input.round}: the combination ` +
+            `merges dense updates into the frozen weights, but the strict mechanism adds its ` +
+            `noise to the combined global factors only, so the merge would be published without ` +
+            `noise; refusing to release it — use --calibration local or paper`,
+        );
+      }
       const published = cloneFactors(combined.global);
       const std = cal.noiseMultiplier * C * input.maxWeight;
       // Regulated by the global peer, shared by every client.
@@ -739,7 +763,6 @@ function strictMechanism(cal: Calibration): MechanismSteps {
       return {
         global: published,
         clean: combined.global,
-        mergeIntoFrozen: combined.mergeIntoFrozen,
         received,
         peerSigmaMax,
         clippedFraction: clippedFractionOf(releases),
@@ -797,6 +820,7 @@ function localMechanism(cal: Calibration): MechanismSteps {
     aggregate(input, releases) {
       return {
         ...combineAsReceived(input, releases),
+        clean: null,
         peerSigmaMax: input.phase.regulate ? globalPeerSigmaMax(input) : 0,
         clippedFraction: NaN,
         meanUpdateNorm: NaN,
