@@ -540,6 +540,7 @@ async function serve(
           phases: method.phases,
           clip: dp?.calibration === "strict" ? dp.clip : null,
           calibration: dp?.calibration ?? null,
+          clientRanks: targs.config.clientRanks,
           settings: { train: config.trainArgs, seed },
           onRefusal: (r) => {
             refusals.push(r);

@@ -46,6 +46,44 @@ natsTest("federation over nats: four sites give the simulation's run (DEeR stric
   await Deno.remove(dir, { recursive: true });
 });
 
+natsTest(
+  "federation over nats: FLoRA with ranks 2 and 4 under paper — every site's release at its own rank is taken; the simulation's run but for the noise energy",
+  async () => {
+    const flora: FederatedConfig = {
+      ...cfg,
+      method: { method: "FLoRA" },
+      clientRanks: [2, 4],
+      dp: { calibration: "paper", clip: 0.5, epsilon: 6 },
+    };
+    const dir = await Deno.makeTempDir({ prefix: "deer-fed-nats-flora-" });
+    // The helper asserts that no release was refused and every site took each task.
+    await trainAndServeOverNats(setup, flora, SITES, { dir, run: "flora-1", clip: null });
+    // The sites keep their un-noised factors: the coordinator's records cannot hold the noise
+    // energy (null); everything else — ledger, state, checkpoints — is the simulation's.
+    assert.deepEqual(compareRuns(join(dir, "train"), join(dir, "serve")), [
+      "records.jsonl: differs",
+    ]);
+    const records = async (run: string) =>
+      (await Deno.readTextFile(join(dir, run, "records.jsonl"))).trim().split("\n").map((l) => {
+        const r = JSON.parse(l);
+        const energies = [
+          r.noiseEnergy,
+          ...r.phases.map((p: { noiseEnergy: unknown }) => p.noiseEnergy),
+        ];
+        delete r.seconds;
+        delete r.liveTensors;
+        r.noiseEnergy = 0;
+        for (const p of r.phases) p.noiseEnergy = 0;
+        return { r, energies };
+      });
+    const [train, serve] = [await records("train"), await records("serve")];
+    assert.deepEqual(serve.map((x) => x.r), train.map((x) => x.r));
+    assert.ok(serve.every((x) => x.energies.every((e) => e === null)));
+    assert.ok(train.every((x) => x.energies.every((e) => typeof e === "number" && e > 0)));
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
 Deno.test("federation clip check: a regulated release is bounded in product space, not entry-wise", () => {
   const dims = { adapters: 1, rank: 1, dIn: 2, dOut: 2 };
   const f = (a: number[], b: number[]) => ({

@@ -108,6 +108,11 @@ export interface NatsClientsOptions {
    * for what it holds.
    */
   calibration?: "paper" | "strict" | "local" | null;
+  /**
+   * Per-client LoRA ranks, as the run's config gives them (client k trains rank
+   * `clientRanks[k % length]`: FLoRA); absent: every client releases the backbone's rank.
+   */
+  clientRanks?: readonly number[];
 }
 
 /** The statistics of a site's report the coordinator uses, checked. */
@@ -284,7 +289,20 @@ export function releaseFault(
 
 /** The coordinator's remote clients over JetStream (see the module's notes). */
 export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): RemoteClients {
-  const specs = o.phases.map((p) => releaseSpec(o.dims, p.release));
+  // What each site's release holds: its client's rank (the upload room is sized for the largest).
+  const rankOf = (k: number) =>
+    o.clientRanks?.length ? o.clientRanks[k % o.clientRanks.length] : o.dims.rank;
+  const largest = { ...o.dims, rank: Math.max(o.dims.rank, ...(o.clientRanks ?? [])) };
+  const specs = o.phases.map((p) => releaseSpec(largest, p.release));
+  const siteSpecs = o.phases.map((p) => {
+    const byRank = new Map<number, ArraySpec[]>();
+    return (site: string): ArraySpec[] => {
+      const k = o.sites.indexOf(site);
+      const rank = k < 0 ? o.dims.rank : rankOf(k);
+      if (!byRank.has(rank)) byRank.set(rank, releaseSpec({ ...o.dims, rank }, p.release));
+      return byRank.get(rank)!;
+    };
+  });
   return {
     async collect({ round, phaseIndex, participants, global, merged }) {
       const deadline = new Date(Date.now() + o.deadlineMs);
@@ -305,7 +323,7 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
         phase: phaseIndex,
         sites: [...bySite.keys()],
         deadline,
-        spec: specs[phaseIndex],
+        spec: siteSpecs[phaseIndex],
       });
       for (const r of got.refused) o.onRefusal?.(r);
       const releases = new Map<number, { release: ClientRelease; loss: number; steps?: number }>();

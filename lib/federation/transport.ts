@@ -565,7 +565,7 @@ export interface Coordinator {
    */
   takeResult(
     current: CurrentPhase,
-    spec: readonly ArraySpec[],
+    spec: ReleaseArrays,
     timeoutMs: number,
   ): Promise<ResultOutcome | null>;
   /**
@@ -579,7 +579,7 @@ export interface Coordinator {
     phase: number;
     sites: readonly string[];
     deadline: Date;
-    spec: readonly ArraySpec[];
+    spec: ReleaseArrays;
   }): Promise<PhaseResults>;
   /**
    * The results accepted so far for (round, phase), read back from the results stream; one that
@@ -632,12 +632,13 @@ export async function openCoordinator(
   const readResult = async (
     subject: string,
     data: Uint8Array,
-    spec: readonly ArraySpec[] | null,
+    specOf: ReleaseArrays | null,
     blobMs: number,
   ) => {
     const subjectSite = subject.slice(names.prefix.length + ".result.".length);
     const small = await decodePayload(data);
     const envelope = checkResultEnvelope(small.meta, { run, sites: settings.sites, subjectSite });
+    const spec = typeof specOf === "function" ? specOf(envelope.site) : specOf;
     let release: Payload = small;
     if (envelope.release) {
       if (small.arrays.length > 0) {
@@ -925,6 +926,12 @@ export async function openCoordinator(
     unrecordedRefusals: () => unrecorded,
   };
 }
+
+/**
+ * The arrays a release must hold: one list for every site, or a site's own (sites that train
+ * different LoRA ranks: FLoRA with `--lora_r 4,8`).
+ */
+export type ReleaseArrays = readonly ArraySpec[] | ((site: string) => readonly ArraySpec[]);
 
 /** Bytes of the values of the arrays of `spec`. */
 function specBytes(spec: readonly ArraySpec[]): number {

@@ -109,6 +109,7 @@ export async function trainAndServeOverNats(
           deadlineMs: 60_000,
           phases,
           clip: opts.clip,
+          clientRanks: cfg.clientRanks,
           onRefusal: (r) => refusals.push(r.reason),
         }),
       });
