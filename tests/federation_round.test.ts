@@ -22,6 +22,7 @@ import {
   siteRuntime,
 } from "../lib/federation/site.ts";
 import { initLora } from "../lib/model/lora.ts";
+import { type Method, METHODS } from "../lib/fl/methods/mod.ts";
 import { streamRng } from "../lib/fl/streams.ts";
 import { toyConfig, toySetup } from "./helpers/fl_fixture.ts";
 import { compareRuns } from "../tools/compare_runs.ts";
@@ -78,81 +79,79 @@ function sites(
   };
 }
 
-for (
-  const [name, over] of [
-    ["DEeR strict", {
-      method: { ...defaultConfig().method, method: "DEeR" },
-      dp: { calibration: "strict" as const, clip: 0.5, epsilon: 6 },
-    }],
-    ["LoRA without DP", { method: { ...defaultConfig().method, method: "LoRA" } }],
-    // Local DP: the sites add the noise; the coordinator combines and records per site.
-    ["DEeR local", {
-      method: { ...defaultConfig().method, method: "DEeR" },
-      dp: { calibration: "local" as const, clip: 0.5, epsilon: 6 },
-    }],
-    ["LoRA local", {
-      method: { ...defaultConfig().method, method: "LoRA" },
-      dp: { calibration: "local" as const, clip: 0.5, epsilon: 6 },
-    }],
-  ] as const
-) {
+// Every method the federation runs (FedSA-LoRA keeps factors on its clients and is refused there),
+// under every calibration it supports, plus FLoRA with clients of different ranks.
+const keepsFactors = (m: Method) =>
+  m.keepOnClient(initLora(setup.backbone.vision.config, 1, streamRng(0, "probe"))) !== undefined;
+const matrix: [string, Partial<FederatedConfig>][] = METHODS.flatMap((entry) => {
+  const method = entry.create({});
+  if (keepsFactors(method)) return [];
+  return ([null, "paper", "strict", "local"] as const)
+    .filter((c) => c === null || method.checkDp(c) === null)
+    .map((c): [string, Partial<FederatedConfig>] => [
+      `${entry.name} ${c ?? "without DP"}`,
+      {
+        method: { method: entry.name },
+        ...(c ? { dp: { calibration: c, clip: 0.5, epsilon: 6 } } : {}),
+      },
+    ]);
+});
+matrix.push(["FLoRA paper, ranks 2 and 4", {
+  method: { method: "FLoRA" },
+  clientRanks: [2, 4],
+  dp: { calibration: "paper", clip: 0.5, epsilon: 6 },
+}]);
+
+for (const [name, over] of matrix) {
   Deno.test(`federation round: ${name} — site releases give the simulation's run`, async () => {
-    const cfg = config(over as Partial<FederatedConfig>);
+    const cfg = config(over);
     const dir = await Deno.makeTempDir({ prefix: "deer-fed-round-" });
     const local = await runFederated(setup.backbone, setup.data, cfg, { outDir: join(dir, "a") });
     const remote = await runFederated(setup.backbone, setup.data, cfg, {
       remote: sites(cfg, () => false),
       outDir: join(dir, "b"),
     });
-    assert.deepEqual(remote.records.map(stable), local.records.map(stable));
     assert.deepEqual(remote.ledger, local.ledger);
-    assert.deepEqual(
-      compareRuns(join(dir, "a"), join(dir, "b")),
-      [],
-      "records, ledger, checkpoints",
-    );
+    if (cfg.dp?.calibration !== "paper") {
+      assert.deepEqual(remote.records.map(stable), local.records.map(stable));
+      assert.deepEqual(
+        compareRuns(join(dir, "a"), join(dir, "b")),
+        [],
+        "records, ledger, checkpoints",
+      );
+    } else {
+      // Under paper each site noises its own release and keeps its un-noised factors: the
+      // coordinator's records cannot measure the noise that reached the update (null); the
+      // simulation, holding both, does. Everything else is the same.
+      const phases = (r: RunResult) => r.records.flatMap((x) => x.phases);
+      assert.ok(phases(remote).every((p) => Number.isNaN(p.noiseEnergy)));
+      assert.ok(remote.records.every((x) => Number.isNaN(x.noiseEnergy)));
+      assert.ok(phases(local).every((p) => p.noiseEnergy > 0));
+      const known = (r: RoundRecord) => ({
+        ...stable(r),
+        noiseEnergy: 0,
+        phases: r.phases.map((p) => ({ ...p, noiseEnergy: 0 })),
+      });
+      assert.deepEqual(remote.records.map(known), local.records.map(known));
+      assert.deepEqual(
+        compareRuns(join(dir, "a"), join(dir, "b")),
+        ["records.jsonl: differs"],
+        "the ledger, the state and the checkpoints are the same",
+      );
+    }
     await Deno.remove(dir, { recursive: true });
   });
 }
 
-for (
-  const [name, over] of [
-    ["DEeR paper", { method: { ...defaultConfig().method, method: "DEeR" } }],
-    ["FLoRA paper, ranks 2 and 4", { method: { method: "FLoRA" }, clientRanks: [2, 4] }],
-  ] as const
-) {
-  Deno.test(`federation round: ${name} — site releases give the simulation's run, except the noise energy the coordinator cannot know`, async () => {
-    const cfg = config({
-      ...over,
-      dp: { calibration: "paper", clip: 0.5, epsilon: 6 },
-    } as Partial<FederatedConfig>);
-    const dir = await Deno.makeTempDir({ prefix: "deer-fed-paper-" });
-    const local = await runFederated(setup.backbone, setup.data, cfg, { outDir: join(dir, "a") });
-    const remote = await runFederated(setup.backbone, setup.data, cfg, {
-      remote: sites(cfg, () => false),
-      outDir: join(dir, "b"),
-    });
-    // Each site noises its own release and keeps its un-noised factors: the coordinator's records
-    // cannot measure the noise that reached the update; the simulation, holding both, does.
-    const phases = (r: RunResult) => r.records.flatMap((x) => x.phases);
-    assert.ok(phases(remote).every((p) => Number.isNaN(p.noiseEnergy)));
-    assert.ok(remote.records.every((x) => Number.isNaN(x.noiseEnergy)));
-    assert.ok(phases(local).every((p) => p.noiseEnergy > 0));
-    const known = (r: RoundRecord) => ({
-      ...stable(r),
-      noiseEnergy: 0,
-      phases: r.phases.map((p) => ({ ...p, noiseEnergy: 0 })),
-    });
-    assert.deepEqual(remote.records.map(known), local.records.map(known));
-    assert.deepEqual(remote.ledger, local.ledger);
-    assert.deepEqual(
-      compareRuns(join(dir, "a"), join(dir, "b")),
-      ["records.jsonl: differs"],
-      "the ledger, the state and the checkpoints are the same",
-    );
-    await Deno.remove(dir, { recursive: true });
-  });
-}
+Deno.test("federation round: a method that keeps factors on its clients is refused across processes", async () => {
+  const kept = METHODS.filter((e) => keepsFactors(e.create({}))).map((e) => e.name);
+  assert.deepEqual(kept, ["FedSA-LoRA"]);
+  const cfg = config({ method: { method: "FedSA-LoRA" } });
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, cfg, { remote: sites(cfg, () => false) }),
+    /FedSA-LoRA keeps factors on its clients and evaluates with them/,
+  );
+});
 
 Deno.test("federation round: a client with no images takes no step; its loss is left out of the round's, in the simulation as through sites", async () => {
   // Seed 2 with α = 0.1 splits the toy set's 96 images as [0, 34, 30, 32].
