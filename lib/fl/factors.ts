@@ -82,3 +82,31 @@ export function sqNorm(t: ArrayLike<number>): number {
   for (let i = 0; i < t.length; i++) s += t[i] * t[i];
   return s;
 }
+
+/**
+ * `out += s·B·A` (dOut×dIn, float64) for one adapter's B (dOut×r) and A (r×dIn), the rank read
+ * from A — any rank, so a client's own (FLoRA) too.
+ *
+ * @example
+ * ```ts
+ * const out = new Float64Array(4);
+ * addScaledProduct(out, new Float32Array([1, 2]), new Float32Array([3, 4]), 0.5, { dOut: 2, dIn: 2 });
+ * out; // [1.5, 2, 3, 4]
+ * ```
+ */
+export function addScaledProduct(
+  out: Float64Array,
+  B: Float32Array,
+  A: Float32Array,
+  s: number,
+  { dOut, dIn }: Pick<LoraDims, "dOut" | "dIn">,
+): void {
+  const r = A.length / dIn;
+  for (let row = 0; row < dOut; row++) {
+    for (let c = 0; c < r; c++) {
+      const v = s * B[row * r + c];
+      if (v === 0) continue;
+      for (let col = 0; col < dIn; col++) out[row * dIn + col] += v * A[c * dIn + col];
+    }
+  }
+}

@@ -22,7 +22,13 @@ import { initLora } from "../model/lora.ts";
 import type { ImageSplit } from "../data/dataset.ts";
 import type { ClientRelease, Mechanism, ReleaseOutput } from "../privacy/mechanism.ts";
 import type { SharedBackbone } from "./backbone.ts";
-import { allFinite, checkFactors, type LoraDims, type LoraFactors } from "./factors.ts";
+import {
+  addScaledProduct,
+  allFinite,
+  checkFactors,
+  type LoraDims,
+  type LoraFactors,
+} from "./factors.ts";
 import { type LocalResult, type SgdOptions, trainLocal } from "./local.ts";
 import type { ClientState, Method, Phase } from "./methods/mod.ts";
 import { streamRng } from "./streams.ts";
@@ -377,29 +383,11 @@ function noiseEnergyOf(out: ReleaseOutput, dims: LoraDims, loraScale: number): n
   let total = 0;
   for (let i = 0; i < dims.adapters; i++) {
     const d = Float64Array.from(merge[i], (v, j) => v - out.cleanMerge![i][j]);
-    addProduct(d, out.global.B[i], out.global.A[i], loraScale, dims);
-    addProduct(d, out.clean.B[i], out.clean.A[i], -loraScale, dims);
+    addScaledProduct(d, out.global.B[i], out.global.A[i], loraScale, dims);
+    addScaledProduct(d, out.clean.B[i], out.clean.A[i], -loraScale, dims);
     for (const v of d) total += v * v;
   }
   return total;
-}
-
-/** `d += s·B·A` for B (dOut×r) and A (r×dIn), the rank read from A. */
-function addProduct(
-  d: Float64Array,
-  B: Float32Array,
-  A: Float32Array,
-  s: number,
-  { dOut, dIn }: LoraDims,
-): void {
-  const r = A.length / dIn;
-  for (let row = 0; row < dOut; row++) {
-    for (let c = 0; c < r; c++) {
-      const v = s * B[row * r + c];
-      if (v === 0) continue;
-      for (let col = 0; col < dIn; col++) d[row * dIn + col] += v * A[c * dIn + col];
-    }
-  }
 }
 
 /** Σ_i s²·‖B_i A_i − B'_i A'_i‖_F² between the published and the un-noised global factors. */

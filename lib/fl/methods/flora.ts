@@ -17,6 +17,7 @@ import { phase } from "./defaults.ts";
 import { fedAvg } from "./defaults.ts";
 import type { CombineContext, Method } from "./types.ts";
 import type { ReceivedUpdate } from "../../privacy/mechanism.ts";
+import { addScaledProduct } from "../factors.ts";
 
 /**
  * `s·Σ_k p_k·B_k·A_k` for every adapter (dOut×dIn, float64 accumulation), with the weights
@@ -31,16 +32,7 @@ export function stackedUpdate(
   return Array.from({ length: ctx.dims.adapters }, (_, i) => {
     const out = new Float64Array(dOut * dIn);
     for (const { factors, weight } of received) {
-      const b = factors.B[i], a = factors.A[i];
-      const r = a.length / dIn;
-      const p = (weight / sum) * ctx.loraScale;
-      for (let row = 0; row < dOut; row++) {
-        for (let c = 0; c < r; c++) {
-          const v = p * b[row * r + c];
-          if (v === 0) continue;
-          for (let col = 0; col < dIn; col++) out[row * dIn + col] += v * a[c * dIn + col];
-        }
-      }
+      addScaledProduct(out, factors.B[i], factors.A[i], (weight / sum) * ctx.loraScale, ctx.dims);
     }
     return out;
   });
