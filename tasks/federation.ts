@@ -501,6 +501,7 @@ async function serve(
   const { loadInputs, runExperiment } = await import("../lib/experiment.ts");
   const { resolveMethod } = await import("../lib/fl/methods/mod.ts");
   const { natsClients } = await import("../lib/federation/remote.ts");
+  const { backendName } = await import("../lib/backend.ts");
   const outDir = joinPath(targs.out, targs.expName, runName(targs));
   const inputs = await loadInputs(targs.inputs);
   const nc = await connectFederation(a.nats, a.creds);
@@ -531,7 +532,12 @@ async function serve(
       outDir,
       resume: a.resume,
       existing: "replace",
-      describe: { federation: { sites: config.sites, trust: a.trust }, inputs: targs.inputs },
+      // The coordinator's backend evaluates the model (the sites' train on their own).
+      describe: {
+        federation: { sites: config.sites, trust: a.trust },
+        backend: backendName,
+        inputs: targs.inputs,
+      },
       remote: (seed) =>
         natsClients(coordinators.get(seed)!, {
           sites: config.sites,

@@ -9,6 +9,7 @@
  */
 import { join, relative } from "node:path";
 import { parseCommandArgs, UsageError } from "../lib/cli.ts";
+import { readSafetensors } from "../lib/model/safetensors.ts";
 
 const VOLATILE = new Set(["seconds", "wallSeconds", "startedAt", "finishedAt", "time", "out"]);
 
@@ -35,10 +36,90 @@ function strip(value: unknown, roots: string[]): unknown {
   return value;
 }
 
-function normalised(path: string, root: string): string {
+/** The JSON values of a JSON file (one) or a JSON-lines file (one per line), volatile fields out. */
+function values(path: string, root: string): unknown[] {
   const text = Deno.readTextFileSync(path);
   const lines = path.endsWith(".jsonl") ? text.split("\n").filter((l) => l.trim()) : [text];
-  return lines.map((l) => JSON.stringify(strip(JSON.parse(l), [root]))).join("\n");
+  return lines.map((l) => strip(JSON.parse(l), [root]));
+}
+
+function normalised(path: string, root: string): string {
+  return values(path, root).map((v) => JSON.stringify(v)).join("\n");
+}
+
+const show = (v: unknown) => {
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > 60 ? `${text.slice(0, 57)}…` : text;
+};
+
+/** The first place two JSON values differ, as `path: x ≠ y`, or null when they are equal. */
+export function firstJsonDifference(x: unknown, y: unknown, path = ""): string | null {
+  if (Array.isArray(x) && Array.isArray(y)) {
+    for (let i = 0; i < Math.min(x.length, y.length); i++) {
+      const d = firstJsonDifference(x[i], y[i], `${path}[${i}]`);
+      if (d) return d;
+    }
+    return x.length === y.length ? null : `${path || "."}: ${x.length} items ≠ ${y.length}`;
+  }
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    v !== null && typeof v === "object" && !Array.isArray(v);
+  if (isObject(x) && isObject(y)) {
+    const keys = [...new Set([...Object.keys(x), ...Object.keys(y)])].sort();
+    for (const k of keys) {
+      const at = `${path}.${k}`;
+      if (!(k in x)) return `${at}: absent ≠ ${show(y[k])}`;
+      if (!(k in y)) return `${at}: ${show(x[k])} ≠ absent`;
+      const d = firstJsonDifference(x[k], y[k], at);
+      if (d) return d;
+    }
+    return null;
+  }
+  return JSON.stringify(x) === JSON.stringify(y) ? null : `${path || "."}: ${show(x)} ≠ ${show(y)}`;
+}
+
+/**
+ * Where two files of the same relative path differ, for a reader: a JSON(-lines) file's first
+ * differing line and field, a safetensors file's first differing tensor (or metadata key) and
+ * value, another file's first differing byte.
+ */
+export async function describeDifference(a: string, b: string, file: string): Promise<string> {
+  const [pa, pb] = [join(a, file), join(b, file)];
+  if (/\.jsonl?$/.test(file)) {
+    const [va, vb] = [values(pa, a), values(pb, b)];
+    for (let i = 0; i < Math.min(va.length, vb.length); i++) {
+      const d = firstJsonDifference(va[i], vb[i]);
+      if (d) return file.endsWith(".jsonl") ? `line ${i + 1}, ${d}` : d;
+    }
+    return `${va.length} lines ≠ ${vb.length}`;
+  }
+  if (file.endsWith(".safetensors")) {
+    try {
+      const [ta, tb] = [await readSafetensors(pa), await readSafetensors(pb)];
+      const meta = firstJsonDifference(ta.metadata, tb.metadata, "metadata");
+      if (meta) return meta;
+      const names = [...new Set([...Object.keys(ta.tensors), ...Object.keys(tb.tensors)])].sort();
+      for (const name of names) {
+        const [x, y] = [ta.tensors[name], tb.tensors[name]];
+        if (!x || !y) {
+          return `tensor ${name}: ${x ? "present" : "absent"} ≠ ${y ? "present" : "absent"}`;
+        }
+        if (x.dtype !== y.dtype || x.shape.join() !== y.shape.join()) {
+          return `tensor ${name}: ${x.dtype}[${x.shape}] ≠ ${y.dtype}[${y.shape}]`;
+        }
+        for (let i = 0; i < x.data.length; i++) {
+          if (!Object.is(x.data[i], y.data[i])) {
+            return `tensor ${name}[${i}]: ${x.data[i]} ≠ ${y.data[i]}`;
+          }
+        }
+      }
+    } catch (err) {
+      return `not comparable as safetensors (${(err as Error).message})`;
+    }
+  }
+  const [x, y] = [Deno.readFileSync(pa), Deno.readFileSync(pb)];
+  const n = Math.min(x.length, y.length);
+  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return `byte ${i}: ${x[i]} ≠ ${y[i]}`;
+  return `${x.length} bytes ≠ ${y.length}`;
 }
 
 /** The relative paths that differ between two run folders (missing files included). */
@@ -69,7 +150,8 @@ function equalBytes(x: Uint8Array, y: Uint8Array): boolean {
 
 const USAGE = `Usage: deno run -A tools/compare_runs.ts BEFORE AFTER
   Compares two run folders (records, ledgers, checkpoints, state; timings and paths aside), prints
-  each difference, and exits 0 when they are identical, 1 when they differ.`;
+  each difference with where it starts (a JSON file's line and field, a checkpoint's tensor and
+  index, or a byte), and exits 0 when they are identical, 1 when they differ.`;
 
 if (import.meta.main) {
   const flags = parseCommandArgs("tools/compare_runs.ts", USAGE, Deno.args, {}, (f) => {
@@ -77,7 +159,10 @@ if (import.meta.main) {
   });
   const [a, b] = flags._;
   const diffs = compareRuns(a, b);
-  for (const d of diffs) console.log(d);
+  for (const d of diffs) {
+    const file = d.endsWith(": differs") ? d.slice(0, -": differs".length) : null;
+    console.log(file === null ? d : `${d} (${await describeDifference(a, b, file)})`);
+  }
   console.log(
     diffs.length ? `${diffs.length} difference(s)` : "identical (timings and paths aside)",
   );
