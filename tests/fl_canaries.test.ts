@@ -7,6 +7,7 @@ import { join } from "node:path";
 import {
   canaryDirection,
   canaryRelease,
+  factorCanariesRefusal,
   factorChange,
   factorSpaceSize,
   productCanariesRefusal,
@@ -18,6 +19,7 @@ import {
 import { productSpaceNorm } from "../lib/privacy/clip.ts";
 import { createRng } from "../lib/rng.ts";
 import { defaultConfig, runFederated } from "../lib/fl/simulation.ts";
+import { METHODS } from "../lib/fl/methods/mod.ts";
 import {
   auditVerdict,
   combineEstimates,
@@ -157,6 +159,19 @@ Deno.test("product-space canaries: only for phases of one regulated factor under
   assert.match(
     productCanariesRefusal([{ release: ["A", "B"], regulate: false }], "strict")!,
     /one factor with regulated noise/,
+  );
+});
+
+Deno.test("factor-space canaries: refused for FLoRA, whose global factors never move; every other method moves them", async () => {
+  const refused = METHODS.filter((e) => factorCanariesRefusal(e.create({})) !== null)
+    .map((e) => e.name);
+  assert.deepEqual(refused, ["FLoRA"]);
+  // Refused before any training (the run would end with every cosine 0: nothing to estimate).
+  await assert.rejects(
+    runFederated(setup.backbone, setup.data, { ...base, method: { method: "FLoRA" } }, {
+      canaries: { count: 10 },
+    }),
+    /a canary audit of FLoRA: its global LoRA factors never move.*audit another method/,
   );
 });
 

@@ -33,6 +33,7 @@
 import { cloneFactors, type LoraDims, type LoraFactors } from "./factors.ts";
 import type { Factor } from "./factors.ts";
 import { streamRng } from "./streams.ts";
+import type { Method } from "./methods/types.ts";
 import { unitVector } from "../privacy/audit.ts";
 import { gramCols, gramRows } from "../privacy/linalg.ts";
 import { type PeerFactor, peerForA, peerForB } from "../privacy/noise.ts";
@@ -109,6 +110,43 @@ export function factorChange(start: LoraFactors, end: LoraFactors, dims: LoraDim
     end.B[i].forEach((x, j) => (v[o.b + j] = x - start.B[i][j]));
   }
   return v;
+}
+
+/**
+ * Why factor-space canaries cannot audit a method (null when they can): the audit measures the
+ * total change of the global factors, so a method whose combination never moves them — FLoRA,
+ * which merges each round's update into the frozen weights and hands out fresh factors — leaves it
+ * nothing to measure. Probed on a one-adapter example: a client that moves every factor, combined
+ * alone at weight 1, in each phase of the method.
+ *
+ * @example
+ * ```ts
+ * import { METHODS } from "./methods/mod.ts";
+ * const method = (name: string) => METHODS.find((e) => e.name === name)!.create({});
+ * factorCanariesRefusal(method("LoRA")); // null
+ * factorCanariesRefusal(method("FLoRA")); // "its global LoRA factors never move: …"
+ * ```
+ */
+export function factorCanariesRefusal(method: Pick<Method, "phases" | "combine">): string | null {
+  const dims: LoraDims = { adapters: 1, rank: 1, dIn: 2, dOut: 2 };
+  const global = { A: [new Float32Array([1, 0])], B: [new Float32Array([0, 0])] };
+  const moved = { A: [new Float32Array([1, 0.5])], B: [new Float32Array([0.5, 0.25])] };
+  const moves = method.phases.some((phase) => {
+    const factors = {
+      A: phase.release.includes("A") ? moved.A : global.A,
+      B: phase.release.includes("B") ? moved.B : global.B,
+    };
+    const next = method.combine([{ client: 0, factors, weight: 1 }], {
+      global,
+      phase,
+      dims,
+      loraScale: 1,
+    }).global;
+    return (["A", "B"] as const).some((w) => next[w][0].some((v, j) => v !== global[w][0][j]));
+  });
+  return moves ? null : "its global LoRA factors never move: each round's update goes into the " +
+    "frozen weights and the clients restart from fresh factors, so canaries measured in the " +
+    "global factors have nothing to measure";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ import {
   canaryDirection,
   canaryRelease,
   type CanarySpace,
+  factorCanariesRefusal,
   factorChange,
   productCanariesRefusal,
   productCanary,
@@ -513,6 +514,9 @@ async function configure(
   if (opts.canaries?.space === "product") {
     const why = productCanariesRefusal(method.phases, config.dp?.calibration ?? null);
     if (why) throw new Error(`product-space canaries for ${method.label}: ${why}`);
+  } else if (opts.canaries) {
+    const why = factorCanariesRefusal(method);
+    if (why) throw new Error(`a canary audit of ${method.label}: ${why}; audit another method`);
   }
   if (
     opts.remote && method.keepOnClient(initLora(backbone.vision.config, 1, streamRng(0, "probe")))
