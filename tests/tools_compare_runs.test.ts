@@ -64,6 +64,12 @@ Deno.test("compare_runs: names each differing file and where it differs; timings
     "tensor B.0[3]: 1 ≠ 2",
   );
   assert.equal(await describeDifference(a, b, "seed-10/noise.bin"), "byte 2: 3 ≠ 9");
+  // A field set aside wherever it appears: the records are then the same.
+  assert.deepEqual(compareRuns(a, b, { ignore: ["noiseEnergy"] }), [
+    "seed-10/checkpoints/round-0001.safetensors: differs",
+    "seed-10/noise.bin: differs",
+    `traffic.json: only in ${b}`,
+  ]);
   // The command prints them, with the count, and exits 1.
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", new URL("../tools/compare_runs.ts", import.meta.url).pathname, a, b],

@@ -23,28 +23,39 @@ function walk(dir: string): string[] {
   return out;
 }
 
-function strip(value: unknown, roots: string[]): unknown {
-  if (Array.isArray(value)) return value.map((v) => strip(v, roots));
+function strip(value: unknown, roots: string[], ignore: ReadonlySet<string>): unknown {
+  if (Array.isArray(value)) return value.map((v) => strip(v, roots, ignore));
   if (typeof value === "string") {
     return roots.reduce((s, r) => s.split(r).join("<root>"), value);
   }
   if (value && typeof value === "object") {
     return Object.fromEntries(
-      Object.entries(value).filter(([k]) => !VOLATILE.has(k)).map(([k, v]) => [k, strip(v, roots)]),
+      Object.entries(value).filter(([k]) => !VOLATILE.has(k) && !ignore.has(k))
+        .map(([k, v]) => [k, strip(v, roots, ignore)]),
     );
   }
   return value;
 }
 
-/** The JSON values of a JSON file (one) or a JSON-lines file (one per line), volatile fields out. */
-function values(path: string, root: string): unknown[] {
-  const text = Deno.readTextFileSync(path);
-  const lines = path.endsWith(".jsonl") ? text.split("\n").filter((l) => l.trim()) : [text];
-  return lines.map((l) => strip(JSON.parse(l), [root]));
+/** What {@link compareRuns} and {@link describeDifference} set aside besides timings and paths. */
+export interface CompareOptions {
+  /**
+   * JSON fields to ignore wherever they appear, e.g. `noiseEnergy` when comparing a federation
+   * under the paper calibration (null at its coordinator) with `train`.
+   */
+  ignore?: readonly string[];
 }
 
-function normalised(path: string, root: string): string {
-  return values(path, root).map((v) => JSON.stringify(v)).join("\n");
+/** The JSON values of a JSON file (one) or a JSON-lines file (one per line), volatile fields out. */
+function values(path: string, root: string, opts: CompareOptions = {}): unknown[] {
+  const text = Deno.readTextFileSync(path);
+  const lines = path.endsWith(".jsonl") ? text.split("\n").filter((l) => l.trim()) : [text];
+  const ignore = new Set(opts.ignore ?? []);
+  return lines.map((l) => strip(JSON.parse(l), [root], ignore));
+}
+
+function normalised(path: string, root: string, opts: CompareOptions = {}): string {
+  return values(path, root, opts).map((v) => JSON.stringify(v)).join("\n");
 }
 
 const show = (v: unknown) => {
@@ -82,10 +93,15 @@ export function firstJsonDifference(x: unknown, y: unknown, path = ""): string |
  * differing line and field, a safetensors file's first differing tensor (or metadata key) and
  * value, another file's first differing byte.
  */
-export async function describeDifference(a: string, b: string, file: string): Promise<string> {
+export async function describeDifference(
+  a: string,
+  b: string,
+  file: string,
+  opts: CompareOptions = {},
+): Promise<string> {
   const [pa, pb] = [join(a, file), join(b, file)];
   if (/\.jsonl?$/.test(file)) {
-    const [va, vb] = [values(pa, a), values(pb, b)];
+    const [va, vb] = [values(pa, a, opts), values(pb, b, opts)];
     for (let i = 0; i < Math.min(va.length, vb.length); i++) {
       const d = firstJsonDifference(va[i], vb[i]);
       if (d) return file.endsWith(".jsonl") ? `line ${i + 1}, ${d}` : d;
@@ -123,7 +139,7 @@ export async function describeDifference(a: string, b: string, file: string): Pr
 }
 
 /** The relative paths that differ between two run folders (missing files included). */
-export function compareRuns(a: string, b: string): string[] {
+export function compareRuns(a: string, b: string, opts: CompareOptions = {}): string[] {
   const filesA = walk(a).map((p) => relative(a, p)).sort();
   const filesB = new Set(walk(b).map((p) => relative(b, p)));
   const diffs: string[] = [];
@@ -134,7 +150,7 @@ export function compareRuns(a: string, b: string): string[] {
     }
     const [pa, pb] = [join(a, f), join(b, f)];
     const same = /\.jsonl?$/.test(f)
-      ? normalised(pa, a) === normalised(pb, b)
+      ? normalised(pa, a, opts) === normalised(pb, b, opts)
       : equalBytes(Deno.readFileSync(pa), Deno.readFileSync(pb));
     if (!same) diffs.push(`${f}: differs`);
   }
@@ -148,20 +164,27 @@ function equalBytes(x: Uint8Array, y: Uint8Array): boolean {
   return true;
 }
 
-const USAGE = `Usage: deno run -A tools/compare_runs.ts BEFORE AFTER
+const USAGE = `Usage: deno run -A tools/compare_runs.ts [--ignore FIELD[,FIELD…]] BEFORE AFTER
   Compares two run folders (records, ledgers, checkpoints, state; timings and paths aside), prints
   each difference with where it starts (a JSON file's line and field, a checkpoint's tensor and
-  index, or a byte), and exits 0 when they are identical, 1 when they differ.`;
+  index, or a byte), and exits 0 when they are identical, 1 when they differ.
+  --ignore: JSON fields to set aside wherever they appear, e.g. noiseEnergy to compare a
+  federation under the paper calibration (whose coordinator cannot measure it) with train.`;
 
 if (import.meta.main) {
-  const flags = parseCommandArgs("tools/compare_runs.ts", USAGE, Deno.args, {}, (f) => {
+  const flags = parseCommandArgs("tools/compare_runs.ts", USAGE, Deno.args, {
+    string: ["ignore"],
+  }, (f) => {
     if (f._.length !== 2) throw new UsageError("give two run folders, BEFORE and AFTER");
   });
   const [a, b] = flags._;
-  const diffs = compareRuns(a, b);
+  const opts = {
+    ignore: String(flags.ignore ?? "").split(",").map((k) => k.trim()).filter((k) => k),
+  };
+  const diffs = compareRuns(a, b, opts);
   for (const d of diffs) {
     const file = d.endsWith(": differs") ? d.slice(0, -": differs".length) : null;
-    console.log(file === null ? d : `${d} (${await describeDifference(a, b, file)})`);
+    console.log(file === null ? d : `${d} (${await describeDifference(a, b, file, opts)})`);
   }
   console.log(
     diffs.length ? `${diffs.length} difference(s)` : "identical (timings and paths aside)",
