@@ -43,7 +43,7 @@ import {
   sqNorm,
 } from "../fl/factors.ts";
 import type { Calibration } from "./calibration.ts";
-import { localRelease, strictRelease } from "./calibration.ts";
+import { localRelease, perClientNoiseStd, strictRelease } from "./calibration.ts";
 import { clipPerTensor, clipProductSpace, clipRelease, productSpaceNorm } from "./clip.ts";
 import { clippedSensitivity, type Release, type ReleasePhase, releaseRecord } from "./ledger.ts";
 import { isotropicNoise, type PeerFactor, peerForA, peerForB } from "./regulator.ts";
@@ -513,7 +513,7 @@ function paperMechanism(cal: Calibration, plan: MechanismPlan | undefined): Mech
       const { norms: tensorNorms } = clipPerTensor(flat(deltas), C, { inPlace: true });
       const factors = applied(u, deltas);
       const noisy = cloneFactors(factors);
-      const std = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
+      const std = clientStd(cal, input.numClients);
       // Regulated by the client's own peer factor, as the reference does.
       const peerSigmaMax = addNoise(noisy, phase, input.noiseRng(u.client), std, (which, i) => {
         const peer = peerOf(u.factors, which, i);
@@ -571,14 +571,42 @@ function paperMechanism(cal: Calibration, plan: MechanismPlan | undefined): Mech
     plannedRecord(round, name) {
       const phase = plan?.phases.find((p) => p.name === name);
       if (!plan || !phase || phase.publishes !== "each-release" || phase.regulate) return null;
-      const bound = clippedSensitivity({
-        clip: C,
-        clipping: "per-tensor",
-        tensors: phase.release.length * plan.adapters,
-      });
+      const bound = clientBound(C, phase, plan.adapters, undefined);
       return eachReleaseRecord(cal, round, phase, plan.numClients, [bound]);
     },
   };
+}
+
+/** The per-entry noise std σC/√K each client adds under the paper calibration. */
+function clientStd(cal: Calibration, numClients: number): number {
+  return perClientNoiseStd({ noiseMultiplier: cal.noiseMultiplier, clip: cal.clip, numClients });
+}
+
+/**
+ * A client's sensitivity S_k in a paper release: every released tensor clipped to C on its own,
+ * C·√m, or with noise regulated by the client's peers (`peerSigmaMaxes`) C·√(Σ σ_max(peer)²).
+ */
+function clientBound(
+  clip: number,
+  phase: ReleaseSpec,
+  adapters: number,
+  peerSigmaMaxes: readonly number[] | undefined,
+): { sensitivity: number; how: string } {
+  return clippedSensitivity({
+    clip,
+    clipping: "per-tensor",
+    tensors: phase.release.length * adapters,
+    peerSigmaMax: phase.regulate ? peerSigmaMaxes : undefined,
+  });
+}
+
+/**
+ * Whether a paper record's multiplier is exact: not when both factors are released, each
+ * regulated by the client's own other factor (DEeR with module1 off), whose σ_max is private —
+ * the bound uses it anyway.
+ */
+function paperExact(phase: ReleaseSpec): boolean {
+  return !(phase.regulate && phase.release.length > 1);
 }
 
 /**
@@ -602,13 +630,12 @@ function eachReleaseRecord(
   return releaseRecord({
     round,
     phase: phase.name,
-    noiseStd: cal.noiseMultiplier * cal.clip / Math.sqrt(numClients),
+    noiseStd: clientStd(cal, numClients),
     sensitivity,
     clip: cal.clip,
     sampleRate: 1,
     calibration: "paper",
-    // With module1 off the peers are the clients' private factors: the bound uses them anyway.
-    exact: !(phase.regulate && phase.release.length > 1),
+    exact: paperExact(phase),
     note: `paper mechanism: ${how}; per-client noise σC/√K; the combination publishes ` +
       `functions of the single releases (not only of their weighted sum), so every client's ` +
       `noised release is accounted on its own (noise σC/√K against the largest client ` +
@@ -626,17 +653,8 @@ function paperRecord(
   const C = cal.clip;
   const weights = releases.map((u) => u.weight);
   const maxWeight = Math.max(...weights);
-  const s = cal.noiseMultiplier * C / Math.sqrt(input.numClients);
-  const bounds = releases.map((r) =>
-    clippedSensitivity({
-      clip: C,
-      clipping: "per-tensor",
-      tensors: phase.release.length * dims.adapters,
-      peerSigmaMax: phase.regulate ? r.peerSigmaMaxes : undefined,
-    })
-  );
-  // With module1 off the peers are the clients' private factors: the bound uses them anyway.
-  const exact = !(phase.regulate && phase.release.length > 1);
+  const s = clientStd(cal, input.numClients);
+  const bounds = releases.map((r) => clientBound(C, phase, dims.adapters, r.peerSigmaMaxes));
   if (phase.publishes === "each-release") {
     // What is published (the global factors and, e.g., FedEx-LoRA's residual) is a function of
     // the clients' single noised releases, not of their sum alone; so is the sum. Client k's
@@ -661,7 +679,7 @@ function paperRecord(
     clip: C,
     sampleRate: 1,
     calibration: "paper",
-    exact,
+    exact: paperExact(phase),
     note: `paper mechanism: ${how}; per-client noise σC/√K, weighted by the aggregation weights`,
   });
 }
