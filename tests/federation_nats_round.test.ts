@@ -22,22 +22,17 @@ import {
 import { siteRelease } from "../lib/federation/site.ts";
 import { connectFederation, openCoordinator, openSite } from "../lib/federation/transport.ts";
 import { compareRuns } from "../tools/compare_runs.ts";
-import { toySetup } from "./helpers/fl_fixture.ts";
+import { toyConfig, toySetup } from "./helpers/fl_fixture.ts";
 import { natsTest, trainAndServeOverNats, withNatsServer } from "./helpers/nats.ts";
 
 const setup = await toySetup();
 const SITES = ["site-a", "site-b", "site-c", "site-d"];
 
-const cfg: FederatedConfig = {
-  ...defaultConfig(),
+const cfg: FederatedConfig = toyConfig({
   method: { ...defaultConfig().method, method: "DEeR" },
   dp: { calibration: "strict", clip: 0.5, epsilon: 6 },
   numClients: SITES.length,
-  rounds: 2,
-  localEpochs: 1,
-  batchSize: 8,
-  sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-};
+});
 
 natsTest("federation over nats: four sites give the simulation's run (DEeR strict)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "deer-fed-nats-" });

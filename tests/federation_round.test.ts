@@ -437,6 +437,21 @@ Deno.test("federation round: keyed local sites keep their own budget — each si
   );
 });
 
+/**
+ * `inner` behind a coordinator killed when it asks for (0-based) `round`, `phaseIndex`: after the
+ * phase before it was released.
+ */
+function killedAt(inner: RemoteClients, round: number, phaseIndex: number): RemoteClients {
+  return {
+    collect(task) {
+      if (task.round === round && task.phaseIndex === phaseIndex) {
+        throw new Error("coordinator killed");
+      }
+      return inner.collect(task);
+    },
+  };
+}
+
 Deno.test("federation round: a coordinator restarted after a release has left continues the round from the next phase — same key, no second release, the uninterrupted run's records", async () => {
   const cfg = config({
     method: { ...defaultConfig().method, method: "DEeR" },
@@ -445,15 +460,11 @@ Deno.test("federation round: a coordinator restarted after a release has left co
   const dir = await Deno.makeTempDir({ prefix: "deer-fed-open-" });
   const [whole, cut] = [join(dir, "whole"), join(dir, "cut")];
   // The coordinator dies once round 1's phase-B release has gone out in the phase-A tasks.
-  const inner = sites(cfg, () => false);
-  const crashing: RemoteClients = {
-    collect(task) {
-      if (task.round === 0 && task.phaseIndex === 1) throw new Error("coordinator killed");
-      return inner.collect(task);
-    },
-  };
   await assert.rejects(
-    runFederated(setup.backbone, setup.data, cfg, { remote: crashing, outDir: cut }),
+    runFederated(setup.backbone, setup.data, cfg, {
+      remote: killedAt(sites(cfg, () => false), 0, 1),
+      outDir: cut,
+    }),
     /coordinator killed/,
   );
   const open = JSON.parse(await Deno.readTextFile(join(cut, "round-open.json")));
@@ -496,14 +507,8 @@ Deno.test("federation round: a restarted coordinator refuses a round under way w
   });
   const dir = await Deno.makeTempDir({ prefix: "deer-fed-open-" });
   const inner = sites(cfg, () => false);
-  const crashing: RemoteClients = {
-    collect(task) {
-      if (task.round === 1 && task.phaseIndex === 1) throw new Error("coordinator killed");
-      return inner.collect(task);
-    },
-  };
   await assert.rejects(
-    runFederated(setup.backbone, setup.data, cfg, { remote: crashing, outDir: dir }),
+    runFederated(setup.backbone, setup.data, cfg, { remote: killedAt(inner, 1, 1), outDir: dir }),
     /coordinator killed/,
   );
   const path = join(dir, "round-open.json");

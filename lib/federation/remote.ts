@@ -295,13 +295,11 @@ export function natsClients(coordinator: Coordinator, o: NatsClientsOptions): Re
   const largest = { ...o.dims, rank: Math.max(o.dims.rank, ...(o.clientRanks ?? [])) };
   const specs = o.phases.map((p) => releaseSpec(largest, p.release));
   const siteSpecs = o.phases.map((p) => {
-    const byRank = new Map<number, ArraySpec[]>();
-    return (site: string): ArraySpec[] => {
-      const k = o.sites.indexOf(site);
-      const rank = k < 0 ? o.dims.rank : rankOf(k);
-      if (!byRank.has(rank)) byRank.set(rank, releaseSpec({ ...o.dims, rank }, p.release));
-      return byRank.get(rank)!;
-    };
+    const bySite = new Map(
+      o.sites.map((site, k) => [site, releaseSpec({ ...o.dims, rank: rankOf(k) }, p.release)]),
+    );
+    // The transport asks only for sites of the run (`o.sites`): any other is refused before.
+    return (site: string) => bySite.get(site) ?? releaseSpec(o.dims, p.release);
   });
   return {
     async collect({ round, phaseIndex, participants, global, merged }) {

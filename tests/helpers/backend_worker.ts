@@ -20,8 +20,8 @@ import { orthonormalPrototypes } from "../../lib/model/head.ts";
 import { makeBackbone } from "../../lib/fl/backbone.ts";
 import { createLocalTrainer, prototypeLoss } from "../../lib/fl/local.ts";
 import { predict } from "../../lib/fl/evaluate.ts";
-import { defaultConfig, runFederated } from "../../lib/fl/simulation.ts";
-import { TINY_MODEL, toySetup } from "./fl_fixture.ts";
+import { runFederated } from "../../lib/fl/simulation.ts";
+import { TINY_MODEL, toyConfig, toySetup } from "./fl_fixture.ts";
 
 const read = async (t: tf.Tensor) => Array.from(await t.data() as Float32Array);
 
@@ -100,15 +100,11 @@ async function ops(): Promise<Record<string, unknown>> {
 
 async function fl(): Promise<Record<string, unknown>> {
   const setup = await toySetup();
-  const res = await runFederated(setup.backbone, setup.data, {
-    ...defaultConfig(),
-    numClients: 4,
-    rounds: 2,
-    localEpochs: 1,
-    batchSize: 8,
-    sgd: { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 },
-    dp: { calibration: "strict", clip: 0.5, epsilon: 3 },
-  });
+  const res = await runFederated(
+    setup.backbone,
+    setup.data,
+    toyConfig({ dp: { calibration: "strict", clip: 0.5, epsilon: 3 } }),
+  );
   await Deno.remove(setup.dir, { recursive: true });
   return {
     backend: backendName,
